@@ -1,0 +1,5 @@
+"""``python -m extractor`` is ``featcache-extract``."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,54 @@
+"""The mapper: batches of preprocessed images to feature maps and pooled vectors.
+
+The backbone call is one ``tf.function`` traced once for any batch size, so the per-batch cost is
+the forward pass itself. The pooled mean is taken in float32 on the device, before maps are cast to
+the storage dtype, and both leave the device already in their final dtypes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from shared.backbones import BackboneSpec, ResolvedWeights, build_backbone, import_tensorflow
+
+tf = import_tensorflow()
+
+
+def devices() -> str:
+    """What TensorFlow will run on, for the log (``GPU x2`` or ``CPU``)."""
+    gpus = tf.config.list_physical_devices("GPU")
+    return f"GPU x{len(gpus)}" if gpus else "CPU"
+
+
+class BackboneMapper:
+    """``mapper(images) -> (maps (b, h, w, c), pooled (b, c) float32)`` as numpy arrays; maps are in
+    the storage dtype on a GPU and float32 on a CPU (the writer casts)."""
+
+    def __init__(self, spec: BackboneSpec, weights: ResolvedWeights, *, maps_dtype: str, mixed_precision: bool = False):
+        import keras
+
+        if mixed_precision:
+            keras.mixed_precision.set_global_policy("mixed_float16")
+        try:
+            self.model = build_backbone(spec, weights)
+        finally:
+            if mixed_precision:
+                keras.mixed_precision.set_global_policy("float32")
+        # Casting on a GPU halves the copy to the host; on a CPU numpy's cast in the writer thread is
+        # as fast and keeps the backbone's cores free (and oneDNN has no float16 there).
+        self.device_dtype = tf.as_dtype(maps_dtype) if tf.config.list_physical_devices("GPU") else tf.float32
+        h, w = spec.input_size
+        self._forward = tf.function(
+            self._call, input_signature=[tf.TensorSpec([None, h, w, 3], tf.float32)], reduce_retracing=True
+        )
+
+    def _call(self, images: Any) -> tuple[Any, Any]:
+        maps = tf.cast(self.model(images, training=False), tf.float32)
+        pooled = tf.reduce_mean(maps, axis=[1, 2])
+        return tf.cast(maps, self.device_dtype), pooled
+
+    def __call__(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
+        maps, pooled = self._forward(images)
+        return maps.numpy(), pooled.numpy()

@@ -1,0 +1,88 @@
+"""The reader: files to batches of preprocessed images, with tf.data.
+
+Decoding, resizing and preprocessing run in tf.data's parallel map on all cores while the backbone
+works on the previous batches. Batches never straddle two shards: each shard is batched on its own,
+so a shard's rows are computed in the same batches whether the run was resumed or not.
+
+An input that fails to read or decode is dropped in the pipeline (``ignore_errors``); the writer
+sees its index missing when the shard ends and asks :func:`diagnose` for the reason.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from shared.backbones import import_tensorflow
+
+tf = import_tensorflow()
+
+Preprocess = Callable[[Any], Any]
+
+
+def decode_resize(data: Any, size: tuple[int, int]) -> Any:
+    """Encoded bytes to a ``(H, W, 3)`` float32 image in [0, 255] of ``size``.
+
+    JPEG, PNG (8/16-bit, gray, palette, alpha), BMP and GIF (first frame) are decoded to 3-channel
+    uint8; the resize is bilinear with antialiasing and does not keep the aspect ratio (see
+    :data:`shared.fingerprint.RESIZE`).
+    """
+    img = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+    img.set_shape([None, None, 3])
+    return tf.image.resize(img, size, method="bilinear", antialias=True)
+
+
+def make_dataset(
+    paths: Sequence[bytes],
+    shard_ranges: Sequence[range],
+    *,
+    batch_size: int,
+    size: tuple[int, int],
+    preprocess: Preprocess,
+) -> Any:
+    """A dataset of ``(index (b,) int64, images (b, H, W, 3) float32)`` over the given shards, in order.
+
+    ``paths`` is the whole listing; ``shard_ranges`` the listing positions of each shard to compute.
+    """
+    all_paths = tf.constant(list(paths), dtype=tf.string)
+    starts = tf.constant([r.start for r in shard_ranges], dtype=tf.int64)
+    stops = tf.constant([r.stop for r in shard_ranges], dtype=tf.int64)
+
+    def load(i: Any) -> tuple[Any, Any]:
+        image = decode_resize(tf.io.read_file(tf.gather(all_paths, i)), size)
+        return i, preprocess(image)
+
+    def shard(start: Any, stop: Any) -> Any:
+        return (
+            tf.data.Dataset.range(start, stop)
+            .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .ignore_errors()
+            .batch(batch_size)
+        )
+
+    ds = tf.data.Dataset.from_tensor_slices((starts, stops)).flat_map(shard)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def diagnose(path: bytes, size: tuple[int, int]) -> str:
+    """Why ``path`` could not be used, in a few words (called only for inputs the pipeline dropped)."""
+    name = os.fsdecode(path)
+    if os.path.islink(name) and not os.path.exists(name):
+        return "broken symlink"
+    if not os.path.exists(name):
+        return "file not found"
+    if os.path.isdir(name):
+        return "is a directory"
+    if os.path.getsize(name) == 0:
+        return "empty file (0 bytes)"
+    try:
+        with open(name, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        return f"cannot read ({exc.strerror or exc})"
+    try:
+        decode_resize(tf.constant(data), size)
+    except tf.errors.OpError as exc:
+        return "cannot decode: " + (exc.message.strip().splitlines() or ["unknown error"])[0][:200]
+    return "failed in the input pipeline but decodes on retry (transient read error?)"

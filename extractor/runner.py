@@ -1,0 +1,191 @@
+"""The extract job: source -> reader -> mapper -> writer, and nothing else.
+
+The runner only composes: it opens the source and the cache, asks the cache which shards are still
+to do, and moves batches from the tf.data reader through the backbone mapper into the writer thread,
+timing each stage so that the summary says where the time went.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from shared import schema
+from shared.backbones import get_backbone, resolve_weights
+from shared.fingerprint import describe, make_fingerprint
+from shared.manifest import FailedInput, Manifest
+from shared.writer import CacheWriter, storage_options
+
+from .sources import open_source
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class ExtractConfig:
+    """Everything one extract run needs; the CLI options map onto these one to one."""
+
+    source: Path
+    cache: Path
+    backbone: str = "mobilenet_v2"
+    weights: str = "imagenet"
+    seed: int = 0
+    batch_size: int = 32
+    shard_size: int = schema.DEFAULT_SHARD_SIZE
+    maps_dtype: str = schema.DEFAULT_MAPS_DTYPE
+    compression: str = schema.DEFAULT_COMPRESSION
+    mixed_precision: bool = False
+    split_fractions: dict[str, float] = field(default_factory=lambda: dict(schema.DEFAULT_SPLIT_FRACTIONS))
+    overwrite: bool = False
+    strict: bool = False
+    max_shards: int | None = None
+    progress: bool = True
+
+
+@dataclass
+class ExtractReport:
+    """What a run did. ``*_seconds`` are the time the main loop spent waiting for input, in the
+    backbone, and blocked on a full writer queue; ``write_seconds`` is the writer thread's busy time."""
+
+    rows: int = 0
+    failed: int = 0
+    shards_written: int = 0
+    shards_kept: int = 0
+    shards_left: int = 0
+    seconds: float = 0.0
+    input_seconds: float = 0.0
+    backbone_seconds: float = 0.0
+    queue_seconds: float = 0.0
+    write_seconds: float = 0.0
+    random_weights: bool = False
+    failures: list[FailedInput] = field(default_factory=list)
+
+    @property
+    def images_per_second(self) -> float:
+        return (self.rows + self.failed) / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        line = (
+            f"wrote {self.rows} rows in {self.shards_written} shards ({self.failed} inputs failed, "
+            f"{self.shards_kept} shards already done) in {self.seconds:.1f} s: {self.images_per_second:.1f} img/s; "
+            f"input wait {self.input_seconds:.1f} s, backbone {self.backbone_seconds:.1f} s, "
+            f"writer wait {self.queue_seconds:.1f} s (writer busy {self.write_seconds:.1f} s)"
+        )
+        if self.shards_left:
+            line += f"; {self.shards_left} shards left for a later run"
+        if self.random_weights:
+            line += "; RANDOM WEIGHTS: features are meaningless"
+        return line
+
+
+def _environment(tf: object) -> dict[str, object]:
+    import keras
+
+    return {
+        "tensorflow": tf.__version__,  # type: ignore[attr-defined]
+        "keras": keras.__version__,
+        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
+    }
+
+
+def run_extract(cfg: ExtractConfig, log: Log = print) -> ExtractReport:
+    """Fill (or resume) the cache at ``cfg.cache`` from ``cfg.source``; see :class:`ExtractConfig`."""
+    t_start = time.perf_counter()
+    source = open_source(cfg.source)
+    for note in source.notes:
+        log(f"note: {note}")
+    spec = get_backbone(cfg.backbone)
+    weights = resolve_weights(spec, cfg.weights, cfg.seed)
+    if weights.random:
+        log(f"WARNING: {spec.name} with RANDOM weights ({weights.sha256}): the features are meaningless; "
+            "use them for smoke tests only")
+
+    from . import mapper, pipeline  # TensorFlow is imported here, not before
+
+    manifest = Manifest(
+        fingerprint=make_fingerprint(
+            spec,
+            weights,
+            maps_dtype=cfg.maps_dtype,
+            compute_dtype="mixed_float16" if cfg.mixed_precision else "float32",
+            environment=_environment(pipeline.tf),
+        ),
+        classes=source.classes,
+        source=source.describe(),
+        split={"source": source.split_source, "fractions": cfg.split_fractions},
+        storage=storage_options(cfg.compression, cfg.maps_dtype),
+        shard_size=cfg.shard_size,
+    )
+    report = ExtractReport(random_weights=weights.random)
+    with CacheWriter(cfg.cache, manifest, overwrite=cfg.overwrite) as cache:
+        todo = cache.pending_shards()
+        report.shards_kept = cache.resumed_shards
+        if cfg.max_shards is not None:
+            todo, rest = todo[: cfg.max_shards], todo[cfg.max_shards :]
+            report.shards_left = len(rest)
+        log(f"{cfg.cache}: {len(source)} inputs ({source.kind}, {len(source.classes)} classes) in "
+            f"{manifest.num_shards} shards of {cfg.shard_size}; {report.shards_kept} done, {len(todo)} to do; "
+            f"{describe(manifest.fingerprint)}")
+        if not todo:
+            report.seconds = time.perf_counter() - t_start
+            return report
+
+        m = mapper.BackboneMapper(spec, weights, maps_dtype=cfg.maps_dtype, mixed_precision=cfg.mixed_precision)
+        log(f"backbone {spec.name} on {mapper.devices()}, batch {cfg.batch_size}")
+        ranges = [manifest.shard_inputs(k) for k in todo]
+        ds = pipeline.make_dataset(
+            source.paths, ranges, batch_size=cfg.batch_size, size=spec.input_size, preprocess=spec.preprocess_fn()
+        )
+        bar = tqdm(total=sum(len(r) for r in ranges), unit="img", disable=not cfg.progress, dynamic_ncols=True)
+
+        def on_shard(shard: int, failed: list[FailedInput]) -> None:
+            report.failures.extend(failed)
+            bar.update(len(failed))
+            bar.set_postfix(shards=f"{sink.stats.shards}/{len(todo)}", failed=len(report.failures))
+
+        from .sink import ShardSink
+
+        sink = ShardSink(
+            cache, source, todo, lambda i: pipeline.diagnose(source.paths[i], spec.input_size),
+            strict=cfg.strict, on_shard=on_shard,
+        )
+        t_loop = time.perf_counter()
+        try:
+            it = iter(ds)
+            while True:
+                t0 = time.perf_counter()
+                try:
+                    index, images = next(it)
+                except StopIteration:
+                    break
+                t1 = time.perf_counter()
+                maps, pooled = m(images)
+                t2 = time.perf_counter()
+                sink.put(index.numpy(), maps, pooled)
+                t3 = time.perf_counter()
+                report.input_seconds += t1 - t0
+                report.backbone_seconds += t2 - t1
+                report.queue_seconds += t3 - t2
+                bar.update(len(maps))
+            t0 = time.perf_counter()
+            sink.close(finish=True)
+            report.queue_seconds += time.perf_counter() - t0
+        except BaseException:
+            try:
+                sink.close(finish=False)
+            except BaseException:  # the first error is the one to report
+                pass
+            raise
+        finally:
+            bar.close()
+        report.seconds = time.perf_counter() - t_loop
+        report.rows = sink.stats.rows
+        report.failed = sink.stats.failed
+        report.shards_written = sink.stats.shards
+        report.write_seconds = sink.stats.write_seconds
+    return report

@@ -1,0 +1,148 @@
+"""The writer: batches of features into shards, on a background thread.
+
+Compression and disk I/O run here while the main thread feeds the backbone. The queue is bounded,
+so a slow disk slows the run down instead of filling memory. A shard is committed (renamed into
+place and added to the manifest) when the first batch of a later shard arrives or the run ends;
+shards whose inputs all failed are committed empty, so the plan stays complete.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from shared.errors import BadInputError
+from shared.manifest import FailedInput
+from shared.writer import CacheWriter, ShardWriter
+
+from .sources import Source
+
+_STOP = object()
+QUEUE_BATCHES = 4
+
+
+@dataclass
+class SinkStats:
+    rows: int = 0
+    failed: int = 0
+    shards: int = 0
+    write_seconds: float = 0.0
+
+
+class ShardSink:
+    """Consumes ``(index (b,), maps, pooled)`` batches in listing order for the ``shards`` planned.
+
+    ``diagnose(i)`` gives the reason input ``i`` was dropped; with ``strict`` the first dropped input
+    raises :class:`BadInputError` and its shard is not committed. ``on_shard(record, failed)`` is
+    called after each commit (progress reporting).
+    """
+
+    def __init__(
+        self,
+        cache: CacheWriter,
+        source: Source,
+        shards: Sequence[int],
+        diagnose: Callable[[int], str],
+        *,
+        strict: bool = False,
+        on_shard: Callable[[int, list[FailedInput]], None] | None = None,
+    ):
+        self.cache = cache
+        self.source = source
+        self.pending = list(shards)
+        self.diagnose = diagnose
+        self.strict = strict
+        self.on_shard = on_shard
+        self.stats = SinkStats()
+        self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_BATCHES)
+        self._error: BaseException | None = None
+        self._current: ShardWriter | None = None
+        self._written: list[np.ndarray] = []
+        self._thread = threading.Thread(target=self._run, name="featcache-writer", daemon=True)
+        self._thread.start()
+
+    # -- main thread -----------------------------------------------------------------------------
+    def put(self, index: np.ndarray, maps: np.ndarray, pooled: np.ndarray) -> None:
+        """Queue a batch (blocks while the queue is full); re-raises a writer error."""
+        self._raise_if_failed()
+        while True:
+            try:
+                self._queue.put((index, maps, pooled), timeout=0.5)
+                return
+            except queue.Full:
+                self._raise_if_failed()
+
+    def close(self, *, finish: bool = True) -> None:
+        """Commit what is left (``finish``) or drop the partial shard, then stop the thread."""
+        self._queue.put((_STOP, finish))
+        self._thread.join()
+        self._raise_if_failed()
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    # -- writer thread ---------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while True:
+                item = self._queue.get()
+                if item[0] is _STOP:
+                    if item[1]:
+                        while self.pending:
+                            self._finish_shard()
+                    break
+                self._write(*item)
+        except BaseException as exc:  # handed to the main thread
+            self._error = exc
+        finally:
+            if self._current is not None:
+                self._current.abort()
+                self._current = None
+            if self._error is not None:  # keep draining so that put() never blocks forever
+                while True:
+                    try:
+                        self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+
+    def _write(self, index: np.ndarray, maps: np.ndarray, pooled: np.ndarray) -> None:
+        shard = int(index[0]) // self.cache.manifest.shard_size
+        while self.pending and self.pending[0] != shard:
+            self._finish_shard()
+        t0 = time.perf_counter()
+        if self._current is None:
+            self._current = self.cache.start_shard(shard)
+        src = self.source
+        self._current.append(
+            maps, pooled, src.labels[index], [src.ids[i] for i in index], index, src.splits[index]
+        )
+        self._written.append(index)
+        self.stats.write_seconds += time.perf_counter() - t0
+
+    def _finish_shard(self) -> None:
+        shard = self.pending[0]
+        writer = self._current or self.cache.start_shard(shard)
+        self._current = writer
+        done = np.concatenate(self._written) if self._written else np.zeros(0, np.int64)
+        missing = np.setdiff1d(np.arange(writer.inputs.start, writer.inputs.stop), done)
+        failed = [FailedInput(int(i), self.source.ids[i], self.diagnose(int(i)), shard) for i in missing]
+        if failed and self.strict:
+            f = failed[0]
+            raise BadInputError(f"{self.source.paths[f.index].decode(errors='replace')}: {f.reason} (--strict)")
+        t0 = time.perf_counter()
+        self.cache.commit_shard(writer, failed)
+        self.stats.write_seconds += time.perf_counter() - t0
+        self.stats.rows += writer.rows
+        self.stats.failed += len(failed)
+        self.stats.shards += 1
+        self._current = None
+        self._written = []
+        self.pending.pop(0)
+        if self.on_shard is not None:
+            self.on_shard(shard, failed)

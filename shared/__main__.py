@@ -1,0 +1,5 @@
+"""``python -m shared`` is ``featcache-inspect``."""
+
+from .inspection import main
+
+main()

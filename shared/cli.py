@@ -1,0 +1,38 @@
+"""What every featcache command does the same way: one-line errors and warnings, exit codes.
+
+A :class:`~shared.errors.FeatcacheError` is printed as ``error: <file>: <reason>`` and exits 2, with
+no traceback unless ``--debug``; Ctrl-C exits 130 after saying that finished work is kept.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Callable
+
+import typer
+
+from .errors import FeatcacheError
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def run_cli(job: Callable[[], None], *, debug: bool = False) -> None:
+    """Run ``job`` the way a command-line user expects."""
+    if not debug:
+        warnings.showwarning = _one_line_warning
+    try:
+        job()
+    except FeatcacheError as exc:
+        if debug:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_ERROR) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted: finished shards are kept; run the same command again to resume", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None

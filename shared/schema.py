@@ -1,0 +1,83 @@
+"""The on-disk layout of a featcache cache, stated once.
+
+A cache is a directory::
+
+    CACHE/
+      manifest.json          # the only index a reader trusts (see docs/cache-format.md)
+      .lock                  # held (flock) by the one process writing the cache
+      shards/shard-00000.h5  # complete shards only; partial ones live under a dot-name
+
+Every shard file holds, for its ``n`` rows (``n`` may be 0 when all its inputs failed):
+
+========  =====================  ========  ===============================================
+dataset   shape                  dtype     meaning
+========  =====================  ========  ===============================================
+maps      (n, H, W, C)           float16   backbone feature maps (float32 on request)
+pooled    (n, C)                 float32   spatial mean of the float32 maps, before any cast
+label     (n,)                   int32     class number, -1 where unknown
+id        (n,)                   utf-8 str image path relative to the source root (or as in the CSV)
+index     (n,)                   int64     the input's position in the source listing
+split     (n,)                   int8      0 train, 1 val, 2 test, -1 not given by the source
+========  =====================  ========  ===============================================
+
+For MobileNetV2 at 224x224, ``(H, W, C) = (7, 7, 1280)``.
+"""
+
+from __future__ import annotations
+
+FORMAT_NAME = "featcache"
+SCHEMA_VERSION = 1
+
+MANIFEST_NAME = "manifest.json"
+LOCK_NAME = ".lock"
+SHARDS_DIR = "shards"
+TMP_PREFIX = "."  # partial files are dot-files: never matched by SHARD_GLOB
+SHARD_GLOB = "shard-*.h5"
+
+# Dataset names inside a shard.
+MAPS = "maps"
+POOLED = "pooled"
+LABEL = "label"
+ID = "id"
+INDEX = "index"
+SPLIT = "split"
+DATASETS = (MAPS, POOLED, LABEL, ID, INDEX, SPLIT)
+
+POOLED_DTYPE = "float32"
+LABEL_DTYPE = "int32"
+INDEX_DTYPE = "int64"
+SPLIT_DTYPE = "int8"
+MAPS_DTYPES = ("float16", "float32")
+DEFAULT_MAPS_DTYPE = "float16"
+
+UNKNOWN_LABEL = -1
+
+# Split codes stored in the ``split`` dataset and returned by the reader.
+SPLITS = ("train", "val", "test")
+SPLIT_CODES = {name: code for code, name in enumerate(SPLITS)}
+NO_SPLIT = -1
+# Folder names accepted as a source's own split (all map to the names above).
+SPLIT_FOLDER_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+DEFAULT_SPLIT_FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
+
+DEFAULT_SHARD_SIZE = 1024
+
+# Maps storage. One row per chunk: reading a single row decompresses ~125 KB, and a block read
+# touches exactly the rows it needs. gzip level 1 with the byte shuffle filter was chosen by
+# measurement on real-weights features (bench/storage.py; numbers in docs/cache-format.md): any
+# HDF5 reader opens it without plugins.
+MAPS_CHUNK_ROWS = 1
+DEFAULT_COMPRESSION = "gzip-1"
+# name -> (h5py compression, compression_opts, shuffle)
+COMPRESSIONS: dict[str, tuple[str | None, int | None, bool]] = {
+    "none": (None, None, False),
+    "gzip-1": ("gzip", 1, True),
+    "gzip-4": ("gzip", 4, True),
+    "gzip-9": ("gzip", 9, True),
+    "lzf": ("lzf", None, True),
+}
+
+
+def shard_name(shard: int) -> str:
+    """File name of shard number ``shard``, relative to the cache directory."""
+    return f"{SHARDS_DIR}/shard-{shard:05d}.h5"
