@@ -11,6 +11,7 @@ sees its index missing when the shard ends and asks :func:`diagnose` for the rea
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -65,6 +66,13 @@ def make_dataset(
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
+def op_error_text(exc: Exception) -> str:
+    """A TensorFlow op error's message without the graph-node prefix and op suffix, on one line."""
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", getattr(exc, "message", str(exc)))
+    text = re.sub(r"\s*\[Op:[^\]]*\].*$", "", text.strip().splitlines()[0] if text.strip() else "unknown error")
+    return text[:200]
+
+
 def diagnose(path: bytes, size: tuple[int, int]) -> str:
     """Why ``path`` could not be used, in a few words (called only for inputs the pipeline dropped)."""
     name = os.fsdecode(path)
@@ -84,5 +92,5 @@ def diagnose(path: bytes, size: tuple[int, int]) -> str:
     try:
         decode_resize(tf.constant(data), size)
     except tf.errors.OpError as exc:
-        return "cannot decode: " + (exc.message.strip().splitlines() or ["unknown error"])[0][:200]
+        return "cannot decode: " + op_error_text(exc)
     return "failed in the input pipeline but decodes on retry (transient read error?)"
