@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from importlib import metadata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from shared import schema
-from shared.backbones import get_backbone, resolve_weights
+from shared.backbones import TF_DEFAULT_ENV, get_backbone, resolve_weights
 from shared.fingerprint import describe, make_fingerprint
 from shared.manifest import FailedInput, Manifest
 from shared.writer import CacheWriter, storage_options
@@ -49,7 +50,8 @@ class ExtractConfig:
 
 @dataclass
 class ExtractReport:
-    """What a run did. ``*_seconds`` are the time the main loop spent waiting for input, in the
+    """What a run did. ``seconds`` is the extraction loop's wall time (``startup_seconds`` the time
+    before it: listing, TensorFlow import, model build); the other ``*_seconds`` are the time the main loop spent waiting for input, in the
     backbone, and blocked on a full writer queue; ``write_seconds`` is the writer thread's busy time."""
 
     rows: int = 0
@@ -58,11 +60,13 @@ class ExtractReport:
     shards_kept: int = 0
     shards_left: int = 0
     seconds: float = 0.0
+    startup_seconds: float = 0.0
     input_seconds: float = 0.0
     backbone_seconds: float = 0.0
     queue_seconds: float = 0.0
     write_seconds: float = 0.0
     random_weights: bool = False
+    cache_rows: int = 0
     failures: list[FailedInput] = field(default_factory=list)
 
     @property
@@ -70,9 +74,13 @@ class ExtractReport:
         return (self.rows + self.failed) / self.seconds if self.seconds > 0 else 0.0
 
     def summary(self) -> str:
+        if not self.shards_written and not self.shards_left:
+            line = f"nothing to do: all {self.shards_kept} shards were already done ({self.cache_rows} rows)"
+            return line + ("; RANDOM WEIGHTS: features are meaningless" if self.random_weights else "")
         line = (
             f"wrote {self.rows} rows in {self.shards_written} shards ({self.failed} inputs failed, "
-            f"{self.shards_kept} shards already done) in {self.seconds:.1f} s: {self.images_per_second:.1f} img/s; "
+            f"{self.shards_kept} shards already done) in {self.seconds:.1f} s: {self.images_per_second:.1f} img/s "
+            f"(start-up {self.startup_seconds:.1f} s); "
             f"input wait {self.input_seconds:.1f} s, backbone {self.backbone_seconds:.1f} s, "
             f"writer wait {self.queue_seconds:.1f} s (writer busy {self.write_seconds:.1f} s)"
         )
@@ -83,13 +91,22 @@ class ExtractReport:
         return line
 
 
-def _environment(tf: object) -> dict[str, object]:
-    import keras
+def _installed_version(*dists: str) -> str | None:
+    for dist in dists:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
 
+
+def _environment() -> dict[str, object]:
+    """Library versions for the fingerprint, read from package metadata so that a run with nothing
+    left to do never pays for importing TensorFlow."""
     return {
-        "tensorflow": tf.__version__,  # type: ignore[attr-defined]
-        "keras": keras.__version__,
-        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
+        "tensorflow": _installed_version("tensorflow", "tensorflow-cpu", "tensorflow-gpu", "tf-nightly"),
+        "keras": _installed_version("keras"),
+        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", TF_DEFAULT_ENV["TF_ENABLE_ONEDNN_OPTS"]),
     }
 
 
@@ -105,15 +122,13 @@ def run_extract(cfg: ExtractConfig, log: Log = print) -> ExtractReport:
         log(f"WARNING: {spec.name} with RANDOM weights ({weights.sha256}): the features are meaningless; "
             "use them for smoke tests only")
 
-    from . import mapper, pipeline  # TensorFlow is imported here, not before
-
     manifest = Manifest(
         fingerprint=make_fingerprint(
             spec,
             weights,
             maps_dtype=cfg.maps_dtype,
             compute_dtype="mixed_float16" if cfg.mixed_precision else "float32",
-            environment=_environment(pipeline.tf),
+            environment=_environment(),
         ),
         classes=source.classes,
         source=source.describe(),
@@ -132,8 +147,11 @@ def run_extract(cfg: ExtractConfig, log: Log = print) -> ExtractReport:
             f"{manifest.num_shards} shards of {cfg.shard_size}; {report.shards_kept} done, {len(todo)} to do; "
             f"{describe(manifest.fingerprint)}")
         if not todo:
-            report.seconds = time.perf_counter() - t_start
+            report.startup_seconds = time.perf_counter() - t_start
+            report.cache_rows = manifest.rows
             return report
+
+        from . import mapper, pipeline  # TensorFlow is imported here, and only when there is work
 
         m = mapper.BackboneMapper(spec, weights, maps_dtype=cfg.maps_dtype, mixed_precision=cfg.mixed_precision)
         log(f"backbone {spec.name} on {mapper.devices()}, batch {cfg.batch_size}")
@@ -155,6 +173,7 @@ def run_extract(cfg: ExtractConfig, log: Log = print) -> ExtractReport:
             strict=cfg.strict, on_shard=on_shard,
         )
         t_loop = time.perf_counter()
+        report.startup_seconds = t_loop - t_start
         try:
             it = iter(ds)
             while True:
@@ -188,4 +207,5 @@ def run_extract(cfg: ExtractConfig, log: Log = print) -> ExtractReport:
         report.failed = sink.stats.failed
         report.shards_written = sink.stats.shards
         report.write_seconds = sink.stats.write_seconds
+    report.cache_rows = manifest.rows
     return report

@@ -37,6 +37,12 @@ def test_cli_extract_then_inspect(sample_dir, tmp_path):
     assert p.returncode == 0, p.stderr
     assert "wrote 15 rows in 2 shards" in p.stdout and "RANDOM WEIGHTS" in p.stdout
     assert "RANDOM weights" in p.stderr
+    again = run("-c", "import sys; from extractor.cli import main; sys.argv = ['x', *sys.argv[1:]]\n"
+                      "try:\n    main()\nexcept SystemExit:\n    pass\n"
+                      "assert 'tensorflow' not in sys.modules, 'a run with nothing to do imported TensorFlow'",
+                str(sample_dir), str(cache), "--backbone", "tiny", "--weights", "random", "--shard-size", "8")
+    assert again.returncode == 0, again.stderr
+    assert "nothing to do: all 2 shards were already done (15 rows)" in again.stdout
     s = run("-m", "shared", "summary", str(cache), "--json")
     assert s.returncode == 0, s.stderr
     summary = json.loads(s.stdout)
