@@ -20,6 +20,12 @@ from shared.backbones import import_tensorflow
 tf = import_tensorflow()
 
 Preprocess = Callable[[Any], Any]
+PREFETCH_BATCHES = 2
+
+
+def decode_threads() -> int:
+    """Images decoded at once: one per CPU this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def decode_resize(data: Any, size: tuple[int, int]) -> Any:
@@ -57,13 +63,17 @@ def make_dataset(
     def shard(start: Any, stop: Any) -> Any:
         return (
             tf.data.Dataset.range(start, stop)
-            .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .map(load, num_parallel_calls=decode_threads(), deterministic=True)
             .ignore_errors()
             .batch(batch_size)
         )
 
     ds = tf.data.Dataset.from_tensor_slices((starts, stops)).flat_map(shard)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    # Fixed parallelism instead of tf.data's autotuner: measured here, the same throughput, but with
+    # autotuning on, destroying the iterator at the end of a run took ~1.5 s on every run.
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.prefetch(PREFETCH_BATCHES).with_options(options)
 
 
 def op_error_text(exc: Exception) -> str:

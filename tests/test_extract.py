@@ -95,6 +95,7 @@ def test_cache_layout_and_manifest(tiny_cache):
         with h5py.File(path) as f:
             assert json.loads(f.attrs["fingerprint"])["weights_sha256"] == "random:0"
             assert f["maps"].chunks == (1, 7, 7, 1280) and f["maps"].compression == "gzip"
+            assert f["maps"].compression_opts == 1 and not f["maps"].shuffle
 
 
 def test_resume_after_stop_equals_uninterrupted_run(tmp_path, sample_dir, tiny_cache):
