@@ -70,7 +70,7 @@ def _print_summary(s: dict[str, Any]) -> None:
          f"{s['bytes']['total'] / 1e6:.1f} MB on disk" + (f", {s['bytes']['per_row'] / 1e3:.1f} KB per row" if s["bytes"]["per_row"] else ""))
     echo(f"libraries: tensorflow {fp.get('tensorflow')}, keras {fp.get('keras')}, oneDNN {fp.get('onednn')}")
     echo(f"source:    {s['source']['kind']} {s['source']['root']}; splits from {s['split_source']}")
-    echo(f"splits:    " + ", ".join(f"{k} {v}" for k, v in s["splits"].items()))
+    echo("splits:    " + ", ".join(f"{k} {v}" for k, v in s["splits"].items()))
     if s["classes"]:
         width = max(len(c) for c in s["classes"])
         echo(f"classes ({len(s['classes'])}):  " + " " * max(0, width - 12) + "  ".join(f"{x:>6}" for x in schema.SPLITS))

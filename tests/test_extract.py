@@ -203,3 +203,28 @@ def test_changed_inputs_are_refused_on_resume(tmp_path, sample_dir):
     shutil.copy(next((src / "circle").glob("*.jpg")), src / "circle" / "added.jpg")
     with pytest.raises(SourceMismatchError, match="15 inputs .* then, 16 .* now.*--overwrite"):
         extract(src, tmp_path / "c")
+
+
+def test_csv_source_with_splits_and_a_missing_file(tmp_path, sample_dir):
+    imgs = sorted(p.relative_to(sample_dir).as_posix() for p in sample_dir.rglob("*.jpg"))[:5]
+    lines = ["path,label,split"] + [f"{sample_dir / p},{p.split('/')[0]},{'test' if k == 0 else ''}" for k, p in enumerate(imgs)]
+    lines.append(f"{sample_dir / 'gone.jpg'},circle,train")
+    (tmp_path / "list.csv").write_text("\n".join(lines) + "\n")
+    report = extract(tmp_path / "list.csv", tmp_path / "c")
+    assert report.rows == 5 and report.failed == 1
+    m = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert m["failed"] == [{"index": 5, "id": str(sample_dir / "gone.jpg"), "reason": "file not found", "shard": 1}]
+    assert m["source"]["kind"] == "csv" and m["split"]["source"] == "csv"
+    rows = FeatureCache(tmp_path / "c").load_pooled()
+    assert rows.id.tolist() == [str(sample_dir / p) for p in imgs]  # CSV order, ids as written
+    assert rows.split[0] == schema.SPLIT_CODES["test"]
+    assert [m["classes"][k] for k in rows.label] == [p.split("/")[0] for p in imgs]
+
+
+def test_mixed_precision_is_recorded_and_close_to_float32(tmp_path, sample_dir, tiny_cache):
+    extract(sample_dir, tmp_path / "mp", mixed_precision=True)
+    cache = FeatureCache(tmp_path / "mp")
+    assert cache.fingerprint["compute_dtype"] == "mixed_float16"
+    np.testing.assert_allclose(cache.load_pooled().pooled, FeatureCache(tiny_cache).load_pooled().pooled, rtol=0.05, atol=0.05)
+    with pytest.raises(FingerprintMismatchError, match="compute_dtype"):
+        extract(sample_dir, tmp_path / "mp", max_shards=1)  # float32 onto a mixed-precision cache

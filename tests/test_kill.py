@@ -1,0 +1,48 @@
+"""A real kill -9 in the middle of a run, then a resume: the cache equals an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import make_sample
+from test_extract import read_shards
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli(src: Path, cache: Path) -> list[str]:
+    return [sys.executable, "-m", "extractor", str(src), str(cache), "--backbone", "tiny", "--weights", "random",
+            "--shard-size", "6", "--batch-size", "4", "--no-progress"]
+
+
+def test_kill_during_run_then_resume_equals_uninterrupted(tmp_path):
+    src = tmp_path / "src"
+    make_sample(src, per_class=12, classes=4, seed=2)  # 48 images, 8 shards
+    subprocess.run(cli(src, tmp_path / "whole"), check=True, cwd=REPO, capture_output=True)
+
+    cache = tmp_path / "killed"
+    proc = subprocess.Popen(cli(src, cache), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    manifest = cache / "manifest.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:  # kill once the first shard is committed
+        if manifest.exists() and json.loads(manifest.read_text() or "{}").get("shards"):
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(json.loads(manifest.read_text())["shards"])
+    assert 1 <= done < 8  # really interrupted
+
+    resumed = subprocess.run(cli(src, cache), cwd=REPO, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{done} shards already done" in resumed.stdout
+    a, b = read_shards(tmp_path / "whole"), read_shards(cache)
+    for key in ("pooled", "label", "index", "split", "maps"):
+        assert a[key].tobytes() == b[key].tobytes(), key
+    assert a["id"].tolist() == b["id"].tolist()
+    assert not [p.name for p in (cache / "shards").iterdir() if p.name.startswith(".")]
