@@ -228,3 +228,19 @@ def test_mixed_precision_is_recorded_and_close_to_float32(tmp_path, sample_dir, 
     np.testing.assert_allclose(cache.load_pooled().pooled, FeatureCache(tiny_cache).load_pooled().pooled, rtol=0.05, atol=0.05)
     with pytest.raises(FingerprintMismatchError, match="compute_dtype"):
         extract(sample_dir, tmp_path / "mp", max_shards=1)  # float32 onto a mixed-precision cache
+
+
+def test_a_shard_whose_inputs_all_fail_is_committed_empty(tmp_path, sample_dir):
+    src = tmp_path / "src"
+    (src / "a_bad").mkdir(parents=True)
+    for k in range(4):
+        (src / "a_bad" / f"{k}.jpg").write_bytes(b"nope")
+    shutil.copytree(sample_dir / "circle", src / "circle")
+    report = extract(src, tmp_path / "c")
+    m = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert m["complete"] and m["shards"][0]["rows"] == 0 and report.failed == 4 and report.rows == 5
+    with h5py.File(tmp_path / "c" / m["shards"][0]["file"]) as f:
+        assert f["maps"].shape == (0, 7, 7, 1280) and f["pooled"].shape == (0, 1280) and f["id"].shape == (0,)
+    cache = FeatureCache(tmp_path / "c")
+    assert len(cache.load_pooled()) == 5
+    assert sum(len(i) for i, _ in cache.iter_maps()) == 5
