@@ -1,7 +1,7 @@
 """``featcache-inspect`` (also ``python -m shared``): look at a cache without TensorFlow.
 
-These commands read the manifest and the small per-row datasets only, so they start in a fraction of
-a second and work on a machine with no TensorFlow installed.
+They never import TensorFlow: they start in a fraction of a second, read only what they need, and
+work on a machine with no TensorFlow installed.
 """
 
 from __future__ import annotations
@@ -9,14 +9,23 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import typer
 
-from . import schema
+import numpy as np
+from tqdm import tqdm
+
+from . import export as export_mod
+from . import schema, similarity
+from . import verify as verify_mod
 from .cli import run_cli
+from .errors import FeatcacheError
 from .fingerprint import describe
-from .reader import FeatureCache
+from .fsutil import sha256_file
+from .picture import energy_overlay, load_source, write_png
+from .reader import FeatureCache, PooledRows
+from .split import split_names
 
 app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None, no_args_is_help=True)
 
@@ -103,17 +112,174 @@ def summary(
     run_cli(job, debug=debug)
 
 
-@app.command("ls")
-def list_shards(cache: CacheArg, debug: DebugOpt = False) -> None:
-    """The shards the manifest lists: number, rows, inputs, size, and whether the file is there."""
+def find_row(rows: PooledRows, row: str) -> int:
+    """Position in ``rows`` of ROW, given as a listing index (an integer) or an id."""
+    if row.lstrip("-").isdigit():
+        hit = np.flatnonzero(rows.index == int(row))
+        if len(hit):
+            return int(hit[0])
+    hit = np.flatnonzero(rows.id == row)
+    if len(hit):
+        return int(hit[0])
+    raise FeatcacheError(f"row {row!r}: no row has this index or id (indices run 0..{rows.index.max() if len(rows) else -1}; "
+                         "failed inputs have none)")
+
+
+def _class_name(classes: list[str], label: int) -> str:
+    return classes[label] if 0 <= label < len(classes) else "(unlabelled)"
+
+
+@app.command()
+def verify(
+    cache: CacheArg,
+    fix: Annotated[bool, typer.Option("--fix", help="Move bad and unknown shard files into CACHE/quarantine/ (nothing is deleted) and drop bad shards from the manifest, so that re-running the extractor recomputes exactly those shards.")] = False,
+    sample_rows: Annotated[int, typer.Option(min=1, help="Rows per shard, chosen at random, whose pooled vector is checked against the mean of their maps.")] = verify_mod.DEFAULT_SAMPLE_ROWS,
+    seed: Annotated[int, typer.Option(help="Seed for choosing those rows.")] = 0,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar over shards.")] = True,
+    debug: DebugOpt = False,
+) -> None:
+    """Check every shard against the manifest: size, sha256, HDF5 structure, shapes and dtypes,
+    fingerprint, index coverage, NaN/Inf, pooled = mean of maps; and find shard files the manifest
+    does not know. Exit 0 when all holds, 1 when a problem was found (even if --fix moved it aside)."""
+
+    def job() -> None:
+        shards = len(FeatureCache(cache).shards)
+        with tqdm(total=shards, unit="shard", disable=not progress, leave=False) as bar:
+            report = verify_mod.verify(cache, sample_rows=sample_rows, seed=seed, progress=lambda rec: bar.update(1))
+        for note in report.notes:
+            typer.echo(f"note: {note}")
+        for problem in report.problems:
+            typer.echo(f"{cache / problem.file}: {problem.reason}")
+        n = len(report.problems)
+        verdict = "OK" if report.ok else f"{n} problem{'s' if n > 1 else ''}"
+        typer.echo(f"{cache}: {verdict}: {report.shards_checked} shards, {report.rows_checked} rows checked")
+        if fix and not report.ok:
+            for action in verify_mod.fix(cache, report):
+                typer.echo(f"fixed: {action}")
+        if not report.ok:
+            raise typer.Exit(1)
+
+    run_cli(job, debug=debug)
+
+
+@app.command()
+def show(
+    cache: CacheArg,
+    row: Annotated[str, typer.Argument(help="The row: its index (position in the source listing) or its id.", show_default=False)],
+    top: Annotated[int, typer.Option(min=1, help="How many of the strongest pooled channels to list.")] = 10,
+    png: Annotated[Optional[Path], typer.Option(help="Also draw the maps' activation energy (mean over channels, per position) over the source image into this PNG file.")] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """One row: id, label, split, shard, pooled-vector statistics, strongest channels, and where its maps are active."""
 
     def job() -> None:
         c = FeatureCache(cache)
-        typer.echo(f"{'shard':>6} {'rows':>6} {'inputs':>7} {'MB':>8}  file")
+        rows = c.load_pooled()
+        k = find_row(rows, row)
+        index = int(rows.index[k])
+        v = rows.pooled[k]
+        shard = next(s for s in c.shards if s.first_index <= index < s.first_index + s.num_inputs)
+        (_, maps), = c.iter_maps(indices=[index], dtype="float32")
+        maps = maps[0]
+        energy = maps.mean(axis=-1)
+        echo = typer.echo
+        echo(f"row index {index} in {shard.file}: {rows.id[k]}")
+        echo(f"label {rows.label[k]} {_class_name(c.classes, int(rows.label[k]))}, split {split_names(rows.split[k:k + 1])[0]}")
+        echo(f"pooled ({len(v)},): L2 {np.linalg.norm(v):.3f}, mean {v.mean():.4f}, std {v.std():.4f}, "
+             f"max {v.max():.4f}, zeros {100 * (v == 0).mean():.1f}%")
+        strongest = np.argsort(-v, kind="stable")[:top]
+        echo("strongest channels: " + ", ".join(f"{ch} ({v[ch]:.3f})" for ch in strongest))
+        echo(f"maps {maps.shape}: zeros {100 * (maps == 0).mean():.1f}%; mean activation per position:")
+        for line in energy:
+            echo("  " + " ".join(f"{x:6.3f}" for x in line))
+        if png is not None:
+            base, where = load_source(Path(c.manifest.source["root"]) / str(rows.id[k]), tuple(c.fingerprint["input_size"]))
+            write_png(png, energy_overlay(base, energy))
+            echo(f"wrote {png}: activation energy over {where}")
+
+    run_cli(job, debug=debug)
+
+
+@app.command()
+def neighbours(
+    cache: CacheArg,
+    row: Annotated[Optional[str], typer.Argument(help="The row to find neighbours of: its index or its id (not needed with --duplicates).", show_default=False)] = None,
+    k: Annotated[int, typer.Option("-k", "--k", min=1, help="How many nearest rows to list.")] = 10,
+    duplicates: Annotated[bool, typer.Option("--duplicates", help="Instead, list every pair of rows whose pooled vectors are near-identical (cosine >= --threshold) across the whole cache, marking pairs that straddle two splits (leaks).")] = False,
+    threshold: Annotated[float, typer.Option(help="Cosine similarity from which two rows count as duplicates.")] = similarity.DEFAULT_DUPLICATE_THRESHOLD,
+    block: Annotated[int, typer.Option(min=16, help="Rows per block in the --duplicates search; memory is block x block floats.")] = similarity.DEFAULT_BLOCK,
+    debug: DebugOpt = False,
+) -> None:
+    """Nearest rows by cosine similarity of pooled vectors, with their labels and splits."""
+
+    def job() -> None:
+        c = FeatureCache(cache)
+        rows = c.load_pooled()
+        unit = similarity.normalize(rows.pooled)
+        names = split_names(rows.split)
+
+        def describe_row(i: int) -> str:
+            return f"{rows.index[i]:>7}  {names[i]:<5}  {_class_name(c.classes, int(rows.label[i])):<14}  {rows.id[i]}"
+
+        if duplicates:
+            pairs = list(similarity.near_duplicates(unit, threshold, block))
+            leaks = sum(names[p.a] != names[p.b] for p in pairs)
+            typer.echo(f"{len(pairs)} pairs with cosine >= {threshold} among {len(rows)} rows ({leaks} across splits)")
+            for p in pairs:
+                flag = "  LEAK" if names[p.a] != names[p.b] else ""
+                typer.echo(f"{p.cosine:.5f}{flag}\n  {describe_row(p.a)}\n  {describe_row(p.b)}")
+            return
+        if row is None:
+            raise FeatcacheError("neighbours: give a ROW (index or id), or --duplicates")
+        q = find_row(rows, row)
+        typer.echo(f"query   {describe_row(q)}")
+        top, sims = similarity.nearest(unit, q, k)
+        typer.echo(f"{'cosine':>7}  {'index':>7}  {'split':<5}  {'class':<14}  id")
+        for i, s in zip(top.tolist(), sims.tolist()):
+            typer.echo(f"{s:7.4f}  {describe_row(i)}")
+
+    run_cli(job, debug=debug)
+
+
+@app.command("export")
+def export_cmd(
+    cache: CacheArg,
+    out: Annotated[Path, typer.Argument(help="Output path: writes OUT.npz (arrays) and OUT.csv (index, id, label, class, split).", show_default=False)],
+    maps: Annotated[Optional[str], typer.Option("--maps", help="Also put the maps of rows with START <= index < STOP into the npz, as START:STOP (they are large: ~125 KB per row in float16).")] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Pooled vectors, labels, ids and splits as .npz and .csv, for scikit-learn and other tools."""
+
+    def job() -> None:
+        written = export_mod.export(FeatureCache(cache), out, export_mod.parse_range(maps) if maps else None)
+        for p in written:
+            typer.echo(f"wrote {p} ({p.stat().st_size / 1e6:.1f} MB)")
+
+    run_cli(job, debug=debug)
+
+
+@app.command("ls")
+def list_shards(
+    cache: CacheArg,
+    checksum: Annotated[bool, typer.Option(help="Check each shard's sha256 against the manifest (reads every shard).")] = True,
+    debug: DebugOpt = False,
+) -> None:
+    """The shards the manifest lists: number, rows, inputs, size, and whether the file is there and intact."""
+
+    def job() -> None:
+        c = FeatureCache(cache)
+        typer.echo(f"{'shard':>6} {'rows':>6} {'inputs':>7} {'MB':>8}  {'status':<9} file")
         for s in c.shards:
             path = c.shard_path(s)
-            state = "" if path.is_file() and path.stat().st_size == s.bytes else "  MISSING OR RESIZED"
-            typer.echo(f"{s.shard:>6} {s.rows:>6} {s.num_inputs:>7} {s.bytes / 1e6:>8.2f}  {s.file}{state}")
+            if not path.is_file():
+                status = "MISSING"
+            elif path.stat().st_size != s.bytes:
+                status = "SIZE"
+            elif checksum:
+                status = "ok" if sha256_file(path) == s.sha256 else "CHECKSUM"
+            else:
+                status = "present"
+            typer.echo(f"{s.shard:>6} {s.rows:>6} {s.num_inputs:>7} {s.bytes / 1e6:>8.2f}  {status:<9} {s.file}")
         missing = c.manifest.missing_shards()
         if missing:
             typer.echo(f"{len(missing)} planned shards not written yet: {missing[:10]}{' ...' if len(missing) > 10 else ''}")

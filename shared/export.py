@@ -1,0 +1,64 @@
+"""A cache's rows as plain files for other tools: ``.npz`` arrays and a ``.csv`` of labels and ids.
+
+``np.load(OUT.npz)`` needs no pickle: ids, class names and split names are fixed-width unicode.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from . import schema
+from .errors import FeatcacheError
+from .reader import FeatureCache
+from .split import split_names
+
+
+def parse_range(text: str) -> tuple[int, int]:
+    """``"A:B"`` -> ``(A, B)``: listing positions ``A <= index < B``."""
+    try:
+        a, b = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise FeatcacheError(f"row range {text!r}: expected START:STOP, e.g. 0:1000") from None
+    if not 0 <= a < b:
+        raise FeatcacheError(f"row range {text!r}: need 0 <= START < STOP")
+    return a, b
+
+
+def export(cache: FeatureCache, out: Path, maps_range: tuple[int, int] | None = None) -> list[Path]:
+    """Write ``OUT.npz`` and ``OUT.csv``; return their paths.
+
+    The npz holds ``pooled (N, C) float32``, ``label (N,) int32``, ``id (N,) str``, ``index (N,) int64``,
+    ``split (N,) str`` and ``classes (K,) str``; with ``maps_range`` also ``maps (M, h, w, c)`` in the
+    stored dtype and ``maps_index (M,)`` for the rows whose index is in the range.
+    """
+    out = Path(out)
+    npz = out if out.suffix == ".npz" else out.with_name(out.name + ".npz")
+    table = npz.with_suffix(".csv")
+    rows = cache.load_pooled()
+    names = split_names(rows.split).astype(str)
+    arrays: dict[str, np.ndarray] = {
+        "pooled": rows.pooled,
+        "label": rows.label,
+        "id": rows.id.astype(str),
+        "index": rows.index,
+        "split": names,
+        "classes": np.array(cache.classes, dtype=str),
+    }
+    if maps_range is not None:
+        wanted = rows.index[(rows.index >= maps_range[0]) & (rows.index < maps_range[1])]
+        parts = list(cache.iter_maps(indices=wanted))
+        arrays["maps_index"] = np.concatenate([i for i, _ in parts]) if parts else np.zeros(0, schema.INDEX_DTYPE)
+        arrays["maps"] = (np.concatenate([m for _, m in parts]) if parts
+                          else np.zeros((0, *cache.maps_shape), cache.manifest.storage["maps_dtype"]))
+    npz.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(npz, **arrays)
+    classes = cache.classes
+    with open(table, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["index", "id", "label", "class", "split"])
+        for i, ident, lab, sp in zip(rows.index.tolist(), rows.id.tolist(), rows.label.tolist(), names.tolist()):
+            w.writerow([i, ident, lab, classes[lab] if 0 <= lab < len(classes) else "", sp])
+    return [npz, table]
