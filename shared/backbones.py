@@ -96,6 +96,9 @@ class BackboneSpec:
     preprocessing: str
     imagenet_file: tuple[str, str] | None = None
     description: str = ""
+    # ``preprocess`` as an affine map ``x * scale + offset``, for models exported with a built-in
+    # Rescaling layer (None when the preprocessing is not affine).
+    rescale: tuple[float, float] | None = None
 
     @property
     def channels(self) -> int:
@@ -156,6 +159,7 @@ def _build_tiny(weights: ResolvedWeights) -> "keras.Model":
 
 _MOBILENET_PREPROCESS = "keras.applications.mobilenet_v2:preprocess_input"
 _MOBILENET_PREPROCESSING = "RGB in [0, 255] -> x / 127.5 - 1 (mobilenet_v2.preprocess_input)"
+_MOBILENET_RESCALE = (1 / 127.5, -1.0)
 
 _REGISTRY: dict[str, BackboneSpec] = {}
 
@@ -176,6 +180,7 @@ register(
         preprocessing=_MOBILENET_PREPROCESSING,
         imagenet_file=(MOBILENET_V2_WEIGHTS_FILE, MOBILENET_V2_WEIGHTS_URL),
         description="Keras MobileNetV2 1.0, include_top=False, 224x224",
+        rescale=_MOBILENET_RESCALE,
     )
 )
 register(
@@ -187,6 +192,7 @@ register(
         preprocess=_MOBILENET_PREPROCESS,
         preprocessing=_MOBILENET_PREPROCESSING,
         description="fixed random 2-layer conv net with MobileNetV2's output shape (tests, smoke runs)",
+        rescale=_MOBILENET_RESCALE,
     )
 )
 

@@ -1,4 +1,7 @@
-"""Stage 2 of featcache: train many cheap heads on a cache's features (not built yet).
+"""Stage 2 of featcache: sweeps of cheap heads trained from a cache, never touching the backbone.
 
-It reads caches through :mod:`shared` only and never imports :mod:`extractor`.
+``sweep`` (the grid as data) -> ``data`` (splits from the cache) -> ``engine`` (heads of one kind
+stacked and trained as one) composed by ``run`` (epochs, early stopping, results); ``keras_heads``
+turns a trained head into a Keras model (alone, or stacked onto its backbone for export); ``cli`` is
+``featcache-train``. It reads caches through :mod:`shared` only and never imports :mod:`extractor`.
 """

@@ -1,0 +1,178 @@
+"""featcache-train: stacked training equals separate Keras training, heads learn what is learnable
+and only that, runs are reproducible, and the exported model equals the head on cached features."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REAL_WEIGHTS, extract, synthetic_cache
+from shared.errors import FeatcacheError
+from shared.reader import FeatureCache
+from trainer.run import Settings, run_sweep
+from trainer.sweep import HeadConfig, expand, load_sweep_file
+
+FAST = Settings(epochs=15, batch_size=64, patience=5, seed=0)
+
+
+def sweep(cache: Path, runs: Path, configs: list[HeadConfig], settings: Settings = FAST):
+    return run_sweep(cache, configs, settings, runs, ["test"], log=lambda m: None, progress=False)
+
+
+def test_stacked_heads_equal_the_same_heads_trained_one_by_one_in_keras():
+    import keras
+
+    from trainer.engine import HeadGroup
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5, 32, 1280)).astype(np.float32)  # 5 batches of 32
+    y = rng.integers(0, 4, size=(5, 32)).astype(np.int32)
+    for configs in (
+        [HeadConfig("linear", 1e-2, 0.0), HeadConfig("linear", 3e-3, 1e-2), HeadConfig("linear", 1e-3, 0.0, label_smoothing=0.1)],
+        [HeadConfig("mlp", 1e-2, 1e-3, hidden=16), HeadConfig("mlp", 3e-3, 0.0, hidden=16, label_smoothing=0.2)],
+    ):
+        group = HeadGroup(configs, 1280, 4, seed=3)
+        init = [group.head_weights(k) for k in range(group.k)]
+        for b in range(5):
+            group.train_step(x[b], y[b], np.ones(group.k, bool), (0, b))
+        for k, cfg in enumerate(configs):
+            layers = [keras.layers.Dense(4)] if cfg.kind == "linear" else [keras.layers.Dense(16, activation="relu"), keras.layers.Dense(4)]
+            model = keras.Sequential([keras.Input((1280,)), *layers])
+            names = ["W", "b"] if cfg.kind == "linear" else ["W1", "b1", "W2", "b2"]
+            model.set_weights([init[k][n] for n in names])
+            opt = keras.optimizers.AdamW(learning_rate=cfg.lr, weight_decay=cfg.weight_decay, epsilon=1e-7)
+            opt.exclude_from_weight_decay(var_names=["bias"])
+            loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=cfg.label_smoothing)
+            model.compile(optimizer=opt, loss=loss)
+            for b in range(5):
+                model.train_on_batch(x[b], keras.utils.to_categorical(y[b], 4))
+            got = group.head_weights(k)
+            for n, want in zip(names, model.get_weights()):
+                np.testing.assert_allclose(got[n], want, rtol=1e-4, atol=1e-5, err_msg=f"{cfg.name} {n}")
+            assert not np.allclose(got[names[0]], init[k][names[0]])  # it did train
+
+
+def test_separable_classes_are_learned_and_shuffled_labels_are_not(tmp_path):
+    configs = expand({"head": ["linear", "mlp"], "lr": [3e-3], "hidden": [32]})
+    _, good = sweep(synthetic_cache(tmp_path / "good"), tmp_path / "runs", configs)
+    best = next(h for h in good["heads"] if h["name"] == good["best"])
+    assert best["test_acc"] >= 0.95
+    _, bad = sweep(synthetic_cache(tmp_path / "bad", shuffle_labels=True), tmp_path / "runs", configs)
+    assert max(h["test_acc"] for h in bad["heads"]) <= 0.5  # 4 classes: chance is 0.25
+
+
+def test_map_heads_learn_from_maps(tmp_path):
+    _, r = sweep(synthetic_cache(tmp_path / "c"), tmp_path / "runs", expand({"head": ["map"], "lr": [3e-3], "hidden": [16]}))
+    assert r["heads"][0]["test_acc"] >= 0.9
+
+
+def test_results_are_complete_and_reproducible(tmp_path):
+    cache = synthetic_cache(tmp_path / "c")
+    configs = expand({"head": ["linear", "mlp"], "lr": [1e-3, 1e-2], "hidden": [16], "dropout": [0.0, 0.3]})
+    run1, r1 = sweep(cache, tmp_path / "runs", configs)
+    run2, r2 = sweep(cache, tmp_path / "runs", configs)
+    assert run1 != run2  # never overwrites an earlier run
+    on_disk = json.loads((run1 / "results.json").read_text())
+    assert on_disk["complete"] and on_disk["best"] == r1["best"] and on_disk["splits"] == {"train": 144, "val": 48, "test": 48}
+    assert len(on_disk["heads"]) == 6 and {h["name"] for h in on_disk["heads"]} == {c.name for c in configs}
+    for h in on_disk["heads"]:
+        assert {"config", "epochs", "best_epoch", "val_acc", "test_acc", "group_wall_seconds"} <= set(h)
+        assert h["epochs"][0]["epoch"] == 1 and 0 <= h["val_acc"] <= 1
+    strip = lambda r: [{k: v for k, v in h.items() if k != "group_wall_seconds"} for h in r["heads"]]  # noqa: E731
+    assert strip(r1) == strip(r2)
+    assert (run1 / "leaderboard.txt").read_text().splitlines()[1].endswith(r1["best"])
+    assert (run1 / "best_head.keras").is_file() and (run1 / "heads.npz").is_file() and (run1 / "plot.png").is_file()
+
+
+def test_no_val_split_is_carved_no_labels_is_refused(tmp_path):
+    _, r = sweep(synthetic_cache(tmp_path / "c", splits="no-val"), tmp_path / "runs", expand({}))
+    assert r["val_carved_from_train"] and r["splits"]["test"] == 48
+    assert r["splits"]["train"] + r["splits"]["val"] == 192 and 5 <= r["splits"]["val"] <= 40
+    _, h = sweep(synthetic_cache(tmp_path / "h", splits="hash"), tmp_path / "runs", expand({}))
+    assert not h["val_carved_from_train"] and sum(h["splits"].values()) == 240
+    with pytest.raises(FeatcacheError, match="has no labelled rows"):
+        sweep(synthetic_cache(tmp_path / "u", labelled=False), tmp_path / "runs", expand({}))
+
+
+def test_training_never_builds_the_backbone(tmp_path, monkeypatch):
+    import shared.backbones as backbones
+
+    def forbidden(*a, **k):
+        raise AssertionError("the trainer built a backbone")
+
+    monkeypatch.setattr(backbones, "build_backbone", forbidden)
+    monkeypatch.setattr(backbones, "_build_mobilenet_v2", forbidden)
+    monkeypatch.setattr(backbones, "_build_tiny", forbidden)
+    import keras
+
+    monkeypatch.setattr(keras.applications, "MobileNetV2", forbidden)
+    _, r = sweep(synthetic_cache(tmp_path / "c"), tmp_path / "runs", expand({"head": ["linear", "map"], "hidden": [8]}))
+    assert len(r["heads"]) == 2
+
+
+def test_sweep_file_and_grid(tmp_path):
+    (tmp_path / "s.toml").write_text('epochs = 3\nlr = [0.01]\n[[grid]]\nhead = ["linear"]\nweight_decay = [0, 1e-4]\n'
+                                     '[[grid]]\nhead = ["mlp"]\nhidden = [8, 16]\ndropout = [0.1]\n')
+    grids, settings = load_sweep_file(tmp_path / "s.toml")
+    configs = [c for g in grids for c in expand(g)]
+    assert settings == {"epochs": 3}
+    assert [c.name for c in configs] == ["linear-lr0.01-wd0-ls0", "linear-lr0.01-wd0.0001-ls0",
+                                         "mlp-h8-do0.1-lr0.01-wd0-ls0", "mlp-h16-do0.1-lr0.01-wd0-ls0"]
+    assert len(expand({"head": ["linear"], "hidden": [8, 16], "dropout": [0, 0.5]})) == 1  # unused keys collapse
+    with pytest.raises(FeatcacheError, match="unknown head kind 'cnn'"):
+        expand({"head": ["cnn"]})
+
+
+def _export_and_compare(tmp_path: Path, cache: Path, sample_dir: Path, kind: str, tol: float) -> None:
+    import keras
+    from typer.testing import CliRunner
+
+    from extractor.pipeline import decode_resize
+    from trainer.cli import app
+
+    run_dir, results = sweep(cache, tmp_path / "runs", expand({"head": [kind], "lr": [3e-3], "hidden": [16]}),
+                             Settings(epochs=3, batch_size=8, seed=0))
+    out = tmp_path / f"{kind}.keras"
+    r = CliRunner().invoke(app, ["export", str(run_dir), str(out)])
+    assert r.exit_code == 0, r.output
+    full = keras.models.load_model(out)
+    head = keras.models.load_model(run_dir / "best_head.keras")
+    c = FeatureCache(cache)
+    rows = c.load_pooled()
+    images = np.stack([decode_resize(Path(sample_dir / i).read_bytes(), (224, 224)).numpy() for i in rows.id[:4]])
+    got = full.predict(images, verbose=0)
+    if kind == "map":
+        (_, maps), = c.iter_maps(indices=rows.index[:4], dtype="float32")
+        want = head.predict(maps, verbose=0)
+    else:
+        want = head.predict(rows.pooled[:4], verbose=0)
+    assert got.shape == (4, len(results["classes"]))
+    np.testing.assert_allclose(got.sum(-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(got, want, atol=tol)
+
+
+@pytest.mark.parametrize(("kind", "tol"), [("linear", 1e-4), ("mlp", 1e-4), ("map", 2e-3)])
+def test_exported_model_equals_head_on_cached_features(tmp_path, tiny_cache, sample_dir, kind, tol):
+    _export_and_compare(tmp_path, tiny_cache, sample_dir, kind, tol)
+
+
+@pytest.mark.skipif(not REAL_WEIGHTS.is_file(), reason=f"real weights not found at {REAL_WEIGHTS}")
+def test_exported_mobilenet_model_equals_head_on_cached_features(tmp_path, sample_dir):
+    cache = tmp_path / "real"
+    extract(sample_dir, cache, backbone="mobilenet_v2", weights=str(REAL_WEIGHTS), shard_size=16, batch_size=8)
+    _export_and_compare(tmp_path, cache, sample_dir, "linear", 1e-4)
+
+
+def test_export_refuses_other_weights(tmp_path, tiny_cache):
+    from typer.testing import CliRunner
+
+    from trainer.cli import app
+
+    run_dir, _ = sweep(tiny_cache, tmp_path / "runs", expand({}), Settings(epochs=1, seed=0))
+    other = tmp_path / "other.h5"
+    other.write_bytes(b"not these weights")
+    r = CliRunner().invoke(app, ["export", str(run_dir), str(tmp_path / "x.keras"), "--weights", str(other)])
+    assert r.exit_code == 2 and "is not the cache's random:0" in r.output

@@ -1,0 +1,5 @@
+"""``python -m trainer`` is ``featcache-train``."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,164 @@
+"""Many heads trained as one: parameters stacked on a leading head axis, one batch fed to all.
+
+A :class:`HeadGroup` holds ``K`` heads of one kind and shape. Its forward pass is a few ``einsum``
+over the head axis, its optimizer is AdamW written out on the stacked tensors (each head with its own
+learning rate and weight decay, the same update Keras' ``AdamW`` makes for a single head), and its
+loss is the sum of the heads' mean cross-entropies, so every head gets exactly the gradient it would
+get alone. A head whose validation accuracy stopped improving is frozen (its update is masked), and
+the weights of its best epoch are kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from shared.backbones import import_tensorflow
+
+from .sweep import HeadConfig
+
+tf = import_tensorflow()
+
+BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-7  # Keras' Adam defaults
+BIAS_NAMES = ("b", "b1", "b2")  # never weight-decayed
+
+
+def _glorot(rng: np.random.Generator, k: int, fan_in: int, fan_out: int, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    limit = np.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, (k, *(shape or (fan_in, fan_out)))).astype(np.float32)
+
+
+def init_params(kind: str, k: int, in_dim: int, hidden: int, n_classes: int, seed: int) -> dict[str, np.ndarray]:
+    """Initial parameters of ``k`` heads (Glorot-uniform kernels, zero biases), deterministic in ``seed``.
+
+    linear: ``W (k, C, n)``, ``b (k, n)``; mlp: ``W1 (k, C, h)``, ``b1``, ``W2 (k, h, n)``, ``b2``;
+    map: ``W1 (k, C, h)``, ``b1``, ``a (k, h)`` attention vector, ``W2 (k, h, n)``, ``b2``.
+    """
+    rng = np.random.default_rng(seed)
+    zeros = lambda *s: np.zeros((k, *s), np.float32)  # noqa: E731
+    if kind == "linear":
+        return {"W": _glorot(rng, k, in_dim, n_classes), "b": zeros(n_classes)}
+    p = {"W1": _glorot(rng, k, in_dim, hidden), "b1": zeros(hidden)}
+    if kind == "map":
+        p["a"] = _glorot(rng, k, hidden, 1, (hidden,))
+    p.update(W2=_glorot(rng, k, hidden, n_classes), b2=zeros(n_classes))
+    return p
+
+
+class HeadGroup:
+    """``K`` heads of one (kind, hidden) trained together. Inputs: pooled ``(B, C)`` for linear and
+    mlp heads, maps ``(B, h, w, C)`` for map heads; logits ``(K, B, n_classes)``."""
+
+    def __init__(self, configs: Sequence[HeadConfig], in_dim: int, n_classes: int, seed: int):
+        kinds = {c.group for c in configs}
+        if len(kinds) != 1:
+            raise ValueError(f"a HeadGroup holds one kind and width, got {sorted(kinds)}")
+        self.configs = list(configs)
+        self.kind, self.hidden = configs[0].group
+        self.k = len(configs)
+        self.n_classes = n_classes
+        vec = lambda f: tf.constant([float(getattr(c, f)) for c in configs], tf.float32)  # noqa: E731
+        self.lr, self.wd, self.dropout, self.smoothing = vec("lr"), vec("weight_decay"), vec("dropout"), vec("label_smoothing")
+        init = init_params(self.kind, self.k, in_dim, self.hidden, n_classes, seed)
+        self.names = list(init)
+        self.params = {n: tf.Variable(v, name=n) for n, v in init.items()}
+        self.m = {n: tf.Variable(tf.zeros_like(v)) for n, v in init.items()}
+        self.v = {n: tf.Variable(tf.zeros_like(v)) for n, v in init.items()}
+        self.best = {n: tf.Variable(v) for n, v in init.items()}
+        self.steps = tf.Variable(0, dtype=tf.int64)
+        self._train_step = tf.function(self._train_step_impl, reduce_retracing=True)
+        self._eval_step = tf.function(self._eval_impl, reduce_retracing=True)
+
+    # -- model --------------------------------------------------------------------------------------
+    def logits(self, x: Any, training: bool = False, seed: Any = None) -> Any:
+        p = self.params
+        if self.kind == "linear":
+            return tf.einsum("bc,kcn->kbn", x, p["W"]) + p["b"][:, None, :]
+        if self.kind == "mlp":
+            h = tf.nn.relu(tf.einsum("bc,kch->kbh", x, p["W1"]) + p["b1"][:, None, :])
+        else:
+            b = tf.shape(x)[0]
+            x = tf.reshape(tf.cast(x, tf.float32), [b, -1, tf.shape(x)[-1]])  # (B, P, C)
+            f = tf.nn.relu(tf.einsum("bpc,kch->kbph", x, p["W1"]) + p["b1"][:, None, None, :])
+            att = tf.nn.softmax(tf.einsum("kbph,kh->kbp", f, p["a"]), axis=-1)
+            h = tf.einsum("kbp,kbph->kbh", att, f)
+        if training:
+            keep = 1.0 - self.dropout[:, None, None]
+            mask = tf.cast(tf.random.stateless_uniform(tf.shape(h), seed=seed) < keep, tf.float32)
+            h = h * mask / keep
+        return tf.einsum("kbh,khn->kbn", h, p["W2"]) + p["b2"][:, None, :]
+
+    def _losses(self, logits: Any, y: Any) -> tuple[Any, Any]:
+        """Per-head mean cross-entropy (with each head's label smoothing) and correct count: ``(K,)`` each."""
+        onehot = tf.one_hot(y, self.n_classes)[None]  # (1, B, n)
+        s = self.smoothing[:, None, None]
+        target = onehot * (1.0 - s) + s / self.n_classes
+        loss = -tf.reduce_sum(target * tf.nn.log_softmax(logits, axis=-1), axis=-1)  # (K, B)
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y[None]), tf.float32), -1)
+        return tf.reduce_mean(loss, axis=-1), correct
+
+    # -- training -------------------------------------------------------------------------------------
+    def _train_step_impl(self, x: Any, y: Any, active: Any, seed: Any) -> tuple[Any, Any]:
+        with tf.GradientTape() as tape:
+            loss, correct = self._losses(self.logits(x, training=True, seed=seed), y)
+            total = tf.reduce_sum(loss)
+        grads = tape.gradient(total, [self.params[n] for n in self.names])
+        self.steps.assign_add(1)
+        t = tf.cast(self.steps, tf.float32)
+        alpha = self.lr * tf.sqrt(1.0 - BETA_2**t) / (1.0 - BETA_1**t)  # (K,)
+        for name, g in zip(self.names, grads):
+            var, m, v = self.params[name], self.m[name], self.v[name]
+            shape = [-1] + [1] * (len(var.shape) - 1)
+            on = tf.reshape(active, shape)
+            w = var
+            if name not in BIAS_NAMES:  # decoupled weight decay, before the Adam step (as Keras does)
+                w = w - w * tf.reshape(self.wd * self.lr, shape)
+            m_new = m + (g - m) * (1.0 - BETA_1)
+            v_new = v + (tf.square(g) - v) * (1.0 - BETA_2)
+            w = w - tf.reshape(alpha, shape) * m_new / (tf.sqrt(v_new) + EPSILON)
+            var.assign(tf.where(on, w, var))
+            m.assign(tf.where(on, m_new, m))
+            v.assign(tf.where(on, v_new, v))
+        return loss, correct
+
+    def train_step(self, x: np.ndarray, y: np.ndarray, active: np.ndarray, seed: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """One AdamW step of every active head on batch ``x``, ``y``; returns each head's (loss, correct)."""
+        loss, correct = self._train_step(tf.convert_to_tensor(x), tf.convert_to_tensor(y, tf.int32),
+                                         tf.convert_to_tensor(active), tf.constant(seed, tf.int64))
+        return loss.numpy(), correct.numpy()
+
+    def _eval_impl(self, x: Any, y: Any) -> tuple[Any, Any]:
+        loss, correct = self._losses(self.logits(x), y)
+        return loss * tf.cast(tf.shape(y)[0], tf.float32), correct
+
+    def evaluate(self, batches: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Mean loss and accuracy ``(K,)`` of every head over ``(x, y)`` batches (no dropout)."""
+        loss, correct, n = np.zeros(self.k), np.zeros(self.k), 0
+        for x, y in batches:
+            lb, cb = self._eval_step(tf.convert_to_tensor(x), tf.convert_to_tensor(y, tf.int32))
+            loss += lb.numpy()
+            correct += cb.numpy()
+            n += len(y)
+        return (loss / n, correct / n) if n else (np.full(self.k, np.nan), np.full(self.k, np.nan))
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities ``(K, B, n_classes)``."""
+        return tf.nn.softmax(self.logits(tf.convert_to_tensor(x)), axis=-1).numpy()
+
+    # -- best weights ---------------------------------------------------------------------------------
+    def keep_best(self, improved: np.ndarray) -> None:
+        """Remember the current weights of the heads in ``improved`` ``(K,)`` bool."""
+        for name in self.names:
+            var = self.params[name]
+            mask = tf.reshape(tf.constant(improved), [-1] + [1] * (len(var.shape) - 1))
+            self.best[name].assign(tf.where(mask, var, self.best[name]))
+
+    def restore_best(self) -> None:
+        for name in self.names:
+            self.params[name].assign(self.best[name])
+
+    def head_weights(self, i: int) -> dict[str, np.ndarray]:
+        """Head ``i``'s parameters (without the head axis)."""
+        return {name: self.params[name][i].numpy() for name in self.names}
