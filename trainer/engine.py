@@ -111,16 +111,13 @@ class HeadGroup:
         for name, g in zip(self.names, grads):
             var, m, v = self.params[name], self.m[name], self.v[name]
             shape = [-1] + [1] * (len(var.shape) - 1)
-            on = tf.reshape(active, shape)
-            w = var
+            m.assign_add((g - m) * (1.0 - BETA_1))
+            v.assign_add((tf.square(g) - v) * (1.0 - BETA_2))
+            step = tf.reshape(alpha, shape) * m / (tf.sqrt(v) + EPSILON)
             if name not in BIAS_NAMES:  # decoupled weight decay, before the Adam step (as Keras does)
-                w = w - w * tf.reshape(self.wd * self.lr, shape)
-            m_new = m + (g - m) * (1.0 - BETA_1)
-            v_new = v + (tf.square(g) - v) * (1.0 - BETA_2)
-            w = w - tf.reshape(alpha, shape) * m_new / (tf.sqrt(v_new) + EPSILON)
-            var.assign(tf.where(on, w, var))
-            m.assign(tf.where(on, m_new, m))
-            v.assign(tf.where(on, v_new, v))
+                step += var * tf.reshape(self.wd * self.lr, shape)
+            # a frozen head keeps its weights (its moments may drift: it is never unfrozen)
+            var.assign_sub(step * tf.reshape(tf.cast(active, tf.float32), shape))
         return loss, correct
 
     def train_step(self, x: np.ndarray, y: np.ndarray, active: np.ndarray, seed: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
