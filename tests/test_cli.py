@@ -28,6 +28,15 @@ def test_help_explains_every_option_without_tensorflow():
                 "--split", "--mixed-precision", "--seed", "--overwrite", "--strict", "--max-shards", "--debug"):
         assert opt in p.stdout, opt
     assert run("-m", "shared", "--help").returncode == 0
+    p = run("-c", "import sys; sys.argv = ['featcache-train', 'train', '--help']\nfrom trainer.cli import main\n"
+                  "try:\n    main()\nexcept SystemExit:\n    pass\nassert 'tensorflow' not in sys.modules")
+    assert p.returncode == 0 and "--weight-decay" in p.stdout and "--sweep" in p.stdout, p.stderr
+
+
+def test_featcache_train_cache_runs_a_sweep_without_the_word_train(tiny_cache, tmp_path):
+    p = run("-m", "trainer", str(tiny_cache), "--epochs", "2", "--runs", str(tmp_path / "runs"), "--no-progress")
+    assert p.returncode == 0, p.stderr
+    assert "best: linear-lr0.001-wd0-ls0" in p.stdout and len(list((tmp_path / "runs").iterdir())) == 1
 
 
 def test_cli_extract_then_inspect(sample_dir, tmp_path):

@@ -176,3 +176,29 @@ def test_export_refuses_other_weights(tmp_path, tiny_cache):
     other.write_bytes(b"not these weights")
     r = CliRunner().invoke(app, ["export", str(run_dir), str(tmp_path / "x.keras"), "--weights", str(other)])
     assert r.exit_code == 2 and "is not the cache's random:0" in r.output
+
+
+def test_cli_train_predict_and_export_another_head(tmp_path, tiny_cache):
+    import csv
+
+    from typer.testing import CliRunner
+
+    from trainer.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["train", str(tiny_cache), "--head", "linear,mlp", "--lr", "1e-2,1e-3", "--hidden", "8",
+                            "--epochs", "3", "--runs", str(tmp_path / "runs"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "rank  val acc  test acc  epoch  head" in r.output and "RANDOM weights" in r.output
+    run_dir = next((tmp_path / "runs").iterdir())
+    results = json.loads((run_dir / "results.json").read_text())
+    other = next(h["name"] for h in results["heads"] if h["name"] != results["best"] and h["config"]["kind"] == "mlp")
+    p = runner.invoke(app, ["predict", str(run_dir), str(tmp_path / "p.csv"), "--split", "all", "--head", other])
+    assert p.exit_code == 0, p.output
+    rows = list(csv.DictReader(open(tmp_path / "p.csv")))
+    assert len(rows) == 15 and set(rows[0]) >= {"index", "id", "label", "predicted", "p_checker", "p_circle", "p_cross"}
+    assert all(abs(sum(float(r[f"p_{c}"]) for c in ("checker", "circle", "cross")) - 1) < 1e-4 for r in rows)
+    e = runner.invoke(app, ["export", str(run_dir), str(tmp_path / "m.keras"), "--head", other])
+    assert e.exit_code == 0 and f"tiny + {other}" in e.output
+    bad = runner.invoke(app, ["predict", str(run_dir), str(tmp_path / "q.csv"), "--head", "nope"])
+    assert bad.exit_code == 2 and "no head named 'nope'" in bad.output

@@ -101,9 +101,8 @@ def _head(run_dir: Path, results: dict[str, Any], name: Optional[str]):
     k = z[f"{g}_names"].tolist().index(name)
     weights = {key[len(g) + 1:]: z[key][k] for key in z.files if key.startswith(g + "_") and not key.endswith("_names")}
     mean_std = (z["standardize_mean"], z["standardize_std"]) if "standardize_mean" in z.files else None
-    in_shape = (len(z["standardize_mean"]) if mean_std else results["fingerprint"]["output_shape"][-1],)
-    if cfg.kind not in POOLED_KINDS:
-        in_shape = tuple(results["fingerprint"]["output_shape"])
+    maps_shape = tuple(results["fingerprint"]["output_shape"])
+    in_shape = maps_shape[-1:] if cfg.kind in POOLED_KINDS else maps_shape
     return cfg, head_model(cfg, weights, in_shape, len(results["classes"]), mean_std)
 
 
