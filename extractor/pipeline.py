@@ -21,6 +21,7 @@ tf = import_tensorflow()
 
 Preprocess = Callable[[Any], Any]
 PREFETCH_BATCHES = 2
+JPEG_RATIOS = (1, 2, 4, 8)  # the DCT scalings libjpeg offers
 
 
 def decode_threads() -> int:
@@ -33,9 +34,22 @@ def decode_resize(data: Any, size: tuple[int, int]) -> Any:
 
     JPEG, PNG (8/16-bit, gray, palette, alpha), BMP and GIF (first frame) are decoded to 3-channel
     uint8; the resize is bilinear with antialiasing and does not keep the aspect ratio (see
-    :data:`shared.fingerprint.RESIZE`).
+    :data:`shared.fingerprint.RESIZE`). A large JPEG is decoded already scaled down by 2, 4 or 8 in
+    the DCT domain, as far as its short side stays at least twice the target: an 8000x8000 photo
+    then costs 12 MB instead of 192 MB (and 768 MB as floats), and decodes ~10x faster.
     """
-    img = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+
+    def jpeg() -> Any:
+        shape = tf.io.extract_jpeg_shape(data)
+        short = tf.minimum(shape[0], shape[1])
+        target = 2 * min(size)
+        index = tf.reduce_sum(tf.cast(short >= target * tf.constant(JPEG_RATIOS[1:], tf.int32), tf.int32))
+        return tf.switch_case(index, [lambda r=r: tf.io.decode_jpeg(data, channels=3, ratio=r) for r in JPEG_RATIOS])
+
+    def other() -> Any:
+        return tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+
+    img = tf.cond(tf.io.is_jpeg(data), jpeg, other)
     img.set_shape([None, None, 3])
     return tf.image.resize(img, size, method="bilinear", antialias=True)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.errors import BadInputError
+from shared.errors import BadInputError, FeatcacheError
 from shared.manifest import FailedInput
 from shared.writer import CacheWriter, ShardWriter
 
@@ -98,6 +98,11 @@ class ShardSink:
                             self._finish_shard()
                     break
                 self._write(*item)
+        except OSError as exc:  # disk full, I/O error: say which file and that finished shards are safe
+            self._error = FeatcacheError(
+                f"{exc.filename or self.cache.dir}: cannot write ({exc.strerror or exc}); the {self.stats.shards} "
+                "shards finished in this run are kept: fix the cause and run the same command to resume"
+            )
         except BaseException as exc:  # handed to the main thread
             self._error = exc
         finally:

@@ -1,7 +1,8 @@
 """What every featcache command does the same way: one-line errors and warnings, exit codes.
 
-A :class:`~shared.errors.FeatcacheError` is printed as ``error: <file>: <reason>`` and exits 2, with
-no traceback unless ``--debug``; Ctrl-C exits 130 after saying that finished work is kept.
+A :class:`~shared.errors.FeatcacheError` (or an ``OSError``: disk full, permission denied) is printed
+as ``error: <file>: <reason>`` and exits 2, with no traceback unless ``--debug``; Ctrl-C exits 130
+after saying that finished work is kept.
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ def run_cli(job: Callable[[], None], *, debug: bool = False) -> None:
         if debug:
             raise
         typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_ERROR) from None
+    except OSError as exc:  # a disk or permission problem: the file and the reason, not a traceback
+        if debug:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        typer.echo(f"error: {where}{exc.strerror or exc}", err=True)
         raise typer.Exit(EXIT_ERROR) from None
     except KeyboardInterrupt:
         typer.echo("interrupted: finished shards are kept; run the same command again to resume", err=True)

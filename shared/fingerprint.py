@@ -27,10 +27,11 @@ IDENTITY_KEYS = (
 )
 ENVIRONMENT_KEYS = ("tensorflow", "keras", "onednn")
 
-# How images become backbone inputs: decoded to RGB uint8, resized to the backbone's input size
-# without keeping the aspect ratio (Keras' image_dataset_from_directory default), bilinear with
-# antialiasing so that large images are averaged, not aliased.
-RESIZE = "bilinear,antialias,squash"
+# How images become backbone inputs: decoded to RGB uint8 (a JPEG whose short side is at least 4, 8
+# or 16 times the target is decoded scaled down by 2, 4 or 8 in the DCT domain), resized to the
+# backbone's input size without keeping the aspect ratio (Keras' image_dataset_from_directory
+# default), bilinear with antialiasing so that large images are averaged, not aliased.
+RESIZE = "jpeg-dct-prescale-to-2x,bilinear,antialias,squash"
 
 
 def make_fingerprint(

@@ -1,0 +1,168 @@
+"""Garbage in: every kind of bad or unusual image is processed correctly or skipped with a reason,
+the run completes, a disk error loses nothing, and memory stays bounded on a huge image."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import extract
+from shared.errors import FeatcacheError
+from shared.reader import FeatureCache
+from test_extract import read_shards
+
+PIL = pytest.importorskip("PIL.Image")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _rgb(seed: int, h: int = 40, w: int = 56) -> np.ndarray:
+    return (np.random.default_rng(seed).random((h, w, 3)) * 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]]:
+    """A folder of odd images (class 'odd') and broken files (class 'bad'); returns it and, for each
+    odd image, the RGB pixels a correct decoder must produce."""
+    root = tmp_path_factory.mktemp("zoo")
+    odd, bad = root / "odd", root / "bad"
+    odd.mkdir()
+    bad.mkdir()
+    expect: dict[str, np.ndarray] = {}
+    gray = _rgb(1)[..., 0]
+    PIL.fromarray(gray, "L").save(odd / "gray.png")
+    expect["odd/gray.png"] = np.repeat(gray[..., None], 3, axis=-1)
+    pal = PIL.fromarray(_rgb(2)).convert("P", palette=PIL.Palette.ADAPTIVE, colors=16)
+    pal.save(odd / "palette.png")
+    expect["odd/palette.png"] = np.asarray(pal.convert("RGB"))
+    rgba = np.concatenate([_rgb(3), np.full((40, 56, 1), 77, np.uint8)], axis=-1)
+    PIL.fromarray(rgba, "RGBA").save(odd / "rgba.png")
+    expect["odd/rgba.png"] = rgba[..., :3]  # alpha dropped, not composited
+    deep = (np.random.default_rng(4).random((40, 56, 3)) * 65535).astype(np.uint16)
+    import tensorflow as tf
+
+    (odd / "deep16.png").write_bytes(tf.io.encode_png(deep).numpy())
+    expect["odd/deep16.png"] = (deep >> 8).astype(np.uint8)
+    frames = [PIL.fromarray(_rgb(5 + k)).convert("P", palette=PIL.Palette.ADAPTIVE) for k in range(3)]
+    frames[0].save(odd / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
+    with PIL.open(odd / "anim.gif") as g:
+        expect["odd/anim.gif"] = np.asarray(g.convert("RGB"))  # first frame
+    PIL.fromarray(_rgb(9, 1, 1)).save(odd / "tiny.png")
+    expect["odd/tiny.png"] = _rgb(9, 1, 1)
+    name = os.fsencode(odd) + b"/caf\xe9.png"  # not UTF-8
+    PIL.fromarray(_rgb(10)).save(name.decode("utf-8", "surrogateescape"), format="PNG")
+    expect["odd/caf\\xe9.png"] = _rgb(10)
+    PIL.fromarray(_rgb(11)).convert("CMYK").save(odd / "cmyk.jpg")
+    expect["odd/cmyk.jpg"] = None  # CMYK->RGB conversions differ between decoders: only "processed"
+    good = odd / "tiny.png"
+    (bad / "zero.jpg").write_bytes(b"")
+    PIL.fromarray(_rgb(12, 200, 200)).save(bad / "truncated.jpg", quality=90)
+    (bad / "truncated.jpg").write_bytes((bad / "truncated.jpg").read_bytes()[:2000])
+    (bad / "random.jpg").write_bytes(np.random.default_rng(13).bytes(5000))
+    (bad / "text.png").write_text("hello, I am not a picture\n")
+    os.symlink(root / "nowhere.jpg", bad / "broken.jpg")
+    assert good.exists()
+    return root, expect
+
+
+def test_odd_images_are_decoded_right_and_bad_ones_recorded(zoo, tmp_path):
+    from test_extract import direct_features  # noqa: F401  (same backbone as the cache)
+    from shared.backbones import build_backbone, get_backbone, resolve_weights
+
+    root, expect = zoo
+    report = extract(root, tmp_path / "c", shard_size=5)
+    m = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    failed = {f["id"]: f["reason"] for f in m["failed"]}
+    assert failed == {
+        "bad/broken.jpg": "broken symlink",
+        "bad/random.jpg": failed["bad/random.jpg"],
+        "bad/text.png": failed["bad/text.png"],
+        "bad/truncated.jpg": failed["bad/truncated.jpg"],
+        "bad/zero.jpg": "empty file (0 bytes)",
+    }
+    for key in ("bad/random.jpg", "bad/text.png", "bad/truncated.jpg"):
+        assert failed[key].startswith("cannot decode: "), failed[key]
+    assert report.rows == len(expect) and m["complete"]
+    rows = FeatureCache(tmp_path / "c").load_pooled()
+    assert sorted(rows.id.tolist()) == sorted(expect)
+
+    import tensorflow as tf
+
+    spec = get_backbone("tiny")
+    model = build_backbone(spec, resolve_weights(spec, "random"))
+    pre = spec.preprocess_fn()
+    for ident, pixels in expect.items():
+        got = rows.pooled[rows.id.tolist().index(ident)]
+        assert np.isfinite(got).all()
+        if pixels is None:
+            continue
+        img = tf.image.resize(tf.constant(pixels), spec.input_size, method="bilinear", antialias=True)
+        want = model(pre(img[None]), training=False).numpy().mean(axis=(1, 2))[0]
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=ident)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+def test_unreadable_file_is_recorded(tmp_path, sample_dir):
+    src = tmp_path / "src"
+    shutil.copytree(sample_dir, src)
+    locked = next((src / "circle").glob("*.jpg"))
+    locked.chmod(0)
+    extract(src, tmp_path / "c")
+    failed = {f["id"]: f["reason"] for f in json.loads((tmp_path / "c" / "manifest.json").read_text())["failed"]}
+    assert failed == {f"circle/{locked.name}": "cannot read (Permission denied)"}
+
+
+def test_disk_full_keeps_finished_shards_and_resume_works(tmp_path, sample_dir, tiny_cache, monkeypatch):
+    from shared.writer import ShardWriter
+
+    real_append, calls = ShardWriter.append, []
+
+    def append(self, *args):
+        calls.append(1)
+        if len(calls) == 5:  # the first batch of shard 2 (shards of 4 rows are written as batches of 3 + 1)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.tmp))
+        return real_append(self, *args)
+
+    monkeypatch.setattr(ShardWriter, "append", append)
+    cache = tmp_path / "c"
+    with pytest.raises(FeatcacheError, match=r"\.shard-00002\.h5\.tmp-\d+: cannot write \(No space left on device\); "
+                                             r"the 2 shards finished in this run are kept"):
+        extract(sample_dir, cache)
+    assert [s.shard for s in FeatureCache(cache).shards] == [0, 1]
+    assert not [p for p in (cache / "shards").iterdir() if p.name.startswith(".")]  # partial file removed
+    monkeypatch.setattr(ShardWriter, "append", real_append)  # space is back
+    report = extract(sample_dir, cache)
+    assert report.shards_kept == 2 and report.shards_written == 2
+    a, b = read_shards(tiny_cache), read_shards(cache)
+    for key in ("pooled", "maps", "index"):
+        assert a[key].tobytes() == b[key].tobytes()
+
+
+def _peak_rss_mb(args: list[str]) -> float:
+    code = ("import resource, subprocess, sys\n"
+            "subprocess.run(sys.argv[1:], check=True, capture_output=True)\n"
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)\n")
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    return float(out.stdout)
+
+
+def test_memory_stays_bounded_on_a_huge_jpeg(tmp_path):
+    small = _rgb(20, 300, 300)
+    for name, pixels in (("huge", np.asarray(PIL.fromarray(small).resize((8000, 8000)))), ("small", small)):
+        (tmp_path / name / "x").mkdir(parents=True)
+        PIL.fromarray(pixels).save(tmp_path / name / "x" / "img.jpg", quality=85)
+    cmd = lambda d: [sys.executable, "-m", "extractor", str(tmp_path / d), str(tmp_path / f"c-{d}"),  # noqa: E731
+                     "--backbone", "tiny", "--weights", "random", "--no-progress"]
+    base, huge = _peak_rss_mb(cmd("small")), _peak_rss_mb(cmd("huge"))
+    assert huge < base + 100, (base, huge)  # a plain decode would add ~200 MB (uint8) to ~1 GB (floats)
+    rows = read_shards(tmp_path / "c-huge")
+    assert rows["pooled"].shape == (1, 1280) and np.isfinite(rows["pooled"]).all()
