@@ -137,7 +137,7 @@ def run_extract(cfg: ExtractConfig, log: Log = print) -> ExtractReport:
         shard_size=cfg.shard_size,
     )
     report = ExtractReport(random_weights=weights.random)
-    with CacheWriter(cfg.cache, manifest, overwrite=cfg.overwrite) as cache:
+    with CacheWriter(cfg.cache, manifest, overwrite=cfg.overwrite, listing=source.listing()) as cache:
         todo = cache.pending_shards()
         report.shards_kept = cache.resumed_shards
         if cfg.max_shards is not None:

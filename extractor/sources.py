@@ -54,6 +54,7 @@ class Source:
     splits: np.ndarray
     classes: list[str]
     notes: list[str] = field(default_factory=list)
+    _listing: dict[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -65,12 +66,30 @@ class Source:
             return None
         return "csv" if self.kind == "csv" else "folders"
 
+    def listing(self) -> dict[str, np.ndarray]:
+        """The listing as arrays (see :mod:`shared.listing`): ids, labels, splits and each file's size
+        and modification time (-1 and 0 when it cannot be stat'ed), read once and kept."""
+        if self._listing is None:
+            stats = []
+            for p in self.paths:
+                try:
+                    st = os.stat(p)
+                    stats.append((st.st_size, st.st_mtime_ns))
+                except OSError:
+                    stats.append((-1, 0))
+            st_arr = np.array(stats, dtype=np.int64).reshape(-1, 2)
+            self._listing = {"id": np.array(self.ids, dtype=str), "label": self.labels, "split": self.splits,
+                             "size": st_arr[:, 0], "mtime_ns": st_arr[:, 1]}
+        return self._listing
+
     def listing_sha256(self) -> str:
-        """Identity of the listing (ids, labels, splits, classes): a resume must see the same one."""
+        """Identity of the listing (ids, labels, splits, file sizes and times, classes): a resume
+        must see the same one."""
         h = hashlib.sha256()
         h.update(("\x1f".join(self.classes) + "\n").encode())
-        for i, lab, sp in zip(self.ids, self.labels.tolist(), self.splits.tolist()):
-            h.update(f"{i}\t{lab}\t{sp}\n".encode("utf-8"))
+        lst = self.listing()
+        for row in zip(self.ids, *(lst[k].tolist() for k in ("label", "split", "size", "mtime_ns"))):
+            h.update(("\t".join(map(str, row)) + "\n").encode("utf-8"))
         return h.hexdigest()
 
     def describe(self) -> dict:

@@ -19,6 +19,7 @@ from . import schema
 from .errors import FeatcacheError, SourceMismatchError
 from .fingerprint import check_compatible, to_attr
 from .fsutil import commit_file, remove_stale_temps, sha256_file, temp_path_for
+from .listing import LISTING_NAME, describe_changes, load_listing, save_listing
 from .lock import CacheLock
 from .manifest import FailedInput, Manifest, ShardRecord, now
 
@@ -142,9 +143,11 @@ class CacheWriter:
     shards are kept; ``overwrite=True`` discards them instead.
     """
 
-    def __init__(self, cache_dir: str | os.PathLike[str], manifest: Manifest, *, overwrite: bool = False):
+    def __init__(self, cache_dir: str | os.PathLike[str], manifest: Manifest, *, overwrite: bool = False,
+                 listing: dict[str, np.ndarray] | None = None):
         self.dir = Path(cache_dir)
         self.manifest = manifest
+        self.listing = listing
         self.overwrite = overwrite
         self.resumed_shards = 0
         self._lock = CacheLock(self.dir)
@@ -173,6 +176,7 @@ class CacheWriter:
         if manifest_path.exists() and self.overwrite:
             for p in shards_dir.glob(schema.SHARD_GLOB):
                 p.unlink()
+            (self.dir / LISTING_NAME).unlink(missing_ok=True)
             manifest_path.unlink()
         if manifest_path.exists():
             old = Manifest.load(self.dir)
@@ -184,6 +188,8 @@ class CacheWriter:
             new.failed = [f for f in old.failed if f.shard in kept_ids]
             new.created = old.created
             self.resumed_shards = len(kept)
+        elif self.listing is not None:
+            save_listing(self.dir, self.listing)
         self.manifest.save(self.dir)
 
     def _check_resumable(self, old: Manifest) -> None:
@@ -191,11 +197,12 @@ class CacheWriter:
         check_compatible(old.fingerprint, self.manifest.fingerprint, where)
         new = self.manifest
         if old.source.get("listing_sha256") != new.source.get("listing_sha256"):
+            before = load_listing(self.dir)
+            changes = describe_changes(before, self.listing) if before is not None and self.listing is not None else ""
             raise SourceMismatchError(
-                f"{where}: the inputs differ from those the cache was made from "
-                f"({old.source.get('num_inputs')} inputs from {old.source.get('root')} then, "
-                f"{new.source.get('num_inputs')} from {new.source.get('root')} now); "
-                "use --overwrite to start over, or another cache directory"
+                f"{where}: the inputs changed since the cache was made from {old.source.get('root')}: "
+                + (changes or f"{old.source.get('num_inputs')} inputs then, {new.source.get('num_inputs')} now")
+                + "; run with --overwrite to start over, or extract into another cache directory"
             )
         for what, a, b in (
             ("shard size", old.shard_size, new.shard_size),

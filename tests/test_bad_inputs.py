@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -74,7 +73,6 @@ def zoo(tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]]:
 
 
 def test_odd_images_are_decoded_right_and_bad_ones_recorded(zoo, tmp_path):
-    from test_extract import direct_features  # noqa: F401  (same backbone as the cache)
     from shared.backbones import build_backbone, get_backbone, resolve_weights
 
     root, expect = zoo

@@ -196,13 +196,40 @@ def test_fingerprint_mismatch_is_refused(tmp_path, sample_dir):
     assert [s.shard for s in FeatureCache(cache).shards] == [0]  # nothing lost
 
 
-def test_changed_inputs_are_refused_on_resume(tmp_path, sample_dir):
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda src: shutil.copy(src / "circle" / "circle_0000.jpg", src / "circle" / "added.jpg"),
+         r"1 added \(e\.g\. circle/added\.jpg\)"),
+        (lambda src: (src / "cross" / "cross_0001.jpg").unlink(), r"1 removed \(e\.g\. cross/cross_0001\.jpg\)"),
+        (lambda src: (src / "checker" / "checker_0002.jpg").write_bytes(b"\xff\xd8" + b"0" * 999),
+         r"1 modified \(e\.g\. checker/checker_0002\.jpg\)"),
+        (lambda src: os.utime(src / "checker" / "checker_0004.png", ns=(1, 1)), r"1 modified \(e\.g\. checker/checker_0004\.png\)"),
+        (lambda src: shutil.move(src / "circle" / "circle_0004.png", src / "cross" / "circle_0004.png"),
+         r"1 added \(e\.g\. cross/circle_0004\.png\), 1 removed \(e\.g\. circle/circle_0004\.png\)"),
+    ],
+    ids=["added", "removed", "modified-size", "modified-time", "moved"],
+)
+def test_changed_inputs_are_refused_on_resume_saying_what_changed(tmp_path, sample_dir, change, message):
     src = tmp_path / "src"
     shutil.copytree(sample_dir, src)
     extract(src, tmp_path / "c", max_shards=1)
-    shutil.copy(next((src / "circle").glob("*.jpg")), src / "circle" / "added.jpg")
-    with pytest.raises(SourceMismatchError, match="15 inputs .* then, 16 .* now.*--overwrite"):
+    assert (tmp_path / "c" / "listing.npz").is_file()
+    change(src)
+    with pytest.raises(SourceMismatchError, match=rf"the inputs changed since the cache was made from .*: {message}; "
+                                                   r"run with --overwrite to start over"):
         extract(src, tmp_path / "c")
+    assert [s.shard for s in FeatureCache(tmp_path / "c").shards] == [0]  # nothing lost
+    assert extract(src, tmp_path / "c", overwrite=True).shards_written > 0
+
+
+def test_relabelled_csv_rows_are_refused(tmp_path, sample_dir):
+    imgs = sorted(sample_dir.rglob("*.jpg"))[:4]
+    (tmp_path / "l.csv").write_text("".join(f"{p},{p.parent.name}\n" for p in imgs))
+    extract(tmp_path / "l.csv", tmp_path / "c", max_shards=1, shard_size=2)
+    (tmp_path / "l.csv").write_text("".join(f"{p},{'cross' if k == 3 else p.parent.name}\n" for k, p in enumerate(imgs)))
+    with pytest.raises(SourceMismatchError, match=r"1 relabelled \(e\.g\. .*\)"):
+        extract(tmp_path / "l.csv", tmp_path / "c", shard_size=2)
 
 
 def test_csv_source_with_splits_and_a_missing_file(tmp_path, sample_dir):
