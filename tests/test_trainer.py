@@ -202,3 +202,34 @@ def test_cli_train_predict_and_export_another_head(tmp_path, tiny_cache):
     assert e.exit_code == 0 and f"tiny + {other}" in e.output
     bad = runner.invoke(app, ["predict", str(run_dir), str(tmp_path / "q.csv"), "--head", "nope"])
     assert bad.exit_code == 2 and "no head named 'nope'" in bad.output
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda c: (c / "shards" / "shard-00001.h5").write_bytes(b"\0" * 64), "shard-00001.h5: shard is not a readable HDF5 file"),
+        (lambda c: (c / "shards" / "shard-00002.h5").unlink(), "shard-00002.h5: shard listed in the manifest is missing"),
+        (lambda c: _mix_fingerprint(c / "shards" / "shard-00003.h5"), "shard-00003.h5: shard was made with different weights_sha256"),
+    ],
+    ids=["corrupt", "missing", "fingerprint-mix"],
+)
+def test_trainer_on_a_damaged_cache_names_the_shard_and_writes_no_results(tmp_path, tiny_cache, damage, message):
+    import shutil
+    import subprocess
+    import sys
+
+    cache = Path(shutil.copytree(tiny_cache, tmp_path / "c"))
+    damage(cache)
+    p = subprocess.run([sys.executable, "-m", "trainer", str(cache), "--runs", str(tmp_path / "runs"), "--no-progress"],
+                       cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+    assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert not list((tmp_path / "runs").rglob("results.json")) if (tmp_path / "runs").exists() else True
+
+
+def _mix_fingerprint(path: Path) -> None:
+    import h5py
+
+    with h5py.File(path, "r+") as f:
+        fp = json.loads(f.attrs["fingerprint"])
+        fp["weights_sha256"] = "random:7"
+        f.attrs["fingerprint"] = json.dumps(fp)

@@ -1,0 +1,195 @@
+"""Fault injection: kill -9 the extractor at random moments, resume, and check that nothing is lost.
+
+    .venv/bin/python tests/faults.py                   # the full run: 20 kills on 300 images (~2 min)
+    .venv/bin/python tests/faults.py --kills 3 --images 48   # what CI runs (tests/test_faults.py)
+
+Each round extracts the same images into a fresh cache, killing the extractor (SIGKILL) at a random
+moment after it has started work (listing, TensorFlow start-up, decoding, inference, writing a
+shard, replacing the manifest: wherever the moment falls) and running it again, until a run
+completes. After every kill: the manifest parses and every shard it lists verifies (size, sha256,
+structure, content). At the end of a round: the cache equals a cache made without interruption
+(ids, labels, splits, index, pooled and maps, byte for byte), ``verify`` passes, and no partial file
+is left. The run stops by itself after ``--kills`` kills or ``--max-seconds``; it prints a table and
+exits 1 if anything failed.
+
+The extractor runs the ``tiny`` backbone (same pipeline, writer and cache code as MobileNetV2, ten
+times faster), in shards of 8 rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from shared import schema  # noqa: E402
+from shared.verify import verify  # noqa: E402
+
+
+@dataclass
+class Stats:
+    kills: int = 0
+    kills_mid_run: int = 0
+    rounds: int = 0
+    rounds_equal: int = 0
+    verify_failures: list[str] = field(default_factory=list)
+    partial_files_left: int = 0
+    mismatches: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.verify_failures and not self.mismatches and not self.partial_files_left and self.rounds_equal == self.rounds
+
+
+def command(src: Path, cache: Path) -> list[str]:
+    return [sys.executable, "-m", "extractor", str(src), str(cache), "--backbone", "tiny", "--weights", "random",
+            "--shard-size", "8", "--batch-size", "4", "--no-progress"]
+
+
+def read_all(cache: Path) -> dict[str, np.ndarray]:
+    m = json.loads((cache / schema.MANIFEST_NAME).read_text())
+    parts: dict[str, list] = {k: [] for k in schema.DATASETS}
+    for s in m["shards"]:
+        with h5py.File(cache / s["file"], "r") as f:
+            for k in schema.DATASETS:
+                parts[k].append(f[k].asstr()[()].astype(object) if k == schema.ID else f[k][()])
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> list[str]:
+    """Names of the datasets that differ."""
+    out = []
+    for k in schema.DATASETS:
+        equal = a[k].tolist() == b[k].tolist() if k == schema.ID else a[k].tobytes() == b[k].tobytes()
+        if not equal:
+            out.append(k)
+    return out
+
+
+def wait_for_work(proc: subprocess.Popen) -> bool:
+    """Until the extractor says its backbone is built (the pipeline starts next); False if it ended."""
+    for line in proc.stderr:
+        if line.startswith("backbone "):
+            return True
+    return False
+
+
+def campaign(src: Path, work: Path, kills: int, max_seconds: float, seed: int, log=print) -> Stats:
+    rng = random.Random(seed)
+    stats = Stats()
+    reference = work / "reference"
+    ref = subprocess.Popen(command(src, reference), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_work(ref)
+    t0 = time.monotonic()
+    ref.stdout.readline()  # the summary line, printed once the last shard is committed
+    work_seconds = time.monotonic() - t0  # from "backbone built" to "all written"
+    ref.communicate()
+    if ref.returncode != 0:
+        raise SystemExit(f"the uninterrupted run failed (exit {ref.returncode})")
+    want = read_all(reference)
+    deadline = time.monotonic() + max_seconds
+    while stats.kills < kills and time.monotonic() < deadline:
+        stats.rounds += 1
+        cache = work / f"round-{stats.rounds}"
+        while stats.kills < kills and time.monotonic() < deadline:
+            proc = subprocess.Popen(command(src, cache), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                    text=True)
+            if rng.random() < 0.15:  # now and then during start-up (listing, lock, TensorFlow import)
+                time.sleep(rng.uniform(0, 2.0))
+            elif wait_for_work(proc):  # mostly while decoding, computing and writing
+                time.sleep(rng.uniform(0, work_seconds))
+            mid_run = proc.poll() is None
+            if mid_run:
+                proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            proc.stderr.close()
+            if not (cache / schema.MANIFEST_NAME).exists():  # killed before it took the cache
+                stats.kills += 1
+                stats.kills_mid_run += mid_run
+                log(f"kill {stats.kills:>3} (round {stats.rounds}): before the cache was created")
+                continue
+            stats.kills += 1
+            stats.kills_mid_run += mid_run
+            report = verify(cache, sample_rows=4)
+            if report.problems:
+                stats.verify_failures += [f"round {stats.rounds} kill {stats.kills}: {p}" for p in report.problems]
+            done = json.loads((cache / schema.MANIFEST_NAME).read_text())
+            log(f"kill {stats.kills:>3} (round {stats.rounds}): {'mid-run' if mid_run else 'after the end'}, "
+                f"{len(done['shards'])}/{done['num_shards']} shards done, verify {'ok' if not report.problems else 'FAILED'}")
+            if done["complete"]:
+                break
+        final = subprocess.run(command(src, cache), capture_output=True, text=True, cwd=REPO)
+        if final.returncode != 0:
+            stats.mismatches.append(f"round {stats.rounds}: final run failed: {final.stderr.strip().splitlines()[-1:]}")
+            continue
+        diff = same(want, read_all(cache))
+        if diff:
+            stats.mismatches.append(f"round {stats.rounds}: {', '.join(diff)} differ from the uninterrupted cache")
+        else:
+            stats.rounds_equal += 1
+        report = verify(cache)
+        if report.problems:
+            stats.verify_failures += [f"round {stats.rounds} final: {p}" for p in report.problems]
+        stats.partial_files_left += sum(p.name.startswith(".") for p in (cache / schema.SHARDS_DIR).iterdir())
+    return stats
+
+
+def table(stats: Stats) -> str:
+    rows = [
+        ("kills (SIGKILL)", stats.kills),
+        ("  of which mid-run", stats.kills_mid_run),
+        ("rounds (fresh cache, killed until complete, then resumed)", stats.rounds),
+        ("rounds equal to the uninterrupted cache", stats.rounds_equal),
+        ("verify problems after a kill or at the end", len(stats.verify_failures)),
+        ("partial files left at the end of a round", stats.partial_files_left),
+        ("other failures", len(stats.mismatches)),
+    ]
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"{name:<{width}}  {value:>5}" for name, value in rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--kills", type=int, default=20, help="how many times to kill the extractor (default 20)")
+    ap.add_argument("--images", type=int, default=300, help="sample images to extract, a multiple of 10 (default 300)")
+    ap.add_argument("--max-seconds", type=float, default=600, help="stop starting new kills after this long (default 600)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the kill moments (default 0)")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder (printed) for inspection")
+    args = ap.parse_args()
+    sys.path.insert(0, str(REPO / "data"))
+    from make_sample import make_sample
+
+    work = Path(tempfile.mkdtemp(prefix="featcache-faults-"))
+    try:
+        make_sample(work / "src", per_class=max(1, args.images // 10), classes=10, seed=args.seed)
+        stats = campaign(work / "src", work, args.kills, args.max_seconds, args.seed)
+        print(table(stats))
+        for line in stats.verify_failures + stats.mismatches:
+            print(f"FAILED: {line}")
+        print(f"command: {' '.join([os.path.relpath(sys.executable), *sys.argv])}")
+    finally:
+        if args.keep:
+            print(f"work folder kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    sys.exit(0 if stats.ok else 1)
+
+
+if __name__ == "__main__":
+    main()
