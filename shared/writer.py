@@ -114,17 +114,20 @@ class ShardWriter:
             fingerprint=to_attr(self._fingerprint),
         )
         f.close()
-        commit_file(self.tmp, self.final)
-        return ShardRecord(
+        # measured before the rename, so that the window in which a finished shard is in place but
+        # not yet in the manifest is only the rename and the manifest's own atomic rewrite
+        record = ShardRecord(
             shard=self.shard,
             file=schema.shard_name(self.shard),
             first_index=self.inputs.start,
             num_inputs=len(self.inputs),
             rows=self.rows,
-            bytes=self.final.stat().st_size,
-            sha256=sha256_file(self.final),
+            bytes=self.tmp.stat().st_size,
+            sha256=sha256_file(self.tmp),
             completed=now(),
         )
+        commit_file(self.tmp, self.final)
+        return record
 
     def abort(self) -> None:
         """Drop the partial file."""
