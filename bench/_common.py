@@ -32,3 +32,25 @@ def table(headers: list[str], rows: list[list[str]], left: set[int] = frozenset(
         return "  ".join(c.ljust(w) if k in left else c.rjust(w) for k, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
     return "\n".join([fmt(headers), "  ".join("-" * w for w in widths), *(fmt(r) for r in rows)])
+
+
+DEFAULT_CACHE = REPO / "cache" / "bench-sample"
+
+
+def ensure_cache(path: Path) -> Path:
+    """A finished cache at ``path``; made from data/sample with the real weights (random, loudly, when
+    they are absent) if there is none."""
+    from shared.errors import FeatcacheError
+    from shared.reader import FeatureCache
+
+    try:
+        FeatureCache(path).require_complete()
+        return path
+    except FeatcacheError:
+        pass
+    from extractor.runner import ExtractConfig, run_extract
+
+    weights = str(DEFAULT_WEIGHTS) if DEFAULT_WEIGHTS.is_file() else "random"
+    print(f"making {path} from data/sample with weights {weights}", flush=True)
+    run_extract(ExtractConfig(source=ensure_sample(), cache=path, weights=weights, progress=False), log=lambda m: None)
+    return path

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 
 from _common import DEFAULT_WEIGHTS, WEIGHTS_REL, ensure_sample, table  # noqa: E402  (puts the repo on sys.path)
@@ -70,7 +71,16 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32, metavar="B",
                     help="images per backbone call, for both contenders (default 32, featcache's default)")
     ap.add_argument("--repeats", type=int, default=2, metavar="R",
-                    help="runs of each contender, alternated limit/featcache, best kept (default 2)")
+                    help="runs of each contender, alternated, best kept (default 2)")
+    ap.add_argument("--maps-dtype", choices=("float16", "float32"), default="float16",
+                    help="maps storage dtype for featcache and the baselines (default float16)")
+    ap.add_argument("--mixed-precision", action="store_true",
+                    help="run every contender's backbone in mixed float16 (a GPU switch: slower on CPU)")
+    ap.add_argument("--xla", action="store_true",
+                    help="compile every contender's backbone call with XLA (a GPU switch: ~8x slower on this CPU)")
+    ap.add_argument("--retrain-images", type=int, default=100, metavar="N",
+                    help="images the one-at-a-time 'retrain.py way' processes (it is slow); its rate is per image "
+                         "(default 100)")
     ap.add_argument("--tmpdir", type=Path, default=None, metavar="DIR",
                     help="where featcache's temporary cache is written (default: the system temp folder)")
     args = ap.parse_args()
@@ -124,9 +134,47 @@ def main() -> None:
           flush=True)
 
     # -- the limit's model, built once ---------------------------------------------------------------
+    import keras
+
+    if args.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
     model = build_backbone(spec, weights)
+    keras.mixed_precision.set_global_policy("float32")
     forward = tf.function(lambda images: model(images, training=False),
-                          input_signature=[tf.TensorSpec([None, h, w, 3], tf.float32)])
+                          input_signature=[tf.TensorSpec([None, h, w, 3], tf.float32)], jit_compile=args.xla)
+    if args.xla:
+        model.compile(jit_compile=True)
+
+    def write_h5(path: Path, maps: np.ndarray, pooled: np.ndarray) -> None:
+        with h5py.File(path, "w") as f:
+            f.create_dataset("maps", data=maps.astype(args.maps_dtype))
+            f.create_dataset("pooled", data=pooled)
+
+    def run_tutorial(out: Path) -> float:
+        """image_dataset_from_directory + model.predict on everything, then one HDF5 file at the end."""
+        t0 = time.perf_counter()
+        ds = keras.utils.image_dataset_from_directory(
+            root, labels="inferred" if source.classes else None, image_size=(h, w), batch_size=args.batch_size,
+            shuffle=False, verbose=False)
+        ds = ds.map(lambda x, *y: preprocess(x))
+        maps = model.predict(ds, verbose=0).astype(np.float32)
+        write_h5(out, maps, maps.mean(axis=(1, 2)))
+        return time.perf_counter() - t0
+
+    def run_retrain(out: Path, k: int) -> float:
+        """One image at a time: read, decode, resize, forward, append its row to the file."""
+        t0 = time.perf_counter()
+        with h5py.File(out, "w") as f:
+            dm = f.create_dataset("maps", shape=(0, *spec.output_shape), maxshape=(None, *spec.output_shape),
+                                  dtype=args.maps_dtype, chunks=(1, *spec.output_shape))
+            dp = f.create_dataset("pooled", shape=(0, spec.channels), maxshape=(None, spec.channels), dtype="float32")
+            for i, path in enumerate(source.paths[:k]):
+                img = preprocess(decode_resize(tf.io.read_file(path), (h, w)))[None]
+                m = forward(img).numpy().astype(np.float32)
+                dm.resize(i + 1, axis=0)
+                dp.resize(i + 1, axis=0)
+                dm[i], dp[i] = m[0], m[0].mean(axis=(0, 1))
+        return time.perf_counter() - t0
 
     def run_limit() -> float:
         forward(batches[0]).numpy()  # warm-up batch, untimed
@@ -135,10 +183,12 @@ def main() -> None:
             forward(b).numpy()
         return time.perf_counter() - t0
 
-    limit, loop, total = Best(), Best(), Best()
+    limit, loop, total, tutorial, retrain = Best(), Best(), Best(), Best(), Best()
+    k_retrain = min(args.retrain_images, len(source))
     with tempfile.TemporaryDirectory(prefix="featcache-bench-", dir=args.tmpdir) as tmp:
         cfg = ExtractConfig(source=root, cache=Path(tmp) / "cache", backbone=BACKBONE, weights=weights_arg,
-                            batch_size=args.batch_size, progress=False, overwrite=True)
+                            batch_size=args.batch_size, progress=False, overwrite=True, maps_dtype=args.maps_dtype,
+                            mixed_precision=args.mixed_precision, xla=args.xla)
 
         def run_featcache() -> tuple[float, Any]:
             t0 = time.perf_counter()
@@ -154,6 +204,12 @@ def main() -> None:
             total.offer(wall, report)
             print(f"  run {r + 1}/{args.repeats} featcache: loop {report.seconds:.2f} s, total {wall:.2f} s "
                   f"({report.rows} rows, {report.failed} failed)", flush=True)
+            s = run_tutorial(Path(tmp) / "tutorial.h5")
+            tutorial.offer(s)
+            print(f"  run {r + 1}/{args.repeats} tutorial way: {s:.2f} s", flush=True)
+            s = run_retrain(Path(tmp) / "retrain.h5", k_retrain)
+            retrain.offer(s)
+            print(f"  run {r + 1}/{args.repeats} retrain.py way: {s:.2f} s for {k_retrain} images", flush=True)
 
     # -- report ----------------------------------------------------------------------------------------
     rep = loop.detail
@@ -164,13 +220,16 @@ def main() -> None:
         ["limit", n, limit.seconds],
         ["featcache (loop)", done, loop.seconds],
         ["featcache (total incl. model build)", total.detail.rows + total.detail.failed, total.seconds],
+        ["tutorial way (image_dataset_from_directory + predict + one h5 write)", n, tutorial.seconds],
+        [f"retrain.py way (one image at a time), {k_retrain} images", k_retrain, retrain.seconds],
     ]
     limit_ips = n / limit.seconds
     headers = ["contender", "images", "seconds", "images/s", "vs limit"]
     cells = [[name, str(k), f"{s:.2f}", f"{k / s:.1f}", f"{(k / s) / limit_ips:.2f}"] for name, k, s in rows]
     print()
-    print(f"extract throughput, {BACKBONE} batch {args.batch_size}, best of {args.repeats} (alternated), "
-          f"{n} images from {root}")
+    print(f"extract throughput, {BACKBONE} batch {args.batch_size}, maps {args.maps_dtype}"
+          f"{', mixed precision' if args.mixed_precision else ''}{', XLA' if args.xla else ''}, "
+          f"best of {args.repeats} (alternated), {n} images from {root}")
     print(f"weights: {weights.source} {weights.path or weights.sha256}; TensorFlow {tf.__version__}, "
           f"TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS')}, {os.cpu_count()} CPUs")
     print(table(headers, cells))
@@ -180,6 +239,9 @@ def main() -> None:
           f"{total.seconds - total.detail.seconds:.2f} s in the best total run"
           + (f" (its report.startup_seconds: {total.detail.startup_seconds:.2f} s)"
              if hasattr(total.detail, "startup_seconds") else ""))
+    print(f"featcache vs the tutorial way: {tutorial.seconds / loop.seconds * done / n:.2f}x (loop), "
+          f"{tutorial.seconds / total.seconds * done / n:.2f}x (total); vs the retrain.py way: "
+          f"{(retrain.seconds / k_retrain) / (total.seconds / done):.1f}x (total)")
     for note in notes:
         print(note)
     print(f"total {time.perf_counter() - t_start:.0f} s")

@@ -29,31 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import DEFAULT_WEIGHTS, REPO, ensure_sample, table  # noqa: E402  (puts the repo on sys.path)
+from _common import DEFAULT_CACHE, REPO, ensure_cache, table  # noqa: E402  (puts the repo on sys.path)
 
-from shared.errors import FeatcacheError  # noqa: E402
 from shared.reader import FeatureCache  # noqa: E402
 from trainer.data import load_dataset, standardizer  # noqa: E402
 from trainer.run import Settings, train  # noqa: E402
 from trainer.sweep import HeadConfig  # noqa: E402
-
-DEFAULT_CACHE = REPO / "cache" / "bench-sample"
-
-
-def ensure_cache(path: Path) -> Path:
-    """The sample data extracted with the real weights (random, loudly, when they are absent)."""
-    try:
-        FeatureCache(path).require_complete()
-        return path
-    except FeatcacheError:
-        pass
-    from extractor.runner import ExtractConfig, run_extract
-
-    weights = str(DEFAULT_WEIGHTS) if DEFAULT_WEIGHTS.is_file() else "random"
-    print(f"making {path} from data/sample with weights {weights}", flush=True)
-    run_extract(ExtractConfig(source=ensure_sample(), cache=path, weights=weights, progress=False), log=lambda m: None)
-    return path
-
 
 def grid(n: int) -> list[HeadConfig]:
     """``n`` linear heads: learning rates x weight decays on log grids."""

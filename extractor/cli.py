@@ -30,6 +30,7 @@ def extract(
     compression: Annotated[str, typer.Option(help=f"Lossless filter for the maps: {', '.join(schema.COMPRESSIONS)}. gzip-1 (default) is about 5x smaller than none on real features and readable by any HDF5 library; lzf is faster to write but only h5py reads it without a plugin.")] = schema.DEFAULT_COMPRESSION,
     split: Annotated[str, typer.Option(help="Train,val,test fractions for rows whose source gives no split (assigned by a hash of the id, stable when images are added).")] = "0.8,0.1,0.1",
     mixed_precision: Annotated[bool, typer.Option(help="Run the backbone in mixed float16 (faster on recent GPUs, slower on CPU). Recorded in the fingerprint: a cache is all one or all the other.")] = False,
+    xla: Annotated[bool, typer.Option(help="Compile the backbone call with XLA (may help on a GPU; ~8x slower on the CPUs measured).")] = False,
     seed: Annotated[int, typer.Option(help="Seed of random weights (only with --weights random).")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Discard an existing cache in CACHE and start over (instead of resuming).")] = False,
     strict: Annotated[bool, typer.Option(help="Stop at the first input that cannot be read or decoded (default: skip it and record the reason in the manifest).")] = False,
@@ -49,7 +50,7 @@ def extract(
         cfg = ExtractConfig(
             source=source, cache=cache, backbone=backbone, weights=weights, seed=seed, batch_size=batch_size,
             shard_size=shard_size, maps_dtype=maps_dtype, compression=compression,
-            mixed_precision=mixed_precision, split_fractions=parse_fractions(split), overwrite=overwrite,
+            mixed_precision=mixed_precision, xla=xla, split_fractions=parse_fractions(split), overwrite=overwrite,
             strict=strict, max_shards=max_shards, progress=progress,
         )
         report = run_extract(cfg, log=lambda msg: typer.echo(msg, err=True))

@@ -41,6 +41,7 @@ class ExtractConfig:
     maps_dtype: str = schema.DEFAULT_MAPS_DTYPE
     compression: str = schema.DEFAULT_COMPRESSION
     mixed_precision: bool = False
+    xla: bool = False
     split_fractions: dict[str, float] = field(default_factory=lambda: dict(schema.DEFAULT_SPLIT_FRACTIONS))
     overwrite: bool = False
     strict: bool = False
@@ -153,7 +154,8 @@ def run_extract(cfg: ExtractConfig, log: Log = print) -> ExtractReport:
 
         from . import mapper, pipeline  # TensorFlow is imported here, and only when there is work
 
-        m = mapper.BackboneMapper(spec, weights, maps_dtype=cfg.maps_dtype, mixed_precision=cfg.mixed_precision)
+        m = mapper.BackboneMapper(spec, weights, maps_dtype=cfg.maps_dtype, mixed_precision=cfg.mixed_precision,
+                                  xla=cfg.xla)
         log(f"backbone {spec.name} on {mapper.devices()}, batch {cfg.batch_size}")
         ranges = [manifest.shard_inputs(k) for k in todo]
         ds = pipeline.make_dataset(

@@ -172,7 +172,8 @@ class FeatureCache:
                     sel = rows[(rows >= start) & (rows < start + step)]
                     if len(sel) == 0:
                         continue
-                    block = maps[start : int(sel[-1]) + 1][sel - start]
+                    stop = int(sel[-1]) + 1
+                    block = maps[start:stop] if len(sel) == stop - start else maps[start:stop][sel - start]
                     yield index[sel], (block if dtype is None else block.astype(dtype))
 
 
