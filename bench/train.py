@@ -95,14 +95,13 @@ def main() -> None:
     settings = Settings(epochs=args.epochs, batch_size=args.batch_size, patience=args.epochs + 1, seed=0)
     mean_std = standardizer(ds.train)
     configs = grid(args.heads)
-    quiet = lambda m: None  # noqa: E731
 
     def timed(cs: list[HeadConfig]) -> tuple[float, dict]:
         t0 = time.perf_counter()
-        out = train(ds, cs, settings, quiet, progress=False)
+        out = train(ds, cs, settings, progress=False)
         return time.perf_counter() - t0, out
 
-    train(ds, configs[:1], settings, quiet, progress=False)  # warm-up: TensorFlow start-up, tracing
+    train(ds, configs[:1], settings, progress=False)  # warm-up: TensorFlow start-up, tracing
     one = min(timed(configs[:1])[0] for _ in range(args.repeats))
     runs = [timed(configs) for _ in range(args.repeats)]
     many, out = min(runs, key=lambda r: r[0])

@@ -76,7 +76,7 @@ def _batches(x: np.ndarray, y: np.ndarray, size: int):
         yield x[i : i + size], y[i : i + size]
 
 
-def train(ds: Dataset, configs: list[HeadConfig], settings: Settings, log: Log = print, progress: bool = True) -> dict[str, Any]:
+def train(ds: Dataset, configs: list[HeadConfig], settings: Settings, progress: bool = True) -> dict[str, Any]:
     """Train every head of ``configs`` on ``ds``; return per-head histories, groups and stats.
 
     ``ds`` must have maps loaded when a map head is among ``configs``.
@@ -237,7 +237,7 @@ def run_sweep(cache_path: Path, configs: list[HeadConfig], settings: Settings, r
         load_maps(cache, ds, settings.max_maps_gb)
     log(f"{cache_path}: {describe(cache.fingerprint)}; train {len(ds.train)}, val {len(ds.val)}, test {len(ds.test)} rows, "
         f"{len(ds.classes)} classes; {len(configs)} heads")
-    out = train(ds, configs, settings, log, progress)
+    out = train(ds, configs, settings, progress)
     heads = out["heads"]
     best = _best(heads)
     run_dir = new_run_dir(runs_root)
