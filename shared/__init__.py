@@ -3,9 +3,10 @@
 Importing this package loads numpy and h5py only, never TensorFlow (backbone builders import it
 when called), so the inspection commands and any reader start fast.
 
-Modules: ``schema`` (names, dtypes, layout constants), ``manifest``, ``fingerprint``, ``writer``,
-``reader``, ``split``, ``lock``, ``fsutil``, ``backbones`` (registry), ``inspection``
-(``featcache-inspect``), ``errors``.
+Modules: ``schema`` (names, dtypes, layout constants), ``manifest``, ``fingerprint``, ``listing``,
+``writer``, ``reader``, ``split``, ``lock``, ``fsutil``, ``backbones`` (registry), ``errors``, ``cli``
+(what every command does alike); ``inspection`` is ``featcache-inspect``, and ``verify``,
+``similarity``, ``export`` and ``picture`` hold what its commands do.
 """
 
 from .backbones import BackboneSpec, ResolvedWeights, get_backbone, register, resolve_weights
