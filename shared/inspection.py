@@ -22,7 +22,6 @@ from . import verify as verify_mod
 from .cli import run_cli
 from .errors import FeatcacheError
 from .fingerprint import describe
-from .fsutil import sha256_file
 from .picture import energy_overlay, load_source, write_png
 from .reader import FeatureCache, PooledRows
 from .split import split_names
@@ -270,15 +269,8 @@ def list_shards(
         c = FeatureCache(cache)
         typer.echo(f"{'shard':>6} {'rows':>6} {'inputs':>7} {'MB':>8}  {'status':<9} file")
         for s in c.shards:
-            path = c.shard_path(s)
-            if not path.is_file():
-                status = "MISSING"
-            elif path.stat().st_size != s.bytes:
-                status = "SIZE"
-            elif checksum:
-                status = "ok" if sha256_file(path) == s.sha256 else "CHECKSUM"
-            else:
-                status = "present"
+            problem = verify_mod.file_status(c.shard_path(s), s, checksum)
+            status = problem.upper() if problem else ("ok" if checksum else "present")
             typer.echo(f"{s.shard:>6} {s.rows:>6} {s.num_inputs:>7} {s.bytes / 1e6:>8.2f}  {status:<9} {s.file}")
         missing = c.manifest.missing_shards()
         if missing:

@@ -65,6 +65,18 @@ def _expected_datasets(m: Manifest, rows: int) -> dict[str, tuple[tuple[int, ...
     }
 
 
+def file_status(path: Path, rec: ShardRecord, checksum: bool = True) -> str | None:
+    """``"missing"``, ``"size"`` or ``"checksum"`` when the shard file disagrees with its manifest
+    record (checked in that order, the sha256 only with ``checksum``), else None."""
+    if not path.is_file():
+        return "missing"
+    if path.stat().st_size != rec.bytes:
+        return "size"
+    if checksum and sha256_file(path) != rec.sha256:
+        return "checksum"
+    return None
+
+
 def check_shard(cache_dir: Path, m: Manifest, rec: ShardRecord, sample_rows: int, rng: np.random.Generator) -> str | None:
     """The first thing wrong with shard ``rec``, or None. Reads the whole shard once."""
     plan = m.shard_inputs(rec.shard)
@@ -72,12 +84,12 @@ def check_shard(cache_dir: Path, m: Manifest, rec: ShardRecord, sample_rows: int
         return (f"manifest record says file {rec.file}, inputs {rec.first_index}+{rec.num_inputs}; the shard plan "
                 f"says {schema.shard_name(rec.shard)}, inputs {plan.start}+{len(plan)}")
     path = cache_dir / rec.file
-    if not path.is_file():
+    status = file_status(path, rec)
+    if status == "missing":
         return "missing (listed in the manifest)"
-    size = path.stat().st_size
-    if size != rec.bytes:
-        return f"size {size} bytes, manifest says {rec.bytes} (truncated or rewritten)"
-    if sha256_file(path) != rec.sha256:
+    if status == "size":
+        return f"size {path.stat().st_size} bytes, manifest says {rec.bytes} (truncated or rewritten)"
+    if status == "checksum":
         return "sha256 differs from the manifest (the file was modified or corrupted)"
     try:
         f = h5py.File(path, "r")

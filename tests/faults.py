@@ -31,13 +31,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
-import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for path in (REPO, REPO / "tests"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
+from cachefiles import differing, read_shards  # noqa: E402
 from shared import schema  # noqa: E402
 from shared.verify import verify  # noqa: E402
 
@@ -62,26 +62,6 @@ def command(src: Path, cache: Path) -> list[str]:
             "--shard-size", "8", "--batch-size", "4", "--no-progress"]
 
 
-def read_all(cache: Path) -> dict[str, np.ndarray]:
-    m = json.loads((cache / schema.MANIFEST_NAME).read_text())
-    parts: dict[str, list] = {k: [] for k in schema.DATASETS}
-    for s in m["shards"]:
-        with h5py.File(cache / s["file"], "r") as f:
-            for k in schema.DATASETS:
-                parts[k].append(f[k].asstr()[()].astype(object) if k == schema.ID else f[k][()])
-    return {k: np.concatenate(v) for k, v in parts.items()}
-
-
-def same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> list[str]:
-    """Names of the datasets that differ."""
-    out = []
-    for k in schema.DATASETS:
-        equal = a[k].tolist() == b[k].tolist() if k == schema.ID else a[k].tobytes() == b[k].tobytes()
-        if not equal:
-            out.append(k)
-    return out
-
-
 def wait_for_work(proc: subprocess.Popen) -> bool:
     """Until the extractor says its backbone is built (the pipeline starts next); False if it ended."""
     for line in proc.stderr:
@@ -102,7 +82,7 @@ def campaign(src: Path, work: Path, kills: int, max_seconds: float, seed: int, l
     ref.communicate()
     if ref.returncode != 0:
         raise SystemExit(f"the uninterrupted run failed (exit {ref.returncode})")
-    want = read_all(reference)
+    want = read_shards(reference)
     deadline = time.monotonic() + max_seconds
     while stats.kills < kills and time.monotonic() < deadline:
         stats.rounds += 1
@@ -138,7 +118,7 @@ def campaign(src: Path, work: Path, kills: int, max_seconds: float, seed: int, l
         if final.returncode != 0:
             stats.mismatches.append(f"round {stats.rounds}: final run failed: {final.stderr.strip().splitlines()[-1:]}")
             continue
-        diff = same(want, read_all(cache))
+        diff = differing(want, read_shards(cache))
         if diff:
             stats.mismatches.append(f"round {stats.rounds}: {', '.join(diff)} differ from the uninterrupted cache")
         else:

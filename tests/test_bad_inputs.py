@@ -17,7 +17,7 @@ import pytest
 from conftest import extract
 from shared.errors import FeatcacheError
 from shared.reader import FeatureCache
-from test_extract import read_shards
+from cachefiles import read_shards
 
 PIL = pytest.importorskip("PIL.Image")
 REPO = Path(__file__).resolve().parents[1]

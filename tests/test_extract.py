@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
+from cachefiles import read_shards
 from conftest import extract
 from shared import schema
 from shared.backbones import build_backbone, get_backbone, resolve_weights
@@ -33,17 +34,6 @@ def direct_features(paths: list[Path], backbone: str = "tiny", weights: str = "r
         img = tf.image.resize(img, spec.input_size, method="bilinear", antialias=True)
         out.append(model(preprocess(img[None]), training=False).numpy()[0])
     return np.stack(out)
-
-
-def read_shards(cache: Path) -> dict[str, np.ndarray]:
-    """Every dataset of every shard listed in the manifest, concatenated, read with plain h5py."""
-    manifest = json.loads((cache / "manifest.json").read_text())
-    parts: dict[str, list] = {k: [] for k in schema.DATASETS}
-    for s in manifest["shards"]:
-        with h5py.File(cache / s["file"], "r") as f:
-            for k in schema.DATASETS:
-                parts[k].append(f[k].asstr()[()] if k == "id" else f[k][()])
-    return {k: np.concatenate(v) for k, v in parts.items()}
 
 
 def test_rows_line_up_with_their_images(tiny_cache, sample_dir):

@@ -17,7 +17,7 @@ from conftest import extract
 from shared.fsutil import sha256_file
 from shared.inspection import app
 from shared.reader import FeatureCache
-from test_extract import read_shards
+from cachefiles import read_shards
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()

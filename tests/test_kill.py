@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from conftest import make_sample
-from test_extract import read_shards
+from cachefiles import read_shards
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import REAL_WEIGHTS, extract
-from test_extract import direct_features, read_shards
+from cachefiles import read_shards
+from test_extract import direct_features
 
 pytestmark = pytest.mark.skipif(not REAL_WEIGHTS.is_file(), reason=f"real weights not found at {REAL_WEIGHTS}")
 
