@@ -13,7 +13,11 @@ import typer
 from shared import schema
 from shared.backbones import WEIGHTS_ENV
 from shared.cli import run_cli
+from shared.errors import FeatcacheError
 from shared.split import parse_fractions
+
+# --finalize and the multi-worker runs exit with this when the cache is not complete yet.
+EXIT_INCOMPLETE = 1
 
 app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None)
 
@@ -21,7 +25,7 @@ app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None)
 @app.command()
 def extract(
     source: Annotated[Path, typer.Argument(help="Images: a folder of class sub-folders (optionally under train/, val/, test/), a folder of unlabelled images, a CSV 'path[,label[,split]]', or a .txt list of paths.", show_default=False)],
-    cache: Annotated[Path, typer.Argument(help="Cache directory to create, or to resume when it already holds a cache from the same source and backbone.", show_default=False)],
+    cache: Annotated[Optional[Path], typer.Argument(help="Cache directory to create, or to resume when it already holds a cache from the same source and backbone. With --finalize, the only argument is the cache.", show_default=False)] = None,
     weights: Annotated[str, typer.Option(envvar=WEIGHTS_ENV, help="'imagenet' (Keras' cache, downloading if needed), a path to a weights .h5 file, 'random' (seeded; meaningless features, smoke tests only), or 'auto' ($FEATCACHE_WEIGHTS, else imagenet if available, else random with a warning).")] = "imagenet",
     backbone: Annotated[str, typer.Option(help="Backbone from the registry ('mobilenet_v2'; 'tiny' is a fast random test net) or 'module:attribute' naming a BackboneSpec.")] = "mobilenet_v2",
     batch_size: Annotated[int, typer.Option(min=1, help="Images per backbone call. Larger is faster on a GPU; 32 is near the best on CPU.")] = 32,
@@ -35,6 +39,13 @@ def extract(
     overwrite: Annotated[bool, typer.Option(help="Discard an existing cache in CACHE and start over (instead of resuming).")] = False,
     strict: Annotated[bool, typer.Option(help="Stop at the first input that cannot be read or decoded (default: skip it and record the reason in the manifest).")] = False,
     max_shards: Annotated[Optional[int], typer.Option(min=1, help="Write at most this many shards in this run, then stop; re-run the same command to continue.")] = None,
+    part: Annotated[Optional[str], typer.Option(help="I/N: be worker I (from 0) of N filling the same CACHE, e.g. a job array's task: write only the shards k with k % N == I. Workers run at the same time on a shared filesystem; each one merges what is done when it stops, and the last one completes the manifest.", show_default=False)] = None,
+    finalize: Annotated[bool, typer.Option("--finalize", help="Merge what the workers of a partitioned run have finished into CACHE's manifest and say which shards are missing and which parts are still running (exit 1 while incomplete). Safe to repeat and to run while workers are going.")] = False,
+    workers: Annotated[int, typer.Option(min=1, help="Run this many workers (parts) side by side: local processes, or Ray tasks with --runner ray. On CPU each local process gets an equal share of the cores.")] = 1,
+    gpus: Annotated[Optional[str], typer.Option(help="'all' or a count: one local worker process per GPU, each pinned with CUDA_VISIBLE_DEVICES (GPUs found from CUDA_VISIBLE_DEVICES or nvidia-smi).", show_default=False)] = None,
+    runner: Annotated[str, typer.Option(help="Where --workers run: 'local' (processes on this machine) or 'ray' (tasks on the Ray cluster at --address, or a local Ray instance; needs featcache[ray]).")] = "local",
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster to run on with --runner ray ('auto', 'ray://head:10001', ...); default: start a local Ray instance.", show_default=False)] = None,
+    max_retries: Annotated[int, typer.Option(min=0, help="With --runner ray: how often Ray reruns a part whose worker died (the rerun keeps its finished shards).")] = 3,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     debug: Annotated[bool, typer.Option(help="Show the full traceback on errors.")] = False,
 ) -> None:
@@ -42,25 +53,78 @@ def extract(
 
     Re-running the same command resumes: finished shards are kept, the rest are computed. Inputs that
     cannot be decoded are skipped and listed in CACHE/manifest.json with the reason.
+
+    Many workers: --workers N (local processes), --gpus all (one per GPU), --runner ray (a Ray
+    cluster), or start 'featcache-extract SOURCE CACHE --part I/N' yourself for I = 0..N-1 (a job
+    array), then 'featcache-extract CACHE --finalize'.
     """
 
     def job() -> None:
-        from .runner import ExtractConfig, run_extract
+        from shared.parts import WHOLE, Part
+
+        if finalize:
+            _finalize(cache or source)
+            return
+        if cache is None:
+            raise FeatcacheError("missing argument CACHE (the cache directory to fill)")
+        from .runner import ExtractConfig
 
         cfg = ExtractConfig(
             source=source, cache=cache, backbone=backbone, weights=weights, seed=seed, batch_size=batch_size,
             shard_size=shard_size, maps_dtype=maps_dtype, compression=compression,
             mixed_precision=mixed_precision, xla=xla, split_fractions=parse_fractions(split), overwrite=overwrite,
-            strict=strict, max_shards=max_shards, progress=progress,
+            strict=strict, max_shards=max_shards, part=Part.parse(part) if part else WHOLE, progress=progress,
         )
-        report = run_extract(cfg, log=lambda msg: typer.echo(msg, err=True))
-        for f in report.failures[:10]:
-            typer.echo(f"skipped {f.id}: {f.reason}", err=True)
-        if len(report.failures) > 10:
-            typer.echo(f"... and {len(report.failures) - 10} more (see {cache}/manifest.json)", err=True)
-        typer.echo(report.summary())
+        if runner not in ("local", "ray"):
+            raise FeatcacheError(f"--runner {runner!r}: choose 'local' or 'ray'")
+        if (workers > 1 or gpus or runner == "ray") and part:
+            raise FeatcacheError("--part runs one worker; --workers, --gpus and --runner ray start all of them")
+        if runner == "ray":
+            from .ray_runner import run_ray
+
+            _report_workers(*run_ray(cfg, address=address, workers=workers if workers > 1 else None,
+                                     max_retries=max_retries, log=_err))
+        elif gpus or workers > 1:
+            from .launch import choose_gpus, run_local
+
+            chosen = choose_gpus(gpus) if gpus else None
+            _report_workers(*run_local(cfg, len(chosen) if chosen else workers, chosen, log=_err))
+        else:
+            _extract(cfg)
 
     run_cli(job, debug=debug)
+
+
+def _err(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+def _extract(cfg) -> None:  # noqa: ANN001 (ExtractConfig, imported late)
+    from .runner import run_extract
+
+    report = run_extract(cfg, log=_err)
+    for f in report.failures[:10]:
+        _err(f"skipped {f.id}: {f.reason}")
+    if len(report.failures) > 10:
+        _err(f"... and {len(report.failures) - 10} more (see {cfg.cache}/manifest.json)")
+    typer.echo(report.summary())
+
+
+def _finalize(cache: Path) -> None:
+    from shared.parts import finalize
+
+    state = finalize(cache)
+    typer.echo(state.summary())
+    if not state.complete:
+        raise typer.Exit(EXIT_INCOMPLETE)
+
+
+def _report_workers(state, failed: list[str]) -> None:  # noqa: ANN001 (Finalized)
+    for line in failed:
+        _err(f"worker failed: {line}")
+    typer.echo(state.summary())
+    if failed or not state.complete:
+        raise typer.Exit(EXIT_INCOMPLETE)
 
 
 def main() -> None:

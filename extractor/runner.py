@@ -17,12 +17,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from shared import schema
-from shared.backbones import TF_DEFAULT_ENV, get_backbone, resolve_weights
+from shared.backbones import TF_DEFAULT_ENV, BackboneSpec, ResolvedWeights, get_backbone, resolve_weights
 from shared.fingerprint import describe, make_fingerprint
 from shared.manifest import FailedInput, Manifest
+from shared.parts import WHOLE, Finalized, Part
 from shared.writer import CacheWriter, storage_options
 
-from .sources import open_source
+from .sources import Source, open_source
 
 Log = Callable[[str], None]
 
@@ -46,6 +47,7 @@ class ExtractConfig:
     overwrite: bool = False
     strict: bool = False
     max_shards: int | None = None
+    part: Part = WHOLE
     progress: bool = True
 
 
@@ -68,6 +70,8 @@ class ExtractReport:
     write_seconds: float = 0.0
     random_weights: bool = False
     cache_rows: int = 0
+    part: Part = WHOLE
+    finalized: Finalized | None = None
     failures: list[FailedInput] = field(default_factory=list)
 
     @property
@@ -75,10 +79,19 @@ class ExtractReport:
         return (self.rows + self.failed) / self.seconds if self.seconds > 0 else 0.0
 
     def summary(self) -> str:
+        """One line for this run; a part's run adds a second, the state of the whole cache."""
+        line = self._run_line()
+        if self.random_weights:
+            line += "; RANDOM WEIGHTS: features are meaningless"
+        if not self.part.whole and self.finalized is not None:
+            line += "\n" + self.finalized.summary()
+        return line
+
+    def _run_line(self) -> str:
+        who = "" if self.part.whole else f"part {self.part}: "
         if not self.shards_written and not self.shards_left:
-            line = f"nothing to do: all {self.shards_kept} shards were already done ({self.cache_rows} rows)"
-            return line + ("; RANDOM WEIGHTS: features are meaningless" if self.random_weights else "")
-        line = (
+            return f"{who}nothing to do: all {self.shards_kept} shards were already done ({self.cache_rows} rows)"
+        line = who + (
             f"wrote {self.rows} rows in {self.shards_written} shards ({self.failed} inputs failed, "
             f"{self.shards_kept} shards already done) in {self.seconds:.1f} s: {self.images_per_second:.1f} img/s "
             f"(start-up {self.startup_seconds:.1f} s); "
@@ -87,8 +100,6 @@ class ExtractReport:
         )
         if self.shards_left:
             line += f"; {self.shards_left} shards left for a later run"
-        if self.random_weights:
-            line += "; RANDOM WEIGHTS: features are meaningless"
         return line
 
 
@@ -137,77 +148,86 @@ def run_extract(cfg: ExtractConfig, log: Log = print) -> ExtractReport:
         storage=storage_options(cfg.compression, cfg.maps_dtype),
         shard_size=cfg.shard_size,
     )
-    report = ExtractReport(random_weights=weights.random)
-    with CacheWriter(cfg.cache, manifest, overwrite=cfg.overwrite, listing=source.listing()) as cache:
+    report = ExtractReport(random_weights=weights.random, part=cfg.part)
+    cache = CacheWriter(cfg.cache, manifest, overwrite=cfg.overwrite, listing=source.listing(), part=cfg.part)
+    with cache:
         todo = cache.pending_shards()
         report.shards_kept = cache.resumed_shards
         if cfg.max_shards is not None:
             todo, rest = todo[: cfg.max_shards], todo[cfg.max_shards :]
             report.shards_left = len(rest)
+        mine = "" if cfg.part.whole else f" (part {cfg.part}: {len(cfg.part.shards(manifest.num_shards))} of them)"
         log(f"{cfg.cache}: {len(source)} inputs ({source.kind}, {len(source.classes)} classes) in "
-            f"{manifest.num_shards} shards of {cfg.shard_size}; {report.shards_kept} done, {len(todo)} to do; "
+            f"{manifest.num_shards} shards of {cfg.shard_size}{mine}; {report.shards_kept} done, {len(todo)} to do; "
             f"{describe(manifest.fingerprint)}")
-        if not todo:
+        if todo:
+            _extract(cfg, source, spec, weights, cache, todo, report, log, t_start)
+        else:
             report.startup_seconds = time.perf_counter() - t_start
-            report.cache_rows = manifest.rows
-            return report
-
-        from . import mapper, pipeline  # TensorFlow is imported here, and only when there is work
-
-        m = mapper.BackboneMapper(spec, weights, maps_dtype=cfg.maps_dtype, mixed_precision=cfg.mixed_precision,
-                                  xla=cfg.xla)
-        log(f"backbone {spec.name} on {mapper.devices()}, batch {cfg.batch_size}")
-        ranges = [manifest.shard_inputs(k) for k in todo]
-        ds = pipeline.make_dataset(
-            source.paths, ranges, batch_size=cfg.batch_size, size=spec.input_size, preprocess=spec.preprocess_fn()
-        )
-        bar = tqdm(total=sum(len(r) for r in ranges), unit="img", disable=not cfg.progress, dynamic_ncols=True)
-
-        def on_shard(shard: int, failed: list[FailedInput]) -> None:
-            report.failures.extend(failed)
-            bar.update(len(failed))
-            bar.set_postfix(shards=f"{sink.stats.shards}/{len(todo)}", failed=len(report.failures))
-
-        from .sink import ShardSink
-
-        sink = ShardSink(
-            cache, source, todo, lambda i: pipeline.diagnose(source.paths[i], spec.input_size),
-            strict=cfg.strict, on_shard=on_shard,
-        )
-        t_loop = time.perf_counter()
-        report.startup_seconds = t_loop - t_start
-        try:
-            it = iter(ds)
-            while True:
-                t0 = time.perf_counter()
-                try:
-                    index, images = next(it)
-                except StopIteration:
-                    break
-                t1 = time.perf_counter()
-                maps, pooled = m(images)
-                t2 = time.perf_counter()
-                sink.put(index.numpy(), maps, pooled)
-                t3 = time.perf_counter()
-                report.input_seconds += t1 - t0
-                report.backbone_seconds += t2 - t1
-                report.queue_seconds += t3 - t2
-                bar.update(len(maps))
-            t0 = time.perf_counter()
-            sink.close(finish=True)
-            report.queue_seconds += time.perf_counter() - t0
-        except BaseException:
-            try:
-                sink.close(finish=False)
-            except BaseException:  # the first error is the one to report
-                pass
-            raise
-        finally:
-            bar.close()
-        report.seconds = time.perf_counter() - t_loop
-        report.rows = sink.stats.rows
-        report.failed = sink.stats.failed
-        report.shards_written = sink.stats.shards
-        report.write_seconds = sink.stats.write_seconds
-    report.cache_rows = manifest.rows
+    report.finalized = cache.finalized
+    report.cache_rows = cache.finalized.rows if cache.finalized else manifest.rows
     return report
+
+
+def _extract(cfg: ExtractConfig, source: Source, spec: BackboneSpec, weights: ResolvedWeights, cache: CacheWriter,
+             todo: list[int], report: ExtractReport, log: Log, t_start: float) -> None:
+    """The loop: reader -> mapper -> sink over the shards ``todo``; fills ``report``'s timings."""
+    manifest = cache.manifest
+
+    from . import mapper, pipeline  # TensorFlow is imported here, and only when there is work
+
+    m = mapper.BackboneMapper(spec, weights, maps_dtype=cfg.maps_dtype, mixed_precision=cfg.mixed_precision,
+                              xla=cfg.xla)
+    log(f"backbone {spec.name} on {mapper.devices()}, batch {cfg.batch_size}")
+    ranges = [manifest.shard_inputs(k) for k in todo]
+    ds = pipeline.make_dataset(
+        source.paths, ranges, batch_size=cfg.batch_size, size=spec.input_size, preprocess=spec.preprocess_fn()
+    )
+    bar = tqdm(total=sum(len(r) for r in ranges), unit="img", disable=not cfg.progress, dynamic_ncols=True)
+
+    def on_shard(shard: int, failed: list[FailedInput]) -> None:
+        report.failures.extend(failed)
+        bar.update(len(failed))
+        bar.set_postfix(shards=f"{sink.stats.shards}/{len(todo)}", failed=len(report.failures))
+
+    from .sink import ShardSink
+
+    sink = ShardSink(
+        cache, source, todo, lambda i: pipeline.diagnose(source.paths[i], spec.input_size),
+        strict=cfg.strict, on_shard=on_shard,
+    )
+    t_loop = time.perf_counter()
+    report.startup_seconds = t_loop - t_start
+    try:
+        it = iter(ds)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                index, images = next(it)
+            except StopIteration:
+                break
+            t1 = time.perf_counter()
+            maps, pooled = m(images)
+            t2 = time.perf_counter()
+            sink.put(index.numpy(), maps, pooled)
+            t3 = time.perf_counter()
+            report.input_seconds += t1 - t0
+            report.backbone_seconds += t2 - t1
+            report.queue_seconds += t3 - t2
+            bar.update(len(maps))
+        t0 = time.perf_counter()
+        sink.close(finish=True)
+        report.queue_seconds += time.perf_counter() - t0
+    except BaseException:
+        try:
+            sink.close(finish=False)
+        except BaseException:  # the first error is the one to report
+            pass
+        raise
+    finally:
+        bar.close()
+    report.seconds = time.perf_counter() - t_loop
+    report.rows = sink.stats.rows
+    report.failed = sink.stats.failed
+    report.shards_written = sink.stats.shards
+    report.write_seconds = sink.stats.write_seconds

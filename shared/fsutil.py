@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,12 +70,15 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def remove_stale_temps(directory: Path) -> list[Path]:
-    """Delete partial files left by a killed writer (only call while holding the cache lock)."""
+def remove_stale_temps(directory: Path, mine: Callable[[str], bool] | None = None) -> list[Path]:
+    """Delete partial files left by a killed writer: all of them, or those whose final name
+    ``mine(name)`` accepts (only call while holding the lock of the files concerned)."""
     removed = []
     if directory.is_dir():
         for p in directory.iterdir():
-            if p.name.startswith(TMP_PREFIX) and ".tmp-" in p.name:
+            if p.name.startswith(TMP_PREFIX) and ".tmp-" in p.name and (
+                mine is None or mine(p.name[len(TMP_PREFIX) : p.name.rindex(".tmp-")])
+            ):
                 p.unlink(missing_ok=True)
                 removed.append(p)
     return removed

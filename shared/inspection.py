@@ -22,6 +22,7 @@ from . import verify as verify_mod
 from .cli import run_cli
 from .errors import FeatcacheError
 from .fingerprint import describe
+from .manifest import file_status
 from .picture import energy_overlay, load_source, write_png
 from .reader import FeatureCache, PooledRows
 from .split import split_names
@@ -269,7 +270,7 @@ def list_shards(
         c = FeatureCache(cache)
         typer.echo(f"{'shard':>6} {'rows':>6} {'inputs':>7} {'MB':>8}  {'status':<9} file")
         for s in c.shards:
-            problem = verify_mod.file_status(c.shard_path(s), s, checksum)
+            problem = file_status(c.shard_path(s), s, checksum)
             status = problem.upper() if problem else ("ok" if checksum else "present")
             typer.echo(f"{s.shard:>6} {s.rows:>6} {s.num_inputs:>7} {s.bytes / 1e6:>8.2f}  {status:<9} {s.file}")
         missing = c.manifest.missing_shards()

@@ -1,7 +1,13 @@
-"""One writer per cache.
+"""Locks of a cache: who may change which files.
 
-The lock is an ``flock`` on ``CACHE/.lock``: the kernel drops it when its holder dies, even by
-``kill -9``, so a lock can never outlive its process on the same host. The file's content names
+Two kinds, both :class:`FileLock`: the cache lock ``CACHE/.lock``, held briefly by whoever creates
+the cache or rewrites ``manifest.json`` (setting up, merging part logs, ``verify --fix``), and one
+lock per part of the shard plan, ``CACHE/parts/part-I-of-N.lock``, held by the worker filling that
+part for the whole of its run (see :mod:`shared.parts`).
+
+Each lock is an ``flock``: the kernel drops it when its holder dies, even by ``kill -9``, so a lock
+can never outlive its process on the same host (on NFS v4 flock is emulated with byte-range locks
+and works across clients; Lustre needs the ``flock`` mount option). The file's content names
 the holder (pid, host, start time, command) so that a refused writer can say who holds it. The file
 is never deleted (deleting a lock file races with a process that has just opened it); an empty file
 means free, and a non-empty one that we could lock was left by a process that died: we take it over
@@ -24,28 +30,36 @@ from types import TracebackType
 from .errors import CacheLockedError
 from .schema import LOCK_NAME
 
+_POLL_SECONDS = 0.05
 
-class CacheLock:
-    """Context manager holding the write lock of the cache at ``cache_dir``."""
 
-    def __init__(self, cache_dir: str | os.PathLike[str]):
-        self.path = Path(cache_dir) / LOCK_NAME
+class FileLock:
+    """Context manager holding an exclusive ``flock`` on ``path``; ``what`` names what it guards in
+    the refusal message (``"{path}: {what} is being written by pid ..."``); ``wait`` is how long
+    the context manager retries before refusing."""
+
+    def __init__(self, path: str | os.PathLike[str], what: str = "cache", wait: float = 0.0):
+        self.path = Path(path)
+        self.what = what
+        self.wait = wait
         self._fd: int | None = None
 
-    def acquire(self) -> None:
-        """Take the lock or raise :class:`CacheLockedError` naming the holder."""
+    def acquire(self, wait: float | None = None) -> None:
+        """Take the lock, retrying for up to ``wait`` seconds (default: the constructor's), or raise
+        :class:`CacheLockedError` naming the holder."""
+        wait = self.wait if wait is None else wait
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            raise CacheLockedError(
-                f"{self.path}: cache is being written by {describe_holder(read_holder(self.path))}; "
-                "wait for it to finish or stop it"
-            ) from None
+        deadline = time.monotonic() + wait
+        while not _try_flock(fd):
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                waited = f" (waited {wait:g} s)" if wait else ""
+                raise CacheLockedError(
+                    f"{self.path}: {self.what} is being written by {describe_holder(read_holder(self.path))}"
+                    f"{waited}; wait for it to finish or stop it"
+                )
+            time.sleep(_POLL_SECONDS)
         previous = _read_fd(fd)
         if previous:
             warnings.warn(
@@ -75,7 +89,24 @@ class CacheLock:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> "CacheLock":
+    def held_by(self) -> dict | None:
+        """None when nobody holds the lock, else the recorded holder (``{}`` when unrecorded).
+
+        Probing takes the lock for an instant, so call it only where a would-be holder cannot be
+        acquiring at the same moment (under the cache lock, for part locks)."""
+        try:
+            fd = os.open(self.path, os.O_RDWR)
+        except FileNotFoundError:
+            return None
+        try:
+            if _try_flock(fd):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                return None
+            return _read_fd(fd) or {}
+        finally:
+            os.close(fd)
+
+    def __enter__(self) -> "FileLock":
         self.acquire()
         return self
 
@@ -83,6 +114,23 @@ class CacheLock:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.release()
+
+
+class CacheLock(FileLock):
+    """The cache lock, ``CACHE/.lock``."""
+
+    def __init__(self, cache_dir: str | os.PathLike[str], wait: float = 0.0):
+        super().__init__(Path(cache_dir) / LOCK_NAME, "cache", wait)
+
+
+def _try_flock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno not in (errno.EAGAIN, errno.EACCES):
+            raise
+        return False
+    return True
 
 
 def _read_fd(fd: int) -> dict | None:

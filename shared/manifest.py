@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import NotACacheError
-from .fsutil import atomic_write_json
+from .fsutil import atomic_write_json, sha256_file
 from .schema import FORMAT_NAME, MANIFEST_NAME, SCHEMA_VERSION
 
 
@@ -37,6 +37,18 @@ class ShardRecord:
     bytes: int
     sha256: str
     completed: str
+
+
+def file_status(path: Path, rec: ShardRecord, checksum: bool = True) -> str | None:
+    """``"missing"``, ``"size"`` or ``"checksum"`` when the shard file disagrees with its manifest
+    record (checked in that order, the sha256 only with ``checksum``), else None."""
+    if not path.is_file():
+        return "missing"
+    if path.stat().st_size != rec.bytes:
+        return "size"
+    if checksum and sha256_file(path) != rec.sha256:
+        return "checksum"
+    return None
 
 
 @dataclass

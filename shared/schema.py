@@ -4,8 +4,10 @@ A cache is a directory::
 
     CACHE/
       manifest.json          # the only index a reader trusts (see docs/cache-format.md)
-      .lock                  # held (flock) by the one process writing the cache
+      .lock                  # held (flock) briefly by whoever creates the cache or rewrites the manifest
+      listing.npz            # the input listing the cache was made from (what changed, on a refused resume)
       shards/shard-00000.h5  # complete shards only; partial ones live under a dot-name
+      parts/                 # while workers fill it: per-part locks and logs (see shared/parts.py)
 
 Every shard file holds, for its ``n`` rows (``n`` may be 0 when all its inputs failed):
 
@@ -31,6 +33,7 @@ SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 LOCK_NAME = ".lock"
 SHARDS_DIR = "shards"
+PARTS_DIR = "parts"
 TMP_PREFIX = "."  # partial files are dot-files: never matched by SHARD_GLOB
 SHARD_GLOB = "shard-*.h5"
 
@@ -84,3 +87,11 @@ COMPRESSIONS: dict[str, tuple[str | None, int | None, bool]] = {
 def shard_name(shard: int) -> str:
     """File name of shard number ``shard``, relative to the cache directory."""
     return f"{SHARDS_DIR}/shard-{shard:05d}.h5"
+
+
+def shard_number(file_name: str) -> int:
+    """The shard number in a shard's file name (``shard-00007.h5`` -> 7), -1 if there is none."""
+    stem = file_name.rsplit("/", 1)[-1]
+    if stem.startswith("shard-") and stem.endswith(".h5") and stem[6:-3].isdigit():
+        return int(stem[6:-3])
+    return -1

@@ -17,9 +17,11 @@ import numpy as np
 
 from . import schema
 from .fingerprint import IDENTITY_KEYS, differences
-from .fsutil import fsync_dir, sha256_file
-from .lock import CacheLock, read_holder
-from .manifest import Manifest, ShardRecord, now
+from .fsutil import fsync_dir
+from .errors import CacheLockedError
+from .lock import CacheLock, describe_holder
+from .manifest import Manifest, ShardRecord, file_status, now
+from .parts import LOCK_WAIT_SECONDS, awaiting_merge, merge_logs, recorded_holders, remove_logs, running_parts
 
 QUARANTINE_DIR = "quarantine"
 DEFAULT_SAMPLE_ROWS = 64
@@ -63,18 +65,6 @@ def _expected_datasets(m: Manifest, rows: int) -> dict[str, tuple[tuple[int, ...
         schema.INDEX: ((rows,), schema.INDEX_DTYPE),
         schema.SPLIT: ((rows,), schema.SPLIT_DTYPE),
     }
-
-
-def file_status(path: Path, rec: ShardRecord, checksum: bool = True) -> str | None:
-    """``"missing"``, ``"size"`` or ``"checksum"`` when the shard file disagrees with its manifest
-    record (checked in that order, the sha256 only with ``checksum``), else None."""
-    if not path.is_file():
-        return "missing"
-    if path.stat().st_size != rec.bytes:
-        return "size"
-    if checksum and sha256_file(path) != rec.sha256:
-        return "checksum"
-    return None
 
 
 def check_shard(cache_dir: Path, m: Manifest, rec: ShardRecord, sample_rows: int, rng: np.random.Generator) -> str | None:
@@ -159,19 +149,23 @@ def verify(cache_dir: str | Path, *, sample_rows: int = DEFAULT_SAMPLE_ROWS, see
     shards_dir = cache_dir / schema.SHARDS_DIR
     if shards_dir.is_dir():
         pending = {Path(schema.shard_name(k)).name for k in m.missing_shards()}
+        logged = {Path(schema.shard_name(k)).name for k in awaiting_merge(cache_dir, m)}
         unlisted_pending = 0
         for p in sorted(shards_dir.glob(schema.SHARD_GLOB)):
-            if p.name in pending:  # finished by a run stopped before its manifest update: redone on resume
+            if p.name in pending and p.name not in logged:  # a run stopped before recording it: redone on resume
                 unlisted_pending += 1
-            elif p.name not in listed:
+            elif p.name not in listed and p.name not in logged:
                 report.problems.append(Problem(f"{schema.SHARDS_DIR}/{p.name}", "shard file the manifest does not list"))
+        if logged:
+            report.notes.append(f"{len(logged)} shards finished by parts are not merged into the manifest yet "
+                                "(featcache-extract CACHE --finalize merges them; readers ignore them until then)")
         if unlisted_pending:
             report.notes.append(f"{unlisted_pending} shard files for shards not yet done are not in the manifest "
                                 "(left by an interrupted run; readers ignore them, the next extract redoes them)")
         temps = [p.name for p in shards_dir.iterdir() if p.name.startswith(schema.TMP_PREFIX)]
         if temps:
-            holder = read_holder(cache_dir / schema.LOCK_NAME)
-            state = "a writer is running" if holder else "left by an interrupted run; the next extract removes them"
+            state = ("a writer is running" if recorded_holders(cache_dir)
+                     else "left by an interrupted run; the next extract removes them")
             report.notes.append(f"{len(temps)} partial shard files ({state})")
     if not m.complete:
         report.notes.append(f"incomplete: {len(m.missing_shards())} of {m.num_shards} planned shards not written yet")
@@ -182,12 +176,22 @@ def fix(cache_dir: str | Path, report: Report) -> list[str]:
     """Move each bad or unknown shard file into ``CACHE/quarantine/`` and drop bad shards from the
     manifest, so that re-running the extractor recomputes exactly those shards. Deletes nothing.
 
-    Returns one line per action. Takes the cache's write lock.
+    Returns one line per action. Takes the cache lock, and refuses while a worker is writing; the
+    part logs are merged into the manifest first and then dropped, so that no log can bring a
+    moved shard back.
     """
     cache_dir = Path(cache_dir)
     actions: list[str] = []
-    with CacheLock(cache_dir):
+    with CacheLock(cache_dir, wait=LOCK_WAIT_SECONDS):
+        running = running_parts(cache_dir)
+        if running:
+            part, holder = next(iter(running.items()))
+            raise CacheLockedError(f"{cache_dir}: {part.label} is being written by {describe_holder(holder)}; "
+                                   "run verify --fix when no extractor is running")
         m = Manifest.load(cache_dir)
+        if merge_logs(cache_dir, m):
+            m.save(cache_dir)
+        remove_logs(cache_dir)
         bad = {p.shard for p in report.problems if p.shard is not None}
         quarantine = cache_dir / QUARANTINE_DIR
         stamp = time.strftime("%Y%m%dT%H%M%S")

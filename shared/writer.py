@@ -1,7 +1,7 @@
 """Writing a cache: shards under temporary names, committed one by one into the manifest.
 
-:class:`ShardWriter` writes one shard file; :class:`CacheWriter` owns the cache directory for the
-duration of a run (lock, resume checks, manifest updates). Both are synchronous; the extractor runs
+:class:`ShardWriter` writes one shard file; :class:`CacheWriter` owns a part of the cache (all of it
+for a single run) for the duration of a run (locks, resume checks, manifest updates). Both are synchronous; the extractor runs
 them in a background thread so that disk work overlaps with the backbone.
 """
 
@@ -20,8 +20,9 @@ from .errors import FeatcacheError, SourceMismatchError
 from .fingerprint import check_compatible, to_attr
 from .fsutil import commit_file, remove_stale_temps, sha256_file, temp_path_for
 from .listing import LISTING_NAME, describe_changes, load_listing, save_listing
-from .lock import CacheLock
-from .manifest import FailedInput, Manifest, ShardRecord, now
+from .lock import CacheLock, FileLock
+from .manifest import FailedInput, Manifest, ShardRecord, file_status, now
+from .parts import LOCK_WAIT_SECONDS, WHOLE, Finalized, Part, PartLog, acquire_part, finalize, merge_logs, parts_dir, remove_logs
 
 
 def storage_options(compression: str, maps_dtype: str) -> dict[str, Any]:
@@ -138,62 +139,91 @@ class ShardWriter:
 
 
 class CacheWriter:
-    """Owns ``cache_dir`` for one run: takes the lock, creates or resumes, commits shards.
+    """Owns ``part`` of the shard plan of ``cache_dir`` for one run: creates or resumes the cache,
+    commits shards, and merges what was done into the manifest at the end.
 
     ``manifest`` describes the run about to happen (fingerprint, source, storage, shard size, no
     shards). When the directory already holds a cache, its fingerprint, listing, shard size and
     storage must agree with it (else a one-line error that says what differs), and its completed
-    shards are kept; ``overwrite=True`` discards them instead.
+    shards are kept; ``overwrite=True`` discards them instead (whole-cache runs only). A run of a
+    part (see :mod:`shared.parts`) records its shards in its part log and merges on exit; a whole
+    run records them straight into the manifest. :attr:`finalized` is the state after that merge.
     """
 
     def __init__(self, cache_dir: str | os.PathLike[str], manifest: Manifest, *, overwrite: bool = False,
-                 listing: dict[str, np.ndarray] | None = None):
+                 listing: dict[str, np.ndarray] | None = None, part: Part = WHOLE):
+        if overwrite and not part.whole:
+            raise FeatcacheError(
+                f"{cache_dir}: --overwrite with --part {part} would let each worker delete the others' shards; "
+                "delete the cache directory before starting the workers instead")
         self.dir = Path(cache_dir)
         self.manifest = manifest
         self.listing = listing
         self.overwrite = overwrite
+        self.part = part
         self.resumed_shards = 0
-        self._lock = CacheLock(self.dir)
+        self.finalized: Finalized | None = None
+        self._part_lock: FileLock | None = None
+        self._log: PartLog | None = None
+
+    def _cache_lock(self) -> CacheLock:
+        return CacheLock(self.dir, wait=LOCK_WAIT_SECONDS)
 
     def __enter__(self) -> "CacheWriter":
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._lock.acquire()
-        try:
-            self._open()
-        except BaseException:
-            self._lock.release()
-            raise
+        with self._cache_lock():
+            self._part_lock = acquire_part(self.dir, self.part)
+            try:
+                self._open()
+            except BaseException:
+                self._part_lock.release()
+                raise
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._lock.release()
+        if self._part_lock is not None:
+            self._part_lock.release()
+        try:
+            self.finalized = finalize(self.dir)
+        except Exception:
+            if exc is None:
+                raise  # else the run's own error is the one to report
+
+    def _owns_file(self, name: str) -> bool:
+        shard = schema.shard_number(name)
+        return self.part.whole or (shard >= 0 and self.part.owns(shard))
 
     def _open(self) -> None:
         shards_dir = self.dir / schema.SHARDS_DIR
         shards_dir.mkdir(exist_ok=True)
-        remove_stale_temps(shards_dir)
-        remove_stale_temps(self.dir)
+        remove_stale_temps(shards_dir, self._owns_file)
+        remove_stale_temps(self.dir)  # the manifest's and listing's, written under the cache lock
+        remove_stale_temps(parts_dir(self.dir), lambda name: name.startswith(f"{self.part.stem}."))
         manifest_path = self.dir / schema.MANIFEST_NAME
         if manifest_path.exists() and self.overwrite:
             for p in shards_dir.glob(schema.SHARD_GLOB):
                 p.unlink()
             (self.dir / LISTING_NAME).unlink(missing_ok=True)
+            remove_logs(self.dir)
             manifest_path.unlink()
         if manifest_path.exists():
             old = Manifest.load(self.dir)
             self._check_resumable(old)
+            merge_logs(self.dir, old)
             new = self.manifest
-            kept = [s for s in old.shards if (self.dir / s.file).is_file() and (self.dir / s.file).stat().st_size == s.bytes]
+            kept = [s for s in old.shards if file_status(self.dir / s.file, s, checksum=False) is None]
             new.shards = kept
             kept_ids = {s.shard for s in kept}
             new.failed = [f for f in old.failed if f.shard in kept_ids]
             new.created = old.created
-            self.resumed_shards = len(kept)
+            self.resumed_shards = sum(self.part.owns(s.shard) for s in kept)
         elif self.listing is not None:
             save_listing(self.dir, self.listing)
         self.manifest.save(self.dir)
+        if not self.part.whole:
+            self._log = PartLog(self.part, self.manifest.created)
 
     def _check_resumable(self, old: Manifest) -> None:
         where = str(self.dir)
@@ -218,14 +248,21 @@ class CacheWriter:
                                      "repeat the original options or use --overwrite")
 
     def pending_shards(self) -> list[int]:
-        return self.manifest.missing_shards()
+        """This part's shards that are not done yet, in order."""
+        return [k for k in self.manifest.missing_shards() if self.part.owns(k)]
 
     def start_shard(self, shard: int) -> ShardWriter:
         return ShardWriter(self.dir, self.manifest, shard)
 
     def commit_shard(self, writer: ShardWriter, failed: list[FailedInput]) -> ShardRecord:
-        """Make ``writer``'s shard visible: rename it into place, then rewrite the manifest."""
+        """Rename ``writer``'s shard into place, then record it: in the part log, or for a whole
+        run in the manifest, which makes it visible to readers."""
         record = writer.commit()
         self.manifest.add_shard(record, failed)
-        self.manifest.save(self.dir)
+        if self._log is not None:
+            self._log.add(record, failed)
+            self._log.save(self.dir)
+        else:
+            with self._cache_lock():
+                self.manifest.save(self.dir)
         return record

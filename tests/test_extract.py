@@ -16,7 +16,7 @@ from conftest import extract
 from shared import schema
 from shared.backbones import build_backbone, get_backbone, resolve_weights
 from shared.errors import BadInputError, CacheLockedError, FingerprintMismatchError, SourceMismatchError
-from shared.lock import CacheLock
+from shared.parts import WHOLE, part_lock
 from shared.reader import FeatureCache
 
 
@@ -161,10 +161,11 @@ def test_strict_stops_at_first_bad_input_and_keeps_finished_shards(tmp_path, sam
 
 def test_second_writer_is_refused(tmp_path, sample_dir):
     cache = tmp_path / "c"
-    with CacheLock(cache):
-        with pytest.raises(CacheLockedError, match=rf"pid {os.getpid()} on host .* since"):
+    with part_lock(cache, WHOLE):  # as held by a running extract
+        with pytest.raises(CacheLockedError, match=rf"cache is being written by pid {os.getpid()} on host .* since"):
             extract(sample_dir, cache)
     extract(sample_dir, cache)  # free again
+    assert not (cache / "parts").exists()  # a complete cache has no part bookkeeping left
 
 
 def test_stale_lock_from_dead_process_is_taken_over(tmp_path, sample_dir):
