@@ -22,7 +22,9 @@ from . import verify as verify_mod
 from .cli import run_cli
 from .errors import FeatcacheError
 from .fingerprint import describe
+from .lock import describe_holder
 from .manifest import file_status
+from .parts import awaiting_merge, parts_dir, recorded_holders
 from .picture import energy_overlay, load_source, write_png
 from .reader import FeatureCache, PooledRows
 from .split import split_names
@@ -63,7 +65,16 @@ def summarize(cache: FeatureCache) -> dict[str, Any]:
         "source": m.source,
         "created": m.created,
         "updated": m.updated,
+        "parts": _parts_state(cache.path, m),
     }
+
+
+def _parts_state(path: Path, m) -> dict[str, Any] | None:  # noqa: ANN001 (Manifest)
+    """Workers of a partitioned run: who is recorded as running, and finished shards not merged."""
+    if not parts_dir(path).is_dir():
+        return None
+    return {"recorded_running": {str(p): describe_holder(h) for p, h in recorded_holders(path).items()},
+            "awaiting_merge": awaiting_merge(path, m)}
 
 
 def _print_summary(s: dict[str, Any]) -> None:
@@ -92,6 +103,12 @@ def _print_summary(s: dict[str, Any]) -> None:
     if f["count"] > len(f["first"]):
         echo(f"  ... and {f['count'] - len(f['first'])} more in manifest.json")
     echo(f"created {s['created']}, updated {s['updated']}")
+    if s["parts"]:
+        running = s["parts"]["recorded_running"]
+        echo("parts:     " + (", ".join(f"{p} ({h})" for p, h in running.items()) + " recorded as running"
+                              if running else "no worker recorded as running")
+             + (f"; {len(s['parts']['awaiting_merge'])} finished shards not merged yet "
+                "(featcache-extract CACHE --finalize merges them)" if s["parts"]["awaiting_merge"] else ""))
 
 
 @app.command()

@@ -22,6 +22,7 @@ from . import schema
 from .errors import FeatcacheError, FingerprintMismatchError
 from .fingerprint import IDENTITY_KEYS, check_compatible, differences
 from .manifest import Manifest, ShardRecord
+from .parts import list_shards
 from .split import assign_splits
 
 DEFAULT_BLOCK_ROWS = 256
@@ -91,7 +92,8 @@ class FeatureCache:
         if missing:
             raise FeatcacheError(
                 f"{self.path}: cache is incomplete: {len(missing)} of {self.manifest.num_shards} shards missing "
-                f"(first: {missing[:5]}); re-run the extractor to finish it"
+                f"({list_shards(missing)}); re-run the extractor to finish it (featcache-extract CACHE --finalize "
+                "merges what parallel workers finished; the trainer's --allow-partial uses what is there)"
             )
 
     def open_shard(self, record: ShardRecord) -> h5py.File:

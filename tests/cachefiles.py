@@ -1,8 +1,10 @@
-"""A cache's shards read back with plain h5py (not featcache's reader), for tests and tests/faults.py."""
+"""What tests and tests/faults.py share: the extractor's command line as a user types it, and a
+cache's shards read back with plain h5py (not featcache's reader)."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import h5py
@@ -26,3 +28,30 @@ def differing(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> list[str]:
     """Names of the datasets that are not equal byte for byte (ids: as strings)."""
     return [k for k in schema.DATASETS
             if (a[k].tolist() != b[k].tolist() if k == schema.ID else a[k].tobytes() != b[k].tobytes())]
+
+
+def extract_command(src: Path, cache: Path, *extra: str, shard_size: int = 6, batch_size: int = 4) -> list[str]:
+    """``python -m extractor SRC CACHE`` with the tiny test backbone, no progress bar, and ``extra``."""
+    return [sys.executable, "-m", "extractor", str(src), str(cache), "--backbone", "tiny", "--weights", "random",
+            "--shard-size", str(shard_size), "--batch-size", str(batch_size), "--no-progress", *extra]
+
+
+def same_cache(a: Path, b: Path) -> list[str]:
+    """What differs between two caches of the same inputs: datasets, shard file bytes, or manifest
+    fields other than times (an empty list when they are the same cache)."""
+    diffs = differing(read_shards(a), read_shards(b))
+    ma, mb = (json.loads((Path(c) / schema.MANIFEST_NAME).read_text()) for c in (a, b))
+    for k in ma:
+        if k in ("created", "updated", "shards", "source"):
+            continue
+        if ma[k] != mb.get(k):
+            diffs.append(f"manifest {k}")
+    untimed = lambda m: [{k: v for k, v in s.items() if k != "completed"} for s in m["shards"]]  # noqa: E731
+    if untimed(ma) != untimed(mb):
+        diffs.append("manifest shards")
+    if {k: v for k, v in ma["source"].items() if k != "root"} != {k: v for k, v in mb["source"].items() if k != "root"}:
+        diffs.append("manifest source")
+    for s in ma["shards"]:
+        if (Path(a) / s["file"]).read_bytes() != (Path(b) / s["file"]).read_bytes():
+            diffs.append(f"bytes of {s['file']}")
+    return diffs

@@ -37,7 +37,7 @@ for path in (REPO, REPO / "tests"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from cachefiles import differing, read_shards  # noqa: E402
+from cachefiles import differing, extract_command, read_shards  # noqa: E402
 from shared import schema  # noqa: E402
 from shared.verify import verify  # noqa: E402
 
@@ -58,8 +58,7 @@ class Stats:
 
 
 def command(src: Path, cache: Path) -> list[str]:
-    return [sys.executable, "-m", "extractor", str(src), str(cache), "--backbone", "tiny", "--weights", "random",
-            "--shard-size", "8", "--batch-size", "4", "--no-progress"]
+    return extract_command(src, cache, shard_size=8, batch_size=4)
 
 
 def wait_for_work(proc: subprocess.Popen) -> bool:

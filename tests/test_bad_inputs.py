@@ -17,7 +17,7 @@ import pytest
 from conftest import extract
 from shared.errors import FeatcacheError
 from shared.reader import FeatureCache
-from cachefiles import read_shards
+from cachefiles import extract_command, read_shards
 
 PIL = pytest.importorskip("PIL.Image")
 REPO = Path(__file__).resolve().parents[1]
@@ -158,8 +158,7 @@ def test_memory_stays_bounded_on_a_huge_jpeg(tmp_path):
     for name, pixels in (("huge", np.asarray(PIL.fromarray(small).resize((8000, 8000)))), ("small", small)):
         (tmp_path / name / "x").mkdir(parents=True)
         PIL.fromarray(pixels).save(tmp_path / name / "x" / "img.jpg", quality=85)
-    cmd = lambda d: [sys.executable, "-m", "extractor", str(tmp_path / d), str(tmp_path / f"c-{d}"),  # noqa: E731
-                     "--backbone", "tiny", "--weights", "random", "--no-progress"]
+    cmd = lambda d: extract_command(tmp_path / d, tmp_path / f"c-{d}", shard_size=1024, batch_size=32)  # noqa: E731
     base, huge = _peak_rss_mb(cmd("small")), _peak_rss_mb(cmd("huge"))
     assert huge < base + 100, (base, huge)  # a plain decode would add ~200 MB (uint8) to ~1 GB (floats)
     rows = read_shards(tmp_path / "c-huge")

@@ -5,19 +5,17 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from conftest import make_sample
-from cachefiles import read_shards
+from cachefiles import extract_command, read_shards
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def cli(src: Path, cache: Path) -> list[str]:
-    return [sys.executable, "-m", "extractor", str(src), str(cache), "--backbone", "tiny", "--weights", "random",
-            "--shard-size", "6", "--batch-size", "4", "--no-progress"]
+    return extract_command(src, cache, shard_size=6, batch_size=4)
 
 
 def test_kill_during_run_then_resume_equals_uninterrupted(tmp_path):

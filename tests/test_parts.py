@@ -1,0 +1,188 @@
+"""Many workers filling one cache (--part I/N, --finalize, --workers, the Ray runner): the result
+must be the cache a single run makes, file for file."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cachefiles import extract_command, same_cache
+from conftest import REPO, extract
+from shared.errors import CacheLockedError, FeatcacheError
+from shared.parts import Part, finalize, part_lock
+from shared.reader import FeatureCache
+from shared.verify import fix, verify
+
+SHARD = 2  # the 15 sample images make 8 shards
+
+
+def finalize_command(cache: Path) -> list[str]:
+    return [sys.executable, "-m", "extractor", str(cache), "--finalize"]
+
+
+def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(list(args), cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def single(sample_dir, tmp_path_factory) -> Path:
+    """The reference: one uninterrupted run."""
+    cache = tmp_path_factory.mktemp("single") / "c"
+    extract(sample_dir, cache, shard_size=SHARD)
+    return cache
+
+
+def test_part_parsing_and_overlap():
+    assert Part.parse("2/5") == Part(2, 5) and str(Part(2, 5)) == "2/5"
+    assert Part(1, 3).shards(8) == [1, 4, 7]
+    for bad in ("3/3", "1", "-1/2", "a/b", "0/0"):
+        with pytest.raises(FeatcacheError, match="expected I/N"):
+            Part.parse(bad)
+    assert not Part(0, 2).overlaps(Part(1, 2)) and Part(0, 2).overlaps(Part(0, 2))
+    assert Part(0, 1).overlaps(Part(3, 4))  # a whole run overlaps every part
+    assert not Part(1, 4).overlaps(Part(0, 2)) and Part(1, 4).overlaps(Part(1, 2))
+    assert Part(0, 2).overlaps(Part(1, 3))  # shard 4
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_parts_running_together_make_the_single_run_cache(n, sample_dir, single, tmp_path):
+    cache = tmp_path / "c"
+    procs = [subprocess.Popen(extract_command(sample_dir, cache, "--part", f"{i}/{n}", shard_size=SHARD, batch_size=3),
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(n)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0] * n, [o[1] for o in outs]
+    # every worker merged on its way out; the last one completed the cache and removed parts/
+    assert any("complete, 8/8 shards, 15 rows" in o[0] for o in outs), outs
+    assert not (cache / "parts").exists()
+    assert same_cache(single, cache) == []
+    assert verify(cache).ok
+    again = run(*finalize_command(cache))
+    assert again.returncode == 0 and "complete, 8/8 shards" in again.stdout  # safe to run twice
+
+
+def test_missing_part_is_named_and_the_rest_is_usable(sample_dir, single, tmp_path):
+    cache = tmp_path / "c"
+    extract(sample_dir, cache, shard_size=SHARD, part=Part(0, 3))
+    report = extract(sample_dir, cache, shard_size=SHARD, part=Part(2, 3))
+    assert "INCOMPLETE, 5/8 shards done" in report.summary()
+    state = finalize(cache)
+    assert state.missing == [1, 4, 7]
+    assert "3 missing: part 1/3: shards 1, 4, 7 (not running: rerun it with --part 1/3)" in state.summary()
+    p = run(*finalize_command(cache))
+    assert p.returncode == 1 and "part 1/3: shards 1, 4, 7" in p.stdout
+
+    # what is there is a valid cache: verify passes, readers see the 5 finished shards
+    v = verify(cache)
+    assert v.ok, v.problems
+    assert any("incomplete: 3 of 8" in n for n in v.notes)
+    c = FeatureCache(cache)
+    assert [s.shard for s in c.shards] == [0, 2, 3, 5, 6]
+    with pytest.raises(FeatcacheError, match=r"3 of 8 shards missing \(1, 4, 7\).*--allow-partial"):
+        c.require_complete()
+    train = [sys.executable, "-m", "trainer", str(cache), "--runs", str(tmp_path / "runs"), "--head", "linear",
+             "--epochs", "2"]
+    t = run(*train)
+    assert t.returncode == 2 and "cache is incomplete: 3 of 8 shards missing" in t.stderr, t.stderr
+    t = run(*train, "--allow-partial")
+    assert t.returncode == 0, t.stderr
+
+    extract(sample_dir, cache, shard_size=SHARD, part=Part(1, 3))  # the missing worker, run at last
+    assert finalize(cache).complete and same_cache(single, cache) == []
+
+
+def test_same_or_overlapping_part_is_refused_while_running(sample_dir, tmp_path):
+    cache = tmp_path / "c"
+    extract(sample_dir, cache, shard_size=SHARD, max_shards=1, part=Part(0, 2))
+    with part_lock(cache, Part(1, 2)):  # as held by a running worker of part 1/2
+        with pytest.raises(CacheLockedError, match=rf"part 1/2 is being written by pid {os.getpid()} on host"):
+            extract(sample_dir, cache, shard_size=SHARD, part=Part(1, 2))
+        with pytest.raises(CacheLockedError, match=r"part 0/3 overlaps part 1/2, which is being written by pid"):
+            extract(sample_dir, cache, shard_size=SHARD, part=Part(0, 3))
+        with pytest.raises(CacheLockedError, match=r"the whole cache .* overlaps part 1/2"):
+            extract(sample_dir, cache, shard_size=SHARD)
+        report = extract(sample_dir, cache, shard_size=SHARD, part=Part(0, 2))  # a disjoint part runs
+        assert report.shards_written == 3 and report.shards_kept == 1
+        assert "part 1/2: shards 1, 3, 5, 7 (running: pid" in finalize(cache).summary()
+        with pytest.raises(CacheLockedError, match="part 1/2 is being written by pid .* run verify --fix when no"):
+            fix(cache, verify(cache))
+    with pytest.raises(FeatcacheError, match="--overwrite with --part 1/2 would let each worker delete"):
+        extract(sample_dir, cache, shard_size=SHARD, part=Part(1, 2), overwrite=True)
+
+
+def test_killed_worker_is_rerun_and_the_cache_is_the_same(sample_dir, single, tmp_path):
+    cache = tmp_path / "c"
+    cmd = lambda i: extract_command(sample_dir, cache, "--part", f"{i}/2", shard_size=SHARD, batch_size=1)  # noqa: E731
+    victim = subprocess.Popen(cmd(1), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = cache / "parts" / "part-1-of-2.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and victim.poll() is None:  # kill once its first shard is logged
+        if log.exists() and json.loads(log.read_text() or "{}").get("shards"):
+            break
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    done = len(json.loads(log.read_text())["shards"])
+    assert 1 <= done < 4  # really interrupted
+
+    other = run(*cmd(0))
+    assert other.returncode == 0, other.stderr
+    assert "part 1/2: shards" in other.stdout and "(not running: rerun it with --part 1/2)" in other.stdout
+    rerun = run(*cmd(1))
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{done} shards already done" in rerun.stdout and "complete, 8/8 shards" in rerun.stdout
+    assert same_cache(single, cache) == []
+    assert not [p for p in (cache / "shards").iterdir() if p.name.startswith(".")]
+
+
+def test_local_workers_make_the_single_run_cache(sample_dir, single, tmp_path):
+    cache = tmp_path / "c"
+    p = run(*extract_command(sample_dir, cache, "--workers", "2", shard_size=SHARD, batch_size=3))
+    assert p.returncode == 0, p.stderr
+    assert f"worker 0/2 on {max(1, (os.cpu_count() or 1) // 2)} CPU threads" in p.stderr
+    assert "complete, 8/8 shards, 15 rows" in p.stdout
+    assert same_cache(single, cache) == []
+
+
+def test_gpu_workers_are_pinned_one_gpu_each(monkeypatch):
+    from extractor.launch import choose_gpus, worker_env
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5,6")
+    assert choose_gpus("all") == ["3", "5", "6"] and choose_gpus("2") == ["3", "5"]
+    with pytest.raises(FeatcacheError, match="--gpus 4: 3 GPUs visible"):
+        choose_gpus("4")
+    assert [worker_env(Part(i, 3), ["3", "5", "6"])["CUDA_VISIBLE_DEVICES"] for i in range(3)] == ["3", "5", "6"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(FeatcacheError, match="0 GPUs visible.*use --workers N"):
+        choose_gpus("all")
+
+
+def test_ray_runner_on_a_local_ray_instance(sample_dir, single, tmp_path):
+    pytest.importorskip("ray")
+    cache = tmp_path / "c"
+    p = run(*extract_command(sample_dir, cache, "--runner", "ray", "--workers", "2", shard_size=SHARD, batch_size=3),
+            timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "2 parts" in p.stderr and "complete, 8/8 shards, 15 rows" in p.stdout
+    assert same_cache(single, cache) == []
+
+
+def test_cluster_recipes_pass_part_and_count_consistently():
+    slurm = REPO / "examples" / "slurm"
+    for script in ("extract.sbatch", "submit.sh"):
+        assert subprocess.run(["bash", "-n", str(slurm / script)]).returncode == 0, script
+    assert '--part "${SLURM_ARRAY_TASK_ID}/${PARTS}"' in (slurm / "extract.sbatch").read_text()
+    assert "--array=0-$((PARTS - 1))" in (slurm / "submit.sh").read_text()
+    assert "--finalize" in (slurm / "submit.sh").read_text()
+    job = (REPO / "examples" / "kubernetes" / "extract-job.yaml").read_text()
+    completions = re.search(r"^\s+completions: (\d+)$", job, re.M)[1]
+    assert re.search(r'--part "\$JOB_COMPLETION_INDEX/(\d+)"', job)[1] == completions
+    assert "completionMode: Indexed" in job
+    assert "--finalize" in (REPO / "examples" / "kubernetes" / "finalize-job.yaml").read_text()
