@@ -2,6 +2,7 @@
 
     .venv/bin/python tests/faults.py                   # the full run: 20 kills on 300 images (~2 min)
     .venv/bin/python tests/faults.py --kills 3 --images 48   # what CI runs (tests/test_faults.py)
+    .venv/bin/python tests/faults.py --parts 3               # 3 workers per cache (--part I/3), killed at random
 
 Each round extracts the same images into a fresh cache, killing the extractor (SIGKILL) at a random
 moment after it has started work (listing, TensorFlow start-up, decoding, inference, writing a
@@ -61,6 +62,22 @@ def command(src: Path, cache: Path) -> list[str]:
     return extract_command(src, cache, shard_size=8, batch_size=4)
 
 
+def start(src: Path, cache: Path, parts: int) -> list[subprocess.Popen]:
+    """One extractor, or ``parts`` workers of one cache side by side (``--part I/N``); the first
+    one's stderr is a pipe (for :func:`wait_for_work`)."""
+    extra = [[]] if parts == 1 else [["--part", f"{i}/{parts}"] for i in range(parts)]
+    return [subprocess.Popen(command(src, cache) + e, cwd=REPO, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE if i == 0 else subprocess.DEVNULL, text=True)
+            for i, e in enumerate(extra)]
+
+
+def finish(src: Path, cache: Path, parts: int) -> subprocess.CompletedProcess:
+    """Run to completion without kills (all parts together), then ``--finalize``."""
+    for proc in start(src, cache, parts):
+        proc.communicate()
+    return subprocess.run([*command(src, cache)[:3], str(cache), "--finalize"], capture_output=True, text=True, cwd=REPO)
+
+
 def wait_for_work(proc: subprocess.Popen) -> bool:
     """Until the extractor says its backbone is built (the pipeline starts next); False if it ended."""
     for line in proc.stderr:
@@ -69,7 +86,9 @@ def wait_for_work(proc: subprocess.Popen) -> bool:
     return False
 
 
-def campaign(src: Path, work: Path, kills: int, max_seconds: float, seed: int, log=print) -> Stats:
+def campaign(src: Path, work: Path, kills: int, max_seconds: float, seed: int, log=print, parts: int = 1) -> Stats:
+    """With ``parts`` > 1, every attempt starts that many workers of one cache at once and kills a
+    random non-empty subset of them at the chosen moment; the others run on."""
     rng = random.Random(seed)
     stats = Stats()
     reference = work / "reference"
@@ -87,17 +106,19 @@ def campaign(src: Path, work: Path, kills: int, max_seconds: float, seed: int, l
         stats.rounds += 1
         cache = work / f"round-{stats.rounds}"
         while stats.kills < kills and time.monotonic() < deadline:
-            proc = subprocess.Popen(command(src, cache), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                    text=True)
+            procs = start(src, cache, parts)
             if rng.random() < 0.15:  # now and then during start-up (listing, lock, TensorFlow import)
                 time.sleep(rng.uniform(0, 2.0))
-            elif wait_for_work(proc):  # mostly while decoding, computing and writing
-                time.sleep(rng.uniform(0, work_seconds))
-            mid_run = proc.poll() is None
-            if mid_run:
-                proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            proc.stderr.close()
+            elif wait_for_work(procs[0]):  # mostly while decoding, computing and writing
+                time.sleep(rng.uniform(0, work_seconds / parts))
+            victims = rng.sample(procs, rng.randint(1, len(procs)))
+            mid_run = any(proc.poll() is None for proc in victims)
+            for proc in victims:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGKILL)
+            for proc in procs:
+                proc.wait()
+            procs[0].stderr.close()
             if not (cache / schema.MANIFEST_NAME).exists():  # killed before it took the cache
                 stats.kills += 1
                 stats.kills_mid_run += mid_run
@@ -113,7 +134,7 @@ def campaign(src: Path, work: Path, kills: int, max_seconds: float, seed: int, l
                 f"{len(done['shards'])}/{done['num_shards']} shards done, verify {'ok' if not report.problems else 'FAILED'}")
             if done["complete"]:
                 break
-        final = subprocess.run(command(src, cache), capture_output=True, text=True, cwd=REPO)
+        final = finish(src, cache, parts)
         if final.returncode != 0:
             stats.mismatches.append(f"round {stats.rounds}: final run failed: {final.stderr.strip().splitlines()[-1:]}")
             continue
@@ -126,6 +147,7 @@ def campaign(src: Path, work: Path, kills: int, max_seconds: float, seed: int, l
         if report.problems:
             stats.verify_failures += [f"round {stats.rounds} final: {p}" for p in report.problems]
         stats.partial_files_left += sum(p.name.startswith(".") for p in (cache / schema.SHARDS_DIR).iterdir())
+        stats.partial_files_left += (cache / schema.PARTS_DIR).exists()  # a complete cache has no parts/ left
     return stats
 
 
@@ -149,6 +171,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=300, help="sample images to extract, a multiple of 10 (default 300)")
     ap.add_argument("--max-seconds", type=float, default=600, help="stop starting new kills after this long (default 600)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the kill moments (default 0)")
+    ap.add_argument("--parts", type=int, default=1, help="workers filling each cache side by side, --part I/N (default 1)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (printed) for inspection")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO / "data"))
@@ -157,7 +180,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="featcache-faults-"))
     try:
         make_sample(work / "src", per_class=max(1, args.images // 10), classes=10, seed=args.seed)
-        stats = campaign(work / "src", work, args.kills, args.max_seconds, args.seed)
+        stats = campaign(work / "src", work, args.kills, args.max_seconds, args.seed, parts=args.parts)
         print(table(stats))
         for line in stats.verify_failures + stats.mismatches:
             print(f"FAILED: {line}")
