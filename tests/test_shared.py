@@ -142,3 +142,24 @@ def test_lock_held_by_another_process_is_refused(tmp_path):
     # killed with SIGKILL: the kernel dropped its flock; the next writer takes over and says so
     with pytest.warns(UserWarning, match=rf"stale lock left by pid {p.pid}"):
         CacheLock(tmp_path).acquire()
+
+
+def test_threaded_deflate_writes_what_the_gzip_filter_writes(tmp_path):
+    from shared.writer import append_deflated
+
+    rng = np.random.default_rng(0)
+    maps = (np.maximum(rng.normal(0, 1, (37, 7, 7, 16)), 0) * (rng.random((37, 7, 7, 16)) < 0.2)).astype(np.float32)
+    for name, threaded in (("filter.h5", False), ("threads.h5", True)):
+        with h5py.File(tmp_path / name, "w") as f:
+            d = f.create_dataset("maps", shape=(0, 7, 7, 16), maxshape=(37, 7, 7, 16), chunks=(1, 7, 7, 16),
+                                 dtype="float16", compression="gzip", compression_opts=1)
+            for s in range(0, 37, 10):  # batches of 10, the last one short
+                if threaded:
+                    append_deflated(d, maps[s : s + 10], 1, threads=3)
+                else:
+                    d.resize(min(s + 10, 37), axis=0)
+                    d[s:] = maps[s : s + 10].astype(np.float16)
+    with h5py.File(tmp_path / "threads.h5") as f:  # any HDF5 reader inflates it with the standard filter
+        assert f["maps"].compression == "gzip" and f["maps"].shape == (37, 7, 7, 16)
+        np.testing.assert_array_equal(f["maps"][()], maps.astype(np.float16))
+    assert (tmp_path / "threads.h5").read_bytes() == (tmp_path / "filter.h5").read_bytes()
