@@ -4,7 +4,10 @@ cache's shards read back with plain h5py (not featcache's reader)."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -34,6 +37,20 @@ def extract_command(src: Path, cache: Path, *extra: str, shard_size: int = 6, ba
     """``python -m extractor SRC CACHE`` with the tiny test backbone, no progress bar, and ``extra``."""
     return [sys.executable, "-m", "extractor", str(src), str(cache), "--backbone", "tiny", "--weights", "random",
             "--shard-size", str(shard_size), "--batch-size", str(batch_size), "--no-progress", *extra]
+
+
+def kill_after_first_shard(cmd: list[str], record: Path, cwd: Path, timeout: float = 120) -> int:
+    """Start ``cmd``, ``kill -9`` it as soon as the JSON file ``record`` (a manifest or a part log)
+    lists a shard, and return how many it lists then."""
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if record.exists() and json.loads(record.read_text() or "{}").get("shards"):
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return len(json.loads(record.read_text())["shards"])
 
 
 def same_cache(a: Path, b: Path) -> list[str]:

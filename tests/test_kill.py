@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 from conftest import make_sample
-from cachefiles import extract_command, read_shards
+from cachefiles import extract_command, kill_after_first_shard, read_shards
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,16 +21,7 @@ def test_kill_during_run_then_resume_equals_uninterrupted(tmp_path):
     subprocess.run(cli(src, tmp_path / "whole"), check=True, cwd=REPO, capture_output=True)
 
     cache = tmp_path / "killed"
-    proc = subprocess.Popen(cli(src, cache), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    manifest = cache / "manifest.json"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:  # kill once the first shard is committed
-        if manifest.exists() and json.loads(manifest.read_text() or "{}").get("shards"):
-            break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = len(json.loads(manifest.read_text())["shards"])
+    done = kill_after_first_shard(cli(src, cache), cache / "manifest.json", REPO)  # once a shard is committed
     assert 1 <= done < 8  # really interrupted
 
     resumed = subprocess.run(cli(src, cache), cwd=REPO, capture_output=True, text=True)

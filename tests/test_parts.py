@@ -3,18 +3,15 @@ must be the cache a single run makes, file for file."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from cachefiles import extract_command, same_cache
+from cachefiles import extract_command, kill_after_first_shard, same_cache
 from conftest import REPO, extract
 from shared.errors import CacheLockedError, FeatcacheError
 from shared.parts import Part, finalize, part_lock
@@ -120,16 +117,7 @@ def test_same_or_overlapping_part_is_refused_while_running(sample_dir, tmp_path)
 def test_killed_worker_is_rerun_and_the_cache_is_the_same(sample_dir, single, tmp_path):
     cache = tmp_path / "c"
     cmd = lambda i: extract_command(sample_dir, cache, "--part", f"{i}/2", shard_size=SHARD, batch_size=1)  # noqa: E731
-    victim = subprocess.Popen(cmd(1), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log = cache / "parts" / "part-1-of-2.json"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and victim.poll() is None:  # kill once its first shard is logged
-        if log.exists() and json.loads(log.read_text() or "{}").get("shards"):
-            break
-        time.sleep(0.01)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    done = len(json.loads(log.read_text())["shards"])
+    done = kill_after_first_shard(cmd(1), cache / "parts" / "part-1-of-2.json", REPO)  # once a shard is logged
     assert 1 <= done < 4  # really interrupted
 
     other = run(*cmd(0))
