@@ -79,6 +79,8 @@ def extract(
             raise FeatcacheError(f"--runner {runner!r}: choose 'local' or 'ray'")
         if (workers > 1 or gpus or runner == "ray") and part:
             raise FeatcacheError("--part runs one worker; --workers, --gpus and --runner ray start all of them")
+        if gpus and runner == "ray":
+            raise FeatcacheError("--gpus is for local workers; with --runner ray, Ray gives each part one GPU of the cluster")
         if runner == "ray":
             from .ray_runner import run_ray
 

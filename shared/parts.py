@@ -289,6 +289,7 @@ def finalize(cache_dir: str | Path, *, wait: float = LOCK_WAIT_SECONDS) -> Final
     Safe at any time: it only adds shards whose files are in place, under the cache lock. When the
     cache is complete and no part is running, the ``parts/`` folder is removed."""
     cache_dir = Path(cache_dir)
+    Manifest.load(cache_dir)  # not a cache: say so before the lock creates anything
     with CacheLock(cache_dir, wait=wait):
         m = Manifest.load(cache_dir)
         merged = merge_logs(cache_dir, m)

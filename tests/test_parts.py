@@ -174,3 +174,17 @@ def test_cluster_recipes_pass_part_and_count_consistently():
     assert re.search(r'--part "\$JOB_COMPLETION_INDEX/(\d+)"', job)[1] == completions
     assert "completionMode: Indexed" in job
     assert "--finalize" in (REPO / "examples" / "kubernetes" / "finalize-job.yaml").read_text()
+
+
+def test_finalize_and_worker_options_give_one_line_errors(tmp_path, sample_dir):
+    p = run(*finalize_command(tmp_path / "nowhere"))
+    assert p.returncode == 2 and "nowhere/manifest.json: not a featcache cache (no such directory)" in p.stderr
+    assert not (tmp_path / "nowhere").exists()  # nothing created
+    for args, message in (
+        (["--part", "3/2"], "part 3/2: expected I/N with 0 <= I < N"),
+        (["--part", "0/2", "--workers", "2"], "--part runs one worker"),
+        (["--gpus", "all", "--runner", "ray"], "--gpus is for local workers"),
+        (["--workers", "2", "--overwrite"], "--overwrite cannot be combined with several workers"),
+    ):
+        p = run(*extract_command(sample_dir, tmp_path / "c", *args))
+        assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)
