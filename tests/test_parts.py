@@ -119,6 +119,10 @@ def test_killed_worker_is_rerun_and_the_cache_is_the_same(sample_dir, single, tm
     cmd = lambda i: extract_command(sample_dir, cache, "--part", f"{i}/2", shard_size=SHARD, batch_size=1)  # noqa: E731
     done = kill_after_first_shard(cmd(1), cache / "parts" / "part-1-of-2.json", REPO)  # once a shard is logged
     assert 1 <= done < 4  # really interrupted
+    v = verify(cache)  # its finished shards are not merged yet: a note, not a problem
+    assert v.ok and any(f"{done} shards finished by parts are not merged" in n for n in v.notes), v
+    s = run(sys.executable, "-m", "shared", "summary", str(cache))
+    assert "1/2 (pid" in s.stdout and f"{done} finished shards not merged" in s.stdout
 
     other = run(*cmd(0))
     assert other.returncode == 0, other.stderr
