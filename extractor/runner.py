@@ -54,11 +54,15 @@ class ExtractConfig:
 @dataclass
 class ExtractReport:
     """What a run did. ``seconds`` is the extraction loop's wall time (``startup_seconds`` the time
-    before it: listing, TensorFlow import, model build); the other ``*_seconds`` are the time the main loop spent waiting for input, in the
-    backbone, and blocked on a full writer queue; ``write_seconds`` is the writer thread's busy time."""
+    before it: listing, TensorFlow import, model build), of which ``first_batch_seconds`` went to the
+    first batch (filling the pipeline, tracing the backbone's function: a one-time cost); the other
+    ``*_seconds`` are the time the main loop spent waiting for input, in the backbone, and blocked on
+    a full writer queue; ``write_seconds`` is the writer thread's busy time."""
 
     rows: int = 0
     failed: int = 0
+    first_batch_rows: int = 0
+    first_batch_seconds: float = 0.0
     shards_written: int = 0
     shards_kept: int = 0
     shards_left: int = 0
@@ -95,6 +99,7 @@ class ExtractReport:
             f"wrote {self.rows} rows in {self.shards_written} shards ({self.failed} inputs failed, "
             f"{self.shards_kept} shards already done) in {self.seconds:.1f} s: {self.images_per_second:.1f} img/s "
             f"(start-up {self.startup_seconds:.1f} s); "
+            f"first batch {self.first_batch_seconds:.1f} s (tracing), "
             f"input wait {self.input_seconds:.1f} s, backbone {self.backbone_seconds:.1f} s, "
             f"writer wait {self.queue_seconds:.1f} s (writer busy {self.write_seconds:.1f} s)"
         )
@@ -209,6 +214,8 @@ def _extract(cfg: ExtractConfig, source: Source, spec: BackboneSpec, weights: Re
             t1 = time.perf_counter()
             maps, pooled = m(images)
             t2 = time.perf_counter()
+            if not report.first_batch_rows:
+                report.first_batch_rows, report.first_batch_seconds = len(maps), t2 - t_loop
             sink.put(index.numpy(), maps, pooled)
             t3 = time.perf_counter()
             report.input_seconds += t1 - t0
