@@ -17,8 +17,8 @@ import numpy as np
 
 from . import schema
 from .fingerprint import IDENTITY_KEYS, differences
-from .fsutil import fsync_dir
 from .errors import CacheLockedError
+from .fsutil import fsync_dir
 from .lock import CacheLock, describe_holder
 from .manifest import Manifest, ShardRecord, file_status, now
 from .parts import LOCK_WAIT_SECONDS, awaiting_merge, merge_logs, recorded_holders, remove_logs, running_parts
@@ -189,8 +189,10 @@ def fix(cache_dir: str | Path, report: Report) -> list[str]:
             raise CacheLockedError(f"{cache_dir}: {part.label} is being written by {describe_holder(holder)}; "
                                    "run verify --fix when no extractor is running")
         m = Manifest.load(cache_dir)
-        if merge_logs(cache_dir, m):
+        merged = merge_logs(cache_dir, m)
+        if merged:
             m.save(cache_dir)
+            actions.append(f"merged {merged} shards finished by parts into the manifest (verify again to check them)")
         remove_logs(cache_dir)
         bad = {p.shard for p in report.problems if p.shard is not None}
         quarantine = cache_dir / QUARANTINE_DIR
