@@ -9,8 +9,9 @@ Contenders, each the best of ``--repeats``, on the same cache, from the page cac
 after ``featcache-inspect verify``, to be sure the files are cached; the numbers are then the CPU
 cost of HDF5, gzip and numpy, not the disk's):
 
-* pooled: ``FeatureCache.load_pooled()`` (whole datasets per shard) against plain h5py reading one
-  row at a time (what a naive loader does);
+* pooled: ``FeatureCache.load_pooled()`` (whole datasets per shard: pooled, label, id, index and
+  split, with the splits resolved) against plain h5py reading the same five columns one row at a
+  time (what a naive loader does);
 * maps: ``FeatureCache.iter_maps(block_rows=256)`` (one contiguous, chunk-aligned read per block)
   against ``maps[i]`` for every row. MB/s count the maps in float32, as the trainer uses them.
 """
@@ -54,12 +55,13 @@ def main() -> None:
     maps_mb = n * int(np.prod(cache.maps_shape)) * 4 / 1e6
     paths = [cache.shard_path(s) for s in cache.shards]
 
-    def pooled_rows() -> None:
+    def pooled_rows() -> None:  # the same columns load_pooled returns, a row at a time
         for p in paths:
             with h5py.File(p, "r") as f:
-                d = f["pooled"]
-                for i in range(d.shape[0]):
-                    d[i]
+                cols = [f[k] for k in ("pooled", "label", "index", "split")] + [f["id"].asstr()]
+                for i in range(cols[0].shape[0]):
+                    for c in cols:
+                        c[i]
 
     def maps_blocks() -> None:
         for _ in cache.iter_maps(block_rows=args.block_rows, dtype="float32"):

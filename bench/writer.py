@@ -11,9 +11,9 @@ file (float16, one row per chunk, gzip level 1, as a shard's ``maps``), timed fr
 
 * ``h5py gzip filter``: ``dset[n:n+b] = rows``, the baseline (h5py compresses in the calling
   thread, holding the GIL);
-* ``featcache, 1 thread`` and ``featcache, N threads``: ``shared.writer.append_deflated``, which
-  deflates rows with zlib on a thread pool (releasing the GIL) and stores them with
-  ``write_direct_chunk``. N is ``shared.writer.COMPRESS_THREADS`` (the cores, at most 8).
+* ``featcache, 1 thread`` and ``featcache, N threads``: ``shared.deflate.append``, which deflates
+  rows with zlib on a thread pool (releasing the GIL) and stores them with ``write_direct_chunk``.
+  N is ``shared.deflate.THREADS`` (the cores, at most 8).
 
 Rows per second here is the writer's ceiling: at GPU speeds one writer must keep up with the
 backbone. The files are checked to hold the same values (and, with the same zlib, the same bytes).
@@ -36,7 +36,7 @@ from _common import DEFAULT_CACHE, ensure_cache, table  # noqa: E402  (puts the 
 
 from shared import schema  # noqa: E402
 from shared.reader import FeatureCache  # noqa: E402
-from shared.writer import COMPRESS_THREADS, append_deflated  # noqa: E402
+from shared.deflate import THREADS, append  # noqa: E402
 
 BATCH = 32
 LEVEL = 1
@@ -54,7 +54,7 @@ def write(path: Path, maps: np.ndarray, threads: int | None) -> float:
                 d.resize(n + len(rows), axis=0)
                 d[n:] = rows
             else:
-                append_deflated(d, rows, LEVEL, threads)
+                append(d, rows, LEVEL, threads)
     return time.perf_counter() - t0
 
 
@@ -69,7 +69,7 @@ def main() -> None:
         print("NOTE: the cache has RANDOM weights: its maps are all alike and compress unrealistically well")
     maps = np.concatenate([m for _, m in cache.iter_maps(block_rows=256, dtype=np.float16)])[: args.rows]
     contenders = {"h5py gzip filter (baseline)": None, "featcache, 1 thread": 1,
-                  f"featcache, {COMPRESS_THREADS} threads": COMPRESS_THREADS}
+                  f"featcache, {THREADS} threads": THREADS}
     best = {name: float("inf") for name in contenders}
     with tempfile.TemporaryDirectory(prefix="featcache-bench-writer-") as tmp:
         files = {}

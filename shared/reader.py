@@ -18,7 +18,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from . import schema
+from . import deflate, schema
 from .errors import FeatcacheError, FingerprintMismatchError
 from .fingerprint import IDENTITY_KEYS, check_compatible, differences
 from .manifest import Manifest, ShardRecord
@@ -158,7 +158,8 @@ class FeatureCache:
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(index (b,), maps (b, h, w, c))`` blocks of at most ``block_rows`` rows, in index order.
 
-        Each block is one contiguous, chunk-aligned read. ``indices`` keeps only those listing
+        Each block is one contiguous, chunk-aligned read; gzip'd rows (the default storage) are
+        inflated on all cores (:mod:`shared.deflate`). ``indices`` keeps only those listing
         positions (e.g. one split); ``dtype`` casts the maps (default: as stored).
         """
         keep = None if indices is None else np.asarray(indices, dtype=np.int64)
@@ -170,9 +171,13 @@ class FeatureCache:
                 if len(rows) == 0:
                     continue
                 maps = f[schema.MAPS]
+                threaded = deflate.is_row_gzip(maps)
                 for start in range(int(rows[0]) - int(rows[0]) % step, int(rows[-1]) + 1, step):
                     sel = rows[(rows >= start) & (rows < start + step)]
                     if len(sel) == 0:
+                        continue
+                    if threaded:  # inflated on all cores, straight into the requested dtype
+                        yield index[sel], deflate.read_rows(maps, sel, dtype)
                         continue
                     stop = int(sel[-1]) + 1
                     block = maps[start:stop] if len(sel) == stop - start else maps[start:stop][sel - start]

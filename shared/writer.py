@@ -8,8 +8,6 @@ them in a background thread so that disk work overlaps with the backbone.
 from __future__ import annotations
 
 import os
-import zlib
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -17,7 +15,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from . import schema
+from . import deflate, schema
 from .errors import FeatcacheError, SourceMismatchError
 from .fingerprint import check_compatible, to_attr
 from .fsutil import commit_file, remove_stale_temps, sha256_file, temp_path_for
@@ -34,27 +32,6 @@ def storage_options(compression: str, maps_dtype: str) -> dict[str, Any]:
     if maps_dtype not in schema.MAPS_DTYPES:
         raise FeatcacheError(f"unknown maps dtype {maps_dtype!r}; choose from {', '.join(schema.MAPS_DTYPES)}")
     return {"maps_dtype": maps_dtype, "compression": compression, "maps_chunk_rows": schema.MAPS_CHUNK_ROWS}
-
-
-# Map rows are compressed on a pool of threads. h5py holds the GIL while its own gzip filter runs
-# (~1 ms per row), which stalls the thread feeding the backbone and caps one writer near 1,000
-# rows/s; zlib releases the GIL, so rows are deflated here, several at a time, and stored with
-# write_direct_chunk. The file is byte for byte what h5py's filter writes (zlib, same level).
-COMPRESS_THREADS = min(8, os.cpu_count() or 1)
-_POOLS: dict[int, ThreadPoolExecutor] = {}
-
-
-def append_deflated(dset: h5py.Dataset, rows: np.ndarray, level: int, threads: int = COMPRESS_THREADS) -> None:
-    """Append ``rows`` ``(b, *dset.shape[1:])`` to ``dset``, a dataset chunked one row per chunk with
-    the gzip filter at ``level`` (no shuffle), compressing on ``threads`` threads."""
-    rows = np.ascontiguousarray(rows, dtype=dset.dtype)
-    n = dset.shape[0]
-    dset.resize(n + len(rows), axis=0)
-    pool = _POOLS.get(threads) or _POOLS.setdefault(
-        threads, ThreadPoolExecutor(threads, thread_name_prefix="featcache-deflate"))
-    zeros = (0,) * (dset.ndim - 1)
-    for i, chunk in enumerate(pool.map(lambda row: zlib.compress(row, level), rows)):
-        dset.id.write_direct_chunk((n + i, *zeros), chunk)
 
 
 class ShardWriter:
@@ -83,8 +60,8 @@ class ShardWriter:
             compression_opts=opts,
             shuffle=shuffle,
         )
-        # gzip without shuffle, one row per chunk: rows are compressed by append_deflated
-        self._deflate_level = opts if comp == "gzip" and not shuffle and schema.MAPS_CHUNK_ROWS == 1 else None
+        # gzip alone, one row per chunk: rows are compressed on all cores (see shared.deflate)
+        self._deflate_level = opts if deflate.is_row_gzip(self._maps) else None
         self._pooled: list[np.ndarray] = []
         self._label: list[np.ndarray] = []
         self._index: list[np.ndarray] = []
@@ -110,7 +87,7 @@ class ShardWriter:
         if not (len(maps) == len(pooled) == len(label) == len(index) == len(split) == b):
             raise ValueError("append: all arrays must have the same number of rows")
         if self._deflate_level is not None:
-            append_deflated(self._maps, maps, self._deflate_level)
+            deflate.append(self._maps, maps, self._deflate_level)
         else:
             n = self._maps.shape[0]
             self._maps.resize(n + b, axis=0)

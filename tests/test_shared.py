@@ -145,7 +145,7 @@ def test_lock_held_by_another_process_is_refused(tmp_path):
 
 
 def test_threaded_deflate_writes_what_the_gzip_filter_writes(tmp_path):
-    from shared.writer import append_deflated
+    from shared import deflate
 
     rng = np.random.default_rng(0)
     maps = (np.maximum(rng.normal(0, 1, (37, 7, 7, 16)), 0) * (rng.random((37, 7, 7, 16)) < 0.2)).astype(np.float32)
@@ -155,7 +155,7 @@ def test_threaded_deflate_writes_what_the_gzip_filter_writes(tmp_path):
                                  dtype="float16", compression="gzip", compression_opts=1)
             for s in range(0, 37, 10):  # batches of 10, the last one short
                 if threaded:
-                    append_deflated(d, maps[s : s + 10], 1, threads=3)
+                    deflate.append(d, maps[s : s + 10], 1, threads=3)
                 else:
                     d.resize(min(s + 10, 37), axis=0)
                     d[s:] = maps[s : s + 10].astype(np.float16)
@@ -163,3 +163,22 @@ def test_threaded_deflate_writes_what_the_gzip_filter_writes(tmp_path):
         assert f["maps"].compression == "gzip" and f["maps"].shape == (37, 7, 7, 16)
         np.testing.assert_array_equal(f["maps"][()], maps.astype(np.float16))
     assert (tmp_path / "threads.h5").read_bytes() == (tmp_path / "filter.h5").read_bytes()
+    with h5py.File(tmp_path / "filter.h5") as f:  # and reads what the filter wrote, any rows, any dtype
+        assert deflate.is_row_gzip(f["maps"])
+        rows = np.array([36, 0, 5, 5])
+        got = deflate.read_rows(f["maps"], rows, np.float32, threads=2)
+        np.testing.assert_array_equal(got, maps.astype(np.float16).astype(np.float32)[rows])
+
+
+def test_a_map_row_that_does_not_inflate_names_file_and_row(tiny_cache, tmp_path):
+    from shared import deflate
+    from shared.errors import FeatcacheError
+
+    path = tmp_path / "bad.h5"
+    with h5py.File(path, "w") as f:
+        d = f.create_dataset("maps", shape=(0, 2, 3), maxshape=(4, 2, 3), chunks=(1, 2, 3), dtype="float16",
+                             compression="gzip", compression_opts=1)
+        deflate.append(d, np.ones((3, 2, 3)), 1)
+        d.id.write_direct_chunk((1, 0, 0), b"not zlib")
+    with h5py.File(path) as f, pytest.raises(FeatcacheError, match=r"bad\.h5: row 1 of /maps does not inflate"):
+        deflate.read_rows(f["maps"], np.arange(3))
