@@ -3,10 +3,13 @@ must be the cache a single run makes, file for file."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -192,3 +195,24 @@ def test_finalize_and_worker_options_give_one_line_errors(tmp_path, sample_dir):
     ):
         p = run(*extract_command(sample_dir, tmp_path / "c", *args))
         assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)
+
+
+def test_ray_retries_a_part_whose_worker_died(sample_dir, single, tmp_path):
+    pytest.importorskip("ray")
+    cache = tmp_path / "c"
+    driver = subprocess.Popen(
+        extract_command(sample_dir, cache, "--runner", "ray", "--workers", "2", shard_size=SHARD, batch_size=1),
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log, lock = cache / "parts" / "part-1-of-2.json", cache / "parts" / "part-1-of-2.lock"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and driver.poll() is None:  # part 1/2 has logged a shard: kill its worker
+        if log.exists() and json.loads(log.read_text() or "{}").get("shards") and lock.read_text().strip():
+            break
+        time.sleep(0.01)
+    victim = json.loads(lock.read_text())["pid"]
+    os.kill(victim, signal.SIGKILL)
+    out, err = driver.communicate(timeout=300)
+    assert driver.returncode == 0, err[-3000:]
+    assert f"taking over a stale lock left by pid {victim}" in err  # Ray ran the part again, in a new worker
+    assert "complete, 8/8 shards, 15 rows" in out
+    assert same_cache(single, cache) == []
