@@ -21,6 +21,7 @@ from dataclasses import replace
 
 from tqdm import tqdm
 
+from shared.cores import usable_cores
 from shared.errors import FeatcacheError
 from shared.manifest import Manifest
 from shared.parts import Finalized, Part, awaiting_merge, finalize
@@ -67,7 +68,7 @@ def worker_env(part: Part, gpus: list[str] | None) -> dict[str, str]:
     TensorFlow processes do not each start a thread per core."""
     if gpus:
         return {"CUDA_VISIBLE_DEVICES": gpus[part.index]}
-    threads = str(max(1, (os.cpu_count() or 1) // part.count))
+    threads = str(max(1, usable_cores() // part.count))
     return {"CUDA_VISIBLE_DEVICES": "-1", "TF_NUM_INTRAOP_THREADS": threads, "OMP_NUM_THREADS": threads,
             "TF_NUM_INTEROP_THREADS": threads}
 

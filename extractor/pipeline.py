@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from shared.backbones import import_tensorflow
+from shared.cores import usable_cores
 
 tf = import_tensorflow()
 
@@ -28,7 +29,7 @@ JPEG_RATIOS = (1, 2, 4, 8)  # the DCT scalings libjpeg offers
 
 def decode_threads() -> int:
     """Images decoded at once: one per CPU this process may use."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return usable_cores()
 
 
 def decode_resize(data: Any, size: tuple[int, int]) -> Any:

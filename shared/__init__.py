@@ -4,8 +4,9 @@ Importing this package loads numpy and h5py only, never TensorFlow (backbone bui
 when called), so the inspection commands and any reader start fast.
 
 Modules: ``schema`` (names, dtypes, layout constants), ``manifest``, ``fingerprint``, ``listing``,
-``writer``, ``reader``, ``split``, ``lock``, ``parts`` (many workers, one cache), ``fsutil``,
-``backbones`` (registry), ``errors``, ``cli`` (what every command does alike); ``inspection`` is ``featcache-inspect``, and ``verify``,
+``writer``, ``reader``, ``split``, ``lock``, ``parts`` (many workers, one cache), ``deflate``
+(gzip'd rows on all cores), ``cores``, ``fsutil``, ``backbones`` (registry), ``errors``, ``cli``
+(what every command does alike); ``inspection`` is ``featcache-inspect``, and ``verify``,
 ``similarity``, ``export`` and ``picture`` hold what its commands do.
 """
 

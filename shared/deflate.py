@@ -11,18 +11,18 @@ file written by the filter.
 
 from __future__ import annotations
 
-import os
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import h5py
 import numpy as np
 
+from .cores import usable_cores
 from .errors import FeatcacheError
 
 # Threads per process, shared by every dataset: the cores, at most 8 (past that the disk, not
 # zlib, limits a writer).
-THREADS = min(8, os.cpu_count() or 1)
+THREADS = min(8, usable_cores())
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 _FILTER_SKIPPED = 1  # bit 0 of a chunk's filter mask: the gzip filter was not applied to it
 

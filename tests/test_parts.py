@@ -141,7 +141,7 @@ def test_local_workers_make_the_single_run_cache(sample_dir, single, tmp_path):
     cache = tmp_path / "c"
     p = run(*extract_command(sample_dir, cache, "--workers", "2", shard_size=SHARD, batch_size=3))
     assert p.returncode == 0, p.stderr
-    assert f"worker 0/2 on {max(1, (os.cpu_count() or 1) // 2)} CPU threads" in p.stderr
+    assert f"worker 0/2 on {max(1, len(os.sched_getaffinity(0)) // 2)} CPU threads" in p.stderr
     assert "complete, 8/8 shards, 15 rows" in p.stdout
     assert same_cache(single, cache) == []
 
