@@ -18,7 +18,6 @@ file, as one made by a single run. A single run records each shard straight into
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import re
@@ -187,39 +186,45 @@ class PartLog:
             return None
 
 
-def merge_logs(cache_dir: Path, m: Manifest) -> int:
-    """Add to ``m`` (in memory) every shard the part logs record whose file is in place with its
-    recorded size; return how many were added. Call with the cache lock held, then save ``m``."""
+def _unmerged(cache_dir: Path, m: Manifest) -> list[tuple[ShardRecord, list[FailedInput]]]:
+    """The shards the part logs of ``m``'s generation record that ``m`` does not list and whose file
+    is in place with the recorded size, each with its failed inputs (first log wins)."""
     d = parts_dir(cache_dir)
     if not d.is_dir():
-        return 0
+        return []
     have = {s.shard for s in m.shards}
-    shards, failed = list(m.shards), list(m.failed)
+    found = []
     for path in sorted(d.glob("part-*-of-*.json")):
         log = PartLog.load(path)
         if log is None or log.generation != m.created:
             continue
+        failed: dict[int, list[FailedInput]] = {}
+        for f in log.failed:
+            failed.setdefault(f.shard, []).append(f)
         for rec in log.shards:
             if rec.shard in have or rec.shard >= m.num_shards:
                 continue
             if file_status(Path(cache_dir) / rec.file, rec, checksum=False) is not None:
                 continue
-            shards.append(rec)
-            failed.extend(f for f in log.failed if f.shard == rec.shard)
+            found.append((rec, failed.get(rec.shard, [])))
             have.add(rec.shard)
-    added = len(shards) - len(m.shards)
-    if added:
-        m.shards = sorted(shards, key=lambda s: s.shard)
-        m.failed = sorted(failed, key=lambda f: f.index)
+    return found
+
+
+def merge_logs(cache_dir: Path, m: Manifest) -> int:
+    """Add to ``m`` (in memory) every shard the part logs record whose file is in place with its
+    recorded size; return how many were added. Call with the cache lock held, then save ``m``."""
+    found = _unmerged(cache_dir, m)
+    if found:
+        m.shards = sorted(m.shards + [rec for rec, _ in found], key=lambda s: s.shard)
+        m.failed = sorted(m.failed + [f for _, fs in found for f in fs], key=lambda f: f.index)
         m.updated = now()
-    return added
+    return len(found)
 
 
 def awaiting_merge(cache_dir: Path, m: Manifest) -> list[int]:
-    """Shards finished by parts but not yet in ``m`` (read-only: ``m`` is not changed)."""
-    merged = copy.deepcopy(m)
-    merge_logs(cache_dir, merged)
-    return sorted({s.shard for s in merged.shards} - {s.shard for s in m.shards})
+    """Shards finished by parts but not yet in ``m`` (read-only)."""
+    return sorted(rec.shard for rec, _ in _unmerged(cache_dir, m))
 
 
 def remove_logs(cache_dir: Path) -> None:
