@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -95,7 +96,7 @@ def _child(cfg: ExtractConfig, env: dict[str, str]) -> None:
         sys.exit(exc.exit_code)
 
 
-def shards_done(cache_dir) -> tuple[int, int]:
+def shards_done(cache_dir: Path) -> tuple[int, int]:
     """(finished shards, planned shards) counting part logs not merged yet; (0, 0) before set-up."""
     try:
         m = Manifest.load(cache_dir)
@@ -104,20 +105,19 @@ def shards_done(cache_dir) -> tuple[int, int]:
     return len(m.shards) + len(awaiting_merge(cache_dir, m)), m.num_shards
 
 
-def follow(cache_dir, still_running: Callable[[], bool], progress: bool) -> None:
-    """A progress bar over the cache's shards while ``still_running()``."""
+def follow(cache_dir: Path, still_running: Callable[[], bool], progress: bool) -> None:
+    """A progress bar over the cache's shards, updated until ``still_running()`` is false."""
     bar = tqdm(unit="shard", disable=not progress, dynamic_ncols=True, desc="shards")
     try:
-        while still_running():
+        while True:
+            running = still_running()
             done, total = shards_done(cache_dir)
             if total:
-                bar.total = total
-                bar.n = done
+                bar.total, bar.n = total, done
                 bar.refresh()
+            if not running:
+                return
             time.sleep(POLL_SECONDS)
-        done, total = shards_done(cache_dir)
-        bar.total, bar.n = total, done
-        bar.refresh()
     finally:
         bar.close()
 
