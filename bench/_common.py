@@ -40,15 +40,15 @@ DEFAULT_CACHE = REPO / "cache" / "bench-sample"
 def ensure_cache(path: Path) -> Path:
     """A finished cache at ``path``; made from data/sample with the real weights (random, loudly, when
     they are absent) if there is none."""
-    from shared.errors import FeatcacheError
-    from shared.reader import FeatureCache
+    from featcache.shared.errors import FeatcacheError
+    from featcache.shared.cache.reader import FeatureCache
 
     try:
         FeatureCache(path).require_complete()
         return path
     except FeatcacheError:
         pass
-    from extractor.runner import ExtractConfig, run_extract
+    from featcache.extractor.runner import ExtractConfig, run_extract
 
     weights = str(DEFAULT_WEIGHTS) if DEFAULT_WEIGHTS.is_file() else "random"
     print(f"making {path} from data/sample with weights {weights}", flush=True)

@@ -12,7 +12,7 @@ Contenders, on the same N images (the listing featcache itself makes of the fold
   float32 tensors in memory, in batches of ``--batch-size``, through a ``tf.function`` with input
   signature ``[None, 224, 224, 3]`` calling ``model(x, training=False)``; one warm-up batch, then
   all N images timed. The model is built once.
-* ``featcache``: ``extractor.runner.run_extract`` into a fresh temporary cache (``overwrite=True``,
+* ``featcache``: ``featcache.extractor.runner.run_extract`` into a fresh temporary cache (``overwrite=True``,
   defaults otherwise: float16 maps, gzip-1, shards of 1024), i.e. reading files, decoding, resizing,
   the backbone, compression and the durable shard commit. Two rows: ``featcache (loop)`` is the
   report's own ``report.seconds`` (its read -> map -> write loop), ``featcache (total incl. model
@@ -46,7 +46,7 @@ import numpy as np
 
 from _common import DEFAULT_WEIGHTS, WEIGHTS_REL, ensure_sample, table  # noqa: E402  (puts the repo on sys.path)
 
-from shared.backbones import build_backbone, get_backbone, import_tensorflow, resolve_weights  # noqa: E402
+from featcache.shared.backbones import build_backbone, get_backbone, import_tensorflow, resolve_weights  # noqa: E402
 
 BACKBONE = "mobilenet_v2"
 
@@ -106,9 +106,9 @@ def main() -> None:
 
     # -- inputs: featcache's own listing, decoded once for the limit ---------------------------------
     tf = import_tensorflow()
-    from extractor.pipeline import decode_resize
-    from extractor.runner import ExtractConfig, run_extract
-    from extractor.sources import open_source
+    from featcache.extractor.pipeline import decode_resize
+    from featcache.extractor.runner import ExtractConfig, run_extract
+    from featcache.extractor.sources import open_source
 
     root = (args.images if args.images is not None else ensure_sample()).resolve()
     source = open_source(root)

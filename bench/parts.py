@@ -48,7 +48,7 @@ def main() -> None:
     if args.weights == "random":
         print("NOTE: real weights not found; random weights (speed does not depend on their values)")
     exe = Path(sys.executable).with_name("featcache-extract")
-    base = [str(exe) if exe.exists() else sys.executable, *([] if exe.exists() else ["-m", "extractor"])]
+    base = [str(exe) if exe.exists() else sys.executable, *([] if exe.exists() else ["-m", "featcache.extractor"])]
     common = ["--weights", args.weights, "--shard-size", str(args.shard_size), "--no-progress"]
     n = args.workers
     contenders = {"1 worker": [], f"{n} local workers": ["--workers", str(n)]}

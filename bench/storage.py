@@ -9,14 +9,14 @@ Rerun from the repo root (each takes about a minute on a 2-core machine):
 What it does:
 
 1. Computes real MobileNetV2 feature maps ``(N, 7, 7, 1280)`` float32 for N images, decoded and
-   resized by the extractor's own ``extractor.pipeline.decode_resize`` and preprocessed by the
+   resized by the extractor's own ``featcache.extractor.pipeline.decode_resize`` and preprocessed by the
    backbone spec's ``preprocess_fn()``, with the ImageNet weights at
    ``../shared/weights/mobilenet_v2_1.0_224_no_top__from_coral_quant_tflite.h5`` (relative to the
    repo root). Without that file it refuses, unless ``--force-random``: a random MobileNetV2 gives
    the same vector for every image, so its compression numbers mean nothing.
 2. For each candidate filter (none; gzip 1/4/9 with and without the byte shuffle; lzf with and
    without shuffle; and, when ``hdf5plugin`` imports, Blosc2/Zstd and Blosc/LZ4 with bitshuffle),
-   writes the maps to a temporary HDF5 file exactly as ``shared.writer.ShardWriter`` does: a
+   writes the maps to a temporary HDF5 file exactly as ``featcache.shared.cache.writer.ShardWriter`` does: a
    resizable dataset with chunks of ``(1, 7, 7, 1280)``, appended in batches of 32, each batch cast
    to the maps dtype inside the timed write. gzip-1+shuffle is also tried with chunks of 8 rows. Timed: the write including the file close (no fsync: ShardWriter's fsync
    measures the disk, not the filter), a full read in blocks of 256 rows, and single random rows.
@@ -48,8 +48,8 @@ from _common import DEFAULT_WEIGHTS, WEIGHTS_REL, ensure_sample, table  # noqa: 
 
 import h5py  # noqa: E402
 
-from extractor.sources import open_source  # noqa: E402
-from shared import schema  # noqa: E402
+from featcache.extractor.sources import open_source  # noqa: E402
+from featcache.shared.cache import schema  # noqa: E402
 
 # Colour photographs bundled with scikit-image (skimage/data); drawings and test patterns left out.
 NATURAL_IMAGES = (
@@ -121,10 +121,10 @@ def compute_features(encoded: list[tuple[str, Any]], weights_arg: str, repeats: 
     """Feature maps for ``encoded`` (``(name, encoded image bytes)``) with featcache's own decode,
     resize, preprocessing and backbone; also the backbone's warm forward time per image (best of
     ``repeats``)."""
-    from shared.backbones import build_backbone, get_backbone, import_tensorflow, resolve_weights
+    from featcache.shared.backbones import build_backbone, get_backbone, import_tensorflow, resolve_weights
 
     tf = import_tensorflow()
-    from extractor.pipeline import decode_resize
+    from featcache.extractor.pipeline import decode_resize
 
     spec = get_backbone("mobilenet_v2")
     model = build_backbone(spec, resolve_weights(spec, weights_arg))
@@ -363,7 +363,7 @@ def main() -> None:
     # -- images ----------------------------------------------------------------------------------
     encoded: list[tuple[str, Any]] = []
     if args.natural:
-        from shared.backbones import import_tensorflow
+        from featcache.shared.backbones import import_tensorflow
 
         tf = import_tensorflow()
         crops = natural_crops(args.natural_count, args.seed)

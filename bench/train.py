@@ -31,10 +31,10 @@ import numpy as np
 
 from _common import DEFAULT_CACHE, REPO, ensure_cache, table  # noqa: E402  (puts the repo on sys.path)
 
-from shared.reader import FeatureCache  # noqa: E402
-from trainer.data import load_dataset, standardizer  # noqa: E402
-from trainer.run import Settings, train  # noqa: E402
-from trainer.sweep import HeadConfig  # noqa: E402
+from featcache.shared.cache.reader import FeatureCache  # noqa: E402
+from featcache.trainer.data import load_dataset, standardizer  # noqa: E402
+from featcache.trainer.run import Settings, train  # noqa: E402
+from featcache.trainer.sweep import HeadConfig  # noqa: E402
 
 def grid(n: int) -> list[HeadConfig]:
     """``n`` linear heads: learning rates x weight decays on log grids."""

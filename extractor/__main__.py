@@ -1,4 +1,4 @@
-"""``python -m extractor`` is ``featcache-extract``."""
+"""``python -m featcache.extractor`` is ``featcache-extract``."""
 
 from .cli import main
 

@@ -10,11 +10,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from shared import schema
-from shared.backbones import WEIGHTS_ENV
-from shared.cli import run_cli
-from shared.errors import FeatcacheError
-from shared.split import parse_fractions
+from ..shared.cache import schema
+from ..shared.backbones import WEIGHTS_ENV
+from ..shared.cli import run_cli
+from ..shared.errors import FeatcacheError
+from ..shared.cache.split import parse_fractions
 
 # --finalize and the multi-worker runs exit with this when the cache is not complete yet.
 EXIT_INCOMPLETE = 1
@@ -60,7 +60,7 @@ def extract(
     """
 
     def job() -> None:
-        from shared.parts import WHOLE, Part
+        from ..shared.cache.parts import WHOLE, Part
 
         if finalize:
             _finalize(cache or source)
@@ -113,7 +113,7 @@ def _extract(cfg) -> None:  # noqa: ANN001 (ExtractConfig, imported late)
 
 
 def _finalize(cache: Path) -> None:
-    from shared.parts import finalize
+    from ..shared.cache.parts import finalize
 
     state = finalize(cache)
     typer.echo(state.summary())

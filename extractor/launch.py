@@ -4,7 +4,7 @@ Processes rather than ``tf.distribute.MirroredStrategy``: inference needs no syn
 between replicas, and at GPU speeds the input pipeline (JPEG decode, resize) and the writer's
 compression are the bottleneck; separate processes give each GPU its own pipeline, its own writer
 and its own Python interpreter (no GIL shared across GPUs), and a crash of one is a rerun of one
-part. Each worker is exactly ``featcache-extract SRC CACHE --part I/N`` (see :mod:`shared.parts`),
+part. Each worker is exactly ``featcache-extract SRC CACHE --part I/N`` (see :mod:`featcache.shared.cache.parts`),
 so what works here works the same under Slurm, Kubernetes or Ray.
 """
 
@@ -22,10 +22,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from shared.cores import usable_cores
-from shared.errors import FeatcacheError
-from shared.manifest import Manifest
-from shared.parts import Finalized, Part, awaiting_merge, finalize
+from ..shared.cores import usable_cores
+from ..shared.errors import FeatcacheError
+from ..shared.cache.manifest import Manifest
+from ..shared.cache.parts import Finalized, Part, awaiting_merge, finalize
 
 from .runner import ExtractConfig
 
@@ -88,7 +88,7 @@ def run_part(cfg: ExtractConfig, env: dict[str, str]) -> str:
 def _child(cfg: ExtractConfig, env: dict[str, str]) -> None:
     import typer
 
-    from shared.cli import run_cli
+    from ..shared.cli import run_cli
 
     try:
         run_cli(lambda: print(run_part(cfg, env), flush=True))

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from shared.backbones import BackboneSpec, ResolvedWeights, build_backbone, import_tensorflow
+from ..shared.backbones import BackboneSpec, ResolvedWeights, build_backbone, import_tensorflow
 
 tf = import_tensorflow()
 

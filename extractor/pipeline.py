@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from shared.backbones import import_tensorflow
-from shared.cores import usable_cores
+from ..shared.backbones import import_tensorflow
+from ..shared.cores import usable_cores
 
 tf = import_tensorflow()
 
@@ -37,7 +37,7 @@ def decode_resize(data: Any, size: tuple[int, int]) -> Any:
 
     JPEG, PNG (8/16-bit, gray, palette, alpha), BMP and GIF (first frame) are decoded to 3-channel
     uint8; the resize is bilinear with antialiasing and does not keep the aspect ratio (see
-    :data:`shared.fingerprint.RESIZE`). A large JPEG is decoded already scaled down by 2, 4 or 8 in
+    :data:`featcache.shared.backbones.RESIZE`). A large JPEG is decoded already scaled down by 2, 4 or 8 in
     the DCT domain, as far as its short side stays at least twice the target: an 8000x8000 photo
     then costs 12 MB instead of 192 MB (and 768 MB as floats), and decodes ~10x faster.
     """

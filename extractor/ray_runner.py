@@ -1,6 +1,6 @@
 """The Ray runner: the parts of the shard plan as Ray tasks, on a cluster or a local Ray instance.
 
-Each task is one part (``--part I/N``) run by :func:`extractor.launch.run_part`, with one GPU when
+Each task is one part (``--part I/N``) run by :func:`featcache.extractor.launch.run_part`, with one GPU when
 the cluster has GPUs. Ray retries a task whose worker died (``max_retries``): the retry resumes the
 part, keeping its finished shards. Errors raised by featcache itself (a bad input with
 ``--strict``, a full disk) are not retried: they would fail again. The driver only needs the cache
@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from shared.errors import FeatcacheError
-from shared.parts import Finalized, Part, finalize
+from ..shared.errors import FeatcacheError
+from ..shared.cache.parts import Finalized, Part, finalize
 
 from .launch import follow, run_part
 from .runner import ExtractConfig

@@ -16,12 +16,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from shared import schema
-from shared.backbones import TF_DEFAULT_ENV, BackboneSpec, ResolvedWeights, get_backbone, resolve_weights
-from shared.fingerprint import describe, make_fingerprint
-from shared.manifest import FailedInput, Manifest
-from shared.parts import WHOLE, Finalized, Part
-from shared.writer import CacheWriter, storage_options
+from ..shared.cache import schema
+from ..shared.backbones import TF_DEFAULT_ENV, BackboneSpec, ResolvedWeights, get_backbone, resolve_weights
+from ..shared.backbones import make_fingerprint
+from ..shared.cache.fingerprint import describe
+from ..shared.cache.manifest import FailedInput, Manifest
+from ..shared.cache.parts import WHOLE, Finalized, Part
+from ..shared.cache.writer import CacheWriter, storage_options
 
 from .sources import Source, open_source
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.errors import BadInputError, FeatcacheError
-from shared.manifest import FailedInput
-from shared.writer import CacheWriter, ShardWriter
+from ..shared.errors import BadInputError, FeatcacheError
+from ..shared.cache.manifest import FailedInput
+from ..shared.cache.writer import CacheWriter, ShardWriter
 
 from .sources import Source
 

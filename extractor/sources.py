@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.errors import BadInputError
-from shared.schema import NO_SPLIT, SPLIT_CODES, SPLIT_FOLDER_ALIASES, UNKNOWN_LABEL
+from ..shared.errors import BadInputError
+from ..shared.cache.schema import NO_SPLIT, SPLIT_CODES, SPLIT_FOLDER_ALIASES, UNKNOWN_LABEL
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif"})
 LIST_SUFFIXES = frozenset({".txt", ".lst"})
@@ -67,7 +67,7 @@ class Source:
         return "csv" if self.kind == "csv" else "folders"
 
     def listing(self) -> dict[str, np.ndarray]:
-        """The listing as arrays (see :mod:`shared.listing`): ids, labels, splits and each file's size
+        """The listing as arrays (see :mod:`featcache.shared.cache.listing`): ids, labels, splits and each file's size
         and modification time (-1 and 0 when it cannot be stat'ed), read once and kept."""
         if self._listing is None:
             stats = []

@@ -1,20 +1,23 @@
-"""What featcache's two stages share: the cache format and the backbone registry.
+"""What featcache's two stages share: the cache format, the backbone registry and the inspect command.
 
 Importing this package loads numpy and h5py only, never TensorFlow (backbone builders import it
-when called), so the inspection commands and any reader start fast.
+when called), so the inspection commands and any reader start fast. The tree says where a change
+belongs, and the dependencies point one way (``.ci/run`` checks them with import-linter):
 
-Modules: ``schema`` (names, dtypes, layout constants), ``manifest``, ``fingerprint``, ``listing``,
-``writer``, ``reader``, ``split``, ``lock``, ``parts`` (many workers, one cache), ``deflate``
-(gzip'd rows on all cores), ``cores``, ``fsutil``, ``backbones`` (registry), ``errors``, ``cli``
-(what every command does alike); ``inspection`` is ``featcache-inspect``, and ``verify``,
-``similarity``, ``export`` and ``picture`` hold what its commands do.
+- ``cache/``: the cache format, readable and writable without TensorFlow: what other tools may
+  depend on. It imports nothing else of featcache but ``errors`` and ``cores``.
+- ``backbones.py``: the backbone registry (specs, weights, the fingerprint of a backbone's
+  features); it uses ``cache`` and imports TensorFlow only inside its builders.
+- ``inspection/``: ``featcache-inspect`` (``python -m featcache.shared``), on top of both.
+- ``errors.py``, ``cli.py``, ``cores.py``: one-line errors, what every command does alike, and the
+  count of usable cores.
 """
 
 from .backbones import BackboneSpec, ResolvedWeights, get_backbone, register, resolve_weights
 from .errors import FeatcacheError, FingerprintMismatchError, NotACacheError
-from .manifest import Manifest
-from .reader import FeatureCache, PooledRows, open_cache
-from .schema import SCHEMA_VERSION
+from .cache.manifest import Manifest
+from .cache.reader import FeatureCache, PooledRows, open_cache
+from .cache.schema import SCHEMA_VERSION
 
 __all__ = [
     "SCHEMA_VERSION",

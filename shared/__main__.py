@@ -1,5 +1,5 @@
-"""``python -m shared`` is ``featcache-inspect``."""
+"""``python -m featcache.shared`` is ``featcache-inspect``."""
 
-from .inspection import main
+from .inspection.cli import main
 
 main()

@@ -2,7 +2,7 @@
 
 The extractor builds a backbone from here to compute features; the trainer rebuilds the same one to
 export a head stacked on it. Neither imports TensorFlow at module level: builders import it when
-called, so ``import shared`` stays fast for the inspection commands.
+called, so ``import featcache.shared`` stays fast for the inspection commands.
 
 A backbone is a :class:`BackboneSpec`. Built-ins: ``mobilenet_v2`` (the product) and ``tiny`` (a
 fixed random conv net with MobileNetV2's output shape, for tests and smoke runs: its features are
@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import FeatcacheError, WeightsUnavailableError
-from .fsutil import sha256_file
+from .cache.fingerprint import ENVIRONMENT_KEYS
+from .cache.fsutil import sha256_file
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
@@ -284,3 +285,37 @@ def build_backbone(spec: BackboneSpec, weights: ResolvedWeights) -> "keras.Model
     if got != tuple(spec.output_shape):
         raise FeatcacheError(f"backbone {spec.name!r} gives maps of shape {got}, its spec says {spec.output_shape}")
     return model
+
+
+# How images become backbone inputs: decoded to RGB uint8 (a JPEG whose short side is at least 4, 8
+# or 16 times the target is decoded scaled down by 2, 4 or 8 in the DCT domain), resized to the
+# backbone's input size without keeping the aspect ratio (Keras' image_dataset_from_directory
+# default), bilinear with antialiasing so that large images are averaged, not aliased.
+RESIZE = "jpeg-dct-prescale-to-2x,bilinear,antialias,squash"
+
+
+def make_fingerprint(
+    spec: BackboneSpec,
+    weights: ResolvedWeights,
+    *,
+    maps_dtype: str,
+    compute_dtype: str = "float32",
+    environment: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The fingerprint of features computed by ``spec`` with ``weights``."""
+    fp: dict[str, Any] = {
+        "backbone": spec.name,
+        "weights_source": weights.source,
+        "weights_path": weights.path,
+        "weights_sha256": weights.sha256,
+        "random_weights": weights.random,
+        "input_size": list(spec.input_size),
+        "output_shape": list(spec.output_shape),
+        "resize": RESIZE,
+        "preprocessing": spec.preprocessing,
+        "compute_dtype": compute_dtype,
+        "maps_dtype": maps_dtype,
+    }
+    for key in ENVIRONMENT_KEYS:
+        fp[key] = (environment or {}).get(key)
+    return fp

@@ -1,6 +1,6 @@
 """What every featcache command does the same way: one-line errors and warnings, exit codes.
 
-A :class:`~shared.errors.FeatcacheError` (or an ``OSError``: disk full, permission denied) is printed
+A :class:`~featcache.shared.errors.FeatcacheError` (or an ``OSError``: disk full, permission denied) is printed
 as ``error: <file>: <reason>`` and exits 2, with no traceback unless ``--debug``; Ctrl-C exits 130
 after saying that finished work is kept.
 """

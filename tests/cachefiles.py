@@ -13,7 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from shared import schema
+from featcache.shared.cache import schema
 
 
 def read_shards(cache: Path) -> dict[str, np.ndarray]:
@@ -34,8 +34,8 @@ def differing(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> list[str]:
 
 
 def extract_command(src: Path, cache: Path, *extra: str, shard_size: int = 6, batch_size: int = 4) -> list[str]:
-    """``python -m extractor SRC CACHE`` with the tiny test backbone, no progress bar, and ``extra``."""
-    return [sys.executable, "-m", "extractor", str(src), str(cache), "--backbone", "tiny", "--weights", "random",
+    """``python -m featcache.extractor SRC CACHE`` with the tiny test backbone, no progress bar, and ``extra``."""
+    return [sys.executable, "-m", "featcache.extractor", str(src), str(cache), "--backbone", "tiny", "--weights", "random",
             "--shard-size", str(shard_size), "--batch-size", str(batch_size), "--no-progress", *extra]
 
 

@@ -40,7 +40,7 @@ def sample_dir(tmp_path_factory) -> Path:
 
 def extract(source: Path, cache: Path, **kw):
     """Run the extractor in-process with the tiny backbone and small shards unless told otherwise."""
-    from extractor.runner import ExtractConfig, run_extract
+    from featcache.extractor.runner import ExtractConfig, run_extract
 
     kw.setdefault("backbone", "tiny")
     kw.setdefault("weights", "random")
@@ -66,10 +66,10 @@ def synthetic_cache(path: Path, n: int = 240, classes: int = 4, seed: int = 0, s
     train/val/test, as from split folders), "no-val" (80/20 train/test) or "hash" (none given)."""
     import numpy as np
 
-    from shared.backbones import ResolvedWeights, get_backbone
-    from shared.fingerprint import make_fingerprint
-    from shared.manifest import Manifest
-    from shared.writer import CacheWriter, storage_options
+    from featcache.shared.backbones import ResolvedWeights, get_backbone
+    from featcache.shared.backbones import make_fingerprint
+    from featcache.shared.cache.manifest import Manifest
+    from featcache.shared.cache.writer import CacheWriter, storage_options
 
     rng = np.random.default_rng(seed)
     centres = rng.uniform(0, 1, (classes, 1280)).astype(np.float32) * (rng.uniform(0, 1, (classes, 1280)) < 0.2)

@@ -39,8 +39,8 @@ for path in (REPO, REPO / "tests"):
         sys.path.insert(0, str(path))
 
 from cachefiles import differing, extract_command, read_shards  # noqa: E402
-from shared import schema  # noqa: E402
-from shared.verify import verify  # noqa: E402
+from featcache.shared.cache import schema  # noqa: E402
+from featcache.shared.inspection.verify import verify  # noqa: E402
 
 
 @dataclass

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from conftest import extract
-from shared.errors import FeatcacheError
-from shared.reader import FeatureCache
+from featcache.shared.errors import FeatcacheError
+from featcache.shared.cache.reader import FeatureCache
 from cachefiles import extract_command, read_shards
 
 PIL = pytest.importorskip("PIL.Image")
@@ -73,7 +73,7 @@ def zoo(tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]]:
 
 
 def test_odd_images_are_decoded_right_and_bad_ones_recorded(zoo, tmp_path):
-    from shared.backbones import build_backbone, get_backbone, resolve_weights
+    from featcache.shared.backbones import build_backbone, get_backbone, resolve_weights
 
     root, expect = zoo
     report = extract(root, tmp_path / "c", shard_size=5)
@@ -119,7 +119,7 @@ def test_unreadable_file_is_recorded(tmp_path, sample_dir):
 
 
 def test_disk_full_keeps_finished_shards_and_resume_works(tmp_path, sample_dir, tiny_cache, monkeypatch):
-    from shared.writer import ShardWriter
+    from featcache.shared.cache.writer import ShardWriter
 
     real_append, calls = ShardWriter.append, []
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from shared import backbones
-from shared.errors import WeightsUnavailableError
+from featcache.shared import backbones
+from featcache.shared.errors import WeightsUnavailableError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,46 +20,46 @@ def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 def test_help_explains_every_option_without_tensorflow():
-    p = run("-c", "import sys; from typer.testing import CliRunner; from extractor.cli import app;"
+    p = run("-c", "import sys; from typer.testing import CliRunner; from featcache.extractor.cli import app;"
                   "r = CliRunner().invoke(app, ['--help']); print(r.output);"
                   "assert 'tensorflow' not in sys.modules")
     assert p.returncode == 0, p.stderr
     for opt in ("--weights", "--backbone", "--batch-size", "--shard-size", "--maps-dtype", "--compression",
                 "--split", "--mixed-precision", "--seed", "--overwrite", "--strict", "--max-shards", "--debug"):
         assert opt in p.stdout, opt
-    assert run("-m", "shared", "--help").returncode == 0
-    p = run("-c", "import sys; sys.argv = ['featcache-train', 'train', '--help']\nfrom trainer.cli import main\n"
+    assert run("-m", "featcache.shared", "--help").returncode == 0
+    p = run("-c", "import sys; sys.argv = ['featcache-train', 'train', '--help']\nfrom featcache.trainer.cli import main\n"
                   "try:\n    main()\nexcept SystemExit:\n    pass\nassert 'tensorflow' not in sys.modules")
     assert p.returncode == 0 and "--weight-decay" in p.stdout and "--sweep" in p.stdout, p.stderr
 
 
 def test_featcache_train_cache_runs_a_sweep_without_the_word_train(tiny_cache, tmp_path):
-    p = run("-m", "trainer", str(tiny_cache), "--epochs", "2", "--runs", str(tmp_path / "runs"), "--no-progress")
+    p = run("-m", "featcache.trainer", str(tiny_cache), "--epochs", "2", "--runs", str(tmp_path / "runs"), "--no-progress")
     assert p.returncode == 0, p.stderr
     assert "best: linear-lr0.001-wd0-ls0" in p.stdout and len(list((tmp_path / "runs").iterdir())) == 1
 
 
 def test_cli_extract_then_inspect(sample_dir, tmp_path):
     cache = tmp_path / "c"
-    p = run("-m", "extractor", str(sample_dir), str(cache), "--backbone", "tiny", "--weights", "random",
+    p = run("-m", "featcache.extractor", str(sample_dir), str(cache), "--backbone", "tiny", "--weights", "random",
             "--shard-size", "8", "--no-progress")
     assert p.returncode == 0, p.stderr
     assert "wrote 15 rows in 2 shards" in p.stdout and "RANDOM WEIGHTS" in p.stdout
     assert "RANDOM weights" in p.stderr
-    again = run("-c", "import sys; from extractor.cli import main; sys.argv = ['x', *sys.argv[1:]]\n"
+    again = run("-c", "import sys; from featcache.extractor.cli import main; sys.argv = ['x', *sys.argv[1:]]\n"
                       "try:\n    main()\nexcept SystemExit:\n    pass\n"
                       "assert 'tensorflow' not in sys.modules, 'a run with nothing to do imported TensorFlow'",
                 str(sample_dir), str(cache), "--backbone", "tiny", "--weights", "random", "--shard-size", "8")
     assert again.returncode == 0, again.stderr
     assert "nothing to do: all 2 shards were already done (15 rows)" in again.stdout
-    s = run("-m", "shared", "summary", str(cache), "--json")
+    s = run("-m", "featcache.shared", "summary", str(cache), "--json")
     assert s.returncode == 0, s.stderr
     summary = json.loads(s.stdout)
     assert summary["rows"] == 15 and summary["complete"] and summary["random_weights"]
     assert sum(sum(v.values()) for v in summary["classes"].values()) == 15
-    text = run("-m", "shared", "summary", str(cache)).stdout
+    text = run("-m", "featcache.shared", "summary", str(cache)).stdout
     assert text.startswith("WARNING: this cache was made with RANDOM weights")
-    ls = run("-m", "shared", "ls", str(cache)).stdout
+    ls = run("-m", "featcache.shared", "ls", str(cache)).stdout
     assert "shards/shard-00000.h5" in ls and "shards/shard-00001.h5" in ls
 
 
@@ -74,14 +74,14 @@ def test_cli_extract_then_inspect(sample_dir, tmp_path):
 )
 def test_bad_arguments_give_one_line_errors(sample_dir, tmp_path, args, message):
     args = [a.format(src=sample_dir, cache=tmp_path / "c") for a in args]
-    p = run("-m", "extractor", *args)
+    p = run("-m", "featcache.extractor", *args)
     assert p.returncode == 2
     assert message in p.stderr and "Traceback" not in p.stderr
     assert len([line for line in p.stderr.splitlines() if line.startswith("error:")]) == 1
 
 
 def test_inspect_on_a_non_cache_is_one_line(tmp_path):
-    p = run("-m", "shared", "summary", str(tmp_path))
+    p = run("-m", "featcache.shared", "summary", str(tmp_path))
     assert p.returncode == 2 and p.stderr.strip() == f"error: {tmp_path}/manifest.json: not a featcache cache (no manifest.json)"
 
 

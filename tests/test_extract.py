@@ -13,16 +13,16 @@ import pytest
 
 from cachefiles import read_shards
 from conftest import extract
-from shared import schema
-from shared.backbones import build_backbone, get_backbone, resolve_weights
-from shared.errors import BadInputError, CacheLockedError, FingerprintMismatchError, SourceMismatchError
-from shared.parts import WHOLE, part_lock
-from shared.reader import FeatureCache
+from featcache.shared.cache import schema
+from featcache.shared.backbones import build_backbone, get_backbone, resolve_weights
+from featcache.shared.errors import BadInputError, CacheLockedError, FingerprintMismatchError, SourceMismatchError
+from featcache.shared.cache.parts import WHOLE, part_lock
+from featcache.shared.cache.reader import FeatureCache
 
 
 def direct_features(paths: list[Path], backbone: str = "tiny", weights: str = "random") -> np.ndarray:
     """Float32 maps ``(n, 7, 7, 1280)`` of each image, by calling the Keras model on it directly."""
-    from shared.backbones import import_tensorflow
+    from featcache.shared.backbones import import_tensorflow
 
     tf = import_tensorflow()
     spec = get_backbone(backbone)
@@ -77,7 +77,7 @@ def test_cache_layout_and_manifest(tiny_cache):
     assert m["source"]["num_inputs"] == 15 and len(m["source"]["listing_sha256"]) == 64
     names = sorted(p.name for p in (tiny_cache / "shards").iterdir())
     assert names == [f"shard-{k:05d}.h5" for k in range(4)]  # no temporary file left
-    from shared.fsutil import sha256_file
+    from featcache.shared.cache.fsutil import sha256_file
 
     for s in m["shards"]:
         path = tiny_cache / s["file"]

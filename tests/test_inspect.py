@@ -14,9 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import extract
-from shared.fsutil import sha256_file
-from shared.inspection import app
-from shared.reader import FeatureCache
+from featcache.shared.cache.fsutil import sha256_file
+from featcache.shared.inspection.cli import app
+from featcache.shared.cache.reader import FeatureCache
 from cachefiles import read_shards
 
 REPO = Path(__file__).resolve().parents[1]
@@ -157,7 +157,7 @@ def test_no_inspection_command_loads_tensorflow(cache, tmp_path):
     code = f"""
 import sys
 from typer.testing import CliRunner
-from shared.inspection import app
+from featcache.shared.inspection.cli import app
 c = {str(cache)!r}
 for args in (["summary", c], ["summary", c, "--json"], ["verify", c, "--no-progress"], ["ls", c], ["show", c, "3"],
              ["neighbours", c, "3"], ["neighbours", c, "--duplicates"], ["export", c, {str(tmp_path / 'e')!r}, "--maps", "0:2"]):
@@ -180,7 +180,7 @@ assert not bad, bad
 )
 def test_bad_caches_give_one_line_errors(cache, setup, message):
     setup(cache)
-    p = subprocess.run([sys.executable, "-m", "shared", "summary", str(cache)], cwd=REPO, capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-m", "featcache.shared", "summary", str(cache)], cwd=REPO, capture_output=True, text=True)
     assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
 

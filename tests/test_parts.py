@@ -16,16 +16,16 @@ import pytest
 
 from cachefiles import extract_command, kill_after_first_shard, same_cache
 from conftest import REPO, extract
-from shared.errors import CacheLockedError, FeatcacheError
-from shared.parts import Part, finalize, part_lock
-from shared.reader import FeatureCache
-from shared.verify import fix, verify
+from featcache.shared.errors import CacheLockedError, FeatcacheError
+from featcache.shared.cache.parts import Part, finalize, part_lock
+from featcache.shared.cache.reader import FeatureCache
+from featcache.shared.inspection.verify import fix, verify
 
 SHARD = 2  # the 15 sample images make 8 shards
 
 
 def finalize_command(cache: Path) -> list[str]:
-    return [sys.executable, "-m", "extractor", str(cache), "--finalize"]
+    return [sys.executable, "-m", "featcache.extractor", str(cache), "--finalize"]
 
 
 def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -87,7 +87,7 @@ def test_missing_part_is_named_and_the_rest_is_usable(sample_dir, single, tmp_pa
     assert [s.shard for s in c.shards] == [0, 2, 3, 5, 6]
     with pytest.raises(FeatcacheError, match=r"3 of 8 shards missing \(1, 4, 7\).*--allow-partial"):
         c.require_complete()
-    train = [sys.executable, "-m", "trainer", str(cache), "--runs", str(tmp_path / "runs"), "--head", "linear",
+    train = [sys.executable, "-m", "featcache.trainer", str(cache), "--runs", str(tmp_path / "runs"), "--head", "linear",
              "--epochs", "2"]
     t = run(*train)
     assert t.returncode == 2 and "cache is incomplete: 3 of 8 shards missing" in t.stderr, t.stderr
@@ -124,7 +124,7 @@ def test_killed_worker_is_rerun_and_the_cache_is_the_same(sample_dir, single, tm
     assert 1 <= done < 4  # really interrupted
     v = verify(cache)  # its finished shards are not merged yet: a note, not a problem
     assert v.ok and any(f"{done} shards finished by parts are not merged" in n for n in v.notes), v
-    s = run(sys.executable, "-m", "shared", "summary", str(cache))
+    s = run(sys.executable, "-m", "featcache.shared", "summary", str(cache))
     assert "1/2 (pid" in s.stdout and f"{done} finished shards not merged" in s.stdout
 
     other = run(*cmd(0))
@@ -147,7 +147,7 @@ def test_local_workers_make_the_single_run_cache(sample_dir, single, tmp_path):
 
 
 def test_gpu_workers_are_pinned_one_gpu_each(monkeypatch):
-    from extractor.launch import choose_gpus, worker_env
+    from featcache.extractor.launch import choose_gpus, worker_env
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5,6")
     assert choose_gpus("all") == ["3", "5", "6"] and choose_gpus("2") == ["3", "5"]

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from extractor.sources import open_source
-from shared.errors import BadInputError
+from featcache.extractor.sources import open_source
+from featcache.shared.errors import BadInputError
 
 
 def touch(root: Path, *names: str) -> None:

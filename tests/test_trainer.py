@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from conftest import REAL_WEIGHTS, extract, synthetic_cache
-from shared.errors import FeatcacheError
-from shared.reader import FeatureCache
-from trainer.run import Settings, run_sweep
-from trainer.sweep import HeadConfig, expand, load_sweep_file
+from featcache.shared.errors import FeatcacheError
+from featcache.shared.cache.reader import FeatureCache
+from featcache.trainer.run import Settings, run_sweep
+from featcache.trainer.sweep import HeadConfig, expand, load_sweep_file
 
 FAST = Settings(epochs=15, batch_size=64, patience=5, seed=0)
 
@@ -25,7 +25,7 @@ def sweep(cache: Path, runs: Path, configs: list[HeadConfig], settings: Settings
 def test_stacked_heads_equal_the_same_heads_trained_one_by_one_in_keras():
     import keras
 
-    from trainer.engine import HeadGroup
+    from featcache.trainer.engine import HeadGroup
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(5, 32, 1280)).astype(np.float32)  # 5 batches of 32
@@ -98,7 +98,7 @@ def test_no_val_split_is_carved_no_labels_is_refused(tmp_path):
 
 
 def test_training_never_builds_the_backbone(tmp_path, monkeypatch):
-    import shared.backbones as backbones
+    import featcache.shared.backbones as backbones
 
     def forbidden(*a, **k):
         raise AssertionError("the trainer built a backbone")
@@ -130,8 +130,8 @@ def _export_and_compare(tmp_path: Path, cache: Path, sample_dir: Path, kind: str
     import keras
     from typer.testing import CliRunner
 
-    from extractor.pipeline import decode_resize
-    from trainer.cli import app
+    from featcache.extractor.pipeline import decode_resize
+    from featcache.trainer.cli import app
 
     run_dir, results = sweep(cache, tmp_path / "runs", expand({"head": [kind], "lr": [3e-3], "hidden": [16]}),
                              Settings(epochs=3, batch_size=8, seed=0))
@@ -169,7 +169,7 @@ def test_exported_mobilenet_model_equals_head_on_cached_features(tmp_path, sampl
 def test_export_refuses_other_weights(tmp_path, tiny_cache):
     from typer.testing import CliRunner
 
-    from trainer.cli import app
+    from featcache.trainer.cli import app
 
     run_dir, _ = sweep(tiny_cache, tmp_path / "runs", expand({}), Settings(epochs=1, seed=0))
     other = tmp_path / "other.h5"
@@ -183,7 +183,7 @@ def test_cli_train_predict_and_export_another_head(tmp_path, tiny_cache):
 
     from typer.testing import CliRunner
 
-    from trainer.cli import app
+    from featcache.trainer.cli import app
 
     runner = CliRunner()
     r = runner.invoke(app, ["train", str(tiny_cache), "--head", "linear,mlp", "--lr", "1e-2,1e-3", "--hidden", "8",
@@ -220,7 +220,7 @@ def test_trainer_on_a_damaged_cache_names_the_shard_and_writes_no_results(tmp_pa
 
     cache = Path(shutil.copytree(tiny_cache, tmp_path / "c"))
     damage(cache)
-    p = subprocess.run([sys.executable, "-m", "trainer", str(cache), "--runs", str(tmp_path / "runs"), "--no-progress"],
+    p = subprocess.run([sys.executable, "-m", "featcache.trainer", str(cache), "--runs", str(tmp_path / "runs"), "--no-progress"],
                        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
     assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, p.stderr
     assert not list((tmp_path / "runs").rglob("results.json")) if (tmp_path / "runs").exists() else True

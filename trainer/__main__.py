@@ -1,4 +1,4 @@
-"""``python -m trainer`` is ``featcache-train``."""
+"""``python -m featcache.trainer`` is ``featcache-train``."""
 
 from .cli import main
 

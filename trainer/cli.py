@@ -18,8 +18,8 @@ from typing import Annotated, Any, Optional
 import numpy as np
 import typer
 
-from shared.cli import run_cli
-from shared.errors import FeatcacheError
+from ..shared.cli import run_cli
+from ..shared.errors import FeatcacheError
 
 app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None, no_args_is_help=True)
 SUBCOMMANDS = ("train", "export", "predict")
@@ -118,7 +118,7 @@ def export(
     image (values 0-255) to class probabilities, preprocessing inside, loadable without featcache."""
 
     def job() -> None:
-        from shared.backbones import RANDOM_PREFIX, get_backbone, resolve_weights
+        from ..shared.backbones import RANDOM_PREFIX, get_backbone, resolve_weights
 
         from .keras_heads import full_model
         from .run import load_results
@@ -161,8 +161,8 @@ def predict(
     """Class probabilities of the run's best head for cached rows, from their cached features."""
 
     def job() -> None:
-        from shared.reader import FeatureCache
-        from shared.split import split_names
+        from ..shared.cache.reader import FeatureCache
+        from ..shared.cache.split import split_names
 
         from .run import load_results
         from .sweep import POOLED_KINDS

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from shared.errors import FeatcacheError
-from shared.reader import FeatureCache
-from shared.schema import SPLIT_CODES
-from shared.split import hash_unit
+from ..shared.errors import FeatcacheError
+from ..shared.cache.reader import FeatureCache
+from ..shared.cache.schema import SPLIT_CODES
+from ..shared.cache.split import hash_unit
 
 MAPS_READ_ROWS = 1024
 CARVE_SALT = "featcache-carve-val:"

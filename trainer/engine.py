@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from shared.backbones import import_tensorflow
+from ..shared.backbones import import_tensorflow
 
 from .sweep import HeadConfig
 

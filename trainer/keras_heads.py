@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from shared.backbones import BackboneSpec, ResolvedWeights, build_backbone, import_tensorflow
-from shared.errors import FeatcacheError
+from ..shared.backbones import BackboneSpec, ResolvedWeights, build_backbone, import_tensorflow
+from ..shared.errors import FeatcacheError
 
 from .sweep import POOLED_KINDS, HeadConfig
 

@@ -1,6 +1,6 @@
 """One sweep: every head of the grid trained in one pass over the cache, best picked on val.
 
-Heads are grouped by kind and width (:class:`~trainer.engine.HeadGroup`); each epoch draws one
+Heads are grouped by kind and width (:class:`~featcache.trainer.engine.HeadGroup`); each epoch draws one
 shuffled batch order, and every batch is read once and fed to every group. After each epoch every
 head is evaluated on val; a head that has not improved its val accuracy for ``patience`` epochs is
 frozen, and at the end each head gets back the weights of its best epoch. The run directory is new
@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from shared.fingerprint import describe
-from shared.fsutil import atomic_write_json
-from shared.reader import FeatureCache
+from ..shared.cache.fingerprint import describe
+from ..shared.cache.fsutil import atomic_write_json
+from ..shared.cache.reader import FeatureCache
 
 from .data import Dataset, load_dataset, load_maps, standardizer
 from .sweep import POOLED_KINDS, HeadConfig
@@ -294,7 +294,7 @@ def run_sweep(cache_path: Path, configs: list[HeadConfig], settings: Settings, r
 
 
 def load_results(run_dir: Path) -> dict[str, Any]:
-    from shared.errors import FeatcacheError
+    from ..shared.errors import FeatcacheError
 
     path = Path(run_dir) / RESULTS
     try:

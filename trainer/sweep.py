@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.errors import FeatcacheError
+from ..shared.errors import FeatcacheError
 
 HEAD_KINDS = ("linear", "mlp", "map")
 # Which inputs each kind reads from the cache.

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import schema
-from .errors import FeatcacheError
-from .reader import FeatureCache
-from .split import split_names
+from ..cache import schema
+from ..errors import FeatcacheError
+from ..cache.reader import FeatureCache
+from ..cache.split import split_names
 
 
 def parse_range(text: str) -> tuple[int, int]:

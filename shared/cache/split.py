@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from .errors import FeatcacheError
+from ..errors import FeatcacheError
 from .schema import DEFAULT_SPLIT_FRACTIONS, NO_SPLIT, SPLIT_CODES, SPLITS
 
 SPLIT_SALT = "featcache-split-v1:"
@@ -44,7 +44,7 @@ def assign_splits(
     given: np.ndarray | None = None,
     fractions: Mapping[str, float] = DEFAULT_SPLIT_FRACTIONS,
 ) -> np.ndarray:
-    """``(n,)`` int8 split codes (see :data:`shared.schema.SPLIT_CODES`).
+    """``(n,)`` int8 split codes (see :data:`featcache.shared.cache.schema.SPLIT_CODES`).
 
     ``given`` holds the source's own codes (``-1`` where none); those rows keep them.
     """

@@ -15,13 +15,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from . import schema
-from .fingerprint import IDENTITY_KEYS, differences
-from .errors import CacheLockedError
-from .fsutil import fsync_dir
-from .lock import CacheLock, describe_holder
-from .manifest import Manifest, ShardRecord, file_status, now
-from .parts import LOCK_WAIT_SECONDS, awaiting_merge, merge_logs, recorded_holders, remove_logs, running_parts
+from ..cache import schema
+from ..cache.fingerprint import IDENTITY_KEYS, differences
+from ..errors import CacheLockedError
+from ..cache.fsutil import fsync_dir
+from ..cache.lock import CacheLock, describe_holder
+from ..cache.manifest import Manifest, ShardRecord, file_status, now
+from ..cache.parts import LOCK_WAIT_SECONDS, awaiting_merge, merge_logs, recorded_holders, remove_logs, running_parts
 
 QUARANTINE_DIR = "quarantine"
 DEFAULT_SAMPLE_ROWS = 64

@@ -1,4 +1,4 @@
-"""``featcache-inspect`` (also ``python -m shared``): look at a cache without TensorFlow.
+"""``featcache-inspect`` (also ``python -m featcache.shared``): look at a cache without TensorFlow.
 
 They never import TensorFlow: they start in a fraction of a second, read only what they need, and
 work on a machine with no TensorFlow installed.
@@ -17,17 +17,18 @@ import numpy as np
 from tqdm import tqdm
 
 from . import export as export_mod
-from . import schema, similarity
+from ..cache import schema
+from . import similarity
 from . import verify as verify_mod
-from .cli import run_cli
-from .errors import FeatcacheError
-from .fingerprint import describe
-from .lock import describe_holder
-from .manifest import file_status
-from .parts import awaiting_merge, parts_dir, recorded_holders
+from ..cli import run_cli
+from ..errors import FeatcacheError
+from ..cache.fingerprint import describe
+from ..cache.lock import describe_holder
+from ..cache.manifest import file_status
+from ..cache.parts import awaiting_merge, parts_dir, recorded_holders
 from .picture import energy_overlay, load_source, write_png
-from .reader import FeatureCache, PooledRows
-from .split import split_names
+from ..cache.reader import FeatureCache, PooledRows
+from ..cache.split import split_names
 
 app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None, no_args_is_help=True)
 

@@ -17,8 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 import h5py
 import numpy as np
 
-from .cores import usable_cores
-from .errors import FeatcacheError
+from ..cores import usable_cores
+from ..errors import FeatcacheError
 
 # Threads per process, shared by every dataset: the cores, at most 8 (past that the disk, not
 # zlib, limits a writer).

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import NotACacheError
+from ..errors import NotACacheError
 from .fsutil import atomic_write_json, sha256_file
 from .schema import FORMAT_NAME, MANIFEST_NAME, SCHEMA_VERSION
 

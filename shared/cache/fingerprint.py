@@ -12,8 +12,7 @@ import json
 import warnings
 from typing import Any
 
-from .backbones import BackboneSpec, ResolvedWeights
-from .errors import FingerprintMismatchError
+from ..errors import FingerprintMismatchError
 
 IDENTITY_KEYS = (
     "backbone",
@@ -26,40 +25,6 @@ IDENTITY_KEYS = (
     "maps_dtype",
 )
 ENVIRONMENT_KEYS = ("tensorflow", "keras", "onednn")
-
-# How images become backbone inputs: decoded to RGB uint8 (a JPEG whose short side is at least 4, 8
-# or 16 times the target is decoded scaled down by 2, 4 or 8 in the DCT domain), resized to the
-# backbone's input size without keeping the aspect ratio (Keras' image_dataset_from_directory
-# default), bilinear with antialiasing so that large images are averaged, not aliased.
-RESIZE = "jpeg-dct-prescale-to-2x,bilinear,antialias,squash"
-
-
-def make_fingerprint(
-    spec: BackboneSpec,
-    weights: ResolvedWeights,
-    *,
-    maps_dtype: str,
-    compute_dtype: str = "float32",
-    environment: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The fingerprint of features computed by ``spec`` with ``weights``."""
-    fp: dict[str, Any] = {
-        "backbone": spec.name,
-        "weights_source": weights.source,
-        "weights_path": weights.path,
-        "weights_sha256": weights.sha256,
-        "random_weights": weights.random,
-        "input_size": list(spec.input_size),
-        "output_shape": list(spec.output_shape),
-        "resize": RESIZE,
-        "preprocessing": spec.preprocessing,
-        "compute_dtype": compute_dtype,
-        "maps_dtype": maps_dtype,
-    }
-    for key in ENVIRONMENT_KEYS:
-        fp[key] = (environment or {}).get(key)
-    return fp
-
 
 def differences(recorded: dict[str, Any], current: dict[str, Any], keys: tuple[str, ...]) -> list[str]:
     """``key: recorded -> current`` for each of ``keys`` that differs."""

@@ -3,7 +3,7 @@
 Two kinds, both :class:`FileLock`: the cache lock ``CACHE/.lock``, held briefly by whoever creates
 the cache or rewrites ``manifest.json`` (setting up, merging part logs, ``verify --fix``), and one
 lock per part of the shard plan, ``CACHE/parts/part-I-of-N.lock``, held by the worker filling that
-part for the whole of its run (see :mod:`shared.parts`).
+part for the whole of its run (see :mod:`featcache.shared.cache.parts`).
 
 Each lock is an ``flock``: the kernel drops it when its holder dies, even by ``kill -9``, so a lock
 can never outlive its process on the same host (on NFS v4 flock is emulated with byte-range locks
@@ -27,7 +27,7 @@ import warnings
 from pathlib import Path
 from types import TracebackType
 
-from .errors import CacheLockedError
+from ..errors import CacheLockedError
 from .schema import LOCK_NAME
 
 _POLL_SECONDS = 0.05

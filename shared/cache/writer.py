@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 
 from . import deflate, schema
-from .errors import FeatcacheError, SourceMismatchError
+from ..errors import FeatcacheError, SourceMismatchError
 from .fingerprint import check_compatible, to_attr
 from .fsutil import commit_file, remove_stale_temps, sha256_file, temp_path_for
 from .listing import LISTING_NAME, describe_changes, load_listing, save_listing
@@ -60,7 +60,7 @@ class ShardWriter:
             compression_opts=opts,
             shuffle=shuffle,
         )
-        # gzip alone, one row per chunk: rows are compressed on all cores (see shared.deflate)
+        # gzip alone, one row per chunk: rows are compressed on all cores (see featcache.shared.cache.deflate)
         self._deflate_level = opts if deflate.is_row_gzip(self._maps) else None
         self._pooled: list[np.ndarray] = []
         self._label: list[np.ndarray] = []
@@ -151,7 +151,7 @@ class CacheWriter:
     shards). When the directory already holds a cache, its fingerprint, listing, shard size and
     storage must agree with it (else a one-line error that says what differs), and its completed
     shards are kept; ``overwrite=True`` discards them instead (whole-cache runs only). A run of a
-    part (see :mod:`shared.parts`) records its shards in its part log and merges on exit; a whole
+    part (see :mod:`featcache.shared.cache.parts`) records its shards in its part log and merges on exit; a whole
     run records them straight into the manifest. :attr:`finalized` is the state after that merge.
     """
 

@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 
 from . import deflate, schema
-from .errors import FeatcacheError, FingerprintMismatchError
+from ..errors import FeatcacheError, FingerprintMismatchError
 from .fingerprint import IDENTITY_KEYS, check_compatible, differences
 from .manifest import Manifest, ShardRecord
 from .parts import list_shards
@@ -159,7 +159,7 @@ class FeatureCache:
         """Yield ``(index (b,), maps (b, h, w, c))`` blocks of at most ``block_rows`` rows, in index order.
 
         Each block is one contiguous, chunk-aligned read; gzip'd rows (the default storage) are
-        inflated on all cores (:mod:`shared.deflate`). ``indices`` keeps only those listing
+        inflated on all cores (:mod:`featcache.shared.cache.deflate`). ``indices`` keeps only those listing
         positions (e.g. one split); ``dtype`` casts the maps (default: as stored).
         """
         keep = None if indices is None else np.asarray(indices, dtype=np.int64)

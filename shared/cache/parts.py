@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import schema
-from .errors import CacheLockedError, FeatcacheError
+from ..errors import CacheLockedError, FeatcacheError
 from .fsutil import atomic_write_json
 from .lock import CacheLock, FileLock, describe_holder, read_holder
 from .manifest import FailedInput, Manifest, ShardRecord, file_status, now
