@@ -29,7 +29,9 @@ def table(headers: list[str], rows: list[list[str]], left: set[int] = frozenset(
     widths = [max(len(h), *(len(r[k]) for r in rows)) for k, h in enumerate(headers)]
 
     def fmt(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) if k in left else c.rjust(w) for k, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return "  ".join(
+            c.ljust(w) if k in left else c.rjust(w) for k, (c, w) in enumerate(zip(cells, widths, strict=False))
+        ).rstrip()
 
     return "\n".join([fmt(headers), "  ".join("-" * w for w in widths), *(fmt(r) for r in rows)])
 
@@ -40,8 +42,8 @@ DEFAULT_CACHE = REPO / "cache" / "bench-sample"
 def ensure_cache(path: Path) -> Path:
     """A finished cache at ``path``; made from data/sample with the real weights (random, loudly, when
     they are absent) if there is none."""
-    from featcache.shared.errors import FeatcacheError
     from featcache.shared.cache.reader import FeatureCache
+    from featcache.shared.errors import FeatcacheError
 
     try:
         FeatureCache(path).require_complete()

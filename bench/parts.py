@@ -64,8 +64,9 @@ def main() -> None:
                 cache = Path(tmp) / "cache"
                 shutil.rmtree(cache, ignore_errors=True)
                 t0 = time.perf_counter()
-                p = subprocess.run([*base, str(src), str(cache), *common, *extra], capture_output=True, text=True,
-                                   cwd=REPO)
+                p = subprocess.run(
+                    [*base, str(src), str(cache), *common, *extra], capture_output=True, text=True, cwd=REPO
+                )
                 seconds = time.perf_counter() - t0
                 if p.returncode != 0:
                     sys.exit(f"{name} failed ({p.returncode}):\n{p.stderr[-2000:]}")

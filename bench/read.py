@@ -26,7 +26,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-
 from _common import DEFAULT_CACHE, REPO, ensure_cache, table  # noqa: E402  (puts the repo on sys.path)
 
 from featcache.shared.cache.reader import FeatureCache  # noqa: E402
@@ -43,8 +42,12 @@ def best_of(repeats: int, fn) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cache", type=Path, default=None,
-                    help=f"cache to read (default: {DEFAULT_CACHE.relative_to(REPO)}, made from data/sample when missing)")
+    ap.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help=f"cache to read (default: {DEFAULT_CACHE.relative_to(REPO)}, made from data/sample when missing)",
+    )
     ap.add_argument("--block-rows", type=int, default=256, help="rows per block for iter_maps (default 256)")
     ap.add_argument("--repeats", type=int, default=3, help="runs of each contender, best kept (default 3)")
     args = ap.parse_args()
@@ -86,8 +89,10 @@ def main() -> None:
         base = results[k - k % 2]
         rows.append([name, f"{s:.3f}", f"{n / s:,.0f}", f"{mb / s:,.0f}", f"{(mb / s) / (base[1] / base[2]):.2f}"])
     fp = cache.fingerprint
-    print(f"\nreading {cache.path}: {n} rows in {len(paths)} shards, maps {fp['maps_dtype']} "
-          f"{cache.manifest.storage['compression']}; best of {args.repeats}, from the page cache")
+    print(
+        f"\nreading {cache.path}: {n} rows in {len(paths)} shards, maps {fp['maps_dtype']} "
+        f"{cache.manifest.storage['compression']}; best of {args.repeats}, from the page cache"
+    )
     print(table(["contender", "seconds", "rows/s", "MB/s (float32)", "vs ours"], rows))
     print(f"command: {command}")
 

@@ -28,13 +28,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _common import DEFAULT_CACHE, REPO, ensure_cache, table  # noqa: E402  (puts the repo on sys.path)
 
 from featcache.shared.cache.reader import FeatureCache  # noqa: E402
 from featcache.trainer.data import load_dataset, standardizer  # noqa: E402
 from featcache.trainer.run import Settings, train  # noqa: E402
 from featcache.trainer.sweep import HeadConfig  # noqa: E402
+
 
 def grid(n: int) -> list[HeadConfig]:
     """``n`` linear heads: learning rates x weight decays on log grids."""
@@ -81,12 +81,21 @@ def sklearn_baseline(ds, mean_std) -> tuple[float, float, float] | None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cache", type=Path, default=None,
-                    help=f"cache to train on (default: {DEFAULT_CACHE.relative_to(REPO)}, extracted from data/sample when missing)")
+    ap.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help=f"cache to train on (default: {DEFAULT_CACHE.relative_to(REPO)}, extracted from data/sample when missing)",
+    )
     ap.add_argument("--heads", type=int, default=100, help="linear heads in the sweep (default 100)")
     ap.add_argument("--epochs", type=int, default=30, help="epochs for every contender, no early stopping (default 30)")
     ap.add_argument("--batch-size", type=int, default=64, help="rows per step for every contender (default 64)")
-    ap.add_argument("--keras-heads", type=int, default=5, help="heads actually trained with Keras fit; scaled to --heads (default 5)")
+    ap.add_argument(
+        "--keras-heads",
+        type=int,
+        default=5,
+        help="heads actually trained with Keras fit; scaled to --heads (default 5)",
+    )
     ap.add_argument("--repeats", type=int, default=2, help="runs of the featcache contenders, best kept (default 2)")
     args = ap.parse_args()
     command = shlex.join([sys.executable, *sys.argv])
@@ -111,22 +120,44 @@ def main() -> None:
     best = max(out["heads"], key=lambda h: (h["val_acc"], -h["val_loss"]))
     rows = [
         ["featcache, 1 linear head", "1", f"{one:.2f}", "1.00", "measured"],
-        [f"featcache, {len(configs)} linear heads stacked", str(len(configs)), f"{many:.2f}", f"{many / one:.2f}", "measured"],
-        [f"Keras fit, {len(configs)} heads one by one", str(len(configs)), f"{keras_scaled:.2f}", f"{keras_scaled / one:.2f}",
-         f"{k} measured ({keras_s:.2f} s), scaled x{len(configs) / k:g}"],
+        [
+            f"featcache, {len(configs)} linear heads stacked",
+            str(len(configs)),
+            f"{many:.2f}",
+            f"{many / one:.2f}",
+            "measured",
+        ],
+        [
+            f"Keras fit, {len(configs)} heads one by one",
+            str(len(configs)),
+            f"{keras_scaled:.2f}",
+            f"{keras_scaled / one:.2f}",
+            f"{k} measured ({keras_s:.2f} s), scaled x{len(configs) / k:g}",
+        ],
     ]
     fp = FeatureCache(cache).fingerprint
-    print(f"\nhead sweep cost, {cache}: train {len(ds.train)}, val {len(ds.val)}, test {len(ds.test)} rows, "
-          f"{len(ds.classes)} classes; {args.epochs} epochs, batch {args.batch_size}, no early stopping; best of {args.repeats}")
+    print(
+        f"\nhead sweep cost, {cache}: train {len(ds.train)}, val {len(ds.val)}, test {len(ds.test)} rows, "(
+            f"{len(ds.classes)} classes; {args.epochs} epochs, batch {args.batch_size}, no early "
+            f"stopping; best of {args.repeats}"
+        )
+    )
     print(table(["contender", "heads", "seconds", "vs 1 head", "how"], rows))
     print(f"Keras fit per head vs featcache per head in the stacked sweep: {keras_scaled / many:.0f}x")
     sk = sklearn_baseline(ds, mean_std)
-    acc_rows = [[f"featcache best of {len(configs)}: {best['name']}", f"{best['val_acc']:.4f}",
-                 "-" if best["test_acc"] is None else f"{best['test_acc']:.4f}"]]
+    acc_rows = [
+        [
+            f"featcache best of {len(configs)}: {best['name']}",
+            f"{best['val_acc']:.4f}",
+            "-" if best["test_acc"] is None else f"{best['test_acc']:.4f}",
+        ]
+    ]
     if sk is None:
         acc_rows.append(["scikit-learn LogisticRegression", "not installed", "(pip install -e '.[bench]')"])
     else:
-        acc_rows.append([f"scikit-learn LogisticRegression, C={sk[0]:g} (best on val of 6)", f"{sk[1]:.4f}", f"{sk[2]:.4f}"])
+        acc_rows.append(
+            [f"scikit-learn LogisticRegression, C={sk[0]:g} (best on val of 6)", f"{sk[1]:.4f}", f"{sk[2]:.4f}"]
+        )
     print(table(["model", "val acc", "test acc"], acc_rows))
     if fp.get("random_weights"):
         print("WARNING: the cache was made with RANDOM weights: the accuracies are meaningless")

@@ -31,12 +31,11 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-
 from _common import DEFAULT_CACHE, ensure_cache, table  # noqa: E402  (puts the repo on sys.path)
 
 from featcache.shared.cache import schema  # noqa: E402
-from featcache.shared.cache.reader import FeatureCache  # noqa: E402
 from featcache.shared.cache.deflate import THREADS, append  # noqa: E402
+from featcache.shared.cache.reader import FeatureCache  # noqa: E402
 
 BATCH = 32
 LEVEL = 1
@@ -45,8 +44,15 @@ LEVEL = 1
 def write(path: Path, maps: np.ndarray, threads: int | None) -> float:
     t0 = time.perf_counter()
     with h5py.File(path, "w") as f:
-        d = f.create_dataset(schema.MAPS, shape=(0, *maps.shape[1:]), maxshape=(len(maps), *maps.shape[1:]),
-                             chunks=(1, *maps.shape[1:]), dtype="float16", compression="gzip", compression_opts=LEVEL)
+        d = f.create_dataset(
+            schema.MAPS,
+            shape=(0, *maps.shape[1:]),
+            maxshape=(len(maps), *maps.shape[1:]),
+            chunks=(1, *maps.shape[1:]),
+            dtype="float16",
+            compression="gzip",
+            compression_opts=LEVEL,
+        )
         for s in range(0, len(maps), BATCH):
             rows = maps[s : s + BATCH]
             if threads is None:
@@ -68,8 +74,11 @@ def main() -> None:
     if cache.random_weights:
         print("NOTE: the cache has RANDOM weights: its maps are all alike and compress unrealistically well")
     maps = np.concatenate([m for _, m in cache.iter_maps(block_rows=256, dtype=np.float16)])[: args.rows]
-    contenders = {"h5py gzip filter (baseline)": None, "featcache, 1 thread": 1,
-                  f"featcache, {THREADS} threads": THREADS}
+    contenders = {
+        "h5py gzip filter (baseline)": None,
+        "featcache, 1 thread": 1,
+        f"featcache, {THREADS} threads": THREADS,
+    }
     best = {name: float("inf") for name in contenders}
     with tempfile.TemporaryDirectory(prefix="featcache-bench-writer-") as tmp:
         files = {}
@@ -85,9 +94,13 @@ def main() -> None:
                 assert np.array_equal(f[schema.MAPS][()], want), name
         same_bytes = all(p.read_bytes() == base_file.read_bytes() for p in files.values())
     base = best["h5py gzip filter (baseline)"]
-    rows = [[name, f"{len(maps) / s:,.0f}", f"{1000 * s / len(maps):.2f}", f"{base / s:.2f}"] for name, s in best.items()]
-    print(f"\n{len(maps)} rows of {cache.path} maps, float16 gzip-{LEVEL}, batches of {BATCH}, {os.cpu_count()} cores, "
-          f"best of {args.repeats}; files {'byte-identical' if same_bytes else 'equal in values'}")
+    rows = [
+        [name, f"{len(maps) / s:,.0f}", f"{1000 * s / len(maps):.2f}", f"{base / s:.2f}"] for name, s in best.items()
+    ]
+    print(
+        f"\n{len(maps)} rows of {cache.path} maps, float16 gzip-{LEVEL}, batches of {BATCH}, {os.cpu_count()} cores, "
+        f"best of {args.repeats}; files {'byte-identical' if same_bytes else 'equal in values'}"
+    )
     print(table(["writer", "rows/s", "ms/row", "vs h5py"], rows))
     print(f"\ncommand: {shlex.join([os.path.relpath(sys.executable), *sys.argv])}")
 

@@ -17,7 +17,16 @@ from pathlib import Path
 import numpy as np
 
 CLASSES = (
-    "checker", "circle", "cross", "diagonal", "dots", "hstripes", "ring", "square", "triangle", "vstripes",
+    "checker",
+    "circle",
+    "cross",
+    "diagonal",
+    "dots",
+    "hstripes",
+    "ring",
+    "square",
+    "triangle",
+    "vstripes",
 )
 
 
@@ -63,8 +72,9 @@ def make_image(cls: str, rng: np.random.Generator) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def make_sample(out: str | os.PathLike[str], per_class: int = 30, classes: int = 10, seed: int = 0,
-                splits: bool = False) -> list[Path]:
+def make_sample(
+    out: str | os.PathLike[str], per_class: int = 30, classes: int = 10, seed: int = 0, splits: bool = False
+) -> list[Path]:
     """Write ``classes * per_class`` images under ``out`` and return their paths.
 
     With ``splits``, images go to ``train/``, ``val/`` and ``test/`` (70/15/15 by position).
@@ -95,8 +105,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out", help="folder to write (created; existing files with the same names are replaced)")
     ap.add_argument("--per-class", type=int, default=30, help="images per class (default 30)")
-    ap.add_argument("--classes", type=int, default=10, choices=range(1, len(CLASSES) + 1), metavar="1-10",
-                    help="number of classes (default 10)")
+    ap.add_argument(
+        "--classes",
+        type=int,
+        default=10,
+        choices=range(1, len(CLASSES) + 1),
+        metavar="1-10",
+        help="number of classes (default 10)",
+    )
     ap.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     ap.add_argument("--splits", action="store_true", help="lay the images out under train/, val/ and test/")
     args = ap.parse_args()

@@ -10,11 +10,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..shared.cache import schema
 from ..shared.backbones import WEIGHTS_ENV
+from ..shared.cache import schema
+from ..shared.cache.split import parse_fractions
 from ..shared.cli import run_cli
 from ..shared.errors import FeatcacheError
-from ..shared.cache.split import parse_fractions
 
 # --finalize and the multi-worker runs exit with this when the cache is not complete yet.
 EXIT_INCOMPLETE = 1
@@ -24,28 +24,187 @@ app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None)
 
 @app.command()
 def extract(
-    source: Annotated[Path, typer.Argument(help="Images: a folder of class sub-folders (optionally under train/, val/, test/), a folder of unlabelled images, a CSV 'path[,label[,split]]', or a .txt list of paths.", show_default=False)],
-    cache: Annotated[Optional[Path], typer.Argument(help="Cache directory to create, or to resume when it already holds a cache from the same source and backbone. With --finalize, the only argument is the cache.", show_default=False)] = None,
-    weights: Annotated[str, typer.Option(envvar=WEIGHTS_ENV, help="'imagenet' (Keras' cache, downloading if needed), a path to a weights .h5 file, 'random' (seeded; meaningless features, smoke tests only), or 'auto' ($FEATCACHE_WEIGHTS, else imagenet if available, else random with a warning).")] = "imagenet",
-    backbone: Annotated[str, typer.Option(help="Backbone from the registry ('mobilenet_v2'; 'tiny' is a fast random test net) or 'module:attribute' naming a BackboneSpec.")] = "mobilenet_v2",
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per backbone call. Larger is faster on a GPU; 32 is near the best on CPU.")] = 32,
-    shard_size: Annotated[int, typer.Option(min=1, help="Inputs per shard file: the unit of resume and of parallel work. Fixed for the life of a cache.")] = schema.DEFAULT_SHARD_SIZE,
-    maps_dtype: Annotated[str, typer.Option(help="Storage dtype of the (7, 7, 1280) maps: float16 (half the bytes; pooled is always float32 from the float32 maps) or float32.")] = schema.DEFAULT_MAPS_DTYPE,
-    compression: Annotated[str, typer.Option(help=f"Lossless filter for the maps: {', '.join(schema.COMPRESSIONS)}. gzip-1 (default) is about 5x smaller than none on real features and readable by any HDF5 library; lzf is faster to write but only h5py reads it without a plugin.")] = schema.DEFAULT_COMPRESSION,
-    split: Annotated[str, typer.Option(help="Train,val,test fractions for rows whose source gives no split (assigned by a hash of the id, stable when images are added).")] = "0.8,0.1,0.1",
-    mixed_precision: Annotated[bool, typer.Option(help="Run the backbone in mixed float16 (faster on recent GPUs, slower on CPU). Recorded in the fingerprint: a cache is all one or all the other.")] = False,
-    xla: Annotated[bool, typer.Option(help="Compile the backbone call with XLA (may help on a GPU; ~8x slower on the CPUs measured).")] = False,
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help=(
+                "Images: a folder of class sub-folders (optionally under train/, val/, test/), a folder of "
+                "unlabelled images, a CSV 'path[,label[,split]]', or a .txt list of paths."
+            ),
+            show_default=False,
+        ),
+    ],
+    cache: Annotated[
+        Optional[Path],
+        typer.Argument(
+            help=(
+                "Cache directory to create, or to resume when it already holds a cache from the same "
+                "source and backbone. With --finalize, the only argument is the cache."
+            ),
+            show_default=False,
+        ),
+    ] = None,
+    weights: Annotated[
+        str,
+        typer.Option(
+            envvar=WEIGHTS_ENV,
+            help=(
+                "'imagenet' (Keras' cache, downloading if needed), a path to a weights .h5 file, 'random' "
+                "(seeded; meaningless features, smoke tests only), or 'auto' ($FEATCACHE_WEIGHTS, else "
+                "imagenet if available, else random with a warning)."
+            ),
+        ),
+    ] = "imagenet",
+    backbone: Annotated[
+        str,
+        typer.Option(
+            help=(
+                "Backbone from the registry ('mobilenet_v2'; 'tiny' is a fast random test net) or "
+                "'module:attribute' naming a BackboneSpec."
+            )
+        ),
+    ] = "mobilenet_v2",
+    batch_size: Annotated[
+        int,
+        typer.Option(min=1, help="Images per backbone call. Larger is faster on a GPU; 32 is near the best on CPU."),
+    ] = 32,
+    shard_size: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Inputs per shard file: the unit of resume and of parallel work. Fixed for the life of a cache."
+        ),
+    ] = schema.DEFAULT_SHARD_SIZE,
+    maps_dtype: Annotated[
+        str,
+        typer.Option(
+            help=(
+                "Storage dtype of the (7, 7, 1280) maps: float16 (half the bytes; pooled is always float32 "
+                "from the float32 maps) or float32."
+            )
+        ),
+    ] = schema.DEFAULT_MAPS_DTYPE,
+    compression: Annotated[
+        str,
+        typer.Option(
+            help=(
+                f"Lossless filter for the maps: {', '.join(schema.COMPRESSIONS)}. gzip-1 (default) is about "
+                f"5x smaller than none on real features and readable by any HDF5 library; lzf is faster to "
+                f"write but only h5py reads it without a plugin."
+            )
+        ),
+    ] = schema.DEFAULT_COMPRESSION,
+    split: Annotated[
+        str,
+        typer.Option(
+            help=(
+                "Train,val,test fractions for rows whose source gives no split (assigned by a hash of the "
+                "id, stable when images are added)."
+            )
+        ),
+    ] = "0.8,0.1,0.1",
+    mixed_precision: Annotated[
+        bool,
+        typer.Option(
+            help=(
+                "Run the backbone in mixed float16 (faster on recent GPUs, slower on CPU). Recorded in the "
+                "fingerprint: a cache is all one or all the other."
+            )
+        ),
+    ] = False,
+    xla: Annotated[
+        bool,
+        typer.Option(help="Compile the backbone call with XLA (may help on a GPU; ~8x slower on the CPUs measured)."),
+    ] = False,
     seed: Annotated[int, typer.Option(help="Seed of random weights (only with --weights random).")] = 0,
-    overwrite: Annotated[bool, typer.Option(help="Discard an existing cache in CACHE and start over (instead of resuming).")] = False,
-    strict: Annotated[bool, typer.Option(help="Stop at the first input that cannot be read or decoded (default: skip it and record the reason in the manifest).")] = False,
-    max_shards: Annotated[Optional[int], typer.Option(min=1, help="Write at most this many shards in this run, then stop; re-run the same command to continue.")] = None,
-    part: Annotated[Optional[str], typer.Option(help="I/N: be worker I (from 0) of N filling the same CACHE, e.g. a job array's task: write only the shards k with k % N == I. Workers run at the same time on a shared filesystem; each one merges what is done when it stops, and the last one completes the manifest.", show_default=False)] = None,
-    finalize: Annotated[bool, typer.Option("--finalize", help="Merge what the workers of a partitioned run have finished into CACHE's manifest and say which shards are missing and which parts are still running (exit 1 while incomplete). Safe to repeat and to run while workers are going.")] = False,
-    workers: Annotated[int, typer.Option(min=1, help="Run this many workers (parts) side by side: local processes, or Ray tasks with --runner ray. On CPU each local process gets an equal share of the cores.")] = 1,
-    gpus: Annotated[Optional[str], typer.Option(help="'all' or a count: one local worker process per GPU, each pinned with CUDA_VISIBLE_DEVICES (GPUs found from CUDA_VISIBLE_DEVICES or nvidia-smi).", show_default=False)] = None,
-    runner: Annotated[str, typer.Option(help="Where --workers run: 'local' (processes on this machine) or 'ray' (tasks on the Ray cluster at --address, or a local Ray instance; needs featcache[ray]).")] = "local",
-    address: Annotated[Optional[str], typer.Option(help="Ray cluster to run on with --runner ray ('auto', 'ray://head:10001', ...); default: start a local Ray instance.", show_default=False)] = None,
-    max_retries: Annotated[int, typer.Option(min=0, help="With --runner ray: how often Ray reruns a part whose worker died (the rerun keeps its finished shards).")] = 3,
+    overwrite: Annotated[
+        bool, typer.Option(help="Discard an existing cache in CACHE and start over (instead of resuming).")
+    ] = False,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            help=(
+                "Stop at the first input that cannot be read or decoded (default: skip it and record the "
+                "reason in the manifest)."
+            )
+        ),
+    ] = False,
+    max_shards: Annotated[
+        Optional[int],
+        typer.Option(
+            min=1, help="Write at most this many shards in this run, then stop; re-run the same command to continue."
+        ),
+    ] = None,
+    part: Annotated[
+        Optional[str],
+        typer.Option(
+            help=(
+                "I/N: be worker I (from 0) of N filling the same CACHE, e.g. a job array's task: write "
+                "only the shards k with k % N == I. Workers run at the same time on a shared filesystem; "
+                "each one merges what is done when it stops, and the last one completes the manifest."
+            ),
+            show_default=False,
+        ),
+    ] = None,
+    finalize: Annotated[
+        bool,
+        typer.Option(
+            "--finalize",
+            help=(
+                "Merge what the workers of a partitioned run have finished into CACHE's manifest and say "
+                "which shards are missing and which parts are still running (exit 1 while incomplete). "
+                "Safe to repeat and to run while workers are going."
+            ),
+        ),
+    ] = False,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help=(
+                "Run this many workers (parts) side by side: local processes, or Ray tasks with --runner "
+                "ray. On CPU each local process gets an equal share of the cores."
+            ),
+        ),
+    ] = 1,
+    gpus: Annotated[
+        Optional[str],
+        typer.Option(
+            help=(
+                "'all' or a count: one local worker process per GPU, each pinned with CUDA_VISIBLE_DEVICES "
+                "(GPUs found from CUDA_VISIBLE_DEVICES or nvidia-smi)."
+            ),
+            show_default=False,
+        ),
+    ] = None,
+    runner: Annotated[
+        str,
+        typer.Option(
+            help=(
+                "Where --workers run: 'local' (processes on this machine) or 'ray' (tasks on the Ray "
+                "cluster at --address, or a local Ray instance; needs featcache[ray])."
+            )
+        ),
+    ] = "local",
+    address: Annotated[
+        Optional[str],
+        typer.Option(
+            help=(
+                "Ray cluster to run on with --runner ray ('auto', 'ray://head:10001', ...); default: start "
+                "a local Ray instance."
+            ),
+            show_default=False,
+        ),
+    ] = None,
+    max_retries: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help=(
+                "With --runner ray: how often Ray reruns a part whose worker died (the rerun keeps its "
+                "finished shards)."
+            ),
+        ),
+    ] = 3,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     debug: Annotated[bool, typer.Option(help="Show the full traceback on errors.")] = False,
 ) -> None:
@@ -70,22 +229,40 @@ def extract(
         from .runner import ExtractConfig
 
         cfg = ExtractConfig(
-            source=source, cache=cache, backbone=backbone, weights=weights, seed=seed, batch_size=batch_size,
-            shard_size=shard_size, maps_dtype=maps_dtype, compression=compression,
-            mixed_precision=mixed_precision, xla=xla, split_fractions=parse_fractions(split), overwrite=overwrite,
-            strict=strict, max_shards=max_shards, part=Part.parse(part) if part else WHOLE, progress=progress,
+            source=source,
+            cache=cache,
+            backbone=backbone,
+            weights=weights,
+            seed=seed,
+            batch_size=batch_size,
+            shard_size=shard_size,
+            maps_dtype=maps_dtype,
+            compression=compression,
+            mixed_precision=mixed_precision,
+            xla=xla,
+            split_fractions=parse_fractions(split),
+            overwrite=overwrite,
+            strict=strict,
+            max_shards=max_shards,
+            part=Part.parse(part) if part else WHOLE,
+            progress=progress,
         )
         if runner not in ("local", "ray"):
             raise FeatcacheError(f"--runner {runner!r}: choose 'local' or 'ray'")
         if (workers > 1 or gpus or runner == "ray") and part:
             raise FeatcacheError("--part runs one worker; --workers, --gpus and --runner ray start all of them")
         if gpus and runner == "ray":
-            raise FeatcacheError("--gpus is for local workers; with --runner ray, Ray gives each part one GPU of the cluster")
+            raise FeatcacheError(
+                "--gpus is for local workers; with --runner ray, Ray gives each part one GPU of the cluster"
+            )
         if runner == "ray":
             from .ray_runner import run_ray
 
-            _report_workers(*run_ray(cfg, address=address, workers=workers if workers > 1 else None,
-                                     max_retries=max_retries, log=_err))
+            _report_workers(
+                *run_ray(
+                    cfg, address=address, workers=workers if workers > 1 else None, max_retries=max_retries, log=_err
+                )
+            )
         elif gpus or workers > 1:
             from .launch import choose_gpus, run_local
 

@@ -22,11 +22,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..shared.cores import usable_cores
-from ..shared.errors import FeatcacheError
 from ..shared.cache.manifest import Manifest
 from ..shared.cache.parts import Finalized, Part, awaiting_merge, finalize
-
+from ..shared.cores import usable_cores
+from ..shared.errors import FeatcacheError
 from .runner import ExtractConfig
 
 Log = Callable[[str], None]
@@ -42,8 +41,13 @@ def visible_gpus() -> list[str]:
     if shutil.which("nvidia-smi") is None:
         return []
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=30, check=True).stdout
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return []
     return [line.strip() for line in out.splitlines() if line.strip()]
@@ -59,8 +63,10 @@ def choose_gpus(request: str) -> list[str]:
     else:
         raise FeatcacheError(f"--gpus {request!r}: expected 'all' or a positive count")
     if not gpus or wanted > len(gpus):
-        raise FeatcacheError(f"--gpus {request}: {len(gpus)} GPUs visible (CUDA_VISIBLE_DEVICES or nvidia-smi); "
-                             "use --workers N for CPU worker processes")
+        raise FeatcacheError(
+            f"--gpus {request}: {len(gpus)} GPUs visible (CUDA_VISIBLE_DEVICES or nvidia-smi); "
+            "use --workers N for CPU worker processes"
+        )
     return gpus[:wanted]
 
 
@@ -70,8 +76,12 @@ def worker_env(part: Part, gpus: list[str] | None) -> dict[str, str]:
     if gpus:
         return {"CUDA_VISIBLE_DEVICES": gpus[part.index]}
     threads = str(max(1, usable_cores() // part.count))
-    return {"CUDA_VISIBLE_DEVICES": "-1", "TF_NUM_INTRAOP_THREADS": threads, "OMP_NUM_THREADS": threads,
-            "TF_NUM_INTEROP_THREADS": threads}
+    return {
+        "CUDA_VISIBLE_DEVICES": "-1",
+        "TF_NUM_INTRAOP_THREADS": threads,
+        "OMP_NUM_THREADS": threads,
+        "TF_NUM_INTEROP_THREADS": threads,
+    }
 
 
 def run_part(cfg: ExtractConfig, env: dict[str, str]) -> str:
@@ -122,14 +132,17 @@ def follow(cache_dir: Path, still_running: Callable[[], bool], progress: bool) -
         bar.close()
 
 
-def run_local(cfg: ExtractConfig, workers: int, gpus: list[str] | None = None, log: Log = print) -> tuple[Finalized, list[str]]:
+def run_local(
+    cfg: ExtractConfig, workers: int, gpus: list[str] | None = None, log: Log = print
+) -> tuple[Finalized, list[str]]:
     """Run parts ``0/workers`` .. as processes side by side, then finalise.
 
     Returns the state of the cache and one line per worker that failed (a failed part keeps its
     finished shards; rerunning the same command redoes only what is missing)."""
     if cfg.overwrite:
-        raise FeatcacheError(f"{cfg.cache}: --overwrite cannot be combined with several workers; "
-                             "delete the cache directory first")
+        raise FeatcacheError(
+            f"{cfg.cache}: --overwrite cannot be combined with several workers; delete the cache directory first"
+        )
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no TensorFlow state inherited
     procs = []
     for i in range(workers):
@@ -137,7 +150,9 @@ def run_local(cfg: ExtractConfig, workers: int, gpus: list[str] | None = None, l
         env = worker_env(part, gpus)
         where = f"GPU {env['CUDA_VISIBLE_DEVICES']}" if gpus else f"{env['TF_NUM_INTRAOP_THREADS']} CPU threads"
         log(f"worker {part} on {where}")
-        p = ctx.Process(target=_child, args=(replace(cfg, part=part, progress=False), env), name=f"featcache-{part.stem}")
+        p = ctx.Process(
+            target=_child, args=(replace(cfg, part=part, progress=False), env), name=f"featcache-{part.stem}"
+        )
         p.start()
         procs.append((part, p))
     try:

@@ -26,8 +26,15 @@ class BackboneMapper:
     """``mapper(images) -> (maps (b, h, w, c), pooled (b, c) float32)`` as numpy arrays; maps are in
     the storage dtype on a GPU and float32 on a CPU (the writer casts)."""
 
-    def __init__(self, spec: BackboneSpec, weights: ResolvedWeights, *, maps_dtype: str, mixed_precision: bool = False,
-                 xla: bool = False):
+    def __init__(
+        self,
+        spec: BackboneSpec,
+        weights: ResolvedWeights,
+        *,
+        maps_dtype: str,
+        mixed_precision: bool = False,
+        xla: bool = False,
+    ):
         import keras
 
         if mixed_precision:
@@ -42,7 +49,9 @@ class BackboneMapper:
         self.device_dtype = tf.as_dtype(maps_dtype) if tf.config.list_physical_devices("GPU") else tf.float32
         h, w = spec.input_size
         self._forward = tf.function(
-            self._call, input_signature=[tf.TensorSpec([None, h, w, 3], tf.float32)], reduce_retracing=True,
+            self._call,
+            input_signature=[tf.TensorSpec([None, h, w, 3], tf.float32)],
+            reduce_retracing=True,
             jit_compile=xla,
         )
 

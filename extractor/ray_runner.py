@@ -18,9 +18,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from ..shared.errors import FeatcacheError
 from ..shared.cache.parts import Finalized, Part, finalize
-
+from ..shared.errors import FeatcacheError
 from .launch import follow, run_part
 from .runner import ExtractConfig
 
@@ -32,7 +31,9 @@ def import_ray() -> Any:
     try:
         import ray
     except ImportError as exc:
-        raise FeatcacheError(f"the Ray runner needs ray ({exc}); install it with: pip install 'featcache[ray]'") from None
+        raise FeatcacheError(
+            f"the Ray runner needs ray ({exc}); install it with: pip install 'featcache[ray]'"
+        ) from None
     return ray
 
 
@@ -56,8 +57,9 @@ def run_ray(
     instance for the duration of the call. Returns the state of the cache and one line per part
     that failed after its retries."""
     if cfg.overwrite:
-        raise FeatcacheError(f"{cfg.cache}: --overwrite cannot be combined with several workers; "
-                             "delete the cache directory first")
+        raise FeatcacheError(
+            f"{cfg.cache}: --overwrite cannot be combined with several workers; delete the cache directory first"
+        )
     ray = import_ray()
     started = not ray.is_initialized()
     if started:
@@ -68,15 +70,22 @@ def run_ray(
         gpus = int(resources.get("GPU", 0))
         if workers is None:
             workers = gpus or max(1, int(resources.get("CPU", 1)) // cpus_per_worker)
-        log(f"ray: {int(resources.get('CPU', 0))} CPUs and {gpus} GPUs in the cluster; {workers} parts, "
-            f"{'1 GPU' if gpus else f'{cpus_per_worker} CPUs'} each, up to {max_retries} retries")
+        log(
+            f"ray: {int(resources.get('CPU', 0))} CPUs and {gpus} GPUs in the cluster; {workers} parts, "
+            f"{'1 GPU' if gpus else f'{cpus_per_worker} CPUs'} each, up to {max_retries} retries"
+        )
         task = ray.remote(_part_task).options(
-            num_gpus=1 if gpus else 0, num_cpus=cpus_per_worker, max_retries=max_retries, retry_exceptions=False,
+            num_gpus=1 if gpus else 0,
+            num_cpus=cpus_per_worker,
+            max_retries=max_retries,
+            retry_exceptions=False,
             name="featcache-part",
         )
         env = {"TF_NUM_INTRAOP_THREADS": str(cpus_per_worker), "TF_NUM_INTEROP_THREADS": str(cpus_per_worker)}
-        refs = {task.remote(replace(cfg, part=Part(i, workers), progress=False), {} if gpus else env): Part(i, workers)
-                for i in range(workers)}
+        refs = {
+            task.remote(replace(cfg, part=Part(i, workers), progress=False), {} if gpus else env): Part(i, workers)
+            for i in range(workers)
+        }
         failed: list[str] = []
         pending = list(refs)
         bar = threading.Thread(target=follow, args=(cfg.cache, lambda: bool(pending), cfg.progress), daemon=True)

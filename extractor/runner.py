@@ -9,21 +9,26 @@ from __future__ import annotations
 
 import os
 import time
-from importlib import metadata
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 from tqdm import tqdm
 
+from ..shared.backbones import (
+    TF_DEFAULT_ENV,
+    BackboneSpec,
+    ResolvedWeights,
+    get_backbone,
+    make_fingerprint,
+    resolve_weights,
+)
 from ..shared.cache import schema
-from ..shared.backbones import TF_DEFAULT_ENV, BackboneSpec, ResolvedWeights, get_backbone, resolve_weights
-from ..shared.backbones import make_fingerprint
 from ..shared.cache.fingerprint import describe
 from ..shared.cache.manifest import FailedInput, Manifest
 from ..shared.cache.parts import WHOLE, Finalized, Part
 from ..shared.cache.writer import CacheWriter, storage_options
-
 from .sources import Source, open_source
 
 Log = Callable[[str], None]
@@ -137,8 +142,10 @@ def run_extract(cfg: ExtractConfig, log: Log = print) -> ExtractReport:
     spec = get_backbone(cfg.backbone)
     weights = resolve_weights(spec, cfg.weights, cfg.seed)
     if weights.random:
-        log(f"WARNING: {spec.name} with RANDOM weights ({weights.sha256}): the features are meaningless; "
-            "use them for smoke tests only")
+        log(
+            f"WARNING: {spec.name} with RANDOM weights ({weights.sha256}): the features are meaningless; "
+            "use them for smoke tests only"
+        )
 
     manifest = Manifest(
         fingerprint=make_fingerprint(
@@ -163,9 +170,11 @@ def run_extract(cfg: ExtractConfig, log: Log = print) -> ExtractReport:
             todo, rest = todo[: cfg.max_shards], todo[cfg.max_shards :]
             report.shards_left = len(rest)
         mine = "" if cfg.part.whole else f" (part {cfg.part}: {len(cfg.part.shards(manifest.num_shards))} of them)"
-        log(f"{cfg.cache}: {len(source)} inputs ({source.kind}, {len(source.classes)} classes) in "
+        log(
+            f"{cfg.cache}: {len(source)} inputs ({source.kind}, {len(source.classes)} classes) in "
             f"{manifest.num_shards} shards of {cfg.shard_size}{mine}; {report.shards_kept} done, {len(todo)} to do; "
-            f"{describe(manifest.fingerprint)}")
+            f"{describe(manifest.fingerprint)}"
+        )
         if todo:
             _extract(cfg, source, spec, weights, cache, todo, report, log, t_start)
         else:
@@ -175,15 +184,25 @@ def run_extract(cfg: ExtractConfig, log: Log = print) -> ExtractReport:
     return report
 
 
-def _extract(cfg: ExtractConfig, source: Source, spec: BackboneSpec, weights: ResolvedWeights, cache: CacheWriter,
-             todo: list[int], report: ExtractReport, log: Log, t_start: float) -> None:
+def _extract(
+    cfg: ExtractConfig,
+    source: Source,
+    spec: BackboneSpec,
+    weights: ResolvedWeights,
+    cache: CacheWriter,
+    todo: list[int],
+    report: ExtractReport,
+    log: Log,
+    t_start: float,
+) -> None:
     """The loop: reader -> mapper -> sink over the shards ``todo``; fills ``report``'s timings."""
     manifest = cache.manifest
 
     from . import mapper, pipeline  # TensorFlow is imported here, and only when there is work
 
-    m = mapper.BackboneMapper(spec, weights, maps_dtype=cfg.maps_dtype, mixed_precision=cfg.mixed_precision,
-                              xla=cfg.xla)
+    m = mapper.BackboneMapper(
+        spec, weights, maps_dtype=cfg.maps_dtype, mixed_precision=cfg.mixed_precision, xla=cfg.xla
+    )
     log(f"backbone {spec.name} on {mapper.devices()}, batch {cfg.batch_size}")
     ranges = [manifest.shard_inputs(k) for k in todo]
     ds = pipeline.make_dataset(
@@ -199,8 +218,12 @@ def _extract(cfg: ExtractConfig, source: Source, spec: BackboneSpec, weights: Re
     from .sink import ShardSink
 
     sink = ShardSink(
-        cache, source, todo, lambda i: pipeline.diagnose(source.paths[i], spec.input_size),
-        strict=cfg.strict, on_shard=on_shard,
+        cache,
+        source,
+        todo,
+        lambda i: pipeline.diagnose(source.paths[i], spec.input_size),
+        strict=cfg.strict,
+        on_shard=on_shard,
     )
     t_loop = time.perf_counter()
     report.startup_seconds = t_loop - t_start

@@ -16,10 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..shared.errors import BadInputError, FeatcacheError
 from ..shared.cache.manifest import FailedInput
 from ..shared.cache.writer import CacheWriter, ShardWriter
-
+from ..shared.errors import BadInputError, FeatcacheError
 from .sources import Source
 
 _STOP = object()
@@ -124,9 +123,7 @@ class ShardSink:
         if self._current is None:
             self._current = self.cache.start_shard(shard)
         src = self.source
-        self._current.append(
-            maps, pooled, src.labels[index], [src.ids[i] for i in index], index, src.splits[index]
-        )
+        self._current.append(maps, pooled, src.labels[index], [src.ids[i] for i in index], index, src.splits[index])
         self._written.append(index)
         self.stats.write_seconds += time.perf_counter() - t0
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..shared.errors import BadInputError
 from ..shared.cache.schema import NO_SPLIT, SPLIT_CODES, SPLIT_FOLDER_ALIASES, UNKNOWN_LABEL
+from ..shared.errors import BadInputError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif"})
 LIST_SUFFIXES = frozenset({".txt", ".lst"})
@@ -78,8 +78,13 @@ class Source:
                 except OSError:
                     stats.append((-1, 0))
             st_arr = np.array(stats, dtype=np.int64).reshape(-1, 2)
-            self._listing = {"id": np.array(self.ids, dtype=str), "label": self.labels, "split": self.splits,
-                             "size": st_arr[:, 0], "mtime_ns": st_arr[:, 1]}
+            self._listing = {
+                "id": np.array(self.ids, dtype=str),
+                "label": self.labels,
+                "split": self.splits,
+                "size": st_arr[:, 0],
+                "mtime_ns": st_arr[:, 1],
+            }
         return self._listing
 
     def listing_sha256(self) -> str:
@@ -88,7 +93,7 @@ class Source:
         h = hashlib.sha256()
         h.update(("\x1f".join(self.classes) + "\n").encode())
         lst = self.listing()
-        for row in zip(self.ids, *(lst[k].tolist() for k in ("label", "split", "size", "mtime_ns"))):
+        for row in zip(self.ids, *(lst[k].tolist() for k in ("label", "split", "size", "mtime_ns")), strict=False):
             h.update(("\t".join(map(str, row)) + "\n").encode("utf-8"))
         return h.hexdigest()
 
@@ -154,7 +159,9 @@ def from_folder(root: Path) -> Source:
         for split_dir in subdirs:
             code = SPLIT_CODES[SPLIT_FOLDER_ALIASES[split_dir.lower()]]
             for cls in _subdirs(root / split_dir):
-                entries += [(os.path.join(split_dir, cls, rel), cls, code) for rel in _walk_images(root / split_dir / cls)]
+                entries += [
+                    (os.path.join(split_dir, cls, rel), cls, code) for rel in _walk_images(root / split_dir / cls)
+                ]
             entries += [(os.path.join(split_dir, name), None, code) for name in _top_images(root / split_dir)]
         kind = "folder-splits"
     elif subdirs:
@@ -194,8 +201,11 @@ def from_csv(path: Path) -> Source:
     cols = {"path": 0, "label": 1, "split": 2}
     if rows and rows[0][1][0].lower() in CSV_HEADER_NAMES:
         header = [c.lower() for c in rows[0][1]]
-        cols = {"path": 0, "label": header.index("label") if "label" in header else None,
-                "split": header.index("split") if "split" in header else None}
+        cols = {
+            "path": 0,
+            "label": header.index("label") if "label" in header else None,
+            "split": header.index("split") if "split" in header else None,
+        }
         rows = rows[1:]
     if not rows:
         raise BadInputError(f"{path}: the CSV lists no images")
@@ -214,7 +224,9 @@ def from_csv(path: Path) -> Source:
         if p in seen:
             first, lab0, sp0 = seen[p]
             if (lab0, sp0) != (lab, sp):
-                raise BadInputError(f"{path}:{n}: {p!r} is listed again (first at line {first}) with another label or split")
+                raise BadInputError(
+                    f"{path}:{n}: {p!r} is listed again (first at line {first}) with another label or split"
+                )
             dropped += 1
             continue
         seen[p] = (n, lab, sp)

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from .errors import FeatcacheError, WeightsUnavailableError
 from .cache.fingerprint import ENVIRONMENT_KEYS
 from .cache.fsutil import sha256_file
+from .errors import FeatcacheError, WeightsUnavailableError
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
@@ -238,7 +238,9 @@ def _imagenet_path(spec: BackboneSpec) -> Path:
     try:
         return Path(keras.utils.get_file(file_name, url, cache_subdir="models"))
     except Exception as exc:  # keras raises a bare Exception on network failure
-        reason = str(exc).strip().split(" -- ")[-1].splitlines()[0][:200]  # keras: "URL fetch failure on URL: ... -- why"
+        reason = (
+            str(exc).strip().split(" -- ")[-1].splitlines()[0][:200]
+        )  # keras: "URL fetch failure on URL: ... -- why"
         raise WeightsUnavailableError(
             f"{keras_cache_candidates(file_name)[0]}: ImageNet weights for {spec.name} are not in Keras' cache "
             f"and could not be downloaded ({reason}); copy the file there, or pass --weights PATH "

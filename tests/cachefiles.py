@@ -29,14 +29,32 @@ def read_shards(cache: Path) -> dict[str, np.ndarray]:
 
 def differing(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> list[str]:
     """Names of the datasets that are not equal byte for byte (ids: as strings)."""
-    return [k for k in schema.DATASETS
-            if (a[k].tolist() != b[k].tolist() if k == schema.ID else a[k].tobytes() != b[k].tobytes())]
+    return [
+        k
+        for k in schema.DATASETS
+        if (a[k].tolist() != b[k].tolist() if k == schema.ID else a[k].tobytes() != b[k].tobytes())
+    ]
 
 
 def extract_command(src: Path, cache: Path, *extra: str, shard_size: int = 6, batch_size: int = 4) -> list[str]:
     """``python -m featcache.extractor SRC CACHE`` with the tiny test backbone, no progress bar, and ``extra``."""
-    return [sys.executable, "-m", "featcache.extractor", str(src), str(cache), "--backbone", "tiny", "--weights", "random",
-            "--shard-size", str(shard_size), "--batch-size", str(batch_size), "--no-progress", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "featcache.extractor",
+        str(src),
+        str(cache),
+        "--backbone",
+        "tiny",
+        "--weights",
+        "random",
+        "--shard-size",
+        str(shard_size),
+        "--batch-size",
+        str(batch_size),
+        "--no-progress",
+        *extra,
+    ]
 
 
 def kill_after_first_shard(cmd: list[str], record: Path, cwd: Path, timeout: float = 120) -> int:

@@ -58,16 +58,22 @@ def tiny_cache(sample_dir, tmp_path_factory) -> Path:
     return cache
 
 
-def synthetic_cache(path: Path, n: int = 240, classes: int = 4, seed: int = 0, shuffle_labels: bool = False,
-                    splits: str = "given", labelled: bool = True) -> Path:
+def synthetic_cache(
+    path: Path,
+    n: int = 240,
+    classes: int = 4,
+    seed: int = 0,
+    shuffle_labels: bool = False,
+    splits: str = "given",
+    labelled: bool = True,
+) -> Path:
     """A cache written directly with shared's writer (no backbone): class k's pooled vectors are a fixed
     random centre plus noise, so the classes are separable by construction; maps repeat the pooled
     vector at every position (so pooled is the mean of the maps). ``splits``: "given" (60/20/20
     train/val/test, as from split folders), "no-val" (80/20 train/test) or "hash" (none given)."""
     import numpy as np
 
-    from featcache.shared.backbones import ResolvedWeights, get_backbone
-    from featcache.shared.backbones import make_fingerprint
+    from featcache.shared.backbones import ResolvedWeights, get_backbone, make_fingerprint
     from featcache.shared.cache.manifest import Manifest
     from featcache.shared.cache.writer import CacheWriter, storage_options
 
@@ -80,16 +86,28 @@ def synthetic_cache(path: Path, n: int = 240, classes: int = 4, seed: int = 0, s
         labels = np.full(n, -1)
     ids = [f"c{y[i]}/{i:05d}.jpg" for i in range(n)]
     tenth = np.arange(n) % 10
-    split = {"given": np.where(tenth < 6, 0, np.where(tenth < 8, 1, 2)), "no-val": np.where(tenth < 8, 0, 2),
-             "hash": np.full(n, -1)}[splits]
+    split = {
+        "given": np.where(tenth < 6, 0, np.where(tenth < 8, 1, 2)),
+        "no-val": np.where(tenth < 8, 0, 2),
+        "hash": np.full(n, -1),
+    }[splits]
     given = splits != "hash"
     spec = get_backbone("tiny")
     fp = make_fingerprint(spec, ResolvedWeights("random", None, f"random:{seed}", seed), maps_dtype="float32")
-    m = Manifest(fingerprint=fp, classes=[f"class{k}" for k in range(classes)],
-                 source={"kind": "synthetic", "root": str(path), "num_inputs": n, "listing_sha256": "x" * 64,
-                         "split_source": "folders" if given else None},
-                 split={"source": "folders" if given else None, "fractions": {"train": 0.8, "val": 0.1, "test": 0.1}},
-                 storage=storage_options("none", "float32"), shard_size=100)
+    m = Manifest(
+        fingerprint=fp,
+        classes=[f"class{k}" for k in range(classes)],
+        source={
+            "kind": "synthetic",
+            "root": str(path),
+            "num_inputs": n,
+            "listing_sha256": "x" * 64,
+            "split_source": "folders" if given else None,
+        },
+        split={"source": "folders" if given else None, "fractions": {"train": 0.8, "val": 0.1, "test": 0.1}},
+        storage=storage_options("none", "float32"),
+        shard_size=100,
+    )
     with CacheWriter(path, m) as cw:
         for shard in cw.pending_shards():
             w = cw.start_shard(shard)

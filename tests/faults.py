@@ -32,13 +32,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parents[1]
 for path in (REPO, REPO / "tests"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
 from cachefiles import differing, extract_command, read_shards  # noqa: E402
+
 from featcache.shared.cache import schema  # noqa: E402
 from featcache.shared.inspection.verify import verify  # noqa: E402
 
@@ -55,7 +55,12 @@ class Stats:
 
     @property
     def ok(self) -> bool:
-        return not self.verify_failures and not self.mismatches and not self.partial_files_left and self.rounds_equal == self.rounds
+        return (
+            not self.verify_failures
+            and not self.mismatches
+            and not self.partial_files_left
+            and self.rounds_equal == self.rounds
+        )
 
 
 def command(src: Path, cache: Path) -> list[str]:
@@ -66,16 +71,25 @@ def start(src: Path, cache: Path, parts: int) -> list[subprocess.Popen]:
     """One extractor, or ``parts`` workers of one cache side by side (``--part I/N``); the first
     one's stderr is a pipe (for :func:`wait_for_work`)."""
     extra = [[]] if parts == 1 else [["--part", f"{i}/{parts}"] for i in range(parts)]
-    return [subprocess.Popen(command(src, cache) + e, cwd=REPO, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE if i == 0 else subprocess.DEVNULL, text=True)
-            for i, e in enumerate(extra)]
+    return [
+        subprocess.Popen(
+            command(src, cache) + e,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE if i == 0 else subprocess.DEVNULL,
+            text=True,
+        )
+        for i, e in enumerate(extra)
+    ]
 
 
 def finish(src: Path, cache: Path, parts: int) -> subprocess.CompletedProcess:
     """Run to completion without kills (all parts together), then ``--finalize``."""
     for proc in start(src, cache, parts):
         proc.communicate()
-    return subprocess.run([*command(src, cache)[:3], str(cache), "--finalize"], capture_output=True, text=True, cwd=REPO)
+    return subprocess.run(
+        [*command(src, cache)[:3], str(cache), "--finalize"], capture_output=True, text=True, cwd=REPO
+    )
 
 
 def wait_for_work(proc: subprocess.Popen) -> bool:
@@ -130,8 +144,11 @@ def campaign(src: Path, work: Path, kills: int, max_seconds: float, seed: int, l
             if report.problems:
                 stats.verify_failures += [f"round {stats.rounds} kill {stats.kills}: {p}" for p in report.problems]
             done = json.loads((cache / schema.MANIFEST_NAME).read_text())
-            log(f"kill {stats.kills:>3} (round {stats.rounds}): {'mid-run' if mid_run else 'after the end'}, "
-                f"{len(done['shards'])}/{done['num_shards']} shards done, verify {'ok' if not report.problems else 'FAILED'}")
+            log(
+                f"kill {stats.kills:>3} (round {stats.rounds}): {'mid-run' if mid_run else 'after the end'}, "
+                f"{len(done['shards'])}/{done['num_shards']} shards done, "
+                f"verify {'ok' if not report.problems else 'FAILED'}"
+            )
             if done["complete"]:
                 break
         final = finish(src, cache, parts)
@@ -169,9 +186,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kills", type=int, default=20, help="how many times to kill the extractor (default 20)")
     ap.add_argument("--images", type=int, default=300, help="sample images to extract, a multiple of 10 (default 300)")
-    ap.add_argument("--max-seconds", type=float, default=600, help="stop starting new kills after this long (default 600)")
+    ap.add_argument(
+        "--max-seconds", type=float, default=600, help="stop starting new kills after this long (default 600)"
+    )
     ap.add_argument("--seed", type=int, default=0, help="seed of the kill moments (default 0)")
-    ap.add_argument("--parts", type=int, default=1, help="workers filling each cache side by side, --part I/N (default 1)")
+    ap.add_argument(
+        "--parts", type=int, default=1, help="workers filling each cache side by side, --part I/N (default 1)"
+    )
     ap.add_argument("--keep", action="store_true", help="keep the work folder (printed) for inspection")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO / "data"))

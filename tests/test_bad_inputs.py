@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from conftest import extract
-from featcache.shared.errors import FeatcacheError
-from featcache.shared.cache.reader import FeatureCache
 from cachefiles import extract_command, read_shards
+from conftest import extract
+
+from featcache.shared.cache.reader import FeatureCache
+from featcache.shared.errors import FeatcacheError
 
 PIL = pytest.importorskip("PIL.Image")
 REPO = Path(__file__).resolve().parents[1]
@@ -131,8 +131,11 @@ def test_disk_full_keeps_finished_shards_and_resume_works(tmp_path, sample_dir, 
 
     monkeypatch.setattr(ShardWriter, "append", append)
     cache = tmp_path / "c"
-    with pytest.raises(FeatcacheError, match=r"\.shard-00002\.h5\.tmp-\d+: cannot write \(No space left on device\); "
-                                             r"the 2 shards finished in this run are kept"):
+    with pytest.raises(
+        FeatcacheError,
+        match=r"\.shard-00002\.h5\.tmp-\d+: cannot write \(No space left on device\); "
+        r"the 2 shards finished in this run are kept",
+    ):
         extract(sample_dir, cache)
     assert [s.shard for s in FeatureCache(cache).shards] == [0, 1]
     assert not [p for p in (cache / "shards").iterdir() if p.name.startswith(".")]  # partial file removed
@@ -145,9 +148,11 @@ def test_disk_full_keeps_finished_shards_and_resume_works(tmp_path, sample_dir, 
 
 
 def _peak_rss_mb(args: list[str]) -> float:
-    code = ("import resource, subprocess, sys\n"
-            "subprocess.run(sys.argv[1:], check=True, capture_output=True)\n"
-            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)\n")
+    code = (
+        "import resource, subprocess, sys\n"
+        "subprocess.run(sys.argv[1:], check=True, capture_output=True)\n"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr
     return float(out.stdout)

@@ -20,36 +20,78 @@ def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 def test_help_explains_every_option_without_tensorflow():
-    p = run("-c", "import sys; from typer.testing import CliRunner; from featcache.extractor.cli import app;"
-                  "r = CliRunner().invoke(app, ['--help']); print(r.output);"
-                  "assert 'tensorflow' not in sys.modules")
+    p = run(
+        "-c",
+        "import sys; from typer.testing import CliRunner; from featcache.extractor.cli import app;"
+        "r = CliRunner().invoke(app, ['--help']); print(r.output);"
+        "assert 'tensorflow' not in sys.modules",
+    )
     assert p.returncode == 0, p.stderr
-    for opt in ("--weights", "--backbone", "--batch-size", "--shard-size", "--maps-dtype", "--compression",
-                "--split", "--mixed-precision", "--seed", "--overwrite", "--strict", "--max-shards", "--debug"):
+    for opt in (
+        "--weights",
+        "--backbone",
+        "--batch-size",
+        "--shard-size",
+        "--maps-dtype",
+        "--compression",
+        "--split",
+        "--mixed-precision",
+        "--seed",
+        "--overwrite",
+        "--strict",
+        "--max-shards",
+        "--debug",
+    ):
         assert opt in p.stdout, opt
     assert run("-m", "featcache.shared", "--help").returncode == 0
-    p = run("-c", "import sys; sys.argv = ['featcache-train', 'train', '--help']\nfrom featcache.trainer.cli import main\n"
-                  "try:\n    main()\nexcept SystemExit:\n    pass\nassert 'tensorflow' not in sys.modules")
+    p = run(
+        "-c",
+        "import sys; sys.argv = ['featcache-train', 'train', '--help']\nfrom featcache.trainer.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\nassert 'tensorflow' not in sys.modules",
+    )
     assert p.returncode == 0 and "--weight-decay" in p.stdout and "--sweep" in p.stdout, p.stderr
 
 
 def test_featcache_train_cache_runs_a_sweep_without_the_word_train(tiny_cache, tmp_path):
-    p = run("-m", "featcache.trainer", str(tiny_cache), "--epochs", "2", "--runs", str(tmp_path / "runs"), "--no-progress")
+    p = run(
+        "-m", "featcache.trainer", str(tiny_cache), "--epochs", "2", "--runs", str(tmp_path / "runs"), "--no-progress"
+    )
     assert p.returncode == 0, p.stderr
     assert "best: linear-lr0.001-wd0-ls0" in p.stdout and len(list((tmp_path / "runs").iterdir())) == 1
 
 
 def test_cli_extract_then_inspect(sample_dir, tmp_path):
     cache = tmp_path / "c"
-    p = run("-m", "featcache.extractor", str(sample_dir), str(cache), "--backbone", "tiny", "--weights", "random",
-            "--shard-size", "8", "--no-progress")
+    p = run(
+        "-m",
+        "featcache.extractor",
+        str(sample_dir),
+        str(cache),
+        "--backbone",
+        "tiny",
+        "--weights",
+        "random",
+        "--shard-size",
+        "8",
+        "--no-progress",
+    )
     assert p.returncode == 0, p.stderr
     assert "wrote 15 rows in 2 shards" in p.stdout and "RANDOM WEIGHTS" in p.stdout
     assert "RANDOM weights" in p.stderr
-    again = run("-c", "import sys; from featcache.extractor.cli import main; sys.argv = ['x', *sys.argv[1:]]\n"
-                      "try:\n    main()\nexcept SystemExit:\n    pass\n"
-                      "assert 'tensorflow' not in sys.modules, 'a run with nothing to do imported TensorFlow'",
-                str(sample_dir), str(cache), "--backbone", "tiny", "--weights", "random", "--shard-size", "8")
+    again = run(
+        "-c",
+        "import sys; from featcache.extractor.cli import main; sys.argv = ['x', *sys.argv[1:]]\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "assert 'tensorflow' not in sys.modules, 'a run with nothing to do imported TensorFlow'",
+        str(sample_dir),
+        str(cache),
+        "--backbone",
+        "tiny",
+        "--weights",
+        "random",
+        "--shard-size",
+        "8",
+    )
     assert again.returncode == 0, again.stderr
     assert "nothing to do: all 2 shards were already done (15 rows)" in again.stdout
     s = run("-m", "featcache.shared", "summary", str(cache), "--json")
@@ -82,7 +124,10 @@ def test_bad_arguments_give_one_line_errors(sample_dir, tmp_path, args, message)
 
 def test_inspect_on_a_non_cache_is_one_line(tmp_path):
     p = run("-m", "featcache.shared", "summary", str(tmp_path))
-    assert p.returncode == 2 and p.stderr.strip() == f"error: {tmp_path}/manifest.json: not a featcache cache (no manifest.json)"
+    assert (
+        p.returncode == 2
+        and p.stderr.strip() == f"error: {tmp_path}/manifest.json: not a featcache cache (no manifest.json)"
+    )
 
 
 def _offline(monkeypatch, tmp_path):
@@ -100,7 +145,13 @@ def _offline(monkeypatch, tmp_path):
 def test_imagenet_offline_says_where_to_put_the_file(monkeypatch, tmp_path):
     _offline(monkeypatch, tmp_path)
     spec = backbones.get_backbone("mobilenet_v2")
-    with pytest.raises(WeightsUnavailableError, match=r"keras/models/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1\.0_224_no_top\.h5: ImageNet weights .* not in Keras' cache .*--weights PATH .*FEATCACHE_WEIGHTS"):
+    with pytest.raises(
+        WeightsUnavailableError,
+        match=(
+            r"keras/models/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1\.0_224_no_top\.h5: "
+            r"ImageNet weights .* not in Keras' cache .*--weights PATH .*FEATCACHE_WEIGHTS"
+        ),
+    ):
         backbones.resolve_weights(spec, "imagenet")
     with pytest.warns(UserWarning, match="Falling back to RANDOM weights"):
         assert backbones.resolve_weights(spec, "auto").sha256 == "random:0"

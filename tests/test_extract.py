@@ -10,14 +10,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
 from cachefiles import read_shards
 from conftest import extract
-from featcache.shared.cache import schema
+
 from featcache.shared.backbones import build_backbone, get_backbone, resolve_weights
-from featcache.shared.errors import BadInputError, CacheLockedError, FingerprintMismatchError, SourceMismatchError
+from featcache.shared.cache import schema
 from featcache.shared.cache.parts import WHOLE, part_lock
 from featcache.shared.cache.reader import FeatureCache
+from featcache.shared.errors import BadInputError, CacheLockedError, FingerprintMismatchError, SourceMismatchError
 
 
 def direct_features(paths: list[Path], backbone: str = "tiny", weights: str = "random") -> np.ndarray:
@@ -190,14 +190,23 @@ def test_fingerprint_mismatch_is_refused(tmp_path, sample_dir):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda src: shutil.copy(src / "circle" / "circle_0000.jpg", src / "circle" / "added.jpg"),
-         r"1 added \(e\.g\. circle/added\.jpg\)"),
+        (
+            lambda src: shutil.copy(src / "circle" / "circle_0000.jpg", src / "circle" / "added.jpg"),
+            r"1 added \(e\.g\. circle/added\.jpg\)",
+        ),
         (lambda src: (src / "cross" / "cross_0001.jpg").unlink(), r"1 removed \(e\.g\. cross/cross_0001\.jpg\)"),
-        (lambda src: (src / "checker" / "checker_0002.jpg").write_bytes(b"\xff\xd8" + b"0" * 999),
-         r"1 modified \(e\.g\. checker/checker_0002\.jpg\)"),
-        (lambda src: os.utime(src / "checker" / "checker_0004.png", ns=(1, 1)), r"1 modified \(e\.g\. checker/checker_0004\.png\)"),
-        (lambda src: shutil.move(src / "circle" / "circle_0004.png", src / "cross" / "circle_0004.png"),
-         r"1 added \(e\.g\. cross/circle_0004\.png\), 1 removed \(e\.g\. circle/circle_0004\.png\)"),
+        (
+            lambda src: (src / "checker" / "checker_0002.jpg").write_bytes(b"\xff\xd8" + b"0" * 999),
+            r"1 modified \(e\.g\. checker/checker_0002\.jpg\)",
+        ),
+        (
+            lambda src: os.utime(src / "checker" / "checker_0004.png", ns=(1, 1)),
+            r"1 modified \(e\.g\. checker/checker_0004\.png\)",
+        ),
+        (
+            lambda src: shutil.move(src / "circle" / "circle_0004.png", src / "cross" / "circle_0004.png"),
+            r"1 added \(e\.g\. cross/circle_0004\.png\), 1 removed \(e\.g\. circle/circle_0004\.png\)",
+        ),
     ],
     ids=["added", "removed", "modified-size", "modified-time", "moved"],
 )
@@ -207,8 +216,11 @@ def test_changed_inputs_are_refused_on_resume_saying_what_changed(tmp_path, samp
     extract(src, tmp_path / "c", max_shards=1)
     assert (tmp_path / "c" / "listing.npz").is_file()
     change(src)
-    with pytest.raises(SourceMismatchError, match=rf"the inputs changed since the cache was made from .*: {message}; "
-                                                   r"run with --overwrite to start over"):
+    with pytest.raises(
+        SourceMismatchError,
+        match=rf"the inputs changed since the cache was made from .*: {message}; "
+        r"run with --overwrite to start over",
+    ):
         extract(src, tmp_path / "c")
     assert [s.shard for s in FeatureCache(tmp_path / "c").shards] == [0]  # nothing lost
     assert extract(src, tmp_path / "c", overwrite=True).shards_written > 0
@@ -218,14 +230,18 @@ def test_relabelled_csv_rows_are_refused(tmp_path, sample_dir):
     imgs = sorted(sample_dir.rglob("*.jpg"))[:4]
     (tmp_path / "l.csv").write_text("".join(f"{p},{p.parent.name}\n" for p in imgs))
     extract(tmp_path / "l.csv", tmp_path / "c", max_shards=1, shard_size=2)
-    (tmp_path / "l.csv").write_text("".join(f"{p},{'cross' if k == 3 else p.parent.name}\n" for k, p in enumerate(imgs)))
+    (tmp_path / "l.csv").write_text(
+        "".join(f"{p},{'cross' if k == 3 else p.parent.name}\n" for k, p in enumerate(imgs))
+    )
     with pytest.raises(SourceMismatchError, match=r"1 relabelled \(e\.g\. .*\)"):
         extract(tmp_path / "l.csv", tmp_path / "c", shard_size=2)
 
 
 def test_csv_source_with_splits_and_a_missing_file(tmp_path, sample_dir):
     imgs = sorted(p.relative_to(sample_dir).as_posix() for p in sample_dir.rglob("*.jpg"))[:5]
-    lines = ["path,label,split"] + [f"{sample_dir / p},{p.split('/')[0]},{'test' if k == 0 else ''}" for k, p in enumerate(imgs)]
+    lines = ["path,label,split"] + [
+        f"{sample_dir / p},{p.split('/')[0]},{'test' if k == 0 else ''}" for k, p in enumerate(imgs)
+    ]
     lines.append(f"{sample_dir / 'gone.jpg'},circle,train")
     (tmp_path / "list.csv").write_text("\n".join(lines) + "\n")
     report = extract(tmp_path / "list.csv", tmp_path / "c")
@@ -243,7 +259,9 @@ def test_mixed_precision_is_recorded_and_close_to_float32(tmp_path, sample_dir, 
     extract(sample_dir, tmp_path / "mp", mixed_precision=True)
     cache = FeatureCache(tmp_path / "mp")
     assert cache.fingerprint["compute_dtype"] == "mixed_float16"
-    np.testing.assert_allclose(cache.load_pooled().pooled, FeatureCache(tiny_cache).load_pooled().pooled, rtol=0.05, atol=0.05)
+    np.testing.assert_allclose(
+        cache.load_pooled().pooled, FeatureCache(tiny_cache).load_pooled().pooled, rtol=0.05, atol=0.05
+    )
     with pytest.raises(FingerprintMismatchError, match="compute_dtype"):
         extract(sample_dir, tmp_path / "mp", max_shards=1)  # float32 onto a mixed-precision cache
 

@@ -5,7 +5,6 @@ with `--parts 3` for workers)."""
 from __future__ import annotations
 
 import pytest
-
 from conftest import make_sample
 from faults import campaign
 

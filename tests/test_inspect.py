@@ -11,13 +11,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from cachefiles import read_shards
+from conftest import extract
 from typer.testing import CliRunner
 
-from conftest import extract
 from featcache.shared.cache.fsutil import sha256_file
-from featcache.shared.inspection.cli import app
 from featcache.shared.cache.reader import FeatureCache
-from cachefiles import read_shards
+from featcache.shared.inspection.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -67,11 +67,19 @@ def _overwrite_pooled_and_rehash(cache: Path) -> None:
     ("damage", "expected"),
     [
         (lambda c: _flip_byte(c / "shards" / "shard-00001.h5"), "shard-00001.h5: sha256 differs from the manifest"),
-        (lambda c: _truncate(c / "shards" / "shard-00001.h5"), r"shard-00001.h5: size \d+ bytes, manifest says \d+ \(truncated"),
+        (
+            lambda c: _truncate(c / "shards" / "shard-00001.h5"),
+            r"shard-00001.h5: size \d+ bytes, manifest says \d+ \(truncated",
+        ),
         (lambda c: (c / "shards" / "shard-00001.h5").unlink(), r"shard-00001.h5: missing \(listed in the manifest\)"),
-        (lambda c: shutil.copy(c / "shards" / "shard-00001.h5", c / "shards" / "shard-00009.h5"),
-         "shard-00009.h5: shard file the manifest does not list"),
-        (_overwrite_pooled_and_rehash, r"shard-00001.h5: pooled of row \d \(index \d\) differs from the mean of its maps"),
+        (
+            lambda c: shutil.copy(c / "shards" / "shard-00001.h5", c / "shards" / "shard-00009.h5"),
+            "shard-00009.h5: shard file the manifest does not list",
+        ),
+        (
+            _overwrite_pooled_and_rehash,
+            r"shard-00001.h5: pooled of row \d \(index \d\) differs from the mean of its maps",
+        ),
     ],
     ids=["flipped-byte", "truncated", "missing", "unknown-extra", "pooled-overwritten"],
 )
@@ -137,7 +145,9 @@ def test_show_prints_the_row_and_draws_a_png(cache, tmp_path):
     assert r.exit_code == 0, r.output
     rows = FeatureCache(cache).load_pooled()
     k = rows.id.tolist().index("circle/circle_0001.jpg")
-    assert r.output.startswith(f"row index {rows.index[k]} in shards/shard-0000{rows.index[k] // 4}.h5: circle/circle_0001.jpg")
+    assert r.output.startswith(
+        f"row index {rows.index[k]} in shards/shard-0000{rows.index[k] // 4}.h5: circle/circle_0001.jpg"
+    )
     top = int(np.argmax(rows.pooled[k]))
     assert f"strongest channels: {top} ({rows.pooled[k][top]:.3f})" in r.output
     png = (tmp_path / "s.png").read_bytes()
@@ -160,7 +170,8 @@ from typer.testing import CliRunner
 from featcache.shared.inspection.cli import app
 c = {str(cache)!r}
 for args in (["summary", c], ["summary", c, "--json"], ["verify", c, "--no-progress"], ["ls", c], ["show", c, "3"],
-             ["neighbours", c, "3"], ["neighbours", c, "--duplicates"], ["export", c, {str(tmp_path / 'e')!r}, "--maps", "0:2"]):
+             ["neighbours", c, "3"], ["neighbours", c, "--duplicates"],
+             ["export", c, {str(tmp_path / "e")!r}, "--maps", "0:2"]):
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, (args, r.output)
 bad = [m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras")]
@@ -174,13 +185,21 @@ assert not bad, bad
     ("setup", "message"),
     [
         (lambda c: (c / "manifest.json").write_text('{"format": "featcache", "sche'), "manifest is not valid JSON"),
-        (lambda c: (c / "manifest.json").write_text(json.dumps({**manifest(c), "schema_version": 7})), "schema version 7 is newer"),
-        (lambda c: (c / "shards" / "shard-00000.h5").write_bytes(b"\x00" * 100), "shard-00000.h5: shard is not a readable HDF5 file"),
+        (
+            lambda c: (c / "manifest.json").write_text(json.dumps({**manifest(c), "schema_version": 7})),
+            "schema version 7 is newer",
+        ),
+        (
+            lambda c: (c / "shards" / "shard-00000.h5").write_bytes(b"\x00" * 100),
+            "shard-00000.h5: shard is not a readable HDF5 file",
+        ),
     ],
 )
 def test_bad_caches_give_one_line_errors(cache, setup, message):
     setup(cache)
-    p = subprocess.run([sys.executable, "-m", "featcache.shared", "summary", str(cache)], cwd=REPO, capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, "-m", "featcache.shared", "summary", str(cache)], cwd=REPO, capture_output=True, text=True
+    )
     assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from conftest import make_sample
 from cachefiles import extract_command, kill_after_first_shard, read_shards
+from conftest import make_sample
 
 REPO = Path(__file__).resolve().parents[1]
 

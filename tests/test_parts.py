@@ -13,12 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
-
 from cachefiles import extract_command, kill_after_first_shard, same_cache
 from conftest import REPO, extract
-from featcache.shared.errors import CacheLockedError, FeatcacheError
+
 from featcache.shared.cache.parts import Part, finalize, part_lock
 from featcache.shared.cache.reader import FeatureCache
+from featcache.shared.errors import CacheLockedError, FeatcacheError
 from featcache.shared.inspection.verify import fix, verify
 
 SHARD = 2  # the 15 sample images make 8 shards
@@ -55,8 +55,16 @@ def test_part_parsing_and_overlap():
 @pytest.mark.parametrize("n", [2, 3])
 def test_parts_running_together_make_the_single_run_cache(n, sample_dir, single, tmp_path):
     cache = tmp_path / "c"
-    procs = [subprocess.Popen(extract_command(sample_dir, cache, "--part", f"{i}/{n}", shard_size=SHARD, batch_size=3),
-                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(n)]
+    procs = [
+        subprocess.Popen(
+            extract_command(sample_dir, cache, "--part", f"{i}/{n}", shard_size=SHARD, batch_size=3),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(n)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0] * n, [o[1] for o in outs]
     # every worker merged on its way out; the last one completed the cache and removed parts/
@@ -87,8 +95,18 @@ def test_missing_part_is_named_and_the_rest_is_usable(sample_dir, single, tmp_pa
     assert [s.shard for s in c.shards] == [0, 2, 3, 5, 6]
     with pytest.raises(FeatcacheError, match=r"3 of 8 shards missing \(1, 4, 7\).*--allow-partial"):
         c.require_complete()
-    train = [sys.executable, "-m", "featcache.trainer", str(cache), "--runs", str(tmp_path / "runs"), "--head", "linear",
-             "--epochs", "2"]
+    train = [
+        sys.executable,
+        "-m",
+        "featcache.trainer",
+        str(cache),
+        "--runs",
+        str(tmp_path / "runs"),
+        "--head",
+        "linear",
+        "--epochs",
+        "2",
+    ]
     t = run(*train)
     assert t.returncode == 2 and "cache is incomplete: 3 of 8 shards missing" in t.stderr, t.stderr
     t = run(*train, "--allow-partial")
@@ -162,8 +180,10 @@ def test_gpu_workers_are_pinned_one_gpu_each(monkeypatch):
 def test_ray_runner_on_a_local_ray_instance(sample_dir, single, tmp_path):
     pytest.importorskip("ray")
     cache = tmp_path / "c"
-    p = run(*extract_command(sample_dir, cache, "--runner", "ray", "--workers", "2", shard_size=SHARD, batch_size=3),
-            timeout=600)
+    p = run(
+        *extract_command(sample_dir, cache, "--runner", "ray", "--workers", "2", shard_size=SHARD, batch_size=3),
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     assert "2 parts" in p.stderr and "complete, 8/8 shards, 15 rows" in p.stdout
     assert same_cache(single, cache) == []
@@ -202,7 +222,11 @@ def test_ray_retries_a_part_whose_worker_died(sample_dir, single, tmp_path):
     cache = tmp_path / "c"
     driver = subprocess.Popen(
         extract_command(sample_dir, cache, "--runner", "ray", "--workers", "2", shard_size=SHARD, batch_size=1),
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     log, lock = cache / "parts" / "part-1-of-2.json", cache / "parts" / "part-1-of-2.lock"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and driver.poll() is None:  # part 1/2 has logged a shard: kill its worker

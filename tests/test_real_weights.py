@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
-from conftest import REAL_WEIGHTS, extract
 from cachefiles import read_shards
+from conftest import REAL_WEIGHTS, extract
 from test_extract import direct_features
 
 pytestmark = pytest.mark.skipif(not REAL_WEIGHTS.is_file(), reason=f"real weights not found at {REAL_WEIGHTS}")

@@ -13,18 +13,20 @@ import numpy as np
 import pytest
 
 from featcache.shared.cache import schema
-from featcache.shared.errors import CacheLockedError, FeatcacheError, FingerprintMismatchError, NotACacheError
 from featcache.shared.cache.lock import CacheLock
 from featcache.shared.cache.manifest import Manifest
 from featcache.shared.cache.reader import FeatureCache
 from featcache.shared.cache.split import assign_splits, parse_fractions
+from featcache.shared.errors import CacheLockedError, FeatcacheError, FingerprintMismatchError, NotACacheError
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_import_shared_loads_no_tensorflow(tiny_cache):
     code = (
-        "import sys, featcache.shared as shared, featcache.shared.cache.reader, featcache.shared.cache.writer, featcache.shared.inspection.cli, featcache.shared.backbones\n"
+        "import sys, featcache.shared as shared, featcache.shared.cache.reader, "
+        "featcache.shared.cache.writer, featcache.shared.inspection.cli, "
+        "featcache.shared.backbones\n"
         f"c = shared.open_cache({str(tiny_cache)!r}); c.load_pooled(); list(c.iter_maps())\n"
         "spec = shared.get_backbone('mobilenet_v2'); shared.resolve_weights(spec, 'random')\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')]\n"
@@ -60,7 +62,9 @@ def test_reader_refuses_a_shard_from_another_cache(tiny_cache, tmp_path):
         fp = json.loads(f.attrs["fingerprint"])
         fp["weights_sha256"] = "0" * 64
         f.attrs["fingerprint"] = json.dumps(fp)
-    with pytest.raises(FingerprintMismatchError, match=r"shard-00001\.h5: shard was made with different weights_sha256"):
+    with pytest.raises(
+        FingerprintMismatchError, match=r"shard-00001\.h5: shard was made with different weights_sha256"
+    ):
         FeatureCache(cache).load_pooled()
 
 
@@ -151,8 +155,15 @@ def test_threaded_deflate_writes_what_the_gzip_filter_writes(tmp_path):
     maps = (np.maximum(rng.normal(0, 1, (37, 7, 7, 16)), 0) * (rng.random((37, 7, 7, 16)) < 0.2)).astype(np.float32)
     for name, threaded in (("filter.h5", False), ("threads.h5", True)):
         with h5py.File(tmp_path / name, "w") as f:
-            d = f.create_dataset("maps", shape=(0, 7, 7, 16), maxshape=(37, 7, 7, 16), chunks=(1, 7, 7, 16),
-                                 dtype="float16", compression="gzip", compression_opts=1)
+            d = f.create_dataset(
+                "maps",
+                shape=(0, 7, 7, 16),
+                maxshape=(37, 7, 7, 16),
+                chunks=(1, 7, 7, 16),
+                dtype="float16",
+                compression="gzip",
+                compression_opts=1,
+            )
             for s in range(0, 37, 10):  # batches of 10, the last one short
                 if threaded:
                     deflate.append(d, maps[s : s + 10], 1, threads=3)
@@ -176,8 +187,15 @@ def test_a_map_row_that_does_not_inflate_names_file_and_row(tiny_cache, tmp_path
 
     path = tmp_path / "bad.h5"
     with h5py.File(path, "w") as f:
-        d = f.create_dataset("maps", shape=(0, 2, 3), maxshape=(4, 2, 3), chunks=(1, 2, 3), dtype="float16",
-                             compression="gzip", compression_opts=1)
+        d = f.create_dataset(
+            "maps",
+            shape=(0, 2, 3),
+            maxshape=(4, 2, 3),
+            chunks=(1, 2, 3),
+            dtype="float16",
+            compression="gzip",
+            compression_opts=1,
+        )
         deflate.append(d, np.ones((3, 2, 3)), 1)
         d.id.write_direct_chunk((1, 0, 0), b"not zlib")
     with h5py.File(path) as f, pytest.raises(FeatcacheError, match=r"bad\.h5: row 1 of /maps does not inflate"):

@@ -17,8 +17,16 @@ def touch(root: Path, *names: str) -> None:
 
 
 def test_class_folders_sorted_case_insensitive_extensions_hidden_skipped(tmp_path):
-    touch(tmp_path, "dog/b.JPG", "dog/sub/a.png", "cat/z.jpeg", "cat/.hidden.jpg", "cat/readme.txt",
-          ".git/x.jpg", "loose.jpg")
+    touch(
+        tmp_path,
+        "dog/b.JPG",
+        "dog/sub/a.png",
+        "cat/z.jpeg",
+        "cat/.hidden.jpg",
+        "cat/readme.txt",
+        ".git/x.jpg",
+        "loose.jpg",
+    )
     s = open_source(tmp_path)
     assert s.kind == "folder" and s.classes == ["cat", "dog"]
     assert s.ids == ["cat/z.jpeg", "dog/b.JPG", "dog/sub/a.png"]
@@ -31,8 +39,11 @@ def test_split_folders_give_classes_and_splits(tmp_path):
     touch(tmp_path, "train/cat/1.jpg", "train/dog/2.jpg", "Validation/dog/3.jpg", "test/4.jpg")
     s = open_source(tmp_path)
     assert s.kind == "folder-splits" and s.classes == ["cat", "dog"]
-    assert dict(zip(s.ids, zip(s.labels.tolist(), s.splits.tolist()))) == {
-        "Validation/dog/3.jpg": (1, 1), "test/4.jpg": (-1, 2), "train/cat/1.jpg": (0, 0), "train/dog/2.jpg": (1, 0),
+    assert dict(zip(s.ids, zip(s.labels.tolist(), s.splits.tolist(), strict=False), strict=False)) == {
+        "Validation/dog/3.jpg": (1, 1),
+        "test/4.jpg": (-1, 2),
+        "train/cat/1.jpg": (0, 0),
+        "train/dog/2.jpg": (1, 0),
     }
     assert s.split_source == "folders"
 
@@ -53,7 +64,9 @@ def test_listing_hash_changes_with_inputs(tmp_path):
 
 
 def test_csv_with_header_names_splits_and_duplicates(tmp_path):
-    (tmp_path / "l.csv").write_text("path,label,split\nimg/a.jpg,dog,train\n\nimg/b.jpg,cat,test\nimg/c.jpg,,\nimg/a.jpg,dog,train\n")
+    (tmp_path / "l.csv").write_text(
+        "path,label,split\nimg/a.jpg,dog,train\n\nimg/b.jpg,cat,test\nimg/c.jpg,,\nimg/a.jpg,dog,train\n"
+    )
     s = open_source(tmp_path / "l.csv")
     assert s.kind == "csv" and s.ids == ["img/a.jpg", "img/b.jpg", "img/c.jpg"]  # file order kept
     assert s.classes == ["cat", "dog"] and s.labels.tolist() == [1, 0, -1] and s.splits.tolist() == [0, 2, -1]

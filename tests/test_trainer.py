@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REAL_WEIGHTS, extract, synthetic_cache
-from featcache.shared.errors import FeatcacheError
+
 from featcache.shared.cache.reader import FeatureCache
+from featcache.shared.errors import FeatcacheError
 from featcache.trainer.run import Settings, run_sweep
 from featcache.trainer.sweep import HeadConfig, expand, load_sweep_file
 
@@ -31,7 +31,11 @@ def test_stacked_heads_equal_the_same_heads_trained_one_by_one_in_keras():
     x = rng.normal(size=(5, 32, 1280)).astype(np.float32)  # 5 batches of 32
     y = rng.integers(0, 4, size=(5, 32)).astype(np.int32)
     for configs in (
-        [HeadConfig("linear", 1e-2, 0.0), HeadConfig("linear", 3e-3, 1e-2), HeadConfig("linear", 1e-3, 0.0, label_smoothing=0.1)],
+        [
+            HeadConfig("linear", 1e-2, 0.0),
+            HeadConfig("linear", 3e-3, 1e-2),
+            HeadConfig("linear", 1e-3, 0.0, label_smoothing=0.1),
+        ],
         [HeadConfig("mlp", 1e-2, 1e-3, hidden=16), HeadConfig("mlp", 3e-3, 0.0, hidden=16, label_smoothing=0.2)],
     ):
         group = HeadGroup(configs, 1280, 4, seed=3)
@@ -39,7 +43,11 @@ def test_stacked_heads_equal_the_same_heads_trained_one_by_one_in_keras():
         for b in range(5):
             group.train_step(x[b], y[b], np.ones(group.k, bool), (0, b))
         for k, cfg in enumerate(configs):
-            layers = [keras.layers.Dense(4)] if cfg.kind == "linear" else [keras.layers.Dense(16, activation="relu"), keras.layers.Dense(4)]
+            layers = (
+                [keras.layers.Dense(4)]
+                if cfg.kind == "linear"
+                else [keras.layers.Dense(16, activation="relu"), keras.layers.Dense(4)]
+            )
             model = keras.Sequential([keras.Input((1280,)), *layers])
             names = ["W", "b"] if cfg.kind == "linear" else ["W1", "b1", "W2", "b2"]
             model.set_weights([init[k][n] for n in names])
@@ -50,7 +58,7 @@ def test_stacked_heads_equal_the_same_heads_trained_one_by_one_in_keras():
             for b in range(5):
                 model.train_on_batch(x[b], keras.utils.to_categorical(y[b], 4))
             got = group.head_weights(k)
-            for n, want in zip(names, model.get_weights()):
+            for n, want in zip(names, model.get_weights(), strict=False):
                 np.testing.assert_allclose(got[n], want, rtol=1e-4, atol=1e-5, err_msg=f"{cfg.name} {n}")
             assert not np.allclose(got[names[0]], init[k][names[0]])  # it did train
 
@@ -65,7 +73,9 @@ def test_separable_classes_are_learned_and_shuffled_labels_are_not(tmp_path):
 
 
 def test_map_heads_learn_from_maps(tmp_path):
-    _, r = sweep(synthetic_cache(tmp_path / "c"), tmp_path / "runs", expand({"head": ["map"], "lr": [3e-3], "hidden": [16]}))
+    _, r = sweep(
+        synthetic_cache(tmp_path / "c"), tmp_path / "runs", expand({"head": ["map"], "lr": [3e-3], "hidden": [16]})
+    )
     assert r["heads"][0]["test_acc"] >= 0.9
 
 
@@ -76,7 +86,11 @@ def test_results_are_complete_and_reproducible(tmp_path):
     run2, r2 = sweep(cache, tmp_path / "runs", configs)
     assert run1 != run2  # never overwrites an earlier run
     on_disk = json.loads((run1 / "results.json").read_text())
-    assert on_disk["complete"] and on_disk["best"] == r1["best"] and on_disk["splits"] == {"train": 144, "val": 48, "test": 48}
+    assert (
+        on_disk["complete"]
+        and on_disk["best"] == r1["best"]
+        and on_disk["splits"] == {"train": 144, "val": 48, "test": 48}
+    )
     assert len(on_disk["heads"]) == 6 and {h["name"] for h in on_disk["heads"]} == {c.name for c in configs}
     for h in on_disk["heads"]:
         assert {"config", "epochs", "best_epoch", "val_acc", "test_acc", "group_wall_seconds"} <= set(h)
@@ -114,13 +128,19 @@ def test_training_never_builds_the_backbone(tmp_path, monkeypatch):
 
 
 def test_sweep_file_and_grid(tmp_path):
-    (tmp_path / "s.toml").write_text('epochs = 3\nlr = [0.01]\n[[grid]]\nhead = ["linear"]\nweight_decay = [0, 1e-4]\n'
-                                     '[[grid]]\nhead = ["mlp"]\nhidden = [8, 16]\ndropout = [0.1]\n')
+    (tmp_path / "s.toml").write_text(
+        'epochs = 3\nlr = [0.01]\n[[grid]]\nhead = ["linear"]\nweight_decay = [0, 1e-4]\n'
+        '[[grid]]\nhead = ["mlp"]\nhidden = [8, 16]\ndropout = [0.1]\n'
+    )
     grids, settings = load_sweep_file(tmp_path / "s.toml")
     configs = [c for g in grids for c in expand(g)]
     assert settings == {"epochs": 3}
-    assert [c.name for c in configs] == ["linear-lr0.01-wd0-ls0", "linear-lr0.01-wd0.0001-ls0",
-                                         "mlp-h8-do0.1-lr0.01-wd0-ls0", "mlp-h16-do0.1-lr0.01-wd0-ls0"]
+    assert [c.name for c in configs] == [
+        "linear-lr0.01-wd0-ls0",
+        "linear-lr0.01-wd0.0001-ls0",
+        "mlp-h8-do0.1-lr0.01-wd0-ls0",
+        "mlp-h16-do0.1-lr0.01-wd0-ls0",
+    ]
     assert len(expand({"head": ["linear"], "hidden": [8, 16], "dropout": [0, 0.5]})) == 1  # unused keys collapse
     with pytest.raises(FeatcacheError, match="unknown head kind 'cnn'"):
         expand({"head": ["cnn"]})
@@ -133,8 +153,12 @@ def _export_and_compare(tmp_path: Path, cache: Path, sample_dir: Path, kind: str
     from featcache.extractor.pipeline import decode_resize
     from featcache.trainer.cli import app
 
-    run_dir, results = sweep(cache, tmp_path / "runs", expand({"head": [kind], "lr": [3e-3], "hidden": [16]}),
-                             Settings(epochs=3, batch_size=8, seed=0))
+    run_dir, results = sweep(
+        cache,
+        tmp_path / "runs",
+        expand({"head": [kind], "lr": [3e-3], "hidden": [16]}),
+        Settings(epochs=3, batch_size=8, seed=0),
+    )
     out = tmp_path / f"{kind}.keras"
     r = CliRunner().invoke(app, ["export", str(run_dir), str(out)])
     assert r.exit_code == 0, r.output
@@ -145,7 +169,7 @@ def _export_and_compare(tmp_path: Path, cache: Path, sample_dir: Path, kind: str
     images = np.stack([decode_resize(Path(sample_dir / i).read_bytes(), (224, 224)).numpy() for i in rows.id[:4]])
     got = full.predict(images, verbose=0)
     if kind == "map":
-        (_, maps), = c.iter_maps(indices=rows.index[:4], dtype="float32")
+        ((_, maps),) = c.iter_maps(indices=rows.index[:4], dtype="float32")
         want = head.predict(maps, verbose=0)
     else:
         want = head.predict(rows.pooled[:4], verbose=0)
@@ -186,8 +210,24 @@ def test_cli_train_predict_and_export_another_head(tmp_path, tiny_cache):
     from featcache.trainer.cli import app
 
     runner = CliRunner()
-    r = runner.invoke(app, ["train", str(tiny_cache), "--head", "linear,mlp", "--lr", "1e-2,1e-3", "--hidden", "8",
-                            "--epochs", "3", "--runs", str(tmp_path / "runs"), "--no-progress"])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            str(tiny_cache),
+            "--head",
+            "linear,mlp",
+            "--lr",
+            "1e-2,1e-3",
+            "--hidden",
+            "8",
+            "--epochs",
+            "3",
+            "--runs",
+            str(tmp_path / "runs"),
+            "--no-progress",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "rank  val acc  test acc  epoch  head" in r.output and "RANDOM weights" in r.output
     run_dir = next((tmp_path / "runs").iterdir())
@@ -207,9 +247,18 @@ def test_cli_train_predict_and_export_another_head(tmp_path, tiny_cache):
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
-        (lambda c: (c / "shards" / "shard-00001.h5").write_bytes(b"\0" * 64), "shard-00001.h5: shard is not a readable HDF5 file"),
-        (lambda c: (c / "shards" / "shard-00002.h5").unlink(), "shard-00002.h5: shard listed in the manifest is missing"),
-        (lambda c: _mix_fingerprint(c / "shards" / "shard-00003.h5"), "shard-00003.h5: shard was made with different weights_sha256"),
+        (
+            lambda c: (c / "shards" / "shard-00001.h5").write_bytes(b"\0" * 64),
+            "shard-00001.h5: shard is not a readable HDF5 file",
+        ),
+        (
+            lambda c: (c / "shards" / "shard-00002.h5").unlink(),
+            "shard-00002.h5: shard listed in the manifest is missing",
+        ),
+        (
+            lambda c: _mix_fingerprint(c / "shards" / "shard-00003.h5"),
+            "shard-00003.h5: shard was made with different weights_sha256",
+        ),
     ],
     ids=["corrupt", "missing", "fingerprint-mix"],
 )
@@ -220,8 +269,12 @@ def test_trainer_on_a_damaged_cache_names_the_shard_and_writes_no_results(tmp_pa
 
     cache = Path(shutil.copytree(tiny_cache, tmp_path / "c"))
     damage(cache)
-    p = subprocess.run([sys.executable, "-m", "featcache.trainer", str(cache), "--runs", str(tmp_path / "runs"), "--no-progress"],
-                       cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, "-m", "featcache.trainer", str(cache), "--runs", str(tmp_path / "runs"), "--no-progress"],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, p.stderr
     assert not list((tmp_path / "runs").rglob("results.json")) if (tmp_path / "runs").exists() else True
 

@@ -30,21 +30,84 @@ DebugOpt = Annotated[bool, typer.Option(help="Show the full traceback on errors.
 
 @app.command()
 def train(
-    cache: Annotated[Path, typer.Argument(help="The cache to train on (made by featcache-extract).", show_default=False)],
-    head: Annotated[Optional[str], ListOpt("Head kinds: linear (softmax on pooled vectors), mlp (one hidden layer on pooled vectors), map (1x1 conv + attention pooling on the 7x7 maps). Default linear.")] = None,
+    cache: Annotated[
+        Path, typer.Argument(help="The cache to train on (made by featcache-extract).", show_default=False)
+    ],
+    head: Annotated[
+        Optional[str],
+        ListOpt(
+            (
+                "Head kinds: linear (softmax on pooled vectors), mlp (one hidden layer on pooled vectors), "
+                "map (1x1 conv + attention pooling on the 7x7 maps). Default linear."
+            )
+        ),
+    ] = None,
     lr: Annotated[Optional[str], ListOpt("AdamW learning rates. Default 1e-3.")] = None,
     weight_decay: Annotated[Optional[str], ListOpt("Decoupled weight decay on kernels. Default 0.")] = None,
     hidden: Annotated[Optional[str], ListOpt("Hidden width of mlp heads / channels of map heads. Default 256.")] = None,
     dropout: Annotated[Optional[str], ListOpt("Dropout before the last layer of mlp and map heads. Default 0.")] = None,
     label_smoothing: Annotated[Optional[str], ListOpt("Label smoothing of the cross-entropy. Default 0.")] = None,
-    sweep: Annotated[Optional[Path], typer.Option(help="A TOML or JSON sweep file (grids and settings; see README). List options given here override its grids' keys; settings given here override its settings.")] = None,
-    epochs: Annotated[Optional[int], typer.Option(min=1, help="Maximum epochs per head. [default: 30]", show_default=False)] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Rows per step, the same batch fed to every head. [default: 256]", show_default=False)] = None,
-    patience: Annotated[Optional[int], typer.Option(min=1, help="Epochs without a better val accuracy before a head stops (its best epoch's weights are kept). [default: 5]", show_default=False)] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of initialisation, batch order and dropout: the same seed and cache give the same results. [default: 0]", show_default=False)] = None,
-    standardize: Annotated[Optional[bool], typer.Option("--standardize/--no-standardize", help="Standardise pooled inputs with the train split's mean and std (kept inside the saved head). [default: standardize]", show_default=False)] = None,
-    val_fraction: Annotated[Optional[float], typer.Option(help="When the cache has no val rows, the fraction of train rows carved off as val (by a hash of the id). [default: 0.1]", show_default=False)] = None,
-    max_maps_gb: Annotated[float, typer.Option(help="Memory allowed for the maps of map heads (float16, ~125 KB per row).")] = 8.0,
+    sweep: Annotated[
+        Optional[Path],
+        typer.Option(
+            help=(
+                "A TOML or JSON sweep file (grids and settings; see README). List options given here "
+                "override its grids' keys; settings given here override its settings."
+            )
+        ),
+    ] = None,
+    epochs: Annotated[
+        Optional[int], typer.Option(min=1, help="Maximum epochs per head. [default: 30]", show_default=False)
+    ] = None,
+    batch_size: Annotated[
+        Optional[int],
+        typer.Option(min=1, help="Rows per step, the same batch fed to every head. [default: 256]", show_default=False),
+    ] = None,
+    patience: Annotated[
+        Optional[int],
+        typer.Option(
+            min=1,
+            help=(
+                "Epochs without a better val accuracy before a head stops (its best epoch's weights are "
+                "kept). [default: 5]"
+            ),
+            show_default=False,
+        ),
+    ] = None,
+    seed: Annotated[
+        Optional[int],
+        typer.Option(
+            help=(
+                "Seed of initialisation, batch order and dropout: the same seed and cache give the same "
+                "results. [default: 0]"
+            ),
+            show_default=False,
+        ),
+    ] = None,
+    standardize: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--standardize/--no-standardize",
+            help=(
+                "Standardise pooled inputs with the train split's mean and std (kept inside the saved "
+                "head). [default: standardize]"
+            ),
+            show_default=False,
+        ),
+    ] = None,
+    val_fraction: Annotated[
+        Optional[float],
+        typer.Option(
+            help=(
+                "When the cache has no val rows, the fraction of train rows carved off as val (by a hash "
+                "of the id). [default: 0.1]"
+            ),
+            show_default=False,
+        ),
+    ] = None,
+    max_maps_gb: Annotated[
+        float, typer.Option(help="Memory allowed for the maps of map heads (float16, ~125 KB per row).")
+    ] = 8.0,
     allow_partial: Annotated[bool, typer.Option(help="Train on an unfinished cache (default: refuse).")] = False,
     runs: Annotated[Path, typer.Option(help="Folder in which each sweep gets a new run directory.")] = Path("runs"),
     top: Annotated[int, typer.Option(min=1, help="Heads shown in the leaderboard.")] = 10,
@@ -61,24 +124,48 @@ def train(
         from .run import Settings, leaderboard, run_sweep
         from .sweep import DEFAULT_GRID, expand, load_sweep_file, parse_list
 
-        lists = {"head": head, "lr": lr, "weight_decay": weight_decay, "hidden": hidden, "dropout": dropout,
-                 "label_smoothing": label_smoothing}
+        lists = {
+            "head": head,
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "hidden": hidden,
+            "dropout": dropout,
+            "label_smoothing": label_smoothing,
+        }
         given = {k: parse_list(v, k) for k, v in lists.items() if v is not None}
         grids, file_settings = load_sweep_file(sweep) if sweep else ([dict(DEFAULT_GRID)], {})
         configs = list(dict.fromkeys(c for g in grids for c in expand({**g, **given})))
-        cli_settings = {"epochs": epochs, "batch_size": batch_size, "patience": patience, "seed": seed,
-                        "standardize": standardize, "val_fraction": val_fraction}
-        settings = Settings(**{**file_settings, **{k: v for k, v in cli_settings.items() if v is not None}},
-                            max_maps_gb=max_maps_gb, allow_partial=allow_partial)
-        run_dir, results = run_sweep(cache, configs, settings, runs, ["featcache-train", *sys.argv[1:]],
-                                     log=lambda m: typer.echo(m, err=True), progress=progress)
+        cli_settings = {
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "patience": patience,
+            "seed": seed,
+            "standardize": standardize,
+            "val_fraction": val_fraction,
+        }
+        settings = Settings(
+            **{**file_settings, **{k: v for k, v in cli_settings.items() if v is not None}},
+            max_maps_gb=max_maps_gb,
+            allow_partial=allow_partial,
+        )
+        run_dir, results = run_sweep(
+            cache,
+            configs,
+            settings,
+            runs,
+            ["featcache-train", *sys.argv[1:]],
+            log=lambda m: typer.echo(m, err=True),
+            progress=progress,
+        )
         typer.echo(leaderboard(results, top))
         if results["random_weights"]:
             typer.echo("WARNING: the cache was made with RANDOM weights: these accuracies are meaningless")
         best = next(h for h in results["heads"] if h["name"] == results["best"])
         test = "n/a" if best["test_acc"] is None else f"{best['test_acc']:.4f}"
-        typer.echo(f"best: {best['name']}: val {best['val_acc']:.4f}, test {test}; {len(results['heads'])} heads "
-                   f"in {results['wall_seconds']:.1f} s -> {run_dir}")
+        typer.echo(
+            f"best: {best['name']}: val {best['val_acc']:.4f}, test {test}; {len(results['heads'])} heads "
+            f"in {results['wall_seconds']:.1f} s -> {run_dir}"
+        )
 
     run_cli(job, debug=debug)
 
@@ -99,7 +186,9 @@ def _head(run_dir: Path, results: dict[str, Any], name: Optional[str]):
     z = np.load(run_dir / HEADS)
     g = next(key[:-6] for key in z.files if key.endswith("_names") and name in z[key].tolist())
     k = z[f"{g}_names"].tolist().index(name)
-    weights = {key[len(g) + 1:]: z[key][k] for key in z.files if key.startswith(g + "_") and not key.endswith("_names")}
+    weights = {
+        key[len(g) + 1 :]: z[key][k] for key in z.files if key.startswith(g + "_") and not key.endswith("_names")
+    }
     mean_std = (z["standardize_mean"], z["standardize_std"]) if "standardize_mean" in z.files else None
     maps_shape = tuple(results["fingerprint"]["output_shape"])
     in_shape = maps_shape[-1:] if cfg.kind in POOLED_KINDS else maps_shape
@@ -110,8 +199,21 @@ def _head(run_dir: Path, results: dict[str, Any], name: Optional[str]):
 def export(
     run_dir: Annotated[Path, typer.Argument(help="A run directory made by featcache-train.", show_default=False)],
     out: Annotated[Path, typer.Argument(help="The .keras file to write.", show_default=False)],
-    head_name: Annotated[Optional[str], typer.Option("--head", help="Export this head (a name from leaderboard.txt / results.json) instead of the best.")] = None,
-    weights: Annotated[Optional[str], typer.Option(help="Backbone weights to use when the recorded file has moved: 'imagenet' or a path. Their sha256 must equal the cache's.")] = None,
+    head_name: Annotated[
+        Optional[str],
+        typer.Option(
+            "--head", help="Export this head (a name from leaderboard.txt / results.json) instead of the best."
+        ),
+    ] = None,
+    weights: Annotated[
+        Optional[str],
+        typer.Option(
+            help=(
+                "Backbone weights to use when the recorded file has moved: 'imagenet' or a path. Their "
+                "sha256 must equal the cache's."
+            )
+        ),
+    ] = None,
     debug: DebugOpt = False,
 ) -> None:
     """Stack the best head onto the backbone that made the cache: one Keras model from a 224x224 RGB
@@ -119,7 +221,6 @@ def export(
 
     def job() -> None:
         from ..shared.backbones import RANDOM_PREFIX, get_backbone, resolve_weights
-
         from .keras_heads import full_model
         from .run import load_results
 
@@ -130,19 +231,23 @@ def export(
         if weights is not None:
             w = resolve_weights(spec, weights)
         elif recorded.startswith(RANDOM_PREFIX):
-            w = resolve_weights(spec, "random", int(recorded[len(RANDOM_PREFIX):]))
+            w = resolve_weights(spec, "random", int(recorded[len(RANDOM_PREFIX) :]))
         else:
             w = resolve_weights(spec, fp["weights_path"] if fp["weights_source"] == "file" else "imagenet")
         if w.sha256 != recorded:
-            raise FeatcacheError(f"{w.path}: weights sha256 {w.sha256[:12]} is not the cache's {recorded[:12]}: "
-                                 "pass --weights with the file the cache was made with")
+            raise FeatcacheError(
+                f"{w.path}: weights sha256 {w.sha256[:12]} is not the cache's {recorded[:12]}: "
+                "pass --weights with the file the cache was made with"
+            )
         cfg, head = _head(run_dir, results, head_name)
         model = full_model(spec, w, cfg, head)
         out.parent.mkdir(parents=True, exist_ok=True)
         model.save(out)
-        typer.echo(f"wrote {out}: {spec.name} + {cfg.name}, image {model.input_shape[1:]} -> "
-                   f"{model.output_shape[-1]} class probabilities ({', '.join(results['classes'][:5])}"
-                   f"{', ...' if len(results['classes']) > 5 else ''})")
+        typer.echo(
+            f"wrote {out}: {spec.name} + {cfg.name}, image {model.input_shape[1:]} -> "
+            f"{model.output_shape[-1]} class probabilities ({', '.join(results['classes'][:5])}"
+            f"{', ...' if len(results['classes']) > 5 else ''})"
+        )
         if w.random:
             typer.echo("WARNING: RANDOM backbone weights: this model's predictions are meaningless")
 
@@ -152,7 +257,13 @@ def export(
 @app.command()
 def predict(
     run_dir: Annotated[Path, typer.Argument(help="A run directory made by featcache-train.", show_default=False)],
-    out: Annotated[Path, typer.Argument(help="CSV to write: index, id, label, class, split, predicted class and one probability column per class.", show_default=False)],
+    out: Annotated[
+        Path,
+        typer.Argument(
+            help="CSV to write: index, id, label, class, split, predicted class and one probability column per class.",
+            show_default=False,
+        ),
+    ],
     split: Annotated[str, typer.Option(help="Rows to predict: train, val, test or all.")] = "test",
     ids: Annotated[Optional[Path], typer.Option(help="Instead, a text file of ids (one per line) to predict.")] = None,
     head_name: Annotated[Optional[str], typer.Option("--head", help="Use this head instead of the best.")] = None,
@@ -163,7 +274,6 @@ def predict(
     def job() -> None:
         from ..shared.cache.reader import FeatureCache
         from ..shared.cache.split import split_names
-
         from .run import load_results
         from .sweep import POOLED_KINDS
 
@@ -199,12 +309,23 @@ def predict(
         with open(out, "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
             w.writerow(["index", "id", "label", "class", "split", "predicted", *[f"p_{c}" for c in classes]])
-            for k, p in zip(sel.tolist(), probs):
+            for k, p in zip(sel.tolist(), probs, strict=False):
                 lab = int(rows.label[k])
-                w.writerow([int(rows.index[k]), rows.id[k], lab, classes[lab] if lab >= 0 else "", names[k],
-                            classes[int(np.argmax(p))], *[f"{v:.6f}" for v in p]])
+                w.writerow(
+                    [
+                        int(rows.index[k]),
+                        rows.id[k],
+                        lab,
+                        classes[lab] if lab >= 0 else "",
+                        names[k],
+                        classes[int(np.argmax(p))],
+                        *[f"{v:.6f}" for v in p],
+                    ]
+                )
         labelled = rows.label[sel] >= 0
-        acc = float((probs.argmax(-1)[labelled] == rows.label[sel][labelled]).mean()) if labelled.any() else float("nan")
+        acc = (
+            float((probs.argmax(-1)[labelled] == rows.label[sel][labelled]).mean()) if labelled.any() else float("nan")
+        )
         typer.echo(f"wrote {out}: {len(sel)} rows, accuracy {acc:.4f} on the {int(labelled.sum())} labelled ones")
 
     run_cli(job, debug=debug)

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..shared.errors import FeatcacheError
 from ..shared.cache.reader import FeatureCache
 from ..shared.cache.schema import SPLIT_CODES
 from ..shared.cache.split import hash_unit
+from ..shared.errors import FeatcacheError
 
 MAPS_READ_ROWS = 1024
 CARVE_SALT = "featcache-carve-val:"
@@ -59,8 +59,10 @@ def load_dataset(cache: FeatureCache, *, val_fraction: float = 0.1, allow_partia
     rows = cache.load_pooled()
     labelled = rows.label >= 0
     if not labelled.any():
-        raise FeatcacheError(f"{cache.path}: the cache has no labelled rows: nothing to train on "
-                             "(extract from class folders or a CSV with labels)")
+        raise FeatcacheError(
+            f"{cache.path}: the cache has no labelled rows: nothing to train on "
+            "(extract from class folders or a CSV with labels)"
+        )
     notes = []
     if cache.random_weights:
         notes.append("the cache was made with RANDOM weights: every accuracy below is meaningless")
@@ -80,7 +82,9 @@ def load_dataset(cache: FeatureCache, *, val_fraction: float = 0.1, allow_partia
         sel = labelled & (split == SPLIT_CODES[name])
         return Split(rows.index[sel], rows.id[sel], rows.label[sel].astype(np.int32), rows.pooled[sel])
 
-    ds = Dataset(list(cache.classes), part("train"), part("val"), part("test"), val_carved, int((~labelled).sum()), notes)
+    ds = Dataset(
+        list(cache.classes), part("train"), part("val"), part("test"), val_carved, int((~labelled).sum()), notes
+    )
     if len(ds.train) == 0:
         raise FeatcacheError(f"{cache.path}: no labelled train rows")
     if len(ds.val) == 0:
@@ -97,8 +101,10 @@ def load_maps(cache: FeatureCache, ds: Dataset, budget_gb: float) -> None:
     """Read the maps of every split into memory (float16), refusing beyond ``budget_gb``."""
     need = sum(len(s) for s in (ds.train, ds.val, ds.test)) * int(np.prod(cache.maps_shape)) * 2 / 1e9
     if need > budget_gb:
-        raise FeatcacheError(f"{cache.path}: map heads need {need:.1f} GB of maps in memory, above "
-                             f"--max-maps-gb {budget_gb:g}; raise it or train pooled heads only")
+        raise FeatcacheError(
+            f"{cache.path}: map heads need {need:.1f} GB of maps in memory, above "
+            f"--max-maps-gb {budget_gb:g}; raise it or train pooled heads only"
+        )
     for s in (ds.train, ds.val, ds.test):
         out = np.empty((len(s), *cache.maps_shape), np.float16)
         pos = {int(i): k for k, i in enumerate(s.index)}

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from ..shared.backbones import import_tensorflow
-
 from .sweep import HeadConfig
 
 tf = import_tensorflow()
@@ -25,7 +24,9 @@ BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-7  # Keras' Adam defaults
 BIAS_NAMES = ("b", "b1", "b2")  # never weight-decayed
 
 
-def _glorot(rng: np.random.Generator, k: int, fan_in: int, fan_out: int, shape: tuple[int, ...] | None = None) -> np.ndarray:
+def _glorot(
+    rng: np.random.Generator, k: int, fan_in: int, fan_out: int, shape: tuple[int, ...] | None = None
+) -> np.ndarray:
     limit = np.sqrt(6.0 / (fan_in + fan_out))
     return rng.uniform(-limit, limit, (k, *(shape or (fan_in, fan_out)))).astype(np.float32)
 
@@ -60,7 +61,12 @@ class HeadGroup:
         self.k = len(configs)
         self.n_classes = n_classes
         vec = lambda f: tf.constant([float(getattr(c, f)) for c in configs], tf.float32)  # noqa: E731
-        self.lr, self.wd, self.dropout, self.smoothing = vec("lr"), vec("weight_decay"), vec("dropout"), vec("label_smoothing")
+        self.lr, self.wd, self.dropout, self.smoothing = (
+            vec("lr"),
+            vec("weight_decay"),
+            vec("dropout"),
+            vec("label_smoothing"),
+        )
         init = init_params(self.kind, self.k, in_dim, self.hidden, n_classes, seed)
         self.names = list(init)
         self.params = {n: tf.Variable(v, name=n) for n, v in init.items()}
@@ -124,7 +130,7 @@ class HeadGroup:
         t = tf.cast(self.steps, tf.float32)
         alpha = self.lr * tf.sqrt(1.0 - BETA_2**t) / (1.0 - BETA_1**t)  # (K,)
         on = tf.cast(active, tf.float32)
-        for name, g in zip(self.names, grads):
+        for name, g in zip(self.names, grads, strict=False):
             var, m, v = self.params[name], self.m[name], self.v[name]
             shape = [-1] + [1] * (len(var.shape) - 1)
             m.assign_add((g - m) * (1.0 - BETA_1))
@@ -135,10 +141,16 @@ class HeadGroup:
             # a frozen head keeps its weights (its moments may drift: it is never unfrozen)
             var.assign_sub(step * tf.reshape(on, shape))
 
-    def train_step(self, x: np.ndarray, y: np.ndarray, active: np.ndarray, seed: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    def train_step(
+        self, x: np.ndarray, y: np.ndarray, active: np.ndarray, seed: tuple[int, int]
+    ) -> tuple[np.ndarray, np.ndarray]:
         """One AdamW step of every active head on batch ``x``, ``y``; returns each head's (loss, correct)."""
-        loss, correct = self._train_step(tf.convert_to_tensor(x), tf.convert_to_tensor(y, tf.int32),
-                                         tf.convert_to_tensor(active), tf.constant(seed, tf.int64))
+        loss, correct = self._train_step(
+            tf.convert_to_tensor(x),
+            tf.convert_to_tensor(y, tf.int32),
+            tf.convert_to_tensor(active),
+            tf.constant(seed, tf.int64),
+        )
         return loss.numpy(), correct.numpy()
 
     def _eval_impl(self, x: Any, y: Any) -> tuple[Any, Any]:

@@ -13,15 +13,19 @@ import numpy as np
 
 from ..shared.backbones import BackboneSpec, ResolvedWeights, build_backbone, import_tensorflow
 from ..shared.errors import FeatcacheError
-
 from .sweep import POOLED_KINDS, HeadConfig
 
 import_tensorflow()
 import keras  # noqa: E402
 
 
-def head_model(cfg: HeadConfig, w: dict[str, np.ndarray], in_shape: tuple[int, ...], n_classes: int,
-               standardize: tuple[np.ndarray, np.ndarray] | None = None) -> keras.Model:
+def head_model(
+    cfg: HeadConfig,
+    w: dict[str, np.ndarray],
+    in_shape: tuple[int, ...],
+    n_classes: int,
+    standardize: tuple[np.ndarray, np.ndarray] | None = None,
+) -> keras.Model:
     """The head as a Keras model from its input (pooled ``(C,)`` or maps ``(h, w, C)``) to class
     probabilities ``(n_classes,)``; ``w`` are the head's weights as :meth:`HeadGroup.head_weights` gives."""
     inp = keras.Input(in_shape, name="pooled" if cfg.kind in POOLED_KINDS else "maps")
@@ -44,7 +48,9 @@ def head_model(cfg: HeadConfig, w: dict[str, np.ndarray], in_shape: tuple[int, .
         conv = keras.layers.Conv2D(cfg.hidden, 1, activation="relu", name="project")
         f = keras.layers.Reshape((positions, cfg.hidden))(conv(x))
         score = keras.layers.Dense(1, use_bias=False, name="attention")
-        att = keras.layers.Softmax(axis=1)(keras.layers.Reshape((positions, 1))(keras.layers.Reshape((positions,))(score(f))))
+        att = keras.layers.Softmax(axis=1)(
+            keras.layers.Reshape((positions, 1))(keras.layers.Reshape((positions,))(score(f)))
+        )
         pooled = keras.layers.Flatten()(keras.layers.Dot(axes=(1, 1))([att, f]))
         out = keras.layers.Dense(n_classes, activation="softmax", name="classify")
         y = out(keras.layers.Dropout(cfg.dropout)(pooled))
@@ -57,7 +63,9 @@ def head_model(cfg: HeadConfig, w: dict[str, np.ndarray], in_shape: tuple[int, .
 def full_model(spec: BackboneSpec, weights: ResolvedWeights, cfg: HeadConfig, head: keras.Model) -> keras.Model:
     """``(224, 224, 3)`` RGB in [0, 255] -> class probabilities: preprocessing, backbone, (pooling,) head."""
     if spec.rescale is None:
-        raise FeatcacheError(f"backbone {spec.name!r} states no affine preprocessing: cannot build a self-contained model")
+        raise FeatcacheError(
+            f"backbone {spec.name!r} states no affine preprocessing: cannot build a self-contained model"
+        )
     scale, offset = spec.rescale
     image = keras.Input((*spec.input_size, 3), name="image")
     x = keras.layers.Rescaling(scale, offset, name="preprocess")(image)

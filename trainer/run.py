@@ -22,7 +22,6 @@ from tqdm import tqdm
 from ..shared.cache.fingerprint import describe
 from ..shared.cache.fsutil import atomic_write_json
 from ..shared.cache.reader import FeatureCache
-
 from .data import Dataset, load_dataset, load_maps, standardizer
 from .sweep import POOLED_KINDS, HeadConfig
 
@@ -94,8 +93,15 @@ def train(ds: Dataset, configs: list[HeadConfig], settings: Settings, progress: 
     inputs = {id(g): {s: _inputs(ds, g.kind, s, mean_std) for s in ("train", "val", "test")} for g in groups}
     eval_batch = {id(g): EVAL_BATCH["pooled" if g.kind in POOLED_KINDS else "maps"] for g in groups}
     history = {id(g): [[] for _ in g.configs] for g in groups}
-    best = {id(g): {"acc": np.full(g.k, -1.0), "loss": np.full(g.k, np.inf), "epoch": np.zeros(g.k, int),
-                    "stale": np.zeros(g.k, int)} for g in groups}
+    best = {
+        id(g): {
+            "acc": np.full(g.k, -1.0),
+            "loss": np.full(g.k, np.inf),
+            "epoch": np.zeros(g.k, int),
+            "stale": np.zeros(g.k, int),
+        }
+        for g in groups
+    }
     seconds = {id(g): 0.0 for g in groups}
     rng = np.random.default_rng(settings.seed)
     y_train = ds.train.y
@@ -133,8 +139,15 @@ def train(ds: Dataset, configs: list[HeadConfig], settings: Settings, progress: 
             seconds[id(g)] += time.perf_counter() - t0
             tl, tc = sums[id(g)] / len(y_train)
             for k in np.flatnonzero(act):
-                history[id(g)][k].append({"epoch": epoch, "train_loss": float(tl[k]), "train_acc": float(tc[k]),
-                                          "val_loss": float(vloss[k]), "val_acc": float(vacc[k])})
+                history[id(g)][k].append(
+                    {
+                        "epoch": epoch,
+                        "train_loss": float(tl[k]),
+                        "train_acc": float(tc[k]),
+                        "val_loss": float(vloss[k]),
+                        "val_acc": float(vacc[k]),
+                    }
+                )
         bar.set_postfix(epoch=epoch, best_val=f"{max(best[id(g)]['acc'].max() for g in groups):.3f}")
     bar.close()
     heads = []
@@ -142,14 +155,20 @@ def train(ds: Dataset, configs: list[HeadConfig], settings: Settings, progress: 
         g.restore_best()
         tloss, tacc = g.evaluate(_batches(inputs[id(g)]["test"], ds.test.y, eval_batch[id(g)]))
         for k, cfg in enumerate(g.configs):
-            heads.append({
-                "name": cfg.name, "config": cfg.to_json(), "epochs": history[id(g)][k],
-                "best_epoch": int(best[id(g)]["epoch"][k]), "val_acc": float(best[id(g)]["acc"][k]),
-                "val_loss": float(best[id(g)]["loss"][k]),
-                "test_acc": float(tacc[k]) if len(ds.test) else None,
-                "test_loss": float(tloss[k]) if len(ds.test) else None,
-                "group_wall_seconds": round(seconds[id(g)], 3), "group_size": g.k,
-            })
+            heads.append(
+                {
+                    "name": cfg.name,
+                    "config": cfg.to_json(),
+                    "epochs": history[id(g)][k],
+                    "best_epoch": int(best[id(g)]["epoch"][k]),
+                    "val_acc": float(best[id(g)]["acc"][k]),
+                    "val_loss": float(best[id(g)]["loss"][k]),
+                    "test_acc": float(tacc[k]) if len(ds.test) else None,
+                    "test_loss": float(tloss[k]) if len(ds.test) else None,
+                    "group_wall_seconds": round(seconds[id(g)], 3),
+                    "group_size": g.k,
+                }
+            )
     return {"heads": heads, "groups": groups, "mean_std": mean_std, "inputs": inputs}
 
 
@@ -225,8 +244,15 @@ def plot(results: dict[str, Any], path: Path) -> str | None:
     return None
 
 
-def run_sweep(cache_path: Path, configs: list[HeadConfig], settings: Settings, runs_root: Path,
-              command: list[str], log: Log = print, progress: bool = True) -> tuple[Path, dict[str, Any]]:
+def run_sweep(
+    cache_path: Path,
+    configs: list[HeadConfig],
+    settings: Settings,
+    runs_root: Path,
+    command: list[str],
+    log: Log = print,
+    progress: bool = True,
+) -> tuple[Path, dict[str, Any]]:
     """Train the sweep on the cache and write its run directory; return (run dir, results)."""
     t0 = time.perf_counter()
     cache = FeatureCache(cache_path)
@@ -235,8 +261,11 @@ def run_sweep(cache_path: Path, configs: list[HeadConfig], settings: Settings, r
         log(f"note: {note}")
     if any(c.kind not in POOLED_KINDS for c in configs):
         load_maps(cache, ds, settings.max_maps_gb)
-    log(f"{cache_path}: {describe(cache.fingerprint)}; train {len(ds.train)}, val {len(ds.val)}, test {len(ds.test)} rows, "
-        f"{len(ds.classes)} classes; {len(configs)} heads")
+    log(
+        f"{cache_path}: {describe(cache.fingerprint)}; train {len(ds.train)}, val {len(ds.val)}, "
+        f"test {len(ds.test)} rows, "
+        f"{len(ds.classes)} classes; {len(configs)} heads"
+    )
     out = train(ds, configs, settings, progress)
     heads = out["heads"]
     best = _best(heads)
@@ -244,7 +273,9 @@ def run_sweep(cache_path: Path, configs: list[HeadConfig], settings: Settings, r
     # the best head as a Keras model, and every head's weights in one file
     from .keras_heads import head_model
 
-    gi, k = next((gi, k) for gi, g in enumerate(out["groups"]) for k, c in enumerate(g.configs) if c.name == best["name"])
+    gi, k = next(
+        (gi, k) for gi, g in enumerate(out["groups"]) for k, c in enumerate(g.configs) if c.name == best["name"]
+    )
     group = out["groups"][gi]
     cfg = group.configs[k]
     in_shape = (ds.train.pooled.shape[1],) if cfg.kind in POOLED_KINDS else tuple(cache.maps_shape)
@@ -261,7 +292,12 @@ def run_sweep(cache_path: Path, configs: list[HeadConfig], settings: Settings, r
     confusion_test = None
     if len(ds.test):
         x_test = out["inputs"][id(group)]["test"]
-        probs = np.concatenate([group.predict(x)[k] for x, _ in _batches(x_test, ds.test.y, EVAL_BATCH["pooled" if cfg.kind in POOLED_KINDS else "maps"])])
+        probs = np.concatenate(
+            [
+                group.predict(x)[k]
+                for x, _ in _batches(x_test, ds.test.y, EVAL_BATCH["pooled" if cfg.kind in POOLED_KINDS else "maps"])
+            ]
+        )
         confusion_test = confusion(ds.test.y, probs.argmax(-1), len(ds.classes)).tolist()
     results = {
         "format": "featcache-train-results",
@@ -306,5 +342,3 @@ def load_results(run_dir: Path) -> dict[str, Any]:
     if results.get("format") != "featcache-train-results" or not results.get("complete"):
         raise FeatcacheError(f"{path}: not a finished featcache-train run")
     return results
-
-

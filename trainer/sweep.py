@@ -127,5 +127,7 @@ def load_sweep_file(path: Path) -> tuple[list[dict[str, list[Any]]], dict[str, A
     if unknown:
         raise FeatcacheError(f"{path}: unknown key {sorted(unknown)[0]!r}")
     top = {k: v if isinstance(v, list) else [v] for k, v in data.items() if k in GRID_KEYS}
-    grids = [{**top, **{k: v if isinstance(v, list) else [v] for k, v in g.items()}} for g in data.get("grid", [])] or [top]
+    grids = [{**top, **{k: v if isinstance(v, list) else [v] for k, v in g.items()}} for g in data.get("grid", [])] or [
+        top
+    ]
     return grids, {k: data[k] for k in SETTING_KEYS if k in data}

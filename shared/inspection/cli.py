@@ -11,28 +11,29 @@ from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
-import typer
-
 import numpy as np
+import typer
 from tqdm import tqdm
 
-from . import export as export_mod
 from ..cache import schema
-from . import similarity
-from . import verify as verify_mod
-from ..cli import run_cli
-from ..errors import FeatcacheError
 from ..cache.fingerprint import describe
 from ..cache.lock import describe_holder
 from ..cache.manifest import file_status
 from ..cache.parts import awaiting_merge, parts_dir, recorded_holders
-from .picture import energy_overlay, load_source, write_png
 from ..cache.reader import FeatureCache, PooledRows
 from ..cache.split import split_names
+from ..cli import run_cli
+from ..errors import FeatcacheError
+from . import export as export_mod
+from . import similarity
+from . import verify as verify_mod
+from .picture import energy_overlay, load_source, write_png
 
 app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None, no_args_is_help=True)
 
-CacheArg = Annotated[Path, typer.Argument(help="A featcache cache directory (the one holding manifest.json).", show_default=False)]
+CacheArg = Annotated[
+    Path, typer.Argument(help="A featcache cache directory (the one holding manifest.json).", show_default=False)
+]
 DebugOpt = Annotated[bool, typer.Option(help="Show the full traceback on errors.")]
 FIRST_FAILURES = 5
 
@@ -42,7 +43,7 @@ def summarize(cache: FeatureCache) -> dict[str, Any]:
     m = cache.manifest
     cols = cache.read_columns((schema.LABEL, schema.ID, schema.SPLIT))
     split = cache.splits(cols[schema.ID], cols[schema.SPLIT])
-    pairs = Counter(zip(cols[schema.LABEL].tolist(), split.tolist()))
+    pairs = Counter(zip(cols[schema.LABEL].tolist(), split.tolist(), strict=False))
     names = list(cache.classes)
     per_class: dict[str, dict[str, int]] = {}
     for (label, code), n in sorted(pairs.items()):
@@ -74,8 +75,10 @@ def _parts_state(path: Path, m) -> dict[str, Any] | None:  # noqa: ANN001 (Manif
     """Workers of a partitioned run: who is recorded as running, and finished shards not merged."""
     if not parts_dir(path).is_dir():
         return None
-    return {"recorded_running": {str(p): describe_holder(h) for p, h in recorded_holders(path).items()},
-            "awaiting_merge": awaiting_merge(path, m)}
+    return {
+        "recorded_running": {str(p): describe_holder(h) for p, h in recorded_holders(path).items()},
+        "awaiting_merge": awaiting_merge(path, m),
+    }
 
 
 def _print_summary(s: dict[str, Any]) -> None:
@@ -84,17 +87,27 @@ def _print_summary(s: dict[str, Any]) -> None:
     if s["random_weights"]:
         echo("WARNING: this cache was made with RANDOM weights: its features are meaningless.")
     state = "complete" if s["complete"] else f"INCOMPLETE ({s['shards']['planned'] - s['shards']['done']} shards to do)"
-    echo(f"{s['cache']}: {s['rows']} rows from {s['inputs']} inputs, {s['shards']['done']}/{s['shards']['planned']} shards of {s['shards']['size']}, {state}")
+    echo(
+        (
+            f"{s['cache']}: {s['rows']} rows from {s['inputs']} inputs, "
+            f"{s['shards']['done']}/{s['shards']['planned']} shards of {s['shards']['size']}, {state}"
+        )
+    )
     echo(f"backbone:  {describe(fp)}")
     echo(f"input:     {fp['resize']} to {fp['input_size']}, {fp['preprocessing']}")
-    echo(f"storage:   maps {fp['maps_dtype']} {s['storage']['compression']}, computed in {fp['compute_dtype']}; "
-         f"{s['bytes']['total'] / 1e6:.1f} MB on disk" + (f", {s['bytes']['per_row'] / 1e3:.1f} KB per row" if s["bytes"]["per_row"] else ""))
+    echo(
+        f"storage:   maps {fp['maps_dtype']} {s['storage']['compression']}, computed in {fp['compute_dtype']}; "
+        f"{s['bytes']['total'] / 1e6:.1f} MB on disk"
+        + (f", {s['bytes']['per_row'] / 1e3:.1f} KB per row" if s["bytes"]["per_row"] else "")
+    )
     echo(f"libraries: tensorflow {fp.get('tensorflow')}, keras {fp.get('keras')}, oneDNN {fp.get('onednn')}")
     echo(f"source:    {s['source']['kind']} {s['source']['root']}; splits from {s['split_source']}")
     echo("splits:    " + ", ".join(f"{k} {v}" for k, v in s["splits"].items()))
     if s["classes"]:
         width = max(len(c) for c in s["classes"])
-        echo(f"classes ({len(s['classes'])}):  " + " " * max(0, width - 12) + "  ".join(f"{x:>6}" for x in schema.SPLITS))
+        echo(
+            f"classes ({len(s['classes'])}):  " + " " * max(0, width - 12) + "  ".join(f"{x:>6}" for x in schema.SPLITS)
+        )
         for cls, c in s["classes"].items():
             echo(f"  {cls:<{width}}  " + "  ".join(f"{c[x]:>6}" for x in schema.SPLITS))
     f = s["failed"]
@@ -106,16 +119,28 @@ def _print_summary(s: dict[str, Any]) -> None:
     echo(f"created {s['created']}, updated {s['updated']}")
     if s["parts"]:
         running = s["parts"]["recorded_running"]
-        echo("parts:     " + (", ".join(f"{p} ({h})" for p, h in running.items()) + " recorded as running"
-                              if running else "no worker recorded as running")
-             + (f"; {len(s['parts']['awaiting_merge'])} finished shards not merged yet "
-                "(featcache-extract CACHE --finalize merges them)" if s["parts"]["awaiting_merge"] else ""))
+        echo(
+            "parts:     "
+            + (
+                ", ".join(f"{p} ({h})" for p, h in running.items()) + " recorded as running"
+                if running
+                else "no worker recorded as running"
+            )
+            + (
+                f"; {len(s['parts']['awaiting_merge'])} finished shards not merged yet "
+                "(featcache-extract CACHE --finalize merges them)"
+                if s["parts"]["awaiting_merge"]
+                else ""
+            )
+        )
 
 
 @app.command()
 def summary(
     cache: CacheArg,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object (for scripts).")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the summary as one JSON object (for scripts).")
+    ] = False,
     debug: DebugOpt = False,
 ) -> None:
     """Rows, shards, classes per split, failed inputs, fingerprint, bytes on disk."""
@@ -139,8 +164,10 @@ def find_row(rows: PooledRows, row: str) -> int:
     hit = np.flatnonzero(rows.id == row)
     if len(hit):
         return int(hit[0])
-    raise FeatcacheError(f"row {row!r}: no row has this index or id (indices run 0..{rows.index.max() if len(rows) else -1}; "
-                         "failed inputs have none)")
+    raise FeatcacheError(
+        f"row {row!r}: no row has this index or id (indices run 0..{rows.index.max() if len(rows) else -1}; "
+        "failed inputs have none)"
+    )
 
 
 def _class_name(classes: list[str], label: int) -> str:
@@ -150,8 +177,24 @@ def _class_name(classes: list[str], label: int) -> str:
 @app.command()
 def verify(
     cache: CacheArg,
-    fix: Annotated[bool, typer.Option("--fix", help="Move bad and unknown shard files into CACHE/quarantine/ (nothing is deleted) and drop bad shards from the manifest, so that re-running the extractor recomputes exactly those shards.")] = False,
-    sample_rows: Annotated[int, typer.Option(min=1, help="Rows per shard, chosen at random, whose pooled vector is checked against the mean of their maps.")] = verify_mod.DEFAULT_SAMPLE_ROWS,
+    fix: Annotated[
+        bool,
+        typer.Option(
+            "--fix",
+            help=(
+                "Move bad and unknown shard files into CACHE/quarantine/ (nothing is deleted) and drop bad "
+                "shards from the manifest, so that re-running the extractor recomputes exactly those "
+                "shards."
+            ),
+        ),
+    ] = False,
+    sample_rows: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Rows per shard, chosen at random, whose pooled vector is checked against the mean of their maps.",
+        ),
+    ] = verify_mod.DEFAULT_SAMPLE_ROWS,
     seed: Annotated[int, typer.Option(help="Seed for choosing those rows.")] = 0,
     progress: Annotated[bool, typer.Option(help="Show a progress bar over shards.")] = True,
     debug: DebugOpt = False,
@@ -183,9 +226,19 @@ def verify(
 @app.command()
 def show(
     cache: CacheArg,
-    row: Annotated[str, typer.Argument(help="The row: its index (position in the source listing) or its id.", show_default=False)],
+    row: Annotated[
+        str, typer.Argument(help="The row: its index (position in the source listing) or its id.", show_default=False)
+    ],
     top: Annotated[int, typer.Option(min=1, help="How many of the strongest pooled channels to list.")] = 10,
-    png: Annotated[Optional[Path], typer.Option(help="Also draw the maps' activation energy (mean over channels, per position) over the source image into this PNG file.")] = None,
+    png: Annotated[
+        Optional[Path],
+        typer.Option(
+            help=(
+                "Also draw the maps' activation energy (mean over channels, per position) over the source "
+                "image into this PNG file."
+            )
+        ),
+    ] = None,
     debug: DebugOpt = False,
 ) -> None:
     """One row: id, label, split, shard, pooled-vector statistics, strongest channels, and where its maps are active."""
@@ -197,21 +250,30 @@ def show(
         index = int(rows.index[k])
         v = rows.pooled[k]
         shard = next(s for s in c.shards if s.first_index <= index < s.first_index + s.num_inputs)
-        (_, maps), = c.iter_maps(indices=[index], dtype="float32")
+        ((_, maps),) = c.iter_maps(indices=[index], dtype="float32")
         maps = maps[0]
         energy = maps.mean(axis=-1)
         echo = typer.echo
         echo(f"row index {index} in {shard.file}: {rows.id[k]}")
-        echo(f"label {rows.label[k]} {_class_name(c.classes, int(rows.label[k]))}, split {split_names(rows.split[k:k + 1])[0]}")
-        echo(f"pooled ({len(v)},): L2 {np.linalg.norm(v):.3f}, mean {v.mean():.4f}, std {v.std():.4f}, "
-             f"max {v.max():.4f}, zeros {100 * (v == 0).mean():.1f}%")
+        echo(
+            (
+                f"label {rows.label[k]} {_class_name(c.classes, int(rows.label[k]))}, split "
+                f"{split_names(rows.split[k : k + 1])[0]}"
+            )
+        )
+        echo(
+            f"pooled ({len(v)},): L2 {np.linalg.norm(v):.3f}, mean {v.mean():.4f}, std {v.std():.4f}, "
+            f"max {v.max():.4f}, zeros {100 * (v == 0).mean():.1f}%"
+        )
         strongest = np.argsort(-v, kind="stable")[:top]
         echo("strongest channels: " + ", ".join(f"{ch} ({v[ch]:.3f})" for ch in strongest))
         echo(f"maps {maps.shape}: zeros {100 * (maps == 0).mean():.1f}%; mean activation per position:")
         for line in energy:
             echo("  " + " ".join(f"{x:6.3f}" for x in line))
         if png is not None:
-            base, where = load_source(Path(c.manifest.source["root"]) / str(rows.id[k]), tuple(c.fingerprint["input_size"]))
+            base, where = load_source(
+                Path(c.manifest.source["root"]) / str(rows.id[k]), tuple(c.fingerprint["input_size"])
+            )
             write_png(png, energy_overlay(base, energy))
             echo(f"wrote {png}: activation energy over {where}")
 
@@ -221,11 +283,30 @@ def show(
 @app.command()
 def neighbours(
     cache: CacheArg,
-    row: Annotated[Optional[str], typer.Argument(help="The row to find neighbours of: its index or its id (not needed with --duplicates).", show_default=False)] = None,
+    row: Annotated[
+        Optional[str],
+        typer.Argument(
+            help="The row to find neighbours of: its index or its id (not needed with --duplicates).",
+            show_default=False,
+        ),
+    ] = None,
     k: Annotated[int, typer.Option("-k", "--k", min=1, help="How many nearest rows to list.")] = 10,
-    duplicates: Annotated[bool, typer.Option("--duplicates", help="Instead, list every pair of rows whose pooled vectors are near-identical (cosine >= --threshold) across the whole cache, marking pairs that straddle two splits (leaks).")] = False,
-    threshold: Annotated[float, typer.Option(help="Cosine similarity from which two rows count as duplicates.")] = similarity.DEFAULT_DUPLICATE_THRESHOLD,
-    block: Annotated[int, typer.Option(min=16, help="Rows per block in the --duplicates search; memory is block x block floats.")] = similarity.DEFAULT_BLOCK,
+    duplicates: Annotated[
+        bool,
+        typer.Option(
+            "--duplicates",
+            help=(
+                "Instead, list every pair of rows whose pooled vectors are near-identical (cosine >= "
+                "--threshold) across the whole cache, marking pairs that straddle two splits (leaks)."
+            ),
+        ),
+    ] = False,
+    threshold: Annotated[
+        float, typer.Option(help="Cosine similarity from which two rows count as duplicates.")
+    ] = similarity.DEFAULT_DUPLICATE_THRESHOLD,
+    block: Annotated[
+        int, typer.Option(min=16, help="Rows per block in the --duplicates search; memory is block x block floats.")
+    ] = similarity.DEFAULT_BLOCK,
     debug: DebugOpt = False,
 ) -> None:
     """Nearest rows by cosine similarity of pooled vectors, with their labels and splits."""
@@ -253,7 +334,7 @@ def neighbours(
         typer.echo(f"query   {describe_row(q)}")
         top, sims = similarity.nearest(unit, q, k)
         typer.echo(f"{'cosine':>7}  {'index':>7}  {'split':<5}  {'class':<14}  id")
-        for i, s in zip(top.tolist(), sims.tolist()):
+        for i, s in zip(top.tolist(), sims.tolist(), strict=False):
             typer.echo(f"{s:7.4f}  {describe_row(i)}")
 
     run_cli(job, debug=debug)
@@ -262,8 +343,23 @@ def neighbours(
 @app.command("export")
 def export_cmd(
     cache: CacheArg,
-    out: Annotated[Path, typer.Argument(help="Output path: writes OUT.npz (arrays) and OUT.csv (index, id, label, class, split).", show_default=False)],
-    maps: Annotated[Optional[str], typer.Option("--maps", help="Also put the maps of rows with START <= index < STOP into the npz, as START:STOP (they are large: ~125 KB per row in float16).")] = None,
+    out: Annotated[
+        Path,
+        typer.Argument(
+            help="Output path: writes OUT.npz (arrays) and OUT.csv (index, id, label, class, split).",
+            show_default=False,
+        ),
+    ],
+    maps: Annotated[
+        Optional[str],
+        typer.Option(
+            "--maps",
+            help=(
+                "Also put the maps of rows with START <= index < STOP into the npz, as START:STOP (they "
+                "are large: ~125 KB per row in float16)."
+            ),
+        ),
+    ] = None,
     debug: DebugOpt = False,
 ) -> None:
     """Pooled vectors, labels, ids and splits as .npz and .csv, for scikit-learn and other tools."""
@@ -279,7 +375,9 @@ def export_cmd(
 @app.command("ls")
 def list_shards(
     cache: CacheArg,
-    checksum: Annotated[bool, typer.Option(help="Check each shard's sha256 against the manifest (reads every shard).")] = True,
+    checksum: Annotated[
+        bool, typer.Option(help="Check each shard's sha256 against the manifest (reads every shard).")
+    ] = True,
     debug: DebugOpt = False,
 ) -> None:
     """The shards the manifest lists: number, rows, inputs, size, and whether the file is there and intact."""
@@ -293,7 +391,9 @@ def list_shards(
             typer.echo(f"{s.shard:>6} {s.rows:>6} {s.num_inputs:>7} {s.bytes / 1e6:>8.2f}  {status:<9} {s.file}")
         missing = c.manifest.missing_shards()
         if missing:
-            typer.echo(f"{len(missing)} planned shards not written yet: {missing[:10]}{' ...' if len(missing) > 10 else ''}")
+            typer.echo(
+                f"{len(missing)} planned shards not written yet: {missing[:10]}{' ...' if len(missing) > 10 else ''}"
+            )
 
     run_cli(job, debug=debug)
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from ..cache import schema
-from ..errors import FeatcacheError
 from ..cache.reader import FeatureCache
 from ..cache.split import split_names
+from ..errors import FeatcacheError
 
 
 def parse_range(text: str) -> tuple[int, int]:
@@ -51,14 +51,19 @@ def export(cache: FeatureCache, out: Path, maps_range: tuple[int, int] | None = 
         wanted = rows.index[(rows.index >= maps_range[0]) & (rows.index < maps_range[1])]
         parts = list(cache.iter_maps(indices=wanted))
         arrays["maps_index"] = np.concatenate([i for i, _ in parts]) if parts else np.zeros(0, schema.INDEX_DTYPE)
-        arrays["maps"] = (np.concatenate([m for _, m in parts]) if parts
-                          else np.zeros((0, *cache.maps_shape), cache.manifest.storage["maps_dtype"]))
+        arrays["maps"] = (
+            np.concatenate([m for _, m in parts])
+            if parts
+            else np.zeros((0, *cache.maps_shape), cache.manifest.storage["maps_dtype"])
+        )
     npz.parent.mkdir(parents=True, exist_ok=True)
     np.savez(npz, **arrays)
     classes = cache.classes
     with open(table, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["index", "id", "label", "class", "split"])
-        for i, ident, lab, sp in zip(rows.index.tolist(), rows.id.tolist(), rows.label.tolist(), names.tolist()):
+        for i, ident, lab, sp in zip(
+            rows.index.tolist(), rows.id.tolist(), rows.label.tolist(), names.tolist(), strict=False
+        ):
             w.writerow([i, ident, lab, classes[lab] if 0 <= lab < len(classes) else "", sp])
     return [npz, table]

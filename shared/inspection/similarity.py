@@ -39,8 +39,9 @@ class Pair:
     cosine: float
 
 
-def near_duplicates(unit: np.ndarray, threshold: float = DEFAULT_DUPLICATE_THRESHOLD,
-                    block: int = DEFAULT_BLOCK) -> Iterator[Pair]:
+def near_duplicates(
+    unit: np.ndarray, threshold: float = DEFAULT_DUPLICATE_THRESHOLD, block: int = DEFAULT_BLOCK
+) -> Iterator[Pair]:
     """Every pair of rows ``a < b`` whose cosine similarity is at least ``threshold``."""
     n = len(unit)
     for i in range(0, n, block):
@@ -48,5 +49,5 @@ def near_duplicates(unit: np.ndarray, threshold: float = DEFAULT_DUPLICATE_THRES
             sims = unit[i : i + block] @ unit[j : j + block].T
             if i == j:
                 sims = np.triu(sims, k=1) + np.tril(np.full_like(sims, -np.inf))
-            for a, b in zip(*np.nonzero(sims >= threshold)):
+            for a, b in zip(*np.nonzero(sims >= threshold), strict=False):
                 yield Pair(i + int(a), j + int(b), float(sims[a, b]))

@@ -17,11 +17,11 @@ import numpy as np
 
 from ..cache import schema
 from ..cache.fingerprint import IDENTITY_KEYS, differences
-from ..errors import CacheLockedError
 from ..cache.fsutil import fsync_dir
 from ..cache.lock import CacheLock, describe_holder
 from ..cache.manifest import Manifest, ShardRecord, file_status, now
 from ..cache.parts import LOCK_WAIT_SECONDS, awaiting_merge, merge_logs, recorded_holders, remove_logs, running_parts
+from ..errors import CacheLockedError
 
 QUARANTINE_DIR = "quarantine"
 DEFAULT_SAMPLE_ROWS = 64
@@ -67,12 +67,16 @@ def _expected_datasets(m: Manifest, rows: int) -> dict[str, tuple[tuple[int, ...
     }
 
 
-def check_shard(cache_dir: Path, m: Manifest, rec: ShardRecord, sample_rows: int, rng: np.random.Generator) -> str | None:
+def check_shard(
+    cache_dir: Path, m: Manifest, rec: ShardRecord, sample_rows: int, rng: np.random.Generator
+) -> str | None:
     """The first thing wrong with shard ``rec``, or None. Reads the whole shard once."""
     plan = m.shard_inputs(rec.shard)
     if (rec.file, rec.first_index, rec.num_inputs) != (schema.shard_name(rec.shard), plan.start, len(plan)):
-        return (f"manifest record says file {rec.file}, inputs {rec.first_index}+{rec.num_inputs}; the shard plan "
-                f"says {schema.shard_name(rec.shard)}, inputs {plan.start}+{len(plan)}")
+        return (
+            f"manifest record says file {rec.file}, inputs {rec.first_index}+{rec.num_inputs}; the shard plan "
+            f"says {schema.shard_name(rec.shard)}, inputs {plan.start}+{len(plan)}"
+        )
     path = cache_dir / rec.file
     status = file_status(path, rec)
     if status == "missing":
@@ -104,8 +108,10 @@ def check_shard(cache_dir: Path, m: Manifest, rec: ShardRecord, sample_rows: int
         expected_index = [i for i in range(rec.first_index, rec.first_index + rec.num_inputs) if i not in failed]
         index = f[schema.INDEX][()]
         if index.tolist() != expected_index:
-            return (f"index is not inputs {rec.first_index}..{rec.first_index + rec.num_inputs - 1} "
-                    f"less the {len(failed)} failed ones")
+            return (
+                f"index is not inputs {rec.first_index}..{rec.first_index + rec.num_inputs - 1} "
+                f"less the {len(failed)} failed ones"
+            )
         pooled = f[schema.POOLED][()]
         if not np.isfinite(pooled).all():
             return f"pooled has {int((~np.isfinite(pooled)).sum())} NaN/Inf values"
@@ -122,8 +128,10 @@ def check_shard(cache_dir: Path, m: Manifest, rec: ShardRecord, sample_rows: int
             tol = POOLED_TOLERANCE.get(m.storage["maps_dtype"], 4e-3)
             if (err > tol).any():
                 bad = int(rows[np.argmax(err)])
-                return (f"pooled of row {bad} (index {index[bad]}) differs from the mean of its maps by "
-                        f"{err.max():.3g} (> {tol:g}): rows and maps do not match")
+                return (
+                    f"pooled of row {bad} (index {index[bad]}) differs from the mean of its maps by "
+                    f"{err.max():.3g} (> {tol:g}): rows and maps do not match"
+                )
     return None
 
 
@@ -155,17 +163,26 @@ def verify(cache_dir: str | Path, *, sample_rows: int = DEFAULT_SAMPLE_ROWS, see
             if p.name in pending and p.name not in logged:  # a run stopped before recording it: redone on resume
                 unlisted_pending += 1
             elif p.name not in listed and p.name not in logged:
-                report.problems.append(Problem(f"{schema.SHARDS_DIR}/{p.name}", "shard file the manifest does not list"))
+                report.problems.append(
+                    Problem(f"{schema.SHARDS_DIR}/{p.name}", "shard file the manifest does not list")
+                )
         if logged:
-            report.notes.append(f"{len(logged)} shards finished by parts are not merged into the manifest yet "
-                                "(featcache-extract CACHE --finalize merges them; readers ignore them until then)")
+            report.notes.append(
+                f"{len(logged)} shards finished by parts are not merged into the manifest yet "
+                "(featcache-extract CACHE --finalize merges them; readers ignore them until then)"
+            )
         if unlisted_pending:
-            report.notes.append(f"{unlisted_pending} shard files for shards not yet done are not in the manifest "
-                                "(left by an interrupted run; readers ignore them, the next extract redoes them)")
+            report.notes.append(
+                f"{unlisted_pending} shard files for shards not yet done are not in the manifest "
+                "(left by an interrupted run; readers ignore them, the next extract redoes them)"
+            )
         temps = [p.name for p in shards_dir.iterdir() if p.name.startswith(schema.TMP_PREFIX)]
         if temps:
-            state = ("a writer is running" if recorded_holders(cache_dir)
-                     else "left by an interrupted run; the next extract removes them")
+            state = (
+                "a writer is running"
+                if recorded_holders(cache_dir)
+                else "left by an interrupted run; the next extract removes them"
+            )
             report.notes.append(f"{len(temps)} partial shard files ({state})")
     if not m.complete:
         report.notes.append(f"incomplete: {len(m.missing_shards())} of {m.num_shards} planned shards not written yet")
@@ -186,8 +203,10 @@ def fix(cache_dir: str | Path, report: Report) -> list[str]:
         running = running_parts(cache_dir)
         if running:
             part, holder = next(iter(running.items()))
-            raise CacheLockedError(f"{cache_dir}: {part.label} is being written by {describe_holder(holder)}; "
-                                   "run verify --fix when no extractor is running")
+            raise CacheLockedError(
+                f"{cache_dir}: {part.label} is being written by {describe_holder(holder)}; "
+                "run verify --fix when no extractor is running"
+            )
         m = Manifest.load(cache_dir)
         merged = merge_logs(cache_dir, m)
         if merged:
