@@ -12,7 +12,8 @@ from conftest import REAL_WEIGHTS, extract, synthetic_cache
 
 from featcache.shared.cache.reader import FeatureCache
 from featcache.shared.errors import FeatcacheError
-from featcache.trainer.run import Settings, run_sweep
+from featcache.trainer.run import run_sweep
+from featcache.trainer.settings import Settings
 from featcache.trainer.sweep import HeadConfig, expand, load_sweep_file
 
 FAST = Settings(epochs=15, batch_size=64, patience=5, seed=0)
@@ -142,7 +143,7 @@ def test_sweep_file_and_grid(tmp_path):
         "mlp-h16-do0.1-lr0.01-wd0-ls0",
     ]
     assert len(expand({"head": ["linear"], "hidden": [8, 16], "dropout": [0, 0.5]})) == 1  # unused keys collapse
-    with pytest.raises(FeatcacheError, match="unknown head kind 'cnn'"):
+    with pytest.raises(FeatcacheError, match="head='cnn': unknown head kind"):
         expand({"head": ["cnn"]})
 
 

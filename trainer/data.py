@@ -88,7 +88,7 @@ def load_dataset(cache: FeatureCache, *, val_fraction: float = 0.1, allow_partia
     if len(ds.train) == 0:
         raise FeatcacheError(f"{cache.path}: no labelled train rows")
     if len(ds.val) == 0:
-        raise FeatcacheError(f"{cache.path}: no labelled val rows (raise --val-fraction)")
+        raise FeatcacheError(f"{cache.path}: no labelled val rows (raise val_fraction)")
     if len(ds.test) == 0:
         notes.append("no test rows: test accuracy is not reported")
     missing = [c for k, c in enumerate(ds.classes) if not np.any(ds.train.y == k)]
@@ -103,14 +103,20 @@ def load_maps(cache: FeatureCache, ds: Dataset, budget_gb: float) -> None:
     if need > budget_gb:
         raise FeatcacheError(
             f"{cache.path}: map heads need {need:.1f} GB of maps in memory, above "
-            f"--max-maps-gb {budget_gb:g}; raise it or train pooled heads only"
+            f"max_maps_gb={budget_gb:g}; raise it or train pooled heads only"
         )
     for s in (ds.train, ds.val, ds.test):
-        out = np.empty((len(s), *cache.maps_shape), np.float16)
-        pos = {int(i): k for k, i in enumerate(s.index)}
-        for index, block in cache.iter_maps(block_rows=MAPS_READ_ROWS, indices=s.index, dtype="float16"):
-            out[[pos[int(i)] for i in index]] = block
-        s.maps = out
+        s.maps = read_maps(cache, s.index, "float16")
+
+
+def read_maps(cache: FeatureCache, index: np.ndarray, dtype: str) -> np.ndarray:
+    """The maps ``(n, h, w, C)`` of the rows at listing positions ``index`` ``(n,)``, in that order,
+    read in large chunk-aligned blocks."""
+    out = np.empty((len(index), *cache.maps_shape), dtype)
+    pos = {int(i): k for k, i in enumerate(index)}
+    for block_index, block in cache.iter_maps(block_rows=MAPS_READ_ROWS, indices=index, dtype=dtype):
+        out[[pos[int(i)] for i in block_index]] = block
+    return out
 
 
 def standardizer(train: Split) -> tuple[np.ndarray, np.ndarray]:
