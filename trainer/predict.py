@@ -14,7 +14,7 @@ from ..shared.cache.reader import FeatureCache, PooledRows
 from ..shared.cache.split import split_names
 from ..shared.errors import FeatcacheError
 from . import rundir
-from .data import read_maps
+from .data import load_rows, read_maps
 from .identity import check_cache
 from .sweep import HeadConfig
 
@@ -111,7 +111,7 @@ def predict(
     results = rundir.load_results(run_dir)
     cache = FeatureCache(results["cache"]["path"])
     check_cache(cache, results["cache"], run_dir)
-    rows = cache.load_pooled()
+    rows = load_rows(cache)
     names = split_names(rows.split).astype(str)
     sel = select_rows(rows, names, split, ids)
     cfg, model = load_head(run_dir, results, head)
