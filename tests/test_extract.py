@@ -94,10 +94,11 @@ def test_resume_after_stop_equals_uninterrupted_run(tmp_path, sample_dir, tiny_c
     assert first.shards_written == 2 and first.shards_left == 2
     m = json.loads((cache / "manifest.json").read_text())
     assert not m["complete"] and [s["shard"] for s in m["shards"]] == [0, 1]
-    # What a kill leaves behind: a partial temp file and a finished shard the manifest never got.
+    # What a kill leaves behind: a partial temp file, a finished shard the manifest never got, and
+    # garbage under a final shard name: each is redone, none is trusted or kept.
     (cache / "shards" / ".shard-00002.h5.tmp-999").write_bytes(b"partial")
+    (cache / "shards" / "shard-00002.h5").write_bytes(b"garbage from a killed run")
     shutil.copy(tiny_cache / "shards" / "shard-00003.h5", cache / "shards" / "shard-00003.h5")
-    (cache / "shards" / "shard-00003.h5").write_bytes(b"garbage from a killed run")
     second = extract(sample_dir, cache)
     assert second.shards_kept == 2 and second.shards_written == 2
     a, b = read_shards(tiny_cache), read_shards(cache)
