@@ -88,7 +88,8 @@ class BlockStream:
                     label, index, given = (f[k][()] for k in (schema.LABEL, schema.INDEX, schema.SPLIT))
                     ids = f[schema.ID].asstr()[()].astype(object)
                 except (KeyError, OSError) as exc:
-                    raise FeatcacheError(f"{cache.shard_path(record)}: cannot read label, id, index, split ({exc})") from None
+                    where = cache.shard_path(record)
+                    raise FeatcacheError(f"{where}: cannot read label, id, index, split ({exc})") from None
             keep = np.flatnonzero((cache.splits(ids, given) == code) & (label != schema.UNKNOWN_LABEL))
             for sel in aligned_blocks(keep, self.block_rows):
                 self.blocks.append((record, sel, index[sel], label[sel]))
