@@ -215,7 +215,7 @@ def predict(
         p = api.predict(run_dir, out, split=split, ids=ids, head=head_name)
         typer.echo(f"wrote {p.out}: {p.rows} rows, accuracy {p.accuracy:.4f} on the {p.labelled} labelled ones")
 
-    run_cli(job, debug=debug, interrupted=f"interrupted: {out} may be incomplete")
+    run_cli(job, debug=debug, interrupted=f"interrupted: {out} was not written")
 
 
 def main() -> None:
