@@ -39,15 +39,39 @@ class TrainByDefault(TyperGroup):
 app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None, no_args_is_help=True, cls=TrainByDefault)
 
 
-def _list(help: str, key: str) -> typer.models.OptionInfo:
+KINDS_HELP = "; ".join(f"{k.name} ({k.help})" for k in HEAD_KINDS.values())
+LIST_HELP = {
+    "head": f"Head kinds: {KINDS_HELP}.",
+    "lr": "AdamW learning rates.",
+    "weight_decay": "Decoupled weight decay on kernels.",
+    "hidden": "Hidden width of mlp heads / channels of map heads.",
+    "dropout": "Dropout before the last layer of mlp and map heads.",
+    "label_smoothing": "Label smoothing of the cross-entropy.",
+}
+SETTING_HELP = {
+    "epochs": "Maximum epochs per head.",
+    "batch_size": "Rows per step, the same batch fed to every head.",
+    "patience": "Epochs without a better val accuracy before a head stops (its best epoch's weights are kept).",
+    "seed": "Seed of initialisation, batch order and dropout: the same seed and cache give the same results.",
+    "standardize": "Standardise pooled inputs with the train split's mean and std (kept inside the saved head).",
+    "val_fraction": "When the cache has no val rows, the fraction of train rows carved off as val (by id hash).",
+    "max_maps_gb": "Memory allowed for the maps of map heads (float16, ~125 KB per row).",
+    "allow_partial": "Train on an unfinished cache (by default one is refused).",
+}
+
+
+def _list(key: str) -> typer.models.OptionInfo:
+    """A grid option: comma-separated values, its default shown from :data:`DEFAULT_GRID`."""
     default = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in DEFAULT_GRID[key])
-    return typer.Option(help=f"{help} Comma-separated list: one head per combination.", show_default=default)
+    help = f"{LIST_HELP[key]} Comma-separated list: one head per combination."
+    return typer.Option(help=help, show_default=default)
 
 
-def _setting(help: str, key: str, *decls: str) -> typer.models.OptionInfo:
+def _setting(key: str, *decls: str) -> typer.models.OptionInfo:
+    """A setting option, its default shown from :data:`DEFAULTS` (the only place it is stated)."""
     default = getattr(DEFAULTS, key)
     shown = ("--" if default else "--no-") + key.replace("_", "-") if isinstance(default, bool) else str(default)
-    return typer.Option(*decls, help=help, show_default=shown)
+    return typer.Option(*decls, help=SETTING_HELP[key], show_default=shown)
 
 
 def _as_flag(exc: SettingError) -> FeatcacheError:
@@ -58,66 +82,38 @@ def _as_flag(exc: SettingError) -> FeatcacheError:
 
 
 DebugOpt = Annotated[bool, typer.Option(help="Show the full traceback on errors.")]
-KINDS_HELP = "; ".join(f"{k.name} ({k.help})" for k in HEAD_KINDS.values())
+CacheArg = Annotated[
+    Path, typer.Argument(help="The cache to train on (made by featcache-extract).", show_default=False)
+]
+SweepOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        help=(
+            "A TOML or JSON sweep file (grids and settings; see docs/run-format.md). List options given "
+            "here override its grids' keys; settings given here override its settings."
+        )
+    ),
+]
 
 
 @app.command()
 def train(
-    cache: Annotated[
-        Path, typer.Argument(help="The cache to train on (made by featcache-extract).", show_default=False)
-    ],
-    head: Annotated[Optional[str], _list(f"Head kinds: {KINDS_HELP}.", "head")] = None,
-    lr: Annotated[Optional[str], _list("AdamW learning rates.", "lr")] = None,
-    weight_decay: Annotated[Optional[str], _list("Decoupled weight decay on kernels.", "weight_decay")] = None,
-    hidden: Annotated[Optional[str], _list("Hidden width of mlp heads / channels of map heads.", "hidden")] = None,
-    dropout: Annotated[Optional[str], _list("Dropout before the last layer of mlp and map heads.", "dropout")] = None,
-    label_smoothing: Annotated[Optional[str], _list("Label smoothing of the cross-entropy.", "label_smoothing")] = None,
-    sweep: Annotated[
-        Optional[Path],
-        typer.Option(
-            help=(
-                "A TOML or JSON sweep file (grids and settings; see docs/run-format.md). List options given "
-                "here override its grids' keys; settings given here override its settings."
-            )
-        ),
-    ] = None,
-    epochs: Annotated[Optional[int], _setting("Maximum epochs per head.", "epochs")] = None,
-    batch_size: Annotated[
-        Optional[int], _setting("Rows per step, the same batch fed to every head.", "batch_size")
-    ] = None,
-    patience: Annotated[
-        Optional[int],
-        _setting(
-            "Epochs without a better val accuracy before a head stops (its best epoch's weights are kept).", "patience"
-        ),
-    ] = None,
-    seed: Annotated[
-        Optional[int],
-        _setting(
-            "Seed of initialisation, batch order and dropout: the same seed and cache give the same results.", "seed"
-        ),
-    ] = None,
-    standardize: Annotated[
-        Optional[bool],
-        _setting(
-            "Standardise pooled inputs with the train split's mean and std (kept inside the saved head).",
-            "standardize",
-            "--standardize/--no-standardize",
-        ),
-    ] = None,
-    val_fraction: Annotated[
-        Optional[float],
-        _setting(
-            "When the cache has no val rows, the fraction of train rows carved off as val (by a hash of the id).",
-            "val_fraction",
-        ),
-    ] = None,
-    max_maps_gb: Annotated[
-        Optional[float], _setting("Memory allowed for the maps of map heads (float16, ~125 KB per row).", "max_maps_gb")
-    ] = None,
-    allow_partial: Annotated[
-        Optional[bool], _setting("Train on an unfinished cache (default: refuse).", "allow_partial", "--allow-partial")
-    ] = None,
+    cache: CacheArg,
+    head: Annotated[Optional[str], _list("head")] = None,
+    lr: Annotated[Optional[str], _list("lr")] = None,
+    weight_decay: Annotated[Optional[str], _list("weight_decay")] = None,
+    hidden: Annotated[Optional[str], _list("hidden")] = None,
+    dropout: Annotated[Optional[str], _list("dropout")] = None,
+    label_smoothing: Annotated[Optional[str], _list("label_smoothing")] = None,
+    sweep: SweepOpt = None,
+    epochs: Annotated[Optional[int], _setting("epochs")] = None,
+    batch_size: Annotated[Optional[int], _setting("batch_size")] = None,
+    patience: Annotated[Optional[int], _setting("patience")] = None,
+    seed: Annotated[Optional[int], _setting("seed")] = None,
+    standardize: Annotated[Optional[bool], _setting("standardize", "--standardize/--no-standardize")] = None,
+    val_fraction: Annotated[Optional[float], _setting("val_fraction")] = None,
+    max_maps_gb: Annotated[Optional[float], _setting("max_maps_gb")] = None,
+    allow_partial: Annotated[Optional[bool], _setting("allow_partial", "--allow-partial")] = None,
     runs: Annotated[Path, typer.Option(help="Folder in which each sweep gets a new run directory.")] = DEFAULT_RUNS,
     top: Annotated[int, typer.Option(min=1, help="Heads shown in the leaderboard.")] = DEFAULT_TOP,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -219,7 +215,7 @@ def predict(
         p = api.predict(run_dir, out, split=split, ids=ids, head=head_name)
         typer.echo(f"wrote {p.out}: {p.rows} rows, accuracy {p.accuracy:.4f} on the {p.labelled} labelled ones")
 
-    run_cli(job, debug=debug, interrupted=f"interrupted: {out} may be incomplete")
+    run_cli(job, debug=debug, interrupted=f"interrupted: {out} was not written")
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ..shared.cache.fsutil import commit_file, temp_path_for
 from ..shared.cache.reader import FeatureCache, PooledRows
 from ..shared.cache.split import split_names
 from ..shared.errors import FeatcacheError
@@ -84,7 +85,18 @@ def _write_csv(
     out: Path, rows: PooledRows, names: np.ndarray, sel: np.ndarray, probs: np.ndarray, classes: list[str]
 ) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="", encoding="utf-8") as fh:
+    tmp = temp_path_for(out)  # renamed into place once whole: an interrupted predict leaves no partial CSV
+    try:
+        _write_rows(tmp, rows, names, sel, probs, classes)
+        commit_file(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_rows(
+    path: Path, rows: PooledRows, names: np.ndarray, sel: np.ndarray, probs: np.ndarray, classes: list[str]
+) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["index", "id", "label", "class", "split", "predicted", *[f"p_{c}" for c in classes]])
         for k, p in zip(sel.tolist(), probs, strict=True):

@@ -1,0 +1,187 @@
+"""featcache-train against hostile input: bad settings are refused before any training, a run is
+written whole or not at all, predict refuses a cache that is not the one a run was trained on, and
+a non-finite feature is named instead of training heads to NaN."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from conftest import synthetic_cache
+from typer.testing import CliRunner
+
+from featcache.shared.errors import FeatcacheError
+from featcache.trainer import run as run_module
+from featcache.trainer.cli import app
+from featcache.trainer.run import run_sweep
+from featcache.trainer.settings import Settings
+from featcache.trainer.sweep import expand
+
+QUICK = Settings(epochs=2, batch_size=64, seed=0)
+
+
+def _no_training(monkeypatch) -> None:
+    def forbidden(*a, **k):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(run_module, "train", forbidden)
+
+
+def _error_line(result) -> str:
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--epochs", "0"], "--epochs 0: must be a whole number >= 1"),
+        (["--patience", "0"], "--patience 0: must be a whole number >= 1"),
+        (["--batch-size", "0"], "--batch-size 0: must be a whole number >= 1"),
+        (["--lr", "nan"], "--lr nan: must be a number in (0, inf)"),
+        (["--hidden", "1.9", "--head", "mlp"], "--hidden 1.9: must be a whole number >= 1"),
+        (["--dropout", "1"], "--dropout 1: must be a number in [0, 1)"),
+        (["--val-fraction", "0"], "--val-fraction 0.0: must be a number in (0, 1)"),
+        (["--head", "cnn"], "--head 'cnn': unknown head kind"),
+    ],
+)
+def test_bad_arguments_are_one_line_errors_before_training(tmp_path, tiny_cache, monkeypatch, args, message):
+    _no_training(monkeypatch)
+    r = CliRunner().invoke(app, [str(tiny_cache), *args, "--runs", str(tmp_path / "runs"), "--no-progress"])
+    assert message in _error_line(r)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("patience = 0\n", "patience = 0: must be a whole number >= 1"),
+        ("epochs = 0\n", "epochs = 0: must be a whole number >= 1"),
+        ('epochs = "abc"\n', "epochs = 'abc': must be a whole number >= 1"),
+        ("batch_size = 0\n", "batch_size = 0: must be a whole number >= 1"),
+        ('standardize = "no"\n', "standardize = 'no': must be true or false"),
+        ('head = ["mlp"]\nhidden = [1.9]\n', "hidden = 1.9: must be a whole number >= 1"),
+        ('[grid]\nhead = ["linear"]\n', "grid must be a list of tables ([[grid]] in TOML"),
+        ("grid = 5\n", "grid must be a list of tables"),
+        ("[[grid]]\nepochs = 3\n", "unknown key 'epochs' in a grid table"),
+        ("lr = []\n", "lr = []: has no values"),
+    ],
+)
+def test_bad_sweep_files_are_one_line_errors_naming_the_file(tmp_path, tiny_cache, monkeypatch, text, message):
+    _no_training(monkeypatch)
+    sweep = tmp_path / "s.toml"
+    sweep.write_text(text)
+    r = CliRunner().invoke(app, [str(tiny_cache), "--sweep", str(sweep), "--runs", str(tmp_path / "runs")])
+    assert f"{sweep}: {message}" in _error_line(r)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_api_errors_name_arguments_not_flags(tmp_path, tiny_cache):
+    from featcache.trainer import api
+
+    with pytest.raises(FeatcacheError, match=r"^epochs=0: must be a whole number >= 1$"):
+        api.train(tiny_cache, epochs=0, runs=tmp_path / "runs")
+    with pytest.raises(FeatcacheError, match=r"^allow_partial='yes': must be true or false$"):
+        api.train(tiny_cache, allow_partial="yes", runs=tmp_path / "runs")
+
+
+def test_options_before_the_cache(tmp_path, tiny_cache):
+    r = CliRunner().invoke(app, ["--epochs", "1", "--no-progress", "--runs", str(tmp_path / "runs"), str(tiny_cache)])
+    assert r.exit_code == 0, r.output
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert json.loads((run_dir / "results.json").read_text())["settings"]["epochs"] == 1
+
+
+def test_unwritable_runs_folder_fails_before_training(tmp_path, tiny_cache, monkeypatch):
+    _no_training(monkeypatch)
+    (tmp_path / "file").write_text("not a folder")
+    r = CliRunner().invoke(app, [str(tiny_cache), "--runs", str(tmp_path / "file" / "runs"), "--no-progress"])
+    assert f"{tmp_path / 'file' / 'runs'}: cannot create a run directory there" in _error_line(r)
+
+
+def test_a_full_disk_names_the_file_and_leaves_no_run(tmp_path, monkeypatch):
+    import errno
+
+    import featcache.trainer.rundir as rundir
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(rundir.np, "savez", full)
+    with pytest.raises(FeatcacheError, match=r"heads\.npz: cannot write \(No space left on device\)"):
+        run_sweep(
+            synthetic_cache(tmp_path / "c", n=60), expand({}), QUICK, tmp_path / "runs", ["t"], lambda m: None, False
+        )
+    assert list((tmp_path / "runs").iterdir()) == []  # no run, no half-written best_head.keras
+
+
+def test_ctrl_c_keeps_nothing_and_says_so(tmp_path, tiny_cache, monkeypatch):
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "train", interrupted)
+    r = CliRunner().invoke(app, [str(tiny_cache), "--runs", str(tmp_path / "runs"), "--no-progress"])
+    assert r.exit_code == 130 and "nothing of this sweep was kept" in r.output and "shards" not in r.output
+    assert list((tmp_path / "runs").iterdir()) == []
+
+
+def test_dead_sweeps_staging_folders_are_removed(tmp_path, tiny_cache):
+    dead = tmp_path / "runs" / ".featcache-run-999999999-x"
+    dead.mkdir(parents=True)
+    (dead / "best_head.keras").write_bytes(b"")
+    run_dir, _ = run_sweep(tiny_cache, expand({}), QUICK, tmp_path / "runs", ["t"], lambda m: None, False)
+    assert list((tmp_path / "runs").iterdir()) == [run_dir]
+
+
+def test_predict_refuses_a_cache_replaced_by_another_with_the_same_fingerprint(tmp_path):
+    import shutil
+
+    cache = synthetic_cache(tmp_path / "c", n=80, classes=4)
+    run_dir, results = run_sweep(cache, expand({}), QUICK, tmp_path / "runs", ["t"], lambda m: None, False)
+    recorded = results["cache"]
+    assert recorded["classes"] == [f"class{k}" for k in range(4)] and recorded["listing_sha256"] == "x" * 64
+    assert len(recorded["shards"]) == 1 and "generation" in recorded
+    ok = CliRunner().invoke(app, ["predict", str(run_dir), str(tmp_path / "ok.csv")])
+    assert ok.exit_code == 0, ok.output
+    shutil.rmtree(cache)
+    synthetic_cache(cache, n=80, classes=3)  # same backbone, weights and fingerprint; 3 classes
+    r = CliRunner().invoke(app, ["predict", str(run_dir), str(tmp_path / "p.csv")])
+    line = _error_line(r)
+    assert "not the cache the run" in line and "the run has 4 classes" in line and "the cache 3 classes" in line
+    assert not (tmp_path / "p.csv").exists()
+
+
+def _poison(cache: Path, shard: str, dataset: str, row: int) -> None:
+    """Set one row of a dataset to NaN and fix up the manifest's size and checksum, as a bit flip the
+    writer never saw would look."""
+    path = cache / "shards" / shard
+    with h5py.File(path, "r+") as f:
+        data = f[dataset][row]
+        data[...] = np.nan
+        f[dataset][row] = data
+    manifest = json.loads((cache / "manifest.json").read_text())
+    (record,) = [s for s in manifest["shards"] if s["file"] == f"shards/{shard}"]
+    record["bytes"], record["sha256"] = path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest()
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(("dataset", "heads"), [("pooled", ["linear"]), ("maps", ["map"])])
+def test_a_non_finite_row_is_named_not_trained_on(tmp_path, dataset, heads):
+    cache = synthetic_cache(tmp_path / "c", n=240)  # shards of 100 rows
+    _poison(cache, "shard-00001.h5", dataset, 7)
+    with pytest.raises(FeatcacheError, match=rf"shard-00001\.h5: row 7 \(listing index 107\) has non-finite {dataset}"):
+        run_sweep(cache, expand({"head": heads, "hidden": [4]}), QUICK, tmp_path / "runs", ["t"], lambda m: None, False)
+    assert list((tmp_path / "runs").iterdir()) == []
+
+
+def test_old_runs_are_refused_with_a_reason(tmp_path):
+    run = tmp_path / "old"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps({"format": "featcache-train-results", "version": 1, "complete": True}))
+    r = CliRunner().invoke(app, ["predict", str(run), str(tmp_path / "p.csv")])
+    assert "format version 1 (featcache 0.1.0), which records no identity of its cache" in _error_line(r)
