@@ -119,6 +119,18 @@ def extract(
     overwrite: Annotated[
         bool, typer.Option(help="Discard an existing cache in CACHE and start over (instead of resuming).")
     ] = False,
+    update: Annotated[
+        bool,
+        typer.Option(
+            "--update",
+            help=(
+                "CACHE was made from SOURCE as it was earlier: extract only the inputs added or modified "
+                "since (into new shards after the existing ones), hide removed ones from readers, and "
+                "apply new labels without running the backbone. Existing shard files are not rewritten. "
+                "Without it, a changed SOURCE is refused. See docs/updates.md."
+            ),
+        ),
+    ] = False,
     strict: Annotated[
         bool,
         typer.Option(
@@ -226,6 +238,8 @@ def extract(
             return
         if cache is None:
             raise FeatcacheError("missing argument CACHE (the cache directory to fill)")
+        if update and overwrite:
+            raise FeatcacheError("--update keeps the cache and --overwrite discards it: choose one")
         from .runner import ExtractConfig
 
         cfg = ExtractConfig(
@@ -242,6 +256,7 @@ def extract(
             xla=xla,
             split_fractions=parse_fractions(split),
             overwrite=overwrite,
+            update=update,
             strict=strict,
             max_shards=max_shards,
             part=Part.parse(part) if part else WHOLE,
