@@ -83,42 +83,48 @@ def snapshot(cache: Path) -> dict[str, tuple[bytes, int]]:
     return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in (cache / "shards").glob("shard-*.h5")}
 
 
-@pytest.fixture
-def changed(tmp_path, sample_dir):
-    """A CSV source extracted into ``cache``, then changed in every way at once; returns (csv, cache)."""
+def change_everything(tmp_path: Path, sample_dir: Path) -> Path:
+    """A CSV source of 12 images extracted into ``tmp_path/cache``, then changed in every way at
+    once (2 removed, 1 modified, 2 relabelled, 3 added); returns the CSV."""
     shutil.copytree(sample_dir, tmp_path / "img")
     rows = csv_rows(sample_dir)
     write_csv(tmp_path / "src.csv", rows[:12])
     extract(tmp_path / "src.csv", tmp_path / "cache", shard_size=SHARD)
     new = list(rows[:12])
     del new[1]  # removed (shard 0)
-    gone = new.pop(4)  # removed
+    gone = new.pop(4)  # removed (shard 1)
     new[6] = (new[6][0], "circle" if new[6][1] != "circle" else "cross", new[6][2])  # relabelled
     new[7] = (new[7][0], new[7][1], "val")  # a given split changed: relabelled too
-    modified = tmp_path / new[2][0]
-    modified.write_bytes((tmp_path / gone[0]).read_bytes())  # modified: size and mtime change
+    (tmp_path / new[2][0]).write_bytes((tmp_path / gone[0]).read_bytes())  # modified: size and mtime
     new += rows[12:]  # added
     write_csv(tmp_path / "src.csv", new)
-    return tmp_path / "src.csv", tmp_path / "cache"
+    return tmp_path / "src.csv"
 
 
-def test_update_reads_as_a_cache_made_from_scratch(changed, tmp_path):
-    src, cache = changed
-    before = snapshot(cache)
+@pytest.fixture(scope="module")
+def updated(tmp_path_factory, sample_dir):
+    """(csv, cache before the update, report of the update, updated cache, cache made from scratch)."""
+    tmp = tmp_path_factory.mktemp("updated")
+    src = change_everything(tmp, sample_dir)
+    shutil.copytree(tmp / "cache", tmp / "before", copy_function=shutil.copy2)
     with pytest.raises(SourceMismatchError, match=r"2 removed .* 1 modified .* 2 relabelled .*update=True"):
-        extract(src, cache, shard_size=SHARD)  # the default still refuses
-    report = extract(src, cache, shard_size=SHARD, update=True)
+        extract(src, tmp / "cache", shard_size=SHARD)  # the default still refuses
+    report = extract(src, tmp / "cache", shard_size=SHARD, update=True)
+    extract(src, tmp / "scratch", shard_size=SHARD)
+    return src, tmp / "before", report, tmp / "cache", tmp / "scratch"
+
+
+def test_update_reads_as_a_cache_made_from_scratch(updated):
+    src, before, report, cache, scratch = updated
     assert report.changes == {"added": 3, "removed": 2, "modified": 1, "relabelled": 2}
     assert report.rows == 4 and report.shards_written == 1  # the 3 added and the modified one, in 1 new shard
     assert "update: 3 added, 2 removed, 1 modified, 2 relabelled; now generation 1" in report.summary()
-    after = snapshot(cache)
-    assert {k: after[k] for k in before} == before  # existing shard files untouched: bytes and mtimes
-    assert sorted(after) == sorted([*before, "shard-00003.h5"])
-
-    extract(src, tmp_path / "scratch", shard_size=SHARD)
-    assert_same_rows(cache, tmp_path / "scratch")
+    old, new = snapshot(before), snapshot(cache)
+    assert {k: new[k] for k in old} == old  # existing shard files untouched: bytes and mtimes
+    assert sorted(new) == sorted([*old, "shard-00003.h5"])
+    assert_same_rows(cache, scratch)
     c = FeatureCache(cache)
-    assert c.generation == 1 and c.dead_rows == 3 and c.num_rows == FeatureCache(tmp_path / "scratch").num_rows
+    assert c.generation == 1 and c.dead_rows == 3 and c.num_rows == FeatureCache(scratch).num_rows
 
 
 def test_update_of_nothing_is_a_fast_no_op_that_says_so(tmp_path, sample_dir):
@@ -174,3 +180,69 @@ def test_updating_an_unfinished_cache_is_refused(tmp_path, sample_dir):
     os.unlink(src / "cross" / "cross_0001.jpg")
     with pytest.raises(FeatcacheError, match=r"unfinished \(3 of 4 shards missing\)"):
         extract(src, tmp_path / "c", update=True)
+
+
+KILL_AT = """
+import os, signal, sys
+from featcache.shared.inspection import compact as c
+name, nth, when, cache = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+real, calls = getattr(c, name), []
+def hooked(*a, **k):
+    calls.append(1)
+    if len(calls) == nth and when == "before":
+        os.kill(os.getpid(), signal.SIGKILL)
+    out = real(*a, **k)
+    if len(calls) == nth and when == "after":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return out
+setattr(c, name, hooked)
+c.compact(cache, threshold=0.0)
+"""
+
+
+def assert_reads(cache: Path, want: dict[str, dict]) -> None:
+    got = by_id(cache)
+    assert sorted(got) == sorted(want)
+    for ident, row in want.items():
+        assert (got[ident]["class"], got[ident]["split"]) == (row["class"], row["split"])
+        assert got[ident]["pooled"].tobytes() == row["pooled"].tobytes()
+        assert got[ident]["maps"].tobytes() == row["maps"].tobytes()
+
+
+@pytest.mark.parametrize(
+    ("moment", "committed"),
+    [
+        (("commit_file", 1, "before"), 0),  # new file written under its dot-name, not renamed
+        (("commit_file", 1, "after"), 0),  # new file in place, manifest still names the old one
+        (("remove_file", 1, "before"), 1),  # manifest committed, old file not deleted yet
+        (("commit_file", 2, "before"), 1),  # one shard done, the next one half-way
+    ],
+    ids=["temp-written", "renamed", "committed", "second-shard"],
+)
+def test_compaction_killed_at_any_moment_loses_nothing(updated, tmp_path, moment, committed):
+    import subprocess
+    import sys
+
+    from featcache.shared.inspection.compact import compact
+    from featcache.shared.inspection.verify import verify
+
+    cache = tmp_path / "cache"
+    shutil.copytree(updated[3], cache)
+    want = by_id(cache)
+    dead_shards = len({FeatureCache(cache).manifest.shard_of(i) for i in FeatureCache(cache).manifest.dead})
+    assert dead_shards >= 2
+    name, nth, when = moment
+    p = subprocess.run([sys.executable, "-c", KILL_AT, name, str(nth), when, str(cache)], capture_output=True)
+    assert p.returncode == -9, p.stderr.decode()
+    report = verify(cache)
+    assert report.ok, report.problems
+    assert_reads(cache, want)
+
+    done = compact(cache, threshold=0.0)
+    assert verify(cache).ok and FeatureCache(cache).dead_rows == 0
+    assert_reads(cache, want)
+    m = FeatureCache(cache).manifest
+    assert sorted(p.name for p in (cache / "shards").iterdir()) == sorted(Path(s.file).name for s in m.shards)
+    assert len(done.rewritten) == dead_shards - committed
+    assert_same_rows(cache, updated[4])
+    assert compact(cache, threshold=0.0).rewritten == []  # idempotent
