@@ -246,3 +246,16 @@ def test_compaction_killed_at_any_moment_loses_nothing(updated, tmp_path, moment
     assert len(done.rewritten) == dead_shards - committed
     assert_same_rows(cache, updated[4])
     assert compact(cache, threshold=0.0).rewritten == []  # idempotent
+
+
+@pytest.mark.parametrize("parts,kills", [(1, 1)])  # more: python tests/faults.py --update [--parts 2]
+def test_kill_during_update_then_resume_reads_as_from_scratch(tmp_path, parts, kills):
+    from conftest import make_sample
+    from faults import campaign
+
+    make_sample(tmp_path / "src", per_class=5, classes=4, seed=4)
+    stats = campaign(
+        tmp_path / "src", tmp_path, kills=kills, max_seconds=120, seed=2, log=lambda m: None, parts=parts, update=True
+    )
+    assert stats.kills == kills and stats.rounds >= 1
+    assert stats.ok, (stats.verify_failures, stats.mismatches, stats.partial_files_left)
