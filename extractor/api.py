@@ -102,6 +102,7 @@ def extract(
     xla: bool = False,
     seed: int = 0,
     overwrite: bool = False,
+    update: bool = False,
     strict: bool = False,
     max_shards: int | None = None,
     part: str | Part | None = None,
@@ -121,7 +122,9 @@ def extract(
     str, ``index`` int64 and ``split`` int8 (see docs/cache-format.md); read it with
     :func:`featcache.open_cache`.
 
-    Calling again with the same arguments resumes: finished shards are kept. Inputs that cannot be
+    Calling again with the same arguments resumes: finished shards are kept. A source that changed
+    since the cache was made is refused unless ``update=True``, which extracts only the added and
+    modified inputs into new shards and records removed and relabelled ones (docs/updates.md). Inputs that cannot be
     decoded are skipped and listed in the result and the manifest (``strict=True`` raises at the
     first one instead). ``source`` is a folder of class folders (optionally under train/ val/ test/),
     a folder of unlabelled images, a CSV ``path[,label[,split]]`` or a .txt list of paths.
@@ -141,6 +144,8 @@ def extract(
         return _finalize(Path(cache if cache is not None else source), t0)
     if cache is None:
         raise FeatcacheError("missing argument cache (the cache directory to fill)")
+    if update and overwrite:
+        raise FeatcacheError("update=True keeps the cache and overwrite=True discards it: choose one")
     if runner not in RUNNERS:
         raise FeatcacheError(f"runner={runner!r}: choose 'local' or 'ray'")
     if part is not None and (workers > 1 or gpus or runner == "ray"):
@@ -168,6 +173,7 @@ def extract(
         xla=xla,
         split_fractions=_fractions(split),
         overwrite=overwrite,
+        update=update,
         strict=strict,
         max_shards=max_shards,
         part=part if isinstance(part, Part) else Part.parse(part) if part else WHOLE,

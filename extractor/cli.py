@@ -121,6 +121,18 @@ def extract(
     overwrite: Annotated[
         bool, typer.Option(help="Discard an existing cache in CACHE and start over (instead of resuming).")
     ] = False,
+    update: Annotated[
+        bool,
+        typer.Option(
+            "--update",
+            help=(
+                "CACHE was made from SOURCE as it was earlier: extract only the inputs added or modified "
+                "since (into new shards after the existing ones), hide removed ones from readers, and "
+                "apply new labels without running the backbone. Existing shard files are not rewritten. "
+                "Without it, a changed SOURCE is refused. See docs/updates.md."
+            ),
+        ),
+    ] = False,
     strict: Annotated[
         bool,
         typer.Option(
@@ -237,6 +249,7 @@ def extract(
             xla=xla,
             seed=seed,
             overwrite=overwrite,
+            update=update,
             strict=strict,
             max_shards=max_shards,
             part=part,

@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from ..shared.backbones import (
@@ -26,6 +27,7 @@ from ..shared.backbones import (
 )
 from ..shared.cache import schema
 from ..shared.cache.fingerprint import describe
+from ..shared.cache.listing import load_listing
 from ..shared.cache.manifest import FailedInput, Manifest
 from ..shared.cache.parts import WHOLE, Finalized, Part
 from ..shared.cache.writer import CacheWriter, storage_options
@@ -51,6 +53,7 @@ class ExtractConfig:
     xla: bool = False
     split_fractions: dict[str, float] = field(default_factory=lambda: dict(schema.DEFAULT_SPLIT_FRACTIONS))
     overwrite: bool = False
+    update: bool = False
     strict: bool = False
     max_shards: int | None = None
     part: Part = WHOLE
@@ -83,6 +86,9 @@ class ExtractReport:
     part: Part = WHOLE
     finalized: Finalized | None = None
     failures: list[FailedInput] = field(default_factory=list)
+    update: bool = False
+    changes: dict[str, int] | None = None
+    generation: int = 0
 
     @property
     def images_per_second(self) -> float:
@@ -91,11 +97,19 @@ class ExtractReport:
     def summary(self) -> str:
         """One line for this run; a part's run adds a second, the state of the whole cache."""
         line = self._run_line()
+        if self.update:
+            line = self._update_line() + "\n" + line
         if self.random_weights:
             line += "; RANDOM WEIGHTS: features are meaningless"
         if not self.part.whole and self.finalized is not None:
             line += "\n" + self.finalized.summary()
         return line
+
+    def _update_line(self) -> str:
+        if not self.changes or not any(self.changes.values()):
+            return f"update: nothing changed in the source since generation {self.generation}"
+        counts = ", ".join(f"{n} {kind}" for kind, n in self.changes.items() if n)
+        return f"update: {counts}; now generation {self.generation}"
 
     def _run_line(self) -> str:
         who = "" if self.part.whole else f"part {self.part}: "
@@ -161,9 +175,14 @@ def run_extract(cfg: ExtractConfig, log: Log = print) -> ExtractReport:
         storage=storage_options(cfg.compression, cfg.maps_dtype),
         shard_size=cfg.shard_size,
     )
-    report = ExtractReport(random_weights=weights.random, part=cfg.part)
-    cache = CacheWriter(cfg.cache, manifest, overwrite=cfg.overwrite, listing=source.listing(), part=cfg.part)
+    report = ExtractReport(random_weights=weights.random, part=cfg.part, update=cfg.update)
+    cache = CacheWriter(
+        cfg.cache, manifest, overwrite=cfg.overwrite, listing=source.listing(), part=cfg.part, update=cfg.update
+    )
     with cache:
+        if cache.changes is not None:
+            report.changes = cache.changes.counts()
+        report.generation = manifest.generation
         todo = cache.pending_shards()
         report.shards_kept = cache.resumed_shards
         if cfg.max_shards is not None:
@@ -176,12 +195,31 @@ def run_extract(cfg: ExtractConfig, log: Log = print) -> ExtractReport:
             f"{describe(manifest.fingerprint)}"
         )
         if todo:
+            if manifest.generations:
+                source = cache_view(source, load_listing(cfg.cache, manifest.num_inputs))
             _extract(cfg, source, spec, weights, cache, todo, report, log, t_start)
         else:
             report.startup_seconds = time.perf_counter() - t_start
     report.finalized = cache.finalized
     report.cache_rows = cache.finalized.rows if cache.finalized else manifest.rows
     return report
+
+
+def cache_view(source: Source, listing: dict[str, np.ndarray]) -> Source:
+    """``source`` indexed by the cache's listing positions (an updated cache's order, which appends
+    new inputs after the old ones): ids, labels and splits as the listing records them, and the
+    source's path for each id it still has (an empty path for the others, which are retired and
+    never read again)."""
+    where = {i: k for k, i in enumerate(source.ids)}
+    ids = [str(i) for i in listing["id"].tolist()]
+    return replace(
+        source,
+        paths=[source.paths[where[i]] if i in where else b"" for i in ids],
+        ids=ids,
+        labels=np.asarray(listing["label"], dtype=np.int32),
+        splits=np.asarray(listing["split"], dtype=np.int8),
+        _listing=None,
+    )
 
 
 def _extract(

@@ -116,7 +116,7 @@ class ShardSink:
                         break
 
     def _write(self, index: np.ndarray, maps: np.ndarray, pooled: np.ndarray) -> None:
-        shard = int(index[0]) // self.cache.manifest.shard_size
+        shard = self.cache.manifest.shard_of(int(index[0]))
         while self.pending and self.pending[0] != shard:
             self._finish_shard()
         t0 = time.perf_counter()

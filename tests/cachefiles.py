@@ -90,3 +90,26 @@ def same_cache(a: Path, b: Path) -> list[str]:
         if (Path(a) / s["file"]).read_bytes() != (Path(b) / s["file"]).read_bytes():
             diffs.append(f"bytes of {s['file']}")
     return diffs
+
+
+def differing_by_id(a: Path, b: Path) -> list[str]:
+    """What readers see differently in two caches of the same inputs, compared by id (row order and
+    shard layout may differ, as between an updated cache and one made from scratch): ids, labels,
+    splits, pooled and maps; an empty list when they read the same."""
+    from featcache.shared.cache.reader import FeatureCache
+
+    ca, cb = FeatureCache(a), FeatureCache(b)
+    ra, rb = ca.load_pooled(), cb.load_pooled()
+    oa, ob = np.argsort(ra.id.astype(str)), np.argsort(rb.id.astype(str))
+    if ra.id[oa].tolist() != rb.id[ob].tolist():
+        return ["ids"]
+    diffs = [k for k in ("label", "split", "pooled") if getattr(ra, k)[oa].tobytes() != getattr(rb, k)[ob].tobytes()]
+    if ca.classes != cb.classes:
+        diffs.append("classes")
+    ma = {int(i): m for index, maps in ca.iter_maps() for i, m in zip(index, maps, strict=True)}
+    mb = {int(i): m for index, maps in cb.iter_maps() for i, m in zip(index, maps, strict=True)}
+    if len(ma) != len(ra) or any(
+        ma[i].tobytes() != mb[j].tobytes() for i, j in zip(ra.index[oa].tolist(), rb.index[ob].tolist(), strict=True)
+    ):
+        diffs.append("maps")
+    return diffs

@@ -3,6 +3,7 @@
     .venv/bin/python tests/faults.py                   # the full run: 20 kills on 300 images (~2 min)
     .venv/bin/python tests/faults.py --kills 3 --images 48   # what CI runs (tests/test_faults.py)
     .venv/bin/python tests/faults.py --parts 3               # 3 workers per cache (--part I/3), killed at random
+    .venv/bin/python tests/faults.py --update                # kill an update (--update) of a cache instead
 
 Each round extracts the same images into a fresh cache, killing the extractor (SIGKILL) at a random
 moment after it has started work (listing, TensorFlow start-up, decoding, inference, writing a
@@ -12,6 +13,10 @@ structure, content). At the end of a round: the cache equals a cache made withou
 (ids, labels, splits, index, pooled and maps, byte for byte), ``verify`` passes, and no partial file
 is left. The run stops by itself after ``--kills`` kills or ``--max-seconds``; it prints a table and
 exits 1 if anything failed.
+
+With ``--update``, every round starts from a copy of a complete cache of the images as they were, and
+the killed command is ``--update`` from the images as they are now (some removed, some modified,
+some added); the end state must read, by id, as a cache made from scratch from the new images.
 
 The extractor runs the ``tiny`` backbone (same pipeline, writer and cache code as MobileNetV2, ten
 times faster), in shards of 8 rows.
@@ -37,7 +42,7 @@ for path in (REPO, REPO / "tests"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from cachefiles import differing, extract_command, read_shards  # noqa: E402
+from cachefiles import differing, differing_by_id, extract_command, read_shards  # noqa: E402
 
 from featcache.shared.cache import schema  # noqa: E402
 from featcache.shared.inspection.verify import verify  # noqa: E402
@@ -63,29 +68,54 @@ class Stats:
         )
 
 
-def command(src: Path, cache: Path) -> list[str]:
-    return extract_command(src, cache, shard_size=8, batch_size=4)
+UPDATE = ["--update"]
 
 
-def start(src: Path, cache: Path, parts: int) -> list[subprocess.Popen]:
+def command(src: Path, cache: Path, *extra: str) -> list[str]:
+    return extract_command(src, cache, *extra, shard_size=8, batch_size=4)
+
+
+def change_source(src: Path, new: Path, seed: int) -> None:
+    """``new``: a copy of ``src`` with every 7th image removed, every 9th modified (another image's
+    bytes) and images added to every class (fresh sample images under new names)."""
+    shutil.copytree(src, new, copy_function=shutil.copy2)
+    images = sorted(p for p in new.rglob("*") if p.is_file())
+    data = [p.read_bytes() for p in images]
+    for k, p in enumerate(images):
+        if k % 7 == 3:
+            p.unlink()
+        elif k % 9 == 4:
+            p.write_bytes(data[(k + 1) % len(images)])
+    sys.path.insert(0, str(REPO / "data"))
+    from make_sample import make_sample
+
+    extra = new.parent / f"{new.name}-extra"
+    make_sample(extra, per_class=2, classes=len([d for d in src.iterdir() if d.is_dir()]), seed=seed + 100)
+    for p in extra.rglob("*"):
+        if p.is_file():
+            shutil.copy2(p, new / p.parent.name / f"new_{p.name}")
+    shutil.rmtree(extra)
+
+
+def start(src: Path, cache: Path, parts: int, extra: list[str] | None = None) -> list[subprocess.Popen]:
     """One extractor, or ``parts`` workers of one cache side by side (``--part I/N``); the first
     one's stderr is a pipe (for :func:`wait_for_work`)."""
-    extra = [[]] if parts == 1 else [["--part", f"{i}/{parts}"] for i in range(parts)]
+    per_part = [[]] if parts == 1 else [["--part", f"{i}/{parts}"] for i in range(parts)]
     return [
         subprocess.Popen(
-            command(src, cache) + e,
+            command(src, cache, *(extra or [])) + e,
             cwd=REPO,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE if i == 0 else subprocess.DEVNULL,
             text=True,
         )
-        for i, e in enumerate(extra)
+        for i, e in enumerate(per_part)
     ]
 
 
-def finish(src: Path, cache: Path, parts: int) -> subprocess.CompletedProcess:
+def finish(src: Path, cache: Path, parts: int, extra: list[str] | None = None) -> subprocess.CompletedProcess:
     """Run to completion without kills (all parts together), then ``--finalize``."""
-    for proc in start(src, cache, parts):
+    for proc in start(src, cache, parts, extra):
         proc.communicate()
     return subprocess.run(
         [*command(src, cache)[:3], str(cache), "--finalize"], capture_output=True, text=True, cwd=REPO
@@ -100,11 +130,21 @@ def wait_for_work(proc: subprocess.Popen) -> bool:
     return False
 
 
-def campaign(src: Path, work: Path, kills: int, max_seconds: float, seed: int, log=print, parts: int = 1) -> Stats:
+def campaign(
+    src: Path, work: Path, kills: int, max_seconds: float, seed: int, log=print, parts: int = 1, update: bool = False
+) -> Stats:
     """With ``parts`` > 1, every attempt starts that many workers of one cache at once and kills a
-    random non-empty subset of them at the chosen moment; the others run on."""
+    random non-empty subset of them at the chosen moment; the others run on. With ``update``, each
+    round updates a copy of a cache of ``src`` to a changed copy of it (:func:`change_source`)."""
     rng = random.Random(seed)
     stats = Stats()
+    extra = UPDATE if update else []
+    base = work / "base"
+    if update:
+        if subprocess.run(command(src, base), cwd=REPO, capture_output=True).returncode != 0:
+            raise SystemExit("the cache to update could not be made")
+        change_source(src, work / "src-new", seed)
+        src = work / "src-new"
     reference = work / "reference"
     ref = subprocess.Popen(command(src, reference), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_work(ref)
@@ -119,8 +159,10 @@ def campaign(src: Path, work: Path, kills: int, max_seconds: float, seed: int, l
     while stats.kills < kills and time.monotonic() < deadline:
         stats.rounds += 1
         cache = work / f"round-{stats.rounds}"
+        if update:
+            shutil.copytree(base, cache, copy_function=shutil.copy2)
         while stats.kills < kills and time.monotonic() < deadline:
-            procs = start(src, cache, parts)
+            procs = start(src, cache, parts, extra)
             if rng.random() < 0.15:  # now and then during start-up (listing, lock, TensorFlow import)
                 time.sleep(rng.uniform(0, 2.0))
             elif wait_for_work(procs[0]):  # mostly while decoding, computing and writing
@@ -149,13 +191,13 @@ def campaign(src: Path, work: Path, kills: int, max_seconds: float, seed: int, l
                 f"{len(done['shards'])}/{done['num_shards']} shards done, "
                 f"verify {'ok' if not report.problems else 'FAILED'}"
             )
-            if done["complete"]:
+            if done["complete"] and (not update or done.get("generation")):
                 break
-        final = finish(src, cache, parts)
+        final = finish(src, cache, parts, extra)
         if final.returncode != 0:
             stats.mismatches.append(f"round {stats.rounds}: final run failed: {final.stderr.strip().splitlines()[-1:]}")
             continue
-        diff = differing(want, read_shards(cache))
+        diff = differing_by_id(reference, cache) if update else differing(want, read_shards(cache))
         if diff:
             stats.mismatches.append(f"round {stats.rounds}: {', '.join(diff)} differ from the uninterrupted cache")
         else:
@@ -193,6 +235,7 @@ def main() -> None:
     ap.add_argument(
         "--parts", type=int, default=1, help="workers filling each cache side by side, --part I/N (default 1)"
     )
+    ap.add_argument("--update", action="store_true", help="kill updates (--update) of a cache instead of first runs")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (printed) for inspection")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO / "data"))
@@ -201,7 +244,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="featcache-faults-"))
     try:
         make_sample(work / "src", per_class=max(1, args.images // 10), classes=10, seed=args.seed)
-        stats = campaign(work / "src", work, args.kills, args.max_seconds, args.seed, parts=args.parts)
+        stats = campaign(
+            work / "src", work, args.kills, args.max_seconds, args.seed, parts=args.parts, update=args.update
+        )
         print(table(stats))
         for line in stats.verify_failures + stats.mismatches:
             print(f"FAILED: {line}")

@@ -220,7 +220,7 @@ def test_changed_inputs_are_refused_on_resume_saying_what_changed(tmp_path, samp
     with pytest.raises(
         SourceMismatchError,
         match=rf"the inputs changed since the cache was made from .*: {message}; "
-        r"run with overwrite=True to start over",
+        r"run with update=True to extract only what changed, overwrite=True to start over",
     ):
         extract(src, tmp_path / "c")
     assert [s.shard for s in FeatureCache(tmp_path / "c").shards] == [0]  # nothing lost

@@ -17,7 +17,6 @@ from .fsutil import atomic_write_bytes
 
 LISTING_NAME = "listing.npz"
 FIELDS = ("id", "label", "split", "size", "mtime_ns")
-EXAMPLES = 3
 
 
 def save_listing(cache_dir: Path, listing: dict[str, np.ndarray]) -> None:
@@ -27,30 +26,12 @@ def save_listing(cache_dir: Path, listing: dict[str, np.ndarray]) -> None:
     atomic_write_bytes(Path(cache_dir) / LISTING_NAME, buf.getvalue())
 
 
-def load_listing(cache_dir: Path) -> dict[str, np.ndarray] | None:
+def load_listing(cache_dir: Path, size: int | None = None) -> dict[str, np.ndarray] | None:
+    """``CACHE/listing.npz``, or None when there is none. ``size`` cuts it to the manifest's
+    ``num_inputs``: an update writes the grown listing before the manifest that uses it, so after
+    a crash between the two the listing may have entries no manifest plans yet."""
     path = Path(cache_dir) / LISTING_NAME
     if not path.is_file():
         return None
     with np.load(path) as z:
-        return {k: z[k] for k in FIELDS}
-
-
-def describe_changes(old: dict[str, np.ndarray], new: dict[str, np.ndarray]) -> str:
-    """``3 added (e.g. a.jpg, ...), 1 removed (...), ...`` between two listings (empty when equal)."""
-    o = {str(i): k for k, i in enumerate(old["id"])}
-    n = {str(i): k for k, i in enumerate(new["id"])}
-    common = [i for i in n if i in o]
-
-    def differs(keys: tuple[str, ...]) -> list[str]:
-        return [i for i in common if any(old[k][o[i]] != new[k][n[i]] for k in keys)]
-
-    groups = [
-        ("added", [i for i in n if i not in o]),
-        ("removed", [i for i in o if i not in n]),
-        ("modified", differs(("size", "mtime_ns"))),
-        ("relabelled", differs(("label", "split"))),
-    ]
-    parts = [f"{len(ids)} {what} (e.g. {', '.join(ids[:EXAMPLES])})" for what, ids in groups if ids]
-    if not parts and [str(i) for i in old["id"]] != [str(i) for i in new["id"]]:
-        parts.append("the same inputs in another order")
-    return ", ".join(parts)
+        return {k: z[k] if size is None else z[k][:size] for k in FIELDS}

@@ -62,6 +62,26 @@ class FailedInput:
 
 
 @dataclass
+class Generation:
+    """One batch of inputs added to a cache: listing positions ``[first_index, first_index + num_inputs)``
+    in shards ``first_shard ..`` (``shard_size`` inputs each, the last one shorter).
+
+    Generation 0 is the first extraction; each ``update=True`` run that changes what readers see adds
+    one (possibly with no inputs, when it only removed or relabelled rows). ``classes`` are the class
+    names the ``label`` numbers in this generation's shards refer to; ``changes`` counts what the
+    update found (``added``, ``removed``, ``modified``, ``relabelled``).
+    """
+
+    generation: int
+    first_index: int
+    num_inputs: int
+    first_shard: int
+    created: str
+    classes: list[str]
+    changes: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
 class Manifest:
     """Everything a reader needs to know about a cache before opening a shard.
 
@@ -79,6 +99,15 @@ class Manifest:
     shard_size: int
     shards: list[ShardRecord] = field(default_factory=list)
     failed: list[FailedInput] = field(default_factory=list)
+    # Updates (docs/updates.md); all empty for a cache made in one go. ``dead``: listing positions
+    # retired by an update whose rows are still in a shard file (readers skip them); ``dropped``:
+    # retired positions no shard holds (compacted away, or failed inputs later removed);
+    # ``relabelled``: ``[index, label, split]`` of rows whose label (in :attr:`classes`) or given
+    # split changed since they were written.
+    generations: list[Generation] = field(default_factory=list)
+    dead: list[int] = field(default_factory=list)
+    dropped: list[int] = field(default_factory=list)
+    relabelled: list[list[int]] = field(default_factory=list)
     created: str = field(default_factory=now)
     updated: str = field(default_factory=now)
     format: str = FORMAT_NAME
@@ -86,17 +115,53 @@ class Manifest:
 
     @property
     def num_inputs(self) -> int:
+        """Listing positions in the plan: the source's inputs, or for an updated cache every position
+        any generation added (retired ones included)."""
+        if self.generations:
+            g = self.generations[-1]
+            return g.first_index + g.num_inputs
         return int(self.source["num_inputs"])
+
+    def plan(self) -> list[Generation]:
+        """The generations, or the single implicit one of a cache never updated."""
+        if self.generations:
+            return self.generations
+        return [Generation(0, 0, self.num_inputs, 0, self.created, list(self.classes))]
+
+    @property
+    def generation(self) -> int:
+        """The newest generation's number (0 for a cache never updated)."""
+        return self.generations[-1].generation if self.generations else 0
 
     @property
     def num_shards(self) -> int:
         """Shards in the plan (completed or not)."""
-        return math.ceil(self.num_inputs / self.shard_size)
+        g = self.plan()[-1]
+        return g.first_shard + math.ceil(g.num_inputs / self.shard_size)
 
     @property
     def rows(self) -> int:
-        """Rows in completed shards."""
+        """Rows in completed shards (dead ones included: see :attr:`live_rows`)."""
         return sum(s.rows for s in self.shards)
+
+    @property
+    def live_rows(self) -> int:
+        """Rows readers see: :attr:`rows` less the dead ones."""
+        return self.rows - len(self.dead)
+
+    def generation_of(self, shard: int) -> Generation:
+        """The generation whose plan holds shard number ``shard``."""
+        for g in reversed(self.plan()):
+            if shard >= g.first_shard:
+                return g
+        raise ValueError(f"shard {shard} is in no generation")
+
+    def shard_of(self, index: int) -> int:
+        """The shard number that holds listing position ``index``."""
+        for g in reversed(self.plan()):
+            if index >= g.first_index:
+                return g.first_shard + (index - g.first_index) // self.shard_size
+        raise ValueError(f"index {index} is in no generation")
 
     @property
     def complete(self) -> bool:
@@ -108,8 +173,9 @@ class Manifest:
 
     def shard_inputs(self, shard: int) -> range:
         """Positions in the listing that shard number ``shard`` covers."""
-        start = shard * self.shard_size
-        return range(start, min(start + self.shard_size, self.num_inputs))
+        g = self.generation_of(shard)
+        start = g.first_index + (shard - g.first_shard) * self.shard_size
+        return range(start, min(start + self.shard_size, g.first_index + g.num_inputs))
 
     def add_shard(self, record: ShardRecord, failed: list[FailedInput]) -> None:
         self.shards = sorted([s for s in self.shards if s.shard != record.shard] + [record], key=lambda s: s.shard)
@@ -122,6 +188,10 @@ class Manifest:
                  "storage", "shard_size"]
         out = {k: d[k] for k in order}
         out.update(num_shards=self.num_shards, rows=self.rows, complete=self.complete)
+        if self.generations:  # only updated caches carry these (a cache made in one go is unchanged)
+            out.update(num_inputs=self.num_inputs, generation=self.generation, live_rows=self.live_rows,
+                       generations=d["generations"], dead=self.dead, dropped=self.dropped,
+                       relabelled=self.relabelled)
         out.update(shards=d["shards"], failed=d["failed"])
         return out
 
@@ -147,6 +217,10 @@ class Manifest:
                 shard_size=int(d["shard_size"]),
                 shards=[ShardRecord(**s) for s in d["shards"]],
                 failed=[FailedInput(**f) for f in d["failed"]],
+                generations=[Generation(**g) for g in d.get("generations", [])],
+                dead=[int(i) for i in d.get("dead", [])],
+                dropped=[int(i) for i in d.get("dropped", [])],
+                relabelled=[[int(v) for v in r] for r in d.get("relabelled", [])],
                 created=d["created"],
                 updated=d["updated"],
                 format=d["format"],

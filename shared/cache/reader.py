@@ -3,6 +3,11 @@
 Only shards listed in the manifest are read. Each shard's own fingerprint attribute is checked
 against the manifest's, so a shard file copied in from another cache is refused, not mixed.
 
+An updated cache (docs/updates.md) is read as its manifest says, by every method here: rows whose
+input was removed or modified since they were written (the manifest's ``dead``) are skipped, and
+rows relabelled since carry their new label and split. Readers therefore see the same rows as a
+cache extracted from scratch from the current source (in another order).
+
 h5py serialises every call under one global lock, so reads here are whole datasets or large,
 chunk-aligned blocks, never row by row.
 """
@@ -54,6 +59,30 @@ class FeatureCache:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.manifest = Manifest.load(self.path)
+        m = self.manifest
+        self._dead = np.asarray(sorted(m.dead), dtype=np.int64)
+        relabelled = np.asarray(sorted(m.relabelled), dtype=np.int64).reshape(-1, 3)
+        self._relabel_index = relabelled[:, 0]
+        self._relabel_label = relabelled[:, 1].astype(schema.LABEL_DTYPE)
+        self._relabel_split = relabelled[:, 2].astype(schema.SPLIT_DTYPE)
+        # per generation whose class list differs from the cache's: its label numbers -> the cache's
+        number = {c: k for k, c in enumerate(m.classes)}
+        self._label_maps = {
+            g.generation: np.array([number.get(c, schema.UNKNOWN_LABEL) for c in g.classes], dtype=schema.LABEL_DTYPE)
+            for g in m.generations
+            if g.classes != m.classes
+        }
+
+    @property
+    def generation(self) -> int:
+        """How many updates the cache has had (0: made in one go). Changes whenever what readers see
+        changes, so a result can record which state of the cache it was computed from."""
+        return self.manifest.generation
+
+    @property
+    def dead_rows(self) -> int:
+        """Rows still in shard files but retired by an update (readers skip them)."""
+        return len(self.manifest.dead)
 
     @property
     def fingerprint(self) -> dict[str, Any]:
@@ -69,7 +98,8 @@ class FeatureCache:
 
     @property
     def num_rows(self) -> int:
-        return self.manifest.rows
+        """Rows readers see (dead rows excluded)."""
+        return self.manifest.live_rows
 
     @property
     def shards(self) -> list[ShardRecord]:
@@ -119,14 +149,22 @@ class FeatureCache:
     def read_columns(self, columns: tuple[str, ...] = (schema.LABEL, schema.ID, schema.INDEX, schema.SPLIT)) -> dict[str, np.ndarray]:
         """The named per-row datasets of every shard, concatenated in index order (ids as str objects).
 
-        Maps are not a column here: use :meth:`iter_maps`.
+        Maps are not a column here: use :meth:`iter_maps`. Dead rows are left out; labels and splits are
+        the current ones (see the module docstring).
         """
-        parts: dict[str, list[np.ndarray]] = {k: [] for k in columns}
+        wanted = tuple(dict.fromkeys((*columns, schema.INDEX)))
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in wanted}
         for record in self.shards:
             with self.open_shard(record) as f:
                 try:
-                    for key in columns:
-                        parts[key].append(f[key].asstr()[()].astype(object) if key == schema.ID else f[key][()])
+                    index = f[schema.INDEX][()]
+                    live = self._live(index)
+                    for key in wanted:
+                        value = index if key == schema.INDEX else (
+                            f[key].asstr()[()].astype(object) if key == schema.ID else f[key][()])
+                        if key == schema.LABEL:
+                            value = self._current_labels(record, value)
+                        parts[key].append(value if live is None else value[live])
                 except (KeyError, OSError) as exc:
                     raise FeatcacheError(f"{self.shard_path(record)}: cannot read dataset ({exc})") from None
         empty = {
@@ -136,7 +174,32 @@ class FeatureCache:
             schema.INDEX: np.zeros(0, schema.INDEX_DTYPE),
             schema.SPLIT: np.zeros(0, schema.SPLIT_DTYPE),
         }
-        return {k: np.concatenate(v) if v else empty[k] for k, v in parts.items()}
+        out = {k: np.concatenate(v) if v else empty[k] for k, v in parts.items()}
+        if len(self._relabel_index):
+            at = np.searchsorted(self._relabel_index, out[schema.INDEX])
+            hit = (at < len(self._relabel_index)) & (self._relabel_index[np.minimum(at, len(self._relabel_index) - 1)]
+                                                     == out[schema.INDEX])
+            for key, new in ((schema.LABEL, self._relabel_label), (schema.SPLIT, self._relabel_split)):
+                if key in out:
+                    out[key] = out[key].copy()
+                    out[key][hit] = new[at[hit]]
+        return {k: out[k] for k in columns}
+
+    def _live(self, index: np.ndarray) -> np.ndarray | None:
+        """Mask of the rows of ``index`` (listing positions) that are not dead; None when all are live."""
+        if not len(self._dead):
+            return None
+        live = ~np.isin(index, self._dead)
+        return None if live.all() else live
+
+    def _current_labels(self, record: ShardRecord, label: np.ndarray) -> np.ndarray:
+        """A shard's stored labels in the cache's current class numbering."""
+        table = self._label_maps.get(self.manifest.generation_of(record.shard).generation)
+        if table is None:
+            return label
+        if not len(table):
+            return np.full_like(label, schema.UNKNOWN_LABEL)
+        return np.where(label >= 0, table[np.clip(label, 0, max(len(table) - 1, 0))], label).astype(label.dtype)
 
     def splits(self, ids: np.ndarray, given: np.ndarray) -> np.ndarray:
         """Split codes of rows: the source's own (``given``), else by hash of the id with the cache's fractions."""
@@ -160,7 +223,7 @@ class FeatureCache:
 
         Each block is one contiguous, chunk-aligned read; gzip'd rows (the default storage) are
         inflated on all cores (:mod:`featcache.shared.cache.deflate`). ``indices`` keeps only those listing
-        positions (e.g. one split); ``dtype`` casts the maps (default: as stored).
+        positions (e.g. one split); ``dtype`` casts the maps (default: as stored). Dead rows are skipped.
         """
         keep = None if indices is None else np.asarray(indices, dtype=np.int64)
         step = max(schema.MAPS_CHUNK_ROWS, block_rows - block_rows % schema.MAPS_CHUNK_ROWS)
@@ -168,6 +231,9 @@ class FeatureCache:
             with self.open_shard(record) as f:
                 index = f[schema.INDEX][()]
                 rows = np.arange(len(index)) if keep is None else np.flatnonzero(np.isin(index, keep))
+                live = self._live(index[rows])
+                if live is not None:
+                    rows = rows[live]
                 if len(rows) == 0:
                     continue
                 maps = f[schema.MAPS]

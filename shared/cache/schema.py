@@ -89,9 +89,28 @@ def shard_name(shard: int) -> str:
     return f"{SHARDS_DIR}/shard-{shard:05d}.h5"
 
 
-def shard_number(file_name: str) -> int:
-    """The shard number in a shard's file name (``shard-00007.h5`` -> 7), -1 if there is none."""
+def compacted_shard_name(shard: int, version: int) -> str:
+    """File name of shard ``shard`` rewritten by its ``version``-th compaction (``version`` >= 1): a
+    new name, so that the manifest's atomic rewrite is the one moment the new file replaces the old."""
+    return shard_name(shard) if version == 0 else f"{SHARDS_DIR}/shard-{shard:05d}-c{version}.h5"
+
+
+def _shard_name_parts(file_name: str) -> tuple[int, int]:
     stem = file_name.rsplit("/", 1)[-1]
-    if stem.startswith("shard-") and stem.endswith(".h5") and stem[6:-3].isdigit():
-        return int(stem[6:-3])
-    return -1
+    if not (stem.startswith("shard-") and stem.endswith(".h5")):
+        return -1, -1
+    number, _, version = stem[6:-3].partition("-c")
+    if number.isdigit() and (version.isdigit() if version else "-c" not in stem):
+        return int(number), int(version or 0)
+    return -1, -1
+
+
+def shard_number(file_name: str) -> int:
+    """The shard number in a shard's file name (``shard-00007.h5`` or ``shard-00007-c2.h5`` -> 7), -1
+    if there is none."""
+    return _shard_name_parts(file_name)[0]
+
+
+def compaction_version(file_name: str) -> int:
+    """How many times the shard in ``file_name`` was compacted (0 for ``shard-00007.h5``), -1 if not a shard name."""
+    return _shard_name_parts(file_name)[1]

@@ -19,10 +19,11 @@ from . import deflate, schema
 from ..errors import FeatcacheError, SourceMismatchError
 from .fingerprint import check_compatible, to_attr
 from .fsutil import commit_file, remove_stale_temps, sha256_file, temp_path_for
-from .listing import LISTING_NAME, describe_changes, load_listing, save_listing
+from .listing import LISTING_NAME, load_listing, save_listing
 from .lock import CacheLock, FileLock
 from .manifest import FailedInput, Manifest, ShardRecord, file_status, now
 from .parts import LOCK_WAIT_SECONDS, WHOLE, Finalized, Part, PartLog, acquire_part, finalize, merge_logs, parts_dir, remove_logs
+from .update import Changes, apply_update, describe_live_changes
 
 
 def storage_options(compression: str, maps_dtype: str) -> dict[str, Any]:
@@ -153,10 +154,14 @@ class CacheWriter:
     shards are kept; ``overwrite=True`` discards them instead (whole-cache runs only). A run of a
     part (see :mod:`featcache.shared.cache.parts`) records its shards in its part log and merges on exit; a whole
     run records them straight into the manifest. :attr:`finalized` is the state after that merge.
+
+    ``update=True`` accepts a source whose listing changed: the change is recorded as a new
+    generation (:mod:`featcache.shared.cache.update`) and :attr:`changes` says what it was; the
+    new shards are then pending like any others (so parts, resume and ``finalize`` work unchanged).
     """
 
     def __init__(self, cache_dir: str | os.PathLike[str], manifest: Manifest, *, overwrite: bool = False,
-                 listing: dict[str, np.ndarray] | None = None, part: Part = WHOLE):
+                 listing: dict[str, np.ndarray] | None = None, part: Part = WHOLE, update: bool = False):
         if overwrite and not part.whole:
             raise FeatcacheError(
                 f"{cache_dir}: overwrite=True with part='{part}' would let each worker delete the others' shards; "
@@ -166,6 +171,8 @@ class CacheWriter:
         self.listing = listing
         self.overwrite = overwrite
         self.part = part
+        self.update = update
+        self.changes: Changes | None = None
         self.resumed_shards = 0
         self.finalized: Finalized | None = None
         self._part_lock: FileLock | None = None
@@ -215,14 +222,18 @@ class CacheWriter:
             manifest_path.unlink()
         if manifest_path.exists():
             old = Manifest.load(self.dir)
-            self._check_resumable(old)
             merge_logs(self.dir, old)
+            if self.update:
+                self._apply_update(old)
+            self._check_resumable(old)
             new = self.manifest
             kept = [s for s in old.shards if file_status(self.dir / s.file, s, checksum=False) is None]
             new.shards = kept
             kept_ids = {s.shard for s in kept}
             new.failed = [f for f in old.failed if f.shard in kept_ids]
             new.created = old.created
+            new.generations, new.dead, new.dropped, new.relabelled = (
+                old.generations, old.dead, old.dropped, old.relabelled)
             self.resumed_shards = sum(self.part.owns(s.shard) for s in kept)
         elif self.listing is not None:
             save_listing(self.dir, self.listing)
@@ -230,17 +241,52 @@ class CacheWriter:
         if not self.part.whole:
             self._log = PartLog(self.part, self.manifest.created)
 
+    def _apply_update(self, old: Manifest) -> None:
+        """Record in ``old`` (and on disk: the grown listing, then the manifest) what changed in the
+        source since ``old`` was written; a no-op when the listing is the same. Refuses another
+        identity (weights, preprocessing, dtype...), shard size, storage or split fractions, and a
+        cache whose previous run is unfinished."""
+        where = str(self.dir)
+        new = self.manifest
+        self.changes = Changes()
+        if old.source.get("listing_sha256") == new.source.get("listing_sha256"):
+            return
+        check_compatible(old.fingerprint, new.fingerprint, where)
+        for what, a, b in (
+            ("shard size", old.shard_size, new.shard_size),
+            ("storage", old.storage, new.storage),
+            ("split fractions", old.split.get("fractions"), new.split.get("fractions")),
+        ):
+            if a != b:
+                raise FeatcacheError(f"{where}: {what} differs from the existing cache ({a} then, {b} now); "
+                                     "an update must repeat the original options")
+        if not old.complete:
+            raise FeatcacheError(
+                f"{where}: the cache is unfinished ({len(old.missing_shards())} of {old.num_shards} shards missing) "
+                "and its source changed since: finish it from the source as it was, then update (or overwrite=True)")
+        before = load_listing(self.dir, old.num_inputs)
+        if self.listing is None or before is None or len(before["id"]) != old.num_inputs:
+            raise FeatcacheError(f"{where}: no {LISTING_NAME} matching the manifest: this cache cannot be updated; "
+                                 "use overwrite=True to start over")
+        self.changes, grown = apply_update(old, before, self.listing, new.classes)
+        old.source, old.split = new.source, new.split
+        save_listing(self.dir, grown)  # first: entries beyond the manifest's num_inputs are ignored
+        old.save(self.dir)
+
     def _check_resumable(self, old: Manifest) -> None:
         where = str(self.dir)
         check_compatible(old.fingerprint, self.manifest.fingerprint, where)
         new = self.manifest
         if old.source.get("listing_sha256") != new.source.get("listing_sha256"):
-            before = load_listing(self.dir)
-            changes = describe_changes(before, self.listing) if before is not None and self.listing is not None else ""
+            before = load_listing(self.dir, old.num_inputs)
+            changes = ""
+            if before is not None and self.listing is not None and len(before["id"]) == old.num_inputs:
+                changes = describe_live_changes(old, before, self.listing, new.classes)
             raise SourceMismatchError(
                 f"{where}: the inputs changed since the cache was made from {old.source.get('root')}: "
                 + (changes or f"{old.source.get('num_inputs')} inputs then, {new.source.get('num_inputs')} now")
-                + "; run with overwrite=True to start over, or extract into another cache directory"
+                + "; run with update=True to extract only what changed, overwrite=True to start over, "
+                "or extract into another cache directory"
             )
         for what, a, b in (
             ("shard size", old.shard_size, new.shard_size),

@@ -7,6 +7,7 @@ work on a machine with no TensorFlow installed.
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -24,6 +25,7 @@ from ..cache.reader import FeatureCache, PooledRows
 from ..cache.split import split_names
 from ..cli import run_cli
 from ..errors import FeatcacheError
+from . import compact as compact_mod
 from . import export as export_mod
 from . import similarity
 from . import verify as verify_mod
@@ -52,8 +54,21 @@ def summarize(cache: FeatureCache) -> dict[str, Any]:
     disk = sum(s.bytes for s in m.shards)
     return {
         "cache": str(cache.path),
-        "rows": m.rows,
-        "inputs": m.num_inputs,
+        "rows": m.live_rows,
+        "dead_rows": len(m.dead),
+        "inputs": int(m.source["num_inputs"]),
+        "generation": m.generation,
+        "generations": [
+            {
+                "generation": g.generation,
+                "created": g.created,
+                "inputs": g.num_inputs,
+                "shards": [g.first_shard, g.first_shard + math.ceil(g.num_inputs / m.shard_size)],
+                "changes": g.changes,
+            }
+            for g in m.plan()
+        ],
+        "relabelled": len(m.relabelled),
         "shards": {"done": len(m.shards), "planned": m.num_shards, "size": m.shard_size},
         "complete": m.complete,
         "classes": per_class,
@@ -93,6 +108,16 @@ def _print_summary(s: dict[str, Any]) -> None:
             f"{s['shards']['done']}/{s['shards']['planned']} shards of {s['shards']['size']}, {state}"
         )
     )
+    if s["generation"] or s["dead_rows"]:
+        echo(
+            f"updates:   generation {s['generation']}; {s['dead_rows']} dead rows (removed or modified inputs, "
+            f"still in shard files: featcache-inspect compact rewrites them), {s['relabelled']} rows relabelled"
+        )
+        for g in s["generations"]:
+            first, stop = g["shards"]
+            what = ", ".join(f"{n} {k}" for k, n in g["changes"].items() if n) or "first extraction"
+            where = f"shards {first}..{stop - 1}" if stop > first else "no new shards"
+            echo(f"  generation {g['generation']} {g['created']}: {g['inputs']} inputs, {where} ({what})")
     echo(f"backbone:  {describe(fp)}")
     echo(f"input:     {fp['resize']} to {fp['input_size']}, {fp['preprocessing']}")
     echo(
@@ -368,6 +393,33 @@ def export_cmd(
         written = export_mod.export(FeatureCache(cache), out, export_mod.parse_range(maps) if maps else None)
         for p in written:
             typer.echo(f"wrote {p} ({p.stat().st_size / 1e6:.1f} MB)")
+
+    run_cli(job, debug=debug)
+
+
+@app.command()
+def compact(
+    cache: CacheArg,
+    threshold: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=0.999,
+            help=(
+                "Rewrite a shard when more than this fraction of its rows are dead (rows of inputs an "
+                "update removed or re-extracted); 0 rewrites every shard with a dead row."
+            ),
+        ),
+    ] = compact_mod.DEFAULT_THRESHOLD,
+    debug: DebugOpt = False,
+) -> None:
+    """Give back the space of dead rows after updates: rewrite the shards that are mostly dead
+    without them (a new file each, committed by the manifest's atomic rewrite: safe to interrupt,
+    even with kill -9). Run it when no extractor and no reader is using the cache."""
+
+    def job() -> None:
+        report = compact_mod.compact(cache, threshold, log=lambda line: typer.echo(f"  {line}"))
+        typer.echo(report.summary(cache))
 
     run_cli(job, debug=debug)
 

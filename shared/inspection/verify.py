@@ -72,7 +72,9 @@ def check_shard(
 ) -> str | None:
     """The first thing wrong with shard ``rec``, or None. Reads the whole shard once."""
     plan = m.shard_inputs(rec.shard)
-    if (rec.file, rec.first_index, rec.num_inputs) != (schema.shard_name(rec.shard), plan.start, len(plan)):
+    version = schema.compaction_version(rec.file)
+    expected_file = schema.compacted_shard_name(rec.shard, max(version, 0))
+    if (rec.file, rec.first_index, rec.num_inputs) != (expected_file, plan.start, len(plan)):
         return (
             f"manifest record says file {rec.file}, inputs {rec.first_index}+{rec.num_inputs}; the shard plan "
             f"says {schema.shard_name(rec.shard)}, inputs {plan.start}+{len(plan)}"
@@ -105,12 +107,14 @@ def check_shard(
             if d.shape != shape or got != dtype:
                 return f"dataset {name!r} is {d.shape} {got}, expected {shape} {dtype}"
         failed = {x.index for x in m.failed if x.shard == rec.shard}
-        expected_index = [i for i in range(rec.first_index, rec.first_index + rec.num_inputs) if i not in failed]
+        # retired inputs no shard holds: compacted away, or failed and removed since
+        gone = failed | {i for i in m.dropped if plan.start <= i < plan.stop}
+        expected_index = [i for i in range(rec.first_index, rec.first_index + rec.num_inputs) if i not in gone]
         index = f[schema.INDEX][()]
         if index.tolist() != expected_index:
             return (
                 f"index is not inputs {rec.first_index}..{rec.first_index + rec.num_inputs - 1} "
-                f"less the {len(failed)} failed ones"
+                f"less the {len(failed)} failed and {len(gone) - len(failed)} dropped ones"
             )
         pooled = f[schema.POOLED][()]
         if not np.isfinite(pooled).all():
@@ -159,13 +163,22 @@ def verify(cache_dir: str | Path, *, sample_rows: int = DEFAULT_SAMPLE_ROWS, see
         pending = {Path(schema.shard_name(k)).name for k in m.missing_shards()}
         logged = {Path(schema.shard_name(k)).name for k in awaiting_merge(cache_dir, m)}
         unlisted_pending = 0
+        superseded = 0
+        listed_numbers = {rec.shard: schema.compaction_version(rec.file) for rec in m.shards}
         for p in sorted(shards_dir.glob(schema.SHARD_GLOB)):
             if p.name in pending and p.name not in logged:  # a run stopped before recording it: redone on resume
                 unlisted_pending += 1
+            elif p.name not in listed and schema.shard_number(p.name) in listed_numbers:
+                superseded += 1  # the other version of a shard being compacted: no manifest names it
             elif p.name not in listed and p.name not in logged:
                 report.problems.append(
                     Problem(f"{schema.SHARDS_DIR}/{p.name}", "shard file the manifest does not list")
                 )
+        if superseded:
+            report.notes.append(
+                f"{superseded} shard files are other versions of listed shards (left by an interrupted "
+                "compaction; readers ignore them, the next compact removes them)"
+            )
         if logged:
             report.notes.append(
                 f"{len(logged)} shards finished by parts are not merged into the manifest yet "
@@ -186,7 +199,28 @@ def verify(cache_dir: str | Path, *, sample_rows: int = DEFAULT_SAMPLE_ROWS, see
             report.notes.append(f"{len(temps)} partial shard files ({state})")
     if not m.complete:
         report.notes.append(f"incomplete: {len(m.missing_shards())} of {m.num_shards} planned shards not written yet")
+    report.problems += [Problem(schema.MANIFEST_NAME, reason) for reason in check_updates(m)]
+    if m.generations:
+        report.notes.append(
+            f"generation {m.generation}: {m.live_rows} live rows, {len(m.dead)} dead rows awaiting compaction "
+            f"(featcache-inspect compact), {len(m.relabelled)} relabelled"
+        )
     return report
+
+
+def check_updates(m: Manifest) -> list[str]:
+    """What is inconsistent in an updated manifest's records: every dead row must be held by a
+    shard (not failed, not dropped), and every relabelled row must be live."""
+    problems = []
+    failed = {f.index for f in m.failed}
+    dead, dropped = set(m.dead), set(m.dropped)
+    bad = sorted(i for i in dead if not 0 <= i < m.num_inputs or i in failed or i in dropped)
+    if bad:
+        problems.append(f"dead rows {bad[:5]} are out of range, failed or dropped")
+    bad = sorted(r[0] for r in m.relabelled if r[0] in dead or r[0] in dropped or not 0 <= r[0] < m.num_inputs)
+    if bad:
+        problems.append(f"relabelled rows {bad[:5]} are not live")
+    return problems
 
 
 def fix(cache_dir: str | Path, report: Report) -> list[str]:

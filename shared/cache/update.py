@@ -1,0 +1,188 @@
+"""Updating a cache with what changed in its source, without touching the shards already written.
+
+A cache's listing (``listing.npz``) is append-only: position ``p`` always names the same input as
+it was when its row was written. An update compares the cache's *live* view of that listing (every
+position not retired, with its current label and split) with the source's new listing, by id:
+
+- **added** ids get new positions at the end, in a new :class:`~.manifest.Generation` whose shards
+  come after the existing ones;
+- **removed** ids retire their position: ``dead`` when a shard holds the row (readers skip it until
+  :mod:`featcache.shared.inspection.compact` rewrites that shard), ``dropped`` when none does (the
+  input had failed);
+- **modified** ids (file size or modification time changed) retire the old position and get a new one;
+- **relabelled** ids (class name or given split changed) keep their row; the manifest's
+  ``relabelled`` list says what readers see instead of the stored label and split.
+
+Labels are compared by class *name*, so a class added to the source (which renumbers the others)
+relabels nothing: each generation records the class names its shards' label numbers refer to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .manifest import Generation, Manifest, now
+from .schema import UNKNOWN_LABEL
+
+EXAMPLES = 3
+CHANGE_KINDS = ("added", "removed", "modified", "relabelled")
+
+
+@dataclass
+class Changes:
+    """Ids per kind of change, in listing order."""
+
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    modified: list[str] = field(default_factory=list)
+    relabelled: list[str] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        return {k: len(getattr(self, k)) for k in CHANGE_KINDS}
+
+    def __bool__(self) -> bool:
+        return any(self.counts().values())
+
+    def describe(self) -> str:
+        """``3 added (e.g. a.jpg, ...), 1 removed (...)``; empty when nothing changed."""
+        return ", ".join(
+            f"{len(ids)} {kind} (e.g. {', '.join(ids[:EXAMPLES])})"
+            for kind in CHANGE_KINDS
+            if (ids := getattr(self, kind))
+        )
+
+
+def class_names(labels: np.ndarray, classes: list[str]) -> np.ndarray:
+    """``(n,)`` object array of class names for label numbers into ``classes`` (``""`` for -1)."""
+    table = np.array([*classes, ""], dtype=object)
+    labels = np.asarray(labels, dtype=np.int64)
+    return table[np.where((labels >= 0) & (labels < len(classes)), labels, len(classes))]
+
+
+def stored_names(m: Manifest, listing: dict[str, np.ndarray]) -> np.ndarray:
+    """The class name each position's row was written with (each generation's own class list)."""
+    names = np.empty(len(listing["id"]), dtype=object)
+    for g in m.plan():
+        sl = slice(g.first_index, g.first_index + g.num_inputs)
+        names[sl] = class_names(listing["label"][sl], g.classes)
+    return names
+
+
+def live_view(m: Manifest, listing: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The inputs readers see now: ``position``, ``id``, ``name`` (class name), ``split``, ``size``,
+    ``mtime_ns``, one entry per live position of ``listing`` (the cache's listing, cut to the
+    manifest's ``num_inputs``)."""
+    n = m.num_inputs
+    names = stored_names(m, listing)
+    split = np.asarray(listing["split"][:n], dtype=np.int8).copy()
+    for index, label, sp in m.relabelled:
+        names[index] = class_names(np.array([label]), m.classes)[0]
+        split[index] = sp
+    alive = np.ones(n, dtype=bool)
+    alive[np.asarray(m.dead + m.dropped, dtype=np.int64)] = False
+    pos = np.flatnonzero(alive)
+    return {
+        "position": pos,
+        "id": np.asarray(listing["id"][:n])[pos],
+        "name": names[pos],
+        "split": split[pos],
+        "size": np.asarray(listing["size"][:n])[pos],
+        "mtime_ns": np.asarray(listing["mtime_ns"][:n])[pos],
+    }
+
+
+def describe_live_changes(m: Manifest, listing: dict[str, np.ndarray], new: dict[str, np.ndarray],
+                          classes: list[str]) -> str:
+    """What an update would find, as :meth:`Changes.describe` (empty when the listings are equal)."""
+    live = live_view(m, listing)
+    text = diff(live, new, classes)[0].describe()
+    if not text and live["id"].tolist() != np.asarray(new["id"]).tolist():
+        text = "the same inputs in another order"
+    return text
+
+
+def diff(live: dict[str, np.ndarray], new: dict[str, np.ndarray], classes: list[str]
+         ) -> tuple[Changes, dict[str, int], list[int]]:
+    """Compare the live view with the new listing (``classes``: the new source's class names).
+
+    Returns the changes, the kept ids' positions (id -> position) and the positions in ``new`` of
+    the inputs to extract (added and modified), in listing order."""
+    changes = Changes()
+    at = {str(i): int(p) for i, p in zip(live["id"].tolist(), live["position"].tolist(), strict=True)}
+    row = {str(i): k for k, i in enumerate(live["id"].tolist())}
+    new_names = class_names(new["label"], classes)
+    kept: dict[str, int] = {}
+    extract: list[int] = []
+    for j, ident in enumerate(new["id"].tolist()):
+        ident = str(ident)
+        k = row.get(ident)
+        if k is None:
+            changes.added.append(ident)
+            extract.append(j)
+        elif live["size"][k] != new["size"][j] or live["mtime_ns"][k] != new["mtime_ns"][j]:
+            changes.modified.append(ident)
+            extract.append(j)
+        else:
+            kept[ident] = at[ident]
+            if live["name"][k] != new_names[j] or live["split"][k] != new["split"][j]:
+                changes.relabelled.append(ident)
+    seen = set(new["id"].tolist())
+    changes.removed = [str(i) for i in live["id"].tolist() if i not in seen]
+    return changes, kept, extract
+
+
+def apply_update(
+    m: Manifest, listing: dict[str, np.ndarray], new: dict[str, np.ndarray], classes: list[str]
+) -> tuple[Changes, dict[str, np.ndarray]]:
+    """Record in ``m`` (in memory) the update from ``listing`` (the cache's listing, cut to ``m``'s
+    ``num_inputs``) to the new source listing ``new`` with class names ``classes``; return the
+    changes and the cache's new listing (``listing`` with the inputs to extract appended).
+
+    ``m`` must be complete. When nothing changed, ``m`` and ``listing`` are returned as they were.
+    """
+    n = m.num_inputs
+    listing = {k: np.asarray(v)[:n] for k, v in listing.items()}
+    live = live_view(m, listing)
+    changes, kept, extract = diff(live, new, classes)
+    if not changes:
+        return changes, listing
+    retired = {int(p) for i, p in zip(live["id"].tolist(), live["position"].tolist(), strict=True)
+               if str(i) not in kept}
+    failed = {f.index for f in m.failed}
+    m.dead = sorted(set(m.dead) | {p for p in retired if p not in failed})
+    m.dropped = sorted(set(m.dropped) | (retired & failed))
+    m.failed = [f for f in m.failed if f.index not in retired]
+    # relabelled: every kept row whose name or split differs from what its shard stores, in the new numbering
+    stored = stored_names(m, listing)
+    new_names = class_names(new["label"], classes)
+    number = {c: k for k, c in enumerate(classes)}
+    j_of = {str(i): j for j, i in enumerate(new["id"].tolist())}
+    relabelled = []
+    for ident, p in sorted(kept.items(), key=lambda kv: kv[1]):
+        j = j_of[ident]
+        if stored[p] != new_names[j] or listing["split"][p] != new["split"][j]:
+            relabelled.append([p, number.get(new_names[j], UNKNOWN_LABEL), int(new["split"][j])])
+    if not m.generations:
+        m.generations = [m.plan()[0]]
+    m.generations.append(
+        Generation(
+            generation=m.generation + 1,
+            first_index=n,
+            num_inputs=len(extract),
+            first_shard=m.num_shards,
+            created=now(),
+            classes=list(classes),
+            changes=changes.counts(),
+        )
+    )
+    m.relabelled = relabelled
+    m.classes = list(classes)
+    m.updated = now()
+    take = np.asarray(extract, dtype=np.int64)
+    grown = {k: np.concatenate([listing[k], np.asarray(new[k])[take]]) for k in listing}
+    return changes, grown
+
+
+__all__ = ["CHANGE_KINDS", "Changes", "apply_update", "class_names", "describe_live_changes", "live_view"]

@@ -1,0 +1,178 @@
+"""Compaction: rewrite the shards of an updated cache whose rows are mostly dead.
+
+An update (docs/updates.md) never rewrites a shard: rows of removed or modified inputs stay in
+their files, listed as ``dead`` in the manifest, and readers skip them. ``featcache-inspect compact``
+gets the space back: each shard whose dead fraction is over a threshold is copied without its dead
+rows into a file with a new name (``shard-KKKKK-cN.h5``, see :func:`schema.compacted_shard_name`);
+maps are copied chunk by chunk as stored, never decompressed.
+
+Crash safety, step by step for one shard: the new file is written under a dot-name and fsynced
+(a kill leaves a partial file no manifest names); it is renamed to its new name (a kill leaves a
+complete file no manifest names; readers still read the old one); the manifest is replaced
+atomically to list the new file and move its dead rows to ``dropped`` (the commit point); the old
+file is deleted. Whatever moment a ``kill -9`` hits, the manifest lists complete files that hold
+every live row, and the next ``compact`` removes what was left over. The whole run holds the cache
+lock and refuses while an extractor is writing the cache. A reader that opened the manifest before
+the commit may find the old file gone: compact when no reader is running.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..cache import schema
+from ..cache.fsutil import commit_file, fsync_dir, remove_stale_temps, sha256_file, temp_path_for
+from ..cache.lock import CacheLock, describe_holder
+from ..cache.manifest import Manifest, ShardRecord, now
+from ..cache.parts import LOCK_WAIT_SECONDS, merge_logs, running_parts
+from ..errors import CacheLockedError, FeatcacheError
+
+DEFAULT_THRESHOLD = 0.5
+
+
+@dataclass
+class CompactReport:
+    """What a compaction did: shards rewritten, dead rows removed, bytes before and after those
+    shards, shards with dead rows left (under the threshold), left-over files removed."""
+
+    rewritten: list[int] = field(default_factory=list)
+    rows_removed: int = 0
+    bytes_before: int = 0
+    bytes_after: int = 0
+    left: int = 0
+    cleaned: list[str] = field(default_factory=list)
+
+    def summary(self, cache: Path) -> str:
+        if not self.rewritten:
+            line = f"{cache}: nothing to compact"
+        else:
+            line = (
+                f"{cache}: compacted {len(self.rewritten)} shards, {self.rows_removed} dead rows removed, "
+                f"{self.bytes_before / 1e6:.2f} MB -> {self.bytes_after / 1e6:.2f} MB"
+            )
+        if self.left:
+            line += f"; {self.left} shards with dead rows under the threshold left as they are"
+        if self.cleaned:
+            line += f"; removed {len(self.cleaned)} files left by an interrupted compaction"
+        return line
+
+
+def remove_file(path: Path) -> None:
+    """Delete ``path`` durably (the directory is fsynced)."""
+    path.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+
+
+def _clean(cache_dir: Path, m: Manifest) -> list[str]:
+    """Partial files, and other versions of listed shards: what an interrupted compaction leaves.
+    (Call with the cache lock held and no writer running.)"""
+    shards_dir = cache_dir / schema.SHARDS_DIR
+    removed = [p.name for p in remove_stale_temps(shards_dir)]
+    listed = {rec.shard: Path(rec.file).name for rec in m.shards}
+    for p in sorted(shards_dir.glob(schema.SHARD_GLOB)):
+        if listed.get(schema.shard_number(p.name), p.name) != p.name:
+            remove_file(p)
+            removed.append(p.name)
+    return removed
+
+
+def rewrite_shard(cache_dir: Path, rec: ShardRecord, drop: np.ndarray) -> ShardRecord:
+    """Copy shard ``rec`` without the rows whose index is in ``drop`` into its next compacted name;
+    return the new record (the file is in place; the manifest is not changed here)."""
+    final = cache_dir / schema.compacted_shard_name(rec.shard, schema.compaction_version(rec.file) + 1)
+    tmp = temp_path_for(final)
+    try:
+        with h5py.File(cache_dir / rec.file, "r") as src, h5py.File(tmp, "w") as dst:
+            index = src[schema.INDEX][()]
+            keep = np.flatnonzero(~np.isin(index, drop))
+            for name in (schema.POOLED, schema.LABEL, schema.INDEX, schema.SPLIT):
+                dst.create_dataset(name, data=src[name][()][keep])
+            ids = src[schema.ID].asstr()[()][keep]
+            dst.create_dataset(
+                schema.ID, data=np.array(ids, dtype=object), dtype=h5py.string_dtype("utf-8"), shape=(len(keep),)
+            )
+            maps = src[schema.MAPS]
+            out = dst.create_dataset(
+                schema.MAPS,
+                shape=(len(keep), *maps.shape[1:]),
+                maxshape=(max(rec.num_inputs, 1), *maps.shape[1:]),
+                chunks=maps.chunks,
+                dtype=maps.dtype,
+                compression=maps.compression,
+                compression_opts=maps.compression_opts,
+                shuffle=maps.shuffle,
+            )
+            if maps.chunks is None or maps.chunks[0] != 1:
+                raise FeatcacheError(f"{cache_dir / rec.file}: maps are not stored one row per chunk")
+            tail = (0,) * (maps.ndim - 1)
+            for k, row in enumerate(keep.tolist()):
+                mask, chunk = maps.id.read_direct_chunk((row, *tail))
+                out.id.write_direct_chunk((k, *tail), chunk, mask)
+            dst.attrs.update(dict(src.attrs))
+        record = ShardRecord(
+            shard=rec.shard,
+            file=str(final.relative_to(cache_dir)),
+            first_index=rec.first_index,
+            num_inputs=rec.num_inputs,
+            rows=len(keep),
+            bytes=tmp.stat().st_size,
+            sha256=sha256_file(tmp),
+            completed=now(),
+        )
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    commit_file(tmp, final)
+    return record
+
+
+def compact(cache_dir: str | Path, threshold: float = DEFAULT_THRESHOLD, log=None) -> CompactReport:  # noqa: ANN001
+    """Rewrite every shard of ``cache_dir`` whose dead rows are more than ``threshold`` of its rows
+    (0 rewrites every shard with a dead row). ``log(line)`` hears about each shard."""
+    if not 0 <= threshold < 1:
+        raise FeatcacheError(f"threshold={threshold}: expected a fraction of dead rows, 0 <= threshold < 1")
+    cache_dir = Path(cache_dir)
+    Manifest.load(cache_dir)  # not a cache: say so before the lock creates anything
+    report = CompactReport()
+    with CacheLock(cache_dir, wait=LOCK_WAIT_SECONDS):
+        running = running_parts(cache_dir)
+        if running:
+            part, holder = next(iter(running.items()))
+            raise CacheLockedError(
+                f"{cache_dir}: {part.label} is being written by {describe_holder(holder)}; "
+                "compact when no extractor is running"
+            )
+        m = Manifest.load(cache_dir)
+        if merge_logs(cache_dir, m):
+            m.save(cache_dir)
+        report.cleaned = _clean(cache_dir, m)
+        dead = np.asarray(m.dead, dtype=np.int64)
+        for rec in list(m.shards):
+            drop = dead[(dead >= rec.first_index) & (dead < rec.first_index + rec.num_inputs)]
+            if not len(drop):
+                continue
+            if len(drop) / rec.rows <= threshold:
+                report.left += 1
+                continue
+            new = rewrite_shard(cache_dir, rec, drop)
+            m.shards = [new if s.shard == rec.shard else s for s in m.shards]
+            gone = set(drop.tolist())
+            m.dead = [i for i in m.dead if i not in gone]
+            m.dropped = sorted(set(m.dropped) | gone)
+            m.updated = now()
+            m.save(cache_dir)  # the commit point: readers now read the new file
+            remove_file(cache_dir / rec.file)
+            report.rewritten.append(rec.shard)
+            report.rows_removed += len(drop)
+            report.bytes_before += rec.bytes
+            report.bytes_after += new.bytes
+            if log is not None:
+                log(f"{rec.file} -> {new.file}: {rec.rows} -> {new.rows} rows")
+    return report
+
+
+__all__ = ["DEFAULT_THRESHOLD", "CompactReport", "compact", "rewrite_shard"]
