@@ -249,7 +249,8 @@ def shard_identity_problem(f: h5py.File, rec: ShardRecord, m: Manifest, size: in
         for key, expected in (("shard", rec.shard), ("first_index", rec.first_index), ("num_inputs", rec.num_inputs)):
             got = attrs.get(key)
             if got is None or int(got) != expected:
-                return f"shard attribute {key} is {got!r}, the manifest says {expected}: it is another shard"
+                shown = "missing" if got is None else int(got)
+                return f"shard attribute {key} is {shown}, the manifest says {expected}: it is another shard"
         listing = attrs.get(LISTING_ATTR)
         if isinstance(listing, bytes):
             listing = listing.decode("utf-8", "replace")
