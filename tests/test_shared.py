@@ -86,7 +86,7 @@ def test_reader_names_missing_and_non_hdf5_shards(tiny_cache, tmp_path):
         ("{trunc", "manifest is not valid JSON"),
         ('{"format": "other"}', "not a featcache manifest"),
         ('{"format": "featcache", "schema_version": 99}', "schema version 99 is newer"),
-        ('{"format": "featcache", "schema_version": 1}', "missing or has a malformed field"),
+        ('{"format": "featcache", "schema_version": 1}', "manifest.json: created: missing"),
     ],
 )
 def test_not_a_cache_errors_name_the_file(tmp_path, content, message):

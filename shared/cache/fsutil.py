@@ -2,17 +2,25 @@
 
 A rename is atomic on POSIX filesystems, but only durable once the data was fsynced before it and
 the directory after it; without both, a power cut can leave an empty file under the final name.
+
+Files featcache opens for writing inside a cache (locks, temporary files) are opened without
+following symbolic links and only when they are regular files (:func:`open_regular`,
+:func:`create_new`): ``ln -s /some/file CACHE/.lock`` must not let a run truncate ``/some/file``,
+nor a FIFO make it hang.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..errors import FeatcacheError
 from .schema import TMP_PREFIX
 
 _HASH_BLOCK = 1 << 20
@@ -25,6 +33,61 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         while block := fh.read(_HASH_BLOCK):
             digest.update(block)
     return digest.hexdigest()
+
+
+class NotARegularFileError(FeatcacheError):
+    """A file featcache would open for writing (or trusts) is a symbolic link, a FIFO, a device or a folder."""
+
+
+def open_regular(path: str | os.PathLike[str], flags: int, mode: int = 0o644) -> int:
+    """``os.open(path, flags)`` that never follows a symbolic link and accepts only a regular file
+    (else :class:`NotARegularFileError`, one line); returns the descriptor (close-on-exec).
+
+    ``O_NONBLOCK`` keeps a FIFO from blocking the open before it is refused. Do not pass ``O_TRUNC``
+    for a file that may already exist: check first (:func:`create_new` makes new files)."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise NotARegularFileError(f"{path}: is a symbolic link; featcache does not follow links for its own "
+                                       "files (remove it)") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise NotARegularFileError(f"{path}: not a regular file; featcache refuses to open it (remove it)")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def check_regular(path: str | os.PathLike[str]) -> None:
+    """Refuse (as :func:`open_regular` would) a ``path`` that exists but is not a regular file, without
+    opening or creating anything: for checks made before a run changes anything."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(mode):
+        raise NotARegularFileError(f"{path}: is a symbolic link; featcache does not follow links for its own "
+                                   "files (remove it)")
+    if not stat.S_ISREG(mode):
+        raise NotARegularFileError(f"{path}: not a regular file; featcache refuses to open it (remove it)")
+
+
+def create_new(path: str | os.PathLike[str]) -> int:
+    """A new, empty regular file at ``path`` opened for writing: whatever was there (a stale temp
+    file, a symbolic link) is unlinked first, never written through."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+
+
+def read_regular(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of the regular file ``path`` (not through a symbolic link, never a FIFO)."""
+    fd = open_regular(path, os.O_RDONLY)
+    with os.fdopen(fd, "rb") as fh:
+        return fh.read()
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
@@ -43,8 +106,11 @@ def temp_path_for(path: Path) -> Path:
 
 def commit_file(tmp: Path, final: Path) -> None:
     """fsync ``tmp``, rename it to ``final`` and fsync the directory."""
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
+    fd = open_regular(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     os.replace(tmp, final)
     fsync_dir(final.parent)
 
@@ -53,7 +119,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` so that a reader sees the old or the new file, never a mix."""
     tmp = temp_path_for(path)
     try:
-        with open(tmp, "wb") as fh:
+        with os.fdopen(create_new(tmp), "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
@@ -70,15 +136,15 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def remove_stale_temps(directory: Path, mine: Callable[[str], bool] | None = None) -> list[Path]:
-    """Delete partial files left by a killed writer: all of them, or those whose final name
-    ``mine(name)`` accepts (only call while holding the lock of the files concerned)."""
+def remove_stale_temps(directory: Path, mine: Callable[[str], bool]) -> list[Path]:
+    """Delete partial files left by a killed writer: the ``.NAME.tmp-PID`` files whose final name
+    ``NAME`` ``mine(NAME)`` accepts (only featcache's own names; call only while holding the lock
+    of the files concerned, and with ``directory`` checked by :func:`featcache.shared.cache.paths.cache_path`)."""
     removed = []
-    if directory.is_dir():
+    if directory.is_dir() and not directory.is_symlink():
         for p in directory.iterdir():
-            if p.name.startswith(TMP_PREFIX) and ".tmp-" in p.name and (
-                mine is None or mine(p.name[len(TMP_PREFIX) : p.name.rindex(".tmp-")])
-            ):
+            name, sep, pid = p.name.rpartition(".tmp-")
+            if sep and pid.isdigit() and name.startswith(TMP_PREFIX) and mine(name[len(TMP_PREFIX) :]):
                 p.unlink(missing_ok=True)
                 removed.append(p)
     return removed

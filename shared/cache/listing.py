@@ -9,11 +9,13 @@ differs is refused with a line that counts (and names a few of) the inputs added
 from __future__ import annotations
 
 import io
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from .fsutil import atomic_write_bytes
+from ..errors import FeatcacheError
+from .fsutil import atomic_write_bytes, read_regular
 
 LISTING_NAME = "listing.npz"
 FIELDS = ("id", "label", "split", "size", "mtime_ns")
@@ -27,11 +29,24 @@ def save_listing(cache_dir: Path, listing: dict[str, np.ndarray]) -> None:
 
 
 def load_listing(cache_dir: Path, size: int | None = None) -> dict[str, np.ndarray] | None:
-    """``CACHE/listing.npz``, or None when there is none. ``size`` cuts it to the manifest's
-    ``num_inputs``: an update writes the grown listing before the manifest that uses it, so after
-    a crash between the two the listing may have entries no manifest plans yet."""
+    """``CACHE/listing.npz``'s arrays, None when there is none; a file that is not a readable
+    listing (corrupt zip, missing or ragged arrays, a link or FIFO) is a one-line :class:`FeatcacheError`.
+
+    ``size`` cuts it to the manifest's ``num_inputs``: an update writes the grown listing before the
+    manifest that uses it, so after a crash between the two the listing may have entries no manifest
+    plans yet (a shorter listing than ``size`` is an error)."""
     path = Path(cache_dir) / LISTING_NAME
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         return None
-    with np.load(path) as z:
-        return {k: z[k] if size is None else z[k][:size] for k in FIELDS}
+    try:
+        with np.load(io.BytesIO(read_regular(path)), allow_pickle=False) as z:
+            out = {k: z[k] for k in FIELDS}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
+        raise FeatcacheError(f"{path}: not a readable input listing ({type(exc).__name__}: {str(exc)[:200]})") from None
+    if any(v.ndim != 1 or len(v) != len(out["id"]) for v in out.values()):
+        raise FeatcacheError(f"{path}: not a readable input listing (arrays of different lengths)")
+    if size is not None:
+        if len(out["id"]) < size:
+            raise FeatcacheError(f"{path}: {len(out['id'])} inputs listed, the manifest plans {size}")
+        out = {k: v[:size] for k, v in out.items()}
+    return out

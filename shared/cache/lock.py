@@ -11,7 +11,9 @@ and works across clients; Lustre needs the ``flock`` mount option). The file's c
 the holder (pid, host, start time, command) so that a refused writer can say who holds it. The file
 is never deleted (deleting a lock file races with a process that has just opened it); an empty file
 means free, and a non-empty one that we could lock was left by a process that died: we take it over
-and say so.
+and say so. A lock file is opened without following symbolic links and only when it is a regular file
+(:func:`featcache.shared.cache.fsutil.open_regular`): a link planted as ``.lock`` is refused, never
+truncated through.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 from types import TracebackType
 
 from ..errors import CacheLockedError
+from .fsutil import NotARegularFileError, open_regular
 from .schema import LOCK_NAME
 
 _POLL_SECONDS = 0.05
@@ -49,7 +52,7 @@ class FileLock:
         :class:`CacheLockedError` naming the holder."""
         wait = self.wait if wait is None else wait
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_regular(self.path, os.O_RDWR | os.O_CREAT)
         deadline = time.monotonic() + wait
         while not _try_flock(fd):
             if time.monotonic() >= deadline:
@@ -95,7 +98,7 @@ class FileLock:
         Probing takes the lock for an instant, so call it only where a would-be holder cannot be
         acquiring at the same moment (under the cache lock, for part locks)."""
         try:
-            fd = os.open(self.path, os.O_RDWR)
+            fd = open_regular(self.path, os.O_RDWR)
         except FileNotFoundError:
             return None
         try:
@@ -146,8 +149,8 @@ def _read_fd(fd: int) -> dict | None:
 def read_holder(path: Path) -> dict | None:
     """The holder recorded in a lock file, or None when it is free or unreadable."""
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
+        fd = open_regular(path, os.O_RDONLY)
+    except (OSError, NotARegularFileError):
         return None
     try:
         return _read_fd(fd)

@@ -3,20 +3,33 @@
 A shard exists for readers once the manifest lists it; the manifest is replaced atomically after each
 shard is renamed into place, so a crash between the two leaves a shard file that no manifest names
 (it is recomputed on resume), never a manifest naming a missing or partial file.
+
+A manifest is also data anyone can edit. :func:`validate` checks every field's type and range and
+the numbers against each other (the shard plan, each shard record, the failed inputs) when it is
+loaded, so that every command refuses a bad one with ``CACHE/manifest.json: <field>: <reason>``
+instead of a traceback, a file outside the cache, or a loop over a billion planned shards.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import NotACacheError
-from .fsutil import atomic_write_json, sha256_file
-from .schema import FORMAT_NAME, MANIFEST_NAME, SCHEMA_VERSION
+from .fingerprint import IDENTITY_KEYS
+from .fsutil import NotARegularFileError, atomic_write_json, read_regular, sha256_file
+from .paths import shard_file_problem
+from .schema import COMPRESSIONS, FORMAT_NAME, MANIFEST_NAME, MAPS_DTYPES, SCHEMA_VERSION, SPLITS
+
+# Largest integer a manifest may hold: what HDF5's int64 datasets (``index``) can store.
+MAX_INT = 2**62 - 1
+# How far split fractions may sum away from 1 (as written by parse_fractions).
+FRACTIONS_TOLERANCE = 1e-6
 
 
 def now() -> str:
@@ -79,6 +92,9 @@ class Generation:
     created: str
     classes: list[str]
     changes: dict[str, int] = field(default_factory=dict)
+    # The source listing's sha256 when this generation's shards were written: what their
+    # ``listing_sha256`` attribute says (the reader's shard identity check compares the two).
+    listing_sha256: str | None = None
 
 
 @dataclass
@@ -126,7 +142,10 @@ class Manifest:
         """The generations, or the single implicit one of a cache never updated."""
         if self.generations:
             return self.generations
-        return [Generation(0, 0, self.num_inputs, 0, self.created, list(self.classes))]
+        return [
+            Generation(0, 0, self.num_inputs, 0, self.created, list(self.classes),
+                       listing_sha256=self.source.get("listing_sha256"))
+        ]
 
     @property
     def generation(self) -> int:
@@ -137,7 +156,7 @@ class Manifest:
     def num_shards(self) -> int:
         """Shards in the plan (completed or not)."""
         g = self.plan()[-1]
-        return g.first_shard + math.ceil(g.num_inputs / self.shard_size)
+        return g.first_shard + plan_shards(g.num_inputs, self.shard_size)
 
     @property
     def rows(self) -> int:
@@ -156,6 +175,11 @@ class Manifest:
                 return g
         raise ValueError(f"shard {shard} is in no generation")
 
+    def listing_sha256_of(self, shard: int) -> str | None:
+        """The source listing's sha256 that shard number ``shard`` was written for (its
+        ``listing_sha256`` attribute), None when not recorded."""
+        return self.generation_of(shard).listing_sha256
+
     def shard_of(self, index: int) -> int:
         """The shard number that holds listing position ``index``."""
         for g in reversed(self.plan()):
@@ -167,9 +191,22 @@ class Manifest:
     def complete(self) -> bool:
         return len(self.shards) == self.num_shards
 
-    def missing_shards(self) -> list[int]:
+    @property
+    def missing_count(self) -> int:
+        """How many planned shards are not done (without listing them: the plan may be huge)."""
+        return self.num_shards - len(self.shards)
+
+    def missing_shards(self, limit: int | None = None) -> list[int]:
+        """Planned shards not done, in order; the first ``limit`` of them only when given (the loop
+        then stops after ``len(shards) + limit`` steps, whatever the plan's size)."""
         done = {s.shard for s in self.shards}
-        return [k for k in range(self.num_shards) if k not in done]
+        out = []
+        for k in range(self.num_shards):
+            if limit is not None and len(out) >= limit:
+                break
+            if k not in done:
+                out.append(k)
+        return out
 
     def shard_inputs(self, shard: int) -> range:
         """Positions in the listing that shard number ``shard`` covers."""
@@ -199,47 +236,267 @@ class Manifest:
         atomic_write_json(Path(cache_dir) / MANIFEST_NAME, self.to_json())
 
     @classmethod
-    def from_json(cls, d: dict[str, Any], where: str = "manifest") -> "Manifest":
-        if d.get("format") != FORMAT_NAME:
-            raise NotACacheError(f"{where}: not a featcache manifest (format is {d.get('format')!r})")
-        version = d.get("schema_version")
-        if not isinstance(version, int) or version > SCHEMA_VERSION:
-            raise NotACacheError(
-                f"{where}: schema version {version!r} is newer than this featcache reads ({SCHEMA_VERSION}); upgrade featcache"
-            )
-        try:
-            return cls(
-                fingerprint=d["fingerprint"],
-                classes=list(d["classes"]),
-                source=d["source"],
-                split=d["split"],
-                storage=d["storage"],
-                shard_size=int(d["shard_size"]),
-                shards=[ShardRecord(**s) for s in d["shards"]],
-                failed=[FailedInput(**f) for f in d["failed"]],
-                generations=[Generation(**g) for g in d.get("generations", [])],
-                dead=[int(i) for i in d.get("dead", [])],
-                dropped=[int(i) for i in d.get("dropped", [])],
-                relabelled=[[int(v) for v in r] for r in d.get("relabelled", [])],
-                created=d["created"],
-                updated=d["updated"],
-                format=d["format"],
-                schema_version=version,
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise NotACacheError(f"{where}: manifest is missing or has a malformed field ({exc})") from None
+    def from_json(cls, d: Any, where: str = "manifest") -> "Manifest":
+        """The manifest in ``d`` (parsed JSON), checked by :func:`validate`; ``where`` names the file."""
+        return validate(d, where)
 
     @classmethod
     def load(cls, cache_dir: str | Path) -> "Manifest":
-        """Read ``CACHE/manifest.json``; :class:`NotACacheError` names the file and what is wrong."""
+        """Read ``CACHE/manifest.json``; :class:`NotACacheError` names the file and what is wrong
+        (:class:`ManifestError` when it is there but unreadable or invalid)."""
         path = Path(cache_dir) / MANIFEST_NAME
-        if not path.is_file():
+        if not os.path.lexists(path):
             what = "no such directory" if not Path(cache_dir).exists() else "no manifest.json"
             raise NotACacheError(f"{path}: not a featcache cache ({what})")
         try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise NotACacheError(f"{path}: manifest is not valid JSON ({exc})") from None
-        if not isinstance(d, dict):
-            raise NotACacheError(f"{path}: manifest is not a JSON object")
+            raw = read_regular(path)
+        except NotARegularFileError as exc:
+            raise ManifestError(str(exc)) from None
+        try:
+            d = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ManifestError(f"{path}: manifest is not UTF-8 ({exc})") from None
+        except (ValueError, RecursionError) as exc:
+            raise ManifestError(f"{path}: manifest is not valid JSON ({str(exc)[:200]})") from None
         return cls.from_json(d, str(path))
+
+
+class ManifestError(NotACacheError):
+    """``manifest.json`` is there but unreadable, of the wrong type, or its numbers disagree: one
+    line ``CACHE/manifest.json: <field>: <reason>``."""
+
+
+class _Invalid(Exception):
+    def __init__(self, field: str, reason: str):
+        super().__init__(f"{field}: {reason}")
+
+
+def _show(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _field(d: dict[str, Any], key: str, where: str, kind: str, *, minimum: int | None = None,
+           optional: bool = False) -> Any:
+    """``d[key]`` checked to be of ``kind`` (``int``, ``str``, ``dict``, ``list``, ``number``,
+    ``str-or-null``); ``where`` is the dotted path of ``d`` for messages."""
+    name = f"{where}.{key}" if where else key
+    if key not in d:
+        if optional:
+            return None
+        raise _Invalid(name, "missing")
+    v = d[key]
+    ok = {
+        "int": _is_int(v),
+        "str": isinstance(v, str),
+        "dict": isinstance(v, dict),
+        "list": isinstance(v, list),
+        "number": (_is_int(v) or isinstance(v, float)) and math.isfinite(v),
+        "str-or-null": v is None or isinstance(v, str),
+    }[kind]
+    if not ok:
+        expected = {"int": "an integer", "dict": "an object", "list": "a list", "number": "a finite number",
+                    "str-or-null": "a string or null"}.get(kind, f"a {kind}")
+        raise _Invalid(name, f"expected {expected}, got {_show(v)}")
+    if kind == "int":
+        low = 0 if minimum is None else minimum
+        if not low <= v <= MAX_INT:
+            raise _Invalid(name, f"must be between {low} and {MAX_INT}, got {v}")
+    return v
+
+
+def plan_shards(num_inputs: int, shard_size: int) -> int:
+    """Shards in a plan of ``num_inputs`` inputs in shards of ``shard_size`` (integer arithmetic)."""
+    return -(-num_inputs // shard_size)
+
+
+_RECORD_FIELDS = {"shard": "int", "file": "str", "first_index": "int", "num_inputs": "int", "rows": "int",
+                  "bytes": "int", "sha256": "str", "completed": "str"}
+_FAILED_FIELDS = {"index": "int", "id": "str", "reason": "str", "shard": "int"}
+
+
+def _object(d: Any, where: str, fields: dict[str, str]) -> dict[str, Any]:
+    if not isinstance(d, dict):
+        raise _Invalid(where, f"expected an object, got {_show(d)}")
+    unknown = sorted(set(d) - set(fields))
+    if unknown:
+        raise _Invalid(where, f"unknown field {unknown[0]!r}")
+    return {k: _field(d, k, where, kind) for k, kind in fields.items()}
+
+
+def shard_record(d: Any, where: str, plan: Manifest | None = None) -> ShardRecord:
+    """A manifest or part-log shard record, checked: field types, its file name (only the writer's
+    name for its shard number), ``rows <= num_inputs``, and with ``plan`` (the manifest, whose
+    generations and shard size make the shard plan) its place in the plan. Raises ``_Invalid``."""
+    rec = ShardRecord(**_object(d, where, _RECORD_FIELDS))
+    problem = shard_file_problem(rec.file, rec.shard)
+    if problem:
+        raise _Invalid(f"{where}.file", problem)
+    if rec.rows > rec.num_inputs:
+        raise _Invalid(f"{where}.rows", f"{rec.rows} rows from {rec.num_inputs} inputs")
+    if plan is not None:
+        if rec.shard >= plan.num_shards:
+            raise _Invalid(f"{where}.shard", f"{rec.shard} is past the plan's {plan.num_shards} shards")
+        inputs = plan.shard_inputs(rec.shard)
+        expected = (inputs.start, len(inputs))
+        if (rec.first_index, rec.num_inputs) != expected:
+            raise _Invalid(where, f"inputs {rec.first_index}+{rec.num_inputs}, the shard plan says {expected[0]}+{expected[1]}")
+    return rec
+
+
+def failed_input(d: Any, where: str) -> FailedInput:
+    """A ``failed`` entry, checked for field types (its place in the plan is checked by :func:`validate`)."""
+    return FailedInput(**_object(d, where, _FAILED_FIELDS))
+
+
+def _fingerprint(d: dict[str, Any]) -> dict[str, Any]:
+    fp = _field(d, "fingerprint", "", "dict")
+    for key in IDENTITY_KEYS:
+        if key not in fp:
+            raise _Invalid(f"fingerprint.{key}", "missing")
+    for key, length in (("input_size", 2), ("output_shape", 3)):
+        v = fp[key]
+        if not (isinstance(v, list) and len(v) == length and all(_is_int(x) and 0 < x <= MAX_INT for x in v)):
+            raise _Invalid(f"fingerprint.{key}", f"expected {length} positive integers, got {_show(v)}")
+    for key in ("backbone", "weights_sha256", "resize", "preprocessing", "compute_dtype"):
+        _field(fp, key, "fingerprint", "str")
+    if fp["maps_dtype"] not in MAPS_DTYPES:
+        raise _Invalid("fingerprint.maps_dtype", f"expected one of {', '.join(MAPS_DTYPES)}, got {_show(fp['maps_dtype'])}")
+    return fp
+
+
+def validate(d: Any, where: str = "manifest") -> Manifest:
+    """The :class:`Manifest` in ``d`` (parsed ``manifest.json``), or :class:`NotACacheError` (not a
+    featcache manifest, or a newer schema) / :class:`ManifestError` (``where: field: reason``).
+
+    Checks types and ranges of every field, then the numbers against each other: ``num_shards``
+    against ``num_inputs`` and ``shard_size``; each shard record's file name and inputs against the
+    plan; each failed input inside its shard's inputs; each listed shard's rows plus its failed
+    inputs equal to its inputs. ``rows`` and ``complete`` are derived on load, not trusted."""
+    if not isinstance(d, dict):
+        raise ManifestError(f"{where}: manifest is not a JSON object")
+    if d.get("format") != FORMAT_NAME:
+        raise NotACacheError(f"{where}: not a featcache manifest (format is {_show(d.get('format'))})")
+    version = d.get("schema_version")
+    if not _is_int(version):
+        raise ManifestError(f"{where}: schema_version: expected an integer, got {_show(version)}")
+    if version > SCHEMA_VERSION:
+        raise NotACacheError(
+            f"{where}: schema version {version!r} is newer than this featcache reads ({SCHEMA_VERSION}); upgrade featcache"
+        )
+    try:
+        created = _field(d, "created", "", "str")
+        updated = _field(d, "updated", "", "str")
+        fingerprint = _fingerprint(d)
+        classes = _field(d, "classes", "", "list")
+        for k, c in enumerate(classes):
+            if not isinstance(c, str):
+                raise _Invalid(f"classes[{k}]", f"expected a string, got {_show(c)}")
+        source = _field(d, "source", "", "dict")
+        num_inputs = _field(source, "num_inputs", "source", "int")
+        for key in ("kind", "root", "listing_sha256"):
+            _field(source, key, "source", "str")
+        split = _field(d, "split", "", "dict")
+        if "source" not in split:
+            raise _Invalid("split.source", "missing")
+        _field(split, "source", "split", "str-or-null")
+        fractions = _field(split, "fractions", "split", "dict")
+        values = [_field(fractions, name, "split.fractions", "number") for name in SPLITS]
+        if any(v < 0 for v in values) or abs(sum(values) - 1.0) > FRACTIONS_TOLERANCE:
+            raise _Invalid("split.fractions", f"expected three non-negative numbers summing to 1, got {values}")
+        storage = _field(d, "storage", "", "dict")
+        if storage.get("maps_dtype") != fingerprint["maps_dtype"]:
+            raise _Invalid("storage.maps_dtype", f"{_show(storage.get('maps_dtype'))}, the fingerprint says "
+                           f"{fingerprint['maps_dtype']!r}")
+        if storage.get("compression") not in COMPRESSIONS:
+            raise _Invalid("storage.compression", f"expected one of {', '.join(COMPRESSIONS)}, got "
+                           f"{_show(storage.get('compression'))}")
+        _field(storage, "maps_chunk_rows", "storage", "int", minimum=1)
+        shard_size = _field(d, "shard_size", "", "int", minimum=1)
+        generations = _generations(d, shard_size)
+        plan = Manifest(fingerprint=fingerprint, classes=list(classes), source=source, split=split, storage=storage,
+                        shard_size=shard_size, generations=generations)
+        num_inputs, planned = plan.num_inputs, plan.num_shards
+        recorded = _field(d, "num_shards", "", "int", optional=True)
+        if recorded is not None and recorded != planned:
+            raise _Invalid("num_shards", f"{recorded}, but {num_inputs} inputs in shards of {shard_size} "
+                           f"make {planned}")
+        shards = [shard_record(r, f"shards[{k}]", plan) for k, r in enumerate(_field(d, "shards", "", "list"))]
+        by_shard = {}
+        for k, rec in enumerate(shards):
+            if rec.shard in by_shard:
+                raise _Invalid(f"shards[{k}].shard", f"shard {rec.shard} is listed twice")
+            by_shard[rec.shard] = rec
+        failed = [failed_input(f, f"failed[{k}]") for k, f in enumerate(_field(d, "failed", "", "list"))]
+        failed_per_shard: dict[int, int] = {}
+        seen: set[int] = set()
+        for k, f in enumerate(failed):
+            if not (0 <= f.shard < planned and f.index in plan.shard_inputs(f.shard)):
+                raise _Invalid(f"failed[{k}]", f"input {f.index} is not one of shard {f.shard}'s inputs")
+            if f.index in seen:
+                raise _Invalid(f"failed[{k}].index", f"input {f.index} is listed twice")
+            seen.add(f.index)
+            failed_per_shard[f.shard] = failed_per_shard.get(f.shard, 0) + 1
+        for k, rec in enumerate(shards):
+            if rec.rows + failed_per_shard.get(rec.shard, 0) != rec.num_inputs:
+                raise _Invalid(f"shards[{k}].rows", f"{rec.rows} rows and {failed_per_shard.get(rec.shard, 0)} failed "
+                               f"inputs do not add up to the shard's {rec.num_inputs} inputs")
+        dead = _positions(d, "dead", num_inputs)
+        dropped = _positions(d, "dropped", num_inputs)
+        relabelled = _relabelled(d, num_inputs, len(classes))
+    except _Invalid as exc:
+        raise ManifestError(f"{where}: {exc}") from None
+    return Manifest(fingerprint=fingerprint, classes=list(classes), source=source, split=split, storage=storage,
+                    shard_size=shard_size, shards=sorted(shards, key=lambda s: s.shard),
+                    failed=sorted(failed, key=lambda f: f.index), generations=generations, dead=dead,
+                    dropped=dropped, relabelled=relabelled, created=created, updated=updated,
+                    format=FORMAT_NAME, schema_version=version)
+
+
+_GENERATION_FIELDS = {"generation": "int", "first_index": "int", "num_inputs": "int", "first_shard": "int",
+                      "created": "str", "classes": "list", "changes": "dict", "listing_sha256": "str-or-null"}
+
+
+def _generations(d: dict[str, Any], shard_size: int) -> list[Generation]:
+    """``generations`` (absent for a cache never updated), checked to tile the listing and the shard
+    numbers without gaps or overlaps: each starts where the previous one ends."""
+    out: list[Generation] = []
+    for k, g in enumerate(_field(d, "generations", "", "list", optional=True) or []):
+        where = f"generations[{k}]"
+        gen = Generation(**_object({"listing_sha256": None, **g} if isinstance(g, dict) else g, where,
+                                   _GENERATION_FIELDS))
+        end_index = out[-1].first_index + out[-1].num_inputs if out else 0
+        end_shard = out[-1].first_shard + plan_shards(out[-1].num_inputs, shard_size) if out else 0
+        if (gen.generation, gen.first_index, gen.first_shard) != (k, end_index, end_shard) or gen.num_inputs < 0:
+            raise _Invalid(where, f"generation {gen.generation} at input {gen.first_index}, shard {gen.first_shard} "
+                           f"({gen.num_inputs} inputs); expected generation {k} at input {end_index}, shard {end_shard}")
+        if not all(isinstance(c, str) for c in gen.classes):
+            raise _Invalid(f"{where}.classes", "expected a list of strings")
+        out.append(gen)
+    return out
+
+
+def _positions(d: dict[str, Any], key: str, num_inputs: int) -> list[int]:
+    """A list of distinct listing positions (``dead``, ``dropped``), each in ``[0, num_inputs)``."""
+    values = _field(d, key, "", "list", optional=True) or []
+    for k, v in enumerate(values):
+        if not (_is_int(v) and 0 <= v < num_inputs):
+            raise _Invalid(f"{key}[{k}]", f"expected a listing position below {num_inputs}, got {_show(v)}")
+    if len(set(values)) != len(values):
+        raise _Invalid(key, "a position is listed twice")
+    return [int(v) for v in values]
+
+
+def _relabelled(d: dict[str, Any], num_inputs: int, num_classes: int) -> list[list[int]]:
+    """``relabelled``: ``[index, label, split]`` triples (label -1 or a class number, split a code)."""
+    out = []
+    for k, r in enumerate(_field(d, "relabelled", "", "list", optional=True) or []):
+        if not (isinstance(r, list) and len(r) == 3 and all(_is_int(v) for v in r)
+                and 0 <= r[0] < num_inputs and -1 <= r[1] < num_classes and -1 <= r[2] <= 2):
+            raise _Invalid(f"relabelled[{k}]", f"expected [index, label, split] in range, got {_show(r)}")
+        out.append([int(v) for v in r])
+    return out

@@ -27,9 +27,10 @@ from typing import Any
 
 from . import schema
 from ..errors import CacheLockedError, FeatcacheError
-from .fsutil import atomic_write_json
+from .fsutil import atomic_write_json, read_regular
 from .lock import CacheLock, FileLock, describe_holder, read_holder
-from .manifest import FailedInput, Manifest, ShardRecord, file_status, now
+from .manifest import FailedInput, Manifest, ShardRecord, failed_input, file_status, now, shard_record
+from .paths import UnsafePathError, cache_path, shard_path
 
 # How long a worker waits for the cache lock, which is only ever held for set-up and merges.
 LOCK_WAIT_SECONDS = 300.0
@@ -87,7 +88,17 @@ WHOLE = Part(0, 1)
 
 
 def parts_dir(cache_dir: Path) -> Path:
-    return Path(cache_dir) / schema.PARTS_DIR
+    """``CACHE/parts``, checked not to lead out of the cache (a symbolic link to elsewhere is refused)."""
+    return cache_path(cache_dir, schema.PARTS_DIR)
+
+
+def is_part_file(name: str) -> bool:
+    """Whether ``name`` is a part lock or log name, or the temporary name of one (what featcache
+    writes in ``parts/``, and all it ever deletes there)."""
+    stem, sep, pid = name.rpartition(".tmp-")
+    if sep and pid.isdigit() and stem.startswith(schema.TMP_PREFIX):
+        name = stem[len(schema.TMP_PREFIX) :]
+    return _FILE_RE.match(name) is not None
 
 
 def part_lock(cache_dir: Path, part: Part) -> FileLock:
@@ -177,12 +188,13 @@ class PartLog:
     def load(cls, path: Path) -> "PartLog | None":
         """The log at ``path``, or None when it is unreadable (then its shards are simply redone)."""
         try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-            if d.get("format") != LOG_FORMAT:
+            d = json.loads(read_regular(path).decode("utf-8"))
+            if not isinstance(d, dict) or d.get("format") != LOG_FORMAT or not isinstance(d.get("generation"), str):
                 return None
-            return cls(Part.parse(d["part"]), d["generation"], [ShardRecord(**s) for s in d["shards"]],
-                       [FailedInput(**f) for f in d["failed"]])
-        except (OSError, ValueError, KeyError, TypeError, FeatcacheError):
+            return cls(Part.parse(d["part"]), d["generation"],
+                       [shard_record(s, f"shards[{k}]") for k, s in enumerate(d["shards"])],
+                       [failed_input(f, f"failed[{k}]") for k, f in enumerate(d["failed"])])
+        except Exception:  # noqa: BLE001 (whatever is wrong with a log, its shards are redone)
             return None
 
 
@@ -204,7 +216,16 @@ def _unmerged(cache_dir: Path, m: Manifest) -> list[tuple[ShardRecord, list[Fail
         for rec in log.shards:
             if rec.shard in have or rec.shard >= m.num_shards:
                 continue
-            if file_status(Path(cache_dir) / rec.file, rec, checksum=False) is not None:
+            plan = m.shard_inputs(rec.shard)
+            if (rec.first_index, rec.num_inputs) != (plan.start, len(plan)) or rec.rows + len(
+                failed.get(rec.shard, [])
+            ) != rec.num_inputs or any(f.index not in plan for f in failed.get(rec.shard, [])):
+                continue
+            try:
+                path = shard_path(cache_dir, rec.file, rec.shard)
+            except UnsafePathError:
+                continue
+            if file_status(path, rec, checksum=False) is not None:
                 continue
             found.append((rec, failed.get(rec.shard, [])))
             have.add(rec.shard)
@@ -228,11 +249,13 @@ def awaiting_merge(cache_dir: Path, m: Manifest) -> list[int]:
 
 
 def remove_logs(cache_dir: Path) -> None:
-    """Drop every part log (on ``--overwrite``; with the cache lock held and no part running)."""
+    """Drop every part log (on ``--overwrite``; with the cache lock held and no part running): the
+    files named like one that parse as one, nothing else."""
     d = parts_dir(cache_dir)
     if d.is_dir():
         for p in d.glob("part-*-of-*.json"):
-            p.unlink()
+            if _FILE_RE.match(p.name) and PartLog.load(p) is not None:
+                p.unlink()
 
 
 @dataclass
@@ -302,9 +325,12 @@ def finalize(cache_dir: str | Path, *, wait: float = LOCK_WAIT_SECONDS) -> Final
             m.save(cache_dir)
         parts = known_parts(cache_dir)
         running = running_parts(cache_dir)
-        if m.complete and not running and parts_dir(cache_dir).is_dir():
-            for p in parts_dir(cache_dir).iterdir():
-                p.unlink()
-            parts_dir(cache_dir).rmdir()
+        d = parts_dir(cache_dir)
+        if m.complete and not running and d.is_dir():
+            for p in d.iterdir():  # featcache's files only: a folder that holds anything else is kept
+                if is_part_file(p.name) and not p.is_dir():
+                    p.unlink()
+            if not any(d.iterdir()):
+                d.rmdir()
     return Finalized(cache_dir, m.num_shards, len(m.shards), m.rows, merged, m.missing_shards(), running,
                      sorted({p.count for p in parts if not p.whole}))

@@ -1,7 +1,11 @@
 """Reading a cache: what the trainer and the inspection commands use.
 
-Only shards listed in the manifest are read. Each shard's own fingerprint attribute is checked
-against the manifest's, so a shard file copied in from another cache is refused, not mixed.
+Only shards listed in the manifest are read, at the paths :func:`~featcache.shared.cache.paths.shard_path`
+allows. Before a shard is used its identity is checked against its manifest record (cheaply: no
+checksum, that is ``verify``'s job): its fingerprint, its byte size, its shard number, inputs and row
+count, its index values, and the cache's ``listing_sha256`` it was written for (shards of older caches
+lack that attribute and are checked without it). A shard file copied in from another cache is refused
+with one line naming the file and what differs, never mixed in.
 
 An updated cache (docs/updates.md) is read as its manifest says, by every method here: rows whose
 input was removed or modified since they were written (the manifest's ``dead``) are skipped, and
@@ -24,10 +28,12 @@ import h5py
 import numpy as np
 
 from . import deflate, schema
+from .schema import LISTING_ATTR
 from ..errors import FeatcacheError, FingerprintMismatchError
 from .fingerprint import IDENTITY_KEYS, check_compatible, differences
 from .manifest import Manifest, ShardRecord
-from .parts import list_shards
+from .parts import SHARDS_LISTED, list_shards
+from .paths import shard_path
 from .split import assign_splits
 
 DEFAULT_BLOCK_ROWS = 256
@@ -110,7 +116,8 @@ class FeatureCache:
         return tuple(self.fingerprint["output_shape"])  # type: ignore[return-value]
 
     def shard_path(self, record: ShardRecord) -> Path:
-        return self.path / record.file
+        """The record's file, checked to be the cache's own (:func:`~featcache.shared.cache.paths.shard_path`)."""
+        return shard_path(self.path, record.file, record.shard)
 
     def check_fingerprint(self, expected: dict[str, Any]) -> None:
         """Raise :class:`FingerprintMismatchError` unless ``expected`` has this cache's identity."""
@@ -118,32 +125,40 @@ class FeatureCache:
 
     def require_complete(self) -> None:
         """Raise unless every shard of the plan is written."""
-        missing = self.manifest.missing_shards()
-        if missing:
+        count = self.manifest.missing_count
+        if count:
+            missing = self.manifest.missing_shards(limit=SHARDS_LISTED)
             raise FeatcacheError(
-                f"{self.path}: cache is incomplete: {len(missing)} of {self.manifest.num_shards} shards missing "
-                f"({list_shards(missing)}); re-run the extraction to finish it (finalize=True merges what parallel "
-                "workers finished), or train on what is there with allow_partial=True"
+                f"{self.path}: cache is incomplete: {count} of {self.manifest.num_shards} shards missing "
+                f"({list_shards(missing)}{' ...' if count > len(missing) else ''}); re-run the extraction to "
+                "finish it (finalize=True merges what parallel workers finished), or train on what is there "
+                "with allow_partial=True"
             )
 
     def open_shard(self, record: ShardRecord) -> h5py.File:
-        """Open one shard read-only, checking it is HDF5 and carries this cache's fingerprint."""
+        """Open one shard read-only, checking that it is HDF5, carries this cache's fingerprint and
+        is the shard its record describes (:func:`shard_identity_problem`)."""
         path = self.shard_path(record)
+        if not path.is_file():
+            raise FeatcacheError(f"{path}: shard listed in the manifest is missing")
         try:
             f = h5py.File(path, "r")
-        except FileNotFoundError:
-            raise FeatcacheError(f"{path}: shard listed in the manifest is missing") from None
         except OSError as exc:
             raise FeatcacheError(f"{path}: shard is not a readable HDF5 file ({exc})") from None
         try:
-            fp = json.loads(f.attrs["fingerprint"])
-        except (KeyError, ValueError):
+            try:
+                fp = json.loads(f.attrs["fingerprint"])
+            except (KeyError, ValueError, TypeError, OSError):
+                raise FeatcacheError(f"{path}: shard has no fingerprint attribute") from None
+            diff = differences(self.fingerprint, fp, IDENTITY_KEYS) if isinstance(fp, dict) else ["fingerprint"]
+            if diff:
+                raise FingerprintMismatchError(f"{path}: shard was made with different {'; '.join(diff)}")
+            problem = shard_identity_problem(f, record, self.manifest, path.stat().st_size)
+            if problem:
+                raise ShardMismatchError(f"{path}: {problem}")
+        except BaseException:
             f.close()
-            raise FeatcacheError(f"{path}: shard has no fingerprint attribute") from None
-        diff = differences(self.fingerprint, fp, IDENTITY_KEYS)
-        if diff:
-            f.close()
-            raise FingerprintMismatchError(f"{path}: shard was made with different {'; '.join(diff)}")
+            raise
         return f
 
     def read_columns(self, columns: tuple[str, ...] = (schema.LABEL, schema.ID, schema.INDEX, schema.SPLIT)) -> dict[str, np.ndarray]:
@@ -157,15 +172,20 @@ class FeatureCache:
         for record in self.shards:
             with self.open_shard(record) as f:
                 try:
-                    index = f[schema.INDEX][()]
+                    channels = self.maps_shape[-1]
+                    index = _read_column(f, schema.INDEX, record.rows, channels)
                     live = self._live(index)
                     for key in wanted:
-                        value = index if key == schema.INDEX else (
-                            f[key].asstr()[()].astype(object) if key == schema.ID else f[key][()])
+                        value = index if key == schema.INDEX else _read_column(f, key, record.rows, channels)
                         if key == schema.LABEL:
+                            # stored labels number the classes of the generation that wrote the shard
+                            stored_classes = len(self.manifest.generation_of(record.shard).classes)
+                            bad = label_problem(value, stored_classes)
+                            if bad:
+                                raise FeatcacheError(f"{self.shard_path(record)}: {bad}")
                             value = self._current_labels(record, value)
                         parts[key].append(value if live is None else value[live])
-                except (KeyError, OSError) as exc:
+                except (KeyError, OSError, ValueError, TypeError) as exc:
                     raise FeatcacheError(f"{self.shard_path(record)}: cannot read dataset ({exc})") from None
         empty = {
             schema.POOLED: np.zeros((0, self.maps_shape[-1]), schema.POOLED_DTYPE),
@@ -282,6 +302,78 @@ def read_block(dset: h5py.Dataset, sel: np.ndarray, dtype: str | None = None) ->
     start, stop = int(sel[0]), int(sel[-1]) + 1
     block = dset[start:stop] if len(sel) == stop - start else dset[start:stop][sel - start]
     return block if dtype is None else block.astype(dtype)
+
+
+class ShardMismatchError(FeatcacheError):
+    """A listed shard file is not the shard its manifest record describes (copied from another cache,
+    or from another position of this one)."""
+
+
+# numpy dtype kind of each numeric per-row dataset (maps are checked by verify)
+_COLUMN_KINDS = {schema.POOLED: "f", schema.LABEL: "i", schema.INDEX: "i", schema.SPLIT: "i"}
+
+
+def _read_column(f: h5py.File, key: str, rows: int, channels: int) -> np.ndarray:
+    """Dataset ``key`` of an open shard, checked to hold ``rows`` rows of the expected kind (ids as
+    str objects); ``ValueError`` says what differs."""
+    d = f[key]
+    expected = (rows, channels) if key == schema.POOLED else (rows,)
+    if d.shape != expected:
+        raise ValueError(f"{key} is {d.shape}, expected {expected}")
+    if key == schema.ID:
+        if h5py.check_string_dtype(d.dtype) is None:
+            raise ValueError(f"{key} is {d.dtype}, expected strings")
+        return d.asstr()[()].astype(object)
+    if d.dtype.kind != _COLUMN_KINDS[key]:
+        raise ValueError(f"{key} is {d.dtype}")
+    return d[()]
+
+
+def label_problem(label: np.ndarray, num_classes: int) -> str | None:
+    """Why ``label`` ``(n,)`` int does not fit a manifest of ``num_classes`` classes (-1 = unknown), or None."""
+    bad = (label < schema.UNKNOWN_LABEL) | (label >= num_classes)
+    if not bad.any():
+        return None
+    return (f"label {int(label[bad][0])} is not a class of the manifest ({num_classes} classes, "
+            f"-1 for unknown); {int(bad.sum())} rows affected")
+
+
+def shard_identity_problem(f: h5py.File, rec: ShardRecord, m: Manifest, size: int) -> str | None:
+    """What shows that the open shard ``f`` (``size`` bytes on disk) is not the shard ``rec`` of the
+    cache of ``m``, or None: byte size, the ``shard``/``first_index``/``num_inputs`` attributes, the
+    row count, index values inside the shard's inputs and increasing, and the cache's
+    ``listing_sha256`` (an attribute only shards written since it was added carry). Reads the
+    attributes and the ``index`` dataset only (8 bytes a row)."""
+    if size != rec.bytes:
+        return f"shard is {size} bytes, the manifest says {rec.bytes} (replaced or truncated; run featcache-inspect verify)"
+    attrs = f.attrs
+    try:
+        for key, expected in (("shard", rec.shard), ("first_index", rec.first_index), ("num_inputs", rec.num_inputs)):
+            got = attrs.get(key)
+            if got is None or int(got) != expected:
+                shown = "missing" if got is None else int(got)
+                return f"shard attribute {key} is {shown}, the manifest says {expected}: it is another shard"
+        listing = attrs.get(LISTING_ATTR)
+        if isinstance(listing, bytes):
+            listing = listing.decode("utf-8", "replace")
+        mine = m.listing_sha256_of(rec.shard)
+        if listing is not None and mine is not None and listing != mine:
+            return (f"shard belongs to another cache (made from listing {str(listing)[:12]}..., this cache's is "
+                    f"{str(mine)[:12]}...)")
+        index = f[schema.INDEX]
+        if index.shape != (rec.rows,):
+            return f"shard has {index.shape} index values, the manifest says {rec.rows} rows"
+        values = index[()]
+    except (KeyError, OSError, TypeError, ValueError) as exc:
+        return f"shard identity unreadable ({exc})"
+    if len(values) and not (
+        values[0] >= rec.first_index
+        and values[-1] < rec.first_index + rec.num_inputs
+        and (np.diff(values) > 0).all()
+    ):
+        return (f"index values are not increasing inside inputs {rec.first_index}.."
+                f"{rec.first_index + rec.num_inputs - 1}: it is another shard")
+    return None
 
 
 def open_cache(path: str | Path) -> FeatureCache:

@@ -36,6 +36,9 @@ SHARDS_DIR = "shards"
 PARTS_DIR = "parts"
 TMP_PREFIX = "."  # partial files are dot-files: never matched by SHARD_GLOB
 SHARD_GLOB = "shard-*.h5"
+# Shard attribute naming the cache a shard was written for: the manifest's source.listing_sha256
+# (the same for every cache of the same inputs, so caches stay byte-identical across runs and parts).
+LISTING_ATTR = "listing_sha256"
 
 # Dataset names inside a shard.
 MAPS = "maps"

@@ -8,6 +8,7 @@ them in a background thread so that disk work overlaps with the backbone.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -16,13 +17,14 @@ import h5py
 import numpy as np
 
 from . import deflate, schema
-from ..errors import FeatcacheError, SourceMismatchError
+from ..errors import FeatcacheError, NotACacheError, SourceMismatchError
 from .fingerprint import check_compatible, to_attr
-from .fsutil import commit_file, remove_stale_temps, sha256_file, temp_path_for
+from .fsutil import check_regular, commit_file, remove_stale_temps, sha256_file, temp_path_for
 from .listing import LISTING_NAME, load_listing, save_listing
 from .lock import CacheLock, FileLock
 from .manifest import FailedInput, Manifest, ShardRecord, file_status, now
 from .parts import LOCK_WAIT_SECONDS, WHOLE, Finalized, Part, PartLog, acquire_part, finalize, merge_logs, parts_dir, remove_logs
+from .paths import cache_path, shard_file_problem, shard_path
 from .update import Changes, apply_update, describe_live_changes
 
 
@@ -49,8 +51,12 @@ class ShardWriter:
         self.tmp = temp_path_for(self.final)
         self._fingerprint = manifest.fingerprint
         maps_shape = tuple(manifest.fingerprint["output_shape"])
+        self._listing_sha256 = manifest.source.get("listing_sha256")
         comp, opts, shuffle = schema.COMPRESSIONS[manifest.storage["compression"]]
-        self._file = h5py.File(self.tmp, "w")
+        # a stale temp file (or a link planted under its name) is unlinked, never written through:
+        # mode "x" creates the file with O_EXCL, which also refuses a symbolic link
+        self.tmp.unlink(missing_ok=True)
+        self._file = h5py.File(self.tmp, "x")
         self._maps = self._file.create_dataset(
             schema.MAPS,
             shape=(0, *maps_shape),
@@ -120,6 +126,8 @@ class ShardWriter:
             num_inputs=len(self.inputs),
             fingerprint=to_attr(self._fingerprint),
         )
+        if isinstance(self._listing_sha256, str):
+            f.attrs[schema.LISTING_ATTR] = self._listing_sha256
         f.close()
         # measured before the rename, so that the window in which a finished shard is in place but
         # not yet in the manifest is only the rename and the manifest's own atomic rewrite
@@ -182,6 +190,9 @@ class CacheWriter:
         return CacheLock(self.dir, wait=LOCK_WAIT_SECONDS)
 
     def __enter__(self) -> "CacheWriter":
+        with warnings.catch_warnings():  # checked again under the lock, which warns
+            warnings.simplefilter("ignore")
+            self._check_existing()  # a refused run creates and deletes nothing
         self.dir.mkdir(parents=True, exist_ok=True)
         with self._cache_lock():
             self._part_lock = acquire_part(self.dir, self.part)
@@ -204,30 +215,76 @@ class CacheWriter:
                 raise  # else the run's own error is the one to report
 
     def _owns_file(self, name: str) -> bool:
+        """Whether ``name`` in ``shards/`` is the writer's name of a shard of this run's part."""
         shard = schema.shard_number(name)
-        return self.part.whole or (shard >= 0 and self.part.owns(shard))
+        return shard >= 0 and shard_file_problem(f"{schema.SHARDS_DIR}/{name}") is None and self.part.owns(shard)
+
+    def _check_existing(self) -> Manifest | None:
+        """Everything that can refuse this run, read-only: the existing manifest (None when there is
+        none) must be a valid featcache manifest the run may resume (unless ``overwrite``), no link
+        may lead out of the cache, and every file this run would replace or delete must be
+        featcache's own. Raises a one-line :class:`FeatcacheError`."""
+        if not self.dir.exists():
+            return None
+        if not self.dir.is_dir():
+            raise FeatcacheError(f"{self.dir}: not a directory")
+        shards_dir = cache_path(self.dir, schema.SHARDS_DIR)
+        parts_dir(self.dir)
+        check_regular(self.dir / schema.LOCK_NAME)
+        old = None
+        if os.path.lexists(self.dir / schema.MANIFEST_NAME):
+            try:
+                old = Manifest.load(self.dir)
+            except NotACacheError as exc:
+                if not self.overwrite:
+                    raise
+                raise FeatcacheError(f"{exc}; overwrite=True deletes only what featcache provably wrote, "
+                                     "and this is not a featcache manifest: extract into another directory") from None
+            if not self.overwrite and not self.update:  # an update checks what changed in _apply_update
+                self._check_resumable(old)
+        # Files under this run's shard names that it would replace or (overwrite=True) delete must be
+        # featcache's: listed by the manifest, or carrying featcache's attributes. Resuming a valid
+        # cache may replace what a killed run left under its own names in its own shards/ folder.
+        if shards_dir.is_dir() and (old is None or self.overwrite):
+            listed = {s.file for s in old.shards} if old is not None else set()
+            for p in sorted(shards_dir.glob(schema.SHARD_GLOB)):
+                rel = f"{schema.SHARDS_DIR}/{p.name}"
+                if rel in listed or not self._owns_file(p.name):
+                    continue  # listed: featcache's; another name or part's: never replaced nor deleted
+                if not _is_featcache_shard(p):
+                    raise FeatcacheError(
+                        f"{p}: not a featcache shard (no featcache attributes) where this run would write one; "
+                        "refusing to replace it: move it away or extract into another directory")
+        return old
 
     def _open(self) -> None:
-        shards_dir = self.dir / schema.SHARDS_DIR
+        old = self._check_existing()
+        shards_dir = cache_path(self.dir, schema.SHARDS_DIR)
         shards_dir.mkdir(exist_ok=True)
         remove_stale_temps(shards_dir, self._owns_file)
-        remove_stale_temps(self.dir)  # the manifest's and listing's, written under the cache lock
+        # the manifest's and listing's, written under the cache lock
+        remove_stale_temps(self.dir, lambda name: name in (schema.MANIFEST_NAME, LISTING_NAME))
         remove_stale_temps(parts_dir(self.dir), lambda name: name.startswith(f"{self.part.stem}."))
         manifest_path = self.dir / schema.MANIFEST_NAME
-        if manifest_path.exists() and self.overwrite:
-            for p in shards_dir.glob(schema.SHARD_GLOB):
-                p.unlink()
+        if old is not None and self.overwrite:
+            # featcache's files only: the manifest parsed as ours, so are the shards it lists, the
+            # listing and the part logs; other canonical shard names carry featcache attributes
+            # (checked by _check_existing); anything else in the folder is left alone
+            for p in sorted(shards_dir.glob(schema.SHARD_GLOB)):
+                if self._owns_file(p.name):
+                    p.unlink()
             (self.dir / LISTING_NAME).unlink(missing_ok=True)
             remove_logs(self.dir)
             manifest_path.unlink()
-        if manifest_path.exists():
-            old = Manifest.load(self.dir)
+            old = None
+        if old is not None:
             merge_logs(self.dir, old)
             if self.update:
                 self._apply_update(old)
             self._check_resumable(old)
             new = self.manifest
-            kept = [s for s in old.shards if file_status(self.dir / s.file, s, checksum=False) is None]
+            kept = [s for s in old.shards
+                    if file_status(shard_path(self.dir, s.file, s.shard), s, checksum=False) is None]
             new.shards = kept
             kept_ids = {s.shard for s in kept}
             new.failed = [f for f in old.failed if f.shard in kept_ids]
@@ -269,6 +326,7 @@ class CacheWriter:
             raise FeatcacheError(f"{where}: no {LISTING_NAME} matching the manifest: this cache cannot be updated; "
                                  "use overwrite=True to start over")
         self.changes, grown = apply_update(old, before, self.listing, new.classes)
+        old.generations[-1].listing_sha256 = new.source.get("listing_sha256")  # what its shards will carry
         old.source, old.split = new.source, new.split
         save_listing(self.dir, grown)  # first: entries beyond the manifest's num_inputs are ignored
         old.save(self.dir)
@@ -317,3 +375,15 @@ class CacheWriter:
             with self._cache_lock():
                 self.manifest.save(self.dir)
         return record
+
+
+def _is_featcache_shard(path: Path) -> bool:
+    """Whether ``path`` is a regular file (not a link) that opens as HDF5 with featcache's ``format``
+    attribute: proof enough that featcache wrote it, before replacing or deleting it."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("format") == schema.FORMAT_NAME
+    except Exception:  # noqa: BLE001 (whatever it is, it is not provably ours)
+        return False

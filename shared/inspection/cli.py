@@ -19,7 +19,7 @@ from tqdm import tqdm
 from ..cache import schema
 from ..cache.fingerprint import describe
 from ..cache.lock import describe_holder
-from ..cache.manifest import file_status
+from ..cache.manifest import Manifest, ManifestError, file_status
 from ..cache.parts import awaiting_merge, parts_dir, recorded_holders
 from ..cache.reader import FeatureCache, PooledRows
 from ..cache.split import split_names
@@ -229,7 +229,10 @@ def verify(
     does not know. Exit 0 when all holds, 1 when a problem was found (even if --fix moved it aside)."""
 
     def job() -> None:
-        shards = len(FeatureCache(cache).shards)
+        try:
+            shards = len(Manifest.load(cache).shards)
+        except ManifestError:
+            shards = 0  # verify reports it as a problem
         with tqdm(total=shards, unit="shard", disable=not progress, leave=False) as bar:
             report = verify_mod.verify(cache, sample_rows=sample_rows, seed=seed, progress=lambda rec: bar.update(1))
         for note in report.notes:
@@ -441,11 +444,10 @@ def list_shards(
             problem = file_status(c.shard_path(s), s, checksum)
             status = problem.upper() if problem else ("ok" if checksum else "present")
             typer.echo(f"{s.shard:>6} {s.rows:>6} {s.num_inputs:>7} {s.bytes / 1e6:>8.2f}  {status:<9} {s.file}")
-        missing = c.manifest.missing_shards()
-        if missing:
-            typer.echo(
-                f"{len(missing)} planned shards not written yet: {missing[:10]}{' ...' if len(missing) > 10 else ''}"
-            )
+        count = c.manifest.missing_count
+        if count:
+            missing = c.manifest.missing_shards(limit=10)
+            typer.echo(f"{count} planned shards not written yet: {missing}{' ...' if count > len(missing) else ''}")
 
     run_cli(job, debug=debug)
 

@@ -1,11 +1,14 @@
 """A cache's rows as plain files for other tools: ``.npz`` arrays and a ``.csv`` of labels and ids.
 
 ``np.load(OUT.npz)`` needs no pickle: ids, class names and split names are fixed-width unicode.
+The output is checked before anything is read (:func:`output_paths`): never inside the cache (an
+export must not replace the cache's own ``listing.npz``), never an existing folder.
 """
 
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +30,35 @@ def parse_range(text: str) -> tuple[int, int]:
     return a, b
 
 
+def output_paths(cache_dir: Path, out: Path) -> tuple[Path, Path]:
+    """``(OUT.npz, OUT.csv)`` for the output path ``out`` (``.npz`` added unless it ends so), or a
+    one-line :class:`FeatcacheError`: ``out`` must name a file, outside the cache ``cache_dir``,
+    and neither output may be an existing folder or sit under a file."""
+    out = Path(out)
+    if out.name in ("", ".", "..") or str(out).endswith(os.sep):
+        raise FeatcacheError(
+            f"{out}: export needs a file name (e.g. features, which writes features.npz and features.csv)"
+        )
+    npz = out if out.suffix == ".npz" else out.with_name(out.name + ".npz")
+    table = npz.with_suffix(".csv")
+    root = os.path.realpath(cache_dir)
+    for path in (npz, table):
+        real = os.path.realpath(path)
+        if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
+            raise FeatcacheError(
+                f"{path}: inside the cache {cache_dir}; export writes outside it (it must never "
+                "replace the cache's own files)"
+            )
+        if path.is_dir():
+            raise FeatcacheError(f"{path}: is a folder; give another output name")
+    parent = npz.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise FeatcacheError(f"{npz}: {parent} is not a folder")
+    return npz, table
+
+
 def export(cache: FeatureCache, out: Path, maps_range: tuple[int, int] | None = None) -> list[Path]:
     """Write ``OUT.npz`` and ``OUT.csv``; return their paths.
 
@@ -34,9 +66,7 @@ def export(cache: FeatureCache, out: Path, maps_range: tuple[int, int] | None = 
     ``split (N,) str`` and ``classes (K,) str``; with ``maps_range`` also ``maps (M, h, w, c)`` in the
     stored dtype and ``maps_index (M,)`` for the rows whose index is in the range.
     """
-    out = Path(out)
-    npz = out if out.suffix == ".npz" else out.with_name(out.name + ".npz")
-    table = npz.with_suffix(".csv")
+    npz, table = output_paths(cache.path, out)
     rows = cache.load_pooled()
     names = split_names(rows.split).astype(str)
     arrays: dict[str, np.ndarray] = {

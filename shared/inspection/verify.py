@@ -2,6 +2,10 @@
 
 Every check reads only what it needs: sizes first, then checksums, then the datasets. Each problem is
 one line naming the shard and what is wrong; a bad shard is reported once with its first problem.
+An invalid ``manifest.json`` or ``listing.npz`` is a problem too (``--fix`` leaves it to a person).
+Every path comes from :mod:`featcache.shared.cache.paths`: nothing outside the cache is read or moved,
+and every loop is bounded by what is on disk (the shards the manifest lists, the files in ``shards/``),
+never by a planned count.
 """
 
 from __future__ import annotations
@@ -18,10 +22,13 @@ import numpy as np
 from ..cache import schema
 from ..cache.fingerprint import IDENTITY_KEYS, differences
 from ..cache.fsutil import fsync_dir
+from ..cache.listing import LISTING_NAME, load_listing
 from ..cache.lock import CacheLock, describe_holder
-from ..cache.manifest import Manifest, ShardRecord, file_status, now
+from ..cache.manifest import Manifest, ManifestError, ShardRecord, file_status, now
 from ..cache.parts import LOCK_WAIT_SECONDS, awaiting_merge, merge_logs, recorded_holders, remove_logs, running_parts
-from ..errors import CacheLockedError
+from ..cache.paths import UnsafePathError, cache_path, shard_file_problem, shard_path
+from ..cache.reader import label_problem, shard_identity_problem
+from ..errors import CacheLockedError, FeatcacheError
 
 QUARANTINE_DIR = "quarantine"
 DEFAULT_SAMPLE_ROWS = 64
@@ -33,11 +40,13 @@ MAPS_BLOCK_ROWS = 256
 
 @dataclass
 class Problem:
-    """Something wrong with one shard (``shard`` is None for a file the manifest does not list)."""
+    """Something wrong with one shard (``shard`` is None for a file the manifest does not list);
+    ``movable`` is False for what ``fix`` must leave in place (the manifest, the listing)."""
 
     file: str
     reason: str
     shard: int | None = None
+    movable: bool = True
 
     def __str__(self) -> str:
         return f"{self.file}: {self.reason}"
@@ -68,9 +77,15 @@ def _expected_datasets(m: Manifest, rows: int) -> dict[str, tuple[tuple[int, ...
 
 
 def check_shard(
-    cache_dir: Path, m: Manifest, rec: ShardRecord, sample_rows: int, rng: np.random.Generator
+    cache_dir: Path,
+    m: Manifest,
+    rec: ShardRecord,
+    sample_rows: int,
+    rng: np.random.Generator,
+    failed: set[int] | None = None,
 ) -> str | None:
-    """The first thing wrong with shard ``rec``, or None. Reads the whole shard once."""
+    """The first thing wrong with shard ``rec``, or None. Reads the whole shard once. ``failed``:
+    the shard's failed input indices (computed from the manifest when None)."""
     plan = m.shard_inputs(rec.shard)
     version = schema.compaction_version(rec.file)
     expected_file = schema.compacted_shard_name(rec.shard, max(version, 0))
@@ -79,7 +94,12 @@ def check_shard(
             f"manifest record says file {rec.file}, inputs {rec.first_index}+{rec.num_inputs}; the shard plan "
             f"says {schema.shard_name(rec.shard)}, inputs {plan.start}+{len(plan)}"
         )
-    path = cache_dir / rec.file
+    try:
+        path = shard_path(cache_dir, rec.file, rec.shard)
+    except UnsafePathError as exc:
+        return str(exc)
+    if path.exists() and not path.is_file():
+        return "not a regular file"
     status = file_status(path, rec)
     if status == "missing":
         return "missing (listed in the manifest)"
@@ -96,9 +116,12 @@ def check_shard(
             fp = json.loads(f.attrs["fingerprint"])
         except (KeyError, ValueError):
             return "no fingerprint attribute"
-        diff = differences(m.fingerprint, fp, IDENTITY_KEYS)
+        diff = differences(m.fingerprint, fp, IDENTITY_KEYS) if isinstance(fp, dict) else ["fingerprint"]
         if diff:
             return "made with different " + "; ".join(diff)
+        identity = shard_identity_problem(f, rec, m, path.stat().st_size)
+        if identity:
+            return identity
         for name, (shape, dtype) in _expected_datasets(m, rec.rows).items():
             if name not in f:
                 return f"dataset {name!r} missing"
@@ -106,7 +129,8 @@ def check_shard(
             got = "object" if h5py.check_string_dtype(d.dtype) else str(d.dtype)
             if d.shape != shape or got != dtype:
                 return f"dataset {name!r} is {d.shape} {got}, expected {shape} {dtype}"
-        failed = {x.index for x in m.failed if x.shard == rec.shard}
+        if failed is None:
+            failed = {x.index for x in m.failed if x.shard == rec.shard}
         # retired inputs no shard holds: compacted away, or failed and removed since
         gone = failed | {i for i in m.dropped if plan.start <= i < plan.stop}
         expected_index = [i for i in range(rec.first_index, rec.first_index + rec.num_inputs) if i not in gone]
@@ -116,6 +140,10 @@ def check_shard(
                 f"index is not inputs {rec.first_index}..{rec.first_index + rec.num_inputs - 1} "
                 f"less the {len(failed)} failed and {len(gone) - len(failed)} dropped ones"
             )
+        # stored labels number the classes of the generation that wrote the shard
+        bad_label = label_problem(f[schema.LABEL][()], len(m.generation_of(rec.shard).classes))
+        if bad_label:
+            return bad_label
         pooled = f[schema.POOLED][()]
         if not np.isfinite(pooled).all():
             return f"pooled has {int((~np.isfinite(pooled)).sum())} NaN/Inf values"
@@ -145,39 +173,71 @@ def verify(cache_dir: str | Path, *, sample_rows: int = DEFAULT_SAMPLE_ROWS, see
     ``progress(record)`` is called before each shard (for a progress bar).
     """
     cache_dir = Path(cache_dir)
-    m = Manifest.load(cache_dir)
     report = Report()
+    try:
+        m = Manifest.load(cache_dir)
+    except ManifestError as exc:
+        prefix = f"{cache_dir / schema.MANIFEST_NAME}: "
+        reason = str(exc)[len(prefix) :] if str(exc).startswith(prefix) else str(exc)
+        report.problems.append(Problem(schema.MANIFEST_NAME, reason, movable=False))
+        return report
+    try:
+        listing = load_listing(cache_dir)
+    except FeatcacheError as exc:
+        report.problems.append(Problem(LISTING_NAME, str(exc).split(": ", 1)[-1], movable=False))
+    else:
+        if listing is not None and len(listing["id"]) != m.num_inputs:
+            report.problems.append(
+                Problem(
+                    LISTING_NAME,
+                    f"lists {len(listing['id'])} inputs, the manifest's source.num_inputs is {m.num_inputs}",
+                    movable=False,
+                )
+            )
     rng = np.random.default_rng(seed)
+    failed: dict[int, set[int]] = {}
+    for x in m.failed:
+        failed.setdefault(x.shard, set()).add(x.index)
     for rec in m.shards:
         if progress is not None:
             progress(rec)
-        reason = check_shard(cache_dir, m, rec, sample_rows, rng)
+        reason = check_shard(cache_dir, m, rec, sample_rows, rng, failed.get(rec.shard, set()))
         report.shards_checked += 1
         if reason:
             report.problems.append(Problem(rec.file, reason, rec.shard))
         else:
             report.rows_checked += rec.rows
-    listed = {Path(rec.file).name for rec in m.shards}
-    shards_dir = cache_dir / schema.SHARDS_DIR
-    if shards_dir.is_dir():
-        pending = {Path(schema.shard_name(k)).name for k in m.missing_shards()}
-        logged = {Path(schema.shard_name(k)).name for k in awaiting_merge(cache_dir, m)}
-        unlisted_pending = 0
-        superseded = 0
-        listed_numbers = {rec.shard: schema.compaction_version(rec.file) for rec in m.shards}
+    try:
+        shards_dir = cache_path(cache_dir, schema.SHARDS_DIR)
+    except UnsafePathError as exc:
+        report.problems.append(Problem(schema.SHARDS_DIR, str(exc).split(": ", 1)[-1], movable=False))
+        shards_dir = None
+    if shards_dir is not None and shards_dir.is_dir():
+        listed = {rec.file for rec in m.shards}
+        done = {rec.shard for rec in m.shards}
+        logged = set(awaiting_merge(cache_dir, m))
+        unlisted_pending = others = superseded = 0
         for p in sorted(shards_dir.glob(schema.SHARD_GLOB)):
-            if p.name in pending and p.name not in logged:  # a run stopped before recording it: redone on resume
-                unlisted_pending += 1
-            elif p.name not in listed and schema.shard_number(p.name) in listed_numbers:
+            rel = f"{schema.SHARDS_DIR}/{p.name}"
+            k = schema.shard_number(p.name)
+            if shard_file_problem(rel) is not None:
+                others += 1  # not a name featcache writes: not its business
+            elif rel in listed or k in logged:
+                continue
+            elif k in done:
                 superseded += 1  # the other version of a shard being compacted: no manifest names it
-            elif p.name not in listed and p.name not in logged:
-                report.problems.append(
-                    Problem(f"{schema.SHARDS_DIR}/{p.name}", "shard file the manifest does not list")
-                )
+            elif k < m.num_shards:  # a run stopped before recording it: redone on resume
+                unlisted_pending += 1
+            else:
+                report.problems.append(Problem(rel, "shard file the manifest does not list"))
         if superseded:
             report.notes.append(
                 f"{superseded} shard files are other versions of listed shards (left by an interrupted "
                 "compaction; readers ignore them, the next compact removes them)"
+            )
+        if others:
+            report.notes.append(
+                f"{others} files in {schema.SHARDS_DIR}/ are not named like featcache shards (left alone)"
             )
         if logged:
             report.notes.append(
@@ -198,7 +258,7 @@ def verify(cache_dir: str | Path, *, sample_rows: int = DEFAULT_SAMPLE_ROWS, see
             )
             report.notes.append(f"{len(temps)} partial shard files ({state})")
     if not m.complete:
-        report.notes.append(f"incomplete: {len(m.missing_shards())} of {m.num_shards} planned shards not written yet")
+        report.notes.append(f"incomplete: {m.missing_count} of {m.num_shards} planned shards not written yet")
     report.problems += [Problem(schema.MANIFEST_NAME, reason) for reason in check_updates(m)]
     if m.generations:
         report.notes.append(
@@ -233,6 +293,12 @@ def fix(cache_dir: str | Path, report: Report) -> list[str]:
     """
     cache_dir = Path(cache_dir)
     actions: list[str] = []
+    kept = [p for p in report.problems if not p.movable]
+    if kept:
+        return [
+            f"nothing moved: {kept[0].file} is invalid; correct or remove it by hand "
+            "(verify --fix never rewrites what it cannot read)"
+        ]
     with CacheLock(cache_dir, wait=LOCK_WAIT_SECONDS):
         running = running_parts(cache_dir)
         if running:
@@ -248,11 +314,11 @@ def fix(cache_dir: str | Path, report: Report) -> list[str]:
             actions.append(f"merged {merged} shards finished by parts into the manifest (verify again to check them)")
         remove_logs(cache_dir)
         bad = {p.shard for p in report.problems if p.shard is not None}
-        quarantine = cache_dir / QUARANTINE_DIR
+        quarantine = cache_path(cache_dir, QUARANTINE_DIR)
         stamp = time.strftime("%Y%m%dT%H%M%S")
         for p in report.problems:
-            src = cache_dir / p.file
-            if src.is_file():
+            src = shard_path(cache_dir, p.file)  # checked again: only the cache's own shard files move
+            if os.path.lexists(src):
                 quarantine.mkdir(exist_ok=True)
                 dst = quarantine / f"{src.name}.{stamp}"
                 os.replace(src, dst)
@@ -265,5 +331,5 @@ def fix(cache_dir: str | Path, report: Report) -> list[str]:
             actions.append(f"removed shards {sorted(bad)} from the manifest: re-run the extractor to recompute them")
         if quarantine.is_dir():
             fsync_dir(quarantine)
-        fsync_dir(cache_dir / schema.SHARDS_DIR)
+        fsync_dir(cache_path(cache_dir, schema.SHARDS_DIR))
     return actions
