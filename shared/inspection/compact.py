@@ -29,6 +29,7 @@ from ..cache.fsutil import commit_file, fsync_dir, remove_stale_temps, sha256_fi
 from ..cache.lock import CacheLock, describe_holder
 from ..cache.manifest import Manifest, ShardRecord, now
 from ..cache.parts import LOCK_WAIT_SECONDS, merge_logs, running_parts
+from ..cache.paths import cache_path, shard_file_problem, shard_path
 from ..errors import CacheLockedError, FeatcacheError
 
 DEFAULT_THRESHOLD = 0.5
@@ -70,8 +71,9 @@ def remove_file(path: Path) -> None:
 def _clean(cache_dir: Path, m: Manifest) -> list[str]:
     """Partial files, and other versions of listed shards: what an interrupted compaction leaves.
     (Call with the cache lock held and no writer running.)"""
-    shards_dir = cache_dir / schema.SHARDS_DIR
-    removed = [p.name for p in remove_stale_temps(shards_dir)]
+    shards_dir = cache_path(cache_dir, schema.SHARDS_DIR)
+    ours = lambda name: shard_file_problem(f"{schema.SHARDS_DIR}/{name}") is None  # noqa: E731
+    removed = [p.name for p in remove_stale_temps(shards_dir, ours)]
     listed = {rec.shard: Path(rec.file).name for rec in m.shards}
     for p in sorted(shards_dir.glob(schema.SHARD_GLOB)):
         if listed.get(schema.shard_number(p.name), p.name) != p.name:
@@ -83,10 +85,12 @@ def _clean(cache_dir: Path, m: Manifest) -> list[str]:
 def rewrite_shard(cache_dir: Path, rec: ShardRecord, drop: np.ndarray) -> ShardRecord:
     """Copy shard ``rec`` without the rows whose index is in ``drop`` into its next compacted name;
     return the new record (the file is in place; the manifest is not changed here)."""
-    final = cache_dir / schema.compacted_shard_name(rec.shard, schema.compaction_version(rec.file) + 1)
+    source = shard_path(cache_dir, rec.file, rec.shard)  # a manifest path is checked before it is opened
+    final = cache_path(cache_dir, schema.compacted_shard_name(rec.shard, schema.compaction_version(rec.file) + 1))
     tmp = temp_path_for(final)
+    tmp.unlink(missing_ok=True)  # a link planted under the temp name is removed, not followed
     try:
-        with h5py.File(cache_dir / rec.file, "r") as src, h5py.File(tmp, "w") as dst:
+        with h5py.File(source, "r") as src, h5py.File(tmp, "x") as dst:
             index = src[schema.INDEX][()]
             keep = np.flatnonzero(~np.isin(index, drop))
             for name in (schema.POOLED, schema.LABEL, schema.INDEX, schema.SPLIT):
@@ -107,7 +111,7 @@ def rewrite_shard(cache_dir: Path, rec: ShardRecord, drop: np.ndarray) -> ShardR
                 shuffle=maps.shuffle,
             )
             if maps.chunks is None or maps.chunks[0] != 1:
-                raise FeatcacheError(f"{cache_dir / rec.file}: maps are not stored one row per chunk")
+                raise FeatcacheError(f"{source}: maps are not stored one row per chunk")
             tail = (0,) * (maps.ndim - 1)
             for k, row in enumerate(keep.tolist()):
                 mask, chunk = maps.id.read_direct_chunk((row, *tail))
@@ -165,7 +169,7 @@ def compact(cache_dir: str | Path, threshold: float = DEFAULT_THRESHOLD, log=Non
             m.dropped = sorted(set(m.dropped) | gone)
             m.updated = now()
             m.save(cache_dir)  # the commit point: readers now read the new file
-            remove_file(cache_dir / rec.file)
+            remove_file(shard_path(cache_dir, rec.file, rec.shard))
             report.rewritten.append(rec.shard)
             report.rows_removed += len(drop)
             report.bytes_before += rec.bytes
