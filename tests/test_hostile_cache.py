@@ -275,7 +275,7 @@ def _set(path: str, value: object):
         (_set("shard_size", 0), "shard_size: must be between 1"),
         (_set("source.num_inputs", "x"), "source.num_inputs: expected an integer, got 'x'"),
         (_set("source.num_inputs", 1e9), "source.num_inputs: expected an integer"),
-        (_set("source.num_inputs", 10**9), "num_shards: 4, but source.num_inputs 1000000000"),
+        (_set("source.num_inputs", 10**9), "num_shards: 4, but 1000000000 inputs"),
         (_set("source", None), "source: expected an object, got None"),
         (_set("fingerprint", []), "fingerprint: expected an object, got []"),
         (_set("split.fractions", KeyError), "split.fractions: missing"),
