@@ -441,12 +441,18 @@ def validate(d: Any, where: str = "manifest") -> Manifest:
                 raise _Invalid(f"failed[{k}].index", f"input {f.index} is listed twice")
             seen.add(f.index)
             failed_per_shard[f.shard] = failed_per_shard.get(f.shard, 0) + 1
-        for k, rec in enumerate(shards):
-            if rec.rows + failed_per_shard.get(rec.shard, 0) != rec.num_inputs:
-                raise _Invalid(f"shards[{k}].rows", f"{rec.rows} rows and {failed_per_shard.get(rec.shard, 0)} failed "
-                               f"inputs do not add up to the shard's {rec.num_inputs} inputs")
         dead = _positions(d, "dead", num_inputs)
         dropped = _positions(d, "dropped", num_inputs)
+        # a compacted shard no longer holds its dropped (retired) inputs
+        gone_per_shard = dict(failed_per_shard)
+        for i in set(dropped) - seen:
+            s = plan.shard_of(i)
+            gone_per_shard[s] = gone_per_shard.get(s, 0) + 1
+        for k, rec in enumerate(shards):
+            gone = gone_per_shard.get(rec.shard, 0)
+            if rec.rows + gone != rec.num_inputs:
+                raise _Invalid(f"shards[{k}].rows", f"{rec.rows} rows and {gone} failed or dropped inputs do not add "
+                               f"up to the shard's {rec.num_inputs} inputs")
         relabelled = _relabelled(d, num_inputs, len(classes))
     except _Invalid as exc:
         raise ManifestError(f"{where}: {exc}") from None
