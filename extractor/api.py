@@ -19,6 +19,7 @@ from ..shared.cache.manifest import FailedInput, Manifest
 from ..shared.cache.parts import WHOLE, Finalized, Part
 from ..shared.cache.split import SPLITS, parse_fractions
 from ..shared.errors import FeatcacheError, NotACacheError
+from .inputs import DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_PIXELS
 from .ray_runner import DEFAULT_MAX_RETRIES
 from .runner import ExtractConfig, ExtractReport
 
@@ -104,6 +105,8 @@ def extract(
     overwrite: bool = False,
     update: bool = False,
     strict: bool = False,
+    max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
     max_shards: int | None = None,
     part: str | Part | None = None,
     finalize: bool = False,
@@ -124,9 +127,11 @@ def extract(
 
     Calling again with the same arguments resumes: finished shards are kept. A source that changed
     since the cache was made is refused unless ``update=True``, which extracts only the added and
-    modified inputs into new shards and records removed and relabelled ones (docs/updates.md). Inputs that cannot be
-    decoded are skipped and listed in the result and the manifest (``strict=True`` raises at the
-    first one instead). ``source`` is a folder of class folders (optionally under train/ val/ test/),
+    modified inputs into new shards and records removed and relabelled ones (docs/updates.md).
+    Inputs that cannot be decoded are skipped and listed in the result and the manifest, and so are
+    inputs that are not regular files, files over ``max_input_bytes`` and images declaring more than
+    ``max_pixels`` pixels (docs/inputs.md); ``strict=True`` raises at the first one instead.
+    ``source`` is a folder of class folders (optionally under train/ val/ test/),
     a folder of unlabelled images, a CSV ``path[,label[,split]]`` or a .txt list of paths.
 
     ``weights``: ``"imagenet"``, ``"auto"``, ``"random"`` or a path to an .h5 file. ``split``: train,
@@ -175,6 +180,8 @@ def extract(
         overwrite=overwrite,
         update=update,
         strict=strict,
+        max_input_bytes=max_input_bytes,
+        max_pixels=max_pixels,
         max_shards=max_shards,
         part=part if isinstance(part, Part) else Part.parse(part) if part else WHOLE,
         progress=progress,

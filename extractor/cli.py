@@ -15,6 +15,7 @@ from ..shared.backbones import WEIGHTS_ENV
 from ..shared.cache import schema
 from ..shared.cli import run_cli
 from .api import DEFAULT_MAX_RETRIES, DEFAULT_SPLIT
+from .inputs import DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_PIXELS
 
 # --finalize and the multi-worker runs exit with this when the cache is not complete yet.
 EXIT_INCOMPLETE = 1
@@ -137,11 +138,31 @@ def extract(
         bool,
         typer.Option(
             help=(
-                "Stop at the first input that cannot be read or decoded (default: skip it and record the "
-                "reason in the manifest)."
+                "Stop at the first input that cannot be read, decoded or is refused (not a regular file, "
+                "past --max-input-bytes or --max-pixels; default: skip it and record the reason in the manifest)."
             )
         ),
     ] = False,
+    max_input_bytes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help=(
+                "Refuse (skip, recording the reason) any input file larger than this many bytes, before "
+                "reading it (default 64 MiB)."
+            ),
+        ),
+    ] = DEFAULT_MAX_INPUT_BYTES,
+    max_pixels: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help=(
+                "Refuse (skip, recording the reason) any image whose header declares more pixels than this "
+                "(width x height x frames; default as Pillow's decompression-bomb limit, about 89.5 Mpx)."
+            ),
+        ),
+    ] = DEFAULT_MAX_PIXELS,
     max_shards: Annotated[
         Optional[int],
         typer.Option(
@@ -251,6 +272,8 @@ def extract(
             overwrite=overwrite,
             update=update,
             strict=strict,
+            max_input_bytes=max_input_bytes,
+            max_pixels=max_pixels,
             max_shards=max_shards,
             part=part,
             finalize=finalize,

@@ -4,8 +4,11 @@ Decoding, resizing and preprocessing run in tf.data's parallel map on all cores 
 works on the previous batches. Batches never straddle two shards: each shard is batched on its own,
 so a shard's rows are computed in the same batches whether the run was resumed or not.
 
-An input that fails to read or decode is dropped in the pipeline (``ignore_errors``); the writer
-sees its index missing when the shard ends and asks :func:`diagnose` for the reason.
+Inputs are read by :func:`featcache.extractor.inputs.read_input` (not ``tf.io.read_file``): what is
+not a regular file, or is larger than ``max_input_bytes``, or declares more than ``max_pixels``
+pixels, is refused before it is read whole or decoded. An input that is refused or fails to decode
+is dropped in the pipeline (``ignore_errors``); the writer sees its index missing when the shard
+ends and asks :func:`diagnose` for the reason.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import numpy as np
 
 from ..shared.backbones import import_tensorflow
 from ..shared.cores import usable_cores
+from .inputs import InputLimits, RefusedInput, read_input
 
 tf = import_tensorflow()
 
@@ -64,12 +68,14 @@ def make_dataset(
     batch_size: int,
     size: tuple[int, int],
     preprocess: Preprocess,
+    limits: InputLimits = InputLimits(),
 ) -> Any:
     """A dataset of ``(index (b,) int64, images (b, H, W, 3) float32)`` over the given shards, in order.
 
     ``paths`` is the whole listing; ``shard_ranges`` the listing positions of each shard to compute.
     Only those shards' paths become a tensor (a worker of one part of ten million images holds its
-    part's paths, not all of them).
+    part's paths, not all of them). ``limits`` bound what one input may cost (see
+    :func:`read_checked`).
     """
     todo_paths = tf.constant([paths[i] for r in shard_ranges for i in r], dtype=tf.string)
     starts = tf.constant([r.start for r in shard_ranges], dtype=tf.int64)
@@ -77,7 +83,7 @@ def make_dataset(
     offsets = tf.constant(np.cumsum([0] + [len(r) for r in shard_ranges[:-1]]), dtype=tf.int64)
 
     def load(i: Any, at: Any) -> tuple[Any, Any]:
-        image = decode_resize(tf.io.read_file(tf.gather(todo_paths, at)), size)
+        image = decode_resize(read_checked(tf.gather(todo_paths, at), limits), size)
         return i, preprocess(image)
 
     def shard(start: Any, stop: Any, offset: Any) -> Any:
@@ -97,6 +103,15 @@ def make_dataset(
     return ds.prefetch(PREFETCH_BATCHES).with_options(options)
 
 
+def read_checked(path: Any, limits: InputLimits) -> Any:
+    """The bytes of the file at ``path`` (a scalar string tensor) as a scalar string tensor, read by
+    :func:`~featcache.extractor.inputs.read_input` under ``limits``; a refused or unreadable input
+    makes the op fail (the pipeline then drops it)."""
+    data = tf.py_function(lambda p: read_input(p.numpy(), limits), [path], tf.string)
+    data.set_shape([])
+    return data
+
+
 def op_error_text(exc: Exception) -> str:
     """A TensorFlow op error's message without the graph-node prefix and op suffix, on one line."""
     text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", getattr(exc, "message", str(exc)))
@@ -104,20 +119,17 @@ def op_error_text(exc: Exception) -> str:
     return text[:200]
 
 
-def diagnose(path: bytes, size: tuple[int, int]) -> str:
+def diagnose(path: bytes, size: tuple[int, int], limits: InputLimits = InputLimits()) -> str:
     """Why ``path`` could not be used, in a few words (called only for inputs the pipeline dropped)."""
     name = os.fsdecode(path)
     if os.path.islink(name) and not os.path.exists(name):
         return "broken symlink"
     if not os.path.exists(name):
         return "file not found"
-    if os.path.isdir(name):
-        return "is a directory"
-    if os.path.getsize(name) == 0:
-        return "empty file (0 bytes)"
     try:
-        with open(name, "rb") as fh:
-            data = fh.read()
+        data = read_input(path, limits)
+    except RefusedInput as exc:
+        return str(exc)
     except OSError as exc:
         return f"cannot read ({exc.strerror or exc})"
     try:

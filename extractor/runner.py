@@ -31,6 +31,7 @@ from ..shared.cache.listing import load_listing
 from ..shared.cache.manifest import FailedInput, Manifest
 from ..shared.cache.parts import WHOLE, Finalized, Part
 from ..shared.cache.writer import CacheWriter, storage_options
+from .inputs import DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_PIXELS, InputLimits
 from .sources import Source, open_source
 
 Log = Callable[[str], None]
@@ -55,9 +56,15 @@ class ExtractConfig:
     overwrite: bool = False
     update: bool = False
     strict: bool = False
+    max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES
+    max_pixels: int = DEFAULT_MAX_PIXELS
     max_shards: int | None = None
     part: Part = WHOLE
     progress: bool = True
+
+    def limits(self) -> InputLimits:
+        """What one input may cost (raises :class:`FeatcacheError` naming a bad limit)."""
+        return InputLimits(self.max_input_bytes, self.max_pixels)
 
 
 @dataclass
@@ -150,6 +157,7 @@ def _environment() -> dict[str, object]:
 def run_extract(cfg: ExtractConfig, log: Log = print) -> ExtractReport:
     """Fill (or resume) the cache at ``cfg.cache`` from ``cfg.source``; see :class:`ExtractConfig`."""
     t_start = time.perf_counter()
+    cfg.limits()  # bad limits fail before any work
     source = open_source(cfg.source)
     for note in source.notes:
         log(f"note: {note}")
@@ -243,8 +251,14 @@ def _extract(
     )
     log(f"backbone {spec.name} on {mapper.devices()}, batch {cfg.batch_size}")
     ranges = [manifest.shard_inputs(k) for k in todo]
+    limits = cfg.limits()
     ds = pipeline.make_dataset(
-        source.paths, ranges, batch_size=cfg.batch_size, size=spec.input_size, preprocess=spec.preprocess_fn()
+        source.paths,
+        ranges,
+        batch_size=cfg.batch_size,
+        size=spec.input_size,
+        preprocess=spec.preprocess_fn(),
+        limits=limits,
     )
     bar = tqdm(total=sum(len(r) for r in ranges), unit="img", disable=not cfg.progress, dynamic_ncols=True)
 
@@ -259,7 +273,7 @@ def _extract(
         cache,
         source,
         todo,
-        lambda i: pipeline.diagnose(source.paths[i], spec.input_size),
+        lambda i: pipeline.diagnose(source.paths[i], spec.input_size, limits),
         strict=cfg.strict,
         on_shard=on_shard,
     )
