@@ -501,7 +501,7 @@ def model_file_spec(path: str | Path, *, layer: str | None = None, preprocess: s
             "name a 4-D layer with layer=NAME"
         )
     resolved = str(p.resolve())
-    sub = keras.Model(model.inputs, out, name=f"{model.name}_to_{layer_name}")
+    sub = keras.Model(model.inputs[0], out, name=f"{model.name}_to_{layer_name}")
     return BackboneSpec(
         name=f"{p.name}[{layer_name}]",
         input_size=(int(in_shape[1]), int(in_shape[2])),
