@@ -279,7 +279,7 @@ def keras_application(
 
 
 # Models with include_preprocessing=True take RGB in [0, 255]: the extractor feeds them as is.
-_INSIDE = "RGB in [0, 255] as is; the model preprocesses inside (include_preprocessing=True: {})"
+PREPROCESSING_INSIDE = "RGB in [0, 255] as is; the model preprocesses inside (include_preprocessing=True: {})"
 
 for _spec in (
     keras_application(
@@ -300,7 +300,7 @@ for _spec in (
         (224, 224),
         (7, 7, 960),
         preprocess=PREPROCESS_SCHEMES["raw"][0],
-        preprocessing=_INSIDE.format("x / 127.5 - 1"),
+        preprocessing=PREPROCESSING_INSIDE.format("x / 127.5 - 1"),
         rescale=(1.0, 0.0),
         imagenet_file=keras_file("mobilenet_v3", "weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5"),
         top_file=keras_file("mobilenet_v3", "weights_mobilenet_v3_large_224_1.0_float.h5"),
@@ -313,7 +313,7 @@ for _spec in (
         (224, 224),
         (7, 7, 1280),
         preprocess=PREPROCESS_SCHEMES["raw"][0],
-        preprocessing=_INSIDE.format("x / 255, minus ImageNet mean, over ImageNet std"),
+        preprocessing=PREPROCESSING_INSIDE.format("x / 255, minus ImageNet mean, over ImageNet std"),
         rescale=(1.0, 0.0),
         imagenet_file=keras_file("efficientnet_v2", "efficientnetv2-b0_notop.h5"),
         top_file=keras_file("efficientnet_v2", "efficientnetv2-b0.h5"),
@@ -326,7 +326,7 @@ for _spec in (
         (384, 384),
         (12, 12, 1280),
         preprocess=PREPROCESS_SCHEMES["raw"][0],
-        preprocessing=_INSIDE.format("x / 128 - 1"),
+        preprocessing=PREPROCESSING_INSIDE.format("x / 128 - 1"),
         rescale=(1.0, 0.0),
         imagenet_file=keras_file("efficientnet_v2", "efficientnetv2-s_notop.h5"),
         top_file=keras_file("efficientnet_v2", "efficientnetv2-s.h5"),
@@ -353,7 +353,7 @@ for _spec in (
         (224, 224),
         (7, 7, 768),
         preprocess=PREPROCESS_SCHEMES["raw"][0],
-        preprocessing=_INSIDE.format("minus ImageNet mean * 255, over ImageNet std * 255"),
+        preprocessing=PREPROCESSING_INSIDE.format("minus ImageNet mean * 255, over ImageNet std * 255"),
         rescale=(1.0, 0.0),
         imagenet_file=keras_file("convnext", "convnext_tiny_notop.h5"),
         top_file=keras_file("convnext", "convnext_tiny.h5"),
