@@ -94,6 +94,8 @@ def extract(
     *,
     weights: str = "imagenet",
     backbone: str = "mobilenet_v2",
+    layer: str | None = None,
+    preprocess: str | None = None,
     batch_size: int = 32,
     shard_size: int = schema.DEFAULT_SHARD_SIZE,
     maps_dtype: str = schema.DEFAULT_MAPS_DTYPE,
@@ -134,6 +136,9 @@ def extract(
     ``source`` is a folder of class folders (optionally under train/ val/ test/),
     a folder of unlabelled images, a CSV ``path[,label[,split]]`` or a .txt list of paths.
 
+    ``backbone``: a registered name (docs/backbones.md), ``module:attribute``, or a saved Keras model
+    file, whose layer ``layer`` gives the maps and whose input ``preprocess`` says how to prepare
+    (required for a model file; see :func:`featcache.shared.backbones.model_file_spec`).
     ``weights``: ``"imagenet"``, ``"auto"``, ``"random"`` or a path to an .h5 file. ``split``: train,
     val, test fractions for rows whose source gives none. Many workers: ``workers=N`` (local
     processes, or Ray tasks with ``runner="ray"``), ``gpus="all"`` (one process per GPU), or
@@ -169,6 +174,8 @@ def extract(
         cache=Path(cache),
         backbone=backbone,
         weights=str(weights),
+        layer=layer,
+        preprocess=preprocess,
         seed=seed,
         batch_size=batch_size,
         shard_size=shard_size,

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..shared.backbones import WEIGHTS_ENV
+from ..shared.backbones import PREPROCESS_SCHEMES, WEIGHTS_ENV
 from ..shared.cache import schema
 from ..shared.cli import run_cli
 from .api import DEFAULT_MAX_RETRIES, DEFAULT_SPLIT
@@ -23,6 +23,18 @@ EXIT_INCOMPLETE = 1
 SHOWN_FAILURES = 10
 
 app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None)
+
+LIST_BACKBONES = "list"
+
+
+def _list_backbones(value: str) -> str:
+    """``--backbone list``: print the registry and stop (before SOURCE is required)."""
+    if value == LIST_BACKBONES:
+        from ..shared.backbones import listing
+
+        typer.echo(listing())
+        raise typer.Exit()
+    return value
 
 
 @app.command()
@@ -62,11 +74,37 @@ def extract(
         str,
         typer.Option(
             help=(
-                "Backbone from the registry ('mobilenet_v2'; 'tiny' is a fast random test net) or "
-                "'module:attribute' naming a BackboneSpec."
-            )
+                "Backbone from the registry ('mobilenet_v2', 'efficientnet_v2_b0', 'resnet50', ...; 'tiny' is "
+                "a fast random test net; 'list' prints them all with sizes, preprocessing and whether their "
+                "ImageNet weights are cached), 'module:attribute' naming a BackboneSpec, or a saved Keras "
+                "model file (.keras or .h5; see --layer and --preprocess)."
+            ),
+            callback=_list_backbones,
+            is_eager=True,
         ),
     ] = "mobilenet_v2",
+    layer: Annotated[
+        Optional[str],
+        typer.Option(
+            help=(
+                "With a model file as --backbone: the layer whose output (batch, h, w, C) becomes the maps "
+                "(default: the model's output)."
+            ),
+            show_default=False,
+        ),
+    ] = None,
+    preprocess: Annotated[
+        Optional[str],
+        typer.Option(
+            help=(
+                "With a model file as --backbone (required there): what it expects from RGB in [0, 255]: "
+                f"{', '.join(PREPROCESS_SCHEMES)} ('raw': as is, the model preprocesses inside; 'tf': "
+                "x / 127.5 - 1; 'unit': x / 255; 'caffe', 'torch': Keras' imagenet_utils modes) or "
+                "module:function."
+            ),
+            show_default=False,
+        ),
+    ] = None,
     batch_size: Annotated[
         int,
         typer.Option(min=1, help="Images per backbone call. Larger is faster on a GPU; 32 is near the best on CPU."),
@@ -261,6 +299,8 @@ def extract(
             cache,
             weights=weights,
             backbone=backbone,
+            layer=layer,
+            preprocess=preprocess,
             batch_size=batch_size,
             shard_size=shard_size,
             maps_dtype=maps_dtype,

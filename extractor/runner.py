@@ -45,6 +45,8 @@ class ExtractConfig:
     cache: Path
     backbone: str = "mobilenet_v2"
     weights: str = "imagenet"
+    layer: str | None = None  # with a model file as backbone: the layer whose output is the maps
+    preprocess: str | None = None  # with a model file: what it expects (backbones.PREPROCESS_SCHEMES)
     seed: int = 0
     batch_size: int = 32
     shard_size: int = schema.DEFAULT_SHARD_SIZE
@@ -161,7 +163,7 @@ def run_extract(cfg: ExtractConfig, log: Log = print) -> ExtractReport:
     source = open_source(cfg.source)
     for note in source.notes:
         log(f"note: {note}")
-    spec = get_backbone(cfg.backbone)
+    spec = get_backbone(cfg.backbone, layer=cfg.layer, preprocess=cfg.preprocess)
     weights = resolve_weights(spec, cfg.weights, cfg.seed)
     if weights.random:
         log(

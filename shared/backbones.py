@@ -4,15 +4,19 @@ The extractor builds a backbone from here to compute features; the trainer rebui
 export a head stacked on it. Neither imports TensorFlow at module level: builders import it when
 called, so ``import featcache.shared`` stays fast for the inspection commands.
 
-A backbone is a :class:`BackboneSpec`. Built-ins: ``mobilenet_v2`` (the product) and ``tiny`` (a
-fixed random conv net with MobileNetV2's output shape, for tests and smoke runs: its features are
+A backbone is a :class:`BackboneSpec`. Built-ins: the Keras applications people use for features
+(``mobilenet_v2``, the product; ``mobilenet_v3_large``, ``efficientnet_v2_b0``, ``efficientnet_v2_s``,
+``resnet50``, ``convnext_tiny``), each at its own input size with its own preprocessing, and ``tiny``
+(a fixed random conv net with MobileNetV2's output shape, for tests and smoke runs: its features are
 random projections of 8x8 patches, different for every image, unlike a random MobileNetV2 whose
-output is the same vector for every image). Others plug in by :func:`register` or by naming a
-``module:attribute`` that holds a spec.
+output is the same vector for every image). Others plug in by :func:`register`, by naming a
+``module:attribute`` that holds a spec, or as a saved Keras model file (:func:`model_file_spec`).
+:func:`listing` is the table ``featcache-extract --backbone list`` prints. See docs/backbones.md.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import warnings
@@ -30,11 +34,19 @@ if TYPE_CHECKING:  # pragma: no cover
 WEIGHTS_ENV = "FEATCACHE_WEIGHTS"
 RANDOM_PREFIX = "random:"
 
+# Where Keras downloads its applications' ImageNet files from (keras/src/applications/*.py: each
+# module's BASE_WEIGHT(S)_PATH plus the file name it builds); the files land in Keras' download cache
+# under the same name, which is where ``weights="imagenet"`` looks first (no network needed then).
+KERAS_WEIGHTS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
+
 # Keras' own ImageNet file for MobileNetV2 1.0/224 without the top (keras/src/applications/mobilenet_v2.py).
 MOBILENET_V2_WEIGHTS_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
-MOBILENET_V2_WEIGHTS_URL = (
-    "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_v2/" + MOBILENET_V2_WEIGHTS_FILE
-)
+MOBILENET_V2_WEIGHTS_URL = KERAS_WEIGHTS_URL + "mobilenet_v2/" + MOBILENET_V2_WEIGHTS_FILE
+
+
+def keras_file(folder: str, file_name: str) -> tuple[str, str]:
+    """``(file name, URL)`` of a Keras applications weights file kept under ``folder`` on Keras' server."""
+    return file_name, f"{KERAS_WEIGHTS_URL}{folder}/{file_name}"
 
 
 # Set before TensorFlow's first import unless the user set them: quiet start-up, oneDNN kernels on.
@@ -84,9 +96,16 @@ class BackboneSpec:
 
     ``build(weights)`` returns a Keras model from ``(B, H, W, 3)`` float32 preprocessed images to
     ``(B, h, w, C)`` float32 maps. ``preprocess`` names (``module:function``) the function that maps
-    RGB values in [0, 255] to the model's input range; ``preprocessing`` says what it does in words.
-    ``imagenet_file`` is ``(file name, URL)`` in Keras' download cache, or None when the backbone has
-    no pretrained weights.
+    RGB values in [0, 255] to what ``build``'s model takes (the identity, :func:`rgb_as_is`, when the
+    model preprocesses inside); ``preprocessing`` says what it does in words (recorded in the
+    fingerprint: change it and old caches are refused). ``imagenet_file`` is ``(file name, URL)`` in
+    Keras' download cache, or None when the backbone has no pretrained weights.
+
+    ``build_top`` (optional) builds the same network with its ImageNet classifier, taking the same
+    preprocessed images to ``(B, 1000)`` probabilities; ``top_file`` is Keras' file for it. They let
+    tests check the whole input path against known labels (tests/test_sanity.py).
+    ``identity`` adds entries to the fingerprint (a model file's path and layer); ``weights_file`` is
+    set when the weights come inside the model file itself.
     """
 
     name: str
@@ -100,6 +119,10 @@ class BackboneSpec:
     # ``preprocess`` as an affine map ``x * scale + offset``, for models exported with a built-in
     # Rescaling layer (None when the preprocessing is not affine).
     rescale: tuple[float, float] | None = None
+    build_top: Callable[[ResolvedWeights], "keras.Model"] | None = None
+    top_file: tuple[str, str] | None = None
+    identity: tuple[tuple[str, Any], ...] = ()
+    weights_file: str | None = None
 
     @property
     def channels(self) -> int:
@@ -113,14 +136,48 @@ class BackboneSpec:
         return getattr(importlib.import_module(module), attr)
 
 
-def _build_mobilenet_v2(weights: ResolvedWeights) -> "keras.Model":
+def rgb_as_is(x: Any) -> Any:
+    """The preprocessing of models that preprocess inside (``include_preprocessing=True``): none.
+
+    Feeding such a model ``preprocess_input``'s output would preprocess twice; this keeps RGB in
+    [0, 255] as the model expects.
+    """
+    return x
+
+
+def rgb_unit(x: Any) -> Any:
+    """RGB in [0, 255] -> [0, 1] (``x / 255``)."""
+    return x / 255.0
+
+
+def preprocess_caffe(x: Any) -> Any:
+    """Keras' ``caffe`` mode: RGB -> BGR, minus the ImageNet mean per channel (no scaling)."""
+    import keras
+
+    return keras.applications.imagenet_utils.preprocess_input(x, mode="caffe")
+
+
+def preprocess_torch(x: Any) -> Any:
+    """Keras' ``torch`` mode: RGB / 255, minus the ImageNet mean, divided by its std per channel."""
+    import keras
+
+    return keras.applications.imagenet_utils.preprocess_input(x, mode="torch")
+
+
+def _build_keras_app(
+    constructor: str, input_size: tuple[int, int], kwargs: dict[str, Any], include_top: bool, weights: ResolvedWeights
+) -> "keras.Model":
+    """``keras.applications.<constructor>`` at ``input_size``, random (seeded) or from ``weights.path``."""
     import_tensorflow()
     import keras
 
     if weights.random:
         keras.utils.set_random_seed(weights.seed or 0)
-    return keras.applications.MobileNetV2(
-        include_top=False, input_shape=(224, 224, 3), weights=None if weights.random else weights.path
+    return getattr(keras.applications, constructor)(
+        include_top=include_top,
+        input_shape=(*input_size, 3),
+        weights=None if weights.random else weights.path,
+        **kwargs,
     )
 
 
@@ -158,9 +215,26 @@ def _build_tiny(weights: ResolvedWeights) -> "keras.Model":
     return model
 
 
+# Preprocessing schemes, each stated once: (function, words for the fingerprint, affine form or None).
+# A model file names one with preprocess=...; the registered backbones below use them too.
 _MOBILENET_PREPROCESS = "keras.applications.mobilenet_v2:preprocess_input"
 _MOBILENET_PREPROCESSING = "RGB in [0, 255] -> x / 127.5 - 1 (mobilenet_v2.preprocess_input)"
 _MOBILENET_RESCALE = (1 / 127.5, -1.0)
+PREPROCESS_SCHEMES: dict[str, tuple[str, str, tuple[float, float] | None]] = {
+    "raw": (f"{__name__}:rgb_as_is", "RGB in [0, 255] as is (the model preprocesses inside)", (1.0, 0.0)),
+    "tf": (_MOBILENET_PREPROCESS, _MOBILENET_PREPROCESSING, _MOBILENET_RESCALE),
+    "unit": (f"{__name__}:rgb_unit", "RGB in [0, 255] -> x / 255", (1 / 255, 0.0)),
+    "caffe": (
+        f"{__name__}:preprocess_caffe",
+        "RGB in [0, 255] -> BGR minus the ImageNet mean (103.939, 116.779, 123.68) (imagenet_utils 'caffe')",
+        None,
+    ),
+    "torch": (
+        f"{__name__}:preprocess_torch",
+        "RGB in [0, 255] -> (x / 255 - ImageNet mean) / ImageNet std (imagenet_utils 'torch')",
+        None,
+    ),
+}
 
 _REGISTRY: dict[str, BackboneSpec] = {}
 
@@ -171,19 +245,124 @@ def register(spec: BackboneSpec) -> BackboneSpec:
     return spec
 
 
-register(
-    BackboneSpec(
-        name="mobilenet_v2",
-        input_size=(224, 224),
-        output_shape=(7, 7, 1280),
-        build=_build_mobilenet_v2,
+def keras_application(
+    name: str,
+    constructor: str,
+    input_size: tuple[int, int],
+    output_shape: tuple[int, int, int],
+    *,
+    preprocess: str,
+    preprocessing: str,
+    rescale: tuple[float, float] | None,
+    imagenet_file: tuple[str, str] | None,
+    top_file: tuple[str, str] | None,
+    description: str,
+    **kwargs: Any,
+) -> BackboneSpec:
+    """A spec for ``keras.applications.<constructor>`` (``include_top=False``; ``kwargs`` go to it).
+
+    ``build_top`` is the same call with ``include_top=True``, for the sanity check against labels.
+    """
+    return BackboneSpec(
+        name=name,
+        input_size=input_size,
+        output_shape=output_shape,
+        build=functools.partial(_build_keras_app, constructor, input_size, kwargs, False),
+        preprocess=preprocess,
+        preprocessing=preprocessing,
+        imagenet_file=imagenet_file,
+        description=description,
+        rescale=rescale,
+        build_top=functools.partial(_build_keras_app, constructor, input_size, kwargs, True),
+        top_file=top_file,
+    )
+
+
+# Models with include_preprocessing=True take RGB in [0, 255]: the extractor feeds them as is.
+PREPROCESSING_INSIDE = "RGB in [0, 255] as is; the model preprocesses inside (include_preprocessing=True: {})"
+
+for _spec in (
+    keras_application(
+        "mobilenet_v2",
+        "MobileNetV2",
+        (224, 224),
+        (7, 7, 1280),
         preprocess=_MOBILENET_PREPROCESS,
         preprocessing=_MOBILENET_PREPROCESSING,
-        imagenet_file=(MOBILENET_V2_WEIGHTS_FILE, MOBILENET_V2_WEIGHTS_URL),
-        description="Keras MobileNetV2 1.0, include_top=False, 224x224",
         rescale=_MOBILENET_RESCALE,
-    )
-)
+        imagenet_file=(MOBILENET_V2_WEIGHTS_FILE, MOBILENET_V2_WEIGHTS_URL),
+        top_file=keras_file("mobilenet_v2", "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5"),
+        description="Keras MobileNetV2 1.0, include_top=False, 224x224",
+    ),
+    keras_application(
+        "mobilenet_v3_large",
+        "MobileNetV3Large",
+        (224, 224),
+        (7, 7, 960),
+        preprocess=PREPROCESS_SCHEMES["raw"][0],
+        preprocessing=PREPROCESSING_INSIDE.format("x / 127.5 - 1"),
+        rescale=(1.0, 0.0),
+        imagenet_file=keras_file("mobilenet_v3", "weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5"),
+        top_file=keras_file("mobilenet_v3", "weights_mobilenet_v3_large_224_1.0_float.h5"),
+        description="Keras MobileNetV3Large 1.0, include_top=False, 224x224 (maps before the 1280-wide top conv)",
+        include_preprocessing=True,
+    ),
+    keras_application(
+        "efficientnet_v2_b0",
+        "EfficientNetV2B0",
+        (224, 224),
+        (7, 7, 1280),
+        preprocess=PREPROCESS_SCHEMES["raw"][0],
+        preprocessing=PREPROCESSING_INSIDE.format("x / 255, minus ImageNet mean, over ImageNet std"),
+        rescale=(1.0, 0.0),
+        imagenet_file=keras_file("efficientnet_v2", "efficientnetv2-b0_notop.h5"),
+        top_file=keras_file("efficientnet_v2", "efficientnetv2-b0.h5"),
+        description="Keras EfficientNetV2B0, include_top=False, 224x224",
+        include_preprocessing=True,
+    ),
+    keras_application(
+        "efficientnet_v2_s",
+        "EfficientNetV2S",
+        (384, 384),
+        (12, 12, 1280),
+        preprocess=PREPROCESS_SCHEMES["raw"][0],
+        preprocessing=PREPROCESSING_INSIDE.format("x / 128 - 1"),
+        rescale=(1.0, 0.0),
+        imagenet_file=keras_file("efficientnet_v2", "efficientnetv2-s_notop.h5"),
+        top_file=keras_file("efficientnet_v2", "efficientnetv2-s.h5"),
+        description="Keras EfficientNetV2S, include_top=False, 384x384 (its native size; ~8x MobileNetV2's work)",
+        include_preprocessing=True,
+    ),
+    keras_application(
+        "resnet50",
+        "ResNet50",
+        (224, 224),
+        (7, 7, 2048),
+        preprocess="keras.applications.resnet50:preprocess_input",
+        preprocessing=(
+            "RGB in [0, 255] -> BGR minus the ImageNet mean (103.939, 116.779, 123.68) (resnet50.preprocess_input)"
+        ),
+        rescale=None,
+        imagenet_file=keras_file("resnet", "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+        top_file=keras_file("resnet", "resnet50_weights_tf_dim_ordering_tf_kernels.h5"),
+        description="Keras ResNet50 (v1), include_top=False, 224x224",
+    ),
+    keras_application(
+        "convnext_tiny",
+        "ConvNeXtTiny",
+        (224, 224),
+        (7, 7, 768),
+        preprocess=PREPROCESS_SCHEMES["raw"][0],
+        preprocessing=PREPROCESSING_INSIDE.format("minus ImageNet mean * 255, over ImageNet std * 255"),
+        rescale=(1.0, 0.0),
+        imagenet_file=keras_file("convnext", "convnext_tiny_notop.h5"),
+        top_file=keras_file("convnext", "convnext_tiny.h5"),
+        description="Keras ConvNeXtTiny, include_top=False, 224x224 (maps before the head's LayerNorm)",
+        include_preprocessing=True,
+    ),
+):
+    register(_spec)
+
 register(
     BackboneSpec(
         name="tiny",
@@ -203,8 +382,18 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_backbone(name: str) -> BackboneSpec:
-    """The spec registered as ``name``, or the one at ``module:attribute``."""
+def get_backbone(name: str, *, layer: str | None = None, preprocess: str | None = None) -> BackboneSpec:
+    """The spec registered as ``name``, the one at ``module:attribute``, or a saved Keras model file.
+
+    ``layer`` and ``preprocess`` apply to a model file only (see :func:`model_file_spec`).
+    """
+    if is_model_file(name):
+        return model_file_spec(name, layer=layer, preprocess=preprocess)
+    if layer is not None or preprocess is not None:
+        raise FeatcacheError(
+            f"backbone {name!r}: layer= and preprocess= apply to a model file (.keras, .h5), "
+            "not to a registered backbone"
+        )
     if name in _REGISTRY:
         return _REGISTRY[name]
     if ":" in name:
@@ -216,7 +405,158 @@ def get_backbone(name: str) -> BackboneSpec:
         if not isinstance(spec, BackboneSpec):
             raise FeatcacheError(f"backbone {name!r}: {type(spec).__name__} is not a BackboneSpec")
         return spec
-    raise FeatcacheError(f"unknown backbone {name!r}; known: {', '.join(names())} (or module:attribute)")
+    raise FeatcacheError(
+        f"unknown backbone {name!r}; known: {', '.join(names())} (or module:attribute, or a .keras model file)"
+    )
+
+
+MODEL_FILE_SUFFIXES = (".keras", ".h5")
+
+
+def is_model_file(name: str) -> bool:
+    """Whether a backbone name is a path to a saved model (by its suffix, or an existing folder)."""
+    return Path(name).suffix.lower() in MODEL_FILE_SUFFIXES or Path(name).expanduser().is_dir()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+
+
+def _model_file_layer(model: "keras.Model", path: Path, layer: str | None) -> tuple[str, Any]:
+    """The name and symbolic output of the layer whose output becomes the maps (the model's output
+    when ``layer`` is None)."""
+    if layer is None:
+        if len(model.outputs) != 1:
+            raise FeatcacheError(f"{path}: the model has {len(model.outputs)} outputs; name one layer with layer=NAME")
+        return model.layers[-1].name, model.outputs[0]
+    try:
+        target = model.get_layer(layer)
+    except ValueError:
+        known = ", ".join(x.name for x in model.layers[-5:])
+        raise FeatcacheError(f"{path}: no layer named {layer!r} (its last layers: {known})") from None
+    try:
+        return layer, target.output
+    except (AttributeError, ValueError) as exc:  # a layer called several times has no single output
+        raise FeatcacheError(f"{path}: layer {layer!r} has no single output ({_one_line(exc)})") from None
+
+
+def _build_model_file(model: "keras.Model", path: str, weights: ResolvedWeights) -> "keras.Model":
+    """The already loaded sub-model; its weights are the file's (``resolve_weights`` made sure)."""
+    if weights.path != path:
+        raise WeightsUnavailableError(
+            f"{path}: the model file carries its weights, not {weights.path or weights.sha256}"
+        )
+    return model
+
+
+def model_file_spec(path: str | Path, *, layer: str | None = None, preprocess: str | None = None) -> BackboneSpec:
+    """A user's saved Keras model (``.keras``, or a full-model ``.h5``) as a backbone.
+
+    The maps are the output of the layer named ``layer`` (the model's output when None), which must
+    be ``(B, h, w, C)`` with fixed ``h, w, C``; the input size is read from the model, which must take
+    fixed-size ``(B, H, W, 3)`` RGB. ``preprocess`` must say what the model expects, as one of
+    :data:`PREPROCESS_SCHEMES` (``raw``: RGB in [0, 255] as is) or ``module:function``: featcache will
+    not guess, since a wrong guess silently costs accuracy. The file's sha256 (its weights), the
+    layer and the input size go into the fingerprint. Loading the model imports TensorFlow.
+    """
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise FeatcacheError(
+            f"{p}: a folder (TensorFlow SavedModel?): Keras 3 loads .keras and .h5 model files only; "
+            "save the model with model.save('model.keras')"
+        )
+    if not p.is_file():
+        raise FeatcacheError(f"{p}: model file not found")
+    if preprocess is None:
+        raise FeatcacheError(
+            f"{p}: say what the model expects with preprocess= ({', '.join(PREPROCESS_SCHEMES)} or "
+            "module:function); featcache does not guess"
+        )
+    if preprocess in PREPROCESS_SCHEMES:
+        fn, words, rescale = PREPROCESS_SCHEMES[preprocess]
+    elif ":" in preprocess:
+        fn, words, rescale = preprocess, f"RGB in [0, 255] -> {preprocess}", None
+    else:
+        raise FeatcacheError(
+            f"{p}: unknown preprocess={preprocess!r}; choose {', '.join(PREPROCESS_SCHEMES)} or module:function"
+        )
+    import_tensorflow()
+    import keras
+
+    try:
+        model = keras.models.load_model(p, compile=False)
+    except Exception as exc:  # keras raises many kinds, all meaning "not a model it can load"
+        raise FeatcacheError(f"{p}: cannot load a Keras model from it ({_one_line(exc)})") from None
+    if not isinstance(model, keras.Model) or len(model.inputs) != 1:
+        raise FeatcacheError(f"{p}: featcache needs a model with one image input")
+    in_shape = tuple(model.inputs[0].shape)
+    if len(in_shape) != 4 or in_shape[3] != 3 or None in in_shape[1:3]:
+        raise FeatcacheError(f"{p}: the model's input has shape {in_shape}; featcache needs fixed (batch, H, W, 3)")
+    layer_name, out = _model_file_layer(model, p, layer)
+    out_shape = tuple(out.shape)
+    if len(out_shape) != 4 or None in out_shape[1:]:
+        raise FeatcacheError(
+            f"{p}: layer {layer_name!r} gives output of shape {out_shape}, not (batch, h, w, C) maps; "
+            "name a 4-D layer with layer=NAME"
+        )
+    resolved = str(p.resolve())
+    sub = keras.Model(model.inputs[0], out, name=f"{model.name}_to_{layer_name}")
+    return BackboneSpec(
+        name=f"{p.name}[{layer_name}]",
+        input_size=(int(in_shape[1]), int(in_shape[2])),
+        output_shape=(int(out_shape[1]), int(out_shape[2]), int(out_shape[3])),
+        build=functools.partial(_build_model_file, sub, resolved),
+        preprocess=fn,
+        preprocessing=words,
+        description=f"user model {resolved}, layer {layer_name}",
+        rescale=rescale,
+        identity=(("model_file", resolved), ("layer", layer_name)),
+        weights_file=resolved,
+    )
+
+
+IMAGENET_CACHED = "cached"
+IMAGENET_NOT_CACHED = "not cached (downloaded on first use)"
+IMAGENET_NONE = "none"
+
+
+def imagenet_status(spec: BackboneSpec) -> str:
+    """Whether the spec's ImageNet file is in Keras' download cache (usable offline)."""
+    if spec.imagenet_file is None:
+        return IMAGENET_NONE
+    found = any(c.is_file() for c in keras_cache_candidates(spec.imagenet_file[0]))
+    return IMAGENET_CACHED if found else IMAGENET_NOT_CACHED
+
+
+def listing() -> str:
+    """The registered backbones as a table: what ``featcache-extract --backbone list`` prints.
+
+    Reads no model and imports no TensorFlow (the shapes are the specs' own, checked by
+    :func:`build_backbone` whenever one is built).
+    """
+    header = ("name", "input", "maps", "pooled", "ImageNet weights", "preprocessing (what the extractor feeds)")
+    rows = [header]
+    for n in names():
+        spec = _REGISTRY[n]
+        rows.append(
+            (
+                n,
+                "x".join(map(str, spec.input_size)),
+                "x".join(map(str, spec.output_shape)),
+                str(spec.channels),
+                imagenet_status(spec),
+                spec.preprocessing,
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
+    lines = ["  ".join([c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)] + [r[-1]]) for r in rows]
+    home = keras_cache_candidates("")[0]
+    lines.append(
+        f"ImageNet weights are looked up in Keras' download cache ({home}); a model file works too: "
+        "a .keras path with a layer and a preprocessing (docs/backbones.md)."
+    )
+    return "\n".join(lines)
 
 
 def keras_cache_candidates(file_name: str) -> list[Path]:
@@ -253,8 +593,16 @@ def resolve_weights(spec: BackboneSpec, weights: str, seed: int = 0) -> Resolved
 
     ``weights`` is ``imagenet`` (Keras' cache, downloading if needed), ``random`` (seeded, meaningless
     features), a path to a weights file, or ``auto``: ``$FEATCACHE_WEIGHTS`` if set, else ImageNet if
-    it can be had, else random with a warning.
+    it can be had, else random with a warning. A model file's spec (``weights_file``) brings its own
+    weights: ``imagenet`` and ``auto`` (the defaults) mean that file, and no other file replaces them.
     """
+    if spec.weights_file is not None:
+        own = Path(spec.weights_file)
+        if weights in ("imagenet", "auto") or Path(weights).expanduser().resolve() == own:
+            return ResolvedWeights("file", str(own), sha256_file(own))
+        raise WeightsUnavailableError(
+            f"{own}: a model file carries its own weights; weights={weights!r} cannot replace them"
+        )
     if weights == "random":
         return ResolvedWeights("random", None, f"{RANDOM_PREFIX}{seed}", seed)
     if weights == "auto":
@@ -313,11 +661,13 @@ def make_fingerprint(
         "random_weights": weights.random,
         "input_size": list(spec.input_size),
         "output_shape": list(spec.output_shape),
+        "pooled_width": spec.channels,
         "resize": RESIZE,
         "preprocessing": spec.preprocessing,
         "compute_dtype": compute_dtype,
         "maps_dtype": maps_dtype,
     }
+    fp.update(dict(spec.identity))
     for key in ENVIRONMENT_KEYS:
         fp[key] = (environment or {}).get(key)
     return fp

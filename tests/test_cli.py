@@ -109,7 +109,7 @@ def test_cli_extract_then_inspect(sample_dir, tmp_path):
     ("args", "message"),
     [
         (["nowhere", "c"], "error: nowhere: no such file or folder"),
-        (["{src}", "{cache}", "--backbone", "nope"], "error: unknown backbone 'nope'; known: mobilenet_v2, tiny"),
+        (["{src}", "{cache}", "--backbone", "nope"], "error: unknown backbone 'nope'; known: convnext_tiny, "),
         (["{src}", "{cache}", "--weights", "missing.h5"], "error: missing.h5: weights file not found"),
         (["{src}", "{cache}", "--backbone", "tiny", "--weights", "random", "--split", "1,1,1"], "summing to 1"),
     ],
