@@ -20,6 +20,7 @@ from ..cache import schema
 from ..cache.fingerprint import describe
 from ..cache.reader import FeatureCache, PooledRows
 from ..cache.split import split_names
+from ..errors import FeatcacheError
 from . import html as H
 from . import similarity, suspects
 
@@ -219,7 +220,7 @@ def build(
     from .cli import summarize  # the summary command's own facts (cli imports this module)
 
     if embedding not in EMBEDDINGS:
-        raise ValueError(f"embedding={embedding!r}: choose one of {', '.join(EMBEDDINGS)}")
+        raise FeatcacheError(f"embedding={embedding!r}: choose one of {', '.join(EMBEDDINGS)}")
     t0 = time.perf_counter()
     cache = FeatureCache(cache_path)
     s = summarize(cache)
