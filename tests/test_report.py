@@ -128,7 +128,7 @@ def test_report_without_source_images_still_works(tiny_cache, tmp_path):
     assert len(Page(text).tables["suspects"]) == 16
 
 
-def test_report_lists_every_train_image_copied_into_test(tmp_path):
+def test_report_lists_every_train_image_copied_into_test_and_failed_inputs(tmp_path):
     src = tmp_path / "src"
     make_sample(src, per_class=6, classes=3, seed=3, splits=True)
     train = sorted((src / "train").rglob("*.*"))
@@ -138,12 +138,18 @@ def test_report_lists_every_train_image_copied_into_test(tmp_path):
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(p, dest)
         copies[str(p.relative_to(src))] = str(dest.relative_to(src))
+    (train[0].parent / "empty.jpg").write_bytes(b"")  # a failed input, listed with its reason
     cache = tmp_path / "cache"
     extract(src, cache, shard_size=8)
     out = tmp_path / "r.html"
     r = inspect("report", cache, out, "--embedding", "pca")
     assert r.exit_code == 0, r.output
-    rows = Page(out.read_text()).tables["duplicates"][1:]
+    page = Page(out.read_text())
+    failed = page.tables["failed"][1:]
+    assert [(row[1], row[2]) for row in failed] == [
+        (str((train[0].parent / "empty.jpg").relative_to(src)), "empty file (0 bytes)")
+    ]
+    rows = page.tables["duplicates"][1:]
     listed = {frozenset((a.split()[0], b.split()[0])) for cos, leak, a, b in rows if leak == "LEAK"}
     assert {frozenset(p) for p in copies.items()} <= listed
     assert len(copies) >= 3
