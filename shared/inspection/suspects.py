@@ -9,8 +9,8 @@ stratified folds, on the pooled vectors standardised and projected on their top 
 components (the fit is ~10x cheaper, and dropping the minor directions regularises it). A row is the
 more suspect the lower that out-of-fold probability; its suggested label is the classifier's most
 probable other class. On natural images (CIFAR-10 through MobileNetV2, 5% of labels flipped) it ranks
-~78% of the flipped rows in its top 10% at 1,000 rows and ~81% at 5,000, where a plain 10-nearest-
-neighbour disagreement score finds ~70% and ~74% (docs/report.md).
+~78% of the flipped rows in its top 10% at 1,000 rows and ~84% at 5,000, where a plain 10-nearest-
+neighbour disagreement score finds ~70% and ~71% (docs/report.md, bench/label_noise.py).
 
 **Class overlap**: the cosine between class centroids (of the vectors minus the global mean, so that
 the all-positive ReLU features do not make every pair look alike) and the confusion matrix of a
@@ -19,6 +19,8 @@ nearest-centroid classifier: pairs of classes that it mixes up are pairs the fea
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -151,6 +153,23 @@ def out_of_fold_probs(
     return probs
 
 
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """Run the block with one BLAS thread, when threadpoolctl is installed (it comes with scikit-learn).
+
+    The fit is ~1,500 small matrix products; waking BLAS threads for each costs more than it saves,
+    and on a busy machine far more (measured on 2 cores shared with other jobs: the report of a 15-row
+    cache took 12 s with OpenBLAS' threads, under 1 s with one). Without threadpoolctl this does nothing.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
 @dataclass
 class LabelNoise:
     """Out-of-fold verdicts on ``n`` labelled rows (positions into the arrays given to :func:`label_noise`).
@@ -181,9 +200,10 @@ def label_noise(
     """
     labels = np.asarray(labels, dtype=np.int64)
     x = standardize(pooled)
-    if x.shape[1] > PCA_DIMS and len(x) > 1:  # not whitened: that would blow up the noisy minor axes
-        x = project(x, *pca_basis(x, PCA_DIMS, seed))
-    probs = out_of_fold_probs(x, labels, n_classes, min(folds, max(2, len(x))), seed)
+    with one_blas_thread():
+        if x.shape[1] > PCA_DIMS and len(x) > 1:  # not whitened: that would blow up the noisy minor axes
+            x = project(x, *pca_basis(x, PCA_DIMS, seed))
+        probs = out_of_fold_probs(x, labels, n_classes, min(folds, max(2, len(x))), seed)
     rows = np.arange(len(labels))
     p_given = probs[rows, labels]
     others = probs.copy()
