@@ -425,7 +425,9 @@ def report_cmd(
             )
         ),
     ] = "auto",
-    folds: Annotated[int, typer.Option(min=2, help="Cross-validation folds of the label-noise classifier.")] = 5,
+    folds: Annotated[
+        int, typer.Option(min=2, help="Cross-validation folds of the label-noise classifier.")
+    ] = report_mod.suspects.DEFAULT_FOLDS,
     seed: Annotated[int, typer.Option(help="Seed of the sampling, the folds and the maps.")] = 0,
     debug: DebugOpt = False,
 ) -> None:
@@ -457,9 +459,18 @@ def suspects(
         Optional[Path], typer.Option("--csv", help="Also write every labelled row, ranked, to this CSV file.")
     ] = None,
     max_rows: Annotated[
-        int, typer.Option(min=2, help="Rows analysed; a larger cache is sampled at random to this many.")
-    ] = report_mod.DEFAULT_MAX_ROWS * 10,
-    folds: Annotated[int, typer.Option(min=2, help="Cross-validation folds of the classifier.")] = 5,
+        int,
+        typer.Option(
+            min=2,
+            help=(
+                "Rows analysed (memory: ~15 KB per row); a larger cache is sampled at random to this many, "
+                "and only those are ranked."
+            ),
+        ),
+    ] = report_mod.SUSPECTS_MAX_ROWS,
+    folds: Annotated[
+        int, typer.Option(min=2, help="Cross-validation folds of the classifier.")
+    ] = report_mod.suspects.DEFAULT_FOLDS,
     seed: Annotated[int, typer.Option(help="Seed of the sampling and the folds.")] = 0,
     debug: DebugOpt = False,
 ) -> None:

@@ -25,6 +25,7 @@ from . import html as H
 from . import similarity, suspects
 
 DEFAULT_MAX_ROWS = 10_000  # rows analysed; beyond, a random sample (the duplicate search is quadratic)
+SUSPECTS_MAX_ROWS = 50_000  # rows the suspects command ranks (linear cost, ~15 KB of memory per row)
 MAP_POINTS = 2_000  # points drawn in each 2-D map (an SVG of many more is slow to open)
 TSNE_POINTS = 1_500  # t-SNE is ~quadratic: it gets at most this many points
 SHOWN = 40  # suspects, pairs and failed inputs listed on the page
@@ -160,7 +161,7 @@ def _embedding(x: np.ndarray, method: str, seed: int) -> tuple[np.ndarray, str] 
     return TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x), "t-SNE"
 
 
-def _map_section(cache: FeatureCache, rows: PooledRows, embedding: str, seed: int) -> tuple[str, list[str]]:
+def _map_section(cache: FeatureCache, rows: PooledRows, embedding: str, seed: int) -> str:
     names = split_names(rows.split)
     n = len(rows)
     pick = np.arange(n) if n <= MAP_POINTS else np.sort(np.random.default_rng(seed).choice(n, MAP_POINTS, False))
@@ -204,7 +205,7 @@ def _map_section(cache: FeatureCache, rows: PooledRows, embedding: str, seed: in
                     np.asarray(xy2), rows.label[sub], cache.classes, [titles[k] for k in range(len(sub))], "map-2"
                 )
             )
-    return "\n".join(body + [H.note(t) for t in notes]), notes
+    return "\n".join(body + [H.note(t) for t in notes])
 
 
 def build(
@@ -296,7 +297,7 @@ def build(
     )
 
     # -- map -----------------------------------------------------------------------------------------
-    map_html, _ = _map_section(cache, rows, embedding, seed)
+    map_html = _map_section(cache, rows, embedding, seed)
     sections.append(("map", "Map of the pooled vectors", map_html))
 
     # -- duplicates and leaks ------------------------------------------------------------------------
