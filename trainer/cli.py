@@ -4,6 +4,8 @@
     featcache-train [options] CACHE [options]  train a sweep (also: featcache-train train CACHE ...)
     featcache-train export RUN_DIR OUT.keras   best head + backbone as one Keras model
     featcache-train predict RUN_DIR OUT.csv    class probabilities for cache rows
+    featcache-train report RUN_DIR OUT.html    one self-contained HTML page about a sweep
+    featcache-train runs [RUNS_DIR]            every sweep run, newest first
 
 TensorFlow is imported only once a command runs, so ``--help`` answers at once.
 """
@@ -216,6 +218,53 @@ def predict(
         typer.echo(f"wrote {p.out}: {p.rows} rows, accuracy {p.accuracy:.4f} on the {p.labelled} labelled ones")
 
     run_cli(job, debug=debug, interrupted=f"interrupted: {out} was not written")
+
+
+@app.command("report")
+def report_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory made by featcache-train.", show_default=False)],
+    out: Annotated[Path, typer.Argument(help="The HTML file to write (one self-contained file).", show_default=False)],
+    debug: DebugOpt = False,
+) -> None:
+    """One self-contained HTML page (works offline): the leaderboard, every head's curves, the best
+    head's per-class precision and recall, its test confusion matrix, and the test images it gets most
+    confidently wrong, with thumbnails. Needs no TensorFlow: predictions are computed in numpy."""
+
+    def job() -> None:
+        from .html_report import write
+
+        facts = write(run_dir, out)
+        typer.echo(
+            f"wrote {out} ({out.stat().st_size / 1e3:.0f} KB): best head {facts['best']}, "
+            f"{len(facts['wrong'])} confidently wrong test images shown"
+        )
+
+    run_cli(job, debug=debug)
+
+
+@app.command()
+def runs(
+    runs_dir: Annotated[Path, typer.Argument(help="The folder that featcache-train --runs wrote sweeps into.")] = Path(
+        "runs"
+    ),
+    cache: Annotated[
+        Optional[Path], typer.Option(help="Only the sweeps trained on this cache.", show_default=False)
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the list as JSON (for scripts).")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Every sweep ever run, newest first: date, cache and its weights, heads, best head, its val and
+    test accuracy, wall time; unfinished runs (no results.json) too."""
+
+    def job() -> None:
+        import json
+
+        from .history import format_runs, list_runs
+
+        found = list_runs(runs_dir, cache)
+        typer.echo(json.dumps(found, indent=1) if as_json else format_runs(found))
+
+    run_cli(job, debug=debug)
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ from ..cli import run_cli
 from ..errors import FeatcacheError
 from . import compact as compact_mod
 from . import export as export_mod
+from . import report as report_mod
 from . import similarity
 from . import verify as verify_mod
 from .picture import energy_overlay, load_source, write_png
@@ -448,6 +449,117 @@ def list_shards(
         if count:
             missing = c.manifest.missing_shards(limit=10)
             typer.echo(f"{count} planned shards not written yet: {missing}{' ...' if count > len(missing) else ''}")
+
+    run_cli(job, debug=debug)
+
+
+@app.command("report")
+def report_cmd(
+    cache: CacheArg,
+    out: Annotated[Path, typer.Argument(help="The HTML file to write (one self-contained file).", show_default=False)],
+    max_rows: Annotated[
+        int,
+        typer.Option(
+            min=2,
+            help=(
+                "Rows analysed (map, duplicates, suspects, overlap); a larger cache is sampled at random to "
+                "this many rows, read shard by shard, and the page says so. The summary always counts every row."
+            ),
+        ),
+    ] = report_mod.DEFAULT_MAX_ROWS,
+    threshold: Annotated[
+        float, typer.Option(help="Cosine similarity from which two rows count as near-duplicates.")
+    ] = similarity.DEFAULT_DUPLICATE_THRESHOLD,
+    embedding: Annotated[
+        str,
+        typer.Option(
+            help=(
+                "Second 2-D map besides PCA: auto (UMAP when umap-learn is installed, else none), umap, tsne "
+                "(t-SNE with scikit-learn: slow, tens of seconds) or pca (PCA only)."
+            )
+        ),
+    ] = "auto",
+    folds: Annotated[
+        int, typer.Option(min=2, help="Cross-validation folds of the label-noise classifier.")
+    ] = report_mod.suspects.DEFAULT_FOLDS,
+    seed: Annotated[int, typer.Option(help="Seed of the sampling, the folds and the maps.")] = 0,
+    debug: DebugOpt = False,
+) -> None:
+    """One self-contained HTML page (works offline): summary, class balance, a 2-D map of the pooled
+    vectors, near-duplicates and leaks, label-noise suspects and overlapping classes, with thumbnails."""
+
+    def job() -> None:
+        if embedding not in report_mod.EMBEDDINGS:
+            raise FeatcacheError(f"--embedding {embedding!r}: choose one of {', '.join(report_mod.EMBEDDINGS)}")
+        facts = report_mod.write(
+            cache, out, max_rows=max_rows, threshold=threshold, embedding=embedding, folds=folds, seed=seed
+        )
+        leaks = sum(d["leak"] for d in facts["duplicates"])
+        typer.echo(
+            f"wrote {out} ({out.stat().st_size / 1e3:.0f} KB): {facts['analysed_rows']} rows analysed"
+            f"{' (sampled)' if facts['sampled'] else ''}, {len(facts['duplicates'])} near-duplicate pairs "
+            f"({leaks} leaks), {facts['thumbnails']} thumbnails"
+        )
+
+    run_cli(job, debug=debug)
+
+
+@app.command()
+def suspects(
+    cache: CacheArg,
+    top: Annotated[int, typer.Option(min=1, help="How many rows to list, most suspect first.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the list as JSON (for scripts).")] = False,
+    csv_file: Annotated[
+        Optional[Path], typer.Option("--csv", help="Also write every labelled row, ranked, to this CSV file.")
+    ] = None,
+    max_rows: Annotated[
+        int,
+        typer.Option(
+            min=2,
+            help=(
+                "Rows analysed (memory: ~15 KB per row); a larger cache is sampled at random to this many, "
+                "and only those are ranked."
+            ),
+        ),
+    ] = report_mod.SUSPECTS_MAX_ROWS,
+    folds: Annotated[
+        int, typer.Option(min=2, help="Cross-validation folds of the classifier.")
+    ] = report_mod.suspects.DEFAULT_FOLDS,
+    seed: Annotated[int, typer.Option(help="Seed of the sampling and the folds.")] = 0,
+    debug: DebugOpt = False,
+) -> None:
+    """Rows whose given label looks wrong, most suspect first: each labelled row's probability of its
+    label from a cross-validated logistic regression on the pooled vectors, and the label it suggests."""
+
+    def job() -> None:
+        c = FeatureCache(cache)
+        loaded = report_mod.load_rows(c, max_rows, seed)
+        ranked, noise = report_mod.find_suspects(c, loaded.rows, folds, seed)
+        if noise is None:
+            raise FeatcacheError(f"{cache}: fewer than two labelled classes: nothing to check")
+        if csv_file is not None:
+            import csv
+
+            csv_file.parent.mkdir(parents=True, exist_ok=True)
+            with open(csv_file, "w", newline="", encoding="utf-8") as fh:
+                w = csv.DictWriter(fh, fieldnames=list(ranked[0]))
+                w.writeheader()
+                w.writerows(ranked)
+        if as_json:
+            typer.echo(json.dumps(ranked[:top], indent=1, ensure_ascii=False))
+            return
+        sample = f" (a random sample of {len(loaded.rows)} of {loaded.total})" if loaded.sampled else ""
+        typer.echo(
+            f"{len(ranked)} labelled rows{sample}; out-of-fold accuracy {noise.accuracy:.3f}; most suspect first:"
+        )
+        typer.echo(f"{'rank':>5}  {'p(label)':>8}  {'index':>7}  {'split':<5}  {'label':<14}  {'suggested':<14}  id")
+        for d in ranked[:top]:
+            typer.echo(
+                f"{d['rank']:>5}  {d['p_label']:>8.4f}  {d['index']:>7}  {d['split']:<5}  {d['label']:<14}  "
+                f"{d['suggested']:<14}  {d['id']}"
+            )
+        if csv_file is not None:
+            typer.echo(f"wrote {csv_file}: {len(ranked)} rows")
 
     run_cli(job, debug=debug)
 

@@ -1,0 +1,432 @@
+"""``featcache-inspect report``: one self-contained HTML page about a cache, and the label-noise listing.
+
+The page holds the summary, class balance per split, a 2-D map of the pooled vectors, near-duplicate
+pairs and leaks across splits, label-noise suspects and classes that overlap in feature space, with
+thumbnails of the source images when they are still there. Made without TensorFlow, from the pooled
+vectors only (never the maps), in bounded memory: beyond ``max_rows`` rows the analyses run on a
+random sample of that many rows (read shard by shard), and the page says so.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..cache import schema
+from ..cache.fingerprint import describe
+from ..cache.reader import FeatureCache, PooledRows
+from ..cache.split import split_names
+from ..errors import FeatcacheError
+from . import html as H
+from . import similarity, suspects
+
+DEFAULT_MAX_ROWS = 10_000  # rows analysed; beyond, a random sample (the duplicate search is quadratic)
+SUSPECTS_MAX_ROWS = 50_000  # rows the suspects command ranks (linear cost, ~15 KB of memory per row)
+MAP_POINTS = 2_000  # points drawn in each 2-D map (an SVG of many more is slow to open)
+TSNE_POINTS = 1_500  # t-SNE is ~quadratic: it gets at most this many points
+SHOWN = 40  # suspects, pairs and failed inputs listed on the page
+EMBEDDINGS = ("auto", "pca", "tsne", "umap")
+
+
+@dataclass
+class Rows:
+    """The rows analysed: ``rows`` (all of them, or a sample) and how many the cache holds."""
+
+    rows: PooledRows
+    total: int
+
+    @property
+    def sampled(self) -> bool:
+        return len(self.rows) < self.total
+
+
+def load_rows(cache: FeatureCache, max_rows: int = DEFAULT_MAX_ROWS, seed: int = 0) -> Rows:
+    """Every row's pooled vector when there are at most ``max_rows``; else ``max_rows`` rows chosen at
+    random with ``seed``, read one shard at a time (memory: the sample plus one shard's vectors)."""
+    total = cache.num_rows
+    if total <= max_rows:
+        return Rows(cache.load_pooled(), total)
+    keep = np.sort(np.random.default_rng(seed).choice(total, max_rows, replace=False))
+    columns = (schema.POOLED, schema.LABEL, schema.ID, schema.INDEX, schema.SPLIT)
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in columns}
+    offset = 0
+    for record in cache.shards:
+        sel = keep[(keep >= offset) & (keep < offset + record.rows)] - offset
+        offset += record.rows
+        if len(sel) == 0:
+            continue
+        with cache.open_shard(record) as f:
+            for k in columns:
+                data = f[k].asstr()[()].astype(object) if k == schema.ID else f[k][()]
+                parts[k].append(data[sel])
+    c = {k: np.concatenate(v) for k, v in parts.items()}
+    rows = PooledRows(
+        pooled=c[schema.POOLED],
+        label=c[schema.LABEL],
+        id=c[schema.ID],
+        index=c[schema.INDEX],
+        split=cache.splits(c[schema.ID], c[schema.SPLIT]),
+    )
+    return Rows(rows, total)
+
+
+def class_name(classes: list[str], label: int) -> str:
+    return classes[label] if 0 <= label < len(classes) else "(unlabelled)"
+
+
+def find_suspects(
+    cache: FeatureCache, rows: PooledRows, folds: int = suspects.DEFAULT_FOLDS, seed: int = 0
+) -> tuple[list[dict[str, Any]], suspects.LabelNoise | None]:
+    """Labelled ``rows`` ranked by how unlikely their given label is, most suspect first, as JSON-ready
+    dicts (index, id, split, label, suggested, p_label, p_suggested, score); with the verdict arrays."""
+    labelled = np.flatnonzero(rows.label >= 0)
+    n_classes = len(cache.classes)
+    if len(labelled) < 2 or len(np.unique(rows.label[labelled])) < 2:
+        return [], None
+    noise = suspects.label_noise(rows.pooled[labelled], rows.label[labelled], n_classes, folds, seed)
+    names = split_names(rows.split)
+    out = []
+    for rank, k in enumerate(noise.order.tolist(), 1):
+        r = int(labelled[k])
+        given, sugg = int(noise.given[k]), int(noise.suggested[k])
+        out.append(
+            {
+                "rank": rank,
+                "index": int(rows.index[r]),
+                "id": str(rows.id[r]),
+                "split": str(names[r]),
+                "label": class_name(cache.classes, given),
+                "suggested": class_name(cache.classes, sugg),
+                "p_label": round(float(noise.probs[k, given]), 6),
+                "p_suggested": round(float(noise.probs[k, sugg]), 6),
+                "score": round(float(noise.score[k]), 6),
+            }
+        )
+    return out, noise
+
+
+def source_root(cache: FeatureCache) -> Path | None:
+    """Where the source images are (ids are relative to it), or None when the folder is gone."""
+    root = cache.manifest.source.get("root")
+    return Path(root) if root and Path(root).is_dir() else None
+
+
+class Thumbs:
+    """Thumbnails of source images by id, made once each; says why there are none when there are none."""
+
+    def __init__(self, cache: FeatureCache):
+        self.root = source_root(cache)
+        self.pillow = H.pillow_available()
+        self.made = self.missing = 0
+        self._cache: dict[str, str | None] = {}
+
+    def __call__(self, image_id: str) -> str:
+        if image_id not in self._cache:
+            uri = H.thumbnail(self.root / image_id) if self.root is not None and self.pillow else None
+            self.made += uri is not None
+            self.missing += uri is None
+            self._cache[image_id] = uri
+        return H.img(self._cache[image_id], image_id)
+
+    def why_none(self) -> str | None:
+        """A sentence for the page when some or all thumbnails are missing."""
+        if not self.pillow:
+            return "Pillow is not installed (pip install 'featcache[viz]'): no thumbnails."
+        if self.root is None:
+            return "The source images are no longer where the cache was made from: no thumbnails."
+        if self.missing:
+            return f"{self.missing} source images could not be read (moved or deleted): shown as grey squares."
+        return None
+
+
+def _embedding(x: np.ndarray, method: str, seed: int) -> tuple[np.ndarray, str] | None:
+    """A non-linear 2-D map of ``x`` with UMAP (``method`` auto or umap, when umap-learn is installed) or
+    t-SNE (``method`` tsne, with scikit-learn); None when the package is missing. t-SNE is never chosen
+    by ``auto``: it takes tens of seconds where the rest of the report takes a few."""
+    if method in ("auto", "umap"):
+        try:
+            import umap  # type: ignore[import-not-found]
+        except ImportError:
+            return None
+        return umap.UMAP(random_state=seed).fit_transform(x), "UMAP"
+    try:
+        from sklearn.manifold import TSNE
+    except ImportError:
+        return None
+    perplexity = float(min(30, max(2, (len(x) - 1) // 3)))
+    return TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x), "t-SNE"
+
+
+def _map_section(cache: FeatureCache, rows: PooledRows, embedding: str, seed: int) -> str:
+    names = split_names(rows.split)
+    n = len(rows)
+    pick = np.arange(n) if n <= MAP_POINTS else np.sort(np.random.default_rng(seed).choice(n, MAP_POINTS, False))
+    titles = [
+        f"{rows.id[i]} ({class_name(cache.classes, int(rows.label[i]))}, {names[i] or 'no split'}, "
+        f"index {rows.index[i]})"
+        for i in pick
+    ]
+    x = suspects.standardize(rows.pooled)
+    xy = suspects.pca_2d(x[pick], seed)
+    body = [
+        H.note(
+            f"{len(pick)} of {n} rows{' (a random sample)' if len(pick) < n else ''}, on the first two principal "
+            "components of the standardised pooled vectors; hover a point for its id, click a class to fade the others."
+        ),
+        H.scatter_svg(xy, rows.label[pick], cache.classes, titles, "map-pca"),
+    ]
+    notes = []
+    if embedding != "pca" and len(pick) > 3:
+        sub = pick[:TSNE_POINTS] if len(pick) > TSNE_POINTS else pick
+        reduced = suspects.project(x[sub], *suspects.pca_basis(x[sub], 50, seed))
+        t0 = time.perf_counter()
+        got = _embedding(reduced, embedding, seed)
+        if got is None:
+            notes.append(
+                "no t-SNE map: scikit-learn is not installed"
+                if embedding == "tsne"
+                else "a UMAP map is added when umap-learn is installed (a t-SNE map with the tsne embedding and "
+                "scikit-learn)"
+            )
+        else:
+            xy2, label = got
+            body.append(
+                H.note(
+                    f"{label} of {len(sub)} of these rows (on 50 principal components), "
+                    f"{time.perf_counter() - t0:.1f} s:"
+                )
+            )
+            body.append(
+                H.scatter_svg(
+                    np.asarray(xy2), rows.label[sub], cache.classes, [titles[k] for k in range(len(sub))], "map-2"
+                )
+            )
+    return "\n".join(body + [H.note(t) for t in notes])
+
+
+def build(
+    cache_path: str | Path,
+    *,
+    max_rows: int = DEFAULT_MAX_ROWS,
+    threshold: float = similarity.DEFAULT_DUPLICATE_THRESHOLD,
+    embedding: str = "auto",
+    folds: int = suspects.DEFAULT_FOLDS,
+    seed: int = 0,
+) -> tuple[str, dict[str, Any]]:
+    """The report's HTML, and the facts it shows as JSON-ready data (for scripts and tests)."""
+    from .cli import summarize  # the summary command's own facts (cli imports this module)
+
+    if embedding not in EMBEDDINGS:
+        raise FeatcacheError(f"embedding={embedding!r}: choose one of {', '.join(EMBEDDINGS)}")
+    t0 = time.perf_counter()
+    cache = FeatureCache(cache_path)
+    s = summarize(cache)
+    loaded = load_rows(cache, max_rows, seed)
+    rows = loaded.rows
+    thumbs = Thumbs(cache)
+    names = split_names(rows.split)
+    sections = []
+
+    # -- summary ---------------------------------------------------------------------------------
+    fp = s["fingerprint"]
+    facts = [
+        ("rows", s["rows"]),
+        ("inputs", s["inputs"]),
+        ("shards done", s["shards"]["done"]),
+        ("shards planned", s["shards"]["planned"]),
+        ("complete", "yes" if s["complete"] else "NO"),
+        *[(f"{k} rows", v) for k, v in s["splits"].items()],
+        ("splits from", s["split_source"]),
+        ("classes", len(cache.classes)),
+        ("failed inputs", s["failed"]["count"]),
+        ("backbone", describe(fp)),
+        ("input", f"{fp.get('resize')} to {fp.get('input_size')}, {fp.get('preprocessing')}"),
+        ("maps", f"{fp.get('maps_dtype')} {s['storage'].get('compression')}"),
+        ("bytes on disk", s["bytes"]["total"]),
+        ("bytes per row", round(s["bytes"]["per_row"]) if s["bytes"]["per_row"] else "-"),
+        ("source", f"{s['source'].get('kind')} {s['source'].get('root')}"),
+        ("created", s["created"]),
+        ("updated", s["updated"]),
+    ]
+    summary_rows = [(H.raw(f'<span data-key="{H.esc(k)}">{H.esc(k)}</span>'), v) for k, v in facts]
+    body = [H.table(["", "value"], summary_rows, 'id="summary"')]
+    failed = cache.manifest.failed
+    if failed:
+        body.append(f"<h3>Failed inputs ({len(failed)})</h3>")
+        body.append(
+            H.table(["index", "id", "reason"], [(f.index, f.id, f.reason) for f in failed[:SHOWN]], 'id="failed"')
+        )
+        if len(failed) > SHOWN:
+            body.append(H.note(f"... and {len(failed) - SHOWN} more in manifest.json"))
+    if loaded.sampled:
+        body.append(
+            H.warning(
+                f"The analyses below use a random sample of {len(rows)} of the {loaded.total} rows "
+                f"(max_rows={max_rows}); the summary above counts every row."
+            )
+        )
+    sections.append(("summary", "Summary", "\n".join(body)))
+
+    # -- class balance -----------------------------------------------------------------------------
+    per_class = s["classes"]
+    most = max((max(c.values()) for c in per_class.values()), default=1) or 1
+    balance_rows = [
+        [
+            H.raw(
+                f'<span style="color:{H.colour(cache.classes.index(cls) if cls in cache.classes else -1)}">'
+                f"&#9632;</span> {H.esc(cls)}"
+            )
+        ]
+        + [
+            H.raw(f'<span data-class="{H.esc(cls)}" data-split="{sp}">{c[sp]}</span> {H.bar(c[sp] / most)}')
+            for sp in schema.SPLITS
+        ]
+        + [sum(c.values())]
+        for cls, c in per_class.items()
+    ]
+    sections.append(
+        (
+            "balance",
+            "Class balance per split",
+            H.table(["class", *schema.SPLITS, "total"], balance_rows, 'id="balance"'),
+        )
+    )
+
+    # -- map -----------------------------------------------------------------------------------------
+    map_html = _map_section(cache, rows, embedding, seed)
+    sections.append(("map", "Map of the pooled vectors", map_html))
+
+    # -- duplicates and leaks ------------------------------------------------------------------------
+    unit = similarity.normalize(rows.pooled)
+    pairs = list(similarity.near_duplicates(unit, threshold))
+    pairs.sort(key=lambda p: (names[p.a] == names[p.b], -p.cosine))
+    leaks = [p for p in pairs if names[p.a] != names[p.b]]
+
+    def row_cell(i: int) -> str:
+        return (
+            f'<div class="pair">{thumbs(str(rows.id[i]))}<div><b>{H.esc(rows.id[i])}</b><br>\n'
+            f"{H.esc(class_name(cache.classes, int(rows.label[i])))}, {H.esc(names[i] or 'no split')}, "
+            f"index {rows.index[i]}</div></div>"
+        )
+
+    dup_rows = [
+        (f"{p.cosine:.5f}", "LEAK" if names[p.a] != names[p.b] else "", H.raw(row_cell(p.a)), H.raw(row_cell(p.b)))
+        for p in pairs[:SHOWN]
+    ]
+    body = [
+        H.note(
+            f"{len(pairs)} pairs with cosine >= {threshold} among {len(rows)} rows; {len(leaks)} straddle two splits "
+            "(leaks: the same image, or nearly, in train and in val/test), listed first."
+        ),
+        H.table(["cosine", "leak", "row", "row"], dup_rows, 'id="duplicates"') if pairs else "",
+    ]
+    if len(pairs) > SHOWN:
+        body.append(
+            H.note(f"... and {len(pairs) - SHOWN} more: featcache-inspect neighbours CACHE --duplicates lists them all")
+        )
+    sections.append(
+        ("duplicates", f"Near-duplicates and leaks ({len(pairs)} pairs, {len(leaks)} leaks)", "\n".join(body))
+    )
+
+    # -- label noise ---------------------------------------------------------------------------------
+    ranked, noise = find_suspects(cache, rows, folds, seed)
+    if noise is None:
+        body = [H.note("Fewer than two labelled classes: no label-noise check.")]
+    else:
+        top = ranked[:SHOWN]
+        body = [
+            H.note(
+                f"Each labelled row's probability of its given label from a {folds}-fold cross-validated logistic "
+                f"regression on the standardised pooled vectors (out-of-fold accuracy {noise.accuracy:.3f}): the "
+                "lower, the more suspect. Suggested: the classifier's most probable other class. "
+                "featcache-inspect suspects CACHE lists them all."
+            ),
+            H.table(
+                ["rank", "image", "id", "split", "given label", "p(given)", "suggested", "p(suggested)"],
+                [
+                    (
+                        d["rank"],
+                        H.raw(thumbs(d["id"])),
+                        H.raw(f'<span data-suspect="{H.esc(d["id"])}">{H.esc(d["id"])}</span>'),
+                        d["split"],
+                        d["label"],
+                        f"{d['p_label']:.3f}",
+                        d["suggested"],
+                        f"{d['p_suggested']:.3f}",
+                    )
+                    for d in top
+                ],
+                'id="suspects"',
+            ),
+        ]
+    sections.append(("suspects", "Label-noise suspects", "\n".join(body)))
+
+    # -- class overlap -------------------------------------------------------------------------------
+    labelled = rows.label >= 0
+    overlap_pairs: list[dict[str, Any]] = []
+    if labelled.any() and len(cache.classes) > 1:
+        ov = suspects.class_overlap(rows.pooled[labelled], rows.label[labelled], len(cache.classes))
+        for a, b, cos, mixed in ov.worst_pairs(10):
+            overlap_pairs.append({"a": cache.classes[a], "b": cache.classes[b], "cosine": cos, "mixed": mixed})
+        acc = np.trace(ov.confusion) / max(ov.confusion.sum(), 1)
+        body = [
+            H.note(
+                "Pairs of classes a nearest-centroid classifier mixes up most (share of the two classes' rows put in "
+                f"the other; its accuracy over all labelled rows: {acc:.3f}), and the cosine between their centroids "
+                "(after subtracting the mean vector): high cosine and much mixing mean the features hardly "
+                "separate them."
+            ),
+            H.table(
+                ["class", "class", "mixed", "centroid cosine"],
+                [(p["a"], p["b"], f"{p['mixed']:.3f}", f"{p['cosine']:.3f}") for p in overlap_pairs],
+                'id="overlap"',
+            ),
+        ]
+        if len(cache.classes) <= 30:
+            body += ["<h3>Nearest-centroid confusion (rows: given class, columns: nearest centroid)</h3>"]
+            body.append(H.heat_table(ov.confusion, cache.classes, "given \\ nearest"))
+    else:
+        body = [H.note("No labelled rows of two classes or more: no class overlap.")]
+    sections.append(("overlap", "Classes that overlap", "\n".join(body)))
+
+    header = []
+    if s["random_weights"]:
+        header.append(
+            H.warning(
+                "This cache was made with RANDOM weights: its features are meaningless, and so is everything below."
+            )
+        )
+    why = thumbs.why_none()
+    if why:
+        header.append(H.note(why))
+    header.append(
+        H.note(
+            f"{cache.path} - made by featcache-inspect report in {time.perf_counter() - t0:.1f} s, without TensorFlow."
+        )
+    )
+    facts_out = {
+        "summary": s,
+        "analysed_rows": len(rows),
+        "sampled": loaded.sampled,
+        "duplicates": [
+            {"a": str(rows.id[p.a]), "b": str(rows.id[p.b]), "cosine": p.cosine, "leak": bool(names[p.a] != names[p.b])}
+            for p in pairs
+        ],
+        "suspects": ranked[:SHOWN],
+        "overlap": overlap_pairs,
+        "thumbnails": thumbs.made,
+    }
+    return H.page(f"featcache cache report: {cache.path.name}", sections, "\n".join(header)), facts_out
+
+
+def write(cache_path: str | Path, out: str | Path, **kw: Any) -> dict[str, Any]:
+    """Write the report of ``cache_path`` to ``out`` (see :func:`build` for the options); return its facts."""
+    text, facts = build(cache_path, **kw)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    return facts

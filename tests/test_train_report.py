@@ -1,0 +1,147 @@
+"""featcache-train report and runs: the page's numbers, numpy predictions equal the Keras heads, history."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import synthetic_cache
+from test_report import Page
+from typer.testing import CliRunner
+
+from featcache.trainer.cli import app
+from featcache.trainer.run import Settings, load_results, run_sweep
+from featcache.trainer.sweep import HeadConfig
+
+runner = CliRunner()
+QUICK = Settings(epochs=4, batch_size=64, patience=5, seed=0)
+HEADS = [HeadConfig("linear", 1e-2), HeadConfig("linear", 1e-3), HeadConfig("mlp", 1e-2, hidden=16)]
+
+
+def train_cli(*args: object):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """Two sweeps on two caches (the second with labels shuffled: many confident errors), and an
+    unfinished run directory, in one runs folder."""
+    root = tmp_path_factory.mktemp("runs")
+    a = synthetic_cache(root / "cache-a", n=160, classes=4)
+    b = synthetic_cache(root / "cache-b", n=160, classes=4, seed=1, shuffle_labels=True)
+    runs = root / "runs"
+    (runs / "20000101-000000").mkdir(parents=True)  # a sweep that never finished
+    run_a, _ = run_sweep(a, HEADS, QUICK, runs, ["test"], log=lambda m: None, progress=False)
+    run_b, _ = run_sweep(b, HEADS[:1], QUICK, runs, ["test"], log=lambda m: None, progress=False)
+    return {"runs": runs, "a": run_a, "b": run_b, "cache_a": a}
+
+
+def test_numpy_predictions_equal_every_keras_head(runs):
+    from featcache.shared.cache.reader import FeatureCache
+    from featcache.trainer.cli import _head
+    from featcache.trainer.report import head_probs, head_weights
+
+    results = load_results(runs["a"])
+    rows = FeatureCache(results["cache"]).load_pooled()
+    x = rows.pooled[:12]
+    maps = np.broadcast_to(x[:, None, None, :], (12, 7, 7, 1280))  # the synthetic cache's maps
+    for h in results["heads"]:
+        kind = h["config"]["kind"]
+        w, mean_std = head_weights(runs["a"], h["name"])
+        inp = maps if kind == "map" else (x - mean_std[0]) / mean_std[1]
+        _, model = _head(runs["a"], results, h["name"])
+        want = model.predict(maps if kind == "map" else x, verbose=0)
+        np.testing.assert_allclose(head_probs(kind, w, inp), want, rtol=1e-4, atol=1e-5, err_msg=h["name"])
+
+
+def test_numpy_map_head_equals_the_keras_map_head():
+    """Map heads (not trained here: slow to compile) with random weights of the trainer's shapes."""
+    from featcache.trainer.engine import init_params
+    from featcache.trainer.keras_heads import head_model
+    from featcache.trainer.report import head_probs
+
+    rng = np.random.default_rng(0)
+    w = {
+        k: v[0] + rng.normal(0, 0.05, v[0].shape).astype(np.float32)
+        for k, v in init_params("map", 1, 32, 8, 5, 0).items()
+    }
+    maps = rng.uniform(0, 3, (6, 7, 7, 32)).astype(np.float32)
+    model = head_model(HeadConfig("map", 1e-2, hidden=8), w, (7, 7, 32), 5)
+    np.testing.assert_allclose(head_probs("map", w, maps), model.predict(maps, verbose=0), rtol=1e-4, atol=1e-5)
+
+
+def test_report_page_numbers(runs, tmp_path):
+    out = tmp_path / "r.html"
+    r = train_cli("report", runs["a"], out)
+    assert r.exit_code == 0, r.output
+    results = load_results(runs["a"])
+    text = out.read_text()
+    page = Page(text)
+    assert page.external == []
+    board = page.tables["leaderboard"][1:]
+    heads = sorted(results["heads"], key=lambda h: (-h["val_acc"], h["val_loss"]))
+    assert [row[1] for row in board] == [h["name"] for h in heads]
+    assert [float(row[9]) for row in board] == pytest.approx([h["val_acc"] for h in heads], abs=1e-4)
+    assert [float(row[11]) for row in board] == pytest.approx([h["test_acc"] for h in heads], abs=1e-4)
+    assert text.count("data-head=") == len(heads)  # every head's curves
+    cm = np.array(results["best_confusion_test"])
+    for k, (name, precision, recall, support) in enumerate(page.tables["per-class"][1:]):
+        assert name == results["classes"][k] and int(support) == cm[k].sum()
+        assert float(recall) == pytest.approx(cm[k, k] / cm[k].sum(), abs=1e-3)
+        assert float(precision) == pytest.approx(cm[k, k] / cm[:, k].sum(), abs=1e-3)
+    assert "do not reproduce the confusion matrix" not in text
+
+
+def test_report_lists_the_most_confident_errors(runs, tmp_path):
+    from featcache.trainer.report import write
+
+    facts = write(runs["b"], tmp_path / "r.html")
+    results = load_results(runs["b"])
+    assert facts["numpy_confusion"] == results["best_confusion_test"]  # numpy reproduces the sweep's test
+    cm = np.array(results["best_confusion_test"])
+    assert len(facts["wrong"]) == min(24, cm.sum() - np.trace(cm)) > 0
+    assert all(d["label"] != d["predicted"] for d in facts["wrong"])
+    ps = [d["p"] for d in facts["wrong"]]
+    assert ps == sorted(ps, reverse=True)
+    rows = Page((tmp_path / "r.html").read_text()).tables["wrong"][1:]
+    assert [row[1] for row in rows] == [d["id"] for d in facts["wrong"]]
+
+
+def test_report_without_the_cache_still_works(runs, tmp_path):
+    run = Path(runs["b"])
+    results = json.loads((run / "results.json").read_text())
+    copy = tmp_path / "run"
+    copy.mkdir()
+    for f in run.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    results["cache"] = str(tmp_path / "moved")
+    (copy / "results.json").write_text(json.dumps(results))
+    r = train_cli("report", copy, tmp_path / "r.html")
+    assert r.exit_code == 0, r.output
+    assert "cannot be read" in (tmp_path / "r.html").read_text()
+
+
+def test_runs_lists_every_sweep_newest_first(runs):
+    r = train_cli("runs", runs["runs"], "--json")
+    assert r.exit_code == 0, r.output
+    listed = json.loads(r.output)
+    assert [Path(e["run"]).name for e in listed] == [runs["b"].name, runs["a"].name, "20000101-000000"]
+    assert listed[-1]["finished"] is False
+    for e, run in zip(listed, (runs["b"], runs["a"]), strict=False):
+        res = load_results(run)
+        best = next(h for h in res["heads"] if h["name"] == res["best"])
+        assert (e["heads"], e["best"], e["val_acc"], e["test_acc"]) == (
+            len(res["heads"]),
+            res["best"],
+            best["val_acc"],
+            best["test_acc"],
+        )
+        assert e["cache"] == res["cache"] and e["weights_sha256"] == res["fingerprint"]["weights_sha256"]
+    only_a = json.loads(train_cli("runs", runs["runs"], "--cache", runs["cache_a"], "--json").output)
+    assert [Path(e["run"]).name for e in only_a] == [runs["a"].name]
+    text = train_cli("runs", runs["runs"]).output
+    assert "UNFINISHED" in text and runs["a"].name in text
+    missing = train_cli("runs", runs["runs"] / "nope")
+    assert missing.exit_code == 2 and "no such runs folder" in missing.output
