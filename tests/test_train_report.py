@@ -73,6 +73,26 @@ def test_numpy_map_head_equals_the_keras_map_head():
     np.testing.assert_allclose(head_probs("map", w, maps), model.predict(maps, verbose=0), rtol=1e-4, atol=1e-5)
 
 
+def test_report_of_a_trained_map_head(tmp_path):
+    """A map head trained for one epoch: the report's numpy predictions, made from heads.npz and the
+    cache's maps, equal best_head.keras on those maps and reproduce the sweep's test confusion. (The
+    synthetic maps repeat one vector at every position, so attention is tested by the test above.)"""
+    from featcache.shared.cache.reader import FeatureCache
+    from featcache.trainer.data import read_maps
+    from featcache.trainer.html_report import best_head_test_predictions, write
+    from featcache.trainer.predict import load_head
+
+    cache = synthetic_cache(tmp_path / "cache", n=60, classes=3, seed=2, shuffle_labels=True)
+    run = train(cache, head="map", lr=1e-2, hidden=8, runs=tmp_path / "runs", **{**QUICK, "epochs": 1}).run_dir
+    results = load_results(run)
+    facts = write(run, tmp_path / "r.html")
+    assert facts["numpy_confusion"] == results["best_confusion_test"]
+    _, pred = best_head_test_predictions(run, results)
+    _, model = load_head(run, results)
+    maps = read_maps(FeatureCache(cache), pred["index"], "float16")
+    np.testing.assert_allclose(pred["probs"], model.predict(maps, verbose=0), rtol=1e-4, atol=1e-5)
+
+
 def test_report_page_numbers(runs, tmp_path):
     out = tmp_path / "r.html"
     r = train_cli("report", runs["a"], out)

@@ -90,9 +90,10 @@ def best_head_test_predictions(run_dir: Path, results: dict[str, Any]) -> tuple[
         x = test.pooled if mean_std is None else (test.pooled - mean_std[0]) / mean_std[1]
         probs[:] = head_probs(kind, w, x) if len(test) else probs
     else:
-        for start in range(0, len(test), MAPS_BLOCK):  # bounded memory: ~250 KB of float32 maps per row
+        for start in range(0, len(test), MAPS_BLOCK):  # bounded memory: maps are ~250 KB a row in float32
             part = slice(start, start + MAPS_BLOCK)
-            probs[part] = head_probs(kind, w, read_maps(cache, test.index[part], "float32"))
+            # float16, as the sweep held them (data.load_maps), so these reproduce its test predictions
+            probs[part] = head_probs(kind, w, read_maps(cache, test.index[part], "float16"))
     return cache, {"id": test.id, "index": test.index, "y": test.y.astype(np.int64), "probs": probs}
 
 
