@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -209,3 +211,12 @@ def test_runs_explains_staging_folders_and_old_runs(runs, tmp_path):
     assert "in progress" in listed[f".featcache-run-{os.getpid()}-abc"]["problem"]
     assert "killed" in listed[".featcache-run-999999999-def"]["problem"]
     assert listed["19990101-000000"]["finished"] is False and "version 1" in listed["19990101-000000"]["problem"]
+
+
+def test_report_and_runs_import_no_tensorflow():
+    """The page and the history are made in numpy: importing them must not pull in TensorFlow."""
+    code = (
+        "import sys\nfrom featcache.trainer import history, html_report\n"
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TensorFlow imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
