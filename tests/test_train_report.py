@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +13,13 @@ from conftest import synthetic_cache
 from test_report import Page
 from typer.testing import CliRunner
 
+from featcache.trainer.api import train
 from featcache.trainer.cli import app
-from featcache.trainer.run import Settings, load_results, run_sweep
+from featcache.trainer.rundir import head_params, load_results
 from featcache.trainer.sweep import HeadConfig
 
 runner = CliRunner()
-QUICK = Settings(epochs=4, batch_size=64, patience=5, seed=0)
-HEADS = [HeadConfig("linear", 1e-2), HeadConfig("linear", 1e-3), HeadConfig("mlp", 1e-2, hidden=16)]
+QUICK = dict(epochs=4, batch_size=64, patience=5, seed=0)
 
 
 def train_cli(*args: object):
@@ -33,25 +35,26 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     b = synthetic_cache(root / "cache-b", n=160, classes=4, seed=1, shuffle_labels=True)
     runs = root / "runs"
     (runs / "20000101-000000").mkdir(parents=True)  # a sweep that never finished
-    run_a, _ = run_sweep(a, HEADS, QUICK, runs, ["test"], log=lambda m: None, progress=False)
-    run_b, _ = run_sweep(b, HEADS[:1], QUICK, runs, ["test"], log=lambda m: None, progress=False)
+    run_a = train(a, head=["linear", "mlp"], lr=[1e-2, 1e-3], hidden=16, runs=runs, **QUICK).run_dir
+    run_b = train(b, head="linear", lr=1e-2, runs=runs, **QUICK).run_dir
     return {"runs": runs, "a": run_a, "b": run_b, "cache_a": a}
 
 
 def test_numpy_predictions_equal_every_keras_head(runs):
     from featcache.shared.cache.reader import FeatureCache
-    from featcache.trainer.cli import _head
-    from featcache.trainer.report import head_probs, head_weights
+    from featcache.trainer.html_report import head_probs
+    from featcache.trainer.predict import load_head
 
     results = load_results(runs["a"])
-    rows = FeatureCache(results["cache"]).load_pooled()
+    assert {h["config"]["kind"] for h in results["heads"]} == {"linear", "mlp"}
+    rows = FeatureCache(results["cache"]["path"]).load_pooled()
     x = rows.pooled[:12]
     maps = np.broadcast_to(x[:, None, None, :], (12, 7, 7, 1280))  # the synthetic cache's maps
-    for h in results["heads"]:
+    for h in results["heads"]:  # the best one from best_head.keras, the others rebuilt from heads.npz
         kind = h["config"]["kind"]
-        w, mean_std = head_weights(runs["a"], h["name"])
+        w, mean_std = head_params(runs["a"], results, h["name"])
         inp = maps if kind == "map" else (x - mean_std[0]) / mean_std[1]
-        _, model = _head(runs["a"], results, h["name"])
+        _, model = load_head(runs["a"], results, h["name"])
         want = model.predict(maps if kind == "map" else x, verbose=0)
         np.testing.assert_allclose(head_probs(kind, w, inp), want, rtol=1e-4, atol=1e-5, err_msg=h["name"])
 
@@ -59,8 +62,8 @@ def test_numpy_predictions_equal_every_keras_head(runs):
 def test_numpy_map_head_equals_the_keras_map_head():
     """Map heads (not trained here: slow to compile) with random weights of the trainer's shapes."""
     from featcache.trainer.engine import init_params
+    from featcache.trainer.html_report import head_probs
     from featcache.trainer.keras_heads import head_model
-    from featcache.trainer.report import head_probs
 
     rng = np.random.default_rng(0)
     w = {
@@ -70,6 +73,26 @@ def test_numpy_map_head_equals_the_keras_map_head():
     maps = rng.uniform(0, 3, (6, 7, 7, 32)).astype(np.float32)
     model = head_model(HeadConfig("map", 1e-2, hidden=8), w, (7, 7, 32), 5)
     np.testing.assert_allclose(head_probs("map", w, maps), model.predict(maps, verbose=0), rtol=1e-4, atol=1e-5)
+
+
+def test_report_of_a_trained_map_head(tmp_path):
+    """A map head trained for one epoch: the report's numpy predictions, made from heads.npz and the
+    cache's maps, equal best_head.keras on those maps and reproduce the sweep's test confusion. (The
+    synthetic maps repeat one vector at every position, so attention is tested by the test above.)"""
+    from featcache.shared.cache.reader import FeatureCache
+    from featcache.trainer.data import read_maps
+    from featcache.trainer.html_report import best_head_test_predictions, write
+    from featcache.trainer.predict import load_head
+
+    cache = synthetic_cache(tmp_path / "cache", n=60, classes=3, seed=2, shuffle_labels=True)
+    run = train(cache, head="map", lr=1e-2, hidden=8, runs=tmp_path / "runs", **{**QUICK, "epochs": 1}).run_dir
+    results = load_results(run)
+    facts = write(run, tmp_path / "r.html")
+    assert facts["numpy_confusion"] == results["best_confusion_test"]
+    _, pred = best_head_test_predictions(run, results)
+    _, model = load_head(run, results)
+    maps = read_maps(FeatureCache(cache), pred["index"], "float16")
+    np.testing.assert_allclose(pred["probs"], model.predict(maps, verbose=0), rtol=1e-4, atol=1e-5)
 
 
 def test_report_page_numbers(runs, tmp_path):
@@ -95,7 +118,7 @@ def test_report_page_numbers(runs, tmp_path):
 
 
 def test_report_lists_the_most_confident_errors(runs, tmp_path):
-    from featcache.trainer.report import write
+    from featcache.trainer.html_report import write
 
     facts = write(runs["b"], tmp_path / "r.html")
     results = load_results(runs["b"])
@@ -116,11 +139,13 @@ def test_report_without_the_cache_still_works(runs, tmp_path):
     copy.mkdir()
     for f in run.iterdir():
         (copy / f.name).write_bytes(f.read_bytes())
-    results["cache"] = str(tmp_path / "moved")
+    results["cache"]["path"] = str(tmp_path / "moved")
     (copy / "results.json").write_text(json.dumps(results))
     r = train_cli("report", copy, tmp_path / "r.html")
     assert r.exit_code == 0, r.output
-    assert "cannot be read" in (tmp_path / "r.html").read_text()
+    text = (tmp_path / "r.html").read_text()
+    assert "cannot be used" in text and "moved" in text and 'id="leaderboard"' in text
+    assert "wrong" not in Page(text).tables
 
 
 def test_runs_lists_every_sweep_newest_first(runs):
@@ -138,10 +163,60 @@ def test_runs_lists_every_sweep_newest_first(runs):
             best["val_acc"],
             best["test_acc"],
         )
-        assert e["cache"] == res["cache"] and e["weights_sha256"] == res["fingerprint"]["weights_sha256"]
+        assert e["cache"] == res["cache"]["path"]
+        assert e["weights_sha256"] == res["cache"]["fingerprint"]["weights_sha256"]
     only_a = json.loads(train_cli("runs", runs["runs"], "--cache", runs["cache_a"], "--json").output)
     assert [Path(e["run"]).name for e in only_a] == [runs["a"].name]
     text = train_cli("runs", runs["runs"]).output
     assert "UNFINISHED" in text and runs["a"].name in text
     missing = train_cli("runs", runs["runs"] / "nope")
     assert missing.exit_code == 2 and "no such runs folder" in missing.output
+
+
+def copy_run(run: Path, dest: Path) -> Path:
+    """A copy of a run directory (so a test can alter its results.json)."""
+    dest.mkdir(parents=True)
+    for f in run.iterdir():
+        (dest / f.name).write_bytes(f.read_bytes())
+    return dest
+
+
+def test_report_refuses_a_cache_that_is_no_longer_the_one_trained_on(runs, tmp_path):
+    """A cache whose shards differ from those recorded gets no predictions: the page names the shard."""
+    copy = copy_run(Path(runs["b"]), tmp_path / "run")
+    results = json.loads((copy / "results.json").read_text())
+    shard = sorted(results["cache"]["shards"])[0]
+    results["cache"]["shards"][shard] = "0" * 64
+    (copy / "results.json").write_text(json.dumps(results))
+    r = train_cli("report", copy, tmp_path / "r.html")
+    assert r.exit_code == 0, r.output
+    text = (tmp_path / "r.html").read_text()
+    assert "cannot be used" in text and "missing or rewritten" in text and shard in text
+    assert "wrong" not in Page(text).tables
+
+
+def test_runs_explains_staging_folders_and_old_runs(runs, tmp_path):
+    """A sweep in progress, one killed (kill -9) and a run of format 1 are listed, each with why."""
+    import os
+
+    folder = tmp_path / "runs"
+    copy_run(Path(runs["a"]), folder / Path(runs["a"]).name)
+    old = copy_run(Path(runs["a"]), folder / "19990101-000000")
+    results = json.loads((old / "results.json").read_text())
+    (old / "results.json").write_text(json.dumps({**results, "version": 1}))
+    (folder / f".featcache-run-{os.getpid()}-abc").mkdir()
+    (folder / ".featcache-run-999999999-def").mkdir()  # no such process
+    listed = {Path(e["run"]).name: e for e in json.loads(train_cli("runs", folder, "--json").output)}
+    assert len(listed) == 4 and listed[Path(runs["a"]).name]["finished"] is True
+    assert "in progress" in listed[f".featcache-run-{os.getpid()}-abc"]["problem"]
+    assert "killed" in listed[".featcache-run-999999999-def"]["problem"]
+    assert listed["19990101-000000"]["finished"] is False and "version 1" in listed["19990101-000000"]["problem"]
+
+
+def test_report_and_runs_import_no_tensorflow():
+    """The page and the history are made in numpy: importing them must not pull in TensorFlow."""
+    code = (
+        "import sys\nfrom featcache.trainer import history, html_report\n"
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TensorFlow imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -244,9 +244,9 @@ def report_cmd(
 
 @app.command()
 def runs(
-    runs_dir: Annotated[Path, typer.Argument(help="The folder that featcache-train --runs wrote sweeps into.")] = Path(
-        "runs"
-    ),
+    runs_dir: Annotated[
+        Path, typer.Argument(help="The folder that featcache-train --runs wrote sweeps into.")
+    ] = DEFAULT_RUNS,
     cache: Annotated[
         Optional[Path], typer.Option(help="Only the sweeps trained on this cache.", show_default=False)
     ] = None,
@@ -254,7 +254,8 @@ def runs(
     debug: DebugOpt = False,
 ) -> None:
     """Every sweep ever run, newest first: date, cache and its weights, heads, best head, its val and
-    test accuracy, wall time; unfinished runs (no results.json) too."""
+    test accuracy, wall time; sweeps in progress or killed, and folders that are not readable runs,
+    are listed too, with the reason."""
 
     def job() -> None:
         import json

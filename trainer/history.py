@@ -1,8 +1,10 @@
 """``featcache-train runs``: every sweep under a runs folder, newest first.
 
-A sweep is a run directory ``YYYYmmdd-HHMMSS[-N]`` (see :func:`featcache.trainer.run.new_run_dir`);
-it finished when it holds ``results.json`` (written last). A directory without it is listed as
-unfinished (stopped, or still running), so that no sweep ever run is missing from the list.
+A sweep is a run directory ``YYYYmmdd-HHMMSS[-N]`` (format 2, docs/run-format.md; named by
+:func:`featcache.trainer.rundir.commit`), read through :func:`~featcache.trainer.rundir.load_results`.
+Any other folder is listed as unfinished with the reason: a hidden staging folder
+(``.featcache-run-<pid>-...``) is a sweep still running, or one killed whose leftovers the next sweep
+removes; a folder without a readable ``results.json`` is not a run (a run of format 1 says so).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 from ..shared.cache.fingerprint import describe
 from ..shared.errors import FeatcacheError
-from .run import RESULTS, load_results
+from .rundir import RESULTS, STAGING_PREFIX, load_results, pid_alive, staging_pid
 
 RUN_NAME_FORMAT = "%Y%m%d-%H%M%S"
 
@@ -25,6 +27,14 @@ def _started(run_dir: Path) -> str:
     except ValueError:
         t = time.localtime(run_dir.stat().st_mtime)
     return time.strftime("%Y-%m-%d %H:%M:%S", t)
+
+
+def _staging_state(d: Path) -> str:
+    """Why a staging folder is there: a sweep still running, or the leftovers of one killed."""
+    pid = staging_pid(d)
+    if pid is not None and pid_alive(pid):
+        return f"a sweep in progress (process {pid})"
+    return "left by a killed sweep; the next sweep in this runs folder removes it"
 
 
 def list_runs(runs_dir: str | Path, cache: str | Path | None = None) -> list[dict[str, Any]]:
@@ -39,17 +49,20 @@ def list_runs(runs_dir: str | Path, cache: str | Path | None = None) -> list[dic
     out = []
     for d in sorted((p for p in runs_dir.iterdir() if p.is_dir()), key=lambda p: p.name, reverse=True):
         entry: dict[str, Any] = {"run": str(d), "started": _started(d), "finished": (d / RESULTS).is_file()}
-        if entry["finished"]:
+        if d.name.startswith(STAGING_PREFIX):
+            entry.update(finished=False, problem=_staging_state(d))
+        elif entry["finished"]:
             try:
                 r = load_results(d)
             except FeatcacheError as exc:
                 entry.update(finished=False, problem=str(exc))
             else:
                 best = next(h for h in r["heads"] if h["name"] == r["best"])
+                fingerprint = r["cache"]["fingerprint"]
                 entry.update(
-                    cache=r["cache"],
-                    fingerprint=describe(r["fingerprint"]),
-                    weights_sha256=r["fingerprint"].get("weights_sha256"),
+                    cache=r["cache"]["path"],
+                    fingerprint=describe(fingerprint),
+                    weights_sha256=fingerprint.get("weights_sha256"),
                     random_weights=bool(r.get("random_weights")),
                     heads=len(r["heads"]),
                     best=r["best"],

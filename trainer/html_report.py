@@ -1,83 +1,100 @@
 """``featcache-train report``: one self-contained HTML page about a finished sweep.
 
-It reads what the run directory holds (``results.json``, ``heads.npz``) and, for the test images the
-best head gets most confidently wrong, the cache the sweep was trained on. The best head's
-predictions are computed here in numpy from its saved weights (no TensorFlow: the page is made in
-about a second); when the cache has moved, the page says so and leaves that section out.
+It reads the run directory (format 2, docs/run-format.md) through :mod:`.rundir` and, for the test
+images the best head gets most confidently wrong, the cache the sweep was trained on. The best head's
+predictions are computed here in numpy from its saved parameters (no TensorFlow: the page is made in
+about a second); when that cache has moved or is no longer the one trained on (``identity``), the
+page says why and leaves that section out.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..shared.cache.fingerprint import describe
 from ..shared.cache.reader import FeatureCache
-from ..shared.cache.schema import SPLIT_CODES
 from ..shared.errors import FeatcacheError
 from ..shared.inspection import html as H
 from ..shared.inspection.report import Thumbs
 from ..shared.inspection.suspects import softmax
-from .run import HEADS, load_results
+from .data import Split, load_dataset, read_maps
+from .identity import check_cache
+from .kinds import reads_maps
+from .report import confusion, rank_key
+from .rundir import head_params, load_results
 
 WRONG_SHOWN = 24  # most confidently wrong test images on the page
 CURVE_SIZE = (300, 180)
+MAPS_BLOCK = 256  # test rows whose maps are read and predicted at once (map heads)
 
 
-def head_weights(run_dir: Path, name: str) -> tuple[dict[str, np.ndarray], tuple[np.ndarray, np.ndarray] | None]:
-    """Head ``name``'s parameters from ``heads.npz`` (without the head axis), and the standardisation
-    ``(mean (C,), std (C,))`` its pooled inputs get (None when the sweep did not standardise)."""
-    path = Path(run_dir) / HEADS
-    try:
-        z = np.load(path)
-    except (OSError, ValueError) as exc:
-        raise FeatcacheError(f"{path}: cannot read the heads' weights ({exc})") from None
-    with z:
-        for key in z.files:
-            if key.endswith("_names") and name in z[key].tolist():
-                g = key[: -len("_names")]
-                k = z[key].tolist().index(name)
-                w = {f[len(g) + 1 :]: z[f][k] for f in z.files if f.startswith(g + "_") and f != key}
-                mean_std = (z["standardize_mean"], z["standardize_std"]) if "standardize_mean" in z.files else None
-                return w, mean_std
-    raise FeatcacheError(f"{path}: no weights for head {name!r}")
+def _numpy_linear(w: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    return softmax(x @ w["W"] + w["b"])
 
 
-def head_probs(kind: str, w: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
-    """Class probabilities ``(B, n)`` of one head in inference mode (no dropout), as the trainer's
-    ``HeadGroup.logits`` computes them: ``x`` is the standardised pooled ``(B, C)`` for linear and mlp
-    heads, the maps ``(B, h, w, C)`` for map heads."""
-    x = np.asarray(x, dtype=np.float32)
-    if kind == "linear":
-        return softmax(x @ w["W"] + w["b"])
-    if kind == "mlp":
-        return softmax(np.maximum(x @ w["W1"] + w["b1"], 0) @ w["W2"] + w["b2"])
+def _numpy_mlp(w: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    return softmax(np.maximum(x @ w["W1"] + w["b1"], 0) @ w["W2"] + w["b2"])
+
+
+def _numpy_map(w: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
     f = np.maximum(x.reshape(len(x), -1, x.shape[-1]) @ w["W1"] + w["b1"], 0)  # (B, P, h)
     att = softmax(f @ w["a"], axis=1)  # (B, P)
     return softmax(np.einsum("bp,bph->bh", att, f) @ w["W2"] + w["b2"])
 
 
-def best_head_test_predictions(run_dir: Path, results: dict[str, Any], cache: FeatureCache) -> dict[str, np.ndarray]:
-    """The best head on the cache's labelled test rows: ``id``, ``index``, ``y`` and ``probs (n, k)``."""
+# Each head kind's forward pass in numpy, on the parameter names the engine saves (docs/run-format.md).
+NUMPY_HEADS: dict[str, Callable[[dict[str, np.ndarray], np.ndarray], np.ndarray]] = {
+    "linear": _numpy_linear,
+    "mlp": _numpy_mlp,
+    "map": _numpy_map,
+}
+
+
+def head_probs(kind: str, w: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """Class probabilities ``(B, n)`` float32 of one head in inference mode (no dropout), as the
+    trainer's ``HeadGroup.logits`` computes them. ``w``: the head's parameters as
+    :func:`~featcache.trainer.rundir.head_params` returns them; ``x``: the standardised pooled ``(B, C)``
+    for linear and mlp heads, the (unstandardised) maps ``(B, h, w, C)`` for map heads."""
+    if kind not in NUMPY_HEADS:
+        raise FeatcacheError(
+            f"head kind {kind!r}: the report cannot compute it in numpy (known: {sorted(NUMPY_HEADS)})"
+        )
+    return NUMPY_HEADS[kind](w, np.asarray(x, dtype=np.float32))
+
+
+def test_rows(run_dir: Path, results: dict[str, Any]) -> tuple[FeatureCache, Split]:
+    """The cache the run was trained on (refused unless it still is that cache) and its test split,
+    selected exactly as the sweep selected it."""
+    recorded = results["cache"]
+    cache = FeatureCache(recorded["path"])
+    check_cache(cache, recorded, run_dir)
+    settings = results["settings"]
+    ds = load_dataset(cache, val_fraction=settings["val_fraction"], allow_partial=settings["allow_partial"])
+    return cache, ds.test
+
+
+def best_head_test_predictions(run_dir: Path, results: dict[str, Any]) -> tuple[FeatureCache, dict[str, np.ndarray]]:
+    """The trained-on cache, and the best head on its labelled test rows: ``id (n,)``, ``index (n,)``,
+    ``y (n,)`` int64 and ``probs (n, k)`` float32."""
     best = next(h for h in results["heads"] if h["name"] == results["best"])
     kind = best["config"]["kind"]
-    w, mean_std = head_weights(run_dir, best["name"])
-    cache.check_fingerprint(results["fingerprint"])
-    rows = cache.load_pooled()
-    sel = np.flatnonzero((rows.label >= 0) & (rows.split == SPLIT_CODES["test"]))
-    if kind in ("linear", "mlp"):
-        x = rows.pooled[sel]
-        if mean_std is not None:
-            x = (x - mean_std[0]) / mean_std[1]
-        probs = head_probs(kind, w, x) if len(sel) else np.zeros((0, len(results["classes"])))
+    w, mean_std = head_params(run_dir, results, best["name"])
+    cache, test = test_rows(run_dir, results)
+    probs = np.zeros((len(test), len(results["classes"])), np.float32)
+    if not reads_maps(kind):
+        x = test.pooled if mean_std is None else (test.pooled - mean_std[0]) / mean_std[1]
+        probs[:] = head_probs(kind, w, x) if len(test) else probs
     else:
-        probs = np.zeros((len(sel), len(results["classes"])), np.float32)
-        pos = {int(i): k for k, i in enumerate(rows.index[sel])}
-        for index, maps in cache.iter_maps(indices=rows.index[sel], dtype="float32"):
-            probs[[pos[int(i)] for i in index]] = head_probs(kind, w, maps)
-    return {"id": rows.id[sel], "index": rows.index[sel], "y": rows.label[sel].astype(np.int64), "probs": probs}
+        for start in range(0, len(test), MAPS_BLOCK):  # bounded memory: maps are ~250 KB a row in float32
+            part = slice(start, start + MAPS_BLOCK)
+            # float16, as the sweep held them (data.load_maps), so these reproduce its test predictions
+            probs[part] = head_probs(kind, w, read_maps(cache, test.index[part], "float16"))
+    return cache, {"id": test.id, "index": test.index, "y": test.y.astype(np.int64), "probs": probs}
 
 
 def per_class(confusion: np.ndarray) -> list[tuple[int, float, float, int]]:
@@ -101,7 +118,7 @@ def build(run_dir: str | Path) -> tuple[str, dict[str, Any]]:
     run_dir = Path(run_dir)
     results = load_results(run_dir)
     classes = results["classes"]
-    heads = sorted(results["heads"], key=lambda h: (-h["val_acc"], h["val_loss"]))
+    heads = sorted(results["heads"], key=rank_key)
     best = next(h for h in heads if h["name"] == results["best"])
     sections = []
 
@@ -126,7 +143,8 @@ def build(run_dir: str | Path) -> tuple[str, dict[str, Any]]:
     header = ["rank", "head", "kind", "lr", "weight decay", "hidden", "dropout", "smoothing", "best epoch"]
     body = [
         H.note(
-            f"{len(heads)} heads on {results['cache']} ({results['splits']}), {results['wall_seconds']:.1f} s; "
+            f"{len(heads)} heads on {results['cache']['path']} ({describe(results['cache']['fingerprint'])}; "
+            f"rows {results['splits']}), {results['wall_seconds']:.1f} s; "
             f"best on val: {best['name']}. Command: {' '.join(results.get('command', []))}"
         ),
         H.table([*header, "val acc", "val loss", "test acc"], board, 'id="leaderboard"'),
@@ -181,15 +199,13 @@ def build(run_dir: str | Path) -> tuple[str, dict[str, Any]]:
     # -- most confidently wrong ------------------------------------------------------------------------
     facts: dict[str, Any] = {"best": best["name"], "per_class": pcs, "wrong": [], "numpy_confusion": None}
     try:
-        cache = FeatureCache(results["cache"])
-        pred = best_head_test_predictions(run_dir, results, cache)
+        cache, pred = best_head_test_predictions(run_dir, results)
     except FeatcacheError as exc:
-        body = [H.note(f"The cache the sweep was trained on cannot be read ({exc}): no test images.")]
+        body = [H.note(f"The cache the sweep was trained on cannot be used ({exc}): no test images.")]
     else:
         y, probs = pred["y"], pred["probs"]
         guess = probs.argmax(axis=1) if len(y) else np.zeros(0, np.int64)
-        numpy_cm = np.zeros((len(classes), len(classes)), np.int64)
-        np.add.at(numpy_cm, (y, guess), 1)
+        numpy_cm = confusion(y, guess, len(classes))
         facts["numpy_confusion"] = numpy_cm.tolist()
         wrong = np.flatnonzero(guess != y)
         wrong = wrong[np.argsort(-probs[wrong, guess[wrong]], kind="stable")][:WRONG_SHOWN]
@@ -229,9 +245,11 @@ def build(run_dir: str | Path) -> tuple[str, dict[str, Any]]:
         if why:
             body.append(H.note(why))
         if cm and numpy_cm.tolist() != cm:
+            partial = results["settings"]["allow_partial"]
             body.append(
                 H.warning(
-                    "These predictions do not reproduce the confusion matrix the sweep recorded: has the cache changed?"
+                    "These predictions do not reproduce the confusion matrix the sweep recorded"
+                    + (" (the run trained on an unfinished cache: has it grown since?)" if partial else "")
                 )
             )
     sections.append(("wrong", "Test images the best head gets most confidently wrong", "\n".join(body)))

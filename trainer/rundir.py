@@ -39,7 +39,8 @@ def param_key(head: str, param: str) -> str:
     return f"{head}/{param}"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (one of another user counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -49,12 +50,21 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def staging_pid(path: Path) -> int | None:
+    """The process id in a staging folder's name (``.featcache-run-<pid>-<random>``), else None."""
+    name = Path(path).name
+    if not name.startswith(STAGING_PREFIX):
+        return None
+    pid = name[len(STAGING_PREFIX) :].split("-", 1)[0]
+    return int(pid) if pid.isdigit() else None
+
+
 def remove_dead_staging(runs_root: Path) -> list[Path]:
     """Delete the staging folders of sweeps whose process is gone (killed with ``kill -9``)."""
     removed = []
     for p in runs_root.glob(f"{STAGING_PREFIX}*"):
-        pid = p.name[len(STAGING_PREFIX) :].split("-", 1)[0]
-        if p.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
+        pid = staging_pid(p)
+        if p.is_dir() and pid is not None and not pid_alive(pid):
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
     return removed
