@@ -119,11 +119,12 @@ def test_training_never_builds_the_backbone(tmp_path, monkeypatch):
         raise AssertionError("the trainer built a backbone")
 
     monkeypatch.setattr(backbones, "build_backbone", forbidden)
-    monkeypatch.setattr(backbones, "_build_mobilenet_v2", forbidden)
-    monkeypatch.setattr(backbones, "_build_tiny", forbidden)
+    for name in [n for n in vars(backbones) if n.startswith("_build")]:  # every builder of the registry
+        monkeypatch.setattr(backbones, name, forbidden)
     import keras
 
-    monkeypatch.setattr(keras.applications, "MobileNetV2", forbidden)
+    for app in ("MobileNetV2", "MobileNetV3Large", "EfficientNetV2B0", "EfficientNetV2S", "ResNet50", "ConvNeXtTiny"):
+        monkeypatch.setattr(keras.applications, app, forbidden)  # what the registry's builders call
     _, r = sweep(synthetic_cache(tmp_path / "c"), tmp_path / "runs", expand({"head": ["linear", "map"], "hidden": [8]}))
     assert len(r["heads"]) == 2
 
