@@ -39,7 +39,8 @@ def test_wheel_holds_only_featcache_and_its_commands_run(tmp_path):
             check=True,
         ).stdout.strip()
     )
-    (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    deps = [sysconfig.get_paths()["purelib"], *(p for p in sys.path if p.endswith("site-packages"))]
+    (site / "deps.pth").write_text("\n".join(dict.fromkeys(deps)) + "\n")
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)]
     subprocess.run(pip, check=True, cwd=tmp_path)
     for command in ("featcache-extract", "featcache-train", "featcache-inspect"):
