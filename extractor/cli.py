@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..shared.backbones import WEIGHTS_ENV
+from ..shared.backbones import DEFAULT_CROP_RATIO, DEFAULT_CROP_SCALE, DEFAULT_RESIZE, WEIGHTS_ENV
 from ..shared.cache import schema
 from ..shared.cache.split import parse_fractions
 from ..shared.cli import run_cli
@@ -205,6 +205,34 @@ def extract(
             ),
         ),
     ] = 3,
+    views: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help=(
+                "Views per image: 1 is the plain image only; with N > 1, view 1 is its horizontal mirror and "
+                "views 2..N-1 random-resized crops (see --crop-scale, --crop-ratio) mirrored half the time, each "
+                "drawn from a seed of (image id, view): the same every run. Pooled vectors of every view are "
+                "stored (dataset pooled_views); maps of view 0 only. Costs N times the backbone work."
+            ),
+        ),
+    ] = 1,
+    crop_scale: Annotated[
+        str, typer.Option(help="Area fraction range 'low,high' of the random-resized-crop views (views >= 2).")
+    ] = "{:g},{:g}".format(*DEFAULT_CROP_SCALE),
+    crop_ratio: Annotated[
+        str, typer.Option(help="Aspect ratio (width/height) range 'low,high' of the random-resized-crop views.")
+    ] = "{:g},{:g}".format(*DEFAULT_CROP_RATIO),
+    resize: Annotated[
+        str,
+        typer.Option(
+            help=(
+                "How an image becomes the backbone's square input: squash (stretch the whole image), "
+                "centre-crop (short side to fit, cut the centre) or pad (long side to fit, mid-grey borders). "
+                "Recorded in the fingerprint."
+            )
+        ),
+    ] = DEFAULT_RESIZE,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     debug: Annotated[bool, typer.Option(help="Show the full traceback on errors.")] = False,
 ) -> None:
@@ -246,7 +274,12 @@ def extract(
             max_shards=max_shards,
             part=Part.parse(part) if part else WHOLE,
             progress=progress,
+            views=views,
+            crop_scale=_pair(crop_scale, "crop_scale"),
+            crop_ratio=_pair(crop_ratio, "crop_ratio"),
+            resize=resize,
         )
+        cfg.augment  # noqa: B018  (checks the values: one-line error before any work)
         if runner not in ("local", "ray"):
             raise FeatcacheError(f"--runner {runner!r}: choose 'local' or 'ray'")
         if (workers > 1 or gpus or runner == "ray") and part:
@@ -272,6 +305,15 @@ def extract(
             _extract(cfg)
 
     run_cli(job, debug=debug)
+
+
+def _pair(text: str, name: str) -> tuple[float, float]:
+    """``"0.35,1"`` -> ``(0.35, 1.0)``."""
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise FeatcacheError(f"{name}={text!r}: expected two numbers 'low,high'") from None
+    return low, high
 
 
 def _err(msg: str) -> None:
