@@ -23,7 +23,10 @@ from ..shared.cache.fingerprint import describe
 from ..shared.cache.fsutil import atomic_write_json
 from ..shared.cache.reader import FeatureCache
 from .data import Dataset, load_dataset, load_maps, standardizer
+from .select import rank, wilson
 from .sweep import POOLED_KINDS, HeadConfig
+from .views import accuracy as view_accuracy
+from .views import epoch_views, pick_views, tta_probs
 
 RESULTS = "results.json"
 LEADERBOARD = "leaderboard.txt"
@@ -47,6 +50,7 @@ class Settings:
     val_fraction: float = 0.1
     max_maps_gb: float = 8.0
     allow_partial: bool = False
+    views: bool = True  # train pooled heads on the cache's views (when it has them) and score with TTA too
 
 
 def new_run_dir(root: Path) -> Path:
@@ -75,6 +79,16 @@ def _batches(x: np.ndarray, y: np.ndarray, size: int):
         yield x[i : i + size], y[i : i + size]
 
 
+def _predict(group: Any, x: np.ndarray, size: int) -> np.ndarray:
+    """Every head's class probabilities ``(K, n, n_classes)`` on ``x``, ``size`` rows at a time."""
+    return np.concatenate([group.predict(x[i : i + size]) for i in range(0, len(x), size)], axis=1)
+
+
+def selected_val_acc(head: dict[str, Any]) -> float:
+    """The val accuracy of the way of scoring chosen on val: with TTA when it is better there."""
+    return head["val_acc_tta"] if head.get("use_tta") else head["val_acc"]
+
+
 def train(ds: Dataset, configs: list[HeadConfig], settings: Settings, progress: bool = True) -> dict[str, Any]:
     """Train every head of ``configs`` on ``ds``; return per-head histories, groups and stats.
 
@@ -85,6 +99,15 @@ def train(ds: Dataset, configs: list[HeadConfig], settings: Settings, progress: 
     tf.config.experimental.enable_op_determinism()
     tf.random.set_seed(settings.seed)
     mean_std = standardizer(ds.train) if settings.standardize else None
+    n_views = ds.train.views.shape[1] if settings.views and ds.train.views is not None else 1
+    views_in = (
+        {
+            s: getattr(ds, s).views if mean_std is None else (getattr(ds, s).views - mean_std[0]) / mean_std[1]
+            for s in ("train", "val", "test")
+        }
+        if n_views > 1
+        else None
+    )
     by_group: dict[tuple[str, int], list[HeadConfig]] = {}
     for c in configs:
         by_group.setdefault(c.group, []).append(c)
@@ -113,6 +136,7 @@ def train(ds: Dataset, configs: list[HeadConfig], settings: Settings, progress: 
         if not any(a.any() for a in active.values()):
             break
         order = rng.permutation(len(y_train))
+        which = epoch_views(len(y_train), n_views, settings.seed, epoch) if views_in else None
         sums = {id(g): np.zeros((2, g.k)) for g in groups}
         for b in range(n_batches):
             idx = np.sort(order[b * settings.batch_size : (b + 1) * settings.batch_size])
@@ -121,7 +145,11 @@ def train(ds: Dataset, configs: list[HeadConfig], settings: Settings, progress: 
                 if not active[id(g)].any():
                     continue
                 t0 = time.perf_counter()
-                loss, correct = g.train_step(inputs[id(g)]["train"][idx], yb, active[id(g)], (settings.seed, step))
+                if views_in is not None and g.kind in POOLED_KINDS:  # each row through this epoch's view
+                    xb = pick_views(views_in["train"], idx, which)
+                else:
+                    xb = inputs[id(g)]["train"][idx]
+                loss, correct = g.train_step(xb, yb, active[id(g)], (settings.seed, step))
                 seconds[id(g)] += time.perf_counter() - t0
                 sums[id(g)] += [loss * len(idx), correct]
             step += 1
@@ -154,6 +182,11 @@ def train(ds: Dataset, configs: list[HeadConfig], settings: Settings, progress: 
     for g in groups:
         g.restore_best()
         tloss, tacc = g.evaluate(_batches(inputs[id(g)]["test"], ds.test.y, eval_batch[id(g)]))
+        tta: dict[str, np.ndarray] = {}
+        if views_in is not None and g.kind in POOLED_KINDS:  # mean probabilities over every view
+            for s in ("val", "test") if len(ds.test) else ("val",):
+                probs = tta_probs(lambda x: _predict(g, x, eval_batch[id(g)]), views_in[s])  # noqa: B023
+                tta[s] = view_accuracy(probs, getattr(ds, s).y)
         for k, cfg in enumerate(g.configs):
             heads.append(
                 {
@@ -167,24 +200,57 @@ def train(ds: Dataset, configs: list[HeadConfig], settings: Settings, progress: 
                     "test_loss": float(tloss[k]) if len(ds.test) else None,
                     "group_wall_seconds": round(seconds[id(g)], 3),
                     "group_size": g.k,
+                    "views": n_views if tta else 1,
+                    "val_acc_tta": float(tta["val"][k]) if tta else None,
+                    "test_acc_tta": float(tta["test"][k]) if "test" in tta else None,
+                    # chosen on val only: TTA when it is strictly better there
+                    "use_tta": bool(tta and tta["val"][k] > best[id(g)]["acc"][k]),
                 }
             )
     return {"heads": heads, "groups": groups, "mean_std": mean_std, "inputs": inputs}
 
 
-def _best(heads: list[dict[str, Any]]) -> dict[str, Any]:
-    """Highest val accuracy, then lowest val loss, then the simplest (earliest in the grid)."""
-    return max(heads, key=lambda h: (h["val_acc"], -h["val_loss"]))
+def head_cost(config: dict[str, Any], in_dim: int, n_classes: int) -> int:
+    """Parameters of a head (its ``config`` as in results.json): the "simpler" of two tied heads."""
+    h = config["hidden"]
+    if config["kind"] == "linear":
+        return (in_dim + 1) * n_classes
+    return (in_dim + 1) * h + (h + 1) * n_classes + (h if config["kind"] == "map" else 0)
+
+
+def ranking(heads: list[dict[str, Any]], n_val: int, in_dim: int, n_classes: int) -> tuple[list[int], int]:
+    """The one-standard-error rule (:func:`featcache.trainer.select.rank`) over the heads' val
+    accuracies (with TTA where chosen on val), fewer parameters winning ties within noise."""
+    return rank([selected_val_acc(h) for h in heads], [head_cost(h["config"], in_dim, n_classes) for h in heads], n_val)
+
+
+def _best(heads: list[dict[str, Any]], n_val: int, in_dim: int, n_classes: int) -> dict[str, Any]:
+    """The pick of :func:`ranking`: the simplest head within one standard error of the best."""
+    return heads[ranking(heads, n_val, in_dim, n_classes)[0][0]]
 
 
 def leaderboard(results: dict[str, Any], top: int = 10) -> str:
-    heads = sorted(results["heads"], key=lambda h: (-h["val_acc"], h["val_loss"]))
+    """Heads in selection order: those within noise of the best (marked ``~``), simplest first, then
+    the rest by val accuracy; val accuracy with its 95% Wilson interval, and how it was scored."""
+    heads = results["heads"]
+    n_val = results["splits"]["val"]
+    order, tied = ranking(heads, n_val, results.get("in_dim", 0), len(results["classes"]))
     fmt = lambda v: "   -  " if v is None else f"{v:.4f}"  # noqa: E731
-    lines = [f"{'rank':>4}  {'val acc':>7}  {'test acc':>8}  {'epoch':>5}  head"]
-    for r, h in enumerate(heads[:top], 1):
-        lines.append(f"{r:>4}  {h['val_acc']:>7.4f}  {fmt(h['test_acc']):>8}  {h['best_epoch']:>5}  {h['name']}")
+    lines = [f"{'rank':>4}  {'val acc':>7}  {'95% CI':>13}  {'test acc':>8}  {'scored':>6}  {'epoch':>5}  head"]
+    for r, i in enumerate(order[:top], 1):
+        h = heads[i]
+        va = selected_val_acc(h)
+        lo, hi = wilson(va * n_val, n_val)
+        test = h["test_acc_tta"] if h.get("use_tta") else h["test_acc"]
+        scored = f"TTA x{h['views']}" if h.get("use_tta") else "view 0"
+        mark = "~" if r <= tied else " "
+        lines.append(
+            f"{r:>3}{mark}  {va:>7.4f}  [{lo:.3f},{hi:.3f}]  {fmt(test):>8}  {scored:>6}  {h['best_epoch']:>5}  "
+            f"{h['name']}"
+        )
     if len(heads) > top:
         lines.append(f"  ... {len(heads) - top} more in {RESULTS}")
+    lines.append(f"~: within one standard error of the best val accuracy ({tied} heads); the first is picked")
     return "\n".join(lines)
 
 
@@ -256,7 +322,9 @@ def run_sweep(
     """Train the sweep on the cache and write its run directory; return (run dir, results)."""
     t0 = time.perf_counter()
     cache = FeatureCache(cache_path)
-    ds = load_dataset(cache, val_fraction=settings.val_fraction, allow_partial=settings.allow_partial)
+    ds = load_dataset(
+        cache, val_fraction=settings.val_fraction, allow_partial=settings.allow_partial, views=settings.views
+    )
     for note in ds.notes:
         log(f"note: {note}")
     if any(c.kind not in POOLED_KINDS for c in configs):
@@ -268,7 +336,7 @@ def run_sweep(
     )
     out = train(ds, configs, settings, progress)
     heads = out["heads"]
-    best = _best(heads)
+    best = _best(heads, len(ds.val), ds.train.pooled.shape[1], len(ds.classes))
     run_dir = new_run_dir(runs_root)
     # the best head as a Keras model, and every head's weights in one file
     from .keras_heads import head_model
@@ -309,6 +377,7 @@ def run_sweep(
         "random_weights": cache.random_weights,
         "classes": ds.classes,
         "splits": ds.sizes(),
+        "in_dim": int(ds.train.pooled.shape[1]),
         "val_carved_from_train": ds.val_carved,
         "unlabelled_rows_skipped": ds.unlabelled_rows,
         "settings": asdict(settings),

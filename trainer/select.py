@@ -48,14 +48,22 @@ class Candidate:
         return float(np.mean(self.test.argmax(1) == y)) if len(y) else None
 
 
+def rank(accs: Sequence[float], costs: Sequence[float], n: int, z: float = Z_ONE_SE) -> tuple[list[int], int]:
+    """The selection order of heads with val accuracies ``accs`` (on ``n`` rows) and ``costs``: first
+    those tied with the best (val accuracy at least the lower end of the best's ``z``-Wilson interval)
+    from the cheapest up (equal cost: higher accuracy first, then earlier), then the rest by accuracy.
+    Returns (order, how many are tied); ``order[0]`` is the pick."""
+    low, _ = wilson(max(accs) * n, n, z)
+    tied = sorted((i for i, a in enumerate(accs) if a >= low), key=lambda i: (costs[i], -accs[i], i))
+    rest = sorted((i for i, a in enumerate(accs) if a < low), key=lambda i: (-accs[i], i))
+    return tied + rest, len(tied)
+
+
 def pick(cands: Sequence[Candidate], y_val: np.ndarray, z: float = Z_ONE_SE) -> Candidate:
     """The cheapest candidate whose val accuracy reaches the lower end of the best one's ``z``-Wilson
     interval (ties in cost: the higher val accuracy, then the earlier in ``cands``)."""
-    accs = [c.val_acc(y_val) for c in cands]
-    best = int(np.argmax(accs))
-    low, _ = wilson(accs[best] * len(y_val), len(y_val), z)
-    tied = [i for i, a in enumerate(accs) if a >= low]
-    return cands[min(tied, key=lambda i: (cands[i].cost, -accs[i], i))]
+    order, _ = rank([c.val_acc(y_val) for c in cands], [c.cost for c in cands], len(y_val), z)
+    return cands[order[0]]
 
 
 def ensemble(
