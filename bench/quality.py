@@ -34,7 +34,8 @@ from _common import DEFAULT_WEIGHTS, table  # noqa: E402  (puts the repo on sys.
 from featcache.shared.cache.reader import FeatureCache  # noqa: E402
 from featcache.shared.cache.split import parse_fractions  # noqa: E402
 from featcache.shared.errors import FeatcacheError  # noqa: E402
-from featcache.trainer import knn, logreg, select  # noqa: E402
+from featcache.trainer import knn, logreg, pooling, select  # noqa: E402
+from featcache.trainer import views as tviews  # noqa: E402
 from featcache.trainer.data import Dataset, load_dataset, standardizer  # noqa: E402
 
 SWEEP_GRIDS = [
@@ -80,53 +81,85 @@ def sklearn_path(x: dict, y: dict, cs: list[float]) -> tuple[select.Candidate, f
     return best, time.perf_counter() - t0
 
 
-def logreg_candidates(x: dict, y: dict, cs: list[float], n_classes: int, name: str, x_train=None, y_train=None):  # noqa: ANN001
-    """One candidate per C of the L-BFGS path, and the path's seconds."""
+def std_views(ds: Dataset, mean: np.ndarray, std: np.ndarray) -> dict[str, np.ndarray] | None:
+    """Standardised ``(n, V, C)`` views of every split, or None without views."""
+    if ds.train.views is None:
+        return None
+    return {s: (getattr(ds, s).views - mean) / std for s in ("train", "val", "test")}
+
+
+def logreg_candidates(x: dict, y: dict, cs: list[float], n_classes: int, xv: dict | None):  # noqa: ANN001
+    """Candidates of the L-BFGS path on view 0; with views ``xv`` also of the path trained on every
+    view of the train rows, scored on view 0 and with TTA. Returns (view-0 family, seconds), (views
+    family, seconds) or None."""
     t0 = time.perf_counter()
-    fits = logreg.fit_path(
-        x["train"] if x_train is None else x_train, y["train"] if y_train is None else y_train, n_classes, cs
-    )
-    seconds = time.perf_counter() - t0
-    return [
-        select.Candidate(
-            f"{name} C={f.c:g}",
-            f.predict_proba(x["val"]),
-            f.predict_proba(x["test"]),
-            cost=1.0,
-            info={"iters": f.iterations},
-        )
+    fits = logreg.fit_path(x["train"], y["train"], n_classes, cs)
+    plain = [
+        select.Candidate(f"featcache L-BFGS logreg C={f.c:g}", f.predict_proba(x["val"]), f.predict_proba(x["test"]))
         for f in fits
-    ], seconds
-
-
-def knn_candidates(ds: Dataset, n_classes: int):  # noqa: ANN001
+    ]
+    plain_s = time.perf_counter() - t0
+    if xv is None:
+        return (plain, plain_s), None
     t0 = time.perf_counter()
-    index = knn.fit(ds.train.pooled, ds.train.y, n_classes)
-    out = knn.sweep(index, [ds.val.pooled, ds.test.pooled], ks=(10, 20, 50, 100), temperatures=(0.03, 0.07, 0.2))
-    seconds = time.perf_counter() - t0
-    return [select.Candidate(f"k-NN k={k} T={t:g}", v, te, cost=0.5) for (k, t), (v, te) in out.items()], seconds
+    n, v, c = xv["train"].shape
+    fits = logreg.fit_path(xv["train"].reshape(n * v, c), np.repeat(y["train"], v), n_classes, cs)
+    views = []
+    for f in fits:
+        tta = {s: tviews.tta_probs(f.predict_proba, xv[s]) for s in ("val", "test")}
+        name = f"L-BFGS logreg on {v} views C={f.c:g}"
+        views.append(select.Candidate(name + ", view 0", f.predict_proba(x["val"]), f.predict_proba(x["test"])))
+        views.append(select.Candidate(name + ", TTA", tta["val"], tta["test"], cost=v))
+    return (plain, plain_s), (views, time.perf_counter() - t0)
+
+
+KNN_KS, KNN_TS = (10, 20, 50, 100), (0.03, 0.07, 0.2)
+
+
+def knn_candidates(ds: Dataset, n_classes: int, views: bool):  # noqa: ANN001
+    """k-NN on view 0; with ``views``, keys from every train view and TTA over the query views."""
+    t0 = time.perf_counter()
+    if not views:
+        index = knn.fit(ds.train.pooled, ds.train.y, n_classes)
+        out = knn.sweep(index, [ds.val.pooled, ds.test.pooled], ks=KNN_KS, temperatures=KNN_TS)
+        cands = [select.Candidate(f"k-NN k={k} T={t:g}", va, te, cost=0.5) for (k, t), (va, te) in out.items()]
+        return cands, time.perf_counter() - t0
+    n, v, c = ds.train.views.shape
+    index = knn.fit(ds.train.views.reshape(n * v, c), np.repeat(ds.train.y, v), n_classes)
+    queries = [getattr(ds, s).views[:, i] for s in ("val", "test") for i in range(v)]
+    out = knn.sweep(index, queries, ks=KNN_KS, temperatures=KNN_TS)
+    cands = [
+        select.Candidate(f"k-NN on {v} views k={k} T={t:g}, TTA", np.mean(p[:v], 0), np.mean(p[v:], 0), cost=0.5 * v)
+        for (k, t), p in out.items()
+    ]
+    return cands, time.perf_counter() - t0
 
 
 def sweep_candidates(ds: Dataset, grids: list[dict], epochs: int):  # noqa: ANN001
-    """The stacked SGD sweep's heads as candidates (probabilities from each trained head)."""
+    """The stacked SGD sweep's heads as candidates (probabilities from each trained head; with views,
+    each pooled head scored on view 0 and with TTA)."""
     from featcache.trainer.run import Settings, train
-    from featcache.trainer.sweep import expand
+    from featcache.trainer.sweep import POOLED_KINDS, expand
 
     configs = [c for g in grids for c in expand(g)]
     t0 = time.perf_counter()
     out = train(ds, configs, Settings(epochs=epochs, patience=5, seed=0), progress=False)
     seconds = time.perf_counter() - t0
+    mean, std = out["mean_std"]
+    xv = std_views(ds, mean, std)
     cands = []
     for g in out["groups"]:
-        probs = {
-            s: np.concatenate(
-                [g.predict(out["inputs"][id(g)][s][i : i + 256]) for i in range(0, len(getattr(ds, s)), 256)], axis=1
-            )
-            for s in ("val", "test")
-        }
+        predict = lambda x: np.concatenate([g.predict(x[i : i + 256]) for i in range(0, len(x), 256)], axis=1)  # noqa: E731,B023
+        probs = {s: predict(out["inputs"][id(g)][s]) for s in ("val", "test")}
+        tta = None
+        if xv is not None and g.kind in POOLED_KINDS:
+            tta = {s: tviews.tta_probs(predict, xv[s]) for s in ("val", "test")}
         for k, cfg in enumerate(g.configs):
             cost = 1.0 if cfg.kind == "linear" else 2.0 if cfg.kind == "mlp" else 4.0
             cands.append(select.Candidate(f"sweep {cfg.name}", probs["val"][k], probs["test"][k], cost=cost))
+            if tta is not None:
+                v = xv["val"].shape[1]
+                cands.append(select.Candidate(f"sweep {cfg.name}, TTA", tta["val"][k], tta["test"][k], cost * v))
     return cands, seconds, len(configs)
 
 
@@ -149,15 +182,24 @@ def main() -> None:
         "--no-map", action="store_true", help="skip the map heads (they load the 7x7 maps: ~125 KB per row)"
     )
     ap.add_argument("--no-sklearn", action="store_true", help="skip scikit-learn (slow)")
+    ap.add_argument(
+        "--views",
+        type=int,
+        default=2,
+        help="views per image in the cache (1: plain only; 2: + mirror; more: + random-resized crops); default 2",
+    )
     args = ap.parse_args()
     command = shlex.join([sys.executable, *sys.argv])
     cs = [float(c) for c in args.cs.split(",")]
-    plain = ensure(args.folder, args.work / "plain", args.weights, args.split)
-    cache = FeatureCache(plain)
-    ds = load_dataset(cache)
+    extra = {"views": args.views} if args.views > 1 else {}
+    path = ensure(args.folder, args.work / ("plain" if args.views == 1 else f"views{args.views}"), args.weights,
+                  args.split, **extra)  # fmt: skip
+    cache = FeatureCache(path)
+    ds = load_dataset(cache, views=True)
     n_classes = len(ds.classes)
     mean, std = standardizer(ds.train)
     x = {s: (getattr(ds, s).pooled - mean) / std for s in ("train", "val", "test")}
+    xv = std_views(ds, mean, std)
     y = {s: getattr(ds, s).y for s in ("train", "val", "test")}
     rows: list[tuple[select.Candidate, float, str]] = []  # (best candidate of a family, family seconds, how)
     everything: list[select.Candidate] = []
@@ -166,17 +208,24 @@ def main() -> None:
         everything.extend(family)
         rows.append((max(family, key=lambda c: c.val_acc(y["val"])), seconds, how))
 
+    sk_s = None
     if not args.no_sklearn:
         sk = sklearn_path(x, y, cs)
         if sk is not None:
-            rows.append((sk[0], sk[1], f"{len(cs)} C values, each from scratch"))
-    lr_cands, lr_s = logreg_candidates(x, y, cs, n_classes, "featcache L-BFGS logreg")
-    add(lr_cands, lr_s, f"{len(cs)} C values, one warm-started path")
-    knn_cands, knn_s = knn_candidates(ds, n_classes)
-    add(knn_cands, knn_s, f"{len(knn_cands)} (k, T), one neighbour search")
+            rows.append((sk[0], sk[1], f"{len(cs)} C values, each from scratch, view 0"))
+            sk_s = sk[1]
+    (lr, lr_s), lr_views = logreg_candidates(x, y, cs, n_classes, xv)
+    add(lr, lr_s, f"{len(cs)} C values, one warm-started path, view 0")
+    if lr_views is not None:
+        add(*lr_views, f"{len(cs)} C values x (view 0, TTA), trained on every view")
+    kn, kn_s = knn_candidates(ds, n_classes, views=False)
+    add(kn, kn_s, f"{len(kn)} (k, T), one neighbour search, view 0")
+    if xv is not None:
+        kn, kn_s = knn_candidates(ds, n_classes, views=True)
+        add(kn, kn_s, f"{len(kn)} (k, T), keys: every train view; TTA")
     if not args.no_sweep:
         sw, sw_s, n = sweep_candidates(ds, SWEEP_GRIDS, args.epochs)
-        add(sw, sw_s, f"{n} linear+MLP heads stacked (SGD)")
+        add(sw, sw_s, f"{n} linear+MLP heads stacked (SGD{', a view per row per epoch' if xv else ''})")
     if not args.no_map:
         from featcache.trainer.data import load_maps
 
@@ -184,11 +233,22 @@ def main() -> None:
         load_maps(cache, ds, 8.0)
         load_s = time.perf_counter() - t0
         mp, mp_s, n = sweep_candidates(ds, [MAP_GRID], args.epochs)
-        add(mp, mp_s, f"{n} map heads stacked (SGD; + {load_s:.0f} s loading maps)")
+        add(mp, mp_s + load_s, f"{n} map heads stacked (SGD; {load_s:.0f} s of it loading maps), view 0")
+        t0 = time.perf_counter()
+        pooled_cands = []
+        for name, fn in pooling.POOLINGS.items():
+            px = {s: fn(getattr(ds, s).maps) for s in ("train", "val", "test")}
+            m, sd = px["train"].mean(0), np.maximum(px["train"].std(0), 1e-6)
+            px = {s: (v - m) / sd for s, v in px.items()}
+            for f in logreg.fit_path(px["train"], y["train"], n_classes, cs):
+                pooled_cands.append(
+                    select.Candidate(f"L-BFGS logreg on {name} maps C={f.c:g}", f.predict_proba(px["val"]),
+                                     f.predict_proba(px["test"]), cost=1.5)
+                )  # fmt: skip
+        add(pooled_cands, time.perf_counter() - t0, f"maps pooled by {', '.join(pooling.POOLINGS)}; L-BFGS path each")
     ens, members = select.ensemble(everything, y["val"], max_k=10)
-    rows.append(
-        (ens, sum(r[1] for r in rows if not r[0].name.startswith("scikit")), "top-k by val: " + ", ".join(members))
-    )
+    total_s = sum(r[1] for r in rows if not r[0].name.startswith("scikit"))
+    rows.append((ens, total_s, "top-k by val of everything above: " + "; ".join(members)))
     picked = select.pick(everything + [ens], y["val"])
 
     n_val = len(y["val"])
@@ -200,13 +260,17 @@ def main() -> None:
             [cand.name, f"{va:.4f} [{lo:.3f}, {hi:.3f}]", f"{cand.test_acc(y['test']):.4f}", f"{seconds:.1f}", how]
         )
     print(
-        f"\n{plain}: train {len(ds.train)}, val {len(ds.val)}, test {len(ds.test)} rows (hash split {args.split}), "
+        f"\n{path} ({cache.views} views): train {len(ds.train)}, val {len(ds.val)}, test {len(ds.test)} rows "
+        f"(hash split {args.split}), "
         f"{n_classes} classes; standardised pooled vectors; val interval: Wilson 95%"
     )
     print(table(["model (best of its family on val)", "val acc [95% CI]", "test acc", "seconds", "family"], out))
     n_all = len(everything) + 1
     pv, pt = picked.val_acc(y["val"]), picked.test_acc(y["test"])
     print(f"one-SE pick over all {n_all} candidates: {picked.name}: val {pv:.4f}, test {pt:.4f}")
+    sk_note = f"; scikit-learn's sweep {sk_s:.1f} s" if sk_s is not None else ""
+    print(f"featcache, every family above (not counting extraction): {total_s:.1f} s{sk_note}")
+    print(f"extraction: {cache.views} views per image = {cache.views}x the backbone work of a plain cache")
     if cache.random_weights:
         print("WARNING: the cache was made with RANDOM weights: the accuracies are meaningless")
     print(f"command: {command}")

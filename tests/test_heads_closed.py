@@ -89,3 +89,15 @@ def test_ensemble_mean_of_top_k():
     np.testing.assert_allclose(out.test, np.mean([c.test for c in ranked[:k]], axis=0))
     accs = [np.mean(np.mean([c.val for c in ranked[:j]], 0).argmax(1) == y) for j in range(1, 6)]
     assert out.val_acc(y) == max(accs) and k == int(np.argmax(accs)) + 1
+
+
+def test_poolings_against_numpy():
+    from featcache.trainer import pooling
+
+    maps = np.random.default_rng(5).uniform(0, 6, (pooling.BLOCK_ROWS + 3, 3, 3, 8)).astype(np.float16)
+    m = maps.astype(np.float64)
+    np.testing.assert_allclose(pooling.gem(maps, 1.0), m.mean(axis=(1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(pooling.gem(maps, 3.0), np.cbrt((m**3).mean(axis=(1, 2))), rtol=1e-5)
+    np.testing.assert_allclose(pooling.max_pool(maps), m.max(axis=(1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(pooling.mean_max(maps)[:, 8:], m.max(axis=(1, 2)), rtol=1e-6)
+    assert pooling.gem(maps, 50.0).max() <= m.max() and np.allclose(pooling.gem(maps, 50.0), m.max((1, 2)), rtol=0.05)

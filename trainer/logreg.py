@@ -23,7 +23,7 @@ MEMORY = 10  # L-BFGS correction pairs, as scipy's default
 FTOL = 64 * np.finfo(np.float64).eps  # scikit-learn's ftol for lbfgs
 ARMIJO = 1e-4
 MAX_BACKTRACKS = 30
-DEFAULT_CS = tuple(float(c) for c in np.geomspace(1e-4, 1e1, 11))  # half-decade steps
+DEFAULT_CS = tuple(float(c) for c in np.geomspace(1e-4, 1.0, 9))  # half-decade steps
 
 
 @dataclass
