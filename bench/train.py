@@ -32,7 +32,9 @@ from _common import DEFAULT_CACHE, REPO, ensure_cache, table  # noqa: E402  (put
 
 from featcache.shared.cache.reader import FeatureCache  # noqa: E402
 from featcache.trainer.data import load_dataset, standardizer  # noqa: E402
-from featcache.trainer.run import Settings, train  # noqa: E402
+from featcache.trainer.loop import train  # noqa: E402
+from featcache.trainer.report import best_head  # noqa: E402
+from featcache.trainer.settings import Settings  # noqa: E402
 from featcache.trainer.sweep import HeadConfig  # noqa: E402
 
 
@@ -117,7 +119,7 @@ def main() -> None:
     k = min(args.keras_heads, len(configs))
     keras_s, _ = keras_fit_seconds(ds, configs[:k], mean_std, args.epochs, args.batch_size)
     keras_scaled = keras_s * len(configs) / k
-    best = max(out["heads"], key=lambda h: (h["val_acc"], -h["val_loss"]))
+    best = best_head(out.heads, len(ds.val))
     rows = [
         ["featcache, 1 linear head", "1", f"{one:.2f}", "1.00", "measured"],
         [

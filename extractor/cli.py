@@ -1,4 +1,5 @@
-"""``featcache-extract``: the batch precompute job's command line.
+"""``featcache-extract``: the batch precompute job's command line, a thin layer over
+:func:`featcache.extractor.api.extract` (whose error messages name arguments, spelled here as flags).
 
 TensorFlow is imported only once a run starts, so ``--help`` and argument errors answer at once.
 """
@@ -12,12 +13,13 @@ import typer
 
 from ..shared.backbones import DEFAULT_CROP_RATIO, DEFAULT_CROP_SCALE, DEFAULT_RESIZE, WEIGHTS_ENV
 from ..shared.cache import schema
-from ..shared.cache.split import parse_fractions
 from ..shared.cli import run_cli
-from ..shared.errors import FeatcacheError
+from .api import DEFAULT_MAX_RETRIES, DEFAULT_SPLIT
 
 # --finalize and the multi-worker runs exit with this when the cache is not complete yet.
 EXIT_INCOMPLETE = 1
+# Skipped inputs named on stderr after a run (the manifest lists them all).
+SHOWN_FAILURES = 10
 
 app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None)
 
@@ -101,7 +103,7 @@ def extract(
                 "id, stable when images are added)."
             )
         ),
-    ] = "0.8,0.1,0.1",
+    ] = DEFAULT_SPLIT,
     mixed_precision: Annotated[
         bool,
         typer.Option(
@@ -204,7 +206,7 @@ def extract(
                 "finished shards)."
             ),
         ),
-    ] = 3,
+    ] = DEFAULT_MAX_RETRIES,
     views: Annotated[
         int,
         typer.Option(
@@ -218,7 +220,7 @@ def extract(
         ),
     ] = 1,
     crop_scale: Annotated[
-        str, typer.Option(help="Area fraction range 'low,high' of the random-resized-crop views (views >= 2).")
+        str, typer.Option(help="Area fraction range 'low,high' of the random-resized-crop views (views >= 3).")
     ] = "{:g},{:g}".format(*DEFAULT_CROP_SCALE),
     crop_ratio: Annotated[
         str, typer.Option(help="Aspect ratio (width/height) range 'low,high' of the random-resized-crop views.")
@@ -247,105 +249,54 @@ def extract(
     """
 
     def job() -> None:
-        from ..shared.cache.parts import WHOLE, Part
+        from .api import extract as run
 
-        if finalize:
-            _finalize(cache or source)
-            return
-        if cache is None:
-            raise FeatcacheError("missing argument CACHE (the cache directory to fill)")
-        from .runner import ExtractConfig
-
-        cfg = ExtractConfig(
-            source=source,
-            cache=cache,
-            backbone=backbone,
+        result = run(
+            source,
+            cache,
             weights=weights,
-            seed=seed,
+            backbone=backbone,
             batch_size=batch_size,
             shard_size=shard_size,
             maps_dtype=maps_dtype,
             compression=compression,
+            split=split,
             mixed_precision=mixed_precision,
             xla=xla,
-            split_fractions=parse_fractions(split),
+            seed=seed,
             overwrite=overwrite,
             strict=strict,
             max_shards=max_shards,
-            part=Part.parse(part) if part else WHOLE,
-            progress=progress,
+            part=part,
+            finalize=finalize,
+            workers=workers,
+            gpus=gpus,
+            runner=runner,
+            address=address,
+            max_retries=max_retries,
             views=views,
-            crop_scale=_pair(crop_scale, "crop_scale"),
-            crop_ratio=_pair(crop_ratio, "crop_ratio"),
+            crop_scale=crop_scale,
+            crop_ratio=crop_ratio,
             resize=resize,
+            progress=progress,
+            log=_err,
         )
-        cfg.augment  # noqa: B018  (checks the values: one-line error before any work)
-        if runner not in ("local", "ray"):
-            raise FeatcacheError(f"--runner {runner!r}: choose 'local' or 'ray'")
-        if (workers > 1 or gpus or runner == "ray") and part:
-            raise FeatcacheError("--part runs one worker; --workers, --gpus and --runner ray start all of them")
-        if gpus and runner == "ray":
-            raise FeatcacheError(
-                "--gpus is for local workers; with --runner ray, Ray gives each part one GPU of the cluster"
-            )
-        if runner == "ray":
-            from .ray_runner import run_ray
-
-            _report_workers(
-                *run_ray(
-                    cfg, address=address, workers=workers if workers > 1 else None, max_retries=max_retries, log=_err
-                )
-            )
-        elif gpus or workers > 1:
-            from .launch import choose_gpus, run_local
-
-            chosen = choose_gpus(gpus) if gpus else None
-            _report_workers(*run_local(cfg, len(chosen) if chosen else workers, chosen, log=_err))
-        else:
-            _extract(cfg)
+        if result.report is not None:  # one process: name the first skipped inputs
+            for f in result.failed[:SHOWN_FAILURES]:
+                _err(f"skipped {f.id}: {f.reason}")
+            if len(result.failed) > SHOWN_FAILURES:
+                _err(f"... and {len(result.failed) - SHOWN_FAILURES} more (see {result.cache}/manifest.json)")
+        for line in result.worker_failures:
+            _err(f"worker failed: {line}")
+        typer.echo(result.summary())
+        if (finalize or result.report is None) and not result.ok:
+            raise typer.Exit(EXIT_INCOMPLETE)
 
     run_cli(job, debug=debug)
 
 
-def _pair(text: str, name: str) -> tuple[float, float]:
-    """``"0.35,1"`` -> ``(0.35, 1.0)``."""
-    try:
-        low, high = (float(v) for v in text.split(","))
-    except ValueError:
-        raise FeatcacheError(f"{name}={text!r}: expected two numbers 'low,high'") from None
-    return low, high
-
-
 def _err(msg: str) -> None:
     typer.echo(msg, err=True)
-
-
-def _extract(cfg) -> None:  # noqa: ANN001 (ExtractConfig, imported late)
-    from .runner import run_extract
-
-    report = run_extract(cfg, log=_err)
-    for f in report.failures[:10]:
-        _err(f"skipped {f.id}: {f.reason}")
-    if len(report.failures) > 10:
-        _err(f"... and {len(report.failures) - 10} more (see {cfg.cache}/manifest.json)")
-    typer.echo(report.summary())
-
-
-def _finalize(cache: Path) -> None:
-    from ..shared.cache.parts import finalize
-
-    state = finalize(cache)
-    typer.echo(state.summary())
-    if not state.complete:
-        raise typer.Exit(EXIT_INCOMPLETE)
-
-
-def _report_workers(state, failed: list[str]) -> None:  # noqa: ANN001 (Finalized)
-    for line in failed:
-        _err(f"worker failed: {line}")
-    typer.echo(state.summary())
-    if failed or not state.complete:
-        raise typer.Exit(EXIT_INCOMPLETE)
 
 
 def main() -> None:

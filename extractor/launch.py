@@ -54,18 +54,18 @@ def visible_gpus() -> list[str]:
 
 
 def choose_gpus(request: str) -> list[str]:
-    """``--gpus``: ``all`` or a count, checked against :func:`visible_gpus`."""
+    """``gpus``: ``all`` or a count, checked against :func:`visible_gpus`."""
     gpus = visible_gpus()
     if request == "all":
         wanted = len(gpus)
     elif request.isdigit() and int(request) > 0:
         wanted = int(request)
     else:
-        raise FeatcacheError(f"--gpus {request!r}: expected 'all' or a positive count")
+        raise FeatcacheError(f"gpus={request!r}: expected 'all' or a positive count")
     if not gpus or wanted > len(gpus):
         raise FeatcacheError(
-            f"--gpus {request}: {len(gpus)} GPUs visible (CUDA_VISIBLE_DEVICES or nvidia-smi); "
-            "use --workers N for CPU worker processes"
+            f"gpus={request!r}: {len(gpus)} GPUs visible (CUDA_VISIBLE_DEVICES or nvidia-smi); "
+            "use workers=N for CPU worker processes"
         )
     return gpus[:wanted]
 
@@ -141,7 +141,7 @@ def run_local(
     finished shards; rerunning the same command redoes only what is missing)."""
     if cfg.overwrite:
         raise FeatcacheError(
-            f"{cfg.cache}: --overwrite cannot be combined with several workers; delete the cache directory first"
+            f"{cfg.cache}: overwrite=True cannot be combined with several workers; delete the cache directory first"
         )
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no TensorFlow state inherited
     procs = []

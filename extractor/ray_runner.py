@@ -58,7 +58,7 @@ def run_ray(
     that failed after its retries."""
     if cfg.overwrite:
         raise FeatcacheError(
-            f"{cfg.cache}: --overwrite cannot be combined with several workers; delete the cache directory first"
+            f"{cfg.cache}: overwrite=True cannot be combined with several workers; delete the cache directory first"
         )
     ray = import_ray()
     started = not ray.is_initialized()

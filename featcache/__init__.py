@@ -1,5 +1,17 @@
 """featcache: compute a backbone's features once into an HDF5 cache, then train many cheap heads on it.
 
+The three things a Python user calls::
+
+    import featcache
+
+    result = featcache.extract("data/sample", "cache/sample", weights="auto")  # stage 1 (TensorFlow)
+    cache = featcache.open_cache("cache/sample")                               # read it (numpy, h5py)
+    sweep = featcache.train("cache/sample", head=["linear", "mlp"], lr=[1e-3, 1e-2])  # stage 2
+
+and ``cache.dataset(split="train")`` streams ``(features, label)`` into a ``tf.data`` pipeline for a
+Keras model of one's own. Each call has the command line's defaults; errors are
+:class:`FeatcacheError` whose one-line messages name the file and the keyword argument at fault.
+
 The import name holds three packages (their folders sit at the top of the repository):
 ``featcache.extractor`` (stage 1), ``featcache.trainer`` (stage 2) and ``featcache.shared`` (the
 cache format, the backbone registry and the inspect command).
@@ -7,7 +19,30 @@ cache format, the backbone registry and the inspect command).
 Importing ``featcache`` loads numpy and h5py only; TensorFlow is imported when a job runs.
 """
 
-from .shared.cache.reader import FeatureCache, open_cache
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .extractor.api import ExtractResult, extract
+from .shared.cache.reader import FeatureCache, PooledRows, open_cache
 from .shared.errors import FeatcacheError
 
-__all__ = ["FeatcacheError", "FeatureCache", "open_cache"]
+__all__ = ["ExtractResult", "FeatcacheError", "FeatureCache", "PooledRows", "extract", "open_cache", "train"]
+
+
+def train(cache: str | Path, **sweep: Any) -> Any:
+    """Train a sweep of heads on ``cache`` (what ``featcache-train CACHE`` does) and return its
+    :class:`~featcache.trainer.api.SweepResult`.
+
+    ``sweep`` holds the command line's options as keyword arguments, with its defaults: the grid
+    (``head``, ``lr``, ``weight_decay``, ``hidden``, ``dropout``, ``label_smoothing``: one value or a
+    list), a sweep file (``sweep``), settings (``epochs``, ``batch_size``, ``patience``, ``seed``,
+    ``standardize``, ``val_fraction``, ``max_maps_gb``, ``allow_partial``), ``runs`` (the folder of run
+    directories) and ``progress``; see :func:`featcache.trainer.api.train`. Heads read pooled vectors
+    ``(N, C)`` float32 or maps ``(N, h, w, C)`` from the cache only. Imported when called, so that
+    ``import featcache`` loads no TensorFlow.
+    """
+    from .trainer import api
+
+    return api.train(cache, **sweep)

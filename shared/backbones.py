@@ -134,7 +134,7 @@ def _build_tiny(weights: ResolvedWeights) -> "keras.Model":
     import numpy as np
 
     if not weights.random:
-        raise WeightsUnavailableError("backbone 'tiny' has no pretrained weights: use --weights random")
+        raise WeightsUnavailableError("backbone 'tiny' has no pretrained weights: use weights='random'")
     rng = np.random.default_rng(weights.seed or 0)
     model = keras.Sequential(
         [
@@ -227,7 +227,7 @@ def keras_cache_candidates(file_name: str) -> list[Path]:
 
 def _imagenet_path(spec: BackboneSpec) -> Path:
     if spec.imagenet_file is None:
-        raise WeightsUnavailableError(f"backbone {spec.name!r} has no ImageNet weights: use --weights random")
+        raise WeightsUnavailableError(f"backbone {spec.name!r} has no ImageNet weights: use weights='random'")
     file_name, url = spec.imagenet_file
     for candidate in keras_cache_candidates(file_name):
         if candidate.is_file():
@@ -243,13 +243,13 @@ def _imagenet_path(spec: BackboneSpec) -> Path:
         )  # keras: "URL fetch failure on URL: ... -- why"
         raise WeightsUnavailableError(
             f"{keras_cache_candidates(file_name)[0]}: ImageNet weights for {spec.name} are not in Keras' cache "
-            f"and could not be downloaded ({reason}); copy the file there, or pass --weights PATH "
+            f"and could not be downloaded ({reason}); copy the file there, or pass weights=PATH "
             f"(or set {WEIGHTS_ENV}=PATH)"
         ) from None
 
 
 def resolve_weights(spec: BackboneSpec, weights: str, seed: int = 0) -> ResolvedWeights:
-    """Turn a ``--weights`` value into the weights to load.
+    """Turn a ``weights`` value (``--weights`` on the command line) into the weights to load.
 
     ``weights`` is ``imagenet`` (Keras' cache, downloading if needed), ``random`` (seeded, meaningless
     features), a path to a weights file, or ``auto``: ``$FEATCACHE_WEIGHTS`` if set, else ImageNet if

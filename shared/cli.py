@@ -2,14 +2,21 @@
 
 A :class:`~featcache.shared.errors.FeatcacheError` (or an ``OSError``: disk full, permission denied) is printed
 as ``error: <file>: <reason>`` and exits 2, with no traceback unless ``--debug``; Ctrl-C exits 130
-after saying that finished work is kept.
+after saying what the interrupted command keeps (each command states its own message).
+
+Library code speaks of keyword arguments (``overwrite=True``, ``part='1/3'``, ``weights=PATH``)
+because that is what a Python caller passes; :func:`flag_spelling` turns those tokens into the
+command's own flags (``--overwrite``, ``--part 1/3``, ``--weights PATH``) for a command-line user.
 """
 
 from __future__ import annotations
 
+import re
+import shlex
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import typer
 
@@ -17,14 +24,71 @@ from .errors import FeatcacheError
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
+# What the extractor says on Ctrl-C (the default, for its commands): its shards are committed one by one.
+RESUME_MESSAGE = "interrupted: finished shards are kept; run the same command again to resume"
+
+# ``name=value``: a keyword argument as library messages write it. The value is a quoted string, or
+# a bare token (True, 3, 1e-4, PATH, 0/4) up to a space or the punctuation that ends a clause
+# (a trailing ':' or '.' is the sentence's, not the value's).
+_KEYWORD = re.compile(r"(?<![\w.-])([a-z_][a-z0-9_]*)=('[^']*'|\"[^\"]*\"|[^\s,;()]*[^\s,;():.])")
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
     print(f"warning: {message}", file=sys.stderr)
 
 
-def run_cli(job: Callable[[], None], *, debug: bool = False) -> None:
-    """Run ``job`` the way a command-line user expects."""
+def _flag(param: Any, value: str) -> str:
+    """The command-line spelling of the option ``param`` set to ``value`` (as written in a library message)."""
+    if getattr(param, "is_bool_flag", False):
+        if value == "True":
+            return param.opts[0]
+        if value == "False" and param.secondary_opts:
+            return param.secondary_opts[0]
+        return param.opts[0] if value != "False" else f"{param.opts[0]}=False"
+    if value[:1] in "'\"" and value[-1:] == value[:1] and len(value) >= 2:
+        inner = value[1:-1]
+        value = inner if inner and shlex.quote(inner) == inner else value
+    return f"{param.opts[0]} {value}"
+
+
+def flag_spelling(message: str, params: Iterable[Any]) -> str:
+    """``message`` with every ``name=value`` token that names one of ``params``' options rewritten as
+    the flag (``overwrite=True`` -> ``--overwrite``, ``progress=False`` -> ``--no-progress``,
+    ``part='1/3'`` -> ``--part 1/3``, ``weights=PATH`` -> ``--weights PATH``). Names the command does
+    not have (another stage's arguments) are left as they are."""
+    options = {p.name: p for p in params if p.name and p.opts and p.opts[0].startswith("-")}
+    if not options:
+        return message
+
+    def rewrite(m: re.Match[str]) -> str:
+        param = options.get(m[1])
+        return m[0] if param is None else _flag(param, m[2])
+
+    return _KEYWORD.sub(rewrite, message)
+
+
+def _command_params() -> list[Any]:
+    """The click parameters (``.name``, ``.opts``, ``.secondary_opts``, ``.is_bool_flag``) of the typer
+    command being run; none outside a command (a worker process, a library call)."""
+    try:  # recent typer carries its own copy of click
+        from typer._click.globals import get_current_context
+    except ImportError:
+        from click import get_current_context
+    ctx = get_current_context(silent=True)
+    return list(ctx.command.params) if ctx is not None else []
+
+
+def run_cli(
+    job: Callable[[], None],
+    *,
+    debug: bool = False,
+    params: Iterable[Any] | None = None,
+    interrupted: str = RESUME_MESSAGE,
+) -> None:
+    """Run ``job`` the way a command-line user expects; ``interrupted`` is printed on Ctrl-C.
+
+    ``params`` are the command's parameters, used to spell library messages' ``name=value`` tokens
+    as flags; by default those of the click command being invoked."""
     if not debug:
         warnings.showwarning = _one_line_warning
     try:
@@ -32,7 +96,8 @@ def run_cli(job: Callable[[], None], *, debug: bool = False) -> None:
     except FeatcacheError as exc:
         if debug:
             raise
-        typer.echo(f"error: {exc}", err=True)
+        message = flag_spelling(str(exc), _command_params() if params is None else params)
+        typer.echo(f"error: {message}", err=True)
         raise typer.Exit(EXIT_ERROR) from None
     except OSError as exc:  # a disk or permission problem: the file and the reason, not a traceback
         if debug:
@@ -41,5 +106,5 @@ def run_cli(job: Callable[[], None], *, debug: bool = False) -> None:
         typer.echo(f"error: {where}{exc.strerror or exc}", err=True)
         raise typer.Exit(EXIT_ERROR) from None
     except KeyboardInterrupt:
-        typer.echo("interrupted: finished shards are kept; run the same command again to resume", err=True)
+        typer.echo(interrupted, err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None

@@ -79,15 +79,10 @@ def test_odd_images_are_decoded_right_and_bad_ones_recorded(zoo, tmp_path):
     report = extract(root, tmp_path / "c", shard_size=5)
     m = json.loads((tmp_path / "c" / "manifest.json").read_text())
     failed = {f["id"]: f["reason"] for f in m["failed"]}
-    assert failed == {
-        "bad/broken.jpg": "broken symlink",
-        "bad/random.jpg": failed["bad/random.jpg"],
-        "bad/text.png": failed["bad/text.png"],
-        "bad/truncated.jpg": failed["bad/truncated.jpg"],
-        "bad/zero.jpg": "empty file (0 bytes)",
-    }
-    for key in ("bad/random.jpg", "bad/text.png", "bad/truncated.jpg"):
-        assert failed[key].startswith("cannot decode: "), failed[key]
+    assert set(failed) == {"bad/broken.jpg", "bad/random.jpg", "bad/text.png", "bad/truncated.jpg", "bad/zero.jpg"}
+    assert failed["bad/broken.jpg"] == "broken symlink" and failed["bad/zero.jpg"] == "empty file (0 bytes)"
+    for key in ("bad/random.jpg", "bad/text.png", "bad/truncated.jpg"):  # the decoder's own words follow
+        assert failed[key].startswith("cannot decode: ") and len(failed[key]) > len("cannot decode: "), failed[key]
     assert report.rows == len(expect) and m["complete"]
     rows = FeatureCache(tmp_path / "c").load_pooled()
     assert sorted(rows.id.tolist()) == sorted(expect)

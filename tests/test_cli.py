@@ -149,7 +149,7 @@ def test_imagenet_offline_says_where_to_put_the_file(monkeypatch, tmp_path):
         WeightsUnavailableError,
         match=(
             r"keras/models/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1\.0_224_no_top\.h5: "
-            r"ImageNet weights .* not in Keras' cache .*--weights PATH .*FEATCACHE_WEIGHTS"
+            r"ImageNet weights .* not in Keras' cache .*weights=PATH .*FEATCACHE_WEIGHTS"
         ),
     ):
         backbones.resolve_weights(spec, "imagenet")

@@ -94,10 +94,11 @@ def test_resume_after_stop_equals_uninterrupted_run(tmp_path, sample_dir, tiny_c
     assert first.shards_written == 2 and first.shards_left == 2
     m = json.loads((cache / "manifest.json").read_text())
     assert not m["complete"] and [s["shard"] for s in m["shards"]] == [0, 1]
-    # What a kill leaves behind: a partial temp file and a finished shard the manifest never got.
+    # What a kill leaves behind: a partial temp file, a finished shard the manifest never got, and
+    # garbage under a final shard name: each is redone, none is trusted or kept.
     (cache / "shards" / ".shard-00002.h5.tmp-999").write_bytes(b"partial")
+    (cache / "shards" / "shard-00002.h5").write_bytes(b"garbage from a killed run")
     shutil.copy(tiny_cache / "shards" / "shard-00003.h5", cache / "shards" / "shard-00003.h5")
-    (cache / "shards" / "shard-00003.h5").write_bytes(b"garbage from a killed run")
     second = extract(sample_dir, cache)
     assert second.shards_kept == 2 and second.shards_written == 2
     a, b = read_shards(tiny_cache), read_shards(cache)
@@ -150,7 +151,7 @@ def test_bad_inputs_are_recorded_and_the_rest_written(tmp_path, sample_dir):
 
 def test_strict_stops_at_first_bad_input_and_keeps_finished_shards(tmp_path, sample_dir):
     src = _bad_sample(tmp_path, sample_dir)
-    with pytest.raises(BadInputError, match=r"circle/notes\.jpg: cannot decode: Unknown image file format.*--strict"):
+    with pytest.raises(BadInputError, match=r"circle/notes\.jpg: cannot decode: Unknown image .*strict=True"):
         extract(src, tmp_path / "c", strict=True)
     m = json.loads((tmp_path / "c" / "manifest.json").read_text())
     # circle/notes.jpg is input 10 (after 5 checker and 5 circle images): shard 2 of 4. Shards 0 and 1
@@ -219,7 +220,7 @@ def test_changed_inputs_are_refused_on_resume_saying_what_changed(tmp_path, samp
     with pytest.raises(
         SourceMismatchError,
         match=rf"the inputs changed since the cache was made from .*: {message}; "
-        r"run with --overwrite to start over",
+        r"run with overwrite=True to start over",
     ):
         extract(src, tmp_path / "c")
     assert [s.shard for s in FeatureCache(tmp_path / "c").shards] == [0]  # nothing lost

@@ -101,3 +101,20 @@ def test_poolings_against_numpy():
     np.testing.assert_allclose(pooling.max_pool(maps), m.max(axis=(1, 2)), rtol=1e-6)
     np.testing.assert_allclose(pooling.mean_max(maps)[:, 8:], m.max(axis=(1, 2)), rtol=1e-6)
     assert pooling.gem(maps, 50.0).max() <= m.max() and np.allclose(pooling.gem(maps, 50.0), m.max((1, 2)), rtol=0.05)
+
+
+def test_report_picks_the_simplest_head_within_noise_and_says_so():
+    from featcache.trainer.report import best_head, leaderboard
+
+    def row(name: str, kind: str, hidden: int, acc: float, tta: float | None = None) -> dict:
+        return {"name": name, "config": {"kind": kind, "hidden": hidden}, "val_acc": acc, "val_loss": 1.0,
+                "test_acc": acc, "best_epoch": 1, "val_acc_tta": tta, "test_acc_tta": tta, "use_tta": tta is not None
+                and tta > acc, "views": 2}  # fmt: skip
+
+    mlp, linear = row("mlp", "mlp", 512, 0.800), row("linear", "linear", 0, 0.795)
+    assert best_head([mlp, linear], 1000)["name"] == "linear"  # 0.5 points apart on 1,000 rows: a tie
+    assert best_head([mlp, row("linear", "linear", 0, 0.70)], 1000)["name"] == "mlp"
+    assert best_head([mlp, row("linear", "linear", 0, 0.70, tta=0.80)], 1000)["name"] == "linear"  # TTA counts
+    board = leaderboard([mlp, linear], 1000).splitlines()
+    assert board[1].startswith("  1~") and board[1].endswith("linear") and "[0.774,0.824]" in board[2]
+    assert "TTA x2" in leaderboard([row("l", "linear", 0, 0.7, tta=0.8)], 1000)

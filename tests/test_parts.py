@@ -93,7 +93,7 @@ def test_missing_part_is_named_and_the_rest_is_usable(sample_dir, single, tmp_pa
     assert any("incomplete: 3 of 8" in n for n in v.notes)
     c = FeatureCache(cache)
     assert [s.shard for s in c.shards] == [0, 2, 3, 5, 6]
-    with pytest.raises(FeatcacheError, match=r"3 of 8 shards missing \(1, 4, 7\).*--allow-partial"):
+    with pytest.raises(FeatcacheError, match=r"3 of 8 shards missing \(1, 4, 7\).*allow_partial=True"):
         c.require_complete()
     train = [
         sys.executable,
@@ -129,9 +129,9 @@ def test_same_or_overlapping_part_is_refused_while_running(sample_dir, tmp_path)
         report = extract(sample_dir, cache, shard_size=SHARD, part=Part(0, 2))  # a disjoint part runs
         assert report.shards_written == 3 and report.shards_kept == 1
         assert "part 1/2: shards 1, 3, 5, 7 (running: pid" in finalize(cache).summary()
-        with pytest.raises(CacheLockedError, match="part 1/2 is being written by pid .* run verify --fix when no"):
+        with pytest.raises(CacheLockedError, match="part 1/2 is being written by pid .* with fix=True when no"):
             fix(cache, verify(cache))
-    with pytest.raises(FeatcacheError, match="--overwrite with --part 1/2 would let each worker delete"):
+    with pytest.raises(FeatcacheError, match="overwrite=True with part='1/2' would let each worker delete"):
         extract(sample_dir, cache, shard_size=SHARD, part=Part(1, 2), overwrite=True)
 
 
@@ -169,11 +169,11 @@ def test_gpu_workers_are_pinned_one_gpu_each(monkeypatch):
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5,6")
     assert choose_gpus("all") == ["3", "5", "6"] and choose_gpus("2") == ["3", "5"]
-    with pytest.raises(FeatcacheError, match="--gpus 4: 3 GPUs visible"):
+    with pytest.raises(FeatcacheError, match="gpus='4': 3 GPUs visible"):
         choose_gpus("4")
     assert [worker_env(Part(i, 3), ["3", "5", "6"])["CUDA_VISIBLE_DEVICES"] for i in range(3)] == ["3", "5", "6"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    with pytest.raises(FeatcacheError, match="0 GPUs visible.*use --workers N"):
+    with pytest.raises(FeatcacheError, match="0 GPUs visible.*use workers=N"):
         choose_gpus("all")
 
 
@@ -209,9 +209,9 @@ def test_finalize_and_worker_options_give_one_line_errors(tmp_path, sample_dir):
     assert not (tmp_path / "nowhere").exists()  # nothing created
     for args, message in (
         (["--part", "3/2"], "part 3/2: expected I/N with 0 <= I < N"),
-        (["--part", "0/2", "--workers", "2"], "--part runs one worker"),
-        (["--gpus", "all", "--runner", "ray"], "--gpus is for local workers"),
-        (["--workers", "2", "--overwrite"], "--overwrite cannot be combined with several workers"),
+        (["--part", "0/2", "--workers", "2"], "error: --part I/N runs one worker; --workers N, --gpus all and"),
+        (["--gpus", "all", "--runner", "ray"], "error: --gpus all is for local workers; with --runner ray, Ray gives"),
+        (["--workers", "2", "--overwrite"], ": --overwrite cannot be combined with several workers"),
     ):
         p = run(*extract_command(sample_dir, tmp_path / "c", *args))
         assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)

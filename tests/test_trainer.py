@@ -12,7 +12,8 @@ from conftest import REAL_WEIGHTS, extract, synthetic_cache
 
 from featcache.shared.cache.reader import FeatureCache
 from featcache.shared.errors import FeatcacheError
-from featcache.trainer.run import Settings, run_sweep
+from featcache.trainer.run import run_sweep
+from featcache.trainer.settings import Settings
 from featcache.trainer.sweep import HeadConfig, expand, load_sweep_file
 
 FAST = Settings(epochs=15, batch_size=64, patience=5, seed=0)
@@ -142,7 +143,7 @@ def test_sweep_file_and_grid(tmp_path):
         "mlp-h16-do0.1-lr0.01-wd0-ls0",
     ]
     assert len(expand({"head": ["linear"], "hidden": [8, 16], "dropout": [0, 0.5]})) == 1  # unused keys collapse
-    with pytest.raises(FeatcacheError, match="unknown head kind 'cnn'"):
+    with pytest.raises(FeatcacheError, match="head='cnn': unknown head kind"):
         expand({"head": ["cnn"]})
 
 
@@ -276,7 +277,7 @@ def test_trainer_on_a_damaged_cache_names_the_shard_and_writes_no_results(tmp_pa
         text=True,
     )
     assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, p.stderr
-    assert not list((tmp_path / "runs").rglob("results.json")) if (tmp_path / "runs").exists() else True
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == []  # no run, not even a staging folder
 
 
 def _mix_fingerprint(path: Path) -> None:
@@ -286,3 +287,120 @@ def _mix_fingerprint(path: Path) -> None:
         fp = json.loads(f.attrs["fingerprint"])
         fp["weights_sha256"] = "random:7"
         f.attrs["fingerprint"] = json.dumps(fp)
+
+
+def _conjunction_maps(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``(n, 7, 7, 4)`` maps, near zero but at two random positions: class 0 lights channels (0, 1) at one
+    and (2, 3) at the other, class 1 (0, 2) and (1, 3). Every channel sums to 1 in every map, so the
+    mean over positions is the same for both classes: only a head that looks at positions separately
+    can tell them apart."""
+    y = (np.arange(n) % 2).astype(np.int32)
+    maps = rng.normal(0, 0.05, (n, 49, 4)).astype(np.float32)
+    for i in range(n):
+        p, q = rng.choice(49, 2, replace=False)
+        a, b = ((0, 1), (2, 3)) if y[i] == 0 else ((0, 2), (1, 3))
+        maps[i, p, a] += 1
+        maps[i, q, b] += 1
+    return maps.reshape(n, 7, 7, 4), y
+
+
+def _fit(group, x: np.ndarray, y: np.ndarray, epochs: int, batch: int = 50) -> None:
+    active = np.ones(group.k, bool)
+    for e in range(epochs):
+        for b in range(0, len(y), batch):
+            group.train_step(x[b : b + batch], y[b : b + batch], active, (0, e * 1000 + b))
+
+
+def test_map_head_reads_positions_where_a_mean_pool_sees_nothing():
+    from featcache.trainer.engine import HeadGroup
+
+    rng = np.random.default_rng(0)
+    x, y = _conjunction_maps(600, rng)
+    train, test = slice(0, 400), slice(400, 600)
+    pooled = x.mean(axis=(1, 2))
+    linear = HeadGroup([HeadConfig("linear", 1e-2)], 4, 2, seed=0)
+    _fit(linear, pooled[train], y[train], 30)
+    mapped = HeadGroup([HeadConfig("map", 1e-2, hidden=16)], 4, 2, seed=0)
+    _fit(mapped, x[train], y[train], 30)
+    acc = lambda g, inputs: float((g.predict(inputs)[0].argmax(-1) == y[test]).mean())  # noqa: E731
+    assert acc(linear, pooled[test]) <= 0.65  # chance is 0.5: the mean pool holds no class information
+    assert acc(mapped, x[test]) >= 0.9
+    # the forward pass against a hand computation: 1x1 conv + ReLU, softmax attention over the 49 positions
+    w = mapped.head_weights(0)
+    f = np.maximum(x[test].reshape(200, 49, 4) @ w["W1"] + w["b1"], 0)  # (n, P, h)
+    s = f @ w["a"]
+    att = np.exp(s - s.max(1, keepdims=True))
+    att /= att.sum(1, keepdims=True)
+    logits = np.einsum("np,nph->nh", att, f) @ w["W2"] + w["b2"]
+    want = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(mapped.predict(x[test])[0], want / want.sum(1, keepdims=True), atol=1e-5)
+    assert att.max() > 0.2  # attention concentrates on the lit positions (uniform would be 1/49)
+
+
+def test_dropout_is_active_in_training_only():
+    from featcache.trainer.engine import HeadGroup
+
+    g = HeadGroup([HeadConfig("mlp", 1e-3, hidden=8), HeadConfig("mlp", 1e-3, hidden=8, dropout=0.5)], 6, 8, seed=0)
+    g.params["W2"].assign(np.broadcast_to(np.eye(8, dtype=np.float32), (2, 8, 8)))  # logits = hidden units
+    x = np.random.default_rng(0).normal(size=(16, 6)).astype(np.float32)
+    w = g.head_weights(1)
+    hidden = np.maximum(x @ w["W1"] + w["b1"], 0)
+    evaluated = g.logits(x).numpy()
+    np.testing.assert_allclose(evaluated[1], hidden, rtol=1e-5, atol=1e-6)  # no dropout outside training
+    trained = g.logits(x, training=True, seed=(0, 1)).numpy()
+    np.testing.assert_allclose(trained[0], evaluated[0], rtol=1e-6)  # dropout 0: unchanged
+    dropped = trained[1] == 0
+    live = hidden > 0
+    assert 0.3 < dropped[live].mean() < 0.7  # about half the live units dropped...
+    np.testing.assert_allclose(trained[1][~dropped], 2 * hidden[~dropped], rtol=1e-5)  # ...the rest scaled by 1/keep
+    np.testing.assert_array_equal(g.logits(x, training=True, seed=(0, 1)).numpy(), trained)  # seeded
+    assert not np.array_equal(g.logits(x, training=True, seed=(0, 2)).numpy()[1], trained[1])
+
+
+def _random_label_dataset(n: int = 240, dim: int = 16):
+    from featcache.trainer.data import Dataset, Split
+
+    rng = np.random.default_rng(1)
+
+    def split(rows: int) -> Split:
+        ids = np.array([f"r{i}" for i in range(rows)], object)
+        return Split(
+            np.arange(rows),
+            ids,
+            rng.integers(0, 3, rows).astype(np.int32),
+            rng.normal(size=(rows, dim)).astype(np.float32),
+        )
+
+    return Dataset(["a", "b", "c"], split(n), split(n // 2), split(n // 2), False, 0)
+
+
+def test_early_stopping_stops_patience_epochs_after_the_best_and_restores_it(monkeypatch):
+    from featcache.trainer.engine import HeadGroup
+    from featcache.trainer.loop import train
+
+    ds = _random_label_dataset()  # nothing to learn: val accuracy wanders and heads stop early
+    configs = [HeadConfig("linear", 3e-2), HeadConfig("linear", 3e-3)]
+    settings = Settings(epochs=40, batch_size=32, patience=3, seed=0, standardize=False)
+    out = train(ds, configs, settings, progress=False)
+    group = out.states[0].group
+    for k, h in enumerate(out.heads):
+        best, best_acc, best_loss = 0, -1.0, np.inf  # the rule: a better val accuracy, or as good with lower loss
+        for e in h["epochs"]:
+            if e["val_acc"] > best_acc or (e["val_acc"] == best_acc and e["val_loss"] < best_loss):
+                best, best_acc, best_loss = e["epoch"], e["val_acc"], e["val_loss"]
+        assert h["best_epoch"] == best and h["val_acc"] == best_acc
+        assert len(h["epochs"]) == min(settings.epochs, best + settings.patience)  # stopped right on time
+        restored_loss, restored_acc = group.evaluate([(ds.val.pooled, ds.val.y)])
+        assert restored_acc[k] == best_acc and abs(restored_loss[k] - best_loss) < 1e-5
+    assert any(len(h["epochs"]) < settings.epochs for h in out.heads)
+    # restored weights equal those at the end of the best epoch: train again for exactly that many epochs
+    for k, h in enumerate(out.heads):
+        again = train(ds, configs, Settings(**{**settings.__dict__, "epochs": h["best_epoch"], "patience": 99}), False)
+        np.testing.assert_array_equal(again.states[0].group.head_weights(k)["W"], group.head_weights(k)["W"])
+    # ...and differ from the last epoch's: without the restore, the weights are not the best epoch's
+    monkeypatch.setattr(HeadGroup, "restore_best", lambda self: None)
+    last = train(ds, configs, settings, progress=False).states[0].group
+    stopped_late = [k for k, h in enumerate(out.heads) if len(h["epochs"]) > h["best_epoch"]]
+    assert stopped_late and all(
+        not np.array_equal(last.head_weights(k)["W"], group.head_weights(k)["W"]) for k in stopped_late
+    )

@@ -13,7 +13,8 @@ from featcache.shared.cache.reader import FeatureCache
 from featcache.shared.cache.writer import CacheWriter, storage_options
 from featcache.trainer import views as tviews
 from featcache.trainer.data import load_dataset
-from featcache.trainer.run import Settings, train
+from featcache.trainer.loop import train
+from featcache.trainer.settings import Settings
 from featcache.trainer.sweep import expand
 
 VIEWS = 3
@@ -57,9 +58,9 @@ def test_tta_equals_mean_of_per_view_probabilities(tmp_path):
     assert ds.train.views.shape == (120, VIEWS, 1280)
     np.testing.assert_array_equal(ds.val.views[:, 0], ds.val.pooled)
     out = train(ds, expand({"head": ["linear"], "lr": [1e-3, 1e-2]}), Settings(epochs=3, seed=0), progress=False)
-    mean, std = out["mean_std"]
-    for k, head in enumerate(out["heads"]):
-        w = out["groups"][0].head_weights(k)
+    mean, std = out.mean_std
+    for k, head in enumerate(out.heads):
+        w = out.states[0].group.head_weights(k)
         by_hand = []
         for split in (ds.val, ds.test):
             per_view = []
@@ -72,7 +73,7 @@ def test_tta_equals_mean_of_per_view_probabilities(tmp_path):
         assert (head["val_acc_tta"], head["test_acc_tta"]) == (by_hand[0], by_hand[1])
         assert head["use_tta"] == (head["val_acc_tta"] > head["val_acc"])
     # the noise is per view, so averaging three views beats one on this data
-    assert any(h["use_tta"] for h in out["heads"])
+    assert any(h["use_tta"] for h in out.heads)
 
 
 def test_training_feeds_each_row_through_its_epochs_view(tmp_path, monkeypatch):
@@ -85,7 +86,7 @@ def test_training_feeds_each_row_through_its_epochs_view(tmp_path, monkeypatch):
     real = HeadGroup.train_step
     monkeypatch.setattr(HeadGroup, "train_step", lambda self, x, *a: seen.append(np.array(x)) or real(self, x, *a))
     out = train(ds, expand({}), Settings(epochs=2, batch_size=1000, seed=3), progress=False)
-    mean, std = out["mean_std"]
+    mean, std = out.mean_std
     for epoch, x in enumerate(seen, 1):
         which = tviews.epoch_views(len(ds.train), VIEWS, 3, epoch)
         assert len(set(which.tolist())) == VIEWS
@@ -95,4 +96,6 @@ def test_training_feeds_each_row_through_its_epochs_view(tmp_path, monkeypatch):
 def test_views_off_or_absent_scores_view_0_only(tmp_path):
     cache = FeatureCache(views_cache(tmp_path / "c", n=60))
     out = train(load_dataset(cache), expand({}), Settings(epochs=1), progress=False)
-    assert out["heads"][0]["val_acc_tta"] is None and not out["heads"][0]["use_tta"]
+    assert out.heads[0]["val_acc_tta"] is None and not out.heads[0]["use_tta"]
+    out = train(load_dataset(cache, views=True), expand({}), Settings(epochs=1, views=False), progress=False)
+    assert out.heads[0]["val_acc_tta"] is None

@@ -1,7 +1,11 @@
 """Stage 2 of featcache: sweeps of cheap heads trained from a cache, never touching the backbone.
 
-``sweep`` (the grid as data) -> ``data`` (splits from the cache) -> ``engine`` (heads of one kind
-stacked and trained as one) composed by ``run`` (epochs, early stopping, results); ``keras_heads``
-turns a trained head into a Keras model (alone, or stacked onto its backbone for export); ``cli`` is
-``featcache-train``. It reads caches through :mod:`shared` only and never imports :mod:`extractor`.
+One job per module: ``settings`` (every default, and the one check of every value), ``kinds`` (the
+registry of head kinds), ``sweep`` (the grid as data), ``data`` (splits from the cache), ``engine``
+(heads of one kind stacked and trained as one), ``loop`` (epochs, early stopping, best-epoch restore),
+``report`` (ranking), ``plot``, ``rundir`` (writing and reading a run directory, docs/run-format.md),
+``identity`` (what a run trained on), ``run`` (one sweep end to end), ``predict`` (predict and export
+from a run), ``keras_heads`` (a trained head as a Keras model), ``api`` (the Python API) and ``cli``
+(``featcache-train``, a thin layer over ``api``). It reads caches through :mod:`shared` only and never
+imports :mod:`extractor`.
 """

@@ -1,7 +1,7 @@
 """``featcache-train``: sweeps of heads on a cache, and what to do with the winner.
 
 \b
-    featcache-train CACHE [options]            train a sweep (also: featcache-train train CACHE ...)
+    featcache-train [options] CACHE [options]  train a sweep (also: featcache-train train CACHE ...)
     featcache-train export RUN_DIR OUT.keras   best head + backbone as one Keras model
     featcache-train predict RUN_DIR OUT.csv    class probabilities for cache rows
 
@@ -10,22 +10,55 @@ TensorFlow is imported only once a command runs, so ``--help`` answers at once.
 
 from __future__ import annotations
 
-import csv
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
-import numpy as np
+import click
 import typer
+from typer.core import TyperGroup
 
 from ..shared.cli import run_cli
 from ..shared.errors import FeatcacheError
+from .kinds import HEAD_KINDS
+from .settings import DEFAULT_GRID, DEFAULT_RUNS, DEFAULT_TOP, DEFAULTS, SettingError
 
-app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None, no_args_is_help=True)
-SUBCOMMANDS = ("train", "export", "predict")
+INTERRUPTED = "interrupted: nothing of this sweep was kept (runs are written whole or not at all)"
 
-ListOpt = lambda help: typer.Option(help=help + " Comma-separated list: one head per combination.")  # noqa: E731
+
+class TrainByDefault(TyperGroup):
+    """``featcache-train ARGS`` is ``featcache-train train ARGS`` unless ARGS start with another
+    command (or ask for the overview), so options work before or after CACHE."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["train", *args]
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None, no_args_is_help=True, cls=TrainByDefault)
+
+
+def _list(help: str, key: str) -> typer.models.OptionInfo:
+    default = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in DEFAULT_GRID[key])
+    return typer.Option(help=f"{help} Comma-separated list: one head per combination.", show_default=default)
+
+
+def _setting(help: str, key: str, *decls: str) -> typer.models.OptionInfo:
+    default = getattr(DEFAULTS, key)
+    shown = ("--" if default else "--no-") + key.replace("_", "-") if isinstance(default, bool) else str(default)
+    return typer.Option(*decls, help=help, show_default=shown)
+
+
+def _as_flag(exc: SettingError) -> FeatcacheError:
+    """A library error naming a Python argument (``epochs=0``), re-worded with its command-line flag."""
+    if exc.source is not None:
+        return exc
+    return FeatcacheError(f"--{exc.key.replace('_', '-')} {exc.value!r}: {exc.reason}")
+
+
 DebugOpt = Annotated[bool, typer.Option(help="Show the full traceback on errors.")]
+KINDS_HELP = "; ".join(f"{k.name} ({k.help})" for k in HEAD_KINDS.values())
 
 
 @app.command()
@@ -33,166 +66,109 @@ def train(
     cache: Annotated[
         Path, typer.Argument(help="The cache to train on (made by featcache-extract).", show_default=False)
     ],
-    head: Annotated[
-        Optional[str],
-        ListOpt(
-            (
-                "Head kinds: linear (softmax on pooled vectors), mlp (one hidden layer on pooled vectors), "
-                "map (1x1 conv + attention pooling on the 7x7 maps). Default linear."
-            )
-        ),
-    ] = None,
-    lr: Annotated[Optional[str], ListOpt("AdamW learning rates. Default 1e-3.")] = None,
-    weight_decay: Annotated[Optional[str], ListOpt("Decoupled weight decay on kernels. Default 0.")] = None,
-    hidden: Annotated[Optional[str], ListOpt("Hidden width of mlp heads / channels of map heads. Default 256.")] = None,
-    dropout: Annotated[Optional[str], ListOpt("Dropout before the last layer of mlp and map heads. Default 0.")] = None,
-    label_smoothing: Annotated[Optional[str], ListOpt("Label smoothing of the cross-entropy. Default 0.")] = None,
+    head: Annotated[Optional[str], _list(f"Head kinds: {KINDS_HELP}.", "head")] = None,
+    lr: Annotated[Optional[str], _list("AdamW learning rates.", "lr")] = None,
+    weight_decay: Annotated[Optional[str], _list("Decoupled weight decay on kernels.", "weight_decay")] = None,
+    hidden: Annotated[Optional[str], _list("Hidden width of mlp heads / channels of map heads.", "hidden")] = None,
+    dropout: Annotated[Optional[str], _list("Dropout before the last layer of mlp and map heads.", "dropout")] = None,
+    label_smoothing: Annotated[Optional[str], _list("Label smoothing of the cross-entropy.", "label_smoothing")] = None,
     sweep: Annotated[
         Optional[Path],
         typer.Option(
             help=(
-                "A TOML or JSON sweep file (grids and settings; see README). List options given here "
-                "override its grids' keys; settings given here override its settings."
+                "A TOML or JSON sweep file (grids and settings; see docs/run-format.md). List options given "
+                "here override its grids' keys; settings given here override its settings."
             )
         ),
     ] = None,
-    epochs: Annotated[
-        Optional[int], typer.Option(min=1, help="Maximum epochs per head. [default: 30]", show_default=False)
-    ] = None,
+    epochs: Annotated[Optional[int], _setting("Maximum epochs per head.", "epochs")] = None,
     batch_size: Annotated[
-        Optional[int],
-        typer.Option(min=1, help="Rows per step, the same batch fed to every head. [default: 256]", show_default=False),
+        Optional[int], _setting("Rows per step, the same batch fed to every head.", "batch_size")
     ] = None,
     patience: Annotated[
         Optional[int],
-        typer.Option(
-            min=1,
-            help=(
-                "Epochs without a better val accuracy before a head stops (its best epoch's weights are "
-                "kept). [default: 5]"
-            ),
-            show_default=False,
+        _setting(
+            "Epochs without a better val accuracy before a head stops (its best epoch's weights are kept).", "patience"
         ),
     ] = None,
     seed: Annotated[
         Optional[int],
-        typer.Option(
-            help=(
-                "Seed of initialisation, batch order and dropout: the same seed and cache give the same "
-                "results. [default: 0]"
-            ),
-            show_default=False,
+        _setting(
+            "Seed of initialisation, batch order and dropout: the same seed and cache give the same results.", "seed"
         ),
     ] = None,
     standardize: Annotated[
         Optional[bool],
-        typer.Option(
+        _setting(
+            "Standardise pooled inputs with the train split's mean and std (kept inside the saved head).",
+            "standardize",
             "--standardize/--no-standardize",
-            help=(
-                "Standardise pooled inputs with the train split's mean and std (kept inside the saved "
-                "head). [default: standardize]"
-            ),
-            show_default=False,
         ),
     ] = None,
     val_fraction: Annotated[
         Optional[float],
-        typer.Option(
-            help=(
-                "When the cache has no val rows, the fraction of train rows carved off as val (by a hash "
-                "of the id). [default: 0.1]"
-            ),
-            show_default=False,
+        _setting(
+            "When the cache has no val rows, the fraction of train rows carved off as val (by a hash of the id).",
+            "val_fraction",
         ),
     ] = None,
     max_maps_gb: Annotated[
-        float, typer.Option(help="Memory allowed for the maps of map heads (float16, ~125 KB per row).")
-    ] = 8.0,
-    allow_partial: Annotated[bool, typer.Option(help="Train on an unfinished cache (default: refuse).")] = False,
-    runs: Annotated[Path, typer.Option(help="Folder in which each sweep gets a new run directory.")] = Path("runs"),
-    top: Annotated[int, typer.Option(min=1, help="Heads shown in the leaderboard.")] = 10,
+        Optional[float], _setting("Memory allowed for the maps of map heads (float16, ~125 KB per row).", "max_maps_gb")
+    ] = None,
+    allow_partial: Annotated[
+        Optional[bool], _setting("Train on an unfinished cache (default: refuse).", "allow_partial", "--allow-partial")
+    ] = None,
+    views: Annotated[
+        Optional[bool],
+        _setting(
+            "On a cache extracted with --views: train pooled heads on every view (one per row per epoch) and "
+            "score them on view 0 and with test-time augmentation (mean over the views), the better on val "
+            "counting. No effect on a cache without views.",
+            "views",
+            "--views/--no-views",
+        ),
+    ] = None,
+    runs: Annotated[Path, typer.Option(help="Folder in which each sweep gets a new run directory.")] = DEFAULT_RUNS,
+    top: Annotated[int, typer.Option(min=1, help="Heads shown in the leaderboard.")] = DEFAULT_TOP,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     debug: DebugOpt = False,
 ) -> None:
     """Train every head of the grid in one pass over CACHE, pick the best on val, report it on test.
 
     Writes runs/<time>/: results.json, leaderboard.txt, plot.png (with matplotlib), best_head.keras
-    and heads.npz (every head's weights).
+    and heads.npz (every head's weights); see docs/run-format.md.
     """
+    from .sweep import parse_list
 
     def job() -> None:
-        from .run import Settings, leaderboard, run_sweep
-        from .sweep import DEFAULT_GRID, expand, load_sweep_file, parse_list
+        from . import api
 
-        lists = {
-            "head": head,
-            "lr": lr,
-            "weight_decay": weight_decay,
-            "hidden": hidden,
-            "dropout": dropout,
-            "label_smoothing": label_smoothing,
-        }
-        given = {k: parse_list(v, k) for k, v in lists.items() if v is not None}
-        grids, file_settings = load_sweep_file(sweep) if sweep else ([dict(DEFAULT_GRID)], {})
-        configs = list(dict.fromkeys(c for g in grids for c in expand({**g, **given})))
-        cli_settings = {
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "patience": patience,
-            "seed": seed,
-            "standardize": standardize,
-            "val_fraction": val_fraction,
-        }
-        settings = Settings(
-            **{**file_settings, **{k: v for k, v in cli_settings.items() if v is not None}},
-            max_maps_gb=max_maps_gb,
-            allow_partial=allow_partial,
-        )
-        run_dir, results = run_sweep(
-            cache,
-            configs,
-            settings,
-            runs,
-            ["featcache-train", *sys.argv[1:]],
-            log=lambda m: typer.echo(m, err=True),
-            progress=progress,
-        )
-        typer.echo(leaderboard(results, top))
-        if results["random_weights"]:
+        lists = dict(head=head, lr=lr, weight_decay=weight_decay, hidden=hidden, dropout=dropout)
+        lists["label_smoothing"] = label_smoothing
+        grid = {k: parse_list(v) for k, v in lists.items() if v is not None}
+        try:
+            result = api.train(
+                cache, sweep=sweep, **grid, epochs=epochs, batch_size=batch_size, patience=patience, seed=seed,
+                standardize=standardize, val_fraction=val_fraction, max_maps_gb=max_maps_gb,
+                allow_partial=allow_partial, views=views, runs=runs, progress=progress,
+                log=lambda m: typer.echo(m, err=True), command=["featcache-train", *sys.argv[1:]],
+            )  # fmt: skip
+        except SettingError as exc:
+            raise _as_flag(exc) from None
+        typer.echo(result.leaderboard(top))
+        if result.random_weights:
             typer.echo("WARNING: the cache was made with RANDOM weights: these accuracies are meaningless")
-        best = next(h for h in results["heads"] if h["name"] == results["best"])
-        test = "n/a" if best["test_acc"] is None else f"{best['test_acc']:.4f}"
+        best = result.best
+        test_acc = best.test_acc_tta if best.use_tta else best.test_acc
+        test = "n/a" if test_acc is None else f"{test_acc:.4f}"
+        scored = f" (TTA over {best.views} views)" if best.use_tta else ""
         typer.echo(
-            f"best: {best['name']}: val {best['val_acc']:.4f}, test {test}; {len(results['heads'])} heads "
-            f"in {results['wall_seconds']:.1f} s -> {run_dir}"
+            f"best: {best.name}{scored}: val {best.val_acc_tta if best.use_tta else best.val_acc:.4f}, test {test}; "
+            f"{len(result.heads)} heads "
+            f"in {result.wall_seconds:.1f} s -> {result.run_dir}"
         )
 
-    run_cli(job, debug=debug)
-
-
-def _head(run_dir: Path, results: dict[str, Any], name: Optional[str]):
-    """(config, Keras head model) of the run's best head, or of head ``name`` from heads.npz."""
-    from .keras_heads import head_model, load
-    from .run import BEST_HEAD, HEADS
-    from .sweep import POOLED_KINDS, HeadConfig
-
-    name = name or results["best"]
-    entry = next((h for h in results["heads"] if h["name"] == name), None)
-    if entry is None:
-        raise FeatcacheError(f"{run_dir}: no head named {name!r} (see leaderboard.txt)")
-    cfg = HeadConfig(**{k: v for k, v in entry["config"].items() if k != "name"})
-    if name == results["best"]:
-        return cfg, load(run_dir / BEST_HEAD)
-    z = np.load(run_dir / HEADS)
-    g = next(key[:-6] for key in z.files if key.endswith("_names") and name in z[key].tolist())
-    k = z[f"{g}_names"].tolist().index(name)
-    weights = {
-        key[len(g) + 1 :]: z[key][k] for key in z.files if key.startswith(g + "_") and not key.endswith("_names")
-    }
-    mean_std = (z["standardize_mean"], z["standardize_std"]) if "standardize_mean" in z.files else None
-    maps_shape = tuple(results["fingerprint"]["output_shape"])
-    in_shape = maps_shape[-1:] if cfg.kind in POOLED_KINDS else maps_shape
-    return cfg, head_model(cfg, weights, in_shape, len(results["classes"]), mean_std)
+    run_cli(job, debug=debug, interrupted=INTERRUPTED)
 
 
 @app.command()
@@ -220,38 +196,17 @@ def export(
     image (values 0-255) to class probabilities, preprocessing inside, loadable without featcache."""
 
     def job() -> None:
-        from ..shared.backbones import RANDOM_PREFIX, get_backbone, resolve_weights
-        from .keras_heads import full_model
-        from .run import load_results
+        from . import api
 
-        results = load_results(run_dir)
-        fp = results["fingerprint"]
-        spec = get_backbone(fp["backbone"])
-        recorded = fp["weights_sha256"]
-        if weights is not None:
-            w = resolve_weights(spec, weights)
-        elif recorded.startswith(RANDOM_PREFIX):
-            w = resolve_weights(spec, "random", int(recorded[len(RANDOM_PREFIX) :]))
-        else:
-            w = resolve_weights(spec, fp["weights_path"] if fp["weights_source"] == "file" else "imagenet")
-        if w.sha256 != recorded:
-            raise FeatcacheError(
-                f"{w.path}: weights sha256 {w.sha256[:12]} is not the cache's {recorded[:12]}: "
-                "pass --weights with the file the cache was made with"
-            )
-        cfg, head = _head(run_dir, results, head_name)
-        model = full_model(spec, w, cfg, head)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        model.save(out)
+        e = api.export(run_dir, out, head=head_name, weights=weights)
         typer.echo(
-            f"wrote {out}: {spec.name} + {cfg.name}, image {model.input_shape[1:]} -> "
-            f"{model.output_shape[-1]} class probabilities ({', '.join(results['classes'][:5])}"
-            f"{', ...' if len(results['classes']) > 5 else ''})"
+            f"wrote {e.out}: {e.backbone} + {e.head}, image {e.input_shape} -> {len(e.classes)} class probabilities "
+            f"({', '.join(e.classes[:5])}{', ...' if len(e.classes) > 5 else ''})"
         )
-        if w.random:
+        if e.random_weights:
             typer.echo("WARNING: RANDOM backbone weights: this model's predictions are meaningless")
 
-    run_cli(job, debug=debug)
+    run_cli(job, debug=debug, interrupted=f"interrupted: {out} was not written")
 
 
 @app.command()
@@ -272,70 +227,16 @@ def predict(
     """Class probabilities of the run's best head for cached rows, from their cached features."""
 
     def job() -> None:
-        from ..shared.cache.reader import FeatureCache
-        from ..shared.cache.split import split_names
-        from .run import load_results
-        from .sweep import POOLED_KINDS
+        from . import api
 
-        results = load_results(run_dir)
-        cache = FeatureCache(results["cache"])
-        cache.check_fingerprint(results["fingerprint"])
-        rows = cache.load_pooled()
-        names = split_names(rows.split).astype(str)
-        if ids is not None:
-            wanted = [s.strip() for s in ids.read_text().splitlines() if s.strip()]
-            pos = {v: k for k, v in enumerate(rows.id.tolist())}
-            missing = [i for i in wanted if i not in pos]
-            if missing:
-                raise FeatcacheError(f"{ids}: {len(missing)} ids are not in the cache (first: {missing[0]!r})")
-            sel = np.array([pos[i] for i in wanted], dtype=np.int64)
-        elif split == "all":
-            sel = np.arange(len(rows))
-        elif split in ("train", "val", "test"):
-            sel = np.flatnonzero(names == split)
-        else:
-            raise FeatcacheError(f"--split {split!r}: choose train, val, test or all")
-        cfg, model = _head(run_dir, results, head_name)
-        if cfg.kind in POOLED_KINDS:
-            x = rows.pooled[sel]
-        else:
-            order = {int(i): k for k, i in enumerate(rows.index[sel])}
-            x = np.empty((len(sel), *cache.maps_shape), np.float32)
-            for index, block in cache.iter_maps(indices=rows.index[sel], dtype="float32"):
-                x[[order[int(i)] for i in index]] = block
-        probs = model.predict(x, batch_size=256, verbose=0) if len(sel) else np.zeros((0, len(results["classes"])))
-        classes = results["classes"]
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with open(out, "w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
-            w.writerow(["index", "id", "label", "class", "split", "predicted", *[f"p_{c}" for c in classes]])
-            for k, p in zip(sel.tolist(), probs, strict=False):
-                lab = int(rows.label[k])
-                w.writerow(
-                    [
-                        int(rows.index[k]),
-                        rows.id[k],
-                        lab,
-                        classes[lab] if lab >= 0 else "",
-                        names[k],
-                        classes[int(np.argmax(p))],
-                        *[f"{v:.6f}" for v in p],
-                    ]
-                )
-        labelled = rows.label[sel] >= 0
-        acc = (
-            float((probs.argmax(-1)[labelled] == rows.label[sel][labelled]).mean()) if labelled.any() else float("nan")
-        )
-        typer.echo(f"wrote {out}: {len(sel)} rows, accuracy {acc:.4f} on the {int(labelled.sum())} labelled ones")
+        p = api.predict(run_dir, out, split=split, ids=ids, head=head_name)
+        typer.echo(f"wrote {p.out}: {p.rows} rows, accuracy {p.accuracy:.4f} on the {p.labelled} labelled ones")
 
-    run_cli(job, debug=debug)
+    run_cli(job, debug=debug, interrupted=f"interrupted: {out} may be incomplete")
 
 
 def main() -> None:
-    """``featcache-train CACHE ...`` trains; ``featcache-train export|predict ...`` as named."""
-    args = sys.argv[1:]
-    if args and args[0] not in SUBCOMMANDS and not args[0].startswith("-"):
-        sys.argv.insert(1, "train")
+    """``featcache-train [train] CACHE ...`` trains; ``featcache-train export|predict ...`` as named."""
     app()
 
 

@@ -7,10 +7,12 @@ blocks (``FeatureCache.iter_maps``), never row by row, into one float16 array pe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from ..shared.cache.reader import FeatureCache
+from ..shared.cache import schema
+from ..shared.cache.reader import FeatureCache, PooledRows
 from ..shared.cache.schema import SPLIT_CODES
 from ..shared.cache.split import hash_unit
 from ..shared.errors import FeatcacheError
@@ -51,6 +53,35 @@ class Dataset:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
 
 
+def shard_row(cache: FeatureCache, listing_index: int) -> tuple[Path, int]:
+    """The shard file holding the row at listing position ``listing_index``, and the row's position in it."""
+    for record in cache.shards:
+        if record.first_index <= listing_index < record.first_index + record.num_inputs:
+            with cache.open_shard(record) as f:
+                return cache.shard_path(record), int(np.flatnonzero(f[schema.INDEX][()] == listing_index)[0])
+    raise KeyError(listing_index)
+
+
+def require_finite(cache: FeatureCache, what: str, index: np.ndarray, values: np.ndarray) -> None:
+    """Raise, naming the shard and row, when a row of ``values`` ``(n, ...)`` (at listing positions
+    ``index`` ``(n,)``) holds a NaN or an infinity: one such row turns every head's weights into NaN."""
+    bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    if bad.any():
+        i = int(index[np.argmax(bad)])
+        path, row = shard_row(cache, i)
+        raise FeatcacheError(
+            f"{path}: row {row} (listing index {i}) has non-finite {what} values (NaN or inf; "
+            f"{int(bad.sum())} such rows here): the cache is damaged; re-extract this shard"
+        )
+
+
+def load_rows(cache: FeatureCache) -> PooledRows:
+    """Every pooled vector of the cache with its label, id, index and split, refusing non-finite ones."""
+    rows = cache.load_pooled()
+    require_finite(cache, schema.POOLED, rows.index, rows.pooled)
+    return rows
+
+
 def load_dataset(
     cache: FeatureCache, *, val_fraction: float = 0.1, allow_partial: bool = False, views: bool = False
 ) -> Dataset:
@@ -62,7 +93,7 @@ def load_dataset(
     """
     if not allow_partial:
         cache.require_complete()
-    rows = cache.load_pooled()
+    rows = load_rows(cache)
     labelled = rows.label >= 0
     if not labelled.any():
         raise FeatcacheError(
@@ -84,7 +115,10 @@ def load_dataset(
         val_carved = True
         notes.append(f"no val rows in the cache: {len(carve)} of {len(train_rows)} train rows carved off as val")
 
-    all_views = cache.load_pooled_views() if views and cache.views > 1 else None
+    all_views = None
+    if views and cache.views > 1:
+        all_views = cache.load_pooled_views()
+        require_finite(cache, schema.POOLED_VIEWS, rows.index, all_views)
 
     def part(name: str) -> Split:
         sel = labelled & (split == SPLIT_CODES[name])
@@ -97,7 +131,7 @@ def load_dataset(
     if len(ds.train) == 0:
         raise FeatcacheError(f"{cache.path}: no labelled train rows")
     if len(ds.val) == 0:
-        raise FeatcacheError(f"{cache.path}: no labelled val rows (raise --val-fraction)")
+        raise FeatcacheError(f"{cache.path}: no labelled val rows (raise val_fraction)")
     if len(ds.test) == 0:
         notes.append("no test rows: test accuracy is not reported")
     missing = [c for k, c in enumerate(ds.classes) if not np.any(ds.train.y == k)]
@@ -112,14 +146,21 @@ def load_maps(cache: FeatureCache, ds: Dataset, budget_gb: float) -> None:
     if need > budget_gb:
         raise FeatcacheError(
             f"{cache.path}: map heads need {need:.1f} GB of maps in memory, above "
-            f"--max-maps-gb {budget_gb:g}; raise it or train pooled heads only"
+            f"max_maps_gb={budget_gb:g}; raise it or train pooled heads only"
         )
     for s in (ds.train, ds.val, ds.test):
-        out = np.empty((len(s), *cache.maps_shape), np.float16)
-        pos = {int(i): k for k, i in enumerate(s.index)}
-        for index, block in cache.iter_maps(block_rows=MAPS_READ_ROWS, indices=s.index, dtype="float16"):
-            out[[pos[int(i)] for i in index]] = block
-        s.maps = out
+        s.maps = read_maps(cache, s.index, "float16")
+
+
+def read_maps(cache: FeatureCache, index: np.ndarray, dtype: str) -> np.ndarray:
+    """The maps ``(n, h, w, C)`` of the rows at listing positions ``index`` ``(n,)``, in that order,
+    read in large chunk-aligned blocks."""
+    out = np.empty((len(index), *cache.maps_shape), dtype)
+    pos = {int(i): k for k, i in enumerate(index)}
+    for block_index, block in cache.iter_maps(block_rows=MAPS_READ_ROWS, indices=index, dtype=dtype):
+        require_finite(cache, schema.MAPS, block_index, block)
+        out[[pos[int(i)] for i in block_index]] = block
+    return out
 
 
 def standardizer(train: Split) -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,7 @@ the weights of its best epoch are kept.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -186,3 +186,13 @@ class HeadGroup:
     def head_weights(self, i: int) -> dict[str, np.ndarray]:
         """Head ``i``'s parameters (without the head axis)."""
         return {name: self.params[name][i].numpy() for name in self.names}
+
+
+# The trainable group of each head kind (see kinds.py): a class with HeadGroup's interface (train_step,
+# evaluate, predict, keep_best, restore_best, head_weights, params, names, configs, k, kind).
+GROUPS: dict[str, Callable[..., HeadGroup]] = {"linear": HeadGroup, "mlp": HeadGroup, "map": HeadGroup}
+
+
+def make_group(configs: Sequence[HeadConfig], in_dim: int, n_classes: int, seed: int) -> HeadGroup:
+    """The group that trains ``configs`` (heads of one kind and width) together."""
+    return GROUPS[configs[0].kind](configs, in_dim, n_classes, seed)

@@ -1,4 +1,5 @@
-"""The sweep as data: a grid of head configurations, from command-line lists or a TOML/JSON file.
+"""The sweep as data: a grid of head configurations, from Python lists, command-line lists or a
+TOML/JSON file, and the one place where all of them are checked (:func:`resolve_sweep`).
 
 A sweep file holds the same keys as the command line's list options, at the top level and/or in
 ``[[grid]]`` tables; each table (or the top level when there is none) is expanded as a Cartesian
@@ -15,8 +16,8 @@ product and the results are concatenated::
     dropout = [0, 0.2]
     lr = [0.001]
 
-Keys a head kind does not use (``hidden`` and ``dropout`` for linear heads) are ignored for it, so a
-grid never holds two identical heads.
+Keys a head kind does not use (``hidden`` and ``dropout`` for linear heads; see
+:mod:`~featcache.trainer.kinds`) are neutralised for it, so a grid never holds two identical heads.
 """
 
 from __future__ import annotations
@@ -24,32 +25,25 @@ from __future__ import annotations
 import itertools
 import json
 import tomllib
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ..shared.errors import FeatcacheError
+from .kinds import HEAD_KINDS, reads_maps
+from .settings import DEFAULT_GRID, FILE_SETTING_KEYS, GRID_KEYS, SettingError, Settings, check_value, make_settings
 
-HEAD_KINDS = ("linear", "mlp", "map")
-# Which inputs each kind reads from the cache.
-POOLED_KINDS = ("linear", "mlp")
-GRID_KEYS = ("head", "lr", "weight_decay", "hidden", "dropout", "label_smoothing")
-SETTING_KEYS = ("epochs", "batch_size", "patience", "seed", "standardize", "val_fraction")
-DEFAULT_GRID: dict[str, list[Any]] = {
-    "head": ["linear"],
-    "lr": [1e-3],
-    "weight_decay": [0.0],
-    "hidden": [256],
-    "dropout": [0.0],
-    "label_smoothing": [0.0],
-}
+# A grid key's value when the head's kind does not read it.
+UNUSED = {"hidden": 0, "dropout": 0.0}
 
 
 @dataclass(frozen=True)
 class HeadConfig:
-    """One head: ``kind`` linear (softmax on pooled), mlp (one hidden ReLU layer of ``hidden`` units
-    on pooled) or map (1x1 conv to ``hidden`` channels on the maps, attention pooling, linear);
-    trained with AdamW at ``lr`` and decoupled ``weight_decay`` on kernels."""
+    """One head: ``kind`` (a name in :data:`~featcache.trainer.kinds.HEAD_KINDS`; linear, mlp with
+    ``hidden`` ReLU units, map with ``hidden`` channels and attention pooling), trained with AdamW at
+    ``lr`` and decoupled ``weight_decay`` on kernels, ``dropout`` before the last layer and
+    ``label_smoothing`` of the cross-entropy."""
 
     kind: str
     lr: float
@@ -60,7 +54,8 @@ class HeadConfig:
 
     @property
     def name(self) -> str:
-        shape = "" if self.kind == "linear" else f"-h{self.hidden}-do{self.dropout:g}"
+        keys = HEAD_KINDS[self.kind].shape_keys
+        shape = (f"-h{self.hidden}" if "hidden" in keys else "") + (f"-do{self.dropout:g}" if "dropout" in keys else "")
         return f"{self.kind}{shape}-lr{self.lr:g}-wd{self.weight_decay:g}-ls{self.label_smoothing:g}"
 
     @property
@@ -68,54 +63,60 @@ class HeadConfig:
         """Heads of one group have parameters of the same shapes and are trained stacked."""
         return (self.kind, self.hidden)
 
+    @property
+    def reads_maps(self) -> bool:
+        return reads_maps(self.kind)
+
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, **asdict(self)}
 
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> HeadConfig:
+        return cls(**{k: v for k, v in d.items() if k != "name"})
 
-def _check(key: str, values: list[Any]) -> list[Any]:
+
+def _values(key: str, raw: Any, source: Path | None) -> list[Any]:
+    values = list(raw) if isinstance(raw, list | tuple) else [raw]
     if not values:
-        raise FeatcacheError(f"sweep: {key} has no values")
-    if key == "head":
-        bad = [v for v in values if v not in HEAD_KINDS]
-        if bad:
-            raise FeatcacheError(f"sweep: unknown head kind {bad[0]!r}; choose from {', '.join(HEAD_KINDS)}")
-        return values
-    try:
-        out = [int(v) if key == "hidden" else float(v) for v in values]
-    except (TypeError, ValueError):
-        raise FeatcacheError(f"sweep: {key} values must be numbers, got {values!r}") from None
-    if key == "hidden" and any(v < 1 for v in out):
-        raise FeatcacheError("sweep: hidden must be at least 1")
-    if key == "lr" and any(v <= 0 for v in out):
-        raise FeatcacheError("sweep: lr must be positive")
-    if key in ("dropout", "label_smoothing") and any(not 0 <= v < 1 for v in out):
-        raise FeatcacheError(f"sweep: {key} must be in [0, 1)")
-    if key == "weight_decay" and any(v < 0 for v in out):
-        raise FeatcacheError("sweep: weight_decay must be >= 0")
-    return out
+        raise SettingError(key, raw, "has no values", source)
+    return [check_value(key, v, source) for v in values]
 
 
-def expand(grid: dict[str, list[Any]]) -> list[HeadConfig]:
-    """All configurations of one grid (missing keys take :data:`DEFAULT_GRID`), without duplicates."""
-    unknown = set(grid) - set(GRID_KEYS)
+def expand(grid: Mapping[str, Any], source: Path | None = None) -> list[HeadConfig]:
+    """All configurations of one grid (key -> value or list; missing keys take :data:`DEFAULT_GRID`),
+    every value checked, without duplicates."""
+    unknown = sorted(set(grid) - set(GRID_KEYS))
     if unknown:
-        raise FeatcacheError(f"sweep: unknown key {sorted(unknown)[0]!r}; grid keys are {', '.join(GRID_KEYS)}")
-    g = {k: _check(k, list(grid.get(k, DEFAULT_GRID[k]))) for k in GRID_KEYS}
+        k = unknown[0]
+        raise SettingError(k, grid[k], f"unknown grid key; grid keys are {', '.join(GRID_KEYS)}", source)
+    g = {k: _values(k, grid.get(k, DEFAULT_GRID[k]), source) for k in GRID_KEYS}
     out: dict[HeadConfig, None] = {}
-    for head, lr, wd, hidden, dropout, ls in itertools.product(*(g[k] for k in GRID_KEYS)):
-        if head == "linear":
-            hidden, dropout = 0, 0.0
-        out[HeadConfig(head, lr, wd, hidden, dropout, ls)] = None
+    for combo in itertools.product(*(g[k] for k in GRID_KEYS)):
+        values = dict(zip(GRID_KEYS, combo, strict=True))
+        kind = HEAD_KINDS[values.pop("head")]
+        values.update({k: v for k, v in UNUSED.items() if k not in kind.shape_keys})
+        out[HeadConfig(kind.name, **values)] = None
     return list(out)
 
 
-def parse_list(text: str, key: str) -> list[Any]:
-    """``"1e-3,3e-3"`` -> ``[0.001, 0.003]`` (checked for ``key``)."""
-    return _check(key, [v.strip() for v in text.split(",") if v.strip()])
+def parse_text(text: str) -> Any:
+    """One command-line list item as a Python value: a whole number, a real number, or the text."""
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    return text
 
 
-def load_sweep_file(path: Path) -> tuple[list[dict[str, list[Any]]], dict[str, Any]]:
-    """``(grids, settings)`` from a TOML or JSON sweep file."""
+def parse_list(text: str) -> list[Any]:
+    """``"1e-3,3e-3"`` -> ``[0.001, 0.003]`` (items parsed by :func:`parse_text`, checked later)."""
+    return [parse_text(v.strip()) for v in text.split(",") if v.strip()]
+
+
+def load_sweep_file(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``(grids, settings)`` from a TOML or JSON sweep file, its structure checked (values are checked
+    by :func:`resolve_sweep`)."""
     try:
         text = path.read_bytes()
         data = tomllib.loads(text.decode()) if path.suffix.lower() == ".toml" else json.loads(text)
@@ -123,11 +124,42 @@ def load_sweep_file(path: Path) -> tuple[list[dict[str, list[Any]]], dict[str, A
         raise FeatcacheError(f"{path}: cannot read sweep file ({exc})") from None
     if not isinstance(data, dict):
         raise FeatcacheError(f"{path}: a sweep file is a table/object of keys")
-    unknown = set(data) - set(GRID_KEYS) - set(SETTING_KEYS) - {"grid"}
+    unknown = sorted(set(data) - set(GRID_KEYS) - set(FILE_SETTING_KEYS) - {"grid"})
     if unknown:
-        raise FeatcacheError(f"{path}: unknown key {sorted(unknown)[0]!r}")
-    top = {k: v if isinstance(v, list) else [v] for k, v in data.items() if k in GRID_KEYS}
-    grids = [{**top, **{k: v if isinstance(v, list) else [v] for k, v in g.items()}} for g in data.get("grid", [])] or [
-        top
-    ]
-    return grids, {k: data[k] for k in SETTING_KEYS if k in data}
+        known = ", ".join((*GRID_KEYS, *FILE_SETTING_KEYS, "grid"))
+        raise FeatcacheError(f"{path}: unknown key {unknown[0]!r}; sweep file keys are {known}")
+    tables = data.get("grid", [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise FeatcacheError(
+            f"{path}: grid must be a list of tables ([[grid]] in TOML, a list of objects in JSON), "
+            f"got {type(tables).__name__}"
+        )
+    for t in tables:
+        bad = sorted(set(t) - set(GRID_KEYS))
+        if bad:
+            raise FeatcacheError(
+                f"{path}: unknown key {bad[0]!r} in a grid table; grid keys are {', '.join(GRID_KEYS)}"
+            )
+    top = {k: v for k, v in data.items() if k in GRID_KEYS}
+    grids = [{**top, **t} for t in tables] or [top]
+    return grids, {k: data[k] for k in FILE_SETTING_KEYS if k in data}
+
+
+def resolve_sweep(
+    sweep_file: Path | None = None,
+    grid: Mapping[str, Any] | None = None,
+    settings: Mapping[str, Any] | None = None,
+) -> tuple[list[HeadConfig], Settings]:
+    """The heads and settings of a sweep, every value checked before anything is trained.
+
+    ``sweep_file``'s grids and settings are the base; ``grid`` (key -> value or list) overrides the
+    keys of each of its grids and ``settings`` (None values ignored) its settings. Errors name the
+    file for its values, the argument for the others.
+    """
+    given = {k: v for k, v in (grid or {}).items() if v is not None}
+    chosen = {k: v for k, v in (settings or {}).items() if v is not None}
+    grids, file_settings = load_sweep_file(sweep_file) if sweep_file is not None else ([{}], {})
+    make_settings(file_settings, sweep_file)  # the file's values, named with the file
+    expand(given)  # the arguments' values, named as arguments
+    checked = make_settings({**file_settings, **chosen})
+    return list(dict.fromkeys(c for g in grids for c in expand({**g, **given}, sweep_file))), checked

@@ -42,7 +42,7 @@ def check_compatible(recorded: dict[str, Any], current: dict[str, Any], where: s
         raise FingerprintMismatchError(
             f"{where}: features would be mixed; the cache was made with different "
             + "; ".join(diff)
-            + " (use --overwrite to start over, or another cache directory)"
+            + " (use overwrite=True to start over, or another cache directory)"
         )
     env = differences(recorded, current, ENVIRONMENT_KEYS)
     if env:

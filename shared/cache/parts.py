@@ -51,10 +51,10 @@ class Part:
 
     @classmethod
     def parse(cls, text: str) -> "Part":
-        """``"I/N"`` (as given to ``--part``)."""
+        """``"I/N"`` (the ``part`` argument of an extraction)."""
         m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
         if not m:
-            raise FeatcacheError(f"--part {text!r}: expected I/N, e.g. 0/4 for the first of 4 workers")
+            raise FeatcacheError(f"part={text!r}: expected I/N, e.g. 0/4 for the first of 4 workers")
         return cls(int(m[1]), int(m[2]))
 
     def __str__(self) -> str:
@@ -66,7 +66,7 @@ class Part:
 
     @property
     def label(self) -> str:
-        return "the whole cache (a run without --part)" if self.whole else f"part {self}"
+        return "the whole cache (a run not split into parts)" if self.whole else f"part {self}"
 
     @property
     def stem(self) -> str:
@@ -117,7 +117,7 @@ def acquire_part(cache_dir: Path, part: Part) -> FileLock:
             if holder is not None:
                 raise CacheLockedError(
                     f"{cache_dir}: {part.label} overlaps {other.label}, which is being written by "
-                    f"{describe_holder(holder)}; all workers of a cache must use the same N in --part I/N"
+                    f"{describe_holder(holder)}; all workers of a cache must use the same N in part='I/N'"
                 )
     lock = part_lock(cache_dir, part)
     lock.acquire()

@@ -97,8 +97,8 @@ class FeatureCache:
         if missing:
             raise FeatcacheError(
                 f"{self.path}: cache is incomplete: {len(missing)} of {self.manifest.num_shards} shards missing "
-                f"({list_shards(missing)}); re-run the extractor to finish it (featcache-extract CACHE --finalize "
-                "merges what parallel workers finished; the trainer's --allow-partial uses what is there)"
+                f"({list_shards(missing)}); re-run the extraction to finish it (finalize=True merges what parallel "
+                "workers finished), or train on what is there with allow_partial=True"
             )
 
     def open_shard(self, record: ShardRecord) -> h5py.File:
@@ -185,17 +185,51 @@ class FeatureCache:
                 if len(rows) == 0:
                     continue
                 maps = f[schema.MAPS]
-                threaded = deflate.is_row_gzip(maps)
-                for start in range(int(rows[0]) - int(rows[0]) % step, int(rows[-1]) + 1, step):
-                    sel = rows[(rows >= start) & (rows < start + step)]
-                    if len(sel) == 0:
-                        continue
-                    if threaded:  # inflated on all cores, straight into the requested dtype
-                        yield index[sel], deflate.read_rows(maps, sel, dtype)
-                        continue
-                    stop = int(sel[-1]) + 1
-                    block = maps[start:stop] if len(sel) == stop - start else maps[start:stop][sel - start]
-                    yield index[sel], (block if dtype is None else block.astype(dtype))
+                for sel in aligned_blocks(rows, step):
+                    yield index[sel], read_block(maps, sel, dtype)
+
+    def dataset(
+        self,
+        split: str = "train",
+        features: str = "pooled",
+        batch_size: int = 32,
+        shuffle: bool | None = None,
+        seed: int = 0,
+        **options: Any,
+    ) -> Any:
+        """A ``tf.data.Dataset`` of ``(features, label)`` batches of one split, streamed from the shards.
+
+        ``features="pooled"`` gives ``(b, C)`` float32, ``"maps"`` ``(b, H, W, C)`` float32; labels are
+        ``(b,)`` int32 class numbers (unlabelled rows are left out). ``shuffle`` (default: only for
+        ``"train"``) reorders rows every epoch, reproducibly for a ``seed``, in bounded memory. Feed it
+        to ``model.fit``. Imports TensorFlow; see :func:`featcache.shared.cache.tfdata.dataset` for
+        ``options`` (``shuffle_buffer``, ``block_rows``, ``dtype``, ``with_index``).
+        """
+        from .tfdata import dataset
+
+        return dataset(self, split, features, batch_size=batch_size, shuffle=shuffle, seed=seed, **options)
+
+
+def aligned_blocks(rows: np.ndarray, step: int) -> Iterator[np.ndarray]:
+    """Sorted row positions ``rows`` of one shard cut into the ``step``-aligned blocks that hold any."""
+    if len(rows) == 0:
+        return
+    for start in range(int(rows[0]) - int(rows[0]) % step, int(rows[-1]) + 1, step):
+        sel = rows[(rows >= start) & (rows < start + step)]
+        if len(sel):
+            yield sel
+
+
+def read_block(dset: h5py.Dataset, sel: np.ndarray, dtype: str | None = None) -> np.ndarray:
+    """Rows ``sel`` (sorted positions inside one aligned block) of ``dset``, cast to ``dtype``.
+
+    gzip'd map rows (the default storage) are inflated on all cores straight into ``dtype``
+    (:mod:`featcache.shared.cache.deflate`); anything else is one contiguous h5py read."""
+    if deflate.is_row_gzip(dset):
+        return deflate.read_rows(dset, sel, dtype)
+    start, stop = int(sel[0]), int(sel[-1]) + 1
+    block = dset[start:stop] if len(sel) == stop - start else dset[start:stop][sel - start]
+    return block if dtype is None else block.astype(dtype)
 
 
 def open_cache(path: str | Path) -> FeatureCache:

@@ -172,7 +172,7 @@ class CacheWriter:
                  listing: dict[str, np.ndarray] | None = None, part: Part = WHOLE):
         if overwrite and not part.whole:
             raise FeatcacheError(
-                f"{cache_dir}: --overwrite with --part {part} would let each worker delete the others' shards; "
+                f"{cache_dir}: overwrite=True with part='{part}' would let each worker delete the others' shards; "
                 "delete the cache directory before starting the workers instead")
         self.dir = Path(cache_dir)
         self.manifest = manifest
@@ -253,7 +253,7 @@ class CacheWriter:
             raise SourceMismatchError(
                 f"{where}: the inputs changed since the cache was made from {old.source.get('root')}: "
                 + (changes or f"{old.source.get('num_inputs')} inputs then, {new.source.get('num_inputs')} now")
-                + "; run with --overwrite to start over, or extract into another cache directory"
+                + "; run with overwrite=True to start over, or extract into another cache directory"
             )
         for what, a, b in (
             ("shard size", old.shard_size, new.shard_size),
@@ -263,7 +263,7 @@ class CacheWriter:
         ):
             if a != b:
                 raise FeatcacheError(f"{where}: {what} differs from the existing cache ({a} then, {b} now); "
-                                     "repeat the original options or use --overwrite")
+                                     "repeat the original options or use overwrite=True")
 
     def pending_shards(self) -> list[int]:
         """This part's shards that are not done yet, in order."""

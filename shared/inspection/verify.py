@@ -211,7 +211,7 @@ def fix(cache_dir: str | Path, report: Report) -> list[str]:
             part, holder = next(iter(running.items()))
             raise CacheLockedError(
                 f"{cache_dir}: {part.label} is being written by {describe_holder(holder)}; "
-                "run verify --fix when no extractor is running"
+                "run verify with fix=True when no extractor is running"
             )
         m = Manifest.load(cache_dir)
         merged = merge_logs(cache_dir, m)

@@ -1,0 +1,266 @@
+"""``featcache.extract``: the extraction as a Python call; ``featcache-extract`` is a thin layer over it.
+
+Every keyword argument is the command line's option of the same name, with the same default; errors
+are :class:`~featcache.shared.errors.FeatcacheError` whose messages name these arguments
+(``overwrite=True``), which the command line spells as flags (``--overwrite``). Importing this
+module does not import TensorFlow; an extraction with work to do does.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..shared.backbones import DEFAULT_CROP_RATIO, DEFAULT_CROP_SCALE, DEFAULT_RESIZE
+from ..shared.cache import schema
+from ..shared.cache.manifest import FailedInput, Manifest
+from ..shared.cache.parts import WHOLE, Finalized, Part
+from ..shared.cache.split import SPLITS, parse_fractions
+from ..shared.errors import FeatcacheError, NotACacheError
+from .ray_runner import DEFAULT_MAX_RETRIES
+from .runner import ExtractConfig, ExtractReport
+
+Log = Callable[[str], None]
+RUNNERS = ("local", "ray")
+DEFAULT_SPLIT = ",".join(str(schema.DEFAULT_SPLIT_FRACTIONS[s]) for s in SPLITS)  # "0.8,0.1,0.1"
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass
+class ExtractResult:
+    """What one :func:`extract` call did.
+
+    ``rows`` rows were written by this call in ``shards_written`` shards (``shards_kept`` were done
+    before it; ``shards_left`` are left for a later call when ``max_shards`` stopped it);
+    ``cache_rows`` is what the cache holds now and ``complete`` whether every shard of its plan is
+    written. ``failed`` are the inputs skipped by this call (with their reasons; after a run of
+    several workers, every input the cache records as failed), ``worker_failures`` one line per
+    worker that died. ``seconds`` is the call's wall time. ``report`` holds the timing breakdown of a
+    single-process run, ``finalized`` the merge state of a run of parts or of ``finalize=True``.
+    """
+
+    cache: Path
+    rows: int = 0
+    cache_rows: int = 0
+    shards_written: int = 0
+    shards_kept: int = 0
+    shards_left: int = 0
+    failed: list[FailedInput] = field(default_factory=list)
+    seconds: float = 0.0
+    complete: bool = False
+    worker_failures: list[str] = field(default_factory=list)
+    report: ExtractReport | None = None
+    finalized: Finalized | None = None
+
+    @property
+    def ok(self) -> bool:
+        """No worker died and the cache is complete (the command line exits 0 exactly then)."""
+        return self.complete and not self.worker_failures
+
+    def summary(self) -> str:
+        """The run's one-line summary (two for a part: the run, then the whole cache)."""
+        if self.report is not None:
+            return self.report.summary()
+        if self.finalized is not None:
+            return self.finalized.summary()
+        return f"{self.cache}: {self.cache_rows} rows"
+
+
+def _fractions(split: str | Sequence[float] | Mapping[str, float]) -> dict[str, float]:
+    """``"0.8,0.1,0.1"``, ``(0.8, 0.1, 0.1)`` or ``{"train": .., "val": .., "test": ..}`` as fractions."""
+    if isinstance(split, Mapping):
+        split = [split.get(s, 0.0) for s in SPLITS]
+    if not isinstance(split, str):
+        split = ",".join(str(float(v)) for v in split)
+    return parse_fractions(split)
+
+
+def _pair(value: str | Sequence[float], name: str) -> tuple[float, float]:
+    """``"0.35,1"`` or ``(0.35, 1)`` -> ``(0.35, 1.0)``."""
+    try:
+        low, high = (float(v) for v in (value.split(",") if isinstance(value, str) else value))
+    except (TypeError, ValueError):
+        raise FeatcacheError(f"{name}={value!r}: expected two numbers 'low,high'") from None
+    return low, high
+
+
+def _rows_now(cache: Path) -> int:
+    try:
+        return Manifest.load(cache).rows
+    except NotACacheError:
+        return 0
+
+
+def extract(
+    source: str | Path,
+    cache: str | Path | None = None,
+    *,
+    weights: str = "imagenet",
+    backbone: str = "mobilenet_v2",
+    batch_size: int = 32,
+    shard_size: int = schema.DEFAULT_SHARD_SIZE,
+    maps_dtype: str = schema.DEFAULT_MAPS_DTYPE,
+    compression: str = schema.DEFAULT_COMPRESSION,
+    split: str | Sequence[float] | Mapping[str, float] = DEFAULT_SPLIT,
+    mixed_precision: bool = False,
+    xla: bool = False,
+    seed: int = 0,
+    overwrite: bool = False,
+    strict: bool = False,
+    max_shards: int | None = None,
+    part: str | Part | None = None,
+    finalize: bool = False,
+    workers: int = 1,
+    gpus: str | int | None = None,
+    runner: str = "local",
+    address: str | None = None,
+    max_retries: int = DEFAULT_MAX_RETRIES,
+    views: int = 1,
+    crop_scale: str | Sequence[float] = DEFAULT_CROP_SCALE,
+    crop_ratio: str | Sequence[float] = DEFAULT_CROP_RATIO,
+    resize: str = DEFAULT_RESIZE,
+    progress: bool = True,
+    log: Log | None = None,
+) -> ExtractResult:
+    """Compute backbone features for every image in ``source`` once, into the cache directory ``cache``.
+
+    The cache holds, per input row, ``maps`` ``(N, 7, 7, 1280)`` (``maps_dtype``, float16 by default),
+    ``pooled`` ``(N, 1280)`` float32 (the mean of the float32 maps), ``label`` int32 (-1 unknown), ``id``
+    str, ``index`` int64 and ``split`` int8 (see docs/cache-format.md); read it with
+    :func:`featcache.open_cache`.
+
+    Calling again with the same arguments resumes: finished shards are kept. Inputs that cannot be
+    decoded are skipped and listed in the result and the manifest (``strict=True`` raises at the
+    first one instead). ``source`` is a folder of class folders (optionally under train/ val/ test/),
+    a folder of unlabelled images, a CSV ``path[,label[,split]]`` or a .txt list of paths.
+
+    ``weights``: ``"imagenet"``, ``"auto"``, ``"random"`` or a path to an .h5 file. ``split``: train,
+    val, test fractions for rows whose source gives none. Many workers: ``workers=N`` (local
+    processes, or Ray tasks with ``runner="ray"``), ``gpus="all"`` (one process per GPU), or
+    ``part="I/N"`` to be one worker of N; ``finalize=True`` (with ``source`` the cache) merges what
+    parts finished. ``log`` receives notes and warnings (default: standard error).
+
+    ``views=N`` also stores, per row, the pooled vectors of N-1 augmented views (``pooled_views``
+    ``(N, N-1, 1280)``: view 1 the mirror, views 2+ random-resized crops with area fraction in
+    ``crop_scale`` and aspect ratio in ``crop_ratio``, seeded by (id, view)); it costs N times the
+    backbone work. ``resize``: ``"squash"``, ``"centre-crop"`` or ``"pad"`` (see docs/quality.md).
+
+    Raises :class:`FeatcacheError` (one line naming the file and the reason) on bad arguments, a
+    cache made otherwise, changed inputs, or a locked cache; what was finished stays on disk.
+    """
+    t0 = time.perf_counter()
+    log = log or _stderr
+    if finalize:
+        return _finalize(Path(cache if cache is not None else source), t0)
+    if cache is None:
+        raise FeatcacheError("missing argument cache (the cache directory to fill)")
+    if runner not in RUNNERS:
+        raise FeatcacheError(f"runner={runner!r}: choose 'local' or 'ray'")
+    if part is not None and (workers > 1 or gpus or runner == "ray"):
+        raise FeatcacheError("part='I/N' runs one worker; workers=N, gpus='all' and runner='ray' start all of them")
+    if gpus and runner == "ray":
+        raise FeatcacheError(
+            "gpus='all' is for local workers; with runner='ray', Ray gives each part one GPU of the cluster"
+        )
+    if batch_size < 1 or shard_size < 1 or workers < 1 or (max_shards is not None and max_shards < 1):
+        raise FeatcacheError(
+            f"batch_size={batch_size}, shard_size={shard_size}, workers={workers}, max_shards={max_shards}: "
+            "each must be at least 1"
+        )
+    cfg = ExtractConfig(
+        source=Path(source),
+        cache=Path(cache),
+        backbone=backbone,
+        weights=str(weights),
+        seed=seed,
+        batch_size=batch_size,
+        shard_size=shard_size,
+        maps_dtype=maps_dtype,
+        compression=compression,
+        mixed_precision=mixed_precision,
+        xla=xla,
+        split_fractions=_fractions(split),
+        overwrite=overwrite,
+        strict=strict,
+        max_shards=max_shards,
+        part=part if isinstance(part, Part) else Part.parse(part) if part else WHOLE,
+        progress=progress,
+        views=views,
+        crop_scale=_pair(crop_scale, "crop_scale"),
+        crop_ratio=_pair(crop_ratio, "crop_ratio"),
+        resize=resize,
+    )
+    cfg.augment  # noqa: B018  (checks views, crops and resize: a one-line error before any work)
+    if runner == "ray" or gpus or workers > 1:
+        return _many(cfg, workers, None if gpus is None else str(gpus), runner, address, max_retries, log, t0)
+    from .runner import run_extract
+
+    report = run_extract(cfg, log=log)
+    return ExtractResult(
+        cache=cfg.cache,
+        rows=report.rows,
+        cache_rows=report.cache_rows,
+        shards_written=report.shards_written,
+        shards_kept=report.shards_kept,
+        shards_left=report.shards_left,
+        failed=list(report.failures),
+        seconds=time.perf_counter() - t0,
+        complete=report.finalized.complete if report.finalized else not Manifest.load(cfg.cache).missing_shards(),
+        report=report,
+        finalized=report.finalized,
+    )
+
+
+def _many(
+    cfg: ExtractConfig,
+    workers: int,
+    gpus: str | None,
+    runner: str,
+    address: str | None,
+    max_retries: int,
+    log: Log,
+    t0: float,
+) -> ExtractResult:
+    """Every part at once: local processes (one per GPU, or ``workers``) or Ray tasks, then the merge."""
+    before = _rows_now(cfg.cache)
+    if runner == "ray":
+        from .ray_runner import run_ray
+
+        state, failed = run_ray(
+            cfg, address=address, workers=workers if workers > 1 else None, max_retries=max_retries, log=log
+        )
+    else:
+        from .launch import choose_gpus, run_local
+
+        chosen = choose_gpus(gpus) if gpus else None
+        state, failed = run_local(cfg, len(chosen) if chosen else workers, chosen, log=log)
+    result = _from_state(state, t0)
+    result.rows = max(0, state.rows - before)
+    result.worker_failures = failed
+    return result
+
+
+def _from_state(state: Finalized, t0: float) -> ExtractResult:
+    return ExtractResult(
+        cache=state.cache,
+        cache_rows=state.rows,
+        shards_kept=state.done,
+        shards_left=len(state.missing),
+        failed=list(Manifest.load(state.cache).failed),
+        seconds=time.perf_counter() - t0,
+        complete=state.complete,
+        finalized=state,
+    )
+
+
+def _finalize(cache: Path, t0: float) -> ExtractResult:
+    """Merge what the workers of a partitioned run finished into ``cache``'s manifest."""
+    from ..shared.cache.parts import finalize
+
+    return _from_state(finalize(cache), t0)

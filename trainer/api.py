@@ -1,0 +1,157 @@
+"""The trainer as a Python API: what ``featcache-train`` does, with the same defaults and checks.
+
+    from featcache.trainer.api import train, predict
+    result = train("cache/", head=["linear", "mlp"], lr=[1e-3, 1e-2], epochs=20)
+    print(result.leaderboard()); print(result.best.name, result.test_acc, result.run_dir)
+    predict(result.run_dir, "pred.csv", split="test")
+
+Grid arguments (``head``, ``lr``, ``weight_decay``, ``hidden``, ``dropout``, ``label_smoothing``) take
+one value or a list (one head per combination); settings left ``None`` take the sweep file's value,
+else the default of :class:`~featcache.trainer.settings.Settings`. Every value is checked before any
+training, and errors name the argument (``epochs=0``) or the sweep file. TensorFlow is imported when
+a function runs, not when this module is imported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .predict import Export, Prediction
+from .report import leaderboard as _leaderboard
+from .report import ranking
+from .settings import DEFAULT_RUNS, DEFAULT_TOP, Settings
+from .sweep import HeadConfig, resolve_sweep
+
+__all__ = ["Export", "HeadResult", "Prediction", "SweepResult", "export", "predict", "train"]
+
+
+@dataclass(frozen=True)
+class HeadResult:
+    """One trained head: its configuration, best-epoch val metrics and test metrics (None without test rows);
+    on a cache with ``views``, its val and test accuracy with test-time augmentation and whether val
+    prefers it (``use_tta``)."""
+
+    name: str
+    config: HeadConfig
+    best_epoch: int
+    val_acc: float
+    val_loss: float
+    test_acc: float | None
+    test_loss: float | None
+    views: int = 1
+    val_acc_tta: float | None = None
+    test_acc_tta: float | None = None
+    use_tta: bool = False
+
+    @classmethod
+    def from_json(cls, row: dict[str, Any]) -> HeadResult:
+        return cls(
+            row["name"],
+            HeadConfig.from_json(row["config"]),
+            row["best_epoch"],
+            row["val_acc"],
+            row["val_loss"],
+            row["test_acc"],
+            row["test_loss"],
+            row.get("views", 1),
+            row.get("val_acc_tta"),
+            row.get("test_acc_tta"),
+            bool(row.get("use_tta")),
+        )
+
+
+@dataclass
+class SweepResult:
+    """A finished sweep: ``heads`` in leaderboard order (best first), the ``best`` one, its test
+    metrics, the ``run_dir`` written and ``results`` (``results.json`` as written)."""
+
+    run_dir: Path
+    heads: list[HeadResult]
+    best: HeadResult
+    classes: list[str]
+    settings: Settings
+    random_weights: bool
+    wall_seconds: float
+    results: dict[str, Any]
+
+    @property
+    def test_acc(self) -> float | None:
+        return self.best.test_acc
+
+    @property
+    def test_loss(self) -> float | None:
+        return self.best.test_loss
+
+    def leaderboard(self, top: int = DEFAULT_TOP) -> str:
+        return _leaderboard(self.results["heads"], self.results["splits"]["val"], top)
+
+
+def train(
+    cache: str | Path,
+    *,
+    sweep: str | Path | None = None,
+    head: Any = None,
+    lr: Any = None,
+    weight_decay: Any = None,
+    hidden: Any = None,
+    dropout: Any = None,
+    label_smoothing: Any = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    patience: int | None = None,
+    seed: int | None = None,
+    standardize: bool | None = None,
+    val_fraction: float | None = None,
+    max_maps_gb: float | None = None,
+    allow_partial: bool | None = None,
+    views: bool | None = None,
+    runs: str | Path = DEFAULT_RUNS,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+    command: list[str] | None = None,
+) -> SweepResult:
+    """Train every head of the grid in one pass over ``cache``, pick the best on val, report it on test,
+    and write a new run directory under ``runs`` (docs/run-format.md). ``log`` receives notes (default:
+    dropped); ``command`` is recorded in results.json."""
+    from .run import run_sweep
+
+    grid = dict(head=head, lr=lr, weight_decay=weight_decay, hidden=hidden, dropout=dropout)
+    grid["label_smoothing"] = label_smoothing
+    settings = dict(epochs=epochs, batch_size=batch_size, patience=patience, seed=seed, standardize=standardize)
+    settings.update(val_fraction=val_fraction, max_maps_gb=max_maps_gb, allow_partial=allow_partial, views=views)
+    configs, checked = resolve_sweep(Path(sweep) if sweep is not None else None, grid, settings)
+    run_dir, results = run_sweep(
+        Path(cache),
+        configs,
+        checked,
+        Path(runs),
+        command or ["featcache.trainer.api.train"],
+        log or (lambda m: None),
+        progress,
+    )
+    order, _ = ranking(results["heads"], results["splits"]["val"])
+    heads = [HeadResult.from_json(results["heads"][i]) for i in order]
+    best = next(h for h in heads if h.name == results["best"])
+    return SweepResult(
+        run_dir, heads, best, results["classes"], checked, results["random_weights"], results["wall_seconds"], results
+    )
+
+
+def predict(
+    run_dir: str | Path, out: str | Path, *, split: str = "test", ids: str | Path | None = None, head: str | None = None
+) -> Prediction:
+    """Class probabilities of the run's best head (or ``head``) for the cached rows of ``split`` (train,
+    val, test or all) or of the ids listed one per line in the file ``ids``, written as CSV to ``out``."""
+    from .predict import predict as _predict
+
+    return _predict(Path(run_dir), Path(out), split, Path(ids) if ids is not None else None, head)
+
+
+def export(run_dir: str | Path, out: str | Path, *, head: str | None = None, weights: str | None = None) -> Export:
+    """The run's best head (or ``head``) stacked onto the cache's backbone, saved as one Keras model."""
+    from .predict import export as _export
+
+    return _export(Path(run_dir), Path(out), head, weights)

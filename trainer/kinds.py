@@ -1,0 +1,45 @@
+"""The head kinds a sweep can train, as a registry: what each reads from the cache and which grid keys
+shape it. Adding a kind is one :func:`register` call here plus its trainable group (``engine``) and
+its Keras model (``keras_heads``); the grid, the loop and the run directory need no change.
+
+No TensorFlow here: the command line and the sweep validation read this registry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+POOLED, MAPS = "pooled", "maps"
+
+
+@dataclass(frozen=True)
+class HeadKind:
+    """``inputs``: ``"pooled"`` (``(C,)`` vectors) or ``"maps"`` (``(h, w, C)`` feature maps).
+    ``shape_keys``: the grid keys (beyond lr, weight_decay and label_smoothing, which every kind uses)
+    that this kind reads; other keys are neutralised for it, so a grid never holds two equal heads."""
+
+    name: str
+    inputs: str
+    shape_keys: tuple[str, ...]
+    help: str
+
+
+HEAD_KINDS: dict[str, HeadKind] = {}
+
+
+def register(kind: HeadKind) -> HeadKind:
+    """Add ``kind`` to the registry (a later registration of the same name replaces it)."""
+    if kind.inputs not in (POOLED, MAPS):
+        raise ValueError(f"head kind {kind.name!r}: inputs must be {POOLED!r} or {MAPS!r}, got {kind.inputs!r}")
+    HEAD_KINDS[kind.name] = kind
+    return kind
+
+
+def reads_maps(kind: str) -> bool:
+    """Whether heads of ``kind`` train on the feature maps (else on the pooled vectors)."""
+    return HEAD_KINDS[kind].inputs == MAPS
+
+
+register(HeadKind("linear", POOLED, (), "softmax on pooled vectors"))
+register(HeadKind("mlp", POOLED, ("hidden", "dropout"), "one hidden ReLU layer on pooled vectors"))
+register(HeadKind("map", MAPS, ("hidden", "dropout"), "1x1 conv + attention pooling on the 7x7 maps"))

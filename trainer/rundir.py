@@ -1,0 +1,167 @@
+"""Writing and reading a run directory (its format is documented in docs/run-format.md).
+
+A run is built in a hidden staging folder beside its final place (``RUNS/.featcache-run-PID-XXXX``)
+and renamed to ``RUNS/YYYYmmdd-HHMMSS`` only once every file is written, so a failed or interrupted
+sweep leaves nothing that looks like a result. The staging folder is made before training, so an
+unwritable ``runs`` folder is reported before any work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..shared.cache.fsutil import atomic_write_json, fsync_dir
+from ..shared.errors import FeatcacheError
+
+FORMAT = "featcache-train-results"
+VERSION = 2  # 1: featcache 0.1.0 (heads.npz keys g<N>_<param>, no cache identity); 2: this layout
+RESULTS = "results.json"
+LEADERBOARD = "leaderboard.txt"
+PLOT = "plot.png"
+BEST_HEAD = "best_head.keras"
+HEADS = "heads.npz"
+STAGING_PREFIX = ".featcache-run-"
+MEAN_KEY, STD_KEY = "standardize/mean", "standardize/std"
+
+
+def param_key(head: str, param: str) -> str:
+    """``heads.npz`` key of parameter ``param`` of head ``head``: ``"<head name>/<param>"``."""
+    return f"{head}/{param}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_dead_staging(runs_root: Path) -> list[Path]:
+    """Delete the staging folders of sweeps whose process is gone (killed with ``kill -9``)."""
+    removed = []
+    for p in runs_root.glob(f"{STAGING_PREFIX}*"):
+        pid = p.name[len(STAGING_PREFIX) :].split("-", 1)[0]
+        if p.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+def stage(runs_root: Path) -> Path:
+    """A new empty staging folder in ``runs_root`` (created if missing); raises a one-line error naming
+    the folder when it cannot be written."""
+    runs_root = Path(runs_root)
+    try:
+        runs_root.mkdir(parents=True, exist_ok=True)
+        remove_dead_staging(runs_root)
+        return Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=runs_root))
+    except OSError as exc:
+        raise FeatcacheError(
+            f"{runs_root}: cannot create a run directory there ({exc.strerror or exc}); choose a writable runs folder"
+        ) from None
+
+
+def commit(staging: Path, runs_root: Path) -> Path:
+    """Rename the finished ``staging`` folder to ``runs_root/YYYYmmdd-HHMMSS`` (``-2``, ``-3``... when
+    taken: never an earlier run's folder) and return that path."""
+    stem = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1, 1000):
+        path = Path(runs_root) / (stem if n == 1 else f"{stem}-{n}")
+        if path.exists():
+            continue
+        try:
+            os.rename(staging, path)
+        except OSError:  # taken in the meantime (EEXIST / ENOTEMPTY)
+            continue
+        fsync_dir(runs_root)
+        return path
+    raise FeatcacheError(f"{runs_root}: cannot name a new run directory (1000 runs this second?)")
+
+
+def discard(staging: Path) -> None:
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn an ``OSError`` while writing ``path`` (disk full, quota) into a one-line error naming it."""
+    try:
+        yield
+    except OSError as exc:
+        raise FeatcacheError(f"{path}: cannot write ({exc.strerror or exc}); nothing of this run is kept") from None
+
+
+def save_heads(path: Path, weights: dict[str, dict[str, np.ndarray]], mean_std: Any) -> dict[str, Any]:
+    """Write every head's parameters to ``heads.npz`` under :func:`param_key` names (and the pooled
+    standardisation under :data:`MEAN_KEY`, :data:`STD_KEY`); return the index for ``results.json``:
+    ``{"params": {head: {param: key}}, "standardize": {"mean": key, "std": key} | None}``."""
+    arrays = {param_key(h, p): a for h, ps in weights.items() for p, a in ps.items()}
+    index: dict[str, Any] = {"params": {h: {p: param_key(h, p) for p in ps} for h, ps in weights.items()}}
+    index["standardize"] = None
+    if mean_std is not None:
+        arrays[MEAN_KEY], arrays[STD_KEY] = mean_std
+        index["standardize"] = {"mean": MEAN_KEY, "std": STD_KEY}
+    with writing(path), open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+    return index
+
+
+def write_text(path: Path, text: str) -> None:
+    with writing(path):
+        path.write_text(text)
+
+
+def write_results(path: Path, results: dict[str, Any]) -> None:
+    with writing(path):
+        atomic_write_json(path, results)
+
+
+def load_results(run_dir: Path) -> dict[str, Any]:
+    """``results.json`` of a finished run, refusing other files and other format versions."""
+    path = Path(run_dir) / RESULTS
+    try:
+        results = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FeatcacheError(f"{path}: no results: not a finished featcache-train run") from None
+    except ValueError as exc:
+        raise FeatcacheError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(results, dict) or results.get("format") != FORMAT or not results.get("complete"):
+        raise FeatcacheError(f"{path}: not a finished featcache-train run")
+    version = results.get("version")
+    if version == 1:
+        raise FeatcacheError(
+            f"{path}: a run of format version 1 (featcache 0.1.0), which records no identity of its cache; "
+            "train it again (its best_head.keras still loads with keras.models.load_model)"
+        )
+    if version != VERSION:
+        raise FeatcacheError(f"{path}: run format version {version!r} is not {VERSION}, the one this featcache reads")
+    return results
+
+
+def head_params(run_dir: Path, results: dict[str, Any], name: str) -> tuple[dict[str, np.ndarray], Any]:
+    """Head ``name``'s parameters and the pooled standardisation ``(mean, std)`` (or None), from heads.npz."""
+    path = Path(run_dir) / HEADS
+    keys = results["heads_file"]["params"].get(name)
+    if keys is None:
+        raise FeatcacheError(f"{path}: results.json lists no parameters for head {name!r}")
+    try:
+        with np.load(path) as z:
+            weights = {p: z[k] for p, k in keys.items()}
+            std = results["heads_file"]["standardize"]
+            mean_std = None if std is None else (z[std["mean"]], z[std["std"]])
+    except (OSError, KeyError, ValueError) as exc:
+        raise FeatcacheError(f"{path}: cannot read head {name!r} ({exc})") from None
+    return weights, mean_std
