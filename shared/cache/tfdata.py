@@ -1,0 +1,203 @@
+"""A cache as a ``tf.data.Dataset``: one split's ``(features, label)`` batches, streamed from the shards.
+
+This lets a Keras model of one's own train on cached features with plain ``model.fit``, without
+loading the cache into memory first. The rows are read the way :meth:`FeatureCache.iter_maps`
+reads them: chunk-aligned blocks of a shard, gzip'd map rows inflated on all cores
+(:mod:`featcache.shared.cache.deflate`). Shuffling is in two stages, so that memory stays bounded
+whatever the cache's size: every epoch the blocks are visited in a new random order, and rows are
+mixed inside a window of ``shuffle_buffer`` rows (several blocks) before being cut into batches.
+Both draw from ``numpy.random.default_rng([seed, epoch])``, so a dataset made with the same seed
+yields the same batches, epoch after epoch.
+
+The only module of the cache format that imports TensorFlow, and only inside :func:`dataset`
+(``pyproject.toml`` exempts it from the import contract); :class:`BlockStream`, the numpy side,
+does not.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import h5py
+import numpy as np
+
+from ..errors import FeatcacheError
+from . import schema
+from .reader import DEFAULT_BLOCK_ROWS as MAPS_BLOCK_ROWS
+from .reader import FeatureCache, aligned_blocks, read_block
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+FEATURES = (schema.POOLED, schema.MAPS)
+# Rows per read: maps as the reader's iter_maps (256 rows, ~64 MB as float32); pooled rows are
+# 5 KB, so a block is a whole shard.
+DEFAULT_BLOCK_ROWS = {schema.POOLED: 4096, schema.MAPS: MAPS_BLOCK_ROWS}
+# Rows mixed together when shuffling: ~80 MB of pooled vectors, ~250 MB of float32 maps.
+DEFAULT_SHUFFLE_ROWS = {schema.POOLED: 16384, schema.MAPS: 1024}
+# Batches made ahead of the model (tf.data prefetch).
+PREFETCH_BATCHES = 2
+
+
+class BlockStream:
+    """Which rows of ``cache`` one split holds, and their batches, epoch by epoch (numpy only).
+
+    ``features`` is ``"pooled"`` (batches ``(b, C)``) or ``"maps"`` (``(b, H, W, C)``), cast to
+    ``dtype``; labels are ``(b,)`` int32, indices ``(b,)`` int64 listing positions. Rows without a
+    label are left out. ``peak_rows`` counts the most rows held at once (the memory bound:
+    ``shuffle_buffer + block_rows + batch_size`` when shuffling).
+    """
+
+    def __init__(
+        self,
+        cache: FeatureCache,
+        split: str = "train",
+        features: str = schema.POOLED,
+        *,
+        batch_size: int = 32,
+        shuffle: bool | None = None,
+        seed: int = 0,
+        block_rows: int | None = None,
+        shuffle_buffer: int | None = None,
+        dtype: str = "float32",
+    ):
+        if split not in schema.SPLIT_CODES:
+            raise FeatcacheError(f"{cache.path}: split={split!r}: choose one of {', '.join(schema.SPLITS)}")
+        if features not in FEATURES:
+            raise FeatcacheError(f"{cache.path}: features={features!r}: choose 'pooled' or 'maps'")
+        if batch_size < 1:
+            raise FeatcacheError(f"{cache.path}: batch_size={batch_size}: must be at least 1")
+        self.cache = cache
+        self.split = split
+        self.features = features
+        self.batch_size = batch_size
+        self.shuffle = split == "train" if shuffle is None else bool(shuffle)
+        self.seed = seed
+        self.dtype = np.dtype(dtype)
+        self.block_rows = max(schema.MAPS_CHUNK_ROWS, block_rows or DEFAULT_BLOCK_ROWS[features])
+        self.shuffle_buffer = shuffle_buffer or DEFAULT_SHUFFLE_ROWS[features]
+        self.peak_rows = 0
+        # (shard record, positions in the shard, their index, their labels) for every block of the split
+        self.blocks: list[tuple[Any, np.ndarray, np.ndarray, np.ndarray]] = []
+        code = schema.SPLIT_CODES[split]
+        for record in cache.shards:
+            with cache.open_shard(record) as f:
+                try:
+                    label, index, given = (f[k][()] for k in (schema.LABEL, schema.INDEX, schema.SPLIT))
+                    ids = f[schema.ID].asstr()[()].astype(object)
+                except (KeyError, OSError) as exc:
+                    where = cache.shard_path(record)
+                    raise FeatcacheError(f"{where}: cannot read label, id, index, split ({exc})") from None
+            keep = np.flatnonzero((cache.splits(ids, given) == code) & (label != schema.UNKNOWN_LABEL))
+            for sel in aligned_blocks(keep, self.block_rows):
+                self.blocks.append((record, sel, index[sel], label[sel]))
+        self.rows = sum(len(b[1]) for b in self.blocks)
+        if not self.rows:
+            raise FeatcacheError(f"{cache.path}: no labelled rows in split {split!r}")
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        """One row's features: ``(C,)`` pooled or ``(H, W, C)`` maps."""
+        shape = tuple(self.cache.maps_shape)
+        return shape[-1:] if self.features == schema.POOLED else shape
+
+    @property
+    def num_batches(self) -> int:
+        return -(-self.rows // self.batch_size)
+
+    def _read(self, files: dict[str, h5py.File], record: Any, sel: np.ndarray) -> np.ndarray:
+        """Rows ``sel`` of one shard; the last shard opened stays open (sequential blocks share it)."""
+        f = files.get(record.file)
+        if f is None:
+            for old in files.values():
+                old.close()
+            files.clear()
+            f = files[record.file] = self.cache.open_shard(record)
+        return read_block(f[self.features], sel, self.dtype)
+
+    def epoch(self, epoch: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Yield ``(features, label, index)`` batches of epoch ``epoch``: every row of the split once."""
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self.blocks)) if self.shuffle else range(len(self.blocks))
+        window = self.shuffle_buffer if self.shuffle else self.batch_size
+        held: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        files: dict[str, h5py.File] = {}
+        try:
+            for b in order:
+                record, sel, index, label = self.blocks[b]
+                held.append((self._read(files, record, sel), label, index))
+                count = sum(len(h[1]) for h in held)
+                self.peak_rows = max(self.peak_rows, count)
+                if count >= window:
+                    held = yield from self._emit(held, rng, final=False)
+            yield from self._emit(held, rng, final=True)
+        finally:
+            for f in files.values():
+                f.close()
+
+    def _emit(self, held: list, rng: np.random.Generator, final: bool):  # noqa: ANN202 (a generator)
+        """Mix the rows held (when shuffling), yield every full batch (and the last part one when
+        ``final``), and return what is left over as the new held list."""
+        if not held:
+            return []
+        x, y, i = (np.concatenate([h[k] for h in held]) for k in range(3))
+        if self.shuffle:
+            perm = rng.permutation(len(y))
+            x, y, i = x[perm], y[perm], i[perm]
+        b = self.batch_size
+        full = len(y) if final else len(y) - len(y) % b
+        for s in range(0, full, b):
+            yield x[s : s + b], y[s : s + b].astype(np.int32), i[s : s + b].astype(np.int64)
+        return [] if full == len(y) else [(x[full:], y[full:], i[full:])]
+
+
+def dataset(
+    cache: FeatureCache,
+    split: str = "train",
+    features: str = schema.POOLED,
+    *,
+    batch_size: int = 32,
+    shuffle: bool | None = None,
+    seed: int = 0,
+    block_rows: int | None = None,
+    shuffle_buffer: int | None = None,
+    dtype: str = "float32",
+    with_index: bool = False,
+) -> "tf.data.Dataset":
+    """A ``tf.data.Dataset`` of ``(features, label)`` batches of ``split`` (see :class:`BlockStream`).
+
+    ``features``: ``(b, C)`` pooled or ``(b, H, W, C)`` maps, of ``dtype`` (float32 by default);
+    ``label``: ``(b,)`` int32 class numbers (for ``sparse_categorical_crossentropy``). Each
+    iteration is one epoch (``model.fit`` iterates once per epoch), shuffled anew when ``shuffle``
+    (default: for the train split only). Its cardinality is known, so Keras shows steps per epoch.
+    ``with_index=True`` adds the rows' ``(b,)`` int64 listing positions as a third element (for
+    matching predictions to ids; not for ``fit``, which would read it as sample weights).
+    """
+    stream = BlockStream(
+        cache,
+        split,
+        features,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        seed=seed,
+        block_rows=block_rows,
+        shuffle_buffer=shuffle_buffer,
+        dtype=dtype,
+    )
+    import tensorflow as tf
+
+    spec = [
+        tf.TensorSpec((None, *stream.feature_shape), tf.as_dtype(stream.dtype)),
+        tf.TensorSpec((None,), tf.int32),
+        tf.TensorSpec((None,), tf.int64),
+    ][: 3 if with_index else 2]
+    epochs = itertools.count()
+
+    def batches() -> Iterator[tuple[np.ndarray, ...]]:
+        for batch in stream.epoch(next(epochs)):
+            yield batch[: len(spec)]
+
+    ds = tf.data.Dataset.from_generator(batches, output_signature=tuple(spec))
+    return ds.apply(tf.data.experimental.assert_cardinality(stream.num_batches)).prefetch(PREFETCH_BATCHES)
