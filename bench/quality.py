@@ -138,27 +138,23 @@ def knn_candidates(ds: Dataset, n_classes: int, views: bool):  # noqa: ANN001
 def sweep_candidates(ds: Dataset, grids: list[dict], epochs: int):  # noqa: ANN001
     """The stacked SGD sweep's heads as candidates (probabilities from each trained head; with views,
     each pooled head scored on view 0 and with TTA)."""
-    from featcache.trainer.run import Settings, train
-    from featcache.trainer.sweep import POOLED_KINDS, expand
+    from featcache.trainer.loop import train
+    from featcache.trainer.settings import Settings
+    from featcache.trainer.sweep import expand
 
     configs = [c for g in grids for c in expand(g)]
     t0 = time.perf_counter()
     out = train(ds, configs, Settings(epochs=epochs, patience=5, seed=0), progress=False)
     seconds = time.perf_counter() - t0
-    mean, std = out["mean_std"]
-    xv = std_views(ds, mean, std)
     cands = []
-    for g in out["groups"]:
-        predict = lambda x: np.concatenate([g.predict(x[i : i + 256]) for i in range(0, len(x), 256)], axis=1)  # noqa: E731,B023
-        probs = {s: predict(out["inputs"][id(g)][s]) for s in ("val", "test")}
-        tta = None
-        if xv is not None and g.kind in POOLED_KINDS:
-            tta = {s: tviews.tta_probs(predict, xv[s]) for s in ("val", "test")}
-        for k, cfg in enumerate(g.configs):
+    for state in out.states:
+        probs = {s: state.predict_all(state.inputs[s]) for s in ("val", "test")}
+        tta = {s: state.tta_probabilities(s) for s in ("val", "test")} if state.views is not None else None
+        for k, cfg in enumerate(state.group.configs):
             cost = 1.0 if cfg.kind == "linear" else 2.0 if cfg.kind == "mlp" else 4.0
             cands.append(select.Candidate(f"sweep {cfg.name}", probs["val"][k], probs["test"][k], cost=cost))
             if tta is not None:
-                v = xv["val"].shape[1]
+                v = state.views["val"].shape[1]
                 cands.append(select.Candidate(f"sweep {cfg.name}, TTA", tta["val"][k], tta["test"][k], cost * v))
     return cands, seconds, len(configs)
 

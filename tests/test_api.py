@@ -201,5 +201,5 @@ def test_readme_keras_example_matches_featcaches_linear_head(synth, capsys):
     ours = ns["model"].evaluate(synth.dataset("test"), return_dict=True, verbose=0)["accuracy"]
     epochs = int(re.search(r"epochs=(\d+)", code)[1])
     out = train(load_dataset(synth), [HeadConfig("linear", 1e-3)], Settings(epochs=epochs, seed=0), progress=False)
-    theirs = out["heads"][0]["test_acc"]
+    theirs = out.heads[0]["test_acc"]
     assert ours > 0.5 and abs(ours - theirs) <= 0.05, (ours, theirs)

@@ -99,3 +99,20 @@ def test_views_off_or_absent_scores_view_0_only(tmp_path):
     assert out.heads[0]["val_acc_tta"] is None and not out.heads[0]["use_tta"]
     out = train(load_dataset(cache, views=True), expand({}), Settings(epochs=1, views=False), progress=False)
     assert out.heads[0]["val_acc_tta"] is None
+
+
+def test_baselines_beside_the_sweep(tmp_path):
+    """run_sweep adds the L-BFGS logistic regression, k-NN and ensemble rows; the ensemble may take
+    k = 1, so on val it is never below the best of what it averages."""
+    from featcache.trainer.run import run_sweep
+
+    cache = views_cache(tmp_path / "c")
+    configs = expand({"head": ["linear"], "lr": [1e-3, 1e-2]})
+    _, results = run_sweep(cache, configs, Settings(epochs=2), tmp_path / "runs", ["t"], lambda m: None, False)
+    rows = {r["kind"]: r for r in results["baselines"]}
+    assert list(rows) == ["logreg", "knn", "ensemble"]
+    assert rows["logreg"]["name"].startswith("logreg-lbfgs-C") and "views3" in rows["logreg"]["name"]
+    best_single = max([rows["logreg"]["val_acc"], rows["knn"]["val_acc"]] + [h["val_acc"] for h in results["heads"]])
+    assert rows["ensemble"]["val_acc"] >= best_single and rows["ensemble"]["members"]
+    _, off = run_sweep(cache, configs, Settings(epochs=1, baselines=False), tmp_path / "runs", ["t"], print, False)
+    assert "baselines" not in off

@@ -85,6 +85,11 @@ class SweepResult:
     def test_loss(self) -> float | None:
         return self.best.test_loss
 
+    @property
+    def baselines(self) -> list[dict[str, Any]]:
+        """The L-BFGS logistic regression, k-NN and ensemble rows (empty with ``baselines=False``)."""
+        return self.results.get("baselines", [])
+
     def leaderboard(self, top: int = DEFAULT_TOP) -> str:
         return _leaderboard(self.results["heads"], self.results["splits"]["val"], top)
 
@@ -108,6 +113,7 @@ def train(
     max_maps_gb: float | None = None,
     allow_partial: bool | None = None,
     views: bool | None = None,
+    baselines: bool | None = None,
     runs: str | Path = DEFAULT_RUNS,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
@@ -122,6 +128,7 @@ def train(
     grid["label_smoothing"] = label_smoothing
     settings = dict(epochs=epochs, batch_size=batch_size, patience=patience, seed=seed, standardize=standardize)
     settings.update(val_fraction=val_fraction, max_maps_gb=max_maps_gb, allow_partial=allow_partial, views=views)
+    settings["baselines"] = baselines
     configs, checked = resolve_sweep(Path(sweep) if sweep is not None else None, grid, settings)
     run_dir, results = run_sweep(
         Path(cache),

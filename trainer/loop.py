@@ -5,7 +5,9 @@ Heads are grouped by kind and width (one trainable group each, see ``engine.make
 draws one shuffled batch order, and every batch is read once and fed to every group. After each epoch
 every head is evaluated on val; a head that has not improved its val accuracy (ties: a lower val loss)
 for ``patience`` epochs is frozen, and at the end each head gets back the weights of its best epoch.
-Nothing here writes files: see ``rundir``.
+On a cache with views (``Settings.views``), each epoch feeds every train row to the pooled heads
+through one of its views, and at the end they are also scored with test-time augmentation (see
+``views``). Nothing here writes files: see ``rundir``.
 """
 
 from __future__ import annotations

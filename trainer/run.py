@@ -117,6 +117,10 @@ def run_sweep(
         ds = load_for(cache, configs, settings, log)
         out = train(ds, configs, settings, progress)
         results = describe_run(cache, ds, settings, out, command)
+        if settings.baselines:
+            from .baselines import run_baselines
+
+            results["baselines"] = run_baselines(ds, out)
         results["wall_seconds"] = round(time.perf_counter() - t0, 3)
         write_run(staging, results, out, ds.train.pooled.shape[1], log)
         return rundir.commit(staging, Path(runs_root)), results
