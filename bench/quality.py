@@ -34,7 +34,7 @@ from _common import DEFAULT_WEIGHTS, table  # noqa: E402  (puts the repo on sys.
 from featcache.shared.cache.reader import FeatureCache  # noqa: E402
 from featcache.shared.cache.split import parse_fractions  # noqa: E402
 from featcache.shared.errors import FeatcacheError  # noqa: E402
-from featcache.trainer import knn, logreg, pooling, select  # noqa: E402
+from featcache.trainer import baselines, knn, logreg, pooling, select  # noqa: E402
 from featcache.trainer import views as tviews  # noqa: E402
 from featcache.trainer.data import Dataset, load_dataset, standardizer  # noqa: E402
 
@@ -214,6 +214,9 @@ def main() -> None:
     add(lr, lr_s, f"{len(cs)} C values, one warm-started path, view 0")
     if lr_views is not None:
         add(*lr_views, f"{len(cs)} C values x (view 0, TTA), trained on every view")
+    t0 = time.perf_counter()
+    lr_all = baselines.logreg_candidates(ds, cs)
+    add(lr_all, time.perf_counter() - t0, f"trainer.baselines: (raw, sqrt) x {len(cs)} C x (view 0, TTA), every view")
     kn, kn_s = knn_candidates(ds, n_classes, views=False)
     add(kn, kn_s, f"{len(kn)} (k, T), one neighbour search, view 0")
     if xv is not None:

@@ -118,3 +118,9 @@ def test_report_picks_the_simplest_head_within_noise_and_says_so():
     board = leaderboard([mlp, linear], 1000).splitlines()
     assert board[1].startswith("  1~") and board[1].endswith("linear") and "[0.774,0.824]" in board[2]
     assert "TTA x2" in leaderboard([row("l", "linear", 0, 0.7, tta=0.8)], 1000)
+
+
+def test_signed_sqrt():
+    from featcache.trainer.baselines import signed_sqrt
+
+    np.testing.assert_array_equal(signed_sqrt(np.array([-4.0, 0.0, 9.0])), [-2.0, 0.0, 3.0])
