@@ -119,7 +119,7 @@ def main() -> None:
     k = min(args.keras_heads, len(configs))
     keras_s, _ = keras_fit_seconds(ds, configs[:k], mean_std, args.epochs, args.batch_size)
     keras_scaled = keras_s * len(configs) / k
-    best = best_head(out.heads)
+    best = best_head(out.heads, len(ds.val))
     rows = [
         ["featcache, 1 linear head", "1", f"{one:.2f}", "1.00", "measured"],
         [

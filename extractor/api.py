@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..shared.backbones import DEFAULT_CROP_RATIO, DEFAULT_CROP_SCALE, DEFAULT_RESIZE
 from ..shared.cache import schema
 from ..shared.cache.manifest import FailedInput, Manifest
 from ..shared.cache.parts import WHOLE, Finalized, Part
@@ -81,6 +82,15 @@ def _fractions(split: str | Sequence[float] | Mapping[str, float]) -> dict[str, 
     return parse_fractions(split)
 
 
+def _pair(value: str | Sequence[float], name: str) -> tuple[float, float]:
+    """``"0.35,1"`` or ``(0.35, 1)`` -> ``(0.35, 1.0)``."""
+    try:
+        low, high = (float(v) for v in (value.split(",") if isinstance(value, str) else value))
+    except (TypeError, ValueError):
+        raise FeatcacheError(f"{name}={value!r}: expected two numbers 'low,high'") from None
+    return low, high
+
+
 def _rows_now(cache: Path) -> int:
     try:
         return Manifest.load(cache).rows
@@ -117,6 +127,10 @@ def extract(
     runner: str = "local",
     address: str | None = None,
     max_retries: int = DEFAULT_MAX_RETRIES,
+    views: int = 1,
+    crop_scale: str | Sequence[float] = DEFAULT_CROP_SCALE,
+    crop_ratio: str | Sequence[float] = DEFAULT_CROP_RATIO,
+    resize: str = DEFAULT_RESIZE,
     progress: bool = True,
     log: Log | None = None,
 ) -> ExtractResult:
@@ -144,6 +158,11 @@ def extract(
     processes, or Ray tasks with ``runner="ray"``), ``gpus="all"`` (one process per GPU), or
     ``part="I/N"`` to be one worker of N; ``finalize=True`` (with ``source`` the cache) merges what
     parts finished. ``log`` receives notes and warnings (default: standard error).
+
+    ``views=N`` also stores, per row, the pooled vectors of N-1 augmented views (``pooled_views``
+    ``(N, N-1, 1280)``: view 1 the mirror, views 2+ random-resized crops with area fraction in
+    ``crop_scale`` and aspect ratio in ``crop_ratio``, seeded by (id, view)); it costs N times the
+    backbone work. ``resize``: ``"squash"``, ``"centre-crop"`` or ``"pad"`` (see docs/quality.md).
 
     Raises :class:`FeatcacheError` (one line naming the file and the reason) on bad arguments, a
     cache made otherwise, changed inputs, or a locked cache; what was finished stays on disk.
@@ -192,7 +211,12 @@ def extract(
         max_shards=max_shards,
         part=part if isinstance(part, Part) else Part.parse(part) if part else WHOLE,
         progress=progress,
+        views=views,
+        crop_scale=_pair(crop_scale, "crop_scale"),
+        crop_ratio=_pair(crop_ratio, "crop_ratio"),
+        resize=resize,
     )
+    cfg.augment  # noqa: B018  (checks views, crops and resize: a one-line error before any work)
     if runner == "ray" or gpus or workers > 1:
         return _many(cfg, workers, None if gpus is None else str(gpus), runner, address, max_retries, log, t0)
     from .runner import run_extract

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..shared.backbones import PREPROCESS_SCHEMES, WEIGHTS_ENV
+from ..shared.backbones import DEFAULT_CROP_RATIO, DEFAULT_CROP_SCALE, DEFAULT_RESIZE, PREPROCESS_SCHEMES, WEIGHTS_ENV
 from ..shared.cache import schema
 from ..shared.cli import run_cli
 from .api import DEFAULT_MAX_RETRIES, DEFAULT_SPLIT
@@ -278,6 +278,34 @@ def extract(
             ),
         ),
     ] = DEFAULT_MAX_RETRIES,
+    views: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help=(
+                "Views per image: 1 is the plain image only; with N > 1, view 1 is its horizontal mirror and "
+                "views 2..N-1 random-resized crops (see --crop-scale, --crop-ratio) mirrored half the time, each "
+                "drawn from a seed of (image id, view): the same every run. Pooled vectors of every view are "
+                "stored (dataset pooled_views); maps of view 0 only. Costs N times the backbone work."
+            ),
+        ),
+    ] = 1,
+    crop_scale: Annotated[
+        str, typer.Option(help="Area fraction range 'low,high' of the random-resized-crop views (views >= 3).")
+    ] = "{:g},{:g}".format(*DEFAULT_CROP_SCALE),
+    crop_ratio: Annotated[
+        str, typer.Option(help="Aspect ratio (width/height) range 'low,high' of the random-resized-crop views.")
+    ] = "{:g},{:g}".format(*DEFAULT_CROP_RATIO),
+    resize: Annotated[
+        str,
+        typer.Option(
+            help=(
+                "How an image becomes the backbone's square input: squash (stretch the whole image), "
+                "centre-crop (short side to fit, cut the centre) or pad (long side to fit, mid-grey borders). "
+                "Recorded in the fingerprint."
+            )
+        ),
+    ] = DEFAULT_RESIZE,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     debug: Annotated[bool, typer.Option(help="Show the full traceback on errors.")] = False,
 ) -> None:
@@ -322,6 +350,10 @@ def extract(
             runner=runner,
             address=address,
             max_retries=max_retries,
+            views=views,
+            crop_scale=crop_scale,
+            crop_ratio=crop_ratio,
+            resize=resize,
             progress=progress,
             log=_err,
         )

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..shared.backbones import import_tensorflow
+from ..shared.backbones import DEFAULT_RESIZE, Augment, import_tensorflow
 from ..shared.cores import usable_cores
 from .inputs import InputLimits, RefusedInput, read_input
 
@@ -29,6 +29,8 @@ tf = import_tensorflow()
 Preprocess = Callable[[Any], Any]
 PREFETCH_BATCHES = 2
 JPEG_RATIOS = (1, 2, 4, 8)  # the DCT scalings libjpeg offers
+PAD_VALUE = 127.5  # mid-grey: 0 after MobileNet's [-1, 1] scaling
+VIEW_HASH_KEY = [0x6665617463616368, 0x7669657773000001]  # SipHash key of view seeds: never change it
 
 
 def decode_threads() -> int:
@@ -36,14 +38,13 @@ def decode_threads() -> int:
     return usable_cores()
 
 
-def decode_resize(data: Any, size: tuple[int, int]) -> Any:
-    """Encoded bytes to a ``(H, W, 3)`` float32 image in [0, 255] of ``size``.
+def decode(data: Any, size: tuple[int, int]) -> Any:
+    """Encoded bytes to a ``(h, w, 3)`` uint8 image, a large JPEG already scaled down in the DCT domain.
 
     JPEG, PNG (8/16-bit, gray, palette, alpha), BMP and GIF (first frame) are decoded to 3-channel
-    uint8; the resize is bilinear with antialiasing and does not keep the aspect ratio (see
-    :data:`featcache.shared.backbones.RESIZE`). A large JPEG is decoded already scaled down by 2, 4 or 8 in
-    the DCT domain, as far as its short side stays at least twice the target: an 8000x8000 photo
-    then costs 12 MB instead of 192 MB (and 768 MB as floats), and decodes ~10x faster.
+    uint8. A large JPEG is decoded scaled down by 2, 4 or 8, as far as its short side stays at least
+    twice the largest side of ``size``: an 8000x8000 photo then costs 12 MB instead of 192 MB (and
+    768 MB as floats), and decodes ~10x faster.
     """
 
     def jpeg() -> Any:
@@ -58,7 +59,70 @@ def decode_resize(data: Any, size: tuple[int, int]) -> Any:
 
     img = tf.cond(tf.io.is_jpeg(data), jpeg, other)
     img.set_shape([None, None, 3])
+    return img
+
+
+def resize(img: Any, size: tuple[int, int], policy: str = DEFAULT_RESIZE) -> Any:
+    """A ``(h, w, 3)`` image to ``(H, W, 3)`` float32 in [0, 255] of ``size`` by ``policy``
+    (:data:`featcache.shared.backbones.RESIZE_POLICIES`): ``squash`` stretches the whole image (the
+    aspect ratio is not kept); ``centre-crop`` scales the short side to fit and cuts the centre;
+    ``pad`` scales the long side to fit and pads the rest with mid-grey (127.5: zero after
+    MobileNet's preprocessing). Bilinear with antialiasing, so that large images are averaged, not
+    aliased."""
+    if policy == "centre-crop":
+        shape = tf.shape(img)
+        h, w = shape[0], shape[1]
+        # the largest centred box with the target's aspect ratio
+        ch = tf.minimum(h, tf.cast(tf.round(tf.cast(w, tf.float64) * size[0] / size[1]), tf.int32))
+        cw = tf.minimum(w, tf.cast(tf.round(tf.cast(h, tf.float64) * size[1] / size[0]), tf.int32))
+        img = tf.image.crop_to_bounding_box(img, (h - ch) // 2, (w - cw) // 2, tf.maximum(ch, 1), tf.maximum(cw, 1))
+    elif policy == "pad":
+        out = tf.image.resize(img, size, method="bilinear", antialias=True, preserve_aspect_ratio=True)
+        shape = tf.shape(out)
+        top, left = (size[0] - shape[0]) // 2, (size[1] - shape[1]) // 2
+        padded = tf.pad(out - PAD_VALUE, [[top, size[0] - shape[0] - top], [left, size[1] - shape[1] - left], [0, 0]])
+        return tf.ensure_shape(padded + PAD_VALUE, [size[0], size[1], 3])
+    elif policy != "squash":
+        raise ValueError(f"unknown resize policy {policy!r}")
     return tf.image.resize(img, size, method="bilinear", antialias=True)
+
+
+def decode_resize(data: Any, size: tuple[int, int], policy: str = DEFAULT_RESIZE) -> Any:
+    """Encoded bytes to a ``(H, W, 3)`` float32 image in [0, 255] of ``size``: :func:`decode` then
+    :func:`resize`."""
+    return resize(decode(data, size), size, policy)
+
+
+def view_seed(image_id: Any, view: int) -> Any:
+    """The stateless seed ``(2,)`` int64 of view ``view`` of the image ``image_id`` (a string
+    tensor): SipHash of ``"id:view"`` with a fixed key, the same on every machine and run."""
+    key = tf.strings.join([image_id, tf.strings.as_string(view)], separator=":")
+    return tf.stack([tf.strings.to_hash_bucket_strong(key, 2**62, VIEW_HASH_KEY), tf.constant(view, tf.int64)])
+
+
+def make_view(img: Any, image_id: Any, view: int, size: tuple[int, int], augment: Augment) -> Any:
+    """View ``view`` of a decoded image as ``(H, W, 3)`` float32 in [0, 255]: 0 is the plain image
+    (``augment.resize`` policy), 1 its horizontal mirror, 2 and above a random-resized crop (area
+    fraction in ``augment.crop_scale``, aspect ratio in ``augment.crop_ratio``, squashed to ``size``)
+    mirrored with probability 1/2, drawn from :func:`view_seed` (``image_id``, ``view``)."""
+    plain = resize(img, size, augment.resize)
+    if view == 0:
+        return plain
+    if view == 1:
+        return tf.image.flip_left_right(plain)
+    seed = view_seed(image_id, view)
+    begin, box, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(img),
+        bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+        seed=seed,
+        min_object_covered=0.0,
+        aspect_ratio_range=augment.crop_ratio,
+        area_range=augment.crop_scale,
+        max_attempts=20,
+        use_image_if_no_bounding_boxes=True,
+    )
+    crop = tf.image.resize(tf.slice(img, begin, box), size, method="bilinear", antialias=True)
+    return tf.image.stateless_random_flip_left_right(crop, seed + 1)
 
 
 def make_dataset(
@@ -68,23 +132,36 @@ def make_dataset(
     batch_size: int,
     size: tuple[int, int],
     preprocess: Preprocess,
+    ids: Sequence[str] | None = None,
+    augment: Augment | None = None,
     limits: InputLimits = InputLimits(),
 ) -> Any:
-    """A dataset of ``(index (b,) int64, images (b, H, W, 3) float32)`` over the given shards, in order.
+    """A dataset of ``(index (b,) int64, images (b, H, W, 3) float32)`` over the given shards, in order;
+    with ``augment.views`` ``V > 1``, ``images`` is ``(b, V, H, W, 3)`` (:func:`make_view`, seeded by
+    the ``ids``) and ``b`` is ``batch_size // V`` (at least 1), so a backbone call stays about
+    ``batch_size`` images.
 
-    ``paths`` is the whole listing; ``shard_ranges`` the listing positions of each shard to compute.
-    Only those shards' paths become a tensor (a worker of one part of ten million images holds its
-    part's paths, not all of them). ``limits`` bound what one input may cost (see
+    ``paths`` (and ``ids``) are the whole listing; ``shard_ranges`` the listing positions of each shard
+    to compute. Only those shards' paths become a tensor (a worker of one part of ten million images
+    holds its part's paths, not all of them). ``limits`` bound what one input may cost (see
     :func:`read_checked`).
     """
+    augment = augment or Augment()
+    views = augment.views
     todo_paths = tf.constant([paths[i] for r in shard_ranges for i in r], dtype=tf.string)
+    todo_ids = tf.constant([ids[i] for r in shard_ranges for i in r] if views > 1 else [""], dtype=tf.string)
     starts = tf.constant([r.start for r in shard_ranges], dtype=tf.int64)
     stops = tf.constant([r.stop for r in shard_ranges], dtype=tf.int64)
     offsets = tf.constant(np.cumsum([0] + [len(r) for r in shard_ranges[:-1]]), dtype=tf.int64)
+    if views > 1:
+        batch_size = max(1, batch_size // views)
 
     def load(i: Any, at: Any) -> tuple[Any, Any]:
-        image = decode_resize(read_checked(tf.gather(todo_paths, at), limits), size)
-        return i, preprocess(image)
+        img = decode(read_checked(tf.gather(todo_paths, at), limits), size)
+        if views == 1:
+            return i, preprocess(resize(img, size, augment.resize))
+        image_id = tf.gather(todo_ids, at)
+        return i, tf.stack([preprocess(make_view(img, image_id, v, size, augment)) for v in range(views)])
 
     def shard(start: Any, stop: Any, offset: Any) -> Any:
         return (
@@ -119,7 +196,9 @@ def op_error_text(exc: Exception) -> str:
     return text[:200]
 
 
-def diagnose(path: bytes, size: tuple[int, int], limits: InputLimits = InputLimits()) -> str:
+def diagnose(
+    path: bytes, size: tuple[int, int], limits: InputLimits = InputLimits(), policy: str = DEFAULT_RESIZE
+) -> str:
     """Why ``path`` could not be used, in a few words (called only for inputs the pipeline dropped)."""
     name = os.fsdecode(path)
     if os.path.islink(name) and not os.path.exists(name):
@@ -133,7 +212,7 @@ def diagnose(path: bytes, size: tuple[int, int], limits: InputLimits = InputLimi
     except OSError as exc:
         return f"cannot read ({exc.strerror or exc})"
     try:
-        decode_resize(tf.constant(data), size)
+        decode_resize(tf.constant(data), size, policy)
     except tf.errors.OpError as exc:
         return "cannot decode: " + op_error_text(exc)
     return "failed in the input pipeline but decodes on retry (transient read error?)"

@@ -18,7 +18,11 @@ import numpy as np
 from tqdm import tqdm
 
 from ..shared.backbones import (
+    DEFAULT_CROP_RATIO,
+    DEFAULT_CROP_SCALE,
+    DEFAULT_RESIZE,
     TF_DEFAULT_ENV,
+    Augment,
     BackboneSpec,
     ResolvedWeights,
     get_backbone,
@@ -63,6 +67,15 @@ class ExtractConfig:
     max_shards: int | None = None
     part: Part = WHOLE
     progress: bool = True
+    views: int = 1
+    crop_scale: tuple[float, float] = DEFAULT_CROP_SCALE
+    crop_ratio: tuple[float, float] = DEFAULT_CROP_RATIO
+    resize: str = DEFAULT_RESIZE
+
+    @property
+    def augment(self) -> Augment:
+        """Views and resize policy (checked: a bad value raises a one-line FeatcacheError)."""
+        return Augment(self.views, tuple(self.crop_scale), tuple(self.crop_ratio), self.resize)
 
     def limits(self) -> InputLimits:
         """What one input may cost (raises :class:`FeatcacheError` naming a bad limit)."""
@@ -178,6 +191,7 @@ def run_extract(cfg: ExtractConfig, log: Log = print) -> ExtractReport:
             maps_dtype=cfg.maps_dtype,
             compute_dtype="mixed_float16" if cfg.mixed_precision else "float32",
             environment=_environment(),
+            augment=cfg.augment,
         ),
         classes=source.classes,
         source=source.describe(),
@@ -254,6 +268,7 @@ def _extract(
     log(f"backbone {spec.name} on {mapper.devices()}, batch {cfg.batch_size}")
     ranges = [manifest.shard_inputs(k) for k in todo]
     limits = cfg.limits()
+    augment = cfg.augment
     ds = pipeline.make_dataset(
         source.paths,
         ranges,
@@ -261,6 +276,8 @@ def _extract(
         size=spec.input_size,
         preprocess=spec.preprocess_fn(),
         limits=limits,
+        ids=source.ids,
+        augment=augment,
     )
     bar = tqdm(total=sum(len(r) for r in ranges), unit="img", disable=not cfg.progress, dynamic_ncols=True)
 
@@ -275,7 +292,7 @@ def _extract(
         cache,
         source,
         todo,
-        lambda i: pipeline.diagnose(source.paths[i], spec.input_size, limits),
+        lambda i: pipeline.diagnose(source.paths[i], spec.input_size, limits, augment.resize),
         strict=cfg.strict,
         on_shard=on_shard,
     )
@@ -290,11 +307,19 @@ def _extract(
             except StopIteration:
                 break
             t1 = time.perf_counter()
-            maps, pooled = m(images)
+            pooled_views = None
+            if augment.views > 1:  # (b, V, H, W, 3): every view through the backbone in one call
+                b = int(images.shape[0])
+                maps, pooled = m(pipeline.tf.reshape(images, [-1, *images.shape[2:]]))
+                maps = maps.reshape(b, augment.views, *maps.shape[1:])[:, 0]  # maps of view 0 only
+                pooled = pooled.reshape(b, augment.views, -1)
+                pooled, pooled_views = pooled[:, 0], pooled[:, 1:]
+            else:
+                maps, pooled = m(images)
             t2 = time.perf_counter()
             if not report.first_batch_rows:
                 report.first_batch_rows, report.first_batch_seconds = len(maps), t2 - t_loop
-            sink.put(index.numpy(), maps, pooled)
+            sink.put(index.numpy(), maps, pooled, pooled_views)
             t3 = time.perf_counter()
             report.input_seconds += t1 - t0
             report.backbone_seconds += t2 - t1

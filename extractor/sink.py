@@ -66,12 +66,15 @@ class ShardSink:
         self._thread.start()
 
     # -- main thread -----------------------------------------------------------------------------
-    def put(self, index: np.ndarray, maps: np.ndarray, pooled: np.ndarray) -> None:
-        """Queue a batch (blocks while the queue is full); re-raises a writer error."""
+    def put(
+        self, index: np.ndarray, maps: np.ndarray, pooled: np.ndarray, pooled_views: np.ndarray | None = None
+    ) -> None:
+        """Queue a batch (blocks while the queue is full); re-raises a writer error. ``pooled_views``
+        ``(b, V-1, C)``: the pooled vectors of views 1.. when the cache has views."""
         self._raise_if_failed()
         while True:
             try:
-                self._queue.put((index, maps, pooled), timeout=0.5)
+                self._queue.put((index, maps, pooled, pooled_views), timeout=0.5)
                 return
             except queue.Full:
                 self._raise_if_failed()
@@ -115,7 +118,7 @@ class ShardSink:
                     except queue.Empty:
                         break
 
-    def _write(self, index: np.ndarray, maps: np.ndarray, pooled: np.ndarray) -> None:
+    def _write(self, index: np.ndarray, maps: np.ndarray, pooled: np.ndarray, pooled_views: np.ndarray | None) -> None:
         shard = self.cache.manifest.shard_of(int(index[0]))
         while self.pending and self.pending[0] != shard:
             self._finish_shard()
@@ -123,7 +126,9 @@ class ShardSink:
         if self._current is None:
             self._current = self.cache.start_shard(shard)
         src = self.source
-        self._current.append(maps, pooled, src.labels[index], [src.ids[i] for i in index], index, src.splits[index])
+        self._current.append(
+            maps, pooled, src.labels[index], [src.ids[i] for i in index], index, src.splits[index], pooled_views
+        )
         self._written.append(index)
         self.stats.write_seconds += time.perf_counter() - t0
 

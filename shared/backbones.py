@@ -642,6 +642,57 @@ def build_backbone(spec: BackboneSpec, weights: ResolvedWeights) -> "keras.Model
 # backbone's input size without keeping the aspect ratio (Keras' image_dataset_from_directory
 # default), bilinear with antialiasing so that large images are averaged, not aliased.
 RESIZE = "jpeg-dct-prescale-to-2x,bilinear,antialias,squash"
+# The resize policies (see featcache.extractor.pipeline.resize); the fingerprint's ``resize`` ends in
+# the policy's name, so caches made before the choice existed (all squash) keep their identity.
+RESIZE_POLICIES = ("squash", "centre-crop", "pad")
+DEFAULT_RESIZE = "squash"
+DEFAULT_CROP_SCALE = (0.35, 1.0)  # area fraction of a random-resized-crop view
+DEFAULT_CROP_RATIO = (3 / 4, 4 / 3)  # its aspect ratio (width / height)
+AUGMENT_VERSION = 1  # bump when make_view's recipe changes: old and new views must not mix
+
+
+@dataclass(frozen=True)
+class Augment:
+    """How each image becomes its views (see :func:`featcache.extractor.pipeline.make_view`):
+    ``views`` per image (view 0 the plain image, 1 its mirror, 2+ random-resized crops), the crops'
+    area fraction and aspect-ratio ranges, and the ``resize`` policy of every view."""
+
+    views: int = 1
+    crop_scale: tuple[float, float] = DEFAULT_CROP_SCALE
+    crop_ratio: tuple[float, float] = DEFAULT_CROP_RATIO
+    resize: str = DEFAULT_RESIZE
+
+    def __post_init__(self) -> None:
+        if self.views < 1:
+            raise FeatcacheError(f"views={self.views}: at least 1 (the plain image)")
+        if self.resize not in RESIZE_POLICIES:
+            raise FeatcacheError(f"resize={self.resize!r}: choose from {', '.join(RESIZE_POLICIES)}")
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise FeatcacheError(f"crop_scale={self.crop_scale}: need 0 < low <= high <= 1")
+        lo, hi = self.crop_ratio
+        if not 0 < lo <= hi:
+            raise FeatcacheError(f"crop_ratio={self.crop_ratio}: need 0 < low <= high")
+
+    def resize_key(self) -> str:
+        """The fingerprint's ``resize`` value."""
+        return RESIZE.rsplit(",", 1)[0] + "," + self.resize
+
+    def fingerprint(self) -> dict[str, Any] | None:
+        """The fingerprint's ``augment`` value: None for one view (the key is then left out, as in
+        caches made before views existed)."""
+        if self.views == 1:
+            return None
+        return {
+            "version": AUGMENT_VERSION,
+            "views": self.views,
+            "view_1": "horizontal flip",
+            "view_2_up": "random-resized crop, squashed, flipped with p=0.5",
+            "crop_scale": [float(v) for v in self.crop_scale],
+            "crop_ratio": [float(v) for v in self.crop_ratio],
+            "seed": "siphash(id:view)",
+            "maps": "view 0",
+        }
 
 
 def make_fingerprint(
@@ -651,8 +702,11 @@ def make_fingerprint(
     maps_dtype: str,
     compute_dtype: str = "float32",
     environment: dict[str, Any] | None = None,
+    augment: Augment | None = None,
 ) -> dict[str, Any]:
-    """The fingerprint of features computed by ``spec`` with ``weights``."""
+    """The fingerprint of features computed by ``spec`` with ``weights`` (and ``augment``'s resize
+    policy and views; the ``augment`` key only with more than one view)."""
+    augment = augment or Augment()
     fp: dict[str, Any] = {
         "backbone": spec.name,
         "weights_source": weights.source,
@@ -662,12 +716,14 @@ def make_fingerprint(
         "input_size": list(spec.input_size),
         "output_shape": list(spec.output_shape),
         "pooled_width": spec.channels,
-        "resize": RESIZE,
+        "resize": augment.resize_key(),
         "preprocessing": spec.preprocessing,
         "compute_dtype": compute_dtype,
         "maps_dtype": maps_dtype,
     }
     fp.update(dict(spec.identity))
+    if augment.views > 1:
+        fp["augment"] = augment.fingerprint()
     for key in ENVIRONMENT_KEYS:
         fp[key] = (environment or {}).get(key)
     return fp

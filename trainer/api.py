@@ -21,7 +21,7 @@ from typing import Any
 
 from .predict import Export, Prediction
 from .report import leaderboard as _leaderboard
-from .report import rank_key
+from .report import ranking
 from .settings import DEFAULT_RUNS, DEFAULT_TOP, Settings
 from .sweep import HeadConfig, resolve_sweep
 
@@ -30,7 +30,9 @@ __all__ = ["Export", "HeadResult", "Prediction", "SweepResult", "export", "predi
 
 @dataclass(frozen=True)
 class HeadResult:
-    """One trained head: its configuration, best-epoch val metrics and test metrics (None without test rows)."""
+    """One trained head: its configuration, best-epoch val metrics and test metrics (None without test rows);
+    on a cache with ``views``, its val and test accuracy with test-time augmentation and whether val
+    prefers it (``use_tta``)."""
 
     name: str
     config: HeadConfig
@@ -39,6 +41,10 @@ class HeadResult:
     val_loss: float
     test_acc: float | None
     test_loss: float | None
+    views: int = 1
+    val_acc_tta: float | None = None
+    test_acc_tta: float | None = None
+    use_tta: bool = False
 
     @classmethod
     def from_json(cls, row: dict[str, Any]) -> HeadResult:
@@ -50,6 +56,10 @@ class HeadResult:
             row["val_loss"],
             row["test_acc"],
             row["test_loss"],
+            row.get("views", 1),
+            row.get("val_acc_tta"),
+            row.get("test_acc_tta"),
+            bool(row.get("use_tta")),
         )
 
 
@@ -75,8 +85,13 @@ class SweepResult:
     def test_loss(self) -> float | None:
         return self.best.test_loss
 
+    @property
+    def baselines(self) -> list[dict[str, Any]]:
+        """The L-BFGS logistic regression, k-NN and ensemble rows (empty with ``baselines=False``)."""
+        return self.results.get("baselines", [])
+
     def leaderboard(self, top: int = DEFAULT_TOP) -> str:
-        return _leaderboard(self.results["heads"], top)
+        return _leaderboard(self.results["heads"], self.results["splits"]["val"], top)
 
 
 def train(
@@ -97,6 +112,8 @@ def train(
     val_fraction: float | None = None,
     max_maps_gb: float | None = None,
     allow_partial: bool | None = None,
+    views: bool | None = None,
+    baselines: bool | None = None,
     runs: str | Path = DEFAULT_RUNS,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
@@ -110,7 +127,8 @@ def train(
     grid = dict(head=head, lr=lr, weight_decay=weight_decay, hidden=hidden, dropout=dropout)
     grid["label_smoothing"] = label_smoothing
     settings = dict(epochs=epochs, batch_size=batch_size, patience=patience, seed=seed, standardize=standardize)
-    settings.update(val_fraction=val_fraction, max_maps_gb=max_maps_gb, allow_partial=allow_partial)
+    settings.update(val_fraction=val_fraction, max_maps_gb=max_maps_gb, allow_partial=allow_partial, views=views)
+    settings["baselines"] = baselines
     configs, checked = resolve_sweep(Path(sweep) if sweep is not None else None, grid, settings)
     run_dir, results = run_sweep(
         Path(cache),
@@ -121,7 +139,8 @@ def train(
         log or (lambda m: None),
         progress,
     )
-    heads = [HeadResult.from_json(h) for h in sorted(results["heads"], key=rank_key)]
+    order, _ = ranking(results["heads"], results["splits"]["val"])
+    heads = [HeadResult.from_json(results["heads"][i]) for i in order]
     best = next(h for h in heads if h.name == results["best"])
     return SweepResult(
         run_dir, heads, best, results["classes"], checked, results["random_weights"], results["wall_seconds"], results

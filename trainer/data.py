@@ -24,13 +24,16 @@ CARVE_SALT = "featcache-carve-val:"
 @dataclass
 class Split:
     """Rows of one split: ``index (n,)`` listing positions, ``id (n,)``, ``y (n,)`` int32 labels,
-    ``pooled (n, C)`` float32, and ``maps (n, h, w, C)`` float16 once loaded."""
+    ``pooled (n, C)`` float32, ``maps (n, h, w, C)`` float16 once loaded, and ``views (n, V, C)``
+    float32, every view's pooled vector (view 0 = ``pooled``), when the cache has views and they
+    were asked for."""
 
     index: np.ndarray
     id: np.ndarray
     y: np.ndarray
     pooled: np.ndarray
     maps: np.ndarray | None = None
+    views: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.y)
@@ -79,11 +82,14 @@ def load_rows(cache: FeatureCache) -> PooledRows:
     return rows
 
 
-def load_dataset(cache: FeatureCache, *, val_fraction: float = 0.1, allow_partial: bool = False) -> Dataset:
+def load_dataset(
+    cache: FeatureCache, *, val_fraction: float = 0.1, allow_partial: bool = False, views: bool = False
+) -> Dataset:
     """The cache's labelled rows split into train/val/test.
 
     Refuses an unfinished cache unless ``allow_partial`` and a cache with no labels. When the cache has
     no val rows, ``val_fraction`` of train is carved off by a hash of the id (stable, seed-free).
+    With ``views`` and a cache extracted with views, each split's ``views`` is loaded too.
     """
     if not allow_partial:
         cache.require_complete()
@@ -109,9 +115,15 @@ def load_dataset(cache: FeatureCache, *, val_fraction: float = 0.1, allow_partia
         val_carved = True
         notes.append(f"no val rows in the cache: {len(carve)} of {len(train_rows)} train rows carved off as val")
 
+    all_views = None
+    if views and cache.views > 1:
+        all_views = cache.load_pooled_views()
+        require_finite(cache, schema.POOLED_VIEWS, rows.index, all_views)
+
     def part(name: str) -> Split:
         sel = labelled & (split == SPLIT_CODES[name])
-        return Split(rows.index[sel], rows.id[sel], rows.label[sel].astype(np.int32), rows.pooled[sel])
+        v = None if all_views is None else all_views[sel]
+        return Split(rows.index[sel], rows.id[sel], rows.label[sel].astype(np.int32), rows.pooled[sel], views=v)
 
     ds = Dataset(
         list(cache.classes), part("train"), part("val"), part("test"), val_carved, int((~labelled).sum()), notes

@@ -5,7 +5,9 @@ Heads are grouped by kind and width (one trainable group each, see ``engine.make
 draws one shuffled batch order, and every batch is read once and fed to every group. After each epoch
 every head is evaluated on val; a head that has not improved its val accuracy (ties: a lower val loss)
 for ``patience`` epochs is frozen, and at the end each head gets back the weights of its best epoch.
-Nothing here writes files: see ``rundir``.
+On a cache with views (``Settings.views``), each epoch feeds every train row to the pooled heads
+through one of its views, and at the end they are also scored with test-time augmentation (see
+``views``). Nothing here writes files: see ``rundir``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from tqdm import tqdm
 from .data import Dataset, standardizer
 from .settings import Settings
 from .sweep import HeadConfig
+from .views import accuracy as view_accuracy
+from .views import epoch_views, pick_views, tta_probs
 
 EVAL_BATCH = {"pooled": 4096, "maps": 256}  # rows per evaluation batch, by input
 SPLITS = ("train", "val", "test")
@@ -40,6 +44,7 @@ class GroupState:
     group: Any
     inputs: dict[str, np.ndarray]
     eval_batch: int
+    views: dict[str, np.ndarray] | None = None  # split -> standardised (n, V, C) views, for pooled groups
     history: list[list[dict[str, float]]] = field(default_factory=list)
     best_acc: np.ndarray = field(default_factory=lambda: np.zeros(0))
     best_loss: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -63,9 +68,16 @@ class GroupState:
 
     def probabilities(self, split: str, head: int) -> np.ndarray:
         """Head ``head``'s class probabilities ``(n, n_classes)`` on ``split``."""
-        x = self.inputs[split]
-        parts = [self.group.predict(x[i : i + self.eval_batch])[head] for i in range(0, len(x), self.eval_batch)]
-        return np.concatenate(parts) if parts else np.zeros((0, self.group.n_classes), np.float32)
+        return self.predict_all(self.inputs[split])[head]
+
+    def predict_all(self, x: np.ndarray) -> np.ndarray:
+        """Every head's class probabilities ``(k, n, n_classes)`` on inputs ``x``."""
+        parts = [self.group.predict(x[i : i + self.eval_batch]) for i in range(0, len(x), self.eval_batch)]
+        return np.concatenate(parts, axis=1) if parts else np.zeros((self.group.k, 0, self.group.n_classes))
+
+    def tta_probabilities(self, split: str) -> np.ndarray | None:
+        """Every head's mean class probabilities over the views ``(k, n, n_classes)``, or None without views."""
+        return None if self.views is None else tta_probs(self.predict_all, self.views[split])
 
     def end_epoch(self, epoch: int, active: np.ndarray, train: np.ndarray, val: tuple[np.ndarray, np.ndarray]) -> None:
         """Record epoch ``epoch``: ``train`` ``(2, k)`` mean loss and accuracy, ``val`` (loss, acc);
@@ -111,8 +123,23 @@ def _inputs(ds: Dataset, reads_maps: bool, mean_std: tuple[np.ndarray, np.ndarra
     return out
 
 
+def _views(ds: Dataset, mean_std: tuple[np.ndarray, np.ndarray] | None) -> dict[str, np.ndarray] | None:
+    """Every split's standardised views ``(n, V, C)``, or None when ``ds`` has none loaded."""
+    if ds.train.views is None:
+        return None
+    return {
+        n: v if mean_std is None else (v - mean_std[0]) / mean_std[1]
+        for n in SPLITS
+        if (v := getattr(ds, n).views) is not None
+    }
+
+
 def _build_states(
-    ds: Dataset, configs: list[HeadConfig], seed: int, mean_std: tuple[np.ndarray, np.ndarray] | None
+    ds: Dataset,
+    configs: list[HeadConfig],
+    seed: int,
+    mean_std: tuple[np.ndarray, np.ndarray] | None,
+    views: dict[str, np.ndarray] | None = None,
 ) -> list[GroupState]:
     from .engine import make_group
 
@@ -124,7 +151,11 @@ def _build_states(
     for g, cs in enumerate(by_group.values()):
         maps = cs[0].reads_maps
         group = make_group(cs, in_dim, n_classes, seed + g)
-        states.append(GroupState(group, _inputs(ds, maps, mean_std), EVAL_BATCH["maps" if maps else "pooled"]))
+        states.append(
+            GroupState(
+                group, _inputs(ds, maps, mean_std), EVAL_BATCH["maps" if maps else "pooled"], None if maps else views
+            )
+        )
     return states
 
 
@@ -136,16 +167,19 @@ def _train_epoch(
     settings: Settings,
     step: int,
     bar: tqdm,
+    which: np.ndarray | None = None,
 ) -> tuple[list[np.ndarray], int]:
     """One pass over ``order`` in batches; returns each group's ``(2, k)`` mean train loss and accuracy
-    and the next step number (dropout seeds are ``(seed, step)``)."""
+    and the next step number (dropout seeds are ``(seed, step)``). ``which`` ``(n,)``: the view each
+    train row goes through in a group with views (:func:`featcache.trainer.views.epoch_views`)."""
     sums = [np.zeros((2, s.group.k)) for s in states]
     for b in range(0, len(order), settings.batch_size):
         idx = np.sort(order[b : b + settings.batch_size])
         for s, on, total in zip(states, active, sums, strict=True):
             if on.any():
                 t0 = time.perf_counter()
-                loss, correct = s.group.train_step(s.inputs["train"][idx], y[idx], on, (settings.seed, step))
+                x = s.inputs["train"][idx] if s.views is None else pick_views(s.views["train"], idx, which)
+                loss, correct = s.group.train_step(x, y[idx], on, (settings.seed, step))
                 s.seconds += time.perf_counter() - t0
                 total += [loss * len(idx), correct]
         step += 1
@@ -153,11 +187,15 @@ def _train_epoch(
     return [t / len(order) for t in sums], step
 
 
-def _finish(s: GroupState, y_test: np.ndarray) -> list[dict[str, Any]]:
-    """Restore each head's best weights and describe it, with its test metrics (None without test rows)."""
+def _finish(s: GroupState, y_val: np.ndarray, y_test: np.ndarray) -> list[dict[str, Any]]:
+    """Restore each head's best weights and describe it, with its test metrics (None without test
+    rows) and, in a group with views, its val and test accuracy with TTA and whether val prefers it."""
     s.group.restore_best()
     tloss, tacc = s.evaluate("test", y_test)
     has_test = len(y_test) > 0
+    tta = {}
+    if s.views is not None:  # mean probabilities over every view; trusted where better on val
+        tta = {n: view_accuracy(s.tta_probabilities(n), y) for n, y in (("val", y_val), ("test", y_test)) if len(y)}
     return [
         {
             "name": cfg.name,
@@ -170,6 +208,10 @@ def _finish(s: GroupState, y_test: np.ndarray) -> list[dict[str, Any]]:
             "test_loss": float(tloss[k]) if has_test else None,
             "group_wall_seconds": round(s.seconds, 3),
             "group_size": s.group.k,
+            "views": s.views["train"].shape[1] if tta else 1,
+            "val_acc_tta": float(tta["val"][k]) if tta else None,
+            "test_acc_tta": float(tta["test"][k]) if "test" in tta else None,
+            "use_tta": bool(tta) and bool(tta["val"][k] > s.best_acc[k]),  # chosen on val only
         }
         for k, cfg in enumerate(s.group.configs)
     ]
@@ -182,7 +224,9 @@ def train(ds: Dataset, configs: list[HeadConfig], settings: Settings, progress: 
     tf.config.experimental.enable_op_determinism()
     tf.random.set_seed(settings.seed)
     mean_std = standardizer(ds.train) if settings.standardize else None
-    states = _build_states(ds, configs, settings.seed, mean_std)
+    views = _views(ds, mean_std) if settings.views else None
+    n_views = 1 if views is None else views["train"].shape[1]
+    states = _build_states(ds, configs, settings.seed, mean_std, views)
     rng = np.random.default_rng(settings.seed)
     n_batches = -(-len(ds.train) // settings.batch_size)
     bar = tqdm(total=settings.epochs * n_batches, unit="batch", disable=not progress, leave=False, dynamic_ncols=True)
@@ -192,8 +236,9 @@ def train(ds: Dataset, configs: list[HeadConfig], settings: Settings, progress: 
             active = [s.active(settings.patience) for s in states]
             if not any(a.any() for a in active):
                 break
+            which = epoch_views(len(ds.train), n_views, settings.seed, epoch) if views else None
             train_means, step = _train_epoch(
-                states, active, ds.train.y, rng.permutation(len(ds.train)), settings, step, bar
+                states, active, ds.train.y, rng.permutation(len(ds.train)), settings, step, bar, which
             )
             for s, on, means in zip(states, active, train_means, strict=True):
                 t0 = time.perf_counter()
@@ -202,4 +247,4 @@ def train(ds: Dataset, configs: list[HeadConfig], settings: Settings, progress: 
             bar.set_postfix(epoch=epoch, best_val=f"{max(s.best_acc.max() for s in states):.3f}")
     finally:
         bar.close()
-    return TrainOutput([row for s in states for row in _finish(s, ds.test.y)], states, mean_std)
+    return TrainOutput([row for s in states for row in _finish(s, ds.val.y, ds.test.y)], states, mean_std)

@@ -1,5 +1,13 @@
 """What a finished sweep says about its heads: the ranking, the best head and its confusion matrix.
-Pure functions of ``results.json``'s ``heads`` rows (no TensorFlow)."""
+Pure functions of ``results.json``'s ``heads`` rows (no TensorFlow).
+
+A val accuracy is a binomial proportion: on 1,000 val rows its 95% interval is about +-2.8 points,
+so heads a few tenths apart are tied. The ranking applies the one-standard-error rule
+(:func:`featcache.trainer.select.rank`): the heads within one standard error of the best val
+accuracy come first, simplest first (linear before mlp before map, narrower before wider), and the
+first of them is the pick; the rest follow by val accuracy. A head scored with test-time
+augmentation (TTA, on a cache with views) counts with the accuracy of the way val preferred.
+"""
 
 from __future__ import annotations
 
@@ -7,28 +15,60 @@ from typing import Any
 
 import numpy as np
 
+from .kinds import HEAD_KINDS
+from .select import rank, wilson
 from .settings import DEFAULT_TOP
 
 
-def rank_key(head: dict[str, Any]) -> tuple[float, float]:
-    """Sort key of a head row: highest val accuracy first, then lowest val loss."""
-    return (-head["val_acc"], head["val_loss"])
+def selected_val_acc(head: dict[str, Any]) -> float:
+    """The head's val accuracy as chosen on val: with TTA when that was better there."""
+    return head["val_acc_tta"] if head.get("use_tta") else head["val_acc"]
 
 
-def best_head(heads: list[dict[str, Any]]) -> dict[str, Any]:
-    """Highest val accuracy, then lowest val loss, then the simplest (earliest in the grid)."""
-    return min(heads, key=rank_key)
+def selected_test_acc(head: dict[str, Any]) -> float | None:
+    """The head's test accuracy, scored the way val chose (view 0 or TTA)."""
+    return head["test_acc_tta"] if head.get("use_tta") else head["test_acc"]
 
 
-def leaderboard(heads: list[dict[str, Any]], top: int = DEFAULT_TOP, more_in: str = "results.json") -> str:
-    """The ``top`` heads as a text table: rank, val accuracy, test accuracy, best epoch, name."""
-    ranked = sorted(heads, key=rank_key)
+def simplicity(head: dict[str, Any]) -> tuple[int, int]:
+    """Orders tied heads: kinds in registry order (linear, mlp, map), then narrower first."""
+    c = head["config"]
+    kinds = list(HEAD_KINDS)
+    return (kinds.index(c["kind"]) if c["kind"] in kinds else len(kinds), int(c.get("hidden") or 0))
+
+
+def ranking(heads: list[dict[str, Any]], n_val: int) -> tuple[list[int], int]:
+    """Positions of ``heads`` in leaderboard order and how many lead it tied with the best (one-SE
+    rule on ``n_val`` val rows; equal simplicity: lower val loss, then grid order)."""
+    accs = [selected_val_acc(h) for h in heads]
+    # loss folded into the cost's last place so that equal accuracy and simplicity prefer the lower loss
+    costs = [(*simplicity(h), h["val_loss"]) for h in heads]
+    return rank(accs, costs, max(n_val, 1))
+
+
+def best_head(heads: list[dict[str, Any]], n_val: int) -> dict[str, Any]:
+    """The simplest head within one standard error of the best val accuracy (see :func:`ranking`)."""
+    return heads[ranking(heads, n_val)[0][0]]
+
+
+def leaderboard(heads: list[dict[str, Any]], n_val: int, top: int = DEFAULT_TOP, more_in: str = "results.json") -> str:
+    """The ``top`` heads in :func:`ranking` order as a text table: rank (``~`` within noise of the
+    best), val accuracy with its 95% Wilson interval, test accuracy, how it was scored, best epoch, name."""
+    order, tied = ranking(heads, n_val)
     fmt = lambda v: "   -  " if v is None else f"{v:.4f}"  # noqa: E731
-    lines = [f"{'rank':>4}  {'val acc':>7}  {'test acc':>8}  {'epoch':>5}  head"]
-    for r, h in enumerate(ranked[:top], 1):
-        lines.append(f"{r:>4}  {h['val_acc']:>7.4f}  {fmt(h['test_acc']):>8}  {h['best_epoch']:>5}  {h['name']}")
-    if len(ranked) > top:
-        lines.append(f"  ... {len(ranked) - top} more in {more_in}")
+    lines = [f"{'rank':>4}  {'val acc':>7}  {'95% CI':>13}  {'test acc':>8}  {'scored':>6}  {'epoch':>5}  head"]
+    for r, i in enumerate(order[:top], 1):
+        h = heads[i]
+        va = selected_val_acc(h)
+        lo, hi = wilson(va * n_val, n_val)
+        scored = f"TTA x{h['views']}" if h.get("use_tta") else "view 0"
+        lines.append(
+            f"{r:>3}{'~' if r <= tied else ' '}  {va:>7.4f}  [{lo:.3f},{hi:.3f}]  {fmt(selected_test_acc(h)):>8}  "
+            f"{scored:>6}  {h['best_epoch']:>5}  {h['name']}"
+        )
+    if len(order) > top:
+        lines.append(f"  ... {len(order) - top} more in {more_in}")
+    lines.append(f"~ within one standard error of the best val accuracy ({tied}): the simplest is picked")
     return "\n".join(lines)
 
 

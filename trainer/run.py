@@ -29,7 +29,9 @@ Log = Callable[[str], None]
 
 def load_for(cache: FeatureCache, configs: list[HeadConfig], settings: Settings, log: Log) -> Dataset:
     """The cache's splits, with maps in memory when a head of ``configs`` reads them."""
-    ds = load_dataset(cache, val_fraction=settings.val_fraction, allow_partial=settings.allow_partial)
+    ds = load_dataset(
+        cache, val_fraction=settings.val_fraction, allow_partial=settings.allow_partial, views=settings.views
+    )
     for note in ds.notes:
         log(f"note: {note}")
     if any(c.reads_maps for c in configs):
@@ -45,11 +47,12 @@ def describe_run(
     cache: FeatureCache, ds: Dataset, settings: Settings, out: TrainOutput, command: list[str]
 ) -> dict[str, Any]:
     """``results.json`` without its file index, plot entry and wall time (see docs/run-format.md)."""
-    best = best_head(out.heads)
+    best = best_head(out.heads, len(ds.val))
     state, k = out.locate(best["name"])
     confusion_test = None
     if len(ds.test):
-        confusion_test = confusion(ds.test.y, state.probabilities("test", k).argmax(-1), len(ds.classes)).tolist()
+        probs = state.tta_probabilities("test")[k] if best.get("use_tta") else state.probabilities("test", k)
+        confusion_test = confusion(ds.test.y, probs.argmax(-1), len(ds.classes)).tolist()
     return {
         "format": rundir.FORMAT,
         "version": rundir.VERSION,
@@ -88,7 +91,7 @@ def write_run(staging: Path, results: dict[str, Any], out: TrainOutput, in_dim: 
         model.save(staging / rundir.BEST_HEAD)
     weights = {c.name: s.group.head_weights(i) for s in out.states for i, c in enumerate(s.group.configs)}
     results["heads_file"] = {"file": rundir.HEADS, **rundir.save_heads(staging / rundir.HEADS, weights, out.mean_std)}
-    rundir.write_text(staging / rundir.LEADERBOARD, leaderboard(results["heads"]) + "\n")
+    rundir.write_text(staging / rundir.LEADERBOARD, leaderboard(results["heads"], results["splits"]["val"]) + "\n")
     with rundir.writing(staging / rundir.PLOT):
         skipped = plot(results, staging / rundir.PLOT)
     results["plot"] = None if skipped else rundir.PLOT
@@ -114,6 +117,10 @@ def run_sweep(
         ds = load_for(cache, configs, settings, log)
         out = train(ds, configs, settings, progress)
         results = describe_run(cache, ds, settings, out, command)
+        if settings.baselines:
+            from .baselines import run_baselines
+
+            results["baselines"] = run_baselines(ds, out)
         results["wall_seconds"] = round(time.perf_counter() - t0, 3)
         write_run(staging, results, out, ds.train.pooled.shape[1], log)
         return rundir.commit(staging, Path(runs_root)), results

@@ -30,12 +30,14 @@ class Settings:
     val_fraction: float = 0.1
     max_maps_gb: float = 8.0
     allow_partial: bool = False
+    views: bool = True  # on a cache with views: pooled heads train on them and are also scored with TTA
+    baselines: bool = True  # L-BFGS logistic regression, k-NN and the ensemble beside the sweep
 
 
 DEFAULTS = Settings()
 SETTING_KEYS = tuple(f.name for f in fields(Settings))
 # Settings a sweep file may hold (the others are per-machine: given on the command line or the API).
-FILE_SETTING_KEYS = ("epochs", "batch_size", "patience", "seed", "standardize", "val_fraction")
+FILE_SETTING_KEYS = ("epochs", "batch_size", "patience", "seed", "standardize", "val_fraction", "views", "baselines")
 GRID_KEYS = ("head", "lr", "weight_decay", "hidden", "dropout", "label_smoothing")
 DEFAULT_GRID: dict[str, list[Any]] = {
     "head": ["linear"],
@@ -104,6 +106,8 @@ RULES: dict[str, Callable[[Any], Any]] = {
     "val_fraction": _real(0, 1, lo_open=True),
     "max_maps_gb": _real(0, lo_open=True),
     "allow_partial": _flag,
+    "views": _flag,
+    "baselines": _flag,
     "head": _head_kind,
     "lr": _real(0, lo_open=True),
     "weight_decay": _real(0),

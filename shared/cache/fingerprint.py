@@ -23,6 +23,7 @@ IDENTITY_KEYS = (
     "preprocessing",
     "compute_dtype",
     "maps_dtype",
+    "augment",  # views per image and their recipe; absent (None) in one-view caches
 )
 ENVIRONMENT_KEYS = ("tensorflow", "keras", "onednn")
 

@@ -103,6 +103,11 @@ class FeatureCache:
         return bool(self.fingerprint.get("random_weights"))
 
     @property
+    def views(self) -> int:
+        """Views per row: 1, or ``V`` when extracted with views (``pooled_views`` holds views 1..V-1)."""
+        return schema.views_of(self.fingerprint)
+
+    @property
     def num_rows(self) -> int:
         """Rows readers see (dead rows excluded)."""
         return self.manifest.live_rows
@@ -193,6 +198,7 @@ class FeatureCache:
             schema.ID: np.zeros(0, object),
             schema.INDEX: np.zeros(0, schema.INDEX_DTYPE),
             schema.SPLIT: np.zeros(0, schema.SPLIT_DTYPE),
+            schema.POOLED_VIEWS: np.zeros((0, max(self.views - 1, 0), self.maps_shape[-1]), schema.POOLED_DTYPE),
         }
         out = {k: np.concatenate(v) if v else empty[k] for k, v in parts.items()}
         if len(self._relabel_index):
@@ -235,6 +241,14 @@ class FeatureCache:
             index=c[schema.INDEX],
             split=self.splits(c[schema.ID], c[schema.SPLIT]),
         )
+
+    def load_pooled_views(self) -> np.ndarray:
+        """``(N, V, C)`` float32: every row's pooled vectors of all its views (view 0 first), in index
+        order (the rows of :meth:`load_pooled`). A cache without views gives ``(N, 1, C)``."""
+        if self.views == 1:
+            return self.read_columns((schema.POOLED,))[schema.POOLED][:, None]
+        c = self.read_columns((schema.POOLED, schema.POOLED_VIEWS))
+        return np.concatenate([c[schema.POOLED][:, None], c[schema.POOLED_VIEWS]], axis=1)
 
     def iter_maps(
         self, block_rows: int = DEFAULT_BLOCK_ROWS, indices: np.ndarray | None = None, dtype: str | None = None

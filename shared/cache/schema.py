@@ -23,9 +23,18 @@ split     (n,)                   int8      0 train, 1 val, 2 test, -1 not given 
 ========  =====================  ========  ===============================================
 
 For MobileNetV2 at 224x224, ``(H, W, C) = (7, 7, 1280)``.
+
+A cache extracted with ``V > 1`` views (fingerprint key ``augment``) adds, additively (readers that
+do not know it still work, on view 0):
+
+============  =====================  ========  ===========================================
+pooled_views  (n, V-1, C)            float32   pooled vectors of views 1..V-1 of each row
+============  =====================  ========  ===========================================
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 FORMAT_NAME = "featcache"
 SCHEMA_VERSION = 1
@@ -48,6 +57,7 @@ ID = "id"
 INDEX = "index"
 SPLIT = "split"
 DATASETS = (MAPS, POOLED, LABEL, ID, INDEX, SPLIT)
+POOLED_VIEWS = "pooled_views"  # only in caches with views (see views_of)
 
 POOLED_DTYPE = "float32"
 LABEL_DTYPE = "int32"
@@ -117,3 +127,8 @@ def shard_number(file_name: str) -> int:
 def compaction_version(file_name: str) -> int:
     """How many times the shard in ``file_name`` was compacted (0 for ``shard-00007.h5``), -1 if not a shard name."""
     return _shard_name_parts(file_name)[1]
+
+
+def views_of(fingerprint: dict[str, Any]) -> int:
+    """Views per row of a cache with this fingerprint: 1 unless its ``augment`` says more."""
+    return int((fingerprint.get("augment") or {}).get("views", 1))

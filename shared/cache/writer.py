@@ -70,6 +70,8 @@ class ShardWriter:
         # gzip alone, one row per chunk: rows are compressed on all cores (see featcache.shared.cache.deflate)
         self._deflate_level = opts if deflate.is_row_gzip(self._maps) else None
         self._pooled: list[np.ndarray] = []
+        self._views = schema.views_of(manifest.fingerprint)
+        self._pooled_views: list[np.ndarray] = []
         self._label: list[np.ndarray] = []
         self._index: list[np.ndarray] = []
         self._split: list[np.ndarray] = []
@@ -87,12 +89,20 @@ class ShardWriter:
         ids: list[str],
         index: np.ndarray,
         split: np.ndarray,
+        pooled_views: np.ndarray | None = None,
     ) -> None:
         """Add ``b`` rows: maps ``(b, h, w, c)`` (cast to the cache's maps dtype), pooled ``(b, c)``
-        float32, label/index/split ``(b,)``, ids ``b`` strings."""
+        float32, label/index/split ``(b,)``, ids ``b`` strings; with views, ``pooled_views``
+        ``(b, V-1, c)`` (required exactly when the fingerprint has more than one view)."""
         b = len(ids)
         if not (len(maps) == len(pooled) == len(label) == len(index) == len(split) == b):
             raise ValueError("append: all arrays must have the same number of rows")
+        if (pooled_views is not None) != (self._views > 1):
+            raise ValueError(f"append: pooled_views is required exactly when the cache has views ({self._views})")
+        if pooled_views is not None:
+            if pooled_views.shape[:2] != (b, self._views - 1):
+                raise ValueError(f"append: pooled_views must be (b, {self._views - 1}, c), got {pooled_views.shape}")
+            self._pooled_views.append(np.asarray(pooled_views, dtype=schema.POOLED_DTYPE))
         if self._deflate_level is not None:
             deflate.append(self._maps, maps, self._deflate_level)
         else:
@@ -113,6 +123,9 @@ class ShardWriter:
         f = self._file
         channels = self._maps.shape[-1]
         f.create_dataset(schema.POOLED, data=self._cat(self._pooled, schema.POOLED_DTYPE, (channels,)))
+        if self._views > 1:
+            tail = (self._views - 1, channels)
+            f.create_dataset(schema.POOLED_VIEWS, data=self._cat(self._pooled_views, schema.POOLED_DTYPE, tail))
         f.create_dataset(schema.LABEL, data=self._cat(self._label, schema.LABEL_DTYPE))
         f.create_dataset(schema.INDEX, data=self._cat(self._index, schema.INDEX_DTYPE))
         f.create_dataset(schema.SPLIT, data=self._cat(self._split, schema.SPLIT_DTYPE))

@@ -66,7 +66,7 @@ class Report:
 
 def _expected_datasets(m: Manifest, rows: int) -> dict[str, tuple[tuple[int, ...], str]]:
     shape = tuple(m.fingerprint["output_shape"])
-    return {
+    out = {
         schema.MAPS: ((rows, *shape), m.storage["maps_dtype"]),
         schema.POOLED: ((rows, shape[-1]), schema.POOLED_DTYPE),
         schema.LABEL: ((rows,), schema.LABEL_DTYPE),
@@ -74,6 +74,10 @@ def _expected_datasets(m: Manifest, rows: int) -> dict[str, tuple[tuple[int, ...
         schema.INDEX: ((rows,), schema.INDEX_DTYPE),
         schema.SPLIT: ((rows,), schema.SPLIT_DTYPE),
     }
+    views = schema.views_of(m.fingerprint)
+    if views > 1:
+        out[schema.POOLED_VIEWS] = ((rows, views - 1, shape[-1]), schema.POOLED_DTYPE)
+    return out
 
 
 def check_shard(
@@ -147,6 +151,8 @@ def check_shard(
         pooled = f[schema.POOLED][()]
         if not np.isfinite(pooled).all():
             return f"pooled has {int((~np.isfinite(pooled)).sum())} NaN/Inf values"
+        if schema.POOLED_VIEWS in f and not np.isfinite(f[schema.POOLED_VIEWS][()]).all():
+            return f"{schema.POOLED_VIEWS} has NaN/Inf values"
         maps = f[schema.MAPS]
         for start in range(0, rec.rows, MAPS_BLOCK_ROWS):
             block = maps[start : start + MAPS_BLOCK_ROWS]

@@ -1,0 +1,86 @@
+"""Choosing among heads without chasing noise, and averaging the best of them.
+
+A val accuracy measured on ``n`` rows is a binomial proportion: on 1,000 rows its 95% interval is
+about +-2.8 points, so two heads 0.5 points apart are tied. :func:`wilson` gives the interval shown
+on the leaderboard; :func:`pick` applies the one-standard-error rule (Breiman et al., 1984; the rule
+glmnet uses for its lambda): among the heads whose val accuracy is within one standard error (a
+``z = 1`` Wilson interval) of the best, take the cheapest. :func:`ensemble` averages the class
+probabilities of the top ``k`` heads by val accuracy, ``k`` picked on val.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+Z95 = 1.959964  # two-sided 95%: the leaderboard's interval
+Z_ONE_SE = 1.0  # the one-standard-error rule's tie width
+
+
+def wilson(correct: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval ``(low, high)`` of a proportion ``correct / n`` (``(0, 1)`` when ``n == 0``)."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = correct / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return float(centre - half), float(centre + half)
+
+
+@dataclass
+class Candidate:
+    """One head's predictions: ``val (n_val, K)`` and ``test (n_test, K)`` class probabilities;
+    ``cost`` orders ties (lower is simpler/cheaper: e.g. train seconds, or parameters)."""
+
+    name: str
+    val: np.ndarray
+    test: np.ndarray
+    cost: float = 0.0
+    info: dict = field(default_factory=dict)
+
+    def val_acc(self, y: np.ndarray) -> float:
+        return float(np.mean(self.val.argmax(1) == y))
+
+    def test_acc(self, y: np.ndarray) -> float | None:
+        return float(np.mean(self.test.argmax(1) == y)) if len(y) else None
+
+
+def rank(accs: Sequence[float], costs: Sequence[float], n: int, z: float = Z_ONE_SE) -> tuple[list[int], int]:
+    """The selection order of heads with val accuracies ``accs`` (on ``n`` rows) and ``costs``: first
+    those tied with the best (val accuracy at least the lower end of the best's ``z``-Wilson interval)
+    from the cheapest up (equal cost: higher accuracy first, then earlier), then the rest by accuracy.
+    Returns (order, how many are tied); ``order[0]`` is the pick."""
+    low, _ = wilson(max(accs) * n, n, z)
+    tied = sorted((i for i, a in enumerate(accs) if a >= low), key=lambda i: (costs[i], -accs[i], i))
+    rest = sorted((i for i, a in enumerate(accs) if a < low), key=lambda i: (-accs[i], i))
+    return tied + rest, len(tied)
+
+
+def pick(cands: Sequence[Candidate], y_val: np.ndarray, z: float = Z_ONE_SE) -> Candidate:
+    """The cheapest candidate whose val accuracy reaches the lower end of the best one's ``z``-Wilson
+    interval (ties in cost: the higher val accuracy, then the earlier in ``cands``)."""
+    order, _ = rank([c.val_acc(y_val) for c in cands], [c.cost for c in cands], len(y_val), z)
+    return cands[order[0]]
+
+
+def ensemble(
+    cands: Sequence[Candidate], y_val: np.ndarray, max_k: int = 10, name: str = "ensemble"
+) -> tuple[Candidate, list[str]]:
+    """The mean probabilities of the top-``k`` candidates by val accuracy, ``k`` in ``1..max_k`` with
+    the best val accuracy of the mean (the smallest such ``k``); returns it and its members' names.
+    Its cost is the sum of its members'."""
+    order = sorted(range(len(cands)), key=lambda i: -cands[i].val_acc(y_val))[:max_k]
+    best_k, best_acc = 1, -1.0
+    total = np.zeros_like(cands[order[0]].val, dtype=np.float64)
+    for k, i in enumerate(order, 1):
+        total += cands[i].val
+        acc = float(np.mean(total.argmax(1) == y_val))
+        if acc > best_acc:
+            best_k, best_acc = k, acc
+    members = [cands[i] for i in order[:best_k]]
+    mean = lambda split: np.mean([getattr(c, split) for c in members], axis=0)  # noqa: E731
+    out = Candidate(f"{name} of top {best_k}", mean("val"), mean("test"), sum(c.cost for c in members), {"k": best_k})
+    return out, [c.name for c in members]
