@@ -25,6 +25,8 @@ IDENTITY_KEYS = (
     "maps_dtype",
     "augment",  # views per image and their recipe; absent (None) in one-view caches
 )
+# Identity keys a fingerprint may leave out (their absence is a value: one view per image).
+OPTIONAL_IDENTITY_KEYS = ("augment",)
 ENVIRONMENT_KEYS = ("tensorflow", "keras", "onednn")
 
 def differences(recorded: dict[str, Any], current: dict[str, Any], keys: tuple[str, ...]) -> list[str]:

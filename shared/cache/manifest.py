@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import NotACacheError
-from .fingerprint import IDENTITY_KEYS
+from .fingerprint import IDENTITY_KEYS, OPTIONAL_IDENTITY_KEYS
 from .fsutil import NotARegularFileError, atomic_write_json, read_regular, sha256_file
 from .paths import shard_file_problem
 from .schema import COMPRESSIONS, FORMAT_NAME, MANIFEST_NAME, MAPS_DTYPES, SCHEMA_VERSION, SPLITS
@@ -356,7 +356,7 @@ def failed_input(d: Any, where: str) -> FailedInput:
 def _fingerprint(d: dict[str, Any]) -> dict[str, Any]:
     fp = _field(d, "fingerprint", "", "dict")
     for key in IDENTITY_KEYS:
-        if key not in fp:
+        if key not in fp and key not in OPTIONAL_IDENTITY_KEYS:
             raise _Invalid(f"fingerprint.{key}", "missing")
     for key, length in (("input_size", 2), ("output_shape", 3)):
         v = fp[key]

@@ -331,6 +331,12 @@ def _read_column(f: h5py.File, key: str, rows: int, channels: int) -> np.ndarray
     """Dataset ``key`` of an open shard, checked to hold ``rows`` rows of the expected kind (ids as
     str objects); ``ValueError`` says what differs."""
     d = f[key]
+    if key == schema.POOLED_VIEWS:  # (rows, V - 1, C): the extra views of each row
+        if not (d.ndim == 3 and d.shape[0] == rows and d.shape[2] == channels and d.shape[1] >= 1):
+            raise ValueError(f"{key} is {d.shape}, expected ({rows}, views - 1, {channels})")
+        if d.dtype.kind != "f":
+            raise ValueError(f"{key} is {d.dtype}")
+        return d[()]
     expected = (rows, channels) if key == schema.POOLED else (rows,)
     if d.shape != expected:
         raise ValueError(f"{key} is {d.shape}, expected {expected}")
