@@ -25,7 +25,7 @@ from ..shared.inspection.suspects import softmax
 from .data import Split, load_dataset, read_maps
 from .identity import check_cache
 from .kinds import reads_maps
-from .report import confusion, rank_key
+from .report import confusion, ranking
 from .rundir import head_params, load_results
 
 WRONG_SHOWN = 24  # most confidently wrong test images on the page
@@ -118,7 +118,8 @@ def build(run_dir: str | Path) -> tuple[str, dict[str, Any]]:
     run_dir = Path(run_dir)
     results = load_results(run_dir)
     classes = results["classes"]
-    heads = sorted(results["heads"], key=rank_key)
+    order, _ = ranking(results["heads"], results["splits"]["val"])  # the leaderboard's own order
+    heads = [results["heads"][i] for i in order]
     best = next(h for h in heads if h["name"] == results["best"])
     sections = []
 
