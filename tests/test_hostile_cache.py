@@ -304,6 +304,22 @@ def test_shortened_classes_are_caught_by_verify_and_readers(cache):
         FeatureCache(cache).load_pooled()  # what the trainer reads
 
 
+@pytest.mark.parametrize("code", [7, -100])
+def test_split_codes_out_of_range_are_caught_by_verify_and_readers(cache, code):
+    """Found by tests/hostile.py: a forged split code made summary, show, export and report fail
+    with an IndexError and passed verify."""
+    with h5py.File(cache / "shards" / "shard-00001.h5", "r+") as f:
+        f["split"][2] = code
+    rehash(cache, 1)
+    r = inspect("verify", cache, "--no-progress")
+    assert r.exit_code == 1 and f"split code {code} is not a split" in r.output, r.output
+    for args in (["summary", cache], ["show", cache, "0"], ["export", cache, cache.parent / "out"]):
+        r = inspect(*args)
+        assert r.exit_code == 2 and "shard-00001.h5: split code" in r.output, (args, r.output)
+    with pytest.raises(FeatcacheError, match=f"shard-00001.h5: split code {code} is not a split"):
+        FeatureCache(cache).load_pooled()  # what the trainer reads
+
+
 def test_huge_consistent_plan_is_bounded_by_what_is_on_disk(cache):
     m = manifest(cache)
     m["source"]["num_inputs"], m["num_shards"] = 4 * 10**12, 10**12

@@ -185,3 +185,47 @@ def test_old_runs_are_refused_with_a_reason(tmp_path):
     (run / "results.json").write_text(json.dumps({"format": "featcache-train-results", "version": 1, "complete": True}))
     r = CliRunner().invoke(app, ["predict", str(run), str(tmp_path / "p.csv")])
     assert "format version 1 (featcache 0.1.0), which records no identity of its cache" in _error_line(r)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        ({"best": "no-such-head"}, "best: 'no-such-head' is not one of the run's heads"),
+        ({"heads": {"a": 1}}, "heads: expected a list of heads with names"),
+        ({"heads": [7]}, "heads: expected a list of heads with names"),
+    ],
+)
+def test_results_whose_best_or_heads_lie_are_one_line(tmp_path, edit, message):
+    """Found by tests/hostile.py: ``report`` on a run whose ``best`` names no head died with StopIteration."""
+    run = tmp_path / "run"
+    run.mkdir()
+    results = {"format": "featcache-train-results", "version": 2, "complete": True, "heads": [{"name": "h"}]}
+    (run / "results.json").write_text(json.dumps({**results, "best": "h", **edit}))
+    for command in (["report", str(run), str(tmp_path / "r.html")], ["predict", str(run), str(tmp_path / "p.csv")]):
+        r = CliRunner().invoke(app, command)
+        assert r.exit_code == 2 and message in _error_line(r), (command, r.output)
+
+
+def test_results_that_are_a_fifo_or_a_link_are_refused_without_blocking(tmp_path):
+    """Found by tests/hostile.py: results.json planted as a FIFO blocked ``report`` forever."""
+    import os
+    import subprocess
+    import sys
+
+    for kind in ("fifo", "link"):
+        run = tmp_path / kind
+        run.mkdir()
+        if kind == "fifo":
+            os.mkfifo(run / "results.json")
+        else:
+            (tmp_path / "elsewhere.json").write_text("{}")
+            (run / "results.json").symlink_to(tmp_path / "elsewhere.json")
+        code = "from featcache.trainer.cli import main; main()"
+        p = subprocess.run(
+            [sys.executable, "-c", code, "report", str(run), str(tmp_path / "r.html")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        last = p.stderr.strip().splitlines()[-1]
+        assert p.returncode == 2 and last.startswith("error:") and "results.json" in last, p.stderr

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..shared.cache.fsutil import atomic_write_json, fsync_dir
+from ..shared.cache.fsutil import atomic_write_json, fsync_dir, read_regular
 from ..shared.errors import FeatcacheError
 
 FORMAT = "featcache-train-results"
@@ -143,9 +143,12 @@ def load_results(run_dir: Path) -> dict[str, Any]:
     """``results.json`` of a finished run, refusing other files and other format versions."""
     path = Path(run_dir) / RESULTS
     try:
-        results = json.loads(path.read_text())
+        # never through a link, never a FIFO (which would block the read): run folders are data too
+        results = json.loads(read_regular(path))
     except FileNotFoundError:
         raise FeatcacheError(f"{path}: no results: not a finished featcache-train run") from None
+    except OSError as exc:
+        raise FeatcacheError(f"{path}: cannot read ({exc.strerror or exc})") from None
     except ValueError as exc:
         raise FeatcacheError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(results, dict) or results.get("format") != FORMAT or not results.get("complete"):
@@ -158,6 +161,11 @@ def load_results(run_dir: Path) -> dict[str, Any]:
         )
     if version != VERSION:
         raise FeatcacheError(f"{path}: run format version {version!r} is not {VERSION}, the one this featcache reads")
+    heads = results.get("heads")
+    if not isinstance(heads, list) or not all(isinstance(h, dict) and isinstance(h.get("name"), str) for h in heads):
+        raise FeatcacheError(f"{path}: heads: expected a list of heads with names")
+    if results.get("best") not in {h["name"] for h in heads}:
+        raise FeatcacheError(f"{path}: best: {results.get('best')!r} is not one of the run's heads")
     return results
 
 

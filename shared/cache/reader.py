@@ -189,6 +189,8 @@ class FeatureCache:
                             if bad:
                                 raise FeatcacheError(f"{self.shard_path(record)}: {bad}")
                             value = self._current_labels(record, value)
+                        elif key == schema.SPLIT and (bad := split_problem(value)):
+                            raise FeatcacheError(f"{self.shard_path(record)}: {bad}")
                         parts[key].append(value if live is None else value[live])
                 except (KeyError, OSError, ValueError, TypeError) as exc:
                     raise FeatcacheError(f"{self.shard_path(record)}: cannot read dataset ({exc})") from None
@@ -356,6 +358,18 @@ def label_problem(label: np.ndarray, num_classes: int) -> str | None:
         return None
     return (f"label {int(label[bad][0])} is not a class of the manifest ({num_classes} classes, "
             f"-1 for unknown); {int(bad.sum())} rows affected")
+
+
+def split_problem(split: np.ndarray) -> str | None:
+    """Why ``split`` ``(n,)`` int8 holds a code that is no split (0 train, 1 val, 2 test, -1 none), or None.
+
+    Readers index the split names with these codes: an out-of-range code from a hand-edited shard
+    must be one line naming the shard, never an IndexError (or a row silently in no split)."""
+    bad = (split < schema.NO_SPLIT) | (split >= len(schema.SPLITS))
+    if not bad.any():
+        return None
+    first = int(split[bad][0])
+    return f"split code {first} is not a split (0 train, 1 val, 2 test, -1 none); {int(bad.sum())} rows affected"
 
 
 def shard_identity_problem(f: h5py.File, rec: ShardRecord, m: Manifest, size: int) -> str | None:

@@ -27,7 +27,7 @@ from ..cache.lock import CacheLock, describe_holder
 from ..cache.manifest import Manifest, ManifestError, ShardRecord, file_status, now
 from ..cache.parts import LOCK_WAIT_SECONDS, awaiting_merge, merge_logs, recorded_holders, remove_logs, running_parts
 from ..cache.paths import UnsafePathError, cache_path, shard_file_problem, shard_path
-from ..cache.reader import label_problem, shard_identity_problem
+from ..cache.reader import label_problem, shard_identity_problem, split_problem
 from ..errors import CacheLockedError, FeatcacheError
 
 QUARANTINE_DIR = "quarantine"
@@ -148,6 +148,9 @@ def check_shard(
         bad_label = label_problem(f[schema.LABEL][()], len(m.generation_of(rec.shard).classes))
         if bad_label:
             return bad_label
+        bad_split = split_problem(f[schema.SPLIT][()])
+        if bad_split:
+            return bad_split
         pooled = f[schema.POOLED][()]
         if not np.isfinite(pooled).all():
             return f"pooled has {int((~np.isfinite(pooled)).sum())} NaN/Inf values"
