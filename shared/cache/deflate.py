@@ -28,7 +28,9 @@ _FILTER_SKIPPED = 1  # bit 0 of a chunk's filter mask: the gzip filter was not a
 
 
 def _pool(threads: int) -> ThreadPoolExecutor:
-    return _POOLS.get(threads) or _POOLS.setdefault(threads, ThreadPoolExecutor(threads, thread_name_prefix="featcache-zlib"))
+    return _POOLS.get(threads) or _POOLS.setdefault(
+        threads, ThreadPoolExecutor(threads, thread_name_prefix="featcache-zlib")
+    )
 
 
 def is_row_gzip(dset: h5py.Dataset) -> bool:
@@ -52,8 +54,9 @@ def append(dset: h5py.Dataset, rows: np.ndarray, level: int, threads: int = THRE
         dset.id.write_direct_chunk((n + i, *zeros), chunk)
 
 
-def read_rows(dset: h5py.Dataset, rows: np.ndarray, dtype: np.dtype | str | None = None,
-              threads: int = THREADS) -> np.ndarray:
+def read_rows(
+    dset: h5py.Dataset, rows: np.ndarray, dtype: np.dtype | str | None = None, threads: int = THREADS
+) -> np.ndarray:
     """Rows ``rows`` (positions, any order) of an :func:`is_row_gzip` dataset as one array
     ``(len(rows), *dset.shape[1:])`` of ``dtype`` (default: as stored); a chunk that does not
     inflate raises :class:`FeatcacheError` naming the file and the row."""
@@ -67,7 +70,9 @@ def read_rows(dset: h5py.Dataset, rows: np.ndarray, dtype: np.dtype | str | None
         try:
             data = data if mask & _FILTER_SKIPPED else zlib.decompress(data)
         except zlib.error as exc:
-            raise FeatcacheError(f"{dset.file.filename}: row {int(rows[k])} of {dset.name} does not inflate ({exc})") from None
+            raise FeatcacheError(
+                f"{dset.file.filename}: row {int(rows[k])} of {dset.name} does not inflate ({exc})"
+            ) from None
         out[k] = np.frombuffer(data, dtype=dset.dtype).reshape(shape)
 
     for _ in _pool(threads).map(inflate, range(len(rows))):

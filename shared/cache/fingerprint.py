@@ -29,6 +29,7 @@ IDENTITY_KEYS = (
 OPTIONAL_IDENTITY_KEYS = ("augment",)
 ENVIRONMENT_KEYS = ("tensorflow", "keras", "onednn")
 
+
 def differences(recorded: dict[str, Any], current: dict[str, Any], keys: tuple[str, ...]) -> list[str]:
     """``key: recorded -> current`` for each of ``keys`` that differs."""
     return [f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}" for k in keys if recorded.get(k) != current.get(k)]
@@ -48,7 +49,9 @@ def check_compatible(recorded: dict[str, Any], current: dict[str, Any], where: s
         )
     env = differences(recorded, current, ENVIRONMENT_KEYS)
     if env:
-        warnings.warn(f"{where}: library environment changed ({'; '.join(env)}); values may differ by round-off", stacklevel=2)
+        warnings.warn(
+            f"{where}: library environment changed ({'; '.join(env)}); values may differ by round-off", stacklevel=2
+        )
 
 
 def to_attr(fp: dict[str, Any]) -> str:

@@ -49,8 +49,9 @@ def open_regular(path: str | os.PathLike[str], flags: int, mode: int = 0o644) ->
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise NotARegularFileError(f"{path}: is a symbolic link; featcache does not follow links for its own "
-                                       "files (remove it)") from None
+            raise NotARegularFileError(
+                f"{path}: is a symbolic link; featcache does not follow links for its own files (remove it)"
+            ) from None
         raise
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
@@ -67,8 +68,9 @@ def check_regular(path: str | os.PathLike[str]) -> None:
     except FileNotFoundError:
         return
     if stat.S_ISLNK(mode):
-        raise NotARegularFileError(f"{path}: is a symbolic link; featcache does not follow links for its own "
-                                   "files (remove it)")
+        raise NotARegularFileError(
+            f"{path}: is a symbolic link; featcache does not follow links for its own files (remove it)"
+        )
     if not stat.S_ISREG(mode):
         raise NotARegularFileError(f"{path}: not a regular file; featcache refuses to open it (remove it)")
 

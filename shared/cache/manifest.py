@@ -143,8 +143,15 @@ class Manifest:
         if self.generations:
             return self.generations
         return [
-            Generation(0, 0, self.num_inputs, 0, self.created, list(self.classes),
-                       listing_sha256=self.source.get("listing_sha256"))
+            Generation(
+                0,
+                0,
+                self.num_inputs,
+                0,
+                self.created,
+                list(self.classes),
+                listing_sha256=self.source.get("listing_sha256"),
+            )
         ]
 
     @property
@@ -221,14 +228,30 @@ class Manifest:
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
-        order = ["format", "schema_version", "created", "updated", "fingerprint", "classes", "source", "split",
-                 "storage", "shard_size"]
+        order = [
+            "format",
+            "schema_version",
+            "created",
+            "updated",
+            "fingerprint",
+            "classes",
+            "source",
+            "split",
+            "storage",
+            "shard_size",
+        ]
         out = {k: d[k] for k in order}
         out.update(num_shards=self.num_shards, rows=self.rows, complete=self.complete)
         if self.generations:  # only updated caches carry these (a cache made in one go is unchanged)
-            out.update(num_inputs=self.num_inputs, generation=self.generation, live_rows=self.live_rows,
-                       generations=d["generations"], dead=self.dead, dropped=self.dropped,
-                       relabelled=self.relabelled)
+            out.update(
+                num_inputs=self.num_inputs,
+                generation=self.generation,
+                live_rows=self.live_rows,
+                generations=d["generations"],
+                dead=self.dead,
+                dropped=self.dropped,
+                relabelled=self.relabelled,
+            )
         out.update(shards=d["shards"], failed=d["failed"])
         return out
 
@@ -280,8 +303,9 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _field(d: dict[str, Any], key: str, where: str, kind: str, *, minimum: int | None = None,
-           optional: bool = False) -> Any:
+def _field(
+    d: dict[str, Any], key: str, where: str, kind: str, *, minimum: int | None = None, optional: bool = False
+) -> Any:
     """``d[key]`` checked to be of ``kind`` (``int``, ``str``, ``dict``, ``list``, ``number``,
     ``str-or-null``); ``where`` is the dotted path of ``d`` for messages."""
     name = f"{where}.{key}" if where else key
@@ -299,8 +323,13 @@ def _field(d: dict[str, Any], key: str, where: str, kind: str, *, minimum: int |
         "str-or-null": v is None or isinstance(v, str),
     }[kind]
     if not ok:
-        expected = {"int": "an integer", "dict": "an object", "list": "a list", "number": "a finite number",
-                    "str-or-null": "a string or null"}.get(kind, f"a {kind}")
+        expected = {
+            "int": "an integer",
+            "dict": "an object",
+            "list": "a list",
+            "number": "a finite number",
+            "str-or-null": "a string or null",
+        }.get(kind, f"a {kind}")
         raise _Invalid(name, f"expected {expected}, got {_show(v)}")
     if kind == "int":
         low = 0 if minimum is None else minimum
@@ -314,8 +343,16 @@ def plan_shards(num_inputs: int, shard_size: int) -> int:
     return -(-num_inputs // shard_size)
 
 
-_RECORD_FIELDS = {"shard": "int", "file": "str", "first_index": "int", "num_inputs": "int", "rows": "int",
-                  "bytes": "int", "sha256": "str", "completed": "str"}
+_RECORD_FIELDS = {
+    "shard": "int",
+    "file": "str",
+    "first_index": "int",
+    "num_inputs": "int",
+    "rows": "int",
+    "bytes": "int",
+    "sha256": "str",
+    "completed": "str",
+}
 _FAILED_FIELDS = {"index": "int", "id": "str", "reason": "str", "shard": "int"}
 
 
@@ -344,7 +381,9 @@ def shard_record(d: Any, where: str, plan: Manifest | None = None) -> ShardRecor
         inputs = plan.shard_inputs(rec.shard)
         expected = (inputs.start, len(inputs))
         if (rec.first_index, rec.num_inputs) != expected:
-            raise _Invalid(where, f"inputs {rec.first_index}+{rec.num_inputs}, the shard plan says {expected[0]}+{expected[1]}")
+            raise _Invalid(
+                where, f"inputs {rec.first_index}+{rec.num_inputs}, the shard plan says {expected[0]}+{expected[1]}"
+            )
     return rec
 
 
@@ -365,7 +404,9 @@ def _fingerprint(d: dict[str, Any]) -> dict[str, Any]:
     for key in ("backbone", "weights_sha256", "resize", "preprocessing", "compute_dtype"):
         _field(fp, key, "fingerprint", "str")
     if fp["maps_dtype"] not in MAPS_DTYPES:
-        raise _Invalid("fingerprint.maps_dtype", f"expected one of {', '.join(MAPS_DTYPES)}, got {_show(fp['maps_dtype'])}")
+        raise _Invalid(
+            "fingerprint.maps_dtype", f"expected one of {', '.join(MAPS_DTYPES)}, got {_show(fp['maps_dtype'])}"
+        )
     return fp
 
 
@@ -386,7 +427,8 @@ def validate(d: Any, where: str = "manifest") -> Manifest:
         raise ManifestError(f"{where}: schema_version: expected an integer, got {_show(version)}")
     if version > SCHEMA_VERSION:
         raise NotACacheError(
-            f"{where}: schema version {version!r} is newer than this featcache reads ({SCHEMA_VERSION}); upgrade featcache"
+            f"{where}: schema version {version!r} is newer than this featcache reads ({SCHEMA_VERSION}); "
+            "upgrade featcache"
         )
     try:
         created = _field(d, "created", "", "str")
@@ -410,21 +452,33 @@ def validate(d: Any, where: str = "manifest") -> Manifest:
             raise _Invalid("split.fractions", f"expected three non-negative numbers summing to 1, got {values}")
         storage = _field(d, "storage", "", "dict")
         if storage.get("maps_dtype") != fingerprint["maps_dtype"]:
-            raise _Invalid("storage.maps_dtype", f"{_show(storage.get('maps_dtype'))}, the fingerprint says "
-                           f"{fingerprint['maps_dtype']!r}")
+            raise _Invalid(
+                "storage.maps_dtype",
+                f"{_show(storage.get('maps_dtype'))}, the fingerprint says {fingerprint['maps_dtype']!r}",
+            )
         if storage.get("compression") not in COMPRESSIONS:
-            raise _Invalid("storage.compression", f"expected one of {', '.join(COMPRESSIONS)}, got "
-                           f"{_show(storage.get('compression'))}")
+            raise _Invalid(
+                "storage.compression",
+                f"expected one of {', '.join(COMPRESSIONS)}, got {_show(storage.get('compression'))}",
+            )
         _field(storage, "maps_chunk_rows", "storage", "int", minimum=1)
         shard_size = _field(d, "shard_size", "", "int", minimum=1)
         generations = _generations(d, shard_size)
-        plan = Manifest(fingerprint=fingerprint, classes=list(classes), source=source, split=split, storage=storage,
-                        shard_size=shard_size, generations=generations)
+        plan = Manifest(
+            fingerprint=fingerprint,
+            classes=list(classes),
+            source=source,
+            split=split,
+            storage=storage,
+            shard_size=shard_size,
+            generations=generations,
+        )
         num_inputs, planned = plan.num_inputs, plan.num_shards
         recorded = _field(d, "num_shards", "", "int", optional=True)
         if recorded is not None and recorded != planned:
-            raise _Invalid("num_shards", f"{recorded}, but {num_inputs} inputs in shards of {shard_size} "
-                           f"make {planned}")
+            raise _Invalid(
+                "num_shards", f"{recorded}, but {num_inputs} inputs in shards of {shard_size} make {planned}"
+            )
         shards = [shard_record(r, f"shards[{k}]", plan) for k, r in enumerate(_field(d, "shards", "", "list"))]
         by_shard = {}
         for k, rec in enumerate(shards):
@@ -451,20 +505,44 @@ def validate(d: Any, where: str = "manifest") -> Manifest:
         for k, rec in enumerate(shards):
             gone = gone_per_shard.get(rec.shard, 0)
             if rec.rows + gone != rec.num_inputs:
-                raise _Invalid(f"shards[{k}].rows", f"{rec.rows} rows and {gone} failed or dropped inputs do not add "
-                               f"up to the shard's {rec.num_inputs} inputs")
+                raise _Invalid(
+                    f"shards[{k}].rows",
+                    f"{rec.rows} rows and {gone} failed or dropped inputs do not add "
+                    f"up to the shard's {rec.num_inputs} inputs",
+                )
         relabelled = _relabelled(d, num_inputs, len(classes))
     except _Invalid as exc:
         raise ManifestError(f"{where}: {exc}") from None
-    return Manifest(fingerprint=fingerprint, classes=list(classes), source=source, split=split, storage=storage,
-                    shard_size=shard_size, shards=sorted(shards, key=lambda s: s.shard),
-                    failed=sorted(failed, key=lambda f: f.index), generations=generations, dead=dead,
-                    dropped=dropped, relabelled=relabelled, created=created, updated=updated,
-                    format=FORMAT_NAME, schema_version=version)
+    return Manifest(
+        fingerprint=fingerprint,
+        classes=list(classes),
+        source=source,
+        split=split,
+        storage=storage,
+        shard_size=shard_size,
+        shards=sorted(shards, key=lambda s: s.shard),
+        failed=sorted(failed, key=lambda f: f.index),
+        generations=generations,
+        dead=dead,
+        dropped=dropped,
+        relabelled=relabelled,
+        created=created,
+        updated=updated,
+        format=FORMAT_NAME,
+        schema_version=version,
+    )
 
 
-_GENERATION_FIELDS = {"generation": "int", "first_index": "int", "num_inputs": "int", "first_shard": "int",
-                      "created": "str", "classes": "list", "changes": "dict", "listing_sha256": "str-or-null"}
+_GENERATION_FIELDS = {
+    "generation": "int",
+    "first_index": "int",
+    "num_inputs": "int",
+    "first_shard": "int",
+    "created": "str",
+    "classes": "list",
+    "changes": "dict",
+    "listing_sha256": "str-or-null",
+}
 
 
 def _generations(d: dict[str, Any], shard_size: int) -> list[Generation]:
@@ -473,13 +551,17 @@ def _generations(d: dict[str, Any], shard_size: int) -> list[Generation]:
     out: list[Generation] = []
     for k, g in enumerate(_field(d, "generations", "", "list", optional=True) or []):
         where = f"generations[{k}]"
-        gen = Generation(**_object({"listing_sha256": None, **g} if isinstance(g, dict) else g, where,
-                                   _GENERATION_FIELDS))
+        gen = Generation(
+            **_object({"listing_sha256": None, **g} if isinstance(g, dict) else g, where, _GENERATION_FIELDS)
+        )
         end_index = out[-1].first_index + out[-1].num_inputs if out else 0
         end_shard = out[-1].first_shard + plan_shards(out[-1].num_inputs, shard_size) if out else 0
         if (gen.generation, gen.first_index, gen.first_shard) != (k, end_index, end_shard) or gen.num_inputs < 0:
-            raise _Invalid(where, f"generation {gen.generation} at input {gen.first_index}, shard {gen.first_shard} "
-                           f"({gen.num_inputs} inputs); expected generation {k} at input {end_index}, shard {end_shard}")
+            raise _Invalid(
+                where,
+                f"generation {gen.generation} at input {gen.first_index}, shard {gen.first_shard} "
+                f"({gen.num_inputs} inputs); expected generation {k} at input {end_index}, shard {end_shard}",
+            )
         if not all(isinstance(c, str) for c in gen.classes):
             raise _Invalid(f"{where}.classes", "expected a list of strings")
         out.append(gen)
@@ -501,8 +583,14 @@ def _relabelled(d: dict[str, Any], num_inputs: int, num_classes: int) -> list[li
     """``relabelled``: ``[index, label, split]`` triples (label -1 or a class number, split a code)."""
     out = []
     for k, r in enumerate(_field(d, "relabelled", "", "list", optional=True) or []):
-        if not (isinstance(r, list) and len(r) == 3 and all(_is_int(v) for v in r)
-                and 0 <= r[0] < num_inputs and -1 <= r[1] < num_classes and -1 <= r[2] <= 2):
+        if not (
+            isinstance(r, list)
+            and len(r) == 3
+            and all(_is_int(v) for v in r)
+            and 0 <= r[0] < num_inputs
+            and -1 <= r[1] < num_classes
+            and -1 <= r[2] <= 2
+        ):
             raise _Invalid(f"relabelled[{k}]", f"expected [index, label, split] in range, got {_show(r)}")
         out.append([int(v) for v in r])
     return out

@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import schema
 from ..errors import CacheLockedError, FeatcacheError
+from . import schema
 from .fsutil import atomic_write_json, read_regular
 from .lock import CacheLock, FileLock, describe_holder, read_holder
 from .manifest import FailedInput, Manifest, ShardRecord, failed_input, file_status, now, shard_record
@@ -179,10 +179,17 @@ class PartLog:
     def save(self, cache_dir: Path) -> None:
         d = parts_dir(cache_dir)
         d.mkdir(exist_ok=True)
-        atomic_write_json(d / self.path_name, {
-            "format": LOG_FORMAT, "part": str(self.part), "generation": self.generation, "updated": now(),
-            "shards": [asdict(s) for s in self.shards], "failed": [asdict(f) for f in self.failed],
-        })
+        atomic_write_json(
+            d / self.path_name,
+            {
+                "format": LOG_FORMAT,
+                "part": str(self.part),
+                "generation": self.generation,
+                "updated": now(),
+                "shards": [asdict(s) for s in self.shards],
+                "failed": [asdict(f) for f in self.failed],
+            },
+        )
 
     @classmethod
     def load(cls, path: Path) -> "PartLog | None":
@@ -191,9 +198,12 @@ class PartLog:
             d = json.loads(read_regular(path).decode("utf-8"))
             if not isinstance(d, dict) or d.get("format") != LOG_FORMAT or not isinstance(d.get("generation"), str):
                 return None
-            return cls(Part.parse(d["part"]), d["generation"],
-                       [shard_record(s, f"shards[{k}]") for k, s in enumerate(d["shards"])],
-                       [failed_input(f, f"failed[{k}]") for k, f in enumerate(d["failed"])])
+            return cls(
+                Part.parse(d["part"]),
+                d["generation"],
+                [shard_record(s, f"shards[{k}]") for k, s in enumerate(d["shards"])],
+                [failed_input(f, f"failed[{k}]") for k, f in enumerate(d["failed"])],
+            )
         except Exception:  # noqa: BLE001 (whatever is wrong with a log, its shards are redone)
             return None
 
@@ -217,9 +227,11 @@ def _unmerged(cache_dir: Path, m: Manifest) -> list[tuple[ShardRecord, list[Fail
             if rec.shard in have or rec.shard >= m.num_shards:
                 continue
             plan = m.shard_inputs(rec.shard)
-            if (rec.first_index, rec.num_inputs) != (plan.start, len(plan)) or rec.rows + len(
-                failed.get(rec.shard, [])
-            ) != rec.num_inputs or any(f.index not in plan for f in failed.get(rec.shard, [])):
+            if (
+                (rec.first_index, rec.num_inputs) != (plan.start, len(plan))
+                or rec.rows + len(failed.get(rec.shard, [])) != rec.num_inputs
+                or any(f.index not in plan for f in failed.get(rec.shard, []))
+            ):
                 continue
             try:
                 path = shard_path(cache_dir, rec.file, rec.shard)
@@ -276,16 +288,25 @@ class Finalized:
         return not self.missing
 
     def to_json(self) -> dict[str, Any]:
-        return {"cache": str(self.cache), "complete": self.complete, "shards": self.num_shards, "done": self.done,
-                "rows": self.rows, "merged": self.merged, "missing": self.missing,
-                "running": {str(p): h for p, h in self.running.items()}}
+        return {
+            "cache": str(self.cache),
+            "complete": self.complete,
+            "shards": self.num_shards,
+            "done": self.done,
+            "rows": self.rows,
+            "merged": self.merged,
+            "missing": self.missing,
+            "running": {str(p): h for p, h in self.running.items()},
+        }
 
     def summary(self) -> str:
         merged = f"; merged {self.merged} shards from part logs" if self.merged else ""
         if self.complete:
             return f"{self.cache}: complete, {self.done}/{self.num_shards} shards, {self.rows} rows{merged}"
-        head = (f"{self.cache}: INCOMPLETE, {self.done}/{self.num_shards} shards done ({self.rows} rows){merged}; "
-                f"{len(self.missing)} missing: ")
+        head = (
+            f"{self.cache}: INCOMPLETE, {self.done}/{self.num_shards} shards done ({self.rows} rows){merged}; "
+            f"{len(self.missing)} missing: "
+        )
         return head + "; ".join(self._missing_by_part())
 
     def _missing_by_part(self) -> list[str]:
@@ -332,5 +353,13 @@ def finalize(cache_dir: str | Path, *, wait: float = LOCK_WAIT_SECONDS) -> Final
                     p.unlink()
             if not any(d.iterdir()):
                 d.rmdir()
-    return Finalized(cache_dir, m.num_shards, len(m.shards), m.rows, merged, m.missing_shards(), running,
-                     sorted({p.count for p in parts if not p.whole}))
+    return Finalized(
+        cache_dir,
+        m.num_shards,
+        len(m.shards),
+        m.rows,
+        merged,
+        m.missing_shards(),
+        running,
+        sorted({p.count for p in parts if not p.whole}),
+    )

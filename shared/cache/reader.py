@@ -27,13 +27,13 @@ from typing import Any
 import h5py
 import numpy as np
 
-from . import deflate, schema
-from .schema import LISTING_ATTR
 from ..errors import FeatcacheError, FingerprintMismatchError
+from . import deflate, schema
 from .fingerprint import IDENTITY_KEYS, check_compatible, differences
 from .manifest import Manifest, ShardRecord
 from .parts import SHARDS_LISTED, list_shards
 from .paths import shard_path
+from .schema import LISTING_ATTR
 from .split import assign_splits
 
 DEFAULT_BLOCK_ROWS = 256
@@ -166,7 +166,9 @@ class FeatureCache:
             raise
         return f
 
-    def read_columns(self, columns: tuple[str, ...] = (schema.LABEL, schema.ID, schema.INDEX, schema.SPLIT)) -> dict[str, np.ndarray]:
+    def read_columns(
+        self, columns: tuple[str, ...] = (schema.LABEL, schema.ID, schema.INDEX, schema.SPLIT)
+    ) -> dict[str, np.ndarray]:
         """The named per-row datasets of every shard, concatenated in index order (ids as str objects).
 
         Maps are not a column here: use :meth:`iter_maps`. Dead rows are left out; labels and splits are
@@ -205,8 +207,9 @@ class FeatureCache:
         out = {k: np.concatenate(v) if v else empty[k] for k, v in parts.items()}
         if len(self._relabel_index):
             at = np.searchsorted(self._relabel_index, out[schema.INDEX])
-            hit = (at < len(self._relabel_index)) & (self._relabel_index[np.minimum(at, len(self._relabel_index) - 1)]
-                                                     == out[schema.INDEX])
+            hit = (at < len(self._relabel_index)) & (
+                self._relabel_index[np.minimum(at, len(self._relabel_index) - 1)] == out[schema.INDEX]
+            )
             for key, new in ((schema.LABEL, self._relabel_label), (schema.SPLIT, self._relabel_split)):
                 if key in out:
                     out[key] = out[key].copy()
@@ -356,8 +359,10 @@ def label_problem(label: np.ndarray, num_classes: int) -> str | None:
     bad = (label < schema.UNKNOWN_LABEL) | (label >= num_classes)
     if not bad.any():
         return None
-    return (f"label {int(label[bad][0])} is not a class of the manifest ({num_classes} classes, "
-            f"-1 for unknown); {int(bad.sum())} rows affected")
+    return (
+        f"label {int(label[bad][0])} is not a class of the manifest ({num_classes} classes, "
+        f"-1 for unknown); {int(bad.sum())} rows affected"
+    )
 
 
 def split_problem(split: np.ndarray) -> str | None:
@@ -392,8 +397,10 @@ def shard_identity_problem(f: h5py.File, rec: ShardRecord, m: Manifest, size: in
             listing = listing.decode("utf-8", "replace")
         mine = m.listing_sha256_of(rec.shard)
         if listing is not None and mine is not None and listing != mine:
-            return (f"shard belongs to another cache (made from listing {str(listing)[:12]}..., this cache's is "
-                    f"{str(mine)[:12]}...)")
+            return (
+                f"shard belongs to another cache (made from listing {str(listing)[:12]}..., this cache's is "
+                f"{str(mine)[:12]}...)"
+            )
         index = f[schema.INDEX]
         if index.shape != (rec.rows,):
             return f"shard has {index.shape} index values, the manifest says {rec.rows} rows"
@@ -401,12 +408,12 @@ def shard_identity_problem(f: h5py.File, rec: ShardRecord, m: Manifest, size: in
     except (KeyError, OSError, TypeError, ValueError) as exc:
         return f"shard identity unreadable ({exc})"
     if len(values) and not (
-        values[0] >= rec.first_index
-        and values[-1] < rec.first_index + rec.num_inputs
-        and (np.diff(values) > 0).all()
+        values[0] >= rec.first_index and values[-1] < rec.first_index + rec.num_inputs and (np.diff(values) > 0).all()
     ):
-        return (f"index values are not increasing inside inputs {rec.first_index}.."
-                f"{rec.first_index + rec.num_inputs - 1}: it is another shard")
+        return (
+            f"index values are not increasing inside inputs {rec.first_index}.."
+            f"{rec.first_index + rec.num_inputs - 1}: it is another shard"
+        )
     return None
 
 

@@ -27,7 +27,7 @@ def parse_fractions(text: str) -> dict[str, float]:
         raise FeatcacheError(f"split fractions {text!r}: expected three numbers like 0.8,0.1,0.1") from None
     if len(values) != 3 or any(v < 0 for v in values) or abs(sum(values) - 1.0) > 1e-6:
         raise FeatcacheError(f"split fractions {text!r}: expected three non-negative numbers summing to 1")
-    return dict(zip(SPLITS, values))
+    return dict(zip(SPLITS, values, strict=True))
 
 
 def hash_unit(ids: Iterable[str]) -> np.ndarray:

@@ -93,8 +93,9 @@ def live_view(m: Manifest, listing: dict[str, np.ndarray]) -> dict[str, np.ndarr
     }
 
 
-def describe_live_changes(m: Manifest, listing: dict[str, np.ndarray], new: dict[str, np.ndarray],
-                          classes: list[str]) -> str:
+def describe_live_changes(
+    m: Manifest, listing: dict[str, np.ndarray], new: dict[str, np.ndarray], classes: list[str]
+) -> str:
     """What an update would find, as :meth:`Changes.describe` (empty when the listings are equal)."""
     live = live_view(m, listing)
     text = diff(live, new, classes)[0].describe()
@@ -103,8 +104,9 @@ def describe_live_changes(m: Manifest, listing: dict[str, np.ndarray], new: dict
     return text
 
 
-def diff(live: dict[str, np.ndarray], new: dict[str, np.ndarray], classes: list[str]
-         ) -> tuple[Changes, dict[str, int], list[int]]:
+def diff(
+    live: dict[str, np.ndarray], new: dict[str, np.ndarray], classes: list[str]
+) -> tuple[Changes, dict[str, int], list[int]]:
     """Compare the live view with the new listing (``classes``: the new source's class names).
 
     Returns the changes, the kept ids' positions (id -> position) and the positions in ``new`` of
@@ -148,8 +150,9 @@ def apply_update(
     changes, kept, extract = diff(live, new, classes)
     if not changes:
         return changes, listing
-    retired = {int(p) for i, p in zip(live["id"].tolist(), live["position"].tolist(), strict=True)
-               if str(i) not in kept}
+    retired = {
+        int(p) for i, p in zip(live["id"].tolist(), live["position"].tolist(), strict=True) if str(i) not in kept
+    }
     failed = {f.index for f in m.failed}
     m.dead = sorted(set(m.dead) | {p for p in retired if p not in failed})
     m.dropped = sorted(set(m.dropped) | (retired & failed))

@@ -1,8 +1,8 @@
 """Writing a cache: shards under temporary names, committed one by one into the manifest.
 
 :class:`ShardWriter` writes one shard file; :class:`CacheWriter` owns a part of the cache (all of it
-for a single run) for the duration of a run (locks, resume checks, manifest updates). Both are synchronous; the extractor runs
-them in a background thread so that disk work overlaps with the backbone.
+for a single run) for the duration of a run (locks, resume checks, manifest updates). Both are
+synchronous; the extractor runs them in a background thread so that disk work overlaps with the backbone.
 """
 
 from __future__ import annotations
@@ -16,14 +16,25 @@ from typing import Any
 import h5py
 import numpy as np
 
-from . import deflate, schema
 from ..errors import FeatcacheError, NotACacheError, SourceMismatchError
+from . import deflate, schema
 from .fingerprint import check_compatible, to_attr
 from .fsutil import check_regular, commit_file, remove_stale_temps, sha256_file, temp_path_for
 from .listing import LISTING_NAME, load_listing, save_listing
 from .lock import CacheLock, FileLock
 from .manifest import FailedInput, Manifest, ShardRecord, file_status, now
-from .parts import LOCK_WAIT_SECONDS, WHOLE, Finalized, Part, PartLog, acquire_part, finalize, merge_logs, parts_dir, remove_logs
+from .parts import (
+    LOCK_WAIT_SECONDS,
+    WHOLE,
+    Finalized,
+    Part,
+    PartLog,
+    acquire_part,
+    finalize,
+    merge_logs,
+    parts_dir,
+    remove_logs,
+)
 from .paths import cache_path, shard_file_problem, shard_path
 from .update import Changes, apply_update, describe_live_changes
 
@@ -129,8 +140,9 @@ class ShardWriter:
         f.create_dataset(schema.LABEL, data=self._cat(self._label, schema.LABEL_DTYPE))
         f.create_dataset(schema.INDEX, data=self._cat(self._index, schema.INDEX_DTYPE))
         f.create_dataset(schema.SPLIT, data=self._cat(self._split, schema.SPLIT_DTYPE))
-        f.create_dataset(schema.ID, data=np.array(self._ids, dtype=object), dtype=h5py.string_dtype("utf-8"),
-                         shape=(len(self._ids),))
+        f.create_dataset(
+            schema.ID, data=np.array(self._ids, dtype=object), dtype=h5py.string_dtype("utf-8"), shape=(len(self._ids),)
+        )
         f.attrs.update(
             format=schema.FORMAT_NAME,
             schema_version=schema.SCHEMA_VERSION,
@@ -181,12 +193,21 @@ class CacheWriter:
     new shards are then pending like any others (so parts, resume and ``finalize`` work unchanged).
     """
 
-    def __init__(self, cache_dir: str | os.PathLike[str], manifest: Manifest, *, overwrite: bool = False,
-                 listing: dict[str, np.ndarray] | None = None, part: Part = WHOLE, update: bool = False):
+    def __init__(
+        self,
+        cache_dir: str | os.PathLike[str],
+        manifest: Manifest,
+        *,
+        overwrite: bool = False,
+        listing: dict[str, np.ndarray] | None = None,
+        part: Part = WHOLE,
+        update: bool = False,
+    ):
         if overwrite and not part.whole:
             raise FeatcacheError(
                 f"{cache_dir}: overwrite=True with part='{part}' would let each worker delete the others' shards; "
-                "delete the cache directory before starting the workers instead")
+                "delete the cache directory before starting the workers instead"
+            )
         self.dir = Path(cache_dir)
         self.manifest = manifest
         self.listing = listing
@@ -251,8 +272,10 @@ class CacheWriter:
             except NotACacheError as exc:
                 if not self.overwrite:
                     raise
-                raise FeatcacheError(f"{exc}; overwrite=True deletes only what featcache provably wrote, "
-                                     "and this is not a featcache manifest: extract into another directory") from None
+                raise FeatcacheError(
+                    f"{exc}; overwrite=True deletes only what featcache provably wrote, "
+                    "and this is not a featcache manifest: extract into another directory"
+                ) from None
             if not self.overwrite and not self.update:  # an update checks what changed in _apply_update
                 self._check_resumable(old)
         # Files under this run's shard names that it would replace or (overwrite=True) delete must be
@@ -267,7 +290,8 @@ class CacheWriter:
                 if not _is_featcache_shard(p):
                     raise FeatcacheError(
                         f"{p}: not a featcache shard (no featcache attributes) where this run would write one; "
-                        "refusing to replace it: move it away or extract into another directory")
+                        "refusing to replace it: move it away or extract into another directory"
+                    )
         return old
 
     def _open(self) -> None:
@@ -296,14 +320,19 @@ class CacheWriter:
                 self._apply_update(old)
             self._check_resumable(old)
             new = self.manifest
-            kept = [s for s in old.shards
-                    if file_status(shard_path(self.dir, s.file, s.shard), s, checksum=False) is None]
+            kept = [
+                s for s in old.shards if file_status(shard_path(self.dir, s.file, s.shard), s, checksum=False) is None
+            ]
             new.shards = kept
             kept_ids = {s.shard for s in kept}
             new.failed = [f for f in old.failed if f.shard in kept_ids]
             new.created = old.created
             new.generations, new.dead, new.dropped, new.relabelled = (
-                old.generations, old.dead, old.dropped, old.relabelled)
+                old.generations,
+                old.dead,
+                old.dropped,
+                old.relabelled,
+            )
             self.resumed_shards = sum(self.part.owns(s.shard) for s in kept)
         elif self.listing is not None:
             save_listing(self.dir, self.listing)
@@ -328,16 +357,21 @@ class CacheWriter:
             ("split fractions", old.split.get("fractions"), new.split.get("fractions")),
         ):
             if a != b:
-                raise FeatcacheError(f"{where}: {what} differs from the existing cache ({a} then, {b} now); "
-                                     "an update must repeat the original options")
+                raise FeatcacheError(
+                    f"{where}: {what} differs from the existing cache ({a} then, {b} now); "
+                    "an update must repeat the original options"
+                )
         if not old.complete:
             raise FeatcacheError(
                 f"{where}: the cache is unfinished ({len(old.missing_shards())} of {old.num_shards} shards missing) "
-                "and its source changed since: finish it from the source as it was, then update (or overwrite=True)")
+                "and its source changed since: finish it from the source as it was, then update (or overwrite=True)"
+            )
         before = load_listing(self.dir, old.num_inputs)
         if self.listing is None or before is None or len(before["id"]) != old.num_inputs:
-            raise FeatcacheError(f"{where}: no {LISTING_NAME} matching the manifest: this cache cannot be updated; "
-                                 "use overwrite=True to start over")
+            raise FeatcacheError(
+                f"{where}: no {LISTING_NAME} matching the manifest: this cache cannot be updated; "
+                "use overwrite=True to start over"
+            )
         self.changes, grown = apply_update(old, before, self.listing, new.classes)
         old.generations[-1].listing_sha256 = new.source.get("listing_sha256")  # what its shards will carry
         old.source, old.split = new.source, new.split
@@ -366,8 +400,10 @@ class CacheWriter:
             ("split", old.split, new.split),
         ):
             if a != b:
-                raise FeatcacheError(f"{where}: {what} differs from the existing cache ({a} then, {b} now); "
-                                     "repeat the original options or use overwrite=True")
+                raise FeatcacheError(
+                    f"{where}: {what} differs from the existing cache ({a} then, {b} now); "
+                    "repeat the original options or use overwrite=True"
+                )
 
     def pending_shards(self) -> list[int]:
         """This part's shards that are not done yet, in order."""
