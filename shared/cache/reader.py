@@ -384,7 +384,8 @@ def shard_identity_problem(f: h5py.File, rec: ShardRecord, m: Manifest, size: in
     ``listing_sha256`` (an attribute only shards written since it was added carry). Reads the
     attributes and the ``index`` dataset only (8 bytes a row)."""
     if size != rec.bytes:
-        return f"shard is {size} bytes, the manifest says {rec.bytes} (replaced or truncated; run featcache-inspect verify)"
+        fix = "replaced or truncated; run featcache-inspect verify"
+        return f"shard is {size} bytes, the manifest says {rec.bytes} ({fix})"
     attrs = f.attrs
     try:
         for key, expected in (("shard", rec.shard), ("first_index", rec.first_index), ("num_inputs", rec.num_inputs)):
