@@ -338,6 +338,16 @@ def _field(
     return v
 
 
+# How many shard numbers a message lists before it says how many more there are.
+SHARDS_LISTED = 12
+
+
+def list_shards(shards: list[int], limit: int = SHARDS_LISTED) -> str:
+    """``1, 3, 5`` or ``1, 3, ... and 40 more``, for messages."""
+    text = ", ".join(str(k) for k in shards[:limit])
+    return text + (f" and {len(shards) - limit} more" if len(shards) > limit else "")
+
+
 def plan_shards(num_inputs: int, shard_size: int) -> int:
     """Shards in a plan of ``num_inputs`` inputs in shards of ``shard_size`` (integer arithmetic)."""
     return -(-num_inputs // shard_size)

@@ -29,14 +29,22 @@ from ..errors import CacheLockedError, FeatcacheError
 from . import schema
 from .fsutil import atomic_write_json, read_regular
 from .lock import CacheLock, FileLock, describe_holder, read_holder
-from .manifest import FailedInput, Manifest, ShardRecord, failed_input, file_status, now, shard_record
+from .manifest import (
+    FailedInput,
+    Manifest,
+    ShardRecord,
+    failed_input,
+    file_status,
+    list_shards,
+    now,
+    shard_record,
+)
 from .paths import UnsafePathError, cache_path, shard_path
 
 # How long a worker waits for the cache lock, which is only ever held for set-up and merges.
 LOCK_WAIT_SECONDS = 300.0
 LOG_FORMAT = "featcache-part-log"
 _FILE_RE = re.compile(r"^part-(\d+)-of-(\d+)\.(json|lock)$")
-SHARDS_LISTED = 12
 
 
 @dataclass(frozen=True, order=True)
@@ -324,12 +332,6 @@ class Finalized:
             what = "shards" if part.whole else f"part {part}: shards"
             lines.append(f"{what} {list_shards(shards)} ({state})")
         return lines
-
-
-def list_shards(shards: list[int], limit: int = SHARDS_LISTED) -> str:
-    """``1, 3, 5`` or ``1, 3, ... and 40 more``, for messages."""
-    text = ", ".join(str(k) for k in shards[:limit])
-    return text + (f" and {len(shards) - limit} more" if len(shards) > limit else "")
 
 
 def finalize(cache_dir: str | Path, *, wait: float = LOCK_WAIT_SECONDS) -> Finalized:

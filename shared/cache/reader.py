@@ -30,8 +30,7 @@ import numpy as np
 from ..errors import FeatcacheError, FingerprintMismatchError
 from . import deflate, schema
 from .fingerprint import IDENTITY_KEYS, check_compatible, differences
-from .manifest import Manifest, ShardRecord
-from .parts import SHARDS_LISTED, list_shards
+from .manifest import SHARDS_LISTED, Manifest, ShardRecord, list_shards
 from .paths import shard_path
 from .schema import LISTING_ATTR
 from .split import assign_splits
