@@ -259,3 +259,24 @@ def test_kill_during_update_then_resume_reads_as_from_scratch(tmp_path, parts, k
     )
     assert stats.kills == kills and stats.rounds >= 1
     assert stats.ok, (stats.verify_failures, stats.mismatches, stats.partial_files_left)
+
+
+@pytest.mark.parametrize("runner", [["--workers", "2"], ["--runner", "ray", "--workers", "2"]], ids=["workers", "ray"])
+def test_update_with_many_workers_reads_as_from_scratch(tmp_path, sample_dir, runner):
+    """``--update`` with local worker processes or Ray tasks: the first worker to take the cache lock
+    records the changes, every worker extracts its share of the new shards, and the result reads as
+    a cache made from scratch (the existing shard files untouched)."""
+    import subprocess
+
+    from cachefiles import extract_command
+
+    if "ray" in runner:
+        pytest.importorskip("ray")
+    src = change_everything(tmp_path, sample_dir)
+    old = snapshot(tmp_path / "cache")
+    cmd = extract_command(src, tmp_path / "cache", "--update", *runner, shard_size=SHARD, batch_size=3)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert all(snapshot(tmp_path / "cache")[name] == kept for name, kept in old.items())
+    extract(src, tmp_path / "scratch", shard_size=SHARD)
+    assert_same_rows(tmp_path / "cache", tmp_path / "scratch")
