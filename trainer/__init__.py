@@ -5,7 +5,9 @@ registry of head kinds), ``sweep`` (the grid as data), ``data`` (splits from the
 (heads of one kind stacked and trained as one), ``loop`` (epochs, early stopping, best-epoch restore),
 ``report`` (ranking), ``plot``, ``rundir`` (writing and reading a run directory, docs/run-format.md),
 ``identity`` (what a run trained on), ``run`` (one sweep end to end), ``predict`` (predict and export
-from a run), ``keras_heads`` (a trained head as a Keras model), ``api`` (the Python API) and ``cli``
-(``featcache-train``, a thin layer over ``api``). It reads caches through :mod:`shared` only and never
+from a run), ``keras_heads`` (a trained head as a Keras model), ``views`` (augmented views and TTA),
+``logreg``, ``knn``, ``select``, ``baselines`` and ``pooling`` (closed-form heads, the one-SE pick, the
+ensemble, map poolings), ``html_report`` and ``history`` (``featcache-train report`` and ``runs``),
+``api`` (the Python API) and ``cli`` (``featcache-train``, a thin layer over ``api``). It reads caches through :mod:`shared` only and never
 imports :mod:`extractor`.
 """
