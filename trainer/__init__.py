@@ -8,6 +8,6 @@ registry of head kinds), ``sweep`` (the grid as data), ``data`` (splits from the
 from a run), ``keras_heads`` (a trained head as a Keras model), ``views`` (augmented views and TTA),
 ``logreg``, ``knn``, ``select``, ``baselines`` and ``pooling`` (closed-form heads, the one-SE pick, the
 ensemble, map poolings), ``html_report`` and ``history`` (``featcache-train report`` and ``runs``),
-``api`` (the Python API) and ``cli`` (``featcache-train``, a thin layer over ``api``). It reads caches through :mod:`shared` only and never
-imports :mod:`extractor`.
+``api`` (the Python API) and ``cli`` (``featcache-train``, a thin layer over ``api``). It reads
+caches through :mod:`shared` only and never imports :mod:`extractor`.
 """
