@@ -21,6 +21,8 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -332,6 +334,24 @@ class Finalized:
             what = "shards" if part.whole else f"part {part}: shards"
             lines.append(f"{what} {list_shards(shards)} ({state})")
         return lines
+
+
+@contextmanager
+def exclusive(cache_dir: Path, when: str) -> Iterator[tuple[Manifest, int]]:
+    """The cache lock, held while no part is running, and the manifest with every finished part's
+    shards merged in (and saved when that changed it), with how many were merged: what a command that
+    rewrites a cache's files (``verify --fix``, ``compact``) works on. A running part is refused with
+    one line ending in ``when`` (what to do instead)."""
+    with CacheLock(cache_dir, wait=LOCK_WAIT_SECONDS):
+        running = running_parts(cache_dir)
+        if running:
+            part, holder = next(iter(running.items()))
+            raise CacheLockedError(f"{cache_dir}: {part.label} is being written by {describe_holder(holder)}; {when}")
+        m = Manifest.load(cache_dir)
+        merged = merge_logs(cache_dir, m)
+        if merged:
+            m.save(cache_dir)
+        yield m, merged
 
 
 def finalize(cache_dir: str | Path, *, wait: float = LOCK_WAIT_SECONDS) -> Finalized:

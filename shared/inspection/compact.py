@@ -26,11 +26,10 @@ import numpy as np
 
 from ..cache import schema
 from ..cache.fsutil import commit_file, fsync_dir, remove_stale_temps, sha256_file, temp_path_for
-from ..cache.lock import CacheLock, describe_holder
 from ..cache.manifest import Manifest, ShardRecord, now
-from ..cache.parts import LOCK_WAIT_SECONDS, merge_logs, running_parts
+from ..cache.parts import exclusive
 from ..cache.paths import cache_path, shard_file_problem, shard_path
-from ..errors import CacheLockedError, FeatcacheError
+from ..errors import FeatcacheError
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -142,17 +141,7 @@ def compact(cache_dir: str | Path, threshold: float = DEFAULT_THRESHOLD, log=Non
     cache_dir = Path(cache_dir)
     Manifest.load(cache_dir)  # not a cache: say so before the lock creates anything
     report = CompactReport()
-    with CacheLock(cache_dir, wait=LOCK_WAIT_SECONDS):
-        running = running_parts(cache_dir)
-        if running:
-            part, holder = next(iter(running.items()))
-            raise CacheLockedError(
-                f"{cache_dir}: {part.label} is being written by {describe_holder(holder)}; "
-                "compact when no extractor is running"
-            )
-        m = Manifest.load(cache_dir)
-        if merge_logs(cache_dir, m):
-            m.save(cache_dir)
+    with exclusive(cache_dir, "compact when no extractor is running") as (m, _):
         report.cleaned = _clean(cache_dir, m)
         dead = np.asarray(m.dead, dtype=np.int64)
         for rec in list(m.shards):

@@ -23,12 +23,11 @@ from ..cache import schema
 from ..cache.fingerprint import IDENTITY_KEYS, differences
 from ..cache.fsutil import fsync_dir
 from ..cache.listing import LISTING_NAME, load_listing
-from ..cache.lock import CacheLock, describe_holder
 from ..cache.manifest import Manifest, ManifestError, ShardRecord, file_status, now
-from ..cache.parts import LOCK_WAIT_SECONDS, awaiting_merge, merge_logs, recorded_holders, remove_logs, running_parts
+from ..cache.parts import awaiting_merge, exclusive, recorded_holders, remove_logs
 from ..cache.paths import UnsafePathError, cache_path, shard_file_problem, shard_path
 from ..cache.reader import label_problem, shard_identity_problem, split_problem
-from ..errors import CacheLockedError, FeatcacheError
+from ..errors import FeatcacheError
 
 QUARANTINE_DIR = "quarantine"
 DEFAULT_SAMPLE_ROWS = 64
@@ -308,18 +307,8 @@ def fix(cache_dir: str | Path, report: Report) -> list[str]:
             f"nothing moved: {kept[0].file} is invalid; correct or remove it by hand "
             "(verify --fix never rewrites what it cannot read)"
         ]
-    with CacheLock(cache_dir, wait=LOCK_WAIT_SECONDS):
-        running = running_parts(cache_dir)
-        if running:
-            part, holder = next(iter(running.items()))
-            raise CacheLockedError(
-                f"{cache_dir}: {part.label} is being written by {describe_holder(holder)}; "
-                "run verify with fix=True when no extractor is running"
-            )
-        m = Manifest.load(cache_dir)
-        merged = merge_logs(cache_dir, m)
+    with exclusive(cache_dir, "run verify with fix=True when no extractor is running") as (m, merged):
         if merged:
-            m.save(cache_dir)
             actions.append(f"merged {merged} shards finished by parts into the manifest (verify again to check them)")
         remove_logs(cache_dir)
         bad = {p.shard for p in report.problems if p.shard is not None}
