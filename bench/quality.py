@@ -17,7 +17,9 @@ test is looked at once, for the table. Rows:
 * the k-NN head (cosine, DINO-weighted votes), ``k`` and temperature picked on val;
 * with views: logistic regression trained on every view of the train rows, scored on view 0 and with
   test-time augmentation (mean of the views' probabilities);
-* the ensemble of the top-k rows by val (k picked on val), and the one-SE pick over everything.
+* the ensemble of the top-k rows by val (k picked on val), and the one-SE pick over everything;
+* what ``featcache-train CACHE`` does with no options (the default grid, baselines and pick, through
+  the Python API, writing its run under ``--work``): the head it picks and its whole wall time.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from _common import DEFAULT_WEIGHTS, table  # noqa: E402  (puts the repo on sys.
 from featcache.shared.cache.reader import FeatureCache  # noqa: E402
 from featcache.shared.cache.split import parse_fractions  # noqa: E402
 from featcache.shared.errors import FeatcacheError  # noqa: E402
-from featcache.trainer import baselines, knn, logreg, pooling, select  # noqa: E402
+from featcache.trainer import knn, logreg, pooling, select  # noqa: E402
 from featcache.trainer import views as tviews  # noqa: E402
 from featcache.trainer.data import Dataset, load_dataset, standardizer  # noqa: E402
 
@@ -159,6 +161,15 @@ def sweep_candidates(ds: Dataset, grids: list[dict], epochs: int):  # noqa: ANN0
     return cands, seconds, len(configs)
 
 
+def default_run(path: Path, work: Path) -> tuple[dict, dict]:
+    """``featcache.train(path)`` with every default: (the picked head's row, results.json)."""
+    import featcache
+
+    result = featcache.train(path, runs=work / "runs", progress=False)
+    r = result.results
+    return next(h for h in r["heads"] if h["name"] == r["best"]), r
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folder", type=Path, help="class folders of images (e.g. /tmp/cifar10-dev)")
@@ -214,9 +225,16 @@ def main() -> None:
     add(lr, lr_s, f"{len(cs)} C values, one warm-started path, view 0")
     if lr_views is not None:
         add(*lr_views, f"{len(cs)} C values x (view 0, TTA), trained on every view")
-    t0 = time.perf_counter()
-    lr_all = baselines.logreg_candidates(ds, cs)
-    add(lr_all, time.perf_counter() - t0, f"trainer.baselines: (raw, sqrt) x {len(cs)} C x (view 0, TTA), every view")
+    best, results = default_run(path, args.work)
+    use_tta = best.get("use_tta")
+    n_heads = len(results["heads"])
+    default_row = (
+        f"featcache-train defaults: {best['name']}{', TTA' if use_tta else ''}",
+        best["val_acc_tta"] if use_tta else best["val_acc"],
+        best["test_acc_tta"] if use_tta else best["test_acc"],
+        results["wall_seconds"],
+        f"the one-SE pick of {n_heads} heads + k-NN + ensemble, whole command (loading, run directory)",
+    )
     kn, kn_s = knn_candidates(ds, n_classes, views=False)
     add(kn, kn_s, f"{len(kn)} (k, T), one neighbour search, view 0")
     if xv is not None:
@@ -252,6 +270,9 @@ def main() -> None:
 
     n_val = len(y["val"])
     out = []
+    name, va, te, seconds, how = default_row
+    lo, hi = select.wilson(va * n_val, n_val)
+    out.append([name, f"{va:.4f} [{lo:.3f}, {hi:.3f}]", f"{te:.4f}", f"{seconds:.1f}", how])
     for cand, seconds, how in rows:
         va = cand.val_acc(y["val"])
         lo, hi = select.wilson(va * n_val, n_val)

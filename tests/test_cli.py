@@ -57,7 +57,9 @@ def test_featcache_train_cache_runs_a_sweep_without_the_word_train(tiny_cache, t
         "-m", "featcache.trainer", str(tiny_cache), "--epochs", "2", "--runs", str(tmp_path / "runs"), "--no-progress"
     )
     assert p.returncode == 0, p.stderr
-    assert "best: linear-lr0.001-wd0-ls0" in p.stdout and len(list((tmp_path / "runs").iterdir())) == 1
+    # the default sweep: 9 logreg heads and one linear head
+    assert "logreg-pow0.5-C0.001" in p.stdout and "best: " in p.stdout and "10 heads" in p.stdout, p.stdout
+    assert len(list((tmp_path / "runs").iterdir())) == 1
 
 
 def test_cli_extract_then_inspect(sample_dir, tmp_path):

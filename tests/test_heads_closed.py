@@ -120,7 +120,42 @@ def test_report_picks_the_simplest_head_within_noise_and_says_so():
     assert "TTA x2" in leaderboard([row("l", "linear", 0, 0.7, tta=0.8)], 1000)
 
 
-def test_signed_sqrt():
-    from featcache.trainer.baselines import signed_sqrt
+def test_signed_power():
+    np.testing.assert_array_equal(logreg.signed_power(np.array([-4.0, 0.0, 9.0]), 0.5), [-2.0, 0.0, 3.0])
 
-    np.testing.assert_array_equal(signed_sqrt(np.array([-4.0, 0.0, 9.0])), [-2.0, 0.0, 3.0])
+
+def test_logreg_heads_of_a_sweep_are_scikit_learns_on_views():
+    """The sweep's ``logreg`` heads (fitted by the loop on every train view, power-normalised, own
+    standardisation) give scikit-learn's probabilities for the same features, and TTA is the mean of
+    the views' probabilities computed by hand."""
+    sklearn = pytest.importorskip("sklearn.linear_model")
+    from featcache.trainer.data import Dataset, Split
+    from featcache.trainer.loop import train
+    from featcache.trainer.settings import Settings
+    from featcache.trainer.sweep import expand
+
+    rng = np.random.default_rng(6)
+    k, d, v = 3, 12, 2
+    centres = rng.uniform(0, 2, (k, d))
+
+    def split(n: int) -> Split:
+        y = rng.integers(0, k, n)
+        views = np.abs(centres[y][:, None] + rng.normal(scale=1.0, size=(n, v, d))).astype(np.float32)
+        return Split(np.arange(n), np.array([f"r{i}" for i in range(n)]), y.astype(np.int32), views[:, 0], None, views)
+
+    ds = Dataset(["a", "b", "c"], split(240), split(80), split(80), False, 0)
+    configs = expand({"head": ["logreg"], "c": [0.01, 1.0], "power": [1.0, 0.5]})
+    out = train(ds, configs, Settings(epochs=1), progress=False)
+    flat = ds.train.views.reshape(-1, d).astype(np.float64)
+    for row in out.heads:
+        cfg = configs[[c.name for c in configs].index(row["name"])]
+        flat_p = logreg.signed_power(flat, cfg.power)
+        mean, std = flat_p.mean(0), flat_p.std(0)
+        ref = sklearn.LogisticRegression(C=cfg.c, max_iter=5000).fit((flat_p - mean) / std, np.repeat(ds.train.y, v))
+        test = [logreg.signed_power(ds.test.views[:, j].astype(np.float64), cfg.power) for j in range(v)]
+        probs = [ref.predict_proba((t - mean) / std) for t in test]
+        state, i = out.locate(row["name"])
+        np.testing.assert_allclose(state.probabilities("test", i), probs[0], atol=2e-3)
+        np.testing.assert_allclose(state.tta_probabilities("test")[i], np.mean(probs, axis=0), atol=2e-3)
+        assert row["test_acc_tta"] == np.mean(np.mean(probs, axis=0).argmax(1) == ds.test.y)
+        assert row["best_epoch"] == 1 and len(row["epochs"]) == 1

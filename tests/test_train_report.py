@@ -103,11 +103,15 @@ def test_report_page_numbers(runs, tmp_path):
     text = out.read_text()
     page = Page(text)
     assert page.external == []
+    from featcache.trainer.html_report import BOARD_KEYS
+
     board = page.tables["leaderboard"][1:]
+    val = 3 + len(BOARD_KEYS) + 1  # rank, head, kind, the grid keys, best epoch, then val acc, val loss, test acc
+    test = val + 2
     heads = sorted(results["heads"], key=lambda h: (-h["val_acc"], h["val_loss"]))
     assert [row[1] for row in board] == [h["name"] for h in heads]
-    assert [float(row[9]) for row in board] == pytest.approx([h["val_acc"] for h in heads], abs=1e-4)
-    assert [float(row[11]) for row in board] == pytest.approx([h["test_acc"] for h in heads], abs=1e-4)
+    assert [float(row[val]) for row in board] == pytest.approx([h["val_acc"] for h in heads], abs=1e-4)
+    assert [float(row[test]) for row in board] == pytest.approx([h["test_acc"] for h in heads], abs=1e-4)
     assert text.count("data-head=") == len(heads)  # every head's curves
     cm = np.array(results["best_confusion_test"])
     for k, (name, precision, recall, support) in enumerate(page.tables["per-class"][1:]):

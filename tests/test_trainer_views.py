@@ -3,6 +3,7 @@ with test-time augmentation (TTA), which to trust chosen on val."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -101,18 +102,65 @@ def test_views_off_or_absent_scores_view_0_only(tmp_path):
     assert out.heads[0]["val_acc_tta"] is None
 
 
-def test_baselines_beside_the_sweep(tmp_path):
-    """run_sweep adds the L-BFGS logistic regression, k-NN and ensemble rows; the ensemble may take
-    k = 1, so on val it is never below the best of what it averages."""
+def test_baselines_beside_the_sweep_and_a_logreg_head_exported(tmp_path):
+    """run_sweep adds the k-NN and ensemble rows (the ensemble may take k = 1, so on val it is never
+    below the best of what it averages); a power-normalised logreg head, once picked, is exported as
+    a Keras model whose outputs are the fitted head's, and any other logreg head is rebuilt from
+    heads.npz the same way."""
+    from featcache.trainer import rundir
+    from featcache.trainer.keras_heads import load
+    from featcache.trainer.predict import load_head, predict
     from featcache.trainer.run import run_sweep
 
     cache = views_cache(tmp_path / "c")
-    configs = expand({"head": ["linear"], "lr": [1e-3, 1e-2]})
-    _, results = run_sweep(cache, configs, Settings(epochs=2), tmp_path / "runs", ["t"], lambda m: None, False)
+    configs = expand({"head": ["logreg"], "c": [0.01, 1.0], "power": [0.5]}) + expand({"head": ["linear"]})
+    run, results = run_sweep(cache, configs, Settings(epochs=2), tmp_path / "runs", ["t"], lambda m: None, False)
     rows = {r["kind"]: r for r in results["baselines"]}
-    assert list(rows) == ["logreg", "knn", "ensemble"]
-    assert rows["logreg"]["name"].startswith("logreg-lbfgs-C") and "views3" in rows["logreg"]["name"]
-    best_single = max([rows["logreg"]["val_acc"], rows["knn"]["val_acc"]] + [h["val_acc"] for h in results["heads"]])
+    assert list(rows) == ["knn", "ensemble"]
+    best_single = max([rows["knn"]["val_acc"]] + [h["val_acc"] for h in results["heads"]])
     assert rows["ensemble"]["val_acc"] >= best_single and rows["ensemble"]["members"]
+    assert results["best"].startswith("logreg-pow0.5-C")  # tied on this easy data: the simplest kind
+    ds = load_dataset(FeatureCache(cache), views=True)
+    out = train(ds, configs, Settings(epochs=2), progress=False)
+    for name in ("logreg-pow0.5-C0.01", "logreg-pow0.5-C1"):
+        state, k = out.locate(name)
+        model = load(run / rundir.BEST_HEAD) if name == results["best"] else load_head(run, results, name)[1]
+        got = model.predict(ds.val.pooled, verbose=0)
+        np.testing.assert_allclose(got, state.probabilities("val", k), atol=1e-4)
+    # predict scores a head as it was picked: with TTA (use_tta, chosen on val), the mean over the
+    # cached views; these rows are easy enough that view 0 ties TTA on val, so TTA is switched on by hand
+    name = "logreg-pow0.5-C1"
+    rows_ = json.loads((run / rundir.RESULTS).read_text())
+    for use_tta in (False, True):
+        next(h for h in rows_["heads"] if h["name"] == name)["use_tta"] = use_tta
+        (run / rundir.RESULTS).write_text(json.dumps(rows_))
+        p = predict(run, tmp_path / "p.csv", split="val", head=name)
+        got = np.loadtxt(tmp_path / "p.csv", delimiter=",", skiprows=1, usecols=range(6, 6 + 4))
+        state, k = out.locate(name)
+        want = state.tta_probabilities("val")[k] if use_tta else state.probabilities("val", k)
+        assert p.views == (VIEWS if use_tta else 1)
+        np.testing.assert_allclose(got, want, atol=1e-5)
     _, off = run_sweep(cache, configs, Settings(epochs=1, baselines=False), tmp_path / "runs", ["t"], print, False)
     assert "baselines" not in off
+
+
+def test_exported_model_with_mirror_tta_is_the_mean_of_image_and_mirror(tmp_path):
+    """``full_model(..., flip_tta=True)`` (what ``export`` builds for a head picked with TTA on a 2-view
+    cache) equals the mean of the plain model's probabilities on the image and on its mirror, and
+    survives a save/load round trip in Keras' safe mode."""
+    from featcache.shared.backbones import resolve_weights
+    from featcache.trainer.keras_heads import full_model, head_model, load
+
+    spec = get_backbone("tiny")
+    cfg = expand({"head": ["logreg"], "c": [0.1], "power": [0.5]})[0]
+    rng = np.random.default_rng(7)
+    c = spec.output_shape[-1]
+    w = {"W": rng.normal(size=(c, 3)) * 0.01, "b": np.zeros(3), "mean": rng.uniform(0, 1, c), "std": np.ones(c)}
+    head = head_model(cfg, {k: v.astype(np.float32) for k, v in w.items()}, (c,), 3)
+    weights = resolve_weights(spec, "random")
+    plain, tta = full_model(spec, weights, cfg, head), full_model(spec, weights, cfg, head, flip_tta=True)
+    tta.save(tmp_path / "m.keras")
+    images = rng.uniform(0, 255, (2, *spec.input_size, 3)).astype(np.float32)
+    want = (plain.predict(images, verbose=0) + plain.predict(images[:, :, ::-1], verbose=0)) / 2
+    assert not np.allclose(want, plain.predict(images, verbose=0), atol=1e-4)  # the mirror does change the output
+    np.testing.assert_allclose(load(tmp_path / "m.keras").predict(images, verbose=0), want, atol=1e-5)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..shared.backbones import import_tensorflow
+from .logreg import LogregGroup
 from .sweep import HeadConfig
 
 tf = import_tensorflow()
@@ -189,10 +190,11 @@ class HeadGroup:
 
 
 # The trainable group of each head kind (see kinds.py): a class with HeadGroup's interface (train_step,
-# evaluate, predict, keep_best, restore_best, head_weights, params, names, configs, k, kind).
-GROUPS: dict[str, Callable[..., HeadGroup]] = {"linear": HeadGroup, "mlp": HeadGroup, "map": HeadGroup}
+# evaluate, predict, keep_best, restore_best, head_weights, configs, k, kind); a closed-form kind's
+# group has fit(x (n, V, C), y) instead of train_step (logreg.LogregGroup).
+GROUPS: dict[str, Callable[..., Any]] = {"linear": HeadGroup, "mlp": HeadGroup, "map": HeadGroup, "logreg": LogregGroup}
 
 
-def make_group(configs: Sequence[HeadConfig], in_dim: int, n_classes: int, seed: int) -> HeadGroup:
+def make_group(configs: Sequence[HeadConfig], in_dim: int, n_classes: int, seed: int) -> Any:
     """The group that trains ``configs`` (heads of one kind and width) together."""
     return GROUPS[configs[0].kind](configs, in_dim, n_classes, seed)

@@ -24,7 +24,8 @@ from ..shared.inspection.report import Thumbs
 from ..shared.inspection.suspects import softmax
 from .data import Split, load_dataset, read_maps
 from .identity import check_cache
-from .kinds import reads_maps
+from .kinds import HEAD_KINDS, closed_form, reads_maps
+from .logreg import head_proba
 from .report import confusion, ranking
 from .rundir import head_params, load_results
 
@@ -86,7 +87,9 @@ def best_head_test_predictions(run_dir: Path, results: dict[str, Any]) -> tuple[
     w, mean_std = head_params(run_dir, results, best["name"])
     cache, test = test_rows(run_dir, results)
     probs = np.zeros((len(test), len(results["classes"])), np.float32)
-    if not reads_maps(kind):
+    if closed_form(kind):  # a logreg head normalises the pooled vectors as cached itself
+        probs[:] = head_proba(w, test.pooled, best["config"]["power"]) if len(test) else probs
+    elif not reads_maps(kind):
         x = test.pooled if mean_std is None else (test.pooled - mean_std[0]) / mean_std[1]
         probs[:] = head_probs(kind, w, x) if len(test) else probs
     else:
@@ -106,6 +109,23 @@ def per_class(confusion: np.ndarray) -> list[tuple[int, float, float, int]]:
         precision = tp / m.sum(axis=0)
         recall = tp / m.sum(axis=1)
     return [(k, float(precision[k]), float(recall[k]), int(m[k].sum())) for k in range(len(m))]
+
+
+# The grid keys shown on the leaderboard, by column title; "-" where the head's kind does not read one.
+BOARD_KEYS = {
+    "lr": "lr",
+    "weight_decay": "weight decay",
+    "hidden": "hidden",
+    "dropout": "dropout",
+    "label_smoothing": "smoothing",
+    "c": "C",
+    "power": "power",
+}
+
+
+def _setting(config: dict[str, Any], key: str) -> Any:
+    kind = HEAD_KINDS.get(config["kind"])
+    return config.get(key, "-") if kind is not None and key in kind.keys else "-"
 
 
 def _fmt(v: float | None, digits: int = 4) -> str:
@@ -129,11 +149,7 @@ def build(run_dir: str | Path) -> tuple[str, dict[str, Any]]:
             r,
             H.raw(f"<b>{H.esc(h['name'])}</b>" if h["name"] == best["name"] else H.esc(h["name"])),
             h["config"]["kind"],
-            h["config"]["lr"],
-            h["config"]["weight_decay"],
-            h["config"].get("hidden") or "-",
-            h["config"].get("dropout", 0),
-            h["config"].get("label_smoothing", 0),
+            *(_setting(h["config"], key) for key in BOARD_KEYS),
             h["best_epoch"],
             _fmt(h["val_acc"]),
             _fmt(h["val_loss"]),
@@ -141,7 +157,7 @@ def build(run_dir: str | Path) -> tuple[str, dict[str, Any]]:
         )
         for r, h in enumerate(heads, 1)
     ]
-    header = ["rank", "head", "kind", "lr", "weight decay", "hidden", "dropout", "smoothing", "best epoch"]
+    header = ["rank", "head", "kind", *BOARD_KEYS.values(), "best epoch"]
     body = [
         H.note(
             f"{len(heads)} heads on {results['cache']['path']} ({describe(results['cache']['fingerprint'])}; "

@@ -1,8 +1,9 @@
 """Trained heads as plain Keras models, alone or stacked onto their backbone.
 
-Only built-in Keras layers are used, so a saved ``.keras`` file loads with ``keras.models.load_model``
-and no featcache installed. A head's input standardisation (train-split mean and std) is a fixed
-``Normalization`` layer inside the model.
+Only built-in Keras layers and ``keras.ops`` are used, so a saved ``.keras`` file loads with
+``keras.models.load_model`` (safe mode) and no featcache installed. A head's input standardisation
+(train-split mean and std) is a fixed ``Normalization`` layer inside the model; a logistic-regression
+head's power normalisation is ``keras.ops`` on its input, before its own ``Normalization``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 
 from ..shared.backbones import BackboneSpec, ResolvedWeights, build_backbone, import_tensorflow
 from ..shared.errors import FeatcacheError
+from .kinds import closed_form
 from .sweep import HeadConfig
 
 import_tensorflow()
@@ -53,8 +55,16 @@ def _map(x: Any, cfg: HeadConfig, w: dict[str, np.ndarray], n_classes: int) -> A
     return y
 
 
+def _logreg(x: Any, cfg: HeadConfig, w: dict[str, np.ndarray], n_classes: int) -> Any:
+    if cfg.power != 1:  # sign(x) |x|^power, as logreg.signed_power
+        x = keras.ops.sign(x) * keras.ops.power(keras.ops.abs(x), cfg.power)
+    x = keras.layers.Normalization(mean=w["mean"], variance=np.square(w["std"]), name="standardize")(x)
+    return _linear(x, cfg, w, n_classes)
+
+
 # Each head kind's Keras layers, from its (standardised) input tensor to class probabilities.
 KERAS_HEADS: dict[str, Callable[[Any, HeadConfig, dict[str, np.ndarray], int], Any]] = {
+    "logreg": _logreg,
     "linear": _linear,
     "mlp": _mlp,
     "map": _map,
@@ -69,17 +79,22 @@ def head_model(
     standardize: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> keras.Model:
     """The head as a Keras model from its input (pooled ``(C,)`` or maps ``(h, w, C)``) to class
-    probabilities ``(n_classes,)``; ``w`` are the head's weights as :meth:`HeadGroup.head_weights` gives."""
+    probabilities ``(n_classes,)``; ``w`` are the head's weights as :meth:`HeadGroup.head_weights` gives.
+    ``standardize`` (the sweep's) applies to SGD pooled heads; closed-form heads carry their own."""
     inp = keras.Input(in_shape, name="maps" if cfg.reads_maps else "pooled")
     x = inp
-    if standardize is not None and not cfg.reads_maps:
+    if standardize is not None and not cfg.reads_maps and not closed_form(cfg.kind):
         mean, std = standardize
         x = keras.layers.Normalization(mean=mean, variance=np.square(std), name="standardize")(x)
     return keras.Model(inp, KERAS_HEADS[cfg.kind](x, cfg, w, n_classes), name=f"head_{cfg.kind}")
 
 
-def full_model(spec: BackboneSpec, weights: ResolvedWeights, cfg: HeadConfig, head: keras.Model) -> keras.Model:
-    """``(224, 224, 3)`` RGB in [0, 255] -> class probabilities: preprocessing, backbone, (pooling,) head."""
+def full_model(
+    spec: BackboneSpec, weights: ResolvedWeights, cfg: HeadConfig, head: keras.Model, flip_tta: bool = False
+) -> keras.Model:
+    """``(224, 224, 3)`` RGB in [0, 255] -> class probabilities: preprocessing, backbone, (pooling,) head.
+    ``flip_tta``: the mean of the head's probabilities on the image and on its horizontal mirror (the
+    test-time augmentation of a cache extracted with 2 views), backbone and head shared."""
     if spec.rescale is None:
         raise FeatcacheError(
             f"backbone {spec.name!r} states no affine preprocessing: cannot build a self-contained model"
@@ -87,10 +102,17 @@ def full_model(spec: BackboneSpec, weights: ResolvedWeights, cfg: HeadConfig, he
     scale, offset = spec.rescale
     image = keras.Input((*spec.input_size, 3), name="image")
     x = keras.layers.Rescaling(scale, offset, name="preprocess")(image)
-    x = build_backbone(spec, weights)(x, training=False)
-    if not cfg.reads_maps:
-        x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    return keras.Model(image, head(x), name=f"featcache_{spec.name}_{cfg.kind}")
+    backbone = build_backbone(spec, weights)
+    pool = None if cfg.reads_maps else keras.layers.GlobalAveragePooling2D(name="pool")
+
+    def probs(t: Any) -> Any:
+        f = backbone(t, training=False)
+        return head(f if pool is None else pool(f))
+
+    y = probs(x)
+    if flip_tta:
+        y = keras.layers.Average(name="tta")([y, probs(keras.ops.flip(x, axis=2))])
+    return keras.Model(image, y, name=f"featcache_{spec.name}_{cfg.kind}")
 
 
 def load(path: Any) -> keras.Model:

@@ -1,6 +1,12 @@
-"""The head kinds a sweep can train, as a registry: what each reads from the cache and which grid keys
-shape it. Adding a kind is one :func:`register` call here plus its trainable group (``engine``) and
-its Keras model (``keras_heads``); the grid, the loop and the run directory need no change.
+"""The head kinds a sweep can train, as a registry: what each reads from the cache, which grid keys
+it reads and how it is fitted. Adding a kind is one :func:`register` call here plus its trainable
+group (``engine``, or ``closed_form`` for a kind fitted without SGD) and its Keras model
+(``keras_heads``); the grid, the loop and the run directory need no change.
+
+Two ways of fitting: ``sgd`` kinds train by epochs of minibatches with early stopping on val, all
+of them in one pass over the data; ``closed-form`` kinds (the L-BFGS logistic regression) are fitted
+once, before the epochs, on every train view, and bring their own feature normalisation (they read
+the pooled vectors as cached, not the sweep's standardised ones).
 
 No TensorFlow here: the command line and the sweep validation read this registry.
 """
@@ -10,18 +16,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 POOLED, MAPS = "pooled", "maps"
+SGD, CLOSED_FORM = "sgd", "closed-form"
+# The grid keys every SGD kind reads (the optimiser's and the loss's); ``shape_keys`` add the rest.
+SGD_KEYS = ("lr", "weight_decay", "label_smoothing")
 
 
 @dataclass(frozen=True)
 class HeadKind:
     """``inputs``: ``"pooled"`` (``(C,)`` vectors) or ``"maps"`` (``(h, w, C)`` feature maps).
-    ``shape_keys``: the grid keys (beyond lr, weight_decay and label_smoothing, which every kind uses)
-    that this kind reads; other keys are neutralised for it, so a grid never holds two equal heads."""
+    ``shape_keys``: the grid keys (beyond :data:`SGD_KEYS`, which every SGD kind reads) that shape
+    this kind; the keys a kind does not read are neutralised for it, so a grid never holds two equal
+    heads. ``fit``: :data:`SGD` or :data:`CLOSED_FORM` (see the module docstring)."""
 
     name: str
     inputs: str
     shape_keys: tuple[str, ...]
     help: str
+    fit: str = SGD
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Every grid key (beyond ``head``) this kind reads."""
+        return (SGD_KEYS if self.fit == SGD else ()) + self.shape_keys
 
 
 HEAD_KINDS: dict[str, HeadKind] = {}
@@ -31,6 +47,8 @@ def register(kind: HeadKind) -> HeadKind:
     """Add ``kind`` to the registry (a later registration of the same name replaces it)."""
     if kind.inputs not in (POOLED, MAPS):
         raise ValueError(f"head kind {kind.name!r}: inputs must be {POOLED!r} or {MAPS!r}, got {kind.inputs!r}")
+    if kind.fit not in (SGD, CLOSED_FORM):
+        raise ValueError(f"head kind {kind.name!r}: fit must be {SGD!r} or {CLOSED_FORM!r}, got {kind.fit!r}")
     HEAD_KINDS[kind.name] = kind
     return kind
 
@@ -40,6 +58,21 @@ def reads_maps(kind: str) -> bool:
     return HEAD_KINDS[kind].inputs == MAPS
 
 
+def closed_form(kind: str) -> bool:
+    """Whether heads of ``kind`` are fitted once without SGD (and normalise their own features)."""
+    return HEAD_KINDS[kind].fit == CLOSED_FORM
+
+
+# Registry order is simplicity order: the one-SE rule prefers the earlier kind among tied heads.
+register(
+    HeadKind(
+        "logreg",
+        POOLED,
+        ("c", "power"),
+        "multinomial logistic regression by L-BFGS (scikit-learn's objective) on pooled vectors",
+        fit=CLOSED_FORM,
+    )
+)
 register(HeadKind("linear", POOLED, (), "softmax on pooled vectors"))
 register(HeadKind("mlp", POOLED, ("hidden", "dropout"), "one hidden ReLU layer on pooled vectors"))
 register(HeadKind("map", MAPS, ("hidden", "dropout"), "1x1 conv + attention pooling on the 7x7 maps"))

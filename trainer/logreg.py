@@ -14,7 +14,7 @@ their optimum. Stopping follows scikit-learn's: the largest absolute gradient en
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -134,3 +134,85 @@ def fit_path(
         wb = theta.reshape(-1, n_classes)
         fits[c] = Fit(c, wb[:-1].copy(), wb[-1].copy(), iters, ok)
     return [fits[float(c)] for c in cs]
+
+
+def signed_power(x: np.ndarray, power: float) -> np.ndarray:
+    """Power normalisation ``sign(x) |x|^power`` (Perronnin et al., 2010; ``power`` 0.5: the signed
+    square root), same shape and float dtype as ``x``: damps the few channels that fire strongly.
+    Measured on the CIFAR-10 dev cache with 2 views: +2 points of test accuracy for the logistic
+    regression with TTA (docs/quality.md). ``power == 1`` returns ``x`` itself."""
+    return x if power == 1 else np.sign(x) * np.abs(x) ** power
+
+
+def head_proba(w: dict[str, np.ndarray], x: np.ndarray, power: float) -> np.ndarray:
+    """Class probabilities ``(B, K)`` float64 of one saved ``logreg`` head (``w`` as
+    :meth:`LogregGroup.head_weights` gives it) for pooled vectors ``x (B, C)`` as cached."""
+    z = (signed_power(np.asarray(x, np.float64), power) - w["mean"]) / w["std"]
+    return softmax(z @ w["W"] + w["b"])
+
+
+class LogregGroup:
+    """The ``logreg`` heads of a sweep (:class:`~featcache.trainer.sweep.HeadConfig` with ``c`` and
+    ``power``), with the interface the training loop's groups share after training (``predict``,
+    ``evaluate``, ``head_weights``, ``keep_best``/``restore_best``) and :meth:`fit` instead of epochs.
+
+    Per distinct ``power``: the features ``sign(x)|x|^power`` of every train view are standardised
+    with their own mean and std, and one warm-started :func:`fit_path` solves every ``c`` of that
+    power. Inputs are the pooled vectors as cached (``(n, C)``, or ``(n, V, C)`` views for :meth:`fit`).
+    """
+
+    closed_form = True
+    kind = "logreg"
+
+    def __init__(self, configs: Sequence, in_dim: int, n_classes: int, seed: int = 0):  # noqa: ARG002 (no randomness)
+        self.configs = list(configs)
+        self.k, self.in_dim, self.n_classes = len(self.configs), in_dim, n_classes
+        self.fits: list[Fit | None] = [None] * self.k
+        self.norm: dict[float, tuple[np.ndarray, np.ndarray]] = {}
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> None:
+        """Fit every head on ``x (n, V, C)`` (every view of every train row; ``V = 1`` without views)
+        with labels ``y (n,)``."""
+        n, v, c = x.shape
+        labels = np.repeat(np.asarray(y), v)
+        for power in dict.fromkeys(cfg.power for cfg in self.configs):
+            flat = signed_power(x.reshape(n * v, c).astype(np.float64), power)
+            mean, std = flat.mean(axis=0), np.maximum(flat.std(axis=0), 1e-6)
+            self.norm[power] = (mean, std)
+            mine = [i for i, cfg in enumerate(self.configs) if cfg.power == power]
+            fits = fit_path((flat - mean) / std, labels, self.n_classes, [self.configs[i].c for i in mine])
+            for i, f in zip(mine, fits, strict=True):
+                self.fits[i] = f
+
+    def _features(self, x: np.ndarray) -> dict[float, np.ndarray]:
+        x = np.asarray(x, np.float64)
+        return {p: (signed_power(x, p) - m) / s for p, (m, s) in self.norm.items()}
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities ``(k, B, n_classes)`` float32 of every head for ``x (B, C)``."""
+        feats = self._features(x)
+        out = [f.predict_proba(feats[cfg.power]) for cfg, f in zip(self.configs, self.fits, strict=True)]
+        return np.asarray(out, np.float32).reshape(self.k, len(x), self.n_classes)
+
+    def evaluate(self, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+        """Mean cross-entropy and accuracy ``(k,)`` of every head over ``(x, y)`` batches."""
+        loss, correct, n = np.zeros(self.k), np.zeros(self.k), 0
+        for x, y in batches:
+            p = self.predict(x).astype(np.float64)
+            picked = np.take_along_axis(p, np.broadcast_to(y[None, :, None], (self.k, len(y), 1)), axis=2)[..., 0]
+            loss -= np.log(np.maximum(picked, 1e-12)).sum(axis=1)
+            correct += (p.argmax(-1) == y).sum(axis=1)
+            n += len(y)
+        return (loss / n, correct / n) if n else (np.full(self.k, np.nan), np.full(self.k, np.nan))
+
+    def keep_best(self, improved: np.ndarray) -> None:
+        """Nothing to keep: a fitted head has one set of weights."""
+
+    def restore_best(self) -> None:
+        """Nothing to restore (see :meth:`keep_best`)."""
+
+    def head_weights(self, i: int) -> dict[str, np.ndarray]:
+        """Head ``i``'s ``W (C, K)``, ``b (K,)`` and the ``mean``/``std`` ``(C,)`` of its power-normalised
+        features, float32."""
+        f, (mean, std) = self.fits[i], self.norm[self.configs[i].power]
+        return {k: np.asarray(v, np.float32) for k, v in (("W", f.W), ("b", f.b), ("mean", mean), ("std", std))}

@@ -1,5 +1,6 @@
 """The training loop: every head of a sweep trained in one pass over the cache, early stopping per
-head, and each head's best epoch restored at the end.
+head, and each head's best epoch restored at the end. Closed-form heads (``logreg``, see ``kinds``)
+are fitted once before the epochs, on every train view, and take no part in them.
 
 Heads are grouped by kind and width (one trainable group each, see ``engine.make_group``); each epoch
 draws one shuffled batch order, and every batch is read once and fed to every group. After each epoch
@@ -21,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .data import Dataset, standardizer
+from .kinds import closed_form
 from .settings import Settings
 from .sweep import HeadConfig
 from .views import accuracy as view_accuracy
@@ -58,9 +60,24 @@ class GroupState:
         self.best_acc, self.best_loss = np.full(k, -1.0), np.full(k, np.inf)
         self.best_epoch, self.stale = np.zeros(k, int), np.zeros(k, int)
 
+    @property
+    def closed_form(self) -> bool:
+        return getattr(self.group, "closed_form", False)
+
     def active(self, patience: int) -> np.ndarray:
-        """``(k,)`` bool: the heads still training (fewer than ``patience`` epochs without progress)."""
-        return self.stale < patience
+        """``(k,)`` bool: the heads still training (fewer than ``patience`` epochs without progress;
+        never a closed-form head, fitted before the epochs)."""
+        return np.zeros(self.group.k, bool) if self.closed_form else self.stale < patience
+
+    def fit(self, y_train: np.ndarray, y_val: np.ndarray) -> None:
+        """Fit a closed-form group on every train view (or the pooled vectors) and record it as its
+        epoch 1."""
+        t0 = time.perf_counter()
+        x = self.views["train"] if self.views is not None else self.inputs["train"][:, None]
+        self.group.fit(x, y_train)
+        train = np.stack(self.evaluate("train", y_train))
+        self.end_epoch(1, np.ones(self.group.k, bool), train, self.evaluate("val", y_val))
+        self.seconds += time.perf_counter() - t0
 
     def evaluate(self, split: str, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mean loss and accuracy ``(k,)`` of every head on ``split`` (no dropout)."""
@@ -140,7 +157,10 @@ def _build_states(
     seed: int,
     mean_std: tuple[np.ndarray, np.ndarray] | None,
     views: dict[str, np.ndarray] | None = None,
+    raw_views: dict[str, np.ndarray] | None = None,
 ) -> list[GroupState]:
+    """One state per group; closed-form groups read the pooled vectors and views as cached
+    (``raw_views``), SGD pooled groups the standardised ones."""
     from .engine import make_group
 
     by_group: dict[tuple[str, int], list[HeadConfig]] = {}
@@ -149,13 +169,11 @@ def _build_states(
     in_dim, n_classes = ds.train.pooled.shape[1], len(ds.classes)
     states = []
     for g, cs in enumerate(by_group.values()):
-        maps = cs[0].reads_maps
+        maps, raw = cs[0].reads_maps, closed_form(cs[0].kind)
         group = make_group(cs, in_dim, n_classes, seed + g)
-        states.append(
-            GroupState(
-                group, _inputs(ds, maps, mean_std), EVAL_BATCH["maps" if maps else "pooled"], None if maps else views
-            )
-        )
+        inputs = _inputs(ds, maps, None if raw else mean_std)
+        group_views = None if maps else raw_views if raw else views
+        states.append(GroupState(group, inputs, EVAL_BATCH["maps" if maps else "pooled"], group_views))
     return states
 
 
@@ -226,7 +244,10 @@ def train(ds: Dataset, configs: list[HeadConfig], settings: Settings, progress: 
     mean_std = standardizer(ds.train) if settings.standardize else None
     views = _views(ds, mean_std) if settings.views else None
     n_views = 1 if views is None else views["train"].shape[1]
-    states = _build_states(ds, configs, settings.seed, mean_std, views)
+    states = _build_states(ds, configs, settings.seed, mean_std, views, _views(ds, None) if settings.views else None)
+    for s in states:
+        if s.closed_form:
+            s.fit(ds.train.y, ds.val.y)
     rng = np.random.default_rng(settings.seed)
     n_batches = -(-len(ds.train) // settings.batch_size)
     bar = tqdm(total=settings.epochs * n_batches, unit="batch", disable=not progress, leave=False, dynamic_ncols=True)

@@ -21,23 +21,26 @@ from .sweep import HeadConfig
 
 SPLIT_CHOICES = ("train", "val", "test", "all")
 PREDICT_BATCH = 256
+PREDICT_BLOCK = 1024  # rows whose inputs are read at once
 
 
 @dataclass
 class Prediction:
     """What :func:`predict` wrote: ``rows`` rows to ``out``; ``accuracy`` over the ``labelled`` ones
-    (NaN when none is)."""
+    (NaN when none is); ``views``: 1, or the cached views averaged (the head was picked with TTA)."""
 
     out: Path
     head: str
     rows: int
     labelled: int
     accuracy: float
+    views: int = 1
 
 
 @dataclass
 class Export:
-    """What :func:`export` wrote: ``out``, a model from images ``input_shape`` to ``classes`` probabilities."""
+    """What :func:`export` wrote: ``out``, a model from images ``input_shape`` to ``classes`` probabilities;
+    ``tta``: how it scores an image when the head was picked with test-time augmentation (else None)."""
 
     out: Path
     backbone: str
@@ -45,16 +48,24 @@ class Export:
     input_shape: tuple[int, ...]
     classes: list[str]
     random_weights: bool
+    tta: str | None = None
+
+
+def head_entry(run_dir: Path, results: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+    """results.json's row of head ``name`` (default: the best), or a one-line error."""
+    name = name or results["best"]
+    entry = next((h for h in results["heads"] if h["name"] == name), None)
+    if entry is None:
+        raise FeatcacheError(f"{run_dir}: no head named {name!r} (see leaderboard.txt)")
+    return entry
 
 
 def load_head(run_dir: Path, results: dict[str, Any], name: str | None = None) -> tuple[HeadConfig, Any]:
     """(config, Keras head model) of the run's best head, or of head ``name`` (rebuilt from heads.npz)."""
     from .keras_heads import head_model, load
 
-    name = name or results["best"]
-    entry = next((h for h in results["heads"] if h["name"] == name), None)
-    if entry is None:
-        raise FeatcacheError(f"{run_dir}: no head named {name!r} (see leaderboard.txt)")
+    entry = head_entry(run_dir, results, name)
+    name = entry["name"]
     cfg = HeadConfig.from_json(entry["config"])
     if name == results["best"]:
         return cfg, load(Path(run_dir) / rundir.BEST_HEAD)
@@ -119,7 +130,9 @@ def predict(
 ) -> Prediction:
     """Class probabilities of a run's head (the best unless ``head``) for cached rows, written to the
     CSV ``out``: the rows of ``split`` (train, val, test or all), or those whose ids the file ``ids``
-    lists. Refuses a cache that is no longer the one the run was trained on."""
+    lists. A pooled head picked with test-time augmentation is scored as it was picked: the mean of
+    its probabilities over the cached views. Refuses a cache that is no longer the one the run was
+    trained on."""
     results = rundir.load_results(run_dir)
     cache = FeatureCache(results["cache"]["path"])
     check_cache(cache, results["cache"], run_dir)
@@ -127,15 +140,24 @@ def predict(
     names = split_names(rows.split).astype(str)
     sel = select_rows(rows, names, split, ids)
     cfg, model = load_head(run_dir, results, head)
-    x = read_maps(cache, rows.index[sel], "float32") if cfg.reads_maps else rows.pooled[sel]
+    tta = bool(head_entry(run_dir, results, head).get("use_tta")) and not cfg.reads_maps and cache.views > 1
+    views = cache.load_pooled_views() if tta else None  # (N, V, C), rows' order
     classes = results["classes"]
-    probs = model.predict(x, batch_size=PREDICT_BATCH, verbose=0) if len(sel) else np.zeros((0, len(classes)))
+    probs = np.zeros((len(sel), len(classes)))
+    for start in range(0, len(sel), PREDICT_BLOCK):  # bounded memory: maps are ~250 KB a row in float32
+        part = sel[start : start + PREDICT_BLOCK]
+        if cfg.reads_maps:
+            inputs = [read_maps(cache, rows.index[part], "float32")]
+        else:
+            inputs = [rows.pooled[part]] if views is None else [views[part, v] for v in range(views.shape[1])]
+        batch = [model.predict(x, batch_size=PREDICT_BATCH, verbose=0) for x in inputs]
+        probs[start : start + len(part)] = np.mean(batch, axis=0)
     _write_csv(Path(out), rows, names, sel, probs, classes)
     labelled = rows.label[sel] >= 0
     hits = probs.argmax(-1)[labelled] == rows.label[sel][labelled]
-    return Prediction(
-        Path(out), cfg.name, len(sel), int(labelled.sum()), float(hits.mean()) if labelled.any() else float("nan")
-    )
+    accuracy = float(hits.mean()) if labelled.any() else float("nan")
+    n_views = 1 if views is None else views.shape[1]
+    return Prediction(Path(out), cfg.name, len(sel), int(labelled.sum()), accuracy, n_views)
 
 
 def export(run_dir: Path, out: Path, head: str | None = None, weights: str | None = None) -> Export:
@@ -161,7 +183,13 @@ def export(run_dir: Path, out: Path, head: str | None = None, weights: str | Non
             "pass weights= the file the cache was made with"
         )
     cfg, model_head = load_head(run_dir, results, head)
-    model = full_model(spec, w, cfg, model_head)
+    views = (fp.get("augment") or {}).get("views", 1)
+    tta = None
+    if head_entry(run_dir, results, head).get("use_tta") and not cfg.reads_maps:
+        # view 1 is the mirror: with 2 views the model can average the image and its mirror as the pick
+        # did; further views are random crops seeded by the image's id, which an exported model cannot know
+        tta = "image and its mirror" if views == 2 else f"the image only (picked with TTA over {views} views)"
+    model = full_model(spec, w, cfg, model_head, flip_tta=views == 2 and tta is not None)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     model.save(out)
-    return Export(Path(out), spec.name, cfg.name, tuple(model.input_shape[1:]), results["classes"], w.random)
+    return Export(Path(out), spec.name, cfg.name, tuple(model.input_shape[1:]), results["classes"], w.random, tta)

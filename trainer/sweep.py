@@ -34,8 +34,8 @@ from ..shared.errors import FeatcacheError
 from .kinds import HEAD_KINDS, reads_maps
 from .settings import DEFAULT_GRID, FILE_SETTING_KEYS, GRID_KEYS, SettingError, Settings, check_value, make_settings
 
-# A grid key's value when the head's kind does not read it.
-UNUSED = {"hidden": 0, "dropout": 0.0}
+# A grid key's value when the head's kind does not read it (see HeadKind.keys).
+UNUSED = {"lr": 0.0, "weight_decay": 0.0, "hidden": 0, "dropout": 0.0, "label_smoothing": 0.0, "c": 0.0, "power": 1.0}
 
 
 @dataclass(frozen=True)
@@ -43,19 +43,24 @@ class HeadConfig:
     """One head: ``kind`` (a name in :data:`~featcache.trainer.kinds.HEAD_KINDS`; linear, mlp with
     ``hidden`` ReLU units, map with ``hidden`` channels and attention pooling), trained with AdamW at
     ``lr`` and decoupled ``weight_decay`` on kernels, ``dropout`` before the last layer and
-    ``label_smoothing`` of the cross-entropy."""
+    ``label_smoothing`` of the cross-entropy; or logreg, scikit-learn's logistic regression with
+    inverse regularisation ``c`` on power-normalised features ``sign(x) |x|^power`` (1: as cached)."""
 
     kind: str
-    lr: float
+    lr: float = 0.0
     weight_decay: float = 0.0
     hidden: int = 0
     dropout: float = 0.0
     label_smoothing: float = 0.0
+    c: float = 0.0
+    power: float = 1.0
 
     @property
     def name(self) -> str:
-        keys = HEAD_KINDS[self.kind].shape_keys
+        keys = HEAD_KINDS[self.kind].keys
         shape = (f"-h{self.hidden}" if "hidden" in keys else "") + (f"-do{self.dropout:g}" if "dropout" in keys else "")
+        if "c" in keys:
+            return f"{self.kind}{'' if self.power == 1 else f'-pow{self.power:g}'}-C{self.c:g}"
         return f"{self.kind}{shape}-lr{self.lr:g}-wd{self.weight_decay:g}-ls{self.label_smoothing:g}"
 
     @property
@@ -94,7 +99,7 @@ def expand(grid: Mapping[str, Any], source: Path | None = None) -> list[HeadConf
     for combo in itertools.product(*(g[k] for k in GRID_KEYS)):
         values = dict(zip(GRID_KEYS, combo, strict=True))
         kind = HEAD_KINDS[values.pop("head")]
-        values.update({k: v for k, v in UNUSED.items() if k not in kind.shape_keys})
+        values.update({k: v for k, v in UNUSED.items() if k not in kind.keys})
         out[HeadConfig(kind.name, **values)] = None
     return list(out)
 
