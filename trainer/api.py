@@ -14,7 +14,7 @@ a function runs, not when this module is imported.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,7 +95,7 @@ class SweepResult:
 
 
 def train(
-    cache: str | Path,
+    cache: str | Path | Sequence[str | Path],
     *,
     sweep: str | Path | None = None,
     head: Any = None,
@@ -121,7 +121,11 @@ def train(
 ) -> SweepResult:
     """Train every head of the grid in one pass over ``cache``, pick the best on val, report it on test,
     and write a new run directory under ``runs`` (docs/run-format.md). ``log`` receives notes (default:
-    dropped); ``command`` is recorded in results.json."""
+    dropped); ``command`` is recorded in results.json.
+
+    ``cache`` may be a list of caches of the same images made by different backbones: the same grid is
+    trained on each (rows matched by id; caches whose ids, splits or labels differ are refused), heads
+    are named ``"<backbone>:<head>"`` and ranked together (trainer.multi)."""
     from .run import run_sweep
 
     grid = dict(head=head, lr=lr, weight_decay=weight_decay, hidden=hidden, dropout=dropout)
@@ -131,7 +135,7 @@ def train(
     settings["baselines"] = baselines
     configs, checked = resolve_sweep(Path(sweep) if sweep is not None else None, grid, settings)
     run_dir, results = run_sweep(
-        Path(cache),
+        Path(cache) if isinstance(cache, str | Path) else [Path(c) for c in cache],
         configs,
         checked,
         Path(runs),

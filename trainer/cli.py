@@ -2,6 +2,7 @@
 
 \b
     featcache-train [options] CACHE [options]  train a sweep (also: featcache-train train CACHE ...)
+    featcache-train CACHE_A CACHE_B ...        the same sweep on each backbone's cache, compared
     featcache-train export RUN_DIR OUT.keras   best head + backbone as one Keras model
     featcache-train predict RUN_DIR OUT.csv    class probabilities for cache rows
     featcache-train report RUN_DIR OUT.html    one self-contained HTML page about a sweep
@@ -95,7 +96,15 @@ def _as_flag(exc: SettingError) -> FeatcacheError:
 
 DebugOpt = Annotated[bool, typer.Option(help="Show the full traceback on errors.")]
 CacheArg = Annotated[
-    Path, typer.Argument(help="The cache to train on (made by featcache-extract).", show_default=False)
+    list[Path],
+    typer.Argument(
+        help=(
+            "The cache to train on (made by featcache-extract). Several caches of the same images made by "
+            "different backbones: the same grid is trained on each (rows matched by id) and the leaderboard "
+            "compares them."
+        ),
+        show_default=False,
+    ),
 ]
 SweepOpt = Annotated[
     Optional[Path],
@@ -134,6 +143,7 @@ def train(
     debug: DebugOpt = False,
 ) -> None:
     """Train every head of the grid in one pass over CACHE, pick the best on val, report it on test.
+    With several caches (CACHE_A CACHE_B ...), the grid is trained on each and all heads ranked together.
 
     Writes runs/<time>/: results.json, leaderboard.txt, plot.png (with matplotlib), best_head.keras
     and heads.npz (every head's weights); see docs/run-format.md.
@@ -147,8 +157,9 @@ def train(
         lists["label_smoothing"] = label_smoothing
         grid = {k: parse_list(v) for k, v in lists.items() if v is not None}
         try:
+            caches = cache if len(cache) > 1 else cache[0]
             result = api.train(
-                cache, sweep=sweep, **grid, epochs=epochs, batch_size=batch_size, patience=patience, seed=seed,
+                caches, sweep=sweep, **grid, epochs=epochs, batch_size=batch_size, patience=patience, seed=seed,
                 standardize=standardize, val_fraction=val_fraction, max_maps_gb=max_maps_gb,
                 allow_partial=allow_partial, views=views, baselines=baselines, runs=runs,
                 progress=progress,

@@ -59,7 +59,7 @@ def load_head(run_dir: Path, results: dict[str, Any], name: str | None = None) -
     if name == results["best"]:
         return cfg, load(Path(run_dir) / rundir.BEST_HEAD)
     weights, mean_std = rundir.head_params(run_dir, results, name)
-    maps_shape = tuple(results["cache"]["fingerprint"]["output_shape"])
+    maps_shape = tuple(rundir.head_cache(results, name)["fingerprint"]["output_shape"])
     in_shape = maps_shape if cfg.reads_maps else maps_shape[-1:]
     return cfg, head_model(cfg, weights, in_shape, len(results["classes"]), mean_std)
 
@@ -121,8 +121,9 @@ def predict(
     CSV ``out``: the rows of ``split`` (train, val, test or all), or those whose ids the file ``ids``
     lists. Refuses a cache that is no longer the one the run was trained on."""
     results = rundir.load_results(run_dir)
-    cache = FeatureCache(results["cache"]["path"])
-    check_cache(cache, results["cache"], run_dir)
+    recorded = rundir.head_cache(results, head or results["best"])
+    cache = FeatureCache(recorded["path"])
+    check_cache(cache, recorded, run_dir)
     rows = load_rows(cache)
     names = split_names(rows.split).astype(str)
     sel = select_rows(rows, names, split, ids)
@@ -146,7 +147,7 @@ def export(run_dir: Path, out: Path, head: str | None = None, weights: str | Non
     from .keras_heads import full_model
 
     results = rundir.load_results(run_dir)
-    fp = results["cache"]["fingerprint"]
+    fp = rundir.head_cache(results, head or results["best"])["fingerprint"]
     spec = get_backbone(fp["backbone"])
     recorded = fp["weights_sha256"]
     if weights is not None:

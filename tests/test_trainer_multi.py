@@ -1,0 +1,72 @@
+"""featcache-train on several caches of the same images (one per backbone), and predict --source on new
+images: heads per cache equal the same heads trained on that cache alone, mismatched caches are refused,
+and predicting a folder of images equals predicting their cached rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import extract, synthetic_cache
+
+from featcache.shared.errors import FeatcacheError
+from featcache.trainer.run import run_sweep
+from featcache.trainer.settings import Settings
+from featcache.trainer.sweep import expand
+
+SETTINGS = Settings(epochs=3, batch_size=8, seed=0)
+GRID = {"head": ["linear", "mlp"], "lr": [1e-2], "hidden": [8]}
+
+
+def sweep(cache, runs: Path):
+    return run_sweep(cache, expand(GRID), SETTINGS, runs, ["test"], log=lambda m: None, progress=False)
+
+
+@pytest.fixture(scope="module")
+def two_caches(tiny_cache, sample_dir, tmp_path_factory) -> tuple[Path, Path]:
+    """The sample through the tiny backbone twice: random weights of seed 0 (``tiny_cache``) and of seed 1."""
+    other = tmp_path_factory.mktemp("multi") / "seed1"
+    extract(sample_dir, other, seed=1)
+    return tiny_cache, other
+
+
+@pytest.fixture(scope="module")
+def multi_run(two_caches, tmp_path_factory) -> tuple[Path, dict]:
+    return sweep(list(two_caches), tmp_path_factory.mktemp("runs"))
+
+
+def test_two_caches_give_one_run_whose_heads_equal_each_cache_trained_alone(two_caches, multi_run, tmp_path):
+    run_dir, r = multi_run
+    a, b = two_caches
+    labels = {"tiny-" + a.name: a, "tiny-" + b.name: b}
+    assert r["version"] == 3 and set(r["caches"]) == set(labels) and len(r["heads"]) == 4
+    assert {c["path"] for c in r["caches"].values()} == {str(a.resolve()), str(b.resolve())}
+    assert {(h["cache"], h["backbone"]) for h in r["heads"]} == {(k, "tiny") for k in labels}
+    best = next(h for h in r["heads"] if h["name"] == r["best"])
+    assert r["cache"]["path"] == r["caches"][best["cache"]]["path"]  # the winner's cache, for export and report
+    board = (run_dir / "leaderboard.txt").read_text()
+    assert "backbone  head" in board.splitlines()[0] and all(h["name"] in board for h in r["heads"])
+
+    # independent check: the heads of cache b are exactly those of a sweep on cache b alone
+    single_dir, single = sweep(b, tmp_path / "runs")
+    label = "tiny-" + b.name
+    with np.load(run_dir / "heads.npz") as multi_z, np.load(single_dir / "heads.npz") as single_z:
+        for h in single["heads"]:
+            mine = next(m for m in r["heads"] if m["name"] == f"{label}:{h['name']}")
+            assert (mine["val_acc"], mine["test_acc"], mine["epochs"]) == (h["val_acc"], h["test_acc"], h["epochs"])
+            for p, key in single["heads_file"]["params"][h["name"]].items():
+                np.testing.assert_array_equal(multi_z[r["heads_file"]["params"][mine["name"]][p]], single_z[key])
+            std = r["heads_file"]["standardize"][label]
+            np.testing.assert_array_equal(multi_z[std["mean"]], single_z["standardize/mean"])
+
+
+def test_caches_of_other_images_or_splits_are_refused_naming_the_cache_and_id(tmp_path):
+    first = synthetic_cache(tmp_path / "first", n=40)
+    fewer = synthetic_cache(tmp_path / "fewer", n=30)
+    with pytest.raises(FeatcacheError, match=r"fewer: 30 labelled rows, the first cache has 40 \(first id in"):
+        sweep([first, fewer], tmp_path / "runs")
+    resplit = synthetic_cache(tmp_path / "resplit", n=40, splits="no-val")
+    with pytest.raises(FeatcacheError, match=r"resplit: id 'c\d/\d+\.jpg' is in \w+ here, in \w+ in the first cache"):
+        sweep([first, resplit], tmp_path / "runs")
+    assert not list((tmp_path / "runs").iterdir())  # nothing of a refused sweep is kept
