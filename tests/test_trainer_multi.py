@@ -4,6 +4,7 @@ and predicting a folder of images equals predicting their cached rows."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -70,3 +71,51 @@ def test_caches_of_other_images_or_splits_are_refused_naming_the_cache_and_id(tm
     with pytest.raises(FeatcacheError, match=r"resplit: id 'c\d/\d+\.jpg' is in \w+ here, in \w+ in the first cache"):
         sweep([first, resplit], tmp_path / "runs")
     assert not list((tmp_path / "runs").iterdir())  # nothing of a refused sweep is kept
+
+
+def test_predict_source_equals_predict_on_the_cached_rows_of_the_same_images(multi_run, sample_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from featcache.trainer import api
+    from featcache.trainer.cli import app
+    from featcache.trainer.predict_source import scratch_cache
+
+    run_dir, r = multi_run
+    head = next(h["name"] for h in r["heads"] if h["name"] != r["best"] and h["config"]["kind"] == "linear")
+    new = tmp_path / "new.csv"
+    args = ["predict", str(run_dir), str(new), "--source", str(sample_dir), "--head", head, "--no-progress"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    # the extractor's own summary reaches the user, and the run's classes give the accuracy
+    assert "wrote 15 rows in 1 shards" in result.output and "on the 15 labelled ones" in result.output
+    assert scratch_cache(run_dir, sample_dir).joinpath("manifest.json").is_file()
+    cached = api.predict(run_dir, tmp_path / "cached.csv", split="all", head=head)
+    rows = {r["id"]: r for r in csv.DictReader(open(tmp_path / "cached.csv"))}
+    got = list(csv.DictReader(open(new)))
+    assert len(got) == len(rows) == 15
+    probs = [c for c in got[0] if c.startswith("p_")]
+    for g in got:
+        want = rows[g["id"]]
+        assert (g["label"], g["class"], g["predicted"]) == (want["label"], want["class"], want["predicted"])
+        np.testing.assert_allclose([float(g[c]) for c in probs], [float(want[c]) for c in probs], atol=2e-6)
+    assert f"accuracy {cached.accuracy:.4f} on the 15 labelled ones" in result.output
+
+
+def test_predict_source_maps_labels_by_class_name_and_needs_the_weights_file():
+    from featcache.shared.cache.reader import PooledRows
+    from featcache.trainer.predict_source import extractor_flags, map_labels
+
+    rows = PooledRows(np.zeros((4, 2), np.float32), np.array([0, 1, 2, -1]), np.array(list("abcd")), np.arange(4), 0)
+    mapped, unknown = map_labels(rows, ["dog", "cat", "emu"], ["cat", "dog"])
+    assert mapped.label.tolist() == [1, 0, -1, -1] and unknown == {"emu": 1}
+    fp = {
+        "backbone": "mobilenet_v2",
+        "weights_source": "file",
+        "weights_path": "/gone/w.h5",
+        "weights_sha256": "ab" * 32,
+    }
+    fp.update(resize="jpeg-dct-prescale-to-2x,bilinear,antialias,pad", maps_dtype="float16", compute_dtype="float32")
+    with pytest.raises(FeatcacheError, match=r"^/gone/w.h5: the weights file the run's cache was made with is gone"):
+        extractor_flags(fp, "cache/")
+    flags = extractor_flags(fp, "cache/", weights="/moved/w.h5")
+    assert flags == "--backbone mobilenet_v2 --weights /moved/w.h5 --resize pad --maps-dtype float16".split()

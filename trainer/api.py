@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..shared.errors import FeatcacheError
 from .predict import Export, Prediction
 from .report import leaderboard as _leaderboard
 from .report import ranking
@@ -152,13 +153,32 @@ def train(
 
 
 def predict(
-    run_dir: str | Path, out: str | Path, *, split: str = "test", ids: str | Path | None = None, head: str | None = None
+    run_dir: str | Path,
+    out: str | Path,
+    *,
+    split: str | None = None,
+    ids: str | Path | None = None,
+    head: str | None = None,
+    source: str | Path | None = None,
+    weights: str | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
 ) -> Prediction:
-    """Class probabilities of the run's best head (or ``head``) for the cached rows of ``split`` (train,
-    val, test or all) or of the ids listed one per line in the file ``ids``, written as CSV to ``out``."""
-    from .predict import predict as _predict
+    """Class probabilities of the run's best head (or ``head``) written as CSV to ``out``: for the cached
+    rows of ``split`` (train, val, test or all; default test) or of the ids listed one per line in the
+    file ``ids``; or, with ``source``, for new images (any source the extractor takes), whose features
+    the extractor makes as the cached ones were made, in a subprocess, into a scratch cache in the run
+    directory that the next predict of ``source`` reuses (``overwrite=True``: made again). ``weights``
+    replaces a weights file that has moved; ``progress`` shows the extractor's progress bar."""
+    if source is None:
+        from .predict import predict as _predict
 
-    return _predict(Path(run_dir), Path(out), split, Path(ids) if ids is not None else None, head)
+        return _predict(Path(run_dir), Path(out), split or "test", Path(ids) if ids is not None else None, head)
+    if ids is not None or split is not None:
+        raise FeatcacheError(f"source={str(source)!r}: predicts every image of the source; drop split= and ids=")
+    from .predict_source import predict_source
+
+    return predict_source(Path(run_dir), Path(out), Path(source), head, weights, overwrite, progress)
 
 
 def export(run_dir: str | Path, out: str | Path, *, head: str | None = None, weights: str | None = None) -> Export:

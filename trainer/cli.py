@@ -4,7 +4,7 @@
     featcache-train [options] CACHE [options]  train a sweep (also: featcache-train train CACHE ...)
     featcache-train CACHE_A CACHE_B ...        the same sweep on each backbone's cache, compared
     featcache-train export RUN_DIR OUT.keras   best head + backbone as one Keras model
-    featcache-train predict RUN_DIR OUT.csv    class probabilities for cache rows
+    featcache-train predict RUN_DIR OUT.csv    class probabilities for cache rows (--source: new images)
     featcache-train report RUN_DIR OUT.html    one self-contained HTML page about a sweep
     featcache-train runs [RUNS_DIR]            every sweep run, newest first
 
@@ -235,18 +235,56 @@ def predict(
             show_default=False,
         ),
     ],
-    split: Annotated[str, typer.Option(help="Rows to predict: train, val, test or all.")] = "test",
+    split: Annotated[
+        Optional[str], typer.Option(help="Cached rows to predict: train, val, test or all.", show_default="test")
+    ] = None,
     ids: Annotated[Optional[Path], typer.Option(help="Instead, a text file of ids (one per line) to predict.")] = None,
     head_name: Annotated[Optional[str], typer.Option("--head", help="Use this head instead of the best.")] = None,
+    source: Annotated[
+        Optional[Path],
+        typer.Option(
+            help=(
+                "Instead, new images: any source featcache-extract takes (class folders, a CSV, a .txt list, a "
+                "folder of unlabelled images). The extractor makes their features as the cached ones were made "
+                "(same backbone, weights, resize, views; it runs as a subprocess) into RUN_DIR/predict/<hash of "
+                "the path>/, reused by the next predict of the same source. With labels, the accuracy is "
+                "printed (classes matched by name)."
+            ),
+            show_default=False,
+        ),
+    ] = None,
+    weights: Annotated[
+        Optional[str],
+        typer.Option(
+            help="With --source: backbone weights to use when the recorded file has moved (its sha256 must match).",
+            show_default=False,
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="With --source: make the scratch features again instead of reusing them.")
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="With --source: show the extractor's progress bar.")] = True,
     debug: DebugOpt = False,
 ) -> None:
-    """Class probabilities of the run's best head for cached rows, from their cached features."""
+    """Class probabilities of the run's best head for cached rows, from their cached features, or for
+    new images (--source), whose features the extractor makes exactly as the cache's were made."""
 
     def job() -> None:
         from . import api
 
-        p = api.predict(run_dir, out, split=split, ids=ids, head=head_name)
-        typer.echo(f"wrote {p.out}: {p.rows} rows, accuracy {p.accuracy:.4f} on the {p.labelled} labelled ones")
+        p = api.predict(
+            run_dir,
+            out,
+            split=split,
+            ids=ids,
+            head=head_name,
+            source=source,
+            weights=weights,
+            overwrite=overwrite,
+            progress=progress,
+        )
+        scored = f"accuracy {p.accuracy:.4f} on the {p.labelled} labelled ones" if p.labelled else "none labelled"
+        typer.echo(f"wrote {p.out}: {p.rows} rows, {scored}")
 
     run_cli(job, debug=debug, interrupted=f"interrupted: {out} was not written")
 

@@ -128,14 +128,23 @@ def predict(
     names = split_names(rows.split).astype(str)
     sel = select_rows(rows, names, split, ids)
     cfg, model = load_head(run_dir, results, head)
+    return score_rows(cache, rows, sel, cfg, model, results["classes"], Path(out))
+
+
+def score_rows(
+    cache: FeatureCache, rows: PooledRows, sel: np.ndarray, cfg: HeadConfig, model: Any, classes: list[str], out: Path
+) -> Prediction:
+    """Head ``model`` (of config ``cfg``) on the rows ``sel`` of ``rows`` (the cache's pooled rows,
+    labels numbered as ``classes``), written to the CSV ``out``; the accuracy over the labelled ones.
+    Map heads read the rows' maps from ``cache``."""
+    names = split_names(rows.split).astype(str)
     x = read_maps(cache, rows.index[sel], "float32") if cfg.reads_maps else rows.pooled[sel]
-    classes = results["classes"]
     probs = model.predict(x, batch_size=PREDICT_BATCH, verbose=0) if len(sel) else np.zeros((0, len(classes)))
-    _write_csv(Path(out), rows, names, sel, probs, classes)
+    _write_csv(out, rows, names, sel, probs, classes)
     labelled = rows.label[sel] >= 0
     hits = probs.argmax(-1)[labelled] == rows.label[sel][labelled]
     return Prediction(
-        Path(out), cfg.name, len(sel), int(labelled.sum()), float(hits.mean()) if labelled.any() else float("nan")
+        out, cfg.name, len(sel), int(labelled.sum()), float(hits.mean()) if labelled.any() else float("nan")
     )
 
 
