@@ -48,6 +48,10 @@ def test_two_caches_give_one_run_whose_heads_equal_each_cache_trained_alone(two_
     assert r["cache"]["path"] == r["caches"][best["cache"]]["path"]  # the winner's cache, for export and report
     board = (run_dir / "leaderboard.txt").read_text()
     assert "backbone  head" in board.splitlines()[0] and all(h["name"] in board for h in r["heads"])
+    from featcache.trainer.history import list_runs
+
+    for cache in (a, b):  # runs --cache finds the sweep by any of its caches
+        assert [e["run"] for e in list_runs(run_dir.parent, cache)] == [str(run_dir)]
 
     # independent check: the heads of cache b are exactly those of a sweep on cache b alone
     single_dir, single = sweep(b, tmp_path / "runs")

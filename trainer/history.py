@@ -70,9 +70,10 @@ def list_runs(runs_dir: str | Path, cache: str | Path | None = None) -> list[dic
                     val_acc=best["val_acc"],
                     test_acc=best["test_acc"],
                     wall_seconds=r["wall_seconds"],
-                    caches=[c["path"] for c in r["caches"].values()] if "caches" in r else [r["cache"]["path"]],
                 )
-        if want is not None and want not in entry.get("caches", ()):
+                if "caches" in r:
+                    entry["caches"] = [c["path"] for c in r["caches"].values()]
+        if want is not None and want not in entry.get("caches", [entry.get("cache")]):
             continue
         out.append(entry)
     out.sort(key=lambda e: e["started"], reverse=True)
@@ -92,10 +93,6 @@ def format_runs(runs: list[dict[str, Any]]) -> str:
         lines.append(
             f"{e['started']:<19}  {e['heads']:>5}  {e['val_acc']:>7.4f}  {test:>8}  {e['wall_seconds']:>7.1f}  "
             f"{e['best']}\n{'':<55}{e['cache']} ({weights}) -> {e['run']}"
-            + (
-                f"\n{'':<55}(best of {len(e['caches'])} caches: {', '.join(e['caches'])})"
-                if len(e["caches"]) > 1
-                else ""
-            )
+            + (f"\n{'':<55}(best of {len(e['caches'])} caches: {', '.join(e['caches'])})" if "caches" in e else "")
         )
     return "\n".join(lines)

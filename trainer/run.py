@@ -41,10 +41,10 @@ def load_for(
     ds = load_dataset(
         cache, val_fraction=settings.val_fraction, allow_partial=settings.allow_partial, views=settings.views
     )
-    if like is not None:
+    if like is not None:  # the notes the first cache has not given already, naming this cache
         ds = align(like, ds, cache.path)
-    for note in ds.notes if like is None else ():
-        log(f"note: {note}")
+    for note in ds.notes if like is None else [n for n in ds.notes if n not in like.notes]:
+        log(f"note: {note}" if like is None else f"note: {cache.path}: {note}")
     if any(c.reads_maps for c in configs):
         load_maps(cache, ds, settings.max_maps_gb)
     log(
