@@ -175,7 +175,10 @@ def predict(
 
         return _predict(Path(run_dir), Path(out), split or "test", Path(ids) if ids is not None else None, head)
     if ids is not None or split is not None:
-        raise FeatcacheError(f"source={str(source)!r}: predicts every image of the source; drop split= and ids=")
+        given = f"split={split!r}" if split is not None else f"ids={str(ids)!r}"
+        raise FeatcacheError(
+            f"{given}: with source={str(source)!r} every image of the source is predicted; give one or the other"
+        )
     from .predict_source import predict_source
 
     return predict_source(Path(run_dir), Path(out), Path(source), head, weights, overwrite, progress)

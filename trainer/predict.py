@@ -128,24 +128,29 @@ def predict(
     names = split_names(rows.split).astype(str)
     sel = select_rows(rows, names, split, ids)
     cfg, model = load_head(run_dir, results, head)
-    return score_rows(cache, rows, sel, cfg, model, results["classes"], Path(out))
+    return score_rows(cache, rows, sel, cfg, model, results["classes"], Path(out), head or results["best"])
 
 
 def score_rows(
-    cache: FeatureCache, rows: PooledRows, sel: np.ndarray, cfg: HeadConfig, model: Any, classes: list[str], out: Path
+    cache: FeatureCache,
+    rows: PooledRows,
+    sel: np.ndarray,
+    cfg: HeadConfig,
+    model: Any,
+    classes: list[str],
+    out: Path,
+    name: str,
 ) -> Prediction:
-    """Head ``model`` (of config ``cfg``) on the rows ``sel`` of ``rows`` (the cache's pooled rows,
-    labels numbered as ``classes``), written to the CSV ``out``; the accuracy over the labelled ones.
-    Map heads read the rows' maps from ``cache``."""
+    """Head ``model`` (the run's head ``name``, of config ``cfg``) on the rows ``sel`` of ``rows`` (the
+    cache's pooled rows, labels numbered as ``classes``), written to the CSV ``out``; the accuracy over
+    the labelled ones. Map heads read the rows' maps from ``cache``."""
     names = split_names(rows.split).astype(str)
     x = read_maps(cache, rows.index[sel], "float32") if cfg.reads_maps else rows.pooled[sel]
     probs = model.predict(x, batch_size=PREDICT_BATCH, verbose=0) if len(sel) else np.zeros((0, len(classes)))
     _write_csv(out, rows, names, sel, probs, classes)
     labelled = rows.label[sel] >= 0
     hits = probs.argmax(-1)[labelled] == rows.label[sel][labelled]
-    return Prediction(
-        out, cfg.name, len(sel), int(labelled.sum()), float(hits.mean()) if labelled.any() else float("nan")
-    )
+    return Prediction(out, name, len(sel), int(labelled.sum()), float(hits.mean()) if labelled.any() else float("nan"))
 
 
 def export(run_dir: Path, out: Path, head: str | None = None, weights: str | None = None) -> Export:
@@ -156,7 +161,8 @@ def export(run_dir: Path, out: Path, head: str | None = None, weights: str | Non
     from .keras_heads import full_model
 
     results = rundir.load_results(run_dir)
-    fp = rundir.head_cache(results, head or results["best"])["fingerprint"]
+    name = head or results["best"]
+    fp = rundir.head_cache(results, name)["fingerprint"]
     spec = get_backbone(fp["backbone"])
     recorded = fp["weights_sha256"]
     if weights is not None:
@@ -174,4 +180,4 @@ def export(run_dir: Path, out: Path, head: str | None = None, weights: str | Non
     model = full_model(spec, w, cfg, model_head)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     model.save(out)
-    return Export(Path(out), spec.name, cfg.name, tuple(model.input_shape[1:]), results["classes"], w.random)
+    return Export(Path(out), spec.name, name, tuple(model.input_shape[1:]), results["classes"], w.random)

@@ -170,4 +170,4 @@ def predict_source(
             f"note: {sum(unknown.values())} rows of classes the run does not know ({listed}): "
             "predicted, but not counted in the accuracy\n"
         )
-    return score_rows(cache, rows, np.arange(len(rows)), cfg, model, results["classes"], Path(out))
+    return score_rows(cache, rows, np.arange(len(rows)), cfg, model, results["classes"], Path(out), name)
