@@ -20,8 +20,8 @@ SETTINGS = Settings(epochs=3, batch_size=8, seed=0)
 GRID = {"head": ["linear", "mlp"], "lr": [1e-2], "hidden": [8]}
 
 
-def sweep(cache, runs: Path):
-    return run_sweep(cache, expand(GRID), SETTINGS, runs, ["test"], log=lambda m: None, progress=False)
+def sweep(cache, runs: Path, concat: bool = False):
+    return run_sweep(cache, expand(GRID), SETTINGS, runs, ["test"], log=lambda m: None, progress=False, concat=concat)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def two_caches(tiny_cache, sample_dir, tmp_path_factory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def multi_run(two_caches, tmp_path_factory) -> tuple[Path, dict]:
-    return sweep(list(two_caches), tmp_path_factory.mktemp("runs"))
+    return sweep(list(two_caches), tmp_path_factory.mktemp("runs"), concat=True)
 
 
 def test_two_caches_give_one_run_whose_heads_equal_each_cache_trained_alone(two_caches, multi_run, tmp_path):
@@ -64,6 +64,32 @@ def test_two_caches_give_one_run_whose_heads_equal_each_cache_trained_alone(two_
                 np.testing.assert_array_equal(multi_z[r["heads_file"]["params"][mine["name"]][p]], single_z[key])
             std = r["heads_file"]["standardize"][label]
             np.testing.assert_array_equal(multi_z[std["mean"]], single_z["standardize/mean"])
+
+
+def test_concat_heads_read_both_caches_pooled_vectors_side_by_side_and_are_never_picked(two_caches, multi_run):
+    from featcache.shared.cache.reader import FeatureCache
+    from featcache.trainer.data import load_dataset
+    from featcache.trainer.multi import align, concat_dataset
+
+    _, r = multi_run
+    c = r["concat"]
+    assert c["caches"] == list(r["caches"]) and c["width"] == 2560 and c["skipped"] == []
+    assert [h["name"] for h in c["heads"]] == [f"concat:{cfg.name}" for cfg in expand(GRID)]
+    assert not {h["name"] for h in c["heads"]} & {h["name"] for h in r["heads"]}  # reported, never ranked
+    # independent check: each row is [cache a's pooled vector, cache b's] of the same id, read with load_pooled
+    a, b = (FeatureCache(p) for p in two_caches)
+    first = load_dataset(a, val_fraction=SETTINGS.val_fraction)
+    ds = concat_dataset([first, align(first, load_dataset(b, val_fraction=SETTINGS.val_fraction), b.path)])
+    by_id = [
+        {i: v for i, v in zip(rows.id.tolist(), rows.pooled, strict=True)}
+        for rows in (a.load_pooled(), b.load_pooled())
+    ]
+    for name in ("train", "val", "test"):
+        split = getattr(ds, name)
+        want = np.array([np.concatenate([by_id[0][i], by_id[1][i]]) for i in split.id.tolist()])
+        np.testing.assert_array_equal(split.pooled, want)
+    with pytest.raises(FeatcacheError, match="concat=True: needs at least two caches"):
+        sweep(two_caches[0], Path("/nonexistent-runs"), concat=True)
 
 
 def test_caches_of_other_images_or_splits_are_refused_naming_the_cache_and_id(tmp_path):

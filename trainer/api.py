@@ -91,6 +91,11 @@ class SweepResult:
         """The L-BFGS logistic regression, k-NN and ensemble rows (empty with ``baselines=False``)."""
         return self.results.get("baselines", [])
 
+    @property
+    def concat(self) -> list[dict[str, Any]]:
+        """The heads trained on the caches' concatenated pooled vectors (empty unless ``concat=True``)."""
+        return self.results.get("concat", {}).get("heads", [])
+
     def leaderboard(self, top: int = DEFAULT_TOP) -> str:
         return _leaderboard(self.results["heads"], self.results["splits"]["val"], top)
 
@@ -119,6 +124,7 @@ def train(
     progress: bool = False,
     log: Callable[[str], None] | None = None,
     command: list[str] | None = None,
+    concat: bool = False,
 ) -> SweepResult:
     """Train every head of the grid in one pass over ``cache``, pick the best on val, report it on test,
     and write a new run directory under ``runs`` (docs/run-format.md). ``log`` receives notes (default:
@@ -126,7 +132,9 @@ def train(
 
     ``cache`` may be a list of caches of the same images made by different backbones: the same grid is
     trained on each (rows matched by id; caches whose ids, splits or labels differ are refused), heads
-    are named ``"<backbone>:<head>"`` and ranked together (trainer.multi)."""
+    are named ``"<backbone>:<head>"`` and ranked together (trainer.multi). With ``concat=True``, the
+    grid's pooled heads are also trained on the caches' pooled vectors side by side, and reported
+    (``SweepResult.concat``), never picked."""
     from .run import run_sweep
 
     grid = dict(head=head, lr=lr, weight_decay=weight_decay, hidden=hidden, dropout=dropout)
@@ -143,6 +151,7 @@ def train(
         command or ["featcache.trainer.api.train"],
         log or (lambda m: None),
         progress,
+        concat,
     )
     order, _ = ranking(results["heads"], results["splits"]["val"])
     heads = [HeadResult.from_json(results["heads"][i]) for i in order]

@@ -137,6 +137,17 @@ def train(
     allow_partial: Annotated[Optional[bool], _setting("allow_partial", "--allow-partial")] = None,
     views: Annotated[Optional[bool], _setting("views", "--views/--no-views")] = None,
     baselines: Annotated[Optional[bool], _setting("baselines", "--baselines/--no-baselines")] = None,
+    concat: Annotated[
+        bool,
+        typer.Option(
+            "--concat",
+            help=(
+                "With several caches: also train the grid's pooled heads on their pooled vectors side by "
+                "side (concatenated), printed under the leaderboard: do the backbones together beat each "
+                "alone? Never picked as the best (no one backbone makes that input)."
+            ),
+        ),
+    ] = False,
     runs: Annotated[Path, typer.Option(help="Folder in which each sweep gets a new run directory.")] = DEFAULT_RUNS,
     top: Annotated[int, typer.Option(min=1, help="Heads shown in the leaderboard.")] = DEFAULT_TOP,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -162,7 +173,7 @@ def train(
                 caches, sweep=sweep, **grid, epochs=epochs, batch_size=batch_size, patience=patience, seed=seed,
                 standardize=standardize, val_fraction=val_fraction, max_maps_gb=max_maps_gb,
                 allow_partial=allow_partial, views=views, baselines=baselines, runs=runs,
-                progress=progress,
+                progress=progress, concat=concat,
                 log=lambda m: typer.echo(m, err=True), command=["featcache-train", *sys.argv[1:]],
             )  # fmt: skip
         except SettingError as exc:
@@ -172,6 +183,11 @@ def train(
             from .baselines import describe
 
             typer.echo(describe(result.baselines))
+        if result.concat:
+            from .report import leaderboard
+
+            typer.echo(f"concatenated pooled vectors of {' + '.join(result.results['concat']['caches'])}:")
+            typer.echo(leaderboard(result.concat, result.results["splits"]["val"], top))
         if result.random_weights:
             typer.echo("WARNING: the cache was made with RANDOM weights: these accuracies are meaningless")
         best = result.best

@@ -142,3 +142,18 @@ def align(first: Dataset, other: Dataset, where: Path) -> Dataset:
         order = np.array([pos[i] for i in getattr(first, name).id.tolist()], dtype=np.int64)
         parts[name] = _take(getattr(other, name), order)
     return replace(other, **parts)
+
+
+CONCAT = "concat"  # the label of heads trained on the concatenated pooled vectors
+
+
+def concat_dataset(datasets: list[Dataset]) -> Dataset:
+    """The rows of ``datasets`` (aligned by :func:`align`) with each split's pooled vectors concatenated
+    along channels ``(n, C1 + C2 + ...)`` float32; no views, no maps."""
+
+    def joined(name: str) -> Split:
+        s = getattr(datasets[0], name)
+        pooled = np.concatenate([getattr(d, name).pooled for d in datasets], axis=1)
+        return Split(s.index, s.id, s.y, pooled)
+
+    return replace(datasets[0], **{name: joined(name) for name in SPLITS})

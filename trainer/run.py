@@ -24,7 +24,7 @@ from . import rundir
 from .data import Dataset, load_dataset, load_maps
 from .identity import cache_identity
 from .loop import train
-from .multi import Part, align, label_caches, locate
+from .multi import CONCAT, LABEL_SEPARATOR, Part, align, concat_dataset, label_caches, locate
 from .plot import plot
 from .report import best_head, confusion, leaderboard
 from .settings import Settings
@@ -129,6 +129,22 @@ def write_run(staging: Path, results: dict[str, Any], parts: list[Part], log: Lo
     rundir.write_results(staging / rundir.RESULTS, results)
 
 
+def train_concat(
+    parts: list[Part], configs: list[HeadConfig], settings: Settings, log: Log, progress: bool
+) -> dict[str, Any]:
+    """The grid's pooled heads trained on every part's pooled vectors side by side: ``results.json``'s
+    ``concat`` (``caches``, the labels in column order; ``width``; ``heads``, rows as in ``heads``,
+    named ``concat:<head>``; ``skipped``, the map heads, which have no concatenation)."""
+    pooled = [c for c in configs if not c.reads_maps]
+    ds = concat_dataset([p.ds for p in parts])
+    out: dict[str, Any] = {"caches": [p.label for p in parts], "width": int(ds.train.pooled.shape[1])}
+    out["skipped"] = [c.name for c in configs if c.reads_maps]
+    log(f"training {len(pooled)} pooled heads on {' + '.join(out['caches'])}: {out['width']} channels")
+    trained = train(ds, pooled, settings, progress).heads if pooled else []
+    out["heads"] = [{**h, "name": f"{CONCAT}{LABEL_SEPARATOR}{h['name']}", "cache": CONCAT} for h in trained]
+    return out
+
+
 def run_sweep(
     cache_path: Path | Sequence[Path],
     configs: list[HeadConfig],
@@ -137,15 +153,19 @@ def run_sweep(
     command: list[str],
     log: Log = print,
     progress: bool = True,
+    concat: bool = False,
 ) -> tuple[Path, dict[str, Any]]:
     """Train the sweep on the cache (or on each of several caches of the same images) and write its run
-    directory; return (run dir, results)."""
+    directory; return (run dir, results). ``concat`` (several caches): also train the grid's pooled
+    heads on the caches' concatenated pooled vectors, reported in ``results["concat"]``."""
     t0 = time.perf_counter()
     paths = [Path(cache_path)] if isinstance(cache_path, str | Path) else [Path(p) for p in cache_path]
     if not paths:
         raise FeatcacheError("cache=[]: name at least one cache to train on")
     caches = [FeatureCache(p) for p in paths]
     labels = label_caches(caches) if len(caches) > 1 else [None]
+    if concat and len(caches) < 2:
+        raise FeatcacheError("concat=True: needs at least two caches, whose pooled vectors are concatenated")
     staging = rundir.stage(Path(runs_root))
     try:
         datasets: list[Dataset] = []
@@ -157,6 +177,8 @@ def run_sweep(
                 log(f"training {len(configs)} heads on {label} ({cache.path})")
             parts.append(Part(cache, ds, train(ds, configs, settings, progress), label))
         results = describe_run(parts, settings, command)
+        if concat:
+            results["concat"] = train_concat(parts, configs, settings, log, progress)
         if settings.baselines:
             from .baselines import run_baselines
 
