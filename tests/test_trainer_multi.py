@@ -5,6 +5,7 @@ and predicting a folder of images equals predicting their cached rows."""
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,24 @@ def two_caches(tiny_cache, sample_dir, tmp_path_factory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def multi_run(two_caches, tmp_path_factory) -> tuple[Path, dict]:
-    return sweep(list(two_caches), tmp_path_factory.mktemp("runs"), concat=True)
+    """``featcache-train A B --concat`` with :data:`GRID` and :data:`SETTINGS`: (run dir, results)."""
+    from typer.testing import CliRunner
+
+    from featcache.trainer.cli import app
+
+    runs = tmp_path_factory.mktemp("runs")
+    grid = [f"--{k}={','.join(map(str, v))}" for k, v in GRID.items()]
+    settings = ["--epochs=3", "--batch-size=8", "--seed=0", f"--runs={runs}", "--no-progress", "--concat"]
+    r = CliRunner().invoke(app, [*map(str, two_caches), *grid, *settings])
+    assert r.exit_code == 0, r.output
+    (run_dir,) = runs.iterdir()
+    results = json.loads((run_dir / "results.json").read_text())
+    # what a person reads: the leaderboard with a backbone column, then the concatenation's own table
+    assert (
+        "backbone  head" in r.output and f"concatenated pooled vectors of {' + '.join(results['caches'])}:" in r.output
+    )
+    assert f"best: {results['best']}" in r.output
+    return run_dir, results
 
 
 def test_two_caches_give_one_run_whose_heads_equal_each_cache_trained_alone(two_caches, multi_run, tmp_path):
