@@ -182,6 +182,12 @@ def predict(
     if source is None:
         from .predict import predict as _predict
 
+        if weights is not None or overwrite:
+            given = f"weights={weights!r}" if weights is not None else "overwrite=True"
+            raise FeatcacheError(
+                f"{given}: applies to new images only (source=PATH); cached rows use their cached features"
+            )
+
         return _predict(Path(run_dir), Path(out), split or "test", Path(ids) if ids is not None else None, head)
     if ids is not None or split is not None:
         given = f"split={split!r}" if split is not None else f"ids={str(ids)!r}"
