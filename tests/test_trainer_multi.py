@@ -167,3 +167,28 @@ def test_predict_source_maps_labels_by_class_name_and_needs_the_weights_file():
         extractor_flags(fp, "cache/")
     flags = extractor_flags(fp, "cache/", weights="/moved/w.h5")
     assert flags == "--backbone mobilenet_v2 --weights /moved/w.h5 --resize pad --maps-dtype float16".split()
+
+
+def test_rows_of_another_cache_are_put_in_the_first_caches_order_by_id():
+    from featcache.trainer.data import Dataset, Split
+    from featcache.trainer.multi import align
+
+    rng = np.random.default_rng(0)
+
+    def split(ids: list[str], perm: np.ndarray) -> Split:
+        ids_ = np.array(ids, dtype=object)[perm]
+        y = np.array([int(i[1]) for i in ids_], np.int32)
+        pooled = np.array([[float(i[1:])] * 3 for i in ids_], np.float32)  # the vector spells the id
+        return Split(np.arange(len(ids))[perm], ids_, y, pooled, views=pooled[:, None].repeat(2, 1))
+
+    names = {"train": [f"c{k % 2}{k}" for k in range(10, 20)], "val": ["c030", "c131"], "test": ["c040", "c141"]}
+    same = {n: np.arange(len(v)) for n, v in names.items()}
+    first = Dataset(["a", "b"], *(split(names[n], same[n]) for n in ("train", "val", "test")), False, 0)
+    shuffled = {n: rng.permutation(len(v)) for n, v in names.items()}
+    other = Dataset(["a", "b"], *(split(names[n], shuffled[n]) for n in ("train", "val", "test")), False, 0)
+    got = align(first, other, Path("other/"))
+    for n in names:
+        a, b = getattr(first, n), getattr(got, n)
+        assert a.id.tolist() == b.id.tolist() and a.y.tolist() == b.y.tolist()
+        np.testing.assert_array_equal(a.pooled, b.pooled)
+        np.testing.assert_array_equal(a.views, b.views)
