@@ -31,9 +31,10 @@ from .shared.errors import FeatcacheError
 __all__ = ["ExtractResult", "FeatcacheError", "FeatureCache", "PooledRows", "extract", "open_cache", "train"]
 
 
-def train(cache: str | Path, **sweep: Any) -> Any:
+def train(cache: str | Path | list[str | Path], **sweep: Any) -> Any:
     """Train a sweep of heads on ``cache`` (what ``featcache-train CACHE`` does) and return its
-    :class:`~featcache.trainer.api.SweepResult`.
+    :class:`~featcache.trainer.api.SweepResult`. ``cache`` may be a list of caches of the same images
+    made by different backbones: the same grid is trained on each, all heads ranked together.
 
     ``sweep`` holds the command line's options as keyword arguments, with its defaults: the grid
     (``head``, ``lr``, ``weight_decay``, ``hidden``, ``dropout``, ``label_smoothing``: one value or a

@@ -14,11 +14,12 @@ a function runs, not when this module is imported.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..shared.errors import FeatcacheError
 from .predict import Export, Prediction
 from .report import leaderboard as _leaderboard
 from .report import ranking
@@ -90,12 +91,17 @@ class SweepResult:
         """The L-BFGS logistic regression, k-NN and ensemble rows (empty with ``baselines=False``)."""
         return self.results.get("baselines", [])
 
+    @property
+    def concat(self) -> list[dict[str, Any]]:
+        """The heads trained on the caches' concatenated pooled vectors (empty unless ``concat=True``)."""
+        return self.results.get("concat", {}).get("heads", [])
+
     def leaderboard(self, top: int = DEFAULT_TOP) -> str:
         return _leaderboard(self.results["heads"], self.results["splits"]["val"], top)
 
 
 def train(
-    cache: str | Path,
+    cache: str | Path | Sequence[str | Path],
     *,
     sweep: str | Path | None = None,
     head: Any = None,
@@ -120,10 +126,17 @@ def train(
     progress: bool = False,
     log: Callable[[str], None] | None = None,
     command: list[str] | None = None,
+    concat: bool = False,
 ) -> SweepResult:
     """Train every head of the grid in one pass over ``cache``, pick the best on val, report it on test,
     and write a new run directory under ``runs`` (docs/run-format.md). ``log`` receives notes (default:
-    dropped); ``command`` is recorded in results.json."""
+    dropped); ``command`` is recorded in results.json.
+
+    ``cache`` may be a list of caches of the same images made by different backbones: the same grid is
+    trained on each (rows matched by id; caches whose ids, splits or labels differ are refused), heads
+    are named ``"<backbone>:<head>"`` and ranked together (trainer.multi). With ``concat=True``, the
+    grid's pooled heads are also trained on the caches' pooled vectors side by side, and reported
+    (``SweepResult.concat``), never picked."""
     from .run import run_sweep
 
     grid = dict(head=head, lr=lr, weight_decay=weight_decay, hidden=hidden, dropout=dropout)
@@ -133,13 +146,14 @@ def train(
     settings["baselines"] = baselines
     configs, checked = resolve_sweep(Path(sweep) if sweep is not None else None, grid, settings)
     run_dir, results = run_sweep(
-        Path(cache),
+        Path(cache) if isinstance(cache, str | Path) else [Path(c) for c in cache],
         configs,
         checked,
         Path(runs),
         command or ["featcache.trainer.api.train"],
         log or (lambda m: None),
         progress,
+        concat,
     )
     order, _ = ranking(results["heads"], results["splits"]["val"])
     heads = [HeadResult.from_json(results["heads"][i]) for i in order]
@@ -150,13 +164,41 @@ def train(
 
 
 def predict(
-    run_dir: str | Path, out: str | Path, *, split: str = "test", ids: str | Path | None = None, head: str | None = None
+    run_dir: str | Path,
+    out: str | Path,
+    *,
+    split: str | None = None,
+    ids: str | Path | None = None,
+    head: str | None = None,
+    source: str | Path | None = None,
+    weights: str | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
 ) -> Prediction:
-    """Class probabilities of the run's best head (or ``head``) for the cached rows of ``split`` (train,
-    val, test or all) or of the ids listed one per line in the file ``ids``, written as CSV to ``out``."""
-    from .predict import predict as _predict
+    """Class probabilities of the run's best head (or ``head``) written as CSV to ``out``: for the cached
+    rows of ``split`` (train, val, test or all; default test) or of the ids listed one per line in the
+    file ``ids``; or, with ``source``, for new images (any source the extractor takes), whose features
+    the extractor makes as the cached ones were made, in a subprocess, into a scratch cache in the run
+    directory that the next predict of ``source`` reuses (``overwrite=True``: made again). ``weights``
+    replaces a weights file that has moved; ``progress`` shows the extractor's progress bar."""
+    if source is None:
+        from .predict import predict as _predict
 
-    return _predict(Path(run_dir), Path(out), split, Path(ids) if ids is not None else None, head)
+        if weights is not None or overwrite:
+            given = f"weights={weights!r}" if weights is not None else "overwrite=True"
+            raise FeatcacheError(
+                f"{given}: applies to new images only (source=PATH); cached rows use their cached features"
+            )
+
+        return _predict(Path(run_dir), Path(out), split or "test", Path(ids) if ids is not None else None, head)
+    if ids is not None or split is not None:
+        given = f"split={split!r}" if split is not None else f"ids={str(ids)!r}"
+        raise FeatcacheError(
+            f"{given}: with source={str(source)!r} every image of the source is predicted; give one or the other"
+        )
+    from .predict_source import predict_source
+
+    return predict_source(Path(run_dir), Path(out), str(source), head, weights, overwrite, progress)
 
 
 def export(run_dir: str | Path, out: str | Path, *, head: str | None = None, weights: str | None = None) -> Export:

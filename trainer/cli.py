@@ -2,8 +2,9 @@
 
 \b
     featcache-train [options] CACHE [options]  train a sweep (also: featcache-train train CACHE ...)
+    featcache-train CACHE_A CACHE_B ...        the same sweep on each backbone's cache, compared
     featcache-train export RUN_DIR OUT.keras   best head + backbone as one Keras model
-    featcache-train predict RUN_DIR OUT.csv    class probabilities for cache rows
+    featcache-train predict RUN_DIR OUT.csv    class probabilities for cache rows (--source: new images)
     featcache-train report RUN_DIR OUT.html    one self-contained HTML page about a sweep
     featcache-train runs [RUNS_DIR]            every sweep run, newest first
 
@@ -97,7 +98,15 @@ def _as_flag(exc: SettingError) -> FeatcacheError:
 
 DebugOpt = Annotated[bool, typer.Option(help="Show the full traceback on errors.")]
 CacheArg = Annotated[
-    Path, typer.Argument(help="The cache to train on (made by featcache-extract).", show_default=False)
+    list[Path],
+    typer.Argument(
+        help=(
+            "The cache to train on (made by featcache-extract). Several caches of the same images made by "
+            "different backbones: the same grid is trained on each (rows matched by id) and the leaderboard "
+            "compares them."
+        ),
+        show_default=False,
+    ),
 ]
 SweepOpt = Annotated[
     Optional[Path],
@@ -132,12 +141,24 @@ def train(
     allow_partial: Annotated[Optional[bool], _setting("allow_partial", "--allow-partial")] = None,
     views: Annotated[Optional[bool], _setting("views", "--views/--no-views")] = None,
     baselines: Annotated[Optional[bool], _setting("baselines", "--baselines/--no-baselines")] = None,
+    concat: Annotated[
+        bool,
+        typer.Option(
+            "--concat",
+            help=(
+                "With several caches: also train the grid's pooled heads on their pooled vectors side by "
+                "side (concatenated), printed under the leaderboard: do the backbones together beat each "
+                "alone? Never picked as the best (no one backbone makes that input)."
+            ),
+        ),
+    ] = False,
     runs: Annotated[Path, typer.Option(help="Folder in which each sweep gets a new run directory.")] = DEFAULT_RUNS,
     top: Annotated[int, typer.Option(min=1, help="Heads shown in the leaderboard.")] = DEFAULT_TOP,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     debug: DebugOpt = False,
 ) -> None:
     """Train every head of the grid in one pass over CACHE, pick the best on val, report it on test.
+    With several caches (CACHE_A CACHE_B ...), the grid is trained on each and all heads ranked together.
 
     Writes runs/<time>/: results.json, leaderboard.txt, plot.png (with matplotlib), best_head.keras
     and heads.npz (every head's weights); see docs/run-format.md.
@@ -151,11 +172,12 @@ def train(
         lists.update(label_smoothing=label_smoothing, c=c, power=power)
         grid = {k: parse_list(v) for k, v in lists.items() if v is not None}
         try:
+            caches = cache if len(cache) > 1 else cache[0]
             result = api.train(
-                cache, sweep=sweep, **grid, epochs=epochs, batch_size=batch_size, patience=patience, seed=seed,
+                caches, sweep=sweep, **grid, epochs=epochs, batch_size=batch_size, patience=patience, seed=seed,
                 standardize=standardize, val_fraction=val_fraction, max_maps_gb=max_maps_gb,
                 allow_partial=allow_partial, views=views, baselines=baselines, runs=runs,
-                progress=progress,
+                progress=progress, concat=concat,
                 log=lambda m: typer.echo(m, err=True), command=["featcache-train", *sys.argv[1:]],
             )  # fmt: skip
         except SettingError as exc:
@@ -165,6 +187,11 @@ def train(
             from .baselines import describe
 
             typer.echo(describe(result.baselines))
+        if result.concat:
+            from .report import leaderboard
+
+            typer.echo(f"concatenated pooled vectors of {' + '.join(result.results['concat']['caches'])}:")
+            typer.echo(leaderboard(result.concat, result.results["splits"]["val"], top))
         if result.random_weights:
             typer.echo("WARNING: the cache was made with RANDOM weights: these accuracies are meaningless")
         best = result.best
@@ -230,19 +257,57 @@ def predict(
             show_default=False,
         ),
     ],
-    split: Annotated[str, typer.Option(help="Rows to predict: train, val, test or all.")] = "test",
+    split: Annotated[
+        Optional[str], typer.Option(help="Cached rows to predict: train, val, test or all.", show_default="test")
+    ] = None,
     ids: Annotated[Optional[Path], typer.Option(help="Instead, a text file of ids (one per line) to predict.")] = None,
     head_name: Annotated[Optional[str], typer.Option("--head", help="Use this head instead of the best.")] = None,
+    source: Annotated[
+        Optional[Path],
+        typer.Option(
+            help=(
+                "Instead, new images: any source featcache-extract takes (class folders, a CSV, a .txt list, a "
+                "folder of unlabelled images). The extractor makes their features as the cached ones were made "
+                "(same backbone, weights, resize, views; it runs as a subprocess) into RUN_DIR/predict/<hash of "
+                "the path>/, reused by the next predict of the same source. With labels, the accuracy is "
+                "printed (classes matched by name)."
+            ),
+            show_default=False,
+        ),
+    ] = None,
+    weights: Annotated[
+        Optional[str],
+        typer.Option(
+            help="With --source: backbone weights to use when the recorded file has moved (its sha256 must match).",
+            show_default=False,
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="With --source: make the scratch features again instead of reusing them.")
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="With --source: show the extractor's progress bar.")] = True,
     debug: DebugOpt = False,
 ) -> None:
-    """Class probabilities of the run's best head for cached rows, from their cached features."""
+    """Class probabilities of the run's best head for cached rows, from their cached features, or for
+    new images (--source), whose features the extractor makes exactly as the cache's were made."""
 
     def job() -> None:
         from . import api
 
-        p = api.predict(run_dir, out, split=split, ids=ids, head=head_name)
+        p = api.predict(
+            run_dir,
+            out,
+            split=split,
+            ids=ids,
+            head=head_name,
+            source=source,
+            weights=weights,
+            overwrite=overwrite,
+            progress=progress,
+        )
+        scored = f"accuracy {p.accuracy:.4f} on the {p.labelled} labelled ones" if p.labelled else "none labelled"
         tta = f", the mean over {p.views} cached views (TTA)" if p.views > 1 else ""
-        typer.echo(f"wrote {p.out}: {p.rows} rows, accuracy {p.accuracy:.4f} on the {p.labelled} labelled ones{tta}")
+        typer.echo(f"wrote {p.out}: {p.rows} rows, {scored}{tta}")
 
     run_cli(job, debug=debug, interrupted=f"interrupted: {out} was not written")
 

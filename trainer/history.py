@@ -40,8 +40,9 @@ def _staging_state(d: Path) -> str:
 def list_runs(runs_dir: str | Path, cache: str | Path | None = None) -> list[dict[str, Any]]:
     """One dict per run directory under ``runs_dir``, newest first: ``run``, ``started``, ``finished``
     and, for finished sweeps, ``cache``, ``fingerprint`` (one line), ``weights_sha256``,
-    ``random_weights``, ``heads``, ``best``, ``val_acc``, ``test_acc``, ``wall_seconds``. With
-    ``cache``, only the sweeps trained on that cache (compared as resolved paths)."""
+    ``random_weights``, ``heads``, ``best``, ``val_acc``, ``test_acc``, ``wall_seconds`` (``cache`` and
+    the weights: the best head's, in a sweep on several caches, whose paths ``caches`` lists). With
+    ``cache``, only the sweeps trained on that cache (compared as resolved paths; one of several counts)."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise FeatcacheError(f"{runs_dir}: no such runs folder (featcache-train writes one sweep per sub-folder)")
@@ -70,7 +71,9 @@ def list_runs(runs_dir: str | Path, cache: str | Path | None = None) -> list[dic
                     test_acc=best["test_acc"],
                     wall_seconds=r["wall_seconds"],
                 )
-        if want is not None and entry.get("cache") != want:
+                if "caches" in r:
+                    entry["caches"] = [c["path"] for c in r["caches"].values()]
+        if want is not None and want not in entry.get("caches", [entry.get("cache")]):
             continue
         out.append(entry)
     out.sort(key=lambda e: e["started"], reverse=True)
@@ -90,5 +93,6 @@ def format_runs(runs: list[dict[str, Any]]) -> str:
         lines.append(
             f"{e['started']:<19}  {e['heads']:>5}  {e['val_acc']:>7.4f}  {test:>8}  {e['wall_seconds']:>7.1f}  "
             f"{e['best']}\n{'':<55}{e['cache']} ({weights}) -> {e['run']}"
+            + (f"\n{'':<55}(best of {len(e['caches'])} caches: {', '.join(e['caches'])})" if "caches" in e else "")
         )
     return "\n".join(lines)

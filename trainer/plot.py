@@ -10,8 +10,8 @@ import numpy as np
 
 
 def plot(results: dict[str, Any], path: Path) -> str | None:
-    """Validation accuracy against learning rate per kind/width, the best head's curves and its test
-    confusion matrix, as one PNG. Returns why it was skipped, or None."""
+    """Validation accuracy against learning rate per kind/width (and cache, on several), the best
+    head's curves and its test confusion matrix, as one PNG. Returns why it was skipped, or None."""
     try:
         import matplotlib
 
@@ -24,6 +24,7 @@ def plot(results: dict[str, Any], path: Path) -> str | None:
     for h in results["heads"]:
         c = h["config"]
         key = c["kind"] + (f" h{c['hidden']}" if c.get("hidden") else "")
+        key = f"{h['cache']}: {key}" if "cache" in h else key  # a sweep on several caches: a line per backbone
         lines.setdefault(key, []).append((c["lr"], h["val_acc"]))
     for key, pts in sorted(lines.items()):
         by_lr: dict[float, float] = {}

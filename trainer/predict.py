@@ -70,7 +70,7 @@ def load_head(run_dir: Path, results: dict[str, Any], name: str | None = None) -
     if name == results["best"]:
         return cfg, load(Path(run_dir) / rundir.BEST_HEAD)
     weights, mean_std = rundir.head_params(run_dir, results, name)
-    maps_shape = tuple(results["cache"]["fingerprint"]["output_shape"])
+    maps_shape = tuple(rundir.head_cache(results, name)["fingerprint"]["output_shape"])
     in_shape = maps_shape if cfg.reads_maps else maps_shape[-1:]
     return cfg, head_model(cfg, weights, in_shape, len(results["classes"]), mean_std)
 
@@ -134,15 +134,36 @@ def predict(
     its probabilities over the cached views. Refuses a cache that is no longer the one the run was
     trained on."""
     results = rundir.load_results(run_dir)
-    cache = FeatureCache(results["cache"]["path"])
-    check_cache(cache, results["cache"], run_dir)
+    recorded = rundir.head_cache(results, head or results["best"])
+    cache = FeatureCache(recorded["path"])
+    check_cache(cache, recorded, run_dir)
     rows = load_rows(cache)
     names = split_names(rows.split).astype(str)
     sel = select_rows(rows, names, split, ids)
     cfg, model = load_head(run_dir, results, head)
-    tta = bool(head_entry(run_dir, results, head).get("use_tta")) and not cfg.reads_maps and cache.views > 1
+    use_tta = bool(head_entry(run_dir, results, head).get("use_tta"))
+    return score_rows(cache, rows, sel, cfg, model, results["classes"], Path(out), head or results["best"], use_tta)
+
+
+def score_rows(
+    cache: FeatureCache,
+    rows: PooledRows,
+    sel: np.ndarray,
+    cfg: HeadConfig,
+    model: Any,
+    classes: list[str],
+    out: Path,
+    name: str,
+    use_tta: bool = False,
+) -> Prediction:
+    """Head ``model`` (the run's head ``name``, of config ``cfg``) on the rows ``sel`` of ``rows`` (the
+    cache's pooled rows, labels numbered as ``classes``), written to the CSV ``out``; the accuracy over
+    the labelled ones. Map heads read the rows' maps from ``cache``. A pooled head picked with
+    test-time augmentation (``use_tta``) is scored as it was picked: the mean of its probabilities
+    over the cache's views. Inputs are read and predicted in blocks of :data:`PREDICT_BLOCK` rows."""
+    names = split_names(rows.split).astype(str)
+    tta = use_tta and not cfg.reads_maps and cache.views > 1
     views = cache.load_pooled_views() if tta else None  # (N, V, C), rows' order
-    classes = results["classes"]
     probs = np.zeros((len(sel), len(classes)))
     for start in range(0, len(sel), PREDICT_BLOCK):  # bounded memory: maps are ~250 KB a row in float32
         part = sel[start : start + PREDICT_BLOCK]
@@ -152,12 +173,11 @@ def predict(
             inputs = [rows.pooled[part]] if views is None else [views[part, v] for v in range(views.shape[1])]
         batch = [model.predict(x, batch_size=PREDICT_BATCH, verbose=0) for x in inputs]
         probs[start : start + len(part)] = np.mean(batch, axis=0)
-    _write_csv(Path(out), rows, names, sel, probs, classes)
+    _write_csv(out, rows, names, sel, probs, classes)
     labelled = rows.label[sel] >= 0
     hits = probs.argmax(-1)[labelled] == rows.label[sel][labelled]
     accuracy = float(hits.mean()) if labelled.any() else float("nan")
-    n_views = 1 if views is None else views.shape[1]
-    return Prediction(Path(out), cfg.name, len(sel), int(labelled.sum()), accuracy, n_views)
+    return Prediction(out, name, len(sel), int(labelled.sum()), accuracy, 1 if views is None else views.shape[1])
 
 
 def export(run_dir: Path, out: Path, head: str | None = None, weights: str | None = None) -> Export:
@@ -168,7 +188,8 @@ def export(run_dir: Path, out: Path, head: str | None = None, weights: str | Non
     from .keras_heads import full_model
 
     results = rundir.load_results(run_dir)
-    fp = results["cache"]["fingerprint"]
+    name = head or results["best"]
+    fp = rundir.head_cache(results, name)["fingerprint"]
     spec = get_backbone(fp["backbone"])
     recorded = fp["weights_sha256"]
     if weights is not None:
@@ -192,4 +213,4 @@ def export(run_dir: Path, out: Path, head: str | None = None, weights: str | Non
     model = full_model(spec, w, cfg, model_head, flip_tta=views == 2 and tta is not None)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     model.save(out)
-    return Export(Path(out), spec.name, cfg.name, tuple(model.input_shape[1:]), results["classes"], w.random, tta)
+    return Export(Path(out), spec.name, name, tuple(model.input_shape[1:]), results["classes"], w.random, tta)

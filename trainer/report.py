@@ -53,10 +53,17 @@ def best_head(heads: list[dict[str, Any]], n_val: int) -> dict[str, Any]:
 
 def leaderboard(heads: list[dict[str, Any]], n_val: int, top: int = DEFAULT_TOP, more_in: str = "results.json") -> str:
     """The ``top`` heads in :func:`ranking` order as a text table: rank (``~`` within noise of the
-    best), val accuracy with its 95% Wilson interval, test accuracy, how it was scored, best epoch, name."""
+    best), val accuracy with its 95% Wilson interval, test accuracy, how it was scored, best epoch,
+    the backbone (in a sweep on several caches) and name."""
     order, tied = ranking(heads, n_val)
     fmt = lambda v: "   -  " if v is None else f"{v:.4f}"  # noqa: E731
-    lines = [f"{'rank':>4}  {'val acc':>7}  {'95% CI':>13}  {'test acc':>8}  {'scored':>6}  {'epoch':>5}  head"]
+    # a sweep on several caches (trainer.multi): a column says which backbone's features each head read
+    width = max((max(len(h["backbone"]), len("backbone")) for h in heads if "backbone" in h), default=0)
+    col = (lambda h: f"{h.get('backbone', ''):<{width}}  ") if width else (lambda h: "")  # noqa: E731
+    backbone = f"{'backbone':<{width}}  " if width else ""
+    lines = [
+        f"{'rank':>4}  {'val acc':>7}  {'95% CI':>13}  {'test acc':>8}  {'scored':>6}  {'epoch':>5}  {backbone}head"
+    ]
     for r, i in enumerate(order[:top], 1):
         h = heads[i]
         va = selected_val_acc(h)
@@ -64,7 +71,7 @@ def leaderboard(heads: list[dict[str, Any]], n_val: int, top: int = DEFAULT_TOP,
         scored = f"TTA x{h['views']}" if h.get("use_tta") else "view 0"
         lines.append(
             f"{r:>3}{'~' if r <= tied else ' '}  {va:>7.4f}  [{lo:.3f},{hi:.3f}]  {fmt(selected_test_acc(h)):>8}  "
-            f"{scored:>6}  {h['best_epoch']:>5}  {h['name']}"
+            f"{scored:>6}  {h['best_epoch']:>5}  {col(h)}{h['name']}"
         )
     if len(order) > top:
         lines.append(f"  ... {len(order) - top} more in {more_in}")

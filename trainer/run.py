@@ -1,5 +1,9 @@
 """One sweep, end to end: the cache's rows -> the training loop -> a run directory.
 
+A sweep on several caches of the same images (one per backbone) trains the same grid on each, its
+rows matched by id (``multi``); the heads of all of them are ranked together and the run directory
+records each head's cache (run format version 3, docs/run-format.md).
+
 The run directory is staged before training (so an unwritable ``runs`` folder fails first), filled
 once every head is trained, and renamed into place last (``rundir``): an error or Ctrl-C at any point
 leaves no run behind.
@@ -8,17 +12,19 @@ leaves no run behind.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from ..shared.cache.fingerprint import describe
 from ..shared.cache.reader import FeatureCache
+from ..shared.errors import FeatcacheError
 from . import rundir
 from .data import Dataset, load_dataset, load_maps
 from .identity import cache_identity
-from .loop import TrainOutput, train
+from .loop import train
+from .multi import CONCAT, LABEL_SEPARATOR, Part, align, concat_dataset, label_caches, locate
 from .plot import plot
 from .report import best_head, confusion, leaderboard
 from .settings import Settings
@@ -27,13 +33,18 @@ from .sweep import HeadConfig
 Log = Callable[[str], None]
 
 
-def load_for(cache: FeatureCache, configs: list[HeadConfig], settings: Settings, log: Log) -> Dataset:
-    """The cache's splits, with maps in memory when a head of ``configs`` reads them."""
+def load_for(
+    cache: FeatureCache, configs: list[HeadConfig], settings: Settings, log: Log, like: Dataset | None = None
+) -> Dataset:
+    """The cache's splits, with maps in memory when a head of ``configs`` reads them; with ``like`` (the
+    first cache's dataset in a sweep on several), its rows matched to ``like``'s by id (``multi.align``)."""
     ds = load_dataset(
         cache, val_fraction=settings.val_fraction, allow_partial=settings.allow_partial, views=settings.views
     )
-    for note in ds.notes:
-        log(f"note: {note}")
+    if like is not None:  # the notes the first cache has not given already, naming this cache
+        ds = align(like, ds, cache.path)
+    for note in ds.notes if like is None else [n for n in ds.notes if n not in like.notes]:
+        log(f"note: {note}" if like is None else f"note: {cache.path}: {note}")
     if any(c.reads_maps for c in configs):
         load_maps(cache, ds, settings.max_maps_gb)
     log(
@@ -43,54 +54,72 @@ def load_for(cache: FeatureCache, configs: list[HeadConfig], settings: Settings,
     return ds
 
 
-def describe_run(
-    cache: FeatureCache, ds: Dataset, settings: Settings, out: TrainOutput, command: list[str]
-) -> dict[str, Any]:
-    """``results.json`` without its file index, plot entry and wall time (see docs/run-format.md)."""
-    best = best_head(out.heads, len(ds.val))
-    state, k = out.locate(best["name"])
+def describe_run(parts: list[Part], settings: Settings, command: list[str]) -> dict[str, Any]:
+    """``results.json`` without its file index, plot entry and wall time (see docs/run-format.md).
+    One part: version 2, as ever; several: version 3, with ``caches`` and each head's ``cache``."""
+    first = parts[0]
+    ds = first.ds
+    heads = [row for p in parts for row in p.head_rows()]
+    best = best_head(heads, len(ds.val))
+    part, state, k = locate(parts, best["name"])
     confusion_test = None
     if len(ds.test):
         probs = state.tta_probabilities("test")[k] if best.get("use_tta") else state.probabilities("test", k)
-        confusion_test = confusion(ds.test.y, probs.argmax(-1), len(ds.classes)).tolist()
-    return {
+        confusion_test = confusion(part.ds.test.y, probs.argmax(-1), len(ds.classes)).tolist()
+    multi = len(parts) > 1
+    results: dict[str, Any] = {
         "format": rundir.FORMAT,
-        "version": rundir.VERSION,
+        "version": rundir.VERSION_MULTI if multi else rundir.VERSION,
         "complete": True,
         "command": command,
-        "cache": cache_identity(cache),
-        "random_weights": cache.random_weights,
-        "classes": ds.classes,
-        "splits": ds.sizes(),
-        "val_carved_from_train": ds.val_carved,
-        "unlabelled_rows_skipped": ds.unlabelled_rows,
-        "settings": asdict(settings),
-        "notes": ds.notes,
-        "best": best["name"],
-        "best_head_file": rundir.BEST_HEAD,
-        "best_confusion_test": confusion_test,
-        "heads": out.heads,
+        "cache": cache_identity(part.cache),
     }
+    if multi:
+        results["caches"] = {p.label: {"backbone": p.backbone, **cache_identity(p.cache)} for p in parts}
+    results.update(
+        {
+            "random_weights": any(p.cache.random_weights for p in parts),
+            "classes": ds.classes,
+            "splits": ds.sizes(),
+            "val_carved_from_train": ds.val_carved,
+            "unlabelled_rows_skipped": ds.unlabelled_rows,
+            "settings": asdict(settings),
+            "notes": ds.notes,
+            "best": best["name"],
+            "best_head_file": rundir.BEST_HEAD,
+            "best_confusion_test": confusion_test,
+            "heads": heads,
+        }
+    )
+    return results
 
 
-def write_run(staging: Path, results: dict[str, Any], out: TrainOutput, in_dim: int, log: Log) -> None:
+def write_run(staging: Path, results: dict[str, Any], parts: list[Part], log: Log) -> None:
     """Fill ``staging`` with the run's files, ``results.json`` last (it completes ``results``)."""
     from .keras_heads import head_model
 
-    state, k = out.locate(results["best"])
+    part, state, k = locate(parts, results["best"])
     cfg = state.group.configs[k]
-    maps_shape = tuple(results["cache"]["fingerprint"]["output_shape"])
+    maps_shape = tuple(part.cache.fingerprint["output_shape"])
+    in_dim = part.ds.train.pooled.shape[1]
     model = head_model(
         cfg,
         state.group.head_weights(k),
         maps_shape if cfg.reads_maps else (in_dim,),
         len(results["classes"]),
-        out.mean_std,
+        part.out.mean_std,
     )
     with rundir.writing(staging / rundir.BEST_HEAD):
         model.save(staging / rundir.BEST_HEAD)
-    weights = {c.name: s.group.head_weights(i) for s in out.states for i, c in enumerate(s.group.configs)}
-    results["heads_file"] = {"file": rundir.HEADS, **rundir.save_heads(staging / rundir.HEADS, weights, out.mean_std)}
+    weights = {
+        p.head_name(c): s.group.head_weights(i)
+        for p in parts
+        for s in p.out.states
+        for i, c in enumerate(s.group.configs)
+    }
+    by_cache = {p.label: p.out.mean_std for p in parts} if len(parts) > 1 else None
+    index = rundir.save_heads(staging / rundir.HEADS, weights, parts[0].out.mean_std, by_cache)
+    results["heads_file"] = {"file": rundir.HEADS, **index}
     rundir.write_text(staging / rundir.LEADERBOARD, leaderboard(results["heads"], results["splits"]["val"]) + "\n")
     with rundir.writing(staging / rundir.PLOT):
         skipped = plot(results, staging / rundir.PLOT)
@@ -100,29 +129,62 @@ def write_run(staging: Path, results: dict[str, Any], out: TrainOutput, in_dim: 
     rundir.write_results(staging / rundir.RESULTS, results)
 
 
+def train_concat(
+    parts: list[Part], configs: list[HeadConfig], settings: Settings, log: Log, progress: bool
+) -> dict[str, Any]:
+    """The grid's pooled heads trained on every part's pooled vectors side by side: ``results.json``'s
+    ``concat`` (``caches``, the labels in column order; ``width``; ``heads``, rows as in ``heads``,
+    named ``concat:<head>``; ``skipped``, the map heads, which have no concatenation)."""
+    pooled = [c for c in configs if not c.reads_maps]
+    ds = concat_dataset([p.ds for p in parts])
+    out: dict[str, Any] = {"caches": [p.label for p in parts], "width": int(ds.train.pooled.shape[1])}
+    out["skipped"] = [c.name for c in configs if c.reads_maps]
+    log(f"training {len(pooled)} pooled heads on {' + '.join(out['caches'])}: {out['width']} channels")
+    trained = train(ds, pooled, settings, progress).heads if pooled else []
+    out["heads"] = [{**h, "name": f"{CONCAT}{LABEL_SEPARATOR}{h['name']}", "cache": CONCAT} for h in trained]
+    return out
+
+
 def run_sweep(
-    cache_path: Path,
+    cache_path: Path | Sequence[Path],
     configs: list[HeadConfig],
     settings: Settings,
     runs_root: Path,
     command: list[str],
     log: Log = print,
     progress: bool = True,
+    concat: bool = False,
 ) -> tuple[Path, dict[str, Any]]:
-    """Train the sweep on the cache and write its run directory; return (run dir, results)."""
+    """Train the sweep on the cache (or on each of several caches of the same images) and write its run
+    directory; return (run dir, results). ``concat`` (several caches): also train the grid's pooled
+    heads on the caches' concatenated pooled vectors, reported in ``results["concat"]``."""
     t0 = time.perf_counter()
-    cache = FeatureCache(cache_path)
+    paths = [Path(cache_path)] if isinstance(cache_path, str | Path) else [Path(p) for p in cache_path]
+    if not paths:
+        raise FeatcacheError("cache=[]: name at least one cache to train on")
+    caches = [FeatureCache(p) for p in paths]
+    labels = label_caches(caches) if len(caches) > 1 else [None]
+    if concat and len(caches) < 2:
+        raise FeatcacheError("concat=True: needs at least two caches, whose pooled vectors are concatenated")
     staging = rundir.stage(Path(runs_root))
     try:
-        ds = load_for(cache, configs, settings, log)
-        out = train(ds, configs, settings, progress)
-        results = describe_run(cache, ds, settings, out, command)
+        datasets: list[Dataset] = []
+        for cache in caches:  # every cache read and matched to the first before any training
+            datasets.append(load_for(cache, configs, settings, log, datasets[0] if datasets else None))
+        parts: list[Part] = []
+        for cache, ds, label in zip(caches, datasets, labels, strict=True):
+            if label is not None:
+                log(f"training {len(configs)} heads on {label} ({cache.path})")
+            parts.append(Part(cache, ds, train(ds, configs, settings, progress), label))
+        results = describe_run(parts, settings, command)
+        if concat:
+            results["concat"] = train_concat(parts, configs, settings, log, progress)
         if settings.baselines:
             from .baselines import run_baselines
 
-            results["baselines"] = run_baselines(ds, out)
+            results["baselines"] = [row for p in parts for row in p.tag_rows(run_baselines(p.ds, p.out))]
         results["wall_seconds"] = round(time.perf_counter() - t0, 3)
-        write_run(staging, results, out, ds.train.pooled.shape[1], log)
+        write_run(staging, results, parts, log)
         return rundir.commit(staging, Path(runs_root)), results
     except BaseException:
         rundir.discard(staging)

@@ -25,6 +25,10 @@ from ..shared.errors import FeatcacheError
 
 FORMAT = "featcache-train-results"
 VERSION = 2  # 1: featcache 0.1.0 (heads.npz keys g<N>_<param>, no cache identity); 2: this layout
+# A run on several caches (``caches``, heads tagged with theirs): a version of its own, so that a reader
+# of version 2 refuses it rather than scoring a head on another backbone's features.
+VERSION_MULTI = 3
+VERSIONS = (VERSION, VERSION_MULTI)
 RESULTS = "results.json"
 LEADERBOARD = "leaderboard.txt"
 PLOT = "plot.png"
@@ -114,16 +118,30 @@ def writing(path: Path) -> Iterator[None]:
         raise FeatcacheError(f"{path}: cannot write ({exc.strerror or exc}); nothing of this run is kept") from None
 
 
-def save_heads(path: Path, weights: dict[str, dict[str, np.ndarray]], mean_std: Any) -> dict[str, Any]:
+def save_heads(
+    path: Path, weights: dict[str, dict[str, np.ndarray]], mean_std: Any, by_cache: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Write every head's parameters to ``heads.npz`` under :func:`param_key` names (and the pooled
     standardisation under :data:`MEAN_KEY`, :data:`STD_KEY`); return the index for ``results.json``:
-    ``{"params": {head: {param: key}}, "standardize": {"mean": key, "std": key} | None}``."""
+    ``{"params": {head: {param: key}}, "standardize": {"mean": key, "std": key} | None}``.
+
+    A run on several caches passes ``by_cache`` (cache label -> ``(mean, std)`` or None) instead of
+    ``mean_std``: each cache's standardisation is stored under ``"<label>/standardize/..."`` and
+    ``standardize`` maps each label to its ``{"mean": key, "std": key}`` or None."""
     arrays = {param_key(h, p): a for h, ps in weights.items() for p, a in ps.items()}
     index: dict[str, Any] = {"params": {h: {p: param_key(h, p) for p in ps} for h, ps in weights.items()}}
-    index["standardize"] = None
-    if mean_std is not None:
-        arrays[MEAN_KEY], arrays[STD_KEY] = mean_std
-        index["standardize"] = {"mean": MEAN_KEY, "std": STD_KEY}
+
+    def store(prefix: str, pair: Any) -> dict[str, str] | None:
+        if pair is None:
+            return None
+        keys = {"mean": prefix + MEAN_KEY, "std": prefix + STD_KEY}
+        arrays[keys["mean"]], arrays[keys["std"]] = pair
+        return keys
+
+    if by_cache is None:
+        index["standardize"] = store("", mean_std)
+    else:
+        index["standardize"] = {label: store(f"{label}/", pair) for label, pair in by_cache.items()}
     with writing(path), open(path, "wb") as fh:
         np.savez(fh, **arrays)
     return index
@@ -159,8 +177,12 @@ def load_results(run_dir: Path) -> dict[str, Any]:
             f"{path}: a run of format version 1 (featcache 0.1.0), which records no identity of its cache; "
             "train it again (its best_head.keras still loads with keras.models.load_model)"
         )
-    if version != VERSION:
-        raise FeatcacheError(f"{path}: run format version {version!r} is not {VERSION}, the one this featcache reads")
+    if version not in VERSIONS:
+        raise FeatcacheError(
+            f"{path}: run format version {version!r} is not one this featcache reads ({', '.join(map(str, VERSIONS))})"
+        )
+    if version == VERSION_MULTI and not isinstance(results.get("caches"), dict):
+        raise FeatcacheError(f"{path}: caches: a run of version {VERSION_MULTI} lists its caches")
     heads = results.get("heads")
     if not isinstance(heads, list) or not all(isinstance(h, dict) and isinstance(h.get("name"), str) for h in heads):
         raise FeatcacheError(f"{path}: heads: expected a list of heads with names")
@@ -169,16 +191,38 @@ def load_results(run_dir: Path) -> dict[str, Any]:
     return results
 
 
+def head_cache_label(results: dict[str, Any], name: str) -> str | None:
+    """The label of the cache head ``name`` was trained on in a run on several caches, else None."""
+    if "caches" not in results:
+        return None
+    entry = next((h for h in results["heads"] if h["name"] == name), None)
+    if entry is None:  # no such head: the caller says so
+        return None
+    label = entry.get("cache")
+    if label not in results["caches"]:
+        raise FeatcacheError(f"{RESULTS}: head {name!r} names no cache of the run ({label!r})")
+    return label
+
+
+def head_cache(results: dict[str, Any], name: str) -> dict[str, Any]:
+    """The identity (``results.json``'s ``cache`` form, see identity.cache_identity) of the cache head
+    ``name`` was trained on: the run's only cache, or, in a run on several, the head's own."""
+    label = head_cache_label(results, name)
+    return results["cache"] if label is None else results["caches"][label]
+
+
 def head_params(run_dir: Path, results: dict[str, Any], name: str) -> tuple[dict[str, np.ndarray], Any]:
     """Head ``name``'s parameters and the pooled standardisation ``(mean, std)`` (or None), from heads.npz."""
     path = Path(run_dir) / HEADS
     keys = results["heads_file"]["params"].get(name)
     if keys is None:
         raise FeatcacheError(f"{path}: results.json lists no parameters for head {name!r}")
+    label = head_cache_label(results, name)
     try:
         with np.load(path) as z:
             weights = {p: z[k] for p, k in keys.items()}
             std = results["heads_file"]["standardize"]
+            std = std if label is None else std[label]
             mean_std = None if std is None else (z[std["mean"]], z[std["std"]])
     except (OSError, KeyError, ValueError) as exc:
         raise FeatcacheError(f"{path}: cannot read head {name!r} ({exc})") from None

@@ -1,0 +1,194 @@
+"""featcache-train on several caches of the same images (one per backbone), and predict --source on new
+images: heads per cache equal the same heads trained on that cache alone, mismatched caches are refused,
+and predicting a folder of images equals predicting their cached rows."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import extract, synthetic_cache
+
+from featcache.shared.errors import FeatcacheError
+from featcache.trainer.run import run_sweep
+from featcache.trainer.settings import Settings
+from featcache.trainer.sweep import expand
+
+SETTINGS = Settings(epochs=3, batch_size=8, seed=0)
+GRID = {"head": ["linear", "mlp"], "lr": [1e-2], "hidden": [8]}
+
+
+def sweep(cache, runs: Path, concat: bool = False):
+    return run_sweep(cache, expand(GRID), SETTINGS, runs, ["test"], log=lambda m: None, progress=False, concat=concat)
+
+
+@pytest.fixture(scope="module")
+def two_caches(tiny_cache, sample_dir, tmp_path_factory) -> tuple[Path, Path]:
+    """The sample through the tiny backbone twice: random weights of seed 0 (``tiny_cache``) and of seed 1."""
+    other = tmp_path_factory.mktemp("multi") / "seed1"
+    extract(sample_dir, other, seed=1)
+    return tiny_cache, other
+
+
+@pytest.fixture(scope="module")
+def multi_run(two_caches, tmp_path_factory) -> tuple[Path, dict]:
+    """``featcache-train A B --concat`` with :data:`GRID` and :data:`SETTINGS`: (run dir, results)."""
+    from typer.testing import CliRunner
+
+    from featcache.trainer.cli import app
+
+    runs = tmp_path_factory.mktemp("runs")
+    grid = [f"--{k}={','.join(map(str, v))}" for k, v in GRID.items()]
+    settings = ["--epochs=3", "--batch-size=8", "--seed=0", f"--runs={runs}", "--no-progress", "--concat"]
+    r = CliRunner().invoke(app, [*map(str, two_caches), *grid, *settings])
+    assert r.exit_code == 0, r.output
+    (run_dir,) = runs.iterdir()
+    results = json.loads((run_dir / "results.json").read_text())
+    # what a person reads: the leaderboard with a backbone column, then the concatenation's own table
+    assert (
+        "backbone  head" in r.output and f"concatenated pooled vectors of {' + '.join(results['caches'])}:" in r.output
+    )
+    assert f"best: {results['best']}" in r.output
+    return run_dir, results
+
+
+def test_two_caches_give_one_run_whose_heads_equal_each_cache_trained_alone(two_caches, multi_run, tmp_path):
+    run_dir, r = multi_run
+    a, b = two_caches
+    labels = {"tiny-" + a.name: a, "tiny-" + b.name: b}
+    assert r["version"] == 3 and set(r["caches"]) == set(labels) and len(r["heads"]) == 4
+    assert {c["path"] for c in r["caches"].values()} == {str(a.resolve()), str(b.resolve())}
+    assert {(h["cache"], h["backbone"]) for h in r["heads"]} == {(k, "tiny") for k in labels}
+    best = next(h for h in r["heads"] if h["name"] == r["best"])
+    assert r["cache"]["path"] == r["caches"][best["cache"]]["path"]  # the winner's cache, for export and report
+    board = (run_dir / "leaderboard.txt").read_text()
+    assert "backbone  head" in board.splitlines()[0] and all(h["name"] in board for h in r["heads"])
+    from featcache.trainer.history import list_runs
+
+    for cache in (a, b):  # runs --cache finds the sweep by any of its caches
+        assert [e["run"] for e in list_runs(run_dir.parent, cache)] == [str(run_dir)]
+
+    # independent check: the heads of cache b are exactly those of a sweep on cache b alone
+    single_dir, single = sweep(b, tmp_path / "runs")
+    label = "tiny-" + b.name
+    with np.load(run_dir / "heads.npz") as multi_z, np.load(single_dir / "heads.npz") as single_z:
+        for h in single["heads"]:
+            mine = next(m for m in r["heads"] if m["name"] == f"{label}:{h['name']}")
+            assert (mine["val_acc"], mine["test_acc"], mine["epochs"]) == (h["val_acc"], h["test_acc"], h["epochs"])
+            for p, key in single["heads_file"]["params"][h["name"]].items():
+                np.testing.assert_array_equal(multi_z[r["heads_file"]["params"][mine["name"]][p]], single_z[key])
+            std = r["heads_file"]["standardize"][label]
+            np.testing.assert_array_equal(multi_z[std["mean"]], single_z["standardize/mean"])
+
+
+def test_concat_heads_read_both_caches_pooled_vectors_side_by_side_and_are_never_picked(two_caches, multi_run):
+    from featcache.shared.cache.reader import FeatureCache
+    from featcache.trainer.data import load_dataset
+    from featcache.trainer.multi import align, concat_dataset
+
+    _, r = multi_run
+    c = r["concat"]
+    assert c["caches"] == list(r["caches"]) and c["width"] == 2560 and c["skipped"] == []
+    assert [h["name"] for h in c["heads"]] == [f"concat:{cfg.name}" for cfg in expand(GRID)]
+    assert not {h["name"] for h in c["heads"]} & {h["name"] for h in r["heads"]}  # reported, never ranked
+    # independent check: each row is [cache a's pooled vector, cache b's] of the same id, read with load_pooled
+    a, b = (FeatureCache(p) for p in two_caches)
+    first = load_dataset(a, val_fraction=SETTINGS.val_fraction)
+    ds = concat_dataset([first, align(first, load_dataset(b, val_fraction=SETTINGS.val_fraction), b.path)])
+    by_id = [
+        {i: v for i, v in zip(rows.id.tolist(), rows.pooled, strict=True)}
+        for rows in (a.load_pooled(), b.load_pooled())
+    ]
+    for name in ("train", "val", "test"):
+        split = getattr(ds, name)
+        want = np.array([np.concatenate([by_id[0][i], by_id[1][i]]) for i in split.id.tolist()])
+        np.testing.assert_array_equal(split.pooled, want)
+    with pytest.raises(FeatcacheError, match="concat=True: needs at least two caches"):
+        sweep(two_caches[0], Path("/nonexistent-runs"), concat=True)
+
+
+def test_caches_of_other_images_or_splits_are_refused_naming_the_cache_and_id(tmp_path):
+    first = synthetic_cache(tmp_path / "first", n=40)
+    fewer = synthetic_cache(tmp_path / "fewer", n=30)
+    with pytest.raises(FeatcacheError, match=r"fewer: 30 labelled rows, the first cache has 40 \(first id in"):
+        sweep([first, fewer], tmp_path / "runs")
+    resplit = synthetic_cache(tmp_path / "resplit", n=40, splits="no-val")
+    with pytest.raises(FeatcacheError, match=r"resplit: id 'c\d/\d+\.jpg' is in \w+ here, in \w+ in the first cache"):
+        sweep([first, resplit], tmp_path / "runs")
+    assert not list((tmp_path / "runs").iterdir())  # nothing of a refused sweep is kept
+
+
+def test_predict_source_equals_predict_on_the_cached_rows_of_the_same_images(multi_run, sample_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from featcache.trainer import api
+    from featcache.trainer.cli import app
+    from featcache.trainer.predict_source import scratch_cache
+
+    run_dir, r = multi_run
+    head = next(h["name"] for h in r["heads"] if h["name"] != r["best"] and h["config"]["kind"] == "linear")
+    new = tmp_path / "new.csv"
+    args = ["predict", str(run_dir), str(new), "--source", str(sample_dir), "--head", head, "--no-progress"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    # the extractor's own summary reaches the user, and the run's classes give the accuracy
+    assert "wrote 15 rows in 1 shards" in result.output and "on the 15 labelled ones" in result.output
+    assert scratch_cache(run_dir, sample_dir).joinpath("manifest.json").is_file()
+    cached = api.predict(run_dir, tmp_path / "cached.csv", split="all", head=head)
+    rows = {r["id"]: r for r in csv.DictReader(open(tmp_path / "cached.csv"))}
+    got = list(csv.DictReader(open(new)))
+    assert len(got) == len(rows) == 15
+    probs = [c for c in got[0] if c.startswith("p_")]
+    for g in got:
+        want = rows[g["id"]]
+        assert (g["label"], g["class"], g["predicted"]) == (want["label"], want["class"], want["predicted"])
+        np.testing.assert_allclose([float(g[c]) for c in probs], [float(want[c]) for c in probs], atol=2e-6)
+    assert f"accuracy {cached.accuracy:.4f} on the 15 labelled ones" in result.output
+
+
+def test_predict_source_maps_labels_by_class_name_and_needs_the_weights_file():
+    from featcache.shared.cache.reader import PooledRows
+    from featcache.trainer.predict_source import extractor_flags, map_labels
+
+    rows = PooledRows(np.zeros((4, 2), np.float32), np.array([0, 1, 2, -1]), np.array(list("abcd")), np.arange(4), 0)
+    mapped, unknown = map_labels(rows, ["dog", "cat", "emu"], ["cat", "dog"])
+    assert mapped.label.tolist() == [1, 0, -1, -1] and unknown == {"emu": 1}
+    fp = {
+        "backbone": "mobilenet_v2",
+        "weights_source": "file",
+        "weights_path": "/gone/w.h5",
+        "weights_sha256": "ab" * 32,
+    }
+    fp.update(resize="jpeg-dct-prescale-to-2x,bilinear,antialias,pad", maps_dtype="float16", compute_dtype="float32")
+    with pytest.raises(FeatcacheError, match=r"^/gone/w.h5: the weights file the run's cache was made with is gone"):
+        extractor_flags(fp, "cache/")
+    flags = extractor_flags(fp, "cache/", weights="/moved/w.h5")
+    assert flags == "--backbone mobilenet_v2 --weights /moved/w.h5 --resize pad --maps-dtype float16".split()
+
+
+def test_rows_of_another_cache_are_put_in_the_first_caches_order_by_id():
+    from featcache.trainer.data import Dataset, Split
+    from featcache.trainer.multi import align
+
+    rng = np.random.default_rng(0)
+
+    def split(ids: list[str], perm: np.ndarray) -> Split:
+        ids_ = np.array(ids, dtype=object)[perm]
+        y = np.array([int(i[1]) for i in ids_], np.int32)
+        pooled = np.array([[float(i[1:])] * 3 for i in ids_], np.float32)  # the vector spells the id
+        return Split(np.arange(len(ids))[perm], ids_, y, pooled, views=pooled[:, None].repeat(2, 1))
+
+    names = {"train": [f"c{k % 2}{k}" for k in range(10, 20)], "val": ["c030", "c131"], "test": ["c040", "c141"]}
+    same = {n: np.arange(len(v)) for n, v in names.items()}
+    first = Dataset(["a", "b"], *(split(names[n], same[n]) for n in ("train", "val", "test")), False, 0)
+    shuffled = {n: rng.permutation(len(v)) for n, v in names.items()}
+    other = Dataset(["a", "b"], *(split(names[n], shuffled[n]) for n in ("train", "val", "test")), False, 0)
+    got = align(first, other, Path("other/"))
+    for n in names:
+        a, b = getattr(first, n), getattr(got, n)
+        assert a.id.tolist() == b.id.tolist() and a.y.tolist() == b.y.tolist()
+        np.testing.assert_array_equal(a.pooled, b.pooled)
+        np.testing.assert_array_equal(a.views, b.views)

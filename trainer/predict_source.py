@@ -1,0 +1,181 @@
+"""``predict --source``: a run's head on new images, their features made exactly as the cached ones.
+
+The trainer never imports the extractor (import-linter keeps the two stages apart: the trainer runs
+without the image pipeline, and each stage can change alone). So new images go through the
+extractor's public command, ``python -m featcache.extractor SOURCE SCRATCH ...``, in a subprocess,
+with the flags that reproduce the head's cache fingerprint (:func:`extractor_flags`: backbone, weights,
+resize policy, views, maps dtype, compute dtype). The scratch cache lives in the run directory,
+``RUN/predict/<sha256 of the source path, 16 hex>/``, so a second predict of the same source resumes
+or reuses it (``overwrite=True`` starts it over, as the extractor's own option does). Its fingerprint
+must then have the head's cache identity (checked, not assumed), and its rows are scored by the same
+code as cached rows (:func:`featcache.trainer.predict.score_rows`). Labels of the new source are
+mapped onto the run's classes by name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from ..shared.backbones import PREPROCESS_SCHEMES, RANDOM_PREFIX
+from ..shared.cache.reader import FeatureCache, PooledRows
+from ..shared.errors import FeatcacheError
+from . import rundir
+from .data import load_rows
+from .predict import Prediction, head_entry, load_head, score_rows
+
+SCRATCH_DIR = "predict"  # inside the run directory
+SOURCE_HASH_CHARS = 16
+EXTRACTOR_MODULE = "featcache.extractor"
+CHUNK_BYTES = 4096
+TAIL_CHARS = 8192  # the end of the extractor's output, searched for its one-line error
+ERROR_PREFIX = "error: "  # how the extractor's command line (shared.cli.run_cli) starts a one-line error
+CUSTOM_PREPROCESS = "RGB in [0, 255] -> "  # a model file's module:function preprocessing, as fingerprinted
+
+
+def is_local(source: str) -> bool:
+    """Whether ``source`` names one local path (not a URL such as ``gs://...``, not a glob)."""
+    return "://" not in source and not any(ch in source for ch in "*?[")
+
+
+def scratch_cache(run_dir: Path, source: str | Path) -> Path:
+    """Where the features of ``source`` for the run in ``run_dir`` are kept: one folder per source (a
+    local path resolved, a URL or glob as written)."""
+    key = str(Path(source).resolve()) if is_local(str(source)) else str(source)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:SOURCE_HASH_CHARS]
+    return Path(run_dir) / SCRATCH_DIR / digest
+
+
+def _preprocess_scheme(words: str, where: str) -> str:
+    """The ``preprocess=`` value whose fingerprint words are ``words`` (a model-file backbone)."""
+    for name, (_, w, _) in PREPROCESS_SCHEMES.items():
+        if w == words:
+            return name
+    if words.startswith(CUSTOM_PREPROCESS):
+        return words[len(CUSTOM_PREPROCESS) :]
+    raise FeatcacheError(f"{where}: cannot tell which preprocess= made the cache ({words!r})")
+
+
+def extractor_flags(fp: dict[str, Any], where: str, weights: str | None = None) -> list[str]:
+    """The ``featcache-extract`` flags that make features with fingerprint ``fp`` (a run's record of
+    its cache; ``where`` names it in errors). ``weights`` replaces a weights file that has moved (its
+    sha256 is checked against ``fp`` once the features are made)."""
+    flags = []
+    if "model_file" in fp:  # a saved Keras model as backbone: its file, layer and preprocessing
+        model = Path(fp["model_file"])
+        if not model.is_file():
+            raise FeatcacheError(f"{model}: the model file the run's cache was made with is gone ({where})")
+        flags += ["--backbone", str(model), "--layer", fp["layer"]]
+        flags += ["--preprocess", _preprocess_scheme(fp["preprocessing"], where)]
+    else:
+        flags += ["--backbone", fp["backbone"]]
+    sha = str(fp["weights_sha256"])
+    if weights is not None:
+        flags += ["--weights", weights]
+    elif sha.startswith(RANDOM_PREFIX):
+        flags += ["--weights", "random", "--seed", sha[len(RANDOM_PREFIX) :]]
+    elif fp.get("weights_source") == "file":
+        path = Path(fp["weights_path"])
+        if not path.is_file():
+            raise FeatcacheError(
+                f"{path}: the weights file the run's cache was made with is gone ({where}); "
+                f"pass weights= a copy of it (sha256 {sha[:12]}...)"
+            )
+        flags += ["--weights", str(path)]
+    else:
+        flags += ["--weights", "imagenet"]
+    flags += ["--resize", str(fp["resize"]).rsplit(",", 1)[-1], "--maps-dtype", fp["maps_dtype"]]
+    augment = fp.get("augment")
+    if augment:
+        flags += ["--views", str(augment["views"])]
+        flags += ["--crop-scale", "{:g},{:g}".format(*augment["crop_scale"])]
+        flags += ["--crop-ratio", "{:g},{:g}".format(*augment["crop_ratio"])]
+    if fp.get("compute_dtype") == "mixed_float16":
+        flags.append("--mixed-precision")
+    return flags
+
+
+def run_extractor(args: list[str], source: str, stream: TextIO) -> None:
+    """Run ``python -m featcache.extractor ARGS``, copying its output (progress bar, notes, summary) to
+    ``stream`` as it comes; raise its one-line error, naming ``source``, when it fails."""
+    cmd = [sys.executable, "-m", EXTRACTOR_MODULE, *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    text = ""
+    try:
+        while chunk := proc.stdout.read1(CHUNK_BYTES):
+            part = chunk.decode(errors="replace")
+            stream.write(part)
+            stream.flush()
+            text = (text + part)[-TAIL_CHARS:]
+        code = proc.wait()
+    except BaseException:  # Ctrl-C reaches the extractor too: let it keep its finished shards
+        proc.wait()
+        raise
+    if code != 0:
+        errors = [line for line in text.splitlines() if line.startswith(ERROR_PREFIX)]
+        reason = errors[-1][len(ERROR_PREFIX) :] if errors else f"it exited with status {code}"
+        raise FeatcacheError(f"{source}: extracting its features failed: {reason}")
+
+
+def map_labels(rows: PooledRows, new_classes: list[str], run_classes: list[str]) -> tuple[PooledRows, dict[str, int]]:
+    """``rows`` with labels renumbered from the new source's ``new_classes`` to the run's ``run_classes``
+    by name; rows of a class the run does not know become unlabelled (-1). Returns them and
+    ``{unknown class: rows}``."""
+    known = {c: k for k, c in enumerate(run_classes)}
+    table = np.array([known.get(c, -1) for c in new_classes] + [-1], dtype=np.int32)  # [-1]: label -1 stays -1
+    label = table[np.where(rows.label >= 0, rows.label, len(new_classes))]
+    unknown: dict[str, int] = {}
+    for k, c in enumerate(new_classes):
+        n = int(np.sum(rows.label == k))
+        if c not in known and n:
+            unknown[c] = n
+    mapped = PooledRows(rows.pooled, label, rows.id, rows.index, rows.split)
+    return mapped, unknown
+
+
+def predict_source(
+    run_dir: Path,
+    out: Path,
+    source: str | Path,
+    head: str | None = None,
+    weights: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    stream: TextIO | None = None,
+) -> Prediction:
+    """Class probabilities of a run's head (the best unless ``head``) for the images of ``source`` (any
+    source the extractor takes: class folders, a CSV, a list, a folder of unlabelled images), written
+    to the CSV ``out`` as :func:`~featcache.trainer.predict.predict` writes cached rows. The features
+    are made by the extractor into :func:`scratch_cache` (reused by the next predict of the same
+    source; ``overwrite`` starts over); its output, and notes, go to ``stream`` (default: stderr)."""
+    stream = stream or sys.stderr
+    results = rundir.load_results(run_dir)
+    name = head or results["best"]
+    cfg, model = load_head(run_dir, results, name)
+    recorded = rundir.head_cache(results, name)
+    fp = recorded["fingerprint"]
+    source = str(source)  # a URL or a glob stays as written (Path would fold "gs://" into "gs:/")
+    if is_local(source) and not Path(source).exists():
+        raise FeatcacheError(f"{source}: no such source of images")
+    scratch = scratch_cache(run_dir, source)
+    flags = extractor_flags(fp, str(recorded["path"]), weights)
+    args = [str(source), str(scratch), *flags, *([] if progress else ["--no-progress"])]
+    run_extractor([*args, "--overwrite"] if overwrite else args, source, stream)
+    cache = FeatureCache(scratch)
+    cache.require_complete()
+    cache.check_fingerprint(fp)  # the extractor made them as the cached ones, or this says what differs
+    rows, unknown = map_labels(load_rows(cache), list(cache.classes), results["classes"])
+    if unknown:
+        listed = ", ".join(f"{c} ({n})" for c, n in list(unknown.items())[:5])
+        stream.write(
+            f"note: {sum(unknown.values())} rows of classes the run does not know ({listed}): "
+            "predicted, but not counted in the accuracy\n"
+        )
+    use_tta = bool(head_entry(run_dir, results, name).get("use_tta"))  # the scratch cache has the run's views
+    return score_rows(cache, rows, np.arange(len(rows)), cfg, model, results["classes"], Path(out), name, use_tta)
