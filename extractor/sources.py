@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import glob
 import hashlib
+import io
 import json
 import os
 import re
@@ -39,6 +40,7 @@ from .inputs import InputLimits, RefusedInput, check_pixels, read_input
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif"})
 LIST_SUFFIXES = frozenset({".txt", ".lst"})
+MAX_LIST_BYTES = 1 << 30  # a CSV read from a URL is read whole, at most this large
 # Folders that tools leave beside the data (hidden ones, starting with ".", are skipped too:
 # .ipynb_checkpoints, .git, .Trash-1000...): never a class, a split or a source of images.
 IGNORED_FOLDERS = frozenset(
@@ -78,7 +80,7 @@ class Source:
     """
 
     kind: str
-    root: Path
+    root: Path | str  # a str for a URL
     paths: list[bytes]
     ids: list[str]
     labels: np.ndarray
@@ -267,11 +269,23 @@ def _parse_split(value: str, where: str) -> int:
         raise BadInputError(f"{where}: unknown split {value!r} (use train, val or test)") from None
 
 
-def _same_file(root: Path, written: str) -> str:
+def _join(root: Path | str, written: str) -> str:
+    """Where a listed path is: a URL as written; a path relative to ``root`` (a folder, or a URL's
+    folder) joined to it; ``~`` expanded."""
+    if records.is_url(written):
+        return written
+    if records.is_url(str(root)):
+        return f"{str(root).rstrip('/')}/{written}"
+    return os.path.join(root, os.path.expanduser(written))
+
+
+def _same_file(root: Path | str, written: str) -> str:
     """The key under which two spellings of one file meet (``img/a.jpg``, ``./img/a.jpg``,
-    ``x/../img/a.jpg``, an absolute path, a symlink): the path resolved like the file system does.
-    Nothing is opened (a FIFO or device in the listing is refused later, by the reader)."""
-    return os.path.realpath(os.path.join(root, os.path.expanduser(written)))
+    ``x/../img/a.jpg``, an absolute path, a symlink): the path resolved like the file system does
+    (a URL: as written). Nothing is opened (a FIFO or device in the listing is refused later, by the
+    reader)."""
+    where = _join(root, written)
+    return where if records.is_url(where) else os.path.realpath(where)
 
 
 def _is_file(root: Path, written: str) -> bool:
@@ -335,16 +349,21 @@ def _class_numbers(items: list[tuple[int, str, str, int]], where: Path) -> tuple
     return classes, [number[lab] if lab else UNKNOWN_LABEL for _, _, lab, _ in items]
 
 
-def from_csv(path: Path) -> Source:
+def from_csv(path: Path | str) -> Source:
     """A CSV source ``path[,label[,split]]`` (see :func:`_csv_columns` for the header); a row naming
     the same file as an earlier one (however spelled) is dropped with a note when it agrees, refused
     when its label or split differs."""
-    path = path.resolve()
-    root = path.parent
+    url = records.is_url(str(path))
+    path = str(path) if url else Path(path).resolve()  # type: ignore[assignment]
+    root: Path | str = str(path).rsplit("/", 1)[0] if url else path.parent
     try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            rows = [(n, [c.strip() for c in r]) for n, r in enumerate(csv.reader(fh), start=1)]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        if url:
+            text = records.read_url(str(path), InputLimits(max_input_bytes=MAX_LIST_BYTES)).decode("utf-8-sig")
+        else:
+            with open(path, newline="", encoding="utf-8-sig") as fh:
+                text = fh.read()
+        rows = [(n, [c.strip() for c in r]) for n, r in enumerate(csv.reader(io.StringIO(text, newline="")), start=1)]
+    except (OSError, UnicodeDecodeError, csv.Error, RefusedInput) as exc:
         raise BadInputError(f"{path}: cannot read CSV ({exc})") from None
     rows = [(n, r) for n, r in rows if r and any(r)]
     cols, header = _csv_columns(rows, root, path)
@@ -381,7 +400,7 @@ def from_csv(path: Path) -> Source:
     return Source(
         kind="csv",
         root=root,
-        paths=[os.fsencode(root / os.path.expanduser(p)) for _, p, _, _ in items],
+        paths=[os.fsencode(_join(root, p)) for _, p, _, _ in items],
         ids=[p for _, p, _, _ in items],
         labels=np.array(labels, dtype=np.int32),
         splits=np.array([s for *_, s in items], dtype=np.int8),
@@ -408,7 +427,7 @@ def from_list(path: Path) -> Source:
     return Source(
         kind="list",
         root=path.parent,
-        paths=[os.fsencode(path.parent / p) for p in ids],
+        paths=[os.fsencode(_join(path.parent, p)) for p in ids],
         ids=ids,
         labels=np.full(len(ids), UNKNOWN_LABEL, dtype=np.int32),
         splits=np.full(len(ids), NO_SPLIT, dtype=np.int8),
@@ -521,7 +540,7 @@ def _numbered(
         )
     return Source(
         kind=kind,
-        root=Path(root),
+        root=root if records.is_url(root) else Path(root),
         paths=[os.fsencode(r[0]) for r in rows],
         ids=ids,
         labels=np.array(labels, dtype=np.int32),
@@ -737,10 +756,10 @@ def open_source(
     suffix = os.path.splitext(text)[1].lower()
     if fmt in records.RECORD_FORMATS or (fmt == "auto" and container_format(text)):
         return _containers([text], os.path.dirname(text), fmt, keys, text)
-    if records.is_url(text):
-        raise BadInputError(f"{text}: only TFRecord or tar files are read from URLs (list images in a local CSV)")
     if fmt == "csv" or (fmt == "auto" and suffix == ".csv"):
-        return from_csv(Path(text))
+        return from_csv(text if records.is_url(text) else Path(text))
+    if records.is_url(text):
+        raise BadInputError(f"{text}: only CSV, TFRecord or tar files are read from URLs (or folders of the latter)")
     if fmt == "list" or (fmt == "auto" and suffix in LIST_SUFFIXES):
         lines = _list_lines(text)
         if lines and all(container_format(s) for s in lines):
