@@ -27,6 +27,7 @@ import io
 import json
 import os
 import re
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -179,27 +180,51 @@ def _is_image(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _walk_images(top: Path) -> list[str]:
+class UrlFolder(str):
+    """A folder URL that joins like a ``Path`` (``url / name``) without folding its ``//``; listed
+    through ``tf.io.gfile``."""
+
+    def __truediv__(self, name: str) -> UrlFolder:
+        return UrlFolder(f"{self.rstrip('/')}/{name}")
+
+    def resolve(self) -> UrlFolder:
+        return self
+
+
+def _entries(path: Path | UrlFolder) -> list[tuple[str, bool]]:
+    """``(name, is a folder)`` of what ``path`` holds (following symlinks, as ``os.scandir`` does)."""
+    if isinstance(path, UrlFolder):
+        g = records.gfile()
+        return [(n.rstrip("/"), bool(g.isdir(path / n.rstrip("/")))) for n in g.listdir(path)]
+    return [(e.name, e.is_dir()) for e in os.scandir(path) if e.is_dir() or e.is_file()]
+
+
+def _walk_images(top: Path | UrlFolder) -> list[str]:
     """Image files under ``top`` (recursively, hidden entries skipped) as paths relative to ``top``."""
     found = []
-    for dirpath, dirnames, filenames in os.walk(top):
-        dirnames[:] = [d for d in dirnames if not _ignored(d)]
-        rel = os.path.relpath(dirpath, top)
+    for dirpath, dirnames, filenames in records.gfile().walk(top) if isinstance(top, UrlFolder) else os.walk(top):
+        dirnames[:] = [d for d in dirnames if not _ignored(d.rstrip("/"))]
+        if isinstance(top, UrlFolder):
+            rel = dirpath[len(top) :].strip("/") or "."
+        else:
+            rel = os.path.relpath(dirpath, top)
         for name in filenames:
             if not name.startswith(".") and _is_image(name):
                 found.append(name if rel == "." else os.path.join(rel, name))
     return found
 
 
-def _subdirs(path: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(path) if e.is_dir() and not _ignored(e.name))
+def _subdirs(path: Path | UrlFolder) -> list[str]:
+    return sorted(n for n, is_dir in _entries(path) if is_dir and not _ignored(n))
 
 
-def _top_images(path: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(path) if e.is_file() and not e.name.startswith(".") and _is_image(e.name))
+def _top_images(path: Path | UrlFolder) -> list[str]:
+    return sorted(n for n, is_dir in _entries(path) if not is_dir and not n.startswith(".") and _is_image(n))
 
 
-def _from_entries(kind: str, root: Path, entries: list[tuple[str, str | None, int]], notes: list[str]) -> Source:
+def _from_entries(
+    kind: str, root: Path | UrlFolder, entries: list[tuple[str, str | None, int]], notes: list[str]
+) -> Source:
     """``entries`` are ``(relative path, class folder name or None, split code)``, sorted here by id;
     class names are the folder names as :func:`display_id` shows them."""
     entries = sorted(entries, key=lambda e: e[0])
@@ -218,12 +243,12 @@ def _from_entries(kind: str, root: Path, entries: list[tuple[str, str | None, in
     )
 
 
-def from_folder(root: Path) -> Source:
+def from_folder(root: Path | UrlFolder) -> Source:
     """A folder source; see the module docstring for the layouts."""
     root = root.resolve()
     subdirs = _subdirs(root)
     notes: list[str] = []
-    junk = sorted(e.name for e in os.scandir(root) if e.is_dir() and e.name in IGNORED_FOLDERS)
+    junk = sorted(n for n, is_dir in _entries(root) if is_dir and n in IGNORED_FOLDERS)
     if junk:
         notes.append(f"{root}: ignored folders {', '.join(junk)}")
     entries: list[tuple[str, str | None, int]] = []
@@ -522,7 +547,7 @@ def _numbered(
     own = [r[4] for r in rows]
     ids = [o if o is not None else r[3] for o, r in zip(own, rows, strict=True)]
     if len(set(ids)) < len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
+        dup = Counter(ids).most_common(1)[0][0]
         notes.append(f"{root}: record ids are not unique (e.g. {dup!r}): ids are 'FILE#RECORD' instead")
         ids = [r[3] for r in rows]
     label_text: list[str] = extra.pop("label_text")
@@ -696,6 +721,9 @@ def _folder_files(folder: str) -> list[str]:
 
 def _containers(files: list[str], root: str, fmt: str, keys: TFRecordKeys | None, where: str) -> Source:
     """Containers of one format (``fmt``: a record format, or "auto" to tell by the names)."""
+    if not records.is_url(root):
+        root = os.path.abspath(root)
+    files = [f if records.is_url(f) else os.path.abspath(f) for f in files]
     if fmt == "auto":
         kinds = {container_format(f) for f in files}
         if len(kinds) != 1 or None in kinds:
@@ -748,9 +776,7 @@ def open_source(
             if not found:
                 raise BadInputError(f"{text}: no {fmt} files in the folder")
             return _containers(found, text.rstrip("/"), fmt, keys, text)
-        if records.is_url(text):
-            raise BadInputError(f"{text}: folders of images at URLs are not supported (list them in a CSV)")
-        return from_folder(Path(text))
+        return from_folder(UrlFolder(text.rstrip("/")) if records.is_url(text) else Path(text))
     if not _exists(text):
         raise BadInputError(f"{text}: no such file or folder")
     suffix = os.path.splitext(text)[1].lower()
@@ -759,7 +785,7 @@ def open_source(
     if fmt == "csv" or (fmt == "auto" and suffix == ".csv"):
         return from_csv(text if records.is_url(text) else Path(text))
     if records.is_url(text):
-        raise BadInputError(f"{text}: only CSV, TFRecord or tar files are read from URLs (or folders of the latter)")
+        raise BadInputError(f"{text}: only folders, CSV, TFRecord or tar files are read from URLs")
     if fmt == "list" or (fmt == "auto" and suffix in LIST_SUFFIXES):
         lines = _list_lines(text)
         if lines and all(container_format(s) for s in lines):
@@ -771,7 +797,6 @@ def open_source(
 
 
 def _has_images(folder: str) -> bool:
-    """Whether a local folder holds images or sub-folders (then it is an image folder source)."""
-    if records.is_url(folder):
-        return False
-    return bool(_subdirs(Path(folder)) or _top_images(Path(folder)))
+    """Whether a folder holds images or sub-folders (then it is an image folder source)."""
+    where = UrlFolder(folder) if records.is_url(folder) else Path(folder)
+    return bool(_subdirs(where) or _top_images(where))

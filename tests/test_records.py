@@ -205,9 +205,9 @@ def test_ids_keys_splits_and_changed_containers(images, tmp_path):
 
 def test_url_sources_read_like_local_ones(images, folder_rows, tmp_path):
     """TFRecord files given as a tf.io.gfile URL pattern (ram://, in memory; GZIP) and a local CSV of
-    image URLs give the folder's rows; a CSV at a URL lists its relative paths as URLs; tar shards
-    given as a file:// URL list the same ids and read the same bytes."""
-    _, files = images
+    image URLs give the folder's rows; a CSV at a ram:// URL and a folder of class folders and tar
+    shards at file:// URLs list the same inputs and read the same bytes."""
+    files = images[1]
     classes = sorted({c for _, c, _ in files})
     gz = make_container("tfrecord-gzip", tmp_path / "gz", files, classes)
     for p in sorted(gz.iterdir()):
@@ -229,6 +229,9 @@ def test_url_sources_read_like_local_ones(images, folder_rows, tmp_path):
     csv_local.write_text("path,label\n" + "".join(f"ram://featcache-csv/{i},{c}\n" for i, c, _ in files))
     with tf.io.gfile.GFile("ram://featcache-csv/list.csv", "w") as fh:
         fh.write("".join(f"{i},{c}\n" for i, c, _ in files))
+    folder = open_source(f"file://{images[0]}/")  # a folder of class folders at a URL (ram:// lists no folders)
+    assert folder.kind == "folder" and folder.ids == [i for i, _, _ in files] and folder.classes == classes
+    assert [folder.read(k, records.InputLimits()) for k in range(len(folder))] == [d for _, _, d in files]
     at_url = open_source("ram://featcache-csv/list.csv")
     assert [os.fsdecode(p) for p in at_url.paths] == [f"ram://featcache-csv/{i}" for i, _, _ in files]
     extract(csv_local, tmp_path / "c2")
