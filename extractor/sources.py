@@ -1,6 +1,6 @@
 """Image sources: turn what the user points at into a deterministic, labelled input listing.
 
-Three kinds:
+Kinds (docs/inputs.md):
 
 * a folder of class sub-folders (Keras ``image_dataset_from_directory`` convention: class names are
   the sorted folder names, images found recursively inside each); when the top level is ``train/``,
@@ -9,7 +9,10 @@ Three kinds:
 * a folder of images with no sub-folders (unlabelled);
 * a CSV ``path[,label[,split]]`` (header optional, columns found by name; labels are class names or
   class numbers; empty label means unknown; paths relative to the CSV's folder), or a
-  ``.txt``/``.lst`` list of paths.
+  ``.txt``/``.lst`` list of paths;
+* TFRecord files and WebDataset tar shards (:func:`from_tfrecords`, :func:`from_tars`), each record
+  an input read later as a slice of its file (:mod:`featcache.extractor.records`);
+* any of these at a URL (``gs://``..., through ``tf.io.gfile``); CSV and list rows may be URLs.
 
 Hidden entries and known junk folders (:data:`IGNORED_FOLDERS`) are skipped everywhere. Ids and
 class names are valid UTF-8 whatever the file names' bytes, and distinct names give distinct ids
@@ -78,6 +81,8 @@ class Source:
     ``paths`` are file-system paths as bytes (any name the OS allows); ``ids`` the UTF-8 ids stored in
     the cache; ``labels`` ``(n,)`` int32 (-1 unknown); ``splits`` ``(n,)`` int8 (-1 when the source
     gives none); ``classes`` the class names in label order; ``notes`` things the user should hear.
+    For TFRecord and tar sources, ``paths`` are the container files (or URLs) and ``records`` says
+    where in its container each input is (:class:`~featcache.extractor.records.Records`).
     """
 
     kind: str
