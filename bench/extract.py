@@ -20,6 +20,9 @@ Contenders, on the same N images (the listing featcache itself makes of the fold
   lists the source and traces the pipeline on every call. ``featcache (loop after its first batch)``
   leaves out the first batch (filling the pipeline and tracing the backbone's function, ~0.75 s
   here, paid once per run), like the limit's untimed warm-up batch: the steady rate.
+* ``featcache from one TFRecord file`` (plain and GZIP): the same run from the same images written
+  (in the folder listing's order, with their ids and labels) as ``tf.train.Example`` records into
+  one TFRecord file before timing: its loop, as ``featcache (loop)``.
 * ``tutorial way``: ``keras.utils.image_dataset_from_directory`` + ``model.predict`` on all images,
   then maps and pooled written to one uncompressed HDF5 file; the model is built beforehand, but its
   predict function is traced on every run, as in a script that runs once.
@@ -37,7 +40,7 @@ import shlex
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +63,23 @@ class Best:
     def offer(self, seconds: float, detail: Any = None) -> None:
         if seconds < self.seconds:
             self.seconds, self.detail = seconds, detail
+
+
+def write_tfrecord(tf: Any, path: Path, source: Any, compression: str) -> None:
+    """The source's images as tf.train.Example records (image/encoded, image/filename = the id,
+    image/class/label), written by TensorFlow."""
+
+    def feature(value: bytes | int) -> Any:
+        if isinstance(value, int):
+            return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+    with tf.io.TFRecordWriter(str(path), options=tf.io.TFRecordOptions(compression_type=compression)) as w:
+        for p, i, label in zip(source.paths, source.ids, source.labels.tolist(), strict=True):
+            feats = {"image/encoded": feature(Path(os.fsdecode(p)).read_bytes()), "image/filename": feature(i.encode())}
+            if label >= 0:
+                feats["image/class/label"] = feature(label)
+            w.write(tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString())
 
 
 def main() -> None:
@@ -259,10 +279,18 @@ def main() -> None:
             xla=args.xla,
         )
 
-        def run_featcache() -> tuple[float, Any]:
+        def run_featcache(c: ExtractConfig = cfg) -> tuple[float, Any]:
             t0 = time.perf_counter()
-            report = run_extract(cfg, log=lambda m: None)
+            report = run_extract(c, log=lambda m: None)
             return time.perf_counter() - t0, report
+
+        # the same images (the folder's listing, in its order) as one TFRecord file, plain and GZIP
+        record_cfgs = {}
+        for name, compression in (("TFRecord", ""), ("TFRecord GZIP", "GZIP")):
+            path = Path(tmp) / f"images.tfrecord{'.gz' if compression else ''}"
+            write_tfrecord(tf, path, source, compression)
+            record_cfgs[name] = replace(cfg, source=path, cache=Path(tmp) / f"cache-{compression or 'plain'}")
+        records_loop = {name: Best() for name in record_cfgs}
 
         for r in range(args.repeats):
             s = run_limit()
@@ -277,6 +305,10 @@ def main() -> None:
                 f"({report.rows} rows, {report.failed} failed)",
                 flush=True,
             )
+            for name, c in record_cfgs.items():
+                _, rec = run_featcache(c)
+                records_loop[name].offer(rec.seconds, rec)
+                print(f"  run {r + 1}/{args.repeats} featcache from {name}: loop {rec.seconds:.2f} s", flush=True)
             s = run_tutorial(Path(tmp) / "tutorial.h5")
             tutorial.offer(s)
             print(f"  run {r + 1}/{args.repeats} tutorial way: {s:.2f} s", flush=True)
@@ -298,6 +330,10 @@ def main() -> None:
             steady.seconds,
         ],
         ["featcache (total incl. model build)", total.detail.rows + total.detail.failed, total.seconds],
+        *(
+            [f"featcache from one {name} file of the same images (loop)", b.detail.rows + b.detail.failed, b.seconds]
+            for name, b in records_loop.items()
+        ),
         ["tutorial way (image_dataset_from_directory + predict + one h5 write)", n, tutorial.seconds],
         [f"retrain.py way (one image at a time), {k_retrain} images", k_retrain, retrain.seconds],
     ]

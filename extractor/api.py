@@ -22,6 +22,7 @@ from ..shared.cache.split import SPLITS, parse_fractions
 from ..shared.errors import FeatcacheError, NotACacheError
 from .inputs import DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_PIXELS
 from .ray_runner import DEFAULT_MAX_RETRIES
+from .records import is_url
 from .runner import ExtractConfig, ExtractReport
 
 Log = Callable[[str], None]
@@ -131,6 +132,8 @@ def extract(
     crop_scale: str | Sequence[float] = DEFAULT_CROP_SCALE,
     crop_ratio: str | Sequence[float] = DEFAULT_CROP_RATIO,
     resize: str = DEFAULT_RESIZE,
+    source_format: str | None = None,
+    tfrecord_keys: str | None = None,
     progress: bool = True,
     log: Log | None = None,
 ) -> ExtractResult:
@@ -148,7 +151,11 @@ def extract(
     inputs that are not regular files, files over ``max_input_bytes`` and images declaring more than
     ``max_pixels`` pixels (docs/inputs.md); ``strict=True`` raises at the first one instead.
     ``source`` is a folder of class folders (optionally under train/ val/ test/),
-    a folder of unlabelled images, a CSV ``path[,label[,split]]`` or a .txt list of paths.
+    a folder of unlabelled images, a CSV ``path[,label[,split]]`` or a .txt list of paths, or
+    TFRecord files or WebDataset tar shards (a file, a folder of them, a glob pattern, or a list file;
+    local or at a ``tf.io.gfile`` URL such as ``gs://``); ``source_format`` (``"tfrecord"``, ``"tar"``,
+    ``"folder"``, ``"csv"``, ``"list"``) says which when the names do not, and ``tfrecord_keys``
+    (``"image=KEY,label=KEY,text=KEY,id=KEY"``) names other Example features (docs/inputs.md).
 
     ``backbone``: a registered name (docs/backbones.md), ``module:attribute``, or a saved Keras model
     file, whose layer ``layer`` gives the maps and whose input ``preprocess`` says how to prepare
@@ -189,7 +196,9 @@ def extract(
             "each must be at least 1"
         )
     cfg = ExtractConfig(
-        source=Path(source),
+        source=str(source) if is_url(str(source)) else Path(source),
+        source_format=source_format,
+        tfrecord_keys=tfrecord_keys,
         cache=Path(cache),
         backbone=backbone,
         weights=str(weights),

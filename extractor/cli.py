@@ -40,11 +40,14 @@ def _list_backbones(value: str) -> str:
 @app.command()
 def extract(
     source: Annotated[
-        Path,
+        str,
         typer.Argument(
             help=(
                 "Images: a folder of class sub-folders (optionally under train/, val/, test/), a folder of "
-                "unlabelled images, a CSV 'path[,label[,split]]', or a .txt list of paths."
+                "unlabelled images, a CSV 'path[,label[,split]]', a .txt list of paths, or TFRecord files "
+                "(.tfrecord/.tfrec, .gz for GZIP) or WebDataset tar shards: one file, a folder of them, a quoted "
+                "glob pattern ('data/*.tfrecord') or a .txt list of them; TFRecord and tar files may be "
+                "tf.io.gfile URLs (gs://...)."
             ),
             show_default=False,
         ),
@@ -306,6 +309,27 @@ def extract(
             )
         ),
     ] = DEFAULT_RESIZE,
+    source_format: Annotated[
+        Optional[str],
+        typer.Option(
+            help=(
+                "What SOURCE is when its name does not say: folder, csv, list, tfrecord or tar (default: told "
+                "by the names: .csv, .txt/.lst, .tfrecord/.tfrecords/.tfrec[.gz], .tar/.tar.gz/.tgz)."
+            ),
+            show_default=False,
+        ),
+    ] = None,
+    tfrecord_keys: Annotated[
+        Optional[str],
+        typer.Option(
+            help=(
+                "tf.train.Example feature names, as 'image=KEY,label=KEY,text=KEY,id=KEY' (any subset). Defaults: "
+                "image=image/encoded, label=image/class/label (class number), text=image/class/text (class "
+                "name), id=image/filename, else image/source_id."
+            ),
+            show_default=False,
+        ),
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     debug: Annotated[bool, typer.Option(help="Show the full traceback on errors.")] = False,
 ) -> None:
@@ -354,6 +378,8 @@ def extract(
             crop_scale=crop_scale,
             crop_ratio=crop_ratio,
             resize=resize,
+            source_format=source_format,
+            tfrecord_keys=tfrecord_keys,
             progress=progress,
             log=_err,
         )

@@ -4,11 +4,12 @@ Decoding, resizing and preprocessing run in tf.data's parallel map on all cores 
 works on the previous batches. Batches never straddle two shards: each shard is batched on its own,
 so a shard's rows are computed in the same batches whether the run was resumed or not.
 
-Inputs are read by :func:`featcache.extractor.inputs.read_input` (not ``tf.io.read_file``): what is
-not a regular file, or is larger than ``max_input_bytes``, or declares more than ``max_pixels``
-pixels, is refused before it is read whole or decoded. An input that is refused or fails to decode
-is dropped in the pipeline (``ignore_errors``); the writer sees its index missing when the shard
-ends and asks :func:`diagnose` for the reason.
+Inputs are read by the source (``Source.read``: :func:`featcache.extractor.inputs.read_input` for
+files, :mod:`featcache.extractor.records` for records in TFRecord or tar containers and for URLs;
+not ``tf.io.read_file``): what is not a regular file, or is larger than ``max_input_bytes``, or
+declares more than ``max_pixels`` pixels, is refused before it is read whole or decoded. An input
+that is refused or fails to decode is dropped in the pipeline (``ignore_errors``); the writer sees
+its index missing when the shard ends and asks :func:`diagnose` for the reason.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 from ..shared.backbones import DEFAULT_RESIZE, Augment, import_tensorflow
 from ..shared.cores import usable_cores
 from .inputs import InputLimits, RefusedInput, read_input
+from .records import is_url
 
 tf = import_tensorflow()
 
@@ -126,7 +128,7 @@ def make_view(img: Any, image_id: Any, view: int, size: tuple[int, int], augment
 
 
 def make_dataset(
-    paths: Sequence[bytes],
+    read: Callable[[int], bytes],
     shard_ranges: Sequence[range],
     *,
     batch_size: int,
@@ -134,21 +136,21 @@ def make_dataset(
     preprocess: Preprocess,
     ids: Sequence[str] | None = None,
     augment: Augment | None = None,
-    limits: InputLimits = InputLimits(),
+    sequential_reads: bool = False,
 ) -> Any:
     """A dataset of ``(index (b,) int64, images (b, H, W, 3) float32)`` over the given shards, in order;
     with ``augment.views`` ``V > 1``, ``images`` is ``(b, V, H, W, 3)`` (:func:`make_view`, seeded by
     the ``ids``) and ``b`` is ``batch_size // V`` (at least 1), so a backbone call stays about
     ``batch_size`` images.
 
-    ``paths`` (and ``ids``) are the whole listing; ``shard_ranges`` the listing positions of each shard
-    to compute. Only those shards' paths become a tensor (a worker of one part of ten million images
-    holds its part's paths, not all of them). ``limits`` bound what one input may cost (see
-    :func:`read_checked`).
+    ``read(i)`` gives the encoded bytes of listing position ``i`` (``Source.read`` under the run's
+    limits: a whole file, or a record in a container) or raises (the input is then dropped);
+    ``shard_ranges`` are the listing positions of each shard to compute. With ``sequential_reads``
+    the reads run one at a time in listing order (records of gzip'd containers, read as a stream);
+    decoding stays parallel either way. ``ids`` (the whole listing's) seed the views.
     """
     augment = augment or Augment()
     views = augment.views
-    todo_paths = tf.constant([paths[i] for r in shard_ranges for i in r], dtype=tf.string)
     todo_ids = tf.constant([ids[i] for r in shard_ranges for i in r] if views > 1 else [""], dtype=tf.string)
     starts = tf.constant([r.start for r in shard_ranges], dtype=tf.int64)
     stops = tf.constant([r.stop for r in shard_ranges], dtype=tf.int64)
@@ -156,8 +158,13 @@ def make_dataset(
     if views > 1:
         batch_size = max(1, batch_size // views)
 
-    def load(i: Any, at: Any) -> tuple[Any, Any]:
-        img = decode(read_checked(tf.gather(todo_paths, at), limits), size)
+    def fetch(i: Any, at: Any) -> tuple[Any, Any, Any]:
+        data = tf.py_function(lambda k: read(int(k.numpy())), [i], tf.string)
+        data.set_shape([])
+        return i, at, data
+
+    def load(i: Any, at: Any, data: Any) -> tuple[Any, Any]:
+        img = decode(data, size)
         if views == 1:
             return i, preprocess(resize(img, size, augment.resize))
         image_id = tf.gather(todo_ids, at)
@@ -167,6 +174,7 @@ def make_dataset(
         return (
             tf.data.Dataset.range(start, stop)
             .map(lambda i: (i, i - start + offset))
+            .map(fetch, **({} if sequential_reads else {"num_parallel_calls": decode_threads(), "deterministic": True}))
             .map(load, num_parallel_calls=decode_threads(), deterministic=True)
             .ignore_errors()
             .batch(batch_size)
@@ -180,15 +188,6 @@ def make_dataset(
     return ds.prefetch(PREFETCH_BATCHES).with_options(options)
 
 
-def read_checked(path: Any, limits: InputLimits) -> Any:
-    """The bytes of the file at ``path`` (a scalar string tensor) as a scalar string tensor, read by
-    :func:`~featcache.extractor.inputs.read_input` under ``limits``; a refused or unreadable input
-    makes the op fail (the pipeline then drops it)."""
-    data = tf.py_function(lambda p: read_input(p.numpy(), limits), [path], tf.string)
-    data.set_shape([])
-    return data
-
-
 def op_error_text(exc: Exception) -> str:
     """A TensorFlow op error's message without the graph-node prefix and op suffix, on one line."""
     text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", getattr(exc, "message", str(exc)))
@@ -197,16 +196,23 @@ def op_error_text(exc: Exception) -> str:
 
 
 def diagnose(
-    path: bytes, size: tuple[int, int], limits: InputLimits = InputLimits(), policy: str = DEFAULT_RESIZE
+    path: bytes,
+    size: tuple[int, int],
+    limits: InputLimits = InputLimits(),
+    policy: str = DEFAULT_RESIZE,
+    read: Callable[[], bytes] | None = None,
 ) -> str:
-    """Why ``path`` could not be used, in a few words (called only for inputs the pipeline dropped)."""
+    """Why an input could not be used, in a few words (called only for inputs the pipeline dropped):
+    ``path`` is its file (or its container, or a URL), ``read()`` reads it again (default: the whole
+    local file under ``limits``)."""
     name = os.fsdecode(path)
-    if os.path.islink(name) and not os.path.exists(name):
-        return "broken symlink"
-    if not os.path.exists(name):
-        return "file not found"
+    if not is_url(name):
+        if os.path.islink(name) and not os.path.exists(name):
+            return "broken symlink"
+        if not os.path.exists(name):
+            return "file not found"
     try:
-        data = read_input(path, limits)
+        data = read() if read is not None else read_input(path, limits)
     except RefusedInput as exc:
         return str(exc)
     except OSError as exc:

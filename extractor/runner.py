@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -36,6 +36,7 @@ from ..shared.cache.manifest import FailedInput, Manifest
 from ..shared.cache.parts import WHOLE, Finalized, Part
 from ..shared.cache.writer import CacheWriter, storage_options
 from .inputs import DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_PIXELS, InputLimits
+from .records import close_streams
 from .sources import Source, open_source
 
 Log = Callable[[str], None]
@@ -45,8 +46,10 @@ Log = Callable[[str], None]
 class ExtractConfig:
     """Everything one extract run needs; the CLI options map onto these one to one."""
 
-    source: Path
+    source: Path | str  # a str keeps a URL's "//" (a Path would fold it)
     cache: Path
+    source_format: str | None = None  # sources.SOURCE_FORMATS; None: told by the names
+    tfrecord_keys: str | None = None  # "image=KEY,label=KEY,text=KEY,id=KEY" (sources.TFRecordKeys)
     backbone: str = "mobilenet_v2"
     weights: str = "imagenet"
     layer: str | None = None  # with a model file as backbone: the layer whose output is the maps
@@ -173,7 +176,7 @@ def run_extract(cfg: ExtractConfig, log: Log = print) -> ExtractReport:
     """Fill (or resume) the cache at ``cfg.cache`` from ``cfg.source``; see :class:`ExtractConfig`."""
     t_start = time.perf_counter()
     cfg.limits()  # bad limits fail before any work
-    source = open_source(cfg.source)
+    source = open_source(cfg.source, cfg.source_format, cfg.tfrecord_keys)
     for note in source.notes:
         log(f"note: {note}")
     spec = get_backbone(cfg.backbone, layer=cfg.layer, preprocess=cfg.preprocess)
@@ -232,17 +235,12 @@ def run_extract(cfg: ExtractConfig, log: Log = print) -> ExtractReport:
 def cache_view(source: Source, listing: dict[str, np.ndarray]) -> Source:
     """``source`` indexed by the cache's listing positions (an updated cache's order, which appends
     new inputs after the old ones): ids, labels and splits as the listing records them, and the
-    source's path for each id it still has (an empty path for the others, which are retired and
-    never read again)."""
-    where = {i: k for k, i in enumerate(source.ids)}
-    ids = [str(i) for i in listing["id"].tolist()]
-    return replace(
-        source,
-        paths=[source.paths[where[i]] if i in where else b"" for i in ids],
-        ids=ids,
-        labels=np.asarray(listing["label"], dtype=np.int32),
-        splits=np.asarray(listing["split"], dtype=np.int8),
-        _listing=None,
+    source's path (and record) for each id it still has (an empty path for the others, which are
+    retired and never read again)."""
+    return source.reindexed(
+        [str(i) for i in listing["id"].tolist()],
+        np.asarray(listing["label"], dtype=np.int32),
+        np.asarray(listing["split"], dtype=np.int8),
     )
 
 
@@ -270,14 +268,14 @@ def _extract(
     limits = cfg.limits()
     augment = cfg.augment
     ds = pipeline.make_dataset(
-        source.paths,
+        lambda i: source.read(i, limits),
         ranges,
         batch_size=cfg.batch_size,
         size=spec.input_size,
         preprocess=spec.preprocess_fn(),
-        limits=limits,
         ids=source.ids,
         augment=augment,
+        sequential_reads=source.sequential_reads,
     )
     bar = tqdm(total=sum(len(r) for r in ranges), unit="img", disable=not cfg.progress, dynamic_ncols=True)
 
@@ -292,7 +290,9 @@ def _extract(
         cache,
         source,
         todo,
-        lambda i: pipeline.diagnose(source.paths[i], spec.input_size, limits, augment.resize),
+        lambda i: pipeline.diagnose(
+            source.paths[i], spec.input_size, limits, augment.resize, read=lambda: source.read(i, limits)
+        ),
         strict=cfg.strict,
         on_shard=on_shard,
     )
@@ -336,6 +336,7 @@ def _extract(
         raise
     finally:
         bar.close()
+        close_streams()
     report.seconds = time.perf_counter() - t_loop
     report.rows = sink.stats.rows
     report.failed = sink.stats.failed

@@ -141,7 +141,10 @@ class ShardSink:
         failed = [FailedInput(int(i), self.source.ids[i], self.diagnose(int(i)), shard) for i in missing]
         if failed and self.strict:
             f = failed[0]
-            raise BadInputError(f"{self.source.paths[f.index].decode(errors='replace')}: {f.reason} (strict=True)")
+            where = self.source.paths[f.index].decode(errors="replace")
+            if self.source.records is not None:  # a record: its container and its id
+                where += f" ({f.id})"
+            raise BadInputError(f"{where}: {f.reason} (strict=True)")
         t0 = time.perf_counter()
         self.cache.commit_shard(writer, failed)
         self.stats.write_seconds += time.perf_counter() - t0

@@ -1,6 +1,6 @@
 """Image sources: turn what the user points at into a deterministic, labelled input listing.
 
-Three kinds:
+Kinds (docs/inputs.md):
 
 * a folder of class sub-folders (Keras ``image_dataset_from_directory`` convention: class names are
   the sorted folder names, images found recursively inside each); when the top level is ``train/``,
@@ -9,7 +9,10 @@ Three kinds:
 * a folder of images with no sub-folders (unlabelled);
 * a CSV ``path[,label[,split]]`` (header optional, columns found by name; labels are class names or
   class numbers; empty label means unknown; paths relative to the CSV's folder), or a
-  ``.txt``/``.lst`` list of paths.
+  ``.txt``/``.lst`` list of paths;
+* TFRecord files and WebDataset tar shards (:func:`from_tfrecords`, :func:`from_tars`), each record
+  an input read later as a slice of its file (:mod:`featcache.extractor.records`);
+* any of these at a URL (``gs://``..., through ``tf.io.gfile``); CSV and list rows may be URLs.
 
 Hidden entries and known junk folders (:data:`IGNORED_FOLDERS`) are skipped everywhere. Ids and
 class names are valid UTF-8 whatever the file names' bytes, and distinct names give distinct ids
@@ -21,19 +24,27 @@ docs/inputs.md is the user's description of these rules.
 from __future__ import annotations
 
 import csv
+import glob
 import hashlib
+import io
+import json
 import os
 import re
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from ..shared.cache.schema import NO_SPLIT, SPLIT_CODES, SPLIT_FOLDER_ALIASES, UNKNOWN_LABEL
-from ..shared.errors import BadInputError
+from ..shared.errors import BadInputError, FeatcacheError
+from . import records
+from .inputs import InputLimits, RefusedInput, check_pixels, read_input
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif"})
 LIST_SUFFIXES = frozenset({".txt", ".lst"})
+MAX_LIST_BYTES = 1 << 30  # a CSV read from a URL is read whole, at most this large
 # Folders that tools leave beside the data (hidden ones, starting with ".", are skipped too:
 # .ipynb_checkpoints, .git, .Trash-1000...): never a class, a split or a source of images.
 IGNORED_FOLDERS = frozenset(
@@ -70,16 +81,19 @@ class Source:
     ``paths`` are file-system paths as bytes (any name the OS allows); ``ids`` the UTF-8 ids stored in
     the cache; ``labels`` ``(n,)`` int32 (-1 unknown); ``splits`` ``(n,)`` int8 (-1 when the source
     gives none); ``classes`` the class names in label order; ``notes`` things the user should hear.
+    For TFRecord and tar sources, ``paths`` are the container files (or URLs) and ``records`` says
+    where in its container each input is (:class:`~featcache.extractor.records.Records`).
     """
 
     kind: str
-    root: Path
+    root: Path | str  # a str for a URL
     paths: list[bytes]
     ids: list[str]
     labels: np.ndarray
     splits: np.ndarray
     classes: list[str]
     notes: list[str] = field(default_factory=list)
+    records: records.Records | None = None
     _listing: dict[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -90,19 +104,52 @@ class Source:
         """Where per-row splits come from, or None when the hash split applies to every row."""
         if not np.any(self.splits != NO_SPLIT):
             return None
+        if self.records is not None:
+            return "file names"
         return "csv" if self.kind == "csv" else "folders"
+
+    @property
+    def sequential_reads(self) -> bool:
+        """Whether inputs must be read in listing order (records in gzip'd containers: see
+        :mod:`featcache.extractor.records`)."""
+        return self.records is not None and any(records.is_gzip(p) for p in set(self.paths))
+
+    def read(self, i: int, limits: InputLimits) -> bytes:
+        """The encoded image of input ``i`` (a whole file, or a record inside its container), or
+        :class:`RefusedInput` / ``OSError`` saying why not."""
+        path = self.paths[i]
+        if self.records is None:
+            if not records.is_url(path):
+                return read_input(path, limits)  # checks the pixels too
+            data = records.read_url(path, limits)
+            check_pixels(data, limits)
+            return data
+        data = self.records.read(i, path, limits)
+        check_pixels(data, limits)
+        return data
+
+    def reindexed(self, ids: list[str], labels: np.ndarray, splits: np.ndarray) -> Source:
+        """This source indexed by ``ids`` (a cache's listing order) with those ``labels`` and
+        ``splits``; an id the source no longer has gets an empty path (never read again)."""
+        where = {i: k for k, i in enumerate(self.ids)}
+        pos = np.array([where.get(i, -1) for i in ids], dtype=np.int64)
+        return replace(
+            self,
+            paths=[self.paths[k] if k >= 0 else b"" for k in pos.tolist()],
+            ids=ids,
+            labels=labels,
+            splits=splits,
+            records=None if self.records is None else self.records.take(pos),
+            _listing=None,
+        )
 
     def listing(self) -> dict[str, np.ndarray]:
         """The listing as arrays (see :mod:`featcache.shared.cache.listing`): ids, labels, splits and each file's size
-        and modification time (-1 and 0 when it cannot be stat'ed), read once and kept."""
+        and modification time (-1 and 0 when it cannot be stat'ed; a record's are its container's), read
+        once and kept."""
         if self._listing is None:
-            stats = []
-            for p in self.paths:
-                try:
-                    st = os.stat(p)
-                    stats.append((st.st_size, st.st_mtime_ns))
-                except OSError:
-                    stats.append((-1, 0))
+            seen: dict[bytes, tuple[int, int]] = {}
+            stats = [seen[p] if p in seen else seen.setdefault(p, records.stat_path(p)) for p in self.paths]
             st_arr = np.array(stats, dtype=np.int64).reshape(-1, 2)
             self._listing = {
                 "id": np.array(self.ids, dtype=str),
@@ -138,27 +185,51 @@ def _is_image(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _walk_images(top: Path) -> list[str]:
+class UrlFolder(str):
+    """A folder URL that joins like a ``Path`` (``url / name``) without folding its ``//``; listed
+    through ``tf.io.gfile``."""
+
+    def __truediv__(self, name: str) -> UrlFolder:
+        return UrlFolder(f"{self.rstrip('/')}/{name}")
+
+    def resolve(self) -> UrlFolder:
+        return self
+
+
+def _entries(path: Path | UrlFolder) -> list[tuple[str, bool]]:
+    """``(name, is a folder)`` of what ``path`` holds (following symlinks, as ``os.scandir`` does)."""
+    if isinstance(path, UrlFolder):
+        g = records.gfile()
+        return [(n.rstrip("/"), bool(g.isdir(path / n.rstrip("/")))) for n in g.listdir(path)]
+    return [(e.name, e.is_dir()) for e in os.scandir(path) if e.is_dir() or e.is_file()]
+
+
+def _walk_images(top: Path | UrlFolder) -> list[str]:
     """Image files under ``top`` (recursively, hidden entries skipped) as paths relative to ``top``."""
     found = []
-    for dirpath, dirnames, filenames in os.walk(top):
-        dirnames[:] = [d for d in dirnames if not _ignored(d)]
-        rel = os.path.relpath(dirpath, top)
+    for dirpath, dirnames, filenames in records.gfile().walk(top) if isinstance(top, UrlFolder) else os.walk(top):
+        dirnames[:] = [d for d in dirnames if not _ignored(d.rstrip("/"))]
+        if isinstance(top, UrlFolder):
+            rel = dirpath[len(top) :].strip("/") or "."
+        else:
+            rel = os.path.relpath(dirpath, top)
         for name in filenames:
             if not name.startswith(".") and _is_image(name):
                 found.append(name if rel == "." else os.path.join(rel, name))
     return found
 
 
-def _subdirs(path: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(path) if e.is_dir() and not _ignored(e.name))
+def _subdirs(path: Path | UrlFolder) -> list[str]:
+    return sorted(n for n, is_dir in _entries(path) if is_dir and not _ignored(n))
 
 
-def _top_images(path: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(path) if e.is_file() and not e.name.startswith(".") and _is_image(e.name))
+def _top_images(path: Path | UrlFolder) -> list[str]:
+    return sorted(n for n, is_dir in _entries(path) if not is_dir and not n.startswith(".") and _is_image(n))
 
 
-def _from_entries(kind: str, root: Path, entries: list[tuple[str, str | None, int]], notes: list[str]) -> Source:
+def _from_entries(
+    kind: str, root: Path | UrlFolder, entries: list[tuple[str, str | None, int]], notes: list[str]
+) -> Source:
     """``entries`` are ``(relative path, class folder name or None, split code)``, sorted here by id;
     class names are the folder names as :func:`display_id` shows them."""
     entries = sorted(entries, key=lambda e: e[0])
@@ -177,12 +248,12 @@ def _from_entries(kind: str, root: Path, entries: list[tuple[str, str | None, in
     )
 
 
-def from_folder(root: Path) -> Source:
+def from_folder(root: Path | UrlFolder) -> Source:
     """A folder source; see the module docstring for the layouts."""
     root = root.resolve()
     subdirs = _subdirs(root)
     notes: list[str] = []
-    junk = sorted(e.name for e in os.scandir(root) if e.is_dir() and e.name in IGNORED_FOLDERS)
+    junk = sorted(n for n, is_dir in _entries(root) if is_dir and n in IGNORED_FOLDERS)
     if junk:
         notes.append(f"{root}: ignored folders {', '.join(junk)}")
     entries: list[tuple[str, str | None, int]] = []
@@ -228,11 +299,23 @@ def _parse_split(value: str, where: str) -> int:
         raise BadInputError(f"{where}: unknown split {value!r} (use train, val or test)") from None
 
 
-def _same_file(root: Path, written: str) -> str:
+def _join(root: Path | str, written: str) -> str:
+    """Where a listed path is: a URL as written; a path relative to ``root`` (a folder, or a URL's
+    folder) joined to it; ``~`` expanded."""
+    if records.is_url(written):
+        return written
+    if records.is_url(str(root)):
+        return f"{str(root).rstrip('/')}/{written}"
+    return os.path.join(root, os.path.expanduser(written))
+
+
+def _same_file(root: Path | str, written: str) -> str:
     """The key under which two spellings of one file meet (``img/a.jpg``, ``./img/a.jpg``,
-    ``x/../img/a.jpg``, an absolute path, a symlink): the path resolved like the file system does.
-    Nothing is opened (a FIFO or device in the listing is refused later, by the reader)."""
-    return os.path.realpath(os.path.join(root, os.path.expanduser(written)))
+    ``x/../img/a.jpg``, an absolute path, a symlink): the path resolved like the file system does
+    (a URL: as written). Nothing is opened (a FIFO or device in the listing is refused later, by the
+    reader)."""
+    where = _join(root, written)
+    return where if records.is_url(where) else os.path.realpath(where)
 
 
 def _is_file(root: Path, written: str) -> bool:
@@ -296,16 +379,21 @@ def _class_numbers(items: list[tuple[int, str, str, int]], where: Path) -> tuple
     return classes, [number[lab] if lab else UNKNOWN_LABEL for _, _, lab, _ in items]
 
 
-def from_csv(path: Path) -> Source:
+def from_csv(path: Path | str) -> Source:
     """A CSV source ``path[,label[,split]]`` (see :func:`_csv_columns` for the header); a row naming
     the same file as an earlier one (however spelled) is dropped with a note when it agrees, refused
     when its label or split differs."""
-    path = path.resolve()
-    root = path.parent
+    url = records.is_url(str(path))
+    path = str(path) if url else Path(path).resolve()  # type: ignore[assignment]
+    root: Path | str = str(path).rsplit("/", 1)[0] if url else path.parent
     try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            rows = [(n, [c.strip() for c in r]) for n, r in enumerate(csv.reader(fh), start=1)]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        if url:
+            text = records.read_url(str(path), InputLimits(max_input_bytes=MAX_LIST_BYTES)).decode("utf-8-sig")
+        else:
+            with open(path, newline="", encoding="utf-8-sig") as fh:
+                text = fh.read()
+        rows = [(n, [c.strip() for c in r]) for n, r in enumerate(csv.reader(io.StringIO(text, newline="")), start=1)]
+    except (OSError, UnicodeDecodeError, csv.Error, RefusedInput) as exc:
         raise BadInputError(f"{path}: cannot read CSV ({exc})") from None
     rows = [(n, r) for n, r in rows if r and any(r)]
     cols, header = _csv_columns(rows, root, path)
@@ -342,7 +430,7 @@ def from_csv(path: Path) -> Source:
     return Source(
         kind="csv",
         root=root,
-        paths=[os.fsencode(root / os.path.expanduser(p)) for _, p, _, _ in items],
+        paths=[os.fsencode(_join(root, p)) for _, p, _, _ in items],
         ids=[p for _, p, _, _ in items],
         labels=np.array(labels, dtype=np.int32),
         splits=np.array([s for *_, s in items], dtype=np.int8),
@@ -369,7 +457,7 @@ def from_list(path: Path) -> Source:
     return Source(
         kind="list",
         root=path.parent,
-        paths=[os.fsencode(path.parent / p) for p in ids],
+        paths=[os.fsencode(_join(path.parent, p)) for p in ids],
         ids=ids,
         labels=np.full(len(ids), UNKNOWN_LABEL, dtype=np.int32),
         splits=np.full(len(ids), NO_SPLIT, dtype=np.int8),
@@ -377,15 +465,343 @@ def from_list(path: Path) -> Source:
     )
 
 
-def open_source(path: str | os.PathLike[str]) -> Source:
-    """The source at ``path``: a folder, a ``.csv``, or a ``.txt``/``.lst`` list."""
-    p = Path(path).expanduser()
-    if p.is_dir():
-        return from_folder(p)
-    if not p.exists():
-        raise BadInputError(f"{p}: no such file or folder")
-    if p.suffix.lower() == ".csv":
-        return from_csv(p)
-    if p.suffix.lower() in LIST_SUFFIXES:
-        return from_list(p)
-    raise BadInputError(f"{p}: not a folder, .csv or .txt/.lst list of images")
+# -- record-based sources: TFRecord files and tar shards -------------------------------------------
+
+SOURCE_FORMATS = ("auto", "folder", "csv", "list", *records.RECORD_FORMATS)
+TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".tfrec")
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+# A TFRecord record larger than this is not read at listing time (it is listed, and refused when read).
+MAX_LISTED_RECORD_BYTES = 256 * 1024 * 1024
+# Tar members holding a label (WebDataset): the class as text, or JSON (a number, a name, or an
+# object with one of JSON_LABEL_KEYS).
+TAR_LABEL_EXTENSIONS = ("cls", "json")
+JSON_LABEL_KEYS = ("label", "cls", "class")
+_SPLIT_PREFIX = re.compile(r"(train|validation|valid|val|test)(?=[-_.]|$)", re.IGNORECASE)
+EXAMPLES = 3
+
+
+@dataclass(frozen=True)
+class TFRecordKeys:
+    """Which ``tf.train.Example`` features hold what: the encoded ``image``, the class number
+    ``label`` (int64), the class name ``text`` (bytes) and the record's ``id`` (the first of these
+    keys a record has). Defaults: the TensorFlow Object Detection / Slim names."""
+
+    image: str = records.DEFAULT_IMAGE_KEY
+    label: str = "image/class/label"
+    text: str = "image/class/text"
+    id: tuple[str, ...] = ("image/filename", "image/source_id")
+
+    @classmethod
+    def parse(cls, spec: str | Mapping[str, str] | TFRecordKeys | None) -> TFRecordKeys:
+        """``"image=jpeg,label=y"`` (or a mapping) over the defaults; one-line error naming ``tfrecord_keys``."""
+        if spec is None or isinstance(spec, TFRecordKeys):
+            return spec or cls()
+        pairs = spec.items() if isinstance(spec, Mapping) else [p.partition("=")[::2] for p in spec.split(",") if p]
+        out: dict[str, object] = {}
+        for name, key in pairs:
+            name, key = name.strip(), key.strip()
+            if name not in ("image", "label", "text", "id") or not key:
+                raise FeatcacheError(
+                    f"tfrecord_keys={spec!r}: expected 'name=feature' pairs with name image, label, text or id"
+                )
+            out[name] = (key,) if name == "id" else key
+        return cls(**out)  # type: ignore[arg-type]
+
+    def wanted(self) -> set[str]:
+        return {self.label, self.text, *self.id}
+
+
+def container_format(name: str) -> str | None:
+    """``"tfrecord"`` or ``"tar"`` by the file name (``.tfrecord``/``.tfrecords``/``.tfrec``, each
+    optionally ``.gz``; ``.tar``, ``.tar.gz``, ``.tgz``), else None."""
+    low = name.lower()
+    if low.endswith(TAR_SUFFIXES):
+        return "tar"
+    for gz in records.GZIP_SUFFIXES:
+        if low.endswith(gz):
+            low = low[: -len(gz)]
+            break
+    return "tfrecord" if low.endswith(TFRECORD_SUFFIXES) else None
+
+
+def _split_of_file(path: str) -> int:
+    """The split a container's file name gives (``train-00001-of-00010.tfrecord``), or NO_SPLIT."""
+    m = _SPLIT_PREFIX.match(path.replace("\\", "/").rsplit("/", 1)[-1])
+    return SPLIT_CODES[SPLIT_FOLDER_ALIASES[m.group(1).lower()]] if m else NO_SPLIT
+
+
+def _container_name(path: str, root: str) -> str:
+    """A container's name in ids: its path relative to the source's root (``/``-separated)."""
+    if records.is_url(path):
+        return path[len(root) :].lstrip("/") if path.startswith(root) else path
+    return display_id(os.path.relpath(path, root).replace(os.sep, "/"))
+
+
+def _open_container(path: str):
+    try:
+        return records.open_stream(path)
+    except (OSError, RefusedInput) as exc:
+        raise BadInputError(f"{path}: cannot read ({exc})") from None
+
+
+def _numbered(
+    kind: str, root: str, rows: list[tuple[str, int, int, str, str | None, int]], notes: list[str], **extra
+) -> Source:
+    """A record-based Source from ``rows`` ``(container, offset, length, fallback id, own id or None,
+    split)`` plus ``extra`` (labels as text: ``label_text``, list; problems; records' format...)."""
+    own = [r[4] for r in rows]
+    ids = [o if o is not None else r[3] for o, r in zip(own, rows, strict=True)]
+    if len(set(ids)) < len(ids):
+        dup = Counter(ids).most_common(1)[0][0]
+        notes.append(f"{root}: record ids are not unique (e.g. {dup!r}): ids are 'FILE#RECORD' instead")
+        ids = [r[3] for r in rows]
+    label_text: list[str] = extra.pop("label_text")
+    items = [(k, ids[k], lab, rows[k][5]) for k, lab in enumerate(label_text)]
+    classes, labels = _class_numbers(items, Path(root))
+    names: dict[int, set[str]] = extra.pop("names", {})
+    if names and all(len(v) == 1 for v in names.values()):  # class numbers with their names
+        named = [next(iter(names[k])) if k in names else c for k, c in enumerate(classes)]
+        if len(set(named)) == len(named):
+            classes = named
+    unlabelled = [ids[k] for k, lab in enumerate(label_text) if not lab]
+    if unlabelled and len(unlabelled) < len(ids):
+        notes.append(
+            f"{root}: {len(unlabelled)} records have no label (unknown, -1), e.g. {', '.join(unlabelled[:EXAMPLES])}"
+        )
+    return Source(
+        kind=kind,
+        root=root if records.is_url(root) else Path(root),
+        paths=[os.fsencode(r[0]) for r in rows],
+        ids=ids,
+        labels=np.array(labels, dtype=np.int32),
+        splits=np.array([r[5] for r in rows], dtype=np.int8),
+        classes=classes,
+        notes=notes,
+        records=records.Records(
+            kind,
+            np.array([r[1] for r in rows], dtype=np.int64),
+            np.array([r[2] for r in rows], dtype=np.int64),
+            extra.pop("problems"),
+            **extra,
+        ),
+    )
+
+
+def from_tfrecords(files: list[str], root: str, keys: TFRecordKeys | None = None) -> Source:
+    """TFRecord files of ``tf.train.Example`` records, each record an input, in file then record order.
+
+    Id: the record's own id (the first of ``keys.id`` it has, shown as :func:`display_id` does) when
+    the ids so made are distinct, else ``FILE#RECORD`` (the file relative to ``root``, the record's
+    number from 0) for every record. Label: ``keys.label`` (class numbers, named by ``keys.text``
+    when each number has one name) or, without numbers, ``keys.text`` (class names, sorted). Split:
+    the file name's (``train-*``, ``val*``, ``test*``), else the hash of the id. A record that is
+    cut or not an Example is listed and fails when read, with the reason."""
+    keys = keys or TFRecordKeys()
+    wanted = keys.wanted()
+    rows: list[tuple[str, int, int, str, str | None, int]] = []
+    label_text: list[str] = []
+    names: dict[int, set[str]] = {}
+    problems: dict[int, str] = {}
+    for f in files:
+        name, split = _container_name(f, root), _split_of_file(f)
+        with _open_container(f) as stream:
+            for k, rec in enumerate(records.scan_tfrecord(stream, MAX_LISTED_RECORD_BYTES)):
+                feats: dict = {}
+                if rec.problem is not None:
+                    problems[len(rows)] = rec.problem
+                else:
+                    try:
+                        feats = records.parse_example(rec.data, wanted)
+                    except ValueError as exc:
+                        problems[len(rows)] = f"not a tf.train.Example ({exc})"
+                own = _first_text(feats, keys.id)
+                rows.append((f, rec.offset, rec.length, f"{name}#{k}", own, split))
+                number = feats.get(keys.label)
+                text = _first_text(feats, (keys.text,)) or ""
+                if number and isinstance(number[0], int) and number[0] >= 0:
+                    label_text.append(str(number[0]))
+                    if text:
+                        names.setdefault(number[0], set()).add(text)
+                else:
+                    label_text.append("" if number else text)
+    if not rows:
+        raise BadInputError(f"{root}: the TFRecord files hold no records ({len(files)} files)")
+    if any(lab and not INTEGER_LABEL.fullmatch(lab) for lab in label_text) and names:
+        names = {}  # some records have only a name: the names are the classes
+    return _numbered(
+        "tfrecord", root, rows, [], label_text=label_text, names=names, problems=problems, image_key=keys.image
+    )
+
+
+def _first_text(feats: dict, keys: tuple[str, ...]) -> str | None:
+    """The first bytes value of the first of ``keys`` present in ``feats``, as an id-safe string."""
+    for key in keys:
+        value = feats.get(key)
+        if value and isinstance(value[0], bytes):
+            return display_id(value[0].decode("utf-8", "surrogateescape"))
+    return None
+
+
+def _tar_label(content: bytes | None, ext: str) -> str:
+    """A tar label member's class (number or name, as text; "" when there is none or it is unreadable)."""
+    if content is None:
+        return ""
+    try:
+        text = content.decode("utf-8").strip()
+        if ext == "json":
+            value = json.loads(text)
+            if isinstance(value, dict):
+                value = next((value[k] for k in JSON_LABEL_KEYS if k in value), None)
+            if isinstance(value, bool) or not isinstance(value, (int, str)):
+                return ""
+            text = str(value).strip()
+    except (UnicodeDecodeError, ValueError):
+        return ""
+    return text if "\n" not in text else ""
+
+
+def _image_extension(ext: str) -> bool:
+    return f".{ext.rsplit('.', 1)[-1]}" in IMAGE_EXTENSIONS
+
+
+def from_tars(files: list[str], root: str) -> Source:
+    """Tar shards in the WebDataset layout: members sharing a key (the path up to the first dot of
+    the base name) are one sample; its image is the ``.jpg``/``.jpeg``/``.png``/``.bmp``/``.gif``
+    member, its label the ``.cls`` member (a class number or name) or the ``.json`` one. Each sample
+    is an input, in archive order; id: the image member's name (``FILE#MEMBER`` for all when two
+    shards share names); split: the shard's file name's, as for TFRecord files. Nothing is extracted:
+    the image is read later as a slice of the archive."""
+    rows: list[tuple[str, int, int, str, str | None, int]] = []
+    label_text: list[str] = []
+    notes: list[str] = []
+    no_image: list[str] = []
+    for f in files:
+        name, split = _container_name(f, root), _split_of_file(f)
+        with _open_container(f) as stream:
+            members, problem = records.scan_tar(stream, TAR_LABEL_EXTENSIONS)
+        if problem:
+            notes.append(f"{f}: {problem}")
+        samples: dict[str, dict[str, records.TarMember]] = {}
+        for m in members:
+            samples.setdefault(records.member_key(m.name), {}).setdefault(records.member_extension(m.name), m)
+        for key, group in samples.items():
+            image = next((m for ext, m in group.items() if _image_extension(ext)), None)
+            if image is None:
+                no_image.append(f"{name}#{key}")
+                continue
+            own = display_id(image.name)
+            rows.append((f, image.offset, image.size, f"{name}#{own}", own, split))
+            label = next((_tar_label(group[e].content, e) for e in TAR_LABEL_EXTENSIONS if e in group), "")
+            label_text.append(label)
+    if no_image:
+        notes.append(f"{root}: {len(no_image)} samples without an image ignored, e.g. {', '.join(no_image[:EXAMPLES])}")
+    if not rows:
+        raise BadInputError(f"{root}: the tar files hold no images ({len(files)} files)")
+    return _numbered("tar", root, rows, notes, label_text=label_text, problems={})
+
+
+# -- opening a source -----------------------------------------------------------------------------
+
+
+def _exists(path: str) -> bool:
+    return records.url_exists(path) if records.is_url(path) else os.path.exists(path)
+
+
+def _isdir(path: str) -> bool:
+    return bool(records.gfile().isdir(path)) if records.is_url(path) else os.path.isdir(path)
+
+
+def _glob(pattern: str) -> list[str]:
+    return sorted(records.gfile().glob(pattern) if records.is_url(pattern) else glob.glob(pattern))
+
+
+def _folder_files(folder: str) -> list[str]:
+    """The non-hidden files directly in ``folder``, sorted."""
+    if records.is_url(folder):
+        g = records.gfile()
+        names = [n for n in g.listdir(folder) if not g.isdir(f"{folder.rstrip('/')}/{n}")]
+        return sorted(f"{folder.rstrip('/')}/{n}" for n in names if not n.startswith("."))
+    return sorted(e.path for e in os.scandir(folder) if e.is_file() and not e.name.startswith("."))
+
+
+def _containers(files: list[str], root: str, fmt: str, keys: TFRecordKeys | None, where: str) -> Source:
+    """Containers of one format (``fmt``: a record format, or "auto" to tell by the names)."""
+    if not records.is_url(root):
+        root = os.path.abspath(root)
+    files = [f if records.is_url(f) else os.path.abspath(f) for f in files]
+    if fmt == "auto":
+        kinds = {container_format(f) for f in files}
+        if len(kinds) != 1 or None in kinds:
+            shown = ", ".join(sorted(str(k) for k in kinds))
+            raise BadInputError(f"{where}: the files are not all TFRecord or all tar ({shown}); name source_format")
+        fmt = kinds.pop()  # type: ignore[assignment]
+    if fmt == "tfrecord":
+        return from_tfrecords(files, root, keys)
+    return from_tars(files, root)
+
+
+def _list_lines(path: str) -> list[str]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInputError(f"{path}: cannot read list ({exc})") from None
+    return [s for line in text.splitlines() if (s := line.strip()) and not s.startswith("#")]
+
+
+def open_source(
+    path: str | os.PathLike[str],
+    source_format: str | None = None,
+    tfrecord_keys: str | Mapping[str, str] | TFRecordKeys | None = None,
+) -> Source:
+    """The source at ``path``: a folder, a ``.csv``, a ``.txt``/``.lst`` list (of images, or of
+    container files), TFRecord files or tar shards (one file, a folder holding only them, a glob
+    pattern such as ``data/*.tfrecord``, or a list file naming them). ``source_format`` (one of
+    :data:`SOURCE_FORMATS`; default ``"auto"``: by the names) says which when names do not;
+    ``tfrecord_keys`` maps Example features (:meth:`TFRecordKeys.parse`). A path with a URL scheme
+    (``gs://``...) is read through ``tf.io.gfile``."""
+    fmt = source_format or "auto"
+    if fmt not in SOURCE_FORMATS:
+        raise FeatcacheError(f"source_format={fmt!r}: choose one of {', '.join(SOURCE_FORMATS)}")
+    keys = TFRecordKeys.parse(tfrecord_keys)
+    text = os.fspath(path)
+    if not records.is_url(text):
+        text = os.path.expanduser(text)
+    if glob.has_magic(text) and not _exists(text):
+        files = _glob(text)
+        if not files:
+            raise BadInputError(f"{text}: no file matches")
+        root = os.path.dirname(text[: min(text.index(c) for c in "*?[" if c in text)])
+        return _containers(files, root, "auto" if fmt not in records.RECORD_FORMATS else fmt, keys, text)
+    if _isdir(text):
+        files = _folder_files(text)
+        found = [f for f in files if container_format(f) == fmt or (fmt == "auto" and container_format(f))]
+        if fmt in records.RECORD_FORMATS or (fmt == "auto" and found and not _has_images(text)):
+            if not found and fmt in records.RECORD_FORMATS:
+                found = files  # named explicitly: every file in the folder
+            if not found:
+                raise BadInputError(f"{text}: no {fmt} files in the folder")
+            return _containers(found, text.rstrip("/"), fmt, keys, text)
+        return from_folder(UrlFolder(text.rstrip("/")) if records.is_url(text) else Path(text))
+    if not _exists(text):
+        raise BadInputError(f"{text}: no such file or folder")
+    suffix = os.path.splitext(text)[1].lower()
+    if fmt in records.RECORD_FORMATS or (fmt == "auto" and container_format(text)):
+        return _containers([text], os.path.dirname(text), fmt, keys, text)
+    if fmt == "csv" or (fmt == "auto" and suffix == ".csv"):
+        return from_csv(text if records.is_url(text) else Path(text))
+    if records.is_url(text):
+        raise BadInputError(f"{text}: only folders, CSV, TFRecord or tar files are read from URLs")
+    if fmt == "list" or (fmt == "auto" and suffix in LIST_SUFFIXES):
+        lines = _list_lines(text)
+        if lines and all(container_format(s) for s in lines):
+            base = os.path.dirname(os.path.abspath(text))
+            files = [s if records.is_url(s) else os.path.join(base, os.path.expanduser(s)) for s in lines]
+            return _containers(files, base, "auto", keys, text)
+        return from_list(Path(text))
+    raise BadInputError(f"{text}: not a folder, .csv, .txt/.lst list, TFRecord or tar file")
+
+
+def _has_images(folder: str) -> bool:
+    """Whether a folder holds images or sub-folders (then it is an image folder source)."""
+    where = UrlFolder(folder) if records.is_url(folder) else Path(folder)
+    return bool(_subdirs(where) or _top_images(where))

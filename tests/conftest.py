@@ -47,7 +47,8 @@ def extract(source: Path, cache: Path, **kw):
     kw.setdefault("shard_size", 4)
     kw.setdefault("batch_size", 3)
     kw.setdefault("progress", False)
-    return run_extract(ExtractConfig(source=Path(source), cache=Path(cache), **kw), log=lambda m: None)
+    source = source if isinstance(source, str) else Path(source)  # a str keeps a URL's "//"
+    return run_extract(ExtractConfig(source=source, cache=Path(cache), **kw), log=lambda m: None)
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,8 @@ Keras' MobileNetV2 has been reported at 61.6% ImageNet top-1 instead of 71.8% af
 slip, and feeding [0, 255] instead of [-1, 1] gives near 0%. Here featcache's own input path (the
 extractor's listing, decoding and resizing, the registry's preprocessing, the mapper) feeds each
 registered backbone's ImageNet classifier, with real weights, and every photograph of
-``../shared/data/sanity`` must come out as its known class, from a folder source and from a CSV source.
+``../shared/data/sanity`` must come out as its known class, from a folder source, a CSV source, a
+TFRecord file and a tar shard.
 
 Generic: every registered backbone with a ``build_top`` whose with-top weights file is available
 (``../shared/weights/<name>_*with_top*.h5``, or Keras' own file in its download cache) gets the check;
@@ -15,6 +16,8 @@ vector of each row is the class distribution. Skipped when the files are absent 
 from __future__ import annotations
 
 import dataclasses
+import io
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -92,11 +95,34 @@ def classifier_backbone(monkeypatch, name: str, **changes) -> str:
 
 
 def source_of(kind: str, tmp_path: Path) -> Path:
-    """The sanity photographs as a folder source, or as a CSV listing them in reverse order."""
+    """The sanity photographs as a folder source, a CSV listing them in reverse order, a TFRecord
+    file of tf.train.Example records (written by TensorFlow) or a WebDataset tar shard."""
     if kind == "folder":
         return SANITY_DIR
+    names = sorted(EXPECTED, reverse=True)
+    if kind == "tfrecord":
+        import tensorflow as tf
+
+        def feature(value: bytes):
+            return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+        path = tmp_path / "sanity.tfrecord"
+        with tf.io.TFRecordWriter(str(path)) as w:
+            for f in names:
+                feats = {"image/encoded": feature((SANITY_DIR / f).read_bytes()), "image/filename": feature(f.encode())}
+                w.write(tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString())
+        return path
+    if kind == "tar":
+        path = tmp_path / "sanity.tar"
+        with tarfile.open(path, "w") as tar:
+            for f in names:
+                tar.add(SANITY_DIR / f, arcname=f)
+                info = tarfile.TarInfo(f.rsplit(".", 1)[0] + ".cls")
+                info.size = len(label := EXPECTED[f][0].encode())
+                tar.addfile(info, io.BytesIO(label))
+        return path
     csv = tmp_path / "sanity.csv"
-    rows = [f"{SANITY_DIR / f},{EXPECTED[f][0]}" for f in sorted(EXPECTED, reverse=True)]
+    rows = [f"{SANITY_DIR / f},{EXPECTED[f][0]}" for f in names]
     csv.write_text("path,label\n" + "\n".join(rows) + "\n")
     return csv
 
@@ -116,7 +142,7 @@ def top1(tmp_path: Path, source: Path, backbone: str, weights: Path) -> dict[str
     }
 
 
-@pytest.mark.parametrize("kind", ["folder", "csv"])
+@pytest.mark.parametrize("kind", ["folder", "csv", "tfrecord", "tar"])
 @pytest.mark.parametrize(("name", "weights"), CASES)
 def test_input_path_gives_the_known_imagenet_classes(tmp_path, monkeypatch, name, weights, kind):
     """Real weights: every sanity photograph's top-1 class (and, where the README measured it, its

@@ -102,7 +102,7 @@ def test_list_file_and_bad_paths(tmp_path):
     with pytest.raises(BadInputError, match="no such file or folder"):
         open_source(tmp_path / "missing")
     (tmp_path / "x.json").write_text("{}")
-    with pytest.raises(BadInputError, match=r"x\.json: not a folder, \.csv or \.txt"):
+    with pytest.raises(BadInputError, match=r"x\.json: not a folder, \.csv, \.txt"):
         open_source(tmp_path / "x.json")
     (tmp_path / "empty").mkdir()
     with pytest.raises(BadInputError, match="empty: no images found"):
