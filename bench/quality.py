@@ -43,6 +43,14 @@ SWEEP_GRIDS = [
     {"head": ["mlp"], "hidden": [512], "dropout": [0.0, 0.3, 0.5], "lr": [3e-4, 1e-3, 3e-3], "weight_decay": [0, 1e-2]},
 ]
 MAP_GRID = {"head": ["map"], "hidden": [256], "dropout": [0.0, 0.3], "lr": [3e-4, 1e-3]}
+# --maps: the best map head above (h256, dropout 0.3, lr 3e-4) with each pooling, then with each
+# augmentation of the maps, and every pooling with all three augmentations.
+MAP_HEAD = {"head": ["map"], "hidden": [256], "dropout": [0.3], "lr": [3e-4]}
+MAP_VARIANTS = [
+    *((pool, "none") for pool in ("attention", "mean", "gem", "multiscale")),
+    *(("attention", aug) for aug in ("flip", "crop", "drop")),
+    *((pool, "flip+crop+drop") for pool in ("attention", "mean", "gem", "multiscale")),
+]
 
 
 def ensure(folder: Path, cache: Path, weights: str, split: str, log=print, **extra) -> Path:  # noqa: ANN001
@@ -159,6 +167,47 @@ def sweep_candidates(ds: Dataset, grids: list[dict], epochs: int):  # noqa: ANN0
     return cands, seconds, len(configs)
 
 
+def maps_mode(cache: FeatureCache, ds: Dataset, cs: list[float], epochs: int) -> list[list[str]]:
+    """Table rows: the best pooled heads (L-BFGS logreg path, C on val; the SGD linear sweep) against
+    one map head per (pooling, augmentation) of :data:`MAP_VARIANTS`, all on view 0 of ``ds``."""
+    from featcache.trainer.data import load_maps
+    from featcache.trainer.loop import train
+    from featcache.trainer.settings import Settings
+    from featcache.trainer.sweep import expand
+
+    y = {s: getattr(ds, s).y for s in ("train", "val", "test")}
+    mean, std = standardizer(ds.train)
+    x = {s: (getattr(ds, s).pooled - mean) / std for s in ("train", "val", "test")}
+    rows = []
+
+    def row(cand: select.Candidate, seconds: float, how: str) -> None:
+        va, n_val = cand.val_acc(y["val"]), len(y["val"])
+        lo, hi = select.wilson(va * n_val, n_val)
+        rows.append(
+            [cand.name, f"{va:.4f} [{lo:.3f}, {hi:.3f}]", f"{cand.test_acc(y['test']):.4f}", f"{seconds:.1f}", how]
+        )
+        print(" | ".join(rows[-1]), flush=True)
+
+    (lr, lr_s), _ = logreg_candidates(x, y, cs, len(ds.classes), None)
+    row(max(lr, key=lambda c: c.val_acc(y["val"])), lr_s, f"pooled: {len(cs)} C, one warm-started path")
+    sw, sw_s, n = sweep_candidates(ds, SWEEP_GRIDS[:1], epochs)
+    row(max(sw, key=lambda c: c.val_acc(y["val"])), sw_s, f"pooled: best of {n} linear SGD heads, stacked")
+    t0 = time.perf_counter()
+    load_maps(cache, ds, 8.0)
+    print(f"maps loaded in {time.perf_counter() - t0:.0f} s", flush=True)
+    configs = [c for pool, aug in MAP_VARIANTS for c in expand({**MAP_HEAD, "pool": [pool], "map_augment": [aug]})]
+    out = train(ds, configs, Settings(epochs=epochs, patience=5, seed=0), progress=False)
+    for state in out.states:
+        probs = {s: state.predict_all(state.inputs[s])[0] for s in ("val", "test")}
+        head = next(h for h in out.heads if h["name"] == state.group.configs[0].name)
+        cfg = state.group.configs[0]
+        how = f"map: pool {cfg.pool}, augment {cfg.map_augment}, best epoch {head['best_epoch']}"
+        if state.group.pool == "gem":
+            how += f", p {float(state.group.params['p'][0]):.2f}"
+        row(select.Candidate(head["name"], probs["val"], probs["test"]), state.seconds, how)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folder", type=Path, help="class folders of images (e.g. /tmp/cifar10-dev)")
@@ -179,6 +228,12 @@ def main() -> None:
     )
     ap.add_argument("--no-sklearn", action="store_true", help="skip scikit-learn (slow)")
     ap.add_argument(
+        "--maps",
+        action="store_true",
+        help="only compare map heads (each pooling and augmentation of the maps, one SGD head each) with the "
+        "best pooled heads (L-BFGS logreg, linear SGD sweep), on view 0",
+    )
+    ap.add_argument(
         "--views",
         type=int,
         default=2,
@@ -196,6 +251,12 @@ def main() -> None:
     mean, std = standardizer(ds.train)
     x = {s: (getattr(ds, s).pooled - mean) / std for s in ("train", "val", "test")}
     xv = std_views(ds, mean, std)
+    if args.maps:
+        out = maps_mode(cache, ds, cs, args.epochs)
+        print(f"\n{path}: train {len(ds.train)}, val {len(ds.val)}, test {len(ds.test)} rows; val interval: Wilson 95%")
+        print(table(["model (best of its family on val)", "val acc [95% CI]", "test acc", "seconds", "family"], out))
+        print(f"command: {command}")
+        return
     y = {s: getattr(ds, s).y for s in ("train", "val", "test")}
     rows: list[tuple[select.Candidate, float, str]] = []  # (best candidate of a family, family seconds, how)
     everything: list[select.Candidate] = []

@@ -22,7 +22,7 @@ from typer.core import TyperGroup
 
 from ..shared.cli import run_cli
 from ..shared.errors import FeatcacheError
-from .kinds import HEAD_KINDS
+from .kinds import HEAD_KINDS, MAP_AUGMENTS, MAP_POOLS, NO_AUGMENT
 from .settings import DEFAULT_GRID, DEFAULT_RUNS, DEFAULT_TOP, DEFAULTS, SettingError
 
 INTERRUPTED = "interrupted: nothing of this sweep was kept (runs are written whole or not at all)"
@@ -49,6 +49,11 @@ LIST_HELP = {
     "hidden": "Hidden width of mlp heads / channels of map heads.",
     "dropout": "Dropout before the last layer of mlp and map heads.",
     "label_smoothing": "Label smoothing of the cross-entropy.",
+    "pool": "How map heads pool their grid: " + "; ".join(f"{k} ({v})" for k, v in MAP_POOLS.items()) + ".",
+    "map_augment": (
+        f"Train-time augmentation of the maps of map heads (off at evaluation): {NO_AUGMENT}, or names joined "
+        "by + (e.g. flip+crop): " + "; ".join(f"{k} ({v})" for k, v in MAP_AUGMENTS.items()) + "."
+    ),
 }
 SETTING_HELP = {
     "epochs": "Maximum epochs per head.",
@@ -117,6 +122,8 @@ def train(
     hidden: Annotated[Optional[str], _list("hidden")] = None,
     dropout: Annotated[Optional[str], _list("dropout")] = None,
     label_smoothing: Annotated[Optional[str], _list("label_smoothing")] = None,
+    pool: Annotated[Optional[str], _list("pool")] = None,
+    map_augment: Annotated[Optional[str], _list("map_augment")] = None,
     sweep: SweepOpt = None,
     epochs: Annotated[Optional[int], _setting("epochs")] = None,
     batch_size: Annotated[Optional[int], _setting("batch_size")] = None,
@@ -144,7 +151,7 @@ def train(
         from . import api
 
         lists = dict(head=head, lr=lr, weight_decay=weight_decay, hidden=hidden, dropout=dropout)
-        lists["label_smoothing"] = label_smoothing
+        lists.update(label_smoothing=label_smoothing, pool=pool, map_augment=map_augment)
         grid = {k: parse_list(v) for k, v in lists.items() if v is not None}
         try:
             result = api.train(
