@@ -52,7 +52,7 @@ MAP_POOLS = {
 # Train-time augmentations of the maps a map head can use (grid key ``map_augment``; "none", or
 # names joined by "+"), never applied at evaluation:
 MAP_AUGMENTS = {
-    "flip": "mirror the grid left-right, half the rows",
+    "flip": "mirror the grid left-right, half the rows; only multiscale sees it, the other poolings ignore where",
     "crop": "pool a random (h-1)x(w-1) window",
     "drop": "drop a quarter of the positions",
 }
