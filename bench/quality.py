@@ -18,6 +18,10 @@ test is looked at once, for the table. Rows:
 * with views: logistic regression trained on every view of the train rows, scored on view 0 and with
   test-time augmentation (mean of the views' probabilities);
 * the ensemble of the top-k rows by val (k picked on val), and the one-SE pick over everything.
+
+``--maps`` runs instead the map-head comparison of docs/quality.md ("Map heads"): the pooled heads
+(L-BFGS logreg, the linear and MLP SGD sweeps) against one map head per pooling and augmentation
+(``--map-variants``), on view 0 of the cache (``--views 1`` for the plain one).
 """
 
 from __future__ import annotations

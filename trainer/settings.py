@@ -100,7 +100,7 @@ def _head_kind(v: Any) -> str:
 
 
 def _pool(v: Any) -> str:
-    if v not in MAP_POOLS:
+    if not isinstance(v, str) or v not in MAP_POOLS:
         raise ValueError(f"unknown map pooling; choose from {', '.join(MAP_POOLS)}")
     return v
 
