@@ -20,6 +20,11 @@ test is looked at once, for the table. Rows:
 * the ensemble of the top-k rows by val (k picked on val), and the one-SE pick over everything;
 * what ``featcache-train CACHE`` does with no options (the default grid, baselines and pick, through
   the Python API, writing its run under ``--work``): the head it picks and its whole wall time.
+* the ensemble of the top-k rows by val (k picked on val), and the one-SE pick over everything.
+
+``--maps`` runs instead the map-head comparison of docs/quality.md ("Map heads"): the pooled heads
+(L-BFGS logreg, the linear and MLP SGD sweeps) against one map head per pooling and augmentation
+(``--map-variants``), on view 0 of the cache (``--views 1`` for the plain one).
 """
 
 from __future__ import annotations
@@ -45,6 +50,16 @@ SWEEP_GRIDS = [
     {"head": ["mlp"], "hidden": [512], "dropout": [0.0, 0.3, 0.5], "lr": [3e-4, 1e-3, 3e-3], "weight_decay": [0, 1e-2]},
 ]
 MAP_GRID = {"head": ["map"], "hidden": [256], "dropout": [0.0, 0.3], "lr": [3e-4, 1e-3]}
+# --maps: one map head (128 channels, dropout 0.3, lr 1e-3, patience 3: half the cost of the h256
+# lr 3e-4 head above, which the shared 2-core machine could not afford 8 times) with each pooling,
+# then attention with each augmentation of the maps, and multiscale with all three.
+MAP_HEAD = {"head": ["map"], "hidden": [128], "dropout": [0.3], "lr": [1e-3]}
+MAP_PATIENCE = 3
+MAP_VARIANTS = [
+    *((pool, "none") for pool in ("attention", "mean", "gem", "multiscale")),
+    *(("attention", aug) for aug in ("flip", "crop", "drop")),
+    ("multiscale", "flip+crop+drop"),
+]
 
 
 def ensure(folder: Path, cache: Path, weights: str, split: str, log=print, **extra) -> Path:  # noqa: ANN001
@@ -170,6 +185,51 @@ def default_run(path: Path, work: Path) -> tuple[dict, dict]:
     return next(h for h in r["heads"] if h["name"] == r["best"]), r
 
 
+def maps_mode(
+    cache: FeatureCache, ds: Dataset, cs: list[float], epochs: int, variants: list[tuple[str, str]]
+) -> list[list[str]]:
+    """Table rows: the best pooled heads (L-BFGS logreg path, C on val; the SGD linear and MLP sweeps)
+    against one map head per (pooling, augmentation) of ``variants``, all on view 0 of ``ds``."""
+    from featcache.trainer.data import load_maps
+    from featcache.trainer.loop import train
+    from featcache.trainer.settings import Settings
+    from featcache.trainer.sweep import expand
+
+    y = {s: getattr(ds, s).y for s in ("train", "val", "test")}
+    mean, std = standardizer(ds.train)
+    x = {s: (getattr(ds, s).pooled - mean) / std for s in ("train", "val", "test")}
+    rows = []
+
+    def row(cand: select.Candidate, seconds: float, how: str) -> None:
+        va, n_val = cand.val_acc(y["val"]), len(y["val"])
+        lo, hi = select.wilson(va * n_val, n_val)
+        rows.append(
+            [cand.name, f"{va:.4f} [{lo:.3f}, {hi:.3f}]", f"{cand.test_acc(y['test']):.4f}", f"{seconds:.1f}", how]
+        )
+        print(" | ".join(rows[-1]), flush=True)
+
+    (lr, lr_s), _ = logreg_candidates(x, y, cs, len(ds.classes), None)
+    row(max(lr, key=lambda c: c.val_acc(y["val"])), lr_s, f"pooled: {len(cs)} C, one warm-started path")
+    sw, sw_s, n = sweep_candidates(ds, SWEEP_GRIDS[:1], epochs)
+    row(max(sw, key=lambda c: c.val_acc(y["val"])), sw_s, f"pooled: best of {n} linear SGD heads, stacked")
+    sw, sw_s, n = sweep_candidates(ds, SWEEP_GRIDS[1:], epochs)
+    row(max(sw, key=lambda c: c.val_acc(y["val"])), sw_s, f"pooled: best of {n} MLP SGD heads, stacked")
+    t0 = time.perf_counter()
+    load_maps(cache, ds, 8.0)
+    print(f"maps loaded in {time.perf_counter() - t0:.0f} s", flush=True)
+    configs = [c for pool, aug in variants for c in expand({**MAP_HEAD, "pool": [pool], "map_augment": [aug]})]
+    out = train(ds, configs, Settings(epochs=epochs, patience=MAP_PATIENCE, seed=0), progress=False)
+    for state in out.states:
+        probs = {s: state.predict_all(state.inputs[s])[0] for s in ("val", "test")}
+        head = next(h for h in out.heads if h["name"] == state.group.configs[0].name)
+        cfg = state.group.configs[0]
+        how = f"map: pool {cfg.pool}, augment {cfg.map_augment}, best epoch {head['best_epoch']}"
+        if state.group.pool == "gem":
+            how += f", p {float(state.group.params['p'][0]):.2f}"
+        row(select.Candidate(head["name"], probs["val"], probs["test"]), state.seconds, how)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folder", type=Path, help="class folders of images (e.g. /tmp/cifar10-dev)")
@@ -190,6 +250,17 @@ def main() -> None:
     )
     ap.add_argument("--no-sklearn", action="store_true", help="skip scikit-learn (slow)")
     ap.add_argument(
+        "--maps",
+        action="store_true",
+        help="only compare map heads (each pooling and augmentation of the maps, one SGD head each) with the "
+        "best pooled heads (L-BFGS logreg, linear and MLP SGD sweeps), on view 0",
+    )
+    ap.add_argument(
+        "--map-variants",
+        default=",".join(f"{p}:{a}" for p, a in MAP_VARIANTS),
+        help="with --maps: the map heads, as POOL:AUGMENT pairs separated by commas",
+    )
+    ap.add_argument(
         "--views",
         type=int,
         default=2,
@@ -207,6 +278,13 @@ def main() -> None:
     mean, std = standardizer(ds.train)
     x = {s: (getattr(ds, s).pooled - mean) / std for s in ("train", "val", "test")}
     xv = std_views(ds, mean, std)
+    if args.maps:
+        variants = [tuple(v.split(":")) for v in args.map_variants.split(",")]
+        out = maps_mode(cache, ds, cs, args.epochs, variants)
+        print(f"\n{path}: train {len(ds.train)}, val {len(ds.val)}, test {len(ds.test)} rows; val interval: Wilson 95%")
+        print(table(["model (best of its family on val)", "val acc [95% CI]", "test acc", "seconds", "family"], out))
+        print(f"command: {command}")
+        return
     y = {s: getattr(ds, s).y for s in ("train", "val", "test")}
     rows: list[tuple[select.Candidate, float, str]] = []  # (best candidate of a family, family seconds, how)
     everything: list[select.Candidate] = []

@@ -5,11 +5,12 @@
     print(result.leaderboard()); print(result.best.name, result.test_acc, result.run_dir)
     predict(result.run_dir, "pred.csv", split="test")
 
-Grid arguments (``head``, ``lr``, ``weight_decay``, ``hidden``, ``dropout``, ``label_smoothing``, ``c``, ``power``) take
-one value or a list (one head per combination); settings left ``None`` take the sweep file's value,
-else the default of :class:`~featcache.trainer.settings.Settings`. Every value is checked before any
-training, and errors name the argument (``epochs=0``) or the sweep file. TensorFlow is imported when
-a function runs, not when this module is imported.
+Grid arguments (``head``, ``lr``, ``weight_decay``, ``hidden``, ``dropout``, ``label_smoothing``,
+``c``, ``power``, ``pool``, ``map_augment``) take one value or a list (one head per combination);
+settings left ``None`` take the sweep file's value, else the default of
+:class:`~featcache.trainer.settings.Settings`. Every value is checked before any training, and errors
+name the argument (``epochs=0``) or the sweep file. TensorFlow is imported when a function runs, not
+when this module is imported.
 """
 
 from __future__ import annotations
@@ -112,6 +113,8 @@ def train(
     label_smoothing: Any = None,
     c: Any = None,
     power: Any = None,
+    pool: Any = None,
+    map_augment: Any = None,
     epochs: int | None = None,
     batch_size: int | None = None,
     patience: int | None = None,
@@ -140,7 +143,7 @@ def train(
     from .run import run_sweep
 
     grid = dict(head=head, lr=lr, weight_decay=weight_decay, hidden=hidden, dropout=dropout)
-    grid.update(label_smoothing=label_smoothing, c=c, power=power)
+    grid.update(label_smoothing=label_smoothing, c=c, power=power, pool=pool, map_augment=map_augment)
     settings = dict(epochs=epochs, batch_size=batch_size, patience=patience, seed=seed, standardize=standardize)
     settings.update(val_fraction=val_fraction, max_maps_gb=max_maps_gb, allow_partial=allow_partial, views=views)
     settings["baselines"] = baselines

@@ -23,7 +23,7 @@ from typer.core import TyperGroup
 
 from ..shared.cli import run_cli
 from ..shared.errors import FeatcacheError
-from .kinds import HEAD_KINDS
+from .kinds import HEAD_KINDS, MAP_AUGMENTS, MAP_POOLS, NO_AUGMENT
 from .settings import DEFAULT_GRID, DEFAULT_RUNS, DEFAULT_TOP, DEFAULTS, SettingError
 
 INTERRUPTED = "interrupted: nothing of this sweep was kept (runs are written whole or not at all)"
@@ -52,6 +52,11 @@ LIST_HELP = {
     "label_smoothing": "Label smoothing of the cross-entropy.",
     "c": "Inverse regularisation of logreg heads (scikit-learn's C); the whole list is one warm-started L-BFGS path.",
     "power": "Power normalisation of logreg heads' features, sign(x)|x|^power (1: as cached, 0.5: square root).",
+    "pool": "How map heads pool their grid: " + "; ".join(f"{k} ({v})" for k, v in MAP_POOLS.items()) + ".",
+    "map_augment": (
+        f"Train-time augmentation of the maps of map heads (off at evaluation): {NO_AUGMENT}, or names joined "
+        "by + (e.g. flip+crop): " + "; ".join(f"{k} ({v})" for k, v in MAP_AUGMENTS.items()) + "."
+    ),
 }
 SETTING_HELP = {
     "epochs": "Maximum epochs per head.",
@@ -130,6 +135,8 @@ def train(
     label_smoothing: Annotated[Optional[str], _list("label_smoothing")] = None,
     c: Annotated[Optional[str], _list("c")] = None,
     power: Annotated[Optional[str], _list("power")] = None,
+    pool: Annotated[Optional[str], _list("pool")] = None,
+    map_augment: Annotated[Optional[str], _list("map_augment")] = None,
     sweep: SweepOpt = None,
     epochs: Annotated[Optional[int], _setting("epochs")] = None,
     batch_size: Annotated[Optional[int], _setting("batch_size")] = None,
@@ -169,7 +176,7 @@ def train(
         from . import api
 
         lists = dict(head=head, lr=lr, weight_decay=weight_decay, hidden=hidden, dropout=dropout)
-        lists.update(label_smoothing=label_smoothing, c=c, power=power)
+        lists.update(label_smoothing=label_smoothing, c=c, power=power, pool=pool, map_augment=map_augment)
         grid = {k: parse_list(v) for k, v in lists.items() if v is not None}
         try:
             caches = cache if len(cache) > 1 else cache[0]

@@ -22,6 +22,7 @@ from ..shared.errors import FeatcacheError
 from ..shared.inspection import html as H
 from ..shared.inspection.report import Thumbs
 from ..shared.inspection.suspects import softmax
+from . import pooling
 from .data import Split, load_dataset, read_maps
 from .identity import check_cache
 from .kinds import HEAD_KINDS, closed_form, reads_maps
@@ -43,9 +44,18 @@ def _numpy_mlp(w: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
 
 
 def _numpy_map(w: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
-    f = np.maximum(x.reshape(len(x), -1, x.shape[-1]) @ w["W1"] + w["b1"], 0)  # (B, P, h)
-    att = softmax(f @ w["a"], axis=1)  # (B, P)
-    return softmax(np.einsum("bp,bph->bh", att, f) @ w["W2"] + w["b2"])
+    """The pooling is read from the parameters (engine.init_params): attention has ``a``, GeM ``p``,
+    mean and multiscale neither, told apart by ``W2``'s width (one or 14 regions of ``hidden``)."""
+    n, rows, cols, c = x.shape
+    f = np.maximum(x.reshape(n, -1, c) @ w["W1"] + w["b1"], 0)  # (B, P, h)
+    if "a" in w:
+        pooled = np.einsum("bp,bph->bh", softmax(f @ w["a"], axis=1), f)
+    elif "p" in w:
+        pooled = pooling.gem(f.reshape(n, rows, cols, -1), max(float(w["p"]), pooling.GEM_MIN_P))
+    else:
+        scales = (1,) if w["W2"].shape[0] == w["W1"].shape[1] else pooling.MULTISCALE
+        pooled = np.einsum("bph,pr->brh", f, pooling.region_matrix(rows, cols, scales)).reshape(n, -1)
+    return softmax(pooled @ w["W2"] + w["b2"])
 
 
 # Each head kind's forward pass in numpy, on the parameter names the engine saves (docs/run-format.md).

@@ -16,6 +16,7 @@ import numpy as np
 from ..shared.backbones import BackboneSpec, ResolvedWeights, build_backbone, import_tensorflow
 from ..shared.errors import FeatcacheError
 from .kinds import closed_form
+from .pooling import GEM_EPS, GEM_MIN_P, MULTISCALE, region_matrix
 from .sweep import HeadConfig
 
 import_tensorflow()
@@ -38,19 +39,50 @@ def _mlp(x: Any, cfg: HeadConfig, w: dict[str, np.ndarray], n_classes: int) -> A
     return y
 
 
-def _map(x: Any, cfg: HeadConfig, w: dict[str, np.ndarray], n_classes: int) -> Any:
-    positions = int(np.prod(x.shape[1:-1]))
-    conv = keras.layers.Conv2D(cfg.hidden, 1, activation="relu", name="project")
-    f = keras.layers.Reshape((positions, cfg.hidden))(conv(x))
+def _attention_pool(f: Any, w: dict[str, np.ndarray]) -> Any:
+    """``(B, P, h)`` -> ``(B, h)``: softmax over positions of ``f @ a``, the weighted sum of ``f``."""
+    positions = f.shape[1]
     score = keras.layers.Dense(1, use_bias=False, name="attention")
     att = keras.layers.Softmax(axis=1)(
         keras.layers.Reshape((positions, 1))(keras.layers.Reshape((positions,))(score(f)))
     )
-    pooled = keras.layers.Flatten()(keras.layers.Dot(axes=(1, 1))([att, f]))
+    score.set_weights([w["a"][:, None]])
+    return keras.layers.Flatten()(keras.layers.Dot(axes=(1, 1))([att, f]))
+
+
+def _gem_pool(f: Any, w: dict[str, np.ndarray]) -> Any:
+    """``(B, P, h)`` -> ``(B, h)``: GeM with the head's learned power (fixed here), in ``keras.ops``
+    (which a ``.keras`` file stores and loads like layers), computed as ``engine.gem_pool`` does."""
+    p = max(float(w["p"]), GEM_MIN_P)
+    m = keras.ops.maximum(f, GEM_EPS)
+    top = keras.ops.max(m, axis=1, keepdims=True)
+    return keras.ops.power(keras.ops.mean(keras.ops.power(m / top, p), axis=1), 1.0 / p) * top[:, 0]
+
+
+def _region_pool(f: Any, regions: np.ndarray) -> Any:
+    """``(B, P, h)`` -> ``(B, R * h)`` (channel fastest): the region means of ``regions (P, R)``, as a
+    fixed Dense over the position axis."""
+    mix = keras.layers.Dense(regions.shape[1], use_bias=False, trainable=False, name="regions")
+    r = keras.layers.Permute((2, 1))(mix(keras.layers.Permute((2, 1))(f)))  # (B, R, h)
+    mix.set_weights([regions])
+    return keras.layers.Flatten()(r)
+
+
+def _map(x: Any, cfg: HeadConfig, w: dict[str, np.ndarray], n_classes: int) -> Any:
+    """1x1 conv + ReLU, the head's pooling (``cfg.pool``), dropout, softmax. The maps' augmentations
+    are train-time only: nothing of them is in the model."""
+    rows, cols = x.shape[1], x.shape[2]
+    conv = keras.layers.Conv2D(cfg.hidden, 1, activation="relu", name="project")
+    f = keras.layers.Reshape((rows * cols, cfg.hidden))(conv(x))
+    conv.set_weights([w["W1"][None, None], w["b1"]])
+    if cfg.pool == "attention":
+        pooled = _attention_pool(f, w)
+    elif cfg.pool == "gem":
+        pooled = _gem_pool(f, w)
+    else:
+        pooled = _region_pool(f, region_matrix(rows, cols, (1,) if cfg.pool == "mean" else MULTISCALE))
     out = keras.layers.Dense(n_classes, activation="softmax", name="classify")
     y = out(keras.layers.Dropout(cfg.dropout)(pooled))
-    conv.set_weights([w["W1"][None, None], w["b1"]])
-    score.set_weights([w["a"][:, None]])
     out.set_weights([w["W2"], w["b2"]])
     return y
 

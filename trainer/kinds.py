@@ -75,4 +75,20 @@ register(
 )
 register(HeadKind("linear", POOLED, (), "softmax on pooled vectors"))
 register(HeadKind("mlp", POOLED, ("hidden", "dropout"), "one hidden ReLU layer on pooled vectors"))
-register(HeadKind("map", MAPS, ("hidden", "dropout"), "1x1 conv + attention pooling on the 7x7 maps"))
+# How a map head pools its projected ``(h, w, hidden)`` grid into one vector (grid key ``pool``):
+MAP_POOLS = {
+    "attention": "softmax attention over positions",
+    "mean": "the mean over positions",
+    "gem": "generalised mean, its power p learned from 3",
+    "multiscale": "the mean concatenated with the 2x2 and 3x3 region means",
+}
+# Train-time augmentations of the maps a map head can use (grid key ``map_augment``; "none", or
+# names joined by "+"), never applied at evaluation:
+MAP_AUGMENTS = {
+    "flip": "mirror the grid left-right, half the rows; only multiscale sees it, the other poolings ignore where",
+    "crop": "pool a random (h-1)x(w-1) window",
+    "drop": "drop a quarter of the positions",
+}
+NO_AUGMENT = "none"
+
+register(HeadKind("map", MAPS, ("hidden", "dropout", "pool", "map_augment"), "1x1 conv + pooling on the 7x7 maps"))

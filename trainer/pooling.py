@@ -14,6 +14,7 @@ import numpy as np
 
 BLOCK_ROWS = 256
 GEM_EPS = 1e-6  # GeM needs non-negative inputs: MobileNetV2's maps are ReLU6 outputs, clamped here anyway
+GEM_MIN_P = 1.0  # a map head's learned GeM power is used clamped to >= 1 (1: the mean; below, not a pooling)
 
 
 def _blocks(maps: np.ndarray, fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
@@ -43,6 +44,38 @@ def max_pool(maps: np.ndarray) -> np.ndarray:
 def mean_max(maps: np.ndarray) -> np.ndarray:
     """``(n, h, w, C)`` -> ``(n, 2C)`` float32: the mean and the max, side by side."""
     return _blocks(maps, lambda m: np.concatenate([m.mean(axis=(1, 2)), m.max(axis=(1, 2))], axis=1))
+
+
+def region_bins(n: int, bins: int) -> list[tuple[int, int]]:
+    """The ``[start, stop)`` ranges of ``bins`` adaptive bins over ``n`` cells (PyTorch's adaptive
+    average pooling: bin ``i`` spans ``floor(i n / bins)`` to ``ceil((i + 1) n / bins)``; on 7 cells, 2
+    bins are [0, 4) and [3, 7), 3 bins [0, 3), [2, 5) and [4, 7))."""
+    return [(i * n // bins, -(-(i + 1) * n // bins)) for i in range(bins)]
+
+
+MULTISCALE = (1, 2, 3)  # the whole grid, then its 2x2 and 3x3 regions: 1 + 4 + 9 = 14 region means
+
+
+def region_matrix(h: int, w: int, scales: tuple[int, ...] = MULTISCALE) -> np.ndarray:
+    """``(h * w, R)`` float32: column ``r`` averages the positions (row-major) of region ``r``, the
+    regions being each scale ``s``'s ``s x s`` adaptive bins (row-major), scale by scale; ``R`` is the
+    sum of ``s^2``. ``f (P, C)`` -> ``m.T @ f`` ``(R, C)`` region means; ``scales=(1,)`` is the mean."""
+    cols = []
+    for s in scales:
+        for r0, r1 in region_bins(h, s):
+            for c0, c1 in region_bins(w, s):
+                col = np.zeros((h, w), np.float32)
+                col[r0:r1, c0:c1] = 1.0 / ((r1 - r0) * (c1 - c0))
+                cols.append(col.reshape(-1))
+    return np.stack(cols, axis=1)
+
+
+def multiscale(maps: np.ndarray, scales: tuple[int, ...] = MULTISCALE) -> np.ndarray:
+    """``(n, h, w, C)`` -> ``(n, R * C)`` float32: the region means of :func:`region_matrix`, region by
+    region (``R * C`` with the channel fastest)."""
+    n, h, w, c = maps.shape
+    m = region_matrix(h, w, scales)
+    return _blocks(maps, lambda x: np.einsum("bpc,pr->brc", x.reshape(len(x), h * w, c), m).reshape(len(x), -1))
 
 
 POOLINGS: dict[str, Callable[[np.ndarray], np.ndarray]] = {

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..shared.errors import FeatcacheError
-from .kinds import HEAD_KINDS
+from .kinds import HEAD_KINDS, MAP_AUGMENTS, MAP_POOLS, NO_AUGMENT
 from .logreg import DEFAULT_CS
 
 
@@ -39,7 +39,7 @@ DEFAULTS = Settings()
 SETTING_KEYS = tuple(f.name for f in fields(Settings))
 # Settings a sweep file may hold (the others are per-machine: given on the command line or the API).
 FILE_SETTING_KEYS = ("epochs", "batch_size", "patience", "seed", "standardize", "val_fraction", "views", "baselines")
-GRID_KEYS = ("head", "lr", "weight_decay", "hidden", "dropout", "label_smoothing", "c", "power")
+GRID_KEYS = ("head", "lr", "weight_decay", "hidden", "dropout", "label_smoothing", "c", "power", "pool", "map_augment")
 # The default sweep is what the CIFAR-10 dev table (docs/quality.md) shows to be worth its time: the
 # L-BFGS logistic-regression path on square-rooted features (9 C values, one warm-started pass; the
 # square root never lost to the raw features there) beside one SGD linear head; MLPs and map heads
@@ -53,6 +53,8 @@ DEFAULT_GRID: dict[str, list[Any]] = {
     "label_smoothing": [0.0],
     "c": list(DEFAULT_CS),
     "power": [0.5],
+    "pool": ["attention"],
+    "map_augment": [NO_AUGMENT],
 }
 DEFAULT_RUNS = Path("runs")
 DEFAULT_TOP = 10
@@ -104,6 +106,22 @@ def _head_kind(v: Any) -> str:
     return v
 
 
+def _pool(v: Any) -> str:
+    if not isinstance(v, str) or v not in MAP_POOLS:
+        raise ValueError(f"unknown map pooling; choose from {', '.join(MAP_POOLS)}")
+    return v
+
+
+def _map_augment(v: Any) -> str:
+    """``"none"`` or augmentation names joined by ``+``, normalised to the order of ``MAP_AUGMENTS``."""
+    names = v.split("+") if isinstance(v, str) else [None]
+    if v == NO_AUGMENT:
+        return v
+    if any(n not in MAP_AUGMENTS for n in names) or len(set(names)) != len(names):
+        raise ValueError(f"must be {NO_AUGMENT} or names joined by +, each once, from {', '.join(MAP_AUGMENTS)}")
+    return "+".join(n for n in MAP_AUGMENTS if n in names)
+
+
 RULES: dict[str, Callable[[Any], Any]] = {
     "epochs": _whole(1),
     "batch_size": _whole(1),
@@ -123,6 +141,8 @@ RULES: dict[str, Callable[[Any], Any]] = {
     "label_smoothing": _real(0, 1),
     "c": _real(0, lo_open=True),
     "power": _real(0, 1, lo_open=True, hi_open=False),
+    "pool": _pool,
+    "map_augment": _map_augment,
 }
 
 

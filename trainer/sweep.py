@@ -31,11 +31,21 @@ from pathlib import Path
 from typing import Any
 
 from ..shared.errors import FeatcacheError
-from .kinds import HEAD_KINDS, reads_maps
+from .kinds import HEAD_KINDS, NO_AUGMENT, reads_maps
 from .settings import DEFAULT_GRID, FILE_SETTING_KEYS, GRID_KEYS, SettingError, Settings, check_value, make_settings
 
 # A grid key's value when the head's kind does not read it (see HeadKind.keys).
-UNUSED = {"lr": 0.0, "weight_decay": 0.0, "hidden": 0, "dropout": 0.0, "label_smoothing": 0.0, "c": 0.0, "power": 1.0}
+UNUSED = {
+    "lr": 0.0,
+    "weight_decay": 0.0,
+    "hidden": 0,
+    "dropout": 0.0,
+    "label_smoothing": 0.0,
+    "c": 0.0,
+    "power": 1.0,
+    "pool": "attention",
+    "map_augment": NO_AUGMENT,
+}
 
 
 @dataclass(frozen=True)
@@ -44,7 +54,10 @@ class HeadConfig:
     ``hidden`` ReLU units, map with ``hidden`` channels and attention pooling), trained with AdamW at
     ``lr`` and decoupled ``weight_decay`` on kernels, ``dropout`` before the last layer and
     ``label_smoothing`` of the cross-entropy; or logreg, scikit-learn's logistic regression with
-    inverse regularisation ``c`` on power-normalised features ``sign(x) |x|^power`` (1: as cached)."""
+    inverse regularisation ``c`` on power-normalised features ``sign(x) |x|^power`` (1: as cached).
+    Map heads also have a ``pool`` (attention, mean, gem, multiscale; see
+    :data:`~featcache.trainer.kinds.MAP_POOLS`) and train-time ``map_augment`` of their maps ("none" or
+    e.g. "flip+crop"); the defaults are the map head as it was before these keys."""
 
     kind: str
     lr: float = 0.0
@@ -54,19 +67,26 @@ class HeadConfig:
     label_smoothing: float = 0.0
     c: float = 0.0
     power: float = 1.0
+    pool: str = UNUSED["pool"]
+    map_augment: str = UNUSED["map_augment"]
 
     @property
     def name(self) -> str:
+        """E.g. ``logreg-pow0.5-C0.001``, ``map-h256-do0.3-gem-augflip+crop-lr0.001-wd0-ls0``; pool and
+        augmentation appear only when not the defaults, so names of earlier runs still read the same."""
         keys = HEAD_KINDS[self.kind].keys
-        shape = (f"-h{self.hidden}" if "hidden" in keys else "") + (f"-do{self.dropout:g}" if "dropout" in keys else "")
         if "c" in keys:
             return f"{self.kind}{'' if self.power == 1 else f'-pow{self.power:g}'}-C{self.c:g}"
+        shape = (f"-h{self.hidden}" if "hidden" in keys else "") + (f"-do{self.dropout:g}" if "dropout" in keys else "")
+        shape += f"-{self.pool}" if self.pool != UNUSED["pool"] else ""
+        shape += f"-aug{self.map_augment}" if self.map_augment != UNUSED["map_augment"] else ""
         return f"{self.kind}{shape}-lr{self.lr:g}-wd{self.weight_decay:g}-ls{self.label_smoothing:g}"
 
     @property
-    def group(self) -> tuple[str, int]:
-        """Heads of one group have parameters of the same shapes and are trained stacked."""
-        return (self.kind, self.hidden)
+    def group(self) -> tuple[str, int, str, str]:
+        """Heads of one group have parameters of the same shapes and are fed the same (augmented)
+        inputs, so they are trained stacked."""
+        return (self.kind, self.hidden, self.pool, self.map_augment)
 
     @property
     def reads_maps(self) -> bool:
