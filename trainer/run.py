@@ -16,7 +16,7 @@ from typing import Any
 from ..shared.cache.fingerprint import describe
 from ..shared.cache.reader import FeatureCache
 from . import rundir
-from .data import Dataset, load_dataset, load_maps
+from .data import Dataset, load_dataset, load_maps, memory_gb
 from .identity import cache_identity
 from .loop import TrainOutput, train
 from .plot import plot
@@ -27,15 +27,32 @@ from .sweep import HeadConfig
 Log = Callable[[str], None]
 
 
+STREAMED_NOTE = (
+    "inputs streamed from the shards ({why}): the closed-form baselines (L-BFGS logistic regression, k-NN, "
+    "ensemble) need every row in memory and were skipped"
+)
+
+
 def load_for(cache: FeatureCache, configs: list[HeadConfig], settings: Settings, log: Log) -> Dataset:
-    """The cache's splits, with maps in memory when a head of ``configs`` reads them."""
+    """The cache's splits, with their inputs in memory (maps too when a head of ``configs`` reads
+    them) when they fit in ``settings.max_memory_gb``, else (or with ``settings.stream``) streamed."""
+    maps = any(c.reads_maps for c in configs)
+    need = memory_gb(cache, maps, settings.views and any(not c.reads_maps for c in configs))
+    streamed = settings.stream or need > settings.max_memory_gb
     ds = load_dataset(
-        cache, val_fraction=settings.val_fraction, allow_partial=settings.allow_partial, views=settings.views
+        cache,
+        val_fraction=settings.val_fraction,
+        allow_partial=settings.allow_partial,
+        views=settings.views,
+        pooled=not streamed,
     )
+    if streamed:
+        why = "stream=True" if settings.stream else f"{need:.1f} GB above max_memory_gb={settings.max_memory_gb:g}"
+        ds.notes.append(STREAMED_NOTE.format(why=why) if settings.baselines else f"inputs streamed ({why})")
     for note in ds.notes:
         log(f"note: {note}")
-    if any(c.reads_maps for c in configs):
-        load_maps(cache, ds, settings.max_maps_gb)
+    if maps and not streamed:
+        load_maps(cache, ds)
     log(
         f"{cache.path}: {describe(cache.fingerprint)}; train {len(ds.train)}, val {len(ds.val)}, "
         f"test {len(ds.test)} rows, {len(ds.classes)} classes; {len(configs)} heads"
@@ -117,12 +134,12 @@ def run_sweep(
         ds = load_for(cache, configs, settings, log)
         out = train(ds, configs, settings, progress)
         results = describe_run(cache, ds, settings, out, command)
-        if settings.baselines:
+        if settings.baselines and not ds.streamed:
             from .baselines import run_baselines
 
             results["baselines"] = run_baselines(ds, out)
         results["wall_seconds"] = round(time.perf_counter() - t0, 3)
-        write_run(staging, results, out, ds.train.pooled.shape[1], log)
+        write_run(staging, results, out, ds.channels, log)
         return rundir.commit(staging, Path(runs_root)), results
     except BaseException:
         rundir.discard(staging)
