@@ -27,7 +27,7 @@ from .sweep import HeadConfig
 from .views import accuracy as view_accuracy
 from .views import epoch_views, pick_views, tta_probs
 
-EVAL_BATCH = {"pooled": 4096, "maps": 256}  # rows per evaluation batch, by input
+EVAL_BATCH = {"pooled": 4096, "maps": 64}  # rows per evaluation batch, by input
 SPLITS = ("train", "val", "test")
 
 

@@ -331,7 +331,7 @@ def read_block(dset: h5py.Dataset, sel: np.ndarray, dtype: str | None = None) ->
         return deflate.read_rows(dset, sel, dtype)
     start, stop = int(sel[0]), int(sel[-1]) + 1
     block = dset[start:stop] if len(sel) == stop - start else dset[start:stop][sel - start]
-    return block if dtype is None else block.astype(dtype)
+    return block if dtype is None else block.astype(dtype, copy=False)
 
 
 class ShardMismatchError(FeatcacheError):

@@ -169,19 +169,25 @@ class BlockStream:
 
     def _emit(self, held: list, rng: np.random.Generator, final: bool):  # noqa: ANN202 (a generator)
         """Mix the rows held (when shuffling), yield every full batch (and the last part one when
-        ``final``), and return what is left over as the new held list."""
+        ``final``), and return what is left over as the new held list. ``held`` is emptied as the
+        rows are copied into place, so a window is in memory once, not three times."""
         if not held:
             return []
-        arrays = [np.concatenate([h[k] for h in held]) for k in range(len(held[0]))]
-        n = len(arrays[0])
-        if self.shuffle:
-            perm = rng.permutation(n)
-            arrays = [a[perm] for a in arrays]
+        n = sum(len(h[0]) for h in held)
+        # row j of the concatenated blocks goes to place[j]: the rows concatenated, then permuted
+        place = np.argsort(rng.permutation(n)) if self.shuffle else np.arange(n)
+        arrays = [np.empty((n, *a.shape[1:]), a.dtype) for a in held[0]]
+        at = 0
+        while held:
+            h = held.pop(0)
+            for out, a in zip(arrays, h, strict=True):
+                out[place[at : at + len(a)]] = a
+            at += len(h[0])
         b = self.batch_size
         full = n if final else n - n % b
-        for s in range(0, full, b):
-            yield tuple(a[s : s + b] for a in arrays)
-        return [] if full == n else [tuple(a[full:] for a in arrays)]
+        for s in range(0, full, b):  # copies: a batch held downstream (prefetched) does not hold the window
+            yield tuple(a[s : s + b].copy() for a in arrays)
+        return [] if full == n else [tuple(a[full:].copy() for a in arrays)]
 
 
 def dataset(
