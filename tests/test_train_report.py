@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from featcache.trainer.api import train
 from featcache.trainer.cli import app
+from featcache.trainer.report import ranking
 from featcache.trainer.rundir import head_params, load_results
 from featcache.trainer.sweep import HeadConfig
 
@@ -104,7 +105,8 @@ def test_report_page_numbers(runs, tmp_path):
     page = Page(text)
     assert page.external == []
     board = page.tables["leaderboard"][1:]
-    heads = sorted(results["heads"], key=lambda h: (-h["val_acc"], h["val_loss"]))
+    order, _ = ranking(results["heads"], results["splits"]["val"])  # one-SE rule: not a plain sort by val
+    heads = [results["heads"][i] for i in order]
     assert [row[1] for row in board] == [h["name"] for h in heads]
     assert [float(row[9]) for row in board] == pytest.approx([h["val_acc"] for h in heads], abs=1e-4)
     assert [float(row[11]) for row in board] == pytest.approx([h["test_acc"] for h in heads], abs=1e-4)

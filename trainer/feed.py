@@ -29,7 +29,7 @@ from .data import Split, require_finite
 # so a window of maps is ~64 MB held (plus one 128-row block being read); pooled rows are 5 KB.
 BLOCK_ROWS = {schema.POOLED: 4096, schema.MAPS: 64}
 WINDOW_ROWS = {schema.POOLED: 16384, schema.MAPS: 256}
-PREFETCH_BATCHES = 4  # batches read ahead of the model when streaming
+PREFETCH_BATCHES = 2  # batches read ahead of the model when streaming
 STATS_ROWS = 1024  # rows per step of the standardisation statistics (the same steps in both modes)
 STD_FLOOR = 1e-6
 MAPS_DTYPE = "float16"  # as the maps of map heads are held (half the memory of float32)
