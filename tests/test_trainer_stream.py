@@ -141,3 +141,13 @@ def test_a_cache_larger_than_the_memory_cap_trains_streamed_within_it(tmp_path):
     assert any("max_memory_gb=0.4" in n for n in done["notes"])
     assert max(h["test_acc"] for h in done["big"]) > 0.9  # it learned
     assert last["over_cap"] and proc.returncode == 3  # the same sweep in memory does not fit
+
+
+def test_memory_settings_are_checked():
+    from featcache.trainer.settings import SettingError, make_settings
+
+    assert make_settings({"max_memory_gb": 2, "stream": True}) == Settings(max_memory_gb=2.0, stream=True)
+    with pytest.raises(SettingError, match=r"max_memory_gb=0: must be a number in \(0, inf\)"):
+        make_settings({"max_memory_gb": 0})
+    with pytest.raises(SettingError, match=r"stream='yes': must be true or false"):
+        make_settings({"stream": "yes"})
