@@ -95,7 +95,7 @@ def anon_mb():
     return (int(resident) - int(shared)) * PAGE / 2**20
 
 configs = expand({"head": ["linear", "map"], "lr": [3e-3], "hidden": [8]})
-settings = Settings(epochs=1, batch_size=64, seed=0, baselines=False, max_memory_gb=margin_mb / 1000)
+settings = Settings(epochs=2, batch_size=64, seed=0, baselines=False, max_memory_gb=margin_mb / 1000)
 def sweep(cache, **kw):
     return run_sweep(Path(cache), configs, replace(settings, **kw), runs, ["t"], log=print, progress=False)[1]
 
@@ -118,14 +118,14 @@ print("RESULT " + json.dumps({"base": base, "peak": peak[0], "held": held["heads
 sweep(big, max_memory_gb=100.0)  # in memory: must go over the cap
 print("RESULT " + json.dumps({"over_cap": False, "peak": peak[0]}), flush=True)
 """
-MARGIN_MB = 400
+MARGIN_MB = 300
 
 
 def test_a_cache_larger_than_the_memory_cap_trains_streamed_within_it(tmp_path):
     small = synthetic_cache(tmp_path / "small", n=200, maps_dtype="float16")
-    big = synthetic_cache(tmp_path / "big", n=6400, maps_dtype="float16", shard_size=800)
+    big = synthetic_cache(tmp_path / "big", n=4000, maps_dtype="float16", shard_size=500)
     need_mb = memory_gb(FeatureCache(big), maps=True, views=False) * 1000
-    assert need_mb > 2 * MARGIN_MB  # ~830 MB of inputs
+    assert need_mb > 1.7 * MARGIN_MB  # ~520 MB of inputs
     proc = subprocess.run(
         [sys.executable, "-c", CAPPED, str(small), str(big), str(tmp_path / "runs"), str(MARGIN_MB)],
         capture_output=True,
@@ -138,7 +138,7 @@ def test_a_cache_larger_than_the_memory_cap_trains_streamed_within_it(tmp_path):
     assert "over_cap" not in done, done
     assert done["peak"] - done["base"] < MARGIN_MB
     assert without_times(done["small"]) == without_times(done["held"])
-    assert any("max_memory_gb=0.4" in n for n in done["notes"])
+    assert any("max_memory_gb=0.3" in n for n in done["notes"])
     assert max(h["test_acc"] for h in done["big"]) > 0.9  # it learned
     assert last["over_cap"] and proc.returncode == 3  # the same sweep in memory does not fit
 

@@ -7,7 +7,8 @@ every head is evaluated on val; a head that has not improved its val accuracy (t
 for ``patience`` epochs is frozen, and at the end each head gets back the weights of its best epoch.
 On a cache with views (``Settings.views``), each epoch feeds every train row to the pooled heads
 through one of its views, and at the end they are also scored with test-time augmentation (see
-``views``). Nothing here writes files: see ``rundir``.
+``views``). Batches come from each split's :class:`~featcache.trainer.feed.Feed`, held in memory or
+streamed from the shards, the same batches either way. Nothing here writes files: see ``rundir``.
 """
 
 from __future__ import annotations
