@@ -165,13 +165,13 @@ def sweep_candidates(ds: Dataset, grids: list[dict], epochs: int):  # noqa: ANN0
     seconds = time.perf_counter() - t0
     cands = []
     for state in out.states:
-        probs = {s: state.predict_all(state.inputs[s]) for s in ("val", "test")}
-        tta = {s: state.tta_probabilities(s) for s in ("val", "test")} if state.views is not None else None
+        probs = {s: state.predictions(s) for s in ("val", "test")}
+        tta = {s: state.tta_probabilities(s) for s in ("val", "test")} if state.n_views > 1 else None
         for k, cfg in enumerate(state.group.configs):
             cost = 1.0 if cfg.kind == "linear" else 2.0 if cfg.kind == "mlp" else 4.0
             cands.append(select.Candidate(f"sweep {cfg.name}", probs["val"][k], probs["test"][k], cost=cost))
             if tta is not None:
-                v = state.views["val"].shape[1]
+                v = state.n_views
                 cands.append(select.Candidate(f"sweep {cfg.name}, TTA", tta["val"][k], tta["test"][k], cost * v))
     return cands, seconds, len(configs)
 
@@ -325,7 +325,7 @@ def main() -> None:
         from featcache.trainer.data import load_maps
 
         t0 = time.perf_counter()
-        load_maps(cache, ds, 8.0)
+        load_maps(cache, ds)
         load_s = time.perf_counter() - t0
         mp, mp_s, n = sweep_candidates(ds, [MAP_GRID], args.epochs)
         add(mp, mp_s + load_s, f"{n} map heads stacked (SGD; {load_s:.0f} s of it loading maps), view 0")

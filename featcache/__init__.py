@@ -39,7 +39,7 @@ def train(cache: str | Path | list[str | Path], **sweep: Any) -> Any:
     ``sweep`` holds the command line's options as keyword arguments, with its defaults: the grid
     (``head``, ``lr``, ``weight_decay``, ``hidden``, ``dropout``, ``label_smoothing``: one value or a
     list), a sweep file (``sweep``), settings (``epochs``, ``batch_size``, ``patience``, ``seed``,
-    ``standardize``, ``val_fraction``, ``max_maps_gb``, ``allow_partial``), ``runs`` (the folder of run
+    ``standardize``, ``val_fraction``, ``max_memory_gb``, ``stream``, ``allow_partial``), ``runs`` (the folder of run
     directories) and ``progress``; see :func:`featcache.trainer.api.train`. Heads read pooled vectors
     ``(N, C)`` float32 or maps ``(N, h, w, C)`` from the cache only. Imported when called, so that
     ``import featcache`` loads no TensorFlow.

@@ -67,11 +67,14 @@ def synthetic_cache(
     shuffle_labels: bool = False,
     splits: str = "given",
     labelled: bool = True,
+    maps_dtype: str = "float32",
+    shard_size: int = 100,
 ) -> Path:
     """A cache written directly with shared's writer (no backbone): class k's pooled vectors are a fixed
     random centre plus noise, so the classes are separable by construction; maps repeat the pooled
-    vector at every position (so pooled is the mean of the maps). ``splits``: "given" (60/20/20
-    train/val/test, as from split folders), "no-val" (80/20 train/test) or "hash" (none given)."""
+    vector at every position (so pooled is the mean of the maps), stored uncompressed as ``maps_dtype``.
+    ``splits``: "given" (60/20/20 train/val/test, as from split folders), "no-val" (80/20 train/test)
+    or "hash" (none given)."""
     import numpy as np
 
     from featcache.shared.backbones import ResolvedWeights, get_backbone, make_fingerprint
@@ -94,7 +97,7 @@ def synthetic_cache(
     }[splits]
     given = splits != "hash"
     spec = get_backbone("tiny")
-    fp = make_fingerprint(spec, ResolvedWeights("random", None, f"random:{seed}", seed), maps_dtype="float32")
+    fp = make_fingerprint(spec, ResolvedWeights("random", None, f"random:{seed}", seed), maps_dtype=maps_dtype)
     m = Manifest(
         fingerprint=fp,
         classes=[f"class{k}" for k in range(classes)],
@@ -106,8 +109,8 @@ def synthetic_cache(
             "split_source": "folders" if given else None,
         },
         split={"source": "folders" if given else None, "fractions": {"train": 0.8, "val": 0.1, "test": 0.1}},
-        storage=storage_options("none", "float32"),
-        shard_size=100,
+        storage=storage_options("none", maps_dtype),
+        shard_size=shard_size,
     )
     with CacheWriter(path, m) as cw:
         for shard in cw.pending_shards():

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from featcache.trainer.api import train
 from featcache.trainer.cli import app
+from featcache.trainer.report import ranking
 from featcache.trainer.rundir import head_params, load_results
 from featcache.trainer.sweep import HeadConfig
 
@@ -108,7 +109,8 @@ def test_report_page_numbers(runs, tmp_path):
     board = page.tables["leaderboard"][1:]
     val = 3 + len(BOARD_KEYS) + 1  # rank, head, kind, the grid keys, best epoch, then val acc, val loss, test acc
     test = val + 2
-    heads = sorted(results["heads"], key=lambda h: (-h["val_acc"], h["val_loss"]))
+    order, _ = ranking(results["heads"], results["splits"]["val"])  # one-SE rule: not a plain sort by val
+    heads = [results["heads"][i] for i in order]
     assert [row[1] for row in board] == [h["name"] for h in heads]
     assert [float(row[val]) for row in board] == pytest.approx([h["val_acc"] for h in heads], abs=1e-4)
     assert [float(row[test]) for row in board] == pytest.approx([h["test_acc"] for h in heads], abs=1e-4)

@@ -121,7 +121,8 @@ def train(
     seed: int | None = None,
     standardize: bool | None = None,
     val_fraction: float | None = None,
-    max_maps_gb: float | None = None,
+    max_memory_gb: float | None = None,
+    stream: bool | None = None,
     allow_partial: bool | None = None,
     views: bool | None = None,
     baselines: bool | None = None,
@@ -145,8 +146,8 @@ def train(
     grid = dict(head=head, lr=lr, weight_decay=weight_decay, hidden=hidden, dropout=dropout)
     grid.update(label_smoothing=label_smoothing, c=c, power=power, pool=pool, map_augment=map_augment)
     settings = dict(epochs=epochs, batch_size=batch_size, patience=patience, seed=seed, standardize=standardize)
-    settings.update(val_fraction=val_fraction, max_maps_gb=max_maps_gb, allow_partial=allow_partial, views=views)
-    settings["baselines"] = baselines
+    settings.update(val_fraction=val_fraction, max_memory_gb=max_memory_gb, allow_partial=allow_partial, views=views)
+    settings.update(baselines=baselines, stream=stream)
     configs, checked = resolve_sweep(Path(sweep) if sweep is not None else None, grid, settings)
     run_dir, results = run_sweep(
         Path(cache) if isinstance(cache, str | Path) else [Path(c) for c in cache],

@@ -55,8 +55,8 @@ def sweep_candidates(out: Any) -> list[Candidate]:
     val preferred (view 0 or TTA)."""
     cands = []
     for state in out.states:
-        probs = {s: state.predict_all(state.inputs[s]) for s in SPLITS}
-        tta = {s: state.tta_probabilities(s) for s in SPLITS} if state.views is not None else None
+        probs = {s: state.predictions(s) for s in SPLITS}
+        tta = {s: state.tta_probabilities(s) for s in SPLITS} if state.n_views > 1 else None
         for k, cfg in enumerate(state.group.configs):
             row = next(h for h in out.heads if h["name"] == cfg.name)
             src = tta if row.get("use_tta") else probs

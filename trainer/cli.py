@@ -65,7 +65,16 @@ SETTING_HELP = {
     "seed": "Seed of initialisation, batch order and dropout: the same seed and cache give the same results.",
     "standardize": "Standardise pooled inputs with the train split's mean and std (kept inside the saved head).",
     "val_fraction": "When the cache has no val rows, the fraction of train rows carved off as val (by id hash).",
-    "max_maps_gb": "Memory allowed for the maps of map heads (float16, ~125 KB per row).",
+    "max_memory_gb": (
+        "Memory allowed for the inputs held during the sweep: pooled vectors (5 KB per row, times the views "
+        "with --views), plus maps when map heads are trained (float16, ~125 KB per row). A cache whose "
+        "inputs need more is streamed from the shards epoch by epoch (same results; closed-form baselines "
+        "skipped)."
+    ),
+    "stream": (
+        "Stream the inputs from the shards epoch by epoch, whatever their size (bounded memory; the same "
+        "results as in memory for the same seed; closed-form baselines skipped)."
+    ),
     "allow_partial": "Train on an unfinished cache (by default one is refused).",
     "views": (
         "On a cache extracted with --views: train pooled heads on every view (one per row per epoch) and "
@@ -144,7 +153,8 @@ def train(
     seed: Annotated[Optional[int], _setting("seed")] = None,
     standardize: Annotated[Optional[bool], _setting("standardize", "--standardize/--no-standardize")] = None,
     val_fraction: Annotated[Optional[float], _setting("val_fraction")] = None,
-    max_maps_gb: Annotated[Optional[float], _setting("max_maps_gb")] = None,
+    max_memory_gb: Annotated[Optional[float], _setting("max_memory_gb")] = None,
+    stream: Annotated[Optional[bool], _setting("stream", "--stream")] = None,
     allow_partial: Annotated[Optional[bool], _setting("allow_partial", "--allow-partial")] = None,
     views: Annotated[Optional[bool], _setting("views", "--views/--no-views")] = None,
     baselines: Annotated[Optional[bool], _setting("baselines", "--baselines/--no-baselines")] = None,
@@ -182,7 +192,8 @@ def train(
             caches = cache if len(cache) > 1 else cache[0]
             result = api.train(
                 caches, sweep=sweep, **grid, epochs=epochs, batch_size=batch_size, patience=patience, seed=seed,
-                standardize=standardize, val_fraction=val_fraction, max_maps_gb=max_maps_gb,
+                standardize=standardize, val_fraction=val_fraction, max_memory_gb=max_memory_gb,
+                stream=stream,
                 allow_partial=allow_partial, views=views, baselines=baselines, runs=runs,
                 progress=progress, concat=concat,
                 log=lambda m: typer.echo(m, err=True), command=["featcache-train", *sys.argv[1:]],

@@ -1,18 +1,21 @@
 """What the trainer reads from a cache: labelled rows per split, and their inputs.
 
-Pooled vectors are loaded whole (5 KB per row). Maps, for map heads, are read in large chunk-aligned
-blocks (``FeatureCache.iter_maps``), never row by row, into one float16 array per split.
+In memory, pooled vectors are loaded whole (5 KB per row) and maps, for map heads, are read in large
+chunk-aligned blocks (``FeatureCache.iter_maps``), never row by row, into one float16 array per
+split. Streamed (``pooled=False``), only each row's label, id, split and place in the shards are
+loaded, and :mod:`~featcache.trainer.feed` reads the inputs epoch by epoch.
 """
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..shared.cache import schema
-from ..shared.cache.reader import FeatureCache, PooledRows
+from ..shared.cache.reader import ROW, SHARD, FeatureCache, PooledRows
 from ..shared.cache.schema import SPLIT_CODES
 from ..shared.cache.split import hash_unit
 from ..shared.errors import FeatcacheError
@@ -23,15 +26,18 @@ CARVE_SALT = "featcache-carve-val:"
 
 @dataclass
 class Split:
-    """Rows of one split: ``index (n,)`` listing positions, ``id (n,)``, ``y (n,)`` int32 labels,
-    ``pooled (n, C)`` float32, ``maps (n, h, w, C)`` float16 once loaded, and ``views (n, V, C)``
-    float32, every view's pooled vector (view 0 = ``pooled``), when the cache has views and they
-    were asked for."""
+    """Rows of one split, in index order: ``index (n,)`` listing positions, ``id (n,)``, ``y (n,)``
+    int32 labels, ``shard (n,)`` and ``row (n,)`` int64 where each is stored (the reader's ``SHARD``
+    and ``ROW``), ``pooled (n, C)`` float32 (None when streamed), ``maps (n, h, w, C)`` float16 once
+    loaded, and ``views (n, V, C)`` float32, every view's pooled vector (view 0 = ``pooled``), when
+    the cache has views and they were asked for (in memory)."""
 
     index: np.ndarray
     id: np.ndarray
     y: np.ndarray
-    pooled: np.ndarray
+    pooled: np.ndarray | None
+    shard: np.ndarray | None = None  # None: rows of one shard, in order (a dataset made in memory)
+    row: np.ndarray | None = None
     maps: np.ndarray | None = None
     views: np.ndarray | None = None
 
@@ -48,17 +54,27 @@ class Dataset:
     val_carved: bool
     unlabelled_rows: int
     notes: list[str] = field(default_factory=list)
+    cache: FeatureCache | None = None  # where streamed inputs are read from
+    streamed: bool = False  # inputs read from the shards epoch by epoch, not held (trainer.feed)
+
+    @property
+    def channels(self) -> int:
+        """Channels ``C`` of a pooled vector."""
+        return self.train.pooled.shape[1] if self.train.pooled is not None else self.cache.maps_shape[-1]
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
 
 
 def shard_row(cache: FeatureCache, listing_index: int) -> tuple[Path, int]:
-    """The shard file holding the row at listing position ``listing_index``, and the row's position in it."""
-    for record in cache.shards:
-        if record.first_index <= listing_index < record.first_index + record.num_inputs:
-            with cache.open_shard(record) as f:
-                return cache.shard_path(record), int(np.flatnonzero(f[schema.INDEX][()] == listing_index)[0])
+    """The shard file holding the row at listing position ``listing_index``, and the row's position in it
+    (a bisection of the shards' input ranges, which are in order: one shard opened, whatever their number)."""
+    shards = cache.shards
+    at = bisect.bisect_right(shards, listing_index, key=lambda r: r.first_index) - 1
+    if at >= 0 and listing_index < shards[at].first_index + shards[at].num_inputs:
+        record = shards[at]
+        with cache.open_shard(record) as f:
+            return cache.shard_path(record), int(np.flatnonzero(f[schema.INDEX][()] == listing_index)[0])
     raise KeyError(listing_index)
 
 
@@ -83,17 +99,28 @@ def load_rows(cache: FeatureCache) -> PooledRows:
 
 
 def load_dataset(
-    cache: FeatureCache, *, val_fraction: float = 0.1, allow_partial: bool = False, views: bool = False
+    cache: FeatureCache,
+    *,
+    val_fraction: float = 0.1,
+    allow_partial: bool = False,
+    views: bool = False,
+    pooled: bool = True,
 ) -> Dataset:
     """The cache's labelled rows split into train/val/test.
 
     Refuses an unfinished cache unless ``allow_partial`` and a cache with no labels. When the cache has
     no val rows, ``val_fraction`` of train is carved off by a hash of the id (stable, seed-free).
-    With ``views`` and a cache extracted with views, each split's ``views`` is loaded too.
+    With ``views`` and a cache extracted with views, each split's ``views`` is loaded too. Without
+    ``pooled`` no input is loaded (a streamed dataset: see :mod:`~featcache.trainer.feed`).
     """
     if not allow_partial:
         cache.require_complete()
-    rows = load_rows(cache)
+    columns = (schema.LABEL, schema.ID, schema.INDEX, schema.SPLIT, SHARD, ROW)
+    c = cache.read_columns(((schema.POOLED,) if pooled else ()) + columns)
+    split_codes = cache.splits(c[schema.ID], c[schema.SPLIT])
+    rows = PooledRows(c.get(schema.POOLED), c[schema.LABEL], c[schema.ID], c[schema.INDEX], split_codes)
+    if pooled:
+        require_finite(cache, schema.POOLED, rows.index, rows.pooled)
     labelled = rows.label >= 0
     if not labelled.any():
         raise FeatcacheError(
@@ -116,17 +143,27 @@ def load_dataset(
         notes.append(f"no val rows in the cache: {len(carve)} of {len(train_rows)} train rows carved off as val")
 
     all_views = None
-    if views and cache.views > 1:
+    if views and pooled and cache.views > 1:
         all_views = cache.load_pooled_views()
         require_finite(cache, schema.POOLED_VIEWS, rows.index, all_views)
 
     def part(name: str) -> Split:
         sel = labelled & (split == SPLIT_CODES[name])
         v = None if all_views is None else all_views[sel]
-        return Split(rows.index[sel], rows.id[sel], rows.label[sel].astype(np.int32), rows.pooled[sel], views=v)
+        x = None if rows.pooled is None else rows.pooled[sel]
+        y = rows.label[sel].astype(np.int32)
+        return Split(rows.index[sel], rows.id[sel], y, x, c[SHARD][sel], c[ROW][sel], views=v)
 
     ds = Dataset(
-        list(cache.classes), part("train"), part("val"), part("test"), val_carved, int((~labelled).sum()), notes
+        list(cache.classes),
+        part("train"),
+        part("val"),
+        part("test"),
+        val_carved,
+        int((~labelled).sum()),
+        notes,
+        cache,
+        not pooled,
     )
     if len(ds.train) == 0:
         raise FeatcacheError(f"{cache.path}: no labelled train rows")
@@ -140,14 +177,8 @@ def load_dataset(
     return ds
 
 
-def load_maps(cache: FeatureCache, ds: Dataset, budget_gb: float) -> None:
-    """Read the maps of every split into memory (float16), refusing beyond ``budget_gb``."""
-    need = sum(len(s) for s in (ds.train, ds.val, ds.test)) * int(np.prod(cache.maps_shape)) * 2 / 1e9
-    if need > budget_gb:
-        raise FeatcacheError(
-            f"{cache.path}: map heads need {need:.1f} GB of maps in memory, above "
-            f"max_maps_gb={budget_gb:g}; raise it or train pooled heads only"
-        )
+def load_maps(cache: FeatureCache, ds: Dataset) -> None:
+    """Read the maps of every split into memory (float16)."""
     for s in (ds.train, ds.val, ds.test):
         s.maps = read_maps(cache, s.index, "float16")
 
@@ -156,16 +187,25 @@ def read_maps(cache: FeatureCache, index: np.ndarray, dtype: str) -> np.ndarray:
     """The maps ``(n, h, w, C)`` of the rows at listing positions ``index`` ``(n,)``, in that order,
     read in large chunk-aligned blocks."""
     out = np.empty((len(index), *cache.maps_shape), dtype)
-    pos = {int(i): k for k, i in enumerate(index)}
+    by_value = np.argsort(index, kind="stable")
     for block_index, block in cache.iter_maps(block_rows=MAPS_READ_ROWS, indices=index, dtype=dtype):
         require_finite(cache, schema.MAPS, block_index, block)
-        out[[pos[int(i)] for i in block_index]] = block
+        out[by_value[np.searchsorted(index, block_index, sorter=by_value)]] = block
     return out
 
 
+def memory_gb(cache: FeatureCache, maps: bool, views: bool) -> float:
+    """GB the inputs of every live row would take in memory: pooled float32 (every view's with
+    ``views``), plus float16 maps with ``maps``. From the manifest alone (no shard is opened)."""
+    channels = cache.maps_shape[-1]
+    per_row = channels * 4 * (cache.views if views else 1) + (int(np.prod(cache.maps_shape)) * 2 if maps else 0)
+    return cache.num_rows * per_row / 1e9
+
+
 def standardizer(train: Split) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and std ``(C,)`` of the train split's pooled vectors. The std is floored at
-    1e-6: ReLU features have channels that are zero on every train row, and those stay zero."""
-    mean = train.pooled.mean(axis=0)
-    std = train.pooled.std(axis=0)
-    return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
+    """Per-channel mean and std ``(C,)`` of an in-memory split's pooled vectors (see
+    :func:`featcache.trainer.feed.standardizer`, what the sweep uses, in memory or streamed)."""
+    from .feed import Feed, Need
+    from .feed import standardizer as streaming
+
+    return streaming(Feed(None, "train", train, Need(), streamed=False, seed=0, batch_size=1))  # type: ignore[arg-type]

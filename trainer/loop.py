@@ -1,6 +1,7 @@
 """The training loop: every head of a sweep trained in one pass over the cache, early stopping per
 head, and each head's best epoch restored at the end. Closed-form heads (``logreg``, see ``kinds``)
-are fitted once before the epochs, on every train view, and take no part in them.
+are fitted once before the epochs, on every train view, and take no part in them; they need every
+train row in memory, so a streamed sweep leaves them out and says so.
 
 Heads are grouped by kind and width (one trainable group each, see ``engine.make_group``); each epoch
 draws one shuffled batch order, and every batch is read once and fed to every group. After each epoch
@@ -8,7 +9,8 @@ every head is evaluated on val; a head that has not improved its val accuracy (t
 for ``patience`` epochs is frozen, and at the end each head gets back the weights of its best epoch.
 On a cache with views (``Settings.views``), each epoch feeds every train row to the pooled heads
 through one of its views, and at the end they are also scored with test-time augmentation (see
-``views``). Nothing here writes files: see ``rundir``.
+``views``). Batches come from each split's :class:`~featcache.trainer.feed.Feed`, held in memory or
+streamed from the shards, the same batches either way. Nothing here writes files: see ``rundir``.
 """
 
 from __future__ import annotations
@@ -21,14 +23,16 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from .data import Dataset, standardizer
+from ..shared.errors import FeatcacheError
+from .data import Dataset
+from .feed import Batch, Feed, Need, standardizer
 from .kinds import closed_form
 from .settings import Settings
 from .sweep import HeadConfig
 from .views import accuracy as view_accuracy
 from .views import epoch_views, pick_views, tta_probs
 
-EVAL_BATCH = {"pooled": 4096, "maps": 256}  # rows per evaluation batch, by input
+EVAL_BATCH = {"pooled": 4096, "maps": 64}  # rows per evaluation batch, by input
 SPLITS = ("train", "val", "test")
 
 
@@ -39,14 +43,16 @@ def batches(x: np.ndarray, y: np.ndarray, size: int) -> Iterator[tuple[np.ndarra
 
 @dataclass
 class GroupState:
-    """One group of ``k`` heads and what the loop tracks for it. ``inputs``: split -> the group's
-    inputs (standardised pooled ``(n, C)`` float32, or maps ``(n, h, w, C)`` float16); the ``best_*``
-    and ``stale`` arrays are ``(k,)``; ``history[i]`` holds head ``i``'s per-epoch metrics."""
+    """One group of ``k`` heads and what the loop tracks for it. ``feeds``: split -> its batches (in
+    memory or streamed, :class:`~featcache.trainer.feed.Feed`, shared by the groups), of which the
+    group reads the maps or the pooled vectors (``n_views`` > 1: and the views, for TTA); the
+    ``best_*`` and ``stale`` arrays are ``(k,)``; ``history[i]`` holds head ``i``'s per-epoch metrics."""
 
     group: Any
-    inputs: dict[str, np.ndarray]
+    feeds: dict[str, Feed]
     eval_batch: int
-    views: dict[str, np.ndarray] | None = None  # split -> standardised (n, V, C) views, for pooled groups
+    reads_maps: bool = False
+    n_views: int = 1  # views per row this (pooled) group trains on and is scored with TTA on; 1: none
     history: list[list[dict[str, float]]] = field(default_factory=list)
     best_acc: np.ndarray = field(default_factory=lambda: np.zeros(0))
     best_loss: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -61,40 +67,65 @@ class GroupState:
         self.best_epoch, self.stale = np.zeros(k, int), np.zeros(k, int)
 
     @property
+    def need(self) -> Need:
+        """What the group reads of a split's rows when it is evaluated."""
+        return Need(pooled=False, maps=True) if self.reads_maps else Need(pooled=True)
+
+    @property
     def closed_form(self) -> bool:
         return getattr(self.group, "closed_form", False)
+
+    def x(self, batch: Batch) -> np.ndarray:
+        """The group's inputs in ``batch``: maps ``(b, h, w, C)``, standardised pooled ``(b, C)``, or for
+        a closed-form group (which normalises its own features) the pooled vectors as cached."""
+        return batch.maps if self.reads_maps else self.as_cached(batch.pooled)
+
+    def as_cached(self, x: np.ndarray) -> np.ndarray:
+        """``x`` (pooled vectors or views, as the feeds give them) for this group: undone standardisation
+        for a closed-form group, else ``x`` itself."""
+        mean_std = self.feeds["train"].mean_std
+        return x * mean_std[1] + mean_std[0] if self.closed_form and mean_std is not None else x
 
     def active(self, patience: int) -> np.ndarray:
         """``(k,)`` bool: the heads still training (fewer than ``patience`` epochs without progress;
         never a closed-form head, fitted before the epochs)."""
         return np.zeros(self.group.k, bool) if self.closed_form else self.stale < patience
 
-    def fit(self, y_train: np.ndarray, y_val: np.ndarray) -> None:
-        """Fit a closed-form group on every train view (or the pooled vectors) and record it as its
-        epoch 1."""
+    def fit(self, train: Any) -> None:
+        """Fit a closed-form group on every train view (or the pooled vectors) of ``train`` (the
+        in-memory :class:`~featcache.trainer.data.Split`) and record it as its epoch 1."""
         t0 = time.perf_counter()
-        x = self.views["train"] if self.views is not None else self.inputs["train"][:, None]
-        self.group.fit(x, y_train)
-        train = np.stack(self.evaluate("train", y_train))
-        self.end_epoch(1, np.ones(self.group.k, bool), train, self.evaluate("val", y_val))
+        x = train.views if self.n_views > 1 else train.pooled[:, None]
+        self.group.fit(x, train.y)
+        self.end_epoch(1, np.ones(self.group.k, bool), np.stack(self.evaluate("train")), self.evaluate("val"))
         self.seconds += time.perf_counter() - t0
 
-    def evaluate(self, split: str, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def evaluate(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """Mean loss and accuracy ``(k,)`` of every head on ``split`` (no dropout)."""
-        return self.group.evaluate(batches(self.inputs[split], y, self.eval_batch))
+        return self.group.evaluate((self.x(b), b.y) for b in self.feeds[split].eval_batches(self.eval_batch, self.need))
 
     def probabilities(self, split: str, head: int) -> np.ndarray:
         """Head ``head``'s class probabilities ``(n, n_classes)`` on ``split``."""
-        return self.predict_all(self.inputs[split])[head]
+        return self.predictions(split)[head]
+
+    def predictions(self, split: str) -> np.ndarray:
+        """Every head's class probabilities ``(k, n, n_classes)`` on ``split``."""
+        parts = [self.group.predict(self.x(b)) for b in self.feeds[split].eval_batches(self.eval_batch, self.need)]
+        return np.concatenate(parts, axis=1) if parts else np.zeros((self.group.k, 0, self.group.n_classes))
 
     def predict_all(self, x: np.ndarray) -> np.ndarray:
-        """Every head's class probabilities ``(k, n, n_classes)`` on inputs ``x``."""
+        """Every head's class probabilities ``(k, n, n_classes)`` on inputs ``x`` (in memory)."""
         parts = [self.group.predict(x[i : i + self.eval_batch]) for i in range(0, len(x), self.eval_batch)]
         return np.concatenate(parts, axis=1) if parts else np.zeros((self.group.k, 0, self.group.n_classes))
 
     def tta_probabilities(self, split: str) -> np.ndarray | None:
         """Every head's mean class probabilities over the views ``(k, n, n_classes)``, or None without views."""
-        return None if self.views is None else tta_probs(self.predict_all, self.views[split])
+        if self.n_views == 1:
+            return None
+        need = Need(pooled=False, views=self.n_views)
+        batches = self.feeds[split].eval_batches(self.eval_batch, need)
+        parts = [tta_probs(self.group.predict, self.as_cached(b.views)) for b in batches]
+        return np.concatenate(parts, axis=1) if parts else np.zeros((self.group.k, 0, self.group.n_classes))
 
     def end_epoch(self, epoch: int, active: np.ndarray, train: np.ndarray, val: tuple[np.ndarray, np.ndarray]) -> None:
         """Record epoch ``epoch``: ``train`` ``(2, k)`` mean loss and accuracy, ``val`` (loss, acc);
@@ -132,87 +163,73 @@ class TrainOutput:
         return next((s, k) for s in self.states for k, c in enumerate(s.group.configs) if c.name == name)
 
 
-def _inputs(ds: Dataset, reads_maps: bool, mean_std: tuple[np.ndarray, np.ndarray] | None) -> dict[str, np.ndarray]:
-    out = {}
-    for name in SPLITS:
-        s = getattr(ds, name)
-        out[name] = s.maps if reads_maps else s.pooled if mean_std is None else (s.pooled - mean_std[0]) / mean_std[1]
-    return out
+def make_feeds(ds: Dataset, configs: list[HeadConfig], settings: Settings) -> dict[str, Feed]:
+    """Every split's :class:`Feed`, carrying what the heads of ``configs`` read: pooled vectors (and
+    views, when ``settings.views`` and the cache has them) for pooled heads, maps for map heads."""
+    pooled = any(not c.reads_maps for c in configs)
+    maps = any(c.reads_maps for c in configs)
+    n_views = 1
+    if pooled and settings.views:
+        n_views = ds.train.views.shape[1] if ds.train.views is not None else 1
+        if ds.streamed and ds.cache is not None:
+            n_views = ds.cache.views
+    need = Need(pooled=pooled, views=n_views, maps=maps)
+    return {n: Feed(ds.cache, n, getattr(ds, n), need, ds.streamed, settings.seed, settings.batch_size) for n in SPLITS}
 
 
-def _views(ds: Dataset, mean_std: tuple[np.ndarray, np.ndarray] | None) -> dict[str, np.ndarray] | None:
-    """Every split's standardised views ``(n, V, C)``, or None when ``ds`` has none loaded."""
-    if ds.train.views is None:
-        return None
-    return {
-        n: v if mean_std is None else (v - mean_std[0]) / mean_std[1]
-        for n in SPLITS
-        if (v := getattr(ds, n).views) is not None
-    }
-
-
-def _build_states(
-    ds: Dataset,
-    configs: list[HeadConfig],
-    seed: int,
-    mean_std: tuple[np.ndarray, np.ndarray] | None,
-    views: dict[str, np.ndarray] | None = None,
-    raw_views: dict[str, np.ndarray] | None = None,
-) -> list[GroupState]:
-    """One state per group; closed-form groups read the pooled vectors and views as cached
-    (``raw_views``), SGD pooled groups the standardised ones."""
+def _build_states(ds: Dataset, configs: list[HeadConfig], seed: int, feeds: dict[str, Feed]) -> list[GroupState]:
     from .engine import make_group
 
     by_group: dict[tuple[str, int], list[HeadConfig]] = {}
     for c in configs:
         by_group.setdefault(c.group, []).append(c)
-    in_dim, n_classes = ds.train.pooled.shape[1], len(ds.classes)
+    n_views = feeds["train"].need.views
     states = []
     for g, cs in enumerate(by_group.values()):
-        maps, raw = cs[0].reads_maps, closed_form(cs[0].kind)
-        group = make_group(cs, in_dim, n_classes, seed + g)
-        inputs = _inputs(ds, maps, None if raw else mean_std)
-        group_views = None if maps else raw_views if raw else views
-        states.append(GroupState(group, inputs, EVAL_BATCH["maps" if maps else "pooled"], group_views))
+        maps = cs[0].reads_maps
+        group = make_group(cs, ds.channels, len(ds.classes), seed + g)
+        batch = EVAL_BATCH["maps" if maps else "pooled"]
+        states.append(GroupState(group, feeds, batch, maps, 1 if maps else n_views))
     return states
 
 
 def _train_epoch(
     states: list[GroupState],
     active: list[np.ndarray],
-    y: np.ndarray,
-    order: np.ndarray,
+    feed: Feed,
+    epoch: int,
     settings: Settings,
     step: int,
     bar: tqdm,
     which: np.ndarray | None = None,
 ) -> tuple[list[np.ndarray], int]:
-    """One pass over ``order`` in batches; returns each group's ``(2, k)`` mean train loss and accuracy
-    and the next step number (dropout seeds are ``(seed, step)``). ``which`` ``(n,)``: the view each
-    train row goes through in a group with views (:func:`featcache.trainer.views.epoch_views`)."""
+    """One pass over the train split in epoch ``epoch``'s order; returns each group's ``(2, k)`` mean
+    train loss and accuracy and the next step number (dropout seeds are ``(seed, step)``). ``which``
+    ``(n,)``: the view each train row goes through in a group with views
+    (:func:`featcache.trainer.views.epoch_views`)."""
     sums = [np.zeros((2, s.group.k)) for s in states]
-    for b in range(0, len(order), settings.batch_size):
-        idx = np.sort(order[b : b + settings.batch_size])
+    for batch in feed.train_batches(epoch):
+        picked = None if which is None else which[batch.pos]  # (b,) each row's view this epoch
         for s, on, total in zip(states, active, sums, strict=True):
             if on.any():
                 t0 = time.perf_counter()
-                x = s.inputs["train"][idx] if s.views is None else pick_views(s.views["train"], idx, which)
-                loss, correct = s.group.train_step(x, y[idx], on, (settings.seed, step))
+                x = s.x(batch) if s.n_views == 1 else pick_views(batch.views, np.arange(len(batch.pos)), picked)
+                loss, correct = s.group.train_step(x, batch.y, on, (settings.seed, step))
                 s.seconds += time.perf_counter() - t0
-                total += [loss * len(idx), correct]
+                total += [loss * len(batch.pos), correct]
         step += 1
         bar.update(1)
-    return [t / len(order) for t in sums], step
+    return [t / len(feed) for t in sums], step
 
 
 def _finish(s: GroupState, y_val: np.ndarray, y_test: np.ndarray) -> list[dict[str, Any]]:
     """Restore each head's best weights and describe it, with its test metrics (None without test
     rows) and, in a group with views, its val and test accuracy with TTA and whether val prefers it."""
     s.group.restore_best()
-    tloss, tacc = s.evaluate("test", y_test)
+    tloss, tacc = s.evaluate("test")
     has_test = len(y_test) > 0
     tta = {}
-    if s.views is not None:  # mean probabilities over every view; trusted where better on val
+    if s.n_views > 1:  # mean probabilities over every view; trusted where better on val
         tta = {n: view_accuracy(s.tta_probabilities(n), y) for n, y in (("val", y_val), ("test", y_test)) if len(y)}
     return [
         {
@@ -226,7 +243,7 @@ def _finish(s: GroupState, y_val: np.ndarray, y_test: np.ndarray) -> list[dict[s
             "test_loss": float(tloss[k]) if has_test else None,
             "group_wall_seconds": round(s.seconds, 3),
             "group_size": s.group.k,
-            "views": s.views["train"].shape[1] if tta else 1,
+            "views": s.n_views if tta else 1,
             "val_acc_tta": float(tta["val"][k]) if tta else None,
             "test_acc_tta": float(tta["test"][k]) if "test" in tta else None,
             "use_tta": bool(tta) and bool(tta["val"][k] > s.best_acc[k]),  # chosen on val only
@@ -236,19 +253,31 @@ def _finish(s: GroupState, y_val: np.ndarray, y_test: np.ndarray) -> list[dict[s
 
 
 def train(ds: Dataset, configs: list[HeadConfig], settings: Settings, progress: bool = True) -> TrainOutput:
-    """Train every head of ``configs`` on ``ds`` (with maps loaded when a head reads them)."""
+    """Train every head of ``configs`` on ``ds`` (with maps loaded when a head reads them, unless
+    ``ds.streamed``: then every epoch reads its inputs from the shards)."""
     from .engine import tf
 
     tf.config.experimental.enable_op_determinism()
     tf.random.set_seed(settings.seed)
-    mean_std = standardizer(ds.train) if settings.standardize else None
-    views = _views(ds, mean_std) if settings.views else None
-    n_views = 1 if views is None else views["train"].shape[1]
-    states = _build_states(ds, configs, settings.seed, mean_std, views, _views(ds, None) if settings.views else None)
+    if ds.streamed and any(closed_form(c.kind) for c in configs):
+        left = [c for c in configs if closed_form(c.kind)]
+        ds.notes.append(f"{len(left)} closed-form heads ({left[0].kind}) need every train row in memory: left out")
+        configs = [c for c in configs if not closed_form(c.kind)]
+        if not configs:
+            raise FeatcacheError(
+                f"{ds.cache.path if ds.cache is not None else 'the cache'}: its inputs are streamed and the sweep "
+                "has only closed-form heads, which need every train row in memory; add SGD heads (head=...) "
+                "or raise max_memory_gb"
+            )
+    feeds = make_feeds(ds, configs, settings)
+    need = feeds["train"].need
+    mean_std = standardizer(feeds["train"]) if settings.standardize else None
+    for f in feeds.values():
+        f.mean_std = mean_std
+    states = _build_states(ds, configs, settings.seed, feeds)
     for s in states:
         if s.closed_form:
-            s.fit(ds.train.y, ds.val.y)
-    rng = np.random.default_rng(settings.seed)
+            s.fit(ds.train)
     n_batches = -(-len(ds.train) // settings.batch_size)
     bar = tqdm(total=settings.epochs * n_batches, unit="batch", disable=not progress, leave=False, dynamic_ncols=True)
     step = 0
@@ -257,13 +286,11 @@ def train(ds: Dataset, configs: list[HeadConfig], settings: Settings, progress: 
             active = [s.active(settings.patience) for s in states]
             if not any(a.any() for a in active):
                 break
-            which = epoch_views(len(ds.train), n_views, settings.seed, epoch) if views else None
-            train_means, step = _train_epoch(
-                states, active, ds.train.y, rng.permutation(len(ds.train)), settings, step, bar, which
-            )
+            which = epoch_views(len(ds.train), need.views, settings.seed, epoch) if need.views > 1 else None
+            train_means, step = _train_epoch(states, active, feeds["train"], epoch, settings, step, bar, which)
             for s, on, means in zip(states, active, train_means, strict=True):
                 t0 = time.perf_counter()
-                s.end_epoch(epoch, on, means, s.evaluate("val", ds.val.y))
+                s.end_epoch(epoch, on, means, s.evaluate("val"))
                 s.seconds += time.perf_counter() - t0
             bar.set_postfix(epoch=epoch, best_val=f"{max(s.best_acc.max() for s in states):.3f}")
     finally:

@@ -21,7 +21,7 @@ from ..shared.cache.fingerprint import describe
 from ..shared.cache.reader import FeatureCache
 from ..shared.errors import FeatcacheError
 from . import rundir
-from .data import Dataset, load_dataset, load_maps
+from .data import Dataset, load_dataset, load_maps, memory_gb
 from .identity import cache_identity
 from .loop import train
 from .multi import CONCAT, LABEL_SEPARATOR, Part, align, concat_dataset, label_caches, locate
@@ -33,20 +33,43 @@ from .sweep import HeadConfig
 Log = Callable[[str], None]
 
 
+STREAMED_NOTE = (
+    "inputs streamed from the shards ({why}): the k-NN baseline and the ensemble need every row in memory "
+    "and were skipped"
+)
+
+
 def load_for(
     cache: FeatureCache, configs: list[HeadConfig], settings: Settings, log: Log, like: Dataset | None = None
 ) -> Dataset:
-    """The cache's splits, with maps in memory when a head of ``configs`` reads them; with ``like`` (the
-    first cache's dataset in a sweep on several), its rows matched to ``like``'s by id (``multi.align``)."""
+    """The cache's splits, with their inputs in memory (maps too when a head of ``configs`` reads
+    them) when they fit in ``settings.max_memory_gb``, else (or with ``settings.stream``) streamed.
+    With ``like`` (the first cache's dataset in a sweep on several), its rows matched to ``like``'s
+    by id (``multi.align``); a sweep on several caches is held in memory."""
+    maps = any(c.reads_maps for c in configs)
+    need = memory_gb(cache, maps, settings.views and any(not c.reads_maps for c in configs))
+    streamed = settings.stream or need > settings.max_memory_gb
+    if streamed and like is not None:
+        raise FeatcacheError(
+            f"{cache.path}: a sweep on several caches holds them in memory, and they need {need:.1f} GB "
+            f"(max_memory_gb={settings.max_memory_gb:g}): raise max_memory_gb or train on one cache at a time"
+        )
     ds = load_dataset(
-        cache, val_fraction=settings.val_fraction, allow_partial=settings.allow_partial, views=settings.views
+        cache,
+        val_fraction=settings.val_fraction,
+        allow_partial=settings.allow_partial,
+        views=settings.views,
+        pooled=not streamed,
     )
     if like is not None:  # the notes the first cache has not given already, naming this cache
         ds = align(like, ds, cache.path)
+    if streamed:
+        why = "stream=True" if settings.stream else f"{need:.1f} GB above max_memory_gb={settings.max_memory_gb:g}"
+        ds.notes.append(STREAMED_NOTE.format(why=why) if settings.baselines else f"inputs streamed ({why})")
     for note in ds.notes if like is None else [n for n in ds.notes if n not in like.notes]:
         log(f"note: {note}" if like is None else f"note: {cache.path}: {note}")
-    if any(c.reads_maps for c in configs):
-        load_maps(cache, ds, settings.max_maps_gb)
+    if maps and not streamed:
+        load_maps(cache, ds)
     log(
         f"{cache.path}: {describe(cache.fingerprint)}; train {len(ds.train)}, val {len(ds.val)}, "
         f"test {len(ds.test)} rows, {len(ds.classes)} classes; {len(configs)} heads"
@@ -101,7 +124,7 @@ def write_run(staging: Path, results: dict[str, Any], parts: list[Part], log: Lo
     part, state, k = locate(parts, results["best"])
     cfg = state.group.configs[k]
     maps_shape = tuple(part.cache.fingerprint["output_shape"])
-    in_dim = part.ds.train.pooled.shape[1]
+    in_dim = part.ds.channels
     model = head_model(
         cfg,
         state.group.head_weights(k),
@@ -179,7 +202,7 @@ def run_sweep(
         results = describe_run(parts, settings, command)
         if concat:
             results["concat"] = train_concat(parts, configs, settings, log, progress)
-        if settings.baselines:
+        if settings.baselines and not any(p.ds.streamed for p in parts):
             from .baselines import run_baselines
 
             results["baselines"] = [row for p in parts for row in p.tag_rows(run_baselines(p.ds, p.out))]

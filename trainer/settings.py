@@ -29,7 +29,8 @@ class Settings:
     seed: int = 0
     standardize: bool = True
     val_fraction: float = 0.1
-    max_maps_gb: float = 8.0
+    max_memory_gb: float = 8.0  # inputs held in memory up to this; beyond, streamed from the shards
+    stream: bool = False  # stream the inputs from the shards whatever their size
     allow_partial: bool = False
     views: bool = True  # on a cache with views: pooled heads train on them and are also scored with TTA
     baselines: bool = True  # the k-NN head and the ensemble beside the sweep
@@ -129,7 +130,8 @@ RULES: dict[str, Callable[[Any], Any]] = {
     "seed": _whole(0),
     "standardize": _flag,
     "val_fraction": _real(0, 1, lo_open=True),
-    "max_maps_gb": _real(0, lo_open=True),
+    "max_memory_gb": _real(0, lo_open=True),
+    "stream": _flag,
     "allow_partial": _flag,
     "views": _flag,
     "baselines": _flag,

@@ -36,6 +36,10 @@ from .schema import LISTING_ATTR
 from .split import assign_splits
 
 DEFAULT_BLOCK_ROWS = 256
+# Pseudo-columns of FeatureCache.read_columns: where each row is stored, for reading it again later
+# without a scan (both int64): its position in its shard file, and its shard's position in ``shards``.
+ROW = "row"
+SHARD = "shard"
 
 
 @dataclass
@@ -171,18 +175,24 @@ class FeatureCache:
         """The named per-row datasets of every shard, concatenated in index order (ids as str objects).
 
         Maps are not a column here: use :meth:`iter_maps`. Dead rows are left out; labels and splits are
-        the current ones (see the module docstring).
+        the current ones (see the module docstring). The pseudo-columns :data:`ROW` and :data:`SHARD`
+        say where each row is stored (read from no file).
         """
         wanted = tuple(dict.fromkeys((*columns, schema.INDEX)))
         parts: dict[str, list[np.ndarray]] = {k: [] for k in wanted}
-        for record in self.shards:
+        for ordinal, record in enumerate(self.shards):
             with self.open_shard(record) as f:
                 try:
                     channels = self.maps_shape[-1]
                     index = _read_column(f, schema.INDEX, record.rows, channels)
                     live = self._live(index)
                     for key in wanted:
-                        value = index if key == schema.INDEX else _read_column(f, key, record.rows, channels)
+                        if key == ROW:
+                            value = np.arange(record.rows, dtype=np.int64)
+                        elif key == SHARD:
+                            value = np.full(record.rows, ordinal, np.int64)
+                        else:
+                            value = index if key == schema.INDEX else _read_column(f, key, record.rows, channels)
                         if key == schema.LABEL:
                             # stored labels number the classes of the generation that wrote the shard
                             stored_classes = len(self.manifest.generation_of(record.shard).classes)
@@ -202,6 +212,8 @@ class FeatureCache:
             schema.INDEX: np.zeros(0, schema.INDEX_DTYPE),
             schema.SPLIT: np.zeros(0, schema.SPLIT_DTYPE),
             schema.POOLED_VIEWS: np.zeros((0, max(self.views - 1, 0), self.maps_shape[-1]), schema.POOLED_DTYPE),
+            ROW: np.zeros(0, np.int64),
+            SHARD: np.zeros(0, np.int64),
         }
         out = {k: np.concatenate(v) if v else empty[k] for k, v in parts.items()}
         if len(self._relabel_index):
@@ -319,7 +331,7 @@ def read_block(dset: h5py.Dataset, sel: np.ndarray, dtype: str | None = None) ->
         return deflate.read_rows(dset, sel, dtype)
     start, stop = int(sel[0]), int(sel[-1]) + 1
     block = dset[start:stop] if len(sel) == stop - start else dset[start:stop][sel - start]
-    return block if dtype is None else block.astype(dtype)
+    return block if dtype is None else block.astype(dtype, copy=False)
 
 
 class ShardMismatchError(FeatcacheError):

@@ -17,7 +17,7 @@ does not.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import h5py
@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import FeatcacheError
 from . import schema
 from .reader import DEFAULT_BLOCK_ROWS as MAPS_BLOCK_ROWS
-from .reader import FeatureCache, aligned_blocks, read_block
+from .reader import ROW, SHARD, FeatureCache, aligned_blocks, read_block
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -39,6 +39,8 @@ DEFAULT_BLOCK_ROWS = {schema.POOLED: 4096, schema.MAPS: MAPS_BLOCK_ROWS}
 DEFAULT_SHUFFLE_ROWS = {schema.POOLED: 16384, schema.MAPS: 1024}
 # Batches made ahead of the model (tf.data prefetch).
 PREFETCH_BATCHES = 2
+# What BlockStream.batches reads of a block: (open shard file, sorted rows in it) -> arrays of those rows.
+Reader = Callable[[h5py.File, np.ndarray], tuple[np.ndarray, ...]]
 
 
 class BlockStream:
@@ -48,11 +50,16 @@ class BlockStream:
     ``dtype``; labels are ``(b,)`` int32, indices ``(b,)`` int64 listing positions. Rows without a
     label are left out. ``peak_rows`` counts the most rows held at once (the memory bound:
     ``shuffle_buffer + block_rows + batch_size`` when shuffling).
+
+    ``rows`` gives the split's rows instead (e.g. the trainer's, with val carved from train):
+    ``(shard (n,), row (n,), index (n,), label (n,))``, the ``SHARD`` and ``ROW`` pseudo-columns of
+    :meth:`FeatureCache.read_columns`, listing positions and labels, in index order. With ``rows``,
+    ``cache`` may be None for a stream that only gives the :meth:`order` of rows held elsewhere.
     """
 
     def __init__(
         self,
-        cache: FeatureCache,
+        cache: FeatureCache | None,
         split: str = "train",
         features: str = schema.POOLED,
         *,
@@ -62,13 +69,15 @@ class BlockStream:
         block_rows: int | None = None,
         shuffle_buffer: int | None = None,
         dtype: str = "float32",
+        rows: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
     ):
+        where = "rows" if cache is None else cache.path
         if split not in schema.SPLIT_CODES:
-            raise FeatcacheError(f"{cache.path}: split={split!r}: choose one of {', '.join(schema.SPLITS)}")
+            raise FeatcacheError(f"{where}: split={split!r}: choose one of {', '.join(schema.SPLITS)}")
         if features not in FEATURES:
-            raise FeatcacheError(f"{cache.path}: features={features!r}: choose 'pooled' or 'maps'")
+            raise FeatcacheError(f"{where}: features={features!r}: choose 'pooled' or 'maps'")
         if batch_size < 1:
-            raise FeatcacheError(f"{cache.path}: batch_size={batch_size}: must be at least 1")
+            raise FeatcacheError(f"{where}: batch_size={batch_size}: must be at least 1")
         self.cache = cache
         self.split = split
         self.features = features
@@ -79,23 +88,26 @@ class BlockStream:
         self.block_rows = max(schema.MAPS_CHUNK_ROWS, block_rows or DEFAULT_BLOCK_ROWS[features])
         self.shuffle_buffer = shuffle_buffer or DEFAULT_SHUFFLE_ROWS[features]
         self.peak_rows = 0
-        # (shard record, positions in the shard, their index, their labels) for every block of the split
-        self.blocks: list[tuple[Any, np.ndarray, np.ndarray, np.ndarray]] = []
-        code = schema.SPLIT_CODES[split]
-        for record in cache.shards:
-            with cache.open_shard(record) as f:
-                try:
-                    label, index, given = (f[k][()] for k in (schema.LABEL, schema.INDEX, schema.SPLIT))
-                    ids = f[schema.ID].asstr()[()].astype(object)
-                except (KeyError, OSError) as exc:
-                    where = cache.shard_path(record)
-                    raise FeatcacheError(f"{where}: cannot read label, id, index, split ({exc})") from None
-            keep = np.flatnonzero((cache.splits(ids, given) == code) & (label != schema.UNKNOWN_LABEL))
-            for sel in aligned_blocks(keep, self.block_rows):
-                self.blocks.append((record, sel, index[sel], label[sel]))
-        self.rows = sum(len(b[1]) for b in self.blocks)
+        if rows is None:
+            c = cache.read_columns((schema.LABEL, schema.ID, schema.INDEX, schema.SPLIT, ROW, SHARD))
+            code = schema.SPLIT_CODES[split]
+            keep = (cache.splits(c[schema.ID], c[schema.SPLIT]) == code) & (c[schema.LABEL] != schema.UNKNOWN_LABEL)
+            rows = (c[SHARD][keep], c[ROW][keep], c[schema.INDEX][keep], c[schema.LABEL][keep])
+        shard, row, self.index, self.label = rows
+        # (shard record, rows in its file, first position in the split) of every block of the split:
+        # blocks partition the split's positions 0..rows-1 in order
+        self.blocks: list[tuple[Any, np.ndarray, int]] = []
+        cuts = np.flatnonzero(np.diff(shard)) + 1
+        for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(shard)], strict=True):
+            if hi > lo:
+                at = int(lo)
+                for sel in aligned_blocks(row[lo:hi], self.block_rows):
+                    record = None if cache is None else cache.shards[int(shard[lo])]
+                    self.blocks.append((record, sel, at))
+                    at += len(sel)
+        self.rows = len(self.index)
         if not self.rows:
-            raise FeatcacheError(f"{cache.path}: no labelled rows in split {split!r}")
+            raise FeatcacheError(f"{where}: no labelled rows in split {split!r}")
 
     @property
     def feature_shape(self) -> tuple[int, ...]:
@@ -107,28 +119,46 @@ class BlockStream:
     def num_batches(self) -> int:
         return -(-self.rows // self.batch_size)
 
-    def _read(self, files: dict[str, h5py.File], record: Any, sel: np.ndarray) -> np.ndarray:
-        """Rows ``sel`` of one shard; the last shard opened stays open (sequential blocks share it)."""
+    def _file(self, files: dict[str, h5py.File], record: Any) -> h5py.File:
+        """The open shard of ``record``; the last shard opened stays open (sequential blocks share it)."""
         f = files.get(record.file)
         if f is None:
             for old in files.values():
                 old.close()
             files.clear()
             f = files[record.file] = self.cache.open_shard(record)
-        return read_block(f[self.features], sel, self.dtype)
+        return f
 
     def epoch(self, epoch: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Yield ``(features, label, index)`` batches of epoch ``epoch``: every row of the split once."""
+        for pos, x in self.batches(epoch, lambda f, sel: (read_block(f[self.features], sel, self.dtype),)):
+            yield x, self.label[pos].astype(np.int32), self.index[pos].astype(np.int64)
+
+    def order(self, epoch: int = 0) -> np.ndarray:
+        """``(rows,)`` int64: the split's positions in the order :meth:`epoch` yields them, read from
+        no file (the shuffle depends on the blocks' sizes only). Training in memory in this order is
+        training on the stream."""
+        parts = [pos for (pos,) in self.batches(epoch, None)]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+    def batches(self, epoch: int, read: Reader | None) -> Iterator[tuple[np.ndarray, ...]]:
+        """Yield ``(positions (b,), *read(shard file, rows))`` batches of epoch ``epoch``.
+
+        ``positions`` index the split's rows (``self.index``, ``self.label``); ``read`` returns arrays
+        of one shard's ``rows`` (sorted positions in its file), e.g. its maps. ``read=None`` opens no
+        file and yields positions only. Shuffled in two stages when ``shuffle``: the blocks in a
+        new order every epoch, the rows inside a window of ``shuffle_buffer`` rows."""
         rng = np.random.default_rng([self.seed, epoch])
         order = rng.permutation(len(self.blocks)) if self.shuffle else range(len(self.blocks))
         window = self.shuffle_buffer if self.shuffle else self.batch_size
-        held: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        held: list[tuple[np.ndarray, ...]] = []
         files: dict[str, h5py.File] = {}
         try:
             for b in order:
-                record, sel, index, label = self.blocks[b]
-                held.append((self._read(files, record, sel), label, index))
-                count = sum(len(h[1]) for h in held)
+                record, sel, at = self.blocks[b]
+                pos = np.arange(at, at + len(sel), dtype=np.int64)
+                held.append((pos,) if read is None else (pos, *read(self._file(files, record), sel)))
+                count = sum(len(h[0]) for h in held)
                 self.peak_rows = max(self.peak_rows, count)
                 if count >= window:
                     held = yield from self._emit(held, rng, final=False)
@@ -139,18 +169,25 @@ class BlockStream:
 
     def _emit(self, held: list, rng: np.random.Generator, final: bool):  # noqa: ANN202 (a generator)
         """Mix the rows held (when shuffling), yield every full batch (and the last part one when
-        ``final``), and return what is left over as the new held list."""
+        ``final``), and return what is left over as the new held list. ``held`` is emptied as the
+        rows are copied into place, so a window is in memory once, not three times."""
         if not held:
             return []
-        x, y, i = (np.concatenate([h[k] for h in held]) for k in range(3))
-        if self.shuffle:
-            perm = rng.permutation(len(y))
-            x, y, i = x[perm], y[perm], i[perm]
+        n = sum(len(h[0]) for h in held)
+        # row j of the concatenated blocks goes to place[j]: the rows concatenated, then permuted
+        place = np.argsort(rng.permutation(n)) if self.shuffle else np.arange(n)
+        arrays = [np.empty((n, *a.shape[1:]), a.dtype) for a in held[0]]
+        at = 0
+        while held:
+            h = held.pop(0)
+            for out, a in zip(arrays, h, strict=True):
+                out[place[at : at + len(a)]] = a
+            at += len(h[0])
         b = self.batch_size
-        full = len(y) if final else len(y) - len(y) % b
-        for s in range(0, full, b):
-            yield x[s : s + b], y[s : s + b].astype(np.int32), i[s : s + b].astype(np.int64)
-        return [] if full == len(y) else [(x[full:], y[full:], i[full:])]
+        full = n if final else n - n % b
+        for s in range(0, full, b):  # copies: a batch held downstream (prefetched) does not hold the window
+            yield tuple(a[s : s + b].copy() for a in arrays)
+        return [] if full == n else [tuple(a[full:].copy() for a in arrays)]
 
 
 def dataset(
