@@ -141,7 +141,8 @@ def test_logreg_heads_of_a_sweep_are_scikit_learns_on_views():
     def split(n: int) -> Split:
         y = rng.integers(0, k, n)
         views = np.abs(centres[y][:, None] + rng.normal(scale=1.0, size=(n, v, d))).astype(np.float32)
-        return Split(np.arange(n), np.array([f"r{i}" for i in range(n)]), y.astype(np.int32), views[:, 0], None, views)
+        ids = np.array([f"r{i}" for i in range(n)])
+        return Split(np.arange(n), ids, y.astype(np.int32), views[:, 0], views=views)
 
     ds = Dataset(["a", "b", "c"], split(240), split(80), split(80), False, 0)
     configs = expand({"head": ["logreg"], "c": [0.01, 1.0], "power": [1.0, 0.5]})

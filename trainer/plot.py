@@ -1,5 +1,6 @@
-"""``plot.png`` of a run: validation accuracy against learning rate per kind and width, the best head's
-curves and its test confusion matrix. matplotlib is optional (the ``plot`` extra)."""
+"""``plot.png`` of a run: validation accuracy against learning rate per kind and width (against ``C``
+for the closed-form ``logreg`` heads, which have no learning rate), the best head's curves and its
+test confusion matrix. matplotlib is optional (the ``plot`` extra)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,10 @@ def plot(results: dict[str, Any], path: Path) -> str | None:
         c = h["config"]
         key = c["kind"] + (f" h{c['hidden']}" if c.get("hidden") else "")
         key = f"{h['cache']}: {key}" if "cache" in h else key  # a sweep on several caches: a line per backbone
-        lines.setdefault(key, []).append((c["lr"], h["val_acc"]))
+        x = c["lr"]
+        if c.get("c"):  # a logreg head: its C, the inverse regularisation, on the same log axis
+            x, key = c["c"], f"{key} (x: C)"
+        lines.setdefault(key, []).append((x, h["val_acc"]))
     for key, pts in sorted(lines.items()):
         by_lr: dict[float, float] = {}
         for lr, acc in pts:
@@ -33,7 +37,7 @@ def plot(results: dict[str, Any], path: Path) -> str | None:
         xs = sorted(by_lr)
         axes[0].plot(xs, [by_lr[x] for x in xs], marker="o", label=f"{key} (best over other settings)")
         axes[0].scatter([p[0] for p in pts], [p[1] for p in pts], s=8, alpha=0.4)
-    axes[0].set(xscale="log", xlabel="learning rate", ylabel="val accuracy", title="every head")
+    axes[0].set(xscale="log", xlabel="learning rate (logreg: C)", ylabel="val accuracy", title="every head")
     axes[0].legend(fontsize=8)
     best = next(h for h in results["heads"] if h["name"] == results["best"])
     ep = [e["epoch"] for e in best["epochs"]]
