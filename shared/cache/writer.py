@@ -16,10 +16,11 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..errors import FeatcacheError, NotACacheError, SourceMismatchError
+from ..errors import CacheLockedError, FeatcacheError, NotACacheError, SourceMismatchError
 from . import deflate, schema
 from .fingerprint import check_compatible, to_attr
 from .fsutil import check_regular, commit_file, remove_stale_temps, sha256_file, temp_path_for
+from .journal import JournalWriter
 from .listing import LISTING_NAME, load_listing, save_listing
 from .lock import CacheLock, FileLock
 from .manifest import FailedInput, Manifest, ShardRecord, file_status, now
@@ -28,15 +29,19 @@ from .parts import (
     WHOLE,
     Finalized,
     Part,
-    PartLog,
     acquire_part,
     finalize,
-    merge_logs,
+    fold,
+    open_journal,
     parts_dir,
     remove_logs,
 )
 from .paths import cache_path, shard_file_problem, shard_path
 from .update import Changes, apply_update, describe_live_changes
+
+# A writer folds its journal into the manifest once it holds this many records, or as many as the
+# manifest had shards at the last fold if that is more (so that folds cost O(1) per shard amortised).
+FOLD_MIN_RECORDS = 256
 
 
 def storage_options(compression: str, maps_dtype: str) -> dict[str, Any]:
@@ -218,7 +223,10 @@ class CacheWriter:
         self.resumed_shards = 0
         self.finalized: Finalized | None = None
         self._part_lock: FileLock | None = None
-        self._log: PartLog | None = None
+        self._journal: JournalWriter | None = None
+        self._since_fold = 0  # records appended since the last fold
+        self._folded = 0  # shards in manifest.json at the last fold
+        self.bookkeeping_bytes = 0  # bytes of manifest and journal this writer wrote (bench/scale.py)
 
     def _cache_lock(self) -> CacheLock:
         return CacheLock(self.dir, wait=LOCK_WAIT_SECONDS)
@@ -240,6 +248,9 @@ class CacheWriter:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        if self._journal is not None:
+            self.bookkeeping_bytes += self._journal.bytes
+            self._journal.close()
         if self._part_lock is not None:
             self._part_lock.release()
         try:
@@ -315,7 +326,6 @@ class CacheWriter:
             manifest_path.unlink()
             old = None
         if old is not None:
-            merge_logs(self.dir, old)
             if self.update:
                 self._apply_update(old)
             self._check_resumable(old)
@@ -334,11 +344,14 @@ class CacheWriter:
                 old.relabelled,
             )
             self.resumed_shards = sum(self.part.owns(s.shard) for s in kept)
+            new.journals = old.journals
         elif self.listing is not None:
             save_listing(self.dir, self.listing)
-        self.manifest.save(self.dir)
-        if not self.part.whole:
-            self._log = PartLog(self.part, self.manifest.created)
+        # the manifest with every journal folded in (journals of parts not running are retired),
+        # then this part's fresh journal: its old one is included up to the offset just recorded
+        fold(self.dir, self.manifest)
+        self._record_fold()
+        self._journal = open_journal(self.dir, self.part, self.manifest.created)
 
     def _apply_update(self, old: Manifest) -> None:
         """Record in ``old`` (and on disk: the grown listing, then the manifest) what changed in the
@@ -413,17 +426,49 @@ class CacheWriter:
         return ShardWriter(self.dir, self.manifest, shard)
 
     def commit_shard(self, writer: ShardWriter, failed: list[FailedInput]) -> ShardRecord:
-        """Rename ``writer``'s shard into place, then record it: in the part log, or for a whole
-        run in the manifest, which makes it visible to readers."""
+        """Rename ``writer``'s shard into place, then append its record to this part's commit
+        journal, which makes it visible to readers: O(1), whatever the cache's size. Folds the
+        journals into the manifest when this journal holds as many records as the manifest had
+        shards at the last fold (at least :data:`FOLD_MIN_RECORDS`): O(1) per shard amortised."""
         record = writer.commit()
         self.manifest.add_shard(record, failed)
-        if self._log is not None:
-            self._log.add(record, failed)
-            self._log.save(self.dir)
-        else:
-            with self._cache_lock():
-                self.manifest.save(self.dir)
+        if self._journal is None:
+            raise FeatcacheError(f"{self.dir}: commit_shard outside the writer's with-block")
+        self._journal.append({"shard": vars(record), "failed": [vars(f) for f in failed]})
+        self._since_fold += 1
+        if self._since_fold >= max(FOLD_MIN_RECORDS, self._folded):
+            self.fold()
         return record
+
+    def fold(self) -> bool:
+        """Fold now, if the cache lock is free (else later: whether it folded). A whole run writes
+        its own manifest (it holds every shard); a part reloads, to include the other parts'
+        journals. Either way this part's journal is then replaced by a fresh one."""
+        try:
+            lock = CacheLock(self.dir, wait=0)
+            lock.acquire()
+        except CacheLockedError:
+            return False
+        try:
+            if self.part.whole:
+                self.manifest.journals = {}  # its only journal is replaced just below
+                fold(self.dir, self.manifest)
+            else:
+                m, _ = fold(self.dir)
+                self._folded = len(m.shards)
+            self._record_fold()
+            if self._journal is not None:
+                self.bookkeeping_bytes += self._journal.bytes
+                self._journal.close()
+            self._journal = open_journal(self.dir, self.part, self.manifest.created)
+        finally:
+            lock.release()
+        return True
+
+    def _record_fold(self) -> None:
+        self._since_fold = 0
+        self._folded = max(self._folded, len(self.manifest.shards))
+        self.bookkeeping_bytes += (self.dir / schema.MANIFEST_NAME).stat().st_size
 
 
 def _is_featcache_shard(path: Path) -> bool:

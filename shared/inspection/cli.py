@@ -153,8 +153,8 @@ def _print_summary(s: dict[str, Any]) -> None:
                 else "no worker recorded as running"
             )
             + (
-                f"; {len(s['parts']['awaiting_merge'])} finished shards not merged yet "
-                "(featcache-extract CACHE --finalize merges them)"
+                f"; {len(s['parts']['awaiting_merge'])} committed shards not folded into manifest.json yet "
+                "(featcache-extract CACHE --finalize folds them)"
                 if s["parts"]["awaiting_merge"]
                 else ""
             )
