@@ -436,9 +436,12 @@ class CacheWriter:
             raise FeatcacheError(f"{self.dir}: commit_shard outside the writer's with-block")
         self._journal.append({"shard": vars(record), "failed": [vars(f) for f in failed]})
         self._since_fold += 1
-        if self._since_fold >= max(FOLD_MIN_RECORDS, self._folded):
+        if self._fold_due():
             self.fold()
         return record
+
+    def _fold_due(self) -> bool:
+        return self._since_fold >= max(FOLD_MIN_RECORDS, self._folded)
 
     def fold(self) -> bool:
         """Fold now, if the cache lock is free (else later: whether it folded). A whole run writes
