@@ -24,6 +24,7 @@ import csv
 import hashlib
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +58,33 @@ def display_id(raw: str) -> str:
     ``os.fsdecode`` as surrogates) are shown as ``\\xNN`` and a backslash as ``\\\\``, so a name
     spelling ``\\xff`` literally and a name with the byte 0xff get different ids."""
     return raw.replace("\\", "\\\\").encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+# Threads that stat files side by side: os.stat releases the GIL, and on a network filesystem a stat
+# is a round trip, so parallel stats are what makes a 10-million-file listing minutes, not hours.
+STAT_THREADS = 16
+
+
+def stat_files(paths: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """``(size, mtime_ns)``, ``(n,)`` int64 each, of ``paths`` (-1 and 0 for a file that cannot be
+    stat'ed), on :data:`STAT_THREADS` threads."""
+
+    def one(chunk: list[bytes]) -> list[tuple[int, int]]:
+        out = []
+        for p in chunk:
+            try:
+                st = os.stat(p)
+                out.append((st.st_size, st.st_mtime_ns))
+            except OSError:
+                out.append((-1, 0))
+        return out
+
+    step = max(1, -(-len(paths) // (STAT_THREADS * 8)))
+    chunks = [paths[k : k + step] for k in range(0, len(paths), step)]
+    with ThreadPoolExecutor(STAT_THREADS) as pool:
+        rows = [r for part in pool.map(one, chunks) for r in part]
+    arr = np.array(rows, dtype=np.int64).reshape(-1, 2)
+    return arr[:, 0].copy(), arr[:, 1].copy()
 
 
 def _ignored(name: str) -> bool:
@@ -96,22 +124,37 @@ class Source:
         """The listing as arrays (see :mod:`featcache.shared.cache.listing`): ids, labels, splits and each file's size
         and modification time (-1 and 0 when it cannot be stat'ed), read once and kept."""
         if self._listing is None:
-            stats = []
-            for p in self.paths:
-                try:
-                    st = os.stat(p)
-                    stats.append((st.st_size, st.st_mtime_ns))
-                except OSError:
-                    stats.append((-1, 0))
-            st_arr = np.array(stats, dtype=np.int64).reshape(-1, 2)
+            size, mtime = stat_files(self.paths)
             self._listing = {
                 "id": np.array(self.ids, dtype=str),
                 "label": self.labels,
                 "split": self.splits,
-                "size": st_arr[:, 0],
-                "mtime_ns": st_arr[:, 1],
+                "size": size,
+                "mtime_ns": mtime,
             }
         return self._listing
+
+    def adopt_listing(self, published: dict[str, np.ndarray], positions: np.ndarray) -> bool:
+        """Take ``published`` (the job's listing, made by the first worker) as this source's listing
+        when it lists the same inputs (ids, labels, splits) and the files at ``positions`` (this
+        worker's share) still have the recorded size and modification time; those are the only
+        files stat'ed. Whether it was adopted (else :meth:`listing` stats every file as usual, and
+        the cache's resume check reports what changed)."""
+        if not (
+            len(published["id"]) == len(self.ids)
+            and np.array_equal(published["label"], self.labels)
+            and np.array_equal(published["split"], self.splits)
+            and published["id"].tolist() == self.ids
+        ):
+            return False
+        size, mtime = stat_files([self.paths[i] for i in positions.tolist()])
+        if not (
+            np.array_equal(size, published["size"][positions])
+            and np.array_equal(mtime, published["mtime_ns"][positions])
+        ):
+            return False
+        self._listing = {k: np.asarray(published[k]) for k in ("id", "label", "split", "size", "mtime_ns")}
+        return True
 
     def listing_sha256(self) -> str:
         """Identity of the listing (ids, labels, splits, file sizes and times, classes): a resume
