@@ -253,7 +253,7 @@ class Finalized:
         }
 
     def summary(self) -> str:
-        merged = f"; merged {self.merged} shards from part logs" if self.merged else ""
+        merged = f"; folded {self.merged} shards from commit journals" if self.merged else ""
         if self.complete:
             return f"{self.cache}: complete, {self.done}/{self.num_shards} shards, {self.rows} rows{merged}"
         head = (
@@ -295,7 +295,7 @@ def exclusive(cache_dir: Path, when: str) -> Iterator[tuple[Manifest, int]]:
 
 
 def finalize(cache_dir: str | Path, *, wait: float = LOCK_WAIT_SECONDS) -> Finalized:
-    """Merge the part logs into ``manifest.json`` and say what is missing and who is running.
+    """Fold the commit journals into ``manifest.json`` and say what is missing and who is running.
 
     Safe at any time: it only adds shards whose files are in place, under the cache lock. When the
     cache is complete and no part is running, the ``parts/`` folder is removed."""

@@ -190,8 +190,9 @@ class CacheWriter:
     shards). When the directory already holds a cache, its fingerprint, listing, shard size and
     storage must agree with it (else a one-line error that says what differs), and its completed
     shards are kept; ``overwrite=True`` discards them instead (whole-cache runs only). A run of a
-    part (see :mod:`featcache.shared.cache.parts`) records its shards in its part log and merges on exit; a whole
-    run records them straight into the manifest. :attr:`finalized` is the state after that merge.
+    run (a part, see :mod:`featcache.shared.cache.parts`; a whole run is part 0/1) appends each
+    shard's record to its commit journal and folds the journals into the manifest now and then and
+    on exit. :attr:`finalized` is the state after that last fold.
 
     ``update=True`` accepts a source whose listing changed: the change is recorded as a new
     generation (:mod:`featcache.shared.cache.update`) and :attr:`changes` says what it was; the
@@ -316,7 +317,7 @@ class CacheWriter:
         manifest_path = self.dir / schema.MANIFEST_NAME
         if old is not None and self.overwrite:
             # featcache's files only: the manifest parsed as ours, so are the shards it lists, the
-            # listing and the part logs; other canonical shard names carry featcache attributes
+            # listing and the commit journals; other canonical shard names carry featcache attributes
             # (checked by _check_existing); anything else in the folder is left alone
             for p in sorted(shards_dir.glob(schema.SHARD_GLOB)):
                 if self._owns_file(p.name):
