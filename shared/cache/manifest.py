@@ -172,6 +172,8 @@ class Manifest:
     @property
     def num_shards(self) -> int:
         """Shards in the plan (completed or not)."""
+        if not self.generations:
+            return plan_shards(int(self.source["num_inputs"]), self.shard_size)
         g = self.plan()[-1]
         return g.first_shard + plan_shards(g.num_inputs, self.shard_size)
 
@@ -227,6 +229,9 @@ class Manifest:
 
     def shard_inputs(self, shard: int) -> range:
         """Positions in the listing that shard number ``shard`` covers."""
+        if not self.generations:  # the plan of a cache never updated (no Generation built: called per record)
+            start = shard * self.shard_size
+            return range(start, min(start + self.shard_size, int(self.source["num_inputs"])))
         g = self.generation_of(shard)
         start = g.first_index + (shard - g.first_shard) * self.shard_size
         return range(start, min(start + self.shard_size, g.first_index + g.num_inputs))
@@ -430,21 +435,13 @@ def _field(
 ) -> Any:
     """``d[key]`` checked to be of ``kind`` (``int``, ``str``, ``dict``, ``list``, ``number``,
     ``str-or-null``); ``where`` is the dotted path of ``d`` for messages."""
-    name = f"{where}.{key}" if where else key
     if key not in d:
         if optional:
             return None
-        raise _Invalid(name, "missing")
+        raise _Invalid(f"{where}.{key}" if where else key, "missing")
     v = d[key]
-    ok = {
-        "int": _is_int(v),
-        "str": isinstance(v, str),
-        "dict": isinstance(v, dict),
-        "list": isinstance(v, list),
-        "number": (_is_int(v) or isinstance(v, float)) and math.isfinite(v),
-        "str-or-null": v is None or isinstance(v, str),
-    }[kind]
-    if not ok:
+    if not _KIND_CHECKS[kind](v):
+        name = f"{where}.{key}" if where else key
         expected = {
             "int": "an integer",
             "dict": "an object",
@@ -456,8 +453,19 @@ def _field(
     if kind == "int":
         low = 0 if minimum is None else minimum
         if not low <= v <= MAX_INT:
-            raise _Invalid(name, f"must be between {low} and {MAX_INT}, got {v}")
+            raise _Invalid(f"{where}.{key}" if where else key, f"must be between {low} and {MAX_INT}, got {v}")
     return v
+
+
+# One check per kind, evaluated only for the kind asked (validate runs them ~10 times per shard record).
+_KIND_CHECKS = {
+    "int": _is_int,
+    "str": lambda v: isinstance(v, str),
+    "dict": lambda v: isinstance(v, dict),
+    "list": lambda v: isinstance(v, list),
+    "number": lambda v: (_is_int(v) or isinstance(v, float)) and math.isfinite(v),
+    "str-or-null": lambda v: v is None or isinstance(v, str),
+}
 
 
 # How many shard numbers a message lists before it says how many more there are.
