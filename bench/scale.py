@@ -160,8 +160,7 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
 
     def at(mark: int) -> list[str]:
-        if mark > killed_at:
-            return [f"shard {mark:,}", "-", "-", "-"]
+        mark = min(mark, killed_at)  # the last commits before the kill stand for the end
         w = commits[max(0, mark - WINDOW) : mark + WINDOW]
         return [f"shard {mark:,}", f"{1000 * float(np.median(w)):.2f}", f"{1000 * max(w):.1f}", f"{len(w)}"]
 

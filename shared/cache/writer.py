@@ -37,6 +37,7 @@ from .parts import (
     remove_logs,
 )
 from .paths import cache_path, shard_file_problem, shard_path
+from .split import assign_splits
 from .update import Changes, apply_update, describe_live_changes
 
 # A writer folds its journal into the manifest once it holds this many records, or as many as the
@@ -92,6 +93,9 @@ class ShardWriter:
         self._index: list[np.ndarray] = []
         self._split: list[np.ndarray] = []
         self._ids: list[str] = []
+        self._fractions = manifest.split["fractions"]
+        # rows per (label, split) as readers assign them, set by commit (Manifest.counts)
+        self.counts: list[list[int]] = []
 
     @property
     def rows(self) -> int:
@@ -142,9 +146,17 @@ class ShardWriter:
         if self._views > 1:
             tail = (self._views - 1, channels)
             f.create_dataset(schema.POOLED_VIEWS, data=self._cat(self._pooled_views, schema.POOLED_DTYPE, tail))
-        f.create_dataset(schema.LABEL, data=self._cat(self._label, schema.LABEL_DTYPE))
+        label = self._cat(self._label, schema.LABEL_DTYPE)
+        split = self._cat(self._split, schema.SPLIT_DTYPE)
+        pairs, n = np.unique(
+            np.stack([label.astype(np.int64), assign_splits(self._ids, split, self._fractions).astype(np.int64)]),
+            axis=1,
+            return_counts=True,
+        )
+        self.counts = [[int(a), int(b), int(c)] for (a, b), c in zip(pairs.T, n, strict=True)]
+        f.create_dataset(schema.LABEL, data=label)
         f.create_dataset(schema.INDEX, data=self._cat(self._index, schema.INDEX_DTYPE))
-        f.create_dataset(schema.SPLIT, data=self._cat(self._split, schema.SPLIT_DTYPE))
+        f.create_dataset(schema.SPLIT, data=split)
         f.create_dataset(
             schema.ID, data=np.array(self._ids, dtype=object), dtype=h5py.string_dtype("utf-8"), shape=(len(self._ids),)
         )
@@ -337,6 +349,7 @@ class CacheWriter:
             new.shards = kept
             kept_ids = {s.shard for s in kept}
             new.failed = [f for f in old.failed if f.shard in kept_ids]
+            new.counts = {k: c for k, c in old.counts.items() if k in kept_ids}
             new.created = old.created
             new.generations, new.dead, new.dropped, new.relabelled = (
                 old.generations,
@@ -431,11 +444,11 @@ class CacheWriter:
         journal, which makes it visible to readers: O(1), whatever the cache's size. Folds the
         journals into the manifest when this journal holds as many records as the manifest had
         shards at the last fold (at least :data:`FOLD_MIN_RECORDS`): O(1) per shard amortised."""
-        record = writer.commit()
-        self.manifest.add_shard(record, failed)
         if self._journal is None:
             raise FeatcacheError(f"{self.dir}: commit_shard outside the writer's with-block")
-        self._journal.append({"shard": vars(record), "failed": [vars(f) for f in failed]})
+        record = writer.commit()
+        self.manifest.add_shard(record, failed, counts=writer.counts)
+        self._journal.append({"shard": vars(record), "failed": [vars(f) for f in failed], "counts": writer.counts})
         self._since_fold += 1
         if self._fold_due():
             self.fold()
