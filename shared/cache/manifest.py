@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import NotACacheError
 from . import journal
 from .fingerprint import IDENTITY_KEYS, OPTIONAL_IDENTITY_KEYS
@@ -138,11 +140,12 @@ class Manifest:
     journals: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False, compare=False)
     # Shards replayed from journals on load (committed, not yet folded into manifest.json).
     journaled: list[int] = field(default_factory=list, repr=False, compare=False)
-    # Rows per (label, split) of listed shards, ``shard -> [[label, split, rows], ...]`` (split as
-    # readers assign it: the source's, else by hash of the id): what ``summary`` needs without
-    # opening 10,000 shards. Optional: caches written before it, or entries that do not check, make
-    # summary read the shards instead.
-    counts: dict[int, list[list[int]]] = field(default_factory=dict, repr=False, compare=False)
+    # Rows per (label, split) of listed shards, ``shard -> [label, split, rows, label, split, rows,
+    # ...]`` (flat; split as readers assign it: the source's, else by hash of the id): what
+    # ``summary`` needs without opening 10,000 shards. Optional, and checked only when used
+    # (:meth:`count_rows`): caches written before it, or entries that do not check, make summary read
+    # the shards instead.
+    counts: dict[int, list[int]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def num_inputs(self) -> int:
@@ -246,7 +249,7 @@ class Manifest:
         record: ShardRecord,
         failed: list[FailedInput],
         updated: str | None = None,
-        counts: list[list[int]] | None = None,
+        counts: list[int] | None = None,
     ) -> None:
         """Record a completed shard (replacing any record of the same number), keeping ``shards``
         sorted by shard and ``failed`` by index: O(log n) for a shard past the last one (the usual
@@ -264,11 +267,39 @@ class Manifest:
             self.counts[record.shard] = counts
         self.updated = updated or now()
 
-    def counted(self) -> bool:
-        """Whether :attr:`counts` covers every listed shard, and no update changed rows since."""
-        return not (self.generations or self.dead or self.relabelled) and all(
-            s.shard in self.counts for s in self.shards
-        )
+    def count_rows(self) -> dict[tuple[int, int], int] | None:
+        """Rows per ``(label, split)`` of the whole cache from :attr:`counts`, or None when they do
+        not cover every listed shard, an update changed rows since, or an entry does not check
+        (integers, labels in ``-1 .. classes - 1``, split codes 0..2, positive rows summing to the
+        shard's ``rows``). Vectorised: milliseconds for 10,000 shards."""
+        if self.generations or self.dead or self.relabelled:
+            return None
+        try:
+            flat = [self.counts[s.shard] for s in self.shards]
+        except KeyError:
+            return None
+        if not flat:
+            return {}
+        lengths = np.array([len(c) for c in flat])
+        try:
+            values = np.array([x for c in flat for x in c])
+        except (OverflowError, ValueError, TypeError):
+            return None
+        if values.dtype.kind not in "iu" or (lengths % 3).any() or not lengths.all():
+            return None
+        t = values.reshape(-1, 3).astype(np.int64)
+        if not (
+            ((t[:, 0] >= -1) & (t[:, 0] < len(self.classes))).all()
+            and ((t[:, 1] >= 0) & (t[:, 1] < len(SPLITS))).all()
+            and (t[:, 2] > 0).all()
+        ):
+            return None
+        per_shard = np.add.reduceat(t[:, 2], np.concatenate([[0], np.cumsum(lengths // 3)[:-1]]))
+        if not np.array_equal(per_shard, [s.rows for s in self.shards]):
+            return None
+        keys, inverse = np.unique(t[:, :2], axis=0, return_inverse=True)
+        sums = np.bincount(inverse.reshape(-1), weights=t[:, 2], minlength=len(keys))
+        return {(int(a), int(b)): int(n) for (a, b), n in zip(keys, sums, strict=True)}
 
     def to_json(self) -> dict[str, Any]:
         d = {
@@ -433,7 +464,8 @@ def _apply_record(m: "Manifest", value: Any, where: str) -> bool:
         or rec.rows + len(failed) != rec.num_inputs
     ):
         return False
-    m.add_shard(rec, failed, updated=rec.completed, counts=shard_counts(value.get("counts"), rec.rows, len(m.classes)))
+    counts = value.get("counts")
+    m.add_shard(rec, failed, updated=rec.completed, counts=counts if isinstance(counts, list) else None)
     m.journaled.append(rec.shard)
     return True
 
@@ -679,11 +711,10 @@ def validate(d: Any, where: str = "manifest") -> Manifest:
                 )
         relabelled = _relabelled(d, num_inputs, len(classes))
         journals = _journals(d)
-        counts = {
-            int(k): c
+        counts = {  # checked when used (Manifest.count_rows)
+            int(k): v
             for k, v in (d.get("counts") if isinstance(d.get("counts"), dict) else {}).items()
-            if isinstance(k, str) and k.isdigit() and int(k) in by_shard
-            if (c := shard_counts(v, by_shard[int(k)].rows, len(classes))) is not None
+            if isinstance(k, str) and k.isdigit() and int(k) in by_shard and isinstance(v, list)
         }
     except _Invalid as exc:
         raise ManifestError(f"{where}: {exc}") from None
@@ -707,24 +738,6 @@ def validate(d: Any, where: str = "manifest") -> Manifest:
         journals=journals,
         counts=counts,
     )
-
-
-def shard_counts(v: Any, rows: int, num_classes: int) -> list[list[int]] | None:
-    """One shard's ``counts`` entry, ``[[label, split, rows], ...]``, when each is in range and they
-    sum to the shard's ``rows``; else None (the entry is ignored: summary then reads the shards)."""
-    if not isinstance(v, list):
-        return None
-    for c in v:
-        if not (
-            isinstance(c, list)
-            and len(c) == 3
-            and all(_is_int(x) for x in c)
-            and -1 <= c[0] < num_classes
-            and 0 <= c[1] < len(SPLITS)
-            and 0 < c[2] <= MAX_INT
-        ):
-            return None
-    return [list(c) for c in v] if sum(c[2] for c in v) == rows else None
 
 
 def _journals(d: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -95,7 +95,7 @@ class ShardWriter:
         self._ids: list[str] = []
         self._fractions = manifest.split["fractions"]
         # rows per (label, split) as readers assign them, set by commit (Manifest.counts)
-        self.counts: list[list[int]] = []
+        self.counts: list[int] = []
 
     @property
     def rows(self) -> int:
@@ -153,7 +153,7 @@ class ShardWriter:
             axis=1,
             return_counts=True,
         )
-        self.counts = [[int(a), int(b), int(c)] for (a, b), c in zip(pairs.T, n, strict=True)]
+        self.counts = [int(x) for (a, b), c in zip(pairs.T, n, strict=True) for x in (a, b, c)]
         f.create_dataset(schema.LABEL, data=label)
         f.create_dataset(schema.INDEX, data=self._cat(self._index, schema.INDEX_DTYPE))
         f.create_dataset(schema.SPLIT, data=split)

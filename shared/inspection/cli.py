@@ -45,11 +45,10 @@ FIRST_FAILURES = 5
 def summarize(cache: FeatureCache) -> dict[str, Any]:
     """The facts ``summary`` prints, as JSON-ready data."""
     m = cache.manifest
-    if m.counted():  # the manifest has the counts: no shard is opened (verify and readers check shards)
+    totals = m.count_rows()
+    if totals is not None:  # the manifest has the counts: no shard is opened (verify and readers check shards)
         cache_path(cache.path, schema.SHARDS_DIR)  # but never report on shards behind a link out of the cache
-        pairs: Counter = Counter()
-        for rows in m.counts.values():
-            pairs.update({(label, code): n for label, code, n in rows})
+        pairs = Counter(totals)
     else:
         cols = cache.read_columns((schema.LABEL, schema.ID, schema.SPLIT))
         split = cache.splits(cols[schema.ID], cols[schema.SPLIT])
