@@ -23,7 +23,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..shared.cache.manifest import Manifest
-from ..shared.cache.parts import Finalized, Part, awaiting_merge, finalize
+from ..shared.cache.parts import Finalized, Part, finalize
 from ..shared.cores import usable_cores
 from ..shared.errors import FeatcacheError
 from .runner import ExtractConfig
@@ -107,12 +107,12 @@ def _child(cfg: ExtractConfig, env: dict[str, str]) -> None:
 
 
 def shards_done(cache_dir: Path) -> tuple[int, int]:
-    """(finished shards, planned shards) counting part logs not merged yet; (0, 0) before set-up."""
+    """(finished shards, planned shards), commit journals replayed; (0, 0) before set-up."""
     try:
         m = Manifest.load(cache_dir)
     except FeatcacheError:
         return 0, 0
-    return len(m.shards) + len(awaiting_merge(cache_dir, m)), m.num_shards
+    return len(m.shards), m.num_shards
 
 
 def follow(cache_dir: Path, still_running: Callable[[], bool], progress: bool) -> None:

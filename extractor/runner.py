@@ -31,10 +31,12 @@ from ..shared.backbones import (
 )
 from ..shared.cache import schema
 from ..shared.cache.fingerprint import describe
-from ..shared.cache.listing import load_listing
-from ..shared.cache.manifest import FailedInput, Manifest
+from ..shared.cache.listing import load_listing, save_listing
+from ..shared.cache.lock import CacheLock
+from ..shared.cache.manifest import FailedInput, Manifest, plan_shards
 from ..shared.cache.parts import WHOLE, Finalized, Part
 from ..shared.cache.writer import CacheWriter, storage_options
+from ..shared.errors import FeatcacheError
 from .inputs import DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_PIXELS, InputLimits
 from .records import close_streams
 from .sources import Source, open_source
@@ -187,6 +189,8 @@ def run_extract(cfg: ExtractConfig, log: Log = print) -> ExtractReport:
             "use them for smoke tests only"
         )
 
+    if (shared := share_listing(cfg, source)) != "own":
+        log(f"listing: {shared}")
     manifest = Manifest(
         fingerprint=make_fingerprint(
             spec,
@@ -230,6 +234,53 @@ def run_extract(cfg: ExtractConfig, log: Log = print) -> ExtractReport:
     report.finalized = cache.finalized
     report.cache_rows = cache.finalized.rows if cache.finalized else manifest.rows
     return report
+
+
+# How long a worker waits for the first one to publish the job's listing (10 million files: minutes).
+LISTING_WAIT_SECONDS = 3600.0
+
+
+def share_listing(cfg: ExtractConfig, source: Source) -> str:
+    """One listing per job: the first worker of a part-split job to take the cache lock stats every
+    input and publishes ``listing.npz`` (atomically, under the lock, which the others wait for);
+    every other worker, and every resumed worker, lists the folder (no stat) and adopts the
+    published listing when it names the same inputs, labels and splits and the inputs of its own
+    part's shards (done or not) still have the recorded size and time: each file is stat'ed once
+    per job, by the worker of its shard. Anything else (a whole run, an update, overwrite, a cache
+    that is not a plain featcache cache, a mismatch) returns ``"own"``: the worker stats every input
+    itself as before, and the usual resume check says what changed. Returns ``"listed"``,
+    ``"adopted"`` or ``"own"``."""
+    if cfg.part.whole or cfg.update or cfg.overwrite:
+        return "own"
+    cache = Path(cfg.cache)
+    if cache.exists() and not cache.is_dir():
+        return "own"
+    has_manifest = os.path.lexists(cache / schema.MANIFEST_NAME)
+    if has_manifest:
+        try:
+            m = Manifest.load(cache)
+        except FeatcacheError:
+            return "own"  # the writer refuses it with its own message
+        if m.generations or m.shard_size != cfg.shard_size:
+            return "own"
+    cache.mkdir(parents=True, exist_ok=True)
+    with CacheLock(cache, wait=LISTING_WAIT_SECONDS):
+        try:
+            published = load_listing(cache)
+        except FeatcacheError:
+            return "own"
+        if published is None:
+            if has_manifest:
+                return "own"
+            save_listing(cache, source.listing())
+            return "listed"
+    n = len(source)
+    mine = [
+        np.arange(k * cfg.shard_size, min((k + 1) * cfg.shard_size, n))
+        for k in cfg.part.shards(plan_shards(n, cfg.shard_size))
+    ]
+    positions = np.concatenate(mine) if mine else np.zeros(0, dtype=np.int64)
+    return "adopted" if source.adopt_listing(published, positions) else "own"
 
 
 def cache_view(source: Source, listing: dict[str, np.ndarray]) -> Source:

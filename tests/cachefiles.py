@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import h5py
@@ -57,18 +58,63 @@ def extract_command(src: Path, cache: Path, *extra: str, shard_size: int = 6, ba
     ]
 
 
-def kill_after_first_shard(cmd: list[str], record: Path, cwd: Path, timeout: float = 120) -> int:
-    """Start ``cmd``, ``kill -9`` it as soon as the JSON file ``record`` (a manifest or a part log)
-    lists a shard, and return how many it lists then."""
+def committed_shards(cache: Path) -> list[int]:
+    """The shards committed in ``cache``, read as docs/cache-format.md tells a plain reader to (json
+    and zlib only, independent of featcache's code): ``manifest.json``'s, plus the records of each
+    ``parts/*.journal`` (not a link) whose header names the manifest's ``created``, from the offset
+    the manifest's ``journals`` entry gives for that journal's id, skipping lines without their
+    newline or whose CRC-32 does not match, records outside the shard plan, and shards already listed."""
+    try:
+        m = json.loads((Path(cache) / schema.MANIFEST_NAME).read_text())
+    except (OSError, ValueError):
+        return []
+    done = [s["shard"] for s in m["shards"]]
+    size, num_inputs = m["shard_size"], m["source"]["num_inputs"]
+
+    def in_plan(r: object) -> bool:
+        if not (isinstance(r, dict) and isinstance(r.get("shard"), dict) and isinstance(r.get("failed"), list)):
+            return False
+        s, k = r["shard"], r["shard"].get("shard")
+        return (
+            isinstance(k, int)
+            and 0 <= k < m["num_shards"]
+            and s.get("file") == f"shards/shard-{k:05d}.h5"
+            and s.get("first_index") == k * size
+            and s.get("num_inputs") == min(size, num_inputs - k * size)
+            and s.get("rows", -1) + len(r["failed"]) == s["num_inputs"]
+            and all(isinstance(f, dict) and f.get("shard") == k for f in r["failed"])
+        )
+
+    parts = Path(cache) / schema.PARTS_DIR
+    for j in sorted(parts.glob("part-*-of-*.journal")) if parts.is_dir() else []:
+        if j.is_symlink():
+            continue
+        lines = j.read_bytes().split(b"\n")[:-1]  # the last piece has no newline: torn or empty
+        good = [json.loads(x[9:]) if x[:9] == b"%08x " % zlib.crc32(x[9:]) else None for x in lines]
+        if not good or not isinstance(good[0], dict) or good[0].get("generation") != m["created"]:
+            continue
+        seen = m.get("journals", {}).get(j.name, {})
+        start = seen.get("offset", 0) if seen.get("id") == good[0]["id"] else 0
+        at = 0
+        for line, value in zip(lines, good, strict=True):
+            if at >= start and in_plan(value) and value["shard"]["shard"] not in done:
+                done.append(value["shard"]["shard"])
+            at += len(line) + 1
+    return sorted(done)
+
+
+def kill_after_first_shard(cmd: list[str], cache: Path, cwd: Path, timeout: float = 120) -> int:
+    """Start ``cmd``, ``kill -9`` it as soon as ``cache`` has a committed shard (in the manifest or a
+    commit journal: :func:`committed_shards`), and return how many it has then."""
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
-        if record.exists() and json.loads(record.read_text() or "{}").get("shards"):
+        if committed_shards(cache):
             break
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    return len(json.loads(record.read_text())["shards"])
+    return len(committed_shards(cache))
 
 
 def same_cache(a: Path, b: Path) -> list[str]:

@@ -4,6 +4,7 @@
     .venv/bin/python tests/faults.py --kills 3 --images 48   # what CI runs (tests/test_faults.py)
     .venv/bin/python tests/faults.py --parts 3               # 3 workers per cache (--part I/3), killed at random
     .venv/bin/python tests/faults.py --update                # kill an update (--update) of a cache instead
+    .venv/bin/python tests/faults.py --commits --parts 2     # kill commits and folds (synthetic writer, fast)
 
 Each round extracts the same images into a fresh cache, killing the extractor (SIGKILL) at a random
 moment after it has started work (listing, TensorFlow start-up, decoding, inference, writing a
@@ -17,6 +18,13 @@ exits 1 if anything failed.
 With ``--update``, every round starts from a copy of a complete cache of the images as they were, and
 the killed command is ``--update`` from the images as they are now (some removed, some modified,
 some added); the end state must read, by id, as a cache made from scratch from the new images.
+
+With ``--commits``, the killed processes are synthetic writers (bench/scale.py's: no backbone, tiny
+rows, so almost all their time is bookkeeping) that fold their commit journal every 2 records: kills
+land in journal appends, folds (manifest replaced, journals retired) and shard renames. After every
+kill: every shard a writer had reported committed is still committed (a kill loses at most the shard
+in flight), featcache's replay and a plain reader following docs/cache-format.md see the same shards,
+and each verifies (size and sha256); at the end of a round the cache equals a single run's.
 
 The extractor runs the ``tiny`` backbone (same pipeline, writer and cache code as MobileNetV2, ten
 times faster), in shards of 8 rows.
@@ -42,9 +50,11 @@ for path in (REPO, REPO / "tests"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from cachefiles import differing, differing_by_id, extract_command, read_shards  # noqa: E402
+from cachefiles import committed_shards, differing, differing_by_id, extract_command, read_shards, same_cache  # noqa: E402
 
 from featcache.shared.cache import schema  # noqa: E402
+from featcache.shared.cache.manifest import Manifest, file_status  # noqa: E402
+from featcache.shared.cache.paths import shard_path  # noqa: E402
 from featcache.shared.inspection.verify import verify  # noqa: E402
 
 
@@ -210,6 +220,82 @@ def campaign(
     return stats
 
 
+COMMIT_SHARDS, COMMIT_ROWS, FOLD_EVERY = 24, 5, 2
+
+
+def commit_command(cache: Path, part: str) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), "--commit-child", str(cache), "--part", part]
+
+
+def commit_child(cache: Path, part: str) -> None:
+    """Write the synthetic cache's shards of ``part``, folding every ``FOLD_EVERY`` records and
+    printing ``committed K`` once ``commit_shard`` returned for shard K."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from scale import fill, synthetic_manifest
+
+    from featcache.shared.cache.parts import Part
+    from featcache.shared.cache.writer import CacheWriter
+
+    CacheWriter._fold_due = lambda self: self._since_fold >= FOLD_EVERY
+    with CacheWriter(cache, synthetic_manifest(cache, COMMIT_SHARDS, COMMIT_ROWS), part=Part.parse(part)) as cw:
+        fill(cw, cw.pending_shards(), lambda k, _: print("committed", k, flush=True))
+
+
+def commit_campaign(work: Path, kills: int, max_seconds: float, seed: int, log=print, parts: int = 2) -> Stats:
+    """Kill synthetic writers (``parts`` of them side by side) at random moments; see the module doc."""
+    from featcache.shared.cache.parts import finalize
+
+    rng = random.Random(seed)
+    stats = Stats()
+    names = ["0/1"] if parts == 1 else [f"{i}/{parts}" for i in range(parts)]
+    reference = work / "reference"
+    t0 = time.monotonic()
+    subprocess.run(commit_command(reference, "0/1"), cwd=REPO, check=True, capture_output=True)
+    span = time.monotonic() - t0
+    deadline = time.monotonic() + max_seconds
+    while stats.kills < kills and time.monotonic() < deadline:
+        stats.rounds += 1
+        cache = work / f"commits-{stats.rounds}"
+        while stats.kills < kills and time.monotonic() < deadline:
+            procs = [
+                subprocess.Popen(commit_command(cache, n), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                for n in names
+            ]
+            time.sleep(rng.uniform(0.3, span))  # start-up (imports) takes some of it
+            victims = rng.sample(procs, rng.randint(1, len(procs)))
+            stats.kills_mid_run += any(p.poll() is None for p in victims)
+            for p in victims:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGKILL)
+            reported = {int(line.split()[1]) for p in procs for line in p.communicate()[0].decode().splitlines()}
+            stats.kills += 1
+            if not (cache / schema.MANIFEST_NAME).exists():
+                continue
+            m = Manifest.load(cache)
+            listed = [s.shard for s in m.shards]
+            if reported - set(listed):
+                stats.mismatches.append(f"round {stats.rounds}: committed shards {sorted(reported - set(listed))} lost")
+            if committed_shards(cache) != listed:
+                stats.mismatches.append(f"round {stats.rounds}: a plain reader sees other shards than featcache")
+            for rec in m.shards:
+                if (why := file_status(shard_path(cache, rec.file, rec.shard), rec)) is not None:
+                    stats.verify_failures.append(f"round {stats.rounds}: {rec.file}: {why}")
+            log(f"kill {stats.kills:>3} (round {stats.rounds}): {len(listed)}/{m.num_shards} shards committed")
+            if m.complete:
+                break
+        for p in [subprocess.Popen(commit_command(cache, n), cwd=REPO, stdout=subprocess.DEVNULL) for n in names]:
+            p.wait()
+        finalize(cache)
+        diff = same_cache(reference, cache)
+        if diff:
+            stats.mismatches.append(f"round {stats.rounds}: {', '.join(diff)} differ from the single run's cache")
+        else:
+            stats.rounds_equal += 1
+        stats.partial_files_left += sum(p.name.startswith(".") for p in (cache / schema.SHARDS_DIR).iterdir())
+        stats.partial_files_left += (cache / schema.PARTS_DIR).exists()
+    return stats
+
+
 def table(stats: Stats) -> str:
     rows = [
         ("kills (SIGKILL)", stats.kills),
@@ -236,17 +322,25 @@ def main() -> None:
         "--parts", type=int, default=1, help="workers filling each cache side by side, --part I/N (default 1)"
     )
     ap.add_argument("--update", action="store_true", help="kill updates (--update) of a cache instead of first runs")
+    ap.add_argument("--commits", action="store_true", help="kill synthetic writers' commits and folds instead")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (printed) for inspection")
+    ap.add_argument("--commit-child", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--part", default="0/1", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.commit_child:
+        return commit_child(args.commit_child, args.part)
     sys.path.insert(0, str(REPO / "data"))
     from make_sample import make_sample
 
     work = Path(tempfile.mkdtemp(prefix="featcache-faults-"))
     try:
-        make_sample(work / "src", per_class=max(1, args.images // 10), classes=10, seed=args.seed)
-        stats = campaign(
-            work / "src", work, args.kills, args.max_seconds, args.seed, parts=args.parts, update=args.update
-        )
+        if args.commits:
+            stats = commit_campaign(work, args.kills, args.max_seconds, args.seed, parts=args.parts)
+        else:
+            make_sample(work / "src", per_class=max(1, args.images // 10), classes=10, seed=args.seed)
+            stats = campaign(
+                work / "src", work, args.kills, args.max_seconds, args.seed, parts=args.parts, update=args.update
+            )
         print(table(stats))
         for line in stats.verify_failures + stats.mismatches:
             print(f"FAILED: {line}")

@@ -21,7 +21,7 @@ def test_kill_during_run_then_resume_equals_uninterrupted(tmp_path):
     subprocess.run(cli(src, tmp_path / "whole"), check=True, cwd=REPO, capture_output=True)
 
     cache = tmp_path / "killed"
-    done = kill_after_first_shard(cli(src, cache), cache / "manifest.json", REPO)  # once a shard is committed
+    done = kill_after_first_shard(cli(src, cache), cache, REPO)  # once a shard is committed
     assert 1 <= done < 8  # really interrupted
 
     resumed = subprocess.run(cli(src, cache), cwd=REPO, capture_output=True, text=True)

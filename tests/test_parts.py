@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cachefiles import extract_command, kill_after_first_shard, same_cache
+from cachefiles import committed_shards, extract_command, kill_after_first_shard, same_cache
 from conftest import REPO, extract
 
 from featcache.shared.cache.parts import Part, finalize, part_lock
@@ -138,12 +138,17 @@ def test_same_or_overlapping_part_is_refused_while_running(sample_dir, tmp_path)
 def test_killed_worker_is_rerun_and_the_cache_is_the_same(sample_dir, single, tmp_path):
     cache = tmp_path / "c"
     cmd = lambda i: extract_command(sample_dir, cache, "--part", f"{i}/2", shard_size=SHARD, batch_size=1)  # noqa: E731
-    done = kill_after_first_shard(cmd(1), cache / "parts" / "part-1-of-2.json", REPO)  # once a shard is logged
+    done = kill_after_first_shard(cmd(1), cache, REPO)  # once a shard is committed
     assert 1 <= done < 4  # really interrupted
-    v = verify(cache)  # its finished shards are not merged yet: a note, not a problem
-    assert v.ok and any(f"{done} shards finished by parts are not merged" in n for n in v.notes), v
+    v = verify(cache)  # its committed shards are in its journal, not folded yet: checked, and a note
+    assert (
+        v.ok
+        and v.shards_checked == done
+        and any(f"{done} committed shards are in commit journals" in n for n in v.notes)
+    ), v
     s = run(sys.executable, "-m", "featcache.shared", "summary", str(cache))
-    assert "1/2 (pid" in s.stdout and f"{done} finished shards not merged" in s.stdout
+    assert "1/2 (pid" in s.stdout and f"{done} committed shards not folded" in s.stdout
+    assert f"{2 * done} rows from 15 inputs, {done}/8 shards" in s.stdout  # readers see them already
 
     other = run(*cmd(0))
     assert other.returncode == 0, other.stderr
@@ -227,10 +232,10 @@ def test_ray_retries_a_part_whose_worker_died(sample_dir, single, tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
-    log, lock = cache / "parts" / "part-1-of-2.json", cache / "parts" / "part-1-of-2.lock"
+    lock = cache / "parts" / "part-1-of-2.lock"
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and driver.poll() is None:  # part 1/2 has logged a shard: kill its worker
-        if log.exists() and json.loads(log.read_text() or "{}").get("shards") and lock.read_text().strip():
+    while time.monotonic() < deadline and driver.poll() is None:  # part 1/2 has committed a shard: kill its worker
+        if any(k % 2 == 1 for k in committed_shards(cache)) and lock.exists() and lock.read_text().strip():
             break
         time.sleep(0.01)
     victim = json.loads(lock.read_text())["pid"]

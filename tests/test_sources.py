@@ -107,3 +107,44 @@ def test_list_file_and_bad_paths(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(BadInputError, match="empty: no images found"):
         open_source(tmp_path / "empty")
+
+
+def test_one_listing_per_job_each_file_stat_once_by_the_worker_of_its_shard(tmp_path, monkeypatch):
+    """The first worker of a part-split job stats every input and publishes listing.npz; the others
+    adopt it, stat'ing only their own shards' inputs, and fall back to their own full listing when
+    one of those changed (then the cache's resume check reports it)."""
+    import os
+
+    import numpy as np
+
+    from featcache.extractor import sources
+    from featcache.extractor.runner import ExtractConfig, share_listing
+    from featcache.shared.cache.listing import load_listing
+    from featcache.shared.cache.parts import Part
+
+    src = tmp_path / "src"
+    touch(src, *(f"{c}/{k:02d}.jpg" for c in ("a", "b") for k in range(5)))  # 10 inputs, shards of 2
+    stated: list[int] = []
+    real = sources.stat_files
+    monkeypatch.setattr(sources, "stat_files", lambda paths: (stated.append(len(paths)), real(paths))[1])
+
+    def worker(i: int) -> tuple[str, sources.Source]:
+        cfg = ExtractConfig(source=src, cache=tmp_path / "cache", shard_size=2, part=Part(i, 2))
+        source = open_source(src)
+        return share_listing(cfg, source), source
+
+    assert worker(0)[0] == "listed" and stated == [10]
+    published = load_listing(tmp_path / "cache")
+    what, source = worker(1)
+    assert what == "adopted" and stated == [10, 4]  # its shards 1 and 3: inputs 2, 3, 6, 7
+    assert source.listing_sha256() == worker(0)[1].listing_sha256()
+    assert np.array_equal(source.listing()["size"], published["size"])
+
+    os.utime(src / "a" / "02.jpg", ns=(1, 1))  # input 2: in shard 1, part 1/2's
+    assert worker(0)[0] == "adopted"  # not its share: its worker checks it
+    stated.clear()
+    what, source = worker(1)
+    assert what == "own" and source.listing()["mtime_ns"][2] == 1 and stated == [4, 10]  # then a full listing
+    assert worker(0)[0] == "adopted"
+    touch(src, "a/99.jpg")  # an input added: every worker sees it in its walk
+    assert worker(0)[0] == "own" and worker(1)[0] == "own"

@@ -1,7 +1,7 @@
 """Locks of a cache: who may change which files.
 
 Two kinds, both :class:`FileLock`: the cache lock ``CACHE/.lock``, held briefly by whoever creates
-the cache or rewrites ``manifest.json`` (setting up, merging part logs, ``verify --fix``), and one
+the cache or rewrites ``manifest.json`` (setting up, folding commit journals, ``verify --fix``), and one
 lock per part of the shard plan, ``CACHE/parts/part-I-of-N.lock``, held by the worker filling that
 part for the whole of its run (see :mod:`featcache.shared.cache.parts`).
 

@@ -1,8 +1,11 @@
 """``manifest.json``: the index of a cache, and the only thing a reader trusts.
 
-A shard exists for readers once the manifest lists it; the manifest is replaced atomically after each
-shard is renamed into place, so a crash between the two leaves a shard file that no manifest names
-(it is recomputed on resume), never a manifest naming a missing or partial file.
+A shard exists for readers once it is committed: listed in ``manifest.json``, or recorded in a
+commit journal (:mod:`featcache.shared.cache.journal`) after the position the manifest says it
+folded. :meth:`Manifest.load` replays the journals, so every reader sees exactly the committed
+shards. A shard's record is appended only after its file is renamed into place, so a crash between
+the two leaves a shard file nothing names (it is recomputed on resume), never a record naming a
+missing or partial file.
 
 A manifest is also data anyone can edit. :func:`validate` checks every field's type and range and
 the numbers against each other (the shard plan, each shard record, the failed inputs) when it is
@@ -12,6 +15,7 @@ instead of a traceback, a file outside the cache, or a loop over a billion plann
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import os
@@ -20,11 +24,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import NotACacheError
+from . import journal
 from .fingerprint import IDENTITY_KEYS, OPTIONAL_IDENTITY_KEYS
 from .fsutil import NotARegularFileError, atomic_write_json, read_regular, sha256_file
 from .paths import shard_file_problem
-from .schema import COMPRESSIONS, FORMAT_NAME, MANIFEST_NAME, MAPS_DTYPES, SCHEMA_VERSION, SPLITS
+from .schema import COMPRESSIONS, FORMAT_NAME, MANIFEST_NAME, MAPS_DTYPES, PARTS_DIR, SCHEMA_VERSION, SPLITS
 
 # Largest integer a manifest may hold: what HDF5's int64 datasets (``index``) can store.
 MAX_INT = 2**62 - 1
@@ -128,6 +135,17 @@ class Manifest:
     updated: str = field(default_factory=now)
     format: str = FORMAT_NAME
     schema_version: int = SCHEMA_VERSION
+    # Commit journals (parts/part-I-of-N.journal) this manifest includes up to a byte offset, by file
+    # name: ``{"id": <the journal's id>, "offset": <bytes>}``; replay starts there (see load).
+    journals: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False, compare=False)
+    # Shards replayed from journals on load (committed, not yet folded into manifest.json).
+    journaled: list[int] = field(default_factory=list, repr=False, compare=False)
+    # Rows per (label, split) of listed shards, ``shard -> [label, split, rows, label, split, rows,
+    # ...]`` (flat; split as readers assign it: the source's, else by hash of the id): what
+    # ``summary`` needs without opening 10,000 shards. Optional, and checked only when used
+    # (:meth:`count_rows`): caches written before it, or entries that do not check, make summary read
+    # the shards instead.
+    counts: dict[int, list[int]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def num_inputs(self) -> int:
@@ -162,6 +180,8 @@ class Manifest:
     @property
     def num_shards(self) -> int:
         """Shards in the plan (completed or not)."""
+        if not self.generations:
+            return plan_shards(int(self.source["num_inputs"]), self.shard_size)
         g = self.plan()[-1]
         return g.first_shard + plan_shards(g.num_inputs, self.shard_size)
 
@@ -217,17 +237,79 @@ class Manifest:
 
     def shard_inputs(self, shard: int) -> range:
         """Positions in the listing that shard number ``shard`` covers."""
+        if not self.generations:  # the plan of a cache never updated (no Generation built: called per record)
+            start = shard * self.shard_size
+            return range(start, min(start + self.shard_size, int(self.source["num_inputs"])))
         g = self.generation_of(shard)
         start = g.first_index + (shard - g.first_shard) * self.shard_size
         return range(start, min(start + self.shard_size, g.first_index + g.num_inputs))
 
-    def add_shard(self, record: ShardRecord, failed: list[FailedInput]) -> None:
-        self.shards = sorted([s for s in self.shards if s.shard != record.shard] + [record], key=lambda s: s.shard)
-        self.failed = sorted([f for f in self.failed if f.shard != record.shard] + failed, key=lambda f: f.index)
-        self.updated = now()
+    def add_shard(
+        self,
+        record: ShardRecord,
+        failed: list[FailedInput],
+        updated: str | None = None,
+        counts: list[int] | None = None,
+    ) -> None:
+        """Record a completed shard (replacing any record of the same number), keeping ``shards``
+        sorted by shard and ``failed`` by index: O(log n) for a shard past the last one (the usual
+        case: a run commits in order), O(n) otherwise."""
+        at = bisect.bisect_left(self.shards, record.shard, key=lambda s: s.shard)
+        if at < len(self.shards) and self.shards[at].shard == record.shard:
+            self.shards[at] = record
+            self.failed = [f for f in self.failed if f.shard != record.shard]
+        else:
+            self.shards.insert(at, record)
+        for f in failed:
+            self.failed.insert(bisect.bisect_right(self.failed, f.index, key=lambda x: x.index), f)
+        self.counts.pop(record.shard, None)
+        if counts is not None:
+            self.counts[record.shard] = counts
+        self.updated = updated or now()
+
+    def count_rows(self) -> dict[tuple[int, int], int] | None:
+        """Rows per ``(label, split)`` of the whole cache from :attr:`counts`, or None when they do
+        not cover every listed shard, an update changed rows since, or an entry does not check
+        (integers, labels in ``-1 .. classes - 1``, split codes 0..2, positive rows summing to the
+        shard's ``rows``). Vectorised: milliseconds for 10,000 shards."""
+        if self.generations or self.dead or self.relabelled:
+            return None
+        try:
+            flat = [self.counts[s.shard] for s in self.shards]
+        except KeyError:
+            return None
+        if not flat:
+            return {}
+        lengths = np.array([len(c) for c in flat])
+        try:
+            values = np.array([x for c in flat for x in c])
+        except (OverflowError, ValueError, TypeError):
+            return None
+        if values.dtype.kind not in "iu" or (lengths % 3).any() or not lengths.all():
+            return None
+        t = values.reshape(-1, 3).astype(np.int64)
+        if not (
+            ((t[:, 0] >= -1) & (t[:, 0] < len(self.classes))).all()
+            and ((t[:, 1] >= 0) & (t[:, 1] < len(SPLITS))).all()
+            and (t[:, 2] > 0).all()
+        ):
+            return None
+        per_shard = np.add.reduceat(t[:, 2], np.concatenate([[0], np.cumsum(lengths // 3)[:-1]]))
+        if not np.array_equal(per_shard, [s.rows for s in self.shards]):
+            return None
+        keys, inverse = np.unique(t[:, :2], axis=0, return_inverse=True)
+        sums = np.bincount(inverse.reshape(-1), weights=t[:, 2], minlength=len(keys))
+        return {(int(a), int(b)): int(n) for (a, b), n in zip(keys, sums, strict=True)}
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = {
+            **{k: getattr(self, k) for k in ("format", "schema_version", "created", "updated", "classes")},
+            **{k: getattr(self, k) for k in ("source", "split", "storage", "shard_size", "dead", "dropped")},
+            "fingerprint": self.fingerprint,
+            "generations": [asdict(g) for g in self.generations],
+            "shards": [vars(s).copy() for s in self.shards],
+            "failed": [vars(f).copy() for f in self.failed],
+        }
         order = [
             "format",
             "schema_version",
@@ -252,6 +334,11 @@ class Manifest:
                 dropped=self.dropped,
                 relabelled=self.relabelled,
             )
+        if self.journals:
+            out["journals"] = self.journals
+        counts = {str(s.shard): self.counts[s.shard] for s in self.shards if s.shard in self.counts}
+        if counts:
+            out["counts"] = counts
         out.update(shards=d["shards"], failed=d["failed"])
         return out
 
@@ -264,10 +351,27 @@ class Manifest:
         return validate(d, where)
 
     @classmethod
-    def load(cls, cache_dir: str | Path) -> "Manifest":
-        """Read ``CACHE/manifest.json``; :class:`NotACacheError` names the file and what is wrong
-        (:class:`ManifestError` when it is there but unreadable or invalid)."""
+    def load(cls, cache_dir: str | Path, *, replay: bool = True) -> "Manifest":
+        """Read ``CACHE/manifest.json`` and (unless ``replay=False``) replay the commit journals
+        after it: the committed state of the cache. :class:`NotACacheError` names the file and what
+        is wrong (:class:`ManifestError` when it is there but unreadable or invalid).
+
+        A fold may replace the manifest and retire a journal between the two reads; the manifest's
+        identity (inode, size, mtime) is compared before and after, and the read redone if it
+        changed, so the result is always one committed state, never a mix."""
         path = Path(cache_dir) / MANIFEST_NAME
+        for _ in range(LOAD_ATTEMPTS):
+            before = _identity(path)
+            m = cls._load_file(cache_dir, path)
+            if not replay:
+                return m
+            replay_journals(Path(cache_dir), m)
+            if _identity(path) == before:
+                break
+        return m
+
+    @classmethod
+    def _load_file(cls, cache_dir: str | Path, path: Path) -> "Manifest":
         if not os.path.lexists(path):
             what = "no such directory" if not Path(cache_dir).exists() else "no manifest.json"
             raise NotACacheError(f"{path}: not a featcache cache ({what})")
@@ -282,6 +386,88 @@ class Manifest:
         except (ValueError, RecursionError) as exc:
             raise ManifestError(f"{path}: manifest is not valid JSON ({str(exc)[:200]})") from None
         return cls.from_json(d, str(path))
+
+
+# How often Manifest.load rereads when a fold replaced the manifest while it was reading.
+LOAD_ATTEMPTS = 5
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def journal_names(cache_dir: Path) -> list[str]:
+    """Names of the commit journals in ``CACHE/parts`` (none when ``parts`` is missing or a link)."""
+    d = Path(cache_dir) / PARTS_DIR
+    if d.is_symlink() or not d.is_dir():
+        return []
+    try:
+        return sorted(p.name for p in d.iterdir() if journal.NAME_RE.match(p.name))
+    except OSError:
+        return []
+
+
+def replay_journals(cache_dir: Path, m: "Manifest") -> int:
+    """Add to ``m`` every valid record of the commit journals of ``m``'s cache that ``m`` does not
+    include yet; set :attr:`Manifest.journals` to where each journal now ends and
+    :attr:`Manifest.journaled` to the shards added. Returns how many were added.
+
+    A journal is untrusted input: it is read only when its header names ``m``'s generation (its
+    ``created``), each record goes through the manifest's own checks (:func:`shard_record` against
+    the plan, failed inputs inside the shard's inputs, rows plus failed equal to inputs), and a
+    record for a shard ``m`` already lists is skipped (the manifest wins: a fold killed before it
+    retired a journal applies nothing twice). Bad records are skipped (their shards are redone)."""
+    positions: dict[str, dict[str, Any]] = {}
+    added = 0
+    for name in journal_names(cache_dir):
+        path = Path(cache_dir) / PARTS_DIR / name
+        seen = m.journals.get(name)
+        start = int(seen["offset"]) if seen else 0
+        j = journal.scan(path, start)
+        if j is not None and start and j.id != seen["id"]:
+            j = journal.scan(path)  # another journal under that name since: replayed from its start
+        if j is None or j.generation != m.created:
+            continue  # not a journal, or left from an earlier cache in this directory
+        positions[name] = {"id": j.id, "offset": j.end}
+        for at, value in j.records:
+            if _apply_record(m, value, f"{PARTS_DIR}/{name} at byte {at}"):
+                added += 1
+    m.journals = positions
+    return added
+
+
+def _apply_record(m: "Manifest", value: Any, where: str) -> bool:
+    """Add one journal record to ``m`` when it is valid and new; whether it was added."""
+    if (
+        not isinstance(value, dict)
+        or not {"shard", "failed"} <= set(value) <= {"shard", "failed", "counts"}
+        or not isinstance(value["failed"], list)
+    ):
+        return False
+    try:
+        rec = shard_record(value["shard"], f"{where}: shard", m)
+        failed = [failed_input(f, f"{where}: failed[{k}]") for k, f in enumerate(value["failed"])]
+    except _Invalid:
+        return False
+    at = bisect.bisect_left(m.shards, rec.shard, key=lambda s: s.shard)
+    if at < len(m.shards) and m.shards[at].shard == rec.shard:
+        return False
+    inputs = m.shard_inputs(rec.shard)
+    indices = {f.index for f in failed}
+    if (
+        len(indices) != len(failed)
+        or any(f.shard != rec.shard or f.index not in inputs for f in failed)
+        or rec.rows + len(failed) != rec.num_inputs
+    ):
+        return False
+    counts = value.get("counts")
+    m.add_shard(rec, failed, updated=rec.completed, counts=counts if isinstance(counts, list) else None)
+    m.journaled.append(rec.shard)
+    return True
 
 
 class ManifestError(NotACacheError):
@@ -308,21 +494,13 @@ def _field(
 ) -> Any:
     """``d[key]`` checked to be of ``kind`` (``int``, ``str``, ``dict``, ``list``, ``number``,
     ``str-or-null``); ``where`` is the dotted path of ``d`` for messages."""
-    name = f"{where}.{key}" if where else key
     if key not in d:
         if optional:
             return None
-        raise _Invalid(name, "missing")
+        raise _Invalid(f"{where}.{key}" if where else key, "missing")
     v = d[key]
-    ok = {
-        "int": _is_int(v),
-        "str": isinstance(v, str),
-        "dict": isinstance(v, dict),
-        "list": isinstance(v, list),
-        "number": (_is_int(v) or isinstance(v, float)) and math.isfinite(v),
-        "str-or-null": v is None or isinstance(v, str),
-    }[kind]
-    if not ok:
+    if not _KIND_CHECKS[kind](v):
+        name = f"{where}.{key}" if where else key
         expected = {
             "int": "an integer",
             "dict": "an object",
@@ -334,8 +512,19 @@ def _field(
     if kind == "int":
         low = 0 if minimum is None else minimum
         if not low <= v <= MAX_INT:
-            raise _Invalid(name, f"must be between {low} and {MAX_INT}, got {v}")
+            raise _Invalid(f"{where}.{key}" if where else key, f"must be between {low} and {MAX_INT}, got {v}")
     return v
+
+
+# One check per kind, evaluated only for the kind asked (validate runs them ~10 times per shard record).
+_KIND_CHECKS = {
+    "int": _is_int,
+    "str": lambda v: isinstance(v, str),
+    "dict": lambda v: isinstance(v, dict),
+    "list": lambda v: isinstance(v, list),
+    "number": lambda v: (_is_int(v) or isinstance(v, float)) and math.isfinite(v),
+    "str-or-null": lambda v: v is None or isinstance(v, str),
+}
 
 
 # How many shard numbers a message lists before it says how many more there are.
@@ -521,6 +710,12 @@ def validate(d: Any, where: str = "manifest") -> Manifest:
                     f"up to the shard's {rec.num_inputs} inputs",
                 )
         relabelled = _relabelled(d, num_inputs, len(classes))
+        journals = _journals(d)
+        counts = {  # checked when used (Manifest.count_rows)
+            int(k): v
+            for k, v in (d.get("counts") if isinstance(d.get("counts"), dict) else {}).items()
+            if isinstance(k, str) and k.isdigit() and int(k) in by_shard and isinstance(v, list)
+        }
     except _Invalid as exc:
         raise ManifestError(f"{where}: {exc}") from None
     return Manifest(
@@ -540,7 +735,20 @@ def validate(d: Any, where: str = "manifest") -> Manifest:
         updated=updated,
         format=FORMAT_NAME,
         schema_version=version,
+        journals=journals,
+        counts=counts,
     )
+
+
+def _journals(d: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``journals``: how far the manifest includes each commit journal (absent when none is open)."""
+    out = {}
+    for name, pos in (_field(d, "journals", "", "dict", optional=True) or {}).items():
+        if not journal.NAME_RE.match(name):
+            raise _Invalid(f"journals.{_show(name)}", "not a journal name (part-I-of-N.journal)")
+        entry = _object(pos, f"journals.{name}", {"id": "str", "offset": "int"})
+        out[name] = entry
+    return out
 
 
 _GENERATION_FIELDS = {

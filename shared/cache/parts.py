@@ -6,47 +6,39 @@ Worker ``I`` of ``N`` (``featcache-extract SRC CACHE --part I/N``) owns the shar
 - each holds ``parts/part-I-of-N.lock`` for its whole run: a second worker for the same part is
   refused, and so is one whose shards overlap a running part of another partition (a run without
   ``--part`` is part 0/1, which overlaps every part);
-- each writes its own shard files and, after each one, atomically rewrites its own log
-  ``parts/part-I-of-N.json``: the manifest records of the shards it finished;
-- ``manifest.json`` is the merge of the logs, done under the cache lock by every worker as it stops
-  (so the last one to stop completes it) and by ``featcache-extract CACHE --finalize``, which is safe
-  to run at any time, twice, or while workers are still going, and says what is missing.
+- each writes its own shard files and, after each one, appends one record to its own commit
+  journal ``parts/part-I-of-N.journal`` (:mod:`featcache.shared.cache.journal`): O(1) per shard.
+  Readers replay the journals after ``manifest.json``, so a shard is visible once its record is;
+- :func:`fold` writes the replayed manifest and retires the journals of parts no longer running,
+  under the cache lock: every writer folds now and then (when its journal holds as many records as
+  the manifest lists shards, so folding costs O(1) per shard amortised) and as it stops (so the
+  last one to stop completes the cache), and ``featcache-extract CACHE --finalize`` folds on
+  demand (safe at any time, twice, or while workers are still going; it says what is missing).
 
-Once the cache is complete the ``parts/`` folder is removed, and the cache is the same, file for
-file, as one made by a single run. A single run records each shard straight into the manifest.
+A single run is part 0/1 and works the same way. Once the cache is complete the ``parts/`` folder is
+removed, and the cache is the same, file for file, as one made by a single run.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import CacheLockedError, FeatcacheError
-from . import schema
-from .fsutil import atomic_write_json, read_regular
+from . import journal, schema
 from .lock import CacheLock, FileLock, describe_holder, read_holder
-from .manifest import (
-    FailedInput,
-    Manifest,
-    ShardRecord,
-    failed_input,
-    file_status,
-    list_shards,
-    now,
-    shard_record,
-)
-from .paths import UnsafePathError, cache_path, shard_path
+from .manifest import Manifest, journal_names, list_shards
+from .paths import cache_path
 
 # How long a worker waits for the cache lock, which is only ever held for set-up and merges.
 LOCK_WAIT_SECONDS = 300.0
 LOG_FORMAT = "featcache-part-log"
-_FILE_RE = re.compile(r"^part-(\d+)-of-(\d+)\.(json|lock)$")
+_FILE_RE = re.compile(r"^part-(\d+)-of-(\d+)\.(journal|json|lock)$")  # json: logs of older versions
 
 
 @dataclass(frozen=True, order=True)
@@ -166,117 +158,68 @@ def recorded_holders(cache_dir: Path) -> dict[Part, dict]:
     return found
 
 
-@dataclass
-class PartLog:
-    """What one part's worker finished: shard records and their failed inputs, for the merge.
-
-    ``generation`` is the manifest's ``created`` time: a log left from an earlier cache in the same
-    directory is never merged into a new one."""
-
-    part: Part
-    generation: str
-    shards: list[ShardRecord] = field(default_factory=list)
-    failed: list[FailedInput] = field(default_factory=list)
-
-    @property
-    def path_name(self) -> str:
-        return f"{self.part.stem}.json"
-
-    def add(self, record: ShardRecord, failed: list[FailedInput]) -> None:
-        self.shards.append(record)
-        self.failed.extend(failed)
-
-    def save(self, cache_dir: Path) -> None:
-        d = parts_dir(cache_dir)
-        d.mkdir(exist_ok=True)
-        atomic_write_json(
-            d / self.path_name,
-            {
-                "format": LOG_FORMAT,
-                "part": str(self.part),
-                "generation": self.generation,
-                "updated": now(),
-                "shards": [asdict(s) for s in self.shards],
-                "failed": [asdict(f) for f in self.failed],
-            },
-        )
-
-    @classmethod
-    def load(cls, path: Path) -> "PartLog | None":
-        """The log at ``path``, or None when it is unreadable (then its shards are simply redone)."""
-        try:
-            d = json.loads(read_regular(path).decode("utf-8"))
-            if not isinstance(d, dict) or d.get("format") != LOG_FORMAT or not isinstance(d.get("generation"), str):
-                return None
-            return cls(
-                Part.parse(d["part"]),
-                d["generation"],
-                [shard_record(s, f"shards[{k}]") for k, s in enumerate(d["shards"])],
-                [failed_input(f, f"failed[{k}]") for k, f in enumerate(d["failed"])],
-            )
-        except Exception:  # noqa: BLE001 (whatever is wrong with a log, its shards are redone)
-            return None
+def journal_path(cache_dir: Path, part: Part) -> Path:
+    """``CACHE/parts/part-I-of-N.journal``: the commit journal of ``part``'s writer."""
+    return parts_dir(cache_dir) / f"{part.stem}{journal.SUFFIX}"
 
 
-def _unmerged(cache_dir: Path, m: Manifest) -> list[tuple[ShardRecord, list[FailedInput]]]:
-    """The shards the part logs of ``m``'s generation record that ``m`` does not list and whose file
-    is in place with the recorded size, each with its failed inputs (first log wins)."""
+def open_journal(cache_dir: Path, part: Part, generation: str) -> journal.JournalWriter:
+    """A fresh commit journal for ``part`` (any older one under its name is replaced). Call holding
+    the cache lock and ``part``'s lock, after a :func:`fold` that included the older one."""
+    parts_dir(cache_dir).mkdir(exist_ok=True)
+    return journal.JournalWriter(journal_path(cache_dir, part), generation, str(part))
+
+
+def _part_of(name: str) -> Part | None:
+    m = _FILE_RE.match(name)
+    try:
+        return Part(int(m[1]), int(m[2])) if m else None
+    except FeatcacheError:
+        return None
+
+
+def fold(cache_dir: Path, m: Manifest | None = None) -> tuple[Manifest, int]:
+    """Fold the commit journals into ``manifest.json``; return the manifest and how many shards it
+    gained. Call with the cache lock held. ``m``: the state to write instead of the one loaded
+    (always written; a writer's own manifest, which already holds every journal's records).
+
+    Safe at every instant: the new manifest (with every journal replayed, and for each journal of a
+    running part the offset it includes) replaces the old one atomically *first*; only then are the
+    journals of parts that are not running deleted. A kill between the two leaves journals whose
+    records the manifest already lists: replay skips them (the manifest wins), so nothing is applied
+    twice. A running part's journal is never deleted (its writer appends to it without the cache
+    lock); its writer starts a new one at its next fold."""
+    given = m is not None
+    m = m if m is not None else Manifest.load(cache_dir)
+    merged = len(m.journaled)
+    names = journal_names(cache_dir)
+    if not given and not names and not merged and not m.journals:
+        return m, 0
+    running = set(running_parts(cache_dir))
+    retired = [n for n in names if _part_of(n) not in running]
+    m.journals = {n: pos for n, pos in m.journals.items() if n not in retired}
+    m.save(cache_dir)
+    m.journaled = []
     d = parts_dir(cache_dir)
-    if not d.is_dir():
-        return []
-    have = {s.shard for s in m.shards}
-    found = []
-    for path in sorted(d.glob("part-*-of-*.json")):
-        log = PartLog.load(path)
-        if log is None or log.generation != m.created:
-            continue
-        failed: dict[int, list[FailedInput]] = {}
-        for f in log.failed:
-            failed.setdefault(f.shard, []).append(f)
-        for rec in log.shards:
-            if rec.shard in have or rec.shard >= m.num_shards:
-                continue
-            plan = m.shard_inputs(rec.shard)
-            if (
-                (rec.first_index, rec.num_inputs) != (plan.start, len(plan))
-                or rec.rows + len(failed.get(rec.shard, [])) != rec.num_inputs
-                or any(f.index not in plan for f in failed.get(rec.shard, []))
-            ):
-                continue
-            try:
-                path = shard_path(cache_dir, rec.file, rec.shard)
-            except UnsafePathError:
-                continue
-            if file_status(path, rec, checksum=False) is not None:
-                continue
-            found.append((rec, failed.get(rec.shard, [])))
-            have.add(rec.shard)
-    return found
-
-
-def merge_logs(cache_dir: Path, m: Manifest) -> int:
-    """Add to ``m`` (in memory) every shard the part logs record whose file is in place with its
-    recorded size; return how many were added. Call with the cache lock held, then save ``m``."""
-    found = _unmerged(cache_dir, m)
-    if found:
-        m.shards = sorted(m.shards + [rec for rec, _ in found], key=lambda s: s.shard)
-        m.failed = sorted(m.failed + [f for _, fs in found for f in fs], key=lambda f: f.index)
-        m.updated = now()
-    return len(found)
+    for name in retired:
+        (d / name).unlink(missing_ok=True)
+    return m, merged
 
 
 def awaiting_merge(cache_dir: Path, m: Manifest) -> list[int]:
-    """Shards finished by parts but not yet in ``m`` (read-only)."""
-    return sorted(rec.shard for rec, _ in _unmerged(cache_dir, m))
+    """Shards ``m`` (loaded with its journals replayed) has from commit journals, not yet folded
+    into ``manifest.json`` (readers see them already; ``finalize`` folds them)."""
+    return sorted(m.journaled)
 
 
 def remove_logs(cache_dir: Path) -> None:
-    """Drop every part log (on ``--overwrite``; with the cache lock held and no part running): the
-    files named like one that parse as one, nothing else."""
+    """Drop every commit journal (on ``overwrite=True``; with the cache lock held and no part
+    running), and part logs of older featcache versions: the files named like one, nothing else."""
     d = parts_dir(cache_dir)
     if d.is_dir():
-        for p in d.glob("part-*-of-*.json"):
-            if _FILE_RE.match(p.name) and PartLog.load(p) is not None:
+        for p in d.iterdir():
+            m = _FILE_RE.match(p.name)
+            if m and m[3] in ("journal", "json") and not p.is_symlink() and p.is_file():
                 p.unlink()
 
 
@@ -310,7 +253,7 @@ class Finalized:
         }
 
     def summary(self) -> str:
-        merged = f"; merged {self.merged} shards from part logs" if self.merged else ""
+        merged = f"; folded {self.merged} shards from commit journals" if self.merged else ""
         if self.complete:
             return f"{self.cache}: complete, {self.done}/{self.num_shards} shards, {self.rows} rows{merged}"
         head = (
@@ -347,25 +290,19 @@ def exclusive(cache_dir: Path, when: str) -> Iterator[tuple[Manifest, int]]:
         if running:
             part, holder = next(iter(running.items()))
             raise CacheLockedError(f"{cache_dir}: {part.label} is being written by {describe_holder(holder)}; {when}")
-        m = Manifest.load(cache_dir)
-        merged = merge_logs(cache_dir, m)
-        if merged:
-            m.save(cache_dir)
+        m, merged = fold(cache_dir)
         yield m, merged
 
 
 def finalize(cache_dir: str | Path, *, wait: float = LOCK_WAIT_SECONDS) -> Finalized:
-    """Merge the part logs into ``manifest.json`` and say what is missing and who is running.
+    """Fold the commit journals into ``manifest.json`` and say what is missing and who is running.
 
     Safe at any time: it only adds shards whose files are in place, under the cache lock. When the
     cache is complete and no part is running, the ``parts/`` folder is removed."""
     cache_dir = Path(cache_dir)
     Manifest.load(cache_dir)  # not a cache: say so before the lock creates anything
     with CacheLock(cache_dir, wait=wait):
-        m = Manifest.load(cache_dir)
-        merged = merge_logs(cache_dir, m)
-        if merged:
-            m.save(cache_dir)
+        m, merged = fold(cache_dir)
         parts = known_parts(cache_dir)
         running = running_parts(cache_dir)
         d = parts_dir(cache_dir)

@@ -1,6 +1,6 @@
 """Where a cache's own files may be, checked once for every path featcache did not just build itself.
 
-A manifest, a part log or a directory listing is data anyone can edit: a shard ``file`` of
+A manifest, a commit journal or a directory listing is data anyone can edit: a shard ``file`` of
 ``../victim/secret.txt``, an absolute path, or a ``shards/`` folder that is a symbolic link to
 another disk would otherwise make a reader open, or ``verify --fix`` move, a file outside the cache.
 Every such path goes through :func:`shard_path` (shard files) or :func:`cache_path` (any other file
@@ -57,7 +57,7 @@ def cache_path(cache_dir: str | os.PathLike[str], rel: str) -> Path:
 
 
 def shard_path(cache_dir: str | os.PathLike[str], file: object, shard: int | None = None) -> Path:
-    """The checked path of a shard ``file`` named in a manifest, a part log or ``shards/``'s
+    """The checked path of a shard ``file`` named in a manifest, a commit journal or ``shards/``'s
     listing: :func:`shard_file_problem` and :func:`cache_path` in one call."""
     problem = shard_file_problem(file, shard)
     if problem is not None:

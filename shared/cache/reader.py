@@ -228,11 +228,12 @@ class FeatureCache:
         return {k: out[k] for k in columns}
 
     def _live(self, index: np.ndarray) -> np.ndarray | None:
-        """Mask of the rows of ``index`` (listing positions) that are not dead; None when all are live."""
+        """Mask of the rows of ``index`` (listing positions, increasing: one shard's) that are not
+        dead; None when all are live. O(rows + log dead) per shard, whatever the number of dead rows."""
         if not len(self._dead):
             return None
-        live = ~np.isin(index, self._dead)
-        return None if live.all() else live
+        dead = members(index, self._dead)
+        return None if not dead.any() else ~dead
 
     def _current_labels(self, record: ShardRecord, label: np.ndarray) -> np.ndarray:
         """A shard's stored labels in the cache's current class numbering."""
@@ -275,12 +276,12 @@ class FeatureCache:
         inflated on all cores (:mod:`featcache.shared.cache.deflate`). ``indices`` keeps only those listing
         positions (e.g. one split); ``dtype`` casts the maps (default: as stored). Dead rows are skipped.
         """
-        keep = None if indices is None else np.asarray(indices, dtype=np.int64)
+        keep = None if indices is None else np.unique(np.asarray(indices, dtype=np.int64))
         step = max(schema.MAPS_CHUNK_ROWS, block_rows - block_rows % schema.MAPS_CHUNK_ROWS)
         for record in self.shards:
             with self.open_shard(record) as f:
                 index = f[schema.INDEX][()]
-                rows = np.arange(len(index)) if keep is None else np.flatnonzero(np.isin(index, keep))
+                rows = np.arange(len(index)) if keep is None else np.flatnonzero(members(index, keep))
                 live = self._live(index[rows])
                 if live is not None:
                     rows = rows[live]
@@ -310,6 +311,21 @@ class FeatureCache:
         from .tfdata import dataset
 
         return dataset(self, split, features, batch_size=batch_size, shuffle=shuffle, seed=seed, **options)
+
+
+def members(values: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """``np.isin(values, wanted)`` for increasing ``values`` (one shard's ``index``) and sorted
+    ``wanted`` (unique), in O(len(values) log len(wanted)): only the part of ``wanted`` inside
+    ``values``' range is looked at, so reading every shard costs O(total rows), not O(shards x wanted)."""
+    if not len(values) or not len(wanted):
+        return np.zeros(len(values), dtype=bool)
+    lo = np.searchsorted(wanted, values[0], side="left")
+    hi = np.searchsorted(wanted, values[-1], side="right")
+    part = wanted[lo:hi]
+    if not len(part):
+        return np.zeros(len(values), dtype=bool)
+    at = np.searchsorted(part, values).clip(0, len(part) - 1)
+    return part[at] == values
 
 
 def aligned_blocks(rows: np.ndarray, step: int) -> Iterator[np.ndarray]:

@@ -16,10 +16,11 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..errors import FeatcacheError, NotACacheError, SourceMismatchError
+from ..errors import CacheLockedError, FeatcacheError, NotACacheError, SourceMismatchError
 from . import deflate, schema
 from .fingerprint import check_compatible, to_attr
 from .fsutil import check_regular, commit_file, remove_stale_temps, sha256_file, temp_path_for
+from .journal import JournalWriter
 from .listing import LISTING_NAME, load_listing, save_listing
 from .lock import CacheLock, FileLock
 from .manifest import FailedInput, Manifest, ShardRecord, file_status, now
@@ -28,15 +29,20 @@ from .parts import (
     WHOLE,
     Finalized,
     Part,
-    PartLog,
     acquire_part,
     finalize,
-    merge_logs,
+    fold,
+    open_journal,
     parts_dir,
     remove_logs,
 )
 from .paths import cache_path, shard_file_problem, shard_path
+from .split import assign_splits
 from .update import Changes, apply_update, describe_live_changes
+
+# A writer folds its journal into the manifest once it holds this many records, or as many as the
+# manifest had shards at the last fold if that is more (so that folds cost O(1) per shard amortised).
+FOLD_MIN_RECORDS = 256
 
 
 def storage_options(compression: str, maps_dtype: str) -> dict[str, Any]:
@@ -87,6 +93,9 @@ class ShardWriter:
         self._index: list[np.ndarray] = []
         self._split: list[np.ndarray] = []
         self._ids: list[str] = []
+        self._fractions = manifest.split["fractions"]
+        # rows per (label, split) as readers assign them, set by commit (Manifest.counts)
+        self.counts: list[int] = []
 
     @property
     def rows(self) -> int:
@@ -137,9 +146,17 @@ class ShardWriter:
         if self._views > 1:
             tail = (self._views - 1, channels)
             f.create_dataset(schema.POOLED_VIEWS, data=self._cat(self._pooled_views, schema.POOLED_DTYPE, tail))
-        f.create_dataset(schema.LABEL, data=self._cat(self._label, schema.LABEL_DTYPE))
+        label = self._cat(self._label, schema.LABEL_DTYPE)
+        split = self._cat(self._split, schema.SPLIT_DTYPE)
+        pairs, n = np.unique(
+            np.stack([label.astype(np.int64), assign_splits(self._ids, split, self._fractions).astype(np.int64)]),
+            axis=1,
+            return_counts=True,
+        )
+        self.counts = [int(x) for (a, b), c in zip(pairs.T, n, strict=True) for x in (a, b, c)]
+        f.create_dataset(schema.LABEL, data=label)
         f.create_dataset(schema.INDEX, data=self._cat(self._index, schema.INDEX_DTYPE))
-        f.create_dataset(schema.SPLIT, data=self._cat(self._split, schema.SPLIT_DTYPE))
+        f.create_dataset(schema.SPLIT, data=split)
         f.create_dataset(
             schema.ID, data=np.array(self._ids, dtype=object), dtype=h5py.string_dtype("utf-8"), shape=(len(self._ids),)
         )
@@ -185,8 +202,9 @@ class CacheWriter:
     shards). When the directory already holds a cache, its fingerprint, listing, shard size and
     storage must agree with it (else a one-line error that says what differs), and its completed
     shards are kept; ``overwrite=True`` discards them instead (whole-cache runs only). A run of a
-    part (see :mod:`featcache.shared.cache.parts`) records its shards in its part log and merges on exit; a whole
-    run records them straight into the manifest. :attr:`finalized` is the state after that merge.
+    run (a part, see :mod:`featcache.shared.cache.parts`; a whole run is part 0/1) appends each
+    shard's record to its commit journal and folds the journals into the manifest now and then and
+    on exit. :attr:`finalized` is the state after that last fold.
 
     ``update=True`` accepts a source whose listing changed: the change is recorded as a new
     generation (:mod:`featcache.shared.cache.update`) and :attr:`changes` says what it was; the
@@ -218,7 +236,10 @@ class CacheWriter:
         self.resumed_shards = 0
         self.finalized: Finalized | None = None
         self._part_lock: FileLock | None = None
-        self._log: PartLog | None = None
+        self._journal: JournalWriter | None = None
+        self._since_fold = 0  # records appended since the last fold
+        self._folded = 0  # shards in manifest.json at the last fold
+        self.bookkeeping_bytes = 0  # bytes of manifest and journal this writer wrote (bench/scale.py)
 
     def _cache_lock(self) -> CacheLock:
         return CacheLock(self.dir, wait=LOCK_WAIT_SECONDS)
@@ -240,6 +261,9 @@ class CacheWriter:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        if self._journal is not None:
+            self.bookkeeping_bytes += self._journal.bytes
+            self._journal.close()
         if self._part_lock is not None:
             self._part_lock.release()
         try:
@@ -305,7 +329,7 @@ class CacheWriter:
         manifest_path = self.dir / schema.MANIFEST_NAME
         if old is not None and self.overwrite:
             # featcache's files only: the manifest parsed as ours, so are the shards it lists, the
-            # listing and the part logs; other canonical shard names carry featcache attributes
+            # listing and the commit journals; other canonical shard names carry featcache attributes
             # (checked by _check_existing); anything else in the folder is left alone
             for p in sorted(shards_dir.glob(schema.SHARD_GLOB)):
                 if self._owns_file(p.name):
@@ -315,7 +339,6 @@ class CacheWriter:
             manifest_path.unlink()
             old = None
         if old is not None:
-            merge_logs(self.dir, old)
             if self.update:
                 self._apply_update(old)
             self._check_resumable(old)
@@ -326,6 +349,7 @@ class CacheWriter:
             new.shards = kept
             kept_ids = {s.shard for s in kept}
             new.failed = [f for f in old.failed if f.shard in kept_ids]
+            new.counts = {k: c for k, c in old.counts.items() if k in kept_ids}
             new.created = old.created
             new.generations, new.dead, new.dropped, new.relabelled = (
                 old.generations,
@@ -334,11 +358,14 @@ class CacheWriter:
                 old.relabelled,
             )
             self.resumed_shards = sum(self.part.owns(s.shard) for s in kept)
+            new.journals = old.journals
         elif self.listing is not None:
             save_listing(self.dir, self.listing)
-        self.manifest.save(self.dir)
-        if not self.part.whole:
-            self._log = PartLog(self.part, self.manifest.created)
+        # the manifest with every journal folded in (journals of parts not running are retired),
+        # then this part's fresh journal: its old one is included up to the offset just recorded
+        fold(self.dir, self.manifest)
+        self._record_fold()
+        self._journal = open_journal(self.dir, self.part, self.manifest.created)
 
     def _apply_update(self, old: Manifest) -> None:
         """Record in ``old`` (and on disk: the grown listing, then the manifest) what changed in the
@@ -413,17 +440,52 @@ class CacheWriter:
         return ShardWriter(self.dir, self.manifest, shard)
 
     def commit_shard(self, writer: ShardWriter, failed: list[FailedInput]) -> ShardRecord:
-        """Rename ``writer``'s shard into place, then record it: in the part log, or for a whole
-        run in the manifest, which makes it visible to readers."""
+        """Rename ``writer``'s shard into place, then append its record to this part's commit
+        journal, which makes it visible to readers: O(1), whatever the cache's size. Folds the
+        journals into the manifest when this journal holds as many records as the manifest had
+        shards at the last fold (at least :data:`FOLD_MIN_RECORDS`): O(1) per shard amortised."""
+        if self._journal is None:
+            raise FeatcacheError(f"{self.dir}: commit_shard outside the writer's with-block")
         record = writer.commit()
-        self.manifest.add_shard(record, failed)
-        if self._log is not None:
-            self._log.add(record, failed)
-            self._log.save(self.dir)
-        else:
-            with self._cache_lock():
-                self.manifest.save(self.dir)
+        self.manifest.add_shard(record, failed, counts=writer.counts)
+        self._journal.append({"shard": vars(record), "failed": [vars(f) for f in failed], "counts": writer.counts})
+        self._since_fold += 1
+        if self._fold_due():
+            self.fold()
         return record
+
+    def _fold_due(self) -> bool:
+        return self._since_fold >= max(FOLD_MIN_RECORDS, self._folded)
+
+    def fold(self) -> bool:
+        """Fold now, if the cache lock is free (else later: whether it folded). A whole run writes
+        its own manifest (it holds every shard); a part reloads, to include the other parts'
+        journals. Either way this part's journal is then replaced by a fresh one."""
+        try:
+            lock = CacheLock(self.dir, wait=0)
+            lock.acquire()
+        except CacheLockedError:
+            return False
+        try:
+            if self.part.whole:
+                self.manifest.journals = {}  # its only journal is replaced just below
+                fold(self.dir, self.manifest)
+            else:
+                m, _ = fold(self.dir)
+                self._folded = len(m.shards)
+            self._record_fold()
+            if self._journal is not None:
+                self.bookkeeping_bytes += self._journal.bytes
+                self._journal.close()
+            self._journal = open_journal(self.dir, self.part, self.manifest.created)
+        finally:
+            lock.release()
+        return True
+
+    def _record_fold(self) -> None:
+        self._since_fold = 0
+        self._folded = max(self._folded, len(self.manifest.shards))
+        self.bookkeeping_bytes += (self.dir / schema.MANIFEST_NAME).stat().st_size
 
 
 def _is_featcache_shard(path: Path) -> bool:

@@ -21,6 +21,7 @@ from ..cache.fingerprint import describe
 from ..cache.lock import describe_holder
 from ..cache.manifest import Manifest, ManifestError, file_status
 from ..cache.parts import awaiting_merge, parts_dir, recorded_holders
+from ..cache.paths import cache_path
 from ..cache.reader import FeatureCache, PooledRows
 from ..cache.split import split_names
 from ..cli import run_cli
@@ -44,9 +45,14 @@ FIRST_FAILURES = 5
 def summarize(cache: FeatureCache) -> dict[str, Any]:
     """The facts ``summary`` prints, as JSON-ready data."""
     m = cache.manifest
-    cols = cache.read_columns((schema.LABEL, schema.ID, schema.SPLIT))
-    split = cache.splits(cols[schema.ID], cols[schema.SPLIT])
-    pairs = Counter(zip(cols[schema.LABEL].tolist(), split.tolist(), strict=False))
+    totals = m.count_rows()
+    if totals is not None:  # the manifest has the counts: no shard is opened (verify and readers check shards)
+        cache_path(cache.path, schema.SHARDS_DIR)  # but never report on shards behind a link out of the cache
+        pairs = Counter(totals)
+    else:
+        cols = cache.read_columns((schema.LABEL, schema.ID, schema.SPLIT))
+        split = cache.splits(cols[schema.ID], cols[schema.SPLIT])
+        pairs = Counter(zip(cols[schema.LABEL].tolist(), split.tolist(), strict=False))
     names = list(cache.classes)
     per_class: dict[str, dict[str, int]] = {}
     for (label, code), n in sorted(pairs.items()):
@@ -73,7 +79,7 @@ def summarize(cache: FeatureCache) -> dict[str, Any]:
         "shards": {"done": len(m.shards), "planned": m.num_shards, "size": m.shard_size},
         "complete": m.complete,
         "classes": per_class,
-        "splits": {s: int((split == c).sum()) for c, s in enumerate(schema.SPLITS)},
+        "splits": {s: sum(n for (_, code), n in pairs.items() if code == c) for c, s in enumerate(schema.SPLITS)},
         "split_source": m.split.get("source") or f"hash of id, fractions {m.split.get('fractions')}",
         "failed": {"count": len(m.failed), "first": [vars(f) for f in m.failed[:FIRST_FAILURES]]},
         "fingerprint": m.fingerprint,
@@ -153,8 +159,8 @@ def _print_summary(s: dict[str, Any]) -> None:
                 else "no worker recorded as running"
             )
             + (
-                f"; {len(s['parts']['awaiting_merge'])} finished shards not merged yet "
-                "(featcache-extract CACHE --finalize merges them)"
+                f"; {len(s['parts']['awaiting_merge'])} committed shards not folded into manifest.json yet "
+                "(featcache-extract CACHE --finalize folds them)"
                 if s["parts"]["awaiting_merge"]
                 else ""
             )

@@ -249,8 +249,8 @@ def verify(cache_dir: str | Path, *, sample_rows: int = DEFAULT_SAMPLE_ROWS, see
             )
         if logged:
             report.notes.append(
-                f"{len(logged)} shards finished by parts are not merged into the manifest yet "
-                "(featcache-extract CACHE --finalize merges them; readers ignore them until then)"
+                f"{len(logged)} committed shards are in commit journals, not yet folded into manifest.json "
+                "(readers see them; featcache-extract CACHE --finalize folds them)"
             )
         if unlisted_pending:
             report.notes.append(
@@ -296,8 +296,8 @@ def fix(cache_dir: str | Path, report: Report) -> list[str]:
     manifest, so that re-running the extractor recomputes exactly those shards. Deletes nothing.
 
     Returns one line per action. Takes the cache lock, and refuses while a worker is writing; the
-    part logs are merged into the manifest first and then dropped, so that no log can bring a
-    moved shard back.
+    commit journals are folded into the manifest first and then dropped, so that no journal can
+    bring a moved shard back.
     """
     cache_dir = Path(cache_dir)
     actions: list[str] = []
@@ -309,7 +309,7 @@ def fix(cache_dir: str | Path, report: Report) -> list[str]:
         ]
     with exclusive(cache_dir, "run verify with fix=True when no extractor is running") as (m, merged):
         if merged:
-            actions.append(f"merged {merged} shards finished by parts into the manifest (verify again to check them)")
+            actions.append(f"folded {merged} journaled shards into manifest.json")
         remove_logs(cache_dir)
         bad = {p.shard for p in report.problems if p.shard is not None}
         quarantine = cache_path(cache_dir, QUARANTINE_DIR)
