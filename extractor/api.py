@@ -127,6 +127,7 @@ def extract(
     runner: str = "local",
     address: str | None = None,
     max_retries: int = DEFAULT_MAX_RETRIES,
+    ray_items: int | None = None,
     views: int = 1,
     crop_scale: str | Sequence[float] = DEFAULT_CROP_SCALE,
     crop_ratio: str | Sequence[float] = DEFAULT_CROP_RATIO,
@@ -155,7 +156,8 @@ def extract(
     (required for a model file; see :func:`featcache.shared.backbones.model_file_spec`).
     ``weights``: ``"imagenet"``, ``"auto"``, ``"random"`` or a path to an .h5 file. ``split``: train,
     val, test fractions for rows whose source gives none. Many workers: ``workers=N`` (local
-    processes, or Ray tasks with ``runner="ray"``), ``gpus="all"`` (one process per GPU), or
+    processes, or Ray actors pulling ``ray_items`` work items from a queue with ``runner="ray"``),
+    ``gpus="all"`` (one process per GPU), or
     ``part="I/N"`` to be one worker of N; ``finalize=True`` (with ``source`` the cache) merges what
     parts finished. ``log`` receives notes and warnings (default: standard error).
 
@@ -179,9 +181,11 @@ def extract(
         raise FeatcacheError(f"runner={runner!r}: choose 'local' or 'ray'")
     if part is not None and (workers > 1 or gpus or runner == "ray"):
         raise FeatcacheError("part='I/N' runs one worker; workers=N, gpus='all' and runner='ray' start all of them")
+    if ray_items is not None and (runner != "ray" or ray_items < 1):
+        raise FeatcacheError(f"ray_items={ray_items}: a positive count of work items, for runner='ray' only")
     if gpus and runner == "ray":
         raise FeatcacheError(
-            "gpus='all' is for local workers; with runner='ray', Ray gives each part one GPU of the cluster"
+            "gpus='all' is for local workers; with runner='ray', Ray gives each actor one GPU of the cluster"
         )
     if batch_size < 1 or shard_size < 1 or workers < 1 or (max_shards is not None and max_shards < 1):
         raise FeatcacheError(
@@ -218,7 +222,9 @@ def extract(
     )
     cfg.augment  # noqa: B018  (checks views, crops and resize: a one-line error before any work)
     if runner == "ray" or gpus or workers > 1:
-        return _many(cfg, workers, None if gpus is None else str(gpus), runner, address, max_retries, log, t0)
+        return _many(
+            cfg, workers, None if gpus is None else str(gpus), runner, address, max_retries, ray_items, log, t0
+        )
     from .runner import run_extract
 
     report = run_extract(cfg, log=log)
@@ -244,16 +250,23 @@ def _many(
     runner: str,
     address: str | None,
     max_retries: int,
+    ray_items: int | None,
     log: Log,
     t0: float,
 ) -> ExtractResult:
-    """Every part at once: local processes (one per GPU, or ``workers``) or Ray tasks, then the merge."""
+    """Every part at once: local processes (one per GPU, or ``workers``), or Ray actors pulling work
+    items from a queue, then the merge."""
     before = _rows_now(cfg.cache)
     if runner == "ray":
         from .ray_runner import run_ray
 
-        state, failed = run_ray(
-            cfg, address=address, workers=workers if workers > 1 else None, max_retries=max_retries, log=log
+        state, failed, _ = run_ray(
+            cfg,
+            address=address,
+            workers=workers if workers > 1 else None,
+            items=ray_items,
+            max_retries=max_retries,
+            log=log,
         )
     else:
         from .launch import choose_gpus, run_local

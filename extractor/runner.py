@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -169,8 +170,39 @@ def _environment() -> dict[str, object]:
     }
 
 
-def run_extract(cfg: ExtractConfig, log: Log = print) -> ExtractReport:
-    """Fill (or resume) the cache at ``cfg.cache`` from ``cfg.source``; see :class:`ExtractConfig`."""
+class Mappers:
+    """Backbone mappers built in this process, kept across runs: a worker that runs many work items
+    (a Ray actor pulling parts from a queue) builds and traces the backbone once, not once per item.
+
+    Keyed by what the model computes (backbone, weights, dtypes, XLA); TensorFlow is imported only
+    when a mapper is first needed."""
+
+    def __init__(self) -> None:
+        self._built: dict[tuple, Any] = {}
+
+    def get(self, spec: BackboneSpec, weights: ResolvedWeights, cfg: ExtractConfig) -> Any:
+        """The :class:`~featcache.extractor.mapper.BackboneMapper` for ``spec``/``weights`` under
+        ``cfg``'s dtypes, built on first use."""
+        key = (spec.name, repr(spec.identity), weights.sha256, cfg.maps_dtype, cfg.mixed_precision, cfg.xla)
+        if key not in self._built:
+            from .mapper import BackboneMapper
+
+            self._built[key] = BackboneMapper(
+                spec, weights, maps_dtype=cfg.maps_dtype, mixed_precision=cfg.mixed_precision, xla=cfg.xla
+            )
+        return self._built[key]
+
+
+ShardDone = Callable[[int], None]
+
+
+def run_extract(
+    cfg: ExtractConfig, log: Log = print, *, mappers: Mappers | None = None, on_shard: ShardDone | None = None
+) -> ExtractReport:
+    """Fill (or resume) the cache at ``cfg.cache`` from ``cfg.source``; see :class:`ExtractConfig`.
+
+    ``mappers`` keeps built backbones across calls (default: build one for this run only);
+    ``on_shard(k)`` is called in the writer thread after shard ``k`` is committed."""
     t_start = time.perf_counter()
     cfg.limits()  # bad limits fail before any work
     source = open_source(cfg.source)
@@ -221,7 +253,7 @@ def run_extract(cfg: ExtractConfig, log: Log = print) -> ExtractReport:
         if todo:
             if manifest.generations:
                 source = cache_view(source, load_listing(cfg.cache, manifest.num_inputs))
-            _extract(cfg, source, spec, weights, cache, todo, report, log, t_start)
+            _extract(cfg, source, spec, weights, cache, todo, report, log, t_start, mappers or Mappers(), on_shard)
         else:
             report.startup_seconds = time.perf_counter() - t_start
     report.finalized = cache.finalized
@@ -256,15 +288,15 @@ def _extract(
     report: ExtractReport,
     log: Log,
     t_start: float,
+    mappers: Mappers,
+    shard_done: ShardDone | None,
 ) -> None:
     """The loop: reader -> mapper -> sink over the shards ``todo``; fills ``report``'s timings."""
     manifest = cache.manifest
 
     from . import mapper, pipeline  # TensorFlow is imported here, and only when there is work
 
-    m = mapper.BackboneMapper(
-        spec, weights, maps_dtype=cfg.maps_dtype, mixed_precision=cfg.mixed_precision, xla=cfg.xla
-    )
+    m = mappers.get(spec, weights, cfg)
     log(f"backbone {spec.name} on {mapper.devices()}, batch {cfg.batch_size}")
     ranges = [manifest.shard_inputs(k) for k in todo]
     limits = cfg.limits()
@@ -285,6 +317,8 @@ def _extract(
         report.failures.extend(failed)
         bar.update(len(failed))
         bar.set_postfix(shards=f"{sink.stats.shards}/{len(todo)}", failed=len(report.failures))
+        if shard_done is not None:
+            shard_done(shard)
 
     from .sink import ShardSink
 
