@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..shared.backbones import DEFAULT_CROP_RATIO, DEFAULT_CROP_SCALE, DEFAULT_RESIZE
+from ..shared.backbones import DEFAULT_CROP_RATIO, DEFAULT_CROP_SCALE, DEFAULT_RESIZE, check_feed_dtype
 from ..shared.cache import schema
 from ..shared.cache.manifest import FailedInput, Manifest
 from ..shared.cache.parts import WHOLE, Finalized, Part
@@ -132,6 +132,7 @@ def extract(
     crop_scale: str | Sequence[float] = DEFAULT_CROP_SCALE,
     crop_ratio: str | Sequence[float] = DEFAULT_CROP_RATIO,
     resize: str = DEFAULT_RESIZE,
+    feed_dtype: str | None = None,
     progress: bool = True,
     log: Log | None = None,
 ) -> ExtractResult:
@@ -165,6 +166,9 @@ def extract(
     ``(N, N-1, 1280)``: view 1 the mirror, views 2+ random-resized crops with area fraction in
     ``crop_scale`` and aspect ratio in ``crop_ratio``, seeded by (id, view)); it costs N times the
     backbone work. ``resize``: ``"squash"``, ``"centre-crop"`` or ``"pad"`` (see docs/quality.md).
+    ``feed_dtype``: ``"uint8"`` (resized images rounded to uint8, cast and preprocessed on the
+    device) or ``"float32"`` (preprocessed on the host, unrounded); None keeps what an existing cache
+    records and uses uint8 for a new one (see docs/performance.md).
 
     Raises :class:`FeatcacheError` (one line naming the file and the reason) on bad arguments, a
     cache made otherwise, changed inputs, or a locked cache; what was finished stays on disk.
@@ -219,6 +223,7 @@ def extract(
         crop_scale=_pair(crop_scale, "crop_scale"),
         crop_ratio=_pair(crop_ratio, "crop_ratio"),
         resize=resize,
+        feed_dtype=None if feed_dtype is None else check_feed_dtype(feed_dtype),
     )
     cfg.augment  # noqa: B018  (checks views, crops and resize: a one-line error before any work)
     if runner == "ray" or gpus or workers > 1:

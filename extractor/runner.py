@@ -21,21 +21,24 @@ from tqdm import tqdm
 from ..shared.backbones import (
     DEFAULT_CROP_RATIO,
     DEFAULT_CROP_SCALE,
+    DEFAULT_FEED_DTYPE,
     DEFAULT_RESIZE,
     TF_DEFAULT_ENV,
     Augment,
     BackboneSpec,
     ResolvedWeights,
+    check_feed_dtype,
     get_backbone,
     make_fingerprint,
     resolve_weights,
 )
 from ..shared.cache import schema
-from ..shared.cache.fingerprint import describe
+from ..shared.cache.fingerprint import describe, feed_dtype
 from ..shared.cache.listing import load_listing
 from ..shared.cache.manifest import FailedInput, Manifest
 from ..shared.cache.parts import WHOLE, Finalized, Part
 from ..shared.cache.writer import CacheWriter, storage_options
+from ..shared.errors import FeatcacheError
 from .inputs import DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_PIXELS, InputLimits
 from .sources import Source, open_source
 
@@ -72,6 +75,8 @@ class ExtractConfig:
     crop_scale: tuple[float, float] = DEFAULT_CROP_SCALE
     crop_ratio: tuple[float, float] = DEFAULT_CROP_RATIO
     resize: str = DEFAULT_RESIZE
+    # uint8 or float32 (backbones.FEED_DTYPES); None: what the cache records, or uint8 for a new one
+    feed_dtype: str | None = None
 
     @property
     def augment(self) -> Augment:
@@ -183,12 +188,18 @@ class Mappers:
     def get(self, spec: BackboneSpec, weights: ResolvedWeights, cfg: ExtractConfig) -> Any:
         """The :class:`~featcache.extractor.mapper.BackboneMapper` for ``spec``/``weights`` under
         ``cfg``'s dtypes, built on first use."""
-        key = (spec.name, repr(spec.identity), weights.sha256, cfg.maps_dtype, cfg.mixed_precision, cfg.xla)
+        feed = cfg.feed_dtype or DEFAULT_FEED_DTYPE
+        key = (spec.name, repr(spec.identity), weights.sha256, cfg.maps_dtype, cfg.mixed_precision, cfg.xla, feed)
         if key not in self._built:
             from .mapper import BackboneMapper
 
             self._built[key] = BackboneMapper(
-                spec, weights, maps_dtype=cfg.maps_dtype, mixed_precision=cfg.mixed_precision, xla=cfg.xla
+                spec,
+                weights,
+                maps_dtype=cfg.maps_dtype,
+                mixed_precision=cfg.mixed_precision,
+                xla=cfg.xla,
+                feed_dtype=feed,
             )
         return self._built[key]
 
@@ -205,6 +216,7 @@ def run_extract(
     ``on_shard(k)`` is called in the writer thread after shard ``k`` is committed."""
     t_start = time.perf_counter()
     cfg.limits()  # bad limits fail before any work
+    cfg = replace(cfg, feed_dtype=check_feed_dtype(cfg.feed_dtype or recorded_feed_dtype(cfg)))
     source = open_source(cfg.source)
     for note in source.notes:
         log(f"note: {note}")
@@ -224,6 +236,7 @@ def run_extract(
             compute_dtype="mixed_float16" if cfg.mixed_precision else "float32",
             environment=_environment(),
             augment=cfg.augment,
+            feed_dtype=cfg.feed_dtype,
         ),
         classes=source.classes,
         source=source.describe(),
@@ -259,6 +272,18 @@ def run_extract(
     report.finalized = cache.finalized
     report.cache_rows = cache.finalized.rows if cache.finalized else manifest.rows
     return report
+
+
+def recorded_feed_dtype(cfg: ExtractConfig) -> str:
+    """The feed a run without an explicit ``feed_dtype`` uses: the one the cache at ``cfg.cache``
+    records (``float32`` for caches made before the choice existed), so that resuming or updating
+    it computes the same features; :data:`DEFAULT_FEED_DTYPE` for a new (or overwritten) cache."""
+    if not cfg.overwrite:
+        try:
+            return feed_dtype(Manifest.load(cfg.cache).fingerprint)
+        except FeatcacheError:  # no cache yet (or a broken one, which the writer will name)
+            pass
+    return DEFAULT_FEED_DTYPE
 
 
 def cache_view(source: Source, listing: dict[str, np.ndarray]) -> Source:
@@ -297,7 +322,7 @@ def _extract(
     from . import mapper, pipeline  # TensorFlow is imported here, and only when there is work
 
     m = mappers.get(spec, weights, cfg)
-    log(f"backbone {spec.name} on {mapper.devices()}, batch {cfg.batch_size}")
+    log(f"backbone {spec.name} on {mapper.devices()}, batch {cfg.batch_size}, images fed as {cfg.feed_dtype}")
     ranges = [manifest.shard_inputs(k) for k in todo]
     limits = cfg.limits()
     augment = cfg.augment
@@ -310,6 +335,7 @@ def _extract(
         limits=limits,
         ids=source.ids,
         augment=augment,
+        feed_dtype=cfg.feed_dtype or DEFAULT_FEED_DTYPE,
     )
     bar = tqdm(total=sum(len(r) for r in ranges), unit="img", disable=not cfg.progress, dynamic_ncols=True)
 

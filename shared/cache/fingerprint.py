@@ -24,9 +24,15 @@ IDENTITY_KEYS = (
     "compute_dtype",
     "maps_dtype",
     "augment",  # views per image and their recipe; absent (None) in one-view caches
+    "feed_dtype",  # images rounded to uint8 before preprocessing; absent in float32-fed caches
 )
-# Identity keys a fingerprint may leave out (their absence is a value: one view per image).
-OPTIONAL_IDENTITY_KEYS = ("augment",)
+# Identity keys a fingerprint may leave out (their absence is a value: one view per image; images
+# fed as float32, the only way before feed_dtype existed).
+OPTIONAL_IDENTITY_KEYS = ("augment", "feed_dtype")
+# What the extractor ships to the device: resized images rounded to uint8 (preprocessed on the
+# device) or float32 preprocessed on the host. The value a fingerprint without the key stands for:
+FEED_DTYPES = ("uint8", "float32")
+UNRECORDED_FEED_DTYPE = "float32"
 ENVIRONMENT_KEYS = ("tensorflow", "keras", "onednn")
 
 
@@ -52,6 +58,11 @@ def check_compatible(recorded: dict[str, Any], current: dict[str, Any], where: s
         warnings.warn(
             f"{where}: library environment changed ({'; '.join(env)}); values may differ by round-off", stacklevel=2
         )
+
+
+def feed_dtype(fp: dict[str, Any]) -> str:
+    """How the images of the cache with fingerprint ``fp`` were fed (``float32`` when not recorded)."""
+    return fp.get("feed_dtype") or UNRECORDED_FEED_DTYPE
 
 
 def to_attr(fp: dict[str, Any]) -> str:
