@@ -59,7 +59,7 @@ def import_ray() -> Any:
 @dataclass
 class Faults:
     """Faults to inject, for tests and failure drills. ``slow``: actor number -> seconds it sleeps
-    after each shard it commits (a slow node). ``die_once``: a file path; the first actor to commit
+    when it starts and after each shard it commits (a slow node). ``die_once``: a file path; the first actor to commit
     a shard while that file does not exist creates it and exits at once (``os._exit``), as a node
     lost in the middle of an item (exactly once, even across actor restarts)."""
 
@@ -94,6 +94,7 @@ class QueueWorker:
         self.number = number
         self.faults = faults or Faults()
         self.mappers = Mappers()
+        time.sleep(self.faults.slow.get(number, 0.0))
 
     def run(self, cfg: ExtractConfig) -> tuple[str, int]:
         """Run the item ``cfg.part``; return its one-line report and the shards it wrote."""
