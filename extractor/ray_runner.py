@@ -13,9 +13,10 @@ its items. When an actor dies (its node lost, the process killed), its item is p
 of the queue and resumed by whichever actor is free next (its finished shards kept: the new run
 takes over the dead one's stale part lock), and the driver starts a new actor in its place (up to
 ``max_retries`` times per actor); an item lost more than ``max_retries`` times is reported as
-failed. Errors raised by featcache itself (a bad input with ``strict=True``, a full disk) fail the
-item without a retry: they would fail again. The driver only needs the cache directory (on a
-filesystem every node mounts) and finalises it when the queue is empty.
+failed. An error raised by featcache itself (a bad input with ``strict=True``, a full disk, a cache
+made otherwise) fails its item without a retry and stops the queue: it would fail again. The
+driver only needs the cache directory (on a filesystem every node mounts) and finalises it when the
+queue is empty.
 
 The trade-off of ``items``: more items balance finer (the last item in flight is smaller) but each
 costs a start (listing the source, opening the cache), a merge of the manifest and two small files
@@ -36,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ..shared.cache.manifest import list_shards
 from ..shared.cache.parts import Finalized, Part, finalize
 from ..shared.errors import FeatcacheError
 from .launch import follow
@@ -207,11 +209,16 @@ class _Queue:
         self.losses = [0] * count
         self.failed: list[str] = []
         self.report = QueueReport(count, [0] * workers, [0] * workers)
+        self.stopped = ""  # why no further items are handed out (a featcache error would recur)
+        self.drained = False
 
     def busy(self) -> bool:
-        return bool(self.in_flight or (self.todo and self.alive))
+        """Whether :meth:`drain` is still going (the progress bar follows until it returns)."""
+        return not self.drained
 
     def _feed(self) -> None:
+        if self.stopped:
+            return
         idle = self.alive - {a for a, _ in self.in_flight.values()}
         for a in sorted(idle):
             if not self.todo:
@@ -221,6 +228,13 @@ class _Queue:
             self.in_flight[self.actors[a].run.remote(cfg)] = (a, item)
 
     def drain(self) -> None:
+        """Run the queue until no item is in flight; then every item is done, failed or not run."""
+        try:
+            self._drain()
+        finally:
+            self.drained = True
+
+    def _drain(self) -> None:
         lost = self.ray.exceptions.RayActorError
         self._feed()
         while self.in_flight:
@@ -249,14 +263,16 @@ class _Queue:
             except Exception as exc:  # featcache's own error: it would fail again
                 cause = getattr(exc, "cause", None) or exc
                 self.failed.append(f"item {part}: {type(cause).__name__}: {_last_line(cause)}")
-                self.log(f"[item {part}] failed: {self.failed[-1]}")
+                self.log(f"[item {part}] failed: {self.failed[-1]}; no further items are started")
+                self.stopped = f"stopped after item {part} failed"
             else:
                 self.report.items_by_actor[a] += 1
                 self.report.shards_by_actor[a] += shards
                 self.log(f"[actor {a}] {line}")
             self._feed()
-        for item in self.todo:
-            self.failed.append(f"item {Part(item, self.count)}: not run (every actor died)")
+        if self.todo:
+            why = self.stopped or "every actor died"
+            self.failed.append(f"items {list_shards(sorted(self.todo))} of {self.count}: not run ({why})")
 
 
 def _last_line(exc: BaseException) -> str:

@@ -47,7 +47,7 @@ def test_resume_keeps_the_recorded_feed_unless_told_otherwise(sample_dir, tmp_pa
     extract(sample_dir, cache, shard_size=SHARD, feed_dtype="float32", max_shards=1)  # like an older cache
     report = extract(sample_dir, cache, shard_size=SHARD, max_shards=1)  # no feed given: the cache's own
     assert report.shards_written == 1 and "feed_dtype" not in fingerprint(cache)
-    with pytest.raises(FingerprintMismatchError, match=r"feed_dtype: None -> 'uint8'"):
+    with pytest.raises(FingerprintMismatchError, match=r"feed_dtype: 'float32' -> 'uint8'"):
         extract(sample_dir, cache, shard_size=SHARD, feed_dtype="uint8")
     extract(sample_dir, tmp_path / "whole", shard_size=SHARD, feed_dtype="float32")
     extract(sample_dir, cache, shard_size=SHARD)

@@ -6,6 +6,7 @@ killed when it ends, so the next run starts from the same free cluster."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,14 @@ def test_cli_ray_items_fill_the_cache(local_ray, sample_dir, single, tmp_path):
     r = CliRunner().invoke(app, [*args, "--no-progress", "--runner", "ray", "--workers", "2", "--ray-items", "3"])
     assert r.exit_code == 0, r.output
     assert "2 actors, 1 CPUs each, pulling 3 work items" in r.output and "complete, 8/8 shards, 15 rows" in r.output
+    assert same_cache(single, cache) == []
+    # featcache's own error (a cache made otherwise) fails its item and stops the queue: the items not
+    # yet started (at least 1 of 3 with 2 actors) are not run, instead of failing one by one
+    ray_args = ["--no-progress", "--runner", "ray", "--ray-items", "3", "--feed-dtype", "float32"]
+    r = CliRunner().invoke(app, [*args, *ray_args])
+    failures = re.findall(r"worker failed: item \d/3: FingerprintMismatchError: .*feed_dtype", r.output)
+    assert r.exit_code == 1 and 1 <= len(failures) <= 2, r.output
+    assert re.search(r"worker failed: items [\d, ]+ of 3: not run \(stopped after item \d/3 failed\)", r.output)
     assert same_cache(single, cache) == []
     r = CliRunner().invoke(app, [*args, "--ray-items", "3"])
     assert r.exit_code == 2 and "error: --ray-items 3: a positive count of work items, for --runner ray only" in (

@@ -37,8 +37,14 @@ ENVIRONMENT_KEYS = ("tensorflow", "keras", "onednn")
 
 
 def differences(recorded: dict[str, Any], current: dict[str, Any], keys: tuple[str, ...]) -> list[str]:
-    """``key: recorded -> current`` for each of ``keys`` that differs."""
-    return [f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}" for k in keys if recorded.get(k) != current.get(k)]
+    """``key: recorded -> current`` for each of ``keys`` that differs (a missing key as the value its
+    absence stands for)."""
+
+    def value(fp: dict[str, Any], key: str) -> Any:
+        return feed_dtype(fp) if key == "feed_dtype" else fp.get(key)
+
+    pairs = [(k, value(recorded, k), value(current, k)) for k in keys]
+    return [f"{k}: {old!r} -> {new!r}" for k, old, new in pairs if old != new]
 
 
 def check_compatible(recorded: dict[str, Any], current: dict[str, Any], where: str) -> None:
