@@ -1,4 +1,4 @@
-"""Wall time of one cache filled by 1 worker, by N local worker processes, and by N Ray tasks.
+"""Wall time of one cache filled by 1 worker, by N local worker processes, and by N Ray actors.
 
 Rerun from the repo root (about 40 s with the sample data, 90 s with 2,000 images, on 2 cores):
 
@@ -12,8 +12,9 @@ turn and the best of ``--repeats`` kept:
 * ``1 worker``: ``featcache-extract SRC CACHE``;
 * ``N local workers``: ``featcache-extract SRC CACHE --workers N`` (one process per part, each with
   an equal share of the cores);
-* ``N Ray tasks``: ``featcache-extract SRC CACHE --runner ray --workers N`` on a local Ray instance
-  started by the command (skipped when ray is not installed).
+* ``N Ray actors``: ``featcache-extract SRC CACHE --runner ray --workers N`` on a local Ray instance
+  started by the command, the actors pulling the default 4 work items each from the queue (skipped
+  when ray is not installed).
 
 Every result is checked to be complete. On a machine with fewer cores than workers x the cores one
 backbone call can use, expect no speed-up: the workers share the same cores.
@@ -53,7 +54,7 @@ def main() -> None:
     n = args.workers
     contenders = {"1 worker": [], f"{n} local workers": ["--workers", str(n)]}
     if importlib.util.find_spec("ray") is not None:
-        contenders[f"{n} Ray tasks"] = ["--runner", "ray", "--workers", str(n)]
+        contenders[f"{n} Ray actors"] = ["--runner", "ray", "--workers", str(n)]
     else:
         print("ray is not installed: the Ray row is skipped (pip install -e '.[ray]')")
     best = {name: float("inf") for name in contenders}

@@ -4,7 +4,7 @@
 decode/resize/views/preprocess) -> ``mapper`` (backbone) -> ``sink`` (writer thread, shards) composed
 by ``runner``; ``api`` is :func:`featcache.extract` and ``cli`` (``featcache-extract``) a thin layer
 over it.
-Many workers on one cache: ``launch`` (one process per part or GPU) and ``ray_runner`` (parts as
-Ray tasks), each worker a ``runner`` run of one ``--part``.
+Many workers on one cache: ``launch`` (one process per part or GPU) and ``ray_runner`` (Ray actors
+pulling small parts from a queue), each part a ``runner`` run of one ``--part``.
 Importing this package does not import TensorFlow; running a job does.
 """

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..shared.backbones import DEFAULT_CROP_RATIO, DEFAULT_CROP_SCALE, DEFAULT_RESIZE
+from ..shared.backbones import DEFAULT_CROP_RATIO, DEFAULT_CROP_SCALE, DEFAULT_RESIZE, check_feed_dtype
 from ..shared.cache import schema
 from ..shared.cache.manifest import FailedInput, Manifest
 from ..shared.cache.parts import WHOLE, Finalized, Part
@@ -128,12 +128,14 @@ def extract(
     runner: str = "local",
     address: str | None = None,
     max_retries: int = DEFAULT_MAX_RETRIES,
+    ray_items: int | None = None,
     views: int = 1,
     crop_scale: str | Sequence[float] = DEFAULT_CROP_SCALE,
     crop_ratio: str | Sequence[float] = DEFAULT_CROP_RATIO,
     resize: str = DEFAULT_RESIZE,
     source_format: str | None = None,
     tfrecord_keys: str | None = None,
+    feed_dtype: str | None = None,
     progress: bool = True,
     log: Log | None = None,
 ) -> ExtractResult:
@@ -162,7 +164,8 @@ def extract(
     (required for a model file; see :func:`featcache.shared.backbones.model_file_spec`).
     ``weights``: ``"imagenet"``, ``"auto"``, ``"random"`` or a path to an .h5 file. ``split``: train,
     val, test fractions for rows whose source gives none. Many workers: ``workers=N`` (local
-    processes, or Ray tasks with ``runner="ray"``), ``gpus="all"`` (one process per GPU), or
+    processes, or Ray actors pulling ``ray_items`` work items from a queue with ``runner="ray"``),
+    ``gpus="all"`` (one process per GPU), or
     ``part="I/N"`` to be one worker of N; ``finalize=True`` (with ``source`` the cache) merges what
     parts finished. ``log`` receives notes and warnings (default: standard error).
 
@@ -170,6 +173,9 @@ def extract(
     ``(N, N-1, 1280)``: view 1 the mirror, views 2+ random-resized crops with area fraction in
     ``crop_scale`` and aspect ratio in ``crop_ratio``, seeded by (id, view)); it costs N times the
     backbone work. ``resize``: ``"squash"``, ``"centre-crop"`` or ``"pad"`` (see docs/quality.md).
+    ``feed_dtype``: ``"uint8"`` (resized images rounded to uint8, cast and preprocessed on the
+    device) or ``"float32"`` (preprocessed on the host, unrounded); None keeps what an existing cache
+    records and uses uint8 for a new one (see docs/performance.md).
 
     Raises :class:`FeatcacheError` (one line naming the file and the reason) on bad arguments, a
     cache made otherwise, changed inputs, or a locked cache; what was finished stays on disk.
@@ -186,9 +192,11 @@ def extract(
         raise FeatcacheError(f"runner={runner!r}: choose 'local' or 'ray'")
     if part is not None and (workers > 1 or gpus or runner == "ray"):
         raise FeatcacheError("part='I/N' runs one worker; workers=N, gpus='all' and runner='ray' start all of them")
+    if ray_items is not None and (runner != "ray" or ray_items < 1):
+        raise FeatcacheError(f"ray_items={ray_items}: a positive count of work items, for runner='ray' only")
     if gpus and runner == "ray":
         raise FeatcacheError(
-            "gpus='all' is for local workers; with runner='ray', Ray gives each part one GPU of the cluster"
+            "gpus='all' is for local workers; with runner='ray', Ray gives each actor one GPU of the cluster"
         )
     if batch_size < 1 or shard_size < 1 or workers < 1 or (max_shards is not None and max_shards < 1):
         raise FeatcacheError(
@@ -224,10 +232,13 @@ def extract(
         crop_scale=_pair(crop_scale, "crop_scale"),
         crop_ratio=_pair(crop_ratio, "crop_ratio"),
         resize=resize,
+        feed_dtype=None if feed_dtype is None else check_feed_dtype(feed_dtype),
     )
     cfg.augment  # noqa: B018  (checks views, crops and resize: a one-line error before any work)
     if runner == "ray" or gpus or workers > 1:
-        return _many(cfg, workers, None if gpus is None else str(gpus), runner, address, max_retries, log, t0)
+        return _many(
+            cfg, workers, None if gpus is None else str(gpus), runner, address, max_retries, ray_items, log, t0
+        )
     from .runner import run_extract
 
     report = run_extract(cfg, log=log)
@@ -253,16 +264,23 @@ def _many(
     runner: str,
     address: str | None,
     max_retries: int,
+    ray_items: int | None,
     log: Log,
     t0: float,
 ) -> ExtractResult:
-    """Every part at once: local processes (one per GPU, or ``workers``) or Ray tasks, then the merge."""
+    """Every part at once: local processes (one per GPU, or ``workers``), or Ray actors pulling work
+    items from a queue, then the merge."""
     before = _rows_now(cfg.cache)
     if runner == "ray":
         from .ray_runner import run_ray
 
-        state, failed = run_ray(
-            cfg, address=address, workers=workers if workers > 1 else None, max_retries=max_retries, log=log
+        state, failed, _ = run_ray(
+            cfg,
+            address=address,
+            workers=workers if workers > 1 else None,
+            items=ray_items,
+            max_retries=max_retries,
+            log=log,
         )
     else:
         from .launch import choose_gpus, run_local

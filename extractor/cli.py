@@ -16,6 +16,7 @@ from ..shared.cache import schema
 from ..shared.cli import run_cli
 from .api import DEFAULT_MAX_RETRIES, DEFAULT_SPLIT
 from .inputs import DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_PIXELS
+from .ray_runner import ITEMS_PER_WORKER
 
 # --finalize and the multi-worker runs exit with this when the cache is not complete yet.
 EXIT_INCOMPLETE = 1
@@ -237,8 +238,8 @@ def extract(
         typer.Option(
             min=1,
             help=(
-                "Run this many workers (parts) side by side: local processes, or Ray tasks with --runner "
-                "ray. On CPU each local process gets an equal share of the cores."
+                "Run this many workers side by side: local processes (one part each), or Ray actors pulling "
+                "work items with --runner ray. On CPU each local process gets an equal share of the cores."
             ),
         ),
     ] = 1,
@@ -256,7 +257,7 @@ def extract(
         str,
         typer.Option(
             help=(
-                "Where --workers run: 'local' (processes on this machine) or 'ray' (tasks on the Ray "
+                "Where --workers run: 'local' (processes on this machine) or 'ray' (actors on the Ray "
                 "cluster at --address, or a local Ray instance; needs featcache[ray])."
             )
         ),
@@ -276,11 +277,24 @@ def extract(
         typer.Option(
             min=0,
             help=(
-                "With --runner ray: how often Ray reruns a part whose worker died (the rerun keeps its "
-                "finished shards)."
+                "With --runner ray: how often Ray restarts an actor that died, and puts back a work item "
+                "lost with its actor (the next run of the item keeps its finished shards)."
             ),
         ),
     ] = DEFAULT_MAX_RETRIES,
+    ray_items: Annotated[
+        Optional[int],
+        typer.Option(
+            min=1,
+            help=(
+                "With --runner ray: cut the shard plan into this many work items (item i = shards k with "
+                "k % ITEMS == i) that the actors pull from a queue, so a slow or lost node delays only its "
+                "item in flight. More items balance finer but each costs a start (listing the source) and a "
+                f"manifest merge. Default: {ITEMS_PER_WORKER} per worker."
+            ),
+            show_default=False,
+        ),
+    ] = None,
     views: Annotated[
         int,
         typer.Option(
@@ -330,6 +344,19 @@ def extract(
             show_default=False,
         ),
     ] = None,
+    feed_dtype: Annotated[
+        Optional[str],
+        typer.Option(
+            help=(
+                "How resized images go to the backbone's device: 'uint8' (rounded to whole RGB values, then cast "
+                "and preprocessed on the device: 4x fewer bytes to copy, for fast GPUs) or 'float32' "
+                "(preprocessed on the host, unrounded: how caches were made before this option). The features "
+                "differ slightly (docs/performance.md), so it is recorded in the fingerprint. Default: what an "
+                "existing CACHE records (float32 for older caches), uint8 for a new one."
+            ),
+            show_default=False,
+        ),
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     debug: Annotated[bool, typer.Option(help="Show the full traceback on errors.")] = False,
 ) -> None:
@@ -374,12 +401,14 @@ def extract(
             runner=runner,
             address=address,
             max_retries=max_retries,
+            ray_items=ray_items,
             views=views,
             crop_scale=crop_scale,
             crop_ratio=crop_ratio,
             resize=resize,
             source_format=source_format,
             tfrecord_keys=tfrecord_keys,
+            feed_dtype=feed_dtype,
             progress=progress,
             log=_err,
         )

@@ -86,7 +86,7 @@ def worker_env(part: Part, gpus: list[str] | None) -> dict[str, str]:
 
 def run_part(cfg: ExtractConfig, env: dict[str, str]) -> str:
     """Run one part in this process (a fresh worker: the environment must be set before
-    TensorFlow is imported); return its one-line report. Shared by the local and Ray runners."""
+    TensorFlow is imported); return its one-line report. Used by the local runner."""
     os.environ.update(env)
     from .runner import run_extract
 

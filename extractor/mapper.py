@@ -1,7 +1,9 @@
-"""The mapper: batches of preprocessed images to feature maps and pooled vectors.
+"""The mapper: batches of images to feature maps and pooled vectors.
 
 The backbone call is one ``tf.function`` traced once for any batch size, so the per-batch cost is
-the forward pass itself. The pooled mean is taken in float32 on the device, before maps are cast to
+the forward pass itself. With a uint8 feed the cast to float32 and the backbone's preprocessing run
+inside that function (on the GPU when there is one); with a float32 feed the images come
+preprocessed. The pooled mean is taken in float32 on the device, before maps are cast to
 the storage dtype, and both leave the device already in their final dtypes.
 """
 
@@ -24,7 +26,8 @@ def devices() -> str:
 
 class BackboneMapper:
     """``mapper(images) -> (maps (b, h, w, c), pooled (b, c) float32)`` as numpy arrays; maps are in
-    the storage dtype on a GPU and float32 on a CPU (the writer casts)."""
+    the storage dtype on a GPU and float32 on a CPU (the writer casts). ``images`` are
+    ``(b, H, W, 3)`` uint8 RGB with ``feed_dtype="uint8"``, else float32 already preprocessed."""
 
     def __init__(
         self,
@@ -34,6 +37,7 @@ class BackboneMapper:
         maps_dtype: str,
         mixed_precision: bool = False,
         xla: bool = False,
+        feed_dtype: str = "float32",
     ):
         import keras
 
@@ -47,15 +51,18 @@ class BackboneMapper:
         # Casting on a GPU halves the copy to the host; on a CPU numpy's cast in the writer thread is
         # as fast and keeps the backbone's cores free (and oneDNN has no float16 there).
         self.device_dtype = tf.as_dtype(maps_dtype) if tf.config.list_physical_devices("GPU") else tf.float32
+        self.preprocess = spec.preprocess_fn() if feed_dtype == "uint8" else None
         h, w = spec.input_size
         self._forward = tf.function(
             self._call,
-            input_signature=[tf.TensorSpec([None, h, w, 3], tf.float32)],
+            input_signature=[tf.TensorSpec([None, h, w, 3], tf.as_dtype(feed_dtype))],
             reduce_retracing=True,
             jit_compile=xla,
         )
 
     def _call(self, images: Any) -> tuple[Any, Any]:
+        if self.preprocess is not None:
+            images = self.preprocess(tf.cast(images, tf.float32))
         maps = tf.cast(self.model(images, training=False), tf.float32)
         pooled = tf.reduce_mean(maps, axis=[1, 2])
         return tf.cast(maps, self.device_dtype), pooled

@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -20,17 +21,19 @@ from tqdm import tqdm
 from ..shared.backbones import (
     DEFAULT_CROP_RATIO,
     DEFAULT_CROP_SCALE,
+    DEFAULT_FEED_DTYPE,
     DEFAULT_RESIZE,
     TF_DEFAULT_ENV,
     Augment,
     BackboneSpec,
     ResolvedWeights,
+    check_feed_dtype,
     get_backbone,
     make_fingerprint,
     resolve_weights,
 )
 from ..shared.cache import schema
-from ..shared.cache.fingerprint import describe
+from ..shared.cache.fingerprint import describe, feed_dtype
 from ..shared.cache.listing import load_listing, save_listing
 from ..shared.cache.lock import CacheLock
 from ..shared.cache.manifest import FailedInput, Manifest, plan_shards
@@ -76,6 +79,8 @@ class ExtractConfig:
     crop_scale: tuple[float, float] = DEFAULT_CROP_SCALE
     crop_ratio: tuple[float, float] = DEFAULT_CROP_RATIO
     resize: str = DEFAULT_RESIZE
+    # uint8 or float32 (backbones.FEED_DTYPES); None: what the cache records, or uint8 for a new one
+    feed_dtype: str | None = None
 
     @property
     def augment(self) -> Augment:
@@ -174,10 +179,48 @@ def _environment() -> dict[str, object]:
     }
 
 
-def run_extract(cfg: ExtractConfig, log: Log = print) -> ExtractReport:
-    """Fill (or resume) the cache at ``cfg.cache`` from ``cfg.source``; see :class:`ExtractConfig`."""
+class Mappers:
+    """Backbone mappers built in this process, kept across runs: a worker that runs many work items
+    (a Ray actor pulling parts from a queue) builds and traces the backbone once, not once per item.
+
+    Keyed by what the model computes (backbone, weights, dtypes, XLA); TensorFlow is imported only
+    when a mapper is first needed."""
+
+    def __init__(self) -> None:
+        self._built: dict[tuple, Any] = {}
+
+    def get(self, spec: BackboneSpec, weights: ResolvedWeights, cfg: ExtractConfig) -> Any:
+        """The :class:`~featcache.extractor.mapper.BackboneMapper` for ``spec``/``weights`` under
+        ``cfg``'s dtypes, built on first use."""
+        feed = cfg.feed_dtype or DEFAULT_FEED_DTYPE
+        key = (spec.name, repr(spec.identity), weights.sha256, cfg.maps_dtype, cfg.mixed_precision, cfg.xla, feed)
+        if key not in self._built:
+            from .mapper import BackboneMapper
+
+            self._built[key] = BackboneMapper(
+                spec,
+                weights,
+                maps_dtype=cfg.maps_dtype,
+                mixed_precision=cfg.mixed_precision,
+                xla=cfg.xla,
+                feed_dtype=feed,
+            )
+        return self._built[key]
+
+
+ShardDone = Callable[[int], None]
+
+
+def run_extract(
+    cfg: ExtractConfig, log: Log = print, *, mappers: Mappers | None = None, on_shard: ShardDone | None = None
+) -> ExtractReport:
+    """Fill (or resume) the cache at ``cfg.cache`` from ``cfg.source``; see :class:`ExtractConfig`.
+
+    ``mappers`` keeps built backbones across calls (default: build one for this run only);
+    ``on_shard(k)`` is called in the writer thread after shard ``k`` is committed."""
     t_start = time.perf_counter()
     cfg.limits()  # bad limits fail before any work
+    cfg = replace(cfg, feed_dtype=check_feed_dtype(cfg.feed_dtype or recorded_feed_dtype(cfg)))
     source = open_source(cfg.source, cfg.source_format, cfg.tfrecord_keys)
     for note in source.notes:
         log(f"note: {note}")
@@ -199,6 +242,7 @@ def run_extract(cfg: ExtractConfig, log: Log = print) -> ExtractReport:
             compute_dtype="mixed_float16" if cfg.mixed_precision else "float32",
             environment=_environment(),
             augment=cfg.augment,
+            feed_dtype=cfg.feed_dtype,
         ),
         classes=source.classes,
         source=source.describe(),
@@ -228,7 +272,7 @@ def run_extract(cfg: ExtractConfig, log: Log = print) -> ExtractReport:
         if todo:
             if manifest.generations:
                 source = cache_view(source, load_listing(cfg.cache, manifest.num_inputs))
-            _extract(cfg, source, spec, weights, cache, todo, report, log, t_start)
+            _extract(cfg, source, spec, weights, cache, todo, report, log, t_start, mappers or Mappers(), on_shard)
         else:
             report.startup_seconds = time.perf_counter() - t_start
     report.finalized = cache.finalized
@@ -283,6 +327,18 @@ def share_listing(cfg: ExtractConfig, source: Source) -> str:
     return "adopted" if source.adopt_listing(published, positions) else "own"
 
 
+def recorded_feed_dtype(cfg: ExtractConfig) -> str:
+    """The feed a run without an explicit ``feed_dtype`` uses: the one the cache at ``cfg.cache``
+    records (``float32`` for caches made before the choice existed), so that resuming or updating
+    it computes the same features; :data:`DEFAULT_FEED_DTYPE` for a new (or overwritten) cache."""
+    if not cfg.overwrite:
+        try:
+            return feed_dtype(Manifest.load(cfg.cache).fingerprint)
+        except FeatcacheError:  # no cache yet (or a broken one, which the writer will name)
+            pass
+    return DEFAULT_FEED_DTYPE
+
+
 def cache_view(source: Source, listing: dict[str, np.ndarray]) -> Source:
     """``source`` indexed by the cache's listing positions (an updated cache's order, which appends
     new inputs after the old ones): ids, labels and splits as the listing records them, and the
@@ -305,16 +361,16 @@ def _extract(
     report: ExtractReport,
     log: Log,
     t_start: float,
+    mappers: Mappers,
+    shard_done: ShardDone | None,
 ) -> None:
     """The loop: reader -> mapper -> sink over the shards ``todo``; fills ``report``'s timings."""
     manifest = cache.manifest
 
     from . import mapper, pipeline  # TensorFlow is imported here, and only when there is work
 
-    m = mapper.BackboneMapper(
-        spec, weights, maps_dtype=cfg.maps_dtype, mixed_precision=cfg.mixed_precision, xla=cfg.xla
-    )
-    log(f"backbone {spec.name} on {mapper.devices()}, batch {cfg.batch_size}")
+    m = mappers.get(spec, weights, cfg)
+    log(f"backbone {spec.name} on {mapper.devices()}, batch {cfg.batch_size}, images fed as {cfg.feed_dtype}")
     ranges = [manifest.shard_inputs(k) for k in todo]
     limits = cfg.limits()
     augment = cfg.augment
@@ -327,6 +383,7 @@ def _extract(
         ids=source.ids,
         augment=augment,
         sequential_reads=source.sequential_reads,
+        feed_dtype=cfg.feed_dtype or DEFAULT_FEED_DTYPE,
     )
     bar = tqdm(total=sum(len(r) for r in ranges), unit="img", disable=not cfg.progress, dynamic_ncols=True)
 
@@ -334,6 +391,8 @@ def _extract(
         report.failures.extend(failed)
         bar.update(len(failed))
         bar.set_postfix(shards=f"{sink.stats.shards}/{len(todo)}", failed=len(report.failures))
+        if shard_done is not None:
+            shard_done(shard)
 
     from .sink import ShardSink
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from .cache.fingerprint import ENVIRONMENT_KEYS
+from .cache.fingerprint import ENVIRONMENT_KEYS, FEED_DTYPES, UNRECORDED_FEED_DTYPE
 from .cache.fsutil import sha256_file
 from .errors import FeatcacheError, WeightsUnavailableError
 
@@ -646,6 +646,18 @@ RESIZE = "jpeg-dct-prescale-to-2x,bilinear,antialias,squash"
 # the policy's name, so caches made before the choice existed (all squash) keep their identity.
 RESIZE_POLICIES = ("squash", "centre-crop", "pad")
 DEFAULT_RESIZE = "squash"
+# A new cache's images go to the device as uint8 (4x fewer bytes than float32; cast and preprocessed
+# there). An existing cache keeps what its fingerprint records (see fingerprint.feed_dtype).
+DEFAULT_FEED_DTYPE = "uint8"
+
+
+def check_feed_dtype(value: str) -> str:
+    """``value`` if it is one of :data:`FEED_DTYPES`, else a one-line :class:`FeatcacheError`."""
+    if value not in FEED_DTYPES:
+        raise FeatcacheError(f"feed_dtype={value!r}: choose from {', '.join(FEED_DTYPES)}")
+    return value
+
+
 DEFAULT_CROP_SCALE = (0.35, 1.0)  # area fraction of a random-resized-crop view
 DEFAULT_CROP_RATIO = (3 / 4, 4 / 3)  # its aspect ratio (width / height)
 AUGMENT_VERSION = 1  # bump when make_view's recipe changes: old and new views must not mix
@@ -703,9 +715,11 @@ def make_fingerprint(
     compute_dtype: str = "float32",
     environment: dict[str, Any] | None = None,
     augment: Augment | None = None,
+    feed_dtype: str = UNRECORDED_FEED_DTYPE,
 ) -> dict[str, Any]:
     """The fingerprint of features computed by ``spec`` with ``weights`` (and ``augment``'s resize
-    policy and views; the ``augment`` key only with more than one view)."""
+    policy and views; the ``augment`` key only with more than one view; the ``feed_dtype`` key only
+    when images were rounded to uint8, so float32-fed caches, old and new, agree)."""
     augment = augment or Augment()
     fp: dict[str, Any] = {
         "backbone": spec.name,
@@ -724,6 +738,8 @@ def make_fingerprint(
     fp.update(dict(spec.identity))
     if augment.views > 1:
         fp["augment"] = augment.fingerprint()
+    if feed_dtype != UNRECORDED_FEED_DTYPE:
+        fp["feed_dtype"] = feed_dtype
     for key in ENVIRONMENT_KEYS:
         fp[key] = (environment or {}).get(key)
     return fp

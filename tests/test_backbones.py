@@ -118,7 +118,7 @@ def user_model(tmp_path_factory) -> Path:
 
 def test_user_model_layer_output_becomes_the_maps(tmp_path, eight_images, user_model):
     """A saved .keras model with layer= and preprocess='unit': the rows equal the named layer of the
-    model loaded by Keras, called on each image decoded and resized as the extractor does, over 255;
+    model loaded by Keras, called on each image decoded and resized as the extractor does, rounded, over 255;
     the fingerprint holds the file's sha256, the layer and the model's input size."""
     import keras
 
@@ -137,7 +137,7 @@ def test_user_model_layer_output_becomes_the_maps(tmp_path, eight_images, user_m
     model = keras.models.load_model(user_model)
     sub = keras.Model(model.inputs[0], model.get_layer("features").output)
     images = np.stack([decode_resize((eight_images / i).read_bytes(), USER_INPUT).numpy() for i in rows["id"]])
-    direct = sub(images / 255.0).numpy()
+    direct = sub(np.clip(np.round(images), 0, 255) / 255.0).numpy()  # the uint8 feed rounds the resized image
     assert rows["maps"].shape == (N_IMAGES, 6, 8, 5)
     assert direct.std(axis=0).mean() > 1e-3  # features differ across images: the rows are not all alike
     np.testing.assert_allclose(rows["maps"], direct, rtol=1e-4, atol=1e-5)

@@ -21,7 +21,8 @@ from featcache.shared.errors import BadInputError, CacheLockedError, Fingerprint
 
 
 def direct_features(paths: list[Path], backbone: str = "tiny", weights: str = "random") -> np.ndarray:
-    """Float32 maps ``(n, 7, 7, 1280)`` of each image, by calling the Keras model on it directly."""
+    """Float32 maps ``(n, 7, 7, 1280)`` of each image, by calling the Keras model on it directly (the
+    resized image rounded to uint8, as a new cache feeds it)."""
     from featcache.shared.backbones import import_tensorflow
 
     tf = import_tensorflow()
@@ -31,7 +32,8 @@ def direct_features(paths: list[Path], backbone: str = "tiny", weights: str = "r
     out = []
     for p in paths:
         img = tf.io.decode_image(Path(p).read_bytes(), channels=3, expand_animations=False)
-        img = tf.image.resize(img, spec.input_size, method="bilinear", antialias=True)
+        img = tf.image.resize(img, spec.input_size, method="bilinear", antialias=True).numpy()
+        img = np.clip(np.round(img), 0, 255).astype(np.uint8).astype(np.float32)
         out.append(model(preprocess(img[None]), training=False).numpy()[0])
     return np.stack(out)
 

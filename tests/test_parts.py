@@ -1,19 +1,16 @@
-"""Many workers filling one cache (--part I/N, --finalize, --workers, the Ray runner): the result
-must be the cache a single run makes, file for file."""
+"""Many workers filling one cache (--part I/N, --finalize, --workers): the result must be the cache
+a single run makes, file for file. The Ray runner's queue is tested in test_ray_queue.py."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from cachefiles import committed_shards, extract_command, kill_after_first_shard, same_cache
+from cachefiles import extract_command, kill_after_first_shard, same_cache
 from conftest import REPO, extract
 
 from featcache.shared.cache.parts import Part, finalize, part_lock
@@ -182,18 +179,6 @@ def test_gpu_workers_are_pinned_one_gpu_each(monkeypatch):
         choose_gpus("all")
 
 
-def test_ray_runner_on_a_local_ray_instance(sample_dir, single, tmp_path):
-    pytest.importorskip("ray")
-    cache = tmp_path / "c"
-    p = run(
-        *extract_command(sample_dir, cache, "--runner", "ray", "--workers", "2", shard_size=SHARD, batch_size=3),
-        timeout=600,
-    )
-    assert p.returncode == 0, p.stderr[-3000:]
-    assert "2 parts" in p.stderr and "complete, 8/8 shards, 15 rows" in p.stdout
-    assert same_cache(single, cache) == []
-
-
 def test_cluster_recipes_pass_part_and_count_consistently():
     slurm = REPO / "examples" / "slurm"
     for script in ("extract.sbatch", "submit.sh"):
@@ -220,28 +205,3 @@ def test_finalize_and_worker_options_give_one_line_errors(tmp_path, sample_dir):
     ):
         p = run(*extract_command(sample_dir, tmp_path / "c", *args))
         assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)
-
-
-def test_ray_retries_a_part_whose_worker_died(sample_dir, single, tmp_path):
-    pytest.importorskip("ray")
-    cache = tmp_path / "c"
-    driver = subprocess.Popen(
-        extract_command(sample_dir, cache, "--runner", "ray", "--workers", "2", shard_size=SHARD, batch_size=1),
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lock = cache / "parts" / "part-1-of-2.lock"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and driver.poll() is None:  # part 1/2 has committed a shard: kill its worker
-        if any(k % 2 == 1 for k in committed_shards(cache)) and lock.exists() and lock.read_text().strip():
-            break
-        time.sleep(0.01)
-    victim = json.loads(lock.read_text())["pid"]
-    os.kill(victim, signal.SIGKILL)
-    out, err = driver.communicate(timeout=300)
-    assert driver.returncode == 0, err[-3000:]
-    assert f"taking over a stale lock left by pid {victim}" in err  # Ray ran the part again, in a new worker
-    assert "complete, 8/8 shards, 15 rows" in out
-    assert same_cache(single, cache) == []

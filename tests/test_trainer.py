@@ -169,6 +169,7 @@ def _export_and_compare(tmp_path: Path, cache: Path, sample_dir: Path, kind: str
     c = FeatureCache(cache)
     rows = c.load_pooled()
     images = np.stack([decode_resize(Path(sample_dir / i).read_bytes(), (224, 224)).numpy() for i in rows.id[:4]])
+    images = np.round(images)  # whole RGB values, as the cache's uint8 feed gave the backbone
     got = full.predict(images, verbose=0)
     if kind == "map":
         ((_, maps),) = c.iter_maps(indices=rows.index[:4], dtype="float32")

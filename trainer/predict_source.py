@@ -23,6 +23,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from ..shared.backbones import PREPROCESS_SCHEMES, RANDOM_PREFIX
+from ..shared.cache.fingerprint import feed_dtype
 from ..shared.cache.reader import FeatureCache, PooledRows
 from ..shared.errors import FeatcacheError
 from . import rundir
@@ -93,8 +94,10 @@ def extractor_flags(fp: dict[str, Any], where: str, weights: str | None = None) 
     augment = fp.get("augment")
     if augment:
         flags += ["--views", str(augment["views"])]
-        flags += ["--crop-scale", "{:g},{:g}".format(*augment["crop_scale"])]
-        flags += ["--crop-ratio", "{:g},{:g}".format(*augment["crop_ratio"])]
+        # repr, not :g: the fingerprint compares the exact floats (4/3 is not 1.33333)
+        flags += ["--crop-scale", "{!r},{!r}".format(*augment["crop_scale"])]
+        flags += ["--crop-ratio", "{!r},{!r}".format(*augment["crop_ratio"])]
+    flags += ["--feed-dtype", feed_dtype(fp)]  # a cache made before the choice existed: float32
     if fp.get("compute_dtype") == "mixed_float16":
         flags.append("--mixed-precision")
     return flags

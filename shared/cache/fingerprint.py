@@ -24,15 +24,27 @@ IDENTITY_KEYS = (
     "compute_dtype",
     "maps_dtype",
     "augment",  # views per image and their recipe; absent (None) in one-view caches
+    "feed_dtype",  # images rounded to uint8 before preprocessing; absent in float32-fed caches
 )
-# Identity keys a fingerprint may leave out (their absence is a value: one view per image).
-OPTIONAL_IDENTITY_KEYS = ("augment",)
+# Identity keys a fingerprint may leave out (their absence is a value: one view per image; images
+# fed as float32, the only way before feed_dtype existed).
+OPTIONAL_IDENTITY_KEYS = ("augment", "feed_dtype")
+# What the extractor ships to the device: resized images rounded to uint8 (preprocessed on the
+# device) or float32 preprocessed on the host. The value a fingerprint without the key stands for:
+FEED_DTYPES = ("uint8", "float32")
+UNRECORDED_FEED_DTYPE = "float32"
 ENVIRONMENT_KEYS = ("tensorflow", "keras", "onednn")
 
 
 def differences(recorded: dict[str, Any], current: dict[str, Any], keys: tuple[str, ...]) -> list[str]:
-    """``key: recorded -> current`` for each of ``keys`` that differs."""
-    return [f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}" for k in keys if recorded.get(k) != current.get(k)]
+    """``key: recorded -> current`` for each of ``keys`` that differs (a missing key as the value its
+    absence stands for)."""
+
+    def value(fp: dict[str, Any], key: str) -> Any:
+        return feed_dtype(fp) if key == "feed_dtype" else fp.get(key)
+
+    pairs = [(k, value(recorded, k), value(current, k)) for k in keys]
+    return [f"{k}: {old!r} -> {new!r}" for k, old, new in pairs if old != new]
 
 
 def check_compatible(recorded: dict[str, Any], current: dict[str, Any], where: str) -> None:
@@ -52,6 +64,11 @@ def check_compatible(recorded: dict[str, Any], current: dict[str, Any], where: s
         warnings.warn(
             f"{where}: library environment changed ({'; '.join(env)}); values may differ by round-off", stacklevel=2
         )
+
+
+def feed_dtype(fp: dict[str, Any]) -> str:
+    """How the images of the cache with fingerprint ``fp`` were fed (``float32`` when not recorded)."""
+    return fp.get("feed_dtype") or UNRECORDED_FEED_DTYPE
 
 
 def to_attr(fp: dict[str, Any]) -> str:
