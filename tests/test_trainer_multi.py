@@ -167,7 +167,14 @@ def test_predict_source_maps_labels_by_class_name_and_needs_the_weights_file():
     with pytest.raises(FeatcacheError, match=r"^/gone/w.h5: the weights file the run's cache was made with is gone"):
         extractor_flags(fp, "cache/")
     flags = extractor_flags(fp, "cache/", weights="/moved/w.h5")
-    assert flags == "--backbone mobilenet_v2 --weights /moved/w.h5 --resize pad --maps-dtype float16".split()
+    want = "--backbone mobilenet_v2 --weights /moved/w.h5 --resize pad --maps-dtype float16 --feed-dtype float32"
+    assert flags == want.split()  # a fingerprint without feed_dtype was fed float32
+    fp.update(feed_dtype="uint8", augment={"views": 2, "crop_scale": [0.35, 1.0], "crop_ratio": [0.75, 4 / 3]})
+    flags = extractor_flags(fp, "cache/", weights="/moved/w.h5")
+    assert flags[flags.index("--crop-ratio") + 1] == "0.75,1.3333333333333333" and flags[-2:] == [
+        "--feed-dtype",
+        "uint8",
+    ]
 
 
 def test_rows_of_another_cache_are_put_in_the_first_caches_order_by_id():
