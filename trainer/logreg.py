@@ -51,17 +51,18 @@ def softmax(z: np.ndarray) -> np.ndarray:
 
 
 def _objective(theta: np.ndarray, x: np.ndarray, onehot: np.ndarray, l2: float) -> tuple[float, np.ndarray]:
-    """``f`` and its gradient at ``theta = [W; b]`` flattened, ``(C_in + 1) * K``."""
+    """``f`` and its gradient at ``theta = [W; b]`` flattened, ``(C_in + 1) * K``. The two products with
+    ``x`` run in ``x``'s dtype (float32: several times faster), everything else in float64."""
     n, k = onehot.shape
     wb = theta.reshape(-1, k)
     w, b = wb[:-1], wb[-1]
-    z = x @ w + b
+    z = (x @ w.astype(x.dtype, copy=False)).astype(np.float64) + b
     z -= z.max(axis=1, keepdims=True)
     log_norm = np.log(np.exp(z).sum(axis=1, keepdims=True))
     logp = z - log_norm
     f = -(onehot * logp).sum() / n + 0.5 * l2 * np.sum(w * w)
     d = (np.exp(logp) - onehot) / n  # (n, K)
-    grad = np.vstack([x.T @ d + l2 * w, d.sum(axis=0, keepdims=True)])
+    grad = np.vstack([(x.T @ d.astype(x.dtype, copy=False)).astype(np.float64) + l2 * w, d.sum(axis=0, keepdims=True)])
     return float(f), grad.ravel()
 
 
@@ -120,11 +121,15 @@ def fit_path(
     cs: Sequence[float] = DEFAULT_CS,
     tol: float = 1e-4,
     max_iter: int = 3000,
+    dtype: type = np.float64,
 ) -> list[Fit]:
     """One :class:`Fit` per ``C`` of ``cs`` (returned in the order given), solved from the smallest
     ``C`` up, each warm-started from the last. ``x (n, C_in)`` (standardise it first: the penalty
-    treats every feature alike), ``y (n,)`` int labels in ``[0, n_classes)``."""
-    x = np.asarray(x, np.float64)
+    treats every feature alike), ``y (n,)`` int labels in ``[0, n_classes)``. ``dtype``: of the
+    products with ``x``; float32 is what the sweep uses (measured on the 4-view CIFAR-10 dev cache:
+    8x faster, the same iterations and val accuracies to 4 digits, docs/quality.md), float64 reaches
+    tolerances far below scikit-learn's default (the equality tests)."""
+    x = np.asarray(x, dtype)
     onehot = np.eye(n_classes)[np.asarray(y)]
     theta = np.zeros((x.shape[1] + 1) * n_classes)
     fits: dict[float, Fit] = {}
@@ -180,7 +185,8 @@ class LogregGroup:
             mean, std = flat.mean(axis=0), np.maximum(flat.std(axis=0), 1e-6)
             self.norm[power] = (mean, std)
             mine = [i for i, cfg in enumerate(self.configs) if cfg.power == power]
-            fits = fit_path((flat - mean) / std, labels, self.n_classes, [self.configs[i].c for i in mine])
+            cs = [self.configs[i].c for i in mine]
+            fits = fit_path(((flat - mean) / std).astype(np.float32), labels, self.n_classes, cs, dtype=np.float32)
             for i, f in zip(mine, fits, strict=True):
                 self.fits[i] = f
 
