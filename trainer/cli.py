@@ -73,7 +73,8 @@ SETTING_HELP = {
     ),
     "stream": (
         "Stream the inputs from the shards epoch by epoch, whatever their size (bounded memory; the same "
-        "results as in memory for the same seed; closed-form baselines skipped)."
+        "results as in memory for the same seed; logreg heads, k-NN and the ensemble, which need every row "
+        "in memory, are left out)."
     ),
     "allow_partial": "Train on an unfinished cache (by default one is refused).",
     "views": (
