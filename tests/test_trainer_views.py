@@ -140,6 +140,17 @@ def test_baselines_beside_the_sweep_and_a_logreg_head_exported(tmp_path):
         want = state.tta_probabilities("val")[k] if use_tta else state.probabilities("val", k)
         assert p.views == (VIEWS if use_tta else 1)
         np.testing.assert_allclose(got, want, atol=1e-5)
+    # the HTML report's numpy predictions of the best head follow the same rule
+    from featcache.trainer.html_report import best_head_test_predictions
+
+    rows_["best"] = name
+    for use_tta in (False, True):
+        next(h for h in rows_["heads"] if h["name"] == name)["use_tta"] = use_tta
+        (run / rundir.RESULTS).write_text(json.dumps(rows_))
+        _, pred = best_head_test_predictions(run, rows_)
+        state, k = out.locate(name)
+        want = state.tta_probabilities("test")[k] if use_tta else state.probabilities("test", k)
+        np.testing.assert_allclose(pred["probs"], want, atol=1e-5)
     _, off = run_sweep(cache, configs, Settings(epochs=1, baselines=False), tmp_path / "runs", ["t"], print, False)
     assert "baselines" not in off
 

@@ -85,23 +85,29 @@ def test_rows(run_dir: Path, results: dict[str, Any]) -> tuple[FeatureCache, Spl
     cache = FeatureCache(recorded["path"])
     check_cache(cache, recorded, run_dir)
     settings = results["settings"]
-    ds = load_dataset(cache, val_fraction=settings["val_fraction"], allow_partial=settings["allow_partial"])
+    ds = load_dataset(cache, val_fraction=settings["val_fraction"], allow_partial=settings["allow_partial"], views=True)
     return cache, ds.test
 
 
 def best_head_test_predictions(run_dir: Path, results: dict[str, Any]) -> tuple[FeatureCache, dict[str, np.ndarray]]:
     """The trained-on cache, and the best head on its labelled test rows: ``id (n,)``, ``index (n,)``,
-    ``y (n,)`` int64 and ``probs (n, k)`` float32."""
+    ``y (n,)`` int64 and ``probs (n, k)`` float32 (a pooled head picked with test-time augmentation:
+    the mean over the cached views, as the sweep scored it)."""
     best = next(h for h in results["heads"] if h["name"] == results["best"])
     kind = best["config"]["kind"]
     w, mean_std = head_params(run_dir, results, best["name"])
     cache, test = test_rows(run_dir, results)
     probs = np.zeros((len(test), len(results["classes"])), np.float32)
-    if closed_form(kind):  # a logreg head normalises the pooled vectors as cached itself
-        probs[:] = head_proba(w, test.pooled, best["config"]["power"]) if len(test) else probs
-    elif not reads_maps(kind):
-        x = test.pooled if mean_std is None else (test.pooled - mean_std[0]) / mean_std[1]
-        probs[:] = head_probs(kind, w, x) if len(test) else probs
+    if not reads_maps(kind):
+        tta = best.get("use_tta") and test.views is not None
+        inputs = [test.views[:, v] for v in range(test.views.shape[1])] if tta else [test.pooled]
+
+        def one(x: np.ndarray) -> np.ndarray:
+            if closed_form(kind):  # a logreg head normalises the pooled vectors as cached itself
+                return head_proba(w, x, best["config"]["power"])
+            return head_probs(kind, w, x if mean_std is None else (x - mean_std[0]) / mean_std[1])
+
+        probs[:] = np.mean([one(x) for x in inputs], axis=0) if len(test) else probs
     else:
         for start in range(0, len(test), MAPS_BLOCK):  # bounded memory: maps are ~250 KB a row in float32
             part = slice(start, start + MAPS_BLOCK)
