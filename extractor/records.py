@@ -362,9 +362,16 @@ def _feature(buf: bytes, start: int, end: int) -> Feature:
                 continue
             if number == 1 and w == 2:
                 out.append(buf[v[0] : v[1]])
-            elif number == 2:
-                out += struct.unpack(f"<{(v[1] - v[0]) // 4}f", buf[v[0] : v[1]]) if w == 2 else struct.unpack("<f", v)
-            elif number == 3:
+            elif number == 2:  # packed (a multiple of 4 bytes) or one fixed32
+                if w == 2 and (v[1] - v[0]) % 4 == 0:
+                    out += struct.unpack(f"<{(v[1] - v[0]) // 4}f", buf[v[0] : v[1]])
+                elif w == 5:
+                    out += struct.unpack("<f", v)
+                else:
+                    raise ValueError("malformed float_list")
+            elif number == 3:  # one varint or packed varints
+                if w not in (0, 2):
+                    raise ValueError("malformed int64_list")
                 items = [v] if w == 0 else _packed_varints(buf, *v)
                 out += [x - (1 << 64) if x >= 1 << 63 else x for x in items]
     return out

@@ -145,6 +145,34 @@ def test_example_parser_and_crc_agree_with_tensorflow(tmp_path):
         records.parse_example(b"\x0a\xff\xff\xff", {"x"})
 
 
+def _ld(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field (payloads here are < 128 bytes)."""
+    return bytes([(number << 3) | 2, len(payload)]) + payload
+
+
+@pytest.mark.parametrize(
+    "feature",
+    [
+        _ld(2, _ld(1, b"\x01\x02\x03\x04\x05")),  # packed float_list of 5 bytes
+        _ld(2, b"\x08\x07"),  # float_list whose value is a varint
+        _ld(2, b"\x09" + bytes(8)),  # float_list whose value is a fixed64
+        _ld(3, b"\x0d" + bytes(4)),  # int64_list whose value is a fixed32
+        _ld(3, b"\x09" + bytes(8)),  # int64_list whose value is a fixed64
+    ],
+)
+def test_malformed_feature_lists_are_value_errors(tmp_path, feature):
+    """A hostile Example whose label is a float or int list of the wrong wire shape is a ValueError
+    (a record listed as "not a tf.train.Example"), never a struct.error or TypeError traceback."""
+    data = _ld(1, _ld(1, _ld(1, b"image/class/label") + _ld(2, feature)))
+    with pytest.raises(ValueError):
+        records.parse_example(data, {"image/class/label"})
+    path = tmp_path / "x.tfrecord"
+    path.write_bytes(write_tfrecord(tmp_path / "ok.tfrecord", [data]).read_bytes())
+    src = open_source(path)
+    with pytest.raises(records.RefusedInput, match="not a tf.train.Example"):
+        src.records.read(0, src.paths[0], records.InputLimits())
+
+
 def test_bad_records_are_recorded_and_the_job_goes_on(images, tmp_path):
     """A truncated TFRecord (cut inside its last record), a record without an image, a tar member
     that is not an image and a sample without a label: each bad input is a failed input with its
