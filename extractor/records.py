@@ -89,6 +89,7 @@ def open_container(path: str | bytes) -> IO[bytes]:
     Raises :class:`RefusedInput` for what is not a regular file, ``OSError`` when it cannot be opened."""
     if is_url(path):
         name = os.fsdecode(path)
+        _check_file_url(name)
         try:
             return gfile().GFile(name, "rb")
         except Exception as exc:  # noqa: BLE001
@@ -107,6 +108,20 @@ def open_container(path: str | bytes) -> IO[bytes]:
         raise
 
 
+def _check_file_url(name: str) -> None:
+    """A ``file://`` URL must name a regular file too: ``tf.io.gfile`` opens it with a blocking
+    ``open``, so a FIFO there would hang the job (and a device would be read without end)."""
+    if name[:7].lower() != "file://":
+        return
+    try:
+        st = os.stat(name[7:])
+    except OSError:
+        return  # missing or unreadable: gfile says so
+    kind = file_kind(st.st_mode)
+    if kind is not None:
+        raise RefusedInput(f"container is not a regular file: {kind}")
+
+
 def open_stream(path: str | bytes) -> IO[bytes]:
     """:func:`open_container`, decompressed when the name says GZIP (:func:`is_gzip`)."""
     fh = open_container(path)
@@ -116,6 +131,7 @@ def open_stream(path: str | bytes) -> IO[bytes]:
 def read_url(path: str | bytes, limits: InputLimits) -> bytes:
     """A whole file at a URL, at most ``max_input_bytes`` (the size is checked before reading)."""
     name = os.fsdecode(path)
+    _check_file_url(name)
     g = gfile()
     try:
         size = int(g.stat(name).length)
