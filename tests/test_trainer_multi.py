@@ -198,6 +198,25 @@ def test_predict_source_refuses_a_link_planted_in_the_run(multi_run, sample_dir,
     assert not list(elsewhere.iterdir())
 
 
+@pytest.mark.parametrize("edit", [{"maps_dtype": None}, {"augment": {"views": 2}}, {"resize": None}])
+def test_predict_source_on_an_edited_fingerprint_is_one_line(multi_run, sample_dir, tmp_path, monkeypatch, edit):
+    """results.json edited so that the head's cache fingerprint lacks a key (or holds the wrong type)
+    gave a KeyError traceback; now one line naming results.json, before the extractor runs."""
+    from featcache.trainer import predict_source as ps
+    from featcache.trainer.rundir import head_cache
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(multi_run[0], run_dir, ignore=shutil.ignore_patterns("predict"))
+    results = json.loads((run_dir / "results.json").read_text())
+    fp = head_cache(results, results["best"])["fingerprint"]
+    for key, value in edit.items():
+        fp.pop(key) if value is None else fp.update({key: value})
+    (run_dir / "results.json").write_text(json.dumps(results))
+    monkeypatch.setattr(ps, "run_extractor", lambda *a: pytest.fail("the extractor ran"))
+    with pytest.raises(FeatcacheError, match=rf"^{run_dir}/results.json: the fingerprint of the cache of head"):
+        ps.predict_source(run_dir, tmp_path / "o.csv", sample_dir, progress=False)
+
+
 def test_predict_source_maps_labels_by_class_name_and_needs_the_weights_file():
     from featcache.shared.cache.reader import PooledRows
     from featcache.trainer.predict_source import extractor_flags, map_labels

@@ -187,7 +187,11 @@ def predict_source(
         raise FeatcacheError(f"{source}: no such source of images")
     scratch = scratch_cache(run_dir, source)
     _check_scratch(scratch)
-    flags = extractor_flags(fp, str(recorded["path"]), weights)
+    try:
+        flags = extractor_flags(fp, str(recorded["path"]), weights)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:  # an edited results.json
+        where = Path(run_dir) / rundir.RESULTS
+        raise FeatcacheError(f"{where}: the fingerprint of the cache of head {name!r} is damaged ({exc!r})") from None
     options = [*flags, *([] if progress else ["--no-progress"]), *(["--overwrite"] if overwrite else [])]
     # "--": a source named "-x" or "--overwrite" is a path, not an option
     run_extractor([*options, "--", source, str(scratch)], source, stream)
