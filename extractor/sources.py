@@ -515,6 +515,8 @@ TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".tfrec")
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 # A TFRecord record larger than this is not read at listing time (it is listed, and refused when read).
 MAX_LISTED_RECORD_BYTES = 256 * 1024 * 1024
+# A record's id or class name longer than this is ignored (ids are kept in memory for every record).
+MAX_TEXT_BYTES = 4096
 # Tar members holding a label (WebDataset): the class as text, or JSON (a number, a name, or an
 # object with one of JSON_LABEL_KEYS).
 TAR_LABEL_EXTENSIONS = ("cls", "json")
@@ -677,10 +679,11 @@ def from_tfrecords(files: list[str], root: str, keys: TFRecordKeys | None = None
 
 
 def _first_text(feats: dict, keys: tuple[str, ...]) -> str | None:
-    """The first bytes value of the first of ``keys`` present in ``feats``, as an id-safe string."""
+    """The first bytes value of the first of ``keys`` present in ``feats``, as an id-safe string
+    (values over :data:`MAX_TEXT_BYTES` are ignored: a hostile record's id or class could be huge)."""
     for key in keys:
         value = feats.get(key)
-        if value and isinstance(value[0], bytes):
+        if value and isinstance(value[0], bytes) and len(value[0]) <= MAX_TEXT_BYTES:
             return display_id(value[0].decode("utf-8", "surrogateescape"))
     return None
 

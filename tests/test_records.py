@@ -231,6 +231,31 @@ def test_ids_keys_splits_and_changed_containers(images, tmp_path):
     assert report.changes == {"added": 0, "removed": 0, "modified": 2, "relabelled": 0} and report.rows == 2
 
 
+def test_huge_ids_and_class_names_are_ignored(tmp_path):
+    """A record's id (or class name) could be megabytes (up to the 256 MiB record limit), all kept in
+    memory for every record: 80 MB of ids took 600 MB more. Values over MAX_TEXT_BYTES are ignored."""
+    from featcache.extractor.sources import MAX_TEXT_BYTES
+
+    big = b"y" * (MAX_TEXT_BYTES + 1)
+    items = [
+        example(
+            b"img",
+            None,
+            None,
+            None,
+            **{
+                "image/filename": tf.train.Feature(bytes_list=tf.train.BytesList(value=[big + b"%d" % k])),
+                "image/class/text": tf.train.Feature(bytes_list=tf.train.BytesList(value=[big])),
+            },
+        )
+        for k in range(2)
+    ]
+    items.append(example(b"img", "ok.jpg", None, "cat"))
+    s = open_source(write_tfrecord(tmp_path / "x.tfrecord", items))
+    assert s.ids == ["x.tfrecord#0", "x.tfrecord#1", "ok.jpg"]
+    assert s.classes == ["cat"] and s.labels.tolist() == [-1, -1, 0]
+
+
 def test_url_sources_read_like_local_ones(images, folder_rows, tmp_path):
     """TFRecord files given as a tf.io.gfile URL pattern (ram://, in memory; GZIP) and a local CSV of
     image URLs give the folder's rows; a CSV at a ram:// URL and a folder of class folders and tar
