@@ -46,6 +46,8 @@ TFRECORD_HEADER = 12  # length uint64 + its masked crc uint32
 TFRECORD_FOOTER = 4  # masked crc of the data
 # At most this many bytes are read of a tar member that holds a label (.cls, .json).
 MAX_LABEL_BYTES = 64 * 1024
+# Longest tar member name listed (a GNU long name can be any size; ids are held for every input).
+MAX_MEMBER_NAME = 4096
 GZIP_SUFFIXES = (".gz", ".gzip", ".tgz")
 OPEN_GZIP_STREAMS = 2  # gzip containers kept open per process (reads go through one at a time)
 
@@ -455,12 +457,14 @@ class TarMember:
 def scan_tar(stream: IO[bytes], want_content: Collection[str]) -> tuple[list[TarMember], str | None]:
     """The regular members of a tar stream, in order, reading the content of those whose extension
     (after the first dot of the base name, lower case) is in ``want_content`` (at most
-    :data:`MAX_LABEL_BYTES`); and a problem when the archive could not be read to its end."""
+    :data:`MAX_LABEL_BYTES`); and a problem when the archive could not be read to its end. Members
+    whose name is longer than :data:`MAX_MEMBER_NAME` characters are not listed (ids stay small)."""
     members: list[TarMember] = []
     try:
         with tarfile.open(fileobj=stream, mode="r|") as tar:
             for m in tar:
-                if not m.isfile():
+                tar.members = []  # streaming: keep no TarInfo (a tar may hold millions of members)
+                if not m.isfile() or len(m.name) > MAX_MEMBER_NAME:
                     continue
                 content = None
                 if member_extension(m.name) in want_content and m.size <= MAX_LABEL_BYTES:

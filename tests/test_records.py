@@ -256,6 +256,18 @@ def test_huge_ids_and_class_names_are_ignored(tmp_path):
     assert s.classes == ["cat"] and s.labels.tolist() == [-1, -1, 0]
 
 
+def test_tar_members_with_huge_names_are_not_listed(tmp_path):
+    """A GNU long name can be megabytes; each became an id held in memory (20 members of 2 MB: 300
+    MB more). Names over MAX_MEMBER_NAME are not listed; the others are, with their labels."""
+    long = "d" * (records.MAX_MEMBER_NAME + 1)
+    path = write_tar(tmp_path / "x.tar", [(f"{long}.png", b"img"), ("a.png", b"img"), ("a.cls", b"3")])
+    with open(path, "rb") as fh:
+        members, problem = records.scan_tar(fh, {"cls"})
+    assert problem is None and [(m.name, m.content) for m in members] == [("a.png", None), ("a.cls", b"3")]
+    src = open_source(path)
+    assert src.ids == ["a.png"] and src.classes == ["0", "1", "2", "3"]
+
+
 def test_url_sources_read_like_local_ones(images, folder_rows, tmp_path):
     """TFRecord files given as a tf.io.gfile URL pattern (ram://, in memory; GZIP) and a local CSV of
     image URLs give the folder's rows; a CSV at a ram:// URL and a folder of class folders and tar
