@@ -248,3 +248,14 @@ def test_a_fifo_behind_a_file_url_is_refused_not_opened(tmp_path, name):
     with _unblock_fifo_readers(fifo, after=1.0), pytest.raises(FeatcacheError, match="named pipe") as err:
         open_source(f"file://{fifo}")
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["pipe.csv", "pipe.txt"])
+def test_a_csv_or_list_that_is_a_fifo_is_refused_not_read(tmp_path, name):
+    """A FIFO given as the source's CSV or list file was opened with a blocking open and read: the
+    extractor hung for ever. Refused, one line naming it."""
+    fifo = tmp_path / name
+    os.mkfifo(fifo)
+    with _unblock_fifo_readers(fifo, after=1.0), pytest.raises(BadInputError, match="named pipe") as err:
+        open_source(fifo)
+    assert "\n" not in str(err.value) and name in str(err.value)
