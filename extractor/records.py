@@ -46,6 +46,8 @@ TFRECORD_HEADER = 12  # length uint64 + its masked crc uint32
 TFRECORD_FOOTER = 4  # masked crc of the data
 # At most this many bytes are read of a tar member that holds a label (.cls, .json).
 MAX_LABEL_BYTES = 64 * 1024
+# Longest tar member name listed (a GNU long name can be any size; ids are held for every input).
+MAX_MEMBER_NAME = 4096
 GZIP_SUFFIXES = (".gz", ".gzip", ".tgz")
 OPEN_GZIP_STREAMS = 2  # gzip containers kept open per process (reads go through one at a time)
 
@@ -89,6 +91,7 @@ def open_container(path: str | bytes) -> IO[bytes]:
     Raises :class:`RefusedInput` for what is not a regular file, ``OSError`` when it cannot be opened."""
     if is_url(path):
         name = os.fsdecode(path)
+        _check_file_url(name)
         try:
             return gfile().GFile(name, "rb")
         except Exception as exc:  # noqa: BLE001
@@ -107,6 +110,20 @@ def open_container(path: str | bytes) -> IO[bytes]:
         raise
 
 
+def _check_file_url(name: str) -> None:
+    """A ``file://`` URL must name a regular file too: ``tf.io.gfile`` opens it with a blocking
+    ``open``, so a FIFO there would hang the job (and a device would be read without end)."""
+    if name[:7].lower() != "file://":
+        return
+    try:
+        st = os.stat(name[7:])
+    except OSError:
+        return  # missing or unreadable: gfile says so
+    kind = file_kind(st.st_mode)
+    if kind is not None:
+        raise RefusedInput(f"container is not a regular file: {kind}")
+
+
 def open_stream(path: str | bytes) -> IO[bytes]:
     """:func:`open_container`, decompressed when the name says GZIP (:func:`is_gzip`)."""
     fh = open_container(path)
@@ -116,6 +133,7 @@ def open_stream(path: str | bytes) -> IO[bytes]:
 def read_url(path: str | bytes, limits: InputLimits) -> bytes:
     """A whole file at a URL, at most ``max_input_bytes`` (the size is checked before reading)."""
     name = os.fsdecode(path)
+    _check_file_url(name)
     g = gfile()
     try:
         size = int(g.stat(name).length)
@@ -362,9 +380,16 @@ def _feature(buf: bytes, start: int, end: int) -> Feature:
                 continue
             if number == 1 and w == 2:
                 out.append(buf[v[0] : v[1]])
-            elif number == 2:
-                out += struct.unpack(f"<{(v[1] - v[0]) // 4}f", buf[v[0] : v[1]]) if w == 2 else struct.unpack("<f", v)
-            elif number == 3:
+            elif number == 2:  # packed (a multiple of 4 bytes) or one fixed32
+                if w == 2 and (v[1] - v[0]) % 4 == 0:
+                    out += struct.unpack(f"<{(v[1] - v[0]) // 4}f", buf[v[0] : v[1]])
+                elif w == 5:
+                    out += struct.unpack("<f", v)
+                else:
+                    raise ValueError("malformed float_list")
+            elif number == 3:  # one varint or packed varints
+                if w not in (0, 2):
+                    raise ValueError("malformed int64_list")
                 items = [v] if w == 0 else _packed_varints(buf, *v)
                 out += [x - (1 << 64) if x >= 1 << 63 else x for x in items]
     return out
@@ -432,12 +457,14 @@ class TarMember:
 def scan_tar(stream: IO[bytes], want_content: Collection[str]) -> tuple[list[TarMember], str | None]:
     """The regular members of a tar stream, in order, reading the content of those whose extension
     (after the first dot of the base name, lower case) is in ``want_content`` (at most
-    :data:`MAX_LABEL_BYTES`); and a problem when the archive could not be read to its end."""
+    :data:`MAX_LABEL_BYTES`); and a problem when the archive could not be read to its end. Members
+    whose name is longer than :data:`MAX_MEMBER_NAME` characters are not listed (ids stay small)."""
     members: list[TarMember] = []
     try:
         with tarfile.open(fileobj=stream, mode="r|") as tar:
             for m in tar:
-                if not m.isfile():
+                tar.members = []  # streaming: keep no TarInfo (a tar may hold millions of members)
+                if not m.isfile() or len(m.name) > MAX_MEMBER_NAME:
                     continue
                 content = None
                 if member_extension(m.name) in want_content and m.size <= MAX_LABEL_BYTES:

@@ -45,7 +45,7 @@ from .inputs import InputLimits, RefusedInput, check_pixels, read_input
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif"})
 LIST_SUFFIXES = frozenset({".txt", ".lst"})
-MAX_LIST_BYTES = 1 << 30  # a CSV read from a URL is read whole, at most this large
+MAX_LIST_BYTES = 1 << 30  # a CSV or list file is read whole, at most this large
 # Folders that tools leave beside the data (hidden ones, starting with ".", are skipped too:
 # .ipynb_checkpoints, .git, .Trash-1000...): never a class, a split or a source of images.
 IGNORED_FOLDERS = frozenset(
@@ -422,6 +422,16 @@ def _class_numbers(items: list[tuple[int, str, str, int]], where: Path) -> tuple
     return classes, [number[lab] if lab else UNKNOWN_LABEL for _, _, lab, _ in items]
 
 
+def _read_local_text(path: str | Path, encoding: str) -> str:
+    """A local CSV or list file, whole: a regular file (a FIFO would block the open or the read for
+    ever, a device never end; :class:`RefusedInput`) of at most :data:`MAX_LIST_BYTES`."""
+    with records.open_container(os.fspath(path)) as fh:
+        data = fh.read(MAX_LIST_BYTES + 1)
+    if len(data) > MAX_LIST_BYTES:
+        raise RefusedInput(f"file too large: over {MAX_LIST_BYTES} bytes")
+    return data.decode(encoding)
+
+
 def from_csv(path: Path | str) -> Source:
     """A CSV source ``path[,label[,split]]`` (see :func:`_csv_columns` for the header); a row naming
     the same file as an earlier one (however spelled) is dropped with a note when it agrees, refused
@@ -433,8 +443,7 @@ def from_csv(path: Path | str) -> Source:
         if url:
             text = records.read_url(str(path), InputLimits(max_input_bytes=MAX_LIST_BYTES)).decode("utf-8-sig")
         else:
-            with open(path, newline="", encoding="utf-8-sig") as fh:
-                text = fh.read()
+            text = _read_local_text(path, "utf-8-sig")
         rows = [(n, [c.strip() for c in r]) for n, r in enumerate(csv.reader(io.StringIO(text, newline="")), start=1)]
     except (OSError, UnicodeDecodeError, csv.Error, RefusedInput) as exc:
         raise BadInputError(f"{path}: cannot read CSV ({exc})") from None
@@ -487,8 +496,8 @@ def from_list(path: Path) -> Source:
     A line naming the same file as an earlier one (however spelled) is dropped."""
     path = path.resolve()
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
+        lines = _read_local_text(path, "utf-8").splitlines()
+    except (OSError, UnicodeDecodeError, RefusedInput) as exc:
         raise BadInputError(f"{path}: cannot read list ({exc})") from None
     by_file: dict[str, str] = {}
     for line in lines:
@@ -515,6 +524,8 @@ TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".tfrec")
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 # A TFRecord record larger than this is not read at listing time (it is listed, and refused when read).
 MAX_LISTED_RECORD_BYTES = 256 * 1024 * 1024
+# A record's id or class name longer than this is ignored (ids are kept in memory for every record).
+MAX_TEXT_BYTES = 4096
 # Tar members holding a label (WebDataset): the class as text, or JSON (a number, a name, or an
 # object with one of JSON_LABEL_KEYS).
 TAR_LABEL_EXTENSIONS = ("cls", "json")
@@ -677,10 +688,11 @@ def from_tfrecords(files: list[str], root: str, keys: TFRecordKeys | None = None
 
 
 def _first_text(feats: dict, keys: tuple[str, ...]) -> str | None:
-    """The first bytes value of the first of ``keys`` present in ``feats``, as an id-safe string."""
+    """The first bytes value of the first of ``keys`` present in ``feats``, as an id-safe string
+    (values over :data:`MAX_TEXT_BYTES` are ignored: a hostile record's id or class could be huge)."""
     for key in keys:
         value = feats.get(key)
-        if value and isinstance(value[0], bytes):
+        if value and isinstance(value[0], bytes) and len(value[0]) <= MAX_TEXT_BYTES:
             return display_id(value[0].decode("utf-8", "surrogateescape"))
     return None
 
@@ -785,8 +797,8 @@ def _containers(files: list[str], root: str, fmt: str, keys: TFRecordKeys | None
 
 def _list_lines(path: str) -> list[str]:
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        text = _read_local_text(path, "utf-8")
+    except (OSError, UnicodeDecodeError, RefusedInput) as exc:
         raise BadInputError(f"{path}: cannot read list ({exc})") from None
     return [s for line in text.splitlines() if (s := line.strip()) and not s.startswith("#")]
 

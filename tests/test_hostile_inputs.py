@@ -236,3 +236,26 @@ def test_non_utf8_names_give_distinct_ids_and_utf8_classes(tmp_path):
     assert len(s.listing_sha256()) == 64  # hashing the listing used to raise UnicodeEncodeError
     s.describe()
     json.dumps(s.classes, ensure_ascii=False).encode("utf-8")
+
+
+@pytest.mark.parametrize("name", ["pipe.tfrecord", "pipe.tar", "pipe.csv"])
+def test_a_fifo_behind_a_file_url_is_refused_not_opened(tmp_path, name):
+    """``file:///.../pipe.tfrecord`` went through tf.io.gfile, which opens a FIFO with a blocking
+    open: the listing hung forever. A file:// URL gets the local checks: refused, one line."""
+    pytest.importorskip("tensorflow")
+    fifo = tmp_path / name
+    os.mkfifo(fifo)
+    with _unblock_fifo_readers(fifo, after=1.0), pytest.raises(FeatcacheError, match="named pipe") as err:
+        open_source(f"file://{fifo}")
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["pipe.csv", "pipe.txt"])
+def test_a_csv_or_list_that_is_a_fifo_is_refused_not_read(tmp_path, name):
+    """A FIFO given as the source's CSV or list file was opened with a blocking open and read: the
+    extractor hung for ever. Refused, one line naming it."""
+    fifo = tmp_path / name
+    os.mkfifo(fifo)
+    with _unblock_fifo_readers(fifo, after=1.0), pytest.raises(BadInputError, match="named pipe") as err:
+        open_source(fifo)
+    assert "\n" not in str(err.value) and name in str(err.value)

@@ -165,3 +165,30 @@ def test_summary_adds_up_the_manifest_counts_without_opening_a_shard(tmp_path, m
     assert summarize(FeatureCache(cache))["classes"] == slow["classes"]
     assert fast["classes"] == slow["classes"] and fast["splits"] == slow["splits"] and fast["rows"] == SHARDS * ROWS
     assert "(unlabelled)" in fast["classes"] and sum(fast["splits"].values()) == SHARDS * ROWS
+
+
+def test_a_huge_journal_is_read_in_bounded_memory(tmp_path):
+    """A journal made huge (sparse, 256 MiB, one endless line) was read whole into memory by every
+    reader: a 20 GiB one gave `featcache-inspect summary` a MemoryError traceback. It is read in
+    chunks: the overlong line is dropped, the records around it are kept, memory stays small."""
+    import tracemalloc
+
+    path = tmp_path / "part-0-of-1.journal"
+    head = journal.frame({"format": journal.FORMAT, "id": "ab", "generation": "g", "part": "0/1"})
+    first, second = journal.frame({"n": 1}), journal.frame({"n": 2})
+    with open(path, "wb") as fh:
+        fh.write(head + first)
+        fh.truncate(len(head + first) + (1 << 28))  # 256 MiB of zeros, no newline
+        fh.seek(0, 2)
+        fh.write(b"\n" + second + b"0123 torn")
+    size = path.stat().st_size
+    tracemalloc.start()
+    try:
+        got = journal.scan(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert got is not None
+    assert got.records == [(len(head), {"n": 1}), (size - len(second) - 9, {"n": 2})]
+    assert got.end == size - 9
+    assert peak < 3 * journal.MAX_RECORD_BYTES

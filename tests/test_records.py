@@ -145,6 +145,34 @@ def test_example_parser_and_crc_agree_with_tensorflow(tmp_path):
         records.parse_example(b"\x0a\xff\xff\xff", {"x"})
 
 
+def _ld(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field (payloads here are < 128 bytes)."""
+    return bytes([(number << 3) | 2, len(payload)]) + payload
+
+
+@pytest.mark.parametrize(
+    "feature",
+    [
+        _ld(2, _ld(1, b"\x01\x02\x03\x04\x05")),  # packed float_list of 5 bytes
+        _ld(2, b"\x08\x07"),  # float_list whose value is a varint
+        _ld(2, b"\x09" + bytes(8)),  # float_list whose value is a fixed64
+        _ld(3, b"\x0d" + bytes(4)),  # int64_list whose value is a fixed32
+        _ld(3, b"\x09" + bytes(8)),  # int64_list whose value is a fixed64
+    ],
+)
+def test_malformed_feature_lists_are_value_errors(tmp_path, feature):
+    """A hostile Example whose label is a float or int list of the wrong wire shape is a ValueError
+    (a record listed as "not a tf.train.Example"), never a struct.error or TypeError traceback."""
+    data = _ld(1, _ld(1, _ld(1, b"image/class/label") + _ld(2, feature)))
+    with pytest.raises(ValueError):
+        records.parse_example(data, {"image/class/label"})
+    path = tmp_path / "x.tfrecord"
+    path.write_bytes(write_tfrecord(tmp_path / "ok.tfrecord", [data]).read_bytes())
+    src = open_source(path)
+    with pytest.raises(records.RefusedInput, match="not a tf.train.Example"):
+        src.records.read(0, src.paths[0], records.InputLimits())
+
+
 def test_bad_records_are_recorded_and_the_job_goes_on(images, tmp_path):
     """A truncated TFRecord (cut inside its last record), a record without an image, a tar member
     that is not an image and a sample without a label: each bad input is a failed input with its
@@ -201,6 +229,43 @@ def test_ids_keys_splits_and_changed_containers(images, tmp_path):
         extract(path, cache, source_format="tfrecord", tfrecord_keys="image=jpeg,label=y")
     report = extract(path, cache, source_format="tfrecord", tfrecord_keys="image=jpeg,label=y", update=True)
     assert report.changes == {"added": 0, "removed": 0, "modified": 2, "relabelled": 0} and report.rows == 2
+
+
+def test_huge_ids_and_class_names_are_ignored(tmp_path):
+    """A record's id (or class name) could be megabytes (up to the 256 MiB record limit), all kept in
+    memory for every record: 80 MB of ids took 600 MB more. Values over MAX_TEXT_BYTES are ignored."""
+    from featcache.extractor.sources import MAX_TEXT_BYTES
+
+    big = b"y" * (MAX_TEXT_BYTES + 1)
+    items = [
+        example(
+            b"img",
+            None,
+            None,
+            None,
+            **{
+                "image/filename": tf.train.Feature(bytes_list=tf.train.BytesList(value=[big + b"%d" % k])),
+                "image/class/text": tf.train.Feature(bytes_list=tf.train.BytesList(value=[big])),
+            },
+        )
+        for k in range(2)
+    ]
+    items.append(example(b"img", "ok.jpg", None, "cat"))
+    s = open_source(write_tfrecord(tmp_path / "x.tfrecord", items))
+    assert s.ids == ["x.tfrecord#0", "x.tfrecord#1", "ok.jpg"]
+    assert s.classes == ["cat"] and s.labels.tolist() == [-1, -1, 0]
+
+
+def test_tar_members_with_huge_names_are_not_listed(tmp_path):
+    """A GNU long name can be megabytes; each became an id held in memory (20 members of 2 MB: 300
+    MB more). Names over MAX_MEMBER_NAME are not listed; the others are, with their labels."""
+    long = "d" * (records.MAX_MEMBER_NAME + 1)
+    path = write_tar(tmp_path / "x.tar", [(f"{long}.png", b"img"), ("a.png", b"img"), ("a.cls", b"3")])
+    with open(path, "rb") as fh:
+        members, problem = records.scan_tar(fh, {"cls"})
+    assert problem is None and [(m.name, m.content) for m in members] == [("a.png", None), ("a.cls", b"3")]
+    src = open_source(path)
+    assert src.ids == ["a.png"] and src.classes == ["0", "1", "2", "3"]
 
 
 def test_url_sources_read_like_local_ones(images, folder_rows, tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -148,6 +149,72 @@ def test_predict_source_equals_predict_on_the_cached_rows_of_the_same_images(mul
         assert (g["label"], g["class"], g["predicted"]) == (want["label"], want["class"], want["predicted"])
         np.testing.assert_allclose([float(g[c]) for c in probs], [float(want[c]) for c in probs], atol=2e-6)
     assert f"accuracy {cached.accuracy:.4f} on the 15 labelled ones" in result.output
+
+
+@pytest.mark.parametrize("name", ["-dash src", "--overwrite"])
+def test_predict_source_named_like_an_option_is_a_path(multi_run, sample_dir, tmp_path, monkeypatch, name):
+    """A source folder named "-dash src" reached the extractor as options ("No such option: -d"); one
+    named "--overwrite" was read as the flag and the cache went missing. "--" ends the options."""
+    import typer
+
+    from featcache.extractor.cli import app as extract_app
+    from featcache.trainer import predict_source as ps
+
+    src = tmp_path / name
+    shutil.copytree(sample_dir, src)
+    seen: list[list[str]] = []
+
+    def fake(args: list[str], source: str, stream) -> None:
+        seen.append(args)
+        raise FeatcacheError("stopped here")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(ps, "run_extractor", fake)
+    with pytest.raises(FeatcacheError, match="stopped here"):
+        ps.predict_source(multi_run[0], tmp_path / "o.csv", name, progress=False)
+    ctx = typer.main.get_command(extract_app).make_context("featcache-extract", list(seen[0]))
+    assert ctx.params["source"] == name and ctx.params["overwrite"] is False
+    assert str(ctx.params["cache"]) == str(ps.scratch_cache(multi_run[0], name))
+
+
+@pytest.mark.parametrize("planted", ["predict", "digest"])
+def test_predict_source_refuses_a_link_planted_in_the_run(multi_run, sample_dir, tmp_path, monkeypatch, planted):
+    """A link at RUN/predict (or at RUN/predict/<digest>) made the extractor write the scratch cache
+    wherever it pointed, outside the run directory. Refused, one line, before the extractor runs."""
+    from featcache.trainer import predict_source as ps
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(multi_run[0], run_dir, ignore=shutil.ignore_patterns("predict"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    scratch = ps.scratch_cache(run_dir, sample_dir)
+    if planted == "digest":
+        scratch.parent.mkdir()
+    link = scratch.parent if planted == "predict" else scratch
+    link.symlink_to(elsewhere)
+    monkeypatch.setattr(ps, "run_extractor", lambda *a: pytest.fail("the extractor ran"))
+    with pytest.raises(FeatcacheError, match=rf"^{link}: a link; predict --source keeps its features inside"):
+        ps.predict_source(run_dir, tmp_path / "o.csv", sample_dir, progress=False)
+    assert not list(elsewhere.iterdir())
+
+
+@pytest.mark.parametrize("edit", [{"maps_dtype": None}, {"augment": {"views": 2}}, {"resize": None}])
+def test_predict_source_on_an_edited_fingerprint_is_one_line(multi_run, sample_dir, tmp_path, monkeypatch, edit):
+    """results.json edited so that the head's cache fingerprint lacks a key (or holds the wrong type)
+    gave a KeyError traceback; now one line naming results.json, before the extractor runs."""
+    from featcache.trainer import predict_source as ps
+    from featcache.trainer.rundir import head_cache
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(multi_run[0], run_dir, ignore=shutil.ignore_patterns("predict"))
+    results = json.loads((run_dir / "results.json").read_text())
+    fp = head_cache(results, results["best"])["fingerprint"]
+    for key, value in edit.items():
+        fp.pop(key) if value is None else fp.update({key: value})
+    (run_dir / "results.json").write_text(json.dumps(results))
+    monkeypatch.setattr(ps, "run_extractor", lambda *a: pytest.fail("the extractor ran"))
+    with pytest.raises(FeatcacheError, match=rf"^{run_dir}/results.json: the fingerprint of the cache of head"):
+        ps.predict_source(run_dir, tmp_path / "o.csv", sample_dir, progress=False)
 
 
 def test_predict_source_maps_labels_by_class_name_and_needs_the_weights_file():

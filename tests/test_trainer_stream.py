@@ -151,3 +151,33 @@ def test_memory_settings_are_checked():
         make_settings({"max_memory_gb": 0})
     with pytest.raises(SettingError, match=r"stream='yes': must be true or false"):
         make_settings({"stream": "yes"})
+
+
+@pytest.mark.parametrize("damage", ["fewer rows", "narrower", "strings"])
+def test_a_shard_with_damaged_feature_shapes_is_one_line_when_streamed(tmp_path, damage):
+    """A shard whose pooled dataset lost rows (or width) but whose manifest hash was redone: streamed
+    training gave a numpy broadcast traceback, or trained on it without a word (fewer rows). The
+    shapes are checked when the stream opens a shard, as the in-memory loader does."""
+    import hashlib
+
+    import h5py
+
+    from featcache.shared.cache import schema
+    from featcache.shared.cache.tfdata import BlockStream
+    from featcache.shared.errors import FeatcacheError
+
+    cache = synthetic_cache(tmp_path / "c", n=40, classes=2, shard_size=20)
+    m = json.loads((cache / "manifest.json").read_text())
+    rec = m["shards"][0]
+    with h5py.File(cache / rec["file"], "r+") as f:
+        pooled = f[schema.POOLED][()]
+        del f[schema.POOLED]
+        f[schema.POOLED] = {"fewer rows": pooled[:-1], "narrower": pooled[:, :3], "strings": pooled.astype("S4")}[
+            damage
+        ]
+    data = (cache / rec["file"]).read_bytes()
+    rec["bytes"], rec["sha256"] = len(data), hashlib.sha256(data).hexdigest()
+    (cache / "manifest.json").write_text(json.dumps(m))
+    stream = BlockStream(FeatureCache(cache), "train", shuffle=False)
+    with pytest.raises(FeatcacheError, match=r"shard-00000.h5: cannot read dataset \(pooled is"):
+        list(stream.epoch())

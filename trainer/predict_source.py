@@ -15,6 +15,8 @@ mapped onto the run's classes by name.
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +52,23 @@ def scratch_cache(run_dir: Path, source: str | Path) -> Path:
     key = str(Path(source).resolve()) if is_local(str(source)) else str(source)
     digest = hashlib.sha256(key.encode()).hexdigest()[:SOURCE_HASH_CHARS]
     return Path(run_dir) / SCRATCH_DIR / digest
+
+
+def _check_scratch(scratch: Path) -> None:
+    """Create ``RUN/predict`` and refuse a link (or a non-folder) there or at ``scratch``: the
+    extractor would write the features wherever a planted link points, outside the run directory."""
+    try:
+        scratch.parent.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise FeatcacheError(f"{scratch.parent}: cannot create it ({exc.strerror})") from None
+    for path in (scratch.parent, scratch):
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISDIR(mode):
+            what = "a link" if stat.S_ISLNK(mode) else "not a folder"
+            raise FeatcacheError(f"{path}: {what}; predict --source keeps its features inside the run directory")
 
 
 def _preprocess_scheme(words: str, where: str) -> str:
@@ -167,9 +186,15 @@ def predict_source(
     if is_local(source) and not Path(source).exists():
         raise FeatcacheError(f"{source}: no such source of images")
     scratch = scratch_cache(run_dir, source)
-    flags = extractor_flags(fp, str(recorded["path"]), weights)
-    args = [str(source), str(scratch), *flags, *([] if progress else ["--no-progress"])]
-    run_extractor([*args, "--overwrite"] if overwrite else args, source, stream)
+    _check_scratch(scratch)
+    try:
+        flags = extractor_flags(fp, str(recorded["path"]), weights)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:  # an edited results.json
+        where = Path(run_dir) / rundir.RESULTS
+        raise FeatcacheError(f"{where}: the fingerprint of the cache of head {name!r} is damaged ({exc!r})") from None
+    options = [*flags, *([] if progress else ["--no-progress"]), *(["--overwrite"] if overwrite else [])]
+    # "--": a source named "-x" or "--overwrite" is a path, not an option
+    run_extractor([*options, "--", source, str(scratch)], source, stream)
     cache = FeatureCache(scratch)
     cache.require_complete()
     cache.check_fingerprint(fp)  # the extractor made them as the cached ones, or this says what differs

@@ -37,6 +37,8 @@ NAME_RE = re.compile(r"^part-(\d+)-of-(\d+)\.journal$")
 MAX_HEADER_BYTES = 4096
 # Longest record line accepted (a shard record with many failed inputs); longer lines are skipped.
 MAX_RECORD_BYTES = 1 << 24
+# Bytes of a journal read at a time.
+READ_CHUNK = 1 << 20
 
 
 def frame(obj: Any) -> bytes:
@@ -93,22 +95,39 @@ def scan(path: Path, start: int = 0) -> Scan | None:
         size = os.fstat(fd).st_size
         if pos > size:  # the manifest's offset is past this file's end: it is not the file it saw
             pos = nl + 1
-        data = os.pread(fd, size - pos, pos) if size > pos else b""
+        out.end = _read_records(fd, pos, size, out.records)
     finally:
         os.close(fd)
-    at = 0
-    while True:
-        nl = data.find(b"\n", at)
-        if nl < 0:
-            break  # a torn last line: not committed
-        line = data[at:nl]
-        if len(line) <= MAX_RECORD_BYTES:
-            value = unframe(line)
-            if value is not None:
-                out.records.append((pos + at, value))
-        at = nl + 1
-    out.end = pos + at
     return out
+
+
+def _read_records(fd: int, pos: int, size: int, records: list[tuple[int, Any]]) -> int:
+    """Append ``(offset, value)`` of each valid complete line of ``fd`` from ``pos`` to ``size`` to
+    ``records``, reading :data:`READ_CHUNK` bytes at a time (a journal is untrusted: it may be huge,
+    one endless line, or sparse), so memory stays under ``MAX_RECORD_BYTES`` plus a chunk; return the
+    offset just past the last complete line."""
+    buf, base, end, skipping, read_at = b"", pos, pos, False, pos
+    while read_at < size:
+        data = os.pread(fd, min(READ_CHUNK, size - read_at), read_at)
+        if not data:
+            break
+        read_at += len(data)
+        if skipping and b"\n" not in data:
+            base += len(data)  # still inside the overlong line
+            continue
+        at, look = 0, len(buf)  # lines end in the new data only
+        buf += data
+        while (nl := buf.find(b"\n", max(at, look))) >= 0:
+            if not skipping and nl - at <= MAX_RECORD_BYTES:
+                value = unframe(buf[at:nl])
+                if value is not None:
+                    records.append((base + at, value))
+            skipping, at = False, nl + 1
+            end = base + at
+        buf, base = buf[at:], base + at
+        if len(buf) > MAX_RECORD_BYTES:  # a line too long for a record: dropped up to its end
+            skipping, base, buf = True, base + len(buf), b""
+    return end
 
 
 class JournalWriter:

@@ -127,7 +127,27 @@ class BlockStream:
                 old.close()
             files.clear()
             f = files[record.file] = self.cache.open_shard(record)
+            self._check_features(f, record)
         return f
+
+    def _check_features(self, f: h5py.File, record: Any) -> None:
+        """The per-row feature datasets of a shard just opened have its rows and the cache's shape
+        (floats): a damaged shard read block by block would fail mid-epoch with a numpy traceback,
+        or give fewer rows without a word."""
+        shape = tuple(self.cache.maps_shape)
+        for key in (schema.POOLED, schema.MAPS, schema.POOLED_VIEWS):
+            d = f.get(key)
+            if d is None:
+                continue
+            if key == schema.POOLED_VIEWS:
+                ok = d.ndim == 3 and d.shape[0] == record.rows and d.shape[2] == shape[-1]
+                want = f"({record.rows}, views - 1, {shape[-1]})"
+            else:
+                expected = (record.rows, shape[-1]) if key == schema.POOLED else (record.rows, *shape)
+                ok, want = d.shape == expected, str(expected)
+            if not ok or d.dtype.kind != "f":
+                found = f"{key} is {d.shape} {d.dtype}, expected {want} floats"
+                raise FeatcacheError(f"{self.cache.shard_path(record)}: cannot read dataset ({found})")
 
     def epoch(self, epoch: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Yield ``(features, label, index)`` batches of epoch ``epoch``: every row of the split once."""
