@@ -20,7 +20,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -718,13 +718,8 @@ def validate(d: Any, where: str = "manifest") -> Manifest:
         }
     except _Invalid as exc:
         raise ManifestError(f"{where}: {exc}") from None
-    return Manifest(
-        fingerprint=fingerprint,
-        classes=list(classes),
-        source=source,
-        split=split,
-        storage=storage,
-        shard_size=shard_size,
+    return replace(  # the plan the records were checked against, with them
+        plan,
         shards=sorted(shards, key=lambda s: s.shard),
         failed=sorted(failed, key=lambda f: f.index),
         generations=generations,
