@@ -13,9 +13,12 @@ commit's wall time (``commit_shard``: shard close + sha256 + fsync + rename + jo
 the fold when one falls due) and the bookkeeping bytes written so far (manifest rewrites and
 journal records); it is killed (SIGKILL) ``--kill-before`` shards before the end. The parent then
 measures reading the killed cache (manifest + journal replay), the resume (``CacheWriter`` set-up:
-replay, stat of every shard, fold), finishes the cache, and measures ``summary``, the reader's open
-and the trainer's data load on the complete cache. The memory of each process is limited
-(``--max-gb``).
+replay, stat of every shard, fold), finishes the cache, and measures on the complete cache: writing
+the row index (``rows.h5``, what ``finalize`` adds once a cache is complete), ``summary``, the
+reader's open, the trainer's start-up when it streams (``load_dataset(pooled=False)``: every row's
+label, id, split and place) from the row index and, side by side, from every shard, and loading
+every pooled vector into memory (read from the shards: the index holds no features). The memory of
+each process is limited (``--max-gb``).
 """
 
 from __future__ import annotations
@@ -113,8 +116,10 @@ def main() -> None:
     if args.child:
         return child(args.child, args.shards, args.rows)
 
+    from featcache.shared.cache.parts import finalize
     from featcache.shared.cache.reader import FeatureCache
     from featcache.shared.inspection.cli import summarize
+    from featcache.trainer.data import load_dataset
 
     work = Path(args.dir or tempfile.mkdtemp(prefix="featcache-scale-"))
     cache = work / "cache"
@@ -149,9 +154,21 @@ def main() -> None:
         cw.__exit__(None, None, None)
         assert cw.finalized is not None and cw.finalized.complete, cw.finalized
 
+        (cache / schema.ROW_INDEX_NAME).unlink()
+        index_seconds, _ = timed(lambda: finalize(cache), repeats=1)  # writes the row index anew
+        index_bytes = (cache / schema.ROW_INDEX_NAME).stat().st_size
         open_seconds, fc = timed(lambda: FeatureCache(cache))
         summary_seconds, s = timed(lambda: summarize(FeatureCache(cache)), repeats=1)
         assert s["rows"] == args.shards * args.rows, s["rows"]
+        startup = {}
+        for row_index in (True, False):
+            seconds, ds = timed(
+                lambda row_index=row_index: load_dataset(FeatureCache(cache, row_index=row_index), pooled=False),
+                repeats=1,
+            )
+            assert sum(ds.sizes().values()) == args.shards * args.rows
+            startup[row_index] = seconds
+            del ds
         load_seconds, rows = timed(lambda: FeatureCache(cache).load_pooled(), repeats=1)
         assert len(rows) == args.shards * args.rows
         manifest_bytes = (cache / schema.MANIFEST_NAME).stat().st_size
@@ -196,7 +213,11 @@ def main() -> None:
                 ["resume after the kill (CacheWriter set-up)", f"{resume_seconds:.3f} s"],
                 ["reader open (FeatureCache), complete cache", f"{open_seconds:.3f} s"],
                 ["summary (featcache-inspect summary's data)", f"{summary_seconds:.3f} s"],
-                ["trainer data load (load_pooled, every row)", f"{load_seconds:.2f} s"],
+                ["row index written (finalize of the complete cache)", f"{index_seconds:.2f} s"],
+                ["trainer start-up, streamed (labels, ids, splits): from the row index", f"{startup[True]:.2f} s"],
+                ["  the same, reading every shard (no row index)", f"{startup[False]:.2f} s"],
+                ["trainer data load in memory (load_pooled, every pooled vector)", f"{load_seconds:.2f} s"],
+                [f"{schema.ROW_INDEX_NAME} (labels, ids, index, split of every row)", f"{index_bytes / 1e6:.1f} MB"],
                 ["manifest.json, complete", f"{manifest_bytes / 1e6:.1f} MB"],
             ],
         )

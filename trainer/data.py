@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..shared.cache import schema
-from ..shared.cache.reader import ROW, SHARD, FeatureCache, PooledRows
+from ..shared.cache.reader import ROW, SHARD, SPLIT_UNIT, FeatureCache, PooledRows
 from ..shared.cache.schema import SPLIT_CODES
 from ..shared.cache.split import hash_unit
 from ..shared.errors import FeatcacheError
@@ -115,9 +115,9 @@ def load_dataset(
     """
     if not allow_partial:
         cache.require_complete()
-    columns = (schema.LABEL, schema.ID, schema.INDEX, schema.SPLIT, SHARD, ROW)
+    columns = (schema.LABEL, schema.ID, schema.INDEX, schema.SPLIT, SHARD, ROW, SPLIT_UNIT)
     c = cache.read_columns(((schema.POOLED,) if pooled else ()) + columns)
-    split_codes = cache.splits(c[schema.ID], c[schema.SPLIT])
+    split_codes = cache.splits(c[schema.ID], c[schema.SPLIT], c[SPLIT_UNIT])
     rows = PooledRows(c.get(schema.POOLED), c[schema.LABEL], c[schema.ID], c[schema.INDEX], split_codes)
     if pooled:
         require_finite(cache, schema.POOLED, rows.index, rows.pooled)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from . import journal, schema
 from .lock import CacheLock, FileLock, describe_holder, read_holder
 from .manifest import Manifest, journal_names, list_shards
 from .paths import cache_path
+from .reader import FeatureCache
 
 # How long a worker waits for the cache lock, which is only ever held for set-up and merges.
 LOCK_WAIT_SECONDS = 300.0
@@ -292,6 +294,18 @@ def exclusive(cache_dir: Path, when: str) -> Iterator[tuple[Manifest, int]]:
             raise CacheLockedError(f"{cache_dir}: {part.label} is being written by {describe_holder(holder)}; {when}")
         m, merged = fold(cache_dir)
         yield m, merged
+        refresh_row_index(cache_dir)  # what was rewritten made it stale
+
+
+def refresh_row_index(cache_dir: Path) -> bool:
+    """Bring the row index (``rows.h5``, :mod:`~featcache.shared.cache.rowindex`) up to date with the
+    complete cache; call with the cache lock held and no part running. A shard that cannot be read
+    leaves no index (a warning says which): readers then read the shards, and say the same."""
+    try:  # the reader checks each shard's identity as it copies it
+        return FeatureCache(cache_dir, row_index=False).refresh_row_index()
+    except FeatcacheError as exc:
+        warnings.warn(f"row index not written: {exc}", stacklevel=2)
+        return False
 
 
 def finalize(cache_dir: str | Path, *, wait: float = LOCK_WAIT_SECONDS) -> Finalized:
@@ -312,6 +326,8 @@ def finalize(cache_dir: str | Path, *, wait: float = LOCK_WAIT_SECONDS) -> Final
                     p.unlink()
             if not any(d.iterdir()):
                 d.rmdir()
+        if m.complete and not running:
+            refresh_row_index(cache_dir)
     return Finalized(
         cache_dir,
         m.num_shards,

@@ -19,7 +19,7 @@ chunk-aligned blocks, never row by row.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ import h5py
 import numpy as np
 
 from ..errors import FeatcacheError, FingerprintMismatchError
-from . import deflate, schema
+from . import deflate, rowindex, schema
 from .fingerprint import IDENTITY_KEYS, check_compatible, differences
 from .manifest import SHARDS_LISTED, Manifest, ShardRecord, list_shards
 from .paths import shard_path
@@ -40,6 +40,9 @@ DEFAULT_BLOCK_ROWS = 256
 # without a scan (both int64): its position in its shard file, and its shard's position in ``shards``.
 ROW = "row"
 SHARD = "shard"
+# Pseudo-column: (n,) float64 hash_unit of each row's id, what a split by hash needs (FeatureCache.splits),
+# from the row index when it is current, else NaN ("hash it when needed").
+SPLIT_UNIT = rowindex.SPLIT_UNIT
 
 
 @dataclass
@@ -63,10 +66,12 @@ class PooledRows:
 
 class FeatureCache:
     """A cache opened for reading. ``FeatureCache(path)`` raises :class:`NotACacheError` with the file
-    and reason when ``path`` is not a readable cache."""
+    and reason when ``path`` is not a readable cache. ``row_index=False`` never uses the row index
+    (``rows.h5``): every column is read from the shards (what the index is compared with)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, row_index: bool = True):
         self.path = Path(path)
+        self._use_row_index = row_index  # False: always read every shard (benchmarks, verify)
         self.manifest = Manifest.load(self.path)
         m = self.manifest
         self._dead = np.asarray(sorted(m.dead), dtype=np.int64)
@@ -176,35 +181,36 @@ class FeatureCache:
 
         Maps are not a column here: use :meth:`iter_maps`. Dead rows are left out; labels and splits are
         the current ones (see the module docstring). The pseudo-columns :data:`ROW` and :data:`SHARD`
-        say where each row is stored (read from no file).
+        say where each row is stored (read from no file); :data:`SPLIT_UNIT` is for :meth:`splits`.
+        Columns the row index holds are read from it when it is current (one file,
+        :mod:`~featcache.shared.cache.rowindex`), else from every shard.
         """
         wanted = tuple(dict.fromkeys((*columns, schema.INDEX)))
         parts: dict[str, list[np.ndarray]] = {k: [] for k in wanted}
-        for ordinal, record in enumerate(self.shards):
-            with self.open_shard(record) as f:
-                try:
-                    channels = self.maps_shape[-1]
-                    index = _read_column(f, schema.INDEX, record.rows, channels)
-                    live = self._live(index)
-                    for key in wanted:
-                        if key == ROW:
-                            value = np.arange(record.rows, dtype=np.int64)
-                        elif key == SHARD:
-                            value = np.full(record.rows, ordinal, np.int64)
-                        else:
-                            value = index if key == schema.INDEX else _read_column(f, key, record.rows, channels)
-                        if key == schema.LABEL:
-                            # stored labels number the classes of the generation that wrote the shard
-                            stored_classes = len(self.manifest.generation_of(record.shard).classes)
-                            bad = label_problem(value, stored_classes)
-                            if bad:
-                                raise FeatcacheError(f"{self.shard_path(record)}: {bad}")
-                            value = self._current_labels(record, value)
-                        elif key == schema.SPLIT and (bad := split_problem(value)):
-                            raise FeatcacheError(f"{self.shard_path(record)}: {bad}")
-                        parts[key].append(value if live is None else value[live])
-                except (KeyError, OSError, ValueError, TypeError) as exc:
-                    raise FeatcacheError(f"{self.shard_path(record)}: cannot read dataset ({exc})") from None
+        stored = tuple(k for k in wanted if k not in (ROW, SHARD))
+        for ordinal, record, where, read in self._stored_columns(stored):
+            try:
+                index = read(schema.INDEX)
+                live = self._live(index)
+                for key in wanted:
+                    if key == ROW:
+                        value = np.arange(record.rows, dtype=np.int64)
+                    elif key == SHARD:
+                        value = np.full(record.rows, ordinal, np.int64)
+                    else:
+                        value = read(key)
+                    if key == schema.LABEL:
+                        # stored labels number the classes of the generation that wrote the shard
+                        stored_classes = len(self.manifest.generation_of(record.shard).classes)
+                        bad = label_problem(value, stored_classes)
+                        if bad:
+                            raise FeatcacheError(f"{where}: {bad}")
+                        value = self._current_labels(record, value)
+                    elif key == schema.SPLIT and (bad := split_problem(value)):
+                        raise FeatcacheError(f"{where}: {bad}")
+                    parts[key].append(value if live is None else value[live])
+            except (KeyError, OSError, ValueError, TypeError) as exc:
+                raise FeatcacheError(f"{where}: cannot read dataset ({exc})") from None
         empty = {
             schema.POOLED: np.zeros((0, self.maps_shape[-1]), schema.POOLED_DTYPE),
             schema.LABEL: np.zeros(0, schema.LABEL_DTYPE),
@@ -214,6 +220,7 @@ class FeatureCache:
             schema.POOLED_VIEWS: np.zeros((0, max(self.views - 1, 0), self.maps_shape[-1]), schema.POOLED_DTYPE),
             ROW: np.zeros(0, np.int64),
             SHARD: np.zeros(0, np.int64),
+            SPLIT_UNIT: np.zeros(0, np.float64),
         }
         out = {k: np.concatenate(v) if v else empty[k] for k, v in parts.items()}
         if len(self._relabel_index):
@@ -226,6 +233,44 @@ class FeatureCache:
                     out[key] = out[key].copy()
                     out[key][hit] = new[at[hit]]
         return {k: out[k] for k in columns}
+
+    def _stored_columns(
+        self, keys: tuple[str, ...]
+    ) -> Iterator[tuple[int, ShardRecord, Path, Callable[[str], np.ndarray]]]:
+        """For each shard in manifest order: its ordinal, record, the file its columns come from, and
+        ``read(key)``, the shard's stored dataset ``key`` (checked shape and kind; ids as str objects).
+        From the row index when it is current and holds every key, else from the shard itself (then
+        without :data:`SPLIT_UNIT`, which only the index holds)."""
+        stored = rowindex.load(self.path, self.manifest, keys) if self._use_row_index else None
+        if stored is not None:
+            where = rowindex.index_path(self.path)
+            offsets = stored[rowindex.OFFSETS]
+            for ordinal, record in enumerate(self.shards):
+                lo, hi = offsets[ordinal], offsets[ordinal + 1]
+                yield ordinal, record, where, lambda key, lo=lo, hi=hi: stored[key][lo:hi]
+            return
+        channels = self.maps_shape[-1]
+        for ordinal, record in enumerate(self.shards):
+            with self.open_shard(record) as f:
+
+                def read(key: str, f: h5py.File = f, n: int = record.rows) -> np.ndarray:
+                    return np.full(n, np.nan) if key == SPLIT_UNIT else _read_column(f, key, n, channels)
+
+                yield ordinal, record, self.shard_path(record), read
+
+    def shard_columns(self, record: ShardRecord, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """Datasets ``keys`` of one shard as stored (every row, labels in the numbering of the
+        generation that wrote it), after the identity check of :meth:`open_shard`."""
+        with self.open_shard(record) as f:
+            try:
+                return {key: _read_column(f, key, record.rows, self.maps_shape[-1]) for key in keys}
+            except (KeyError, OSError, ValueError, TypeError) as exc:
+                raise FeatcacheError(f"{self.shard_path(record)}: cannot read dataset ({exc})") from None
+
+    def refresh_row_index(self) -> bool:
+        """Write the row index (``rows.h5``) when the cache is complete and it is not current; return
+        whether it was written. Call with the cache lock held (see :func:`rowindex.refresh`)."""
+        return rowindex.refresh(self.path, self.manifest, lambda r: self.shard_columns(r, rowindex.COLUMNS))
 
     def _live(self, index: np.ndarray) -> np.ndarray | None:
         """Mask of the rows of ``index`` (listing positions, increasing: one shard's) that are not
@@ -244,9 +289,10 @@ class FeatureCache:
             return np.full_like(label, schema.UNKNOWN_LABEL)
         return np.where(label >= 0, table[np.clip(label, 0, max(len(table) - 1, 0))], label).astype(label.dtype)
 
-    def splits(self, ids: np.ndarray, given: np.ndarray) -> np.ndarray:
-        """Split codes of rows: the source's own (``given``), else by hash of the id with the cache's fractions."""
-        return assign_splits(ids, given, self.manifest.split["fractions"])
+    def splits(self, ids: np.ndarray, given: np.ndarray, units: np.ndarray | None = None) -> np.ndarray:
+        """Split codes of rows: the source's own (``given``), else by hash of the id with the cache's
+        fractions (``units``: the :data:`SPLIT_UNIT` column of the same rows, saving the hashing)."""
+        return assign_splits(ids, given, self.manifest.split["fractions"], units)
 
     def load_pooled(self) -> PooledRows:
         """Every pooled vector with its label, id, index and split, in index order."""

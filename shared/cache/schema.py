@@ -6,6 +6,7 @@ A cache is a directory::
       manifest.json          # the only index a reader trusts (see docs/cache-format.md)
       .lock                  # held (flock) briefly by whoever creates the cache or rewrites the manifest
       listing.npz            # the input listing the cache was made from (what changed, on a refused resume)
+      rows.h5                # every shard's label/id/index/split in one file, once complete (rowindex.py)
       shards/shard-00000.h5  # complete shards only; partial ones live under a dot-name
       parts/                 # while workers fill it: per-part locks and logs (see shared/parts.py)
 
@@ -41,6 +42,7 @@ SCHEMA_VERSION = 1
 
 MANIFEST_NAME = "manifest.json"
 LOCK_NAME = ".lock"
+ROW_INDEX_NAME = "rows.h5"
 SHARDS_DIR = "shards"
 PARTS_DIR = "parts"
 TMP_PREFIX = "."  # partial files are dot-files: never matched by SHARD_GLOB

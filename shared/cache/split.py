@@ -43,17 +43,23 @@ def assign_splits(
     ids: Iterable[str],
     given: np.ndarray | None = None,
     fractions: Mapping[str, float] = DEFAULT_SPLIT_FRACTIONS,
+    units: np.ndarray | None = None,
 ) -> np.ndarray:
     """``(n,)`` int8 split codes (see :data:`featcache.shared.cache.schema.SPLIT_CODES`).
 
-    ``given`` holds the source's own codes (``-1`` where none); those rows keep them.
+    ``given`` holds the source's own codes (``-1`` where none); those rows keep them, and only the
+    others are hashed (~1 us an id). ``units`` ``(n,)`` float64 holds :func:`hash_unit` of each id
+    where already known (the row index stores it), NaN elsewhere.
     """
-    u = hash_unit(ids)
+    ids = ids if isinstance(ids, np.ndarray) else np.asarray(list(ids), dtype=object)
+    need = np.ones(len(ids), bool) if given is None else np.asarray(given) == NO_SPLIT
+    u = np.full(len(ids), np.nan) if units is None else np.array(units, dtype=np.float64)
+    todo = need & np.isnan(u)
+    if todo.any():
+        u[todo] = hash_unit(ids[todo])
     edges = np.cumsum([fractions[name] for name in SPLITS])
-    codes = np.searchsorted(edges, u, side="right").clip(0, len(SPLITS) - 1).astype(np.int8)
-    if given is not None:
-        given = np.asarray(given)
-        codes = np.where(given != NO_SPLIT, given, codes).astype(np.int8)
+    codes = np.full(len(ids), NO_SPLIT, np.int8) if given is None else np.asarray(given).astype(np.int8)
+    codes[need] = np.searchsorted(edges, u[need], side="right").clip(0, len(SPLITS) - 1)
     return codes
 
 

@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 
 from ..errors import CacheLockedError, FeatcacheError, NotACacheError, SourceMismatchError
-from . import deflate, schema
+from . import deflate, rowindex, schema
 from .fingerprint import check_compatible, to_attr
 from .fsutil import check_regular, commit_file, remove_stale_temps, sha256_file, temp_path_for
 from .journal import JournalWriter
@@ -329,12 +329,13 @@ class CacheWriter:
         manifest_path = self.dir / schema.MANIFEST_NAME
         if old is not None and self.overwrite:
             # featcache's files only: the manifest parsed as ours, so are the shards it lists, the
-            # listing and the commit journals; other canonical shard names carry featcache attributes
+            # listing, the row index and the commit journals; other canonical shard names carry featcache attributes
             # (checked by _check_existing); anything else in the folder is left alone
             for p in sorted(shards_dir.glob(schema.SHARD_GLOB)):
                 if self._owns_file(p.name):
                     p.unlink()
             (self.dir / LISTING_NAME).unlink(missing_ok=True)
+            rowindex.remove(self.dir)
             remove_logs(self.dir)
             manifest_path.unlink()
             old = None

@@ -19,14 +19,15 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..cache import schema
+from ..cache import rowindex, schema
 from ..cache.fingerprint import IDENTITY_KEYS, differences
 from ..cache.fsutil import fsync_dir
 from ..cache.listing import LISTING_NAME, load_listing
 from ..cache.manifest import Manifest, ManifestError, ShardRecord, file_status, now
 from ..cache.parts import awaiting_merge, exclusive, recorded_holders, remove_logs
 from ..cache.paths import UnsafePathError, cache_path, shard_file_problem, shard_path
-from ..cache.reader import label_problem, shard_identity_problem, split_problem
+from ..cache.reader import FeatureCache, label_problem, shard_identity_problem, split_problem
+from ..cache.split import hash_unit
 from ..errors import FeatcacheError
 
 QUARANTINE_DIR = "quarantine"
@@ -35,6 +36,7 @@ DEFAULT_SAMPLE_ROWS = 64
 # (ReLU6 values are at most 6), float32 maps only by the order of summation.
 POOLED_TOLERANCE = {"float16": 4e-3, "float32": 1e-5}
 MAPS_BLOCK_ROWS = 256
+FINALIZE_WRITES = "featcache-extract CACHE --finalize writes it"
 
 
 @dataclass
@@ -267,6 +269,7 @@ def verify(cache_dir: str | Path, *, sample_rows: int = DEFAULT_SAMPLE_ROWS, see
             report.notes.append(f"{len(temps)} partial shard files ({state})")
     if not m.complete:
         report.notes.append(f"incomplete: {m.missing_count} of {m.num_shards} planned shards not written yet")
+    check_row_index(cache_dir, m, {p.shard for p in report.problems if p.shard is not None}, report)
     report.problems += [Problem(schema.MANIFEST_NAME, reason) for reason in check_updates(m)]
     if m.generations:
         report.notes.append(
@@ -274,6 +277,35 @@ def verify(cache_dir: str | Path, *, sample_rows: int = DEFAULT_SAMPLE_ROWS, see
             f"(featcache-inspect compact), {len(m.relabelled)} relabelled"
         )
     return report
+
+
+def check_row_index(cache_dir: Path, m: Manifest, bad: set[int], report: Report) -> None:
+    """Compare the row index (``rows.h5``) with the shards it copies, when it is current: a row that
+    differs is a problem (``fix`` deletes the index and writes it anew from the shards). A stale or
+    missing index is a note: readers ignore it and read the shards."""
+    name = schema.ROW_INDEX_NAME
+    if not os.path.lexists(cache_dir / name):
+        if m.complete and m.shards:
+            report.notes.append(f"no {name}: readers open every shard for labels and ids ({FINALIZE_WRITES})")
+        return
+    stored = rowindex.load(cache_dir, m, (*rowindex.COLUMNS, rowindex.SPLIT_UNIT))
+    if stored is None:
+        report.notes.append(
+            f"{name} is not current (the shards changed since it was written, or it is unreadable): readers "
+            f"ignore it ({FINALIZE_WRITES})"
+        )
+        return
+    fc = FeatureCache(cache_dir, row_index=False)
+    offsets = stored[rowindex.OFFSETS]
+    for k, rec in enumerate(m.shards):
+        if rec.shard in bad or rec.rows == 0:
+            continue
+        columns = fc.shard_columns(rec, rowindex.COLUMNS)
+        columns[rowindex.SPLIT_UNIT] = hash_unit(columns[schema.ID])
+        for key in columns:
+            if not np.array_equal(stored[key][offsets[k] : offsets[k + 1]], columns[key]):
+                report.problems.append(Problem(name, f"its {key} rows of {rec.file} differ from the shard's"))
+                return
 
 
 def check_updates(m: Manifest) -> list[str]:
@@ -315,6 +347,10 @@ def fix(cache_dir: str | Path, report: Report) -> list[str]:
         quarantine = cache_path(cache_dir, QUARANTINE_DIR)
         stamp = time.strftime("%Y%m%dT%H%M%S")
         for p in report.problems:
+            if p.file == schema.ROW_INDEX_NAME:  # derived from the shards: written anew on leaving
+                rowindex.remove(cache_dir)
+                actions.append(f"removed {p.file} (written anew from the shards)")
+                continue
             src = shard_path(cache_dir, p.file)  # checked again: only the cache's own shard files move
             if os.path.lexists(src):
                 quarantine.mkdir(exist_ok=True)

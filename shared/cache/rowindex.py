@@ -1,0 +1,222 @@
+"""The row index: every shard's small per-row columns in one file, so start-up is one read, not S.
+
+A reader that wants one column of every row (the trainer's start-up: labels, ids, splits and where
+each row is stored) opens every shard file: an HDF5 open, an identity check and a few small reads,
+~2 ms a shard, 20-30 s for a cache of 10,000 shards. ``CACHE/rows.h5`` holds the ``label``, ``id``,
+``index`` and ``split`` datasets of every shard, concatenated in manifest order, with each shard's
+first row (``offsets``) and each id's split hash (``split_unit``). :func:`refresh` writes it when
+the cache is complete (at the end of every extraction, ``finalize``, ``compact`` and ``verify
+--fix``), atomically, under the cache lock.
+
+It is derived data, never the truth, and is used only while it is current:
+
+- its ``built_from`` attribute is :func:`records_digest` of the manifest's shard records it was
+  built from (each shard's number, file, inputs, rows, bytes and sha256): any change to the shard
+  set (an update, a compaction, a shard dropped by ``verify --fix``) makes it stale;
+- each shard file must still be a regular file with the byte size of its record and the
+  modification time the index recorded (``mtime_ns``): a shard replaced since makes it stale;
+- its datasets must have the shapes, dtypes and per-shard row counts of the records, and each
+  shard's ``index`` values must be increasing inside that shard's inputs (the checks
+  :func:`featcache.shared.cache.reader.shard_identity_problem` makes on a shard).
+
+A stale, missing or malformed index is ignored: the reader reads the shards, as it always could
+(:meth:`featcache.shared.cache.reader.FeatureCache.read_columns`). Rows retired or relabelled by an
+update are applied by the reader from the manifest, exactly as for columns read from shards, so the
+index stores what the shards store. Pooled vectors and maps are not copied (5 KB and ~30 KB a row
+for MobileNetV2): the index stays ~40 bytes a row, cheap to rewrite after an update.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..errors import FeatcacheError
+from . import schema
+from .fsutil import commit_file, create_new, remove_stale_temps, temp_path_for
+from .manifest import Manifest, ShardRecord
+from .paths import cache_path
+from .split import hash_unit
+
+FORMAT = "featcache-row-index"
+VERSION = 1
+# The per-row columns copied, in the shards' own dtypes (ids as UTF-8 variable-length strings).
+COLUMNS = (schema.LABEL, schema.ID, schema.INDEX, schema.SPLIT)
+# Derived from them, once: (n,) float64 hash_unit of each id (featcache.shared.cache.split), what a
+# split by hash compares with the fractions. Hashing is ~1 us an id: 10 s per 10 million rows.
+SPLIT_UNIT = "split_unit"
+OFFSETS = "offsets"  # (S + 1,) int64: shard k's rows are [offsets[k], offsets[k + 1])
+MTIMES = "mtime_ns"  # (S,) int64: each shard file's st_mtime_ns when the index was built
+
+
+def records_digest(shards: list[ShardRecord]) -> str:
+    """Hex sha256 of what identifies the shard set: each record's shard, file, inputs, rows, bytes
+    and sha256, in manifest order (``completed`` times are left out: they do not change content)."""
+    digest = hashlib.sha256()
+    for r in shards:
+        digest.update(json.dumps([r.shard, r.file, r.first_index, r.num_inputs, r.rows, r.bytes, r.sha256]).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def index_path(cache_dir: str | os.PathLike[str]) -> Path:
+    """``CACHE/rows.h5``, checked not to lead out of the cache."""
+    return cache_path(cache_dir, schema.ROW_INDEX_NAME)
+
+
+def _mtimes(cache_dir: Path, shards: list[ShardRecord]) -> np.ndarray | None:
+    """``(S,)`` int64 ``st_mtime_ns`` of each shard file, or None when one is not a regular file of
+    its record's byte size (a link, missing, replaced). Shard names were checked by the manifest's
+    validation (``shards/shard-NNNNN.h5``): only ``shards/`` itself can lead out of the cache."""
+    cache_path(cache_dir, schema.SHARDS_DIR)
+    out = np.empty(len(shards), np.int64)
+    for k, r in enumerate(shards):
+        try:
+            st = os.lstat(cache_dir / r.file)
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode) or st.st_size != r.bytes:
+            return None
+        out[k] = st.st_mtime_ns
+    return out
+
+
+def load(cache_dir: str | os.PathLike[str], m: Manifest, columns: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+    """``columns`` (of :data:`COLUMNS` and :data:`SPLIT_UNIT`) of every shard of ``m``, concatenated
+    in manifest order, plus :data:`OFFSETS` ``(S + 1,)`` int64; ids as str objects. None when the index is
+    missing, stale or malformed (see the module docstring): read the shards instead."""
+    cache_dir = Path(cache_dir)
+    try:
+        path = index_path(cache_dir)
+        st = os.lstat(path)
+    except (OSError, FeatcacheError):  # missing, or a link leading out of the cache
+        return None
+    if not stat.S_ISREG(st.st_mode) or not m.shards or any(c not in (*COLUMNS, SPLIT_UNIT) for c in columns):
+        return None
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("format") != FORMAT or int(f.attrs.get("version", -1)) != VERSION:
+                return None
+            if f.attrs.get("built_from") != records_digest(m.shards):
+                return None
+            offsets = f[OFFSETS][()]
+            mtimes = f[MTIMES][()]
+            out = {OFFSETS: offsets}
+            if not _well_formed(f, m.shards, offsets, mtimes):
+                return None
+            if not np.array_equal(mtimes, _mtimes(cache_dir, m.shards)):
+                return None
+            for key in dict.fromkeys((*columns, schema.INDEX)):
+                d = f[key]
+                out[key] = d.asstr()[()].astype(object) if key == schema.ID else d[()]
+    except (OSError, KeyError, ValueError, TypeError, FeatcacheError):
+        return None
+    if not _index_values_fit(out[schema.INDEX], offsets, m.shards):
+        return None
+    return out
+
+
+def _well_formed(f: h5py.File, shards: list[ShardRecord], offsets: np.ndarray, mtimes: np.ndarray) -> bool:
+    """Whether the datasets have the shapes and dtypes ``shards`` imply (without reading rows)."""
+    rows = np.array([r.rows for r in shards], np.int64)
+    if offsets.shape != (len(shards) + 1,) or mtimes.shape != (len(shards),) or offsets.dtype.kind != "i":
+        return False
+    if offsets[0] != 0 or not np.array_equal(np.diff(offsets), rows):
+        return False
+    n = int(offsets[-1])
+    kinds = {schema.LABEL: "i", schema.INDEX: "i", schema.SPLIT: "i", SPLIT_UNIT: "f"}
+    for key in (*COLUMNS, SPLIT_UNIT):
+        d = f[key]
+        if d.shape != (n,):
+            return False
+        if key == schema.ID:
+            if h5py.check_string_dtype(d.dtype) is None:
+                return False
+        elif d.dtype.kind != kinds[key]:
+            return False
+    return True
+
+
+def _index_values_fit(index: np.ndarray, offsets: np.ndarray, shards: list[ShardRecord]) -> bool:
+    """Whether each shard's ``index`` values are increasing and inside its inputs (vectorised over
+    every row: what the reader checks of one shard, for all of them at once)."""
+    if not len(index):
+        return True
+    rows = np.diff(offsets)
+    first = np.repeat(np.array([r.first_index for r in shards], np.int64), rows)
+    stop = np.repeat(np.array([r.first_index + r.num_inputs for r in shards], np.int64), rows)
+    if not ((index >= first) & (index < stop)).all():
+        return False
+    step = np.diff(index) > 0
+    starts = offsets[1:-1][offsets[1:-1] < len(index)]  # a new shard begins: no order across shards
+    step[starts[starts > 0] - 1] = True
+    return bool(step.all())
+
+
+def is_current(cache_dir: str | os.PathLike[str], m: Manifest) -> bool:
+    """Whether ``rows.h5`` is present and current for ``m`` (reads only the small columns' shapes,
+    the offsets and the index values)."""
+    return load(cache_dir, m, (schema.INDEX,)) is not None
+
+
+def refresh(cache_dir: str | os.PathLike[str], m: Manifest, read_shard) -> bool:  # noqa: ANN001
+    """Write ``rows.h5`` for the complete cache of ``m`` unless it is current; return whether it
+    was written. Call with the cache lock held. ``read_shard(record) -> {column: array}`` reads a
+    shard's :data:`COLUMNS` (opened and identity-checked by the reader: a shard that fails raises,
+    and no index is written). Written under a dot-name, fsync'd and renamed: a kill leaves the old
+    index or none, and the dot-file is removed by the next refresh."""
+    cache_dir = Path(cache_dir)
+    path = index_path(cache_dir)
+    remove_stale_temps(cache_dir, lambda name: name == schema.ROW_INDEX_NAME)
+    if not m.complete or not m.shards or is_current(cache_dir, m):
+        return False
+    mtimes = _mtimes(cache_dir, m.shards)
+    if mtimes is None:
+        return False  # a shard is not its record: readers fall back to the shards, which say why
+    offsets = np.concatenate([[0], np.cumsum([r.rows for r in m.shards])]).astype(np.int64)
+    n = int(offsets[-1])
+    tmp = temp_path_for(path)
+    dtypes = {
+        schema.LABEL: schema.LABEL_DTYPE,
+        schema.ID: h5py.string_dtype(),
+        schema.INDEX: schema.INDEX_DTYPE,
+        schema.SPLIT: schema.SPLIT_DTYPE,
+        SPLIT_UNIT: "float64",
+    }
+    try:
+        os.close(create_new(tmp))
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = FORMAT
+            f.attrs["version"] = VERSION
+            f.attrs["built_from"] = records_digest(m.shards)
+            f.create_dataset(OFFSETS, data=offsets)
+            f.create_dataset(MTIMES, data=mtimes)
+            out = {key: f.create_dataset(key, shape=(n,), dtype=dtypes[key]) for key in (*COLUMNS, SPLIT_UNIT)}
+            for k, record in enumerate(m.shards):
+                lo, hi = int(offsets[k]), int(offsets[k + 1])
+                if hi > lo:
+                    columns = read_shard(record)
+                    for key in COLUMNS:
+                        out[key][lo:hi] = columns[key]
+                    out[SPLIT_UNIT][lo:hi] = hash_unit(columns[schema.ID])
+        commit_file(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return True
+
+
+def remove(cache_dir: str | os.PathLike[str]) -> None:
+    """Delete ``rows.h5`` (a regular file only): what ``overwrite=True`` does with the old cache's."""
+    path = index_path(cache_dir)
+    try:
+        if stat.S_ISREG(os.lstat(path).st_mode):
+            path.unlink()
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,193 @@
+"""The row index (``rows.h5``): every shard's label/id/index/split in one file, written when a cache is
+complete, read instead of the shards only while it is current, checked by verify against the shards."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from conftest import extract
+from test_update import SHARD, change_everything
+
+from featcache.shared.cache import rowindex, schema
+from featcache.shared.cache.manifest import Manifest
+from featcache.shared.cache.parts import finalize
+from featcache.shared.cache.reader import ROW, SPLIT_UNIT, FeatureCache
+from featcache.shared.cache.reader import SHARD as SHARD_COLUMN
+from featcache.shared.cache.split import hash_unit
+from featcache.shared.errors import FeatcacheError
+from featcache.shared.inspection.compact import compact
+from featcache.shared.inspection.verify import fix, verify
+from featcache.trainer.data import load_dataset
+
+META = (schema.LABEL, schema.ID, schema.INDEX, schema.SPLIT, SHARD_COLUMN, ROW)
+
+
+@pytest.fixture(scope="module")
+def updated(tmp_path_factory, sample_dir) -> Path:
+    """A cache updated once (rows retired, relabelled, added in a new generation): every rule the
+    reader applies on top of what the shards store."""
+    tmp = tmp_path_factory.mktemp("rowindex")
+    src = change_everything(tmp, sample_dir)
+    extract(src, tmp / "cache", shard_size=SHARD, update=True)
+    return tmp / "cache"
+
+
+def copy(cache: Path, tmp_path: Path) -> Path:
+    """A copy keeping modification times (as ``cp -a`` or ``rsync -a``): the index stays current."""
+    return Path(shutil.copytree(cache, tmp_path / "copy", copy_function=shutil.copy2))
+
+
+def opens(monkeypatch) -> list[int]:  # noqa: ANN001
+    """Count the shards the reader opens from now on."""
+    opened: list[int] = []
+    real = FeatureCache.open_shard
+
+    def counted(self, record):  # noqa: ANN001, ANN202
+        opened.append(record.shard)
+        return real(self, record)
+
+    monkeypatch.setattr(FeatureCache, "open_shard", counted)
+    return opened
+
+
+def test_index_is_the_shards_columns_and_reads_as_the_shards_without_opening_one(updated, monkeypatch):
+    m = Manifest.load(updated)
+    assert m.generation == 1 and m.dead and m.relabelled  # the update made it stale; its finalize wrote it anew
+    with h5py.File(updated / schema.ROW_INDEX_NAME, "r") as f:  # plain h5py: the shards' datasets, concatenated
+        for key in rowindex.COLUMNS:
+            shards = []
+            for s in m.shards:
+                with h5py.File(updated / s.file, "r") as g:
+                    shards.append(g[key].asstr()[()] if key == schema.ID else g[key][()])
+            got = f[key].asstr()[()] if key == schema.ID else f[key][()]
+            np.testing.assert_array_equal(got, np.concatenate(shards), err_msg=key)
+        np.testing.assert_array_equal(f["offsets"][()], np.cumsum([0] + [s.rows for s in m.shards]))
+    via_shards = FeatureCache(updated, row_index=False).read_columns(META)
+    opened = opens(monkeypatch)
+    via_index = FeatureCache(updated).read_columns(META)
+    assert opened == []
+    for key in META:  # dead rows left out, relabels and class renumbering applied the same way
+        np.testing.assert_array_equal(via_index[key], via_shards[key], err_msg=key)
+    c = FeatureCache(updated).read_columns((schema.ID, schema.SPLIT, SPLIT_UNIT))
+    hashed = c[schema.SPLIT] == schema.NO_SPLIT
+    assert hashed.any() and (~hashed).any()  # splits given by the CSV for some rows, by hash for others
+    np.testing.assert_array_equal(c[SPLIT_UNIT], hash_unit(c[schema.ID]))
+    ds = load_dataset(FeatureCache(updated), pooled=False)  # the streamed trainer's start-up
+    assert opened == []
+    slow = load_dataset(FeatureCache(updated, row_index=False), pooled=False)
+    for name in ("train", "val", "test"):
+        assert getattr(ds, name).id.tolist() == getattr(slow, name).id.tolist()
+    FeatureCache(updated).load_pooled()  # pooled vectors are not in the index: from the shards
+    assert sorted(set(opened)) == [s.shard for s in m.shards]
+
+
+def test_a_changed_shard_or_a_tampered_index_is_never_used(updated, tmp_path, monkeypatch):
+    cache = copy(updated, tmp_path)
+    m = Manifest.load(cache)
+    assert rowindex.is_current(cache, m)
+    opened = opens(monkeypatch)
+    shard = cache / m.shards[0].file
+    st = shard.stat()
+    os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # replaced since (same size)
+    assert not rowindex.is_current(cache, m)
+    FeatureCache(cache).read_columns()
+    assert len(opened) == len(m.shards)
+    os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert rowindex.is_current(cache, m)
+
+    index = cache / schema.ROW_INDEX_NAME
+    saved = index.read_bytes()
+    with h5py.File(index, "r+") as f:  # an index value outside its shard's inputs
+        f[schema.INDEX][0] = m.shards[-1].first_index + m.shards[-1].num_inputs
+    assert not rowindex.is_current(cache, m)
+    with h5py.File(index, "r+") as f:  # rows of one shard out of order
+        first = m.shards[0]
+        f[schema.INDEX][0:2] = [first.first_index + 1, first.first_index]
+    assert not rowindex.is_current(cache, m)
+    index.write_bytes(saved)
+    with h5py.File(index, "r+") as f:  # built for another shard set
+        f.attrs["built_from"] = "0" * 64
+    assert not rowindex.is_current(cache, m)
+    index.unlink()
+    (tmp_path / "elsewhere.h5").write_bytes(saved)
+    index.symlink_to(tmp_path / "elsewhere.h5")  # a link is never followed
+    assert not rowindex.is_current(cache, m)
+    with h5py.File(tmp_path / "elsewhere.h5", "r") as f:
+        assert rowindex.load(tmp_path, m, rowindex.COLUMNS) is None  # not the cache: no shards there
+        assert f.attrs["format"] == rowindex.FORMAT
+
+    index.unlink()  # finalize writes it anew, removing a dead writer's partial file
+    partial = cache / f".{schema.ROW_INDEX_NAME}.tmp-999999"
+    partial.write_bytes(b"half")
+    finalize(cache)
+    assert rowindex.is_current(cache, m) and not partial.exists() and not index.is_symlink()
+
+
+def test_verify_compares_the_index_with_the_shards_and_fix_writes_it_anew(updated, tmp_path):
+    cache = copy(updated, tmp_path)
+    assert verify(cache).ok
+    truth = FeatureCache(cache, row_index=False).read_columns()
+    index = cache / schema.ROW_INDEX_NAME
+    with h5py.File(index, "r+") as f:  # hand-edited: a valid label of another class
+        stored = f[schema.LABEL][()]
+        k = int(np.flatnonzero(stored >= 0)[0])
+        f[schema.LABEL][k] = (stored[k] + 1) % 2
+    report = verify(cache)
+    assert [str(p) for p in report.problems] == [
+        f"{schema.ROW_INDEX_NAME}: its label rows of {Manifest.load(cache).shards[0].file} differ from the shard's"
+    ]
+    assert fix(cache, report) == [f"removed {schema.ROW_INDEX_NAME} (written anew from the shards)"]
+    assert verify(cache).ok and rowindex.is_current(cache, Manifest.load(cache))
+    got = FeatureCache(cache).read_columns()
+    for key in truth:
+        np.testing.assert_array_equal(got[key], truth[key])
+
+    with h5py.File(index, "r+") as f:  # a label no class has: one line naming the index
+        first_label = f[schema.LABEL][0]
+        f[schema.LABEL][0] = 99
+    with pytest.raises(FeatcacheError, match=rf"{schema.ROW_INDEX_NAME}: label 99 is not a class"):
+        FeatureCache(cache).read_columns()
+    with h5py.File(index, "r+") as f:  # a split hash that is not the id's: rows move between splits
+        f[schema.LABEL][0] = first_label
+        f[rowindex.SPLIT_UNIT][-1] = 0.999
+    assert [p.reason for p in verify(cache).problems] == [
+        f"its split_unit rows of {Manifest.load(cache).shards[-1].file} differ from the shard's"
+    ]
+    index.unlink()
+    assert any("no rows.h5" in n for n in verify(cache).notes)
+
+
+def test_compaction_writes_it_anew(updated, tmp_path):
+    cache = copy(updated, tmp_path)
+    before = FeatureCache(cache).read_columns()
+    assert compact(cache, threshold=0.0).rewritten  # the shards holding dead rows are rewritten
+    m = Manifest.load(cache)
+    assert not m.dead and rowindex.is_current(cache, m)
+    after = FeatureCache(cache).read_columns()
+    for key in before:
+        np.testing.assert_array_equal(after[key], before[key])
+
+
+def test_no_index_for_an_unfinished_cache_and_none_from_a_damaged_shard(tiny_cache, tmp_path):
+    cache = copy(tiny_cache, tmp_path)
+    (cache / schema.ROW_INDEX_NAME).unlink()
+    m = Manifest.load(cache)
+    shard = cache / m.shards[1].file
+    with h5py.File(shard, "r+") as f:  # another shard's identity, same size
+        f.attrs["shard"] = 3
+    with pytest.warns(UserWarning, match=r"row index not written: .*shard-00001.h5: shard attribute shard is 3"):
+        finalize(cache)
+    assert not (cache / schema.ROW_INDEX_NAME).exists()
+
+    partial = copy(tiny_cache, tmp_path / "p")
+    (partial / schema.ROW_INDEX_NAME).unlink()
+    m = Manifest.load(partial)
+    m.shards = m.shards[:-1]
+    m.save(partial)
+    finalize(partial)
+    assert not (partial / schema.ROW_INDEX_NAME).exists()
