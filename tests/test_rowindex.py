@@ -82,8 +82,13 @@ def test_index_is_the_shards_columns_and_reads_as_the_shards_without_opening_one
     slow = load_dataset(FeatureCache(updated, row_index=False), pooled=False)
     for name in ("train", "val", "test"):
         assert getattr(ds, name).id.tolist() == getattr(slow, name).id.tolist()
-    FeatureCache(updated).load_pooled()  # pooled vectors are not in the index: from the shards
+    opened.clear()
+    fast = FeatureCache(updated).load_pooled()  # pooled vectors from the shards, the rest from the index
+    assert opened == []  # the shards' identity was checked when the index was copied from them
+    truth = FeatureCache(updated, row_index=False).load_pooled()
     assert sorted(set(opened)) == [s.shard for s in m.shards]
+    for key in ("pooled", "label", "id", "index", "split"):
+        np.testing.assert_array_equal(getattr(fast, key), getattr(truth, key), err_msg=key)
 
 
 def test_a_changed_shard_or_a_tampered_index_is_never_used(updated, tmp_path, monkeypatch):

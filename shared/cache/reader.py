@@ -18,6 +18,7 @@ chunk-aligned blocks, never row by row.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -237,26 +238,44 @@ class FeatureCache:
     def _stored_columns(
         self, keys: tuple[str, ...]
     ) -> Iterator[tuple[int, ShardRecord, Path, Callable[[str], np.ndarray]]]:
-        """For each shard in manifest order: its ordinal, record, the file its columns come from, and
-        ``read(key)``, the shard's stored dataset ``key`` (checked shape and kind; ids as str objects).
-        From the row index when it is current and holds every key, else from the shard itself (then
-        without :data:`SPLIT_UNIT`, which only the index holds)."""
-        stored = rowindex.load(self.path, self.manifest, keys) if self._use_row_index else None
-        if stored is not None:
-            where = rowindex.index_path(self.path)
-            offsets = stored[rowindex.OFFSETS]
-            for ordinal, record in enumerate(self.shards):
-                lo, hi = offsets[ordinal], offsets[ordinal + 1]
-                yield ordinal, record, where, lambda key, lo=lo, hi=hi: stored[key][lo:hi]
-            return
+        """For each shard in manifest order: its ordinal, record, the file its labels and splits come
+        from, and ``read(key)``, the shard's stored dataset ``key`` (checked shape and kind; ids as str
+        objects; :data:`SPLIT_UNIT` NaN where the row index does not give it).
+
+        With a current row index, the keys it holds come from it, and a shard is opened only for the
+        others (pooled vectors), without a second identity check: the index was copied from the
+        identity-checked shard, which has kept its size and modification time since. Without one,
+        each shard is opened and checked (:meth:`open_shard`)."""
+        in_index = tuple(k for k in keys if k in rowindex.ALL)
+        stored = None
+        if self._use_row_index:
+            stored = rowindex.load(self.path, self.manifest, in_index or (schema.INDEX,))
         channels = self.maps_shape[-1]
+        from_shards = [k for k in keys if stored is None or k not in stored]
         for ordinal, record in enumerate(self.shards):
-            with self.open_shard(record) as f:
+            if stored is None:
+                where, opened, lo, hi = self.shard_path(record), self.open_shard(record), 0, 0
+            else:
+                where = rowindex.index_path(self.path)
+                lo, hi = (int(v) for v in stored[rowindex.OFFSETS][ordinal : ordinal + 2])
+                opened = _open_trusted(self.path / record.file) if from_shards else contextlib.nullcontext()
+            with opened as f:
 
-                def read(key: str, f: h5py.File = f, n: int = record.rows) -> np.ndarray:
-                    return np.full(n, np.nan) if key == SPLIT_UNIT else _read_column(f, key, n, channels)
+                def read(
+                    key: str, f: h5py.File = f, record: ShardRecord = record, lo: int = lo, hi: int = hi
+                ) -> np.ndarray:
+                    if stored is not None and key in stored:
+                        return stored[key][lo:hi]
+                    if key == SPLIT_UNIT:
+                        return np.full(record.rows, np.nan)
+                    if stored is None:
+                        return _read_column(f, key, record.rows, channels)
+                    try:
+                        return _read_column(f, key, record.rows, channels)
+                    except (KeyError, OSError, ValueError, TypeError) as exc:
+                        raise FeatcacheError(f"{self.shard_path(record)}: cannot read dataset ({exc})") from None
 
-                yield ordinal, record, self.shard_path(record), read
+                yield ordinal, record, where, read
 
     def shard_columns(self, record: ShardRecord, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
         """Datasets ``keys`` of one shard as stored (every row, labels in the numbering of the
@@ -394,6 +413,15 @@ def read_block(dset: h5py.Dataset, sel: np.ndarray, dtype: str | None = None) ->
     start, stop = int(sel[0]), int(sel[-1]) + 1
     block = dset[start:stop] if len(sel) == stop - start else dset[start:stop][sel - start]
     return block if dtype is None else block.astype(dtype, copy=False)
+
+
+def _open_trusted(path: Path) -> h5py.File:
+    """A shard file the row index vouches for (a regular file inside the cache, of its record's size
+    and recorded modification time), opened read-only."""
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise FeatcacheError(f"{path}: shard is not a readable HDF5 file ({exc})") from None
 
 
 class ShardMismatchError(FeatcacheError):

@@ -51,6 +51,7 @@ COLUMNS = (schema.LABEL, schema.ID, schema.INDEX, schema.SPLIT)
 # Derived from them, once: (n,) float64 hash_unit of each id (featcache.shared.cache.split), what a
 # split by hash compares with the fractions. Hashing is ~1 us an id: 10 s per 10 million rows.
 SPLIT_UNIT = "split_unit"
+ALL = (*COLUMNS, SPLIT_UNIT)
 OFFSETS = "offsets"  # (S + 1,) int64: shard k's rows are [offsets[k], offsets[k + 1])
 MTIMES = "mtime_ns"  # (S,) int64: each shard file's st_mtime_ns when the index was built
 
@@ -97,7 +98,7 @@ def load(cache_dir: str | os.PathLike[str], m: Manifest, columns: tuple[str, ...
         st = os.lstat(path)
     except (OSError, FeatcacheError):  # missing, or a link leading out of the cache
         return None
-    if not stat.S_ISREG(st.st_mode) or not m.shards or any(c not in (*COLUMNS, SPLIT_UNIT) for c in columns):
+    if not stat.S_ISREG(st.st_mode) or not m.shards or any(c not in ALL for c in columns):
         return None
     try:
         with h5py.File(path, "r") as f:
@@ -131,7 +132,7 @@ def _well_formed(f: h5py.File, shards: list[ShardRecord], offsets: np.ndarray, m
         return False
     n = int(offsets[-1])
     kinds = {schema.LABEL: "i", schema.INDEX: "i", schema.SPLIT: "i", SPLIT_UNIT: "f"}
-    for key in (*COLUMNS, SPLIT_UNIT):
+    for key in ALL:
         d = f[key]
         if d.shape != (n,):
             return False
@@ -197,7 +198,7 @@ def refresh(cache_dir: str | os.PathLike[str], m: Manifest, read_shard) -> bool:
             f.attrs["built_from"] = records_digest(m.shards)
             f.create_dataset(OFFSETS, data=offsets)
             f.create_dataset(MTIMES, data=mtimes)
-            out = {key: f.create_dataset(key, shape=(n,), dtype=dtypes[key]) for key in (*COLUMNS, SPLIT_UNIT)}
+            out = {key: f.create_dataset(key, shape=(n,), dtype=dtypes[key]) for key in ALL}
             for k, record in enumerate(m.shards):
                 lo, hi = int(offsets[k]), int(offsets[k + 1])
                 if hi > lo:
