@@ -252,11 +252,12 @@ class FeatureCache:
             stored = rowindex.load(self.path, self.manifest, in_index or (schema.INDEX,))
         channels = self.maps_shape[-1]
         from_shards = [k for k in keys if stored is None or k not in stored]
+        index_file = rowindex.index_path(self.path) if stored is not None else None
         for ordinal, record in enumerate(self.shards):
-            if stored is None:
+            if index_file is None:
                 where, opened, lo, hi = self.shard_path(record), self.open_shard(record), 0, 0
             else:
-                where = rowindex.index_path(self.path)
+                where = index_file
                 lo, hi = (int(v) for v in stored[rowindex.OFFSETS][ordinal : ordinal + 2])
                 opened = _open_trusted(self.path / record.file) if from_shards else contextlib.nullcontext()
             with opened as f:
