@@ -193,6 +193,13 @@ def test_no_index_for_an_unfinished_cache_and_none_from_a_damaged_shard(tiny_cac
         finalize(cache)
     assert not (cache / schema.ROW_INDEX_NAME).exists()
 
+    (cache / schema.ROW_INDEX_NAME).mkdir()  # a folder where the index goes: a warning, nothing else
+    with h5py.File(shard, "r+") as f:
+        f.attrs["shard"] = 1
+    with pytest.warns(UserWarning, match=r"row index not written: .*rows.h5"):
+        finalize(cache)
+    assert (cache / schema.ROW_INDEX_NAME).is_dir() and FeatureCache(cache).read_columns()[schema.ID].size
+
     partial = copy(tiny_cache, tmp_path / "p")
     (partial / schema.ROW_INDEX_NAME).unlink()
     m = Manifest.load(partial)

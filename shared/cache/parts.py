@@ -303,7 +303,7 @@ def refresh_row_index(cache_dir: Path) -> bool:
     leaves no index (a warning says which): readers then read the shards, and say the same."""
     try:  # the reader checks each shard's identity as it copies it
         return FeatureCache(cache_dir, row_index=False).refresh_row_index()
-    except FeatcacheError as exc:
+    except (FeatcacheError, OSError) as exc:  # OSError: e.g. a folder where rows.h5 goes, a full disk
         warnings.warn(f"row index not written: {exc}", stacklevel=2)
         return False
 

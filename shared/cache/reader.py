@@ -12,6 +12,10 @@ input was removed or modified since they were written (the manifest's ``dead``) 
 rows relabelled since carry their new label and split. Readers therefore see the same rows as a
 cache extracted from scratch from the current source (in another order).
 
+Columns the cache's row index holds (labels, ids, index, splits: ``rows.h5``, written once the cache
+is complete) are read from it, in one file, while it is current; else from every shard
+(:mod:`~featcache.shared.cache.rowindex`).
+
 h5py serialises every call under one global lock, so reads here are whole datasets or large,
 chunk-aligned blocks, never row by row.
 """
