@@ -221,11 +221,11 @@ def run_extract(
     t_start = time.perf_counter()
     cfg.limits()  # bad limits fail before any work
     cfg = replace(cfg, feed_dtype=check_feed_dtype(cfg.feed_dtype or recorded_feed_dtype(cfg)))
-    spec = get_backbone(cfg.backbone, layer=cfg.layer, preprocess=cfg.preprocess)
-    weights = resolve_weights(spec, cfg.weights, cfg.seed)
-    shared, source = share_listing(cfg)  # after the backbone's checks: a part's first worker publishes
+    shared, source = share_listing(cfg)  # the source first: a bad one is named before any download
     for note in source.notes:
         log(f"note: {note}")
+    spec = get_backbone(cfg.backbone, layer=cfg.layer, preprocess=cfg.preprocess)
+    weights = resolve_weights(spec, cfg.weights, cfg.seed)
     if weights.random:
         log(
             f"WARNING: {spec.name} with RANDOM weights ({weights.sha256}): the features are meaningless; "
