@@ -36,7 +36,7 @@ from ..shared.cache import schema
 from ..shared.cache.fingerprint import describe, feed_dtype
 from ..shared.cache.listing import LISTING_NAME, load_listing, save_listing
 from ..shared.cache.lock import CacheLock
-from ..shared.cache.manifest import FailedInput, Manifest, plan_shards
+from ..shared.cache.manifest import FailedInput, Manifest
 from ..shared.cache.parts import WHOLE, Finalized, Part
 from ..shared.cache.writer import CacheWriter, storage_options
 from ..shared.errors import FeatcacheError
@@ -351,12 +351,7 @@ def share_listing(cfg: ExtractConfig) -> tuple[str, Source]:
             return "listed", source
     if published is None:
         return own()
-    n = len(published["id"])
-    mine = [
-        np.arange(k * cfg.shard_size, min((k + 1) * cfg.shard_size, n))
-        for k in cfg.part.shards(plan_shards(n, cfg.shard_size))
-    ]
-    positions = np.concatenate(mine) if mine else np.zeros(0, dtype=np.int64)
+    positions = cfg.part.inputs(len(published["id"]), cfg.shard_size)
     if root is None:
         source = open_source(cfg.source, cfg.source_format, cfg.tfrecord_keys)
     else:

@@ -41,6 +41,7 @@ def single(sample_dir, tmp_path_factory) -> Path:
 def test_part_parsing_and_overlap():
     assert Part.parse("2/5") == Part(2, 5) and str(Part(2, 5)) == "2/5"
     assert Part(1, 3).shards(8) == [1, 4, 7]
+    assert Part(1, 2).inputs(11, 3).tolist() == [3, 4, 5, 9, 10] and Part(3, 4).inputs(9, 3).size == 0
     for bad in ("3/3", "1", "-1/2", "a/b", "0/0"):
         with pytest.raises(FeatcacheError, match="expected I/N"):
             Part.parse(bad)
