@@ -14,9 +14,10 @@ import pytest
 from cachefiles import extract_command, kill_after_first_shard, same_cache
 from conftest import REPO, extract
 
+from featcache.shared.cache.listing import load_listing
 from featcache.shared.cache.parts import Part, finalize, part_lock
 from featcache.shared.cache.reader import FeatureCache
-from featcache.shared.errors import CacheLockedError, FeatcacheError
+from featcache.shared.errors import CacheLockedError, FeatcacheError, SourceMismatchError
 from featcache.shared.inspection.verify import fix, verify
 
 SHARD = 2  # the 15 sample images make 8 shards
@@ -121,7 +122,8 @@ def test_adopting_worker_walks_no_folder_and_its_job_keeps_the_inputs_first_list
     """Worker 0/2 lists the folder and publishes listing.npz; an image added to the folder after
     that is not part of the job: worker 1/2 builds its source from the listing (no folder of the
     source is scanned, only the source's own top level, to tell its kind) and the job makes the
-    single run's cache of the 15 images first listed, compared with plain h5py."""
+    single run's cache of the 15 images first listed, compared with plain h5py. An input of worker
+    1's part modified after publication is still found, and refused as before."""
     import shutil
 
     from featcache.extractor.runner import ExtractConfig, run_extract
@@ -131,6 +133,12 @@ def test_adopting_worker_walks_no_folder_and_its_job_keeps_the_inputs_first_list
     extract(src, cache, shard_size=SHARD, part=Part(0, 2))
     first = sorted(src.glob("*/*"))[0]
     shutil.copy(first, first.with_name("zz-added" + first.suffix))
+    theirs = src / str(load_listing(cache)["id"][2])  # in shard 1: worker 1's, which stats it
+    was = theirs.stat().st_mtime_ns
+    os.utime(theirs, ns=(was, was + 1))
+    with pytest.raises(SourceMismatchError, match=r"the inputs changed since .*: 1 added .*, 1 modified \("):
+        extract(src, cache, shard_size=SHARD, part=Part(1, 2))  # as before: its own listing sees all changes
+    os.utime(theirs, ns=(was, was))
 
     scanned: list[Path] = []
     real_scandir = os.scandir
