@@ -432,8 +432,6 @@ def folder_from_listing(root: Path, listing: Mapping[str, np.ndarray], where: Pa
                 raise refuse(k, str(exc)) from None
         names.append(raw)
         of.append(info)
-    if kind == "folder" and all(f.split("/", 1)[0].lower() in SPLIT_FOLDER_ALIASES for f in folders):
-        raise refuse(0, "is in a class layout whose classes are all named train/val/test (a walk makes them splits)")
     for k in range(1, len(names)):
         if names[k - 1] >= names[k]:
             raise refuse(k, "is out of the walk's sorted order (or listed twice)")

@@ -158,12 +158,13 @@ def _layouts(root: Path) -> list[Path]:
     touch(root / "classes", "train/1.jpg", "loose.jpg", "cat/__MACOSX/x.jpg")  # a class named like a split
     touch(root / "splits", "train/cat/1.jpg", "train/dog/n/2.jpg", "Validation/dog/3.jpg", "test/4.jpg")
     touch(root / "flat", "b.png", "a.gif", "c.bmp", "notes.md")
+    touch(root / "alias", "train/a.jpg", "empty/notes.md")  # one class, named like a split
     odd = os.fsencode(root / "odd")
     for rel in (b"cls\xff/a.png", b"ok/d\\xff.png", b"ok/d\xff.png", b"ok/\xc3\xa9t\xc3\xa9.jpg"):
         os.makedirs(os.path.dirname(os.path.join(odd, rel)), exist_ok=True)
         with open(os.path.join(odd, rel), "wb") as f:
             f.write(b"x")
-    return [root / n for n in ("classes", "splits", "flat", "odd")]
+    return [root / n for n in ("classes", "splits", "flat", "odd", "alias")]
 
 
 def test_a_folder_source_rebuilt_from_its_listing_is_the_walked_one(tmp_path):
