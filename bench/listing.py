@@ -7,17 +7,22 @@ once and kept there when --dir is given):
     .venv/bin/python bench/listing.py --files 100000 --workers 4
 
 The workers of a 4-part job are run one after the other in this process (their times are what
-each would spend at start-up; on 2 cores, running them side by side would only blur that):
+each would spend at start-up; on 2 cores, running them side by side would only blur that), three
+ways, side by side in one run:
 
-* ``per worker`` (before): every worker walks the folder and stats every file
+* ``per worker`` (before #14): every worker walks the folder and stats every file
   (``open_source`` + ``Source.listing``);
-* ``once per job`` (now): the first worker walks and stats every file and publishes
-  ``listing.npz``; each other worker walks the folder (no stat), checks the published listing names
-  the same inputs, and stats only its own part's inputs (``runner.share_listing``).
+* ``once per job, walking`` (the first step): the first worker walks and stats every file and
+  publishes ``listing.npz``; each other worker walks the folder (no stat), checks the published
+  listing names the same inputs, and stats only its own part's inputs (``Source.adopt_listing``);
+* ``once per job, no walk`` (now, ``runner.share_listing``): the first worker as above; each other
+  worker builds its source from ``listing.npz`` without walking the folder
+  (``sources.folder_from_listing``: the ids checked to be names a walk could make) and stats only
+  its own part's inputs.
 
-Stats run on ``sources.STAT_THREADS`` threads in both. The files are in the page cache after the
-first walk, so this measures the CPU side; on a network filesystem each stat is a round trip and the
-saving is larger.
+Stats run on ``sources.STAT_THREADS`` threads in all three. The files are in the page cache after
+the first walk, so this measures the CPU side; on a network filesystem each stat and each folder
+read is a round trip and the saving is larger.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from _common import table  # noqa: E402  (puts the repo on sys.path)
 
 from featcache.extractor.runner import ExtractConfig, share_listing  # noqa: E402
 from featcache.extractor.sources import open_source  # noqa: E402
+from featcache.shared.cache.listing import load_listing, save_listing  # noqa: E402
 from featcache.shared.cache.parts import Part  # noqa: E402
 
 CLASSES = 100
@@ -74,32 +80,44 @@ def main() -> None:
             s.listing()
             return time.perf_counter() - t
 
+        def walking(i: int, cache: Path) -> tuple[float, str]:
+            """The first step's worker: every one walks; the first publishes, the others adopt."""
+            t = time.perf_counter()
+            s = open_source(src)
+            if i == 0:
+                cache.mkdir(parents=True)
+                save_listing(cache, s.listing())
+                return time.perf_counter() - t, "listed"
+            published = load_listing(cache)
+            ok = s.adopt_listing(published, Part(i, args.workers).inputs(len(s), args.shard_size))
+            return time.perf_counter() - t, "adopted" if ok else "own"
+
         def shared(i: int, cache: Path) -> tuple[float, str]:
             t = time.perf_counter()
             cfg = ExtractConfig(source=src, cache=cache, shard_size=args.shard_size, part=Part(i, args.workers))
-            what = share_listing(cfg, open_source(src))
+            what, _ = share_listing(cfg)
             return time.perf_counter() - t, what
 
-        before = [own(i) for i in range(args.workers)]
-        cache = work / "cache"
-        shutil.rmtree(cache, ignore_errors=True)
-        now = [shared(i, cache) for i in range(args.workers)]
-        assert [w for _, w in now] == ["listed"] + ["adopted"] * (args.workers - 1), now
+        rows = []
+        for name, worker in (
+            ("per worker (before)", lambda i, cache: (own(i), "own")),
+            ("once per job, walking", walking),
+            ("once per job, no walk (now)", shared),
+        ):
+            cache = work / "cache"
+            shutil.rmtree(cache, ignore_errors=True)
+            times = [worker(i, cache) for i in range(args.workers)]
+            if name != "per worker (before)":
+                assert [w for _, w in times] == ["listed"] + ["adopted"] * (args.workers - 1), times
+            seconds = [t for t, _ in times]
+            rows.append([name, f"{seconds[0]:.1f}", f"{max(seconds[1:]):.1f}", f"{sum(seconds):.1f}"])
+            print(f"{name}: {', '.join(f'{t:.1f}' for t in seconds)} s", flush=True)
         t = time.perf_counter()
         open_source(src)
         walk = time.perf_counter() - t
     finally:
         if not args.dir:
             shutil.rmtree(work, ignore_errors=True)
-    rows = [
-        ["per worker (before)", f"{before[0]:.1f}", f"{max(before[1:]):.1f}", f"{sum(before):.1f}"],
-        [
-            "once per job (now)",
-            f"{now[0][0]:.1f}",
-            f"{max(t for t, _ in now[1:]):.1f}",
-            f"{sum(t for t, _ in now):.1f}",
-        ],
-    ]
     print(
         f"\n{args.files:,} empty files in {CLASSES} folders (made in {made:.0f} s), {args.workers} workers, shards of "
         f"{args.shard_size}, {os.cpu_count()} cores; walking the folder alone: {walk:.1f} s"

@@ -34,15 +34,15 @@ from ..shared.backbones import (
 )
 from ..shared.cache import schema
 from ..shared.cache.fingerprint import describe, feed_dtype
-from ..shared.cache.listing import load_listing, save_listing
+from ..shared.cache.listing import LISTING_NAME, load_listing, save_listing
 from ..shared.cache.lock import CacheLock
-from ..shared.cache.manifest import FailedInput, Manifest, plan_shards
+from ..shared.cache.manifest import FailedInput, Manifest
 from ..shared.cache.parts import WHOLE, Finalized, Part
 from ..shared.cache.writer import CacheWriter, storage_options
 from ..shared.errors import FeatcacheError
 from .inputs import DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_PIXELS, InputLimits
 from .records import close_streams
-from .sources import Source, open_source
+from .sources import FOLDER_KINDS, Source, folder_from_listing, local_image_folder, open_source
 
 Log = Callable[[str], None]
 
@@ -221,7 +221,7 @@ def run_extract(
     t_start = time.perf_counter()
     cfg.limits()  # bad limits fail before any work
     cfg = replace(cfg, feed_dtype=check_feed_dtype(cfg.feed_dtype or recorded_feed_dtype(cfg)))
-    source = open_source(cfg.source, cfg.source_format, cfg.tfrecord_keys)
+    shared, source = share_listing(cfg)  # the source first: a bad one is named before any download
     for note in source.notes:
         log(f"note: {note}")
     spec = get_backbone(cfg.backbone, layer=cfg.layer, preprocess=cfg.preprocess)
@@ -231,9 +231,15 @@ def run_extract(
             f"WARNING: {spec.name} with RANDOM weights ({weights.sha256}): the features are meaningless; "
             "use them for smoke tests only"
         )
-
-    if (shared := share_listing(cfg, source)) != "own":
-        log(f"listing: {shared}")
+    if shared == "listed":
+        log(f"listing: listed (published as {LISTING_NAME} for the other workers of the job)")
+    elif shared == "adopted" and source.kind in FOLDER_KINDS:
+        log(
+            f"listing: adopted the job's {LISTING_NAME} without walking {source.root} "
+            "(files added since are not part of this job: update=True extracts them later)"
+        )
+    elif shared == "adopted":
+        log(f"listing: adopted the job's {LISTING_NAME} (the same inputs; this part's files stat'ed)")
     manifest = Manifest(
         fingerprint=make_fingerprint(
             spec,
@@ -284,47 +290,73 @@ def run_extract(
 LISTING_WAIT_SECONDS = 3600.0
 
 
-def share_listing(cfg: ExtractConfig, source: Source) -> str:
-    """One listing per job: the first worker of a part-split job to take the cache lock stats every
-    input and publishes ``listing.npz`` (atomically, under the lock, which the others wait for);
-    every other worker, and every resumed worker, lists the folder (no stat) and adopts the
-    published listing when it names the same inputs, labels and splits and the inputs of its own
-    part's shards (done or not) still have the recorded size and time: each file is stat'ed once
-    per job, by the worker of its shard. Anything else (a whole run, an update, overwrite, a cache
-    that is not a plain featcache cache, a mismatch) returns ``"own"``: the worker stats every input
-    itself as before, and the usual resume check says what changed. Returns ``"listed"``,
-    ``"adopted"`` or ``"own"``."""
+def share_listing(cfg: ExtractConfig) -> tuple[str, Source]:
+    """One listing per job: the source of this run and how its listing was made.
+
+    The first worker of a part-split job to take the cache lock lists the source, stats every input
+    and publishes ``listing.npz`` (atomically, under the lock, which the others wait for). Every
+    other worker, and every resumed worker of the job, adopts it:
+
+    * a local folder of images (kinds :data:`~featcache.extractor.sources.FOLDER_KINDS`) is **not
+      walked**: its source is built from the published listing
+      (:func:`~featcache.extractor.sources.folder_from_listing`): the ids as paths under this
+      worker's own resolved source folder, exactly as its walk would make them; a listing no walk
+      could make, such as an id with ``..``, an absolute one or one under a symbolic link the walk
+      does not follow, is refused with one line naming ``listing.npz`` before any input is touched;
+    * any other source (CSV, list, TFRecord or tar files, a URL) is listed as usual (one small
+      file read, or its containers scanned) and must name the same inputs, labels and splits.
+
+    Either way the worker then stats only the inputs of its own part's shards (done or not), on
+    ``sources.STAT_THREADS`` threads, and adopts the listing only when they still have the
+    recorded size and modification time: each file is stat'ed once per job, by the worker of its
+    shard, so a modified or removed input is found by that worker. A file **added** to a folder
+    after the listing was published is not part of this job (a job's inputs are the ones its first
+    worker listed); ``update=True`` extracts it later. (A CSV, list or container source that
+    changed is seen by every worker's own listing, as before.)
+
+    Anything else (a whole run, an update, overwrite, a cache that is not a plain featcache cache,
+    another shard size, an unreadable listing, a changed input of this worker's part) returns
+    ``"own"``: the worker lists the source and stats every input itself as before, and the usual
+    resume check says what changed. Returns ``("listed" | "adopted" | "own", source)``."""
+
+    def own() -> tuple[str, Source]:
+        return "own", open_source(cfg.source, cfg.source_format, cfg.tfrecord_keys)
+
     if cfg.part.whole or cfg.update or cfg.overwrite:
-        return "own"
+        return own()
     cache = Path(cfg.cache)
     if cache.exists() and not cache.is_dir():
-        return "own"
+        return own()
+    root = local_image_folder(cfg.source, cfg.source_format)  # None: list it as usual
     has_manifest = os.path.lexists(cache / schema.MANIFEST_NAME)
     if has_manifest:
         try:
             m = Manifest.load(cache)
         except FeatcacheError:
-            return "own"  # the writer refuses it with its own message
+            return own()  # the writer refuses it with its own message
         if m.generations or m.shard_size != cfg.shard_size:
-            return "own"
+            return own()
+        if m.source.get("kind") not in FOLDER_KINDS:
+            root = None
     cache.mkdir(parents=True, exist_ok=True)
     with CacheLock(cache, wait=LISTING_WAIT_SECONDS):
         try:
             published = load_listing(cache)
         except FeatcacheError:
-            return "own"
-        if published is None:
-            if has_manifest:
-                return "own"
+            published = None  # unreadable: listed for itself below, and the writer names it
+        first = published is None and not has_manifest and not os.path.lexists(cache / LISTING_NAME)
+        if first:  # listed and stat'ed under the lock: the other workers wait for it
+            source = open_source(cfg.source, cfg.source_format, cfg.tfrecord_keys)
             save_listing(cache, source.listing())
-            return "listed"
-    n = len(source)
-    mine = [
-        np.arange(k * cfg.shard_size, min((k + 1) * cfg.shard_size, n))
-        for k in cfg.part.shards(plan_shards(n, cfg.shard_size))
-    ]
-    positions = np.concatenate(mine) if mine else np.zeros(0, dtype=np.int64)
-    return "adopted" if source.adopt_listing(published, positions) else "own"
+            return "listed", source
+    if published is None:
+        return own()
+    positions = cfg.part.inputs(len(published["id"]), cfg.shard_size)
+    if root is None:
+        source = open_source(cfg.source, cfg.source_format, cfg.tfrecord_keys)
+    else:
+        source = folder_from_listing(root, published, cache / LISTING_NAME, positions)
+    return ("adopted", source) if source.adopt_listing(published, positions) else own()
 
 
 def recorded_feed_dtype(cfg: ExtractConfig) -> str:

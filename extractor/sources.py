@@ -333,6 +333,138 @@ def from_folder(root: Path | UrlFolder) -> Source:
     return _from_entries(kind, root, entries, notes)
 
 
+# -- a folder source from a published listing (one listing per job: runner.share_listing) -----------
+
+FOLDER_KINDS = ("folder", "folder-splits", "unlabelled")  # the kinds from_folder makes
+_SHOWN_ESCAPE = re.compile(r"\\(\\|x[0-9a-f]{2})")  # what display_id writes: "\\\\" and "\\xNN"
+
+
+def shown_name(shown: str) -> str | None:
+    """The file name (as ``os.fsdecode`` gives it) that :func:`display_id` shows as ``shown``, or
+    None when no name is shown so (a stray backslash, an escape of a byte that needs none, a lone
+    surrogate): the inverse of :func:`display_id`."""
+    if shown.isascii() and "\\" not in shown:
+        return shown
+    out, pos = bytearray(), 0
+    try:
+        for m in _SHOWN_ESCAPE.finditer(shown):
+            out += shown[pos : m.start()].encode("utf-8")
+            out += b"\\" if m[1] == "\\" else bytes([int(m[1][1:], 16)])
+            pos = m.end()
+        out += shown[pos:].encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    raw = os.fsdecode(bytes(out))
+    return raw if display_id(raw) == shown else None
+
+
+class _NotWalked(Exception):
+    """Why a listed name is not one a walk of the folder could produce."""
+
+
+def _listed_folder(kind: str, folder: str) -> tuple[str | None, int, int]:
+    """``(class, split code, walk depth)`` of the inputs a walk finds in ``folder`` (relative to the
+    root, ``/``-separated, as :func:`shown_name` gives it) for a source of ``kind``; the walk depth
+    is how many of its leading folders the walk reached by name (they may be symbolic links: class
+    and split folders are followed), the folders below were descended into by ``os.walk``, which
+    never follows a link. Raise :class:`_NotWalked` for a folder a walk never lists images in."""
+    parts = folder.split("/") if folder else []
+    if any(not p or _ignored(p) for p in parts):
+        raise _NotWalked("is under an empty, '.', '..', hidden or ignored folder name (or is an absolute path)")
+    if kind == "unlabelled":
+        if parts:
+            raise _NotWalked("is in a sub-folder of a folder without class folders")
+        return None, NO_SPLIT, 0
+    if not parts:
+        raise _NotWalked("is beside the class folders, where images have no class and are not listed")
+    split = SPLIT_FOLDER_ALIASES.get(parts[0].lower())
+    if kind == "folder":
+        if split is not None and len(parts) > 1:
+            raise _NotWalked(f"is under {parts[0]!r}, which then holds folders: a split folder, not a class")
+        return display_id(parts[0]), NO_SPLIT, 1
+    if split is None:
+        raise _NotWalked("is not under a train/val/test folder")
+    return (display_id(parts[1]) if len(parts) > 1 else None), SPLIT_CODES[split], min(len(parts), 2)
+
+
+def folder_from_listing(root: Path, listing: Mapping[str, np.ndarray], where: Path, opened: np.ndarray) -> Source:
+    """The folder source at ``root`` as ``listing`` (the job's published listing, read from the file
+    ``where``) names it, without walking the folder: ids, labels and splits are the listing's, the
+    kind and the classes follow from the ids by :func:`from_folder`'s rules, and each path is
+    ``root`` joined to the name the id shows (:func:`shown_name`), as a walk of ``root`` makes it.
+
+    The listing is data read from disk, so it must be one a walk of a folder could have made: every
+    id a non-hidden image file name under non-hidden, non-ignored folders (no ``..``, no absolute
+    path), in the walk's order, with the label and split its folders give; and for the inputs at
+    ``opened`` (``(m,)`` positions: the only files this worker stats and reads), no symbolic link
+    among the folders the walk descends into (``os.walk`` follows none). Anything else is a one-line
+    :class:`BadInputError` naming ``where``, raised before any file of the source is touched but
+    those folders. Files added to the folder since the listing was made are not in this source."""
+    ids = [str(i) for i in listing["id"].tolist()]
+    labels = np.asarray(listing["label"], dtype=np.int32)
+    splits = np.asarray(listing["split"], dtype=np.int8)
+
+    def refuse(k: int, why: str) -> BadInputError:
+        shown = ids[k] if len(ids[k]) <= 200 else ids[k][:200] + "..."
+        return BadInputError(
+            f"{where}: input {k} {shown!r} {why}: not a listing a walk of {root} could make; "
+            "refusing to read the files it names"
+        )
+
+    if not ids:
+        raise BadInputError(f"{where}: lists no inputs: not a listing a walk of {root} could make")
+    kind = "folder-splits" if np.any(splits != NO_SPLIT) else "folder" if any("/" in i for i in ids) else "unlabelled"
+    folders: dict[str, tuple[str | None, int, int]] = {}
+    names: list[str] = []
+    of: list[tuple[str | None, int, int]] = []
+    for k, shown in enumerate(ids):
+        raw = shown_name(shown)
+        if raw is None or "\x00" in raw:
+            raise refuse(k, "is not a file name as featcache shows one")
+        folder, _, name = raw.rpartition("/")
+        if name.startswith(".") or not _is_image(name):
+            raise refuse(k, f"is not an image file a walk lists (hidden, or not {'/'.join(sorted(IMAGE_EXTENSIONS))})")
+        info = folders.get(folder)
+        if info is None:
+            try:
+                info = folders[folder] = _listed_folder(kind, folder)
+            except _NotWalked as exc:
+                raise refuse(k, str(exc)) from None
+        names.append(raw)
+        of.append(info)
+    for k in range(1, len(names)):
+        if names[k - 1] >= names[k]:
+            raise refuse(k, "is out of the walk's sorted order (or listed twice)")
+    classes = sorted({c for c, _, _ in folders.values() if c is not None})
+    number = {c: n for n, c in enumerate(classes)}
+    want_labels = np.array([UNKNOWN_LABEL if c is None else number[c] for c, _, _ in of], dtype=np.int32)
+    want_splits = np.array([s for _, s, _ in of], dtype=np.int8)
+    for what, got, want in (("label", labels, want_labels), ("split", splits, want_splits)):
+        if len(got) != len(ids) or not np.array_equal(got, want):
+            k = int(np.flatnonzero(got != want)[0]) if len(got) == len(ids) else 0
+            raise refuse(k, f"has {what} {got[k] if len(got) > k else None}, its folders give {want[k]}")
+    links: dict[str, bool] = {}
+    for k in np.asarray(opened, dtype=np.int64).tolist():
+        folder = names[k].rpartition("/")[0]
+        parts = folder.split("/") if folder else []
+        for depth in range(of[k][2] + 1, len(parts) + 1):
+            below = "/".join(parts[:depth])
+            if below not in links:
+                links[below] = os.path.islink(os.path.join(root, below))
+            if links[below]:
+                raise refuse(k, f"is under {below!r}, a symbolic link the walk does not follow")
+    prefix = os.fsencode(os.path.join(root, ""))
+    return Source(
+        kind=kind,
+        root=root,
+        paths=[prefix + os.fsencode(n) for n in names],
+        ids=ids,
+        labels=labels,
+        splits=splits,
+        classes=classes,
+    )
+
+
 def _parse_split(value: str, where: str) -> int:
     if not value:
         return NO_SPLIT
@@ -856,7 +988,31 @@ def open_source(
     raise BadInputError(f"{text}: not a folder, .csv, .txt/.lst list, TFRecord or tar file")
 
 
+def local_image_folder(path: str | os.PathLike[str], source_format: str | None = None) -> Path | None:
+    """The resolved root of the source :func:`open_source` opens at ``path`` when that is a local
+    folder of images (kinds :data:`FOLDER_KINDS`), else None (a URL, a file, a folder of TFRecord or
+    tar files, no such folder, a bad ``source_format``: :func:`open_source` says which). The same
+    decision as :func:`open_source`'s, made without walking the folder: its top level is read up to
+    the first image or sub-folder."""
+    fmt = source_format or "auto"
+    text = os.path.expanduser(os.fspath(path))
+    if fmt not in SOURCE_FORMATS or fmt in records.RECORD_FORMATS or records.is_url(text) or not os.path.isdir(text):
+        return None
+    try:
+        if fmt == "auto" and not _has_images(text):
+            return None  # TFRecord or tar files, or nothing to read: open_source says which
+        return Path(text).resolve()
+    except OSError:
+        return None
+
+
 def _has_images(folder: str) -> bool:
-    """Whether a folder holds images or sub-folders (then it is an image folder source)."""
-    where = UrlFolder(folder) if records.is_url(folder) else Path(folder)
-    return bool(_subdirs(where) or _top_images(where))
+    """Whether a folder holds images or sub-folders (then it is an image folder source); a local
+    folder is read up to the first one (a flat folder of a million images: one entry, not a walk)."""
+    if records.is_url(folder):
+        return bool(_subdirs(UrlFolder(folder)) or _top_images(UrlFolder(folder)))
+    with os.scandir(folder) as entries:
+        return any(
+            (e.is_dir() and not _ignored(e.name)) or (e.is_file() and not e.name.startswith(".") and _is_image(e.name))
+            for e in entries
+        )

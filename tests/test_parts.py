@@ -7,15 +7,17 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from cachefiles import extract_command, kill_after_first_shard, same_cache
 from conftest import REPO, extract
 
+from featcache.shared.cache.listing import load_listing
 from featcache.shared.cache.parts import Part, finalize, part_lock
 from featcache.shared.cache.reader import FeatureCache
-from featcache.shared.errors import CacheLockedError, FeatcacheError
+from featcache.shared.errors import CacheLockedError, FeatcacheError, SourceMismatchError
 from featcache.shared.inspection.verify import fix, verify
 
 SHARD = 2  # the 15 sample images make 8 shards
@@ -40,6 +42,7 @@ def single(sample_dir, tmp_path_factory) -> Path:
 def test_part_parsing_and_overlap():
     assert Part.parse("2/5") == Part(2, 5) and str(Part(2, 5)) == "2/5"
     assert Part(1, 3).shards(8) == [1, 4, 7]
+    assert Part(1, 2).inputs(11, 3).tolist() == [3, 4, 5, 9, 10] and Part(3, 4).inputs(9, 3).size == 0
     for bad in ("3/3", "1", "-1/2", "a/b", "0/0"):
         with pytest.raises(FeatcacheError, match="expected I/N"):
             Part.parse(bad)
@@ -111,6 +114,52 @@ def test_missing_part_is_named_and_the_rest_is_usable(sample_dir, single, tmp_pa
 
     extract(sample_dir, cache, shard_size=SHARD, part=Part(1, 3))  # the missing worker, run at last
     assert finalize(cache).complete and same_cache(single, cache) == []
+
+
+def test_adopting_worker_walks_no_folder_and_its_job_keeps_the_inputs_first_listed(
+    sample_dir, single, tmp_path, monkeypatch
+):
+    """Worker 0/2 lists the folder and publishes listing.npz; an image added to the folder after
+    that is not part of the job: worker 1/2 builds its source from the listing (no folder of the
+    source is scanned, only the source's own top level, to tell its kind) and the job makes the
+    single run's cache of the 15 images first listed, compared with plain h5py. An input of worker
+    1's part modified after publication is still found, and refused as before."""
+    import shutil
+
+    from featcache.extractor.runner import ExtractConfig, run_extract
+
+    src, cache = tmp_path / "src", tmp_path / "c"
+    shutil.copytree(sample_dir, src)  # copy2: the same sizes and modification times, so the same listing
+    extract(src, cache, shard_size=SHARD, part=Part(0, 2))
+    first = sorted(src.glob("*/*"))[0]
+    shutil.copy(first, first.with_name("zz-added" + first.suffix))
+    theirs = src / str(load_listing(cache)["id"][2])  # in shard 1: worker 1's, which stats it
+    was = theirs.stat().st_mtime_ns
+    os.utime(theirs, ns=(was, was + 1))
+    with pytest.raises(SourceMismatchError, match=r"the inputs changed since .*: 1 added .*, 1 modified \("):
+        extract(src, cache, shard_size=SHARD, part=Part(1, 2))  # as before: its own listing sees all changes
+    os.utime(theirs, ns=(was, was))
+
+    scanned: list[Path] = []
+    real_scandir = os.scandir
+
+    def scandir(path=".", *args):
+        if isinstance(path, (str, bytes, os.PathLike)):
+            scanned.append(Path(os.fsdecode(path)).resolve())
+        return real_scandir(path, *args)
+
+    monkeypatch.setattr(os, "scandir", scandir)  # os.walk and os.listdir-like helpers go through it
+    logs: list[str] = []
+    cfg = ExtractConfig(
+        source=src, cache=cache, backbone="tiny", weights="random", shard_size=SHARD, batch_size=3, progress=False
+    )
+    report = run_extract(replace(cfg, part=Part(1, 2)), log=logs.append)
+    monkeypatch.undo()
+    root = src.resolve()
+    assert [p for p in scanned if root in p.parents] == [] and scanned.count(root) <= 1, scanned
+    assert any(m.startswith("listing: adopted the job's listing.npz without walking") for m in logs), logs
+    assert report.rows == 7 and report.finalized.complete  # shards 1, 3, 5, 7 of 15 inputs
+    assert same_cache(single, cache) == []
 
 
 def test_same_or_overlapping_part_is_refused_while_running(sample_dir, tmp_path):

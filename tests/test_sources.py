@@ -130,8 +130,7 @@ def test_one_listing_per_job_each_file_stat_once_by_the_worker_of_its_shard(tmp_
 
     def worker(i: int) -> tuple[str, sources.Source]:
         cfg = ExtractConfig(source=src, cache=tmp_path / "cache", shard_size=2, part=Part(i, 2))
-        source = open_source(src)
-        return share_listing(cfg, source), source
+        return share_listing(cfg)
 
     assert worker(0)[0] == "listed" and stated == [10]
     published = load_listing(tmp_path / "cache")
@@ -146,5 +145,122 @@ def test_one_listing_per_job_each_file_stat_once_by_the_worker_of_its_shard(tmp_
     what, source = worker(1)
     assert what == "own" and source.listing()["mtime_ns"][2] == 1 and stated == [4, 10]  # then a full listing
     assert worker(0)[0] == "adopted"
-    touch(src, "a/99.jpg")  # an input added: every worker sees it in its walk
-    assert worker(0)[0] == "own" and worker(1)[0] == "own"
+    (src / "b" / "03.jpg").unlink()  # input 8: in shard 4, part 0/2's
+    what, source = worker(0)
+    assert what == "own" and "b/03.jpg" not in source.ids  # then the cache's resume check names it
+
+
+def _layouts(root: Path) -> list[Path]:
+    """Folder sources of every kind, with nested folders and names featcache shows escaped."""
+    import os
+
+    touch(root / "classes", "dog/b.JPG", "dog/sub/deeper/a.png", "cat/z.jpeg", "cat/.hidden.jpg", ".git/x.jpg")
+    touch(root / "classes", "train/1.jpg", "loose.jpg", "cat/__MACOSX/x.jpg")  # a class named like a split
+    touch(root / "splits", "train/cat/1.jpg", "train/dog/n/2.jpg", "Validation/dog/3.jpg", "test/4.jpg")
+    touch(root / "flat", "b.png", "a.gif", "c.bmp", "notes.md")
+    touch(root / "alias", "train/a.jpg", "empty/notes.md")  # one class, named like a split
+    odd = os.fsencode(root / "odd")
+    for rel in (b"cls\xff/a.png", b"ok/d\\xff.png", b"ok/d\xff.png", b"ok/\xc3\xa9t\xc3\xa9.jpg"):
+        os.makedirs(os.path.dirname(os.path.join(odd, rel)), exist_ok=True)
+        with open(os.path.join(odd, rel), "wb") as f:
+            f.write(b"x")
+    return [root / n for n in ("classes", "splits", "flat", "odd", "alias")]
+
+
+def test_a_folder_source_rebuilt_from_its_listing_is_the_walked_one(tmp_path):
+    """folder_from_listing (an adopting worker's source, made without walking) gives the walk's
+    paths, ids, labels, splits, classes and kind for every folder layout, odd names included."""
+    import numpy as np
+
+    from featcache.extractor.sources import folder_from_listing
+
+    for root in _layouts(tmp_path):
+        walked = open_source(root)
+        rebuilt = folder_from_listing(root.resolve(), walked.listing(), root / "listing.npz", np.arange(len(walked)))
+        assert (rebuilt.kind, rebuilt.root, rebuilt.classes) == (walked.kind, walked.root, walked.classes), root
+        assert rebuilt.paths == walked.paths and rebuilt.ids == walked.ids, root
+        assert np.array_equal(rebuilt.labels, walked.labels) and np.array_equal(rebuilt.splits, walked.splits)
+        assert rebuilt.describe() == walked.describe(), root
+
+
+def test_adopting_worker_builds_its_folder_source_from_the_listing_without_walking(tmp_path, monkeypatch):
+    """Only the first worker of a part-split job walks the folder; the others (and a rerun of the
+    first) build their source from listing.npz, stat their own shards' inputs, and walk only when
+    one of those changed (falling back to their own listing). A file added after the listing was
+    published is not part of the job."""
+    import os
+
+    from featcache.extractor import sources
+    from featcache.extractor.runner import ExtractConfig, share_listing
+    from featcache.shared.cache.parts import Part
+
+    src = tmp_path / "src"
+    touch(src, *(f"{c}/{k:02d}.jpg" for c in ("a", "b") for k in range(5)))  # 10 inputs, shards of 2
+    walks: list[Path] = []
+    real = sources.from_folder
+    monkeypatch.setattr(sources, "from_folder", lambda root: (walks.append(root), real(root))[1])
+
+    def worker(i: int) -> tuple[str, sources.Source]:
+        return share_listing(ExtractConfig(source=src, cache=tmp_path / "cache", shard_size=2, part=Part(i, 2)))
+
+    first = worker(0)[1]
+    assert len(walks) == 1
+    touch(src, "a/99.jpg", "c/00.jpg")  # added after publication: not this job's
+    for i in (1, 0):
+        what, source = worker(i)
+        assert what == "adopted" and len(walks) == 1  # no walk
+        assert source.paths == first.paths and source.ids == first.ids and source.classes == ["a", "b"]
+        assert source.describe() == first.describe()
+    os.utime(src / "b" / "00.jpg", ns=(1, 1))  # input 5: in shard 2, part 0/2's
+    assert worker(1)[0] == "adopted" and len(walks) == 1
+    what, source = worker(0)
+    assert what == "own" and len(walks) == 2 and "c/00.jpg" in source.ids  # its own walk, as before
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "../outside/secret.jpg",
+        "a/../../outside/secret.jpg",
+        "{outside}/secret.jpg",  # absolute
+        "a/link/secret.jpg",  # a folder the walk does not follow: a symbolic link out of the source
+        "a/.hidden/secret.jpg",
+        "a\\q/secret.jpg",  # no file name is shown so
+    ],
+)
+def test_a_hostile_published_listing_is_refused_before_any_input_is_touched(hostile, tmp_path, monkeypatch):
+    """listing.npz is data read from disk: an id no walk of the source folder could produce is
+    refused with one line naming listing.npz, and nothing (inside the source or out) is stat'ed."""
+    import os
+
+    import numpy as np
+
+    from featcache.extractor import sources
+    from featcache.extractor.runner import ExtractConfig, share_listing
+    from featcache.shared.cache.listing import save_listing
+    from featcache.shared.cache.parts import Part
+
+    src, outside, cache = tmp_path / "src", tmp_path / "outside", tmp_path / "cache"
+    touch(src, "a/00.jpg", "a/01.jpg")
+    touch(outside, "secret.jpg")
+    os.symlink(outside, src / "a" / "link")
+    ids = sorted(["a/00.jpg", "a/01.jpg", hostile.format(outside=outside)])
+    n = len(ids)
+    cache.mkdir()
+    save_listing(
+        cache,
+        {
+            "id": np.array(ids),
+            "label": np.zeros(n, dtype=np.int32),
+            "split": np.full(n, -1, dtype=np.int8),
+            "size": np.ones(n, dtype=np.int64),
+            "mtime_ns": np.zeros(n, dtype=np.int64),
+        },
+    )
+    stated: list[bytes] = []
+    monkeypatch.setattr(sources, "stat_files", lambda paths: stated.extend(paths) or None)
+    with pytest.raises(BadInputError) as e:
+        share_listing(ExtractConfig(source=src, cache=cache, shard_size=10, part=Part(0, 2)))
+    message = str(e.value)
+    assert message.startswith(f"{cache / 'listing.npz'}: input ") and "\n" not in message
+    assert "not a listing a walk of" in message and stated == []

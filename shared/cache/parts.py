@@ -30,10 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import CacheLockedError, FeatcacheError
 from . import journal, schema
 from .lock import CacheLock, FileLock, describe_holder, read_holder
-from .manifest import Manifest, journal_names, list_shards
+from .manifest import Manifest, journal_names, list_shards, plan_shards
 from .paths import cache_path
 from .reader import FeatureCache
 
@@ -82,6 +84,15 @@ class Part:
 
     def shards(self, num_shards: int) -> list[int]:
         return list(range(self.index, num_shards, self.count))
+
+    def inputs(self, num_inputs: int, shard_size: int) -> np.ndarray:
+        """``(m,)`` int64 listing positions of the inputs of this part's shards of a plan of
+        ``num_inputs`` in shards of ``shard_size`` (shard ``k`` holds ``k * shard_size`` on)."""
+        mine = [
+            np.arange(k * shard_size, min((k + 1) * shard_size, num_inputs), dtype=np.int64)
+            for k in self.shards(plan_shards(num_inputs, shard_size))
+        ]
+        return np.concatenate(mine) if mine else np.zeros(0, dtype=np.int64)
 
     def overlaps(self, other: "Part") -> bool:
         """Whether some shard number belongs to both (by the Chinese remainder theorem)."""
