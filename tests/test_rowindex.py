@@ -217,3 +217,75 @@ def test_ids_round_trip_through_the_index_encoding():
         rowindex.decode_ids(np.frombuffer(rowindex.encode_ids(ids), np.uint8), 4)
     with pytest.raises(FeatcacheError, match="NUL"):
         rowindex.encode_ids(np.array(["a\x00b"], dtype=object))
+
+
+def test_a_hostile_index_is_refused_before_it_is_read_or_followed_out_of_the_cache(tiny_cache, tmp_path):
+    """rows.h5 edited by hand: datasets declaring absurd sizes (a few bytes on disk, gzip'd), links,
+    virtual datasets and external storage pointing outside the cache, odd attribute types. Each is
+    refused (the reader falls back to the shards) without allocating the declared size or opening
+    the other file."""
+    import tracemalloc
+
+    cache = copy(tiny_cache, tmp_path)
+    m = Manifest.load(cache)
+    index = cache / schema.ROW_INDEX_NAME
+    saved = index.read_bytes()
+    truth = FeatureCache(cache, row_index=False).read_columns()
+    outside = tmp_path / "outside.h5"  # the same datasets, labels changed: what a followed link reads
+    with h5py.File(index, "r") as f, h5py.File(outside, "w") as g:
+        for key in f:
+            g.create_dataset(key, data=f[key][()])
+        g[schema.LABEL][...] = (f[schema.LABEL][()] + 1) % len(m.classes)
+        n = f[schema.LABEL].shape[0]
+    raw = tmp_path / "outside.bin"
+    raw.write_bytes(np.full(n, 1, np.int32).tobytes())
+
+    def replace(key: str, make) -> None:  # noqa: ANN001
+        with h5py.File(index, "r+") as f:
+            del f[key]
+            make(f)
+
+    def set_attribute(key: str, value: object) -> None:
+        with h5py.File(index, "r+") as f:
+            f.attrs[key] = value
+
+    huge = 25_000_000  # 200 MB of int64 declared, ~200 KB on disk
+    layout = h5py.VirtualLayout(shape=(n,), dtype="int32")
+    layout[:] = h5py.VirtualSource(str(outside), schema.LABEL, shape=(n,))
+    edits = {
+        "offsets declared huge": lambda: replace(
+            rowindex.OFFSETS,
+            lambda f: f.create_dataset(rowindex.OFFSETS, (huge,), "int64", chunks=(1 << 20,), compression="gzip"),
+        ),
+        "mtime_ns declared huge": lambda: replace(
+            rowindex.MTIMES,
+            lambda f: f.create_dataset(rowindex.MTIMES, (huge,), "int64", chunks=(1 << 20,), compression="gzip"),
+        ),
+        "id_utf8 declared huge": lambda: replace(
+            rowindex.ID_BYTES,
+            lambda f: f.create_dataset(rowindex.ID_BYTES, (huge,), "uint8", chunks=(1 << 20,), compression="gzip"),
+        ),
+        "external link": lambda: replace(
+            schema.LABEL, lambda f: f.__setitem__(schema.LABEL, h5py.ExternalLink(str(outside), schema.LABEL))
+        ),
+        "virtual dataset": lambda: replace(schema.LABEL, lambda f: f.create_virtual_dataset(schema.LABEL, layout)),
+        "external storage": lambda: replace(
+            schema.LABEL, lambda f: f.create_dataset(schema.LABEL, (n,), "int32", external=[(str(raw), 0, 4 * n)])
+        ),
+        "version infinite": lambda: set_attribute("version", np.inf),
+    }
+    for name, edit in edits.items():
+        index.write_bytes(saved)
+        assert rowindex.is_current(cache, m)
+        edit()
+        tracemalloc.start()
+        try:
+            assert rowindex.load(cache, m, rowindex.ALL) is None, name
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 20_000_000, f"{name}: {peak} bytes allocated"
+        got = FeatureCache(cache).read_columns()  # from the shards, as if there were no index
+        for key in truth:
+            np.testing.assert_array_equal(got[key], truth[key], err_msg=name)
+        assert verify(cache).ok, name  # a note: not current

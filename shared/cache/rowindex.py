@@ -40,6 +40,7 @@ import numpy as np
 from ..errors import FeatcacheError
 from . import schema
 from .fsutil import commit_file, create_new, remove_stale_temps, temp_path_for
+from .h5file import own_dataset
 from .manifest import Manifest, ShardRecord
 from .paths import cache_path
 from .split import hash_unit
@@ -108,19 +109,24 @@ def load(cache_dir: str | os.PathLike[str], m: Manifest, columns: tuple[str, ...
         return None
     try:
         with h5py.File(path, "r") as f:
-            if f.attrs.get("format") != FORMAT or int(f.attrs.get("version", -1)) != VERSION:
+            if not (_attr_is(f, "format", FORMAT) and _attr_is(f, "version", VERSION)):
                 return None
-            if f.attrs.get("built_from") != records_digest(m.shards):
+            if not _attr_is(f, "built_from", records_digest(m.shards)):
                 return None
-            offsets = f[OFFSETS][()]
-            mtimes = f[MTIMES][()]
+            datasets = {key: own_dataset(f, key) for key in (OFFSETS, MTIMES, ID_BYTES, *_KINDS)}
+            if not _well_formed(datasets, m.shards):  # shapes first: nothing unbounded is read
+                return None
+            offsets = datasets[OFFSETS][()]
+            if offsets[0] != 0 or not np.array_equal(np.diff(offsets), [r.rows for r in m.shards]):
+                return None
+            if not np.array_equal(datasets[MTIMES][()], _mtimes(cache_dir, m.shards)):
+                return None
             out = {OFFSETS: offsets}
-            if not _well_formed(f, m.shards, offsets, mtimes):
-                return None
-            if not np.array_equal(mtimes, _mtimes(cache_dir, m.shards)):
-                return None
             for key in dict.fromkeys((*columns, schema.INDEX)):
-                out[key] = decode_ids(f[ID_BYTES][()], int(offsets[-1])) if key == schema.ID else f[key][()]
+                if key == schema.ID:
+                    out[key] = decode_ids(datasets[ID_BYTES][()], int(offsets[-1]))
+                else:
+                    out[key] = datasets[key][()]
     except (OSError, KeyError, ValueError, TypeError, FeatcacheError):
         return None
     if not _index_values_fit(out[schema.INDEX], offsets, m.shards):
@@ -128,20 +134,33 @@ def load(cache_dir: str | os.PathLike[str], m: Manifest, columns: tuple[str, ...
     return out
 
 
-def _well_formed(f: h5py.File, shards: list[ShardRecord], offsets: np.ndarray, mtimes: np.ndarray) -> bool:
-    """Whether the datasets have the shapes and dtypes ``shards`` imply (without reading rows)."""
-    rows = np.array([r.rows for r in shards], np.int64)
-    if offsets.shape != (len(shards) + 1,) or mtimes.shape != (len(shards),) or offsets.dtype.kind != "i":
+# numpy dtype kind of each (N,) column (ids are ID_BYTES, checked apart)
+_KINDS = {schema.LABEL: "i", schema.INDEX: "i", schema.SPLIT: "i", SPLIT_UNIT: "f"}
+
+
+def _attr_is(f: h5py.File, key: str, expected: str | int) -> bool:
+    """Whether attribute ``key`` is ``expected``, of its type (a hand-edited array, an empty or a
+    float attribute is not: no comparison of odd types, no ``int(inf)``)."""
+    value = f.attrs.get(key)
+    if isinstance(expected, str):
+        return isinstance(value, str) and value == expected
+    return isinstance(value, (int, np.integer)) and int(value) == expected
+
+
+def _well_formed(datasets: dict[str, h5py.Dataset], shards: list[ShardRecord]) -> bool:
+    """Whether the datasets have the shapes and dtypes ``shards`` imply, before any is read: a
+    hand-edited index declaring a huge dataset (a few bytes on disk, compressed) is refused here,
+    never allocated. The ids' bytes cannot exceed the shard files' (they are stored there
+    uncompressed, as HDF5 variable-length strings)."""
+    n = sum(r.rows for r in shards)
+    offsets, mtimes, blob = datasets[OFFSETS], datasets[MTIMES], datasets[ID_BYTES]
+    if offsets.shape != (len(shards) + 1,) or offsets.dtype.kind != "i":
         return False
-    if offsets[0] != 0 or not np.array_equal(np.diff(offsets), rows):
+    if mtimes.shape != (len(shards),) or mtimes.dtype.kind != "i":
         return False
-    n = int(offsets[-1])
-    kinds = {schema.LABEL: "i", schema.INDEX: "i", schema.SPLIT: "i", SPLIT_UNIT: "f"}
-    for key in kinds:
-        if f[key].shape != (n,) or f[key].dtype.kind != kinds[key]:
-            return False
-    blob = f[ID_BYTES]
-    return blob.ndim == 1 and blob.dtype == np.uint8
+    if any(datasets[key].shape != (n,) or datasets[key].dtype.kind != kind for key, kind in _KINDS.items()):
+        return False
+    return blob.ndim == 1 and blob.dtype == np.uint8 and blob.shape[0] <= sum(r.bytes for r in shards)
 
 
 def encode_ids(ids: np.ndarray) -> bytes:
