@@ -43,13 +43,15 @@ def copy(cache: Path, tmp_path: Path) -> Path:
 
 
 def opens(monkeypatch) -> list[int]:  # noqa: ANN001
-    """Count the shards the reader opens from now on."""
+    """Count the shards the reader opens from now on with the full identity check (reading their
+    ``index``; not those a current row index vouches for, ``index_checked=True``)."""
     opened: list[int] = []
     real = FeatureCache.open_shard
 
-    def counted(self, record):  # noqa: ANN001, ANN202
-        opened.append(record.shard)
-        return real(self, record)
+    def counted(self, record, **kw):  # noqa: ANN001, ANN003, ANN202
+        if not kw.get("index_checked"):
+            opened.append(record.shard)
+        return real(self, record, **kw)
 
     monkeypatch.setattr(FeatureCache, "open_shard", counted)
     return opened
@@ -289,3 +291,29 @@ def test_a_hostile_index_is_refused_before_it_is_read_or_followed_out_of_the_cac
         for key in truth:
             np.testing.assert_array_equal(got[key], truth[key], err_msg=name)
         assert verify(cache).ok, name  # a note: not current
+
+
+def test_a_shard_swapped_in_with_the_same_size_and_mtime_is_refused_with_a_current_index(tiny_cache, tmp_path):
+    """With a current index, pooled vectors come from shards opened without reading their index
+    again: a file of the same size and modification time (``touch -r``) that is another shard, or
+    the same shard of a cache made with other weights, must still be refused, never read as this one."""
+    cache = copy(tiny_cache, tmp_path)
+    m = Manifest.load(cache)
+    shard = cache / m.shards[1].file
+    st = shard.stat()
+    saved = shard.read_bytes()
+    weights = m.fingerprint["weights_sha256"].encode()  # edited in the file's bytes: the size stays
+    assert saved.count(weights) == 1
+    other_weights = saved.replace(weights, b"f" * len(weights))
+    for edit, error in (
+        ("shard", r"shard-00001.h5: shard attribute shard is 2, the manifest says 1: it is another shard"),
+        ("weights", r"shard-00001.h5: shard was made with different weights_sha256"),
+    ):
+        shard.write_bytes(saved if edit == "shard" else other_weights)
+        if edit == "shard":
+            with h5py.File(shard, "r+") as f:
+                f.attrs["shard"] = 2
+        os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))
+        assert shard.stat().st_size == st.st_size and rowindex.is_current(cache, m)  # the index cannot tell
+        with pytest.raises(FeatcacheError, match=error):
+            FeatureCache(cache).load_pooled()
