@@ -264,3 +264,33 @@ def test_a_hostile_published_listing_is_refused_before_any_input_is_touched(host
     message = str(e.value)
     assert message.startswith(f"{cache / 'listing.npz'}: input ") and "\n" not in message
     assert "not a listing a walk of" in message and stated == []
+
+
+@pytest.mark.parametrize(("field", "values"), [("label", ["x", "y"]), ("split", ["train", "val"]), ("id", [1, 2])])
+def test_a_published_listing_of_the_wrong_types_is_one_line_and_never_adopted(field, values, tmp_path):
+    """listing.npz arrays of other types than save_listing writes (labels or splits as strings, ids as
+    numbers) are not a readable listing: one line naming the file (they raised a bare ValueError where
+    an adopting worker cast them), and a --part worker lists the source itself instead."""
+    import numpy as np
+
+    from featcache.extractor.runner import ExtractConfig, share_listing
+    from featcache.shared.cache.listing import load_listing, save_listing
+    from featcache.shared.cache.parts import Part
+    from featcache.shared.errors import FeatcacheError
+
+    src, cache = tmp_path / "src", tmp_path / "cache"
+    touch(src, "a/00.jpg", "b/00.jpg")
+    listing = {
+        "id": np.array(["a/00.jpg", "b/00.jpg"]),
+        "label": np.array([0, 1], dtype=np.int32),
+        "split": np.full(2, -1, dtype=np.int8),
+        "size": np.ones(2, dtype=np.int64),
+        "mtime_ns": np.array([(src / i).stat().st_mtime_ns for i in ("a/00.jpg", "b/00.jpg")]),
+    }
+    listing[field] = np.array(values)
+    cache.mkdir()
+    save_listing(cache, listing)
+    with pytest.raises(FeatcacheError, match=rf"listing.npz: not a readable input listing \({field} is "):
+        load_listing(cache)
+    what, source = share_listing(ExtractConfig(source=src, cache=cache, shard_size=1, part=Part(1, 2)))
+    assert what == "own" and source.ids == ["a/00.jpg", "b/00.jpg"] and source.labels.tolist() == [0, 1]

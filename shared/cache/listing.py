@@ -19,6 +19,9 @@ from .fsutil import atomic_write_bytes, read_regular
 
 LISTING_NAME = "listing.npz"
 FIELDS = ("id", "label", "split", "size", "mtime_ns")
+# numpy dtype kind of each field: what save_listing writes (str ids, integer numbers)
+KINDS = {"id": "U", "label": "i", "split": "i", "size": "i", "mtime_ns": "i"}
+KIND_NAMES = {"U": "strings", "i": "integers"}
 
 
 def save_listing(cache_dir: Path, listing: dict[str, np.ndarray]) -> None:
@@ -45,6 +48,11 @@ def load_listing(cache_dir: Path, size: int | None = None) -> dict[str, np.ndarr
         raise FeatcacheError(f"{path}: not a readable input listing ({type(exc).__name__}: {str(exc)[:200]})") from None
     if any(v.ndim != 1 or len(v) != len(out["id"]) for v in out.values()):
         raise FeatcacheError(f"{path}: not a readable input listing (arrays of different lengths)")
+    for key, v in out.items():  # e.g. labels as strings: one line here, not a ValueError where they are used
+        if v.dtype.kind != KINDS[key]:
+            raise FeatcacheError(
+                f"{path}: not a readable input listing ({key} is {v.dtype}, expected {KIND_NAMES[KINDS[key]]})"
+            )
     if size is not None:
         if len(out["id"]) < size:
             raise FeatcacheError(f"{path}: {len(out['id'])} inputs listed, the manifest plans {size}")
