@@ -211,7 +211,7 @@ def test_no_index_for_an_unfinished_cache_and_none_from_a_damaged_shard(tiny_cac
 
 
 def test_ids_round_trip_through_the_index_encoding():
-    ids = np.array(["a/1.jpg", "", "été/ß.png", "bad-\udcff-byte", "x" * 5000], dtype=object)
+    ids = np.array(["a/1.jpg", "", "été/ß.png", "bad-\\xff-byte", "x" * 5000], dtype=object)
     for some in (ids, ids[[0, 1, 4]], ids[:0]):  # any UTF-8, ASCII only, none
         data = np.frombuffer(rowindex.encode_ids(some), np.uint8)
         assert rowindex.decode_ids(data, len(some)).tolist() == some.tolist()
@@ -219,11 +219,17 @@ def test_ids_round_trip_through_the_index_encoding():
         rowindex.decode_ids(np.frombuffer(rowindex.encode_ids(ids), np.uint8), 4)
     with pytest.raises(FeatcacheError, match="NUL"):
         rowindex.encode_ids(np.array(["a\x00b"], dtype=object))
+    # what no shard holds (HDF5 UTF-8 strings): a lone surrogate, bytes that are not UTF-8
+    with pytest.raises(FeatcacheError, match="not valid Unicode"):
+        rowindex.encode_ids(np.array(["bad-\udcff-byte"], dtype=object))
+    with pytest.raises(ValueError):
+        rowindex.decode_ids(np.frombuffer(b"\xff\xfe/x.png\x00", np.uint8), 1)
 
 
 def test_a_hostile_index_is_refused_before_it_is_read_or_followed_out_of_the_cache(tiny_cache, tmp_path):
     """rows.h5 edited by hand: datasets declaring absurd sizes (a few bytes on disk, gzip'd), links,
-    virtual datasets and external storage pointing outside the cache, odd attribute types. Each is
+    virtual datasets and external storage pointing outside the cache, odd attribute types, ids that
+    are not UTF-8 (a lone surrogate in the output: export and report raised a traceback). Each is
     refused (the reader falls back to the shards) without allocating the declared size or opening
     the other file."""
     import tracemalloc
@@ -239,6 +245,7 @@ def test_a_hostile_index_is_refused_before_it_is_read_or_followed_out_of_the_cac
             g.create_dataset(key, data=f[key][()])
         g[schema.LABEL][...] = (f[schema.LABEL][()] + 1) % len(m.classes)
         n = f[schema.LABEL].shape[0]
+        ids = f[rowindex.ID_BYTES][()].tobytes()
     raw = tmp_path / "outside.bin"
     raw.write_bytes(np.full(n, 1, np.int32).tobytes())
 
@@ -275,6 +282,12 @@ def test_a_hostile_index_is_refused_before_it_is_read_or_followed_out_of_the_cac
             schema.LABEL, lambda f: f.create_dataset(schema.LABEL, (n,), "int32", external=[(str(raw), 0, 4 * n)])
         ),
         "version infinite": lambda: set_attribute("version", np.inf),
+        "ids not UTF-8": lambda: replace(
+            rowindex.ID_BYTES,
+            lambda f: f.__setitem__(
+                rowindex.ID_BYTES, np.frombuffer(b"\xff\xfe.png\0" + ids.split(b"\0", 1)[1], np.uint8)
+            ),
+        ),
     }
     for name, edit in edits.items():
         index.write_bytes(saved)

@@ -53,7 +53,7 @@ COLUMNS = (schema.LABEL, schema.ID, schema.INDEX, schema.SPLIT)
 # split by hash compares with the fractions. Hashing is ~1 us an id: 10 s per 10 million rows.
 SPLIT_UNIT = "split_unit"
 ALL = (*COLUMNS, SPLIT_UNIT)
-# Ids are stored as one UTF-8 byte string (surrogateescape, as paths are), each id followed by a NUL
+# Ids are stored as one UTF-8 byte string (strict, as the shards' HDF5 UTF-8 strings), each id followed by a NUL
 # (which no id holds: HDF5 strings, the shards' storage, end at one): read and split in ~0.7 s for 10
 # million ids, against ~3 s for h5py's variable-length strings (one heap object a row).
 ID_BYTES = "id_utf8"
@@ -165,8 +165,11 @@ def _well_formed(datasets: dict[str, h5py.Dataset], shards: list[ShardRecord]) -
 
 def encode_ids(ids: np.ndarray) -> bytes:
     """``ids`` ``(n,)`` str as UTF-8 bytes, each followed by :data:`ID_END` (:class:`FeatcacheError`
-    for an id holding it, which no shard can store)."""
-    data = b"".join(i.encode("utf-8", "surrogateescape") + ID_END for i in ids)
+    for an id holding it or a lone surrogate, which no shard can store)."""
+    try:
+        data = b"".join(i.encode("utf-8") + ID_END for i in ids)
+    except UnicodeEncodeError as exc:
+        raise FeatcacheError(f"an id is not valid Unicode ({exc}): it cannot be in the row index") from None
     if data.count(ID_END) != len(ids):
         raise FeatcacheError("an id holds a NUL character: it cannot be in the row index")
     return data
@@ -174,8 +177,9 @@ def encode_ids(ids: np.ndarray) -> bytes:
 
 def decode_ids(blob: np.ndarray, n: int) -> np.ndarray:
     """``(n,)`` str objects from :data:`ID_BYTES` ``(B,)`` uint8 (``ValueError`` unless it holds
-    exactly ``n`` ids)."""
-    parts = blob.tobytes().decode("utf-8", "surrogateescape").split(ID_END.decode())
+    exactly ``n`` ids, in valid UTF-8: an id no shard can hold would reach the commands' output as
+    a lone surrogate, which printing or writing it as UTF-8 refuses with a traceback)."""
+    parts = blob.tobytes().decode("utf-8").split(ID_END.decode())
     if len(parts) != n + 1 or parts[-1]:
         raise ValueError(f"{ID_BYTES} holds {len(parts) - 1} ids, not {n}")
     out = np.empty(n, object)
