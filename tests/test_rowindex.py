@@ -304,6 +304,8 @@ def test_a_hostile_index_is_refused_before_it_is_read_or_followed_out_of_the_cac
         for key in truth:
             np.testing.assert_array_equal(got[key], truth[key], err_msg=name)
         assert verify(cache).ok, name  # a note: not current
+        finalize(cache)  # written anew
+        assert rowindex.load(cache, m, rowindex.ALL) is not None, name
 
 
 def test_a_shard_swapped_in_with_the_same_size_and_mtime_is_refused_with_a_current_index(tiny_cache, tmp_path):

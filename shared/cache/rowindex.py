@@ -204,9 +204,10 @@ def _index_values_fit(index: np.ndarray, offsets: np.ndarray, shards: list[Shard
 
 
 def is_current(cache_dir: str | os.PathLike[str], m: Manifest) -> bool:
-    """Whether ``rows.h5`` is present and current for ``m`` (reads only the small columns' shapes,
-    the offsets and the index values)."""
-    return load(cache_dir, m, (schema.INDEX,)) is not None
+    """Whether ``rows.h5`` is present and current for ``m``: what every reader would use (reads the
+    columns' shapes, the offsets, the index values and the ids, ~1 s for 10 million rows; not
+    the ids would leave an index whose ids are not UTF-8 in place for ever, never written anew)."""
+    return load(cache_dir, m, (schema.INDEX, schema.ID)) is not None
 
 
 def refresh(cache_dir: str | os.PathLike[str], m: Manifest, read_shard) -> bool:  # noqa: ANN001
