@@ -3,6 +3,7 @@ complete, read instead of the shards only while it is current, checked by verify
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -332,3 +333,54 @@ def test_a_shard_swapped_in_with_the_same_size_and_mtime_is_refused_with_a_curre
         assert shard.stat().st_size == st.st_size and rowindex.is_current(cache, m)  # the index cannot tell
         with pytest.raises(FeatcacheError, match=error):
             FeatureCache(cache).load_pooled()
+
+
+def test_a_full_disk_while_writing_the_index_is_a_warning_and_leaves_nothing(tiny_cache, tmp_path, monkeypatch):
+    """h5py reports a full disk (ENOSPC) as a multi-line RuntimeError when a dataset is written or
+    the file closed (measured on a full tmpfs, where the process then died of a segmentation fault
+    freeing the file: the index is now built in memory and written as bytes), not as an OSError:
+    finalize must still only warn, in one line naming rows.h5, and leave no temporary file."""
+    cache = copy(tiny_cache, tmp_path)
+    (cache / schema.ROW_INDEX_NAME).unlink()
+
+    def full(self, *args, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        raise RuntimeError(
+            "Can't decrement id ref count (file write failed: time = Sun Nov 29 04:54:16 2026\n, filename = "
+            "'.rows.h5.tmp-1', file descriptor = 4, errno = 28, error message = 'No space left on device', "
+            "buf = 0x7f6019ef81e8, total write size = 884272, bytes this sub-write = 884272, offset = 176128)"
+        )
+
+    monkeypatch.setattr(h5py.Dataset, "resize", full)
+    with pytest.warns(
+        UserWarning, match=r"row index not written: \S*rows.h5: cannot write the row index \(No space left on device\)$"
+    ):
+        finalize(cache)
+    assert sorted(p.name for p in cache.iterdir() if "rows" in p.name) == []
+    monkeypatch.undo()
+    assert len(FeatureCache(cache).load_pooled()) == Manifest.load(cache).live_rows
+
+    def no_space(path, data):  # noqa: ANN001, ANN202
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(rowindex, "atomic_write_bytes", no_space)  # the file is written in one go
+    with pytest.warns(UserWarning, match=r"rows.h5: cannot write the row index \(No space left on device\)$"):
+        finalize(cache)
+
+
+def test_a_write_failure_reported_by_hdf5_is_one_line():
+    """HDF5's reports of a full disk, as h5py raised them on a full tmpfs (an OSError whose strerror
+    is the multi-line report, while a shard was written; a RuntimeError when rows.h5 was closed),
+    are one line in the errors that name the file (the extractor's said the whole report)."""
+    from featcache.shared.cache.fsutil import write_failure
+
+    report = (
+        "Can't write unprocessed chunk data (file write failed: time = Sun Nov 29 04:54:57 2026\n, filename = "
+        "'x/.shard-00001.h5.tmp-1', file descriptor = 3, errno = 28, error message = 'No space left on device', "
+        "buf = 0x7f2da0012830, total write size = 37656, bytes this sub-write = 37656, offset = 45056)"
+    )
+    assert write_failure(OSError(errno.ENOSPC, report)) == "No space left on device"
+    assert write_failure(RuntimeError(report.replace("write unprocessed chunk data", "decrement id ref count"))) == (
+        "No space left on device"
+    )
+    assert write_failure(OSError(errno.EACCES, "Permission denied")) == "Permission denied"
+    assert write_failure(RuntimeError("first\nsecond")) == "first"
