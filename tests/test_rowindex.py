@@ -384,3 +384,29 @@ def test_a_write_failure_reported_by_hdf5_is_one_line():
     )
     assert write_failure(OSError(errno.EACCES, "Permission denied")) == "Permission denied"
     assert write_failure(RuntimeError("first\nsecond")) == "first"
+
+
+def test_finalize_of_a_cache_that_cannot_be_written_reports_it_unchanged(tiny_cache, tmp_path, monkeypatch):
+    """A cache on a read-only mount (EROFS, as measured on a tmpfs remounted read-only; EACCES for
+    another user's): the lock cannot be opened, so finalize reports the committed state with a
+    one-line warning and writes nothing, instead of raising a bare OSError."""
+    from featcache.shared.cache import lock
+
+    cache = copy(tiny_cache, tmp_path)
+    (cache / schema.ROW_INDEX_NAME).unlink()
+    before = {p.name: p.read_bytes() for p in cache.iterdir() if p.is_file()}
+    real = lock.open_regular
+
+    def read_only(path, flags, *args):  # noqa: ANN001, ANN002, ANN202
+        if flags & (os.O_RDWR | os.O_WRONLY):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real(path, flags, *args)
+
+    monkeypatch.setattr(lock, "open_regular", read_only)
+    with pytest.warns(
+        UserWarning, match=r"\.lock: cannot take the cache lock \(Read-only file system\): .* nothing folded"
+    ):
+        done = finalize(cache)
+    m = Manifest.load(cache)
+    assert done.complete and (done.done, done.rows) == (len(m.shards), m.rows) and not done.running
+    assert {p.name: p.read_bytes() for p in cache.iterdir() if p.is_file()} == before
