@@ -15,6 +15,7 @@ from conftest import extract
 from test_update import SHARD, change_everything
 
 from featcache.shared.cache import rowindex, schema
+from featcache.shared.cache.fsutil import sha256_file
 from featcache.shared.cache.manifest import Manifest
 from featcache.shared.cache.parts import finalize
 from featcache.shared.cache.reader import ROW, SPLIT_UNIT, FeatureCache
@@ -410,3 +411,54 @@ def test_finalize_of_a_cache_that_cannot_be_written_reports_it_unchanged(tiny_ca
     m = Manifest.load(cache)
     assert done.complete and (done.done, done.rows) == (len(m.shards), m.rows) and not done.running
     assert {p.name: p.read_bytes() for p in cache.iterdir() if p.is_file()} == before
+
+
+def test_a_shard_dataset_kept_in_another_file_is_never_read(tiny_cache, tmp_path):
+    """A hostile cache (its manifest records the shard's size and checksum, its row index is current)
+    whose shard keeps its pooled vectors or maps in another file (an external link, a virtual
+    dataset): readers, with or without the row index, and verify refuse it in one line naming the
+    shard instead of reading another file (or blocking for ever on a FIFO named as the target)."""
+    cache = copy(tiny_cache, tmp_path)
+    m = Manifest.load(cache)
+    shard = cache / m.shards[1].file
+    saved = shard.read_bytes()
+    outside = tmp_path / "outside.h5"
+    with h5py.File(shard, "r") as f, h5py.File(outside, "w") as g:
+        for key in (schema.POOLED, schema.MAPS):
+            g.create_dataset(key, data=f[key][()] + 1)
+        shape, dtype = f[schema.POOLED].shape, f[schema.POOLED].dtype
+    layout = h5py.VirtualLayout(shape=shape, dtype=dtype)
+    layout[:] = h5py.VirtualSource(str(outside), schema.POOLED, shape=shape)
+    for name, key, edit in (
+        (
+            "external link",
+            schema.POOLED,
+            lambda f: f.__setitem__(schema.POOLED, h5py.ExternalLink(str(outside), schema.POOLED)),
+        ),
+        ("virtual dataset", schema.POOLED, lambda f: f.create_virtual_dataset(schema.POOLED, layout)),
+        (
+            "external link",
+            schema.MAPS,
+            lambda f: f.__setitem__(schema.MAPS, h5py.ExternalLink(str(outside), schema.MAPS)),
+        ),
+    ):
+        shard.write_bytes(saved)
+        with h5py.File(shard, "r+") as f:
+            del f[key]
+            edit(f)
+        record = m.shards[1]  # a consistent hostile cache: its manifest and its index agree with the file
+        record.bytes, record.sha256 = shard.stat().st_size, sha256_file(shard)
+        m.save(cache)
+        finalize(cache)
+        assert rowindex.is_current(cache, m), name
+        error = rf"shard-00001.h5: cannot read dataset \({key} "
+        if key == schema.POOLED:
+            for row_index in (True, False):
+                with pytest.raises(FeatcacheError, match=error):
+                    FeatureCache(cache, row_index=row_index).load_pooled()
+        else:
+            with pytest.raises(FeatcacheError, match=error):
+                list(FeatureCache(cache).iter_maps())
+        reasons = [p.reason for p in verify(cache).problems]
+        assert len(reasons) == 1 and reasons[0].startswith(f"dataset {key} "), (name, reasons)
+        assert reasons[0].endswith("(only datasets stored in the file are read)"), reasons

@@ -11,20 +11,23 @@ inside the file), so anything else is refused before it is touched.
 from __future__ import annotations
 
 import h5py
+from h5py import h5d, h5l
 
 
 def own_dataset(group: h5py.Group, key: str) -> h5py.Dataset:
     """``group[key]``, checked to be a dataset stored in this file, without following any link out of
     it: ``KeyError`` when absent, ``ValueError`` saying why for a link, a group, a virtual dataset or
-    external storage (the exceptions a reader already turns into a one-line error or a fallback)."""
-    link = group.get(key, getlink=True)
-    if link is None:
+    external storage (the exceptions a reader already turns into a one-line error or a fallback).
+    ~5 us more than ``group[key]`` (low-level calls: the link's type, the creation property list)."""
+    name = key.encode()
+    if not group.id.links.exists(name):
         raise KeyError(key)
-    if not isinstance(link, h5py.HardLink):
-        raise ValueError(f"{key} is a {type(link).__name__} (a link; only datasets stored in the file are read)")
+    if group.id.links.get_info(name).type != h5l.TYPE_HARD:
+        raise ValueError(f"{key} is a link (only datasets stored in the file are read)")
     d = group[key]
     if not isinstance(d, h5py.Dataset):
         raise ValueError(f"{key} is not a dataset")
-    if d.is_virtual or d.external:
+    dcpl = d.id.get_create_plist()
+    if dcpl.get_layout() == h5d.VIRTUAL or dcpl.get_external_count():
         raise ValueError(f"{key} keeps its data in another file (only datasets stored in the file are read)")
     return d

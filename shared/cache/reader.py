@@ -35,6 +35,7 @@ import numpy as np
 from ..errors import FeatcacheError, FingerprintMismatchError
 from . import deflate, rowindex, schema
 from .fingerprint import IDENTITY_KEYS, check_compatible, differences
+from .h5file import own_dataset
 from .manifest import SHARDS_LISTED, Manifest, ShardRecord, list_shards
 from .paths import shard_path
 from .schema import LISTING_ATTR
@@ -361,14 +362,17 @@ class FeatureCache:
         step = max(schema.MAPS_CHUNK_ROWS, block_rows - block_rows % schema.MAPS_CHUNK_ROWS)
         for record in self.shards:
             with self.open_shard(record) as f:
-                index = f[schema.INDEX][()]
+                index = own_dataset(f, schema.INDEX)[()]
                 rows = np.arange(len(index)) if keep is None else np.flatnonzero(members(index, keep))
                 live = self._live(index[rows])
                 if live is not None:
                     rows = rows[live]
                 if len(rows) == 0:
                     continue
-                maps = f[schema.MAPS]
+                try:
+                    maps = own_dataset(f, schema.MAPS)
+                except (KeyError, ValueError) as exc:
+                    raise FeatcacheError(f"{self.shard_path(record)}: cannot read dataset ({exc})") from None
                 for sel in aligned_blocks(rows, step):
                     yield index[sel], read_block(maps, sel, dtype)
 
@@ -443,7 +447,7 @@ _COLUMN_KINDS = {schema.POOLED: "f", schema.LABEL: "i", schema.INDEX: "i", schem
 def _read_column(f: h5py.File, key: str, rows: int, channels: int) -> np.ndarray:
     """Dataset ``key`` of an open shard, checked to hold ``rows`` rows of the expected kind (ids as
     str objects); ``ValueError`` says what differs."""
-    d = f[key]
+    d = own_dataset(f, key)
     if key == schema.POOLED_VIEWS:  # (rows, V - 1, C): the extra views of each row
         if not (d.ndim == 3 and d.shape[0] == rows and d.shape[2] == channels and d.shape[1] >= 1):
             raise ValueError(f"{key} is {d.shape}, expected ({rows}, views - 1, {channels})")
@@ -515,7 +519,7 @@ def shard_identity_problem(
             )
         if not read_index:
             return None
-        index = f[schema.INDEX]
+        index = own_dataset(f, schema.INDEX)
         if index.shape != (rec.rows,):
             return f"shard has {index.shape} index values, the manifest says {rec.rows} rows"
         values = index[()]
