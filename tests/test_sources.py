@@ -294,3 +294,49 @@ def test_a_published_listing_of_the_wrong_types_is_one_line_and_never_adopted(fi
         load_listing(cache)
     what, source = share_listing(ExtractConfig(source=src, cache=cache, shard_size=1, part=Part(1, 2)))
     assert what == "own" and source.ids == ["a/00.jpg", "b/00.jpg"] and source.labels.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize(
+    ("files", "listed", "claim"),
+    [
+        # train/ and val/ holding images: a walk makes them splits, not classes named train and val
+        (("train/x.jpg", "val/y.jpg"), {"train/x.jpg": (0, -1), "val/y.jpg": (1, -1)}, "class folders"),
+        # a class cat/ beside train/: a walk makes train/ a class, not a split of images without one
+        (("train/x.jpg", "cat/y.jpg"), {"train/x.jpg": (-1, 0)}, "train/val/test folders"),
+    ],
+)
+def test_a_published_listing_in_another_layout_than_the_folders_give_is_refused(
+    files, listed, claim, tmp_path, monkeypatch
+):
+    """Ids, labels and splits consistent with each other, but in the layout of another folder: the
+    walk decides between class and split folders from the folders at the top of the source, so an
+    adopting worker reads them (one directory) instead of taking the listing's word for it (it
+    adopted such a listing, labelling its part's rows otherwise than the walk)."""
+    import os
+
+    import numpy as np
+
+    from featcache.extractor import sources
+    from featcache.extractor.runner import ExtractConfig, share_listing
+    from featcache.shared.cache.listing import save_listing
+    from featcache.shared.cache.parts import Part
+
+    src, cache = tmp_path / "src", tmp_path / "cache"
+    touch(src, *files)
+    ids = sorted(listed)
+    cache.mkdir()
+    save_listing(
+        cache,
+        {
+            "id": np.array(ids),
+            "label": np.array([listed[i][0] for i in ids], dtype=np.int32),
+            "split": np.array([listed[i][1] for i in ids], dtype=np.int8),
+            "size": np.ones(len(ids), dtype=np.int64),
+            "mtime_ns": np.array([os.stat(src / i).st_mtime_ns for i in ids], dtype=np.int64),
+        },
+    )
+    stated: list[bytes] = []
+    monkeypatch.setattr(sources, "stat_files", lambda paths: stated.extend(paths) or None)
+    with pytest.raises(BadInputError, match=rf"listing.npz: input 0 .* is listed as in {claim}, but the folders of "):
+        share_listing(ExtractConfig(source=src, cache=cache, shard_size=1, part=Part(0, 2)))
+    assert stated == []
