@@ -303,6 +303,8 @@ def test_a_published_listing_of_the_wrong_types_is_one_line_and_never_adopted(fi
         (("train/x.jpg", "val/y.jpg"), {"train/x.jpg": (0, -1), "val/y.jpg": (1, -1)}, "class folders"),
         # a class cat/ beside train/: a walk makes train/ a class, not a split of images without one
         (("train/x.jpg", "cat/y.jpg"), {"train/x.jpg": (-1, 0)}, "train/val/test folders"),
+        # images beside a class folder: a walk ignores them (they have no class)
+        (("loose.jpg", "cat/y.jpg"), {"loose.jpg": (-1, -1)}, "no folder"),
     ],
 )
 def test_a_published_listing_in_another_layout_than_the_folders_give_is_refused(
