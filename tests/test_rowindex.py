@@ -284,6 +284,12 @@ def test_a_hostile_index_is_refused_before_it_is_read_or_followed_out_of_the_cac
             schema.LABEL, lambda f: f.create_dataset(schema.LABEL, (n,), "int32", external=[(str(raw), 0, 4 * n)])
         ),
         "version infinite": lambda: set_attribute("version", np.inf),
+        "split_unit out of [0, 1]": lambda: replace(
+            rowindex.SPLIT_UNIT, lambda f: f.create_dataset(rowindex.SPLIT_UNIT, data=np.full(n, 7.0))
+        ),
+        "split_unit NaN": lambda: replace(
+            rowindex.SPLIT_UNIT, lambda f: f.create_dataset(rowindex.SPLIT_UNIT, data=np.full(n, np.nan))
+        ),
         "ids not UTF-8": lambda: replace(
             rowindex.ID_BYTES,
             lambda f: f.__setitem__(
