@@ -342,3 +342,25 @@ def test_a_published_listing_in_another_layout_than_the_folders_give_is_refused(
     with pytest.raises(BadInputError, match=rf"listing.npz: input 0 .* is listed as in {claim}, but the folders of "):
         share_listing(ExtractConfig(source=src, cache=cache, shard_size=1, part=Part(0, 2)))
     assert stated == []
+
+
+def test_a_listing_declaring_more_than_memory_is_refused_before_it_is_inflated(tmp_path):
+    """listing.npz is a zip of .npy arrays whose headers declare their shapes: a few bytes can
+    declare terabytes (a MemoryError traceback, or, within the machine's memory, gigabytes really
+    allocated). The headers are read first; more than half the machine's memory is one line."""
+    import zipfile
+
+    import numpy as np
+
+    from featcache.shared.cache.listing import FIELDS, load_listing
+    from featcache.shared.errors import FeatcacheError
+
+    n = 2**40
+    dtypes = {"id": "<U8", "label": "<i4", "split": "|i1", "size": "<i8", "mtime_ns": "<i8"}
+    with zipfile.ZipFile(tmp_path / "listing.npz", "w", zipfile.ZIP_DEFLATED) as z:
+        for key in FIELDS:
+            with z.open(f"{key}.npy", "w") as f:  # the header alone: what a reader allocates from
+                np.lib.format.write_array_header_1_0(f, {"descr": dtypes[key], "fortran_order": False, "shape": (n,)})
+    assert (tmp_path / "listing.npz").stat().st_size < 2000
+    with pytest.raises(FeatcacheError, match=rf"listing.npz: not a readable input listing \({n} inputs declared, "):
+        load_listing(tmp_path)
