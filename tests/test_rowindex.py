@@ -74,6 +74,7 @@ def test_index_is_the_shards_columns_and_reads_as_the_shards_without_opening_one
                 got = f[key][()]
             np.testing.assert_array_equal(got, np.concatenate(shards), err_msg=key)
         np.testing.assert_array_equal(f["offsets"][()], np.cumsum([0] + [s.rows for s in m.shards]))
+    assert (updated / schema.ROW_INDEX_NAME).stat().st_size < 20_000  # ~30 rows: no 1 MB chunk of ids
     via_shards = FeatureCache(updated, row_index=False).read_columns(META)
     opened = opens(monkeypatch)
     via_index = FeatureCache(updated).read_columns(META)

@@ -60,6 +60,10 @@ ALL = (*COLUMNS, SPLIT_UNIT)
 ID_BYTES = "id_utf8"
 ID_END = b"\x00"
 ID_CHUNK = 1 << 20
+# Smaller caches get smaller chunks (a chunk is stored whole: a 15-row cache's index was 1 MB), from
+# a guess of the bytes an id takes with its NUL
+ID_CHUNK_MIN = 1 << 10
+ID_BYTES_GUESS = 32
 OFFSETS = "offsets"  # (S + 1,) int64: shard k's rows are [offsets[k], offsets[k + 1])
 MTIMES = "mtime_ns"  # (S,) int64: each shard file's st_mtime_ns when the index was built
 
@@ -248,7 +252,13 @@ def refresh(cache_dir: str | os.PathLike[str], m: Manifest, read_shard) -> bool:
             f.create_dataset(OFFSETS, data=offsets)
             f.create_dataset(MTIMES, data=mtimes)
             out = {key: f.create_dataset(key, shape=(n,), dtype=dtype) for key, dtype in dtypes.items()}
-            blob = f.create_dataset(ID_BYTES, shape=(0,), maxshape=(None,), dtype=np.uint8, chunks=(ID_CHUNK,))
+            blob = f.create_dataset(
+                ID_BYTES,
+                shape=(0,),
+                maxshape=(None,),
+                dtype=np.uint8,
+                chunks=(min(ID_CHUNK, max(ID_CHUNK_MIN, ID_BYTES_GUESS * n)),),
+            )
             for k, record in enumerate(m.shards):
                 lo, hi = int(offsets[k]), int(offsets[k + 1])
                 if hi > lo:
