@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..shared.cache.fsutil import write_failure
 from ..shared.cache.manifest import FailedInput
 from ..shared.cache.writer import CacheWriter, ShardWriter
 from ..shared.errors import BadInputError, FeatcacheError
@@ -102,7 +103,7 @@ class ShardSink:
                 self._write(*item)
         except OSError as exc:  # disk full, I/O error: say which file and that finished shards are safe
             self._error = FeatcacheError(
-                f"{exc.filename or self.cache.dir}: cannot write ({exc.strerror or exc}); the {self.stats.shards} "
+                f"{exc.filename or self.cache.dir}: cannot write ({write_failure(exc)}); the {self.stats.shards} "
                 "shards finished in this run are kept: fix the cause and run the same command to resume"
             )
         except BaseException as exc:  # handed to the main thread

@@ -264,3 +264,103 @@ def test_a_hostile_published_listing_is_refused_before_any_input_is_touched(host
     message = str(e.value)
     assert message.startswith(f"{cache / 'listing.npz'}: input ") and "\n" not in message
     assert "not a listing a walk of" in message and stated == []
+
+
+@pytest.mark.parametrize(("field", "values"), [("label", ["x", "y"]), ("split", ["train", "val"]), ("id", [1, 2])])
+def test_a_published_listing_of_the_wrong_types_is_one_line_and_never_adopted(field, values, tmp_path):
+    """listing.npz arrays of other types than save_listing writes (labels or splits as strings, ids as
+    numbers) are not a readable listing: one line naming the file (they raised a bare ValueError where
+    an adopting worker cast them), and a --part worker lists the source itself instead."""
+    import numpy as np
+
+    from featcache.extractor.runner import ExtractConfig, share_listing
+    from featcache.shared.cache.listing import load_listing, save_listing
+    from featcache.shared.cache.parts import Part
+    from featcache.shared.errors import FeatcacheError
+
+    src, cache = tmp_path / "src", tmp_path / "cache"
+    touch(src, "a/00.jpg", "b/00.jpg")
+    listing = {
+        "id": np.array(["a/00.jpg", "b/00.jpg"]),
+        "label": np.array([0, 1], dtype=np.int32),
+        "split": np.full(2, -1, dtype=np.int8),
+        "size": np.ones(2, dtype=np.int64),
+        "mtime_ns": np.array([(src / i).stat().st_mtime_ns for i in ("a/00.jpg", "b/00.jpg")]),
+    }
+    listing[field] = np.array(values)
+    cache.mkdir()
+    save_listing(cache, listing)
+    with pytest.raises(FeatcacheError, match=rf"listing.npz: not a readable input listing \({field} is "):
+        load_listing(cache)
+    what, source = share_listing(ExtractConfig(source=src, cache=cache, shard_size=1, part=Part(1, 2)))
+    assert what == "own" and source.ids == ["a/00.jpg", "b/00.jpg"] and source.labels.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize(
+    ("files", "listed", "claim"),
+    [
+        # train/ and val/ holding images: a walk makes them splits, not classes named train and val
+        (("train/x.jpg", "val/y.jpg"), {"train/x.jpg": (0, -1), "val/y.jpg": (1, -1)}, "class folders"),
+        # a class cat/ beside train/: a walk makes train/ a class, not a split of images without one
+        (("train/x.jpg", "cat/y.jpg"), {"train/x.jpg": (-1, 0)}, "train/val/test folders"),
+        # images beside a class folder: a walk ignores them (they have no class)
+        (("loose.jpg", "cat/y.jpg"), {"loose.jpg": (-1, -1)}, "no folder"),
+    ],
+)
+def test_a_published_listing_in_another_layout_than_the_folders_give_is_refused(
+    files, listed, claim, tmp_path, monkeypatch
+):
+    """Ids, labels and splits consistent with each other, but in the layout of another folder: the
+    walk decides between class and split folders from the folders at the top of the source, so an
+    adopting worker reads them (one directory) instead of taking the listing's word for it (it
+    adopted such a listing, labelling its part's rows otherwise than the walk)."""
+    import os
+
+    import numpy as np
+
+    from featcache.extractor import sources
+    from featcache.extractor.runner import ExtractConfig, share_listing
+    from featcache.shared.cache.listing import save_listing
+    from featcache.shared.cache.parts import Part
+
+    src, cache = tmp_path / "src", tmp_path / "cache"
+    touch(src, *files)
+    ids = sorted(listed)
+    cache.mkdir()
+    save_listing(
+        cache,
+        {
+            "id": np.array(ids),
+            "label": np.array([listed[i][0] for i in ids], dtype=np.int32),
+            "split": np.array([listed[i][1] for i in ids], dtype=np.int8),
+            "size": np.ones(len(ids), dtype=np.int64),
+            "mtime_ns": np.array([os.stat(src / i).st_mtime_ns for i in ids], dtype=np.int64),
+        },
+    )
+    stated: list[bytes] = []
+    monkeypatch.setattr(sources, "stat_files", lambda paths: stated.extend(paths) or None)
+    with pytest.raises(BadInputError, match=rf"listing.npz: input 0 .* is listed as in {claim}, but the folders of "):
+        share_listing(ExtractConfig(source=src, cache=cache, shard_size=1, part=Part(0, 2)))
+    assert stated == []
+
+
+def test_a_listing_declaring_more_than_memory_is_refused_before_it_is_inflated(tmp_path):
+    """listing.npz is a zip of .npy arrays whose headers declare their shapes: a few bytes can
+    declare terabytes (a MemoryError traceback, or, within the machine's memory, gigabytes really
+    allocated). The headers are read first; more than half the machine's memory is one line."""
+    import zipfile
+
+    import numpy as np
+
+    from featcache.shared.cache.listing import FIELDS, load_listing
+    from featcache.shared.errors import FeatcacheError
+
+    n = 2**40
+    dtypes = {"id": "<U8", "label": "<i4", "split": "|i1", "size": "<i8", "mtime_ns": "<i8"}
+    with zipfile.ZipFile(tmp_path / "listing.npz", "w", zipfile.ZIP_DEFLATED) as z:
+        for key in FIELDS:
+            with z.open(f"{key}.npy", "w") as f:  # the header alone: what a reader allocates from
+                np.lib.format.write_array_header_1_0(f, {"descr": dtypes[key], "fortran_order": False, "shape": (n,)})
+    assert (tmp_path / "listing.npz").stat().st_size < 2000
+    with pytest.raises(FeatcacheError, match=rf"listing.npz: not a readable input listing \({n} inputs declared, "):
+        load_listing(tmp_path)

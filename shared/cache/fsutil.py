@@ -15,6 +15,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -150,3 +151,17 @@ def remove_stale_temps(directory: Path, mine: Callable[[str], bool]) -> list[Pat
                 p.unlink(missing_ok=True)
                 removed.append(p)
     return removed
+
+
+def write_failure(exc: BaseException) -> str:
+    """One line saying why a write failed: the ``error message`` of HDF5's multi-line report (h5py
+    raises a full disk as ``RuntimeError: Can't decrement id ref count (file write failed: ...,
+    errno = 28, error message = 'No space left on device', ...)``, or as an ``OSError`` whose
+    ``strerror`` is that report), else an OSError's ``strerror``, else the first line."""
+    text = str(exc)
+    found = re.search(r"error message = '([^']*)'", text)
+    if found:
+        return found[1]
+    if isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__

@@ -9,6 +9,8 @@ differs is refused with a line that counts (and names a few of) the inputs added
 from __future__ import annotations
 
 import io
+import os
+import resource
 import zipfile
 from pathlib import Path
 
@@ -19,6 +21,9 @@ from .fsutil import atomic_write_bytes, read_regular
 
 LISTING_NAME = "listing.npz"
 FIELDS = ("id", "label", "split", "size", "mtime_ns")
+# numpy dtype kind of each field: what save_listing writes (str ids, integer numbers)
+KINDS = {"id": "U", "label": "i", "split": "i", "size": "i", "mtime_ns": "i"}
+KIND_NAMES = {"U": "strings", "i": "integers"}
 
 
 def save_listing(cache_dir: Path, listing: dict[str, np.ndarray]) -> None:
@@ -38,15 +43,59 @@ def load_listing(cache_dir: Path, size: int | None = None) -> dict[str, np.ndarr
     path = Path(cache_dir) / LISTING_NAME
     if not path.exists() and not path.is_symlink():
         return None
+    errors = (OSError, ValueError, KeyError, EOFError, MemoryError, zipfile.BadZipFile, zipfile.LargeZipFile)
     try:
-        with np.load(io.BytesIO(read_regular(path)), allow_pickle=False) as z:
-            out = {k: z[k] for k in FIELDS}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
+        data = read_regular(path)
+        declared = _declared(data)
+    except errors as exc:
         raise FeatcacheError(f"{path}: not a readable input listing ({type(exc).__name__}: {str(exc)[:200]})") from None
-    if any(v.ndim != 1 or len(v) != len(out["id"]) for v in out.values()):
+    n = declared["id"][0][0] if len(declared["id"][0]) == 1 else -1
+    if any(shape != (n,) for shape, _ in declared.values()):
         raise FeatcacheError(f"{path}: not a readable input listing (arrays of different lengths)")
+    for key, (_, dtype) in declared.items():  # e.g. labels as strings: one line here, not a ValueError where used
+        if dtype.kind != KINDS[key]:
+            raise FeatcacheError(
+                f"{path}: not a readable input listing ({key} is {dtype}, expected {KIND_NAMES[KINDS[key]]})"
+            )
+    need = sum(n * dtype.itemsize for _, dtype in declared.values())
+    if need > memory_budget():  # a few MB of zeros can declare terabytes: refused before any is inflated
+        raise FeatcacheError(
+            f"{path}: not a readable input listing ({n} inputs declared, {need / 1e9:.1f} GB: more than half "
+            "of this machine's memory)"
+        )
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            out = {k: z[k] for k in FIELDS}
+    except errors as exc:
+        raise FeatcacheError(f"{path}: not a readable input listing ({type(exc).__name__}: {str(exc)[:200]})") from None
     if size is not None:
         if len(out["id"]) < size:
             raise FeatcacheError(f"{path}: {len(out['id'])} inputs listed, the manifest plans {size}")
         out = {k: v[:size] for k, v in out.items()}
     return out
+
+
+def _declared(data: bytes) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Each field's shape and dtype as the ``.npy`` header in the zip ``data`` declares them, read
+    without inflating the arrays (``KeyError`` for a missing field, ``ValueError`` for a bad header)."""
+    out = {}
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        for key in FIELDS:
+            with z.open(f"{key}.npy") as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+                else:
+                    raise ValueError(f"{key}.npy has format version {version}")
+            out[key] = (tuple(shape), np.dtype(dtype))
+    return out
+
+
+def memory_budget() -> int:
+    """Bytes a listing may take in memory: half of the machine's memory, or of the process's
+    address-space limit when one is set (``ulimit -v``)."""
+    budget = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    return min(budget, soft // 2) if soft != resource.RLIM_INFINITY else budget

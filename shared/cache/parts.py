@@ -21,6 +21,7 @@ removed, and the cache is the same, file for file, as one made by a single run.
 
 from __future__ import annotations
 
+import errno
 import math
 import re
 import warnings
@@ -319,14 +320,45 @@ def refresh_row_index(cache_dir: Path) -> bool:
         return False
 
 
+# errno of a lock file that cannot be opened for writing: a read-only filesystem, no permission
+UNWRITABLE_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
 def finalize(cache_dir: str | Path, *, wait: float = LOCK_WAIT_SECONDS) -> Finalized:
     """Fold the commit journals into ``manifest.json`` and say what is missing and who is running.
 
     Safe at any time: it only adds shards whose files are in place, under the cache lock. When the
-    cache is complete and no part is running, the ``parts/`` folder is removed."""
+    cache is complete and no part is running, the ``parts/`` folder is removed. A cache that cannot
+    be written (a read-only mount, another user's: the lock cannot be opened) is reported as it is,
+    with a warning, and left unchanged (``running`` then holds the parts whose lock names a holder,
+    running or killed)."""
     cache_dir = Path(cache_dir)
-    Manifest.load(cache_dir)  # not a cache: say so before the lock creates anything
-    with CacheLock(cache_dir, wait=wait):
+    m = Manifest.load(cache_dir)  # not a cache: say so before the lock creates anything
+    lock = CacheLock(cache_dir, wait=wait)
+    try:
+        lock.acquire()
+    except OSError as exc:
+        if exc.errno not in UNWRITABLE_ERRNOS:
+            raise
+        # a cache on a read-only mount, or someone else's: what is committed is in m (the manifest
+        # with the journals replayed), so say what it holds and change nothing
+        warnings.warn(
+            f"{lock.path}: cannot take the cache lock ({exc.strerror}): the cache cannot be written here; "
+            "its state is reported as it is, nothing folded and no row index written",
+            stacklevel=2,
+        )
+        holders = recorded_holders(cache_dir)
+        return Finalized(
+            cache_dir,
+            m.num_shards,
+            len(m.shards),
+            m.rows,
+            0,
+            m.missing_shards(),
+            holders,
+            sorted({p.count for p in known_parts(cache_dir) if not p.whole}),
+        )
+    try:
         m, merged = fold(cache_dir)
         parts = known_parts(cache_dir)
         running = running_parts(cache_dir)
@@ -339,6 +371,8 @@ def finalize(cache_dir: str | Path, *, wait: float = LOCK_WAIT_SECONDS) -> Final
                 d.rmdir()
         if m.complete and not running:
             refresh_row_index(cache_dir)
+    finally:
+        lock.release()
     return Finalized(
         cache_dir,
         m.num_shards,

@@ -35,6 +35,7 @@ import numpy as np
 from ..errors import FeatcacheError, FingerprintMismatchError
 from . import deflate, rowindex, schema
 from .fingerprint import IDENTITY_KEYS, check_compatible, differences
+from .h5file import own_dataset
 from .manifest import SHARDS_LISTED, Manifest, ShardRecord, list_shards
 from .paths import shard_path
 from .schema import LISTING_ATTR
@@ -153,12 +154,22 @@ class FeatureCache:
                 "with allow_partial=True"
             )
 
-    def open_shard(self, record: ShardRecord) -> h5py.File:
+    def open_shard(self, record: ShardRecord, *, index_checked: bool = False) -> h5py.File:
         """Open one shard read-only, checking that it is HDF5, carries this cache's fingerprint and
-        is the shard its record describes (:func:`shard_identity_problem`)."""
-        path = self.shard_path(record)
-        if not path.is_file():
-            raise FeatcacheError(f"{path}: shard listed in the manifest is missing")
+        is the shard its record describes (:func:`shard_identity_problem`).
+
+        ``index_checked``: a current row index vouches for the file's size and its ``index`` values
+        (copied from it when it was identity-checked, and it has kept its size and modification time
+        since), so they are not read again; the fingerprint and the ``shard``/``first_index``/
+        ``num_inputs``/listing attributes still are (~0.3 ms a shard): a file swapped in with the same
+        size and ``touch -r`` (another shard of the cache, the same shard of a cache made with other
+        weights) is refused, never read as this one."""
+        if index_checked:  # the index checked it is a regular file (not a link) in shards/, inside the cache
+            path = self.path / record.file
+        else:
+            path = self.shard_path(record)
+            if not path.is_file():
+                raise FeatcacheError(f"{path}: shard listed in the manifest is missing")
         try:
             f = h5py.File(path, "r")
         except OSError as exc:
@@ -171,7 +182,8 @@ class FeatureCache:
             diff = differences(self.fingerprint, fp, IDENTITY_KEYS) if isinstance(fp, dict) else ["fingerprint"]
             if diff:
                 raise FingerprintMismatchError(f"{path}: shard was made with different {'; '.join(diff)}")
-            problem = shard_identity_problem(f, record, self.manifest, path.stat().st_size)
+            size = record.bytes if index_checked else path.stat().st_size
+            problem = shard_identity_problem(f, record, self.manifest, size, read_index=not index_checked)
             if problem:
                 raise ShardMismatchError(f"{path}: {problem}")
         except BaseException:
@@ -247,9 +259,9 @@ class FeatureCache:
         objects; :data:`SPLIT_UNIT` NaN where the row index does not give it).
 
         With a current row index, the keys it holds come from it, and a shard is opened only for the
-        others (pooled vectors), without a second identity check: the index was copied from the
-        identity-checked shard, which has kept its size and modification time since. Without one,
-        each shard is opened and checked (:meth:`open_shard`)."""
+        others (pooled vectors), with the cheap part of the identity check (``index_checked=True`` of
+        :meth:`open_shard`: the index was copied from the identity-checked shard, which has kept its
+        size and modification time since). Without one, each shard is opened and fully checked."""
         in_index = tuple(k for k in keys if k in rowindex.ALL)
         stored = None
         if self._use_row_index:
@@ -263,7 +275,7 @@ class FeatureCache:
             else:
                 where = index_file
                 lo, hi = (int(v) for v in stored[rowindex.OFFSETS][ordinal : ordinal + 2])
-                opened = _open_trusted(self.path / record.file) if from_shards else contextlib.nullcontext()
+                opened = self.open_shard(record, index_checked=True) if from_shards else contextlib.nullcontext()
             with opened as f:
 
                 def read(
@@ -350,14 +362,17 @@ class FeatureCache:
         step = max(schema.MAPS_CHUNK_ROWS, block_rows - block_rows % schema.MAPS_CHUNK_ROWS)
         for record in self.shards:
             with self.open_shard(record) as f:
-                index = f[schema.INDEX][()]
+                index = own_dataset(f, schema.INDEX)[()]
                 rows = np.arange(len(index)) if keep is None else np.flatnonzero(members(index, keep))
                 live = self._live(index[rows])
                 if live is not None:
                     rows = rows[live]
                 if len(rows) == 0:
                     continue
-                maps = f[schema.MAPS]
+                try:
+                    maps = own_dataset(f, schema.MAPS)
+                except (KeyError, ValueError) as exc:
+                    raise FeatcacheError(f"{self.shard_path(record)}: cannot read dataset ({exc})") from None
                 for sel in aligned_blocks(rows, step):
                     yield index[sel], read_block(maps, sel, dtype)
 
@@ -420,15 +435,6 @@ def read_block(dset: h5py.Dataset, sel: np.ndarray, dtype: str | None = None) ->
     return block if dtype is None else block.astype(dtype, copy=False)
 
 
-def _open_trusted(path: Path) -> h5py.File:
-    """A shard file the row index vouches for (a regular file inside the cache, of its record's size
-    and recorded modification time), opened read-only."""
-    try:
-        return h5py.File(path, "r")
-    except OSError as exc:
-        raise FeatcacheError(f"{path}: shard is not a readable HDF5 file ({exc})") from None
-
-
 class ShardMismatchError(FeatcacheError):
     """A listed shard file is not the shard its manifest record describes (copied from another cache,
     or from another position of this one)."""
@@ -441,7 +447,7 @@ _COLUMN_KINDS = {schema.POOLED: "f", schema.LABEL: "i", schema.INDEX: "i", schem
 def _read_column(f: h5py.File, key: str, rows: int, channels: int) -> np.ndarray:
     """Dataset ``key`` of an open shard, checked to hold ``rows`` rows of the expected kind (ids as
     str objects); ``ValueError`` says what differs."""
-    d = f[key]
+    d = own_dataset(f, key)
     if key == schema.POOLED_VIEWS:  # (rows, V - 1, C): the extra views of each row
         if not (d.ndim == 3 and d.shape[0] == rows and d.shape[2] == channels and d.shape[1] >= 1):
             raise ValueError(f"{key} is {d.shape}, expected ({rows}, views - 1, {channels})")
@@ -483,12 +489,15 @@ def split_problem(split: np.ndarray) -> str | None:
     return f"split code {first} is not a split (0 train, 1 val, 2 test, -1 none); {int(bad.sum())} rows affected"
 
 
-def shard_identity_problem(f: h5py.File, rec: ShardRecord, m: Manifest, size: int) -> str | None:
+def shard_identity_problem(
+    f: h5py.File, rec: ShardRecord, m: Manifest, size: int, read_index: bool = True
+) -> str | None:
     """What shows that the open shard ``f`` (``size`` bytes on disk) is not the shard ``rec`` of the
     cache of ``m``, or None: byte size, the ``shard``/``first_index``/``num_inputs`` attributes, the
     row count, index values inside the shard's inputs and increasing, and the cache's
     ``listing_sha256`` (an attribute only shards written since it was added carry). Reads the
-    attributes and the ``index`` dataset only (8 bytes a row)."""
+    attributes and the ``index`` dataset only (8 bytes a row); ``read_index=False`` (values a current
+    row index has checked) the attributes only."""
     if size != rec.bytes:
         fix = "replaced or truncated; run featcache-inspect verify"
         return f"shard is {size} bytes, the manifest says {rec.bytes} ({fix})"
@@ -508,7 +517,9 @@ def shard_identity_problem(f: h5py.File, rec: ShardRecord, m: Manifest, size: in
                 f"shard belongs to another cache (made from listing {str(listing)[:12]}..., this cache's is "
                 f"{str(mine)[:12]}...)"
             )
-        index = f[schema.INDEX]
+        if not read_index:
+            return None
+        index = own_dataset(f, schema.INDEX)
         if index.shape != (rec.rows,):
             return f"shard has {index.shape} index values, the manifest says {rec.rows} rows"
         values = index[()]

@@ -29,6 +29,7 @@ for MobileNetV2): the index stays ~40 bytes a row, cheap to rewrite after an upd
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import stat
@@ -39,7 +40,8 @@ import numpy as np
 
 from ..errors import FeatcacheError
 from . import schema
-from .fsutil import commit_file, create_new, remove_stale_temps, temp_path_for
+from .fsutil import atomic_write_bytes, remove_stale_temps, write_failure
+from .h5file import own_dataset
 from .manifest import Manifest, ShardRecord
 from .paths import cache_path
 from .split import hash_unit
@@ -52,12 +54,16 @@ COLUMNS = (schema.LABEL, schema.ID, schema.INDEX, schema.SPLIT)
 # split by hash compares with the fractions. Hashing is ~1 us an id: 10 s per 10 million rows.
 SPLIT_UNIT = "split_unit"
 ALL = (*COLUMNS, SPLIT_UNIT)
-# Ids are stored as one UTF-8 byte string (surrogateescape, as paths are), each id followed by a NUL
+# Ids are stored as one UTF-8 byte string (strict, as the shards' HDF5 UTF-8 strings), each id followed by a NUL
 # (which no id holds: HDF5 strings, the shards' storage, end at one): read and split in ~0.7 s for 10
 # million ids, against ~3 s for h5py's variable-length strings (one heap object a row).
 ID_BYTES = "id_utf8"
 ID_END = b"\x00"
 ID_CHUNK = 1 << 20
+# Smaller caches get smaller chunks (a chunk is stored whole: a 15-row cache's index was 1 MB), from
+# a guess of the bytes an id takes with its NUL
+ID_CHUNK_MIN = 1 << 10
+ID_BYTES_GUESS = 32
 OFFSETS = "offsets"  # (S + 1,) int64: shard k's rows are [offsets[k], offsets[k + 1])
 MTIMES = "mtime_ns"  # (S,) int64: each shard file's st_mtime_ns when the index was built
 
@@ -108,46 +114,69 @@ def load(cache_dir: str | os.PathLike[str], m: Manifest, columns: tuple[str, ...
         return None
     try:
         with h5py.File(path, "r") as f:
-            if f.attrs.get("format") != FORMAT or int(f.attrs.get("version", -1)) != VERSION:
+            if not (_attr_is(f, "format", FORMAT) and _attr_is(f, "version", VERSION)):
                 return None
-            if f.attrs.get("built_from") != records_digest(m.shards):
+            if not _attr_is(f, "built_from", records_digest(m.shards)):
                 return None
-            offsets = f[OFFSETS][()]
-            mtimes = f[MTIMES][()]
+            datasets = {key: own_dataset(f, key) for key in (OFFSETS, MTIMES, ID_BYTES, *_KINDS)}
+            if not _well_formed(datasets, m.shards):  # shapes first: nothing unbounded is read
+                return None
+            offsets = datasets[OFFSETS][()]
+            if offsets[0] != 0 or not np.array_equal(np.diff(offsets), [r.rows for r in m.shards]):
+                return None
+            if not np.array_equal(datasets[MTIMES][()], _mtimes(cache_dir, m.shards)):
+                return None
             out = {OFFSETS: offsets}
-            if not _well_formed(f, m.shards, offsets, mtimes):
-                return None
-            if not np.array_equal(mtimes, _mtimes(cache_dir, m.shards)):
-                return None
             for key in dict.fromkeys((*columns, schema.INDEX)):
-                out[key] = decode_ids(f[ID_BYTES][()], int(offsets[-1])) if key == schema.ID else f[key][()]
+                if key == schema.ID:
+                    out[key] = decode_ids(datasets[ID_BYTES][()], int(offsets[-1]))
+                else:
+                    out[key] = datasets[key][()]
     except (OSError, KeyError, ValueError, TypeError, FeatcacheError):
         return None
     if not _index_values_fit(out[schema.INDEX], offsets, m.shards):
         return None
+    if SPLIT_UNIT in out and not ((out[SPLIT_UNIT] >= 0) & (out[SPLIT_UNIT] <= 1)).all():
+        return None  # no hash_unit of an id (NaN included): rows would move between splits unseen
     return out
 
 
-def _well_formed(f: h5py.File, shards: list[ShardRecord], offsets: np.ndarray, mtimes: np.ndarray) -> bool:
-    """Whether the datasets have the shapes and dtypes ``shards`` imply (without reading rows)."""
-    rows = np.array([r.rows for r in shards], np.int64)
-    if offsets.shape != (len(shards) + 1,) or mtimes.shape != (len(shards),) or offsets.dtype.kind != "i":
+# numpy dtype kind of each (N,) column (ids are ID_BYTES, checked apart)
+_KINDS = {schema.LABEL: "i", schema.INDEX: "i", schema.SPLIT: "i", SPLIT_UNIT: "f"}
+
+
+def _attr_is(f: h5py.File, key: str, expected: str | int) -> bool:
+    """Whether attribute ``key`` is ``expected``, of its type (a hand-edited array, an empty or a
+    float attribute is not: no comparison of odd types, no ``int(inf)``)."""
+    value = f.attrs.get(key)
+    if isinstance(expected, str):
+        return isinstance(value, str) and value == expected
+    return isinstance(value, (int, np.integer)) and int(value) == expected
+
+
+def _well_formed(datasets: dict[str, h5py.Dataset], shards: list[ShardRecord]) -> bool:
+    """Whether the datasets have the shapes and dtypes ``shards`` imply, before any is read: a
+    hand-edited index declaring a huge dataset (a few bytes on disk, compressed) is refused here,
+    never allocated. The ids' bytes cannot exceed the shard files' (they are stored there
+    uncompressed, as HDF5 variable-length strings)."""
+    n = sum(r.rows for r in shards)
+    offsets, mtimes, blob = datasets[OFFSETS], datasets[MTIMES], datasets[ID_BYTES]
+    if offsets.shape != (len(shards) + 1,) or offsets.dtype.kind != "i":
         return False
-    if offsets[0] != 0 or not np.array_equal(np.diff(offsets), rows):
+    if mtimes.shape != (len(shards),) or mtimes.dtype.kind != "i":
         return False
-    n = int(offsets[-1])
-    kinds = {schema.LABEL: "i", schema.INDEX: "i", schema.SPLIT: "i", SPLIT_UNIT: "f"}
-    for key in kinds:
-        if f[key].shape != (n,) or f[key].dtype.kind != kinds[key]:
-            return False
-    blob = f[ID_BYTES]
-    return blob.ndim == 1 and blob.dtype == np.uint8
+    if any(datasets[key].shape != (n,) or datasets[key].dtype.kind != kind for key, kind in _KINDS.items()):
+        return False
+    return blob.ndim == 1 and blob.dtype == np.uint8 and blob.shape[0] <= sum(r.bytes for r in shards)
 
 
 def encode_ids(ids: np.ndarray) -> bytes:
     """``ids`` ``(n,)`` str as UTF-8 bytes, each followed by :data:`ID_END` (:class:`FeatcacheError`
-    for an id holding it, which no shard can store)."""
-    data = b"".join(i.encode("utf-8", "surrogateescape") + ID_END for i in ids)
+    for an id holding it or a lone surrogate, which no shard can store)."""
+    try:
+        data = b"".join(i.encode("utf-8") + ID_END for i in ids)
+    except UnicodeEncodeError as exc:
+        raise FeatcacheError(f"an id is not valid Unicode ({exc}): it cannot be in the row index") from None
     if data.count(ID_END) != len(ids):
         raise FeatcacheError("an id holds a NUL character: it cannot be in the row index")
     return data
@@ -155,8 +184,9 @@ def encode_ids(ids: np.ndarray) -> bytes:
 
 def decode_ids(blob: np.ndarray, n: int) -> np.ndarray:
     """``(n,)`` str objects from :data:`ID_BYTES` ``(B,)`` uint8 (``ValueError`` unless it holds
-    exactly ``n`` ids)."""
-    parts = blob.tobytes().decode("utf-8", "surrogateescape").split(ID_END.decode())
+    exactly ``n`` ids, in valid UTF-8: an id no shard can hold would reach the commands' output as
+    a lone surrogate, which printing or writing it as UTF-8 refuses with a traceback)."""
+    parts = blob.tobytes().decode("utf-8").split(ID_END.decode())
     if len(parts) != n + 1 or parts[-1]:
         raise ValueError(f"{ID_BYTES} holds {len(parts) - 1} ids, not {n}")
     out = np.empty(n, object)
@@ -181,17 +211,22 @@ def _index_values_fit(index: np.ndarray, offsets: np.ndarray, shards: list[Shard
 
 
 def is_current(cache_dir: str | os.PathLike[str], m: Manifest) -> bool:
-    """Whether ``rows.h5`` is present and current for ``m`` (reads only the small columns' shapes,
-    the offsets and the index values)."""
-    return load(cache_dir, m, (schema.INDEX,)) is not None
+    """Whether ``rows.h5`` is present and current for ``m``: what every reader would use. Reads
+    every column (~1.5 s for 10 million rows), as checking fewer would leave an index that readers
+    refuse for ids that are not UTF-8 or a ``split_unit`` out of [0, 1] in place, never written anew."""
+    return load(cache_dir, m, ALL) is not None
 
 
 def refresh(cache_dir: str | os.PathLike[str], m: Manifest, read_shard) -> bool:  # noqa: ANN001
     """Write ``rows.h5`` for the complete cache of ``m`` unless it is current; return whether it
     was written. Call with the cache lock held. ``read_shard(record) -> {column: array}`` reads a
     shard's :data:`COLUMNS` (opened and identity-checked by the reader: a shard that fails raises,
-    and no index is written). Written under a dot-name, fsync'd and renamed: a kill leaves the old
-    index or none, and the dot-file is removed by the next refresh."""
+    and no index is written). Built in memory (~40 bytes a row: 400 MB for 10 million rows, what
+    the trainer's start-up holds too), then written under a dot-name, fsync'd and renamed: a kill
+    leaves the old index or none, and the dot-file is removed by the next refresh. HDF5 never
+    writes to the disk itself: when a full disk made its close fail, h5py raised a RuntimeError and
+    then crashed the process (a segmentation fault) as it freed the file; now a full disk is the
+    ``OSError`` of one write, and a :class:`FeatcacheError` naming ``rows.h5``."""
     cache_dir = Path(cache_dir)
     path = index_path(cache_dir)
     remove_stale_temps(cache_dir, lambda name: name == schema.ROW_INDEX_NAME)
@@ -202,23 +237,28 @@ def refresh(cache_dir: str | os.PathLike[str], m: Manifest, read_shard) -> bool:
         return False  # a shard is not its record: readers fall back to the shards, which say why
     offsets = np.concatenate([[0], np.cumsum([r.rows for r in m.shards])]).astype(np.int64)
     n = int(offsets[-1])
-    tmp = temp_path_for(path)
     dtypes = {
         schema.LABEL: schema.LABEL_DTYPE,
         schema.INDEX: schema.INDEX_DTYPE,
         schema.SPLIT: schema.SPLIT_DTYPE,
         SPLIT_UNIT: "float64",
     }
+    buf = io.BytesIO()  # HDF5 never writes to the disk: a full disk is the plain OSError of one write
     try:
-        os.close(create_new(tmp))
-        with h5py.File(tmp, "w") as f:
+        with h5py.File(buf, "w") as f:
             f.attrs["format"] = FORMAT
             f.attrs["version"] = VERSION
             f.attrs["built_from"] = records_digest(m.shards)
             f.create_dataset(OFFSETS, data=offsets)
             f.create_dataset(MTIMES, data=mtimes)
             out = {key: f.create_dataset(key, shape=(n,), dtype=dtype) for key, dtype in dtypes.items()}
-            blob = f.create_dataset(ID_BYTES, shape=(0,), maxshape=(None,), dtype=np.uint8, chunks=(ID_CHUNK,))
+            blob = f.create_dataset(
+                ID_BYTES,
+                shape=(0,),
+                maxshape=(None,),
+                dtype=np.uint8,
+                chunks=(min(ID_CHUNK, max(ID_CHUNK_MIN, ID_BYTES_GUESS * n)),),
+            )
             for k, record in enumerate(m.shards):
                 lo, hi = int(offsets[k]), int(offsets[k + 1])
                 if hi > lo:
@@ -229,10 +269,9 @@ def refresh(cache_dir: str | os.PathLike[str], m: Manifest, read_shard) -> bool:
                     if data:
                         blob.resize((len(blob) + len(data),))
                         blob[len(blob) - len(data) :] = np.frombuffer(data, np.uint8)
-        commit_file(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        atomic_write_bytes(path, buf.getbuffer())
+    except (OSError, RuntimeError) as exc:
+        raise FeatcacheError(f"{path}: cannot write the row index ({write_failure(exc)})") from None
     return True
 
 

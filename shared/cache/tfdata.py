@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import FeatcacheError
 from . import schema
+from .h5file import own_dataset
 from .reader import DEFAULT_BLOCK_ROWS as MAPS_BLOCK_ROWS
 from .reader import ROW, SHARD, FeatureCache, aligned_blocks, read_block
 
@@ -136,9 +137,12 @@ class BlockStream:
         or give fewer rows without a word."""
         shape = tuple(self.cache.maps_shape)
         for key in (schema.POOLED, schema.MAPS, schema.POOLED_VIEWS):
-            d = f.get(key)
-            if d is None:
+            try:  # never f.get(key): it follows an external link (a FIFO target blocks for ever)
+                d = own_dataset(f, key)
+            except KeyError:
                 continue
+            except ValueError as exc:
+                raise FeatcacheError(f"{self.cache.shard_path(record)}: cannot read dataset ({exc})") from None
             if key == schema.POOLED_VIEWS:
                 ok = d.ndim == 3 and d.shape[0] == record.rows and d.shape[2] == shape[-1]
                 want = f"({record.rows}, views - 1, {shape[-1]})"
@@ -151,7 +155,7 @@ class BlockStream:
 
     def epoch(self, epoch: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Yield ``(features, label, index)`` batches of epoch ``epoch``: every row of the split once."""
-        for pos, x in self.batches(epoch, lambda f, sel: (read_block(f[self.features], sel, self.dtype),)):
+        for pos, x in self.batches(epoch, lambda f, sel: (read_block(own_dataset(f, self.features), sel, self.dtype),)):
             yield x, self.label[pos].astype(np.int32), self.index[pos].astype(np.int64)
 
     def order(self, epoch: int = 0) -> np.ndarray:

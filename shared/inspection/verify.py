@@ -22,6 +22,7 @@ import numpy as np
 from ..cache import rowindex, schema
 from ..cache.fingerprint import IDENTITY_KEYS, differences
 from ..cache.fsutil import fsync_dir
+from ..cache.h5file import own_dataset
 from ..cache.listing import LISTING_NAME, load_listing
 from ..cache.manifest import Manifest, ManifestError, ShardRecord, file_status, now
 from ..cache.parts import awaiting_merge, exclusive, recorded_holders, remove_logs
@@ -127,10 +128,14 @@ def check_shard(
         identity = shard_identity_problem(f, rec, m, path.stat().st_size)
         if identity:
             return identity
-        for name, (shape, dtype) in _expected_datasets(m, rec.rows).items():
-            if name not in f:
+        expected = _expected_datasets(m, rec.rows)
+        for name, (shape, dtype) in expected.items():
+            try:  # never through a link, nor data kept in another file: read below, it could hang
+                d = own_dataset(f, name)
+            except KeyError:
                 return f"dataset {name!r} missing"
-            d = f[name]
+            except ValueError as exc:
+                return f"dataset {exc}"
             got = "object" if h5py.check_string_dtype(d.dtype) else str(d.dtype)
             if d.shape != shape or got != dtype:
                 return f"dataset {name!r} is {d.shape} {got}, expected {shape} {dtype}"
@@ -155,7 +160,7 @@ def check_shard(
         pooled = f[schema.POOLED][()]
         if not np.isfinite(pooled).all():
             return f"pooled has {int((~np.isfinite(pooled)).sum())} NaN/Inf values"
-        if schema.POOLED_VIEWS in f and not np.isfinite(f[schema.POOLED_VIEWS][()]).all():
+        if schema.POOLED_VIEWS in expected and not np.isfinite(f[schema.POOLED_VIEWS][()]).all():
             return f"{schema.POOLED_VIEWS} has NaN/Inf values"
         maps = f[schema.MAPS]
         for start in range(0, rec.rows, MAPS_BLOCK_ROWS):
