@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +36,11 @@ def table(headers: list[str], rows: list[list[str]], left: set[int] = frozenset(
         ).rstrip()
 
     return "\n".join([fmt(headers), "  ".join("-" * w for w in widths), *(fmt(r) for r in rows)])
+
+
+def command_line() -> str:
+    """How this benchmark was run (printed under its tables, so that a quoted table says how to rerun it)."""
+    return f"command: {shlex.join([os.path.relpath(sys.executable), *sys.argv])}"
 
 
 DEFAULT_CACHE = REPO / "cache" / "bench-sample"

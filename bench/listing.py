@@ -29,14 +29,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import table  # noqa: E402  (puts the repo on sys.path)
+from _common import command_line, table  # noqa: E402  (puts the repo on sys.path)
 
 from featcache.extractor.runner import ExtractConfig, share_listing  # noqa: E402
 from featcache.extractor.sources import open_source  # noqa: E402
@@ -123,7 +121,7 @@ def main() -> None:
         f"{args.shard_size}, {os.cpu_count()} cores; walking the folder alone: {walk:.1f} s"
     )
     print(table(["listing", "first worker s", "other workers s (max)", "all workers s"], rows))
-    print(f"\ncommand: {shlex.join([os.path.relpath(sys.executable), *sys.argv])}")
+    print(f"\n{command_line()}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ import argparse
 import importlib.util
 import json
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -34,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import DEFAULT_WEIGHTS, REPO, WEIGHTS_REL, ensure_sample, table  # noqa: E402  (puts the repo on sys.path)
+from _common import DEFAULT_WEIGHTS, REPO, WEIGHTS_REL, command_line, ensure_sample, table  # noqa: E402  (puts the repo on sys.path)
 
 
 def main() -> None:
@@ -80,7 +79,7 @@ def main() -> None:
     print(f"\n{images} images from {src}, shards of {args.shard_size}, {os.cpu_count()} cores, best of {args.repeats}")
     print(table(["contender", "wall s", "img/s", "speed-up"], rows))
     weights = WEIGHTS_REL if args.weights == str(DEFAULT_WEIGHTS) else args.weights
-    print(f"\ncommand: {shlex.join([os.path.relpath(sys.executable), *sys.argv])}  (weights: {weights})")
+    print(f"\n{command_line()}  (weights: {weights})")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import shlex
 import shutil
 import signal
 import subprocess
@@ -36,7 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import table  # noqa: E402  (puts the repo on sys.path)
+from _common import command_line, table  # noqa: E402  (puts the repo on sys.path)
 
 from featcache.shared.backbones import ResolvedWeights, get_backbone, make_fingerprint  # noqa: E402
 from featcache.shared.cache import schema  # noqa: E402
@@ -222,7 +221,7 @@ def main() -> None:
             ],
         )
     )
-    print(f"\ncommand: {shlex.join([os.path.relpath(sys.executable), *sys.argv])}")
+    print(f"\n{command_line()}")
 
 
 if __name__ == "__main__":

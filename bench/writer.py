@@ -23,15 +23,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import h5py
 import numpy as np
-from _common import DEFAULT_CACHE, ensure_cache, table  # noqa: E402  (puts the repo on sys.path)
+from _common import DEFAULT_CACHE, command_line, ensure_cache, table  # noqa: E402  (puts the repo on sys.path)
 
 from featcache.shared.cache import schema  # noqa: E402
 from featcache.shared.cache.deflate import THREADS, append  # noqa: E402
@@ -102,7 +100,7 @@ def main() -> None:
         f"best of {args.repeats}; files {'byte-identical' if same_bytes else 'equal in values'}"
     )
     print(table(["writer", "rows/s", "ms/row", "vs h5py"], rows))
-    print(f"\ncommand: {shlex.join([os.path.relpath(sys.executable), *sys.argv])}")
+    print(f"\n{command_line()}")
 
 
 if __name__ == "__main__":

@@ -285,11 +285,9 @@ class FeatureCache:
                         return stored[key][lo:hi]
                     if key == SPLIT_UNIT:
                         return np.full(record.rows, np.nan)
-                    if stored is None:
-                        return _read_column(f, key, record.rows, channels)
                     try:
                         return _read_column(f, key, record.rows, channels)
-                    except (KeyError, OSError, ValueError, TypeError) as exc:
+                    except (KeyError, OSError, ValueError, TypeError) as exc:  # named here: `where` may be the index
                         raise FeatcacheError(f"{self.shard_path(record)}: cannot read dataset ({exc})") from None
 
                 yield ordinal, record, where, read
