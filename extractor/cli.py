@@ -13,7 +13,7 @@ import typer
 
 from ..shared.backbones import DEFAULT_CROP_RATIO, DEFAULT_CROP_SCALE, DEFAULT_RESIZE, PREPROCESS_SCHEMES, WEIGHTS_ENV
 from ..shared.cache import schema
-from ..shared.cli import run_cli
+from ..shared.cli import VersionOpt, run_cli
 from .api import DEFAULT_MAX_RETRIES, DEFAULT_SPLIT
 from .inputs import DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_PIXELS
 from .ray_runner import ITEMS_PER_WORKER
@@ -40,6 +40,7 @@ def _list_backbones(value: str) -> str:
 
 @app.command()
 def extract(
+    ctx: typer.Context,
     source: Annotated[
         str,
         typer.Argument(
@@ -359,6 +360,7 @@ def extract(
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     debug: Annotated[bool, typer.Option(help="Show the full traceback on errors.")] = False,
+    version: VersionOpt = False,
 ) -> None:
     """Compute backbone features for every image in SOURCE once and store them in the HDF5 cache CACHE.
 
@@ -423,7 +425,7 @@ def extract(
         if (finalize or result.report is None) and not result.ok:
             raise typer.Exit(EXIT_INCOMPLETE)
 
-    run_cli(job, debug=debug)
+    run_cli(job, ctx=ctx, debug=debug)
 
 
 def _err(msg: str) -> None:

@@ -27,8 +27,18 @@ from typing import Any
 from .extractor.api import ExtractResult, extract
 from .shared.cache.reader import FeatureCache, PooledRows, open_cache
 from .shared.errors import FeatcacheError
+from .shared.version import __version__
 
-__all__ = ["ExtractResult", "FeatcacheError", "FeatureCache", "PooledRows", "extract", "open_cache", "train"]
+__all__ = [
+    "__version__",
+    "ExtractResult",
+    "FeatcacheError",
+    "FeatureCache",
+    "PooledRows",
+    "extract",
+    "open_cache",
+    "train",
+]
 
 
 def train(cache: str | Path | list[str | Path], **sweep: Any) -> Any:

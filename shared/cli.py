@@ -16,11 +16,12 @@ import shlex
 import sys
 import warnings
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
 from .errors import FeatcacheError
+from .version import __version__
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -67,28 +68,34 @@ def flag_spelling(message: str, params: Iterable[Any]) -> str:
     return _KEYWORD.sub(rewrite, message)
 
 
-def _command_params() -> list[Any]:
-    """The click parameters (``.name``, ``.opts``, ``.secondary_opts``, ``.is_bool_flag``) of the typer
-    command being run; none outside a command (a worker process, a library call)."""
-    try:  # recent typer carries its own copy of click
-        from typer._click.globals import get_current_context
-    except ImportError:
-        from click import get_current_context
-    ctx = get_current_context(silent=True)
-    return list(ctx.command.params) if ctx is not None else []
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"featcache {__version__}")
+        raise typer.Exit()
+
+
+# ``--version`` on every command: eager, so that it answers before arguments are checked.
+VersionOpt = Annotated[
+    bool,
+    typer.Option("--version", callback=_show_version, is_eager=True, help="Print featcache's version and exit."),
+]
 
 
 def run_cli(
     job: Callable[[], None],
     *,
+    ctx: typer.Context | None = None,
     debug: bool = False,
     params: Iterable[Any] | None = None,
     interrupted: str = RESUME_MESSAGE,
 ) -> None:
     """Run ``job`` the way a command-line user expects; ``interrupted`` is printed on Ctrl-C.
 
-    ``params`` are the command's parameters, used to spell library messages' ``name=value`` tokens
-    as flags; by default those of the click command being invoked."""
+    ``params`` are the command's parameters (``.name``, ``.opts``, ``.secondary_opts``,
+    ``.is_bool_flag``), used to spell library messages' ``name=value`` tokens as flags; by default
+    those of ``ctx``, the typer context of the command being run (none: messages are left as written)."""
+    if params is None:
+        params = list(ctx.command.params) if ctx is not None else []
     if not debug:
         warnings.showwarning = _one_line_warning
     try:
@@ -96,7 +103,7 @@ def run_cli(
     except FeatcacheError as exc:
         if debug:
             raise
-        message = flag_spelling(str(exc), _command_params() if params is None else params)
+        message = flag_spelling(str(exc), params)
         typer.echo(f"error: {message}", err=True)
         raise typer.Exit(EXIT_ERROR) from None
     except OSError as exc:  # a disk or permission problem: the file and the reason, not a traceback

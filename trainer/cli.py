@@ -17,11 +17,10 @@ import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 from typer.core import TyperGroup
 
-from ..shared.cli import run_cli
+from ..shared.cli import VersionOpt, run_cli
 from ..shared.errors import FeatcacheError
 from .kinds import HEAD_KINDS, MAP_AUGMENTS, MAP_POOLS, NO_AUGMENT
 from .settings import DEFAULT_GRID, DEFAULT_RUNS, DEFAULT_TOP, DEFAULTS, SettingError
@@ -33,13 +32,18 @@ class TrainByDefault(TyperGroup):
     """``featcache-train ARGS`` is ``featcache-train train ARGS`` unless ARGS start with another
     command (or ask for the overview), so options work before or after CACHE."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
             args = ["train", *args]
         return super().parse_args(ctx, args)
 
 
 app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None, no_args_is_help=True, cls=TrainByDefault)
+
+
+@app.callback()
+def _options(version: VersionOpt = False) -> None:
+    """Options of ``featcache-train`` itself (before a command)."""
 
 
 KINDS_HELP = "; ".join(f"{k.name} ({k.help})" for k in HEAD_KINDS.values())
@@ -136,6 +140,7 @@ SweepOpt = Annotated[
 
 @app.command()
 def train(
+    ctx: typer.Context,
     cache: CacheArg,
     head: Annotated[Optional[str], _list("head")] = None,
     lr: Annotated[Optional[str], _list("lr")] = None,
@@ -223,11 +228,12 @@ def train(
             f"in {result.wall_seconds:.1f} s -> {result.run_dir}"
         )
 
-    run_cli(job, debug=debug, interrupted=INTERRUPTED)
+    run_cli(job, ctx=ctx, debug=debug, interrupted=INTERRUPTED)
 
 
 @app.command()
 def export(
+    ctx: typer.Context,
     run_dir: Annotated[Path, typer.Argument(help="A run directory made by featcache-train.", show_default=False)],
     out: Annotated[Path, typer.Argument(help="The .keras file to write.", show_default=False)],
     head_name: Annotated[
@@ -263,11 +269,12 @@ def export(
         if e.random_weights:
             typer.echo("WARNING: RANDOM backbone weights: this model's predictions are meaningless")
 
-    run_cli(job, debug=debug, interrupted=f"interrupted: {out} was not written")
+    run_cli(job, ctx=ctx, debug=debug, interrupted=f"interrupted: {out} was not written")
 
 
 @app.command()
 def predict(
+    ctx: typer.Context,
     run_dir: Annotated[Path, typer.Argument(help="A run directory made by featcache-train.", show_default=False)],
     out: Annotated[
         Path,
@@ -328,11 +335,12 @@ def predict(
         tta = f", the mean over {p.views} cached views (TTA)" if p.views > 1 else ""
         typer.echo(f"wrote {p.out}: {p.rows} rows, {scored}{tta}")
 
-    run_cli(job, debug=debug, interrupted=f"interrupted: {out} was not written")
+    run_cli(job, ctx=ctx, debug=debug, interrupted=f"interrupted: {out} was not written")
 
 
 @app.command("report")
 def report_cmd(
+    ctx: typer.Context,
     run_dir: Annotated[Path, typer.Argument(help="A run directory made by featcache-train.", show_default=False)],
     out: Annotated[Path, typer.Argument(help="The HTML file to write (one self-contained file).", show_default=False)],
     debug: DebugOpt = False,
@@ -350,11 +358,12 @@ def report_cmd(
             f"{len(facts['wrong'])} confidently wrong test images shown"
         )
 
-    run_cli(job, debug=debug)
+    run_cli(job, ctx=ctx, debug=debug)
 
 
 @app.command()
 def runs(
+    ctx: typer.Context,
     runs_dir: Annotated[
         Path, typer.Argument(help="The folder that featcache-train --runs wrote sweeps into.")
     ] = DEFAULT_RUNS,
@@ -376,7 +385,7 @@ def runs(
         found = list_runs(runs_dir, cache)
         typer.echo(json.dumps(found, indent=1) if as_json else format_runs(found))
 
-    run_cli(job, debug=debug)
+    run_cli(job, ctx=ctx, debug=debug)
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ from ..cache.parts import awaiting_merge, parts_dir, recorded_holders
 from ..cache.paths import cache_path
 from ..cache.reader import FeatureCache, PooledRows
 from ..cache.split import split_names
-from ..cli import run_cli
+from ..cli import VersionOpt, run_cli
 from ..errors import FeatcacheError
 from . import compact as compact_mod
 from . import export as export_mod
@@ -40,6 +40,11 @@ CacheArg = Annotated[
 ]
 DebugOpt = Annotated[bool, typer.Option(help="Show the full traceback on errors.")]
 FIRST_FAILURES = 5
+
+
+@app.callback()
+def _options(version: VersionOpt = False) -> None:
+    """Options of ``featcache-inspect`` itself (before a command)."""
 
 
 def summarize(cache: FeatureCache) -> dict[str, Any]:
@@ -169,6 +174,7 @@ def _print_summary(s: dict[str, Any]) -> None:
 
 @app.command()
 def summary(
+    ctx: typer.Context,
     cache: CacheArg,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the summary as one JSON object (for scripts).")
@@ -184,7 +190,7 @@ def summary(
         else:
             _print_summary(s)
 
-    run_cli(job, debug=debug)
+    run_cli(job, ctx=ctx, debug=debug)
 
 
 def find_row(rows: PooledRows, row: str) -> int:
@@ -208,6 +214,7 @@ def _class_name(classes: list[str], label: int) -> str:
 
 @app.command()
 def verify(
+    ctx: typer.Context,
     cache: CacheArg,
     fix: Annotated[
         bool,
@@ -255,11 +262,12 @@ def verify(
         if not report.ok:
             raise typer.Exit(1)
 
-    run_cli(job, debug=debug)
+    run_cli(job, ctx=ctx, debug=debug)
 
 
 @app.command()
 def show(
+    ctx: typer.Context,
     cache: CacheArg,
     row: Annotated[
         str, typer.Argument(help="The row: its index (position in the source listing) or its id.", show_default=False)
@@ -312,11 +320,12 @@ def show(
             write_png(png, energy_overlay(base, energy))
             echo(f"wrote {png}: activation energy over {where}")
 
-    run_cli(job, debug=debug)
+    run_cli(job, ctx=ctx, debug=debug)
 
 
 @app.command()
 def neighbours(
+    ctx: typer.Context,
     cache: CacheArg,
     row: Annotated[
         Optional[str],
@@ -372,11 +381,12 @@ def neighbours(
         for i, s in zip(top.tolist(), sims.tolist(), strict=False):
             typer.echo(f"{s:7.4f}  {describe_row(i)}")
 
-    run_cli(job, debug=debug)
+    run_cli(job, ctx=ctx, debug=debug)
 
 
 @app.command("export")
 def export_cmd(
+    ctx: typer.Context,
     cache: CacheArg,
     out: Annotated[
         Path,
@@ -404,11 +414,12 @@ def export_cmd(
         for p in written:
             typer.echo(f"wrote {p} ({p.stat().st_size / 1e6:.1f} MB)")
 
-    run_cli(job, debug=debug)
+    run_cli(job, ctx=ctx, debug=debug)
 
 
 @app.command()
 def compact(
+    ctx: typer.Context,
     cache: CacheArg,
     threshold: Annotated[
         float,
@@ -431,11 +442,12 @@ def compact(
         report = compact_mod.compact(cache, threshold, log=lambda line: typer.echo(f"  {line}"))
         typer.echo(report.summary(cache))
 
-    run_cli(job, debug=debug)
+    run_cli(job, ctx=ctx, debug=debug)
 
 
 @app.command("ls")
 def list_shards(
+    ctx: typer.Context,
     cache: CacheArg,
     checksum: Annotated[
         bool, typer.Option(help="Check each shard's sha256 against the manifest (reads every shard).")
@@ -456,11 +468,12 @@ def list_shards(
             missing = c.manifest.missing_shards(limit=10)
             typer.echo(f"{count} planned shards not written yet: {missing}{' ...' if count > len(missing) else ''}")
 
-    run_cli(job, debug=debug)
+    run_cli(job, ctx=ctx, debug=debug)
 
 
 @app.command("report")
 def report_cmd(
+    ctx: typer.Context,
     cache: CacheArg,
     out: Annotated[Path, typer.Argument(help="The HTML file to write (one self-contained file).", show_default=False)],
     max_rows: Annotated[
@@ -507,11 +520,12 @@ def report_cmd(
             f"({leaks} leaks), {facts['thumbnails']} thumbnails"
         )
 
-    run_cli(job, debug=debug)
+    run_cli(job, ctx=ctx, debug=debug)
 
 
 @app.command()
 def suspects(
+    ctx: typer.Context,
     cache: CacheArg,
     top: Annotated[int, typer.Option(min=1, help="How many rows to list, most suspect first.")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print the list as JSON (for scripts).")] = False,
@@ -567,7 +581,7 @@ def suspects(
         if csv_file is not None:
             typer.echo(f"wrote {csv_file}: {len(ranked)} rows")
 
-    run_cli(job, debug=debug)
+    run_cli(job, ctx=ctx, debug=debug)
 
 
 def main() -> None:

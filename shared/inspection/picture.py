@@ -36,7 +36,8 @@ def load_source(path: Path, size: tuple[int, int]) -> tuple[np.ndarray, str]:
         try:
             from PIL import Image
         except ImportError:
-            return np.full((*size, 3), 128, np.uint8), "grey square (install Pillow to draw over the image)"
+            grey = np.full((*size, 3), 128, np.uint8)
+            return grey, "grey square (pip install 'featcache[viz]' to draw over the image)"
         try:
             with Image.open(path) as im:
                 im = im.convert("RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR)

@@ -187,10 +187,10 @@ def _map_section(cache: FeatureCache, rows: PooledRows, embedding: str, seed: in
         got = _embedding(reduced, embedding, seed)
         if got is None:
             notes.append(
-                "no t-SNE map: scikit-learn is not installed"
+                "no t-SNE map: scikit-learn is not installed (pip install 'featcache[viz]')"
                 if embedding == "tsne"
-                else "a UMAP map is added when umap-learn is installed (a t-SNE map with the tsne embedding and "
-                "scikit-learn)"
+                else "a UMAP map is added when umap-learn is installed (pip install 'featcache[umap]'; a t-SNE map "
+                "with the tsne embedding and pip install 'featcache[viz]')"
             )
         else:
             xy2, label = got
