@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -164,7 +165,7 @@ def test_predict_source_named_like_an_option_is_a_path(multi_run, sample_dir, tm
     shutil.copytree(sample_dir, src)
     seen: list[list[str]] = []
 
-    def fake(args: list[str], source: str, stream) -> None:
+    def fake(args: list[str], source: str, stream, *rest) -> None:
         seen.append(args)
         raise FeatcacheError("stopped here")
 
@@ -215,6 +216,104 @@ def test_predict_source_on_an_edited_fingerprint_is_one_line(multi_run, sample_d
     monkeypatch.setattr(ps, "run_extractor", lambda *a: pytest.fail("the extractor ran"))
     with pytest.raises(FeatcacheError, match=rf"^{run_dir}/results.json: the fingerprint of the cache of head"):
         ps.predict_source(run_dir, tmp_path / "o.csv", sample_dir, progress=False)
+
+
+EVIL_MODULE = """
+import pathlib
+pathlib.Path({marker!r}).write_text("ran")
+SPEC = None
+def fn(x):
+    return x
+"""
+
+
+def _edited_run(multi_run, tmp_path, **fp_edit):
+    """A copy of the run whose best head's cache fingerprint has ``fp_edit`` (a run from someone else)."""
+    from featcache.trainer.rundir import head_cache
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(multi_run[0], run_dir, ignore=shutil.ignore_patterns("predict"))
+    results = json.loads((run_dir / "results.json").read_text())
+    head_cache(results, results["best"])["fingerprint"].update(fp_edit)
+    (run_dir / "results.json").write_text(json.dumps(results))
+    return run_dir
+
+
+@pytest.mark.parametrize("module", ["evilmod", "featcache_local"])
+def test_predict_source_never_imports_a_backbone_named_in_the_run(multi_run, sample_dir, tmp_path, monkeypatch, module):
+    """A run directory naming ``module:SPEC`` as its backbone made predict --source import module.py
+    from the current directory. Now a backbone that is not registered must be named by the user; the
+    run's word is refused in one line, the module never runs, the extractor never starts."""
+    from featcache.trainer import predict_source as ps
+
+    marker = tmp_path / "marker"
+    (tmp_path / f"{module}.py").write_text(EVIL_MODULE.format(marker=str(marker)))
+    monkeypatch.chdir(tmp_path)
+    run_dir = _edited_run(multi_run, tmp_path, backbone=f"{module}:SPEC")
+    monkeypatch.setattr(ps, "run_extractor", lambda *a: pytest.fail("the extractor ran"))
+    with pytest.raises(FeatcacheError, match=rf"backbone '{module}:SPEC', which is not registered; featcache imports"):
+        ps.predict_source(run_dir, tmp_path / "o.csv", sample_dir, progress=False)
+    assert not marker.exists() and not (tmp_path / "o.csv").exists()
+
+
+def test_the_extractor_subprocess_never_searches_the_current_folder(sample_dir, tmp_path, monkeypatch):
+    """Even a module:attribute the user names is looked up as featcache-extract looks it up (installed
+    or on PYTHONPATH), never in the current folder, where a downloaded run may sit beside a module."""
+    import io
+
+    from featcache.trainer import predict_source as ps
+
+    marker = tmp_path / "marker"
+    (tmp_path / "evilmod.py").write_text(EVIL_MODULE.format(marker=str(marker)))
+    monkeypatch.chdir(tmp_path)
+    for user_module in (False, True):
+        with pytest.raises(FeatcacheError, match=r"extracting its features failed: backbone 'evilmod:SPEC': cannot"):
+            args = ["--backbone", "evilmod:SPEC", "--weights", "random", "--", str(sample_dir), str(tmp_path / "c")]
+            ps.run_extractor(args, str(sample_dir), io.StringIO(), user_module)
+    assert not marker.exists()
+
+
+def test_predict_source_model_file_needs_its_sha256_and_a_named_preprocess_function(tmp_path):
+    """A model-file backbone is used only when the file has the recorded sha256, and a module:function
+    preprocessing recorded in the run is imported only when the user names the same one again."""
+    from featcache.shared.cache.fsutil import sha256_file
+    from featcache.trainer.predict_source import extractor_flags
+
+    model = tmp_path / "m.keras"
+    model.write_bytes(b"a model")
+    fp = {
+        "backbone": "m.keras[features]",
+        "model_file": str(model),
+        "layer": "features",
+        "preprocessing": "RGB in [0, 255] -> evilmod:fn",
+        "weights_source": "file",
+        "weights_path": str(model),
+        "weights_sha256": sha256_file(model),
+        "resize": "x,pad",
+        "maps_dtype": "float16",
+    }
+    with pytest.raises(FeatcacheError, match=r"preprocess='evilmod:fn', a function of your own; featcache imports"):
+        extractor_flags(fp, "cache/")
+    with pytest.raises(FeatcacheError, match=r"^preprocess='other:fn': the run's cache was made with preprocess='evil"):
+        extractor_flags(fp, "cache/", preprocess="other:fn")
+    flags = extractor_flags(fp, "cache/", preprocess="evilmod:fn")
+    assert flags[:8] == [
+        "--backbone",
+        str(model),
+        "--layer",
+        "features",
+        "--preprocess",
+        "evilmod:fn",
+        "--weights",
+        str(model),
+    ]
+    model.write_bytes(b"another model")
+    with pytest.raises(FeatcacheError, match=rf"^{model}: not the model file the run's cache was made with"):
+        extractor_flags(fp, "cache/", preprocess="evilmod:fn")
+    fifo = tmp_path / "fifo.keras"
+    os.mkfifo(fifo)
+    with pytest.raises(FeatcacheError, match=rf"^{fifo}: not a regular file"):
+        extractor_flags(fp, "cache/", backbone=str(fifo), preprocess="evilmod:fn")
 
 
 def test_predict_source_maps_labels_by_class_name_and_needs_the_weights_file():

@@ -114,3 +114,31 @@ def test_verify_checks_pooled_views(views_cache, tmp_path):
     (copy / schema.MANIFEST_NAME).write_text(json.dumps(manifest))
     report = verify(copy)
     assert not report.ok and "pooled_views" in str(report.problems)
+
+
+def test_compaction_keeps_every_views_dataset(views_cache, sample_dir, tmp_path):
+    """compact copied a hand-written list of datasets and dropped pooled_views, so verify failed on the
+    compacted cache. Every per-row dataset of the layout is carried: the live rows' views are the same
+    bytes after compaction, and verify passes."""
+    import shutil
+
+    from featcache.shared.inspection.compact import compact
+    from featcache.shared.inspection.verify import verify
+
+    src, cache = tmp_path / "src", tmp_path / "c"
+    shutil.copytree(sample_dir, src)
+    shutil.copytree(views_cache, cache)
+    (src / "cross" / "cross_0003.jpg").unlink()
+    extract(src, cache, views=3, update=True)
+    before = FeatureCache(cache)
+    want = dict(zip(before.load_pooled().id.tolist(), before.load_pooled_views(), strict=True))
+    assert compact(cache, threshold=0.0).rewritten
+    after = FeatureCache(cache)
+    got = dict(zip(after.load_pooled().id.tolist(), after.load_pooled_views(), strict=True))
+    assert sorted(got) == sorted(want) and "cross/cross_0003.jpg" not in got
+    assert all(got[i].tobytes() == want[i].tobytes() for i in want)
+    report = verify(cache)
+    assert report.ok, report.problems
+    for rec in after.shards:
+        with h5py.File(cache / rec.file) as f:
+            assert f[schema.POOLED_VIEWS].shape == (rec.rows, 2, f[schema.POOLED].shape[1])

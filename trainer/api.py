@@ -178,18 +178,27 @@ def predict(
     weights: str | None = None,
     overwrite: bool = False,
     progress: bool = False,
+    backbone: str | None = None,
+    preprocess: str | None = None,
 ) -> Prediction:
     """Class probabilities of the run's best head (or ``head``) written as CSV to ``out``: for the cached
     rows of ``split`` (train, val, test or all; default test) or of the ids listed one per line in the
     file ``ids``; or, with ``source``, for new images (any source the extractor takes), whose features
     the extractor makes as the cached ones were made, in a subprocess, into a scratch cache in the run
     directory that the next predict of ``source`` reuses (``overwrite=True``: made again). ``weights``
-    replaces a weights file that has moved; ``progress`` shows the extractor's progress bar."""
+    replaces a weights file that has moved; ``progress`` shows the extractor's progress bar.
+    ``backbone`` and ``preprocess`` (with ``source``) name again a ``module:attribute`` backbone or
+    preprocessing function of your own, or a moved model file: nothing named in a run directory is
+    imported on its word."""
     if source is None:
         from .predict import predict as _predict
 
-        if weights is not None or overwrite:
-            given = f"weights={weights!r}" if weights is not None else "overwrite=True"
+        extraction = {"weights": weights, "backbone": backbone, "preprocess": preprocess}
+        named = [f"{k}={v!r}" for k, v in extraction.items() if v is not None] + (
+            ["overwrite=True"] if overwrite else []
+        )
+        if named:
+            given = named[0]
             raise FeatcacheError(
                 f"{given}: applies to new images only (source=PATH); cached rows use their cached features"
             )
@@ -202,7 +211,17 @@ def predict(
         )
     from .predict_source import predict_source
 
-    return predict_source(Path(run_dir), Path(out), str(source), head, weights, overwrite, progress)
+    return predict_source(
+        Path(run_dir),
+        Path(out),
+        str(source),
+        head,
+        weights,
+        overwrite,
+        progress,
+        backbone=backbone,
+        preprocess=preprocess,
+    )
 
 
 def export(run_dir: str | Path, out: str | Path, *, head: str | None = None, weights: str | None = None) -> Export:

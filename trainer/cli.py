@@ -308,6 +308,26 @@ def predict(
             show_default=False,
         ),
     ] = None,
+    backbone: Annotated[
+        Optional[str],
+        typer.Option(
+            help=(
+                "With --source: the run's backbone when it is your own MODULE:ATTRIBUTE spec, or its model file when "
+                "it has moved (its sha256 must match). featcache never imports a module named only in a run directory."
+            ),
+            show_default=False,
+        ),
+    ] = None,
+    preprocess: Annotated[
+        Optional[str],
+        typer.Option(
+            help=(
+                "With --source, for a model-file backbone preprocessed by your own MODULE:FUNCTION: name it again "
+                "(it must be the recorded one) so that featcache may import it."
+            ),
+            show_default=False,
+        ),
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option(help="With --source: make the scratch features again instead of reusing them.")
     ] = False,
@@ -330,6 +350,8 @@ def predict(
             weights=weights,
             overwrite=overwrite,
             progress=progress,
+            backbone=backbone,
+            preprocess=preprocess,
         )
         scored = f"accuracy {p.accuracy:.4f} on the {p.labelled} labelled ones" if p.labelled else "none labelled"
         tta = f", the mean over {p.views} cached views (TTA)" if p.views > 1 else ""

@@ -24,8 +24,9 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from ..shared.backbones import PREPROCESS_SCHEMES, RANDOM_PREFIX
+from ..shared.backbones import PREPROCESS_SCHEMES, RANDOM_PREFIX, is_model_file, names
 from ..shared.cache.fingerprint import feed_dtype
+from ..shared.cache.fsutil import sha256_file
 from ..shared.cache.reader import FeatureCache, PooledRows
 from ..shared.errors import FeatcacheError
 from . import rundir
@@ -81,32 +82,88 @@ def _preprocess_scheme(words: str, where: str) -> str:
     raise FeatcacheError(f"{where}: cannot tell which preprocess= made the cache ({words!r})")
 
 
-def extractor_flags(fp: dict[str, Any], where: str, weights: str | None = None) -> list[str]:
+def _recorded_file(path: Path, sha: str, what: str, where: str, hint: str) -> Path:
+    """``path``, a file named in a run's record, when it is a regular file with the recorded ``sha``
+    (checked before anything loads it: a swapped file is never read as the cache's)."""
+    if not path.exists():
+        raise FeatcacheError(f"{path}: the {what} the run's cache was made with is gone ({where}); {hint}")
+    if sha256_file(path) != sha:
+        raise FeatcacheError(
+            f"{path}: not the {what} the run's cache was made with (its sha256 differs from {sha[:12]}..., "
+            f"{where}); {hint}"
+        )
+    return path
+
+
+def _model_file_flags(fp: dict[str, Any], where: str, backbone: str | None, preprocess: str | None) -> list[str]:
+    """``--backbone FILE --layer L --preprocess P`` for a cache made from a saved Keras model: the file
+    (the recorded one, or ``backbone``) must have the recorded sha256; a ``module:function``
+    preprocessing is imported only when the caller names it again as ``preprocess``."""
+    sha = str(fp["weights_sha256"])
+    hint = "pass backbone= a copy of it"
+    model = Path(backbone).expanduser() if backbone is not None else Path(fp["model_file"])
+    _recorded_file(model, sha, "model file", where, hint)
+    recorded = _preprocess_scheme(fp["preprocessing"], where)
+    if recorded not in PREPROCESS_SCHEMES and preprocess is None:
+        raise FeatcacheError(
+            f"{where}: the cache was made with preprocess={recorded!r}, a function of your own; featcache imports "
+            f"nothing named in a run directory: pass preprocess={recorded!r} to import it"
+        )
+    if preprocess is not None and preprocess != recorded:
+        raise FeatcacheError(
+            f"preprocess={preprocess!r}: the run's cache was made with preprocess={recorded!r} ({where})"
+        )
+    return ["--backbone", str(model), "--layer", str(fp["layer"]), "--preprocess", recorded]
+
+
+def _registered_flags(fp: dict[str, Any], where: str, backbone: str | None, preprocess: str | None) -> list[str]:
+    """``--backbone NAME``: the recorded name when it is registered; a ``module:attribute`` spec only
+    when the caller names it as ``backbone`` (the fingerprint check after extraction says whether it
+    is the one the cache was made with)."""
+    name = str(fp["backbone"])
+    if preprocess is not None:
+        raise FeatcacheError(f"preprocess={preprocess!r}: applies to a model-file backbone; the run's is {name!r}")
+    if backbone is not None:
+        if backbone in names() and backbone != name:
+            raise FeatcacheError(f"backbone={backbone!r}: the run's cache was made with backbone {name!r} ({where})")
+        return ["--backbone", backbone]
+    if name not in names():
+        raise FeatcacheError(
+            f"{where}: the cache was made with backbone {name!r}, which is not registered; featcache imports "
+            "nothing named in a run directory: pass backbone=MODULE:ATTRIBUTE (the spec it was made with)"
+        )
+    return ["--backbone", name]
+
+
+def extractor_flags(
+    fp: dict[str, Any],
+    where: str,
+    weights: str | None = None,
+    backbone: str | None = None,
+    preprocess: str | None = None,
+) -> list[str]:
     """The ``featcache-extract`` flags that make features with fingerprint ``fp`` (a run's record of
     its cache; ``where`` names it in errors). ``weights`` replaces a weights file that has moved (its
-    sha256 is checked against ``fp`` once the features are made)."""
-    flags = []
-    if "model_file" in fp:  # a saved Keras model as backbone: its file, layer and preprocessing
-        model = Path(fp["model_file"])
-        if not model.is_file():
-            raise FeatcacheError(f"{model}: the model file the run's cache was made with is gone ({where})")
-        flags += ["--backbone", str(model), "--layer", fp["layer"]]
-        flags += ["--preprocess", _preprocess_scheme(fp["preprocessing"], where)]
+    sha256 is checked against ``fp`` once the features are made).
+
+    ``fp`` comes from a file that may be someone else's, so nothing it names is imported or loaded on
+    its word: a registered backbone is named by its registry name; a ``module:attribute`` backbone or
+    preprocessing function must be given again by the caller (``backbone``, ``preprocess``); a model
+    or weights file it names is used only when its sha256 is the recorded one."""
+    if "model_file" in fp:
+        flags = _model_file_flags(fp, where, backbone, preprocess)
     else:
-        flags += ["--backbone", fp["backbone"]]
+        flags = _registered_flags(fp, where, backbone, preprocess)
     sha = str(fp["weights_sha256"])
     if weights is not None:
         flags += ["--weights", weights]
     elif sha.startswith(RANDOM_PREFIX):
         flags += ["--weights", "random", "--seed", sha[len(RANDOM_PREFIX) :]]
-    elif fp.get("weights_source") == "file":
-        path = Path(fp["weights_path"])
-        if not path.is_file():
-            raise FeatcacheError(
-                f"{path}: the weights file the run's cache was made with is gone ({where}); "
-                f"pass weights= a copy of it (sha256 {sha[:12]}...)"
-            )
+    elif fp.get("weights_source") == "file" and "model_file" not in fp:
+        path = _recorded_file(Path(fp["weights_path"]), sha, "weights file", where, "pass weights= a copy of it")
         flags += ["--weights", str(path)]
+    elif "model_file" in fp:
+        flags += ["--weights", flags[1]]  # the model file carries its weights
     else:
         flags += ["--weights", "imagenet"]
     flags += ["--resize", str(fp["resize"]).rsplit(",", 1)[-1], "--maps-dtype", fp["maps_dtype"]]
@@ -122,10 +179,15 @@ def extractor_flags(fp: dict[str, Any], where: str, weights: str | None = None) 
     return flags
 
 
-def run_extractor(args: list[str], source: str, stream: TextIO) -> None:
-    """Run ``python -m featcache.extractor ARGS``, copying its output (progress bar, notes, summary) to
-    ``stream`` as it comes; raise its one-line error, naming ``source``, when it fails."""
-    cmd = [sys.executable, "-m", EXTRACTOR_MODULE, *args]
+def run_extractor(args: list[str], source: str, stream: TextIO, user_module: bool = False) -> None:
+    """Run ``python -I -m featcache.extractor ARGS``, copying its output (progress bar, notes, summary) to
+    ``stream`` as it comes; raise its one-line error, naming ``source``, when it fails.
+
+    ``-I``: the current directory is not searched for modules (a ``featcache.py`` or a backbone module
+    planted beside a downloaded run is never imported). With ``user_module`` (the caller named a
+    ``module:attribute`` of their own) ``-P`` instead: their module is found as ``featcache-extract``
+    finds it (installed, or on ``PYTHONPATH``), still never from the current directory."""
+    cmd = [sys.executable, "-P" if user_module else "-I", "-m", EXTRACTOR_MODULE, *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert proc.stdout is not None
     text = ""
@@ -170,12 +232,16 @@ def predict_source(
     overwrite: bool = False,
     progress: bool = True,
     stream: TextIO | None = None,
+    backbone: str | None = None,
+    preprocess: str | None = None,
 ) -> Prediction:
     """Class probabilities of a run's head (the best unless ``head``) for the images of ``source`` (any
     source the extractor takes: class folders, a CSV, a list, a folder of unlabelled images), written
     to the CSV ``out`` as :func:`~featcache.trainer.predict.predict` writes cached rows. The features
     are made by the extractor into :func:`scratch_cache` (reused by the next predict of the same
-    source; ``overwrite`` starts over); its output, and notes, go to ``stream`` (default: stderr)."""
+    source; ``overwrite`` starts over); its output, and notes, go to ``stream`` (default: stderr).
+    ``backbone`` and ``preprocess`` name again a backbone or preprocessing function of the user's own
+    (``module:attribute``) or a moved model file: see :func:`extractor_flags`."""
     stream = stream or sys.stderr
     results = rundir.load_results(run_dir)
     name = head or results["best"]
@@ -188,13 +254,14 @@ def predict_source(
     scratch = scratch_cache(run_dir, source)
     _check_scratch(scratch)
     try:
-        flags = extractor_flags(fp, str(recorded["path"]), weights)
+        flags = extractor_flags(fp, str(recorded["path"]), weights, backbone, preprocess)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:  # an edited results.json
         where = Path(run_dir) / rundir.RESULTS
         raise FeatcacheError(f"{where}: the fingerprint of the cache of head {name!r} is damaged ({exc!r})") from None
     options = [*flags, *([] if progress else ["--no-progress"]), *(["--overwrite"] if overwrite else [])]
     # "--": a source named "-x" or "--overwrite" is a path, not an option
-    run_extractor([*options, "--", source, str(scratch)], source, stream)
+    user_module = any(":" in str(v) and not is_model_file(str(v)) for v in (backbone, preprocess) if v is not None)
+    run_extractor([*options, "--", source, str(scratch)], source, stream, user_module)
     cache = FeatureCache(scratch)
     cache.require_complete()
     cache.check_fingerprint(fp)  # the extractor made them as the cached ones, or this says what differs

@@ -27,17 +27,29 @@ from .schema import TMP_PREFIX
 _HASH_BLOCK = 1 << 20
 
 
+class NotARegularFileError(FeatcacheError):
+    """A file featcache would open for writing (or trusts) is a symbolic link, a FIFO, a device or a folder."""
+
+
+def open_input(path: str | os.PathLike[str]) -> int:
+    """A read-only descriptor (close-on-exec, blocking) on the file a user or a record named at ``path``:
+    links are followed (the user's own layout), but anything other than a regular file (a FIFO, a
+    device, a folder) is refused with one line, and the open itself never blocks (``O_NONBLOCK``)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise NotARegularFileError(f"{path}: not a regular file (a FIFO, a device or a folder); featcache reads files")
+    os.set_blocking(fd, True)
+    return fd
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    """Hex sha256 of a regular file's bytes, read in 1 MiB blocks (a FIFO or device is refused, never read)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with os.fdopen(open_input(path), "rb") as fh:
         while block := fh.read(_HASH_BLOCK):
             digest.update(block)
     return digest.hexdigest()
-
-
-class NotARegularFileError(FeatcacheError):
-    """A file featcache would open for writing (or trusts) is a symbolic link, a FIFO, a device or a folder."""
 
 
 def open_regular(path: str | os.PathLike[str], flags: int, mode: int = 0o644) -> int:

@@ -65,8 +65,31 @@ POOLED_DTYPE = "float32"
 LABEL_DTYPE = "int32"
 INDEX_DTYPE = "int64"
 SPLIT_DTYPE = "int8"
+ID_DTYPE = "object"  # h5py's variable-length UTF-8 string, read back as Python objects
 MAPS_DTYPES = ("float16", "float32")
 DEFAULT_MAPS_DTYPE = "float16"
+
+
+def row_layout(
+    output_shape: tuple[int, ...] | list[int], maps_dtype: str, views: int
+) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Every per-row dataset a shard of a cache holds (the table above): name -> (shape of one row,
+    dtype). ``output_shape`` is the backbone's ``(H, W, C)``, ``maps_dtype`` the cache's, ``views``
+    from :func:`views_of`. Each dataset's first axis is the shard's rows, so what copies, checks or
+    filters rows (verify, compact) takes its list from here and carries datasets added later."""
+    h, w, c = (int(v) for v in output_shape)
+    out = {
+        MAPS: ((h, w, c), maps_dtype),
+        POOLED: ((c,), POOLED_DTYPE),
+        LABEL: ((), LABEL_DTYPE),
+        ID: ((), ID_DTYPE),
+        INDEX: ((), INDEX_DTYPE),
+        SPLIT: ((), SPLIT_DTYPE),
+    }
+    if views > 1:
+        out[POOLED_VIEWS] = ((views - 1, c), POOLED_DTYPE)
+    return out
+
 
 UNKNOWN_LABEL = -1
 

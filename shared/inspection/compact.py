@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -81,19 +82,25 @@ def _clean(cache_dir: Path, m: Manifest) -> list[str]:
     return removed
 
 
-def rewrite_shard(cache_dir: Path, rec: ShardRecord, drop: np.ndarray) -> ShardRecord:
+def rewrite_shard(cache_dir: Path, rec: ShardRecord, drop: np.ndarray, layout: dict[str, Any]) -> ShardRecord:
     """Copy shard ``rec`` without the rows whose index is in ``drop`` into its next compacted name;
-    return the new record (the file is in place; the manifest is not changed here)."""
+    return the new record (the file is in place; the manifest is not changed here). ``layout`` is the
+    cache's :func:`schema.row_layout`: every per-row dataset it names is copied (a dataset the shard
+    holds that the layout does not name is refused, never dropped)."""
     source = shard_path(cache_dir, rec.file, rec.shard)  # a manifest path is checked before it is opened
     final = cache_path(cache_dir, schema.compacted_shard_name(rec.shard, schema.compaction_version(rec.file) + 1))
     tmp = temp_path_for(final)
     tmp.unlink(missing_ok=True)  # a link planted under the temp name is removed, not followed
     try:
         with h5py.File(source, "r") as src, h5py.File(tmp, "x") as dst:
+            unknown = sorted(set(src) - set(layout))
+            if unknown:
+                raise FeatcacheError(f"{source}: holds datasets the cache format does not name ({', '.join(unknown)})")
             index = src[schema.INDEX][()]
             keep = np.flatnonzero(~np.isin(index, drop))
-            for name in (schema.POOLED, schema.LABEL, schema.INDEX, schema.SPLIT):
-                dst.create_dataset(name, data=src[name][()][keep])
+            for name in layout:
+                if name not in (schema.MAPS, schema.ID):
+                    dst.create_dataset(name, data=src[name][()][keep])
             ids = src[schema.ID].asstr()[()][keep]
             dst.create_dataset(
                 schema.ID, data=np.array(ids, dtype=object), dtype=h5py.string_dtype("utf-8"), shape=(len(keep),)
@@ -144,6 +151,9 @@ def compact(cache_dir: str | Path, threshold: float = DEFAULT_THRESHOLD, log=Non
     with exclusive(cache_dir, "compact when no extractor is running") as (m, _):
         report.cleaned = _clean(cache_dir, m)
         dead = np.asarray(m.dead, dtype=np.int64)
+        layout = schema.row_layout(
+            m.fingerprint["output_shape"], m.storage["maps_dtype"], schema.views_of(m.fingerprint)
+        )
         for rec in list(m.shards):
             drop = dead[(dead >= rec.first_index) & (dead < rec.first_index + rec.num_inputs)]
             if not len(drop):
@@ -151,7 +161,7 @@ def compact(cache_dir: str | Path, threshold: float = DEFAULT_THRESHOLD, log=Non
             if len(drop) / rec.rows <= threshold:
                 report.left += 1
                 continue
-            new = rewrite_shard(cache_dir, rec, drop)
+            new = rewrite_shard(cache_dir, rec, drop, layout)
             m.shards = [new if s.shard == rec.shard else s for s in m.shards]
             gone = set(drop.tolist())
             m.dead = [i for i in m.dead if i not in gone]

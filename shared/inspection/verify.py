@@ -67,19 +67,8 @@ class Report:
 
 
 def _expected_datasets(m: Manifest, rows: int) -> dict[str, tuple[tuple[int, ...], str]]:
-    shape = tuple(m.fingerprint["output_shape"])
-    out = {
-        schema.MAPS: ((rows, *shape), m.storage["maps_dtype"]),
-        schema.POOLED: ((rows, shape[-1]), schema.POOLED_DTYPE),
-        schema.LABEL: ((rows,), schema.LABEL_DTYPE),
-        schema.ID: ((rows,), "object"),
-        schema.INDEX: ((rows,), schema.INDEX_DTYPE),
-        schema.SPLIT: ((rows,), schema.SPLIT_DTYPE),
-    }
-    views = schema.views_of(m.fingerprint)
-    if views > 1:
-        out[schema.POOLED_VIEWS] = ((rows, views - 1, shape[-1]), schema.POOLED_DTYPE)
-    return out
+    layout = schema.row_layout(m.fingerprint["output_shape"], m.storage["maps_dtype"], schema.views_of(m.fingerprint))
+    return {name: ((rows, *tail), dtype) for name, (tail, dtype) in layout.items()}
 
 
 def check_shard(
