@@ -41,6 +41,16 @@ __all__ = [
 ]
 
 
+def outliers(cache: str | Path, **options: Any) -> list[dict[str, Any]]:
+    """The rows of ``cache`` unlike any other, most isolated first (what ``featcache-inspect outliers``
+    lists): each a dict with ``rank, id, index, split, label, isolation, nearest_id, reason``.
+    ``options``: ``k`` (neighbours, default 5), ``split``, ``per_class``, ``exact``, ``progress``; see
+    :func:`featcache.shared.inspection.outliers.find_outliers`. No TensorFlow."""
+    from .shared.inspection.outliers import find_outliers
+
+    return find_outliers(open_cache(cache), **options)
+
+
 def train(cache: str | Path | list[str | Path], **sweep: Any) -> Any:
     """Train a sweep of heads on ``cache`` (what ``featcache-train CACHE`` does) and return its
     :class:`~featcache.trainer.api.SweepResult`. ``cache`` may be a list of caches of the same images

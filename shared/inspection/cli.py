@@ -28,6 +28,7 @@ from ..cli import VersionOpt, run_cli
 from ..errors import FeatcacheError
 from . import compact as compact_mod
 from . import export as export_mod
+from . import outliers as outliers_mod
 from . import report as report_mod
 from . import similarity
 from . import verify as verify_mod
@@ -577,6 +578,77 @@ def suspects(
             typer.echo(
                 f"{d['rank']:>5}  {d['p_label']:>8.4f}  {d['index']:>7}  {d['split']:<5}  {d['label']:<14}  "
                 f"{d['suggested']:<14}  {d['id']}"
+            )
+        if csv_file is not None:
+            typer.echo(f"wrote {csv_file}: {len(ranked)} rows")
+
+    run_cli(job, ctx=ctx, debug=debug)
+
+
+@app.command()
+def outliers(
+    ctx: typer.Context,
+    cache: CacheArg,
+    top: Annotated[int, typer.Option(min=1, help="How many rows to list, most isolated first.")] = 20,
+    split: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Rank only the rows of this split (train, val or test); neighbours are still searched among all rows.",
+            show_default="every row",
+        ),
+    ] = None,
+    k: Annotated[
+        int, typer.Option("-k", "--k", min=1, help="Neighbours a row's isolation is measured against.")
+    ] = outliers_mod.DEFAULT_K,
+    per_class: Annotated[
+        bool,
+        typer.Option(
+            "--per-class",
+            help="Also score each labelled row among the rows of its own class, and rank by that.",
+        ),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the list as JSON (for scripts).")] = False,
+    csv_file: Annotated[
+        Optional[Path], typer.Option("--csv", help="Also write every ranked row to this CSV file.")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    debug: DebugOpt = False,
+) -> None:
+    """Rows unlike any other (placeholders, blank frames, another domain), most isolated first: each row's
+    isolation is 1 - the mean cosine similarity of its pooled vector to its k nearest other rows.
+    Non-finite or constant vectors are outliers by definition and come first."""
+
+    def job() -> None:
+        c = FeatureCache(cache)
+        ranked = outliers_mod.find_outliers(c, k=k, split=split, per_class=per_class, progress=progress)
+        if csv_file is not None:
+            import csv
+
+            csv_file.parent.mkdir(parents=True, exist_ok=True)
+            with open(csv_file, "w", newline="", encoding="utf-8") as fh:
+                w = csv.DictWriter(fh, fieldnames=list(ranked[0]) if ranked else ["rank", "id"])
+                w.writeheader()
+                w.writerows(ranked)
+        if as_json:
+            typer.echo(json.dumps(ranked[:top], indent=1, ensure_ascii=False))
+            return
+        where = f" of split {split}" if split else ""
+        typer.echo(
+            f"{len(ranked)} rows{where}; isolation = 1 - mean cosine to the {k} nearest rows; most isolated first:"
+        )
+        width = max([len(d["id"]) for d in ranked[:top]] + [2])
+        extra = f"  {'in class':>8}" if per_class else ""
+        typer.echo(f"{'id':<{width}}  {'isolation':>9}{extra}  {'split':<5}  {'label':<14}  nearest")
+
+        def num(v: float | None) -> str:
+            return "inf" if v is None else f"{v:.3f}"
+
+        for d in ranked[:top]:
+            cls = f"  {num(d['class_isolation']):>8}" if per_class else ""
+            near = d["reason"] or d["nearest_id"] or "-"
+            typer.echo(
+                f"{d['id']:<{width}}  {num(d['isolation']):>9}{cls}  {d['split']:<5}  {str(d['label'] or '-'):<14}  "
+                f"{near}"
             )
         if csv_file is not None:
             typer.echo(f"wrote {csv_file}: {len(ranked)} rows")

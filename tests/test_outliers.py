@@ -1,0 +1,113 @@
+"""Outliers: each row's isolation (1 - mean cosine to its k nearest other rows), checked against a
+brute-force computation, planted outliers found by the reduced search, degenerate vectors first, the
+command and the API; and on real photographs, the ants/bees set's placeholder image among the first 3."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+
+import numpy as np
+import pytest
+from conftest import REAL_WEIGHTS, REPO, extract
+from typer.testing import CliRunner
+
+import featcache
+from featcache.shared.inspection import knn
+from featcache.shared.inspection.cli import app
+from featcache.shared.inspection.outliers import CONSTANT, NON_FINITE, isolation
+
+HYMENOPTERA = REPO.parent / "shared" / "data" / "hymenoptera.tar"
+
+
+def brute_isolation(x: np.ndarray, k: int) -> np.ndarray:
+    """The definition, on the full similarity matrix (float64)."""
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    sims = u.astype(np.float64) @ u.T.astype(np.float64)
+    np.fill_diagonal(sims, -np.inf)
+    return 1 - np.sort(sims, axis=1)[:, ::-1][:, :k].mean(axis=1)
+
+
+def clusters(n: int, c: int, planted: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` non-negative vectors around 50 centres (like ReLU features), and ``planted`` rows far from
+    every centre; returns the vectors and the planted rows' positions."""
+    rng = np.random.default_rng(seed)
+    centres = rng.gamma(0.5, 1.0, (50, c)).astype(np.float32)
+    x = centres[rng.integers(0, 50, n)] + rng.gamma(0.5, 0.3, (n, c)).astype(np.float32)
+    where = rng.choice(n, planted, replace=False)
+    x[where] = rng.gamma(0.5, 1.0, (planted, c)).astype(np.float32) * (rng.random((planted, c)) < 0.05)
+    return x, where
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_isolation_equals_the_definition(exact):
+    x, _ = clusters(600, 96, 5, seed=1)
+    score, nearest = isolation(x, k=5, exact=exact)
+    np.testing.assert_allclose(score, brute_isolation(x, 5), atol=1e-5)
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    sims = u @ u.T
+    np.fill_diagonal(sims, -np.inf)
+    assert (nearest == sims.argmax(axis=1)).mean() > 0.99  # ties aside
+
+
+def test_the_reduced_search_finds_planted_outliers(monkeypatch):
+    """Above EXACT_MAX_ROWS the candidates come from 64 principal components and are re-scored
+    exactly; every planted outlier is still among the most isolated rows."""
+    monkeypatch.setattr(knn, "EXACT_MAX_ROWS", 100)
+    x, planted = clusters(3000, 256, 30, seed=2)
+    score, _ = isolation(x, k=5)
+    top = np.argsort(-score)[:30]
+    assert set(top.tolist()) == set(planted.tolist())
+    exact, _ = isolation(x, k=5, exact=True)
+    assert np.all(score >= exact - 1e-5)  # a missed neighbour can only make a row look more isolated
+    head = np.argsort(-score)[:100]
+    np.testing.assert_allclose(score[head], exact[head], atol=1e-5)  # the head is searched again exactly
+    assert np.abs(score - exact).max() < 0.05
+
+
+def test_degenerate_vectors_are_outliers_by_definition():
+    x, _ = clusters(50, 16, 0, seed=3)
+    x[7] = 0.0
+    x[9, 3] = np.nan
+    x[11] = 2.5
+    score, nearest = isolation(x, k=3)
+    assert np.isinf(score[[7, 9, 11]]).all() and np.isfinite(np.delete(score, [7, 9, 11])).all()
+    assert not np.isin(nearest, [7, 9, 11]).any()  # never anyone's neighbour
+    from featcache.shared.inspection.outliers import degenerate
+
+    reasons = degenerate(x)
+    assert (reasons[7], reasons[9], reasons[11]) == (CONSTANT, NON_FINITE, CONSTANT)
+
+
+def test_command_and_api_rank_the_same_rows(tiny_cache):
+    api = featcache.outliers(tiny_cache, k=3)
+    assert [d["rank"] for d in api] == list(range(1, 16))
+    iso = [d["isolation"] for d in api]
+    assert iso == sorted(iso, reverse=True)
+    r = CliRunner().invoke(app, ["outliers", str(tiny_cache), "--k", "3", "--top", "4", "--json", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output) == api[:4]
+    r = CliRunner().invoke(app, ["outliers", str(tiny_cache), "-k", "3", "--split", "test", "--no-progress"])
+    assert r.exit_code == 0 and r.output.splitlines()[1].split()[:2] == ["id", "isolation"]
+    test_ids = {d["id"] for d in api if d["split"] == "test"}
+    listed = {line.split()[0] for line in r.output.splitlines()[2:]}
+    assert listed == test_ids
+    r = CliRunner().invoke(app, ["outliers", str(tiny_cache), "--split", "dev"])
+    assert r.exit_code == 2 and r.output.strip().splitlines() == [
+        "error: --split dev: expected one of train, val, test (or none for every row)"
+    ]
+
+
+@pytest.mark.skipif(
+    not (REAL_WEIGHTS.is_file() and HYMENOPTERA.is_file()), reason="real weights or hymenoptera.tar not beside the repo"
+)
+def test_the_placeholder_image_of_the_ants_bees_set_is_among_the_first_three(tmp_path):
+    """``train/ants/imageNotFound.gif`` is a "this image is not available" placeholder saved under a class
+    name; label-noise scores cannot see it, its isolation can."""
+    with tarfile.open(HYMENOPTERA) as tar:
+        tar.extractall(tmp_path, filter="data")
+    cache = tmp_path / "cache"
+    extract(tmp_path / "hymenoptera_data", cache, backbone="mobilenet_v2", weights=str(REAL_WEIGHTS), shard_size=512)
+    ranked = featcache.outliers(cache)
+    first = [d["id"] for d in ranked[:3]]
+    assert "train/ants/imageNotFound.gif" in first, ranked[:5]
