@@ -111,3 +111,22 @@ def test_the_placeholder_image_of_the_ants_bees_set_is_among_the_first_three(tmp
     ranked = featcache.outliers(cache)
     first = [d["id"] for d in ranked[:3]]
     assert "train/ants/imageNotFound.gif" in first, ranked[:5]
+
+
+def test_indexed_near_duplicates_equal_the_exact_pairs(monkeypatch):
+    """Above EXACT_MAX_ROWS, near-duplicate pairs come from the neighbour index; they equal the all-pairs
+    search, including a group of 20 copies (more than the 16 neighbours listed per row)."""
+    from featcache.shared.inspection import similarity
+
+    x, _ = clusters(3000, 256, 0, seed=4)
+    rng = np.random.default_rng(4)
+    a = rng.choice(3000, 60, replace=False)
+    x[a[30:]] = x[a[:30]] * (1 + 0.01 * rng.standard_normal((30, 256)).astype(np.float32))  # 30 planted pairs
+    group = rng.choice(np.setdiff1d(np.arange(3000), a), 20, replace=False)
+    x[group] = x[group[0]]
+    unit = similarity.normalize(x)
+    want = {(p.a, p.b) for p in similarity.near_duplicates(unit, 0.99)}
+    monkeypatch.setattr(knn, "EXACT_MAX_ROWS", 100)
+    got = {(p.a, p.b): p.cosine for p in similarity.duplicate_pairs(unit, 0.99)}
+    assert set(got) == want and len(want) >= 30 + 190
+    assert all(c >= 0.99 for c in got.values())

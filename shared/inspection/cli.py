@@ -366,7 +366,7 @@ def neighbours(
             return f"{rows.index[i]:>7}  {names[i]:<5}  {_class_name(c.classes, int(rows.label[i])):<14}  {rows.id[i]}"
 
         if duplicates:
-            pairs = list(similarity.near_duplicates(unit, threshold, block))
+            pairs = list(similarity.duplicate_pairs(unit, threshold, block))
             leaks = sum(names[p.a] != names[p.b] for p in pairs)
             typer.echo(f"{len(pairs)} pairs with cosine >= {threshold} among {len(rows)} rows ({leaks} across splits)")
             for p in pairs:

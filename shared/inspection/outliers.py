@@ -38,7 +38,7 @@ DEFAULT_K = 5
 # After a reduced (approximate) search, the most isolated rows are searched again exactly: this many at
 # least, or this fraction of the rows. The head of the ranking is then exact.
 EXACT_HEAD_ROWS = 200
-EXACT_HEAD_FRACTION = 0.01
+EXACT_HEAD_FRACTION = 0.002
 NON_FINITE = "non-finite vector"
 CONSTANT = "constant vector"
 
@@ -71,7 +71,9 @@ def isolation(
     ok = np.flatnonzero([r is None for r in degenerate(pooled)])
     if not len(ok):
         return score, nearest
-    unit = normalize(pooled[ok])
+    unit = pooled[ok] if len(ok) < n else pooled.copy()  # one copy, scaled in place (5 GB at 10^6 rows)
+    for start in range(0, len(unit), 65_536):
+        unit[start : start + 65_536] = normalize(unit[start : start + 65_536])
     with tqdm(total=len(ok), unit="row", desc="neighbours", disable=not progress, leave=False) as bar:
         rows, cos = knn.nearest_all(unit, k, exact=exact, step=bar.update)
     reduced = not (len(ok) <= knn.EXACT_MAX_ROWS if exact is None else exact)

@@ -1,7 +1,9 @@
 """Cosine similarity between pooled vectors: nearest rows of one row, and near-duplicate pairs.
 
-Pairs are found in square blocks of rows, so memory is ``block x block`` floats whatever the cache's
-size (the work is still quadratic in rows: about a second per million pairs-of-1280 on one core).
+:func:`near_duplicates` compares every pair in square blocks of rows, so memory is ``block x block``
+floats whatever the cache's size, but the work is quadratic (10k rows ~1 s, 20k ~3 s, 10^6 hours).
+:func:`duplicate_pairs` uses it up to :data:`knn.EXACT_MAX_ROWS` rows and, above, the neighbour index
+of :mod:`.knn` (every pair re-scored exactly; see :func:`near_duplicates_indexed`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+
+from . import knn
 
 DEFAULT_BLOCK = 2048
 DEFAULT_DUPLICATE_THRESHOLD = 0.995
@@ -51,3 +55,38 @@ def near_duplicates(
                 sims = np.triu(sims, k=1) + np.tril(np.full_like(sims, -np.inf))
             for a, b in zip(*np.nonzero(sims >= threshold), strict=False):
                 yield Pair(i + int(a), j + int(b), float(sims[a, b]))
+
+
+DUPLICATE_NEIGHBOURS = 16  # neighbours looked at per row by the indexed search
+
+
+def near_duplicates_indexed(unit: np.ndarray, threshold: float = DEFAULT_DUPLICATE_THRESHOLD) -> Iterator[Pair]:
+    """The pairs of :func:`near_duplicates` found through each row's :data:`DUPLICATE_NEIGHBOURS` nearest
+    rows (:func:`knn.nearest_all`, exact cosines). A row whose furthest listed neighbour still reaches
+    ``threshold`` may have more duplicates than listed: it is compared with every row exactly. What can
+    be missed is a pair the index never offered (near-identical vectors share a list, or sit in
+    neighbouring ones, which are searched too; bench/outliers.py measures it)."""
+    rows, cos = knn.nearest_all(unit, DUPLICATE_NEIGHBOURS)
+    found: dict[tuple[int, int], float] = {}
+    for a, j in zip(*np.nonzero(cos >= threshold), strict=True):
+        b = int(rows[a, j])
+        found[(min(int(a), b), max(int(a), b))] = float(cos[a, j])
+    crowded = np.flatnonzero(cos[:, -1] >= threshold)
+    for start in range(0, len(crowded), 256):
+        q = crowded[start : start + 256]
+        sims = unit[q] @ unit.T
+        for i, b in zip(*np.nonzero(sims >= threshold), strict=True):
+            a = int(q[i])
+            if a != b:
+                found[(min(a, int(b)), max(a, int(b)))] = float(sims[i, b])
+    for (a, b), c in sorted(found.items()):
+        yield Pair(a, b, c)
+
+
+def duplicate_pairs(
+    unit: np.ndarray, threshold: float = DEFAULT_DUPLICATE_THRESHOLD, block: int = DEFAULT_BLOCK
+) -> Iterator[Pair]:
+    """Every near-duplicate pair: exactly up to :data:`knn.EXACT_MAX_ROWS` rows, through the index above."""
+    if len(unit) <= knn.EXACT_MAX_ROWS:
+        return near_duplicates(unit, threshold, block)
+    return near_duplicates_indexed(unit, threshold)
