@@ -97,13 +97,16 @@ def test_rows(run_dir: Path, results: dict[str, Any]) -> tuple[FeatureCache, Spl
     return cache, ds.test
 
 
-def best_head_test_predictions(run_dir: Path, results: dict[str, Any]) -> tuple[FeatureCache, dict[str, np.ndarray]]:
+def best_head_test_predictions(
+    run_dir: Path, results: dict[str, Any], params: tuple[dict[str, np.ndarray], Any] | None = None
+) -> tuple[FeatureCache, dict[str, np.ndarray]]:
     """The trained-on cache, and the best head on its labelled test rows: ``id (n,)``, ``index (n,)``,
     ``y (n,)`` int64 and ``probs (n, k)`` float32 (a pooled head picked with test-time augmentation:
-    the mean over the cached views, as the sweep scored it)."""
+    the mean over the cached views, as the sweep scored it). ``params``: the best head's
+    :func:`~featcache.trainer.rundir.head_params`, when already read."""
     best = next(h for h in results["heads"] if h["name"] == results["best"])
     kind = best["config"]["kind"]
-    w, mean_std = head_params(run_dir, results, best["name"])
+    w, mean_std = params or head_params(run_dir, results, best["name"])
     cache, test = test_rows(run_dir, results)
     probs = np.zeros((len(test), len(results["classes"])), np.float32)
     if not reads_maps(kind):
@@ -255,8 +258,9 @@ def build(run_dir: str | Path) -> tuple[str, dict[str, Any]]:
 
     # -- most confidently wrong ------------------------------------------------------------------------
     facts: dict[str, Any] = {"best": best["name"], "per_class": pcs, "wrong": [], "numpy_confusion": None}
+    params = head_params(run_dir, results, best["name"])  # a bad heads.npz is the run's error, not the cache's
     try:
-        cache, pred = best_head_test_predictions(run_dir, results)
+        cache, pred = best_head_test_predictions(run_dir, results, params)
     except FeatcacheError as exc:
         body = [H.note(f"The cache the sweep was trained on cannot be used ({exc}): no test images.")]
     else:
