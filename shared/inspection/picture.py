@@ -51,6 +51,7 @@ def write_png(path: str | Path, rgb: np.ndarray) -> None:
 # list); the ids of the other kinds (tfrecord, tar) come from inside records and name no file here.
 FOLDER_KINDS = ("folder", "folder-splits", "unlabelled")
 LISTED_KINDS = ("csv", "list")
+RECORD_KINDS = ("tfrecord", "tar")
 GONE = "no longer where the cache was made from (the source folder is gone)"
 IN_RECORDS = "inside TFRecord or tar records, which are not read for pictures"
 OUTSIDE = "outside the source folder (an absolute or '..' id, or a link leading out)"
@@ -58,13 +59,13 @@ OUTSIDE = "outside the source folder (an absolute or '..' id, or a link leading 
 
 def source_image(source: Mapping[str, Any], image_id: str) -> tuple[Path | None, str]:
     """Where the source image of the row ``image_id`` is, from the manifest's ``source`` entry: the
-    file under ``source.root`` the extractor listed, or None and why not (one of :data:`GONE`,
-    :data:`IN_RECORDS`, :data:`OUTSIDE`). An id is never absolute, ``~`` or a URL, and never leaves
-    the root by ``..``; in a folder source (whose walk follows no link below the class folders) the
-    resolved path stays inside the resolved root. Nothing is opened."""
+    file under ``source.root`` the extractor listed, or None and why not (:data:`GONE`,
+    :data:`IN_RECORDS`, :data:`OUTSIDE`, or a kind unknown here). An id is never absolute, ``~`` or
+    a URL, and never leaves the root by ``..``; in a folder source (whose walk follows no link below
+    the class folders) the resolved path stays inside the resolved root. Nothing is opened."""
     kind, root = source.get("kind"), source.get("root")
     if kind not in FOLDER_KINDS + LISTED_KINDS:
-        return None, IN_RECORDS
+        return None, IN_RECORDS if kind in RECORD_KINDS else f"from a source of kind {kind!r}, whose ids name no files"
     if not isinstance(root, str) or "://" in root or not os.path.isdir(root):
         return None, GONE
     rel = os.path.normpath(image_id) if image_id and "\0" not in image_id else ".."
