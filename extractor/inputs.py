@@ -19,10 +19,7 @@ import struct
 from dataclasses import dataclass
 
 from ..shared.errors import FeatcacheError
-
-DEFAULT_MAX_INPUT_BYTES = 64 * 1024 * 1024
-# Pillow's Image.MAX_IMAGE_PIXELS: a 24-bit image of 1 GiB / 4 (its decompression-bomb warning).
-DEFAULT_MAX_PIXELS = 1024 * 1024 * 1024 // 4 // 3
+from ..shared.limits import DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_PIXELS
 
 _FILE_KINDS = (
     (stat.S_ISDIR, "a directory"),

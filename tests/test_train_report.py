@@ -226,3 +226,48 @@ def test_report_and_runs_import_no_tensorflow():
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TensorFlow imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_a_3000_class_confusion_is_kept_as_its_top_cells_and_counts():
+    """Issue 24 #10: 3,000 classes wrote the whole 9-million-cell matrix (a 54 MB results.json)."""
+    from featcache.trainer.report import TOP_CONFUSIONS, confusion_entries, recorded_confusion
+
+    n = 3000
+    m = np.zeros((n, n), np.int64)
+    np.fill_diagonal(m, 3)
+    rng = np.random.default_rng(0)
+    t, p = rng.integers(0, n, 400), rng.integers(0, n, 400)
+    np.add.at(m, (t, p), rng.integers(1, 5, 400))
+    entries = confusion_entries(m)
+    assert entries["best_confusion_test"] is None
+    assert len(json.dumps(entries)) < 100_000  # the per-class counts and 50 cells, not n^2 numbers
+    _, summary = recorded_confusion(entries)
+    assert summary["true"] == m.sum(1).tolist() and summary["predicted"] == m.sum(0).tolist()
+    assert summary["correct"] == np.diag(m).tolist()
+    off = m - np.diag(np.diag(m))
+    assert len(summary["top"]) == TOP_CONFUSIONS
+    assert [c for _, _, c in summary["top"]] == sorted(off.ravel(), reverse=True)[:TOP_CONFUSIONS]
+    assert all(off[a, b] == c for a, b, c in summary["top"])
+
+
+def test_a_sweep_on_60_classes_keeps_no_full_matrix_and_its_report_says_so(tmp_path):
+    """Issue 24 #10, a variant: 60 classes (just past the limit), through a sweep, its report and its plot."""
+    from featcache.trainer.html_report import write
+    from featcache.trainer.report import FULL_CONFUSION_MAX_CLASSES
+
+    cache = synthetic_cache(tmp_path / "cache", n=600, classes=60, shuffle_labels=True)
+    run = train(cache, head="linear", lr=1e-2, runs=tmp_path / "runs", **{**QUICK, "epochs": 1}).run_dir
+    results = load_results(run)
+    assert len(results["classes"]) == 60 > FULL_CONFUSION_MAX_CLASSES
+    assert results["best_confusion_test"] is None
+    top = results["best_confusion_test_top"]
+    assert sum(top["true"]) == results["splits"]["test"] and len(top["top"]) > 0
+    facts = write(run, tmp_path / "r.html")
+    text = (tmp_path / "r.html").read_text()
+    page = Page(text)
+    assert len(page.tables["per-class"]) == 1 + 60 and "top-confusions" in page.tables
+    assert [[results["classes"][a], results["classes"][b], str(c)] for a, b, c in top["top"]] == page.tables[
+        "top-confusions"
+    ][1:]
+    assert f"more than {FULL_CONFUSION_MAX_CLASSES}" in text and "not the whole matrix" in text
+    assert "do not reproduce the confusion matrix" not in text and facts["numpy_confusion"] is None

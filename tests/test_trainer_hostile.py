@@ -4,8 +4,12 @@ a non-finite feature is named instead of training heads to NaN."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -229,3 +233,107 @@ def test_results_that_are_a_fifo_or_a_link_are_refused_without_blocking(tmp_path
         )
         last = p.stderr.strip().splitlines()[-1]
         assert p.returncode == 2 and last.startswith("error:") and "results.json" in last, p.stderr
+
+
+@pytest.fixture(scope="module")
+def two_heads(tmp_path_factory) -> Path:
+    """A finished run of two linear heads (the best from best_head.keras, the other from heads.npz)."""
+    root = tmp_path_factory.mktemp("two-heads")
+    cache = synthetic_cache(root / "c", n=80, classes=4)
+    grid = expand({"head": ["linear"], "lr": [1e-2, 1e-3]})
+    run_dir, _ = run_sweep(cache, grid, QUICK, root / "runs", ["t"], lambda m: None, False)
+    return run_dir
+
+
+def _planted(run: Path, dest: Path, name: str, plant) -> tuple[Path, dict[str, bytes]]:
+    """A copy of ``run`` with ``plant(path)`` at its file ``name``; the other files' bytes, to show
+    that nothing is touched."""
+    dest.mkdir(parents=True)
+    kept = {}
+    for f in run.iterdir():
+        if f.name != name:
+            kept[f.name] = f.read_bytes()
+            (dest / f.name).write_bytes(kept[f.name])
+    plant(dest / name)
+    return dest, kept
+
+
+def _cli(*args: object) -> subprocess.CompletedProcess:
+    """featcache-train in a subprocess (a hang is a timeout, not a test that never ends)."""
+    code = "from featcache.trainer.cli import main; main()"
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=240)
+
+
+def test_a_fifo_at_a_runs_heads_or_head_model_is_refused_without_blocking(tmp_path, two_heads):
+    """Issue 24 #5: a FIFO at best_head.keras or heads.npz hung predict, export and train report. Variants:
+    heads.npz as a FIFO for report and for predict --head (the other head), best_head.keras for export."""
+    results = json.loads((two_heads / "results.json").read_text())
+    other = next(h["name"] for h in results["heads"] if h["name"] != results["best"])
+    cases = [
+        ("heads.npz", ["report", "RUN", tmp_path / "r.html"], tmp_path / "r.html"),
+        ("heads.npz", ["predict", "RUN", tmp_path / "p.csv", "--head", other], tmp_path / "p.csv"),
+        ("best_head.keras", ["export", "RUN", tmp_path / "m.keras"], tmp_path / "m.keras"),
+    ]
+    for k, (name, args, out) in enumerate(cases):
+        run, kept = _planted(two_heads, tmp_path / f"run{k}", name, os.mkfifo)
+        p = _cli(*[run if a == "RUN" else a for a in args])
+        lines = [line for line in p.stderr.splitlines() if line.startswith("error:")]
+        assert p.returncode == 2 and len(lines) == 1, (args, p.stderr)
+        assert f"{run / name}: not a regular file" in lines[0], lines
+        assert not out.exists() and {f.name: f.read_bytes() for f in run.iterdir() if f.name != name} == kept
+
+
+def _npz_declaring(path: Path, arrays: dict[str, np.ndarray], lie: str, shape: tuple[int, ...]) -> None:
+    """``arrays`` saved as an .npz, but ``lie``'s .npy header declaring ``shape`` (with no data behind it)."""
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        for key, a in arrays.items():
+            buf = io.BytesIO()
+            if key == lie:
+                np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": shape})
+            else:
+                np.lib.format.write_array(buf, a)
+            z.writestr(f"{key}.npy", buf.getvalue())
+
+
+def test_heads_npz_declaring_a_huge_array_is_one_line_before_any_allocation(tmp_path, two_heads):
+    """Issue 24 #11: heads.npz declaring a huge shape was a MemoryError traceback. Variants: the other
+    head's bias declared (2^31,) for predict --head, the best head's kernel 3-D for the train report."""
+    results = json.loads((two_heads / "results.json").read_text())
+    with np.load(two_heads / "heads.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    best, other = results["best"], next(h["name"] for h in results["heads"] if h["name"] != results["best"])
+    cases = [
+        (f"{other}/b", (1 << 31,), ["predict", "RUN", tmp_path / "p.csv", "--head", other]),
+        (f"{best}/W", (1280, 4, 1 << 20), ["report", "RUN", tmp_path / "r.html"]),
+    ]
+    for k, (lie, shape, args) in enumerate(cases):
+        plant = functools.partial(_npz_declaring, arrays=arrays, lie=lie, shape=shape)
+        run, kept = _planted(two_heads, tmp_path / f"run{k}", "heads.npz", plant)
+        r = CliRunner().invoke(app, [str(run if a == "RUN" else a) for a in args])
+        line = _error_line(r)
+        assert f"{run / 'heads.npz'}: {lie} is declared float32 {shape}" in line and "not this run's heads" in line
+        assert not (tmp_path / "p.csv").exists() and not (tmp_path / "r.html").exists()
+        assert {f.name: f.read_bytes() for f in run.iterdir() if f.name != "heads.npz"} == kept
+
+
+def test_an_unloadable_best_head_keras_is_one_line_naming_it(tmp_path, two_heads):
+    """Issue 24 #11: an unloadable best_head.keras was a 90-200-line traceback. Variants: the file cut in
+    half (a copy interrupted), and a zip whose config.json is not a model."""
+    import zipfile
+
+    whole = (two_heads / "best_head.keras").read_bytes()
+
+    def not_a_model(p: Path) -> None:
+        with zipfile.ZipFile(p, "w") as z:
+            z.writestr("config.json", json.dumps({"class_name": "Nothing", "config": {}}))
+            z.writestr("metadata.json", json.dumps({"keras_version": "3.0.0"}))
+
+    for k, plant in enumerate([lambda p: p.write_bytes(whole[: len(whole) // 2]), not_a_model]):
+        run, kept = _planted(two_heads, tmp_path / f"run{k}", "best_head.keras", plant)
+        r = CliRunner().invoke(app, ["predict", str(run), str(tmp_path / "p.csv")])
+        assert f"{run / 'best_head.keras'}: not a loadable Keras model" in _error_line(r)
+        assert not (tmp_path / "p.csv").exists()
+        assert {f.name: f.read_bytes() for f in run.iterdir() if f.name != "best_head.keras"} == kept

@@ -27,7 +27,15 @@ from .data import Split, load_dataset, read_maps
 from .identity import check_cache
 from .kinds import HEAD_KINDS, closed_form, reads_maps
 from .logreg import head_proba
-from .report import confusion, ranking
+from .report import (
+    CONFUSION,
+    FULL_CONFUSION_MAX_CLASSES,
+    confusion,
+    confusion_entries,
+    confusion_summary,
+    ranking,
+    recorded_confusion,
+)
 from .rundir import head_params, load_results
 
 WRONG_SHOWN = 24  # most confidently wrong test images on the page
@@ -89,13 +97,16 @@ def test_rows(run_dir: Path, results: dict[str, Any]) -> tuple[FeatureCache, Spl
     return cache, ds.test
 
 
-def best_head_test_predictions(run_dir: Path, results: dict[str, Any]) -> tuple[FeatureCache, dict[str, np.ndarray]]:
+def best_head_test_predictions(
+    run_dir: Path, results: dict[str, Any], params: tuple[dict[str, np.ndarray], Any] | None = None
+) -> tuple[FeatureCache, dict[str, np.ndarray]]:
     """The trained-on cache, and the best head on its labelled test rows: ``id (n,)``, ``index (n,)``,
     ``y (n,)`` int64 and ``probs (n, k)`` float32 (a pooled head picked with test-time augmentation:
-    the mean over the cached views, as the sweep scored it)."""
+    the mean over the cached views, as the sweep scored it). ``params``: the best head's
+    :func:`~featcache.trainer.rundir.head_params`, when already read."""
     best = next(h for h in results["heads"] if h["name"] == results["best"])
     kind = best["config"]["kind"]
-    w, mean_std = head_params(run_dir, results, best["name"])
+    w, mean_std = params or head_params(run_dir, results, best["name"])
     cache, test = test_rows(run_dir, results)
     probs = np.zeros((len(test), len(results["classes"])), np.float32)
     if not reads_maps(kind):
@@ -116,15 +127,14 @@ def best_head_test_predictions(run_dir: Path, results: dict[str, Any]) -> tuple[
     return cache, {"id": test.id, "index": test.index, "y": test.y.astype(np.int64), "probs": probs}
 
 
-def per_class(confusion: np.ndarray) -> list[tuple[int, float, float, int]]:
-    """``(class, precision, recall, support)`` from a confusion matrix (rows true, columns predicted);
-    NaN where undefined (a class never predicted, or with no rows)."""
-    m = np.asarray(confusion, dtype=np.float64)
-    tp = np.diag(m)
+def per_class(summary: dict[str, Any]) -> list[tuple[int, float, float, int]]:
+    """``(class, precision, recall, support)`` from a confusion's per-class counts (``report.confusion_summary``:
+    ``correct``, ``predicted``, ``true``); NaN where undefined (a class never predicted, or with no rows)."""
+    tp, predicted, true = (np.asarray(summary[k], dtype=np.float64) for k in ("correct", "predicted", "true"))
     with np.errstate(invalid="ignore", divide="ignore"):
-        precision = tp / m.sum(axis=0)
-        recall = tp / m.sum(axis=1)
-    return [(k, float(precision[k]), float(recall[k]), int(m[k].sum())) for k in range(len(m))]
+        precision = tp / predicted
+        recall = tp / true
+    return [(k, float(precision[k]), float(recall[k]), int(true[k])) for k in range(len(tp))]
 
 
 # The grid keys shown on the leaderboard, by column title; "-" where the head's kind does not read one.
@@ -212,34 +222,52 @@ def build(run_dir: str | Path) -> tuple[str, dict[str, Any]]:
     )
 
     # -- best head: per class, confusion ---------------------------------------------------------------
-    cm = results.get("best_confusion_test")
+    cm, summary = recorded_confusion(results)
     pcs: list[tuple[int, float, float, int]] = []
-    if cm:
-        pcs = per_class(np.array(cm))
+    if summary:
+        pcs = per_class(summary)
         body = [
             H.table(
                 ["class", "precision", "recall", "test rows"],
                 [(classes[k], _fmt(p, 3), _fmt(r, 3), n) for k, p, r, n in pcs],
                 'id="per-class"',
-            ),
-            "<h3>Test confusion matrix (rows: true class, columns: predicted)</h3>",
-            H.heat_table(np.array(cm), classes, "true \\ predicted"),
+            )
         ]
+        if cm is not None:
+            body += [
+                "<h3>Test confusion matrix (rows: true class, columns: predicted)</h3>",
+                H.heat_table(cm, classes, "true \\ predicted"),
+            ]
+        else:
+            body += [
+                "<h3>Test confusions: the class pairs mixed up most</h3>",
+                H.note(
+                    f"{len(classes)} classes: more than {FULL_CONFUSION_MAX_CLASSES}, so the run keeps the "
+                    f"{len(summary['top'])} largest off-diagonal cells of the test confusion matrix and the per-class "
+                    "counts above, not the whole matrix."
+                ),
+                H.table(
+                    ["true class", "predicted", "test rows"],
+                    [(classes[t], classes[p], c) for t, p, c in summary["top"]],
+                    'id="top-confusions"',
+                ),
+            ]
     else:
         body = [H.note("No test rows: no per-class numbers.")]
     sections.append(("best", f"Best head on test: {best['name']} (test acc {_fmt(best['test_acc'])})", "\n".join(body)))
 
     # -- most confidently wrong ------------------------------------------------------------------------
     facts: dict[str, Any] = {"best": best["name"], "per_class": pcs, "wrong": [], "numpy_confusion": None}
+    params = head_params(run_dir, results, best["name"])  # a bad heads.npz is the run's error, not the cache's
     try:
-        cache, pred = best_head_test_predictions(run_dir, results)
+        cache, pred = best_head_test_predictions(run_dir, results, params)
     except FeatcacheError as exc:
         body = [H.note(f"The cache the sweep was trained on cannot be used ({exc}): no test images.")]
     else:
         y, probs = pred["y"], pred["probs"]
         guess = probs.argmax(axis=1) if len(y) else np.zeros(0, np.int64)
         numpy_cm = confusion(y, guess, len(classes))
-        facts["numpy_confusion"] = numpy_cm.tolist()
+        facts["numpy_confusion"] = confusion_entries(numpy_cm)[CONFUSION]  # as results.json records it
         wrong = np.flatnonzero(guess != y)
         wrong = wrong[np.argsort(-probs[wrong, guess[wrong]], kind="stable")][:WRONG_SHOWN]
         thumbs = Thumbs(cache)
@@ -277,7 +305,9 @@ def build(run_dir: str | Path) -> tuple[str, dict[str, Any]]:
         why = thumbs.why_none()
         if why:
             body.append(H.note(why))
-        if cm and numpy_cm.tolist() != cm:
+        if summary and (
+            confusion_summary(numpy_cm) != summary or (cm is not None and not np.array_equal(cm, numpy_cm))
+        ):
             partial = results["settings"]["allow_partial"]
             body.append(
                 H.warning(

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..shared.backbones import BackboneSpec, ResolvedWeights, build_backbone, import_tensorflow
+from ..shared.cache.fsutil import check_input
 from ..shared.errors import FeatcacheError
 from .kinds import closed_form
 from .pooling import GEM_EPS, GEM_MIN_P, MULTISCALE, region_matrix
@@ -148,4 +149,15 @@ def full_model(
 
 
 def load(path: Any) -> keras.Model:
-    return keras.models.load_model(path)
+    """The Keras model saved at ``path`` (a run's ``best_head.keras``, in Keras's safe mode): a FIFO or
+    device there is refused without blocking, and a file Keras cannot load is one line naming it (Keras
+    raises anything from a ``ValueError`` to a ``TypeError`` deep inside deserialisation)."""
+    try:
+        check_input(path)
+    except OSError as exc:
+        raise FeatcacheError(f"{path}: cannot read the head model ({exc.strerror or exc})") from None
+    try:
+        return keras.models.load_model(path)
+    except Exception as exc:  # noqa: BLE001 (a data file: whatever Keras raises, the reason is that file)
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise FeatcacheError(f"{path}: not a loadable Keras model ({type(exc).__name__}: {first})") from None

@@ -1,6 +1,7 @@
 """``plot.png`` of a run: validation accuracy against learning rate per kind and width (against ``C``
 for the closed-form ``logreg`` heads, which have no learning rate), the best head's curves and its
-test confusion matrix. matplotlib is optional (the ``plot`` extra)."""
+test confusion matrix (beyond ``report.FULL_CONFUSION_MAX_CLASSES`` classes: its largest confusions).
+matplotlib is optional (the ``plot`` extra)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .report import recorded_confusion
+
+TOP_PLOTTED = 20  # class pairs drawn when a run keeps only the largest confusions (more would not be legible)
 
 
 def plot(results: dict[str, Any], path: Path) -> str | None:
@@ -46,16 +51,27 @@ def plot(results: dict[str, Any], path: Path) -> str | None:
     axes[1].axvline(best["best_epoch"], color="grey", ls=":", label="best epoch")
     axes[1].set(xlabel="epoch", ylabel="accuracy", title=f"best: {best['name']}")
     axes[1].legend(fontsize=8)
-    cm = np.array(results.get("best_confusion_test") or [[0]])
-    axes[2].imshow(cm, cmap="Blues")
+    cm, summary = recorded_confusion(results)
     classes = results["classes"]
-    if len(classes) <= 30 and cm.shape[0] == len(classes):
-        axes[2].set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
-        axes[2].set_yticks(range(len(classes)), classes, fontsize=7)
-        for (i, j), v in np.ndenumerate(cm):
-            if v:
-                axes[2].text(j, i, str(v), ha="center", va="center", fontsize=6)
-    axes[2].set(xlabel="predicted", ylabel="true", title="best head, test confusion")
+    if cm is None and summary:  # many classes: the run kept the class pairs mixed up most, not the matrix
+        top = summary["top"][:TOP_PLOTTED]
+        axes[2].barh(range(len(top)), [c for _, _, c in top], color="#4e79a7")
+        axes[2].set_yticks(range(len(top)), [f"{classes[t]} -> {classes[p]}" for t, p, _ in top], fontsize=6)
+        axes[2].invert_yaxis()
+        axes[2].set(
+            xlabel="test rows",
+            title=f"best head: top {len(top)} test confusions ({len(classes)} classes: no full matrix kept)",
+        )
+    else:
+        cm = np.zeros((1, 1), np.int64) if cm is None else cm
+        axes[2].imshow(cm, cmap="Blues")
+        if len(classes) <= 30 and cm.shape[0] == len(classes):
+            axes[2].set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
+            axes[2].set_yticks(range(len(classes)), classes, fontsize=7)
+            for (i, j), v in np.ndenumerate(cm):
+                if v:
+                    axes[2].text(j, i, str(v), ha="center", va="center", fontsize=6)
+        axes[2].set(xlabel="predicted", ylabel="true", title="best head, test confusion")
     if results.get("random_weights"):
         fig.suptitle("RANDOM backbone weights: these accuracies are meaningless", color="red")
     fig.tight_layout()

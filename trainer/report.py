@@ -1,6 +1,11 @@
 """What a finished sweep says about its heads: the ranking, the best head and its confusion matrix.
 Pure functions of ``results.json``'s ``heads`` rows (no TensorFlow).
 
+The best head's test confusion matrix grows with the classes squared (3,000 classes: 9 million
+cells, 54 MB of JSON, a 425 MB page): up to :data:`FULL_CONFUSION_MAX_CLASSES` classes the run keeps
+it whole; beyond, only the per-class counts and the :data:`TOP_CONFUSIONS` largest off-diagonal cells
+(:func:`confusion_entries`).
+
 A val accuracy is a binomial proportion: on 1,000 val rows its 95% interval is about +-2.8 points,
 so heads a few tenths apart are tied. The ranking applies the one-standard-error rule
 (:func:`featcache.trainer.select.rank`): the heads within one standard error of the best val
@@ -84,3 +89,54 @@ def confusion(y: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
     m = np.zeros((n, n), np.int64)
     np.add.at(m, (y, pred), 1)
     return m
+
+
+# Up to this many classes results.json keeps the best head's whole test confusion matrix; beyond, the
+# per-class counts and the TOP_CONFUSIONS largest off-diagonal cells (class pairs mixed up most).
+FULL_CONFUSION_MAX_CLASSES = 50
+TOP_CONFUSIONS = 50
+CONFUSION, CONFUSION_TOP = "best_confusion_test", "best_confusion_test_top"
+
+
+def confusion_summary(m: np.ndarray) -> dict[str, Any]:
+    """What a run keeps of an ``(n, n)`` confusion matrix (rows true, columns predicted) beyond
+    :data:`FULL_CONFUSION_MAX_CLASSES` classes: ``classes`` n; per class ``true`` (row sums), ``predicted``
+    (column sums) and ``correct`` (the diagonal), lists of n ints; ``top``: the :data:`TOP_CONFUSIONS`
+    largest off-diagonal cells as ``[true, predicted, count]``, largest first (ties: lower true, then
+    predicted class first), zero cells left out."""
+    m = np.asarray(m, dtype=np.int64)
+    off = m.copy()
+    np.fill_diagonal(off, 0)
+    flat = off.ravel()
+    nonzero = np.flatnonzero(flat)
+    order = nonzero[np.lexsort((nonzero, -flat[nonzero]))][:TOP_CONFUSIONS]  # count descending, then cell order
+    n = len(m)
+    return {
+        "classes": n,
+        "true": m.sum(axis=1).tolist(),
+        "predicted": m.sum(axis=0).tolist(),
+        "correct": np.diag(m).tolist(),
+        "top": [[int(k // n), int(k % n), int(flat[k])] for k in order],
+    }
+
+
+def confusion_entries(m: np.ndarray | None) -> dict[str, Any]:
+    """``results.json``'s entries for the best head's test confusion ``m`` (``(n, n)`` counts, None without
+    test rows): :data:`CONFUSION` holds the whole matrix up to :data:`FULL_CONFUSION_MAX_CLASSES` classes
+    (else null), and :data:`CONFUSION_TOP` its :func:`confusion_summary` beyond them (else absent)."""
+    if m is None:
+        return {CONFUSION: None}
+    m = np.asarray(m, dtype=np.int64)
+    if len(m) <= FULL_CONFUSION_MAX_CLASSES:
+        return {CONFUSION: m.tolist()}
+    return {CONFUSION: None, CONFUSION_TOP: confusion_summary(m)}
+
+
+def recorded_confusion(results: dict[str, Any]) -> tuple[np.ndarray | None, dict[str, Any] | None]:
+    """The best head's test confusion as a run recorded it: the whole matrix (or None when it was not
+    kept), and its :func:`confusion_summary` (None without test rows)."""
+    full = results.get(CONFUSION)
+    if full:
+        m = np.asarray(full, dtype=np.int64)
+        return m, confusion_summary(m)
+    return None, results.get(CONFUSION_TOP) or None

@@ -26,7 +26,7 @@ from .identity import cache_identity
 from .loop import train
 from .multi import CONCAT, LABEL_SEPARATOR, Part, align, concat_dataset, label_caches, locate
 from .plot import plot
-from .report import best_head, confusion, leaderboard
+from .report import best_head, confusion, confusion_entries, leaderboard
 from .settings import Settings
 from .sweep import HeadConfig
 
@@ -88,7 +88,7 @@ def describe_run(parts: list[Part], settings: Settings, command: list[str]) -> d
     confusion_test = None
     if len(ds.test):
         probs = state.tta_probabilities("test")[k] if best.get("use_tta") else state.probabilities("test", k)
-        confusion_test = confusion(part.ds.test.y, probs.argmax(-1), len(ds.classes)).tolist()
+        confusion_test = confusion(part.ds.test.y, probs.argmax(-1), len(ds.classes))
     multi = len(parts) > 1
     results: dict[str, Any] = {
         "format": rundir.FORMAT,
@@ -110,7 +110,7 @@ def describe_run(parts: list[Part], settings: Settings, command: list[str]) -> d
             "notes": ds.notes,
             "best": best["name"],
             "best_head_file": rundir.BEST_HEAD,
-            "best_confusion_test": confusion_test,
+            **confusion_entries(confusion_test),
             "heads": heads,
         }
     )

@@ -14,13 +14,15 @@ import os
 import shutil
 import tempfile
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..shared.cache.fsutil import atomic_write_json, fsync_dir, read_regular
+from ..shared.cache.fsutil import atomic_write_json, fsync_dir, open_input, read_regular
+from ..shared.cache.npz import declared_arrays
 from ..shared.errors import FeatcacheError
 
 FORMAT = "featcache-train-results"
@@ -211,19 +213,49 @@ def head_cache(results: dict[str, Any], name: str) -> dict[str, Any]:
     return results["cache"] if label is None else results["caches"][label]
 
 
+def _check_declared(path: Path, results: dict[str, Any], name: str, declared: dict[str, Any]) -> None:
+    """Refuse (one line) a parameter whose declared shape no head of ``name``'s config can have: more than
+    2 axes, or an axis longer than the widest a head has (the cache's channels, the classes, or a map
+    head's pooled width, ``hidden`` times the multiscale regions), or not floating point; checked on
+    the ``.npy`` headers, before anything is allocated (a few bytes of zip can declare terabytes)."""
+    from .pooling import MULTISCALE
+
+    entry = next((h for h in results["heads"] if h["name"] == name), {"config": {}})
+    channels = int(head_cache(results, name)["fingerprint"]["output_shape"][-1])
+    hidden = int(entry["config"].get("hidden") or 0)
+    widest = max(channels, len(results["classes"]), hidden * sum(s * s for s in MULTISCALE), 1)
+    for key, (shape, dtype) in declared.items():
+        if len(shape) > 2 or any(d > widest for d in shape) or dtype.kind != "f":
+            raise FeatcacheError(
+                f"{path}: {key} is declared {dtype} {shape}, which no head of {len(results['classes'])} classes on "
+                f"{channels} channels has (at most 2 axes of {widest}, floating point): not this run's heads file"
+            )
+
+
 def head_params(run_dir: Path, results: dict[str, Any], name: str) -> tuple[dict[str, np.ndarray], Any]:
-    """Head ``name``'s parameters and the pooled standardisation ``(mean, std)`` (or None), from heads.npz."""
+    """Head ``name``'s parameters and the pooled standardisation ``(mean, std)`` (or None), from heads.npz.
+
+    The file is opened as an input (a FIFO or device refused without blocking) and the arrays' declared
+    shapes are checked against ``results`` (:func:`_check_declared`) before any is read."""
     path = Path(run_dir) / HEADS
     keys = results["heads_file"]["params"].get(name)
     if keys is None:
         raise FeatcacheError(f"{path}: results.json lists no parameters for head {name!r}")
     label = head_cache_label(results, name)
     try:
-        with np.load(path) as z:
-            weights = {p: z[k] for p, k in keys.items()}
-            std = results["heads_file"]["standardize"]
-            std = std if label is None else std[label]
-            mean_std = None if std is None else (z[std["mean"]], z[std["std"]])
-    except (OSError, KeyError, ValueError) as exc:
-        raise FeatcacheError(f"{path}: cannot read head {name!r} ({exc})") from None
+        std = results["heads_file"]["standardize"]
+        std = std if label is None else std[label]
+        wanted = [*keys.values(), *([] if std is None else [std["mean"], std["std"]])]
+        with os.fdopen(open_input(path), "rb") as fh:
+            with zipfile.ZipFile(fh) as z:
+                declared = declared_arrays(z, wanted)
+            _check_declared(path, results, name, declared)
+            fh.seek(0)
+            with np.load(fh, allow_pickle=False) as z:
+                weights = {p: z[k] for p, k in keys.items()}
+                mean_std = None if std is None else (z[std["mean"]], z[std["std"]])
+    except FileNotFoundError:
+        raise FeatcacheError(f"{path}: missing: cannot read head {name!r}") from None
+    except (OSError, KeyError, ValueError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+        raise FeatcacheError(f"{path}: cannot read head {name!r} ({type(exc).__name__}: {str(exc)[:200]})") from None
     return weights, mean_std

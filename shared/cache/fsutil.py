@@ -43,6 +43,13 @@ def open_input(path: str | os.PathLike[str]) -> int:
     return fd
 
 
+def check_input(path: str | os.PathLike[str]) -> None:
+    """:func:`open_input`'s refusal, for a library call that takes a path rather than a descriptor
+    (``keras.models.load_model``): made right before that call, it keeps a FIFO or device from
+    blocking it."""
+    os.close(open_input(path))
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """Hex sha256 of a regular file's bytes, read in 1 MiB blocks (a FIFO or device is refused, never read)."""
     digest = hashlib.sha256()

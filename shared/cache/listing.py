@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import FeatcacheError
 from .fsutil import atomic_write_bytes, read_regular
+from .npz import declared_arrays
 
 LISTING_NAME = "listing.npz"
 FIELDS = ("id", "label", "split", "size", "mtime_ns")
@@ -76,21 +77,9 @@ def load_listing(cache_dir: Path, size: int | None = None) -> dict[str, np.ndarr
 
 
 def _declared(data: bytes) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """Each field's shape and dtype as the ``.npy`` header in the zip ``data`` declares them, read
-    without inflating the arrays (``KeyError`` for a missing field, ``ValueError`` for a bad header)."""
-    out = {}
+    """Each field's shape and dtype as the zip ``data`` declares them (see :func:`.npz.declared_arrays`)."""
     with zipfile.ZipFile(io.BytesIO(data)) as z:
-        for key in FIELDS:
-            with z.open(f"{key}.npy") as f:
-                version = np.lib.format.read_magic(f)
-                if version == (1, 0):
-                    shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-                elif version == (2, 0):
-                    shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-                else:
-                    raise ValueError(f"{key}.npy has format version {version}")
-            out[key] = (tuple(shape), np.dtype(dtype))
-    return out
+        return declared_arrays(z, FIELDS)
 
 
 def memory_budget() -> int:

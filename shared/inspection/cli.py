@@ -315,9 +315,7 @@ def show(
         for line in energy:
             echo("  " + " ".join(f"{x:6.3f}" for x in line))
         if png is not None:
-            base, where = load_source(
-                Path(c.manifest.source["root"]) / str(rows.id[k]), tuple(c.fingerprint["input_size"])
-            )
+            base, where = load_source(c.manifest.source, str(rows.id[k]), tuple(c.fingerprint["input_size"]))
             write_png(png, energy_overlay(base, energy))
             echo(f"wrote {png}: activation energy over {where}")
 

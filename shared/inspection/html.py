@@ -236,22 +236,15 @@ def pillow_available() -> bool:
     return True
 
 
-def thumbnail(path: Path, px: int = THUMB_PX) -> str | None:
-    """The image at ``path`` as a ``data:image/jpeg;base64,...`` URI at most ``px`` pixels on a side, or
-    None when Pillow is missing or the file is gone or unreadable."""
-    try:
-        from PIL import Image
-    except ImportError:
-        return None
-    try:
-        with Image.open(path) as im:
-            im.draft("RGB", (px, px))  # JPEGs: decode already scaled down
-            im = im.convert("RGB")
-            im.thumbnail((px, px), Image.Resampling.BILINEAR)
-            buf = io.BytesIO()
-            im.save(buf, format="JPEG", quality=THUMB_QUALITY)
-    except (OSError, ValueError):
-        return None
+def thumbnail(path: Path, px: int = THUMB_PX) -> str:
+    """The image at ``path`` as a ``data:image/jpeg;base64,...`` URI at most ``px`` pixels on a side, read
+    and decoded by :func:`.picture.decode` (its :class:`~.picture.PictureError` says why not)."""
+    from .picture import decode
+
+    im = decode(path, (px, px))
+    im.thumbnail((px, px), reducing_gap=2.0)
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=THUMB_QUALITY)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 

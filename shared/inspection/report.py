@@ -10,6 +10,7 @@ random sample of that many rows (read shard by shard), and the page says so.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from ..cache.reader import FeatureCache, PooledRows
 from ..cache.split import split_names
 from ..errors import FeatcacheError
 from . import html as H
-from . import similarity, suspects
+from . import picture, similarity, suspects
 
 DEFAULT_MAX_ROWS = 10_000  # rows analysed; beyond, a random sample (the duplicate search is quadratic)
 SUSPECTS_MAX_ROWS = 50_000  # rows the suspects command ranks (linear cost, ~15 KB of memory per row)
@@ -109,38 +110,50 @@ def find_suspects(
     return out, noise
 
 
-def source_root(cache: FeatureCache) -> Path | None:
-    """Where the source images are (ids are relative to it), or None when the folder is gone."""
-    root = cache.manifest.source.get("root")
-    return Path(root) if root and Path(root).is_dir() else None
-
-
 class Thumbs:
-    """Thumbnails of source images by id, made once each; says why there are none when there are none."""
+    """Thumbnails of source images by id (found by :func:`.picture.source_image`, read by
+    :func:`.picture.decode`), made once each; counts why the others are not drawn."""
 
     def __init__(self, cache: FeatureCache):
-        self.root = source_root(cache)
+        self.source = cache.manifest.source
         self.pillow = H.pillow_available()
-        self.made = self.missing = 0
+        self.made = 0
+        self.missing: Counter[str] = Counter()  # reason -> images not drawn
+        self.example: dict[str, str] = {}  # reason -> the first image's detail
         self._cache: dict[str, str | None] = {}
 
     def __call__(self, image_id: str) -> str:
         if image_id not in self._cache:
-            uri = H.thumbnail(self.root / image_id) if self.root is not None and self.pillow else None
-            self.made += uri is not None
-            self.missing += uri is None
-            self._cache[image_id] = uri
+            self._cache[image_id] = self._make(image_id) if self.pillow else None
         return H.img(self._cache[image_id], image_id)
+
+    def _make(self, image_id: str) -> str | None:
+        path, why = picture.source_image(self.source, image_id)
+        if path is not None:
+            try:
+                uri = H.thumbnail(path)
+            except FileNotFoundError:
+                why = "moved or deleted"
+            except picture.PictureError as exc:
+                why = "could not be read"
+                self.example.setdefault(why, f"{path}: {exc}")
+            else:
+                self.made += 1
+                return uri
+        self.missing[why] += 1
+        return None
 
     def why_none(self) -> str | None:
         """A sentence for the page when some or all thumbnails are missing."""
         if not self.pillow:
             return "Pillow is not installed (pip install 'featcache[viz]'): no thumbnails."
-        if self.root is None:
-            return "The source images are no longer where the cache was made from: no thumbnails."
-        if self.missing:
-            return f"{self.missing} source images could not be read (moved or deleted): shown as grey squares."
-        return None
+        if not self.missing:
+            return None
+        reasons = "; ".join(
+            f"{n} {why}" + (f" (e.g. {self.example[why]})" if why in self.example else "")
+            for why, n in self.missing.most_common()
+        )
+        return f"{sum(self.missing.values())} source images not drawn (grey squares): {reasons}."
 
 
 def _embedding(x: np.ndarray, method: str, seed: int) -> tuple[np.ndarray, str] | None:
