@@ -39,6 +39,17 @@ def clusters(n: int, c: int, planted: int, seed: int) -> tuple[np.ndarray, np.nd
     return x, where
 
 
+@pytest.fixture(scope="module")
+def hymenoptera_cache(tmp_path_factory):
+    """The ants/bees photographs (398, real weights), extracted once for this file's tests."""
+    folder = tmp_path_factory.mktemp("hymenoptera")
+    with tarfile.open(HYMENOPTERA) as tar:
+        tar.extractall(folder, filter="data")
+    cache = folder / "cache"
+    extract(folder / "hymenoptera_data", cache, backbone="mobilenet_v2", weights=str(REAL_WEIGHTS), shard_size=512)
+    return cache
+
+
 @pytest.mark.parametrize("exact", [True, False])
 def test_isolation_equals_the_definition(exact):
     x, _ = clusters(600, 96, 5, seed=1)
@@ -101,14 +112,10 @@ def test_command_and_api_rank_the_same_rows(tiny_cache):
 @pytest.mark.skipif(
     not (REAL_WEIGHTS.is_file() and HYMENOPTERA.is_file()), reason="real weights or hymenoptera.tar not beside the repo"
 )
-def test_the_placeholder_image_of_the_ants_bees_set_is_among_the_first_three(tmp_path):
+def test_the_placeholder_image_of_the_ants_bees_set_is_among_the_first_three(hymenoptera_cache):
     """``train/ants/imageNotFound.gif`` is a "this image is not available" placeholder saved under a class
     name; label-noise scores cannot see it, its isolation can."""
-    with tarfile.open(HYMENOPTERA) as tar:
-        tar.extractall(tmp_path, filter="data")
-    cache = tmp_path / "cache"
-    extract(tmp_path / "hymenoptera_data", cache, backbone="mobilenet_v2", weights=str(REAL_WEIGHTS), shard_size=512)
-    ranked = featcache.outliers(cache)
+    ranked = featcache.outliers(hymenoptera_cache)
     first = [d["id"] for d in ranked[:3]]
     assert "train/ants/imageNotFound.gif" in first, ranked[:5]
 
@@ -130,3 +137,17 @@ def test_indexed_near_duplicates_equal_the_exact_pairs(monkeypatch):
     got = {(p.a, p.b): p.cosine for p in similarity.duplicate_pairs(unit, 0.99)}
     assert set(got) == want and len(want) >= 30 + 190
     assert all(c >= 0.99 for c in got.values())
+
+
+@pytest.mark.skipif(
+    not (REAL_WEIGHTS.is_file() and HYMENOPTERA.is_file()), reason="real weights or hymenoptera.tar not beside the repo"
+)
+def test_the_cache_report_shows_the_placeholder_with_its_thumbnail(hymenoptera_cache, tmp_path):
+    from featcache.shared.inspection.report import write
+
+    facts = write(hymenoptera_cache, tmp_path / "r.html")
+    assert facts["outliers"][0]["id"] == "train/ants/imageNotFound.gif"
+    html = (tmp_path / "r.html").read_text()
+    section = html[html.index('id="outliers"') :]
+    row = section[: section.index("imageNotFound.gif")]
+    assert "data:image/jpeg;base64," in row[row.rindex("<tr") :]  # its thumbnail, in its own table row

@@ -1,10 +1,10 @@
 """``featcache-inspect report``: one self-contained HTML page about a cache, and the label-noise listing.
 
 The page holds the summary, class balance per split, a 2-D map of the pooled vectors, near-duplicate
-pairs and leaks across splits, label-noise suspects and classes that overlap in feature space, with
-thumbnails of the source images when they are still there. Made without TensorFlow, from the pooled
-vectors only (never the maps), in bounded memory: beyond ``max_rows`` rows the analyses run on a
-random sample of that many rows (read shard by shard), and the page says so.
+pairs and leaks across splits, label-noise suspects, outliers (rows unlike any other) and classes that
+overlap in feature space, with thumbnails of the source images when they are still there. Made without
+TensorFlow, from the pooled vectors only (never the maps), in bounded memory: beyond ``max_rows`` rows
+the analyses run on a random sample of that many rows (read shard by shard), and the page says so.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from ..cache.reader import FeatureCache, PooledRows
 from ..cache.split import split_names
 from ..errors import FeatcacheError
 from . import html as H
-from . import picture, similarity, suspects
+from . import outliers, picture, similarity, suspects
 
 DEFAULT_MAX_ROWS = 10_000  # rows analysed; beyond, a random sample (the duplicate search is quadratic)
 SUSPECTS_MAX_ROWS = 50_000  # rows the suspects command ranks (linear cost, ~15 KB of memory per row)
@@ -315,7 +315,7 @@ def build(
 
     # -- duplicates and leaks ------------------------------------------------------------------------
     unit = similarity.normalize(rows.pooled)
-    pairs = list(similarity.near_duplicates(unit, threshold))
+    pairs = list(similarity.duplicate_pairs(unit, threshold))
     pairs.sort(key=lambda p: (names[p.a] == names[p.b], -p.cosine))
     leaks = [p for p in pairs if names[p.a] != names[p.b]]
 
@@ -378,6 +378,34 @@ def build(
         ]
     sections.append(("suspects", "Label-noise suspects", "\n".join(body)))
 
+    # -- outliers ------------------------------------------------------------------------------------
+    unlike = outliers.find_outliers(cache, rows=rows)
+    body = [
+        H.note(
+            f"Rows unlike any other (placeholders, blank frames, corrupt crops, another domain): isolation is 1 - "
+            f"the mean cosine similarity of a row's pooled vector to its {outliers.DEFAULT_K} nearest other rows (0: "
+            "near-copies exist; 1: nothing alike). Label-noise scores cannot see these rows. Non-finite or constant "
+            "vectors come first. featcache-inspect outliers CACHE lists them all."
+        ),
+        H.table(
+            ["rank", "image", "id", "split", "label", "isolation", "most similar row"],
+            [
+                (
+                    d["rank"],
+                    H.raw(thumbs(d["id"])),
+                    H.raw(f'<span data-outlier="{H.esc(d["id"])}">{H.esc(d["id"])}</span>'),
+                    d["split"],
+                    d["label"] or "",
+                    "inf" if d["isolation"] is None else f"{d['isolation']:.3f}",
+                    d["reason"] or d["nearest_id"] or "",
+                )
+                for d in unlike[:SHOWN]
+            ],
+            'id="outliers"',
+        ),
+    ]
+    sections.append(("outliers", "Unlike any other (outliers)", "\n".join(body)))
+
     # -- class overlap -------------------------------------------------------------------------------
     labelled = rows.label >= 0
     overlap_pairs: list[dict[str, Any]] = []
@@ -430,6 +458,7 @@ def build(
             for p in pairs
         ],
         "suspects": ranked[:SHOWN],
+        "outliers": unlike[:SHOWN],
         "overlap": overlap_pairs,
         "thumbnails": thumbs.made,
     }
