@@ -13,7 +13,7 @@ import typer
 
 from ..shared.backbones import DEFAULT_CROP_RATIO, DEFAULT_CROP_SCALE, DEFAULT_RESIZE, PREPROCESS_SCHEMES, WEIGHTS_ENV
 from ..shared.cache import schema
-from ..shared.cli import VersionOpt, run_cli
+from ..shared.cli import VersionOpt, plain, run_cli
 from .api import DEFAULT_MAX_RETRIES, DEFAULT_SPLIT
 from .inputs import DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_PIXELS
 from .ray_runner import ITEMS_PER_WORKER
@@ -23,7 +23,7 @@ EXIT_INCOMPLETE = 1
 # Skipped inputs named on stderr after a run (the manifest lists them all).
 SHOWN_FAILURES = 10
 
-app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None)
+app = typer.Typer(add_completion=False, help=plain(__doc__), rich_markup_mode=None)
 
 LIST_BACKBONES = "list"
 

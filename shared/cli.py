@@ -68,6 +68,21 @@ def flag_spelling(message: str, params: Iterable[Any]) -> str:
     return _KEYWORD.sub(rewrite, message)
 
 
+_RST_ROLE = re.compile(r":(?:func|class|meth|mod|data|attr):`~?([^`]+)`")
+
+
+def plain(text: str) -> str:
+    """``text`` (a docstring) as a terminal shows it: reStructuredText's ``code`` and :role:`x` markup
+    become plain words, so ``--help`` never prints markup meant for the API docs."""
+    return _RST_ROLE.sub(r"\1", text).replace("``", "")
+
+
+def shown_default(help: str, default: object) -> str:
+    """``help`` ending with the default as click prints it (``[default: 0.001]``), for options whose
+    Python default is None (so that "not given" can be told apart) but whose effective default is known."""
+    return f"{help}  [default: {default}]"
+
+
 def _show_version(value: bool) -> None:
     if value:
         typer.echo(f"featcache {__version__}")

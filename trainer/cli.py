@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from typer.core import TyperGroup
 
-from ..shared.cli import VersionOpt, run_cli
+from ..shared.cli import VersionOpt, plain, run_cli, shown_default
 from ..shared.errors import FeatcacheError
 from .kinds import HEAD_KINDS, MAP_AUGMENTS, MAP_POOLS, NO_AUGMENT
 from .settings import DEFAULT_GRID, DEFAULT_RUNS, DEFAULT_TOP, DEFAULTS, SettingError
@@ -37,8 +37,20 @@ class TrainByDefault(TyperGroup):
             args = ["train", *args]
         return super().parse_args(ctx, args)
 
+    def format_options(self, ctx: typer.Context, formatter: Any) -> None:
+        """``featcache-train --help`` shows what ``featcache-train CACHE`` takes first (the training
+        options), then its own options and the other commands."""
+        train = self.commands.get("train")
+        if train is not None:
+            records = [r for p in train.get_params(ctx) if p.name != "help" and (r := p.get_help_record(ctx))]
+            with formatter.section("Training options (featcache-train CACHE... [OPTIONS])"):
+                formatter.write_dl(records)
+        super().format_options(ctx, formatter)
 
-app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None, no_args_is_help=True, cls=TrainByDefault)
+
+app = typer.Typer(
+    add_completion=False, help=plain(__doc__), rich_markup_mode=None, no_args_is_help=True, cls=TrainByDefault
+)
 
 
 @app.callback()
@@ -98,14 +110,14 @@ def _list(key: str) -> typer.models.OptionInfo:
     """A grid option: comma-separated values, its default shown from :data:`DEFAULT_GRID`."""
     default = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in DEFAULT_GRID[key])
     help = f"{LIST_HELP[key]} Comma-separated list: one head per combination."
-    return typer.Option(help=help, show_default=default)
+    return typer.Option(help=shown_default(help, default), show_default=False)
 
 
 def _setting(key: str, *decls: str) -> typer.models.OptionInfo:
     """A setting option, its default shown from :data:`DEFAULTS` (the only place it is stated)."""
     default = getattr(DEFAULTS, key)
     shown = ("--" if default else "--no-") + key.replace("_", "-") if isinstance(default, bool) else str(default)
-    return typer.Option(*decls, help=SETTING_HELP[key], show_default=shown)
+    return typer.Option(*decls, help=shown_default(SETTING_HELP[key], shown), show_default=False)
 
 
 def _as_flag(exc: SettingError) -> FeatcacheError:
@@ -284,7 +296,10 @@ def predict(
         ),
     ],
     split: Annotated[
-        Optional[str], typer.Option(help="Cached rows to predict: train, val, test or all.", show_default="test")
+        Optional[str],
+        typer.Option(
+            help=shown_default("Cached rows to predict: train, val, test or all.", "test"), show_default=False
+        ),
     ] = None,
     ids: Annotated[Optional[Path], typer.Option(help="Instead, a text file of ids (one per line) to predict.")] = None,
     head_name: Annotated[Optional[str], typer.Option("--head", help="Use this head instead of the best.")] = None,

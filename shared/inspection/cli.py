@@ -24,7 +24,7 @@ from ..cache.parts import awaiting_merge, parts_dir, recorded_holders
 from ..cache.paths import cache_path
 from ..cache.reader import FeatureCache, PooledRows
 from ..cache.split import split_names
-from ..cli import VersionOpt, run_cli
+from ..cli import VersionOpt, plain, run_cli, shown_default
 from ..errors import FeatcacheError
 from . import compact as compact_mod
 from . import export as export_mod
@@ -34,7 +34,7 @@ from . import similarity
 from . import verify as verify_mod
 from .picture import energy_overlay, load_source, write_png
 
-app = typer.Typer(add_completion=False, help=__doc__, rich_markup_mode=None, no_args_is_help=True)
+app = typer.Typer(add_completion=False, help=plain(__doc__), rich_markup_mode=None, no_args_is_help=True)
 
 CacheArg = Annotated[
     Path, typer.Argument(help="A featcache cache directory (the one holding manifest.json).", show_default=False)
@@ -591,8 +591,11 @@ def outliers(
     split: Annotated[
         Optional[str],
         typer.Option(
-            help="Rank only the rows of this split (train, val or test); neighbours are still searched among all rows.",
-            show_default="every row",
+            help=shown_default(
+                "Rank only the rows of this split (train, val or test); neighbours are still searched among all rows.",
+                "every row",
+            ),
+            show_default=False,
         ),
     ] = None,
     k: Annotated[
