@@ -7,6 +7,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as `python bench/x.py` from a checkout without installing
@@ -63,3 +64,13 @@ def ensure_cache(path: Path) -> Path:
     print(f"making {path} from data/sample with weights {weights}", flush=True)
     run_extract(ExtractConfig(source=ensure_sample(), cache=path, weights=weights, progress=False), log=lambda m: None)
     return path
+
+
+def standardizer(train: Any) -> tuple[Any, Any]:
+    """Per-channel mean and std ``(C,)`` of an in-memory split's pooled vectors (a
+    :class:`featcache.trainer.data.Split`), computed as the sweep computes them
+    (:func:`featcache.trainer.feed.standardizer`), for benchmarks that train heads of their own."""
+    from featcache.trainer.feed import Feed, Need
+    from featcache.trainer.feed import standardizer as streaming
+
+    return streaming(Feed(None, "train", train, Need(), streamed=False, seed=0, batch_size=1))  # type: ignore[arg-type]

@@ -36,14 +36,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import DEFAULT_WEIGHTS, table  # noqa: E402  (puts the repo on sys.path)
+from _common import DEFAULT_WEIGHTS, standardizer, table  # noqa: E402  (puts the repo on sys.path)
 
 from featcache.shared.cache.reader import FeatureCache  # noqa: E402
 from featcache.shared.cache.split import parse_fractions  # noqa: E402
 from featcache.shared.errors import FeatcacheError  # noqa: E402
 from featcache.trainer import knn, logreg, pooling, select  # noqa: E402
 from featcache.trainer import views as tviews  # noqa: E402
-from featcache.trainer.data import Dataset, load_dataset, standardizer  # noqa: E402
+from featcache.trainer.data import Dataset, load_dataset  # noqa: E402
 
 SWEEP_GRIDS = [
     {"head": ["linear"], "lr": [1e-3, 3e-3, 1e-2], "weight_decay": [0.0, 1e-3, 1e-2, 1e-1]},

@@ -117,7 +117,7 @@ def main() -> None:
 
     from featcache.shared.cache.parts import finalize
     from featcache.shared.cache.reader import FeatureCache
-    from featcache.shared.inspection.cli import summarize
+    from featcache.shared.inspection.summary import summarize
     from featcache.trainer.data import load_dataset
 
     work = Path(args.dir or tempfile.mkdtemp(prefix="featcache-scale-"))

@@ -28,10 +28,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import DEFAULT_CACHE, REPO, ensure_cache, table  # noqa: E402  (puts the repo on sys.path)
+from _common import DEFAULT_CACHE, REPO, ensure_cache, standardizer, table  # noqa: E402  (puts the repo on sys.path)
 
 from featcache.shared.cache.reader import FeatureCache  # noqa: E402
-from featcache.trainer.data import load_dataset, standardizer  # noqa: E402
+from featcache.trainer.data import load_dataset  # noqa: E402
 from featcache.trainer.loop import train  # noqa: E402
 from featcache.trainer.report import best_head  # noqa: E402
 from featcache.trainer.settings import Settings  # noqa: E402

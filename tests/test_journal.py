@@ -140,7 +140,7 @@ def test_a_fold_while_a_part_runs_keeps_its_journal_and_records_the_offset(tmp_p
 def test_summary_adds_up_the_manifest_counts_without_opening_a_shard(tmp_path, monkeypatch):
     import numpy as np
 
-    from featcache.shared.inspection.cli import summarize
+    from featcache.shared.inspection.summary import summarize
 
     cache = tmp_path / "c"
     with CacheWriter(cache, synthetic_manifest(cache, SHARDS, ROWS)) as cw:

@@ -201,12 +201,3 @@ def memory_gb(cache: FeatureCache, maps: bool, views: bool) -> float:
     channels = cache.maps_shape[-1]
     per_row = channels * 4 * (cache.views if views else 1) + (int(np.prod(cache.maps_shape)) * 2 if maps else 0)
     return cache.num_rows * per_row / 1e9
-
-
-def standardizer(train: Split) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and std ``(C,)`` of an in-memory split's pooled vectors (see
-    :func:`featcache.trainer.feed.standardizer`, what the sweep uses, in memory or streamed)."""
-    from .feed import Feed, Need
-    from .feed import standardizer as streaming
-
-    return streaming(Feed(None, "train", train, Need(), streamed=False, seed=0, batch_size=1))  # type: ignore[arg-type]

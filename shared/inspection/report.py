@@ -24,6 +24,7 @@ from ..cache.split import split_names
 from ..errors import FeatcacheError
 from . import html as H
 from . import outliers, picture, similarity, suspects
+from .summary import summarize
 
 DEFAULT_MAX_ROWS = 10_000  # rows analysed; beyond, a random sample (the duplicate search is quadratic)
 SUSPECTS_MAX_ROWS = 50_000  # rows the suspects command ranks (linear cost, ~15 KB of memory per row)
@@ -231,8 +232,6 @@ def build(
     seed: int = 0,
 ) -> tuple[str, dict[str, Any]]:
     """The report's HTML, and the facts it shows as JSON-ready data (for scripts and tests)."""
-    from .cli import summarize  # the summary command's own facts (cli imports this module)
-
     if embedding not in EMBEDDINGS:
         raise FeatcacheError(f"embedding={embedding!r}: choose one of {', '.join(EMBEDDINGS)}")
     t0 = time.perf_counter()
