@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..shared.backbones import DEFAULT_CROP_RATIO, DEFAULT_CROP_SCALE, DEFAULT_RESIZE, PREPROCESS_SCHEMES, WEIGHTS_ENV
+from ..shared.backbones import DEFAULT_CROP_RATIO, DEFAULT_CROP_SCALE, DEFAULT_RESIZE, PREPROCESS_SCHEMES
 from ..shared.cache import schema
 from ..shared.cli import VersionOpt, plain, run_cli
 from .api import DEFAULT_MAX_RETRIES, DEFAULT_SPLIT
@@ -67,7 +67,6 @@ def extract(
     weights: Annotated[
         str,
         typer.Option(
-            envvar=WEIGHTS_ENV,
             help=(
                 "'imagenet' (Keras' cache, downloading if needed), a path to a weights .h5 file, 'random' "
                 "(seeded; meaningless features, smoke tests only), or 'auto' ($FEATCACHE_WEIGHTS, else "
