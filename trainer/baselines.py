@@ -2,7 +2,7 @@
 
 * the k-NN head (:mod:`~featcache.trainer.knn`), ``k`` and temperature picked on val: no training,
   one matrix product; a free check of the features;
-* the ensemble (:func:`~featcache.trainer.select.ensemble`): the mean probabilities of the top-k of
+* the ensemble (:func:`~featcache.trainer.selection.ensemble`): the mean probabilities of the top-k of
   the sweep's heads and the k-NN by val accuracy, ``k`` picked on val.
 
 On a cache with views the k-NN's keys are every view of the train rows, and it is scored with
@@ -19,7 +19,7 @@ import numpy as np
 
 from . import knn
 from .data import Dataset
-from .select import Candidate, ensemble
+from .selection import Candidate, ensemble
 
 SPLITS = ("val", "test")
 KNN_KS = (10, 20, 50, 100)

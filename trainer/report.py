@@ -8,7 +8,7 @@ it whole; beyond, only the per-class counts and the :data:`TOP_CONFUSIONS` large
 
 A val accuracy is a binomial proportion: on 1,000 val rows its 95% interval is about +-2.8 points,
 so heads a few tenths apart are tied. The ranking applies the one-standard-error rule
-(:func:`featcache.trainer.select.rank`): the heads within one standard error of the best val
+(:func:`featcache.trainer.selection.rank`): the heads within one standard error of the best val
 accuracy come first, simplest first (linear before mlp before map, narrower before wider), and the
 first of them is the pick; the rest follow by val accuracy. A head scored with test-time
 augmentation (TTA, on a cache with views) counts with the accuracy of the way val preferred.
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .kinds import HEAD_KINDS
-from .select import rank, wilson
+from .selection import rank, wilson
 from .settings import DEFAULT_TOP
 
 

@@ -42,7 +42,6 @@ from .reader import FeatureCache
 
 # How long a worker waits for the cache lock, which is only ever held for set-up and merges.
 LOCK_WAIT_SECONDS = 300.0
-LOG_FORMAT = "featcache-part-log"
 _FILE_RE = re.compile(r"^part-(\d+)-of-(\d+)\.(journal|json|lock)$")  # json: logs of older versions
 
 
