@@ -41,7 +41,7 @@ from _common import DEFAULT_WEIGHTS, standardizer, table  # noqa: E402  (puts th
 from featcache.shared.cache.reader import FeatureCache  # noqa: E402
 from featcache.shared.cache.split import parse_fractions  # noqa: E402
 from featcache.shared.errors import FeatcacheError  # noqa: E402
-from featcache.trainer import knn, logreg, pooling, select  # noqa: E402
+from featcache.trainer import knn, logreg, pooling, selection  # noqa: E402
 from featcache.trainer import views as tviews  # noqa: E402
 from featcache.trainer.data import Dataset, load_dataset  # noqa: E402
 
@@ -81,7 +81,7 @@ def ensure(folder: Path, cache: Path, weights: str, split: str, log=print, **ext
     return cache
 
 
-def sklearn_path(x: dict, y: dict, cs: list[float]) -> tuple[select.Candidate, float] | None:
+def sklearn_path(x: dict, y: dict, cs: list[float]) -> tuple[selection.Candidate, float] | None:
     try:
         from sklearn.linear_model import LogisticRegression
     except ImportError:
@@ -90,7 +90,7 @@ def sklearn_path(x: dict, y: dict, cs: list[float]) -> tuple[select.Candidate, f
     best = None
     for c in cs:
         clf = LogisticRegression(C=c, max_iter=3000).fit(x["train"], y["train"])
-        cand = select.Candidate(
+        cand = selection.Candidate(
             f"scikit-learn LogisticRegression C={c:g}", clf.predict_proba(x["val"]), clf.predict_proba(x["test"])
         )
         if best is None or cand.val_acc(y["val"]) > best.val_acc(y["val"]):
@@ -98,7 +98,7 @@ def sklearn_path(x: dict, y: dict, cs: list[float]) -> tuple[select.Candidate, f
     return best, time.perf_counter() - t0
 
 
-def sklearn_views_path(ds: Dataset, cs: list[float]) -> tuple[select.Candidate, float] | None:
+def sklearn_views_path(ds: Dataset, cs: list[float]) -> tuple[selection.Candidate, float] | None:
     """scikit-learn fitting what featcache-train's default fits on a cache with views: square-rooted
     features of every train view, standardised, each C from scratch, scored with TTA. The same model
     the obvious way, for the time comparison."""
@@ -117,7 +117,7 @@ def sklearn_views_path(ds: Dataset, cs: list[float]) -> tuple[select.Candidate, 
     for cv in cs:
         clf = LogisticRegression(C=cv, max_iter=3000).fit((flat - mean) / std, np.repeat(ds.train.y, v))
         tta = {s: tviews.tta_probs(clf.predict_proba, views[s]) for s in ("val", "test")}
-        cand = select.Candidate(f"scikit-learn, sqrt features, {v} views C={cv:g}, TTA", tta["val"], tta["test"])
+        cand = selection.Candidate(f"scikit-learn, sqrt features, {v} views C={cv:g}, TTA", tta["val"], tta["test"])
         if best is None or cand.val_acc(ds.val.y) > best.val_acc(ds.val.y):
             best = cand
     return best, time.perf_counter() - t0
@@ -137,7 +137,7 @@ def logreg_candidates(x: dict, y: dict, cs: list[float], n_classes: int, xv: dic
     t0 = time.perf_counter()
     fits = logreg.fit_path(x["train"], y["train"], n_classes, cs)
     plain = [
-        select.Candidate(f"featcache L-BFGS logreg C={f.c:g}", f.predict_proba(x["val"]), f.predict_proba(x["test"]))
+        selection.Candidate(f"featcache L-BFGS logreg C={f.c:g}", f.predict_proba(x["val"]), f.predict_proba(x["test"]))
         for f in fits
     ]
     plain_s = time.perf_counter() - t0
@@ -150,8 +150,8 @@ def logreg_candidates(x: dict, y: dict, cs: list[float], n_classes: int, xv: dic
     for f in fits:
         tta = {s: tviews.tta_probs(f.predict_proba, xv[s]) for s in ("val", "test")}
         name = f"L-BFGS logreg on {v} views C={f.c:g}"
-        views.append(select.Candidate(name + ", view 0", f.predict_proba(x["val"]), f.predict_proba(x["test"])))
-        views.append(select.Candidate(name + ", TTA", tta["val"], tta["test"], cost=v))
+        views.append(selection.Candidate(name + ", view 0", f.predict_proba(x["val"]), f.predict_proba(x["test"])))
+        views.append(selection.Candidate(name + ", TTA", tta["val"], tta["test"], cost=v))
     return (plain, plain_s), (views, time.perf_counter() - t0)
 
 
@@ -164,14 +164,14 @@ def knn_candidates(ds: Dataset, n_classes: int, views: bool):  # noqa: ANN001
     if not views:
         index = knn.fit(ds.train.pooled, ds.train.y, n_classes)
         out = knn.sweep(index, [ds.val.pooled, ds.test.pooled], ks=KNN_KS, temperatures=KNN_TS)
-        cands = [select.Candidate(f"k-NN k={k} T={t:g}", va, te, cost=0.5) for (k, t), (va, te) in out.items()]
+        cands = [selection.Candidate(f"k-NN k={k} T={t:g}", va, te, cost=0.5) for (k, t), (va, te) in out.items()]
         return cands, time.perf_counter() - t0
     n, v, c = ds.train.views.shape
     index = knn.fit(ds.train.views.reshape(n * v, c), np.repeat(ds.train.y, v), n_classes)
     queries = [getattr(ds, s).views[:, i] for s in ("val", "test") for i in range(v)]
     out = knn.sweep(index, queries, ks=KNN_KS, temperatures=KNN_TS)
     cands = [
-        select.Candidate(f"k-NN on {v} views k={k} T={t:g}, TTA", np.mean(p[:v], 0), np.mean(p[v:], 0), cost=0.5 * v)
+        selection.Candidate(f"k-NN on {v} views k={k} T={t:g}, TTA", np.mean(p[:v], 0), np.mean(p[v:], 0), cost=0.5 * v)
         for (k, t), p in out.items()
     ]
     return cands, time.perf_counter() - t0
@@ -194,10 +194,10 @@ def sweep_candidates(ds: Dataset, grids: list[dict], epochs: int):  # noqa: ANN0
         tta = {s: state.tta_probabilities(s) for s in ("val", "test")} if state.n_views > 1 else None
         for k, cfg in enumerate(state.group.configs):
             cost = 1.0 if cfg.kind == "linear" else 2.0 if cfg.kind == "mlp" else 4.0
-            cands.append(select.Candidate(f"sweep {cfg.name}", probs["val"][k], probs["test"][k], cost=cost))
+            cands.append(selection.Candidate(f"sweep {cfg.name}", probs["val"][k], probs["test"][k], cost=cost))
             if tta is not None:
                 v = state.n_views
-                cands.append(select.Candidate(f"sweep {cfg.name}, TTA", tta["val"][k], tta["test"][k], cost * v))
+                cands.append(selection.Candidate(f"sweep {cfg.name}, TTA", tta["val"][k], tta["test"][k], cost * v))
     return cands, seconds, len(configs)
 
 
@@ -225,9 +225,9 @@ def maps_mode(
     x = {s: (getattr(ds, s).pooled - mean) / std for s in ("train", "val", "test")}
     rows = []
 
-    def row(cand: select.Candidate, seconds: float, how: str) -> None:
+    def row(cand: selection.Candidate, seconds: float, how: str) -> None:
         va, n_val = cand.val_acc(y["val"]), len(y["val"])
-        lo, hi = select.wilson(va * n_val, n_val)
+        lo, hi = selection.wilson(va * n_val, n_val)
         rows.append(
             [cand.name, f"{va:.4f} [{lo:.3f}, {hi:.3f}]", f"{cand.test_acc(y['test']):.4f}", f"{seconds:.1f}", how]
         )
@@ -251,7 +251,7 @@ def maps_mode(
         how = f"map: pool {cfg.pool}, augment {cfg.map_augment}, best epoch {head['best_epoch']}"
         if state.group.pool == "gem":
             how += f", p {float(state.group.params['p'][0]):.2f}"
-        row(select.Candidate(head["name"], probs["val"], probs["test"]), state.seconds, how)
+        row(selection.Candidate(head["name"], probs["val"], probs["test"]), state.seconds, how)
     return rows
 
 
@@ -311,10 +311,10 @@ def main() -> None:
         print(f"command: {command}")
         return
     y = {s: getattr(ds, s).y for s in ("train", "val", "test")}
-    rows: list[tuple[select.Candidate, float, str]] = []  # (best candidate of a family, family seconds, how)
-    everything: list[select.Candidate] = []
+    rows: list[tuple[selection.Candidate, float, str]] = []  # (best candidate of a family, family seconds, how)
+    everything: list[selection.Candidate] = []
 
-    def add(family: list[select.Candidate], seconds: float, how: str) -> None:
+    def add(family: list[selection.Candidate], seconds: float, how: str) -> None:
         everything.extend(family)
         rows.append((max(family, key=lambda c: c.val_acc(y["val"])), seconds, how))
 
@@ -365,23 +365,23 @@ def main() -> None:
             px = {s: (v - m) / sd for s, v in px.items()}
             for f in logreg.fit_path(px["train"], y["train"], n_classes, cs):
                 pooled_cands.append(
-                    select.Candidate(f"L-BFGS logreg on {name} maps C={f.c:g}", f.predict_proba(px["val"]),
+                    selection.Candidate(f"L-BFGS logreg on {name} maps C={f.c:g}", f.predict_proba(px["val"]),
                                      f.predict_proba(px["test"]), cost=1.5)
                 )  # fmt: skip
         add(pooled_cands, time.perf_counter() - t0, f"maps pooled by {', '.join(pooling.POOLINGS)}; L-BFGS path each")
-    ens, members = select.ensemble(everything, y["val"], max_k=10)
+    ens, members = selection.ensemble(everything, y["val"], max_k=10)
     total_s = sum(r[1] for r in rows if not r[0].name.startswith("scikit"))
     rows.append((ens, total_s, "top-k by val of everything above: " + "; ".join(members)))
-    picked = select.pick(everything + [ens], y["val"])
+    picked = selection.pick(everything + [ens], y["val"])
 
     n_val = len(y["val"])
     out = []
     name, va, te, seconds, how = default_row
-    lo, hi = select.wilson(va * n_val, n_val)
+    lo, hi = selection.wilson(va * n_val, n_val)
     out.append([name, f"{va:.4f} [{lo:.3f}, {hi:.3f}]", f"{te:.4f}", f"{seconds:.1f}", how])
     for cand, seconds, how in rows:
         va = cand.val_acc(y["val"])
-        lo, hi = select.wilson(va * n_val, n_val)
+        lo, hi = selection.wilson(va * n_val, n_val)
         out.append(
             [cand.name, f"{va:.4f} [{lo:.3f}, {hi:.3f}]", f"{cand.test_acc(y['test']):.4f}", f"{seconds:.1f}", how]
         )

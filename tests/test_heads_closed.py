@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from featcache.trainer import knn, logreg, select
+from featcache.trainer import knn, logreg, selection
 
 
 def _blobs(n: int, d: int, k: int, seed: int, spread: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
@@ -60,13 +60,13 @@ def test_logreg_path_matches_scikit_learn():
 
 def test_wilson_interval_textbook_value():
     # Wilson (1927) for 81/263 at 95%: (0.2553, 0.3662), as tabulated by Newcombe (1998)
-    low, high = select.wilson(81, 263)
+    low, high = selection.wilson(81, 263)
     assert (round(low, 4), round(high, 4)) == (0.2553, 0.3662)
 
 
-def _cand(name: str, correct: np.ndarray, cost: float) -> select.Candidate:
+def _cand(name: str, correct: np.ndarray, cost: float) -> selection.Candidate:
     probs = np.where(correct[:, None], np.eye(2)[0], np.eye(2)[1])  # class 0 when correct
-    return select.Candidate(name, probs, probs, cost)
+    return selection.Candidate(name, probs, probs, cost)
 
 
 def test_pick_prefers_cheaper_head_within_noise():
@@ -74,15 +74,15 @@ def test_pick_prefers_cheaper_head_within_noise():
     best = _cand("big", np.arange(1000) < 800, cost=10)  # 0.800
     close = _cand("small", np.arange(1000) < 795, cost=1)  # 0.795: within one SE (~1.3 points)
     far = _cand("tiny", np.arange(1000) < 700, cost=0)  # 0.700: not
-    assert select.pick([best, close, far], y).name == "small"
-    assert select.pick([best, far], y).name == "big"
+    assert selection.pick([best, close, far], y).name == "small"
+    assert selection.pick([best, far], y).name == "big"
 
 
 def test_ensemble_mean_of_top_k():
     rng = np.random.default_rng(4)
     y = rng.integers(0, 3, 200)
-    cands = [select.Candidate(f"h{i}", rng.dirichlet(np.ones(3), 200), rng.dirichlet(np.ones(3), 50)) for i in range(5)]
-    out, members = select.ensemble(cands, y, max_k=5)
+    cands = [selection.Candidate(f"h{i}", rng.dirichlet(np.ones(3), 200), rng.dirichlet(np.ones(3), 50)) for i in range(5)]
+    out, members = selection.ensemble(cands, y, max_k=5)
     ranked = sorted(cands, key=lambda c: -c.val_acc(y))
     k = out.info["k"]
     assert members == [c.name for c in ranked[:k]]
