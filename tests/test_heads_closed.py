@@ -81,7 +81,9 @@ def test_pick_prefers_cheaper_head_within_noise():
 def test_ensemble_mean_of_top_k():
     rng = np.random.default_rng(4)
     y = rng.integers(0, 3, 200)
-    cands = [selection.Candidate(f"h{i}", rng.dirichlet(np.ones(3), 200), rng.dirichlet(np.ones(3), 50)) for i in range(5)]
+    cands = [
+        selection.Candidate(f"h{i}", rng.dirichlet(np.ones(3), 200), rng.dirichlet(np.ones(3), 50)) for i in range(5)
+    ]
     out, members = selection.ensemble(cands, y, max_k=5)
     ranked = sorted(cands, key=lambda c: -c.val_acc(y))
     k = out.info["k"]
