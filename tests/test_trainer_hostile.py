@@ -157,6 +157,8 @@ def test_predict_refuses_a_cache_replaced_by_another_with_the_same_fingerprint(t
     r = CliRunner().invoke(app, ["predict", str(run_dir), str(tmp_path / "p.csv")])
     line = _error_line(r)
     assert "not the cache the run" in line and "the run has 4 classes" in line and "the cache 3 classes" in line
+    assert f"Train again on the cache as it is now (featcache-train {cache})" in line  # what to do, as flags
+    assert "predict the images themselves with --source FOLDER" in line
     assert not (tmp_path / "p.csv").exists()
 
 

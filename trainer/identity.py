@@ -54,4 +54,8 @@ def check_cache(cache: FeatureCache, recorded: dict[str, Any], run_dir: Path) ->
     cache.check_fingerprint(recorded["fingerprint"])
     diff = differences(recorded, cache_identity(cache))
     if diff:
-        raise FeatcacheError(f"{cache.path}: not the cache the run {run_dir} was trained on: {'; '.join(diff)}")
+        raise FeatcacheError(
+            f"{cache.path}: not the cache the run {run_dir} was trained on: {'; '.join(diff)}. Train again on the "
+            f"cache as it is now (featcache-train {cache.path}), or predict the images themselves with source=FOLDER "
+            "(their features are made anew as the run's were)"
+        )
