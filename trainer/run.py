@@ -119,6 +119,7 @@ def describe_run(parts: list[Part], settings: Settings, command: list[str]) -> d
 
 def write_run(staging: Path, results: dict[str, Any], parts: list[Part], log: Log) -> None:
     """Fill ``staging`` with the run's files, ``results.json`` last (it completes ``results``)."""
+    from .events import write_events
     from .keras_heads import head_model
 
     part, state, k = locate(parts, results["best"])
@@ -149,6 +150,7 @@ def write_run(staging: Path, results: dict[str, Any], parts: list[Part], log: Lo
     results["plot"] = None if skipped else rundir.PLOT
     if skipped:
         log(f"plot skipped: {skipped}")
+    results["tensorboard"] = write_events(staging, results).name
     rundir.write_results(staging / rundir.RESULTS, results)
 
 
