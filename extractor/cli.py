@@ -13,7 +13,7 @@ import typer
 
 from ..shared.backbones import DEFAULT_CROP_RATIO, DEFAULT_CROP_SCALE, DEFAULT_RESIZE, PREPROCESS_SCHEMES
 from ..shared.cache import schema
-from ..shared.cli import VersionOpt, plain, run_cli
+from ..shared.cli import VerboseOpt, VersionOpt, plain, run_cli
 from .api import DEFAULT_MAX_RETRIES, DEFAULT_SPLIT
 from .inputs import DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_PIXELS
 from .ray_runner import ITEMS_PER_WORKER
@@ -358,6 +358,7 @@ def extract(
         ),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    verbose: VerboseOpt = False,
     debug: Annotated[bool, typer.Option(help="Show the full traceback on errors.")] = False,
     version: VersionOpt = False,
 ) -> None:

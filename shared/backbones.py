@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from .cache.fingerprint import ENVIRONMENT_KEYS, FEED_DTYPES, UNRECORDED_FEED_DTYPE
 from .cache.fsutil import sha256_file
 from .errors import FeatcacheError, WeightsUnavailableError
+from .quiet import verbose
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
@@ -69,6 +70,8 @@ def import_tensorflow() -> Any:
             f"TensorFlow is not installed ({exc}); install featcache with an extra: "
             "pip install 'featcache[cpu]' (or [gpu], or [tf])"
         ) from None
+    if not verbose():  # tf.function retracing and other Python-side WARNINGs; errors still show
+        tf.get_logger().setLevel("ERROR")
     return tf
 
 

@@ -11,6 +11,7 @@ command's own flags (``--overwrite``, ``--part 1/3``, ``--weights PATH``) for a 
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import sys
@@ -21,6 +22,7 @@ from typing import Annotated, Any
 import typer
 
 from .errors import FeatcacheError
+from .quiet import VERBOSE_ENV, hide_native_info
 from .version import __version__
 
 EXIT_ERROR = 2
@@ -93,6 +95,25 @@ def _show_version(value: bool) -> None:
 VersionOpt = Annotated[
     bool,
     typer.Option("--version", callback=_show_version, is_eager=True, help="Print featcache's version and exit."),
+]
+
+
+def _verbose(value: bool) -> None:
+    if value:
+        os.environ[VERBOSE_ENV] = "1"  # the command's worker processes inherit it
+    else:
+        hide_native_info()
+
+
+# ``--verbose`` on the commands that import TensorFlow: its start-up lines are hidden unless given.
+VerboseOpt = Annotated[
+    bool,
+    typer.Option(
+        "--verbose",
+        callback=_verbose,
+        help="Show TensorFlow's start-up INFO lines and tf.function retracing warnings (hidden by default; "
+        "warnings and errors are always shown).",
+    ),
 ]
 
 

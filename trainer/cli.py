@@ -20,7 +20,7 @@ from typing import Annotated, Any, Optional
 import typer
 from typer.core import TyperGroup
 
-from ..shared.cli import VersionOpt, plain, run_cli, shown_default
+from ..shared.cli import VerboseOpt, VersionOpt, plain, run_cli, shown_default
 from ..shared.errors import FeatcacheError
 from .kinds import HEAD_KINDS, MAP_AUGMENTS, MAP_POOLS, NO_AUGMENT
 from .settings import DEFAULT_GRID, DEFAULT_RUNS, DEFAULT_TOP, DEFAULTS, SettingError
@@ -190,6 +190,7 @@ def train(
     runs: Annotated[Path, typer.Option(help="Folder in which each sweep gets a new run directory.")] = DEFAULT_RUNS,
     top: Annotated[int, typer.Option(min=1, help="Heads shown in the leaderboard.")] = DEFAULT_TOP,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    verbose: VerboseOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Train every head of the grid in one pass over CACHE, pick the best on val, report it on test.
@@ -263,6 +264,7 @@ def export(
             )
         ),
     ] = None,
+    verbose: VerboseOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Stack the best head onto the backbone that made the cache: one Keras model from a 224x224 RGB
@@ -347,6 +349,7 @@ def predict(
         bool, typer.Option(help="With --source: make the scratch features again instead of reusing them.")
     ] = False,
     progress: Annotated[bool, typer.Option(help="With --source: show the extractor's progress bar.")] = True,
+    verbose: VerboseOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Class probabilities of the run's best head for cached rows, from their cached features, or for
