@@ -35,6 +35,8 @@ def test_a_sweep_writes_each_heads_curves_and_the_grid(tiny_cache, tmp_path):
         tiny_cache, configs, Settings(epochs=3, batch_size=64, seed=0), tmp_path, ["t"], print, False
     )
     assert results["tensorboard"] == TENSORBOARD_DIR
+    metrics = results["best_test_metrics"]  # beside accuracy: per-class precision/recall/F1 and macro-F1
+    assert list(metrics["per_class"]) == results["classes"] and 0 <= metrics["macro_f1"] <= 1
     root = run_dir / TENSORBOARD_DIR
     for h in results["heads"]:
         scalars, texts = read_events(root / head_dir(h["name"]))

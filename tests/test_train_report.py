@@ -271,3 +271,22 @@ def test_a_sweep_on_60_classes_keeps_no_full_matrix_and_its_report_says_so(tmp_p
     ][1:]
     assert f"more than {FULL_CONFUSION_MAX_CLASSES}" in text and "not the whole matrix" in text
     assert "do not reproduce the confusion matrix" not in text and facts["numpy_confusion"] is None
+
+
+def test_per_class_precision_recall_f1_and_macro_f1_equal_scikit_learns():
+    from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+
+    from featcache.trainer.report import class_metrics, confusion
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 300)
+    pred = np.where(rng.random(300) < 0.6, y, rng.integers(0, 5, 300))  # class 4 is predicted, never true
+    classes = ["a", "b", "c", "d", "e"]
+    got = class_metrics(confusion(y, pred, 5), classes)
+    p, r, f, s = precision_recall_fscore_support(y, pred, labels=range(5), zero_division=0)
+    for k, c in enumerate(classes):
+        row = got["per_class"][c]
+        np.testing.assert_allclose([row["precision"], row["recall"], row["f1"]], [p[k], r[k], f[k]], atol=1e-12)
+        assert row["support"] == s[k]
+    assert got["accuracy"] == pytest.approx(accuracy_score(y, pred))
+    assert got["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro", zero_division=0))

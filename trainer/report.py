@@ -132,6 +132,33 @@ def confusion_entries(m: np.ndarray | None) -> dict[str, Any]:
     return {CONFUSION: None, CONFUSION_TOP: confusion_summary(m)}
 
 
+def class_metrics(m: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """``results.json``'s ``best_test_metrics`` from the best head's test confusion ``m`` (``(n, n)`` counts,
+    rows true): ``accuracy``, ``macro_f1`` (the unweighted mean over the classes that have test rows or
+    predictions) and ``per_class``: class -> ``precision``, ``recall``, ``f1`` (0 where undefined, as
+    scikit-learn's ``zero_division=0``) and ``support`` (test rows). Linear in the classes, unlike ``m``."""
+    m = np.asarray(m, dtype=np.float64)
+    tp, true, pred = np.diag(m), m.sum(axis=1), m.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(pred > 0, tp / pred, 0.0)
+        recall = np.where(true > 0, tp / true, 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    present = (true > 0) | (pred > 0)
+    return {
+        "accuracy": float(tp.sum() / max(m.sum(), 1)),
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "per_class": {
+            c: {
+                "precision": float(precision[k]),
+                "recall": float(recall[k]),
+                "f1": float(f1[k]),
+                "support": int(true[k]),
+            }
+            for k, c in enumerate(classes)
+        },
+    }
+
+
 def recorded_confusion(results: dict[str, Any]) -> tuple[np.ndarray | None, dict[str, Any] | None]:
     """The best head's test confusion as a run recorded it: the whole matrix (or None when it was not
     kept), and its :func:`confusion_summary` (None without test rows)."""

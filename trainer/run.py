@@ -26,7 +26,7 @@ from .identity import cache_identity
 from .loop import train
 from .multi import CONCAT, LABEL_SEPARATOR, Part, align, concat_dataset, label_caches, locate
 from .plot import plot
-from .report import best_head, confusion, confusion_entries, leaderboard
+from .report import best_head, class_metrics, confusion, confusion_entries, leaderboard
 from .settings import Settings
 from .sweep import HeadConfig
 
@@ -111,6 +111,7 @@ def describe_run(parts: list[Part], settings: Settings, command: list[str]) -> d
             "best": best["name"],
             "best_head_file": rundir.BEST_HEAD,
             **confusion_entries(confusion_test),
+            "best_test_metrics": None if confusion_test is None else class_metrics(confusion_test, ds.classes),
             "heads": heads,
         }
     )
