@@ -68,7 +68,9 @@ class ShardWriter:
         self.tmp = temp_path_for(self.final)
         self._fingerprint = manifest.fingerprint
         maps_shape = tuple(manifest.fingerprint["output_shape"])
-        self._listing_sha256 = manifest.source.get("listing_sha256")
+        # the listing of the shard's own generation: a shard of an earlier generation re-extracted
+        # after an update (its file was lost) carries what its generation's shards carry
+        self._listing_sha256 = manifest.listing_sha256_of(shard)
         comp, opts, shuffle = schema.COMPRESSIONS[manifest.storage["compression"]]
         # a stale temp file (or a link planted under its name) is unlinked, never written through:
         # mode "x" creates the file with O_EXCL, which also refuses a symbolic link
@@ -251,11 +253,19 @@ class CacheWriter:
         self.dir.mkdir(parents=True, exist_ok=True)
         with self._cache_lock():
             self._part_lock = acquire_part(self.dir, self.part)
+            error: BaseException | None = None
             try:
                 self._open()
-            except BaseException:
+            except BaseException as exc:
                 self._part_lock.release()
-                raise
+                self._part_lock = None
+                error = exc
+        if error is not None:  # refused or failed under the lock: no lock of this run may stay behind
+            try:
+                finalize(self.dir, wait=0)  # the part's lock file goes when no part is left to run
+            except Exception:  # noqa: BLE001 (the run's own error is the one to report)
+                pass
+            raise error
         return self
 
     def __exit__(
