@@ -285,3 +285,33 @@ def test_memory_stays_bounded_on_a_huge_jpeg(tmp_path):
     assert huge < base + 100, (base, huge)  # a plain decode would add ~200 MB (uint8) to ~1 GB (floats)
     rows = read_shards(tmp_path / "c-huge")
     assert rows["pooled"].shape == (1, 1280) and np.isfinite(rows["pooled"]).all()
+
+
+def test_a_source_whose_every_input_fails_is_an_error_not_an_empty_cache(tmp_path):
+    """A CSV naming only files with image names that do not decode (a text file, a truncated JPEG,
+    an empty PNG): exit 2 with one line naming the CSV, the count and the first reasons; the cache
+    keeps its manifest with every failure; a second run says the same (nothing to do is no success)."""
+    from typer.testing import CliRunner
+
+    from featcache.extractor.cli import app
+    from featcache.shared.cache.manifest import Manifest
+
+    names = ["x/notes.jpg", "x/cut.jpeg", "y/empty.png", "y/zero.jpg"]
+    contents = [b"meeting notes", b"\xff\xd8\xff\xe0\x00\x10JFIF", b"", b"\x00" * 64]
+    for name, data in zip(names, contents, strict=True):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(data)
+    csv = tmp_path / "list.csv"
+    csv.write_text("path,label\n" + "".join(f"{n},{n[0]}\n" for n in names))
+    cmd = [str(csv), str(tmp_path / "c"), "--backbone", "tiny", "--weights", "random", "--no-progress"]
+    for attempt in range(2):
+        r = CliRunner().invoke(app, cmd)
+        errors = [line for line in r.output.splitlines() if line.startswith("error:")]
+        assert r.exit_code == 2 and len(errors) == 1, r.output
+        assert errors[0].startswith(
+            f"error: {csv}: every input failed (4 inputs), so the cache has no row: x/notes.jpg: "
+        )
+        assert f"; and 1 more (all listed in {tmp_path / 'c' / 'manifest.json'})" in errors[0]
+        assert "Traceback" not in r.output
+        m = Manifest.load(tmp_path / "c")
+        assert m.complete and m.rows == 0 and sorted(f.id for f in m.failed) == sorted(names), attempt
