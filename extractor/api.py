@@ -178,12 +178,13 @@ def extract(
     records and uses uint8 for a new one (see docs/performance.md).
 
     Raises :class:`FeatcacheError` (one line naming the file and the reason) on bad arguments, a
-    cache made otherwise, changed inputs, or a locked cache; what was finished stays on disk.
+    cache made otherwise, changed inputs, a locked cache, or a cache that is complete with no row
+    because every input failed; what was finished stays on disk (and the manifest lists the failures).
     """
     t0 = time.perf_counter()
     log = log or _stderr
     if finalize:
-        return _finalize(Path(cache if cache is not None else source), t0)
+        return _require_rows(_finalize(Path(cache if cache is not None else source), t0), source)
     if cache is None:
         raise FeatcacheError("missing argument cache (the cache directory to fill)")
     if update and overwrite:
@@ -236,13 +237,14 @@ def extract(
     )
     cfg.augment  # noqa: B018  (checks views, crops and resize: a one-line error before any work)
     if runner == "ray" or gpus or workers > 1:
-        return _many(
-            cfg, workers, None if gpus is None else str(gpus), runner, address, max_retries, ray_items, log, t0
+        return _require_rows(
+            _many(cfg, workers, None if gpus is None else str(gpus), runner, address, max_retries, ray_items, log, t0),
+            source,
         )
     from .runner import run_extract
 
     report = run_extract(cfg, log=log)
-    return ExtractResult(
+    result = ExtractResult(
         cache=cfg.cache,
         rows=report.rows,
         cache_rows=report.cache_rows,
@@ -254,6 +256,29 @@ def extract(
         complete=report.finalized.complete if report.finalized else not Manifest.load(cfg.cache).missing_shards(),
         report=report,
         finalized=report.finalized,
+    )
+    return _require_rows(result, source)
+
+
+# How many failures the error about a cache with no row names.
+FIRST_FAILURES = 3
+
+
+def _require_rows(result: ExtractResult, source: object) -> ExtractResult:
+    """``result``, unless its cache is complete and holds no row while inputs failed (files with
+    image names, none of which decodes): a success that the trainer would only trip on later. Then
+    one line naming the source, how many inputs failed and the first reasons (the manifest keeps
+    every failure, so ``featcache-inspect summary`` lists them all)."""
+    if not result.complete or result.cache_rows:
+        return result
+    m = Manifest.load(result.cache)
+    if not m.failed:
+        return result
+    first = "; ".join(f"{f.id}: {f.reason}" for f in m.failed[:FIRST_FAILURES])
+    more = f"; and {len(m.failed) - FIRST_FAILURES} more" if len(m.failed) > FIRST_FAILURES else ""
+    raise FeatcacheError(
+        f"{source}: every input failed ({len(m.failed)} inputs), so the cache has no row: {first}{more} "
+        f"(all listed in {result.cache / 'manifest.json'})"
     )
 
 

@@ -120,6 +120,7 @@ class ExtractReport:
     failures: list[FailedInput] = field(default_factory=list)
     update: bool = False
     changes: dict[str, int] | None = None
+    reordered: bool = False  # an update found the same inputs in another order (no row changes for that)
     generation: int = 0
 
     @property
@@ -139,6 +140,8 @@ class ExtractReport:
 
     def _update_line(self) -> str:
         if not self.changes or not any(self.changes.values()):
+            if self.reordered:
+                return f"update: the same inputs in another order, no row to extract; now generation {self.generation}"
             return f"update: nothing changed in the source since generation {self.generation}"
         counts = ", ".join(f"{n} {kind}" for kind, n in self.changes.items() if n)
         return f"update: {counts}; now generation {self.generation}"
@@ -263,6 +266,7 @@ def run_extract(
     with cache:
         if cache.changes is not None:
             report.changes = cache.changes.counts()
+            report.reordered = cache.changes.reordered
         report.generation = manifest.generation
         todo = cache.pending_shards()
         report.shards_kept = cache.resumed_shards

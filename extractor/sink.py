@@ -79,10 +79,18 @@ class ShardSink:
                 return
             except queue.Full:
                 self._raise_if_failed()
+                if not self._thread.is_alive():  # cannot happen without an error; never wait on it
+                    raise FeatcacheError(f"{self.cache.dir}: the writer thread ended before the last shard") from None
 
     def close(self, *, finish: bool = True) -> None:
-        """Commit what is left (``finish``) or drop the partial shard, then stop the thread."""
-        self._queue.put((_STOP, finish))
+        """Commit what is left (``finish``) or drop the partial shard, then stop the thread. Never
+        waits on a thread that has ended (a writer that failed stops reading the queue)."""
+        while self._thread.is_alive():
+            try:
+                self._queue.put((_STOP, finish), timeout=0.5)
+                break
+            except queue.Full:
+                continue
         self._thread.join()
         self._raise_if_failed()
 
@@ -110,7 +118,10 @@ class ShardSink:
             self._error = exc
         finally:
             if self._current is not None:
-                self._current.abort()
+                try:
+                    self._current.abort()
+                except BaseException as exc:  # noqa: BLE001 (a failure must reach the main thread, not end this one)
+                    self._error = self._error or exc
                 self._current = None
             if self._error is not None:  # keep draining so that put() never blocks forever
                 while True:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -143,6 +144,126 @@ def test_disk_full_keeps_finished_shards_and_resume_works(tmp_path, sample_dir, 
         assert a[key].tobytes() == b[key].tobytes()
 
 
+def test_a_writer_thread_that_dies_dropping_its_shard_never_leaves_the_main_thread_waiting():
+    """The writer fails (disk full) and then fails again dropping the partial shard (HDF5's close
+    raising, as on a full disk): the main thread, feeding more batches than the queue holds, gets
+    the first error within seconds, and closing the sink returns at once instead of waiting on a
+    thread that has ended."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from featcache.extractor.sink import QUEUE_BATCHES, ShardSink
+
+    class Full:
+        inputs = range(0, 4)
+        tmp = Path("/cache/shards/.shard-00000.h5.tmp-7")
+
+        def append(self, *args):  # noqa: ANN002
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.tmp))
+
+        def abort(self) -> None:
+            raise RuntimeError("Can't decrement id ref count (file write failed: errno = 28)")
+
+    cache = SimpleNamespace(dir=Path("/cache"), manifest=SimpleNamespace(shard_of=lambda i: i // 4))
+    cache.start_shard = lambda shard: Full()
+    source = SimpleNamespace(
+        labels=np.zeros(40, np.int32), ids=[str(i) for i in range(40)], splits=np.zeros(40, np.int8)
+    )
+    sink = ShardSink(cache, source, range(10), lambda i: "")
+    outcome: list[BaseException] = []
+
+    def feed() -> None:
+        try:
+            for k in range(3 * QUEUE_BATCHES):
+                sink.put(np.array([k]), np.zeros((1, 1)), np.zeros((1, 1)))
+        except BaseException as exc:  # noqa: BLE001
+            outcome.append(exc)
+        t0 = time.perf_counter()
+        try:
+            sink.close(finish=False)
+        except BaseException as exc:  # noqa: BLE001
+            outcome.append(exc)
+        outcome.append(time.perf_counter() - t0)
+
+    main = threading.Thread(target=feed, daemon=True)
+    main.start()
+    main.join(timeout=30)
+    assert not main.is_alive(), "the main thread still waits for a writer that has ended"
+    put_error, close_error, close_seconds = outcome
+    assert isinstance(put_error, FeatcacheError) and close_error is put_error
+    assert str(put_error) == (
+        "/cache/shards/.shard-00000.h5.tmp-7: cannot write (No space left on device); the 0 shards finished "
+        "in this run are kept: fix the cause and run the same command to resume"
+    )
+    assert close_seconds < 5
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A tmpfs folder of 1 MiB (grown with ``grow(size)``); skipped where mounting is not permitted."""
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)]).returncode:
+        pytest.skip("mounting a small tmpfs needs root and permission to mount")
+
+    def grow(size: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(mnt)], check=True)
+
+    yield mnt, grow
+    subprocess.run(["umount", "-l", str(mnt)])
+
+
+@pytest.mark.parametrize("moment", ["extract", "update"])
+def test_a_really_full_disk_ends_the_run_in_seconds_with_one_line_and_keeps_finished_shards(
+    tmp_path, sample_dir, small_tmpfs, moment
+):
+    """A real full filesystem (tmpfs), uncompressed maps so that HDF5 itself writes the rows: the
+    extractor (and an update) ended with a segmentation fault at exit, or waited for ever on its
+    dead writer thread. Now: exit 2 within seconds, one line naming the shard file, the shards
+    finished before kept (verify passes), no partial file left; with space back the same command
+    completes the cache."""
+    from featcache.shared.cache.manifest import Manifest
+    from featcache.shared.inspection.verify import verify
+
+    mnt, grow = small_tmpfs
+    src, cache = tmp_path / "src", mnt / "c"
+    shutil.copytree(sample_dir, src)
+    extra = ["--compression", "none"] + (["--update"] if moment == "update" else [])
+    if moment == "update":  # a cache of 12 images first, then 3 added; uncompressed shards of 4 are ~500 KB
+        later = sorted(src.rglob("*_0004.*"))
+        for p in later:
+            p.rename(tmp_path / p.name)
+        grow("2m")
+        subprocess.run(extract_command(src, cache, "--compression", "none", shard_size=4), check=True, cwd=REPO)
+        for p in later:
+            (tmp_path / p.name).rename(p)
+        grow(f"{(sum(p.stat().st_size for p in mnt.rglob('*') if p.is_file()) >> 10) + 300}k")
+    done_before = len(Manifest.load(cache).shards) if moment == "update" else 0
+    cmd = extract_command(src, cache, *extra, shard_size=4)
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert p.returncode == 2, p.stderr[-3000:]
+    errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in p.stderr, p.stderr[-3000:]
+    assert re.fullmatch(
+        rf"error: {re.escape(str(cache))}/shards/\.shard-\d{{5}}\.h5\.tmp-\d+: "
+        r"cannot write \(No space left on device\); "
+        r"the \d+ shards finished in this run are kept: fix the cause and run the same command to resume",
+        errors[0],
+    ), errors[0]
+    assert len(Manifest.load(cache).shards) >= done_before
+    assert verify(cache).ok
+    assert not [q for q in (cache / "shards").iterdir() if q.name.startswith(".")]
+    grow("8m")  # space is back
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    c = FeatureCache(cache)
+    assert c.manifest.complete and sorted(c.load_pooled().id.tolist()) == sorted(
+        q.relative_to(src).as_posix() for q in src.rglob("*.*")
+    )
+    assert verify(cache).ok
+
+
 def _peak_rss_mb(args: list[str]) -> float:
     code = (
         "import resource, subprocess, sys\n"
@@ -164,3 +285,33 @@ def test_memory_stays_bounded_on_a_huge_jpeg(tmp_path):
     assert huge < base + 100, (base, huge)  # a plain decode would add ~200 MB (uint8) to ~1 GB (floats)
     rows = read_shards(tmp_path / "c-huge")
     assert rows["pooled"].shape == (1, 1280) and np.isfinite(rows["pooled"]).all()
+
+
+def test_a_source_whose_every_input_fails_is_an_error_not_an_empty_cache(tmp_path):
+    """A CSV naming only files with image names that do not decode (a text file, a truncated JPEG,
+    an empty PNG): exit 2 with one line naming the CSV, the count and the first reasons; the cache
+    keeps its manifest with every failure; a second run says the same (nothing to do is no success)."""
+    from typer.testing import CliRunner
+
+    from featcache.extractor.cli import app
+    from featcache.shared.cache.manifest import Manifest
+
+    names = ["x/notes.jpg", "x/cut.jpeg", "y/empty.png", "y/zero.jpg"]
+    contents = [b"meeting notes", b"\xff\xd8\xff\xe0\x00\x10JFIF", b"", b"\x00" * 64]
+    for name, data in zip(names, contents, strict=True):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(data)
+    csv = tmp_path / "list.csv"
+    csv.write_text("path,label\n" + "".join(f"{n},{n[0]}\n" for n in names))
+    cmd = [str(csv), str(tmp_path / "c"), "--backbone", "tiny", "--weights", "random", "--no-progress"]
+    for attempt in range(2):
+        r = CliRunner().invoke(app, cmd)
+        errors = [line for line in r.output.splitlines() if line.startswith("error:")]
+        assert r.exit_code == 2 and len(errors) == 1, r.output
+        assert errors[0].startswith(
+            f"error: {csv}: every input failed (4 inputs), so the cache has no row: x/notes.jpg: "
+        )
+        assert f"; and 1 more (all listed in {tmp_path / 'c' / 'manifest.json'})" in errors[0]
+        assert "Traceback" not in r.output
+        m = Manifest.load(tmp_path / "c")
+        assert m.complete and m.rows == 0 and sorted(f.id for f in m.failed) == sorted(names), attempt

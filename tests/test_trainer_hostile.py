@@ -339,3 +339,55 @@ def test_an_unloadable_best_head_keras_is_one_line_naming_it(tmp_path, two_heads
         assert f"{run / 'best_head.keras'}: not a loadable Keras model" in _error_line(r)
         assert not (tmp_path / "p.csv").exists()
         assert {f.name: f.read_bytes() for f in run.iterdir() if f.name != "best_head.keras"} == kept
+
+
+def _csv_cache(tmp_path: Path, sample_dir: Path, split_of) -> Path:  # noqa: ANN001
+    """A cache (tiny backbone) of the sample named by a CSV whose split column is ``split_of(k)``."""
+    from conftest import extract
+
+    imgs = sorted(p for p in sample_dir.rglob("*.*"))
+    (tmp_path / "src.csv").write_text(
+        "path,label,split\n" + "".join(f"{p},{p.parent.name},{split_of(k)}\n" for k, p in enumerate(imgs))
+    )
+    extract(tmp_path / "src.csv", tmp_path / "c")
+    return tmp_path / "c"
+
+
+@pytest.mark.parametrize(
+    ("split_of", "message"),
+    [
+        (lambda k: "test", "the train split is empty (no labelled train rows): nothing to train on"),
+        (lambda k: "train" if k == 1 else "test", "the val split is empty (no labelled val rows): raise val_fraction"),
+    ],
+    ids=["no-train", "no-val"],
+)
+def test_an_empty_split_is_refused_in_one_line_naming_it_before_training(
+    tmp_path, sample_dir, monkeypatch, split_of, message
+):
+    """Every row given to test (or a single train row, nothing to carve a val row from): one line
+    naming the cache and the empty split, exit 2, no training and no run kept."""
+    cache = _csv_cache(tmp_path, sample_dir, split_of)
+    _no_training(monkeypatch)
+    r = CliRunner().invoke(app, [str(cache), "--runs", str(tmp_path / "runs"), "--no-progress"])
+    assert _error_line(r) == f"error: {cache}: {message}"
+    assert not (tmp_path / "runs").exists() or list((tmp_path / "runs").iterdir()) == []
+
+
+def test_a_cache_with_no_row_is_refused_in_one_line_before_training(tmp_path, monkeypatch):
+    """A complete cache with no row, as the extraction job itself (``run_extract``, below the API's
+    refusal) leaves from files with image names that do not decode: named in one line, not a
+    ``ValueError: cannot reshape array of size 0`` from the finiteness check."""
+    from conftest import extract
+
+    for k, name in enumerate(["a/1.png", "a/2.jpeg", "b/3.jpg"]):
+        (tmp_path / "src" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "src" / name).write_bytes(b"\x89PNG\r\n" if k == 0 else b"\xff\xd8\xff truncated")
+    report = extract(tmp_path / "src", tmp_path / "c")
+    assert report.rows == 0 and report.failed == 3
+    _no_training(monkeypatch)
+    r = CliRunner().invoke(app, [str(tmp_path / "c"), "--runs", str(tmp_path / "runs"), "--no-progress"])
+    assert _error_line(r) == (
+        f"error: {tmp_path / 'c'}: the cache has no rows (every input failed when it was extracted: "
+        "featcache-inspect summary lists why): nothing to train on"
+    )
+    assert not (tmp_path / "runs").exists() or list((tmp_path / "runs").iterdir()) == []

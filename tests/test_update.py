@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import h5py
@@ -280,3 +281,59 @@ def test_update_with_many_workers_reads_as_from_scratch(tmp_path, sample_dir, ru
     assert all(snapshot(tmp_path / "cache")[name] == kept for name, kept in old.items())
     extract(src, tmp_path / "scratch", shard_size=SHARD)
     assert_same_rows(tmp_path / "cache", tmp_path / "scratch")
+
+
+def test_update_after_shuffling_csv_rows_extracts_nothing_and_keeps_reading_by_id(tmp_path, sample_dir):
+    """The same CSV rows in another order (shuffled, not reversed) change no image: ``--update``
+    exits 0 saying so, writes no shard, leaves no lock behind, and the cache reads as one made from
+    scratch from the shuffled CSV; a shard lost afterwards is re-extracted at the cache's own
+    positions (the listing's), not at the shuffled CSV's."""
+    import subprocess
+
+    from cachefiles import extract_command
+
+    shutil.copytree(sample_dir, tmp_path / "img")
+    rows = csv_rows(sample_dir)
+    write_csv(tmp_path / "src.csv", rows)
+    extract(tmp_path / "src.csv", tmp_path / "c", shard_size=SHARD)
+    before = snapshot(tmp_path / "c")
+    shuffled = [rows[k] for k in np.random.default_rng(3).permutation(len(rows))]
+    write_csv(tmp_path / "src.csv", shuffled)
+    cmd = extract_command(tmp_path / "src.csv", tmp_path / "c", "--update", shard_size=SHARD, batch_size=3)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "update: the same inputs in another order, no row to extract; now generation 1" in p.stdout
+    assert "Traceback" not in p.stderr
+    assert snapshot(tmp_path / "c") == before  # no shard touched
+    assert not (tmp_path / "c" / schema.PARTS_DIR).exists()  # no part lock left
+    extract(tmp_path / "src.csv", tmp_path / "scratch", shard_size=SHARD)
+    assert_same_rows(tmp_path / "c", tmp_path / "scratch")
+    assert extract(tmp_path / "src.csv", tmp_path / "c", shard_size=SHARD).shards_written == 0  # no update needed now
+    (tmp_path / "c" / "shards" / "shard-00001.h5").unlink()  # lost: re-extracted by the cache's listing
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the new file carries its generation's identity: no warning
+        assert extract(tmp_path / "src.csv", tmp_path / "c", shard_size=SHARD).shards_written == 1
+    assert {k: v[0] for k, v in snapshot(tmp_path / "c").items()} == {k: v[0] for k, v in before.items()}
+    assert_same_rows(tmp_path / "c", tmp_path / "scratch")
+
+
+def test_an_update_that_fails_under_the_lock_releases_it_and_changes_nothing(tmp_path, sample_dir, monkeypatch):
+    from featcache.shared.cache import writer
+
+    shutil.copytree(sample_dir, tmp_path / "img")
+    rows = csv_rows(sample_dir)
+    write_csv(tmp_path / "src.csv", rows[:10])
+    extract(tmp_path / "src.csv", tmp_path / "c", shard_size=SHARD)
+    manifest = (tmp_path / "c" / schema.MANIFEST_NAME).read_bytes()
+    write_csv(tmp_path / "src.csv", rows)
+
+    def boom(*args, **kw):  # noqa: ANN002, ANN003, ANN202
+        raise FeatcacheError("listing.npz: cannot be read (simulated)")
+
+    monkeypatch.setattr(writer, "apply_update", boom)
+    with pytest.raises(FeatcacheError, match=r"^listing.npz: cannot be read \(simulated\)$"):
+        extract(tmp_path / "src.csv", tmp_path / "c", shard_size=SHARD, update=True)
+    assert (tmp_path / "c" / schema.MANIFEST_NAME).read_bytes() == manifest
+    assert not (tmp_path / "c" / schema.PARTS_DIR).exists()
+    monkeypatch.undo()
+    assert extract(tmp_path / "src.csv", tmp_path / "c", shard_size=SHARD, update=True).changes["added"] == 5

@@ -82,6 +82,8 @@ def shard_row(cache: FeatureCache, listing_index: int) -> tuple[Path, int]:
 def require_finite(cache: FeatureCache, what: str, index: np.ndarray, values: np.ndarray) -> None:
     """Raise, naming the shard and row, when a row of ``values`` ``(n, ...)`` (at listing positions
     ``index`` ``(n,)``) holds a NaN or an infinity: one such row turns every head's weights into NaN."""
+    if len(values) == 0:
+        return
     bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
     if bad.any():
         i = int(index[np.argmax(bad)])
@@ -120,6 +122,11 @@ def load_dataset(
     c = cache.read_columns(((schema.POOLED,) if pooled else ()) + columns)
     split_codes = cache.splits(c[schema.ID], c[schema.SPLIT], c[SPLIT_UNIT])
     rows = PooledRows(c.get(schema.POOLED), c[schema.LABEL], c[schema.ID], c[schema.INDEX], split_codes)
+    if len(rows.label) == 0:
+        raise FeatcacheError(
+            f"{cache.path}: the cache has no rows (every input failed when it was extracted: "
+            "featcache-inspect summary lists why): nothing to train on"
+        )
     if pooled:
         require_finite(cache, schema.POOLED, rows.index, rows.pooled)
     labelled = rows.label >= 0
@@ -167,9 +174,9 @@ def load_dataset(
         not pooled,
     )
     if len(ds.train) == 0:
-        raise FeatcacheError(f"{cache.path}: no labelled train rows")
+        raise FeatcacheError(f"{cache.path}: the train split is empty (no labelled train rows): nothing to train on")
     if len(ds.val) == 0:
-        raise FeatcacheError(f"{cache.path}: no labelled val rows (raise val_fraction)")
+        raise FeatcacheError(f"{cache.path}: the val split is empty (no labelled val rows): raise val_fraction")
     if len(ds.test) == 0:
         notes.append("no test rows: test accuracy is not reported")
     missing = [c for k, c in enumerate(ds.classes) if not np.any(ds.train.y == k)]

@@ -95,14 +95,112 @@ def check_regular(path: str | os.PathLike[str]) -> None:
         raise NotARegularFileError(f"{path}: not a regular file; featcache refuses to open it (remove it)")
 
 
-def create_new(path: str | os.PathLike[str]) -> int:
-    """A new, empty regular file at ``path`` opened for writing: whatever was there (a stale temp
-    file, a symbolic link) is unlinked first, never written through."""
+def create_new(path: str | os.PathLike[str], access: int = os.O_WRONLY) -> int:
+    """A new, empty regular file at ``path`` opened for writing (``access``: ``os.O_WRONLY`` or
+    ``os.O_RDWR``): whatever was there (a stale temp file, a symbolic link) is unlinked first, never
+    written through."""
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    return os.open(path, access | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+
+
+class FailSafeFile:
+    """A new file at ``path`` (:func:`create_new`) for HDF5 to write through (``h5py.File(obj, "w")``,
+    h5py's file-object driver), on which no write ever fails as far as HDF5 can tell.
+
+    HDF5 does not survive a failed write: once a write or the close of a file fails (a full disk),
+    the process dies of a segmentation fault when the library shuts down at exit, whatever is done
+    with the file afterwards (measured with h5py 3.14 / HDF5 1.14 on a full tmpfs; closing again
+    crashes at once). So the first failing write or truncate is kept in :attr:`error` and from then
+    on the file lives in memory (the bytes written so far read back, at most the one file), which
+    lets HDF5 finish and close cleanly; the owner checks :meth:`raise_error` after each call into
+    h5py and discards the file. Reads past the end give zeros, as HDF5's own POSIX driver does."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        self.error: OSError | None = None
+        self._fd: int | None = create_new(path, os.O_RDWR)
+        self._mem: bytearray | None = None
+        self._pos = 0
+        self._size = 0
+
+    def _spill(self, exc: OSError) -> None:
+        """Keep ``exc`` and go on in memory from the bytes already on disk."""
+        self.error = exc
+        self._mem = bytearray(self._size)
+        done = 0
+        while done < self._size:
+            chunk = os.pread(self._fd, self._size - done, done)
+            if not chunk:
+                break  # a short file reads as zeros beyond, like a sparse one
+            self._mem[done : done + len(chunk)] = chunk
+            done += len(chunk)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._size}[whence]
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def read(self, size: int = -1) -> bytes:
+        size = max(0, self._size - self._pos) if size < 0 else size
+        if self._mem is not None:
+            data = bytes(self._mem[self._pos : self._pos + size])
+        else:
+            data = os.pread(self._fd, size, self._pos)
+        self._pos += size
+        return data + bytes(size - len(data))
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        view = memoryview(data).cast("B")
+        n = len(view)
+        if self._mem is None:
+            try:
+                done = 0
+                while done < n:
+                    done += os.pwrite(self._fd, view[done:], self._pos + done)
+            except OSError as exc:
+                self._spill(exc)
+        if self._mem is not None:
+            end = self._pos + n
+            if len(self._mem) < end:
+                self._mem.extend(bytes(end - len(self._mem)))
+            self._mem[self._pos : end] = view
+        self._pos += n
+        self._size = max(self._size, self._pos)
+        return n
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self._pos if size is None else size
+        if self._mem is None:
+            try:
+                os.ftruncate(self._fd, size)
+            except OSError as exc:
+                self._spill(exc)
+        if self._mem is not None:
+            del self._mem[size:]
+            self._mem.extend(bytes(size - len(self._mem)))
+        self._size = size
+        return size
+
+    def flush(self) -> None:
+        """Nothing to do: writes go straight to the descriptor (durability is :func:`commit_file`'s)."""
+
+    def raise_error(self) -> None:
+        """Raise the first write failure as an ``OSError`` naming :attr:`path`, in one line."""
+        if self.error is not None:
+            raise OSError(self.error.errno, write_failure(self.error), str(self.path))
+
+    def close(self) -> None:
+        """Close the descriptor and drop the memory copy (the file on disk stays for its owner to rename or unlink)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self._mem = None
 
 
 def read_regular(path: str | os.PathLike[str]) -> bytes:

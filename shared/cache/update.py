@@ -11,7 +11,11 @@ position not retired, with its current label and split) with the source's new li
   input had failed);
 - **modified** ids (file size or modification time changed) retire the old position and get a new one;
 - **relabelled** ids (class name or given split changed) keep their row; the manifest's
-  ``relabelled`` list says what readers see instead of the stored label and split.
+  ``relabelled`` list says what readers see instead of the stored label and split;
+- the same inputs in **another order** (a CSV's rows sorted otherwise) change no row: every kept
+  id keeps its position, so nothing is extracted, but the update is still recorded as a generation
+  (with no new shards) so that the cache is read through its own listing from then on, never by
+  the source's new positions.
 
 Labels are compared by class *name*, so a class added to the source (which renumbers the others)
 relabels nothing: each generation records the class names its shards' label numbers refer to.
@@ -32,26 +36,30 @@ CHANGE_KINDS = ("added", "removed", "modified", "relabelled")
 
 @dataclass
 class Changes:
-    """Ids per kind of change, in listing order."""
+    """Ids per kind of change, in listing order; ``reordered``: the kept ids come in another order
+    than the cache's positions (no row changes for that alone)."""
 
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     modified: list[str] = field(default_factory=list)
     relabelled: list[str] = field(default_factory=list)
+    reordered: bool = False
 
     def counts(self) -> dict[str, int]:
         return {k: len(getattr(self, k)) for k in CHANGE_KINDS}
 
     def __bool__(self) -> bool:
-        return any(self.counts().values())
+        return any(self.counts().values()) or self.reordered
 
     def describe(self) -> str:
-        """``3 added (e.g. a.jpg, ...), 1 removed (...)``; empty when nothing changed."""
-        return ", ".join(
+        """``3 added (e.g. a.jpg, ...), 1 removed (...)``; ``the same inputs in another order`` when
+        only the order changed; empty when nothing changed."""
+        text = ", ".join(
             f"{len(ids)} {kind} (e.g. {', '.join(ids[:EXAMPLES])})"
             for kind in CHANGE_KINDS
             if (ids := getattr(self, kind))
         )
+        return text or ("the same inputs in another order" if self.reordered else "")
 
 
 def class_names(labels: np.ndarray, classes: list[str]) -> np.ndarray:
@@ -97,11 +105,7 @@ def describe_live_changes(
     m: Manifest, listing: dict[str, np.ndarray], new: dict[str, np.ndarray], classes: list[str]
 ) -> str:
     """What an update would find, as :meth:`Changes.describe` (empty when the listings are equal)."""
-    live = live_view(m, listing)
-    text = diff(live, new, classes)[0].describe()
-    if not text and live["id"].tolist() != np.asarray(new["id"]).tolist():
-        text = "the same inputs in another order"
-    return text
+    return diff(live_view(m, listing), new, classes)[0].describe()
 
 
 def diff(
@@ -132,6 +136,8 @@ def diff(
                 changes.relabelled.append(ident)
     seen = set(new["id"].tolist())
     changes.removed = [str(i) for i in live["id"].tolist() if i not in seen]
+    order = np.fromiter(kept.values(), dtype=np.int64, count=len(kept))  # kept positions, in the new listing's order
+    changes.reordered = bool(np.any(np.diff(order) < 0))
     return changes, kept, extract
 
 

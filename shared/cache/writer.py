@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import CacheLockedError, FeatcacheError, NotACacheError, SourceMismatchError
 from . import deflate, rowindex, schema
 from .fingerprint import check_compatible, to_attr
-from .fsutil import check_regular, commit_file, remove_stale_temps, sha256_file, temp_path_for
+from .fsutil import FailSafeFile, check_regular, commit_file, remove_stale_temps, sha256_file, temp_path_for
 from .journal import JournalWriter
 from .listing import LISTING_NAME, load_listing, save_listing
 from .lock import CacheLock, FileLock
@@ -68,12 +68,17 @@ class ShardWriter:
         self.tmp = temp_path_for(self.final)
         self._fingerprint = manifest.fingerprint
         maps_shape = tuple(manifest.fingerprint["output_shape"])
-        self._listing_sha256 = manifest.source.get("listing_sha256")
+        # the listing of the shard's own generation: a shard of an earlier generation re-extracted
+        # after an update (its file was lost) carries what its generation's shards carry
+        self._listing_sha256 = manifest.listing_sha256_of(shard)
         comp, opts, shuffle = schema.COMPRESSIONS[manifest.storage["compression"]]
-        # a stale temp file (or a link planted under its name) is unlinked, never written through:
-        # mode "x" creates the file with O_EXCL, which also refuses a symbolic link
-        self.tmp.unlink(missing_ok=True)
-        self._file = h5py.File(self.tmp, "x")
+        # a stale temp file (or a link planted under its name) is unlinked, never written through
+        # (O_EXCL, O_NOFOLLOW); HDF5 writes through a FailSafeFile, so that a full disk never leaves
+        # HDF5 with a failed write (which crashes the process at exit): each call into h5py is
+        # followed by _check, which raises the first failure naming the file
+        self._out = FailSafeFile(self.tmp)
+        self._closed = False
+        self._file = h5py.File(self._out, "w")
         self._maps = self._file.create_dataset(
             schema.MAPS,
             shape=(0, *maps_shape),
@@ -129,6 +134,7 @@ class ShardWriter:
             n = self._maps.shape[0]
             self._maps.resize(n + b, axis=0)
             self._maps[n : n + b] = maps.astype(self._maps.dtype, copy=False)
+        self._out.raise_error()
         self._pooled.append(np.asarray(pooled, dtype=schema.POOLED_DTYPE))
         self._label.append(np.asarray(label, dtype=schema.LABEL_DTYPE))
         self._index.append(np.asarray(index, dtype=schema.INDEX_DTYPE))
@@ -170,7 +176,8 @@ class ShardWriter:
         )
         if isinstance(self._listing_sha256, str):
             f.attrs[schema.LISTING_ATTR] = self._listing_sha256
-        f.close()
+        self._close()
+        self._out.raise_error()
         # measured before the rename, so that the window in which a finished shard is in place but
         # not yet in the manifest is only the rename and the manifest's own atomic rewrite
         record = ShardRecord(
@@ -186,12 +193,23 @@ class ShardWriter:
         commit_file(self.tmp, self.final)
         return record
 
-    def abort(self) -> None:
-        """Drop the partial file."""
+    def _close(self) -> None:
+        """Close the HDF5 file once (whether or not that succeeds: h5py objects are never closed twice)."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             self._file.close()
         finally:
-            self.tmp.unlink(missing_ok=True)
+            self._out.close()
+
+    def abort(self) -> None:
+        """Drop the partial file (never raises: it runs while another error is being reported)."""
+        try:
+            self._close()
+        except Exception:  # noqa: BLE001 (the run's own error is the one to report)
+            pass
+        self.tmp.unlink(missing_ok=True)
 
 
 class CacheWriter:
@@ -251,11 +269,19 @@ class CacheWriter:
         self.dir.mkdir(parents=True, exist_ok=True)
         with self._cache_lock():
             self._part_lock = acquire_part(self.dir, self.part)
+            error: BaseException | None = None
             try:
                 self._open()
-            except BaseException:
+            except BaseException as exc:
                 self._part_lock.release()
-                raise
+                self._part_lock = None
+                error = exc
+        if error is not None:  # refused or failed under the lock: no lock of this run may stay behind
+            try:
+                finalize(self.dir, wait=0)  # the part's lock file goes when no part is left to run
+            except Exception:  # noqa: BLE001 (the run's own error is the one to report)
+                pass
+            raise error
         return self
 
     def __exit__(
