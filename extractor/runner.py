@@ -277,7 +277,7 @@ def run_extract(
         )
         if todo:
             if manifest.generations:
-                source = cache_view(source, load_listing(cfg.cache, manifest.num_inputs))
+                source = cache_view(source, load_listing(cfg.cache, manifest))
             _extract(cfg, source, spec, weights, cache, todo, report, log, t_start, mappers or Mappers(), on_shard)
         else:
             report.startup_seconds = time.perf_counter() - t_start
