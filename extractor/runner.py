@@ -42,7 +42,14 @@ from ..shared.cache.writer import CacheWriter, storage_options
 from ..shared.errors import FeatcacheError
 from .inputs import DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_PIXELS, InputLimits
 from .records import close_streams
-from .sources import FOLDER_KINDS, Source, folder_from_listing, local_image_folder, open_source
+from .sources import (
+    FOLDER_KINDS,
+    Source,
+    check_cache_outside,
+    folder_from_listing,
+    local_image_folder,
+    open_source,
+)
 
 Log = Callable[[str], None]
 
@@ -220,6 +227,7 @@ def run_extract(
     ``on_shard(k)`` is called in the writer thread after shard ``k`` is committed."""
     t_start = time.perf_counter()
     cfg.limits()  # bad limits fail before any work
+    check_cache_outside(cfg.source, cfg.cache)  # before anything is written
     cfg = replace(cfg, feed_dtype=check_feed_dtype(cfg.feed_dtype or recorded_feed_dtype(cfg)))
     shared, source = share_listing(cfg)  # the source first: a bad one is named before any download
     for note in source.notes:

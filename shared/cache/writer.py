@@ -416,6 +416,21 @@ class CacheWriter:
         old.save(self.dir)
 
     def _check_resumable(self, old: Manifest) -> None:
+        """Refuse to resume ``old`` with other features, inputs or options (one line). When no shard
+        of it is committed, the line says so: starting over (``overwrite=True``) loses nothing."""
+        try:
+            self._check_same(old)
+        except FeatcacheError as exc:
+            if old.shards or old.generations:
+                raise
+            advice = " (use overwrite=True to start over, or another cache directory)"
+            reason = str(exc).removesuffix(advice)
+            raise type(exc)(
+                f"{reason}; no shard of it is committed yet ({old.num_shards} planned, 0 written), so nothing is "
+                "lost by starting over: use overwrite=True"
+            ) from None
+
+    def _check_same(self, old: Manifest) -> None:
         where = str(self.dir)
         check_compatible(old.fingerprint, self.manifest.fingerprint, where)
         new = self.manifest

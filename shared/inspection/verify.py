@@ -24,6 +24,7 @@ from ..cache.fingerprint import IDENTITY_KEYS, differences
 from ..cache.fsutil import fsync_dir
 from ..cache.h5file import own_dataset
 from ..cache.listing import LISTING_NAME, load_listing
+from ..cache.lock import describe_holder, holder_gone
 from ..cache.manifest import Manifest, ManifestError, ShardRecord, file_status, now
 from ..cache.parts import awaiting_merge, exclusive, recorded_holders, remove_logs
 from ..cache.paths import UnsafePathError, cache_path, shard_file_problem, shard_path
@@ -267,11 +268,17 @@ def verify(cache_dir: str | Path, *, sample_rows: int = DEFAULT_SAMPLE_ROWS, see
             )
         temps = [p.name for p in shards_dir.iterdir() if p.name.startswith(schema.TMP_PREFIX)]
         if temps:
-            state = (
-                "a writer is running"
-                if recorded_holders(cache_dir)
-                else "left by an interrupted run; the next extract removes them"
-            )
+            holders = recorded_holders(cache_dir)
+            live = {part: h for part, h in holders.items() if not holder_gone(h)}
+            if live:
+                state = f"a writer is running: {describe_holder(next(iter(live.values())))}"
+            elif holders:
+                state = (
+                    f"left by a writer that is gone ({describe_holder(next(iter(holders.values())))}; its lock is "
+                    "stale): the next extract removes them"
+                )
+            else:
+                state = "left by an interrupted run; the next extract removes them"
             report.notes.append(f"{len(temps)} partial shard files ({state})")
     if not m.complete:
         report.notes.append(f"incomplete: {m.missing_count} of {m.num_shards} planned shards not written yet")
