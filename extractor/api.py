@@ -106,7 +106,7 @@ def _check_arguments(options: dict) -> None:
         int_arg(name, options[name], minimum=1, optional=True)
     for name in ("seed", "max_retries"):
         int_arg(name, options[name], minimum=0)
-    for name in ("mixed_precision", "xla", "overwrite", "update", "strict", "finalize", "progress"):
+    for name in ("mixed_precision", "xla", "overwrite", "update", "checksum", "strict", "finalize", "progress"):
         bool_arg(name, options[name])
     choice_arg("maps_dtype", options["maps_dtype"], schema.MAPS_DTYPES)
     choice_arg("compression", options["compression"], tuple(schema.COMPRESSIONS))
@@ -152,6 +152,7 @@ def extract(
     seed: int = 0,
     overwrite: bool = False,
     update: bool = False,
+    checksum: bool = False,
     strict: bool = False,
     max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -184,6 +185,9 @@ def extract(
     Calling again with the same arguments resumes: finished shards are kept. A source that changed
     since the cache was made is refused unless ``update=True``, which extracts only the added and
     modified inputs into new shards and records removed and relabelled ones (docs/updates.md).
+    ``checksum=True`` reads every input in full and records its sha256 in the listing; with
+    ``update=True`` an input whose recorded hash differs is modified even when its size and
+    modification time were kept (``touch -r``), which a plain update cannot see.
     Inputs that cannot be decoded are skipped and listed in the result and the manifest, and so are
     inputs that are not regular files, files over ``max_input_bytes`` and images declaring more than
     ``max_pixels`` pixels (docs/inputs.md); ``strict=True`` raises at the first one instead.
@@ -251,6 +255,7 @@ def extract(
         split_fractions=_fractions(split),
         overwrite=overwrite,
         update=update,
+        checksum=checksum,
         strict=strict,
         max_input_bytes=max_input_bytes,
         max_pixels=max_pixels,

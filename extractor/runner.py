@@ -76,6 +76,7 @@ class ExtractConfig:
     split_fractions: dict[str, float] = field(default_factory=lambda: dict(schema.DEFAULT_SPLIT_FRACTIONS))
     overwrite: bool = False
     update: bool = False
+    checksum: bool = False  # record each input's sha256 in the listing; with update, compare them too
     strict: bool = False
     max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -265,9 +266,11 @@ def run_extract(
         shard_size=cfg.shard_size,
     )
     report = ExtractReport(random_weights=weights.random, part=cfg.part, update=cfg.update)
-    cache = CacheWriter(
-        cfg.cache, manifest, overwrite=cfg.overwrite, listing=source.listing(), part=cfg.part, update=cfg.update
-    )
+    listing = source.listing()
+    if cfg.checksum:  # every input read in full: an update then sees a content change that kept size and time
+        log(f"checksum: hashing the {len(source)} inputs' contents")
+        listing = {**listing, "sha256": source.content_sha256()}
+    cache = CacheWriter(cfg.cache, manifest, overwrite=cfg.overwrite, listing=listing, part=cfg.part, update=cfg.update)
     with cache:
         if cache.changes is not None:
             report.changes = cache.changes.counts()

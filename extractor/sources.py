@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..shared.cache.fsutil import sha256_file
 from ..shared.cache.schema import NO_SPLIT, SPLIT_CODES, SPLIT_FOLDER_ALIASES, UNKNOWN_LABEL
 from ..shared.errors import BadInputError, FeatcacheError
 from . import records
@@ -183,6 +184,25 @@ class Source:
                 "mtime_ns": mtime,
             }
         return self._listing
+
+    def content_sha256(self) -> np.ndarray:
+        """``(n,)`` str: the sha256 of each input's file (a record's: its container's; ``""`` when it
+        cannot be read), each distinct file read once, on :data:`STAT_THREADS` threads. What
+        ``checksum=True`` records in the listing, so that an update sees a content change that kept
+        the size and modification time. Reads every input in full."""
+        unique = list(dict.fromkeys(self.paths))
+
+        def one(path: bytes) -> str:
+            if not path or records.is_url(os.fsdecode(path)):
+                return ""
+            try:
+                return sha256_file(path)
+            except (OSError, FeatcacheError):
+                return ""
+
+        with ThreadPoolExecutor(STAT_THREADS) as pool:
+            found = dict(zip(unique, pool.map(one, unique), strict=True))
+        return np.array([found[p] for p in self.paths], dtype="<U64")
 
     def adopt_listing(self, published: dict[str, np.ndarray], positions: np.ndarray) -> bool:
         """Take ``published`` (the job's listing, made by the first worker) as this source's listing

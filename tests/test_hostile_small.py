@@ -244,3 +244,30 @@ def test_a_cache_inside_the_source_is_refused_before_anything_is_written(tmp_pat
         == f"error: {cache}: the cache directory is inside the source folder {src}; extract into a folder outside it"
     )
     assert tree(src) == before
+
+
+# -- a content change that kept size and modification time: --update --checksum sees it --------------
+
+
+def test_update_checksum_sees_a_content_change_that_kept_size_and_time(tmp_path, sample_dir):
+    src = Path(shutil.copytree(sample_dir, tmp_path / "src"))
+    bmp = src / "circle" / "scan.bmp"
+    bmp.write_bytes(image_bytes("BMP", 11))
+    cache = tmp_path / "cache"
+    extract(src, cache)  # made without hashes: the first checksum update records them
+    first = extract(src, cache, update=True, checksum=True)
+    assert first.changes == {"added": 0, "removed": 0, "modified": 0, "relabelled": 0}
+    st = bmp.stat()
+    bmp.write_bytes(image_bytes("BMP", 12))  # other pixels, the same byte size
+    os.utime(bmp, ns=(st.st_atime_ns, st.st_mtime_ns))  # touch -r: the same modification time
+    assert bmp.stat().st_size == st.st_size
+    plain = extract(src, cache, update=True)  # size and time only: the change is invisible (documented)
+    assert plain.changes is None or not any(plain.changes.values())
+    found = extract(src, cache, update=True, checksum=True)
+    assert found.changes["modified"] == 1 and found.changes["added"] == 0
+    extract(src, tmp_path / "fresh")
+    a, b = pooled_by_id(cache), pooled_by_id(tmp_path / "fresh")
+    assert sorted(a) == sorted(b)
+    np.testing.assert_array_equal(a["circle/scan.bmp"], b["circle/scan.bmp"])
+    again = extract(src, cache, update=True, checksum=True)  # the new hash is recorded: nothing more
+    assert not any(again.changes.values())

@@ -1,9 +1,10 @@
 """``listing.npz``: the input listing a cache was made from, kept to say what changed on resume.
 
 Arrays, one entry per input in listing order: ``id`` (str), ``label`` (int32), ``split`` (int8),
-``size`` (int64 bytes, -1 when the file was missing) and ``mtime_ns`` (int64). A resume whose listing
-differs is refused with a line that counts (and names a few of) the inputs added, removed, modified
-(size or modification time) and relabelled.
+``size`` (int64 bytes, -1 when the file was missing) and ``mtime_ns`` (int64); optionally ``sha256``
+(str, each input's content hash, ``""`` when not recorded), written by runs with ``checksum=True``.
+A resume whose listing differs is refused with a line that counts (and names a few of) the inputs
+added, removed, modified (size or modification time) and relabelled.
 
 The manifest records how many entries the cache uses (``num_inputs``) and their
 :func:`entries_sha256` (``listing_sha256``): :func:`load_listing` given the manifest refuses a
@@ -30,21 +31,25 @@ if TYPE_CHECKING:
 
 LISTING_NAME = "listing.npz"
 FIELDS = ("id", "label", "split", "size", "mtime_ns")
-# numpy dtype kind of each field: what save_listing writes (str ids, integer numbers)
-KINDS = {"id": "U", "label": "i", "split": "i", "size": "i", "mtime_ns": "i"}
+OPTIONAL = ("sha256",)  # present only in listings written with checksum=True
+# numpy dtype kind of each field: what save_listing writes (str ids and hashes, integer numbers)
+KINDS = {"id": "U", "label": "i", "split": "i", "size": "i", "mtime_ns": "i", "sha256": "U"}
 KIND_NAMES = {"U": "strings", "i": "integers"}
 
 
 def save_listing(cache_dir: Path, listing: dict[str, np.ndarray]) -> None:
     """Write ``CACHE/listing.npz`` atomically."""
     buf = io.BytesIO()
-    np.savez_compressed(buf, **{k: np.asarray(listing[k]) for k in FIELDS})
+    np.savez_compressed(buf, **{k: np.asarray(listing[k]) for k in (*FIELDS, *OPTIONAL) if k in listing})
     atomic_write_bytes(Path(cache_dir) / LISTING_NAME, buf.getvalue())
 
 
 def entries_sha256(listing: dict[str, np.ndarray]) -> str:
-    """sha256 of a listing's entries (every field, in listing order; ids as UTF-8, numbers as
-    little-endian int64): the same for the arrays written and the ones read back."""
+    """sha256 of a listing's entries (the :data:`FIELDS`, in listing order; ids as UTF-8, numbers as
+    little-endian int64): the same for the arrays written and the ones read back. Not the optional
+    content hashes: an update may record them for kept entries (written before the manifest that
+    records the new sha256), and an edited hash can only make an update re-extract an input or miss
+    a content change, never duplicate a row."""
     h = hashlib.sha256()
     h.update("\x00".join(np.asarray(listing["id"]).astype(str).tolist()).encode("utf-8", "surrogatepass"))
     for key in FIELDS[1:]:
@@ -87,7 +92,7 @@ def load_listing(cache_dir: Path, manifest: Manifest | None = None) -> dict[str,
         )
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            out = {k: z[k] for k in FIELDS}
+            out = {k: z[k] for k in (*FIELDS, *OPTIONAL) if k in declared}
     except errors as exc:
         raise FeatcacheError(f"{path}: not a readable input listing ({type(exc).__name__}: {str(exc)[:200]})") from None
     if manifest is not None:
@@ -109,7 +114,8 @@ def _declared(data: bytes) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     without inflating the arrays (``KeyError`` for a missing field, ``ValueError`` for a bad header)."""
     out = {}
     with zipfile.ZipFile(io.BytesIO(data)) as z:
-        for key in FIELDS:
+        names = set(z.namelist())
+        for key in (*FIELDS, *(k for k in OPTIONAL if f"{k}.npy" in names)):
             with z.open(f"{key}.npy") as f:
                 version = np.lib.format.read_magic(f)
                 if version == (1, 0):

@@ -378,13 +378,15 @@ class CacheWriter:
 
     def _apply_update(self, old: Manifest) -> None:
         """Record in ``old`` (and on disk: the grown listing, then the manifest) what changed in the
-        source since ``old`` was written; a no-op when the listing is the same. Refuses another
+        source since ``old`` was written; a no-op when the listing is the same (unless it records content
+        hashes, ``checksum=True``: then they are compared, and recorded for the next time). Refuses another
         identity (weights, preprocessing, dtype...), shard size, storage or split fractions, and a
         cache whose previous run is unfinished."""
         where = str(self.dir)
         new = self.manifest
         self.changes = Changes()
-        if old.source.get("listing_sha256") == new.source.get("listing_sha256"):
+        checksum = self.listing is not None and "sha256" in self.listing  # content hashes compared too
+        if old.source.get("listing_sha256") == new.source.get("listing_sha256") and not checksum:
             return
         check_compatible(old.fingerprint, new.fingerprint, where)
         for what, a, b in (
@@ -409,7 +411,8 @@ class CacheWriter:
                 "use overwrite=True to start over"
             )
         self.changes, grown = apply_update(old, before, self.listing, new.classes)
-        old.generations[-1].listing_sha256 = new.source.get("listing_sha256")  # what its shards will carry
+        if old.generations:  # else the implicit generation 0 takes source.listing_sha256, set below
+            old.generations[-1].listing_sha256 = new.source.get("listing_sha256")  # what its shards will carry
         old.source, old.split = new.source, new.split
         save_listing(self.dir, grown)  # first: entries beyond the manifest's num_inputs are ignored
         old.listing_sha256 = entries_sha256(grown)
