@@ -351,10 +351,10 @@ def share_listing(cfg: ExtractConfig) -> tuple[str, Source]:
             root = None
     cache.mkdir(parents=True, exist_ok=True)
     with CacheLock(cache, wait=LISTING_WAIT_SECONDS):
-        try:
-            published = load_listing(cache)
+        try:  # checked against the manifest's record when there is one: an edited listing is never adopted
+            published = load_listing(cache, m if has_manifest else None)
         except FeatcacheError:
-            published = None  # unreadable: listed for itself below, and the writer names it
+            published = None  # unreadable or edited: listed for itself below, and verify names it
         first = published is None and not has_manifest and not os.path.lexists(cache / LISTING_NAME)
         if first:  # listed and stat'ed under the lock: the other workers wait for it
             source = open_source(cfg.source, cfg.source_format, cfg.tfrecord_keys)

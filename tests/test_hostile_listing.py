@@ -79,3 +79,26 @@ def test_edited_listing_of_an_updated_cache_fails_verify(src_cache):
     edit_listing(cache, id=lambda a: np.where(np.arange(len(a)) == len(a) - 1, a[0], a))
     r = verify(cache)
     assert r.exit_code == 1 and "listing.npz: its entries differ from the ones manifest.json records" in r.output
+
+
+def test_a_parts_worker_never_adopts_an_edited_listing(sample_dir, tmp_path):
+    """Another moment: a resumed worker of a job adopts the published listing without statting the
+    other parts' files; an entry of part 0 edited by hand made worker 1 refuse the unchanged source."""
+    from featcache.extractor.runner import ExtractConfig, run_extract
+    from featcache.shared.cache.parts import Part
+
+    src = Path(shutil.copytree(sample_dir, tmp_path / "src"))
+    cache = tmp_path / "cache"
+    extract(src, cache, part=Part(0, 2))
+    edit_listing(cache, mtime_ns=lambda a: np.where(np.arange(len(a)) == 0, a + 5, a))  # shard 0: part 0's
+    lines: list[str] = []
+    cfg = ExtractConfig(source=src, cache=cache, backbone="tiny", weights="random", shard_size=4, batch_size=3)
+    run_extract(replace_part(cfg, Part(1, 2)), log=lines.append)
+    assert not [line for line in lines if "adopted" in line], lines
+    assert verify(cache).exit_code == 1  # the edited listing is still named by verify
+
+
+def replace_part(cfg, part):
+    from dataclasses import replace
+
+    return replace(cfg, part=part, progress=False)
