@@ -67,6 +67,9 @@ def test_listing_ids_are_checked_against_the_shards_when_no_sha256_is_recorded(s
     assert r.exit_code == 1, r.output
     bad = [line for line in r.output.splitlines() if "ids differ from listing.npz's" in line]
     assert [Path(line.split(":")[0]).name for line in bad] == ["shard-00000.h5", "shard-00002.h5"], r.output
+    before = tree(cache)  # which of listing and shards is wrong is unknown: --fix moves neither
+    r = CliRunner().invoke(app, ["verify", str(cache), "--no-progress", "--fix"])
+    assert "nothing moved" in r.output and tree(cache) == before, r.output
 
 
 def test_edited_listing_of_an_updated_cache_fails_verify(src_cache):

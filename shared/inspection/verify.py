@@ -39,6 +39,9 @@ DEFAULT_SAMPLE_ROWS = 64
 POOLED_TOLERANCE = {"float16": 4e-3, "float32": 1e-5}
 MAPS_BLOCK_ROWS = 256
 FINALIZE_WRITES = "featcache-extract CACHE --finalize writes it"
+# A shard whose ids are not the listing's: with the listing's sha256 recorded (and checked) the shard is
+# at fault and --fix moves it; without, either may be, and --fix leaves both to a person.
+IDS_DIFFER = "ids differ from"
 
 
 @dataclass
@@ -149,7 +152,7 @@ def check_shard(
             if len(differ):
                 k = int(differ[0])
                 return (
-                    f"{len(differ)} rows' ids differ from {LISTING_NAME}'s (row {k}: {str(stored[k])[:80]!r}, "
+                    f"{len(differ)} rows' {IDS_DIFFER} {LISTING_NAME}'s (row {k}: {str(stored[k])[:80]!r}, "
                     f"listed at index {index[k]} as {str(listing_ids[index[k]])[:80]!r})"
                 )
         # stored labels number the classes of the generation that wrote the shard
@@ -221,7 +224,8 @@ def verify(cache_dir: str | Path, *, sample_rows: int = DEFAULT_SAMPLE_ROWS, see
         reason = check_shard(cache_dir, m, rec, sample_rows, rng, failed.get(rec.shard, set()), ids)
         report.shards_checked += 1
         if reason:
-            report.problems.append(Problem(rec.file, reason, rec.shard))
+            movable = m.listing_sha256 is not None or IDS_DIFFER not in reason
+            report.problems.append(Problem(rec.file, reason, rec.shard, movable=movable))
         else:
             report.rows_checked += rec.rows
     try:
