@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..shared.arguments import bool_arg, callable_arg, choice_arg, int_arg, path_arg, str_arg
 from ..shared.backbones import DEFAULT_CROP_RATIO, DEFAULT_CROP_SCALE, DEFAULT_RESIZE, check_feed_dtype
 from ..shared.cache import schema
 from ..shared.cache.manifest import FailedInput, Manifest
@@ -76,11 +77,45 @@ class ExtractResult:
 
 def _fractions(split: str | Sequence[float] | Mapping[str, float]) -> dict[str, float]:
     """``"0.8,0.1,0.1"``, ``(0.8, 0.1, 0.1)`` or ``{"train": .., "val": .., "test": ..}`` as fractions."""
+    given = split
     if isinstance(split, Mapping):
+        if set(split) - set(SPLITS):
+            raise FeatcacheError(f"split={given!r}: its keys must be among {', '.join(SPLITS)}")
         split = [split.get(s, 0.0) for s in SPLITS]
     if not isinstance(split, str):
-        split = ",".join(str(float(v)) for v in split)
+        try:
+            split = ",".join(str(float(v)) for v in split)
+        except (TypeError, ValueError):
+            raise FeatcacheError(
+                f"split={given!r}: expected 'train,val,test' fractions, a sequence of three numbers or a dict"
+            ) from None
     return parse_fractions(split)
+
+
+def _check_arguments(options: dict) -> None:
+    """Every argument of :func:`extract` of the wrong type or out of range, as one line naming it,
+    before anything is listed or written (the checks of their values against each other follow)."""
+    for name in ("source", "weights", "backbone"):
+        path_arg(name, options[name])
+    path_arg("cache", options["cache"], optional=True)
+    for name in ("layer", "preprocess", "address", "tfrecord_keys"):
+        str_arg(name, options[name], optional=True)
+    for name in ("batch_size", "shard_size", "workers", "views", "max_input_bytes", "max_pixels"):
+        int_arg(name, options[name], minimum=1)
+    for name in ("max_shards", "ray_items"):
+        int_arg(name, options[name], minimum=1, optional=True)
+    for name in ("seed", "max_retries"):
+        int_arg(name, options[name], minimum=0)
+    for name in ("mixed_precision", "xla", "overwrite", "update", "checksum", "strict", "finalize", "progress"):
+        bool_arg(name, options[name])
+    choice_arg("maps_dtype", options["maps_dtype"], schema.MAPS_DTYPES)
+    choice_arg("compression", options["compression"], tuple(schema.COMPRESSIONS))
+    choice_arg("runner", options["runner"], RUNNERS)
+    if not (options["part"] is None or isinstance(options["part"], str | Part)):
+        raise FeatcacheError(f"part={options['part']!r}: expected 'I/N', e.g. '0/4' for the first of 4 workers")
+    if not isinstance(options["gpus"], str | None):  # a string is checked by choose_gpus
+        int_arg("gpus", options["gpus"], minimum=1)
+    callable_arg("log", options["log"])
 
 
 def _pair(value: str | Sequence[float], name: str) -> tuple[float, float]:
@@ -117,6 +152,7 @@ def extract(
     seed: int = 0,
     overwrite: bool = False,
     update: bool = False,
+    checksum: bool = False,
     strict: bool = False,
     max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -149,6 +185,9 @@ def extract(
     Calling again with the same arguments resumes: finished shards are kept. A source that changed
     since the cache was made is refused unless ``update=True``, which extracts only the added and
     modified inputs into new shards and records removed and relabelled ones (docs/updates.md).
+    ``checksum=True`` reads every input in full and records its sha256 in the listing; with
+    ``update=True`` an input whose recorded hash differs is modified even when its size and
+    modification time were kept (``touch -r``), which a plain update cannot see.
     Inputs that cannot be decoded are skipped and listed in the result and the manifest, and so are
     inputs that are not regular files, files over ``max_input_bytes`` and images declaring more than
     ``max_pixels`` pixels (docs/inputs.md); ``strict=True`` raises at the first one instead.
@@ -182,6 +221,7 @@ def extract(
     because every input failed; what was finished stays on disk (and the manifest lists the failures).
     """
     t0 = time.perf_counter()
+    _check_arguments(locals())
     log = log or _stderr
     if finalize:
         return _require_rows(_finalize(Path(cache if cache is not None else source), t0), source)
@@ -189,8 +229,6 @@ def extract(
         raise FeatcacheError("missing argument cache (the cache directory to fill)")
     if update and overwrite:
         raise FeatcacheError("update=True keeps the cache and overwrite=True discards it: choose one")
-    if runner not in RUNNERS:
-        raise FeatcacheError(f"runner={runner!r}: choose 'local' or 'ray'")
     if part is not None and (workers > 1 or gpus or runner == "ray"):
         raise FeatcacheError("part='I/N' runs one worker; workers=N, gpus='all' and runner='ray' start all of them")
     if ray_items is not None and (runner != "ray" or ray_items < 1):
@@ -198,11 +236,6 @@ def extract(
     if gpus and runner == "ray":
         raise FeatcacheError(
             "gpus='all' is for local workers; with runner='ray', Ray gives each actor one GPU of the cluster"
-        )
-    if batch_size < 1 or shard_size < 1 or workers < 1 or (max_shards is not None and max_shards < 1):
-        raise FeatcacheError(
-            f"batch_size={batch_size}, shard_size={shard_size}, workers={workers}, max_shards={max_shards}: "
-            "each must be at least 1"
         )
     cfg = ExtractConfig(
         source=str(source) if is_url(str(source)) else Path(source),
@@ -223,6 +256,7 @@ def extract(
         split_fractions=_fractions(split),
         overwrite=overwrite,
         update=update,
+        checksum=checksum,
         strict=strict,
         max_input_bytes=max_input_bytes,
         max_pixels=max_pixels,

@@ -176,6 +176,17 @@ def extract(
             ),
         ),
     ] = False,
+    checksum: Annotated[
+        bool,
+        typer.Option(
+            "--checksum",
+            help=(
+                "Read every input in full and record its sha256 in the listing; with --update, an input "
+                "whose content changed is found even when its size and modification time were kept "
+                "(touch -r). See docs/updates.md."
+            ),
+        ),
+    ] = False,
     strict: Annotated[
         bool,
         typer.Option(
@@ -392,6 +403,7 @@ def extract(
             seed=seed,
             overwrite=overwrite,
             update=update,
+            checksum=checksum,
             strict=strict,
             max_input_bytes=max_input_bytes,
             max_pixels=max_pixels,

@@ -31,6 +31,7 @@ _FILE_KINDS = (
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers (not DHT, JPG, DAC)
 _JPEG_NO_LENGTH = frozenset({0x01, *range(0xD0, 0xD9)})  # TEM, RSTn, SOI: markers without a segment
 _JXL_MAGICS = (b"\xff\x0a", b"\x00\x00\x00\x0cJXL \r\n\x87\n")
+_TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
 
 
 class RefusedInput(ValueError):
@@ -109,7 +110,7 @@ def declared_size(data: bytes) -> tuple[str, int, int, int] | None:
     """``(format, width, height, frames)`` as the header declares them, read without decoding;
     None when ``data`` is not a JPEG, PNG, GIF, BMP or WebP (or its header is cut short: the
     decoder then fails on it anyway). A JPEG XL, which the decoder would accept but whose size is
-    not read here, is refused."""
+    not read here, is refused, and so is a TIFF, which it cannot decode (with a reason saying so)."""
     try:
         if data[:3] == b"\xff\xd8\xff":
             return _jpeg_size(data)
@@ -126,6 +127,10 @@ def declared_size(data: bytes) -> tuple[str, int, int, int] | None:
         return None
     if data.startswith(_JXL_MAGICS):
         raise RefusedInput("JPEG XL is not accepted (its pixel count cannot be checked before decoding)")
+    if data.startswith(_TIFF_MAGICS):
+        raise RefusedInput(
+            "TIFF is not read: TensorFlow's decoder reads JPEG, PNG, GIF, BMP and WebP only; convert it to one of those"
+        )
     return None
 
 

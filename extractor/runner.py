@@ -42,7 +42,14 @@ from ..shared.cache.writer import CacheWriter, storage_options
 from ..shared.errors import FeatcacheError
 from .inputs import DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_PIXELS, InputLimits
 from .records import close_streams
-from .sources import FOLDER_KINDS, Source, folder_from_listing, local_image_folder, open_source
+from .sources import (
+    FOLDER_KINDS,
+    Source,
+    check_cache_outside,
+    folder_from_listing,
+    local_image_folder,
+    open_source,
+)
 
 Log = Callable[[str], None]
 
@@ -69,6 +76,7 @@ class ExtractConfig:
     split_fractions: dict[str, float] = field(default_factory=lambda: dict(schema.DEFAULT_SPLIT_FRACTIONS))
     overwrite: bool = False
     update: bool = False
+    checksum: bool = False  # record each input's sha256 in the listing; with update, compare them too
     strict: bool = False
     max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -223,6 +231,7 @@ def run_extract(
     ``on_shard(k)`` is called in the writer thread after shard ``k`` is committed."""
     t_start = time.perf_counter()
     cfg.limits()  # bad limits fail before any work
+    check_cache_outside(cfg.source, cfg.cache)  # before anything is written
     cfg = replace(cfg, feed_dtype=check_feed_dtype(cfg.feed_dtype or recorded_feed_dtype(cfg)))
     shared, source = share_listing(cfg)  # the source first: a bad one is named before any download
     for note in source.notes:
@@ -260,9 +269,11 @@ def run_extract(
         shard_size=cfg.shard_size,
     )
     report = ExtractReport(random_weights=weights.random, part=cfg.part, update=cfg.update)
-    cache = CacheWriter(
-        cfg.cache, manifest, overwrite=cfg.overwrite, listing=source.listing(), part=cfg.part, update=cfg.update
-    )
+    listing = source.listing()
+    if cfg.checksum:  # every input read in full: an update then sees a content change that kept size and time
+        log(f"checksum: hashing the {len(source)} inputs' contents")
+        listing = {**listing, "sha256": source.content_sha256()}
+    cache = CacheWriter(cfg.cache, manifest, overwrite=cfg.overwrite, listing=listing, part=cfg.part, update=cfg.update)
     with cache:
         if cache.changes is not None:
             report.changes = cache.changes.counts()
@@ -281,7 +292,7 @@ def run_extract(
         )
         if todo:
             if manifest.generations:
-                source = cache_view(source, load_listing(cfg.cache, manifest.num_inputs))
+                source = cache_view(source, load_listing(cfg.cache, manifest))
             _extract(cfg, source, spec, weights, cache, todo, report, log, t_start, mappers or Mappers(), on_shard)
         else:
             report.startup_seconds = time.perf_counter() - t_start
@@ -344,10 +355,10 @@ def share_listing(cfg: ExtractConfig) -> tuple[str, Source]:
             root = None
     cache.mkdir(parents=True, exist_ok=True)
     with CacheLock(cache, wait=LISTING_WAIT_SECONDS):
-        try:
-            published = load_listing(cache)
+        try:  # checked against the manifest's record when there is one: an edited listing is never adopted
+            published = load_listing(cache, m if has_manifest else None)
         except FeatcacheError:
-            published = None  # unreadable: listed for itself below, and the writer names it
+            published = None  # unreadable or edited: listed for itself below, and verify names it
         first = published is None and not has_manifest and not os.path.lexists(cache / LISTING_NAME)
         if first:  # listed and stat'ed under the lock: the other workers wait for it
             source = open_source(cfg.source, cfg.source_format, cfg.tfrecord_keys)

@@ -38,12 +38,16 @@ from pathlib import Path
 
 import numpy as np
 
+from ..shared.cache.fsutil import sha256_file
 from ..shared.cache.schema import NO_SPLIT, SPLIT_CODES, SPLIT_FOLDER_ALIASES, UNKNOWN_LABEL
 from ..shared.errors import BadInputError, FeatcacheError
 from . import records
 from .inputs import InputLimits, RefusedInput, check_pixels, read_input
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif"})
+# What a walk lists as images. TensorFlow's decode_image reads JPEG, PNG, BMP, GIF and WebP; TIFF
+# files are listed too, so that each is recorded as failed with its reason (extractor/inputs.py)
+# instead of being silently left out.
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 LIST_SUFFIXES = frozenset({".txt", ".lst"})
 MAX_LIST_BYTES = 1 << 30  # a CSV or list file is read whole, at most this large
 # Folders that tools leave beside the data (hidden ones, starting with ".", are skipped too:
@@ -180,6 +184,25 @@ class Source:
                 "mtime_ns": mtime,
             }
         return self._listing
+
+    def content_sha256(self) -> np.ndarray:
+        """``(n,)`` str: the sha256 of each input's file (a record's: its container's; ``""`` when it
+        cannot be read), each distinct file read once, on :data:`STAT_THREADS` threads. What
+        ``checksum=True`` records in the listing, so that an update sees a content change that kept
+        the size and modification time. Reads every input in full."""
+        unique = list(dict.fromkeys(self.paths))
+
+        def one(path: bytes) -> str:
+            if not path or records.is_url(os.fsdecode(path)):
+                return ""
+            try:
+                return sha256_file(path)
+            except (OSError, FeatcacheError):
+                return ""
+
+        with ThreadPoolExecutor(STAT_THREADS) as pool:
+            found = dict(zip(unique, pool.map(one, unique), strict=True))
+        return np.array([found[p] for p in self.paths], dtype="<U64")
 
     def adopt_listing(self, published: dict[str, np.ndarray], positions: np.ndarray) -> bool:
         """Take ``published`` (the job's listing, made by the first worker) as this source's listing
@@ -870,12 +893,15 @@ def from_tars(files: list[str], root: str) -> Source:
     the base name) are one sample; its image is the ``.jpg``/``.jpeg``/``.png``/``.bmp``/``.gif``
     member, its label the ``.cls`` member (a class number or name) or the ``.json`` one. Each sample
     is an input, in archive order; id: the image member's name (``FILE#MEMBER`` for all when two
-    shards share names); split: the shard's file name's, as for TFRecord files. Nothing is extracted:
-    the image is read later as a slice of the archive."""
+    shards share names); split: the shard's file name's, as for TFRecord files. An image member
+    whose name an earlier member of the same shard has is an input of its own (id ``MEMBER#2``...)
+    refused with that reason, never merged into the first. Nothing is extracted: the image is read
+    later as a slice of the archive."""
     rows: list[tuple[str, int, int, str, str | None, int]] = []
     label_text: list[str] = []
     notes: list[str] = []
     no_image: list[str] = []
+    problems: dict[int, str] = {}
     for f in files:
         name, split = _container_name(f, root), _split_of_file(f)
         with _open_container(f) as stream:
@@ -883,8 +909,14 @@ def from_tars(files: list[str], root: str) -> Source:
         if problem:
             notes.append(f"{f}: {problem}")
         samples: dict[str, dict[str, records.TarMember]] = {}
+        again: dict[str, list[records.TarMember]] = {}  # image members named like an earlier one
         for m in members:
-            samples.setdefault(records.member_key(m.name), {}).setdefault(records.member_extension(m.name), m)
+            key, ext = records.member_key(m.name), records.member_extension(m.name)
+            group = samples.setdefault(key, {})
+            if ext not in group:
+                group[ext] = m
+            elif _image_extension(ext) and m.name == group[ext].name:
+                again.setdefault(key, []).append(m)
         for key, group in samples.items():
             image = next((m for ext, m in group.items() if _image_extension(ext)), None)
             if image is None:
@@ -894,11 +926,18 @@ def from_tars(files: list[str], root: str) -> Source:
             rows.append((f, image.offset, image.size, f"{name}#{own}", own, split))
             label = next((_tar_label(group[e].content, e) for e in TAR_LABEL_EXTENSIONS if e in group), "")
             label_text.append(label)
+            # the first member of a name is the sample; each later one is an input refused with its reason
+            for k, m in enumerate(again.get(key, ()), start=2):
+                problems[len(rows)] = (
+                    f"tar member {display_id(m.name)} appears again in {name} (copy {k}): the first is used"
+                )
+                rows.append((f, m.offset, m.size, f"{name}#{own}#{k}", f"{own}#{k}", split))
+                label_text.append(label)
     if no_image:
         notes.append(f"{root}: {len(no_image)} samples without an image ignored, e.g. {', '.join(no_image[:EXAMPLES])}")
     if not rows:
         raise BadInputError(f"{root}: the tar files hold no images ({len(files)} files)")
-    return _numbered("tar", root, rows, notes, label_text=label_text, problems={})
+    return _numbered("tar", root, rows, notes, label_text=label_text, problems=problems)
 
 
 # -- opening a source -----------------------------------------------------------------------------
@@ -947,6 +986,19 @@ def _list_lines(path: str) -> list[str]:
     except (OSError, UnicodeDecodeError, RefusedInput) as exc:
         raise BadInputError(f"{path}: cannot read list ({exc})") from None
     return [s for line in text.splitlines() if (s := line.strip()) and not s.startswith("#")]
+
+
+def check_cache_outside(source: str | os.PathLike[str], cache: str | os.PathLike[str]) -> None:
+    """Refuse (one line) a cache directory that is, or is inside, the source folder ``source``:
+    the cache's own files would sit among the inputs, and an update or a part worker's walk would
+    list what the extractor wrote. Links are resolved; a URL or a file source is not a folder."""
+    if records.is_url(str(source)) or not os.path.isdir(source):
+        return
+    top, inside = os.path.realpath(source), os.path.realpath(cache)
+    if inside == top or inside.startswith(top.rstrip(os.sep) + os.sep):
+        raise FeatcacheError(
+            f"{cache}: the cache directory is inside the source folder {source}; extract into a folder outside it"
+        )
 
 
 def open_source(

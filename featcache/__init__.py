@@ -64,6 +64,10 @@ def train(cache: str | Path | list[str | Path], **sweep: Any) -> Any:
     ``(N, C)`` float32 or maps ``(N, h, w, C)`` from the cache only. Imported when called, so that
     ``import featcache`` loads no TensorFlow.
     """
+    import inspect
+
+    from .shared.arguments import keywords
     from .trainer import api
 
+    keywords("train", sweep, [name for name in inspect.signature(api.train).parameters if name != "cache"])
     return api.train(cache, **sweep)

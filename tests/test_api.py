@@ -67,10 +67,10 @@ def test_flag_spelling_rewrites_only_the_commands_own_options():
 def test_library_errors_name_arguments_and_the_cli_names_flags(tmp_path, sample_dir):
     from featcache.extractor.cli import app
 
-    with pytest.raises(FeatcacheError, match=r"^runner='nope': choose 'local' or 'ray'$"):
+    with pytest.raises(FeatcacheError, match=r"^runner='nope': choose one of local, ray$"):
         featcache.extract(sample_dir, tmp_path / "c", runner="nope")
     r = CliRunner().invoke(app, [str(sample_dir), str(tmp_path / "c"), "--runner", "nope"])
-    assert r.exit_code == 2 and "error: --runner nope: choose 'local' or 'ray'" in r.output, r.output
+    assert r.exit_code == 2 and "error: --runner nope: choose one of local, ray" in r.output, r.output
 
     # a cache made with other weights: the library says overwrite=True, the command --overwrite
     featcache.extract(sample_dir, tmp_path / "c", **{**TINY, "max_shards": 1}, log=lambda m: None)
@@ -173,7 +173,7 @@ def test_memory_is_bounded_by_the_shuffle_buffer(synth):
     seen = [i for _, _, index in s.epoch(0) for i in index]
     assert len(seen) == s.rows == 144
     assert s.peak_rows <= 32 + 8 and s.peak_rows < s.rows / 3
-    with pytest.raises(FeatcacheError, match=r"features='nope': choose 'pooled' or 'maps'"):
+    with pytest.raises(FeatcacheError, match=r"features='nope': choose one of pooled, maps"):
         BlockStream(synth, "train", "nope")
     with pytest.raises(FeatcacheError, match=r"split='dev': choose one of train, val, test"):
         BlockStream(synth, "dev")

@@ -342,7 +342,7 @@ def test_corrupt_listing_is_one_line(cache):
     assert r.exit_code == 1 and "listing.npz: not a readable input listing" in r.output, r.output
     np.savez(cache / "listing.npz", id=np.array(["a"]), label=[0], split=[0], size=[1], mtime_ns=[1])
     r = inspect("verify", cache, "--no-progress")
-    assert r.exit_code == 1 and "listing.npz: lists 1 inputs, the manifest's source.num_inputs is 15" in r.output
+    assert r.exit_code == 1 and "listing.npz: 1 inputs listed, the manifest plans 15" in r.output
 
 
 # 7. export ------------------------------------------------------------------------------------------

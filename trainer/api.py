@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..shared.arguments import bool_arg, callable_arg, choice_arg, path_arg, str_arg
 from ..shared.errors import FeatcacheError
-from .predict import Export, Prediction
+from .predict import SPLIT_CHOICES, Export, Prediction
 from .report import leaderboard as _leaderboard
 from .report import ranking
 from .settings import DEFAULT_RUNS, DEFAULT_TOP, Settings
@@ -143,17 +144,24 @@ def train(
     (``SweepResult.concat``), never picked."""
     from .run import run_sweep
 
+    caches = _caches(cache)
+    runs = path_arg("runs", runs)
+    sweep = path_arg("sweep", sweep, optional=True)
+    progress, concat = bool_arg("progress", progress), bool_arg("concat", concat)
+    log = callable_arg("log", log)
+    if command is not None and not (isinstance(command, list) and all(isinstance(a, str) for a in command)):
+        raise FeatcacheError(f"command={command!r}: expected a list of strings")
     grid = dict(head=head, lr=lr, weight_decay=weight_decay, hidden=hidden, dropout=dropout)
     grid.update(label_smoothing=label_smoothing, c=c, power=power, pool=pool, map_augment=map_augment)
     settings = dict(epochs=epochs, batch_size=batch_size, patience=patience, seed=seed, standardize=standardize)
     settings.update(val_fraction=val_fraction, max_memory_gb=max_memory_gb, allow_partial=allow_partial, views=views)
     settings.update(baselines=baselines, stream=stream)
-    configs, checked = resolve_sweep(Path(sweep) if sweep is not None else None, grid, settings)
+    configs, checked = resolve_sweep(sweep, grid, settings)
     run_dir, results = run_sweep(
-        Path(cache) if isinstance(cache, str | Path) else [Path(c) for c in cache],
+        caches,
         configs,
         checked,
-        Path(runs),
+        runs,
         command or ["featcache.trainer.api.train"],
         log or (lambda m: None),
         progress,
@@ -165,6 +173,15 @@ def train(
     return SweepResult(
         run_dir, heads, best, results["classes"], checked, results["random_weights"], results["wall_seconds"], results
     )
+
+
+def _caches(cache: Any) -> Path | list[Path]:
+    """``cache``: one cache's path, or a non-empty list of them (one per backbone)."""
+    if isinstance(cache, list | tuple):
+        if not cache:
+            raise FeatcacheError("cache=[]: expected a cache directory, or a list of them")
+        return [path_arg(f"cache[{k}]", c) for k, c in enumerate(cache)]
+    return path_arg("cache", cache)
 
 
 def predict(
@@ -190,6 +207,13 @@ def predict(
     ``backbone`` and ``preprocess`` (with ``source``) name again a ``module:attribute`` backbone or
     preprocessing function of your own, or a moved model file: nothing named in a run directory is
     imported on its word."""
+    run_dir, out = path_arg("run_dir", run_dir), path_arg("out", out)
+    choice_arg("split", split, SPLIT_CHOICES, optional=True)
+    path_arg("ids", ids, optional=True)
+    path_arg("source", source, optional=True)
+    for name, value in (("head", head), ("weights", weights), ("backbone", backbone), ("preprocess", preprocess)):
+        str_arg(name, value, optional=True)
+    bool_arg("overwrite", overwrite), bool_arg("progress", progress)
     if source is None:
         from .predict import predict as _predict
 
@@ -226,6 +250,8 @@ def predict(
 
 def export(run_dir: str | Path, out: str | Path, *, head: str | None = None, weights: str | None = None) -> Export:
     """The run's best head (or ``head``) stacked onto the cache's backbone, saved as one Keras model."""
+    run_dir, out = path_arg("run_dir", run_dir), path_arg("out", out)
+    str_arg("head", head, optional=True), str_arg("weights", weights, optional=True)
     from .predict import export as _export
 
     return _export(Path(run_dir), Path(out), head, weights)

@@ -179,6 +179,13 @@ def load_dataset(
         raise FeatcacheError(f"{cache.path}: the val split is empty (no labelled val rows): raise val_fraction")
     if len(ds.test) == 0:
         notes.append("no test rows: test accuracy is not reported")
+    present = np.unique(np.concatenate([ds.train.y, ds.val.y, ds.test.y]))
+    if len(present) < 2:  # every head predicts it: accuracy 1.0 says nothing
+        only = ds.classes[int(present[0])] if len(present) else "none"
+        notes.append(
+            f"one class only ({only!r}) among the labelled rows: every head predicts it, so accuracy (1.0) and "
+            "loss are meaningless; a classifier needs two classes or more"
+        )
     missing = [c for k, c in enumerate(ds.classes) if not np.any(ds.train.y == k)]
     if missing:
         notes.append(f"classes with no train rows (never predicted well): {', '.join(missing[:10])}")

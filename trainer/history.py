@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from ..shared.cache.fingerprint import describe
+from ..shared.cache.lock import pid_alive
 from ..shared.errors import FeatcacheError
-from .rundir import RESULTS, STAGING_PREFIX, load_results, pid_alive, staging_pid
+from .rundir import RESULTS, STAGING_PREFIX, load_results, staging_pid
 
 RUN_NAME_FORMAT = "%Y%m%d-%H%M%S"
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..shared.cache.fsutil import atomic_write_json, fsync_dir, open_input, read_regular
+from ..shared.cache.lock import pid_alive
 from ..shared.cache.npz import declared_arrays
 from ..shared.errors import FeatcacheError
 
@@ -43,17 +44,6 @@ MEAN_KEY, STD_KEY = "standardize/mean", "standardize/std"
 def param_key(head: str, param: str) -> str:
     """``heads.npz`` key of parameter ``param`` of head ``head``: ``"<head name>/<param>"``."""
     return f"{head}/{param}"
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (one of another user counts as alive)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def staging_pid(path: Path) -> int | None:

@@ -236,7 +236,10 @@ def commit_file(tmp: Path, final: Path) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a reader sees the old or the new file, never a mix."""
+    """Replace ``path`` with ``data`` so that a reader sees the old or the new file, never a mix.
+
+    A failed write (disk full, I/O error) raises an ``OSError`` whose ``filename`` is ``path``
+    (a write or fsync reports none): every message names the file that could not be replaced."""
     tmp = temp_path_for(path)
     try:
         with os.fdopen(create_new(tmp), "wb") as fh:
@@ -244,6 +247,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.filename is None:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

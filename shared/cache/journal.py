@@ -159,11 +159,16 @@ class JournalWriter:
         self.bytes += len(data)
 
     def append(self, obj: Any) -> None:
-        """Append one record durably."""
+        """Append one record durably. A failed write (disk full) raises an ``OSError`` naming the
+        journal (a write or sync on a descriptor names no file); a torn record at the end is
+        ignored by replay, as after a kill."""
         if self._fd is None:
             raise ValueError(f"{self.path}: journal is closed")
-        self._write(frame(obj))
-        os.fdatasync(self._fd)
+        try:
+            self._write(frame(obj))
+            os.fdatasync(self._fd)
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(self.path)) from exc
         self.records += 1
 
     def close(self) -> None:

@@ -146,6 +146,27 @@ def _read_fd(fd: int) -> dict | None:
         return {"raw": raw[:200].decode("utf-8", "replace")}
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (one of another user counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
+def holder_gone(holder: dict | None) -> bool:
+    """Whether a recorded lock ``holder`` is known to be gone: it names a process of this host that
+    no longer exists (killed without releasing). A holder of another host, or unrecorded, is not
+    known to be gone. Read-only: nothing is locked to find out."""
+    if not isinstance(holder, dict) or holder.get("host") != socket.gethostname():
+        return False
+    pid = holder.get("pid")
+    return isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 and not pid_alive(pid)
+
+
 def read_holder(path: Path) -> dict | None:
     """The holder recorded in a lock file, or None when it is free or unreadable."""
     try:

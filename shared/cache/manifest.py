@@ -146,6 +146,9 @@ class Manifest:
     # (:meth:`count_rows`): caches written before it, or entries that do not check, make summary read
     # the shards instead.
     counts: dict[int, list[int]] = field(default_factory=dict, repr=False, compare=False)
+    # sha256 of listing.npz's first num_inputs entries (listing.entries_sha256), written with the
+    # listing: load_listing refuses a listing edited since. None for caches made before it was kept.
+    listing_sha256: str | None = None
 
     @property
     def num_inputs(self) -> int:
@@ -334,6 +337,8 @@ class Manifest:
                 dropped=self.dropped,
                 relabelled=self.relabelled,
             )
+        if self.listing_sha256 is not None:
+            out["listing_sha256"] = self.listing_sha256
         if self.journals:
             out["journals"] = self.journals
         counts = {str(s.shard): self.counts[s.shard] for s in self.shards if s.shard in self.counts}
@@ -662,6 +667,7 @@ def validate(d: Any, where: str = "manifest") -> Manifest:
             )
         _field(storage, "maps_chunk_rows", "storage", "int", minimum=1)
         shard_size = _field(d, "shard_size", "", "int", minimum=1)
+        listing_sha256 = _field(d, "listing_sha256", "", "str-or-null", optional=True)
         generations = _generations(d, shard_size)
         plan = Manifest(
             fingerprint=fingerprint,
@@ -732,6 +738,7 @@ def validate(d: Any, where: str = "manifest") -> Manifest:
         schema_version=version,
         journals=journals,
         counts=counts,
+        listing_sha256=listing_sha256,
     )
 
 

@@ -32,6 +32,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from ..arguments import bool_arg, dict_arg, dtype_arg, int_arg, keywords, path_arg, positions_arg
 from ..errors import FeatcacheError, FingerprintMismatchError
 from . import deflate, rowindex, schema
 from .fingerprint import IDENTITY_KEYS, check_compatible, differences
@@ -49,6 +50,22 @@ SHARD = "shard"
 # Pseudo-column: (n,) float64 hash_unit of each row's id, what a split by hash needs (FeatureCache.splits),
 # from the row index when it is current, else NaN ("hash it when needed").
 SPLIT_UNIT = rowindex.SPLIT_UNIT
+# What read_columns reads: per-row datasets except maps (iter_maps), and the pseudo-columns.
+COLUMNS = (
+    schema.POOLED,
+    schema.LABEL,
+    schema.ID,
+    schema.INDEX,
+    schema.SPLIT,
+    schema.POOLED_VIEWS,
+    ROW,
+    SHARD,
+    SPLIT_UNIT,
+)
+# Dtypes maps may be read as (iter_maps, dataset): floats only, never a silent cast to integers.
+FLOAT_DTYPES = ("float16", "float32", "float64")
+# dataset()'s keyword arguments beyond its named ones (featcache.shared.cache.tfdata.dataset)
+DATASET_OPTIONS = ("shuffle_buffer", "block_rows", "dtype", "with_index")
 
 
 @dataclass
@@ -76,8 +93,8 @@ class FeatureCache:
     (``rows.h5``): every column is read from the shards (what the index is compared with)."""
 
     def __init__(self, path: str | Path, *, row_index: bool = True):
-        self.path = Path(path)
-        self._use_row_index = row_index  # False: always read every shard (benchmarks, verify)
+        self.path = path_arg("path", path)
+        self._use_row_index = bool_arg("row_index", row_index)  # False: always read every shard (benchmarks, verify)
         self.manifest = Manifest.load(self.path)
         m = self.manifest
         self._dead = np.asarray(sorted(m.dead), dtype=np.int64)
@@ -139,8 +156,9 @@ class FeatureCache:
         return shard_path(self.path, record.file, record.shard)
 
     def check_fingerprint(self, expected: dict[str, Any]) -> None:
-        """Raise :class:`FingerprintMismatchError` unless ``expected`` has this cache's identity."""
-        check_compatible(self.fingerprint, expected, str(self.path))
+        """Raise :class:`FingerprintMismatchError` unless ``expected`` (a fingerprint dict) has this
+        cache's identity."""
+        check_compatible(self.fingerprint, dict_arg("expected", expected), str(self.path))
 
     def require_complete(self) -> None:
         """Raise unless every shard of the plan is written."""
@@ -202,6 +220,10 @@ class FeatureCache:
         Columns the row index holds are read from it when it is current (one file,
         :mod:`~featcache.shared.cache.rowindex`), else from every shard.
         """
+        if isinstance(columns, str) or not all(c in COLUMNS for c in columns):
+            raise FeatcacheError(
+                f"columns={columns!r}: expected a tuple of column names from {', '.join(COLUMNS)} (maps: iter_maps)"
+            )
         wanted = tuple(dict.fromkeys((*columns, schema.INDEX)))
         parts: dict[str, list[np.ndarray]] = {k: [] for k in wanted}
         stored = tuple(k for k in wanted if k not in (ROW, SHARD))
@@ -354,9 +376,12 @@ class FeatureCache:
 
         Each block is one contiguous, chunk-aligned read; gzip'd rows (the default storage) are
         inflated on all cores (:mod:`featcache.shared.cache.deflate`). ``indices`` keeps only those listing
-        positions (e.g. one split); ``dtype`` casts the maps (default: as stored). Dead rows are skipped.
+        positions (e.g. one split; each in ``0 .. num_inputs - 1``, else an error); ``dtype`` casts the
+        maps to a float dtype (default: as stored). Dead rows are skipped.
         """
-        keep = None if indices is None else np.unique(np.asarray(indices, dtype=np.int64))
+        block_rows = int_arg("block_rows", block_rows, minimum=1)
+        dtype = dtype_arg("dtype", dtype, FLOAT_DTYPES, optional=True)
+        keep = None if indices is None else np.unique(positions_arg("indices", indices, self.manifest.num_inputs))
         step = max(schema.MAPS_CHUNK_ROWS, block_rows - block_rows % schema.MAPS_CHUNK_ROWS)
         for record in self.shards:
             with self.open_shard(record) as f:
@@ -391,6 +416,7 @@ class FeatureCache:
         to ``model.fit``. Imports TensorFlow; see :func:`featcache.shared.cache.tfdata.dataset` for
         ``options`` (``shuffle_buffer``, ``block_rows``, ``dtype``, ``with_index``).
         """
+        keywords("dataset", options, ("split", "features", "batch_size", "shuffle", "seed", *DATASET_OPTIONS))
         from .tfdata import dataset
 
         return dataset(self, split, features, batch_size=batch_size, shuffle=shuffle, seed=seed, **options)
@@ -534,5 +560,5 @@ def shard_identity_problem(
 
 
 def open_cache(path: str | Path) -> FeatureCache:
-    """Open the cache at ``path`` for reading."""
+    """Open the cache at ``path`` (a str or Path) for reading."""
     return FeatureCache(path)

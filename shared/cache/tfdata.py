@@ -23,11 +23,12 @@ from typing import TYPE_CHECKING, Any
 import h5py
 import numpy as np
 
+from ..arguments import bool_arg, choice_arg, dtype_arg, int_arg
 from ..errors import FeatcacheError
 from . import schema
 from .h5file import own_dataset
 from .reader import DEFAULT_BLOCK_ROWS as MAPS_BLOCK_ROWS
-from .reader import ROW, SHARD, FeatureCache, aligned_blocks, read_block
+from .reader import FLOAT_DTYPES, ROW, SHARD, FeatureCache, aligned_blocks, read_block
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -73,19 +74,19 @@ class BlockStream:
         rows: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
     ):
         where = "rows" if cache is None else cache.path
-        if split not in schema.SPLIT_CODES:
-            raise FeatcacheError(f"{where}: split={split!r}: choose one of {', '.join(schema.SPLITS)}")
-        if features not in FEATURES:
-            raise FeatcacheError(f"{where}: features={features!r}: choose 'pooled' or 'maps'")
-        if batch_size < 1:
-            raise FeatcacheError(f"{where}: batch_size={batch_size}: must be at least 1")
+        try:  # the arguments of FeatureCache.dataset, checked where they enter (featcache.shared.arguments)
+            self.split = choice_arg("split", split, schema.SPLITS)
+            self.features = choice_arg("features", features, FEATURES)
+            self.batch_size = int_arg("batch_size", batch_size, minimum=1)
+            shuffle = bool_arg("shuffle", shuffle, optional=True)
+            self.seed = int_arg("seed", seed, minimum=0)
+            self.dtype = np.dtype(dtype_arg("dtype", dtype, FLOAT_DTYPES))
+            block_rows = int_arg("block_rows", block_rows, minimum=1, optional=True)
+            shuffle_buffer = int_arg("shuffle_buffer", shuffle_buffer, minimum=1, optional=True)
+        except FeatcacheError as exc:
+            raise FeatcacheError(f"{where}: {exc}") from None
         self.cache = cache
-        self.split = split
-        self.features = features
-        self.batch_size = batch_size
-        self.shuffle = split == "train" if shuffle is None else bool(shuffle)
-        self.seed = seed
-        self.dtype = np.dtype(dtype)
+        self.shuffle = split == "train" if shuffle is None else shuffle
         self.block_rows = max(schema.MAPS_CHUNK_ROWS, block_rows or DEFAULT_BLOCK_ROWS[features])
         self.shuffle_buffer = shuffle_buffer or DEFAULT_SHUFFLE_ROWS[features]
         self.peak_rows = 0
@@ -236,6 +237,7 @@ def dataset(
     ``with_index=True`` adds the rows' ``(b,)`` int64 listing positions as a third element (for
     matching predictions to ids; not for ``fit``, which would read it as sample weights).
     """
+    with_index = bool_arg("with_index", with_index)
     stream = BlockStream(
         cache,
         split,

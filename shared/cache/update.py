@@ -9,7 +9,8 @@ position not retired, with its current label and split) with the source's new li
 - **removed** ids retire their position: ``dead`` when a shard holds the row (readers skip it until
   :mod:`featcache.shared.inspection.compact` rewrites that shard), ``dropped`` when none does (the
   input had failed);
-- **modified** ids (file size or modification time changed) retire the old position and get a new one;
+- **modified** ids (file size or modification time changed; or, when both listings record content
+  hashes (``checksum=True``), the content) retire the old position and get a new one;
 - **relabelled** ids (class name or given split changed) keep their row; the manifest's
   ``relabelled`` list says what readers see instead of the stored label and split;
 - the same inputs in **another order** (a CSV's rows sorted otherwise) change no row: every kept
@@ -80,8 +81,8 @@ def stored_names(m: Manifest, listing: dict[str, np.ndarray]) -> np.ndarray:
 
 def live_view(m: Manifest, listing: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The inputs readers see now: ``position``, ``id``, ``name`` (class name), ``split``, ``size``,
-    ``mtime_ns``, one entry per live position of ``listing`` (the cache's listing, cut to the
-    manifest's ``num_inputs``)."""
+    ``mtime_ns``, ``sha256`` (``""`` when not recorded), one entry per live position of ``listing``
+    (the cache's listing, cut to the manifest's ``num_inputs``)."""
     n = m.num_inputs
     names = stored_names(m, listing)
     split = np.asarray(listing["split"][:n], dtype=np.int8).copy()
@@ -98,7 +99,15 @@ def live_view(m: Manifest, listing: dict[str, np.ndarray]) -> dict[str, np.ndarr
         "split": split[pos],
         "size": np.asarray(listing["size"][:n])[pos],
         "mtime_ns": np.asarray(listing["mtime_ns"][:n])[pos],
+        "sha256": hashes(listing)[:n][pos],
     }
+
+
+def hashes(listing: dict[str, np.ndarray]) -> np.ndarray:
+    """``(n,)`` str: the listing's content hashes, ``""`` for each it does not record."""
+    if "sha256" in listing:
+        return np.asarray(listing["sha256"]).astype(str)
+    return np.full(len(listing["id"]), "", dtype="<U64")
 
 
 def describe_live_changes(
@@ -119,6 +128,7 @@ def diff(
     at = {str(i): int(p) for i, p in zip(live["id"].tolist(), live["position"].tolist(), strict=True)}
     row = {str(i): k for k, i in enumerate(live["id"].tolist())}
     new_names = class_names(new["label"], classes)
+    new_hash, live_hash = hashes(new), live["sha256"]
     kept: dict[str, int] = {}
     extract: list[int] = []
     for j, ident in enumerate(new["id"].tolist()):
@@ -127,7 +137,11 @@ def diff(
         if k is None:
             changes.added.append(ident)
             extract.append(j)
-        elif live["size"][k] != new["size"][j] or live["mtime_ns"][k] != new["mtime_ns"][j]:
+        elif (
+            live["size"][k] != new["size"][j]
+            or live["mtime_ns"][k] != new["mtime_ns"][j]
+            or (live_hash[k] and new_hash[j] and live_hash[k] != new_hash[j])
+        ):
             changes.modified.append(ident)
             extract.append(j)
         else:
@@ -148,12 +162,19 @@ def apply_update(
     ``num_inputs``) to the new source listing ``new`` with class names ``classes``; return the
     changes and the cache's new listing (``listing`` with the inputs to extract appended).
 
-    ``m`` must be complete. When nothing changed, ``m`` and ``listing`` are returned as they were.
+    ``m`` must be complete. When nothing changed, ``m`` and ``listing`` are returned as they were,
+    except that content hashes ``new`` records (``checksum=True``) are recorded for the kept inputs.
     """
     n = m.num_inputs
     listing = {k: np.asarray(v)[:n] for k, v in listing.items()}
     live = live_view(m, listing)
     changes, kept, extract = diff(live, new, classes)
+    if "sha256" in new:  # the kept inputs' hashes as they are now: the next checksum update compares them
+        recorded = hashes(listing).astype("<U64")
+        j_of = {str(i): j for j, i in enumerate(new["id"].tolist())}
+        for ident, p in kept.items():
+            recorded[p] = new["sha256"][j_of[ident]]
+        listing["sha256"] = recorded
     if not changes:
         return changes, listing
     retired = {
@@ -190,7 +211,7 @@ def apply_update(
     m.classes = list(classes)
     m.updated = now()
     take = np.asarray(extract, dtype=np.int64)
-    grown = {k: np.concatenate([listing[k], np.asarray(new[k])[take]]) for k in listing}
+    grown = {k: np.concatenate([listing[k], (np.asarray(new[k]) if k in new else hashes(new))[take]]) for k in listing}
     return changes, grown
 
 

@@ -21,7 +21,7 @@ from . import deflate, rowindex, schema
 from .fingerprint import check_compatible, to_attr
 from .fsutil import FailSafeFile, check_regular, commit_file, remove_stale_temps, sha256_file, temp_path_for
 from .journal import JournalWriter
-from .listing import LISTING_NAME, load_listing, save_listing
+from .listing import LISTING_NAME, entries_sha256, load_listing, save_listing
 from .lock import CacheLock, FileLock
 from .manifest import FailedInput, Manifest, ShardRecord, file_status, now
 from .parts import (
@@ -328,6 +328,12 @@ class CacheWriter:
                 ) from None
             if not self.overwrite and not self.update:  # an update checks what changed in _apply_update
                 self._check_resumable(old)
+            if (
+                self.update
+                and not self.overwrite
+                and old.source.get("listing_sha256") != self.manifest.source.get("listing_sha256")
+            ):
+                load_listing(self.dir, old)  # one that is not the listing the manifest records is refused here
         # Files under this run's shard names that it would replace or (overwrite=True) delete must be
         # featcache's: listed by the manifest, or carrying featcache's attributes. Resuming a valid
         # cache may replace what a killed run left under its own names in its own shards/ folder.
@@ -386,8 +392,10 @@ class CacheWriter:
             )
             self.resumed_shards = sum(self.part.owns(s.shard) for s in kept)
             new.journals = old.journals
+            new.listing_sha256 = old.listing_sha256
         elif self.listing is not None:
             save_listing(self.dir, self.listing)
+            self.manifest.listing_sha256 = entries_sha256(self.listing)
         # the manifest with every journal folded in (journals of parts not running are retired),
         # then this part's fresh journal: its old one is included up to the offset just recorded
         fold(self.dir, self.manifest)
@@ -396,13 +404,15 @@ class CacheWriter:
 
     def _apply_update(self, old: Manifest) -> None:
         """Record in ``old`` (and on disk: the grown listing, then the manifest) what changed in the
-        source since ``old`` was written; a no-op when the listing is the same. Refuses another
+        source since ``old`` was written; a no-op when the listing is the same (unless it records content
+        hashes, ``checksum=True``: then they are compared, and recorded for the next time). Refuses another
         identity (weights, preprocessing, dtype...), shard size, storage or split fractions, and a
         cache whose previous run is unfinished."""
         where = str(self.dir)
         new = self.manifest
         self.changes = Changes()
-        if old.source.get("listing_sha256") == new.source.get("listing_sha256"):
+        checksum = self.listing is not None and "sha256" in self.listing  # content hashes compared too
+        if old.source.get("listing_sha256") == new.source.get("listing_sha256") and not checksum:
             return
         check_compatible(old.fingerprint, new.fingerprint, where)
         for what, a, b in (
@@ -420,26 +430,43 @@ class CacheWriter:
                 f"{where}: the cache is unfinished ({len(old.missing_shards())} of {old.num_shards} shards missing) "
                 "and its source changed since: finish it from the source as it was, then update (or overwrite=True)"
             )
-        before = load_listing(self.dir, old.num_inputs)
-        if self.listing is None or before is None or len(before["id"]) != old.num_inputs:
+        before = load_listing(self.dir, old)  # one line if it is not the listing the manifest records
+        if self.listing is None or before is None:
             raise FeatcacheError(
                 f"{where}: no {LISTING_NAME} matching the manifest: this cache cannot be updated; "
                 "use overwrite=True to start over"
             )
         self.changes, grown = apply_update(old, before, self.listing, new.classes)
-        old.generations[-1].listing_sha256 = new.source.get("listing_sha256")  # what its shards will carry
+        if old.generations:  # else the implicit generation 0 takes source.listing_sha256, set below
+            old.generations[-1].listing_sha256 = new.source.get("listing_sha256")  # what its shards will carry
         old.source, old.split = new.source, new.split
         save_listing(self.dir, grown)  # first: entries beyond the manifest's num_inputs are ignored
+        old.listing_sha256 = entries_sha256(grown)
         old.save(self.dir)
 
     def _check_resumable(self, old: Manifest) -> None:
+        """Refuse to resume ``old`` with other features, inputs or options (one line). When no shard
+        of it is committed, the line says so: starting over (``overwrite=True``) loses nothing."""
+        try:
+            self._check_same(old)
+        except FeatcacheError as exc:
+            if old.shards or old.generations:
+                raise
+            advice = " (use overwrite=True to start over, or another cache directory)"
+            reason = str(exc).removesuffix(advice)
+            raise type(exc)(
+                f"{reason}; no shard of it is committed yet ({old.num_shards} planned, 0 written), so nothing is "
+                "lost by starting over: use overwrite=True"
+            ) from None
+
+    def _check_same(self, old: Manifest) -> None:
         where = str(self.dir)
         check_compatible(old.fingerprint, self.manifest.fingerprint, where)
         new = self.manifest
         if old.source.get("listing_sha256") != new.source.get("listing_sha256"):
-            before = load_listing(self.dir, old.num_inputs)
+            before = load_listing(self.dir, old)
             changes = ""
-            if before is not None and self.listing is not None and len(before["id"]) == old.num_inputs:
+            if before is not None and self.listing is not None:
                 changes = describe_live_changes(old, before, self.listing, new.classes)
             raise SourceMismatchError(
                 f"{where}: the inputs changed since the cache was made from {old.source.get('root')}: "

@@ -24,6 +24,7 @@ from ..cache.fingerprint import IDENTITY_KEYS, differences
 from ..cache.fsutil import fsync_dir
 from ..cache.h5file import own_dataset
 from ..cache.listing import LISTING_NAME, load_listing
+from ..cache.lock import describe_holder, holder_gone
 from ..cache.manifest import Manifest, ManifestError, ShardRecord, file_status, now
 from ..cache.parts import awaiting_merge, exclusive, recorded_holders, remove_logs
 from ..cache.paths import UnsafePathError, cache_path, shard_file_problem, shard_path
@@ -38,6 +39,9 @@ DEFAULT_SAMPLE_ROWS = 64
 POOLED_TOLERANCE = {"float16": 4e-3, "float32": 1e-5}
 MAPS_BLOCK_ROWS = 256
 FINALIZE_WRITES = "featcache-extract CACHE --finalize writes it"
+# A shard whose ids are not the listing's: with the listing's sha256 recorded (and checked) the shard is
+# at fault and --fix moves it; without, either may be, and --fix leaves both to a person.
+IDS_DIFFER = "ids differ from"
 
 
 @dataclass
@@ -78,9 +82,12 @@ def check_shard(
     sample_rows: int,
     rng: np.random.Generator,
     failed: set[int] | None = None,
+    listing_ids: np.ndarray | None = None,
 ) -> str | None:
     """The first thing wrong with shard ``rec``, or None. Reads the whole shard once. ``failed``:
-    the shard's failed input indices (computed from the manifest when None)."""
+    the shard's failed input indices (computed from the manifest when None); ``listing_ids``:
+    ``(num_inputs,)`` str, the cache's ``listing.npz`` ids, which each row's ``id`` must equal at its
+    ``index`` (not checked when None)."""
     plan = m.shard_inputs(rec.shard)
     version = schema.compaction_version(rec.file)
     expected_file = schema.compacted_shard_name(rec.shard, max(version, 0))
@@ -139,6 +146,15 @@ def check_shard(
                 f"index is not inputs {rec.first_index}..{rec.first_index + rec.num_inputs - 1} "
                 f"less the {len(failed)} failed and {len(gone) - len(failed)} dropped ones"
             )
+        if listing_ids is not None and rec.rows:
+            stored = f[schema.ID].asstr()[()]
+            differ = np.flatnonzero(stored != listing_ids[index].astype(str))
+            if len(differ):
+                k = int(differ[0])
+                return (
+                    f"{len(differ)} rows' {IDS_DIFFER} {LISTING_NAME}'s (row {k}: {str(stored[k])[:80]!r}, "
+                    f"listed at index {index[k]} as {str(listing_ids[index[k]])[:80]!r})"
+                )
         # stored labels number the classes of the generation that wrote the shard
         bad_label = label_problem(f[schema.LABEL][()], len(m.generation_of(rec.shard).classes))
         if bad_label:
@@ -185,19 +201,19 @@ def verify(cache_dir: str | Path, *, sample_rows: int = DEFAULT_SAMPLE_ROWS, see
         reason = str(exc)[len(prefix) :] if str(exc).startswith(prefix) else str(exc)
         report.problems.append(Problem(schema.MANIFEST_NAME, reason, movable=False))
         return report
+    ids = None  # the listing's ids, to compare each shard's with
     try:
-        listing = load_listing(cache_dir)
+        listing = load_listing(cache_dir, m)  # its count and sha256 against the manifest's record
     except FeatcacheError as exc:
         report.problems.append(Problem(LISTING_NAME, str(exc).split(": ", 1)[-1], movable=False))
     else:
-        if listing is not None and len(listing["id"]) != m.num_inputs:
-            report.problems.append(
-                Problem(
-                    LISTING_NAME,
-                    f"lists {len(listing['id'])} inputs, the manifest's source.num_inputs is {m.num_inputs}",
-                    movable=False,
+        if listing is not None:
+            ids = listing["id"]
+            if m.listing_sha256 is None:
+                report.notes.append(
+                    f"the manifest records no sha256 of {LISTING_NAME} (a cache made before it was kept): "
+                    "its ids are checked against the shards'"
                 )
-            )
     rng = np.random.default_rng(seed)
     failed: dict[int, set[int]] = {}
     for x in m.failed:
@@ -205,10 +221,11 @@ def verify(cache_dir: str | Path, *, sample_rows: int = DEFAULT_SAMPLE_ROWS, see
     for rec in m.shards:
         if progress is not None:
             progress(rec)
-        reason = check_shard(cache_dir, m, rec, sample_rows, rng, failed.get(rec.shard, set()))
+        reason = check_shard(cache_dir, m, rec, sample_rows, rng, failed.get(rec.shard, set()), ids)
         report.shards_checked += 1
         if reason:
-            report.problems.append(Problem(rec.file, reason, rec.shard))
+            movable = m.listing_sha256 is not None or IDS_DIFFER not in reason
+            report.problems.append(Problem(rec.file, reason, rec.shard, movable=movable))
         else:
             report.rows_checked += rec.rows
     try:
@@ -255,11 +272,17 @@ def verify(cache_dir: str | Path, *, sample_rows: int = DEFAULT_SAMPLE_ROWS, see
             )
         temps = [p.name for p in shards_dir.iterdir() if p.name.startswith(schema.TMP_PREFIX)]
         if temps:
-            state = (
-                "a writer is running"
-                if recorded_holders(cache_dir)
-                else "left by an interrupted run; the next extract removes them"
-            )
+            holders = recorded_holders(cache_dir)
+            live = {part: h for part, h in holders.items() if not holder_gone(h)}
+            if live:
+                state = f"a writer is running: {describe_holder(next(iter(live.values())))}"
+            elif holders:
+                state = (
+                    f"left by a writer that is gone ({describe_holder(next(iter(holders.values())))}; its lock is "
+                    "stale): the next extract removes them"
+                )
+            else:
+                state = "left by an interrupted run; the next extract removes them"
             report.notes.append(f"{len(temps)} partial shard files ({state})")
     if not m.complete:
         report.notes.append(f"incomplete: {m.missing_count} of {m.num_shards} planned shards not written yet")
