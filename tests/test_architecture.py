@@ -70,3 +70,67 @@ def test_a_broken_contract_is_caught(installed, tmp_path):
     config = str(REPO / "pyproject.toml")
     p = subprocess.run([_tool("lint-imports"), "--no-cache", config], cwd=copy, env=env, capture_output=True, text=True)
     assert p.returncode != 0 and "BROKEN" in p.stdout
+
+
+def _module_imports() -> dict[str, set[str]]:
+    """featcache's modules (dotted names, as pyproject's package-dir maps the folders) and the featcache
+    modules each one imports anywhere in its body (a function's lazy import counts: it is still a
+    dependency), except under ``if TYPE_CHECKING:`` (never run)."""
+    import ast
+    import tomllib
+
+    dirs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    files = {}
+    for pkg, folder in dirs.items():
+        for p in (REPO / folder).rglob("*.py"):
+            parts = p.relative_to(REPO / folder).with_suffix("").parts
+            files[".".join((pkg, *parts)).removesuffix(".__init__")] = p
+
+    def known(name: str) -> str | None:
+        while name not in files and "." in name:
+            name = name.rsplit(".", 1)[0]
+        return name if name in files else None
+
+    def visit(node: ast.AST, package: str, edges: set[str]) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and ast.unparse(child.test) == "TYPE_CHECKING":
+                continue
+            if isinstance(child, ast.Import):
+                edges.update(filter(None, (known(a.name) for a in child.names)))
+            elif isinstance(child, ast.ImportFrom):
+                base = package
+                for _ in range(child.level - 1):
+                    base = base.rsplit(".", 1)[0]
+                target = child.module if not child.level else ".".join(filter(None, (base, child.module)))
+                for a in child.names:
+                    edges.update(filter(None, [known(f"{target}.{a.name}") or known(target)]))
+            visit(child, package, edges)
+
+    graph: dict[str, set[str]] = {}
+    for mod, path in files.items():
+        edges: set[str] = set()
+        visit(ast.parse(path.read_text()), mod if path.name == "__init__.py" else mod.rsplit(".", 1)[0], edges)
+        graph[mod] = edges - {mod}
+    return graph
+
+
+def test_no_import_cycle():
+    """No module imports (directly or through others) a module that imports it back: a cycle means two
+    modules that can only be understood, changed and tested together."""
+    graph = _module_imports()
+    # the walk sees lazy imports (reader -> tfdata inside dataset()) and skips TYPE_CHECKING ones
+    assert "featcache.shared.cache.tfdata" in graph["featcache.shared.cache.reader"]
+    assert "featcache.shared.cache.blocks" in graph["featcache.shared.cache.tfdata"]
+    assert "featcache.shared.cache.reader" not in graph["featcache.shared.cache.tfdata"]
+    cycles = []
+    for start in graph:
+        seen, todo = set(), list(graph[start])
+        while todo:
+            m = todo.pop()
+            if m == start:
+                cycles.append(start)
+                break
+            if m not in seen:
+                seen.add(m)
+                todo.extend(graph[m])
+    assert not cycles, f"modules on an import cycle: {sorted(cycles)}"

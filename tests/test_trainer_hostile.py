@@ -248,12 +248,12 @@ def two_heads(tmp_path_factory) -> Path:
 
 
 def _planted(run: Path, dest: Path, name: str, plant) -> tuple[Path, dict[str, bytes]]:
-    """A copy of ``run`` with ``plant(path)`` at its file ``name``; the other files' bytes, to show
-    that nothing is touched."""
+    """A copy of ``run``'s files with ``plant(path)`` at its file ``name``; the other files' bytes, to show
+    that nothing is touched (folders, such as the TensorBoard events, are left out)."""
     dest.mkdir(parents=True)
     kept = {}
     for f in run.iterdir():
-        if f.name != name:
+        if f.name != name and f.is_file():
             kept[f.name] = f.read_bytes()
             (dest / f.name).write_bytes(kept[f.name])
     plant(dest / name)

@@ -34,7 +34,8 @@ import numpy as np
 
 from ..arguments import bool_arg, dict_arg, dtype_arg, int_arg, keywords, path_arg, positions_arg
 from ..errors import FeatcacheError, FingerprintMismatchError
-from . import deflate, rowindex, schema
+from . import rowindex, schema
+from .blocks import DEFAULT_BLOCK_ROWS, FLOAT_DTYPES, ROW, SHARD, aligned_blocks, read_block
 from .fingerprint import IDENTITY_KEYS, check_compatible, differences
 from .h5file import own_dataset
 from .manifest import SHARDS_LISTED, Manifest, ShardRecord, list_shards
@@ -42,11 +43,6 @@ from .paths import shard_path
 from .schema import LISTING_ATTR
 from .split import assign_splits
 
-DEFAULT_BLOCK_ROWS = 256
-# Pseudo-columns of FeatureCache.read_columns: where each row is stored, for reading it again later
-# without a scan (both int64): its position in its shard file, and its shard's position in ``shards``.
-ROW = "row"
-SHARD = "shard"
 # Pseudo-column: (n,) float64 hash_unit of each row's id, what a split by hash needs (FeatureCache.splits),
 # from the row index when it is current, else NaN ("hash it when needed").
 SPLIT_UNIT = rowindex.SPLIT_UNIT
@@ -62,8 +58,6 @@ COLUMNS = (
     SHARD,
     SPLIT_UNIT,
 )
-# Dtypes maps may be read as (iter_maps, dataset): floats only, never a silent cast to integers.
-FLOAT_DTYPES = ("float16", "float32", "float64")
 # dataset()'s keyword arguments beyond its named ones (featcache.shared.cache.tfdata.dataset)
 DATASET_OPTIONS = ("shuffle_buffer", "block_rows", "dtype", "with_index")
 
@@ -435,28 +429,6 @@ def members(values: np.ndarray, wanted: np.ndarray) -> np.ndarray:
         return np.zeros(len(values), dtype=bool)
     at = np.searchsorted(part, values).clip(0, len(part) - 1)
     return part[at] == values
-
-
-def aligned_blocks(rows: np.ndarray, step: int) -> Iterator[np.ndarray]:
-    """Sorted row positions ``rows`` of one shard cut into the ``step``-aligned blocks that hold any."""
-    if len(rows) == 0:
-        return
-    for start in range(int(rows[0]) - int(rows[0]) % step, int(rows[-1]) + 1, step):
-        sel = rows[(rows >= start) & (rows < start + step)]
-        if len(sel):
-            yield sel
-
-
-def read_block(dset: h5py.Dataset, sel: np.ndarray, dtype: str | None = None) -> np.ndarray:
-    """Rows ``sel`` (sorted positions inside one aligned block) of ``dset``, cast to ``dtype``.
-
-    gzip'd map rows (the default storage) are inflated on all cores straight into ``dtype``
-    (:mod:`featcache.shared.cache.deflate`); anything else is one contiguous h5py read."""
-    if deflate.is_row_gzip(dset):
-        return deflate.read_rows(dset, sel, dtype)
-    start, stop = int(sel[0]), int(sel[-1]) + 1
-    block = dset[start:stop] if len(sel) == stop - start else dset[start:stop][sel - start]
-    return block if dtype is None else block.astype(dtype, copy=False)
 
 
 class ShardMismatchError(FeatcacheError):

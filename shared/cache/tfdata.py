@@ -26,12 +26,14 @@ import numpy as np
 from ..arguments import bool_arg, choice_arg, dtype_arg, int_arg
 from ..errors import FeatcacheError
 from . import schema
+from .blocks import DEFAULT_BLOCK_ROWS as MAPS_BLOCK_ROWS
+from .blocks import FLOAT_DTYPES, ROW, SHARD, aligned_blocks, read_block
 from .h5file import own_dataset
-from .reader import DEFAULT_BLOCK_ROWS as MAPS_BLOCK_ROWS
-from .reader import FLOAT_DTYPES, ROW, SHARD, FeatureCache, aligned_blocks, read_block
 
 if TYPE_CHECKING:
     import tensorflow as tf
+
+    from .reader import FeatureCache
 
 FEATURES = (schema.POOLED, schema.MAPS)
 # Rows per read: maps as the reader's iter_maps (256 rows, ~64 MB as float32); pooled rows are
