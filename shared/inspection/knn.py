@@ -11,7 +11,7 @@ One search serves every inspection command that needs each row's neighbours (out
   compared only with the rows of the :data:`PROBES` lists whose centres are nearest its own. Each row's
   best :data:`MIN_CANDIDATES` candidates are then re-scored on the full unit vectors, so every
   similarity returned is exact; what can be missed is a true neighbour the index never offered
-  (bench/outliers.py measures that recall against the exact search). The work is about
+  (bench/inspect_scale.py measures that recall against the exact search). The work is about
   ``n x (n / lists) x PROBES`` reduced dot products instead of ``n^2`` full ones.
 """
 

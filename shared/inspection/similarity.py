@@ -65,7 +65,7 @@ def near_duplicates_indexed(unit: np.ndarray, threshold: float = DEFAULT_DUPLICA
     rows (:func:`knn.nearest_all`, exact cosines). A row whose furthest listed neighbour still reaches
     ``threshold`` may have more duplicates than listed: it is compared with every row exactly. What can
     be missed is a pair the index never offered (near-identical vectors share a list, or sit in
-    neighbouring ones, which are searched too; bench/outliers.py measures it)."""
+    neighbouring ones, which are searched too; bench/inspect_scale.py measures it)."""
     rows, cos = knn.nearest_all(unit, DUPLICATE_NEIGHBOURS)
     found: dict[tuple[int, int], float] = {}
     for a, j in zip(*np.nonzero(cos >= threshold), strict=True):
