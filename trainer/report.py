@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .kinds import HEAD_KINDS
-from .selection import rank, wilson
+from .selection import Z_ONE_SE, rank, wilson
 from .settings import DEFAULT_TOP
 
 
@@ -56,10 +56,24 @@ def best_head(heads: list[dict[str, Any]], n_val: int) -> dict[str, Any]:
     return heads[ranking(heads, n_val)[0][0]]
 
 
+def pick_rule(heads: list[dict[str, Any]], n_val: int) -> str:
+    """The pick's reason in numbers a user can check against the leaderboard's columns."""
+    accs = [selected_val_acc(h) for h in heads]
+    best = max(accs)
+    low, _ = wilson(best * max(n_val, 1), max(n_val, 1), Z_ONE_SE)
+    return (
+        f"~ tied with the best: val acc >= {low:.4f}, the lower end of the best val acc {best:.4f}'s "
+        f"one-standard-error interval on {n_val} val rows. The pick (rank 1) is the simplest tied head "
+        f"(kind in the order {', '.join(HEAD_KINDS)}; then narrower; then the lower val loss); the rest follow "
+        "by val acc."
+    )
+
+
 def leaderboard(heads: list[dict[str, Any]], n_val: int, top: int = DEFAULT_TOP, more_in: str = "results.json") -> str:
     """The ``top`` heads in :func:`ranking` order as a text table: rank (``~`` within noise of the
-    best), val accuracy with its 95% Wilson interval, test accuracy, how it was scored, best epoch,
-    the backbone (in a sweep on several caches) and name."""
+    best), val accuracy with its 95% Wilson interval, val loss (what breaks ties among equally simple
+    heads), test accuracy, how it was scored, best epoch, the backbone (in a sweep on several caches)
+    and name; then :func:`pick_rule`, the threshold the pick used."""
     order, tied = ranking(heads, n_val)
     fmt = lambda v: "   -  " if v is None else f"{v:.4f}"  # noqa: E731
     # a sweep on several caches (trainer.multi): a column says which backbone's features each head read
@@ -67,7 +81,8 @@ def leaderboard(heads: list[dict[str, Any]], n_val: int, top: int = DEFAULT_TOP,
     col = (lambda h: f"{h.get('backbone', ''):<{width}}  ") if width else (lambda h: "")  # noqa: E731
     backbone = f"{'backbone':<{width}}  " if width else ""
     lines = [
-        f"{'rank':>4}  {'val acc':>7}  {'95% CI':>13}  {'test acc':>8}  {'scored':>6}  {'epoch':>5}  {backbone}head"
+        f"{'rank':>4}  {'val acc':>7}  {'95% CI':>13}  {'val loss':>8}  {'test acc':>8}  {'scored':>6}  {'epoch':>5}  "
+        f"{backbone}head"
     ]
     for r, i in enumerate(order[:top], 1):
         h = heads[i]
@@ -75,12 +90,12 @@ def leaderboard(heads: list[dict[str, Any]], n_val: int, top: int = DEFAULT_TOP,
         lo, hi = wilson(va * n_val, n_val)
         scored = f"TTA x{h['views']}" if h.get("use_tta") else "view 0"
         lines.append(
-            f"{r:>3}{'~' if r <= tied else ' '}  {va:>7.4f}  [{lo:.3f},{hi:.3f}]  {fmt(selected_test_acc(h)):>8}  "
-            f"{scored:>6}  {h['best_epoch']:>5}  {col(h)}{h['name']}"
+            f"{r:>3}{'~' if r <= tied else ' '}  {va:>7.4f}  [{lo:.3f},{hi:.3f}]  {h['val_loss']:>8.4f}  "
+            f"{fmt(selected_test_acc(h)):>8}  {scored:>6}  {h['best_epoch']:>5}  {col(h)}{h['name']}"
         )
     if len(order) > top:
         lines.append(f"  ... {len(order) - top} more in {more_in}")
-    lines.append(f"~ within one standard error of the best val accuracy ({tied}): the simplest is picked")
+    lines.append(pick_rule(heads, n_val))
     return "\n".join(lines)
 
 
