@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..shared.arguments import bool_arg, callable_arg, choice_arg, int_arg, path_arg, str_arg
+from ..shared.arguments import bool_arg, callable_arg, choice_arg, int_arg, path_arg, progress_arg, str_arg
 from ..shared.backbones import DEFAULT_CROP_RATIO, DEFAULT_CROP_SCALE, DEFAULT_RESIZE, check_feed_dtype
 from ..shared.cache import schema
 from ..shared.cache.manifest import FailedInput, Manifest
@@ -106,8 +106,9 @@ def _check_arguments(options: dict) -> None:
         int_arg(name, options[name], minimum=1, optional=True)
     for name in ("seed", "max_retries"):
         int_arg(name, options[name], minimum=0)
-    for name in ("mixed_precision", "xla", "overwrite", "update", "checksum", "strict", "finalize", "progress"):
+    for name in ("mixed_precision", "xla", "overwrite", "update", "checksum", "strict", "finalize"):
         bool_arg(name, options[name])
+    bool_arg("progress", options["progress"], optional=True)
     choice_arg("maps_dtype", options["maps_dtype"], schema.MAPS_DTYPES)
     choice_arg("compression", options["compression"], tuple(schema.COMPRESSIONS))
     choice_arg("runner", options["runner"], RUNNERS)
@@ -172,7 +173,7 @@ def extract(
     source_format: str | None = None,
     tfrecord_keys: str | None = None,
     feed_dtype: str | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     log: Log | None = None,
 ) -> ExtractResult:
     """Compute backbone features for every image in ``source`` once, into the cache directory ``cache``.
@@ -222,6 +223,7 @@ def extract(
     """
     t0 = time.perf_counter()
     _check_arguments(locals())
+    progress = progress_arg(progress)
     log = log or _stderr
     if finalize:
         return _require_rows(_finalize(Path(cache if cache is not None else source), t0), source)

@@ -68,6 +68,19 @@ def bool_arg(name: str, value: Any, *, optional: bool = False) -> bool | None:
     raise bad(name, value, "expected True or False")
 
 
+def progress_arg(value: Any) -> bool:
+    """``progress=`` of an API call: True or False, or None (the default) for "when standard error is a
+    terminal", so that a script or a notebook's log gets no progress bars it did not ask for."""
+    if value is None:
+        import sys
+
+        try:
+            return sys.stderr.isatty()
+        except (AttributeError, ValueError):
+            return False
+    return bool(bool_arg("progress", value))
+
+
 def choice_arg(name: str, value: Any, choices: Collection[Any], *, optional: bool = False) -> Any:
     """``value``, which must be one of ``choices`` (None only when ``optional``)."""
     if value is None and optional:

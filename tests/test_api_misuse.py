@@ -100,3 +100,21 @@ def test_misuse_is_one_line_naming_the_argument(work, case):
     assert f"{name}=" in message and "\n" not in message, message
     assert listing(work) == before  # refused before anything was written
     assert not os.path.exists(work / "out") and not os.path.exists(work / "runs")
+
+
+def test_progress_bars_default_to_whether_stderr_is_a_terminal(monkeypatch):
+    """A script or notebook log gets no progress bar it did not ask for; a terminal gets one."""
+    import io
+
+    from featcache.shared.arguments import progress_arg
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr("sys.stderr", io.StringIO())
+    assert progress_arg(None) is False and progress_arg(True) is True
+    monkeypatch.setattr("sys.stderr", Tty())
+    assert progress_arg(None) is True and progress_arg(False) is False
+    with pytest.raises(featcache.FeatcacheError, match=r"^progress=.yes.: expected True or False"):
+        progress_arg("yes")

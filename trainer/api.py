@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..shared.arguments import bool_arg, callable_arg, choice_arg, path_arg, str_arg
+from ..shared.arguments import bool_arg, callable_arg, choice_arg, path_arg, progress_arg, str_arg
 from ..shared.errors import FeatcacheError
 from .predict import SPLIT_CHOICES, Export, Prediction
 from .report import leaderboard as _leaderboard
@@ -128,7 +128,7 @@ def train(
     views: bool | None = None,
     baselines: bool | None = None,
     runs: str | Path = DEFAULT_RUNS,
-    progress: bool = False,
+    progress: bool | None = None,
     log: Callable[[str], None] | None = None,
     command: list[str] | None = None,
     concat: bool = False,
@@ -147,7 +147,7 @@ def train(
     caches = _caches(cache)
     runs = path_arg("runs", runs)
     sweep = path_arg("sweep", sweep, optional=True)
-    progress, concat = bool_arg("progress", progress), bool_arg("concat", concat)
+    progress, concat = progress_arg(progress), bool_arg("concat", concat)
     log = callable_arg("log", log)
     if command is not None and not (isinstance(command, list) and all(isinstance(a, str) for a in command)):
         raise FeatcacheError(f"command={command!r}: expected a list of strings")
@@ -194,7 +194,7 @@ def predict(
     source: str | Path | None = None,
     weights: str | None = None,
     overwrite: bool = False,
-    progress: bool = False,
+    progress: bool | None = None,
     backbone: str | None = None,
     preprocess: str | None = None,
 ) -> Prediction:
@@ -213,7 +213,8 @@ def predict(
     path_arg("source", source, optional=True)
     for name, value in (("head", head), ("weights", weights), ("backbone", backbone), ("preprocess", preprocess)):
         str_arg(name, value, optional=True)
-    bool_arg("overwrite", overwrite), bool_arg("progress", progress)
+    bool_arg("overwrite", overwrite)
+    progress = progress_arg(progress)
     if source is None:
         from .predict import predict as _predict
 
