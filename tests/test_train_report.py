@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -114,6 +115,10 @@ def test_report_page_numbers(runs, tmp_path):
     assert [row[1] for row in board] == [h["name"] for h in heads]
     assert [float(row[val]) for row in board] == pytest.approx([h["val_acc"] for h in heads], abs=1e-4)
     assert [float(row[test]) for row in board] == pytest.approx([h["test_acc"] for h in heads], abs=1e-4)
+    assert [row[test + 1] for row in board] == [f"TTA x{h['views']}" if h.get("use_tta") else "view 0" for h in heads]
+    assert "{'train'" not in text and f"train {results['splits']['train']:,}" in text  # no Python dict on the page
+    lr = list(BOARD_KEYS).index("lr") + 3
+    assert {row[lr] for row in board} <= {"0.01", "0.001"}  # settings at 3 significant digits
     assert text.count("data-head=") == len(heads)  # every head's curves
     cm = np.array(results["best_confusion_test"])
     for k, (name, precision, recall, support) in enumerate(page.tables["per-class"][1:]):
@@ -141,10 +146,7 @@ def test_report_lists_the_most_confident_errors(runs, tmp_path):
 def test_report_without_the_cache_still_works(runs, tmp_path):
     run = Path(runs["b"])
     results = json.loads((run / "results.json").read_text())
-    copy = tmp_path / "run"
-    copy.mkdir()
-    for f in run.iterdir():
-        (copy / f.name).write_bytes(f.read_bytes())
+    copy = copy_run(run, tmp_path / "run")
     results["cache"]["path"] = str(tmp_path / "moved")
     (copy / "results.json").write_text(json.dumps(results))
     r = train_cli("report", copy, tmp_path / "r.html")
@@ -181,9 +183,7 @@ def test_runs_lists_every_sweep_newest_first(runs):
 
 def copy_run(run: Path, dest: Path) -> Path:
     """A copy of a run directory (so a test can alter its results.json)."""
-    dest.mkdir(parents=True)
-    for f in run.iterdir():
-        (dest / f.name).write_bytes(f.read_bytes())
+    shutil.copytree(run, dest)
     return dest
 
 

@@ -35,6 +35,8 @@ from .report import (
     confusion_summary,
     ranking,
     recorded_confusion,
+    selected_test_acc,
+    selected_val_acc,
 )
 from .rundir import head_params, load_results
 
@@ -158,6 +160,16 @@ def _fmt(v: float | None, digits: int = 4) -> str:
     return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{digits}f}"
 
 
+def _num(v: Any) -> str:
+    """A grid setting as a person reads it: floats at 3 significant digits (C 0.00316, not 0.0031622776601683794)."""
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def _scored(h: dict[str, Any]) -> str:
+    """How the head's accuracies were scored, as the command line and leaderboard.txt say it."""
+    return f"TTA x{h['views']}" if h.get("use_tta") else "view 0"
+
+
 def build(run_dir: str | Path) -> tuple[str, dict[str, Any]]:
     """The page's HTML, and the facts it shows as JSON-ready data (for scripts and tests)."""
     t0 = time.perf_counter()
@@ -175,11 +187,12 @@ def build(run_dir: str | Path) -> tuple[str, dict[str, Any]]:
             r,
             H.raw(f"<b>{H.esc(h['name'])}</b>" if h["name"] == best["name"] else H.esc(h["name"])),
             h["config"]["kind"],
-            *(_setting(h["config"], key) for key in BOARD_KEYS),
+            *(_num(_setting(h["config"], key)) for key in BOARD_KEYS),
             h["best_epoch"],
-            _fmt(h["val_acc"]),
+            _fmt(selected_val_acc(h)),
             _fmt(h["val_loss"]),
-            _fmt(h["test_acc"]),
+            _fmt(selected_test_acc(h)),
+            _scored(h),
         )
         for r, h in enumerate(heads, 1)
     ]
@@ -187,10 +200,10 @@ def build(run_dir: str | Path) -> tuple[str, dict[str, Any]]:
     body = [
         H.note(
             f"{len(heads)} heads on {results['cache']['path']} ({describe(results['cache']['fingerprint'])}; "
-            f"rows {results['splits']}), {results['wall_seconds']:.1f} s; "
+            f"rows: {', '.join(f'{k} {v:,}' for k, v in results['splits'].items())}), {results['wall_seconds']:.1f} s; "
             f"best on val: {best['name']}. Command: {' '.join(results.get('command', []))}"
         ),
-        H.table([*header, "val acc", "val loss", "test acc"], board, 'id="leaderboard"'),
+        H.table([*header, "val acc", "val loss", "test acc", "scored"], board, 'id="leaderboard"'),
     ]
     body += [H.note(n) for n in results.get("notes", [])]
     sections.append(("leaderboard", "Leaderboard", "\n".join(body)))
@@ -254,7 +267,8 @@ def build(run_dir: str | Path) -> tuple[str, dict[str, Any]]:
             ]
     else:
         body = [H.note("No test rows: no per-class numbers.")]
-    sections.append(("best", f"Best head on test: {best['name']} (test acc {_fmt(best['test_acc'])})", "\n".join(body)))
+    title = f"Best head on test: {best['name']} (test acc {_fmt(selected_test_acc(best))}, {_scored(best)})"
+    sections.append(("best", title, "\n".join(body)))
 
     # -- most confidently wrong ------------------------------------------------------------------------
     facts: dict[str, Any] = {"best": best["name"], "per_class": pcs, "wrong": [], "numpy_confusion": None}
