@@ -256,6 +256,21 @@ def test_predict_source_never_imports_a_backbone_named_in_the_run(multi_run, sam
     assert not marker.exists() and not (tmp_path / "o.csv").exists()
 
 
+def test_export_never_imports_a_backbone_named_in_the_run(multi_run, tmp_path, monkeypatch):
+    """export built the backbone from the run's recorded name: ``evilmod:SPEC`` imported evilmod.py from
+    the current folder. Refused in one line, nothing imported, nothing written."""
+    from featcache.trainer import api
+
+    marker = tmp_path / "marker"
+    (tmp_path / "evilmod.py").write_text(EVIL_MODULE.format(marker=str(marker)))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))  # even where the module is importable
+    run_dir = _edited_run(multi_run, tmp_path, backbone="evilmod:SPEC")
+    with pytest.raises(FeatcacheError, match=r"backbone 'evilmod:SPEC', which is not registered; featcache imports"):
+        api.export(run_dir, tmp_path / "m.keras")
+    assert not marker.exists() and not (tmp_path / "m.keras").exists()
+
+
 def test_the_extractor_subprocess_never_searches_the_current_folder(sample_dir, tmp_path, monkeypatch):
     """Even a module:attribute the user names is looked up as featcache-extract looks it up (installed
     or on PYTHONPATH), never in the current folder, where a downloaded run may sit beside a module."""

@@ -249,10 +249,20 @@ def predict(
     )
 
 
-def export(run_dir: str | Path, out: str | Path, *, head: str | None = None, weights: str | None = None) -> Export:
-    """The run's best head (or ``head``) stacked onto the cache's backbone, saved as one Keras model."""
+def export(
+    run_dir: str | Path,
+    out: str | Path,
+    *,
+    head: str | None = None,
+    weights: str | None = None,
+    backbone: str | None = None,
+) -> Export:
+    """The run's best head (or ``head``) stacked onto the cache's backbone, saved as one Keras model.
+    ``backbone``: a ``module:attribute`` backbone of your own, named again (never imported on the run
+    directory's word)."""
     run_dir, out = path_arg("run_dir", run_dir), path_arg("out", out)
-    str_arg("head", head, optional=True), str_arg("weights", weights, optional=True)
+    for name, value in (("head", head), ("weights", weights), ("backbone", backbone)):
+        str_arg(name, value, optional=True)
     from .predict import export as _export
 
-    return _export(Path(run_dir), Path(out), head, weights)
+    return _export(Path(run_dir), Path(out), head, weights, backbone)

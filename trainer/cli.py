@@ -264,6 +264,16 @@ def export(
             )
         ),
     ] = None,
+    backbone: Annotated[
+        Optional[str],
+        typer.Option(
+            help=(
+                "The run's backbone when it is your own MODULE:ATTRIBUTE spec. featcache never imports a module "
+                "named only in a run directory."
+            ),
+            show_default=False,
+        ),
+    ] = None,
     verbose: VerboseOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -273,7 +283,7 @@ def export(
     def job() -> None:
         from . import api
 
-        e = api.export(run_dir, out, head=head_name, weights=weights)
+        e = api.export(run_dir, out, head=head_name, weights=weights, backbone=backbone)
         typer.echo(
             f"wrote {e.out}: {e.backbone} + {e.head}, image {e.input_shape} -> {len(e.classes)} class probabilities "
             f"({', '.join(e.classes[:5])}{', ...' if len(e.classes) > 5 else ''})"

@@ -180,17 +180,20 @@ def score_rows(
     return Prediction(out, name, len(sel), int(labelled.sum()), accuracy, 1 if views is None else views.shape[1])
 
 
-def export(run_dir: Path, out: Path, head: str | None = None, weights: str | None = None) -> Export:
+def export(
+    run_dir: Path, out: Path, head: str | None = None, weights: str | None = None, backbone: str | None = None
+) -> Export:
     """Stack a run's head (the best unless ``head``) onto the backbone that made its cache and save the
     model to ``out``. ``weights`` ('imagenet' or a path) replaces the recorded weights file when it has
-    moved; its sha256 must equal the cache's."""
+    moved; its sha256 must equal the cache's. ``backbone``: the run's ``module:attribute`` backbone,
+    named again (a backbone that is not registered is never imported on the run directory's word)."""
     from ..shared.backbones import RANDOM_PREFIX, get_backbone, resolve_weights
     from .keras_heads import full_model
 
     results = rundir.load_results(run_dir)
     name = head or results["best"]
     fp = rundir.head_cache(results, name)["fingerprint"]
-    spec = get_backbone(fp["backbone"])
+    spec = get_backbone(rundir.importable_backbone(fp, str(Path(run_dir) / rundir.RESULTS), backbone))
     recorded = fp["weights_sha256"]
     if weights is not None:
         w = resolve_weights(spec, weights)

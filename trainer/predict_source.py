@@ -24,7 +24,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from ..shared.backbones import PREPROCESS_SCHEMES, RANDOM_PREFIX, is_model_file, names
+from ..shared.backbones import PREPROCESS_SCHEMES, RANDOM_PREFIX, is_model_file
 from ..shared.cache.fingerprint import feed_dtype
 from ..shared.cache.fsutil import sha256_file
 from ..shared.cache.reader import FeatureCache, PooledRows
@@ -118,21 +118,13 @@ def _model_file_flags(fp: dict[str, Any], where: str, backbone: str | None, prep
 
 def _registered_flags(fp: dict[str, Any], where: str, backbone: str | None, preprocess: str | None) -> list[str]:
     """``--backbone NAME``: the recorded name when it is registered; a ``module:attribute`` spec only
-    when the caller names it as ``backbone`` (the fingerprint check after extraction says whether it
-    is the one the cache was made with)."""
-    name = str(fp["backbone"])
+    when the caller names it as ``backbone`` (:func:`rundir.importable_backbone`; the fingerprint check
+    after extraction says whether it is the one the cache was made with)."""
     if preprocess is not None:
-        raise FeatcacheError(f"preprocess={preprocess!r}: applies to a model-file backbone; the run's is {name!r}")
-    if backbone is not None:
-        if backbone in names() and backbone != name:
-            raise FeatcacheError(f"backbone={backbone!r}: the run's cache was made with backbone {name!r} ({where})")
-        return ["--backbone", backbone]
-    if name not in names():
         raise FeatcacheError(
-            f"{where}: the cache was made with backbone {name!r}, which is not registered; featcache imports "
-            "nothing named in a run directory: pass backbone=MODULE:ATTRIBUTE (the spec it was made with)"
+            f"preprocess={preprocess!r}: applies to a model-file backbone; the run's is {fp['backbone']!r}"
         )
-    return ["--backbone", name]
+    return ["--backbone", rundir.importable_backbone(fp, where, backbone)]
 
 
 def extractor_flags(

@@ -249,3 +249,23 @@ def head_params(run_dir: Path, results: dict[str, Any], name: str) -> tuple[dict
     except (OSError, KeyError, ValueError, TypeError, EOFError, zipfile.BadZipFile) as exc:
         raise FeatcacheError(f"{path}: cannot read head {name!r} ({type(exc).__name__}: {str(exc)[:200]})") from None
     return weights, mean_std
+
+
+def importable_backbone(fp: dict[str, Any], where: str, backbone: str | None = None) -> str:
+    """The backbone name that may be handed to the registry (which imports a ``module:attribute``) for
+    a run's recorded cache fingerprint ``fp``: the recorded name when it is registered; else only a
+    ``backbone`` the caller names (``where`` names the record in errors). A run directory may be someone
+    else's: nothing it names is imported on its word."""
+    from ..shared.backbones import names
+
+    name = str(fp["backbone"])
+    if backbone is not None:
+        if backbone in names() and backbone != name:
+            raise FeatcacheError(f"backbone={backbone!r}: the run's cache was made with backbone {name!r} ({where})")
+        return backbone
+    if name not in names():
+        raise FeatcacheError(
+            f"{where}: the cache was made with backbone {name!r}, which is not registered; featcache imports "
+            "nothing named in a run directory: pass backbone=MODULE:ATTRIBUTE (the spec it was made with)"
+        )
+    return name
