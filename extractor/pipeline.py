@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..shared.backbones import DEFAULT_RESIZE, Augment, import_tensorflow
+from ..shared.backbones import DEFAULT_RESIZE, PAD_VALUE, Augment, import_tensorflow
 from ..shared.cores import usable_cores
 from .inputs import InputLimits, RefusedInput, read_input
 from .records import is_url
@@ -34,7 +34,6 @@ tf = import_tensorflow()
 Preprocess = Callable[[Any], Any]
 PREFETCH_BATCHES = 2
 JPEG_RATIOS = (1, 2, 4, 8)  # the DCT scalings libjpeg offers
-PAD_VALUE = 127.5  # mid-grey: 0 after MobileNet's [-1, 1] scaling
 VIEW_HASH_KEY = [0x6665617463616368, 0x7669657773000001]  # SipHash key of view seeds: never change it
 
 

@@ -648,6 +648,7 @@ RESIZE = "jpeg-dct-prescale-to-2x,bilinear,antialias,squash"
 # The resize policies (see featcache.extractor.pipeline.resize); the fingerprint's ``resize`` ends in
 # the policy's name, so caches made before the choice existed (all squash) keep their identity.
 RESIZE_POLICIES = ("squash", "centre-crop", "pad")
+PAD_VALUE = 127.5  # what "pad" fills with: mid-grey, 0 after MobileNet's [-1, 1] scaling
 DEFAULT_RESIZE = "squash"
 # A new cache's images go to the device as uint8 (4x fewer bytes than float32; cast and preprocessed
 # there). An existing cache keeps what its fingerprint records (see fingerprint.feed_dtype).

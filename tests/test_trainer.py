@@ -170,7 +170,11 @@ def _export_and_compare(tmp_path: Path, cache: Path, sample_dir: Path, kind: str
     rows = c.load_pooled()
     images = np.stack([decode_resize(Path(sample_dir / i).read_bytes(), (224, 224)).numpy() for i in rows.id[:4]])
     images = np.round(images)  # whole RGB values, as the cache's uint8 feed gave the backbone
-    got = full.predict(images, verbose=0)
+    out_dict = full.predict(images, verbose=0)
+    got = out_dict["probabilities"]
+    assert [c.decode() if isinstance(c, bytes) else c for c in out_dict["class"]] == [
+        results["classes"][k] for k in got.argmax(-1)
+    ]
     if kind == "map":
         ((_, maps),) = c.iter_maps(indices=rows.index[:4], dtype="float32")
         want = head.predict(maps, verbose=0)
@@ -191,6 +195,45 @@ def test_exported_mobilenet_model_equals_head_on_cached_features(tmp_path, sampl
     cache = tmp_path / "real"
     extract(sample_dir, cache, backbone="mobilenet_v2", weights=str(REAL_WEIGHTS), shard_size=16, batch_size=8)
     _export_and_compare(tmp_path, cache, sample_dir, "linear", 1e-4)
+
+
+def test_exported_model_takes_decoded_images_of_any_size_and_agrees_with_predict_source(tmp_path, sample_dir):
+    """A user with a JPEG loads it with keras.utils.load_img (any size, uint8) and calls the exported model:
+    the model resizes and preprocesses inside as the extractor did, so its class is predict --source's, and
+    its class names are in the saved model (readable with keras alone)."""
+    import csv
+
+    import keras
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from featcache.trainer.cli import app
+
+    src = tmp_path / "src"
+    for k, path in enumerate(sorted(sample_dir.rglob("*.*"))):  # the sample at other sizes and aspect ratios
+        (src / path.parent.name).mkdir(parents=True, exist_ok=True)
+        with Image.open(path) as im:
+            im.convert("RGB").resize((96 + 17 * (k % 5), 64 + 23 * (k % 3))).save(src / path.parent.name / f"{k}.png")
+    cache = tmp_path / "c"
+    extract(src, cache)
+    run_dir, results = sweep(
+        cache, tmp_path / "runs", expand({"head": ["linear"], "lr": [1e-2]}), Settings(epochs=3, batch_size=8, seed=0)
+    )
+    runner = CliRunner()
+    assert runner.invoke(app, ["export", str(run_dir), str(tmp_path / "m.keras")]).exit_code == 0
+    r = runner.invoke(app, ["predict", str(run_dir), str(tmp_path / "p.csv"), "--source", str(src), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    with open(tmp_path / "p.csv", newline="") as fh:
+        source_class = {row["id"]: row["predicted"] for row in csv.DictReader(fh)}
+    model = keras.models.load_model(tmp_path / "m.keras")
+    assert model.get_layer("class_names").get_vocabulary() == results["classes"]
+    agree = []
+    for ident, want in source_class.items():
+        img = keras.utils.img_to_array(keras.utils.load_img(src / ident), dtype="uint8")  # (h, w, 3), any size
+        got = model.predict(img[None], verbose=0)
+        name = got["class"][0]
+        agree.append((name.decode() if isinstance(name, bytes) else name) == want)
+    assert len(agree) == 15 and np.mean(agree) >= 0.9, agree
 
 
 def test_export_refuses_other_weights(tmp_path, tiny_cache):
@@ -232,7 +275,7 @@ def test_cli_train_predict_and_export_another_head(tmp_path, tiny_cache):
         ],
     )
     assert r.exit_code == 0, r.output
-    assert "rank  val acc         95% CI  test acc  scored  epoch  head" in r.output and "RANDOM weights" in r.output
+    assert "rank  val acc         95% CI  val loss  test acc  scored  epoch  head" in r.output and "RANDOM weights" in r.output
     run_dir = next((tmp_path / "runs").iterdir())
     results = json.loads((run_dir / "results.json").read_text())
     other = next(h["name"] for h in results["heads"] if h["name"] != results["best"] and h["config"]["kind"] == "mlp")

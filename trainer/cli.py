@@ -277,15 +277,17 @@ def export(
     verbose: VerboseOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Stack the best head onto the backbone that made the cache: one Keras model from a 224x224 RGB
-    image (values 0-255) to class probabilities, preprocessing inside, loadable without featcache."""
+    """Stack the best head onto the backbone that made the cache: one Keras model from a decoded RGB image
+    of any size (uint8, as keras.utils.load_img gives it) to class probabilities and the class name, the
+    extractor's resize and preprocessing inside, loadable without featcache."""
 
     def job() -> None:
         from . import api
 
         e = api.export(run_dir, out, head=head_name, weights=weights, backbone=backbone)
         typer.echo(
-            f"wrote {e.out}: {e.backbone} + {e.head}, image {e.input_shape} -> {len(e.classes)} class probabilities "
+            f"wrote {e.out}: {e.backbone} + {e.head}, a decoded RGB image of any size (uint8) -> "
+            f"{{'probabilities': {len(e.classes)} classes, 'class': its name}} "
             f"({', '.join(e.classes[:5])}{', ...' if len(e.classes) > 5 else ''})"
         )
         if e.tta:

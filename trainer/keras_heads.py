@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..shared.backbones import BackboneSpec, ResolvedWeights, build_backbone, import_tensorflow
+from ..shared.backbones import PAD_VALUE, BackboneSpec, ResolvedWeights, build_backbone, import_tensorflow
 from ..shared.cache.fsutil import check_input
 from ..shared.errors import FeatcacheError
 from .kinds import closed_form
@@ -122,10 +122,28 @@ def head_model(
     return keras.Model(inp, KERAS_HEADS[cfg.kind](x, cfg, w, n_classes), name=f"head_{cfg.kind}")
 
 
+# What an exported model's dict output holds (see full_model).
+PROBABILITIES, CLASS = "probabilities", "class"
+
+
 def full_model(
-    spec: BackboneSpec, weights: ResolvedWeights, cfg: HeadConfig, head: keras.Model, flip_tta: bool = False
+    spec: BackboneSpec,
+    weights: ResolvedWeights,
+    cfg: HeadConfig,
+    head: keras.Model,
+    flip_tta: bool = False,
+    resize: str | None = None,
+    classes: list[str] | None = None,
 ) -> keras.Model:
-    """``(224, 224, 3)`` RGB in [0, 255] -> class probabilities: preprocessing, backbone, (pooling,) head.
+    """An RGB image in [0, 255] -> class probabilities: resize, preprocessing, backbone, (pooling,) head.
+
+    Without ``resize`` the model takes ``(B, H, W, 3)`` images of the backbone's input size. With
+    ``resize`` (a policy of :data:`featcache.shared.backbones.RESIZE_POLICIES`: what the cache was made
+    with) it takes images **as decoded**, ``(B, h, w, 3)`` of any height and width, uint8 or float, and
+    resizes them inside as the extractor did (bilinear with antialiasing; ``pad`` fills with mid-grey),
+    built-in Keras layers only. With ``classes`` the output is a dict: ``probabilities`` ``(B, K)`` and
+    ``class`` ``(B,)``, the most probable class's name (a ``StringLookup`` whose vocabulary, the class
+    names, is in the saved config: ``model.get_layer("class_names").get_vocabulary()``).
     ``flip_tta``: the mean of the head's probabilities on the image and on its horizontal mirror (the
     test-time augmentation of a cache extracted with 2 views), backbone and head shared."""
     if spec.rescale is None:
@@ -133,8 +151,21 @@ def full_model(
             f"backbone {spec.name!r} states no affine preprocessing: cannot build a self-contained model"
         )
     scale, offset = spec.rescale
-    image = keras.Input((*spec.input_size, 3), name="image")
-    x = keras.layers.Rescaling(scale, offset, name="preprocess")(image)
+    if resize is None:
+        image = keras.Input((*spec.input_size, 3), name="image")
+        x = image
+    else:
+        image = keras.Input((None, None, 3), name="image")
+        x = keras.layers.Resizing(
+            *spec.input_size,
+            interpolation="bilinear",
+            antialias=True,
+            crop_to_aspect_ratio=resize == "centre-crop",
+            pad_to_aspect_ratio=resize == "pad",
+            fill_value=PAD_VALUE,
+            name="resize",
+        )(image)
+    x = keras.layers.Rescaling(scale, offset, name="preprocess")(x)
     backbone = build_backbone(spec, weights)
     pool = None if cfg.reads_maps else keras.layers.GlobalAveragePooling2D(name="pool")
 
@@ -145,7 +176,12 @@ def full_model(
     y = probs(x)
     if flip_tta:
         y = keras.layers.Average(name="tta")([y, probs(keras.ops.flip(x, axis=2))])
-    return keras.Model(image, y, name=f"featcache_{spec.name}_{cfg.kind}")
+    name = f"featcache_{spec.name}_{cfg.kind}"
+    if classes is None:
+        return keras.Model(image, y, name=name)
+    names = keras.layers.StringLookup(vocabulary=list(classes), invert=True, num_oov_indices=0, name="class_names")
+    y = keras.layers.Identity(name=PROBABILITIES)(y)
+    return keras.Model(image, {PROBABILITIES: y, CLASS: names(keras.ops.argmax(y, axis=-1))}, name=name)
 
 
 def load(path: Any) -> keras.Model:

@@ -39,8 +39,9 @@ class Prediction:
 
 @dataclass
 class Export:
-    """What :func:`export` wrote: ``out``, a model from images ``input_shape`` to ``classes`` probabilities;
-    ``tta``: how it scores an image when the head was picked with test-time augmentation (else None)."""
+    """What :func:`export` wrote: ``out``, a model from images ``input_shape`` (``(None, None, 3)``: any
+    size, resized inside) to ``{"probabilities", "class"}`` over ``classes``; ``tta``: how it scores an
+    image when the head was picked with test-time augmentation (else None)."""
 
     out: Path
     backbone: str
@@ -213,7 +214,10 @@ def export(
         # view 1 is the mirror: with 2 views the model can average the image and its mirror as the pick
         # did; further views are random crops seeded by the image's id, which an exported model cannot know
         tta = "image and its mirror" if views == 2 else f"the image only (picked with TTA over {views} views)"
-    model = full_model(spec, w, cfg, model_head, flip_tta=views == 2 and tta is not None)
+    policy = str(fp["resize"]).rsplit(",", 1)[-1]  # the extractor's resize policy, done inside the model
+    model = full_model(
+        spec, w, cfg, model_head, flip_tta=views == 2 and tta is not None, resize=policy, classes=results["classes"]
+    )
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     model.save(out)
     return Export(Path(out), spec.name, name, tuple(model.input_shape[1:]), results["classes"], w.random, tta)
