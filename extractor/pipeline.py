@@ -145,6 +145,7 @@ def make_dataset(
     augment: Augment | None = None,
     sequential_reads: bool = False,
     feed_dtype: str = "float32",
+    halt: Any = None,
 ) -> Any:
     """A dataset of ``(index (b,) int64, images (b, H, W, 3))`` over the given shards, in order;
     ``images`` are uint8 RGB with ``feed_dtype="uint8"`` (``preprocess`` is then left to the mapper),
@@ -157,7 +158,10 @@ def make_dataset(
     limits: a whole file, or a record in a container) or raises (the input is then dropped);
     ``shard_ranges`` are the listing positions of each shard to compute. With ``sequential_reads``
     the reads run one at a time in listing order (records of gzip'd containers, read as a stream);
-    decoding stays parallel either way. ``ids`` (the whole listing's) seed the views.
+    decoding stays parallel either way. ``ids`` (the whole listing's) seed the views. ``halt``: a
+    boolean ``tf.Variable``; once it is True no further input enters the pipeline, so that draining
+    the iterator after an error ends within the few batches already in flight (see
+    :func:`featcache.extractor.runner.drain`).
     """
     augment = augment or Augment()
     views = augment.views
@@ -182,9 +186,13 @@ def make_dataset(
         image_id = tf.gather(todo_ids, at)
         return i, tf.stack([feed(make_view(img, image_id, v, size, augment)) for v in range(views)])
 
+    def going(*_: Any) -> Any:
+        return tf.constant(True) if halt is None else tf.logical_not(halt)
+
     def shard(start: Any, stop: Any, offset: Any) -> Any:
         return (
             tf.data.Dataset.range(start, stop)
+            .take_while(going)
             .map(lambda i: (i, i - start + offset))
             .map(fetch, **({} if sequential_reads else {"num_parallel_calls": decode_threads(), "deterministic": True}))
             .map(load, num_parallel_calls=decode_threads(), deterministic=True)
@@ -192,7 +200,7 @@ def make_dataset(
             .batch(batch_size)
         )
 
-    ds = tf.data.Dataset.from_tensor_slices((starts, stops, offsets)).flat_map(shard)
+    ds = tf.data.Dataset.from_tensor_slices((starts, stops, offsets)).take_while(going).flat_map(shard)
     # Fixed parallelism instead of tf.data's autotuner: measured here, the same throughput, but with
     # autotuning on, destroying the iterator at the end of a run took ~1.5 s on every run.
     options = tf.data.Options()

@@ -8,6 +8,7 @@ timing each stage so that the summary says where the time went.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -398,6 +399,21 @@ def cache_view(source: Source, listing: dict[str, np.ndarray]) -> Source:
     )
 
 
+def drain(it: Any) -> None:
+    """Run the tf.data iterator ``it`` (halted: no new input enters it) to its end, so that no read
+    is in flight when it is dropped. Dropping an iterator frees it while holding the GIL, and its
+    parallel reads (Python functions) wait for that GIL: the process hung for ever (at exit, when
+    the error's traceback was collected). Waiting for the next element releases the GIL, so the
+    reads in flight finish (at once: they see the run stopped) and the iterator ends."""
+    if it is None:
+        return
+    try:
+        for _ in it:
+            pass
+    except Exception:  # noqa: BLE001 (the run's own error is the one to report)
+        pass
+
+
 def _extract(
     cfg: ExtractConfig,
     source: Source,
@@ -421,8 +437,16 @@ def _extract(
     ranges = [manifest.shard_inputs(k) for k in todo]
     limits = cfg.limits()
     augment = cfg.augment
+    halt = pipeline.tf.Variable(False, trainable=False)
+    halted = threading.Event()
+
+    def read(i: int) -> bytes:
+        if halted.is_set():  # the run failed: no more reading (the input is dropped from the pipeline)
+            raise FeatcacheError("the run stopped")
+        return source.read(i, limits)
+
     ds = pipeline.make_dataset(
-        lambda i: source.read(i, limits),
+        read,
         ranges,
         batch_size=cfg.batch_size,
         size=spec.input_size,
@@ -431,6 +455,7 @@ def _extract(
         augment=augment,
         sequential_reads=source.sequential_reads,
         feed_dtype=cfg.feed_dtype or DEFAULT_FEED_DTYPE,
+        halt=halt,
     )
     bar = tqdm(total=sum(len(r) for r in ranges), unit="img", disable=not cfg.progress, dynamic_ncols=True)
 
@@ -455,6 +480,7 @@ def _extract(
     )
     t_loop = time.perf_counter()
     report.startup_seconds = t_loop - t_start
+    it = None
     try:
         it = iter(ds)
         while True:
@@ -490,6 +516,9 @@ def _extract(
             sink.close(finish=False)
         except BaseException:  # the first error is the one to report
             pass
+        halted.set()
+        halt.assign(True)
+        drain(it)
         raise
     finally:
         bar.close()

@@ -315,3 +315,24 @@ def test_a_source_whose_every_input_fails_is_an_error_not_an_empty_cache(tmp_pat
         assert "Traceback" not in r.output
         m = Manifest.load(tmp_path / "c")
         assert m.complete and m.rows == 0 and sorted(f.id for f in m.failed) == sorted(names), attempt
+
+
+def test_a_full_disk_when_taking_a_lock_names_the_lock_file_and_holds_nothing(tmp_path, monkeypatch):
+    """The disk fills up just as a run records itself in the part lock (the moment varies with the
+    free space; ``os.pwrite``'s error names no file, so the line said only "No space left on
+    device"): the error names the lock file, and the lock is not held afterwards."""
+    from featcache.shared.cache.lock import FileLock
+
+    path = tmp_path / "c" / "parts" / "part-0-of-1.lock"
+
+    def full(fd, data, offset):  # noqa: ANN001, ANN202
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "pwrite", full)
+    with pytest.raises(OSError) as caught:
+        FileLock(path, "part").acquire()
+    monkeypatch.undo()
+    assert (caught.value.filename, caught.value.strerror) == (str(path), "No space left on device")
+    other = FileLock(path, "part")
+    other.acquire(wait=0)  # free: nobody holds it
+    other.release()
