@@ -28,12 +28,12 @@ def brute_isolation(x: np.ndarray, k: int) -> np.ndarray:
     return 1 - np.sort(sims, axis=1)[:, ::-1][:, :k].mean(axis=1)
 
 
-def clusters(n: int, c: int, planted: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` non-negative vectors around 50 centres (like ReLU features), and ``planted`` rows far from
-    every centre; returns the vectors and the planted rows' positions."""
+def clusters(n: int, c: int, planted: int, seed: int, centres: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` non-negative vectors around ``centres`` centres (like ReLU features), and ``planted`` rows far
+    from every centre; returns the vectors and the planted rows' positions."""
     rng = np.random.default_rng(seed)
-    centres = rng.gamma(0.5, 1.0, (50, c)).astype(np.float32)
-    x = centres[rng.integers(0, 50, n)] + rng.gamma(0.5, 0.3, (n, c)).astype(np.float32)
+    middle = rng.gamma(0.5, 1.0, (centres, c)).astype(np.float32)
+    x = middle[rng.integers(0, centres, n)] + rng.gamma(0.5, 0.3, (n, c)).astype(np.float32)
     where = rng.choice(n, planted, replace=False)
     x[where] = rng.gamma(0.5, 1.0, (planted, c)).astype(np.float32) * (rng.random((planted, c)) < 0.05)
     return x, where
@@ -122,18 +122,22 @@ def test_the_placeholder_image_of_the_ants_bees_set_is_among_the_first_three(hym
 
 def test_indexed_near_duplicates_equal_the_exact_pairs(monkeypatch):
     """Above EXACT_MAX_ROWS, near-duplicate pairs come from the neighbour index; they equal the all-pairs
-    search, including a group of 20 copies (more than the 16 neighbours listed per row)."""
+    search, including a group of 20 copies (more than the neighbours listed per row). With few candidates
+    per row, a near-copy must be ranked first by the reduced search (it ranked by dot product once, and
+    rows with long projections pushed near-copies out)."""
     from featcache.shared.inspection import similarity
 
-    x, _ = clusters(3000, 256, 0, seed=4)
+    x, _ = clusters(8000, 1280, 0, seed=4)  # 160 rows a cluster: more than a row's candidates
     rng = np.random.default_rng(4)
-    a = rng.choice(3000, 60, replace=False)
-    x[a[30:]] = x[a[:30]] * (1 + 0.01 * rng.standard_normal((30, 256)).astype(np.float32))  # 30 planted pairs
-    group = rng.choice(np.setdiff1d(np.arange(3000), a), 20, replace=False)
+    a = rng.choice(8000, 60, replace=False)
+    x[a[30:]] = x[a[:30]] * (1 + 0.01 * rng.standard_normal((30, 1280)).astype(np.float32))  # 30 planted pairs
+    group = rng.choice(np.setdiff1d(np.arange(8000), a), 20, replace=False)
     x[group] = x[group[0]]
     unit = similarity.normalize(x)
     want = {(p.a, p.b) for p in similarity.near_duplicates(unit, 0.99)}
     monkeypatch.setattr(knn, "EXACT_MAX_ROWS", 100)
+    monkeypatch.setattr(knn, "MIN_CANDIDATES", 3)  # few candidates: a near-copy must rank among the first
+    monkeypatch.setattr(similarity, "DUPLICATE_NEIGHBOURS", 2)
     got = {(p.a, p.b): p.cosine for p in similarity.duplicate_pairs(unit, 0.99)}
     assert set(got) == want and len(want) >= 30 + 190
     assert all(c >= 0.99 for c in got.values())

@@ -1,14 +1,16 @@
 """The k nearest rows of every row by cosine similarity of pooled vectors, in bounded memory and, past
 a few tens of thousands of rows, in less than quadratic time.
 
-One search serves every inspection command that needs each row's neighbours (outliers today).
+One search serves every inspection command that needs each row's neighbours (outliers, and
+near-duplicates past :data:`EXACT_MAX_ROWS` rows).
 
 - Up to :data:`EXACT_MAX_ROWS` rows: every pair, on the full unit vectors, ``block`` query rows at a
   time (memory ``block x n`` float32; 10k rows ~1 s on these 2 cores).
 - Above: an inverted-file index. The unit vectors are projected on :data:`REDUCED_DIMS` axes (their mean
   direction and top principal components: cosine between pooled vectors is dominated by the mean, so
-  it is kept exactly), clustered by k-means into about ``4 sqrt(n)`` lists, and each list's rows are
-  compared only with the rows of the :data:`PROBES` lists whose centres are nearest its own. Each row's
+  it is kept exactly) and scaled back to unit norm (candidates are ranked by cosine), clustered by
+  k-means into about ``4 sqrt(n)`` lists, and each list's rows are compared only with the rows of the
+  :data:`PROBES` lists whose centres are nearest its own. Each row's
   best :data:`MIN_CANDIDATES` candidates are then re-scored on the full unit vectors, so every
   similarity returned is exact; what can be missed is a true neighbour the index never offered
   (bench/inspect_scale.py measures that recall against the exact search). The work is about
@@ -46,6 +48,15 @@ def _top(sims: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
     vals = np.take_along_axis(sims, idx, axis=1)
     order = np.argsort(-vals, axis=1, kind="stable")
     return np.take_along_axis(idx, order, axis=1), np.take_along_axis(vals, order, axis=1)
+
+
+def reduced_unit(unit: np.ndarray, seed: int = 0) -> np.ndarray:
+    """``unit`` on its :func:`reduction` axes, each row scaled back to unit norm: candidates are ranked by
+    cosine in the reduced space (by dot product, rows whose projection is long would outrank a row's own
+    near-copy)."""
+    reduced = unit @ reduction(unit, seed=seed)
+    norm = np.linalg.norm(reduced, axis=1, keepdims=True)
+    return np.ascontiguousarray(reduced / np.where(norm > 0, norm, 1.0), dtype=np.float32)
 
 
 def reduction(unit: np.ndarray, dims: int = REDUCED_DIMS, seed: int = 0, fit_rows: int = 20_000) -> np.ndarray:
@@ -111,7 +122,7 @@ def _exact(unit: np.ndarray, k: int, step: Callable[[int], None] | None) -> tupl
 
 def _indexed(unit: np.ndarray, k: int, seed: int, step: Callable[[int], None] | None) -> tuple[np.ndarray, np.ndarray]:
     n = len(unit)
-    reduced = np.ascontiguousarray(unit @ reduction(unit, seed=seed))
+    reduced = reduced_unit(unit, seed)
     lists = int(min(n // 8, max(16, LISTS_PER_SQRT_ROW * np.sqrt(n))))
     centres = _kmeans(reduced, lists, seed)
     assign = _assign(reduced, centres)
@@ -184,7 +195,7 @@ def nearest_of(unit: np.ndarray, queries: np.ndarray, k: int, seed: int = 0) -> 
     if k_eff == 0:
         return rows, cos
     small = float(len(queries)) * n * unit.shape[1] <= EXACT_BUDGET or unit.shape[1] <= REDUCED_DIMS
-    search = unit if small else np.ascontiguousarray(unit @ reduction(unit, seed=seed))
+    search = unit if small else reduced_unit(unit, seed)
     m = min(n, k_eff + 1 if small else max(HEAD_CANDIDATES, 4 * k_eff) + 1)
     block = _block_rows(n)
     for start in range(0, len(queries), block):
