@@ -290,3 +290,16 @@ def test_per_class_precision_recall_f1_and_macro_f1_equal_scikit_learns():
         assert row["support"] == s[k]
     assert got["accuracy"] == pytest.approx(accuracy_score(y, pred))
     assert got["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro", zero_division=0))
+
+
+def test_logistic_regressions_are_drawn_as_their_regularisation_path(runs, tmp_path):
+    """A logreg head has one fit, so one epoch: its epoch curves were empty panels. The page draws each
+    path of C values as one chart against log10 C, and keeps epoch curves for the heads trained by epochs."""
+    run = train(runs["cache_a"], head=["logreg", "linear"], c=[0.01, 0.1, 1.0], runs=tmp_path / "runs", **QUICK).run_dir
+    r = train_cli("report", run, tmp_path / "r.html")
+    assert r.exit_code == 0, r.output
+    text = (tmp_path / "r.html").read_text()
+    results = load_results(run)
+    logreg = [h for h in results["heads"] if h["config"]["kind"] == "logreg"]
+    assert len(logreg) == 3 and text.count('data-heads="3"') == 1 and "log10 C" in text
+    assert text.count("data-head=") == len(results["heads"]) - len(logreg)

@@ -209,8 +209,14 @@ def build(run_dir: str | Path) -> tuple[str, dict[str, Any]]:
     sections.append(("leaderboard", "Leaderboard", "\n".join(body)))
 
     # -- curves ----------------------------------------------------------------------------------------
+    # Epoch curves for heads trained by epochs; a logistic regression is one L-BFGS fit per C, so its
+    # picture is the regularisation path: accuracy and loss against C, one chart per path (power, cache).
     charts = []
+    paths: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
     for h in heads:
+        if h["config"]["kind"] == "logreg" and h["config"].get("c"):
+            paths.setdefault((h["config"].get("power", 1), h.get("cache")), []).append(h)
+            continue
         ep = [e["epoch"] for e in h["epochs"]]
         acc = [
             ("train acc", ep, [e["train_acc"] for e in h["epochs"]], H.colour(0)),
@@ -226,11 +232,36 @@ def build(run_dir: str | Path) -> tuple[str, dict[str, Any]]:
             + H.line_chart_svg(loss, "loss", "epoch", CURVE_SIZE, h["best_epoch"])
             + "</div>"
         )
+    for (power, cache), group in paths.items():
+        group = sorted(group, key=lambda h: h["config"]["c"])
+        x = [float(np.log10(h["config"]["c"])) for h in group]
+        last = [h["epochs"][-1] for h in group]
+        picked = next((xi for xi, h in zip(x, group, strict=True) if h["name"] == best["name"]), None)
+        acc = [
+            ("train acc", x, [e["train_acc"] for e in last], H.colour(0)),
+            ("val acc", x, [e["val_acc"] for e in last], H.colour(1)),
+        ]
+        loss = [
+            ("train loss", x, [e["train_loss"] for e in last], H.colour(0)),
+            ("val loss", x, [e["val_loss"] for e in last], H.colour(1)),
+        ]
+        title = f"logreg path{f' ({cache})' if cache else ''}, power {_num(power)}: accuracy"
+        charts.append(
+            f'<div style="display:inline-block;margin:4px" data-path="{H.esc(title)}" data-heads="{len(group)}">'
+            + H.line_chart_svg(acc, title, "log10 C", CURVE_SIZE, picked)
+            + H.line_chart_svg(loss, "loss", "log10 C", CURVE_SIZE, picked)
+            + "</div>"
+        )
     sections.append(
         (
             "curves",
             "Every head's curves",
-            H.note("Best on val first; the dotted line is the epoch whose weights were kept.") + "\n".join(charts),
+            H.note(
+                "Best on val first; the dotted line is the epoch whose weights were kept. Logistic regressions (one "
+                "L-BFGS fit per C) are drawn as their regularisation path: accuracy and loss against log10 C, the "
+                "dotted line at the picked head's C."
+            )
+            + "\n".join(charts),
         )
     )
 
