@@ -92,11 +92,17 @@ def run_baselines(ds: Dataset, out: Any) -> list[dict[str, Any]]:
 
 
 def describe(rows: list[dict[str, Any]]) -> str:
-    """The baselines as lines under the leaderboard."""
+    """The baselines as lines under the leaderboard, and why they are never the pick."""
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
-    return "\n".join(
+    lines = [
         f"{r['kind']:>8}: val {r['val_acc']:.4f}, test {fmt(r['test_acc'])}  {r['name']}"
         + (f" = mean of {', '.join(r['members'])}" if r.get("members") else "")
         + f" ({r['seconds']:.1f} s)"
         for r in rows
-    )
+    ]
+    if rows:
+        lines.append(
+            "(reported beside the sweep, never picked: a k-NN head needs the training rows and an ensemble "
+            "several heads, so neither exports as one Keras model)"
+        )
+    return "\n".join(lines)
