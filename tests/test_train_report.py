@@ -143,7 +143,7 @@ def test_report_without_the_cache_still_works(runs, tmp_path):
     results = json.loads((run / "results.json").read_text())
     copy = tmp_path / "run"
     copy.mkdir()
-    for f in run.iterdir():
+    for f in (f for f in run.iterdir() if f.is_file()):  # not tensorboard/
         (copy / f.name).write_bytes(f.read_bytes())
     results["cache"]["path"] = str(tmp_path / "moved")
     (copy / "results.json").write_text(json.dumps(results))
@@ -182,7 +182,7 @@ def test_runs_lists_every_sweep_newest_first(runs):
 def copy_run(run: Path, dest: Path) -> Path:
     """A copy of a run directory (so a test can alter its results.json)."""
     dest.mkdir(parents=True)
-    for f in run.iterdir():
+    for f in (f for f in run.iterdir() if f.is_file()):  # not tensorboard/
         (dest / f.name).write_bytes(f.read_bytes())
     return dest
 
