@@ -155,3 +155,18 @@ def test_the_cache_report_shows_the_placeholder_with_its_thumbnail(hymenoptera_c
     section = html[html.index('id="outliers"') :]
     row = section[: section.index("imageNotFound.gif")]
     assert "data:image/jpeg;base64," in row[row.rindex("<tr") :]  # its thumbnail, in its own table row
+
+
+def test_more_neighbours_than_rows_scores_on_every_other_row(tmp_path):
+    """Hostile round d: ``outliers -k 1000000000`` on a 40-row cache allocated (n, k) arrays of -1 for the
+    missing neighbours (a 298 GiB MemoryError traceback); now k is capped at the other rows, the same score."""
+    from conftest import synthetic_cache
+
+    cache = synthetic_cache(tmp_path / "c", n=40, shard_size=20)
+    runner = CliRunner()
+    big = runner.invoke(app, ["outliers", str(cache), "-k", "1000000000", "--json", "--no-progress"])
+    whole = runner.invoke(app, ["outliers", str(cache), "-k", "39", "--json", "--no-progress"])
+    assert big.exit_code == 0 and whole.exit_code == 0, big.output[-500:]
+    assert json.loads(big.output) == json.loads(whole.output)
+    x = np.random.default_rng(0).normal(size=(5, 8)).astype(np.float32)
+    np.testing.assert_allclose(isolation(x, 1 << 40)[0], brute_isolation(x, 4), rtol=1e-5)

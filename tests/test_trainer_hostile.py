@@ -282,7 +282,8 @@ def test_a_fifo_at_a_runs_heads_or_head_model_is_refused_without_blocking(tmp_pa
         lines = [line for line in p.stderr.splitlines() if line.startswith("error:")]
         assert p.returncode == 2 and len(lines) == 1, (args, p.stderr)
         assert f"{run / name}: not a regular file" in lines[0], lines
-        assert not out.exists() and {f.name: f.read_bytes() for f in run.iterdir() if f.name != name} == kept
+        assert not out.exists()
+        assert {f.name: f.read_bytes() for f in run.iterdir() if f.is_file() and f.name != name} == kept
 
 
 def _npz_declaring(path: Path, arrays: dict[str, np.ndarray], lie: str, shape: tuple[int, ...]) -> None:
@@ -318,7 +319,7 @@ def test_heads_npz_declaring_a_huge_array_is_one_line_before_any_allocation(tmp_
         line = _error_line(r)
         assert f"{run / 'heads.npz'}: {lie} is declared float32 {shape}" in line and "not this run's heads" in line
         assert not (tmp_path / "p.csv").exists() and not (tmp_path / "r.html").exists()
-        assert {f.name: f.read_bytes() for f in run.iterdir() if f.name != "heads.npz"} == kept
+        assert {f.name: f.read_bytes() for f in run.iterdir() if f.is_file() and f.name != "heads.npz"} == kept
 
 
 def test_an_unloadable_best_head_keras_is_one_line_naming_it(tmp_path, two_heads):
@@ -391,3 +392,81 @@ def test_a_cache_with_no_row_is_refused_in_one_line_before_training(tmp_path, mo
         "featcache-inspect summary lists why): nothing to train on"
     )
     assert not (tmp_path / "runs").exists() or list((tmp_path / "runs").iterdir()) == []
+
+
+def _edit(results: dict, where: str, value: object) -> dict:
+    """``results`` with the value at dotted ``where`` (``heads.0.config``) replaced (``...`` deletes it)."""
+    results = json.loads(json.dumps(results))
+    *path, last = [int(k) if k.isdigit() else k for k in where.split(".")]
+    node = results
+    for k in path:
+        node = node[k]
+    if value is ...:
+        del node[last]
+    else:
+        node[last] = value
+    return results
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "message"),
+    [
+        ("classes", "--flag", "classes: expected a list of strings"),
+        ("cache", None, "cache: expected an object"),
+        ("cache.fingerprint.output_shape", [], "cache.fingerprint.output_shape: expected 1 to 3"),
+        ("cache.generation", ..., "cache.generation: expected a value"),
+        ("splits", {}, "splits.train: expected a whole number"),
+        ("settings.allow_partial", ..., "settings.allow_partial: expected a value"),
+        ("command", None, "command: expected a list of strings"),
+        ("wall_seconds", "x", "wall_seconds: expected a number"),
+        ("best_confusion_test", [[1]], "best_confusion_test: expected null or 4 rows of 4 counts"),
+        ("heads.0.config", None, "heads[0]"),
+        ("heads.0.val_loss", None, "val_loss: expected a number"),
+        ("heads.1.config.kind", "cnn", "config.kind: expected one of"),
+        ("heads_file.params", [], "heads_file.params: expected an object"),
+    ],
+)
+def test_results_json_of_the_wrong_shape_is_one_line_naming_the_key(tmp_path, two_heads, where, value, message):
+    """Hostile round d: results.json was checked for its format, version, heads and best only; any other
+    key of the wrong type or missing (classes a string, cache null, a head's config null, a confusion
+    of the wrong size...) was a TypeError/KeyError/IndexError traceback, exit 1, from report, predict
+    or export. Variants: one edit per key a reader relies on, through report and predict."""
+    results = json.loads((two_heads / "results.json").read_text())
+    edited = _edit(results, where, value)
+    run, kept = _planted(two_heads, tmp_path / "run", "results.json", lambda p: p.write_text(json.dumps(edited)))
+    for args, out in (
+        (["report", run, tmp_path / "r.html"], tmp_path / "r.html"),
+        (["predict", run, tmp_path / "p.csv", "--split", "test"], tmp_path / "p.csv"),
+    ):
+        r = CliRunner().invoke(app, list(map(str, args)))
+        line = _error_line(r)
+        assert f"{run / 'results.json'}: " in line and message in line, (where, line)
+        assert not out.exists()
+    assert {f.name: f.read_bytes() for f in run.iterdir() if f.is_file() and f.name != "results.json"} == kept
+
+
+def test_heads_npz_whose_arrays_do_not_fit_the_head_is_one_line(tmp_path, two_heads):
+    """Hostile round d: heads.npz arrays were checked only against the widest axis any head could have,
+    so a bias of 3 classes beside a kernel of 4 (or a parameter missing from results.json's index) was a
+    numpy ValueError/KeyError traceback in report, and a map head's ``hidden`` edited up let an array of
+    that width through to allocation. Now every array must have exactly its head's shape."""
+    results = json.loads((two_heads / "results.json").read_text())
+    with np.load(two_heads / "heads.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    best = results["best"]
+    arrays[f"{best}/b"] = arrays[f"{best}/b"][:3]
+
+    def plant(p: Path) -> None:
+        np.savez(p, **arrays)
+
+    run, kept = _planted(two_heads, tmp_path / "run", "heads.npz", plant)
+    r = CliRunner().invoke(app, ["report", str(run), str(tmp_path / "r.html")])
+    line = _error_line(r)
+    assert f"{run / 'heads.npz'}: {best}/b is declared float32 (3,), not the float (4,)" in line, line
+    assert not (tmp_path / "r.html").exists()
+    edited = json.loads(json.dumps(results))
+    edited["heads_file"]["params"][best] = {"W": f"{best}/W"}
+    (run / "heads.npz").write_bytes((two_heads / "heads.npz").read_bytes())
+    (run / "results.json").write_text(json.dumps(edited))
+    line = _error_line(CliRunner().invoke(app, ["report", str(run), str(tmp_path / "r.html")]))
+    assert f"{run / 'heads.npz'}: head {best!r} lists no parameter b" in line, line

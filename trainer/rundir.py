@@ -178,9 +178,216 @@ def load_results(run_dir: Path) -> dict[str, Any]:
     heads = results.get("heads")
     if not isinstance(heads, list) or not all(isinstance(h, dict) and isinstance(h.get("name"), str) for h in heads):
         raise FeatcacheError(f"{path}: heads: expected a list of heads with names")
-    if results.get("best") not in {h["name"] for h in heads}:
+    if not isinstance(results.get("best"), str) or results["best"] not in {h["name"] for h in heads}:
         raise FeatcacheError(f"{path}: best: {results.get('best')!r} is not one of the run's heads")
+    try:
+        check_results(results)
+    except _Bad as exc:
+        raise FeatcacheError(f"{path}: {exc}: not a run featcache wrote (edited by hand?)") from None
     return results
+
+
+# --- what a reader of results.json relies on, checked once where the file is read -----------------------
+
+
+class _Bad(Exception):
+    """A value of results.json that is not what featcache writes: ``where`` (a dotted key) and what was expected."""
+
+    def __init__(self, where: str, expected: str):
+        super().__init__(f"{where}: expected {expected}")
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _is_int(v: Any, lo: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+
+def _want(ok: bool, where: str, expected: str) -> None:
+    if not ok:
+        raise _Bad(where, expected)
+
+
+def _dict(v: Any, where: str) -> dict[str, Any]:
+    _want(isinstance(v, dict), where, "an object")
+    return v
+
+
+def _strings(v: Any, where: str, *, non_empty: bool = False) -> list[str]:
+    _want(isinstance(v, list) and all(isinstance(s, str) for s in v), where, "a list of strings")
+    _want(bool(v) or not non_empty, where, "at least one")
+    return v
+
+
+def _opt_num(d: dict[str, Any], key: str, where: str) -> None:
+    _want(d.get(key) is None or _is_num(d[key]), f"{where}.{key}", "a number or null")
+
+
+def _check_identity(v: Any, where: str) -> None:
+    d = _dict(v, where)
+    _want(isinstance(d.get("path"), str), f"{where}.path", "the cache's path")
+    fp = _dict(d.get("fingerprint"), f"{where}.fingerprint")
+    shape = fp.get("output_shape")
+    _want(
+        isinstance(shape, list) and 1 <= len(shape) <= 3 and all(_is_int(s, 1) for s in shape),
+        f"{where}.fingerprint.output_shape",
+        "1 to 3 whole numbers >= 1",
+    )
+    _strings(d.get("classes"), f"{where}.classes")
+    for key in ("listing_sha256", "num_inputs", "generation"):
+        _want(key in d, f"{where}.{key}", "a value (null when unknown)")
+    _want(
+        d.get("listing_sha256") is None or isinstance(d["listing_sha256"], str), f"{where}.listing_sha256", "a string"
+    )
+    _want(d.get("num_inputs") is None or _is_int(d["num_inputs"]), f"{where}.num_inputs", "a whole number")
+    _want(d.get("generation") is None or _is_int(d["generation"]), f"{where}.generation", "a whole number or null")
+    shards = _dict(d.get("shards"), f"{where}.shards")
+    _want(all(isinstance(s, str) for s in shards.values()), f"{where}.shards", "shard file -> sha256 strings")
+
+
+def _check_head(h: dict[str, Any], where: str) -> None:
+    from .kinds import HEAD_KINDS
+    from .settings import RULES
+
+    cfg = _dict(h.get("config"), f"{where}.config")
+    _want(cfg.get("kind") in HEAD_KINDS, f"{where}.config.kind", f"one of {', '.join(HEAD_KINDS)}")
+    for key in ("lr", "weight_decay", "dropout", "label_smoothing", "c", "power"):
+        _want(key not in cfg or (_is_num(cfg[key]) and cfg[key] >= 0), f"{where}.config.{key}", "a number >= 0")
+    _want("hidden" not in cfg or _is_int(cfg["hidden"]), f"{where}.config.hidden", "a whole number >= 0")
+    for key in ("pool", "map_augment"):
+        if key in cfg:
+            try:
+                RULES[key](cfg[key])
+            except ValueError as exc:
+                raise _Bad(f"{where}.config.{key}", f"a known value ({exc})") from None
+    _want(set(cfg) <= {"name", "kind", *RULES}, f"{where}.config", "only head settings")
+    epochs = h.get("epochs")
+    _want(isinstance(epochs, list) and all(isinstance(e, dict) for e in epochs), f"{where}.epochs", "a list of objects")
+    for i, e in enumerate(epochs):
+        _want(_is_int(e.get("epoch"), 1), f"{where}.epochs[{i}].epoch", "a whole number >= 1")
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+            _opt_num(e, key, f"{where}.epochs[{i}]")
+    _want(_is_int(h.get("best_epoch"), 0), f"{where}.best_epoch", "a whole number")
+    _want(_is_num(h.get("val_acc")), f"{where}.val_acc", "a number")
+    for key in ("val_loss", "test_acc", "test_loss"):
+        _want(key in h, f"{where}.{key}", "a value (null without those rows)")
+    _want(_is_num(h["val_loss"]), f"{where}.val_loss", "a number")
+    for key in ("test_acc", "test_loss", "val_acc_tta", "test_acc_tta", "group_wall_seconds"):
+        _opt_num(h, key, where)
+    _want(not h.get("use_tta") or _is_num(h.get("val_acc_tta")), f"{where}.val_acc_tta", "a number (use_tta is set)")
+    _want(h.get("views", 1) is None or _is_int(h.get("views", 1), 1), f"{where}.views", "a whole number >= 1")
+    for key in ("cache", "backbone"):
+        _want(h.get(key) is None or isinstance(h[key], str), f"{where}.{key}", "a string")
+
+
+def _check_confusion(results: dict[str, Any], n: int) -> None:
+    full = results.get("best_confusion_test")
+    if full is not None:
+        _want(
+            isinstance(full, list)
+            and len(full) == n
+            and all(isinstance(r, list) and len(r) == n and all(_is_int(c) for c in r) for r in full),
+            "best_confusion_test",
+            f"null or {n} rows of {n} counts (one per class)",
+        )
+    top = results.get("best_confusion_test_top")
+    if top is not None:
+        t = _dict(top, "best_confusion_test_top")
+        _want(t.get("classes") == n, "best_confusion_test_top.classes", f"{n}, the classes")
+        for key in ("true", "predicted", "correct"):
+            v = t.get(key)
+            _want(
+                isinstance(v, list) and len(v) == n and all(map(_is_int, v)),
+                f"best_confusion_test_top.{key}",
+                f"{n} counts",
+            )
+        cells = t.get("top")
+        _want(
+            isinstance(cells, list)
+            and all(
+                isinstance(c, list) and len(c) == 3 and all(map(_is_int, c)) and c[0] < n and c[1] < n for c in cells
+            ),
+            "best_confusion_test_top.top",
+            "a list of [true, predicted, count] cells",
+        )
+
+
+def _check_standardize(v: Any, where: str) -> None:
+    if v is not None:
+        d = _dict(v, where)
+        _want(isinstance(d.get("mean"), str) and isinstance(d.get("std"), str), where, "null or {mean: key, std: key}")
+
+
+def check_results(results: dict[str, Any]) -> None:
+    """Raise :class:`_Bad` at the first value a reader of ``results`` (predict, export, report, runs, the
+    Python API) relies on that is not of the type and shape featcache writes."""
+    from .settings import RULES
+
+    _strings(results.get("command", []), "command")
+    _check_identity(results.get("cache"), "cache")
+    if results.get("version") == VERSION_MULTI:
+        for label, identity in _dict(results.get("caches"), "caches").items():
+            _check_identity(identity, f"caches.{label}")
+    n = len(_strings(results.get("classes"), "classes", non_empty=True))
+    _want(len(set(results["classes"])) == n, "classes", "distinct class names")
+    splits = _dict(results.get("splits"), "splits")
+    for key in ("train", "val", "test"):
+        _want(_is_int(splits.get(key)), f"splits.{key}", "a whole number of rows")
+    settings = _dict(results.get("settings"), "settings")
+    for key in ("val_fraction", "allow_partial"):
+        _want(key in settings, f"settings.{key}", "a value (every run records it)")
+    for key, value in settings.items():
+        if key in RULES:
+            try:
+                RULES[key](value)
+            except ValueError as exc:
+                raise _Bad(f"settings.{key}", f"a valid value ({value!r} {exc})") from None
+    _strings(results.get("notes", []), "notes")
+    _want(
+        results.get("random_weights") is None or isinstance(results["random_weights"], bool),
+        "random_weights",
+        "true or false",
+    )
+    _want(_is_num(results.get("wall_seconds")), "wall_seconds", "a number")
+    _check_confusion(results, n)
+    if results.get("best_test_metrics") is not None:
+        _dict(results["best_test_metrics"], "best_test_metrics")
+    for i, h in enumerate(results["heads"]):
+        _check_head(h, f"heads[{i}] ({h['name']})")
+    for key in ("baselines",):
+        rows = results.get(key) or []
+        _want(isinstance(rows, list) and all(isinstance(r, dict) for r in rows), key, "a list of objects")
+        for i, r in enumerate(rows):
+            _want(isinstance(r.get("name"), str), f"{key}[{i}].name", "a string")
+            _want(_is_num(r.get("val_acc")), f"{key}[{i}].val_acc", "a number")
+            _opt_num(r, "test_acc", f"{key}[{i}]")
+    if results.get("concat") is not None:
+        concat = _dict(results["concat"], "concat")
+        _strings(concat.get("caches"), "concat.caches")
+        heads = concat.get("heads")
+        _want(
+            isinstance(heads, list) and all(isinstance(h, dict) and isinstance(h.get("name"), str) for h in heads),
+            "concat.heads",
+            "a list of heads with names",
+        )
+        for i, h in enumerate(heads):
+            _check_head(h, f"concat.heads[{i}] ({h['name']})")
+    index = _dict(results.get("heads_file"), "heads_file")
+    params = _dict(index.get("params"), "heads_file.params")
+    for head, keys in params.items():
+        _want(
+            isinstance(keys, dict) and all(isinstance(k, str) for k in keys.values()),
+            f"heads_file.params.{head}",
+            "parameter name -> npz key",
+        )
+    std = index.get("standardize")
+    if results.get("version") == VERSION_MULTI:
+        for label, pair in _dict(std, "heads_file.standardize").items():
+            _check_standardize(pair, f"heads_file.standardize.{label}")
+    else:
+        _check_standardize(std, "heads_file.standardize")
 
 
 def head_cache_label(results: dict[str, Any], name: str) -> str | None:
@@ -203,23 +410,55 @@ def head_cache(results: dict[str, Any], name: str) -> dict[str, Any]:
     return results["cache"] if label is None else results["caches"][label]
 
 
-def _check_declared(path: Path, results: dict[str, Any], name: str, declared: dict[str, Any]) -> None:
-    """Refuse (one line) a parameter whose declared shape no head of ``name``'s config can have: more than
-    2 axes, or an axis longer than the widest a head has (the cache's channels, the classes, or a map
-    head's pooled width, ``hidden`` times the multiscale regions), or not floating point; checked on
-    the ``.npy`` headers, before anything is allocated (a few bytes of zip can declare terabytes)."""
+def expected_shapes(cfg: dict[str, Any], channels: int, classes: int) -> dict[str, tuple[int, ...]]:
+    """The parameters a head of config ``cfg`` on ``channels`` channels with ``classes`` outputs has in
+    heads.npz, with their shapes (docs/run-format.md, heads.npz)."""
     from .pooling import MULTISCALE
 
-    entry = next((h for h in results["heads"] if h["name"] == name), {"config": {}})
+    kind, h = cfg["kind"], int(cfg.get("hidden") or 0)
+    if kind == "logreg":
+        return {"W": (channels, classes), "b": (classes,), "mean": (channels,), "std": (channels,)}
+    if kind == "linear":
+        return {"W": (channels, classes), "b": (classes,)}
+    shapes = {"W1": (channels, h), "b1": (h,), "W2": (h, classes), "b2": (classes,)}
+    if kind == "map":
+        pool = cfg.get("pool", "attention")
+        if pool == "attention":
+            shapes["a"] = (h,)
+        elif pool == "gem":
+            shapes["p"] = ()
+        elif pool == "multiscale":
+            shapes["W2"] = (h * sum(s * s for s in MULTISCALE), classes)
+    return shapes
+
+
+def _check_declared(
+    path: Path, results: dict[str, Any], name: str, keys: dict[str, str], std: Any, declared: dict[str, Any], size: int
+) -> None:
+    """Refuse (one line) parameters that are not exactly those of head ``name``'s config on its cache's
+    channels and the run's classes (:func:`expected_shapes`: names, shapes, floating point), or whose
+    declared bytes exceed the file's; checked on the ``.npy`` headers, before anything is allocated (a
+    few bytes of zip can declare terabytes)."""
+    entry = next(h for h in results["heads"] if h["name"] == name)
     channels = int(head_cache(results, name)["fingerprint"]["output_shape"][-1])
-    hidden = int(entry["config"].get("hidden") or 0)
-    widest = max(channels, len(results["classes"]), hidden * sum(s * s for s in MULTISCALE), 1)
+    n = len(results["classes"])
+    want = {keys[p]: shape for p, shape in expected_shapes(entry["config"], channels, n).items() if p in keys}
+    missing = sorted(set(expected_shapes(entry["config"], channels, n)) - set(keys))
+    if missing:
+        raise FeatcacheError(f"{path}: head {name!r} lists no parameter {missing[0]} (results.json heads_file.params)")
+    if std is not None:
+        want.update({std["mean"]: (channels,), std["std"]: (channels,)})
+    total = 0
     for key, (shape, dtype) in declared.items():
-        if len(shape) > 2 or any(d > widest for d in shape) or dtype.kind != "f":
+        expected = want.get(key, shape)
+        total += int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+        if tuple(shape) != expected or dtype.kind != "f":
             raise FeatcacheError(
-                f"{path}: {key} is declared {dtype} {shape}, which no head of {len(results['classes'])} classes on "
-                f"{channels} channels has (at most 2 axes of {widest}, floating point): not this run's heads file"
+                f"{path}: {key} is declared {dtype} {shape}, not the float {expected} a {entry['config']['kind']} head "
+                f"of {n} classes on {channels} channels has: not this run's heads file"
             )
+    if total > size:
+        raise FeatcacheError(f"{path}: declares {total} bytes of parameters in a file of {size}: not a heads file")
 
 
 def head_params(run_dir: Path, results: dict[str, Any], name: str) -> tuple[dict[str, np.ndarray], Any]:
@@ -239,7 +478,7 @@ def head_params(run_dir: Path, results: dict[str, Any], name: str) -> tuple[dict
         with os.fdopen(open_input(path), "rb") as fh:
             with zipfile.ZipFile(fh) as z:
                 declared = declared_arrays(z, wanted)
-            _check_declared(path, results, name, declared)
+            _check_declared(path, results, name, keys, std, declared, os.fstat(fh.fileno()).st_size)
             fh.seek(0)
             with np.load(fh, allow_pickle=False) as z:
                 weights = {p: z[k] for p, k in keys.items()}

@@ -66,6 +66,7 @@ def isolation(
         raise FeatcacheError(f"k={k}: expected at least one neighbour")
     pooled = np.asarray(pooled, dtype=np.float32)
     n = len(pooled)
+    k = min(k, max(n - 1, 1))  # more neighbours than other rows: the same score, without (n, k) arrays of -1
     score = np.full(n, np.inf)
     nearest = np.full(n, -1, np.int64)
     ok = np.flatnonzero([r is None for r in degenerate(pooled)])
