@@ -48,3 +48,10 @@ def test_a_sweep_writes_each_heads_curves_and_the_grid(tiny_cache, tmp_path):
     _, texts = read_events(root / GRID)
     grid = texts[GRID]
     assert all(f"| {h['name']} |" in grid for h in results["heads"]) and "val acc" in grid
+
+
+def test_head_folders_stay_apart_when_names_differ_only_in_unsafe_characters():
+    names = ["a b", "a_b", "a/b", "mobilenet_v2:linear-lr0.001"]
+    dirs = [head_dir(n) for n in names]
+    assert len(set(dirs)) == len(names) and dirs[1] == "a_b" and dirs[3] == names[3]
+    assert all("/" not in d and " " not in d for d in dirs)

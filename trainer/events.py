@@ -11,6 +11,7 @@ always as a text table under ``grid``, so the comparison is there either way.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,10 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._+:=-]")
 
 
 def head_dir(name: str) -> str:
-    """A head's folder name under ``tensorboard/`` (its name, with anything but letters, digits and
-    ``._+:=-`` replaced by ``_``)."""
-    return _UNSAFE.sub("_", name)
+    """A head's folder name under ``tensorboard/``: its name, with anything but letters, digits and
+    ``._+:=-`` replaced by ``_`` and then a short hash of the name (so that ``a b`` and ``a_b`` stay apart)."""
+    safe = _UNSAFE.sub("_", name)
+    return safe if safe == name else f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
 def _hparams(cfg: dict[str, Any]) -> dict[str, Any]:
