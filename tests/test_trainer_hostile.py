@@ -358,7 +358,7 @@ def _csv_cache(tmp_path: Path, sample_dir: Path, split_of) -> Path:  # noqa: ANN
     ("split_of", "message"),
     [
         (lambda k: "test", "the train split is empty (no labelled train rows): nothing to train on"),
-        (lambda k: "train" if k == 1 else "test", "the val split is empty (no labelled val rows): raise val_fraction"),
+        (None, "the val split is empty (no labelled val rows): raise val_fraction"),
     ],
     ids=["no-train", "no-val"],
 )
@@ -367,6 +367,13 @@ def test_an_empty_split_is_refused_in_one_line_naming_it_before_training(
 ):
     """Every row given to test (or a single train row, nothing to carve a val row from): one line
     naming the cache and the empty split, exit 2, no training and no run kept."""
+    if split_of is None:  # one train row whose id's hash keeps it in train (ids are paths under tmp_path)
+        from featcache.shared.cache.split import hash_unit
+        from featcache.trainer.data import CARVE_SALT
+
+        imgs = sorted(p for p in sample_dir.rglob("*.*"))
+        keep = next(k for k, p in enumerate(imgs) if hash_unit([CARVE_SALT + str(p)])[0] >= 0.1)
+        split_of = lambda k: "train" if k == keep else "test"  # noqa: E731
     cache = _csv_cache(tmp_path, sample_dir, split_of)
     _no_training(monkeypatch)
     r = CliRunner().invoke(app, [str(cache), "--runs", str(tmp_path / "runs"), "--no-progress"])
