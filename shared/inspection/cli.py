@@ -456,6 +456,17 @@ def report_cmd(
     run_cli(job, ctx=ctx, debug=debug)
 
 
+def write_ranked_csv(path: Path, ranked: list[dict[str, Any]]) -> None:
+    """A ranked listing (suspects, outliers: JSON-ready dicts with the same keys) as CSV, one row per dict."""
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(ranked[0]) if ranked else ["rank", "id"])
+        w.writeheader()
+        w.writerows(ranked)
+
+
 @app.command()
 def suspects(
     ctx: typer.Context,
@@ -491,13 +502,7 @@ def suspects(
         if noise is None:
             raise FeatcacheError(f"{cache}: fewer than two labelled classes: nothing to check")
         if csv_file is not None:
-            import csv
-
-            csv_file.parent.mkdir(parents=True, exist_ok=True)
-            with open(csv_file, "w", newline="", encoding="utf-8") as fh:
-                w = csv.DictWriter(fh, fieldnames=list(ranked[0]))
-                w.writeheader()
-                w.writerows(ranked)
+            write_ranked_csv(csv_file, ranked)
         if as_json:
             typer.echo(json.dumps(ranked[:top], indent=1, ensure_ascii=False))
             return
@@ -557,13 +562,7 @@ def outliers(
         c = FeatureCache(cache)
         ranked = outliers_mod.find_outliers(c, k=k, split=split, per_class=per_class, progress=progress)
         if csv_file is not None:
-            import csv
-
-            csv_file.parent.mkdir(parents=True, exist_ok=True)
-            with open(csv_file, "w", newline="", encoding="utf-8") as fh:
-                w = csv.DictWriter(fh, fieldnames=list(ranked[0]) if ranked else ["rank", "id"])
-                w.writeheader()
-                w.writerows(ranked)
+            write_ranked_csv(csv_file, ranked)
         if as_json:
             typer.echo(json.dumps(ranked[:top], indent=1, ensure_ascii=False))
             return
