@@ -211,3 +211,32 @@ def test_verify_notes_a_finished_but_unlisted_shard_of_an_interrupted_run(cache)
     r = inspect("verify", cache, "--no-progress")
     assert r.exit_code == 0, r.output
     assert "note: 1 shard files for shards not yet done are not in the manifest" in r.output
+
+
+def test_export_for_the_embedding_projector(cache, tmp_path):
+    """--projector DIR: the pooled vectors (tensors.tsv), a metadata line per row in the same order, a
+    sprite of the rows' images in that order, and the config TensorBoard's projector reads."""
+    from PIL import Image
+
+    from featcache.shared.inspection.export import SPRITE_PX
+    from featcache.shared.inspection.picture import load_source
+
+    out = tmp_path / "proj"
+    r = CliRunner().invoke(app, ["export", str(cache), "--projector", str(out)])
+    assert r.exit_code == 0, r.output
+    c = FeatureCache(cache)
+    rows = c.load_pooled()
+    np.testing.assert_allclose(np.loadtxt(out / "tensors.tsv", delimiter="\t"), rows.pooled, rtol=1e-5, atol=1e-6)
+    meta = (out / "metadata.tsv").read_text().splitlines()
+    assert meta[0] == "id\tclass\tsplit\tindex" and [m.split("\t")[0] for m in meta[1:]] == rows.id.tolist()
+    sprite = np.asarray(Image.open(out / "sprite.png"))
+    side = int(np.ceil(np.sqrt(len(rows))))
+    assert sprite.shape == (side * SPRITE_PX, side * SPRITE_PX, 3)
+    first, _ = load_source(c.manifest.source, str(rows.id[1]), (SPRITE_PX, SPRITE_PX))
+    np.testing.assert_array_equal(sprite[:SPRITE_PX, SPRITE_PX : 2 * SPRITE_PX], first)  # row 1: second cell
+    config = (out / "projector_config.pbtxt").read_text()
+    assert 'tensor_path: "tensors.tsv"' in config and 'image_path: "sprite.png"' in config
+    r = CliRunner().invoke(app, ["export", str(cache), "--projector", str(cache / "proj")])
+    assert r.exit_code == 2 and "inside the cache" in r.output and not (cache / "proj").exists()
+    r = CliRunner().invoke(app, ["export", str(cache)])
+    assert r.exit_code == 2 and "give OUT" in r.output

@@ -322,12 +322,12 @@ def export_cmd(
     ctx: typer.Context,
     cache: CacheArg,
     out: Annotated[
-        Path,
+        Optional[Path],
         typer.Argument(
             help="Output path: writes OUT.npz (arrays) and OUT.csv (index, id, label, class, split).",
             show_default=False,
         ),
-    ],
+    ] = None,
     maps: Annotated[
         Optional[str],
         typer.Option(
@@ -338,12 +338,34 @@ def export_cmd(
             ),
         ),
     ] = None,
+    projector: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--projector",
+            help=(
+                "Also (or instead of OUT) write a folder for TensorBoard's embedding projector: tensors.tsv, "
+                "metadata.tsv (id, class, split, index), sprite.png (thumbnails, with Pillow) and "
+                f"projector_config.pbtxt; at most {export_mod.PROJECTOR_MAX_ROWS:,} rows (a random sample beyond). "
+                "View with: tensorboard --logdir DIR."
+            ),
+            show_default=False,
+        ),
+    ] = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Pooled vectors, labels, ids and splits as .npz and .csv, for scikit-learn and other tools."""
+    """Pooled vectors, labels, ids and splits as .npz and .csv, for scikit-learn and other tools; or a
+    folder for TensorBoard's embedding projector."""
 
     def job() -> None:
-        written = export_mod.export(FeatureCache(cache), out, export_mod.parse_range(maps) if maps else None)
+        if out is None and projector is None:
+            raise FeatcacheError("export: give OUT (the .npz and .csv to write), --projector DIR, or both")
+        c = FeatureCache(cache)
+        written = export_mod.export(c, out, export_mod.parse_range(maps) if maps else None) if out else []
+        if projector is not None:
+            files, skipped = export_mod.projector(c, projector)
+            written += files
+            if skipped:
+                typer.echo(f"note: {skipped}", err=True)
         for p in written:
             typer.echo(f"wrote {p} ({p.stat().st_size / 1e6:.1f} MB)")
 

@@ -1,4 +1,5 @@
-"""A cache's rows as plain files for other tools: ``.npz`` arrays and a ``.csv`` of labels and ids.
+"""A cache's rows as plain files for other tools: ``.npz`` arrays and a ``.csv`` of labels and ids, or a
+folder for TensorBoard's embedding projector (:func:`projector`).
 
 ``np.load(OUT.npz)`` needs no pickle: ids, class names and split names are fixed-width unicode.
 The output is checked before anything is read (:func:`output_paths`): never inside the cache (an
@@ -17,6 +18,7 @@ from ..cache import schema
 from ..cache.reader import FeatureCache
 from ..cache.split import split_names
 from ..errors import FeatcacheError
+from .picture import write_png
 
 
 def parse_range(text: str) -> tuple[int, int]:
@@ -97,3 +99,73 @@ def export(cache: FeatureCache, out: Path, maps_range: tuple[int, int] | None = 
         ):
             w.writerow([i, ident, lab, classes[lab] if 0 <= lab < len(classes) else "", sp])
     return [npz, table]
+
+
+PROJECTOR_MAX_ROWS = 10_000  # rows in a projector folder (a random sample beyond; the projector is for looking)
+SPRITE_PX = 32  # one thumbnail's side in the sprite
+PROJECTOR_CONFIG = """embeddings {{
+  tensor_name: "pooled"
+  tensor_path: "tensors.tsv"
+  metadata_path: "metadata.tsv"
+{sprite}}}
+"""
+
+
+def _tsv_cell(value: object) -> str:
+    return str(value).replace("\t", " ").replace("\n", " ").replace("\r", " ")
+
+
+def projector(
+    cache: FeatureCache, folder: Path, max_rows: int = PROJECTOR_MAX_ROWS, seed: int = 0
+) -> tuple[list[Path], str | None]:
+    """Write TensorBoard's embedding-projector files for ``cache`` into ``folder`` (``tensorboard
+    --logdir FOLDER``, or load ``tensors.tsv`` and ``metadata.tsv`` into projector.tensorflow.org):
+    ``tensors.tsv`` (one pooled vector a line), ``metadata.tsv`` (id, class, split, index: a header and a
+    line a row, in the same order), ``sprite.png`` (every row's source image, :data:`SPRITE_PX` square, in
+    that order; drawn as the report's thumbnails are, grey where an image cannot be read) and
+    ``projector_config.pbtxt``. Beyond ``max_rows`` rows a random sample of that many (``seed``). Returns
+    the files written and why the sprite was not drawn (Pillow missing), or None."""
+    from .picture import load_source
+
+    folder = Path(folder)
+    root = os.path.realpath(cache.path)
+    real = os.path.realpath(folder)
+    if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
+        raise FeatcacheError(f"{folder}: inside the cache {cache.path}; export writes outside it")
+    if folder.exists() and not folder.is_dir():
+        raise FeatcacheError(f"{folder}: not a folder; --projector writes a folder of files")
+    rows = cache.load_pooled()
+    pick = np.arange(len(rows))
+    if len(rows) > max_rows:
+        pick = np.sort(np.random.default_rng(seed).choice(len(rows), max_rows, replace=False))
+    names = split_names(rows.split)
+    classes = cache.classes
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors, metadata = folder / "tensors.tsv", folder / "metadata.tsv"
+    np.savetxt(tensors, rows.pooled[pick], fmt="%.6g", delimiter="\t")
+    with open(metadata, "w", encoding="utf-8", newline="\n") as fh:
+        fh.write("id\tclass\tsplit\tindex\n")
+        for i in pick.tolist():
+            label = int(rows.label[i])
+            cls = classes[label] if 0 <= label < len(classes) else ""
+            fh.write("\t".join(_tsv_cell(v) for v in (rows.id[i], cls, names[i], rows.index[i])) + "\n")
+    written, skipped, sprite = [tensors, metadata], None, ""
+    try:
+        import PIL.Image  # noqa: F401  (thumbnails need Pillow)
+    except ImportError:
+        skipped = "Pillow is not installed (pip install 'featcache[viz]'): no sprite"
+    if skipped is None:
+        side = int(np.ceil(np.sqrt(len(pick)))) or 1
+        grid = np.full((side * SPRITE_PX, side * SPRITE_PX, 3), 255, np.uint8)
+        for k, i in enumerate(pick.tolist()):
+            img, _ = load_source(cache.manifest.source, str(rows.id[i]), (SPRITE_PX, SPRITE_PX))
+            r, c = divmod(k, side)
+            grid[r * SPRITE_PX : (r + 1) * SPRITE_PX, c * SPRITE_PX : (c + 1) * SPRITE_PX] = img
+        write_png(folder / "sprite.png", grid)
+        written.append(folder / "sprite.png")
+        dims = f"    single_image_dim: {SPRITE_PX}\n" * 2
+        sprite = f'  sprite {{\n    image_path: "sprite.png"\n{dims}  }}\n'
+    config = folder / "projector_config.pbtxt"
+    config.write_text(PROJECTOR_CONFIG.format(sprite=sprite))
+    written.append(config)
+    return written, skipped
