@@ -133,7 +133,7 @@ def projector(
     if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
         raise FeatcacheError(f"{folder}: inside the cache {cache.path}; export writes outside it")
     if folder.exists() and not folder.is_dir():
-        raise FeatcacheError(f"{folder}: not a folder; --projector writes a folder of files")
+        raise FeatcacheError(f"{folder}: not a folder; the projector export writes a folder of files")
     rows = cache.load_pooled()
     pick = np.arange(len(rows))
     if len(rows) > max_rows:
