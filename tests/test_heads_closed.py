@@ -122,7 +122,7 @@ def test_report_picks_the_simplest_head_within_noise_and_says_so():
     assert "TTA x2" in leaderboard([row("l", "linear", 0, 0.7, tta=0.8)], 1000)
     # the pick's threshold is printed: the lower end of the best's one-SE Wilson interval, checkable by hand
     low = selection.wilson(800, 1000, 1.0)[0]
-    assert f"val acc >= {low:.4f}, the lower end of the best val acc 0.8000's one-standard-error" in board[-1]
+    assert f"val acc >= {low:.4f}, the lower end of the best val acc 0.8000's one-standard-error" in board[-2]
     a, b = row("a", "logreg", 0, 0.748), row("b", "logreg", 0, 0.739)
     a["val_loss"], b["val_loss"] = 0.9, 0.8  # equally simple: the lower val loss is picked, and shown
     board = leaderboard([a, b], 1000).splitlines()

@@ -63,7 +63,7 @@ def pick_rule(heads: list[dict[str, Any]], n_val: int) -> str:
     low, _ = wilson(best * max(n_val, 1), max(n_val, 1), Z_ONE_SE)
     return (
         f"~ tied with the best: val acc >= {low:.4f}, the lower end of the best val acc {best:.4f}'s "
-        f"one-standard-error interval on {n_val} val rows. The pick (rank 1) is the simplest tied head "
+        f"one-standard-error interval on {n_val} val rows.\n  The pick (rank 1) is the simplest tied head "
         f"(kind in the order {', '.join(HEAD_KINDS)}; then narrower; then the lower val loss); the rest follow "
         "by val acc."
     )
