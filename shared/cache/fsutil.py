@@ -31,16 +31,22 @@ class NotARegularFileError(FeatcacheError):
     """A file featcache would open for writing (or trusts) is a symbolic link, a FIFO, a device or a folder."""
 
 
+def _regular_fd(fd: int, path: str | os.PathLike[str], refusal: str) -> int:
+    """``fd`` (opened with ``O_NONBLOCK``), made blocking, when it is a regular file; else closed and
+    :class:`NotARegularFileError` with ``refusal`` after the path."""
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise NotARegularFileError(f"{path}: {refusal}")
+    os.set_blocking(fd, True)
+    return fd
+
+
 def open_input(path: str | os.PathLike[str]) -> int:
     """A read-only descriptor (close-on-exec, blocking) on the file a user or a record named at ``path``:
     links are followed (the user's own layout), but anything other than a regular file (a FIFO, a
     device, a folder) is refused with one line, and the open itself never blocks (``O_NONBLOCK``)."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise NotARegularFileError(f"{path}: not a regular file (a FIFO, a device or a folder); featcache reads files")
-    os.set_blocking(fd, True)
-    return fd
+    return _regular_fd(fd, path, "not a regular file (a FIFO, a device or a folder); featcache reads files")
 
 
 def check_input(path: str | os.PathLike[str]) -> None:
@@ -73,11 +79,7 @@ def open_regular(path: str | os.PathLike[str], flags: int, mode: int = 0o644) ->
                 f"{path}: is a symbolic link; featcache does not follow links for its own files (remove it)"
             ) from None
         raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise NotARegularFileError(f"{path}: not a regular file; featcache refuses to open it (remove it)")
-    os.set_blocking(fd, True)
-    return fd
+    return _regular_fd(fd, path, "not a regular file; featcache refuses to open it (remove it)")
 
 
 def check_regular(path: str | os.PathLike[str]) -> None:
