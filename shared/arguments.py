@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 
@@ -39,6 +39,10 @@ def is_int(value: Any) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
 
 
+@overload
+def path_arg(name: str, value: Any, *, optional: Literal[False] = False) -> Path: ...
+@overload
+def path_arg(name: str, value: Any, *, optional: bool) -> Path | None: ...
 def path_arg(name: str, value: Any, *, optional: bool = False) -> Path | None:
     """``value`` (a ``str`` or ``os.PathLike``) as a :class:`Path`; None only when ``optional``."""
     if value is None and optional:
@@ -48,6 +52,10 @@ def path_arg(name: str, value: Any, *, optional: bool = False) -> Path | None:
     raise bad(name, value, "expected a path (str or pathlib.Path)")
 
 
+@overload
+def int_arg(name: str, value: Any, *, minimum: int | None = None, optional: Literal[False] = False) -> int: ...
+@overload
+def int_arg(name: str, value: Any, *, minimum: int | None = None, optional: bool) -> int | None: ...
 def int_arg(name: str, value: Any, *, minimum: int | None = None, optional: bool = False) -> int | None:
     """``value`` as an ``int`` of at least ``minimum``; None only when ``optional``."""
     if value is None and optional:
@@ -59,6 +67,10 @@ def int_arg(name: str, value: Any, *, minimum: int | None = None, optional: bool
     return int(value)
 
 
+@overload
+def bool_arg(name: str, value: Any, *, optional: Literal[False] = False) -> bool: ...
+@overload
+def bool_arg(name: str, value: Any, *, optional: bool) -> bool | None: ...
 def bool_arg(name: str, value: Any, *, optional: bool = False) -> bool | None:
     """``value``, which must be True or False (None only when ``optional``): ``"no"`` is not False."""
     if value is None and optional:
@@ -90,6 +102,10 @@ def choice_arg(name: str, value: Any, choices: Collection[Any], *, optional: boo
     raise bad(name, value, f"choose one of {', '.join(map(str, choices))}")
 
 
+@overload
+def str_arg(name: str, value: Any, *, optional: Literal[False] = False) -> str: ...
+@overload
+def str_arg(name: str, value: Any, *, optional: bool) -> str | None: ...
 def str_arg(name: str, value: Any, *, optional: bool = False) -> str | None:
     """``value``, a non-empty ``str`` (None only when ``optional``)."""
     if value is None and optional:
@@ -136,6 +152,10 @@ def positions_arg(name: str, value: Any, size: int) -> np.ndarray:
     return array
 
 
+@overload
+def dtype_arg(name: str, value: Any, choices: Collection[str], *, optional: Literal[False] = False) -> str: ...
+@overload
+def dtype_arg(name: str, value: Any, choices: Collection[str], *, optional: bool) -> str | None: ...
 def dtype_arg(name: str, value: Any, choices: Collection[str], *, optional: bool = False) -> str | None:
     """``value`` (a name such as ``"float32"``, or a numpy dtype or type) as the dtype's name, which
     must be one of ``choices``: an integer dtype would cast features silently."""

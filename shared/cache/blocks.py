@@ -33,7 +33,7 @@ def aligned_blocks(rows: np.ndarray, step: int) -> Iterator[np.ndarray]:
             yield sel
 
 
-def read_block(dset: h5py.Dataset, sel: np.ndarray, dtype: str | None = None) -> np.ndarray:
+def read_block(dset: h5py.Dataset, sel: np.ndarray, dtype: np.dtype | str | None = None) -> np.ndarray:
     """Rows ``sel`` (sorted positions inside one aligned block) of ``dset``, cast to ``dtype``.
 
     gzip'd map rows (the default storage) are inflated on all cores straight into ``dtype``

@@ -132,6 +132,7 @@ class FailSafeFile:
         """Keep ``exc`` and go on in memory from the bytes already on disk."""
         self.error = exc
         self._mem = bytearray(self._size)
+        assert self._fd is not None, "FailSafeFile used after close()"
         done = 0
         while done < self._size:
             chunk = os.pread(self._fd, self._size - done, done)
@@ -153,6 +154,7 @@ class FailSafeFile:
         if self._mem is not None:
             data = bytes(self._mem[self._pos : self._pos + size])
         else:
+            assert self._fd is not None, "FailSafeFile used after close()"
             data = os.pread(self._fd, size, self._pos)
         self._pos += size
         return data + bytes(size - len(data))
@@ -161,6 +163,7 @@ class FailSafeFile:
         view = memoryview(data).cast("B")
         n = len(view)
         if self._mem is None:
+            assert self._fd is not None, "FailSafeFile used after close()"
             try:
                 done = 0
                 while done < n:
@@ -179,6 +182,7 @@ class FailSafeFile:
     def truncate(self, size: int | None = None) -> int:
         size = self._pos if size is None else size
         if self._mem is None:
+            assert self._fd is not None, "FailSafeFile used after close()"
             try:
                 os.ftruncate(self._fd, size)
             except OSError as exc:
@@ -237,7 +241,7 @@ def commit_file(tmp: Path, final: Path) -> None:
     fsync_dir(final.parent)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
     """Replace ``path`` with ``data`` so that a reader sees the old or the new file, never a mix.
 
     A failed write (disk full, I/O error) raises an ``OSError`` whose ``filename`` is ``path``

@@ -144,7 +144,7 @@ class JournalWriter:
             os.unlink(path)
         except FileNotFoundError:
             pass
-        self._fd = os.open(
+        self._fd: int | None = os.open(
             path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644
         )
         self._write(frame({"format": FORMAT, "id": self.id, "generation": generation, "part": part}))
@@ -153,6 +153,7 @@ class JournalWriter:
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
+        assert self._fd is not None, "callers check that the journal is open"
         while view:
             n = os.write(self._fd, view)
             view = view[n:]

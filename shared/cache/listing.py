@@ -41,7 +41,9 @@ KIND_NAMES = {"U": "strings", "i": "integers"}
 def save_listing(cache_dir: Path, listing: dict[str, np.ndarray]) -> None:
     """Write ``CACHE/listing.npz`` atomically."""
     buf = io.BytesIO()
-    np.savez_compressed(buf, **{k: np.asarray(listing[k]) for k in (*FIELDS, *OPTIONAL) if k in listing})
+    # numpy 2's stub checks **kwds against savez's allow_pickle: bool too (not numpy 1.26's)
+    arrays = {k: np.asarray(listing[k]) for k in (*FIELDS, *OPTIONAL) if k in listing}
+    np.savez_compressed(buf, **arrays)  # type: ignore[arg-type, unused-ignore]
     atomic_write_bytes(Path(cache_dir) / LISTING_NAME, buf.getvalue())
 
 

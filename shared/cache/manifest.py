@@ -230,7 +230,7 @@ class Manifest:
         """Planned shards not done, in order; the first ``limit`` of them only when given (the loop
         then stops after ``len(shards) + limit`` steps, whatever the plan's size)."""
         done = {s.shard for s in self.shards}
-        out = []
+        out: list[int] = []
         for k in range(self.num_shards):
             if limit is not None and len(out) >= limit:
                 break
@@ -433,7 +433,7 @@ def replay_journals(cache_dir: Path, m: "Manifest") -> int:
         seen = m.journals.get(name)
         start = int(seen["offset"]) if seen else 0
         j = journal.scan(path, start)
-        if j is not None and start and j.id != seen["id"]:
+        if j is not None and seen and start and j.id != seen["id"]:
             j = journal.scan(path)  # another journal under that name since: replayed from its start
         if j is None or j.generation != m.created:
             continue  # not a journal, or left from an earlier cache in this directory
@@ -626,7 +626,7 @@ def validate(d: Any, where: str = "manifest") -> Manifest:
         raise ManifestError(f"{where}: manifest is not a JSON object")
     if d.get("format") != FORMAT_NAME:
         raise NotACacheError(f"{where}: not a featcache manifest (format is {_show(d.get('format'))})")
-    version = d.get("schema_version")
+    version: Any = d.get("schema_version")  # untrusted JSON, checked here
     if not _is_int(version):
         raise ManifestError(f"{where}: schema_version: expected an integer, got {_show(version)}")
     if version > SCHEMA_VERSION:
@@ -719,7 +719,7 @@ def validate(d: Any, where: str = "manifest") -> Manifest:
         journals = _journals(d)
         counts = {  # checked when used (Manifest.count_rows)
             int(k): v
-            for k, v in (d.get("counts") if isinstance(d.get("counts"), dict) else {}).items()
+            for k, v in (d["counts"] if isinstance(d.get("counts"), dict) else {}).items()
             if isinstance(k, str) and k.isdigit() and int(k) in by_shard and isinstance(v, list)
         }
     except _Invalid as exc:

@@ -31,6 +31,7 @@ from typing import Any
 
 import h5py
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..arguments import bool_arg, dict_arg, dtype_arg, int_arg, keywords, path_arg, positions_arg
 from ..errors import FeatcacheError, FingerprintMismatchError
@@ -143,7 +144,7 @@ class FeatureCache:
 
     @property
     def maps_shape(self) -> tuple[int, int, int]:
-        return tuple(self.fingerprint["output_shape"])  # type: ignore[return-value]
+        return tuple(self.fingerprint["output_shape"])
 
     def shard_path(self, record: ShardRecord) -> Path:
         """The record's file, checked to be the cache's own (:func:`~featcache.shared.cache.paths.shard_path`)."""
@@ -286,7 +287,7 @@ class FeatureCache:
         from_shards = [k for k in keys if stored is None or k not in stored]
         index_file = rowindex.index_path(self.path) if stored is not None else None
         for ordinal, record in enumerate(self.shards):
-            if index_file is None:
+            if stored is None or index_file is None:  # both or neither
                 where, opened, lo, hi = self.shard_path(record), self.open_shard(record), 0, 0
             else:
                 where = index_file
@@ -364,7 +365,7 @@ class FeatureCache:
         return np.concatenate([c[schema.POOLED][:, None], c[schema.POOLED_VIEWS]], axis=1)
 
     def iter_maps(
-        self, block_rows: int = DEFAULT_BLOCK_ROWS, indices: np.ndarray | None = None, dtype: str | None = None
+        self, block_rows: int = DEFAULT_BLOCK_ROWS, indices: ArrayLike | None = None, dtype: str | None = None
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(index (b,), maps (b, h, w, c))`` blocks of at most ``block_rows`` rows, in index order.
 

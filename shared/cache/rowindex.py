@@ -124,7 +124,8 @@ def load(cache_dir: str | os.PathLike[str], m: Manifest, columns: tuple[str, ...
             offsets = datasets[OFFSETS][()]
             if offsets[0] != 0 or not np.array_equal(np.diff(offsets), [r.rows for r in m.shards]):
                 return None
-            if not np.array_equal(datasets[MTIMES][()], _mtimes(cache_dir, m.shards)):
+            mtimes = _mtimes(cache_dir, m.shards)
+            if mtimes is None or not np.array_equal(datasets[MTIMES][()], mtimes):
                 return None
             out = {OFFSETS: offsets}
             for key in dict.fromkeys((*columns, schema.INDEX)):

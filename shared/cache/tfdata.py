@@ -93,6 +93,7 @@ class BlockStream:
         self.shuffle_buffer = shuffle_buffer or DEFAULT_SHUFFLE_ROWS[features]
         self.peak_rows = 0
         if rows is None:
+            assert cache is not None, "a stream without a cache is given its rows"
             c = cache.read_columns((schema.LABEL, schema.ID, schema.INDEX, schema.SPLIT, ROW, SHARD))
             code = schema.SPLIT_CODES[split]
             keep = (cache.splits(c[schema.ID], c[schema.SPLIT]) == code) & (c[schema.LABEL] != schema.UNKNOWN_LABEL)
@@ -116,6 +117,7 @@ class BlockStream:
     @property
     def feature_shape(self) -> tuple[int, ...]:
         """One row's features: ``(C,)`` pooled or ``(H, W, C)`` maps."""
+        assert self.cache is not None, "a stream without a cache gives only order()"
         shape = tuple(self.cache.maps_shape)
         return shape[-1:] if self.features == schema.POOLED else shape
 
@@ -126,6 +128,7 @@ class BlockStream:
     def _file(self, files: dict[str, h5py.File], record: Any) -> h5py.File:
         """The open shard of ``record``; the last shard opened stays open (sequential blocks share it)."""
         f = files.get(record.file)
+        assert self.cache is not None, "a stream without a cache gives only order()"
         if f is None:
             for old in files.values():
                 old.close()
@@ -138,6 +141,7 @@ class BlockStream:
         """The per-row feature datasets of a shard just opened have its rows and the cache's shape
         (floats): a damaged shard read block by block would fail mid-epoch with a numpy traceback,
         or give fewer rows without a word."""
+        assert self.cache is not None, "a stream without a cache gives only order()"
         shape = tuple(self.cache.maps_shape)
         for key in (schema.POOLED, schema.MAPS, schema.POOLED_VIEWS):
             try:  # never f.get(key): it follows an external link (a FIFO target blocks for ever)

@@ -89,7 +89,8 @@ def export(cache: FeatureCache, out: Path, maps_range: tuple[int, int] | None = 
             else np.zeros((0, *cache.maps_shape), cache.manifest.storage["maps_dtype"])
         )
     npz.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(npz, **arrays)
+    # numpy 2's stub checks **kwds against savez's allow_pickle: bool too (not numpy 1.26's)
+    np.savez(npz, **arrays)  # type: ignore[arg-type, unused-ignore]
     classes = cache.classes
     with open(table, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)

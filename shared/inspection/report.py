@@ -163,7 +163,7 @@ def _embedding(x: np.ndarray, method: str, seed: int) -> tuple[np.ndarray, str] 
     by ``auto``: it takes tens of seconds where the rest of the report takes a few."""
     if method in ("auto", "umap"):
         try:
-            import umap  # type: ignore[import-not-found]
+            import umap
         except ImportError:
             return None
         return umap.UMAP(random_state=seed).fit_transform(x), "UMAP"

@@ -198,8 +198,8 @@ def verify(cache_dir: str | Path, *, sample_rows: int = DEFAULT_SAMPLE_ROWS, see
         m = Manifest.load(cache_dir)
     except ManifestError as exc:
         prefix = f"{cache_dir / schema.MANIFEST_NAME}: "
-        reason = str(exc)[len(prefix) :] if str(exc).startswith(prefix) else str(exc)
-        report.problems.append(Problem(schema.MANIFEST_NAME, reason, movable=False))
+        said = str(exc)[len(prefix) :] if str(exc).startswith(prefix) else str(exc)
+        report.problems.append(Problem(schema.MANIFEST_NAME, said, movable=False))
         return report
     ids = None  # the listing's ids, to compare each shard's with
     try:
