@@ -165,7 +165,10 @@ def make_dataset(
     """
     augment = augment or Augment()
     views = augment.views
-    todo_ids = tf.constant([ids[i] for r in shard_ranges for i in r] if views > 1 else [""], dtype=tf.string)
+    assert views == 1 or ids is not None, "views are seeded by the ids"
+    todo_ids = tf.constant(
+        [ids[i] for r in shard_ranges for i in r] if views > 1 and ids is not None else [""], dtype=tf.string
+    )
     starts = tf.constant([r.start for r in shard_ranges], dtype=tf.int64)
     stops = tf.constant([r.stop for r in shard_ranges], dtype=tf.int64)
     offsets = tf.constant(np.cumsum([0] + [len(r) for r in shard_ranges[:-1]]), dtype=tf.int64)

@@ -37,7 +37,7 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from .inputs import InputLimits, RefusedInput, _check_file, file_kind
 
@@ -127,7 +127,8 @@ def _check_file_url(name: str) -> None:
 def open_stream(path: str | bytes) -> IO[bytes]:
     """:func:`open_container`, decompressed when the name says GZIP (:func:`is_gzip`)."""
     fh = open_container(path)
-    return gzip.GzipFile(fileobj=fh, mode="rb") if is_gzip(path) else fh
+    # a GzipFile is a binary stream; typeshed does not derive it from IO[bytes]
+    return cast(IO[bytes], gzip.GzipFile(fileobj=fh, mode="rb")) if is_gzip(path) else fh
 
 
 def read_url(path: str | bytes, limits: InputLimits) -> bytes:
@@ -193,7 +194,8 @@ def _close(stream: gzip.GzipFile) -> None:
     fileobj = stream.fileobj
     stream.close()
     if fileobj is not None:
-        fileobj.close()
+        # typeshed types fileobj as a read-only or write-only protocol; here it is open_container's IO[bytes]
+        fileobj.close()  # type: ignore[union-attr]
 
 
 _GZIP_CURSORS = GzipCursors()
@@ -351,6 +353,7 @@ def _fields(buf: bytes, start: int = 0, end: int | None = None) -> Iterator[tupl
     """``(field number, wire type, value)`` of a protobuf message: the value is an int for varints,
     ``(start, stop)`` into ``buf`` for length-delimited fields, the raw bytes for fixed-size ones."""
     at, end = start, len(buf) if end is None else end
+    value: Any  # as the wire type says: an int, a (start, stop) pair or bytes
     while at < end:
         key, at = _varint(buf, at)
         number, wire = key >> 3, key & 7
@@ -420,7 +423,7 @@ def parse_example(data: bytes, keys: Collection[str]) -> dict[str, Feature]:
                     key = data[ev[0] : ev[1]].decode("utf-8", "surrogateescape")
                 elif en == 2 and ew == 2:
                     feat = ev
-            if key in keys:
+            if key is not None and key in keys:
                 out[key] = _feature(data, *feat) if feat is not None else []
     return out
 
@@ -463,7 +466,9 @@ def scan_tar(stream: IO[bytes], want_content: Collection[str]) -> tuple[list[Tar
     try:
         with tarfile.open(fileobj=stream, mode="r|") as tar:
             for m in tar:
-                tar.members = []  # streaming: keep no TarInfo (a tar may hold millions of members)
+                # streaming: keep no TarInfo (a tar may hold millions of members); TarFile.members exists at
+                # run time, typeshed does not declare it
+                tar.members = []  # type: ignore[attr-defined]
                 if not m.isfile() or len(m.name) > MAX_MEMBER_NAME:
                     continue
                 content = None

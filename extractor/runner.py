@@ -94,7 +94,7 @@ class ExtractConfig:
     @property
     def augment(self) -> Augment:
         """Views and resize policy (checked: a bad value raises a one-line FeatcacheError)."""
-        return Augment(self.views, tuple(self.crop_scale), tuple(self.crop_ratio), self.resize)
+        return Augment(self.views, (*self.crop_scale,), (*self.crop_ratio,), self.resize)
 
     def limits(self) -> InputLimits:
         """What one input may cost (raises :class:`FeatcacheError` naming a bad limit)."""
@@ -253,6 +253,7 @@ def run_extract(
         )
     elif shared == "adopted":
         log(f"listing: adopted the job's {LISTING_NAME} (the same inputs; this part's files stat'ed)")
+    assert cfg.feed_dtype is not None, "resolved above (check_feed_dtype)"
     manifest = Manifest(
         fingerprint=make_fingerprint(
             spec,
@@ -293,7 +294,10 @@ def run_extract(
         )
         if todo:
             if manifest.generations:
-                source = cache_view(source, load_listing(cfg.cache, manifest))
+                stored = load_listing(cfg.cache, manifest)
+                if stored is None:
+                    raise FeatcacheError(f"{cfg.cache}: {LISTING_NAME} is missing (an updated cache needs it)")
+                source = cache_view(source, stored)
             _extract(cfg, source, spec, weights, cache, todo, report, log, t_start, mappers or Mappers(), on_shard)
         else:
             report.startup_seconds = time.perf_counter() - t_start

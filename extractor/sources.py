@@ -196,7 +196,7 @@ class Source:
             if not path or records.is_url(os.fsdecode(path)):
                 return ""
             try:
-                return sha256_file(path)
+                return sha256_file(os.fsdecode(path))
             except (OSError, FeatcacheError):
                 return ""
 
@@ -470,8 +470,8 @@ def folder_from_listing(root: Path, listing: Mapping[str, np.ndarray], where: Pa
         else "folder-splits"
     )
     if walked != kind:
-        what = {"folder": "class folders", "folder-splits": "train/val/test folders", "unlabelled": "no folder"}
-        raise refuse(0, f"is listed as in {what[kind]}, but the folders of {root} make a walk read {what[walked]}")
+        layout = {"folder": "class folders", "folder-splits": "train/val/test folders", "unlabelled": "no folder"}
+        raise refuse(0, f"is listed as in {layout[kind]}, but the folders of {root} make a walk read {layout[walked]}")
     classes = sorted({c for c, _, _ in folders.values() if c is not None})
     number = {c: n for n, c in enumerate(classes)}
     want_labels = np.array([UNKNOWN_LABEL if c is None else number[c] for c, _, _ in of], dtype=np.int32)
@@ -530,11 +530,13 @@ def _same_file(root: Path | str, written: str) -> str:
     return where if records.is_url(where) else os.path.realpath(where)
 
 
-def _is_file(root: Path, written: str) -> bool:
+def _is_file(root: Path | str, written: str) -> bool:
     return bool(written) and os.path.lexists(os.path.join(root, os.path.expanduser(written)))
 
 
-def _csv_columns(rows: list[tuple[int, list[str]]], root: Path, where: Path) -> tuple[dict[str, int | None], bool]:
+def _csv_columns(
+    rows: list[tuple[int, list[str]]], root: Path | str, where: Path | str
+) -> tuple[dict[str, int | None], bool]:
     """Which column holds the paths, labels and splits, and whether the first row is a header.
 
     The first row is a header when (a) it names a known column (:data:`CSV_COLUMNS`), or (b) its
@@ -569,7 +571,7 @@ def _csv_columns(rows: list[tuple[int, list[str]]], root: Path, where: Path) -> 
     return positional, False
 
 
-def _class_numbers(items: list[tuple[int, str, str, int]], where: Path) -> tuple[list[str], list[int]]:
+def _class_numbers(items: list[tuple[int, str, str, int]], where: Path | str) -> tuple[list[str], list[int]]:
     """Class names and per-row labels for ``items`` ``(line, path, label, split)``.
 
     All-integer labels (ASCII digits) are class numbers: classes ``"0"..str(max)``, refused past
@@ -606,8 +608,8 @@ def from_csv(path: Path | str) -> Source:
     the same file as an earlier one (however spelled) is dropped with a note when it agrees, refused
     when its label or split differs."""
     url = records.is_url(str(path))
-    path = str(path) if url else Path(path).resolve()  # type: ignore[assignment]
-    root: Path | str = str(path).rsplit("/", 1)[0] if url else path.parent
+    path = str(path) if url else Path(path).resolve()
+    root: Path | str = str(path).rsplit("/", 1)[0] if url else Path(path).parent
     try:
         if url:
             text = records.read_url(str(path), InputLimits(max_input_bytes=MAX_LIST_BYTES)).decode("utf-8-sig")
@@ -833,6 +835,7 @@ def from_tfrecords(files: list[str], root: str, keys: TFRecordKeys | None = None
                 if rec.problem is not None:
                     problems[len(rows)] = rec.problem
                 else:
+                    assert rec.data is not None, "a record without a problem has its data"
                     try:
                         feats = records.parse_example(rec.data, wanted)
                     except ValueError as exc:
