@@ -153,6 +153,7 @@ def train(
         raise FeatcacheError(f"command={command!r}: expected a list of strings")
     grid = dict(head=head, lr=lr, weight_decay=weight_decay, hidden=hidden, dropout=dropout)
     grid.update(label_smoothing=label_smoothing, c=c, power=power, pool=pool, map_augment=map_augment)
+    settings: dict[str, Any]  # of ints, floats and bools
     settings = dict(epochs=epochs, batch_size=batch_size, patience=patience, seed=seed, standardize=standardize)
     settings.update(val_fraction=val_fraction, max_memory_gb=max_memory_gb, allow_partial=allow_partial, views=views)
     settings.update(baselines=baselines, stream=stream)

@@ -60,6 +60,7 @@ def sweep_candidates(out: Any) -> list[Candidate]:
         for k, cfg in enumerate(state.group.configs):
             row = next(h for h in out.heads if h["name"] == cfg.name)
             src = tta if row.get("use_tta") else probs
+            assert src is not None, "only a group with views uses TTA"
             cands.append(Candidate(cfg.name, src["val"][k], src["test"][k], cost=2))
     return cands
 

@@ -32,12 +32,13 @@ class TrainByDefault(TyperGroup):
     """``featcache-train ARGS`` is ``featcache-train train ARGS`` unless ARGS start with another
     command (or ask for the overview), so options work before or after CACHE."""
 
-    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+    # ctx: click's Context, which typer imports from click or (0.2x) from its own private copy of click
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
             args = ["train", *args]
         return super().parse_args(ctx, args)
 
-    def format_options(self, ctx: typer.Context, formatter: Any) -> None:
+    def format_options(self, ctx: Any, formatter: Any) -> None:
         """``featcache-train --help`` shows what ``featcache-train CACHE`` takes first (the training
         options), then its own options and the other commands."""
         train = self.commands.get("train")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -61,7 +62,10 @@ class Dataset:
     @property
     def channels(self) -> int:
         """Channels ``C`` of a pooled vector."""
-        return self.train.pooled.shape[1] if self.train.pooled is not None else self.cache.maps_shape[-1]
+        if self.train.pooled is not None:
+            return self.train.pooled.shape[1]
+        assert self.cache is not None, "a streamed dataset reads its inputs from its cache"
+        return self.cache.maps_shape[-1]
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
@@ -121,7 +125,9 @@ def load_dataset(
     columns = (schema.LABEL, schema.ID, schema.INDEX, schema.SPLIT, SHARD, ROW, SPLIT_UNIT)
     c = cache.read_columns(((schema.POOLED,) if pooled else ()) + columns)
     split_codes = cache.splits(c[schema.ID], c[schema.SPLIT], c[SPLIT_UNIT])
-    rows = PooledRows(c.get(schema.POOLED), c[schema.LABEL], c[schema.ID], c[schema.INDEX], split_codes)
+    # rows.pooled is None when streamed (not pooled): part() below checks, nothing else reads it
+    pooled_or_none = cast(np.ndarray, c.get(schema.POOLED))
+    rows = PooledRows(pooled_or_none, c[schema.LABEL], c[schema.ID], c[schema.INDEX], split_codes)
     if len(rows.label) == 0:
         raise FeatcacheError(
             f"{cache.path}: the cache has no rows (every input failed when it was extracted: "

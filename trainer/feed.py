@@ -80,13 +80,26 @@ class Batch:
     maps: np.ndarray | None = None
 
 
+def asked(array: np.ndarray | None) -> np.ndarray:
+    """``array`` of a batch (or of a split in memory) that its :class:`Need` asked for: never None then."""
+    assert array is not None, "a batch carries what its Need asks for"
+    return array
+
+
 class Feed:
     """One split's batches for the loop. ``split.pooled`` (and ``views``, ``maps``) in memory, or
     ``streamed``: read from ``cache``'s shards as they are consumed. ``mean_std`` (``(C,)`` each),
     once set, standardises pooled vectors and views."""
 
     def __init__(
-        self, cache: FeatureCache, name: str, split: Split, need: Need, streamed: bool, seed: int, batch_size: int
+        self,
+        cache: FeatureCache | None,
+        name: str,
+        split: Split,
+        need: Need,
+        streamed: bool,
+        seed: int,
+        batch_size: int,
     ):
         self.cache, self.name, self.split, self.need, self.streamed = cache, name, split, need, streamed
         self.seed, self.batch_size = seed, batch_size
@@ -142,12 +155,15 @@ class Feed:
         s = self.split
         return self._batch(
             pos,
-            s.pooled[pos] if need.pooled else None,
-            s.views[pos] if need.views > 1 else None,
-            s.maps[pos] if need.maps else None,
+            asked(s.pooled)[pos] if need.pooled else None,
+            asked(s.views)[pos] if need.views > 1 else None,
+            asked(s.maps)[pos] if need.maps else None,
         )
 
     def _read_batches(self, stream: BlockStream, epoch: int, need: Need) -> Iterator[Batch]:
+        cache = self.cache
+        assert cache is not None, "a streamed feed reads its cache's shards"
+
         def read(f: h5py.File, sel: np.ndarray) -> tuple[np.ndarray, ...]:
             index = own_dataset(f, schema.INDEX)[sel[0] : sel[-1] + 1][sel - sel[0]]
             out = []
@@ -156,13 +172,13 @@ class Feed:
                 if need.views > 1:  # (b, V, C): view 0, then the cache's extra views
                     extra = read_block(own_dataset(f, schema.POOLED_VIEWS), sel, schema.POOLED_DTYPE)
                     views = np.concatenate([pooled[:, None], extra], axis=1)
-                    require_finite(self.cache, schema.POOLED_VIEWS, index, views)
+                    require_finite(cache, schema.POOLED_VIEWS, index, views)
                     out.append(views)
-                require_finite(self.cache, schema.POOLED, index, pooled)
+                require_finite(cache, schema.POOLED, index, pooled)
                 out.insert(0, pooled)
             if need.maps:
                 maps = read_block(own_dataset(f, schema.MAPS), sel, MAPS_DTYPE)
-                require_finite(self.cache, schema.MAPS, index, maps)
+                require_finite(cache, schema.MAPS, index, maps)
                 out.append(maps)
             return tuple(out)
 
@@ -191,7 +207,7 @@ def standardizer(train: Feed) -> tuple[np.ndarray, np.ndarray]:
     n, mean, m2 = 0, 0.0, 0.0
     try:
         for b in train.eval_batches(STATS_ROWS, Need(pooled=True)):
-            x = b.pooled.astype(np.float64)
+            x = asked(b.pooled).astype(np.float64)
             nb, mb = len(x), x.mean(axis=0)
             delta, total = mb - mean, n + nb
             mean = mean + delta * (nb / total)

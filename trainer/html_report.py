@@ -112,8 +112,9 @@ def best_head_test_predictions(
     cache, test = test_rows(run_dir, results)
     probs = np.zeros((len(test), len(results["classes"])), np.float32)
     if not reads_maps(kind):
-        tta = best.get("use_tta") and test.views is not None
-        inputs = [test.views[:, v] for v in range(test.views.shape[1])] if tta else [test.pooled]
+        views = test.views if best.get("use_tta") else None
+        assert test.pooled is not None, "load_dataset loads the pooled vectors"
+        inputs = [views[:, v] for v in range(views.shape[1])] if views is not None else [test.pooled]
 
         def one(x: np.ndarray) -> np.ndarray:
             if closed_form(kind):  # a logreg head normalises the pooled vectors as cached itself

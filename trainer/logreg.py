@@ -90,7 +90,8 @@ def lbfgs(fun, theta: np.ndarray, tol: float, max_iter: int) -> tuple[np.ndarray
         d = -q
         slope = g @ d
         if slope >= 0:  # not a descent direction (numerical trouble): restart from steepest descent
-            s_hist.clear(), y_hist.clear()
+            s_hist.clear()
+            y_hist.clear()
             d, slope = -g, -(g @ g)
         step = 1.0
         for _ in range(MAX_BACKTRACKS):
@@ -197,7 +198,9 @@ class LogregGroup:
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities ``(k, B, n_classes)`` float32 of every head for ``x (B, C)``."""
         feats = self._features(x)
-        out = [f.predict_proba(feats[cfg.power]) for cfg, f in zip(self.configs, self.fits, strict=True)]
+        fits = [f for f in self.fits if f is not None]
+        assert len(fits) == self.k, "fit() comes before predict()"
+        out = [f.predict_proba(feats[cfg.power]) for cfg, f in zip(self.configs, fits, strict=True)]
         return np.asarray(out, np.float32).reshape(self.k, len(x), self.n_classes)
 
     def evaluate(self, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
@@ -221,4 +224,5 @@ class LogregGroup:
         """Head ``i``'s ``W (C, K)``, ``b (K,)`` and the ``mean``/``std`` ``(C,)`` of its power-normalised
         features, float32."""
         f, (mean, std) = self.fits[i], self.norm[self.configs[i].power]
+        assert f is not None, "fit() comes before head_weights()"
         return {k: np.asarray(v, np.float32) for k, v in (("W", f.W), ("b", f.b), ("mean", mean), ("std", std))}

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from ..shared.errors import FeatcacheError
 from .data import Dataset
-from .feed import Batch, Feed, Need, standardizer
+from .feed import Batch, Feed, Need, asked, standardizer
 from .kinds import closed_form
 from .settings import Settings
 from .sweep import HeadConfig
@@ -78,7 +78,7 @@ class GroupState:
     def x(self, batch: Batch) -> np.ndarray:
         """The group's inputs in ``batch``: maps ``(b, h, w, C)``, standardised pooled ``(b, C)``, or for
         a closed-form group (which normalises its own features) the pooled vectors as cached."""
-        return batch.maps if self.reads_maps else self.as_cached(batch.pooled)
+        return asked(batch.maps) if self.reads_maps else self.as_cached(asked(batch.pooled))
 
     def as_cached(self, x: np.ndarray) -> np.ndarray:
         """``x`` (pooled vectors or views, as the feeds give them) for this group: undone standardisation
@@ -124,7 +124,7 @@ class GroupState:
             return None
         need = Need(pooled=False, views=self.n_views)
         batches = self.feeds[split].eval_batches(self.eval_batch, need)
-        parts = [tta_probs(self.group.predict, self.as_cached(b.views)) for b in batches]
+        parts = [tta_probs(self.group.predict, self.as_cached(asked(b.views))) for b in batches]
         return np.concatenate(parts, axis=1) if parts else np.zeros((self.group.k, 0, self.group.n_classes))
 
     def end_epoch(self, epoch: int, active: np.ndarray, train: np.ndarray, val: tuple[np.ndarray, np.ndarray]) -> None:
@@ -180,7 +180,7 @@ def make_feeds(ds: Dataset, configs: list[HeadConfig], settings: Settings) -> di
 def _build_states(ds: Dataset, configs: list[HeadConfig], seed: int, feeds: dict[str, Feed]) -> list[GroupState]:
     from .engine import make_group
 
-    by_group: dict[tuple[str, int], list[HeadConfig]] = {}
+    by_group: dict[tuple[str, int, str, str], list[HeadConfig]] = {}
     for c in configs:
         by_group.setdefault(c.group, []).append(c)
     n_views = feeds["train"].need.views
@@ -213,7 +213,11 @@ def _train_epoch(
         for s, on, total in zip(states, active, sums, strict=True):
             if on.any():
                 t0 = time.perf_counter()
-                x = s.x(batch) if s.n_views == 1 else pick_views(batch.views, np.arange(len(batch.pos)), picked)
+                x = (
+                    s.x(batch)
+                    if s.n_views == 1
+                    else pick_views(asked(batch.views), np.arange(len(batch.pos)), asked(picked))
+                )
                 loss, correct = s.group.train_step(x, batch.y, on, (settings.seed, step))
                 s.seconds += time.perf_counter() - t0
                 total += [loss * len(batch.pos), correct]
@@ -230,7 +234,9 @@ def _finish(s: GroupState, y_val: np.ndarray, y_test: np.ndarray) -> list[dict[s
     has_test = len(y_test) > 0
     tta = {}
     if s.n_views > 1:  # mean probabilities over every view; trusted where better on val
-        tta = {n: view_accuracy(s.tta_probabilities(n), y) for n, y in (("val", y_val), ("test", y_test)) if len(y)}
+        tta = {
+            n: view_accuracy(asked(s.tta_probabilities(n)), y) for n, y in (("val", y_val), ("test", y_test)) if len(y)
+        }
     return [
         {
             "name": cfg.name,

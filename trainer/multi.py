@@ -104,6 +104,7 @@ def _by_id(ds: Dataset) -> dict[str, tuple[str, int]]:
 
 def _take(s: Split, order: np.ndarray) -> Split:
     """``s``'s rows in ``order`` (maps are loaded after alignment, so none are held yet)."""
+    assert s.pooled is not None, "a sweep on several caches holds them in memory"
     return Split(
         s.index[order], s.id[order], s.y[order], s.pooled[order], views=None if s.views is None else s.views[order]
     )
@@ -136,7 +137,7 @@ def align(first: Dataset, other: Dataset, where: Path) -> Dataset:
                 f"{where}: id {i!r} is labelled {other.classes[b[i][1]]!r} here, "
                 f"{first.classes[y]!r} in the first cache"
             )
-    parts = {}
+    parts: dict[str, Any] = {}  # split name -> Split, as replace() takes them
     for name in SPLITS:
         pos = {v: k for k, v in enumerate(getattr(other, name).id.tolist())}
         order = np.array([pos[i] for i in getattr(first, name).id.tolist()], dtype=np.int64)
@@ -156,4 +157,5 @@ def concat_dataset(datasets: list[Dataset]) -> Dataset:
         pooled = np.concatenate([getattr(d, name).pooled for d in datasets], axis=1)
         return Split(s.index, s.id, s.y, pooled)
 
-    return replace(datasets[0], **{name: joined(name) for name in SPLITS})
+    splits: dict[str, Any] = {name: joined(name) for name in SPLITS}
+    return replace(datasets[0], **splits)

@@ -184,7 +184,8 @@ def run_extractor(args: list[str], source: str, stream: TextIO, user_module: boo
     assert proc.stdout is not None
     text = ""
     try:
-        while chunk := proc.stdout.read1(CHUNK_BYTES):
+        # stdout is a BufferedReader (bufsize -1), which typeshed types as IO[bytes]
+        while chunk := proc.stdout.read1(CHUNK_BYTES):  # type: ignore[attr-defined]
             part = chunk.decode(errors="replace")
             stream.write(part)
             stream.flush()

@@ -22,6 +22,7 @@ from ..shared.cache.reader import FeatureCache
 from ..shared.errors import FeatcacheError
 from . import rundir
 from .data import Dataset, load_dataset, load_maps, memory_gb
+from .feed import asked
 from .identity import cache_identity
 from .loop import train
 from .multi import CONCAT, LABEL_SEPARATOR, Part, align, concat_dataset, label_caches, locate
@@ -87,7 +88,7 @@ def describe_run(parts: list[Part], settings: Settings, command: list[str]) -> d
     part, state, k = locate(parts, best["name"])
     confusion_test = None
     if len(ds.test):
-        probs = state.tta_probabilities("test")[k] if best.get("use_tta") else state.probabilities("test", k)
+        probs = asked(state.tta_probabilities("test"))[k] if best.get("use_tta") else state.probabilities("test", k)
         confusion_test = confusion(part.ds.test.y, probs.argmax(-1), len(ds.classes))
     multi = len(parts) > 1
     results: dict[str, Any] = {
@@ -142,7 +143,8 @@ def write_run(staging: Path, results: dict[str, Any], parts: list[Part], log: Lo
         for s in p.out.states
         for i, c in enumerate(s.group.configs)
     }
-    by_cache = {p.label: p.out.mean_std for p in parts} if len(parts) > 1 else None
+    # with several caches every part is labelled (label_caches)
+    by_cache = {p.label: p.out.mean_std for p in parts if p.label is not None} if len(parts) > 1 else None
     index = rundir.save_heads(staging / rundir.HEADS, weights, parts[0].out.mean_std, by_cache)
     results["heads_file"] = {"file": rundir.HEADS, **index}
     rundir.write_text(staging / rundir.LEADERBOARD, leaderboard(results["heads"], results["splits"]["val"]) + "\n")
@@ -163,6 +165,7 @@ def train_concat(
     named ``concat:<head>``; ``skipped``, the map heads, which have no concatenation)."""
     pooled = [c for c in configs if not c.reads_maps]
     ds = concat_dataset([p.ds for p in parts])
+    assert ds.train.pooled is not None, "concat_dataset holds pooled vectors"
     out: dict[str, Any] = {"caches": [p.label for p in parts], "width": int(ds.train.pooled.shape[1])}
     out["skipped"] = [c.name for c in configs if c.reads_maps]
     log(f"training {len(pooled)} pooled heads on {' + '.join(out['caches'])}: {out['width']} channels")

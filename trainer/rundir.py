@@ -135,7 +135,8 @@ def save_heads(
     else:
         index["standardize"] = {label: store(f"{label}/", pair) for label, pair in by_cache.items()}
     with writing(path), open(path, "wb") as fh:
-        np.savez(fh, **arrays)
+        # numpy 2's stub checks **kwds against savez's allow_pickle: bool too (not numpy 1.26's)
+        np.savez(fh, **arrays)  # type: ignore[arg-type, unused-ignore]
     return index
 
 
@@ -263,7 +264,7 @@ def _check_head(h: dict[str, Any], where: str) -> None:
             except ValueError as exc:
                 raise _Bad(f"{where}.config.{key}", f"a known value ({exc})") from None
     _want(set(cfg) <= {"name", "kind", *RULES}, f"{where}.config", "only head settings")
-    epochs = h.get("epochs")
+    epochs: Any = h.get("epochs")  # checked next
     _want(isinstance(epochs, list) and all(isinstance(e, dict) for e in epochs), f"{where}.epochs", "a list of objects")
     for i, e in enumerate(epochs):
         _want(_is_int(e.get("epoch"), 1), f"{where}.epochs[{i}].epoch", "a whole number >= 1")
@@ -366,7 +367,7 @@ def check_results(results: dict[str, Any]) -> None:
     if results.get("concat") is not None:
         concat = _dict(results["concat"], "concat")
         _strings(concat.get("caches"), "concat.caches")
-        heads = concat.get("heads")
+        heads: Any = concat.get("heads")  # checked next
         _want(
             isinstance(heads, list) and all(isinstance(h, dict) and isinstance(h.get("name"), str) for h in heads),
             "concat.heads",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -48,7 +49,7 @@ class Candidate:
         return float(np.mean(self.test.argmax(1) == y)) if len(y) else None
 
 
-def rank(accs: Sequence[float], costs: Sequence[float], n: int, z: float = Z_ONE_SE) -> tuple[list[int], int]:
+def rank(accs: Sequence[float], costs: Sequence[Any], n: int, z: float = Z_ONE_SE) -> tuple[list[int], int]:
     """The selection order of heads with val accuracies ``accs`` (on ``n`` rows) and ``costs``: first
     those tied with the best (val accuracy at least the lower end of the best's ``z``-Wilson interval)
     from the cheapest up (equal cost: higher accuracy first, then earlier), then the rest by accuracy.

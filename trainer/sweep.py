@@ -35,7 +35,7 @@ from .kinds import HEAD_KINDS, NO_AUGMENT, reads_maps
 from .settings import DEFAULT_GRID, FILE_SETTING_KEYS, GRID_KEYS, SettingError, Settings, check_value, make_settings
 
 # A grid key's value when the head's kind does not read it (see HeadKind.keys).
-UNUSED = {
+UNUSED: dict[str, Any] = {
     "lr": 0.0,
     "weight_decay": 0.0,
     "hidden": 0,
