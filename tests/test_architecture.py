@@ -1,10 +1,11 @@
-"""The architecture and the style are enforced, not hoped for: ruff, and the import contracts.
+"""The architecture and the style are enforced, not hoped for: ruff, the import contracts and mypy.
 
 The contracts live in ``pyproject.toml`` (``[tool.importlinter]``): the extractor and the trainer
 never import each other, ``shared`` never imports either, the cache format imports neither
 TensorFlow nor the backbone registry nor the inspect command. import-linter walks a package's folder,
 and featcache's sub-packages live in folders beside ``featcache/`` (see ``[tool.setuptools]``), so
-the check runs on a plain (non-editable) install of the project into a temporary folder.
+the check runs on a plain (non-editable) install of the project into a temporary folder; so does
+mypy's (``[tool.mypy]``), which resolves ``featcache.*`` the same way.
 """
 
 from __future__ import annotations
@@ -70,6 +71,37 @@ def test_a_broken_contract_is_caught(installed, tmp_path):
     config = str(REPO / "pyproject.toml")
     p = subprocess.run([_tool("lint-imports"), "--no-cache", config], cwd=copy, env=env, capture_output=True, text=True)
     assert p.returncode != 0 and "BROKEN" in p.stdout
+
+
+def _mypy(site: Path, cache_dir: Path) -> subprocess.CompletedProcess:
+    """mypy over the package installed in ``site``, configured by pyproject.toml's ``[tool.mypy]``,
+    with the test interpreter's libraries (numpy's and typer's types)."""
+    cmd = [_tool("mypy"), "-p", "featcache", "--config-file", str(REPO / "pyproject.toml")]
+    cmd += ["--python-executable", sys.executable, "--cache-dir", str(cache_dir), "--no-error-summary"]
+    env = {k: v for k, v in os.environ.items() if k not in ("MYPYPATH", "PYTHONPATH")}
+    return subprocess.run(cmd, cwd=site, env=env, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def mypy_cache(tmp_path_factory) -> Path:
+    """One mypy cache for the module's runs: the second checks only what changed."""
+    return tmp_path_factory.mktemp("mypy_cache")
+
+
+def test_types(installed, mypy_cache):
+    """The product code passes mypy (``[tool.mypy]`` in pyproject.toml)."""
+    p = _mypy(installed, mypy_cache)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_a_type_error_is_caught(installed, mypy_cache, tmp_path):
+    """The check can fail: a function that returns a str where it says int."""
+    copy = tmp_path / "site"
+    shutil.copytree(installed, copy)
+    bad = copy / "featcache" / "shared" / "cache" / "schema.py"
+    bad.write_text(bad.read_text() + '\n\ndef _broken() -> int:\n    return "not an int"\n')
+    p = _mypy(copy, mypy_cache)
+    assert p.returncode == 1 and "schema.py" in p.stdout and "[return-value]" in p.stdout, p.stdout + p.stderr
 
 
 def _module_imports() -> dict[str, set[str]]:
