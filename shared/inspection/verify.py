@@ -10,25 +10,22 @@ never by a planned count.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from ..cache import rowindex, schema
-from ..cache.fingerprint import IDENTITY_KEYS, differences
 from ..cache.fsutil import fsync_dir
-from ..cache.h5file import own_dataset
 from ..cache.listing import LISTING_NAME, load_listing
 from ..cache.lock import describe_holder, holder_gone
 from ..cache.manifest import Manifest, ManifestError, ShardRecord, file_status, now
 from ..cache.parts import awaiting_merge, exclusive, recorded_holders, remove_logs
 from ..cache.paths import UnsafePathError, cache_path, shard_file_problem, shard_path
-from ..cache.reader import FeatureCache, label_problem, shard_identity_problem, split_problem
+from ..cache.reader import FeatureCache, label_problem, split_problem
+from ..cache.shard import ShardError, cache_layout, open_shard_file
 from ..cache.split import hash_unit
 from ..errors import FeatcacheError
 
@@ -70,11 +67,6 @@ class Report:
         return not self.problems
 
 
-def _expected_datasets(m: Manifest, rows: int) -> dict[str, tuple[tuple[int, ...], str]]:
-    layout = schema.row_layout(m.fingerprint["output_shape"], m.storage["maps_dtype"], schema.views_of(m.fingerprint))
-    return {name: ((rows, *tail), dtype) for name, (tail, dtype) in layout.items()}
-
-
 def check_shard(
     cache_dir: Path,
     m: Manifest,
@@ -110,44 +102,26 @@ def check_shard(
     if status == "checksum":
         return "sha256 differs from the manifest (the file was modified or corrupted)"
     try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        return f"not a readable HDF5 file ({exc})"
+        f = open_shard_file(path, cache_layout(m), rec.rows)
+    except ShardError as exc:
+        return exc.reason
     with f:
-        try:
-            fp = json.loads(f.attrs["fingerprint"])
-        except (KeyError, ValueError):
-            return "no fingerprint attribute"
-        diff = differences(m.fingerprint, fp, IDENTITY_KEYS) if isinstance(fp, dict) else ["fingerprint"]
-        if diff:
-            return "made with different " + "; ".join(diff)
-        identity = shard_identity_problem(f, rec, m, path.stat().st_size)
-        if identity:
-            return identity
-        expected = _expected_datasets(m, rec.rows)
-        for name, (shape, dtype) in expected.items():
-            try:  # never through a link, nor data kept in another file: read below, it could hang
-                d = own_dataset(f, name)
-            except KeyError:
-                return f"dataset {name!r} missing"
-            except ValueError as exc:
-                return f"dataset {exc}"
-            got = "object" if h5py.check_string_dtype(d.dtype) else str(d.dtype)
-            if d.shape != shape or got != dtype:
-                return f"dataset {name!r} is {d.shape} {got}, expected {shape} {dtype}"
+        problem = f.problem(m, rec, path.stat().st_size)
+        if problem is not None:
+            return problem.reason
         if failed is None:
             failed = {x.index for x in m.failed if x.shard == rec.shard}
         # retired inputs no shard holds: compacted away, or failed and removed since
         gone = failed | {i for i in m.dropped if plan.start <= i < plan.stop}
         expected_index = [i for i in range(rec.first_index, rec.first_index + rec.num_inputs) if i not in gone]
-        index = f[schema.INDEX][()]
+        index = f.read(schema.INDEX)
         if index.tolist() != expected_index:
             return (
                 f"index is not inputs {rec.first_index}..{rec.first_index + rec.num_inputs - 1} "
                 f"less the {len(failed)} failed and {len(gone) - len(failed)} dropped ones"
             )
         if listing_ids is not None and rec.rows:
-            stored = f[schema.ID].asstr()[()]
+            stored = f.read(schema.ID).astype(str)
             differ = np.flatnonzero(stored != listing_ids[index].astype(str))
             if len(differ):
                 k = int(differ[0])
@@ -156,18 +130,18 @@ def check_shard(
                     f"listed at index {index[k]} as {str(listing_ids[index[k]])[:80]!r})"
                 )
         # stored labels number the classes of the generation that wrote the shard
-        bad_label = label_problem(f[schema.LABEL][()], len(m.generation_of(rec.shard).classes))
+        bad_label = label_problem(f.read(schema.LABEL), len(m.generation_of(rec.shard).classes))
         if bad_label:
             return bad_label
-        bad_split = split_problem(f[schema.SPLIT][()])
+        bad_split = split_problem(f.read(schema.SPLIT))
         if bad_split:
             return bad_split
-        pooled = f[schema.POOLED][()]
+        pooled = f.read(schema.POOLED)
         if not np.isfinite(pooled).all():
             return f"pooled has {int((~np.isfinite(pooled)).sum())} NaN/Inf values"
-        if schema.POOLED_VIEWS in expected and not np.isfinite(f[schema.POOLED_VIEWS][()]).all():
+        if f.has(schema.POOLED_VIEWS) and not np.isfinite(f.read(schema.POOLED_VIEWS)).all():
             return f"{schema.POOLED_VIEWS} has NaN/Inf values"
-        maps = f[schema.MAPS]
+        maps = f.dataset(schema.MAPS)
         for start in range(0, rec.rows, MAPS_BLOCK_ROWS):
             block = maps[start : start + MAPS_BLOCK_ROWS]
             if not np.isfinite(block).all():
