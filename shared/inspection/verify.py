@@ -161,6 +161,67 @@ def check_shard(
     return None
 
 
+def _check_shards_dir(cache_dir: Path, m: Manifest, report: Report) -> None:
+    """The files in ``shards/`` the manifest does not list, into ``report``: a shard file no record or
+    journal names is a problem; other versions of listed shards (an interrupted compaction), shards an
+    interrupted run wrote before recording them, commit journals not folded yet and partial files are notes."""
+    try:
+        shards_dir = cache_path(cache_dir, schema.SHARDS_DIR)
+    except UnsafePathError as exc:
+        report.problems.append(Problem(schema.SHARDS_DIR, str(exc).split(": ", 1)[-1], movable=False))
+        return
+    if not shards_dir.is_dir():
+        return
+    listed = {rec.file for rec in m.shards}
+    done = {rec.shard for rec in m.shards}
+    logged = set(awaiting_merge(cache_dir, m))
+    unlisted_pending = others = superseded = 0
+    for p in sorted(shards_dir.glob(schema.SHARD_GLOB)):
+        rel = f"{schema.SHARDS_DIR}/{p.name}"
+        k = schema.shard_number(p.name)
+        if shard_file_problem(rel) is not None:
+            others += 1  # not a name featcache writes: not its business
+        elif rel in listed or k in logged:
+            continue
+        elif k in done:
+            superseded += 1  # the other version of a shard being compacted: no manifest names it
+        elif k < m.num_shards:  # a run stopped before recording it: redone on resume
+            unlisted_pending += 1
+        else:
+            report.problems.append(Problem(rel, "shard file the manifest does not list"))
+    if superseded:
+        report.notes.append(
+            f"{superseded} shard files are other versions of listed shards (left by an interrupted "
+            "compaction; readers ignore them, the next compact removes them)"
+        )
+    if others:
+        report.notes.append(f"{others} files in {schema.SHARDS_DIR}/ are not named like featcache shards (left alone)")
+    if logged:
+        report.notes.append(
+            f"{len(logged)} committed shards are in commit journals, not yet folded into manifest.json "
+            "(readers see them; featcache-extract CACHE --finalize folds them)"
+        )
+    if unlisted_pending:
+        report.notes.append(
+            f"{unlisted_pending} shard files for shards not yet done are not in the manifest "
+            "(left by an interrupted run; readers ignore them, the next extract redoes them)"
+        )
+    temps = [p.name for p in shards_dir.iterdir() if p.name.startswith(schema.TMP_PREFIX)]
+    if temps:
+        holders = recorded_holders(cache_dir)
+        live = {part: h for part, h in holders.items() if not holder_gone(h)}
+        if live:
+            state = f"a writer is running: {describe_holder(next(iter(live.values())))}"
+        elif holders:
+            state = (
+                f"left by a writer that is gone ({describe_holder(next(iter(holders.values())))}; its lock is "
+                "stale): the next extract removes them"
+            )
+        else:
+            state = "left by an interrupted run; the next extract removes them"
+        report.notes.append(f"{len(temps)} partial shard files ({state})")
+
+
 def verify(cache_dir: str | Path, *, sample_rows: int = DEFAULT_SAMPLE_ROWS, seed: int = 0, progress=None) -> Report:
     """Check every listed shard, then look for files the manifest does not know.
 
@@ -202,62 +263,7 @@ def verify(cache_dir: str | Path, *, sample_rows: int = DEFAULT_SAMPLE_ROWS, see
             report.problems.append(Problem(rec.file, reason, rec.shard, movable=movable))
         else:
             report.rows_checked += rec.rows
-    try:
-        shards_dir = cache_path(cache_dir, schema.SHARDS_DIR)
-    except UnsafePathError as exc:
-        report.problems.append(Problem(schema.SHARDS_DIR, str(exc).split(": ", 1)[-1], movable=False))
-        shards_dir = None
-    if shards_dir is not None and shards_dir.is_dir():
-        listed = {rec.file for rec in m.shards}
-        done = {rec.shard for rec in m.shards}
-        logged = set(awaiting_merge(cache_dir, m))
-        unlisted_pending = others = superseded = 0
-        for p in sorted(shards_dir.glob(schema.SHARD_GLOB)):
-            rel = f"{schema.SHARDS_DIR}/{p.name}"
-            k = schema.shard_number(p.name)
-            if shard_file_problem(rel) is not None:
-                others += 1  # not a name featcache writes: not its business
-            elif rel in listed or k in logged:
-                continue
-            elif k in done:
-                superseded += 1  # the other version of a shard being compacted: no manifest names it
-            elif k < m.num_shards:  # a run stopped before recording it: redone on resume
-                unlisted_pending += 1
-            else:
-                report.problems.append(Problem(rel, "shard file the manifest does not list"))
-        if superseded:
-            report.notes.append(
-                f"{superseded} shard files are other versions of listed shards (left by an interrupted "
-                "compaction; readers ignore them, the next compact removes them)"
-            )
-        if others:
-            report.notes.append(
-                f"{others} files in {schema.SHARDS_DIR}/ are not named like featcache shards (left alone)"
-            )
-        if logged:
-            report.notes.append(
-                f"{len(logged)} committed shards are in commit journals, not yet folded into manifest.json "
-                "(readers see them; featcache-extract CACHE --finalize folds them)"
-            )
-        if unlisted_pending:
-            report.notes.append(
-                f"{unlisted_pending} shard files for shards not yet done are not in the manifest "
-                "(left by an interrupted run; readers ignore them, the next extract redoes them)"
-            )
-        temps = [p.name for p in shards_dir.iterdir() if p.name.startswith(schema.TMP_PREFIX)]
-        if temps:
-            holders = recorded_holders(cache_dir)
-            live = {part: h for part, h in holders.items() if not holder_gone(h)}
-            if live:
-                state = f"a writer is running: {describe_holder(next(iter(live.values())))}"
-            elif holders:
-                state = (
-                    f"left by a writer that is gone ({describe_holder(next(iter(holders.values())))}; its lock is "
-                    "stale): the next extract removes them"
-                )
-            else:
-                state = "left by an interrupted run; the next extract removes them"
-            report.notes.append(f"{len(temps)} partial shard files ({state})")
+    _check_shards_dir(cache_dir, m, report)
     if not m.complete:
         report.notes.append(f"incomplete: {m.missing_count} of {m.num_shards} planned shards not written yet")
     check_row_index(cache_dir, m, {p.shard for p in report.problems if p.shard is not None}, report)
