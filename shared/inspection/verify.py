@@ -25,7 +25,7 @@ from ..cache.manifest import Manifest, ManifestError, ShardRecord, file_status, 
 from ..cache.parts import awaiting_merge, exclusive, recorded_holders, remove_logs
 from ..cache.paths import UnsafePathError, cache_path, shard_file_problem, shard_path
 from ..cache.reader import FeatureCache, label_problem, split_problem
-from ..cache.shard import ShardError, cache_layout, open_shard_file
+from ..cache.shard import Shard, ShardError, cache_layout, open_shard_file
 from ..cache.split import hash_unit
 from ..errors import FeatcacheError
 
@@ -109,55 +109,71 @@ def check_shard(
         problem = f.problem(m, rec, path.stat().st_size)
         if problem is not None:
             return problem.reason
-        if failed is None:
-            failed = {x.index for x in m.failed if x.shard == rec.shard}
-        # retired inputs no shard holds: compacted away, or failed and removed since
-        gone = failed | {i for i in m.dropped if plan.start <= i < plan.stop}
-        expected_index = [i for i in range(rec.first_index, rec.first_index + rec.num_inputs) if i not in gone]
-        index = f.read(schema.INDEX)
-        if index.tolist() != expected_index:
+        return _rows_problem(f, m, rec, sample_rows, rng, failed, listing_ids)
+
+
+def _rows_problem(
+    f: Shard,
+    m: Manifest,
+    rec: ShardRecord,
+    sample_rows: int,
+    rng: np.random.Generator,
+    failed: set[int] | None,
+    listing_ids: np.ndarray | None,
+) -> str | None:
+    """The first thing wrong with the rows of shard ``rec``, open as ``f`` and identity-checked: its
+    index against the plan, ids against the listing, labels, splits, finite values, and ``pooled``
+    against the mean of the maps on ``sample_rows`` rows."""
+    if failed is None:
+        failed = {x.index for x in m.failed if x.shard == rec.shard}
+    # retired inputs no shard holds: compacted away, or failed and removed since
+    plan = m.shard_inputs(rec.shard)
+    gone = failed | {i for i in m.dropped if plan.start <= i < plan.stop}
+    expected_index = [i for i in range(rec.first_index, rec.first_index + rec.num_inputs) if i not in gone]
+    index = f.read(schema.INDEX)
+    if index.tolist() != expected_index:
+        return (
+            f"index is not inputs {rec.first_index}..{rec.first_index + rec.num_inputs - 1} "
+            f"less the {len(failed)} failed and {len(gone) - len(failed)} dropped ones"
+        )
+    if listing_ids is not None and rec.rows:
+        stored = f.read(schema.ID).astype(str)
+        differ = np.flatnonzero(stored != listing_ids[index].astype(str))
+        if len(differ):
+            k = int(differ[0])
             return (
-                f"index is not inputs {rec.first_index}..{rec.first_index + rec.num_inputs - 1} "
-                f"less the {len(failed)} failed and {len(gone) - len(failed)} dropped ones"
+                f"{len(differ)} rows' {IDS_DIFFER} {LISTING_NAME}'s (row {k}: {str(stored[k])[:80]!r}, "
+                f"listed at index {index[k]} as {str(listing_ids[index[k]])[:80]!r})"
             )
-        if listing_ids is not None and rec.rows:
-            stored = f.read(schema.ID).astype(str)
-            differ = np.flatnonzero(stored != listing_ids[index].astype(str))
-            if len(differ):
-                k = int(differ[0])
-                return (
-                    f"{len(differ)} rows' {IDS_DIFFER} {LISTING_NAME}'s (row {k}: {str(stored[k])[:80]!r}, "
-                    f"listed at index {index[k]} as {str(listing_ids[index[k]])[:80]!r})"
-                )
-        # stored labels number the classes of the generation that wrote the shard
-        bad_label = label_problem(f.read(schema.LABEL), len(m.generation_of(rec.shard).classes))
-        if bad_label:
-            return bad_label
-        bad_split = split_problem(f.read(schema.SPLIT))
-        if bad_split:
-            return bad_split
-        pooled = f.read(schema.POOLED)
-        if not np.isfinite(pooled).all():
-            return f"pooled has {int((~np.isfinite(pooled)).sum())} NaN/Inf values"
-        if f.has(schema.POOLED_VIEWS) and not np.isfinite(f.read(schema.POOLED_VIEWS)).all():
-            return f"{schema.POOLED_VIEWS} has NaN/Inf values"
-        maps = f.dataset(schema.MAPS)
-        for start in range(0, rec.rows, MAPS_BLOCK_ROWS):
-            block = maps[start : start + MAPS_BLOCK_ROWS]
-            if not np.isfinite(block).all():
-                bad = start + int(np.flatnonzero(~np.isfinite(block).reshape(len(block), -1).all(axis=1))[0])
-                return f"maps of row {bad} (index {index[bad]}) have NaN/Inf values"
-        if rec.rows:
-            rows = np.sort(rng.choice(rec.rows, size=min(sample_rows, rec.rows), replace=False))
-            mean = maps[rows].astype(np.float32).mean(axis=(1, 2))
-            err = np.abs(mean - pooled[rows]).max(axis=1)
-            tol = POOLED_TOLERANCE.get(m.storage["maps_dtype"], 4e-3)
-            if (err > tol).any():
-                bad = int(rows[np.argmax(err)])
-                return (
-                    f"pooled of row {bad} (index {index[bad]}) differs from the mean of its maps by "
-                    f"{err.max():.3g} (> {tol:g}): rows and maps do not match"
-                )
+    # stored labels number the classes of the generation that wrote the shard
+    bad_label = label_problem(f.read(schema.LABEL), len(m.generation_of(rec.shard).classes))
+    if bad_label:
+        return bad_label
+    bad_split = split_problem(f.read(schema.SPLIT))
+    if bad_split:
+        return bad_split
+    pooled = f.read(schema.POOLED)
+    if not np.isfinite(pooled).all():
+        return f"pooled has {int((~np.isfinite(pooled)).sum())} NaN/Inf values"
+    if f.has(schema.POOLED_VIEWS) and not np.isfinite(f.read(schema.POOLED_VIEWS)).all():
+        return f"{schema.POOLED_VIEWS} has NaN/Inf values"
+    maps = f.dataset(schema.MAPS)
+    for start in range(0, rec.rows, MAPS_BLOCK_ROWS):
+        block = maps[start : start + MAPS_BLOCK_ROWS]
+        if not np.isfinite(block).all():
+            bad = start + int(np.flatnonzero(~np.isfinite(block).reshape(len(block), -1).all(axis=1))[0])
+            return f"maps of row {bad} (index {index[bad]}) have NaN/Inf values"
+    if rec.rows:
+        rows = np.sort(rng.choice(rec.rows, size=min(sample_rows, rec.rows), replace=False))
+        mean = maps[rows].astype(np.float32).mean(axis=(1, 2))
+        err = np.abs(mean - pooled[rows]).max(axis=1)
+        tol = POOLED_TOLERANCE.get(m.storage["maps_dtype"], 4e-3)
+        if (err > tol).any():
+            bad = int(rows[np.argmax(err)])
+            return (
+                f"pooled of row {bad} (index {index[bad]}) differs from the mean of its maps by "
+                f"{err.max():.3g} (> {tol:g}): rows and maps do not match"
+            )
     return None
 
 
