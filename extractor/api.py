@@ -1,6 +1,7 @@
 """``featcache.extract``: the extraction as a Python call; ``featcache-extract`` is a thin layer over it.
 
-Every keyword argument is the command line's option of the same name, with the same default; errors
+Every keyword argument is the command line's option of the same name, with the same default (both
+are made from :class:`~featcache.extractor.options.ExtractOptions`, where options are stated); errors
 are :class:`~featcache.shared.errors.FeatcacheError` whose messages name these arguments
 (``overwrite=True``), which the command line spells as flags (``--overwrite``). Importing this
 module does not import TensorFlow; an extraction with work to do does.
@@ -8,27 +9,23 @@ module does not import TensorFlow; an extraction with work to do does.
 
 from __future__ import annotations
 
+import inspect
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from ..shared.arguments import bool_arg, callable_arg, choice_arg, int_arg, path_arg, progress_arg, str_arg
-from ..shared.backbones import DEFAULT_CROP_RATIO, DEFAULT_CROP_SCALE, DEFAULT_RESIZE, check_feed_dtype
-from ..shared.cache import schema
+from ..shared.arguments import keywords, path_arg, progress_arg
+from ..shared.backbones import check_feed_dtype
 from ..shared.cache.manifest import FailedInput, Manifest
 from ..shared.cache.parts import WHOLE, Finalized, Part
 from ..shared.cache.split import SPLITS, parse_fractions
 from ..shared.errors import FeatcacheError, NotACacheError
-from .inputs import DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_PIXELS
-from .ray_runner import DEFAULT_MAX_RETRIES
+from .options import NAMES, OPTIONS, ExtractOptions, Log
 from .records import is_url
 from .runner import ExtractConfig, ExtractReport
-
-Log = Callable[[str], None]
-RUNNERS = ("local", "ray")
-DEFAULT_SPLIT = ",".join(str(schema.DEFAULT_SPLIT_FRACTIONS[s]) for s in SPLITS)  # "0.8,0.1,0.1"
 
 
 def _stderr(msg: str) -> None:
@@ -92,33 +89,6 @@ def _fractions(split: str | Sequence[float] | Mapping[str, float]) -> dict[str, 
     return parse_fractions(split)
 
 
-def _check_arguments(options: dict) -> None:
-    """Every argument of :func:`extract` of the wrong type or out of range, as one line naming it,
-    before anything is listed or written (the checks of their values against each other follow)."""
-    for name in ("source", "weights", "backbone"):
-        path_arg(name, options[name])
-    path_arg("cache", options["cache"], optional=True)
-    for name in ("layer", "preprocess", "address", "tfrecord_keys"):
-        str_arg(name, options[name], optional=True)
-    for name in ("batch_size", "shard_size", "workers", "views", "max_input_bytes", "max_pixels"):
-        int_arg(name, options[name], minimum=1)
-    for name in ("max_shards", "ray_items"):
-        int_arg(name, options[name], minimum=1, optional=True)
-    for name in ("seed", "max_retries"):
-        int_arg(name, options[name], minimum=0)
-    for name in ("mixed_precision", "xla", "overwrite", "update", "checksum", "strict", "finalize"):
-        bool_arg(name, options[name])
-    bool_arg("progress", options["progress"], optional=True)
-    choice_arg("maps_dtype", options["maps_dtype"], schema.MAPS_DTYPES)
-    choice_arg("compression", options["compression"], tuple(schema.COMPRESSIONS))
-    choice_arg("runner", options["runner"], RUNNERS)
-    if not (options["part"] is None or isinstance(options["part"], str | Part)):
-        raise FeatcacheError(f"part={options['part']!r}: expected 'I/N', e.g. '0/4' for the first of 4 workers")
-    if not isinstance(options["gpus"], str | None):  # a string is checked by choose_gpus
-        int_arg("gpus", options["gpus"], minimum=1)
-    callable_arg("log", options["log"])
-
-
 def _pair(value: str | Sequence[float], name: str) -> tuple[float, float]:
     """``"0.35,1"`` or ``(0.35, 1)`` -> ``(0.35, 1.0)``."""
     try:
@@ -128,6 +98,43 @@ def _pair(value: str | Sequence[float], name: str) -> tuple[float, float]:
     return low, high
 
 
+def _config(source: str | Path, cache: Path, opts: ExtractOptions) -> ExtractConfig:
+    """The runner's configuration of one extraction: the options, parsed (split fractions, the part,
+    crop ranges, the feed dtype)."""
+    return ExtractConfig(
+        source=str(source) if is_url(str(source)) else Path(source),
+        source_format=opts.source_format,
+        tfrecord_keys=opts.tfrecord_keys,
+        cache=cache,
+        backbone=opts.backbone,
+        weights=str(opts.weights),
+        layer=opts.layer,
+        preprocess=opts.preprocess,
+        seed=opts.seed,
+        batch_size=opts.batch_size,
+        shard_size=opts.shard_size,
+        maps_dtype=opts.maps_dtype,
+        compression=opts.compression,
+        mixed_precision=opts.mixed_precision,
+        xla=opts.xla,
+        split_fractions=_fractions(opts.split),
+        overwrite=opts.overwrite,
+        update=opts.update,
+        checksum=opts.checksum,
+        strict=opts.strict,
+        max_input_bytes=opts.max_input_bytes,
+        max_pixels=opts.max_pixels,
+        max_shards=opts.max_shards,
+        part=opts.part if isinstance(opts.part, Part) else Part.parse(opts.part) if opts.part else WHOLE,
+        progress=progress_arg(opts.progress),
+        views=opts.views,
+        crop_scale=_pair(opts.crop_scale, "crop_scale"),
+        crop_ratio=_pair(opts.crop_ratio, "crop_ratio"),
+        resize=opts.resize,
+        feed_dtype=None if opts.feed_dtype is None else check_feed_dtype(opts.feed_dtype),
+    )
+
+
 def _rows_now(cache: Path) -> int:
     try:
         return Manifest.load(cache).rows
@@ -135,47 +142,7 @@ def _rows_now(cache: Path) -> int:
         return 0
 
 
-def extract(
-    source: str | Path,
-    cache: str | Path | None = None,
-    *,
-    weights: str = "imagenet",
-    backbone: str = "mobilenet_v2",
-    layer: str | None = None,
-    preprocess: str | None = None,
-    batch_size: int = 32,
-    shard_size: int = schema.DEFAULT_SHARD_SIZE,
-    maps_dtype: str = schema.DEFAULT_MAPS_DTYPE,
-    compression: str = schema.DEFAULT_COMPRESSION,
-    split: str | Sequence[float] | Mapping[str, float] = DEFAULT_SPLIT,
-    mixed_precision: bool = False,
-    xla: bool = False,
-    seed: int = 0,
-    overwrite: bool = False,
-    update: bool = False,
-    checksum: bool = False,
-    strict: bool = False,
-    max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    max_shards: int | None = None,
-    part: str | Part | None = None,
-    finalize: bool = False,
-    workers: int = 1,
-    gpus: str | int | None = None,
-    runner: str = "local",
-    address: str | None = None,
-    max_retries: int = DEFAULT_MAX_RETRIES,
-    ray_items: int | None = None,
-    views: int = 1,
-    crop_scale: str | Sequence[float] = DEFAULT_CROP_SCALE,
-    crop_ratio: str | Sequence[float] = DEFAULT_CROP_RATIO,
-    resize: str = DEFAULT_RESIZE,
-    source_format: str | None = None,
-    tfrecord_keys: str | None = None,
-    feed_dtype: str | None = None,
-    progress: bool | None = None,
-    log: Log | None = None,
-) -> ExtractResult:
+def extract(source: str | Path, cache: str | Path | None = None, **options: Any) -> ExtractResult:
     """Compute backbone features for every image in ``source`` once, into the cache directory ``cache``.
 
     The cache holds, per input row, ``maps`` ``(N, 7, 7, 1280)`` (``maps_dtype``, float16 by default),
@@ -222,61 +189,32 @@ def extract(
     because every input failed; what was finished stays on disk (and the manifest lists the failures).
     """
     t0 = time.perf_counter()
-    _check_arguments(locals())
-    progress = progress_arg(progress)
-    log = log or _stderr
-    if finalize:
+    path_arg("source", source)
+    path_arg("cache", cache, optional=True)
+    keywords("extract", options, NAMES)
+    opts = ExtractOptions(**options)
+    log = opts.log or _stderr
+    if opts.finalize:
         return _require_rows(_finalize(Path(cache if cache is not None else source), t0), source)
     if cache is None:
         raise FeatcacheError("missing argument cache (the cache directory to fill)")
-    if update and overwrite:
+    if opts.update and opts.overwrite:
         raise FeatcacheError("update=True keeps the cache and overwrite=True discards it: choose one")
-    if part is not None and (workers > 1 or gpus or runner == "ray"):
+    ray = opts.runner == "ray"
+    if opts.part is not None and (opts.workers > 1 or opts.gpus or ray):
         raise FeatcacheError("part='I/N' runs one worker; workers=N, gpus='all' and runner='ray' start all of them")
-    if ray_items is not None and (runner != "ray" or ray_items < 1):
-        raise FeatcacheError(f"ray_items={ray_items}: a positive count of work items, for runner='ray' only")
-    if gpus and runner == "ray":
+    if opts.ray_items is not None and not ray:
+        raise FeatcacheError(f"ray_items={opts.ray_items}: a positive count of work items, for runner='ray' only")
+    if opts.gpus and ray:
         raise FeatcacheError(
             "gpus='all' is for local workers; with runner='ray', Ray gives each actor one GPU of the cluster"
         )
-    cfg = ExtractConfig(
-        source=str(source) if is_url(str(source)) else Path(source),
-        source_format=source_format,
-        tfrecord_keys=tfrecord_keys,
-        cache=Path(cache),
-        backbone=backbone,
-        weights=str(weights),
-        layer=layer,
-        preprocess=preprocess,
-        seed=seed,
-        batch_size=batch_size,
-        shard_size=shard_size,
-        maps_dtype=maps_dtype,
-        compression=compression,
-        mixed_precision=mixed_precision,
-        xla=xla,
-        split_fractions=_fractions(split),
-        overwrite=overwrite,
-        update=update,
-        checksum=checksum,
-        strict=strict,
-        max_input_bytes=max_input_bytes,
-        max_pixels=max_pixels,
-        max_shards=max_shards,
-        part=part if isinstance(part, Part) else Part.parse(part) if part else WHOLE,
-        progress=progress,
-        views=views,
-        crop_scale=_pair(crop_scale, "crop_scale"),
-        crop_ratio=_pair(crop_ratio, "crop_ratio"),
-        resize=resize,
-        feed_dtype=None if feed_dtype is None else check_feed_dtype(feed_dtype),
-    )
+    cfg = _config(source, Path(cache), opts)
     cfg.augment  # noqa: B018  (checks views, crops and resize: a one-line error before any work)
-    if runner == "ray" or gpus or workers > 1:
-        return _require_rows(
-            _many(cfg, workers, None if gpus is None else str(gpus), runner, address, max_retries, ray_items, log, t0),
-            source,
-        )
+    if ray or opts.gpus or opts.workers > 1:
+        gpus = None if opts.gpus is None else str(opts.gpus)
+        many = _many(cfg, opts.workers, gpus, opts.runner, opts.address, opts.max_retries, opts.ray_items, log, t0)
+        return _require_rows(many, source)
     from .runner import run_extract
 
     report = run_extract(cfg, log=log)
@@ -294,6 +232,17 @@ def extract(
         finalized=report.finalized,
     )
     return _require_rows(result, source)
+
+
+KEYWORD = inspect.Parameter.KEYWORD_ONLY
+# help(extract) and editors show every option with its type and default (the signature typer reads too)
+extract.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [
+        *list(inspect.signature(extract).parameters.values())[:2],
+        *(inspect.Parameter(f.name, KEYWORD, default=f.default, annotation=f.type) for f in OPTIONS),
+    ],
+    return_annotation="ExtractResult",
+)
 
 
 # How many failures the error about a cache with no row names.

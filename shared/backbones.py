@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from .cache.fingerprint import ENVIRONMENT_KEYS, FEED_DTYPES, UNRECORDED_FEED_DTYPE
+from .cache.fingerprint import ENVIRONMENT_KEYS, FEED_DTYPES, RANDOM_PREFIX, UNRECORDED_FEED_DTYPE, Recipe, Views
 from .cache.fsutil import sha256_file
 from .errors import FeatcacheError, WeightsUnavailableError
 from .quiet import verbose
@@ -33,7 +33,6 @@ if TYPE_CHECKING:  # pragma: no cover
     import keras
 
 WEIGHTS_ENV = "FEATCACHE_WEIGHTS"
-RANDOM_PREFIX = "random:"
 
 # Where Keras downloads its applications' ImageNet files from (keras/src/applications/*.py: each
 # module's BASE_WEIGHT(S)_PATH plus the file name it builds); the files land in Keras' download cache
@@ -725,25 +724,25 @@ def make_fingerprint(
     policy and views; the ``augment`` key only with more than one view; the ``feed_dtype`` key only
     when images were rounded to uint8, so float32-fed caches, old and new, agree)."""
     augment = augment or Augment()
-    fp: dict[str, Any] = {
-        "backbone": spec.name,
-        "weights_source": weights.source,
-        "weights_path": weights.path,
-        "weights_sha256": weights.sha256,
-        "random_weights": weights.random,
-        "input_size": list(spec.input_size),
-        "output_shape": list(spec.output_shape),
-        "pooled_width": spec.channels,
-        "resize": augment.resize_key(),
-        "preprocessing": spec.preprocessing,
-        "compute_dtype": compute_dtype,
-        "maps_dtype": maps_dtype,
-    }
-    fp.update(dict(spec.identity))
-    if augment.views > 1:
-        fp["augment"] = augment.fingerprint()
-    if feed_dtype != UNRECORDED_FEED_DTYPE:
-        fp["feed_dtype"] = feed_dtype
-    for key in ENVIRONMENT_KEYS:
-        fp[key] = (environment or {}).get(key)
-    return fp
+    identity = dict(spec.identity)
+    recipe = Recipe(
+        backbone=spec.name,
+        weights_source=weights.source,
+        weights_path=weights.path,
+        weights_sha256=weights.sha256,
+        random_weights=weights.random,
+        input_size=tuple(spec.input_size),  # type: ignore[arg-type]
+        output_shape=tuple(spec.output_shape),  # type: ignore[arg-type]
+        pooled_width=spec.channels,
+        resize=augment.resize_key(),
+        preprocessing=spec.preprocessing,
+        compute_dtype=compute_dtype,
+        maps_dtype=maps_dtype,
+        model_file=identity.pop("model_file", None),
+        layer=identity.pop("layer", None),
+        augment=Views.parse(augment.fingerprint(), "views"),
+        feed_dtype=None if feed_dtype == UNRECORDED_FEED_DTYPE else feed_dtype,
+        environment=tuple((key, (environment or {}).get(key)) for key in ENVIRONMENT_KEYS),
+        other=tuple(identity.items()),
+    )
+    return recipe.fingerprint()

@@ -166,3 +166,49 @@ def test_no_import_cycle():
                 seen.add(m)
                 todo.extend(graph[m])
     assert not cycles, f"modules on an import cycle: {sorted(cycles)}"
+
+
+def _third_party_imports(path: Path) -> set[str]:
+    """Top-level names of the modules ``path`` imports anywhere in its body (absolute imports only)."""
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_only_the_cache_format_imports_h5py():
+    """The cache has one front door: HDF5 files are opened only in ``shared/cache/`` (shards for reading
+    only through ``shard.open_shard_file``, with every check), so a check added there covers every reader."""
+    product = [p for d in ("featcache", "shared", "extractor", "trainer") for p in (REPO / d).rglob("*.py")]
+    outside = sorted(
+        str(p.relative_to(REPO))
+        for p in product
+        if "h5py" in _third_party_imports(p) and not p.is_relative_to(REPO / "shared" / "cache")
+    )
+    assert not outside, f"h5py imported outside shared/cache: {outside}"
+    readers = sorted(
+        str(p.relative_to(REPO)) for p in (REPO / "shared" / "cache").rglob("*.py") if _opens_for_reading(p)
+    )
+    # shards through the one opener; rows.h5, the row index, is derived data rowindex.py checks itself
+    assert readers == ["shared/cache/rowindex.py", "shared/cache/shard.py"], readers
+
+
+def _opens_for_reading(path: Path) -> bool:
+    """Whether ``path`` calls ``h5py.File(..., "r")``."""
+    import ast
+
+    for node in ast.walk(ast.parse(path.read_text())):
+        if (
+            isinstance(node, ast.Call)
+            and ast.unparse(node.func) == "h5py.File"
+            and len(node.args) > 1
+            and isinstance(node.args[1], ast.Constant)
+            and node.args[1].value == "r"
+        ):
+            return True
+    return False

@@ -306,6 +306,9 @@ def test_predict_source_model_file_needs_its_sha256_and_a_named_preprocess_funct
         "weights_sha256": sha256_file(model),
         "resize": "x,pad",
         "maps_dtype": "float16",
+        "compute_dtype": "float32",
+        "input_size": [224, 224],
+        "output_shape": [7, 7, 1280],
     }
     with pytest.raises(FeatcacheError, match=r"preprocess='evilmod:fn', a function of your own; featcache imports"):
         extractor_flags(fp, "cache/")
@@ -343,6 +346,9 @@ def test_predict_source_maps_labels_by_class_name_and_needs_the_weights_file():
         "weights_source": "file",
         "weights_path": "/gone/w.h5",
         "weights_sha256": "ab" * 32,
+        "preprocessing": "mobilenet_v2.preprocess_input",
+        "input_size": [224, 224],
+        "output_shape": [7, 7, 1280],
     }
     fp.update(resize="jpeg-dct-prescale-to-2x,bilinear,antialias,pad", maps_dtype="float16", compute_dtype="float32")
     with pytest.raises(FeatcacheError, match=r"^/gone/w.h5: the weights file the run's cache was made with is gone"):

@@ -178,6 +178,5 @@ def test_a_shard_with_damaged_feature_shapes_is_one_line_when_streamed(tmp_path,
     data = (cache / rec["file"]).read_bytes()
     rec["bytes"], rec["sha256"] = len(data), hashlib.sha256(data).hexdigest()
     (cache / "manifest.json").write_text(json.dumps(m))
-    stream = BlockStream(FeatureCache(cache), "train", shuffle=False)
     with pytest.raises(FeatcacheError, match=r"shard-00000.h5: cannot read dataset \(pooled is"):
-        list(stream.epoch())
+        list(BlockStream(FeatureCache(cache), "train", shuffle=False).epoch())

@@ -185,7 +185,7 @@ def test_updating_an_unfinished_cache_is_refused(tmp_path, sample_dir):
 
 KILL_AT = """
 import os, signal, sys
-from featcache.shared.inspection import compact as c
+from featcache.shared.cache import compact as c
 name, nth, when, cache = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 real, calls = getattr(c, name), []
 def hooked(*a, **k):
@@ -224,7 +224,7 @@ def test_compaction_killed_at_any_moment_loses_nothing(updated, tmp_path, moment
     import subprocess
     import sys
 
-    from featcache.shared.inspection.compact import compact
+    from featcache.shared.cache.compact import compact
     from featcache.shared.inspection.verify import verify
 
     cache = tmp_path / "cache"

@@ -122,7 +122,7 @@ def test_compaction_keeps_every_views_dataset(views_cache, sample_dir, tmp_path)
     bytes after compaction, and verify passes."""
     import shutil
 
-    from featcache.shared.inspection.compact import compact
+    from featcache.shared.cache.compact import compact
     from featcache.shared.inspection.verify import verify
 
     src, cache = tmp_path / "src", tmp_path / "c"

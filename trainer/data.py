@@ -16,7 +16,6 @@ from typing import cast
 import numpy as np
 
 from ..shared.cache import schema
-from ..shared.cache.h5file import own_dataset
 from ..shared.cache.reader import ROW, SHARD, SPLIT_UNIT, FeatureCache, PooledRows
 from ..shared.cache.schema import SPLIT_CODES
 from ..shared.cache.split import hash_unit
@@ -79,7 +78,7 @@ def shard_row(cache: FeatureCache, listing_index: int) -> tuple[Path, int]:
     if at >= 0 and listing_index < shards[at].first_index + shards[at].num_inputs:
         record = shards[at]
         with cache.open_shard(record) as f:
-            return cache.shard_path(record), int(np.flatnonzero(own_dataset(f, schema.INDEX)[()] == listing_index)[0])
+            return cache.shard_path(record), int(np.flatnonzero(f.read(schema.INDEX) == listing_index)[0])
     raise KeyError(listing_index)
 
 

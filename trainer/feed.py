@@ -18,12 +18,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import h5py
 import numpy as np
 
 from ..shared.cache import schema
-from ..shared.cache.h5file import own_dataset
-from ..shared.cache.reader import FeatureCache, read_block
+from ..shared.cache.reader import FeatureCache
+from ..shared.cache.shard import Shard
 from ..shared.cache.tfdata import BlockStream
 from .data import Split, require_finite
 
@@ -164,20 +163,20 @@ class Feed:
         cache = self.cache
         assert cache is not None, "a streamed feed reads its cache's shards"
 
-        def read(f: h5py.File, sel: np.ndarray) -> tuple[np.ndarray, ...]:
-            index = own_dataset(f, schema.INDEX)[sel[0] : sel[-1] + 1][sel - sel[0]]
+        def read(f: Shard, sel: np.ndarray) -> tuple[np.ndarray, ...]:
+            index = f.read(schema.INDEX, sel)
             out = []
             if need.pooled or need.views > 1:
-                pooled = read_block(own_dataset(f, schema.POOLED), sel, schema.POOLED_DTYPE)
+                pooled = f.read(schema.POOLED, sel, schema.POOLED_DTYPE)
                 if need.views > 1:  # (b, V, C): view 0, then the cache's extra views
-                    extra = read_block(own_dataset(f, schema.POOLED_VIEWS), sel, schema.POOLED_DTYPE)
+                    extra = f.read(schema.POOLED_VIEWS, sel, schema.POOLED_DTYPE)
                     views = np.concatenate([pooled[:, None], extra], axis=1)
                     require_finite(cache, schema.POOLED_VIEWS, index, views)
                     out.append(views)
                 require_finite(cache, schema.POOLED, index, pooled)
                 out.insert(0, pooled)
             if need.maps:
-                maps = read_block(own_dataset(f, schema.MAPS), sel, MAPS_DTYPE)
+                maps = f.read(schema.MAPS, sel, MAPS_DTYPE)
                 require_finite(cache, schema.MAPS, index, maps)
                 out.append(maps)
             return tuple(out)

@@ -24,8 +24,8 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from ..shared.backbones import PREPROCESS_SCHEMES, RANDOM_PREFIX, is_model_file
-from ..shared.cache.fingerprint import feed_dtype
+from ..shared.backbones import PREPROCESS_SCHEMES, is_model_file
+from ..shared.cache.fingerprint import Recipe
 from ..shared.cache.fsutil import sha256_file
 from ..shared.cache.reader import FeatureCache, PooledRows
 from ..shared.errors import FeatcacheError
@@ -95,15 +95,15 @@ def _recorded_file(path: Path, sha: str, what: str, where: str, hint: str) -> Pa
     return path
 
 
-def _model_file_flags(fp: dict[str, Any], where: str, backbone: str | None, preprocess: str | None) -> list[str]:
+def _model_file_flags(recipe: Recipe, where: str, backbone: str | None, preprocess: str | None) -> list[str]:
     """``--backbone FILE --layer L --preprocess P`` for a cache made from a saved Keras model: the file
     (the recorded one, or ``backbone``) must have the recorded sha256; a ``module:function``
     preprocessing is imported only when the caller names it again as ``preprocess``."""
-    sha = str(fp["weights_sha256"])
+    assert recipe.model_file is not None
     hint = "pass backbone= a copy of it"
-    model = Path(backbone).expanduser() if backbone is not None else Path(fp["model_file"])
-    _recorded_file(model, sha, "model file", where, hint)
-    recorded = _preprocess_scheme(fp["preprocessing"], where)
+    model = Path(backbone).expanduser() if backbone is not None else Path(recipe.model_file)
+    _recorded_file(model, recipe.weights_sha256, "model file", where, hint)
+    recorded = _preprocess_scheme(recipe.preprocessing, where)
     if recorded not in PREPROCESS_SCHEMES and preprocess is None:
         raise FeatcacheError(
             f"{where}: the cache was made with preprocess={recorded!r}, a function of your own; featcache imports "
@@ -113,7 +113,7 @@ def _model_file_flags(fp: dict[str, Any], where: str, backbone: str | None, prep
         raise FeatcacheError(
             f"preprocess={preprocess!r}: the run's cache was made with preprocess={recorded!r} ({where})"
         )
-    return ["--backbone", str(model), "--layer", str(fp["layer"]), "--preprocess", recorded]
+    return ["--backbone", str(model), "--layer", str(recipe.layer), "--preprocess", recorded]
 
 
 def _registered_flags(fp: dict[str, Any], where: str, backbone: str | None, preprocess: str | None) -> list[str]:
@@ -142,31 +142,31 @@ def extractor_flags(
     its word: a registered backbone is named by its registry name; a ``module:attribute`` backbone or
     preprocessing function must be given again by the caller (``backbone``, ``preprocess``); a model
     or weights file it names is used only when its sha256 is the recorded one."""
-    if "model_file" in fp:
-        flags = _model_file_flags(fp, where, backbone, preprocess)
+    recipe = Recipe.parse(fp, where)
+    if recipe.model_file is not None:
+        flags = _model_file_flags(recipe, where, backbone, preprocess)
     else:
         flags = _registered_flags(fp, where, backbone, preprocess)
-    sha = str(fp["weights_sha256"])
+    sha = recipe.weights_sha256
     if weights is not None:
         flags += ["--weights", weights]
-    elif sha.startswith(RANDOM_PREFIX):
-        flags += ["--weights", "random", "--seed", sha[len(RANDOM_PREFIX) :]]
-    elif fp.get("weights_source") == "file" and "model_file" not in fp:
-        path = _recorded_file(Path(fp["weights_path"]), sha, "weights file", where, "pass weights= a copy of it")
+    elif recipe.random_seed is not None:
+        flags += ["--weights", "random", "--seed", str(recipe.random_seed)]
+    elif recipe.weights_source == "file" and recipe.model_file is None and recipe.weights_path is not None:
+        path = _recorded_file(Path(recipe.weights_path), sha, "weights file", where, "pass weights= a copy of it")
         flags += ["--weights", str(path)]
-    elif "model_file" in fp:
+    elif recipe.model_file is not None:
         flags += ["--weights", flags[1]]  # the model file carries its weights
     else:
         flags += ["--weights", "imagenet"]
-    flags += ["--resize", str(fp["resize"]).rsplit(",", 1)[-1], "--maps-dtype", fp["maps_dtype"]]
-    augment = fp.get("augment")
-    if augment:
-        flags += ["--views", str(augment["views"])]
+    flags += ["--resize", recipe.resize_policy, "--maps-dtype", recipe.maps_dtype]
+    if recipe.augment is not None:
+        flags += ["--views", str(recipe.augment.views)]
         # repr, not :g: the fingerprint compares the exact floats (4/3 is not 1.33333)
-        flags += ["--crop-scale", "{!r},{!r}".format(*augment["crop_scale"])]
-        flags += ["--crop-ratio", "{!r},{!r}".format(*augment["crop_ratio"])]
-    flags += ["--feed-dtype", feed_dtype(fp)]  # a cache made before the choice existed: float32
-    if fp.get("compute_dtype") == "mixed_float16":
+        flags += ["--crop-scale", "{!r},{!r}".format(*recipe.augment.crop_scale)]
+        flags += ["--crop-ratio", "{!r},{!r}".format(*recipe.augment.crop_ratio)]
+    flags += ["--feed-dtype", recipe.fed_as]  # a cache made before the choice existed: float32
+    if recipe.compute_dtype == "mixed_float16":
         flags.append("--mixed-precision")
     return flags
 
@@ -241,6 +241,7 @@ def predict_source(
     cfg, model = load_head(run_dir, results, name)
     recorded = rundir.head_cache(results, name)
     fp = recorded["fingerprint"]
+    Recipe.parse(fp, f"{Path(run_dir) / rundir.RESULTS}: the fingerprint of the cache of head {name!r}")
     source = str(source)  # a URL or a glob stays as written (Path would fold "gs://" into "gs:/")
     if is_local(source) and not Path(source).exists():
         raise FeatcacheError(f"{source}: no such source of images")

@@ -622,6 +622,40 @@ def validate(d: Any, where: str = "manifest") -> Manifest:
     against ``num_inputs`` and ``shard_size``; each shard record's file name and inputs against the
     plan; each failed input inside its shard's inputs; each listed shard's rows plus its failed
     inputs equal to its inputs. ``rows`` and ``complete`` are derived on load, not trusted."""
+    version = _schema_version(d, where)
+    try:
+        created = _field(d, "created", "", "str")
+        updated = _field(d, "updated", "", "str")
+        plan = _plan(d)
+        listing_sha256 = _field(d, "listing_sha256", "", "str-or-null", optional=True)
+        shards, failed, dead, dropped = _records(d, plan)
+        by_shard = {rec.shard for rec in shards}
+        counts = {  # checked when used (Manifest.count_rows)
+            int(k): v
+            for k, v in (d.get("counts") if isinstance(d.get("counts"), dict) else {}).items()
+            if isinstance(k, str) and k.isdigit() and int(k) in by_shard and isinstance(v, list)
+        }
+        return replace(  # the plan the records were checked against, with them
+            plan,
+            shards=sorted(shards, key=lambda s: s.shard),
+            failed=sorted(failed, key=lambda f: f.index),
+            dead=dead,
+            dropped=dropped,
+            relabelled=_relabelled(d, plan.num_inputs, len(plan.classes)),
+            created=created,
+            updated=updated,
+            format=FORMAT_NAME,
+            schema_version=version,
+            journals=_journals(d),
+            counts=counts,
+            listing_sha256=listing_sha256,
+        )
+    except _Invalid as exc:
+        raise ManifestError(f"{where}: {exc}") from None
+
+
+def _schema_version(d: Any, where: str) -> int:
+    """The schema version of a featcache manifest this featcache reads (else the error saying why)."""
     if not isinstance(d, dict):
         raise ManifestError(f"{where}: manifest is not a JSON object")
     if d.get("format") != FORMAT_NAME:
@@ -634,112 +668,94 @@ def validate(d: Any, where: str = "manifest") -> Manifest:
             f"{where}: schema version {version!r} is newer than this featcache reads ({SCHEMA_VERSION}); "
             "upgrade featcache"
         )
-    try:
-        created = _field(d, "created", "", "str")
-        updated = _field(d, "updated", "", "str")
-        fingerprint = _fingerprint(d)
-        classes = _field(d, "classes", "", "list")
-        for k, c in enumerate(classes):
-            if not isinstance(c, str):
-                raise _Invalid(f"classes[{k}]", f"expected a string, got {_show(c)}")
-        source = _field(d, "source", "", "dict")
-        num_inputs = _field(source, "num_inputs", "source", "int")
-        for key in ("kind", "root", "listing_sha256"):
-            _field(source, key, "source", "str")
-        split = _field(d, "split", "", "dict")
-        if "source" not in split:
-            raise _Invalid("split.source", "missing")
-        _field(split, "source", "split", "str-or-null")
-        fractions = _field(split, "fractions", "split", "dict")
-        values = [_field(fractions, name, "split.fractions", "number") for name in SPLITS]
-        if any(v < 0 for v in values) or abs(sum(values) - 1.0) > FRACTIONS_TOLERANCE:
-            raise _Invalid("split.fractions", f"expected three non-negative numbers summing to 1, got {values}")
-        storage = _field(d, "storage", "", "dict")
-        if storage.get("maps_dtype") != fingerprint["maps_dtype"]:
-            raise _Invalid(
-                "storage.maps_dtype",
-                f"{_show(storage.get('maps_dtype'))}, the fingerprint says {fingerprint['maps_dtype']!r}",
-            )
-        if storage.get("compression") not in COMPRESSIONS:
-            raise _Invalid(
-                "storage.compression",
-                f"expected one of {', '.join(COMPRESSIONS)}, got {_show(storage.get('compression'))}",
-            )
-        _field(storage, "maps_chunk_rows", "storage", "int", minimum=1)
-        shard_size = _field(d, "shard_size", "", "int", minimum=1)
-        listing_sha256 = _field(d, "listing_sha256", "", "str-or-null", optional=True)
-        generations = _generations(d, shard_size)
-        plan = Manifest(
-            fingerprint=fingerprint,
-            classes=list(classes),
-            source=source,
-            split=split,
-            storage=storage,
-            shard_size=shard_size,
-            generations=generations,
+    return version
+
+
+def _plan(d: dict[str, Any]) -> Manifest:
+    """The manifest's plan (what the shards are to hold: fingerprint, classes, source, split, storage,
+    shard size, generations), every field checked; raises :class:`_Invalid`."""
+    fingerprint = _fingerprint(d)
+    classes = _field(d, "classes", "", "list")
+    for k, c in enumerate(classes):
+        if not isinstance(c, str):
+            raise _Invalid(f"classes[{k}]", f"expected a string, got {_show(c)}")
+    source = _field(d, "source", "", "dict")
+    _field(source, "num_inputs", "source", "int")
+    for key in ("kind", "root", "listing_sha256"):
+        _field(source, key, "source", "str")
+    split = _field(d, "split", "", "dict")
+    if "source" not in split:
+        raise _Invalid("split.source", "missing")
+    _field(split, "source", "split", "str-or-null")
+    fractions = _field(split, "fractions", "split", "dict")
+    values = [_field(fractions, name, "split.fractions", "number") for name in SPLITS]
+    if any(v < 0 for v in values) or abs(sum(values) - 1.0) > FRACTIONS_TOLERANCE:
+        raise _Invalid("split.fractions", f"expected three non-negative numbers summing to 1, got {values}")
+    storage = _field(d, "storage", "", "dict")
+    if storage.get("maps_dtype") != fingerprint["maps_dtype"]:
+        raise _Invalid(
+            "storage.maps_dtype",
+            f"{_show(storage.get('maps_dtype'))}, the fingerprint says {fingerprint['maps_dtype']!r}",
         )
-        num_inputs, planned = plan.num_inputs, plan.num_shards
-        recorded = _field(d, "num_shards", "", "int", optional=True)
-        if recorded is not None and recorded != planned:
-            raise _Invalid(
-                "num_shards", f"{recorded}, but {num_inputs} inputs in shards of {shard_size} make {planned}"
-            )
-        shards = [shard_record(r, f"shards[{k}]", plan) for k, r in enumerate(_field(d, "shards", "", "list"))]
-        by_shard = {}
-        for k, rec in enumerate(shards):
-            if rec.shard in by_shard:
-                raise _Invalid(f"shards[{k}].shard", f"shard {rec.shard} is listed twice")
-            by_shard[rec.shard] = rec
-        failed = [failed_input(f, f"failed[{k}]") for k, f in enumerate(_field(d, "failed", "", "list"))]
-        failed_per_shard: dict[int, int] = {}
-        seen: set[int] = set()
-        for k, f in enumerate(failed):
-            if not (0 <= f.shard < planned and f.index in plan.shard_inputs(f.shard)):
-                raise _Invalid(f"failed[{k}]", f"input {f.index} is not one of shard {f.shard}'s inputs")
-            if f.index in seen:
-                raise _Invalid(f"failed[{k}].index", f"input {f.index} is listed twice")
-            seen.add(f.index)
-            failed_per_shard[f.shard] = failed_per_shard.get(f.shard, 0) + 1
-        dead = _positions(d, "dead", num_inputs)
-        dropped = _positions(d, "dropped", num_inputs)
-        # a compacted shard no longer holds its dropped (retired) inputs
-        gone_per_shard = dict(failed_per_shard)
-        for i in set(dropped) - seen:
-            s = plan.shard_of(i)
-            gone_per_shard[s] = gone_per_shard.get(s, 0) + 1
-        for k, rec in enumerate(shards):
-            gone = gone_per_shard.get(rec.shard, 0)
-            if rec.rows + gone != rec.num_inputs:
-                raise _Invalid(
-                    f"shards[{k}].rows",
-                    f"{rec.rows} rows and {gone} failed or dropped inputs do not add "
-                    f"up to the shard's {rec.num_inputs} inputs",
-                )
-        relabelled = _relabelled(d, num_inputs, len(classes))
-        journals = _journals(d)
-        counts = {  # checked when used (Manifest.count_rows)
-            int(k): v
-            for k, v in (d["counts"] if isinstance(d.get("counts"), dict) else {}).items()
-            if isinstance(k, str) and k.isdigit() and int(k) in by_shard and isinstance(v, list)
-        }
-    except _Invalid as exc:
-        raise ManifestError(f"{where}: {exc}") from None
-    return replace(  # the plan the records were checked against, with them
-        plan,
-        shards=sorted(shards, key=lambda s: s.shard),
-        failed=sorted(failed, key=lambda f: f.index),
-        generations=generations,
-        dead=dead,
-        dropped=dropped,
-        relabelled=relabelled,
-        created=created,
-        updated=updated,
-        format=FORMAT_NAME,
-        schema_version=version,
-        journals=journals,
-        counts=counts,
-        listing_sha256=listing_sha256,
+    if storage.get("compression") not in COMPRESSIONS:
+        raise _Invalid(
+            "storage.compression",
+            f"expected one of {', '.join(COMPRESSIONS)}, got {_show(storage.get('compression'))}",
+        )
+    _field(storage, "maps_chunk_rows", "storage", "int", minimum=1)
+    shard_size = _field(d, "shard_size", "", "int", minimum=1)
+    plan = Manifest(
+        fingerprint=fingerprint,
+        classes=list(classes),
+        source=source,
+        split=split,
+        storage=storage,
+        shard_size=shard_size,
+        generations=_generations(d, shard_size),
     )
+    recorded = _field(d, "num_shards", "", "int", optional=True)
+    if recorded is not None and recorded != plan.num_shards:
+        raise _Invalid(
+            "num_shards",
+            f"{recorded}, but {plan.num_inputs} inputs in shards of {shard_size} make {plan.num_shards}",
+        )
+    return plan
+
+
+def _records(d: dict[str, Any], plan: Manifest) -> tuple[list[ShardRecord], list[FailedInput], list[int], list[int]]:
+    """The shard records, failed inputs, dead and dropped positions, checked against ``plan`` and each
+    other (each listed shard's rows plus its failed or dropped inputs are its inputs); raises :class:`_Invalid`."""
+    num_inputs, planned = plan.num_inputs, plan.num_shards
+    shards = [shard_record(r, f"shards[{k}]", plan) for k, r in enumerate(_field(d, "shards", "", "list"))]
+    listed: set[int] = set()
+    for k, rec in enumerate(shards):
+        if rec.shard in listed:
+            raise _Invalid(f"shards[{k}].shard", f"shard {rec.shard} is listed twice")
+        listed.add(rec.shard)
+    failed = [failed_input(f, f"failed[{k}]") for k, f in enumerate(_field(d, "failed", "", "list"))]
+    gone_per_shard: dict[int, int] = {}  # inputs a shard does not hold: failed, or dropped by a compaction
+    seen: set[int] = set()
+    for k, f in enumerate(failed):
+        if not (0 <= f.shard < planned and f.index in plan.shard_inputs(f.shard)):
+            raise _Invalid(f"failed[{k}]", f"input {f.index} is not one of shard {f.shard}'s inputs")
+        if f.index in seen:
+            raise _Invalid(f"failed[{k}].index", f"input {f.index} is listed twice")
+        seen.add(f.index)
+        gone_per_shard[f.shard] = gone_per_shard.get(f.shard, 0) + 1
+    dead = _positions(d, "dead", num_inputs)
+    dropped = _positions(d, "dropped", num_inputs)
+    for i in set(dropped) - seen:
+        s = plan.shard_of(i)
+        gone_per_shard[s] = gone_per_shard.get(s, 0) + 1
+    for k, rec in enumerate(shards):
+        gone = gone_per_shard.get(rec.shard, 0)
+        if rec.rows + gone != rec.num_inputs:
+            raise _Invalid(
+                f"shards[{k}].rows",
+                f"{rec.rows} rows and {gone} failed or dropped inputs do not add "
+                f"up to the shard's {rec.num_inputs} inputs",
+            )
+    return shards, failed, dead, dropped
 
 
 def _journals(d: dict[str, Any]) -> dict[str, dict[str, Any]]:

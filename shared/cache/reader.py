@@ -23,25 +23,22 @@ chunk-aligned blocks, never row by row.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 from numpy.typing import ArrayLike
 
 from ..arguments import bool_arg, dict_arg, dtype_arg, int_arg, keywords, path_arg, positions_arg
-from ..errors import FeatcacheError, FingerprintMismatchError
+from ..errors import FeatcacheError
 from . import rowindex, schema
-from .blocks import DEFAULT_BLOCK_ROWS, FLOAT_DTYPES, ROW, SHARD, aligned_blocks, read_block
-from .fingerprint import IDENTITY_KEYS, check_compatible, differences
-from .h5file import own_dataset
+from .blocks import DEFAULT_BLOCK_ROWS, FLOAT_DTYPES, ROW, SHARD, aligned_blocks
+from .fingerprint import check_compatible
 from .manifest import SHARDS_LISTED, Manifest, ShardRecord, list_shards
 from .paths import shard_path
-from .schema import LISTING_ATTR
+from .shard import Layout, Shard, cache_layout, open_shard_file
 from .split import assign_splits
 
 # Pseudo-column: (n,) float64 hash_unit of each row's id, what a split by hash needs (FeatureCache.splits),
@@ -92,6 +89,7 @@ class FeatureCache:
         self._use_row_index = bool_arg("row_index", row_index)  # False: always read every shard (benchmarks, verify)
         self.manifest = Manifest.load(self.path)
         m = self.manifest
+        self.layout: Layout = cache_layout(m)  # every shard's per-row datasets
         self._dead = np.asarray(sorted(m.dead), dtype=np.int64)
         relabelled = np.asarray(sorted(m.relabelled), dtype=np.int64).reshape(-1, 3)
         self._relabel_index = relabelled[:, 0]
@@ -167,9 +165,10 @@ class FeatureCache:
                 "with allow_partial=True"
             )
 
-    def open_shard(self, record: ShardRecord, *, index_checked: bool = False) -> h5py.File:
-        """Open one shard read-only, checking that it is HDF5, carries this cache's fingerprint and
-        is the shard its record describes (:func:`shard_identity_problem`).
+    def open_shard(self, record: ShardRecord, *, index_checked: bool = False) -> Shard:
+        """Open one shard read-only (:func:`~featcache.shared.cache.shard.open_shard_file`: a regular
+        file with the HDF5 signature), checking that it carries this cache's fingerprint, is the shard
+        its record describes and holds the layout's datasets (:meth:`Shard.problem`).
 
         ``index_checked``: a current row index vouches for the file's size and its ``index`` values
         (copied from it when it was identity-checked, and it has kept its size and modification time
@@ -177,28 +176,14 @@ class FeatureCache:
         ``num_inputs``/listing attributes still are (~0.3 ms a shard): a file swapped in with the same
         size and ``touch -r`` (another shard of the cache, the same shard of a cache made with other
         weights) is refused, never read as this one."""
-        if index_checked:  # the index checked it is a regular file (not a link) in shards/, inside the cache
-            path = self.path / record.file
-        else:
-            path = self.shard_path(record)
-            if not path.is_file():
-                raise FeatcacheError(f"{path}: shard listed in the manifest is missing")
+        # with a current index, the file was checked to be a regular file in shards/, inside the cache
+        path = self.path / record.file if index_checked else self.shard_path(record)
+        f = open_shard_file(path, self.layout, record.rows)
         try:
-            f = h5py.File(path, "r")
-        except OSError as exc:
-            raise FeatcacheError(f"{path}: shard is not a readable HDF5 file ({exc})") from None
-        try:
-            try:
-                fp = json.loads(f.attrs["fingerprint"])
-            except (KeyError, ValueError, TypeError, OSError):
-                raise FeatcacheError(f"{path}: shard has no fingerprint attribute") from None
-            diff = differences(self.fingerprint, fp, IDENTITY_KEYS) if isinstance(fp, dict) else ["fingerprint"]
-            if diff:
-                raise FingerprintMismatchError(f"{path}: shard was made with different {'; '.join(diff)}")
             size = record.bytes if index_checked else path.stat().st_size
-            problem = shard_identity_problem(f, record, self.manifest, size, read_index=not index_checked)
-            if problem:
-                raise ShardMismatchError(f"{path}: {problem}")
+            problem = f.problem(self.manifest, record, size, read_index=not index_checked)
+            if problem is not None:
+                raise problem
         except BaseException:
             f.close()
             raise
@@ -246,12 +231,8 @@ class FeatureCache:
             except (KeyError, OSError, ValueError, TypeError) as exc:
                 raise FeatcacheError(f"{where}: cannot read dataset ({exc})") from None
         empty = {
-            schema.POOLED: np.zeros((0, self.maps_shape[-1]), schema.POOLED_DTYPE),
-            schema.LABEL: np.zeros(0, schema.LABEL_DTYPE),
-            schema.ID: np.zeros(0, object),
-            schema.INDEX: np.zeros(0, schema.INDEX_DTYPE),
-            schema.SPLIT: np.zeros(0, schema.SPLIT_DTYPE),
-            schema.POOLED_VIEWS: np.zeros((0, max(self.views - 1, 0), self.maps_shape[-1]), schema.POOLED_DTYPE),
+            schema.POOLED_VIEWS: np.zeros((0, 0, self.maps_shape[-1]), schema.POOLED_DTYPE),  # views=1: none
+            **{key: np.zeros((0, *tail), dtype) for key, (tail, dtype) in self.layout.items()},
             ROW: np.zeros(0, np.int64),
             SHARD: np.zeros(0, np.int64),
             SPLIT_UNIT: np.zeros(0, np.float64),
@@ -283,9 +264,9 @@ class FeatureCache:
         stored = None
         if self._use_row_index:
             stored = rowindex.load(self.path, self.manifest, in_index or (schema.INDEX,))
-        channels = self.maps_shape[-1]
         from_shards = [k for k in keys if stored is None or k not in stored]
         index_file = rowindex.index_path(self.path) if stored is not None else None
+        opened: contextlib.AbstractContextManager[Shard | None]  # no shard opened when the index has every key
         for ordinal, record in enumerate(self.shards):
             if stored is None or index_file is None:  # both or neither
                 where, opened, lo, hi = self.shard_path(record), self.open_shard(record), 0, 0
@@ -296,16 +277,14 @@ class FeatureCache:
             with opened as f:
 
                 def read(
-                    key: str, f: h5py.File = f, record: ShardRecord = record, lo: int = lo, hi: int = hi
+                    key: str, f: Shard | None = f, record: ShardRecord = record, lo: int = lo, hi: int = hi
                 ) -> np.ndarray:
                     if stored is not None and key in stored:
                         return stored[key][lo:hi]
                     if key == SPLIT_UNIT:
                         return np.full(record.rows, np.nan)
-                    try:
-                        return _read_column(f, key, record.rows, channels)
-                    except (KeyError, OSError, ValueError, TypeError) as exc:  # named here: `where` may be the index
-                        raise FeatcacheError(f"{self.shard_path(record)}: cannot read dataset ({exc})") from None
+                    assert f is not None, "a shard is opened for the keys the index does not hold"
+                    return f.read(key)  # its errors name the shard: `where` may be the index
 
                 yield ordinal, record, where, read
 
@@ -313,10 +292,7 @@ class FeatureCache:
         """Datasets ``keys`` of one shard as stored (every row, labels in the numbering of the
         generation that wrote it), after the identity check of :meth:`open_shard`."""
         with self.open_shard(record) as f:
-            try:
-                return {key: _read_column(f, key, record.rows, self.maps_shape[-1]) for key in keys}
-            except (KeyError, OSError, ValueError, TypeError) as exc:
-                raise FeatcacheError(f"{self.shard_path(record)}: cannot read dataset ({exc})") from None
+            return {key: f.read(key) for key in keys}
 
     def refresh_row_index(self) -> bool:
         """Write the row index (``rows.h5``) when the cache is complete and it is not current; return
@@ -380,19 +356,15 @@ class FeatureCache:
         step = max(schema.MAPS_CHUNK_ROWS, block_rows - block_rows % schema.MAPS_CHUNK_ROWS)
         for record in self.shards:
             with self.open_shard(record) as f:
-                index = own_dataset(f, schema.INDEX)[()]
+                index = f.read(schema.INDEX)
                 rows = np.arange(len(index)) if keep is None else np.flatnonzero(members(index, keep))
                 live = self._live(index[rows])
                 if live is not None:
                     rows = rows[live]
                 if len(rows) == 0:
                     continue
-                try:
-                    maps = own_dataset(f, schema.MAPS)
-                except (KeyError, ValueError) as exc:
-                    raise FeatcacheError(f"{self.shard_path(record)}: cannot read dataset ({exc})") from None
                 for sel in aligned_blocks(rows, step):
-                    yield index[sel], read_block(maps, sel, dtype)
+                    yield index[sel], f.read(schema.MAPS, sel, dtype)
 
     def dataset(
         self,
@@ -432,37 +404,6 @@ def members(values: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     return part[at] == values
 
 
-class ShardMismatchError(FeatcacheError):
-    """A listed shard file is not the shard its manifest record describes (copied from another cache,
-    or from another position of this one)."""
-
-
-# numpy dtype kind of each numeric per-row dataset (maps are checked by verify)
-_COLUMN_KINDS = {schema.POOLED: "f", schema.LABEL: "i", schema.INDEX: "i", schema.SPLIT: "i"}
-
-
-def _read_column(f: h5py.File, key: str, rows: int, channels: int) -> np.ndarray:
-    """Dataset ``key`` of an open shard, checked to hold ``rows`` rows of the expected kind (ids as
-    str objects); ``ValueError`` says what differs."""
-    d = own_dataset(f, key)
-    if key == schema.POOLED_VIEWS:  # (rows, V - 1, C): the extra views of each row
-        if not (d.ndim == 3 and d.shape[0] == rows and d.shape[2] == channels and d.shape[1] >= 1):
-            raise ValueError(f"{key} is {d.shape}, expected ({rows}, views - 1, {channels})")
-        if d.dtype.kind != "f":
-            raise ValueError(f"{key} is {d.dtype}")
-        return d[()]
-    expected = (rows, channels) if key == schema.POOLED else (rows,)
-    if d.shape != expected:
-        raise ValueError(f"{key} is {d.shape}, expected {expected}")
-    if key == schema.ID:
-        if h5py.check_string_dtype(d.dtype) is None:
-            raise ValueError(f"{key} is {d.dtype}, expected strings")
-        return d.asstr()[()].astype(object)
-    if d.dtype.kind != _COLUMN_KINDS[key]:
-        raise ValueError(f"{key} is {d.dtype}")
-    return d[()]
-
-
 def label_problem(label: np.ndarray, num_classes: int) -> str | None:
     """Why ``label`` ``(n,)`` int does not fit a manifest of ``num_classes`` classes (-1 = unknown), or None."""
     bad = (label < schema.UNKNOWN_LABEL) | (label >= num_classes)
@@ -484,52 +425,6 @@ def split_problem(split: np.ndarray) -> str | None:
         return None
     first = int(split[bad][0])
     return f"split code {first} is not a split (0 train, 1 val, 2 test, -1 none); {int(bad.sum())} rows affected"
-
-
-def shard_identity_problem(
-    f: h5py.File, rec: ShardRecord, m: Manifest, size: int, read_index: bool = True
-) -> str | None:
-    """What shows that the open shard ``f`` (``size`` bytes on disk) is not the shard ``rec`` of the
-    cache of ``m``, or None: byte size, the ``shard``/``first_index``/``num_inputs`` attributes, the
-    row count, index values inside the shard's inputs and increasing, and the cache's
-    ``listing_sha256`` (an attribute only shards written since it was added carry). Reads the
-    attributes and the ``index`` dataset only (8 bytes a row); ``read_index=False`` (values a current
-    row index has checked) the attributes only."""
-    if size != rec.bytes:
-        fix = "replaced or truncated; run featcache-inspect verify"
-        return f"shard is {size} bytes, the manifest says {rec.bytes} ({fix})"
-    attrs = f.attrs
-    try:
-        for key, expected in (("shard", rec.shard), ("first_index", rec.first_index), ("num_inputs", rec.num_inputs)):
-            got = attrs.get(key)
-            if got is None or int(got) != expected:
-                shown = "missing" if got is None else int(got)
-                return f"shard attribute {key} is {shown}, the manifest says {expected}: it is another shard"
-        listing = attrs.get(LISTING_ATTR)
-        if isinstance(listing, bytes):
-            listing = listing.decode("utf-8", "replace")
-        mine = m.listing_sha256_of(rec.shard)
-        if listing is not None and mine is not None and listing != mine:
-            return (
-                f"shard belongs to another cache (made from listing {str(listing)[:12]}..., this cache's is "
-                f"{str(mine)[:12]}...)"
-            )
-        if not read_index:
-            return None
-        index = own_dataset(f, schema.INDEX)
-        if index.shape != (rec.rows,):
-            return f"shard has {index.shape} index values, the manifest says {rec.rows} rows"
-        values = index[()]
-    except (KeyError, OSError, TypeError, ValueError) as exc:
-        return f"shard identity unreadable ({exc})"
-    if len(values) and not (
-        values[0] >= rec.first_index and values[-1] < rec.first_index + rec.num_inputs and (np.diff(values) > 0).all()
-    ):
-        return (
-            f"index values are not increasing inside inputs {rec.first_index}.."
-            f"{rec.first_index + rec.num_inputs - 1}: it is another shard"
-        )
-    return None
 
 
 def open_cache(path: str | Path) -> FeatureCache:

@@ -17,7 +17,7 @@ It is derived data, never the truth, and is used only while it is current:
   modification time the index recorded (``mtime_ns``): a shard replaced since makes it stale;
 - its datasets must have the shapes, dtypes and per-shard row counts of the records, and each
   shard's ``index`` values must be increasing inside that shard's inputs (the checks
-  :func:`featcache.shared.cache.reader.shard_identity_problem` makes on a shard).
+  :func:`featcache.shared.cache.shard.shard_identity_problem` makes on a shard).
 
 A stale, missing or malformed index is ignored: the reader reads the shards, as it always could
 (:meth:`featcache.shared.cache.reader.FeatureCache.read_columns`). Rows retired or relabelled by an
@@ -49,7 +49,7 @@ from .split import hash_unit
 FORMAT = "featcache-row-index"
 VERSION = 1
 # The per-row columns copied, in the shards' own dtypes (ids as UTF-8 variable-length strings).
-COLUMNS = (schema.LABEL, schema.ID, schema.INDEX, schema.SPLIT)
+COLUMNS = tuple(schema.ROW_COLUMNS)
 # Derived from them, once: (n,) float64 hash_unit of each id (featcache.shared.cache.split), what a
 # split by hash compares with the fractions. Hashing is ~1 us an id: 10 s per 10 million rows.
 SPLIT_UNIT = "split_unit"
@@ -143,7 +143,11 @@ def load(cache_dir: str | os.PathLike[str], m: Manifest, columns: tuple[str, ...
 
 
 # numpy dtype kind of each (N,) column (ids are ID_BYTES, checked apart)
-_KINDS = {schema.LABEL: "i", schema.INDEX: "i", schema.SPLIT: "i", SPLIT_UNIT: "f"}
+# numpy dtype kind of each numeric column stored as itself (ids are stored as ID_BYTES)
+_KINDS = {
+    **{key: np.dtype(dtype).kind for key, dtype in schema.ROW_COLUMNS.items() if key != schema.ID},
+    SPLIT_UNIT: "f",
+}
 
 
 def _attr_is(f: h5py.File, key: str, expected: str | int) -> bool:

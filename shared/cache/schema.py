@@ -66,6 +66,8 @@ LABEL_DTYPE = "int32"
 INDEX_DTYPE = "int64"
 SPLIT_DTYPE = "int8"
 ID_DTYPE = "object"  # h5py's variable-length UTF-8 string, read back as Python objects
+# The per-row scalars every shard holds beside its features (the row index copies them): name -> dtype.
+ROW_COLUMNS = {LABEL: LABEL_DTYPE, ID: ID_DTYPE, INDEX: INDEX_DTYPE, SPLIT: SPLIT_DTYPE}
 MAPS_DTYPES = ("float16", "float32")
 DEFAULT_MAPS_DTYPE = "float16"
 
@@ -78,14 +80,11 @@ def row_layout(
     from :func:`views_of`. Each dataset's first axis is the shard's rows, so what copies, checks or
     filters rows (verify, compact) takes its list from here and carries datasets added later."""
     h, w, c = (int(v) for v in output_shape)
-    out = {
+    out: dict[str, tuple[tuple[int, ...], str]] = {
         MAPS: ((h, w, c), maps_dtype),
         POOLED: ((c,), POOLED_DTYPE),
-        LABEL: ((), LABEL_DTYPE),
-        ID: ((), ID_DTYPE),
-        INDEX: ((), INDEX_DTYPE),
-        SPLIT: ((), SPLIT_DTYPE),
     }
+    out.update({name: ((), dtype) for name, dtype in ROW_COLUMNS.items()})
     if views > 1:
         out[POOLED_VIEWS] = ((views - 1, c), POOLED_DTYPE)
     return out

@@ -20,15 +20,14 @@ import itertools
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-import h5py
 import numpy as np
 
 from ..arguments import bool_arg, choice_arg, dtype_arg, int_arg
 from ..errors import FeatcacheError
 from . import schema
 from .blocks import DEFAULT_BLOCK_ROWS as MAPS_BLOCK_ROWS
-from .blocks import FLOAT_DTYPES, ROW, SHARD, aligned_blocks, read_block
-from .h5file import own_dataset
+from .blocks import FLOAT_DTYPES, ROW, SHARD, aligned_blocks
+from .shard import Shard
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -44,7 +43,7 @@ DEFAULT_SHUFFLE_ROWS = {schema.POOLED: 16384, schema.MAPS: 1024}
 # Batches made ahead of the model (tf.data prefetch).
 PREFETCH_BATCHES = 2
 # What BlockStream.batches reads of a block: (open shard file, sorted rows in it) -> arrays of those rows.
-Reader = Callable[[h5py.File, np.ndarray], tuple[np.ndarray, ...]]
+Reader = Callable[[Shard, np.ndarray], tuple[np.ndarray, ...]]
 
 
 class BlockStream:
@@ -125,8 +124,10 @@ class BlockStream:
     def num_batches(self) -> int:
         return -(-self.rows // self.batch_size)
 
-    def _file(self, files: dict[str, h5py.File], record: Any) -> h5py.File:
-        """The open shard of ``record``; the last shard opened stays open (sequential blocks share it)."""
+    def _file(self, files: dict[str, Shard], record: Any) -> Shard:
+        """The open shard of ``record`` (its datasets checked against the cache's layout when opened: a
+        damaged shard read block by block would fail mid-epoch with a numpy traceback, or give fewer rows
+        without a word); the last shard opened stays open (sequential blocks share it)."""
         f = files.get(record.file)
         assert self.cache is not None, "a stream without a cache gives only order()"
         if f is None:
@@ -134,35 +135,11 @@ class BlockStream:
                 old.close()
             files.clear()
             f = files[record.file] = self.cache.open_shard(record)
-            self._check_features(f, record)
         return f
-
-    def _check_features(self, f: h5py.File, record: Any) -> None:
-        """The per-row feature datasets of a shard just opened have its rows and the cache's shape
-        (floats): a damaged shard read block by block would fail mid-epoch with a numpy traceback,
-        or give fewer rows without a word."""
-        assert self.cache is not None, "a stream without a cache gives only order()"
-        shape = tuple(self.cache.maps_shape)
-        for key in (schema.POOLED, schema.MAPS, schema.POOLED_VIEWS):
-            try:  # never f.get(key): it follows an external link (a FIFO target blocks for ever)
-                d = own_dataset(f, key)
-            except KeyError:
-                continue
-            except ValueError as exc:
-                raise FeatcacheError(f"{self.cache.shard_path(record)}: cannot read dataset ({exc})") from None
-            if key == schema.POOLED_VIEWS:
-                ok = d.ndim == 3 and d.shape[0] == record.rows and d.shape[2] == shape[-1]
-                want = f"({record.rows}, views - 1, {shape[-1]})"
-            else:
-                expected = (record.rows, shape[-1]) if key == schema.POOLED else (record.rows, *shape)
-                ok, want = d.shape == expected, str(expected)
-            if not ok or d.dtype.kind != "f":
-                found = f"{key} is {d.shape} {d.dtype}, expected {want} floats"
-                raise FeatcacheError(f"{self.cache.shard_path(record)}: cannot read dataset ({found})")
 
     def epoch(self, epoch: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Yield ``(features, label, index)`` batches of epoch ``epoch``: every row of the split once."""
-        for pos, x in self.batches(epoch, lambda f, sel: (read_block(own_dataset(f, self.features), sel, self.dtype),)):
+        for pos, x in self.batches(epoch, lambda f, sel: (f.read(self.features, sel, self.dtype),)):
             yield x, self.label[pos].astype(np.int32), self.index[pos].astype(np.int64)
 
     def order(self, epoch: int = 0) -> np.ndarray:
@@ -183,7 +160,7 @@ class BlockStream:
         order = rng.permutation(len(self.blocks)) if self.shuffle else range(len(self.blocks))
         window = self.shuffle_buffer if self.shuffle else self.batch_size
         held: list[tuple[np.ndarray, ...]] = []
-        files: dict[str, h5py.File] = {}
+        files: dict[str, Shard] = {}
         try:
             for b in order:
                 record, sel, at = self.blocks[b]

@@ -37,6 +37,7 @@ from .parts import (
     remove_logs,
 )
 from .paths import cache_path, shard_file_problem, shard_path
+from .shard import open_shard_file
 from .split import assign_splits
 from .update import Changes, apply_update, describe_live_changes
 
@@ -545,10 +546,8 @@ class CacheWriter:
 def _is_featcache_shard(path: Path) -> bool:
     """Whether ``path`` is a regular file (not a link) that opens as HDF5 with featcache's ``format``
     attribute: proof enough that featcache wrote it, before replacing or deleting it."""
-    if path.is_symlink() or not path.is_file():
-        return False
     try:
-        with h5py.File(path, "r") as f:
+        with open_shard_file(path, {}, 0) as f:  # a regular file, not a link, with the HDF5 signature
             return f.attrs.get("format") == schema.FORMAT_NAME
     except Exception:  # noqa: BLE001 (whatever it is, it is not provably ours)
         return False

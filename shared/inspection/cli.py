@@ -14,6 +14,7 @@ import numpy as np
 import typer
 from tqdm import tqdm
 
+from ..cache import compact as compact_mod
 from ..cache import schema
 from ..cache.fingerprint import describe
 from ..cache.manifest import Manifest, ManifestError, file_status
@@ -21,7 +22,6 @@ from ..cache.reader import FeatureCache, PooledRows
 from ..cache.split import split_names
 from ..cli import VersionOpt, plain, run_cli, shown_default
 from ..errors import FeatcacheError
-from . import compact as compact_mod
 from . import export as export_mod
 from . import outliers as outliers_mod
 from . import report as report_mod

@@ -63,8 +63,7 @@ def load_rows(cache: FeatureCache, max_rows: int = DEFAULT_MAX_ROWS, seed: int =
             continue
         with cache.open_shard(record) as f:
             for k in columns:
-                data = f[k].asstr()[()].astype(object) if k == schema.ID else f[k][()]
-                parts[k].append(data[sel])
+                parts[k].append(f.read(k, sel))
     c = {k: np.concatenate(v) for k, v in parts.items()}
     rows = PooledRows(
         pooled=c[schema.POOLED],

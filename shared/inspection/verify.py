@@ -10,25 +10,22 @@ never by a planned count.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from ..cache import rowindex, schema
-from ..cache.fingerprint import IDENTITY_KEYS, differences
 from ..cache.fsutil import fsync_dir
-from ..cache.h5file import own_dataset
 from ..cache.listing import LISTING_NAME, load_listing
 from ..cache.lock import describe_holder, holder_gone
 from ..cache.manifest import Manifest, ManifestError, ShardRecord, file_status, now
 from ..cache.parts import awaiting_merge, exclusive, recorded_holders, remove_logs
 from ..cache.paths import UnsafePathError, cache_path, shard_file_problem, shard_path
-from ..cache.reader import FeatureCache, label_problem, shard_identity_problem, split_problem
+from ..cache.reader import FeatureCache, label_problem, split_problem
+from ..cache.shard import Shard, ShardError, cache_layout, open_shard_file
 from ..cache.split import hash_unit
 from ..errors import FeatcacheError
 
@@ -70,11 +67,6 @@ class Report:
         return not self.problems
 
 
-def _expected_datasets(m: Manifest, rows: int) -> dict[str, tuple[tuple[int, ...], str]]:
-    layout = schema.row_layout(m.fingerprint["output_shape"], m.storage["maps_dtype"], schema.views_of(m.fingerprint))
-    return {name: ((rows, *tail), dtype) for name, (tail, dtype) in layout.items()}
-
-
 def check_shard(
     cache_dir: Path,
     m: Manifest,
@@ -110,81 +102,140 @@ def check_shard(
     if status == "checksum":
         return "sha256 differs from the manifest (the file was modified or corrupted)"
     try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        return f"not a readable HDF5 file ({exc})"
+        f = open_shard_file(path, cache_layout(m), rec.rows)
+    except ShardError as exc:
+        return exc.reason
     with f:
-        try:
-            fp = json.loads(f.attrs["fingerprint"])
-        except (KeyError, ValueError):
-            return "no fingerprint attribute"
-        diff = differences(m.fingerprint, fp, IDENTITY_KEYS) if isinstance(fp, dict) else ["fingerprint"]
-        if diff:
-            return "made with different " + "; ".join(diff)
-        identity = shard_identity_problem(f, rec, m, path.stat().st_size)
-        if identity:
-            return identity
-        expected = _expected_datasets(m, rec.rows)
-        for name, (shape, dtype) in expected.items():
-            try:  # never through a link, nor data kept in another file: read below, it could hang
-                d = own_dataset(f, name)
-            except KeyError:
-                return f"dataset {name!r} missing"
-            except ValueError as exc:
-                return f"dataset {exc}"
-            got = "object" if h5py.check_string_dtype(d.dtype) else str(d.dtype)
-            if d.shape != shape or got != dtype:
-                return f"dataset {name!r} is {d.shape} {got}, expected {shape} {dtype}"
-        if failed is None:
-            failed = {x.index for x in m.failed if x.shard == rec.shard}
-        # retired inputs no shard holds: compacted away, or failed and removed since
-        gone = failed | {i for i in m.dropped if plan.start <= i < plan.stop}
-        expected_index = [i for i in range(rec.first_index, rec.first_index + rec.num_inputs) if i not in gone]
-        index = f[schema.INDEX][()]
-        if index.tolist() != expected_index:
+        problem = f.problem(m, rec, path.stat().st_size)
+        if problem is not None:
+            return problem.reason
+        return _rows_problem(f, m, rec, sample_rows, rng, failed, listing_ids)
+
+
+def _rows_problem(
+    f: Shard,
+    m: Manifest,
+    rec: ShardRecord,
+    sample_rows: int,
+    rng: np.random.Generator,
+    failed: set[int] | None,
+    listing_ids: np.ndarray | None,
+) -> str | None:
+    """The first thing wrong with the rows of shard ``rec``, open as ``f`` and identity-checked: its
+    index against the plan, ids against the listing, labels, splits, finite values, and ``pooled``
+    against the mean of the maps on ``sample_rows`` rows."""
+    if failed is None:
+        failed = {x.index for x in m.failed if x.shard == rec.shard}
+    # retired inputs no shard holds: compacted away, or failed and removed since
+    plan = m.shard_inputs(rec.shard)
+    gone = failed | {i for i in m.dropped if plan.start <= i < plan.stop}
+    expected_index = [i for i in range(rec.first_index, rec.first_index + rec.num_inputs) if i not in gone]
+    index = f.read(schema.INDEX)
+    if index.tolist() != expected_index:
+        return (
+            f"index is not inputs {rec.first_index}..{rec.first_index + rec.num_inputs - 1} "
+            f"less the {len(failed)} failed and {len(gone) - len(failed)} dropped ones"
+        )
+    if listing_ids is not None and rec.rows:
+        stored = f.read(schema.ID).astype(str)
+        differ = np.flatnonzero(stored != listing_ids[index].astype(str))
+        if len(differ):
+            k = int(differ[0])
             return (
-                f"index is not inputs {rec.first_index}..{rec.first_index + rec.num_inputs - 1} "
-                f"less the {len(failed)} failed and {len(gone) - len(failed)} dropped ones"
+                f"{len(differ)} rows' {IDS_DIFFER} {LISTING_NAME}'s (row {k}: {str(stored[k])[:80]!r}, "
+                f"listed at index {index[k]} as {str(listing_ids[index[k]])[:80]!r})"
             )
-        if listing_ids is not None and rec.rows:
-            stored = f[schema.ID].asstr()[()]
-            differ = np.flatnonzero(stored != listing_ids[index].astype(str))
-            if len(differ):
-                k = int(differ[0])
-                return (
-                    f"{len(differ)} rows' {IDS_DIFFER} {LISTING_NAME}'s (row {k}: {str(stored[k])[:80]!r}, "
-                    f"listed at index {index[k]} as {str(listing_ids[index[k]])[:80]!r})"
-                )
-        # stored labels number the classes of the generation that wrote the shard
-        bad_label = label_problem(f[schema.LABEL][()], len(m.generation_of(rec.shard).classes))
-        if bad_label:
-            return bad_label
-        bad_split = split_problem(f[schema.SPLIT][()])
-        if bad_split:
-            return bad_split
-        pooled = f[schema.POOLED][()]
-        if not np.isfinite(pooled).all():
-            return f"pooled has {int((~np.isfinite(pooled)).sum())} NaN/Inf values"
-        if schema.POOLED_VIEWS in expected and not np.isfinite(f[schema.POOLED_VIEWS][()]).all():
-            return f"{schema.POOLED_VIEWS} has NaN/Inf values"
-        maps = f[schema.MAPS]
-        for start in range(0, rec.rows, MAPS_BLOCK_ROWS):
-            block = maps[start : start + MAPS_BLOCK_ROWS]
-            if not np.isfinite(block).all():
-                bad = start + int(np.flatnonzero(~np.isfinite(block).reshape(len(block), -1).all(axis=1))[0])
-                return f"maps of row {bad} (index {index[bad]}) have NaN/Inf values"
-        if rec.rows:
-            rows = np.sort(rng.choice(rec.rows, size=min(sample_rows, rec.rows), replace=False))
-            mean = maps[rows].astype(np.float32).mean(axis=(1, 2))
-            err = np.abs(mean - pooled[rows]).max(axis=1)
-            tol = POOLED_TOLERANCE.get(m.storage["maps_dtype"], 4e-3)
-            if (err > tol).any():
-                bad = int(rows[np.argmax(err)])
-                return (
-                    f"pooled of row {bad} (index {index[bad]}) differs from the mean of its maps by "
-                    f"{err.max():.3g} (> {tol:g}): rows and maps do not match"
-                )
+    # stored labels number the classes of the generation that wrote the shard
+    bad_label = label_problem(f.read(schema.LABEL), len(m.generation_of(rec.shard).classes))
+    if bad_label:
+        return bad_label
+    bad_split = split_problem(f.read(schema.SPLIT))
+    if bad_split:
+        return bad_split
+    pooled = f.read(schema.POOLED)
+    if not np.isfinite(pooled).all():
+        return f"pooled has {int((~np.isfinite(pooled)).sum())} NaN/Inf values"
+    if f.has(schema.POOLED_VIEWS) and not np.isfinite(f.read(schema.POOLED_VIEWS)).all():
+        return f"{schema.POOLED_VIEWS} has NaN/Inf values"
+    maps = f.dataset(schema.MAPS)
+    for start in range(0, rec.rows, MAPS_BLOCK_ROWS):
+        block = maps[start : start + MAPS_BLOCK_ROWS]
+        if not np.isfinite(block).all():
+            bad = start + int(np.flatnonzero(~np.isfinite(block).reshape(len(block), -1).all(axis=1))[0])
+            return f"maps of row {bad} (index {index[bad]}) have NaN/Inf values"
+    if rec.rows:
+        rows = np.sort(rng.choice(rec.rows, size=min(sample_rows, rec.rows), replace=False))
+        mean = maps[rows].astype(np.float32).mean(axis=(1, 2))
+        err = np.abs(mean - pooled[rows]).max(axis=1)
+        tol = POOLED_TOLERANCE.get(m.storage["maps_dtype"], 4e-3)
+        if (err > tol).any():
+            bad = int(rows[np.argmax(err)])
+            return (
+                f"pooled of row {bad} (index {index[bad]}) differs from the mean of its maps by "
+                f"{err.max():.3g} (> {tol:g}): rows and maps do not match"
+            )
     return None
+
+
+def _check_shards_dir(cache_dir: Path, m: Manifest, report: Report) -> None:
+    """The files in ``shards/`` the manifest does not list, into ``report``: a shard file no record or
+    journal names is a problem; other versions of listed shards (an interrupted compaction), shards an
+    interrupted run wrote before recording them, commit journals not folded yet and partial files are notes."""
+    try:
+        shards_dir = cache_path(cache_dir, schema.SHARDS_DIR)
+    except UnsafePathError as exc:
+        report.problems.append(Problem(schema.SHARDS_DIR, str(exc).split(": ", 1)[-1], movable=False))
+        return
+    if not shards_dir.is_dir():
+        return
+    listed = {rec.file for rec in m.shards}
+    done = {rec.shard for rec in m.shards}
+    logged = set(awaiting_merge(cache_dir, m))
+    unlisted_pending = others = superseded = 0
+    for p in sorted(shards_dir.glob(schema.SHARD_GLOB)):
+        rel = f"{schema.SHARDS_DIR}/{p.name}"
+        k = schema.shard_number(p.name)
+        if shard_file_problem(rel) is not None:
+            others += 1  # not a name featcache writes: not its business
+        elif rel in listed or k in logged:
+            continue
+        elif k in done:
+            superseded += 1  # the other version of a shard being compacted: no manifest names it
+        elif k < m.num_shards:  # a run stopped before recording it: redone on resume
+            unlisted_pending += 1
+        else:
+            report.problems.append(Problem(rel, "shard file the manifest does not list"))
+    if superseded:
+        report.notes.append(
+            f"{superseded} shard files are other versions of listed shards (left by an interrupted "
+            "compaction; readers ignore them, the next compact removes them)"
+        )
+    if others:
+        report.notes.append(f"{others} files in {schema.SHARDS_DIR}/ are not named like featcache shards (left alone)")
+    if logged:
+        report.notes.append(
+            f"{len(logged)} committed shards are in commit journals, not yet folded into manifest.json "
+            "(readers see them; featcache-extract CACHE --finalize folds them)"
+        )
+    if unlisted_pending:
+        report.notes.append(
+            f"{unlisted_pending} shard files for shards not yet done are not in the manifest "
+            "(left by an interrupted run; readers ignore them, the next extract redoes them)"
+        )
+    temps = [p.name for p in shards_dir.iterdir() if p.name.startswith(schema.TMP_PREFIX)]
+    if temps:
+        holders = recorded_holders(cache_dir)
+        live = {part: h for part, h in holders.items() if not holder_gone(h)}
+        if live:
+            state = f"a writer is running: {describe_holder(next(iter(live.values())))}"
+        elif holders:
+            state = (
+                f"left by a writer that is gone ({describe_holder(next(iter(holders.values())))}; its lock is "
+                "stale): the next extract removes them"
+            )
+        else:
+            state = "left by an interrupted run; the next extract removes them"
+        report.notes.append(f"{len(temps)} partial shard files ({state})")
 
 
 def verify(cache_dir: str | Path, *, sample_rows: int = DEFAULT_SAMPLE_ROWS, seed: int = 0, progress=None) -> Report:
@@ -228,62 +279,7 @@ def verify(cache_dir: str | Path, *, sample_rows: int = DEFAULT_SAMPLE_ROWS, see
             report.problems.append(Problem(rec.file, reason, rec.shard, movable=movable))
         else:
             report.rows_checked += rec.rows
-    try:
-        shards_dir = cache_path(cache_dir, schema.SHARDS_DIR)
-    except UnsafePathError as exc:
-        report.problems.append(Problem(schema.SHARDS_DIR, str(exc).split(": ", 1)[-1], movable=False))
-        shards_dir = None
-    if shards_dir is not None and shards_dir.is_dir():
-        listed = {rec.file for rec in m.shards}
-        done = {rec.shard for rec in m.shards}
-        logged = set(awaiting_merge(cache_dir, m))
-        unlisted_pending = others = superseded = 0
-        for p in sorted(shards_dir.glob(schema.SHARD_GLOB)):
-            rel = f"{schema.SHARDS_DIR}/{p.name}"
-            k = schema.shard_number(p.name)
-            if shard_file_problem(rel) is not None:
-                others += 1  # not a name featcache writes: not its business
-            elif rel in listed or k in logged:
-                continue
-            elif k in done:
-                superseded += 1  # the other version of a shard being compacted: no manifest names it
-            elif k < m.num_shards:  # a run stopped before recording it: redone on resume
-                unlisted_pending += 1
-            else:
-                report.problems.append(Problem(rel, "shard file the manifest does not list"))
-        if superseded:
-            report.notes.append(
-                f"{superseded} shard files are other versions of listed shards (left by an interrupted "
-                "compaction; readers ignore them, the next compact removes them)"
-            )
-        if others:
-            report.notes.append(
-                f"{others} files in {schema.SHARDS_DIR}/ are not named like featcache shards (left alone)"
-            )
-        if logged:
-            report.notes.append(
-                f"{len(logged)} committed shards are in commit journals, not yet folded into manifest.json "
-                "(readers see them; featcache-extract CACHE --finalize folds them)"
-            )
-        if unlisted_pending:
-            report.notes.append(
-                f"{unlisted_pending} shard files for shards not yet done are not in the manifest "
-                "(left by an interrupted run; readers ignore them, the next extract redoes them)"
-            )
-        temps = [p.name for p in shards_dir.iterdir() if p.name.startswith(schema.TMP_PREFIX)]
-        if temps:
-            holders = recorded_holders(cache_dir)
-            live = {part: h for part, h in holders.items() if not holder_gone(h)}
-            if live:
-                state = f"a writer is running: {describe_holder(next(iter(live.values())))}"
-            elif holders:
-                state = (
-                    f"left by a writer that is gone ({describe_holder(next(iter(holders.values())))}; its lock is "
-                    "stale): the next extract removes them"
-                )
-            else:
-                state = "left by an interrupted run; the next extract removes them"
-            report.notes.append(f"{len(temps)} partial shard files ({state})")
+    _check_shards_dir(cache_dir, m, report)
     if not m.complete:
         report.notes.append(f"incomplete: {m.missing_count} of {m.num_shards} planned shards not written yet")
     check_row_index(cache_dir, m, {p.shard for p in report.problems if p.shard is not None}, report)

@@ -20,17 +20,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import h5py
 import numpy as np
 
-from ..cache import schema
-from ..cache.fsutil import commit_file, fsync_dir, remove_stale_temps, sha256_file, temp_path_for
-from ..cache.manifest import Manifest, ShardRecord, now
-from ..cache.parts import exclusive
-from ..cache.paths import cache_path, shard_file_problem, shard_path
 from ..errors import FeatcacheError
+from . import schema
+from .fsutil import commit_file, fsync_dir, remove_stale_temps, sha256_file, temp_path_for
+from .manifest import Manifest, ShardRecord, now
+from .parts import exclusive
+from .paths import cache_path, shard_file_problem, shard_path
+from .shard import Layout, cache_layout, open_shard_file
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -82,30 +82,31 @@ def _clean(cache_dir: Path, m: Manifest) -> list[str]:
     return removed
 
 
-def rewrite_shard(cache_dir: Path, rec: ShardRecord, drop: np.ndarray, layout: dict[str, Any]) -> ShardRecord:
+def rewrite_shard(cache_dir: Path, rec: ShardRecord, drop: np.ndarray, layout: Layout) -> ShardRecord:
     """Copy shard ``rec`` without the rows whose index is in ``drop`` into its next compacted name;
     return the new record (the file is in place; the manifest is not changed here). ``layout`` is the
     cache's :func:`schema.row_layout`: every per-row dataset it names is copied (a dataset the shard
-    holds that the layout does not name is refused, never dropped)."""
+    holds that the layout does not name is refused, never dropped). The source is opened with the
+    shard opener's checks (:func:`open_shard_file`)."""
     source = shard_path(cache_dir, rec.file, rec.shard)  # a manifest path is checked before it is opened
     final = cache_path(cache_dir, schema.compacted_shard_name(rec.shard, schema.compaction_version(rec.file) + 1))
     tmp = temp_path_for(final)
     tmp.unlink(missing_ok=True)  # a link planted under the temp name is removed, not followed
     try:
-        with h5py.File(source, "r") as src, h5py.File(tmp, "x") as dst:
-            unknown = sorted(set(src) - set(layout))
+        with open_shard_file(source, layout, rec.rows) as src, h5py.File(tmp, "x") as dst:
+            unknown = sorted(set(src.names()) - set(layout))
             if unknown:
                 raise FeatcacheError(f"{source}: holds datasets the cache format does not name ({', '.join(unknown)})")
-            index = src[schema.INDEX][()]
+            index = src.read(schema.INDEX)
             keep = np.flatnonzero(~np.isin(index, drop))
             for name in layout:
                 if name not in (schema.MAPS, schema.ID):
-                    dst.create_dataset(name, data=src[name][()][keep])
-            ids = src[schema.ID].asstr()[()][keep]
+                    dst.create_dataset(name, data=src.read(name)[keep])
+            ids = src.read(schema.ID)[keep]
             dst.create_dataset(
                 schema.ID, data=np.array(ids, dtype=object), dtype=h5py.string_dtype("utf-8"), shape=(len(keep),)
             )
-            maps = src[schema.MAPS]
+            maps = src.dataset(schema.MAPS)
             out = dst.create_dataset(
                 schema.MAPS,
                 shape=(len(keep), *maps.shape[1:]),
@@ -151,9 +152,7 @@ def compact(cache_dir: str | Path, threshold: float = DEFAULT_THRESHOLD, log=Non
     with exclusive(cache_dir, "compact when no extractor is running") as (m, _):
         report.cleaned = _clean(cache_dir, m)
         dead = np.asarray(m.dead, dtype=np.int64)
-        layout = schema.row_layout(
-            m.fingerprint["output_shape"], m.storage["maps_dtype"], schema.views_of(m.fingerprint)
-        )
+        layout = cache_layout(m)
         for rec in list(m.shards):
             drop = dead[(dead >= rec.first_index) & (dead < rec.first_index + rec.num_inputs)]
             if not len(drop):
