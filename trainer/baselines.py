@@ -93,7 +93,8 @@ def run_baselines(ds: Dataset, out: Any) -> list[dict[str, Any]]:
 
 
 def describe(rows: list[dict[str, Any]]) -> str:
-    """The baselines as lines under the leaderboard, and why they are never the pick."""
+    """The baselines as lines under the leaderboard, why they are never the pick and whether
+    ``featcache-train export`` can export them (as ``predict.ensemble_members`` decides)."""
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
     lines = [
         f"{r['kind']:>8}: val {r['val_acc']:.4f}, test {fmt(r['test_acc'])}  {r['name']}"
@@ -102,8 +103,20 @@ def describe(rows: list[dict[str, Any]]) -> str:
         for r in rows
     ]
     if rows:
+        lines.append("(reported beside the sweep, never picked: the pick is one head of the grid, by the rule above;")
+    for r in rows:
+        label = f"{r['cache']}:" if r.get("cache") else ""
+        if r["kind"] != "ensemble":
+            lines.append(
+                f" {label}{r['kind']}: not exportable: it votes with the training rows, which the run does not keep;"
+            )
+            continue
+        knn = [m for m in r.get("members") or [] if m.startswith("knn")]
         lines.append(
-            "(reported beside the sweep, never picked: a k-NN head needs the training rows and an ensemble "
-            "several heads, so neither exports as one Keras model)"
+            f" {label}ensemble: not exportable: its member {knn[0]} is the k-NN head;"
+            if knn
+            else f" {label}ensemble: exported with featcache-train export RUN OUT.keras --head {label}ensemble;"
         )
+    if rows:
+        lines[-1] = lines[-1][:-1] + ")"
     return "\n".join(lines)

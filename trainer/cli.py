@@ -250,10 +250,15 @@ def export(
     ctx: typer.Context,
     run_dir: Annotated[Path, typer.Argument(help="A run directory made by featcache-train.", show_default=False)],
     out: Annotated[Path, typer.Argument(help="The .keras file to write.", show_default=False)],
-    head_name: Annotated[
+    head: Annotated[
         Optional[str],
         typer.Option(
-            "--head", help="Export this head (a name from leaderboard.txt / results.json) instead of the best."
+            help=(
+                "Export this head (a name from leaderboard.txt / results.json) instead of the best; 'ensemble': the "
+                "sweep's ensemble (its member heads as branches on one backbone, their probabilities averaged), "
+                "unless the k-NN head is among its members."
+            ),
+            show_default=False,
         ),
     ] = None,
     weights: Annotated[
@@ -278,19 +283,21 @@ def export(
     verbose: VerboseOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Stack the best head onto the backbone that made the cache: one Keras model from a decoded RGB image
-    of any size (uint8, as keras.utils.load_img gives it) to class probabilities and the class name, the
-    extractor's resize and preprocessing inside, loadable without featcache."""
+    """Stack the best head (or --head NAME, or --head ensemble) onto the backbone that made the cache: one Keras
+    model from a decoded RGB image of any size (uint8, as keras.utils.load_img gives it) to class probabilities
+    and the class name, the extractor's resize and preprocessing inside, loadable without featcache."""
 
     def job() -> None:
         from . import api
 
-        e = api.export(run_dir, out, head=head_name, weights=weights, backbone=backbone)
+        e = api.export(run_dir, out, head=head, weights=weights, backbone=backbone)
         typer.echo(
             f"wrote {e.out}: {e.backbone} + {e.head}, a decoded RGB image of any size (uint8) -> "
             f"{{'probabilities': {len(e.classes)} classes, 'class': its name}} "
             f"({', '.join(e.classes[:5])}{', ...' if len(e.classes) > 5 else ''})"
         )
+        if e.members:
+            typer.echo(f"the mean of {len(e.members)} heads' probabilities: {', '.join(e.members)}")
         if e.tta:
             typer.echo(f"test-time augmentation: the model scores {e.tta}")
         if e.random_weights:

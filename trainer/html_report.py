@@ -20,6 +20,8 @@ from ..shared.cache.fingerprint import describe
 from ..shared.cache.reader import FeatureCache
 from ..shared.errors import FeatcacheError
 from ..shared.inspection import html as H
+from ..shared.inspection.cam import CAM_KINDS, head_from_params, row_cams
+from ..shared.inspection.cam import describe as describe_cam
 from ..shared.inspection.report import Thumbs
 from ..shared.inspection.suspects import softmax
 from . import pooling
@@ -164,6 +166,10 @@ def _fmt(v: float | None, digits: int = 4) -> str:
 def _num(v: Any) -> str:
     """A grid setting as a person reads it: floats at 3 significant digits (C 0.00316, not 0.0031622776601683794)."""
     return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def kind_of(h: dict[str, Any]) -> str:
+    return h["config"]["kind"]
 
 
 def _scored(h: dict[str, Any]) -> str:
@@ -317,6 +323,21 @@ def build(run_dir: str | Path) -> tuple[str, dict[str, Any]]:
         wrong = np.flatnonzero(guess != y)
         wrong = wrong[np.argsort(-probs[wrong, guess[wrong]], kind="stable")][:WRONG_SHOWN]
         thumbs = Thumbs(cache)
+        head, cams = None, {}
+        if kind_of(best) in CAM_KINDS:  # where the head looks for the class it wrongly predicts
+            power = best["config"].get("power", 1)
+            fp = results["cache"]["fingerprint"]
+            head = head_from_params(run_dir, best["name"], kind_of(best), *params, power, classes, fp)
+            cams = row_cams(cache, head, pred["index"][wrong], guess[wrong])
+        facts["cam"] = None if head is None else {"head": head.name, "exact": head.exact}
+
+        def image(i: int) -> str:
+            uid = str(pred["id"][i])
+            if head is None:
+                return thumbs(uid)
+            grid, k = cams[int(pred["index"][i])]
+            return thumbs(uid) + thumbs.cam(uid, grid, f"{uid}: where {head.name} looks for {classes[k]}")
+
         facts["wrong"] = [
             {
                 "id": str(pred["id"][i]),
@@ -332,11 +353,17 @@ def build(run_dir: str | Path) -> tuple[str, dict[str, Any]]:
                 f"(accuracy {float((guess == y).mean()) if len(y) else float('nan'):.4f}); the "
                 f"{len(wrong)} errors it is surest of, surest first."
             ),
+            H.note(
+                describe_cam(head, "the class it wrongly predicts")
+                if head is not None
+                else f"No class activation maps: the best head is a {kind_of(best)} head, not linear in the pooled "
+                f"vector (they are drawn for {' or '.join(CAM_KINDS)} heads)."
+            ),
             H.table(
                 ["image", "id", "true class", "predicted", "p(predicted)", "p(true)"],
                 [
                     (
-                        H.raw(thumbs(d["id"])),
+                        H.raw(image(i)),
                         H.raw(f'<span data-wrong="{H.esc(d["id"])}">{H.esc(d["id"])}</span>'),
                         d["label"],
                         d["predicted"],

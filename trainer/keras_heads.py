@@ -184,6 +184,57 @@ def full_model(
     return keras.Model(image, {PROBABILITIES: y, CLASS: names(keras.ops.argmax(y, axis=-1))}, name=name)
 
 
+def ensemble_model(
+    spec: BackboneSpec,
+    weights: ResolvedWeights,
+    members: list[tuple[HeadConfig, keras.Model, bool]],
+    resize: str,
+    classes: list[str],
+) -> keras.Model:
+    """The mean of several heads' class probabilities on one image, as :func:`full_model` builds one head's
+    (an image as decoded, resized with ``resize`` and preprocessed inside; the ``{probabilities, class}``
+    output): one backbone, shared by every member, each member a branch (``member<i>``) on the pooled
+    vector or the maps. ``members``: ``(config, head model, flip)``; a member with ``flip`` is the mean of
+    its probabilities on the image and on its mirror (the backbone then runs once more, on the mirror)."""
+    if spec.rescale is None:
+        raise FeatcacheError(
+            f"backbone {spec.name!r} states no affine preprocessing: cannot build a self-contained model"
+        )
+    image = keras.Input((None, None, 3), name="image")
+    x = keras.layers.Resizing(
+        *spec.input_size,
+        interpolation="bilinear",
+        antialias=True,
+        crop_to_aspect_ratio=resize == "centre-crop",
+        pad_to_aspect_ratio=resize == "pad",
+        fill_value=PAD_VALUE,
+        name="resize",
+    )(image)
+    x = keras.layers.Rescaling(*spec.rescale, name="preprocess")(x)
+    backbone = build_backbone(spec, weights)
+    maps = backbone(x, training=False)
+    mirrored = backbone(keras.ops.flip(x, axis=2), training=False) if any(f for _, _, f in members) else None
+    pool = keras.layers.GlobalAveragePooling2D(name="pool")
+    pooled = {id(maps): pool(maps)}
+    if mirrored is not None:
+        pooled[id(mirrored)] = pool(mirrored)
+    ys = []
+    for i, (cfg, head, flip) in enumerate(members):
+        head.name = f"member{i}_{cfg.kind}"  # one model may not hold two sub-models of one name
+        views = [maps, mirrored] if flip else [maps]
+        out = [head(f if cfg.reads_maps else pooled[id(f)]) for f in views]
+        ys.append(out[0] if len(out) == 1 else keras.layers.Average(name=f"member{i}_tta")(out))
+    y = (
+        keras.layers.Average(name=PROBABILITIES)(ys)
+        if len(ys) > 1
+        else keras.layers.Identity(name=PROBABILITIES)(ys[0])
+    )
+    names = keras.layers.StringLookup(vocabulary=list(classes), invert=True, num_oov_indices=0, name="class_names")
+    return keras.Model(
+        image, {PROBABILITIES: y, CLASS: names(keras.ops.argmax(y, axis=-1))}, name=f"featcache_{spec.name}_ensemble"
+    )
+
+
 def load(path: Any) -> keras.Model:
     """The Keras model saved at ``path`` (a run's ``best_head.keras``, in Keras's safe mode): a FIFO or
     device there is refused without blocking, and a file Keras cannot load is one line naming it (Keras

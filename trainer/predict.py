@@ -4,7 +4,7 @@ head stacked onto its backbone as one Keras model."""
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from ..shared.errors import FeatcacheError
 from . import rundir
 from .data import load_rows, read_maps
 from .identity import check_cache
+from .multi import LABEL_SEPARATOR
 from .sweep import HeadConfig
 
 SPLIT_CHOICES = ("train", "val", "test", "all")
@@ -50,6 +51,7 @@ class Export:
     classes: list[str]
     random_weights: bool
     tta: str | None = None
+    members: list[str] = field(default_factory=list)
 
 
 def head_entry(run_dir: Path, results: dict[str, Any], name: str | None = None) -> dict[str, Any]:
@@ -181,19 +183,68 @@ def score_rows(
     return Prediction(out, name, len(sel), int(labelled.sum()), accuracy, 1 if views is None else views.shape[1])
 
 
+ENSEMBLE = "ensemble"
+KNN_WHY = "a k-NN head votes with the training rows' vectors, which a run does not keep"
+
+
+def baseline_row(results: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """The row of results.json's ``baselines`` that ``name`` designates: its name (``ensemble of top 3``)
+    or its kind (``ensemble``, ``knn``; ``<label>:ensemble`` in a run on several caches), else None."""
+    for r in results.get("baselines") or []:
+        label = r.get("cache")
+        kind = r.get("kind") if label is None else f"{label}{LABEL_SEPARATOR}{r.get('kind')}"
+        if name in (r.get("name"), kind):
+            return r
+    return None
+
+
+def ensemble_members(results: dict[str, Any], name: str) -> list[str] | None:
+    """The heads of the run's ensemble designated by ``name`` (:func:`baseline_row`), or None when ``name``
+    is no baseline; one line saying why when it cannot be exported (a k-NN, or an ensemble with a k-NN
+    among its members: only heads of the grid are kept in heads.npz)."""
+    row = baseline_row(results, name)
+    if row is None:
+        return None
+    if row.get("kind") != ENSEMBLE:
+        raise FeatcacheError(
+            f"head={name!r}: {KNN_WHY}, so it cannot be exported as a Keras model; export a head of the grid "
+            f"or the ensemble (head={ENSEMBLE!r}) when none of its members is a k-NN head"
+        )
+    members = row.get("members")
+    if not (isinstance(members, list) and members and all(isinstance(m, str) for m in members)):
+        raise FeatcacheError(f"{rundir.RESULTS}: baselines: the ensemble {row.get('name')!r} lists no members")
+    heads = {h["name"] for h in results["heads"]}
+    label = row.get("cache")
+    names = [m if label is None or m in heads else f"{label}{LABEL_SEPARATOR}{m}" for m in members]
+    for m in names:
+        if m not in heads:
+            why = KNN_WHY if m.split(LABEL_SEPARATOR)[-1].startswith("knn") else "not a head of the run's grid"
+            raise FeatcacheError(
+                f"head={name!r}: the ensemble's member {m!r} is a k-NN head ({why}), so the ensemble cannot be "
+                "exported as one Keras model; export one of its other members (head=NAME)"
+                if why == KNN_WHY
+                else f"head={name!r}: the ensemble's member {m!r} is {why}: cannot export it"
+            )
+    return names
+
+
 def export(
     run_dir: Path, out: Path, head: str | None = None, weights: str | None = None, backbone: str | None = None
 ) -> Export:
     """Stack a run's head (the best unless ``head``) onto the backbone that made its cache and save the
-    model to ``out``. ``weights`` ('imagenet' or a path) replaces the recorded weights file when it has
-    moved; its sha256 must equal the cache's. ``backbone``: the run's ``module:attribute`` backbone,
-    named again (a backbone that is not registered is never imported on the run directory's word)."""
+    model to ``out``. ``head="ensemble"`` (or the ensemble's name on the leaderboard) exports the sweep's
+    ensemble: one backbone, its member heads as branches, their probabilities averaged (refused in one
+    line when a member is the k-NN head, whose training rows the run does not keep). ``weights``
+    ('imagenet' or a path) replaces the recorded weights file when it has moved; its sha256 must equal
+    the cache's. ``backbone``: the run's ``module:attribute`` backbone, named again (a backbone that is
+    not registered is never imported on the run directory's word)."""
     from ..shared.backbones import RANDOM_PREFIX, get_backbone, resolve_weights
-    from .keras_heads import full_model
+    from .keras_heads import ensemble_model, full_model
 
     results = rundir.load_results(run_dir)
     name = head or results["best"]
-    fp = rundir.head_cache(results, name)["fingerprint"]
+    members = ensemble_members(results, name) if head is not None else None
+    fp = rundir.head_cache(results, name if members is None else members[0])["fingerprint"]
     spec = get_backbone(rundir.importable_backbone(fp, str(Path(run_dir) / rundir.RESULTS), backbone))
     recorded = fp["weights_sha256"]
     if weights is not None:
@@ -207,17 +258,25 @@ def export(
             f"{w.path}: weights sha256 {w.sha256[:12]} is not the cache's {recorded[:12]}: "
             "pass weights= the file the cache was made with"
         )
-    cfg, model_head = load_head(run_dir, results, head)
     views = (fp.get("augment") or {}).get("views", 1)
-    tta = None
-    if head_entry(run_dir, results, head).get("use_tta") and not cfg.reads_maps:
-        # view 1 is the mirror: with 2 views the model can average the image and its mirror as the pick
-        # did; further views are random crops seeded by the image's id, which an exported model cannot know
-        tta = "image and its mirror" if views == 2 else f"the image only (picked with TTA over {views} views)"
     policy = str(fp["resize"]).rsplit(",", 1)[-1]  # the extractor's resize policy, done inside the model
-    model = full_model(
-        spec, w, cfg, model_head, flip_tta=views == 2 and tta is not None, resize=policy, classes=results["classes"]
-    )
+    built, tta = [], None
+    for member in [head] if members is None else members:
+        cfg, model_head = load_head(run_dir, results, member)
+        flip = False
+        if head_entry(run_dir, results, member).get("use_tta") and not cfg.reads_maps:
+            # view 1 is the mirror: with 2 views the model can average the image and its mirror as the pick
+            # did; further views are random crops seeded by the image's id, which an exported model cannot know
+            tta = "image and its mirror" if views == 2 else f"the image only (picked with TTA over {views} views)"
+            flip = views == 2
+        built.append((cfg, model_head, flip))
+    if members is None:
+        cfg, model_head, flip = built[0]
+        model = full_model(spec, w, cfg, model_head, flip_tta=flip, resize=policy, classes=results["classes"])
+    else:
+        model = ensemble_model(spec, w, built, policy, results["classes"])
+        name = baseline_row(results, name)["name"]
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     model.save(out)
-    return Export(Path(out), spec.name, name, tuple(model.input_shape[1:]), results["classes"], w.random, tta)
+    shape = tuple(model.input_shape[1:])
+    return Export(Path(out), spec.name, name, shape, results["classes"], w.random, tta, members or [])

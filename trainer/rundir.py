@@ -9,7 +9,6 @@ unwritable ``runs`` folder is reported before any work.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import tempfile
@@ -21,22 +20,17 @@ from typing import Any
 
 import numpy as np
 
-from ..shared.cache.fsutil import atomic_write_json, fsync_dir, open_input, read_regular
+from ..shared.cache.fsutil import atomic_write_json, fsync_dir
 from ..shared.cache.lock import pid_alive
-from ..shared.cache.npz import declared_arrays
+from ..shared.cache.npz import load_declared
 from ..shared.errors import FeatcacheError
+from ..shared.runfiles import FORMAT, HEADS, RESULTS, VERSION, VERSION_MULTI, VERSIONS, read_results
 
-FORMAT = "featcache-train-results"
-VERSION = 2  # 1: featcache 0.1.0 (heads.npz keys g<N>_<param>, no cache identity); 2: this layout
-# A run on several caches (``caches``, heads tagged with theirs): a version of its own, so that a reader
-# of version 2 refuses it rather than scoring a head on another backbone's features.
-VERSION_MULTI = 3
-VERSIONS = (VERSION, VERSION_MULTI)
-RESULTS = "results.json"
+__all__ = ["FORMAT", "HEADS", "RESULTS", "VERSION", "VERSION_MULTI", "VERSIONS"]  # one definition, in shared
+
 LEADERBOARD = "leaderboard.txt"
 PLOT = "plot.png"
 BEST_HEAD = "best_head.keras"
-HEADS = "heads.npz"
 STAGING_PREFIX = ".featcache-run-"
 MEAN_KEY, STD_KEY = "standardize/mean", "standardize/std"
 
@@ -153,27 +147,8 @@ def write_results(path: Path, results: dict[str, Any]) -> None:
 def load_results(run_dir: Path) -> dict[str, Any]:
     """``results.json`` of a finished run, refusing other files and other format versions."""
     path = Path(run_dir) / RESULTS
-    try:
-        # never through a link, never a FIFO (which would block the read): run folders are data too
-        results = json.loads(read_regular(path))
-    except FileNotFoundError:
-        raise FeatcacheError(f"{path}: no results: not a finished featcache-train run") from None
-    except OSError as exc:
-        raise FeatcacheError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    except ValueError as exc:
-        raise FeatcacheError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(results, dict) or results.get("format") != FORMAT or not results.get("complete"):
-        raise FeatcacheError(f"{path}: not a finished featcache-train run")
-    version = results.get("version")
-    if version == 1:
-        raise FeatcacheError(
-            f"{path}: a run of format version 1 (featcache 0.1.0), which records no identity of its cache; "
-            "train it again (its best_head.keras still loads with keras.models.load_model)"
-        )
-    if version not in VERSIONS:
-        raise FeatcacheError(
-            f"{path}: run format version {version!r} is not one this featcache reads ({', '.join(map(str, VERSIONS))})"
-        )
+    results = read_results(run_dir)  # a regular file, JSON, a finished run of a version read here
+    version = results["version"]
     if version == VERSION_MULTI and not isinstance(results.get("caches"), dict):
         raise FeatcacheError(f"{path}: caches: a run of version {VERSION_MULTI} lists its caches")
     heads = results.get("heads")
@@ -465,8 +440,9 @@ def _check_declared(
 def head_params(run_dir: Path, results: dict[str, Any], name: str) -> tuple[dict[str, np.ndarray], Any]:
     """Head ``name``'s parameters and the pooled standardisation ``(mean, std)`` (or None), from heads.npz.
 
-    The file is opened as an input (a FIFO or device refused without blocking) and the arrays' declared
-    shapes are checked against ``results`` (:func:`_check_declared`) before any is read."""
+    The file is read by :func:`featcache.shared.cache.npz.load_declared` (a regular file, not through a
+    link, a FIFO or device refused without blocking, never unpickled) and the arrays' declared shapes are
+    checked against ``results`` (:func:`_check_declared`) before any is read."""
     path = Path(run_dir) / HEADS
     keys = results["heads_file"]["params"].get(name)
     if keys is None:
@@ -476,14 +452,11 @@ def head_params(run_dir: Path, results: dict[str, Any], name: str) -> tuple[dict
         std = results["heads_file"]["standardize"]
         std = std if label is None else std[label]
         wanted = [*keys.values(), *([] if std is None else [std["mean"], std["std"]])]
-        with os.fdopen(open_input(path), "rb") as fh:
-            with zipfile.ZipFile(fh) as z:
-                declared = declared_arrays(z, wanted)
-            _check_declared(path, results, name, keys, std, declared, os.fstat(fh.fileno()).st_size)
-            fh.seek(0)
-            with np.load(fh, allow_pickle=False) as z:
-                weights = {p: z[k] for p, k in keys.items()}
-                mean_std = None if std is None else (z[std["mean"]], z[std["std"]])
+        arrays = load_declared(
+            path, wanted, lambda declared, size: _check_declared(path, results, name, keys, std, declared, size)
+        )
+        weights = {p: arrays[k] for p, k in keys.items()}
+        mean_std = None if std is None else (arrays[std["mean"]], arrays[std["std"]])
     except FileNotFoundError:
         raise FeatcacheError(f"{path}: missing: cannot read head {name!r}") from None
     except (OSError, KeyError, ValueError, TypeError, EOFError, zipfile.BadZipFile) as exc:

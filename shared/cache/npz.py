@@ -7,10 +7,13 @@ check the declared shapes first (:func:`declared_arrays`), and allocate only wha
 
 from __future__ import annotations
 
+import os
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
+
+from .fsutil import open_regular
 
 
 def declared_arrays(z: zipfile.ZipFile, names: Iterable[str]) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
@@ -28,3 +31,24 @@ def declared_arrays(z: zipfile.ZipFile, names: Iterable[str]) -> dict[str, tuple
                 raise ValueError(f"{name}.npy has format version {version}")
         out[name] = (tuple(shape), np.dtype(dtype))
     return out
+
+
+def load_declared(
+    path: str | os.PathLike[str],
+    names: Iterable[str],
+    check: Callable[[dict[str, tuple[tuple[int, ...], np.dtype]], int], None],
+) -> dict[str, np.ndarray]:
+    """The arrays ``names`` of the ``.npz`` file at ``path``, read as untrusted input: a regular file only,
+    never through a symbolic link, a FIFO or device refused without blocking (:func:`.fsutil.open_regular`);
+    ``check`` sees every array's declared ``(shape, dtype)`` (:func:`declared_arrays`) and the file's size
+    and raises to refuse them, before any array is inflated; arrays are never unpickled (``allow_pickle=False``).
+    Raises what reading raises (``OSError``, ``KeyError``, ``ValueError``, ``zipfile.BadZipFile``...)
+    for the caller to say in one line."""
+    names = list(names)
+    with os.fdopen(open_regular(path, os.O_RDONLY), "rb") as fh:
+        with zipfile.ZipFile(fh) as z:
+            declared = declared_arrays(z, names)
+        check(declared, os.fstat(fh.fileno()).st_size)
+        fh.seek(0)
+        with np.load(fh, allow_pickle=False) as z:
+            return {k: z[k] for k in names}

@@ -22,12 +22,13 @@ from ..cache.reader import FeatureCache, PooledRows
 from ..cache.split import split_names
 from ..cli import VersionOpt, plain, run_cli, shown_default
 from ..errors import FeatcacheError
+from . import cam as cam_mod
 from . import export as export_mod
 from . import outliers as outliers_mod
 from . import report as report_mod
 from . import similarity
 from . import verify as verify_mod
-from .picture import energy_overlay, load_source, write_png
+from .picture import energy_overlay, load_source, resize_policy, write_png
 from .summary import summarize
 
 app = typer.Typer(add_completion=False, help=plain(__doc__), rich_markup_mode=None, no_args_is_help=True)
@@ -36,6 +37,16 @@ CacheArg = Annotated[
     Path, typer.Argument(help="A featcache cache directory (the one holding manifest.json).", show_default=False)
 ]
 DebugOpt = Annotated[bool, typer.Option(help="Show the full traceback on errors.")]
+CamOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        help=(
+            "A run directory (featcache-train) trained on this cache whose best head is linear or logreg on the "
+            "pooled vectors: draw its class activation maps (where it looks for the class it predicts)."
+        ),
+        show_default=False,
+    ),
+]
 
 
 @app.callback()
@@ -213,16 +224,20 @@ def show(
         typer.Option(
             help=(
                 "Also draw the maps' activation energy (mean over channels, per position) over the source "
-                "image into this PNG file."
+                "image into this PNG file (with --cam: the class activation map instead)."
             )
         ),
     ] = None,
+    cam: CamOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """One row: id, label, split, shard, pooled-vector statistics, strongest channels, and where its maps are active."""
 
     def job() -> None:
         c = FeatureCache(cache)
+        head = None if cam is None else cam_mod.read_head(cam)  # refused before anything is printed
+        if head is not None:
+            cam_mod.check_cache(head, c.fingerprint, c.classes, str(cache))
         rows = c.load_pooled()
         k = find_row(rows, row)
         index = int(rows.index[k])
@@ -248,10 +263,30 @@ def show(
         echo(f"maps {maps.shape}: zeros {100 * (maps == 0).mean():.1f}%; mean activation per position:")
         for line in energy:
             echo("  " + " ".join(f"{x:6.3f}" for x in line))
+        grid = None
+        if head is not None:
+            grids = head.cam(maps[None])[0]
+            logits = grids.mean(axis=(0, 1))
+            best = int(logits.argmax())
+            grid = grids[..., best]
+            echo(
+                f"class activation map of {head.name} ({head.kind}, "
+                f"{'exact' if head.exact else 'linearised at the pooled vector'}) for the class it predicts, "
+                f"{head.classes[best]} (logit {logits[best]:.3f}, the map's mean):"
+            )
+            for line in grid:
+                echo("  " + " ".join(f"{x:7.3f}" for x in line))
         if png is not None:
-            base, where = load_source(c.manifest.source, str(rows.id[k]), tuple(c.fingerprint["input_size"]))
-            write_png(png, energy_overlay(base, energy))
-            echo(f"wrote {png}: activation energy over {where}")
+            seen = tuple(c.fingerprint["input_size"])
+            if grid is None:
+                base, where = load_source(c.manifest.source, str(rows.id[k]), seen)
+                write_png(png, energy_overlay(base, energy))
+                echo(f"wrote {png}: activation energy over {where}")
+            else:
+                policy = resize_policy(c.fingerprint)
+                base, where = load_source(c.manifest.source, str(rows.id[k]), seen, policy)
+                write_png(png, cam_mod.overlay(base, grid))
+                echo(f"wrote {png}: class activation map of {head.classes[best]} over {where} ({policy})")
 
     run_cli(job, ctx=ctx, debug=debug)
 
@@ -457,6 +492,7 @@ def report_cmd(
         int, typer.Option(min=2, help="Cross-validation folds of the label-noise classifier.")
     ] = report_mod.suspects.DEFAULT_FOLDS,
     seed: Annotated[int, typer.Option(help="Seed of the sampling, the folds and the maps.")] = 0,
+    cam: CamOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """One self-contained HTML page (works offline): summary, class balance, a 2-D map of the pooled
@@ -466,7 +502,7 @@ def report_cmd(
         if embedding not in report_mod.EMBEDDINGS:
             raise FeatcacheError(f"--embedding {embedding!r}: choose one of {', '.join(report_mod.EMBEDDINGS)}")
         facts = report_mod.write(
-            cache, out, max_rows=max_rows, threshold=threshold, embedding=embedding, folds=folds, seed=seed
+            cache, out, max_rows=max_rows, threshold=threshold, embedding=embedding, folds=folds, seed=seed, cam=cam
         )
         leaks = sum(d["leak"] for d in facts["duplicates"])
         typer.echo(

@@ -243,8 +243,17 @@ def thumbnail(path: Path, px: int = THUMB_PX) -> str:
 
     im = decode(path, (px, px))
     im.thumbnail((px, px), reducing_gap=2.0)
+    return jpeg_uri(im)
+
+
+def jpeg_uri(im: object) -> str:
+    """A Pillow image, or an ``(h, w, 3)`` uint8 array, as a ``data:image/jpeg;base64,...`` URI."""
+    import PIL.Image
+
+    if isinstance(im, np.ndarray):
+        im = PIL.Image.fromarray(np.ascontiguousarray(im, dtype=np.uint8), "RGB")
     buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=THUMB_QUALITY)
+    im.save(buf, format="JPEG", quality=THUMB_QUALITY)  # type: ignore[attr-defined]
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 

@@ -114,20 +114,51 @@ class PictureError(Exception):
     """A source image that cannot be drawn; ``str(exc)`` is the reason, one line."""
 
 
-def load_source(source: Mapping[str, Any], image_id: str, size: tuple[int, int]) -> tuple[np.ndarray, str]:
-    """Row ``image_id``'s source image (:func:`source_image`) resized to ``size`` (h, w) as uint8 RGB, and
-    where it came from; a grey square, and why, when it cannot be drawn."""
+POLICIES = ("squash", "centre-crop", "pad")  # the extractor's resize policies (shared.backbones.RESIZE_POLICIES)
+PAD_GREY = 128  # what "pad" fills with (mid-grey, shared.backbones.PAD_VALUE rounded)
+
+
+def resize_policy(fingerprint: Mapping[str, Any]) -> str:
+    """The extractor's resize policy recorded in a cache's fingerprint (``resize``: "...,<policy>")."""
+    policy = str(fingerprint.get("resize", "")).rsplit(",", 1)[-1]
+    return policy if policy in POLICIES else "squash"
+
+
+def as_seen(im: Any, size: tuple[int, int], policy: str = "squash") -> Any:
+    """The Pillow image ``im`` as the backbone saw it at ``size`` (h, w): stretched (``squash``), its
+    centred box of that aspect ratio (``centre-crop``) or centred on mid-grey bands (``pad``), resized."""
+    import PIL.Image
+
+    w, h = im.size
+    target = size[1] / size[0]  # width / height
+    if policy == "centre-crop" and w and h:
+        cw, ch = (round(h * target), h) if w / h > target else (w, round(w / target))
+        left, top = (w - cw) // 2, (h - ch) // 2
+        im = im.crop((left, top, left + cw, top + ch))
+    elif policy == "pad" and w and h:
+        pw, ph = (w, round(w / target)) if w / h > target else (round(h * target), h)
+        canvas = PIL.Image.new("RGB", (pw, ph), (PAD_GREY,) * 3)
+        canvas.paste(im, ((pw - w) // 2, (ph - h) // 2))
+        im = canvas
+    return im.resize((size[1], size[0]), PIL.Image.Resampling.BILINEAR, reducing_gap=2.0)
+
+
+def load_source(
+    source: Mapping[str, Any], image_id: str, size: tuple[int, int], policy: str = "squash"
+) -> tuple[np.ndarray, str]:
+    """Row ``image_id``'s source image (:func:`source_image`) resized to ``size`` (h, w) as uint8 RGB
+    (with the extractor's resize ``policy``: :func:`as_seen`), and where it came from; a grey square,
+    and why, when it cannot be drawn."""
     grey = np.full((*size, 3), 128, np.uint8)
     path, why = source_image(source, image_id)
     if path is None:
         return grey, f"grey square ({image_id}: {why})"
     try:
-        import PIL.Image
+        import PIL.Image  # noqa: F401 (Pillow is optional: the viz extra)
     except ImportError:
         return grey, "grey square (pip install 'featcache[viz]' to draw over the image)"
     try:
-        im = decode(path, (size[1], size[0]))
-        im = im.resize((size[1], size[0]), PIL.Image.Resampling.BILINEAR, reducing_gap=2.0)
+        im = as_seen(decode(path, (size[1], size[0])), size, policy)
     except FileNotFoundError:
         return grey, f"grey square ({path} is no longer there)"
     except PictureError as exc:

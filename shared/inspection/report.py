@@ -22,6 +22,7 @@ from ..cache.fingerprint import describe
 from ..cache.reader import FeatureCache, PooledRows
 from ..cache.split import split_names
 from ..errors import FeatcacheError
+from . import cam as cam_mod
 from . import html as H
 from . import outliers, picture, similarity, suspects
 from .summary import summarize
@@ -116,6 +117,7 @@ class Thumbs:
 
     def __init__(self, cache: FeatureCache):
         self.source = cache.manifest.source
+        self.seen = (tuple(cache.fingerprint.get("input_size") or (224, 224)), picture.resize_policy(cache.fingerprint))
         self.pillow = H.pillow_available()
         self.made = 0
         self.missing: Counter[str] = Counter()  # reason -> images not drawn
@@ -142,6 +144,26 @@ class Thumbs:
                 return uri
         self.missing[why] += 1
         return None
+
+    def cam(self, image_id: str, grid: np.ndarray, title: str) -> str:
+        """A thumbnail of the image as the backbone saw it (its resize policy, :func:`.picture.as_seen`)
+        with the class activation map ``grid`` over it (:func:`.cam.overlay`); a placeholder when the image
+        cannot be drawn (the plain thumbnail beside it, made by :meth:`__call__`, counts why)."""
+        uri = None
+        if self.pillow:
+            path, _ = picture.source_image(self.source, image_id)
+            (h, w), policy = self.seen
+            size = (
+                (H.THUMB_PX, max(1, round(H.THUMB_PX * w / h))) if h >= w else (round(H.THUMB_PX * h / w), H.THUMB_PX)
+            )
+            if path is not None:
+                try:
+                    seen = picture.as_seen(picture.decode(path, (size[1], size[0])), size, policy)
+                except (FileNotFoundError, picture.PictureError):
+                    pass
+                else:
+                    uri = H.jpeg_uri(cam_mod.overlay(np.asarray(seen, np.uint8), grid))
+        return H.img(uri, title)
 
     def why_none(self) -> str | None:
         """A sentence for the page when some or all thumbnails are missing."""
@@ -229,12 +251,19 @@ def build(
     embedding: str = "auto",
     folds: int = suspects.DEFAULT_FOLDS,
     seed: int = 0,
+    cam: str | Path | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """The report's HTML, and the facts it shows as JSON-ready data (for scripts and tests)."""
+    """The report's HTML, and the facts it shows as JSON-ready data (for scripts and tests). ``cam``: a
+    run directory whose best head (linear or logreg on this cache's pooled vectors) draws, beside each
+    suspect's thumbnail, its class activation map for the class it predicts (:mod:`.cam`)."""
     if embedding not in EMBEDDINGS:
         raise FeatcacheError(f"embedding={embedding!r}: choose one of {', '.join(EMBEDDINGS)}")
     t0 = time.perf_counter()
     cache = FeatureCache(cache_path)
+    head = None
+    if cam is not None:
+        head = cam_mod.read_head(cam)
+        cam_mod.check_cache(head, cache.fingerprint, cache.classes, str(cache.path))
     s = summarize(cache)
     loaded = load_rows(cache, max_rows, seed)
     rows = loaded.rows
@@ -349,6 +378,17 @@ def build(
         body = [H.note("Fewer than two labelled classes: no label-noise check.")]
     else:
         top = ranked[:SHOWN]
+        cams = {} if head is None else cam_mod.row_cams(cache, head, np.array([d["index"] for d in top]))
+
+        def image(d: dict[str, Any]) -> str:
+            if head is None:
+                return thumbs(d["id"])
+            grid, k = cams[d["index"]]
+            d["cam_class"] = head.classes[k]
+            return thumbs(d["id"]) + thumbs.cam(
+                d["id"], grid, f"{d['id']}: where {head.name} looks for {head.classes[k]}"
+            )
+
         body = [
             H.note(
                 f"Each labelled row's probability of its given label from a {folds}-fold cross-validated logistic "
@@ -356,12 +396,13 @@ def build(
                 "lower, the more suspect. Suggested: the classifier's most probable other class. "
                 "featcache-inspect suspects CACHE lists them all."
             ),
+            *([] if head is None else [H.note(cam_mod.describe(head))]),
             H.table(
                 ["rank", "image", "id", "split", "given label", "p(given)", "suggested", "p(suggested)"],
                 [
                     (
                         d["rank"],
-                        H.raw(thumbs(d["id"])),
+                        H.raw(image(d)),
                         H.raw(f'<span data-suspect="{H.esc(d["id"])}">{H.esc(d["id"])}</span>'),
                         d["split"],
                         d["label"],
@@ -459,6 +500,7 @@ def build(
         "outliers": unlike[:SHOWN],
         "overlap": overlap_pairs,
         "thumbnails": thumbs.made,
+        "cam": None if head is None else {"run": str(head.run), "head": head.name, "exact": head.exact},
     }
     return H.page(f"featcache cache report: {cache.path.name}", sections, "\n".join(header)), facts_out
 
