@@ -363,7 +363,7 @@ def build(run_dir: str | Path) -> tuple[str, dict[str, Any]]:
                 ["image", "id", "true class", "predicted", "p(predicted)", "p(true)"],
                 [
                     (
-                        H.raw(image(i)),
+                        H.raw(image(int(i))),
                         H.raw(f'<span data-wrong="{H.esc(d["id"])}">{H.esc(d["id"])}</span>'),
                         d["label"],
                         d["predicted"],

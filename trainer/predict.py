@@ -275,7 +275,9 @@ def export(
         model = full_model(spec, w, cfg, model_head, flip_tta=flip, resize=policy, classes=results["classes"])
     else:
         model = ensemble_model(spec, w, built, policy, results["classes"])
-        name = baseline_row(results, name)["name"]
+        row = baseline_row(results, name)
+        assert row is not None, "the members are this row's"
+        name = row["name"]
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     model.save(out)
     shape = tuple(model.input_shape[1:])

@@ -114,12 +114,14 @@ def head_from_params(
     non-finite parameters."""
     check_kind(run, name, kind)
     f64 = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    mean: np.ndarray | None
+    std: np.ndarray | None
     if kind == "logreg":
         mean, std = f64["mean"], f64["std"]
     else:
         mean, std = (None, None) if standardize is None else (np.asarray(a, np.float64) for a in standardize)
         power = 1.0
-    arrays = [f64["W"], f64["b"], *([] if mean is None else [mean, std])]
+    arrays = [f64["W"], f64["b"], *([] if mean is None or std is None else [mean, std])]
     if not all(np.isfinite(a).all() for a in arrays) or (std is not None and (std <= 0).any()):
         raise FeatcacheError(f"{Path(run) / HEADS}: head {name!r} has non-finite parameters or a std <= 0")
     return CamHead(Path(run), name, kind, f64["W"], f64["b"], mean, std, float(power), list(classes), fingerprint)
@@ -135,7 +137,7 @@ def check_kind(run: Path, name: str, kind: str) -> None:
         )
 
 
-def _want(ok: bool, path: Path, what: str) -> None:
+def _want(ok: object, path: Path, what: str) -> None:
     if not ok:
         raise FeatcacheError(f"{path}: {what}: not a run featcache wrote (edited by hand?)")
 
@@ -146,12 +148,12 @@ def read_head(run: str | Path) -> CamHead:
     parameters whose declared shapes are not the head's), and when the head is not linear in the pooled
     vector (:func:`check_kind`)."""
     run = Path(run)
-    results = read_results(run)
+    results: Any = read_results(run)  # untrusted JSON, checked field by field below
     path = run / RESULTS
     heads, best, classes = results.get("heads"), results.get("best"), results.get("classes")
     _want(isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes), path, "classes")
     _want(isinstance(heads, list) and all(isinstance(h, dict) for h in heads), path, "heads")
-    entry = next((h for h in heads if h.get("name") == best), None) if isinstance(best, str) else None
+    entry: Any = next((h for h in heads if h.get("name") == best), None) if isinstance(best, str) else None
     _want(entry is not None, path, f"best: {best!r} is not one of the run's heads")
     config = entry.get("config")
     _want(isinstance(config, dict) and isinstance(config.get("kind"), str), path, f"heads ({best}).config.kind")

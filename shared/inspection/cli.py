@@ -286,6 +286,7 @@ def show(
                 policy = resize_policy(c.fingerprint)
                 base, where = load_source(c.manifest.source, str(rows.id[k]), seen, policy)
                 write_png(png, cam_mod.overlay(base, grid))
+                assert head is not None, "a grid is drawn for a head"
                 echo(f"wrote {png}: class activation map of {head.classes[best]} over {where} ({policy})")
 
     run_cli(job, ctx=ctx, debug=debug)
