@@ -187,3 +187,29 @@ def test_builtin_sweeps_are_listed_once_and_expand_through_the_sweep_checks(tmp_
     f = tmp_path / "thorough"  # a file by a built-in name is reached by a path
     f.write_text('{"head": ["linear"]}')
     assert {c.kind for c in resolve_sweep(str(f))[0]} == {"linear"}
+
+
+def test_a_warm_start_rewritten_for_other_rows_standardisation_starts_at_the_solution():
+    """Folds start from the fit on all rows, its weights rewritten for the fold's standardisation: on
+    the same rows that rewrite is the identity and the fit ends where it starts; on rows of other
+    scale and offset it is the same function of the cached vectors (the same probabilities)."""
+    from featcache.trainer.logreg import LogregGroup
+    from featcache.trainer.sweep import expand
+
+    ds = _dataset()
+    configs = expand({"head": ["logreg"], "c": [0.1, 1.0], "power": [0.5]})
+    x = ds.train.views
+    full = LogregGroup(configs, 12, 3)
+    full.fit(x, ds.train.y)
+    again = LogregGroup(configs, 12, 3)
+    again.fit(x, ds.train.y, warm=full)
+    assert [f.iterations for f in again.fits] == [0, 0]
+    np.testing.assert_allclose(again.predict(ds.test.pooled), full.predict(ds.test.pooled), atol=1e-6)
+    # the rewrite alone: a group standardised on other rows, given full's weights rewritten, predicts as full
+    other = LogregGroup(configs, 12, 3)
+    other.fit(x[:40] * 1.5 + 0.3, ds.train.y[:40])  # only to set other.norm from rows of another scale
+    assert not np.allclose(other.norm[0.5][1], full.norm[0.5][1])
+    for f_full, f_other in zip(full.fits, other.fits, strict=True):
+        wb = logreg.restandardised(f_full, full.norm[0.5], other.norm[0.5])
+        f_other.W, f_other.b = wb[:-1], wb[-1]
+    np.testing.assert_allclose(other.predict(ds.test.pooled), full.predict(ds.test.pooled), atol=1e-5)

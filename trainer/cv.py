@@ -86,17 +86,20 @@ class CVResult:
         return out
 
 
-def cross_validate(make: Any, x: np.ndarray, y: np.ndarray, ids: np.ndarray, k: int, n_val: int) -> CVResult:
+def cross_validate(
+    make: Any, x: np.ndarray, y: np.ndarray, ids: np.ndarray, k: int, n_val: int, warm: Any = None
+) -> CVResult:
     """Cross-validate the heads of a closed-form group. ``make()`` returns a fresh unfitted group;
     ``x (n, V, C)`` every view of the train+val rows as cached (train rows first, the last ``n_val``
-    the val rows), ``y (n,)`` labels, ``ids (n,)`` their ids."""
+    the val rows), ``y (n,)`` labels, ``ids (n,)`` their ids. ``warm``: the group fitted on all of
+    them, whose solutions start each fold's fits (the same optimum, reached in fewer iterations)."""
     folds = fold_of(ids, k)
     n, v = x.shape[:2]
     probs, probs_tta = None, None
     for f in range(k):
         held = folds == f
         group = make()
-        group.fit(x[~held], y[~held])
+        group.fit(x[~held], y[~held], **({} if warm is None else {"warm": warm}))
         p = group.predict(x[held, 0])  # (h, m, K)
         if probs is None:
             probs = np.zeros((p.shape[0], n, p.shape[2]), np.float32)

@@ -112,6 +112,7 @@ class GroupState:
         parts = [s.views if self.n_views > 1 else s.pooled[:, None] for s in (train, val)]
         x, y = np.concatenate(parts), np.concatenate([train.y, val.y])
         g = self.group
+        g.fit(x, y)  # the head kept; its solutions start the folds' fits
         self.cv = cross_validate(
             lambda: make_group(g.configs, g.in_dim, g.n_classes, 0),
             x,
@@ -119,8 +120,8 @@ class GroupState:
             np.concatenate([train.id, val.id]),
             folds,
             len(val),
+            warm=g,
         )
-        g.fit(x, y)
         picked = np.take_along_axis(self.cv.val, np.broadcast_to(val.y[None, :, None], (g.k, len(val.y), 1)), 2)
         val_metrics = -np.log(np.maximum(picked[..., 0], 1e-12)).mean(1), view_accuracy(self.cv.val, val.y)
         self.end_epoch(1, np.ones(g.k, bool), np.stack(self.evaluate("train")), val_metrics)
