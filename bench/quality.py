@@ -1,47 +1,51 @@
-"""How good featcache's heads are on natural images, and what they cost, against scikit-learn's
-logistic regression on the same cache.
+"""How good featcache's heads are on natural images, what they cost, and what users do instead, on the
+same rows: the tables of docs/quality.md ("Defaults chosen on two domains").
 
-Rerun from the repo root (``pip install -e '.[bench]'`` first for scikit-learn), on the CIFAR-10 dev
-images beside the repo (``tar -xf ../shared/data/cifar10-dev.tar -C /tmp``)::
+Rerun from the repo root (``pip install -e '.[bench]'`` first for scikit-learn), on both dev sets beside
+the repo, as shipped::
 
-    .venv/bin/python bench/quality.py /tmp/cifar10-dev --work /tmp/featcache-quality
+    tar -xf ../shared/data/cifar10-dev.tar -C /tmp
+    .venv/bin/python bench/quality.py /tmp/cifar10-dev --work /tmp/fq-cifar
+    .venv/bin/python bench/quality.py ../shared/data/hymenoptera.tar --work /tmp/fq-hym --recipe
 
-The caches are extracted into ``--work`` once (about 3.5 minutes per view on 2 cores) and reused
-on later runs. The split is the cache's hash split with fractions ``--split`` (default 0.6,0.2,0.2:
-about 3,000 train / 1,000 val / 1,000 test of the 5,000 images). Every model is chosen on val only;
-test is looked at once, for the table. Rows:
+The source is class folders (split by a hash of the id, ``--split``), train/val[/test] split folders, or
+a ``.tar`` of either (unpacked into ``--work`` once). Split folders without a test folder (the ants/bees
+set: train/ and val/) are extracted through a CSV that makes the shipped val the test split; val is
+then carved from train as ``featcache-train`` carves it. The cache is extracted into ``--work`` once
+(its extraction time kept beside it) and reused. Rows, each with the quantity its pick used (a CV mean
+and its standard error, or val accuracy), test accuracy and seconds:
 
-* scikit-learn ``LogisticRegression`` (lbfgs), ``C`` picked on val from ``--cs``: the baseline;
-* featcache's L-BFGS logistic-regression path over the same ``C`` values (warm starts);
-* featcache's stacked SGD sweep of linear and MLP heads (``--sweep-heads``) and of map heads;
-* the k-NN head (cosine, DINO-weighted votes), ``k`` and temperature picked on val;
-* with views: logistic regression trained on every view of the train rows, scored on view 0 and with
-  test-time augmentation (mean of the views' probabilities);
-* the ensemble of the top-k rows by val (k picked on val), and the one-SE pick over everything;
-* what ``featcache-train CACHE`` does with no options (the default grid, baselines and pick, through
-  the Python API, writing its run under ``--work``): the head it picks and its whole wall time.
-* the ensemble of the top-k rows by val (k picked on val), and the one-SE pick over everything.
+* ``featcache-train CACHE`` (the default sweep, its pick) and ``--sweep thorough`` (its pick, then the
+  pick within each family of heads: logreg by power, linear, mlp; and its k-NN and ensemble);
+* with ``--map``, a sweep of map heads;
+* scikit-learn's ``LogisticRegression`` (lbfgs) on the standardised pooled vectors, ``C`` picked on val
+  from ``--cs``, refitted on train+val;
+* one Keras Dense head (dropout 0.2, 10 epochs, Adam), the tutorials' head, on the pooled vectors;
+* with ``--recipe``, TensorFlow's "Transfer learning and fine-tuning" recipe on the images, every
+  BatchNormalization layer pinned (expensive: the backbone runs every epoch).
 
-``--maps`` runs instead the map-head comparison of docs/quality.md ("Map heads"): the pooled heads
-(L-BFGS logreg, the linear and MLP SGD sweeps) against one map head per pooling and augmentation
-(``--map-variants``), on view 0 of the cache (``--views 1`` for the plain one).
+Then the extraction's cost (seconds, bytes a row on disk) and whether the default's pick is within one
+standard error of scikit-learn's on test. ``--maps`` runs instead the map-head comparison of
+docs/quality.md ("Map heads"): the pooled heads against one map head per pooling and augmentation
+(``--map-variants``), on view 0 of the cache.
 """
 
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
+import json
+import tarfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from _common import DEFAULT_WEIGHTS, standardizer, table  # noqa: E402  (puts the repo on sys.path)
+from _common import DEFAULT_WEIGHTS, command_line, standardizer, table  # noqa: E402  (puts the repo on sys.path)
 
 from featcache.shared.cache.reader import FeatureCache  # noqa: E402
 from featcache.shared.cache.split import parse_fractions  # noqa: E402
 from featcache.shared.errors import FeatcacheError  # noqa: E402
-from featcache.trainer import knn, logreg, pooling, selection  # noqa: E402
+from featcache.trainer import logreg, selection  # noqa: E402
 from featcache.trainer import views as tviews  # noqa: E402
 from featcache.trainer.data import Dataset, load_dataset  # noqa: E402
 
@@ -77,57 +81,10 @@ def ensure(folder: Path, cache: Path, weights: str, split: str, log=print, **ext
         source=folder, cache=cache, weights=weights, split_fractions=parse_fractions(split), progress=False, **extra
     )
     report = run_extract(cfg, log=lambda m: None)
-    log(f"  {report.summary().splitlines()[0]} ({time.perf_counter() - t0:.0f} s)")
+    seconds = time.perf_counter() - t0
+    log(f"  {report.summary().splitlines()[0]} ({seconds:.0f} s)")
+    cache.with_name(cache.name + ".extract.json").write_text(json.dumps({"seconds": seconds, **extra}))
     return cache
-
-
-def sklearn_path(x: dict, y: dict, cs: list[float]) -> tuple[selection.Candidate, float] | None:
-    try:
-        from sklearn.linear_model import LogisticRegression
-    except ImportError:
-        return None
-    t0 = time.perf_counter()
-    best = None
-    for c in cs:
-        clf = LogisticRegression(C=c, max_iter=3000).fit(x["train"], y["train"])
-        cand = selection.Candidate(
-            f"scikit-learn LogisticRegression C={c:g}", clf.predict_proba(x["val"]), clf.predict_proba(x["test"])
-        )
-        if best is None or cand.val_acc(y["val"]) > best.val_acc(y["val"]):
-            best = cand
-    return best, time.perf_counter() - t0
-
-
-def sklearn_views_path(ds: Dataset, cs: list[float]) -> tuple[selection.Candidate, float] | None:
-    """scikit-learn fitting what featcache-train's default fits on a cache with views: square-rooted
-    features of every train view, standardised, each C from scratch, scored with TTA. The same model
-    the obvious way, for the time comparison."""
-    try:
-        from sklearn.linear_model import LogisticRegression
-    except ImportError:
-        return None
-    t0 = time.perf_counter()
-    n, v, c = ds.train.views.shape
-    flat = logreg.signed_power(ds.train.views.reshape(n * v, c).astype(np.float64), 0.5)
-    mean, std = flat.mean(0), np.maximum(flat.std(0), 1e-6)
-    views = {
-        s: (logreg.signed_power(getattr(ds, s).views.astype(np.float64), 0.5) - mean) / std for s in ("val", "test")
-    }
-    best = None
-    for cv in cs:
-        clf = LogisticRegression(C=cv, max_iter=3000).fit((flat - mean) / std, np.repeat(ds.train.y, v))
-        tta = {s: tviews.tta_probs(clf.predict_proba, views[s]) for s in ("val", "test")}
-        cand = selection.Candidate(f"scikit-learn, sqrt features, {v} views C={cv:g}, TTA", tta["val"], tta["test"])
-        if best is None or cand.val_acc(ds.val.y) > best.val_acc(ds.val.y):
-            best = cand
-    return best, time.perf_counter() - t0
-
-
-def std_views(ds: Dataset, mean: np.ndarray, std: np.ndarray) -> dict[str, np.ndarray] | None:
-    """Standardised ``(n, V, C)`` views of every split, or None without views."""
-    if ds.train.views is None:
-        return None
-    return {s: (getattr(ds, s).views - mean) / std for s in ("train", "val", "test")}
 
 
 def logreg_candidates(x: dict, y: dict, cs: list[float], n_classes: int, xv: dict | None):  # noqa: ANN001
@@ -155,28 +112,6 @@ def logreg_candidates(x: dict, y: dict, cs: list[float], n_classes: int, xv: dic
     return (plain, plain_s), (views, time.perf_counter() - t0)
 
 
-KNN_KS, KNN_TS = (10, 20, 50, 100), (0.03, 0.07, 0.2)
-
-
-def knn_candidates(ds: Dataset, n_classes: int, views: bool):  # noqa: ANN001
-    """k-NN on view 0; with ``views``, keys from every train view and TTA over the query views."""
-    t0 = time.perf_counter()
-    if not views:
-        index = knn.fit(ds.train.pooled, ds.train.y, n_classes)
-        out = knn.sweep(index, [ds.val.pooled, ds.test.pooled], ks=KNN_KS, temperatures=KNN_TS)
-        cands = [selection.Candidate(f"k-NN k={k} T={t:g}", va, te, cost=0.5) for (k, t), (va, te) in out.items()]
-        return cands, time.perf_counter() - t0
-    n, v, c = ds.train.views.shape
-    index = knn.fit(ds.train.views.reshape(n * v, c), np.repeat(ds.train.y, v), n_classes)
-    queries = [getattr(ds, s).views[:, i] for s in ("val", "test") for i in range(v)]
-    out = knn.sweep(index, queries, ks=KNN_KS, temperatures=KNN_TS)
-    cands = [
-        selection.Candidate(f"k-NN on {v} views k={k} T={t:g}, TTA", np.mean(p[:v], 0), np.mean(p[v:], 0), cost=0.5 * v)
-        for (k, t), p in out.items()
-    ]
-    return cands, time.perf_counter() - t0
-
-
 def sweep_candidates(ds: Dataset, grids: list[dict], epochs: int):  # noqa: ANN001
     """The stacked SGD sweep's heads as candidates (probabilities from each trained head; with views,
     each pooled head scored on view 0 and with TTA)."""
@@ -199,15 +134,6 @@ def sweep_candidates(ds: Dataset, grids: list[dict], epochs: int):  # noqa: ANN0
                 v = state.n_views
                 cands.append(selection.Candidate(f"sweep {cfg.name}, TTA", tta["val"][k], tta["test"][k], cost * v))
     return cands, seconds, len(configs)
-
-
-def default_run(path: Path, work: Path) -> tuple[dict, dict]:
-    """``featcache.train(path)`` with every default: (the picked head's row, results.json)."""
-    import featcache
-
-    result = featcache.train(path, runs=work / "runs", progress=False)
-    r = result.results
-    return next(h for h in r["heads"] if h["name"] == r["best"]), r
 
 
 def maps_mode(
@@ -255,9 +181,243 @@ def maps_mode(
     return rows
 
 
+def prepare_source(arg: Path, work: Path) -> tuple[Path, Path | None, str]:
+    """What to extract from ``arg`` (class folders, train/val[/test] split folders, or a ``.tar`` of
+    either, unpacked into ``work/src`` once): (the source to extract, the folder ids are relative to or
+    None when they are absolute paths, how its splits are made). Split folders without a test folder
+    (the ants/bees set as shipped: train/ and val/) become a CSV of ``path,label,split`` in ``work``
+    with val as test, so that test is the shipped val and val is carved from train, as
+    ``featcache-train`` carves it (or cross-validation uses train+val)."""
+    if arg.is_file() and arg.name.endswith(".tar"):
+        dest = work / "src"
+        if not (dest / ".unpacked").exists():
+            dest.mkdir(parents=True, exist_ok=True)
+            with tarfile.open(arg) as tar:
+                tar.extractall(dest, filter="data")
+            (dest / ".unpacked").touch()
+        arg = dest
+        while True:  # down through wrapper folders (hymenoptera.tar holds hymenoptera_data/)
+            subs = [d for d in arg.iterdir() if not d.name.startswith(".")]
+            if len(subs) != 1 or not subs[0].is_dir():
+                break
+            arg = subs[0]
+    top = {d.name.lower(): d for d in arg.iterdir() if d.is_dir() and not d.name.startswith(".")}
+    splits = {n: top[n] for n in ("train", "val", "valid", "validation", "test") if n in top}
+    if not splits:
+        return arg, arg, "hash split"
+    if "test" in splits:
+        return arg, arg, "split folders"
+    csv = work / "splits-val-as-test.csv"
+    if not csv.exists():
+        lines = ["path,label,split"]
+        for name, folder in splits.items():
+            split = "train" if name == "train" else "test"
+            for cls in sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")):
+                lines += [f"{f},{cls.name},{split}" for f in sorted(cls.rglob("*")) if f.is_file()]
+        work.mkdir(parents=True, exist_ok=True)
+        csv.write_text("\n".join(lines) + "\n")
+    return csv, None, f"split folders {'/'.join(splits)}: {'/'.join(n for n in splits if n != 'train')} used as test"
+
+
+def extraction_cost(cache: Path) -> tuple[float | None, float]:
+    """(extraction seconds as recorded when this script made the cache, or None; bytes a row on disk)."""
+    rows = FeatureCache(cache).num_rows
+    size = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file())
+    record = cache.with_name(cache.name + ".extract.json")
+    seconds = json.loads(record.read_text())["seconds"] if record.exists() else None
+    return seconds, size / max(rows, 1)
+
+
+def test_se(acc: float, n: int) -> float:
+    """Binomial standard error of an accuracy on ``n`` test rows."""
+    return float(np.sqrt(acc * (1 - acc) / max(n, 1)))
+
+
+def family_rows(results: dict, label: str, seconds: float) -> list[list]:  # noqa: ANN001
+    """Per head family of a featcache run (kind; logreg also by power), its pick (the one-SE rule within
+    the family) as a table row: [model, picked by, pick acc, SE, test acc, seconds, note]."""
+    from featcache.trainer.report import pick_by, pick_score, ranking, selected_test_acc
+
+    families: dict[str, list[dict]] = {}
+    for h in results["heads"]:
+        c = h["config"]
+        key = c["kind"] + (f" power {c['power']:g}" if c["kind"] == "logreg" else "")
+        families.setdefault(key, []).append(h)
+    out = []
+    for key, heads in families.items():
+        order, _ = ranking(heads, results["splits"]["val"])
+        h = heads[order[0]]
+        acc, se = pick_score(h)
+        se = se if se is not None else test_se(acc, results["splits"]["val"])
+        tta = ", TTA" if h.get("use_tta") else ""
+        out.append([f"{label}: {key} ({len(heads)} heads) -> {h['name']}{tta}", pick_by(h), acc, se,
+                    selected_test_acc(h), seconds, f"group {h['group_wall_seconds']:.1f} s"])  # fmt: skip
+    return out
+
+
+def sklearn_lr(ds: Dataset, cs: list[float]) -> tuple[float, float, str]:
+    """scikit-learn's ``LogisticRegression`` on standardised view-0 pooled vectors: C picked on val,
+    refitted on train+val with it; (test accuracy, val accuracy of that C, the C)."""
+    from sklearn.linear_model import LogisticRegression
+
+    mean, std = standardizer(ds.train)
+    x = {s: (getattr(ds, s).pooled - mean) / std for s in ("train", "val", "test")}
+    best = max(cs, key=lambda c: (LogisticRegression(C=c, max_iter=3000).fit(x["train"], ds.train.y)
+                                  .score(x["val"], ds.val.y), -c))  # fmt: skip
+    val = LogisticRegression(C=best, max_iter=3000).fit(x["train"], ds.train.y).score(x["val"], ds.val.y)
+    clf = LogisticRegression(C=best, max_iter=3000).fit(np.concatenate([x["train"], x["val"]]),
+                                                          np.concatenate([ds.train.y, ds.val.y]))  # fmt: skip
+    return float(clf.score(x["test"], ds.test.y)), float(val), f"C={best:g}"
+
+
+def keras_dense(ds: Dataset, epochs: int = 10) -> float:
+    """The tutorials' head on the cached pooled vectors: dropout 0.2, one Dense softmax layer, Adam
+    (1e-3), ``epochs`` epochs of batch 32 on train+val, no selection; its test accuracy."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    x = np.concatenate([ds.train.pooled, ds.val.pooled])
+    y = np.concatenate([ds.train.y, ds.val.y])
+    model = keras.Sequential(
+        [keras.Input((x.shape[1],)), keras.layers.Dropout(0.2), keras.layers.Dense(len(ds.classes), "softmax")]
+    )
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x, y, epochs=epochs, batch_size=32, verbose=0)
+    return float(model.evaluate(ds.test.pooled, ds.test.y, verbose=0)[1])
+
+
+def load_images(paths: list[Path]) -> np.ndarray:
+    """``(n, 224, 224, 3)`` uint8: each image as RGB, squashed to 224x224 (bilinear), as the cache's."""
+    from PIL import Image
+
+    out = np.empty((len(paths), 224, 224, 3), np.uint8)
+    for k, p in enumerate(paths):
+        with Image.open(p) as im:
+            out[k] = np.asarray(im.convert("RGB").resize((224, 224), Image.BILINEAR))
+    return out
+
+
+def tf_recipe(ds: Dataset, root: Path | None, weights: str, epochs: int = 10) -> tuple[float, float, float]:
+    """TensorFlow's "Transfer learning and fine-tuning" recipe on the images of the same rows (train+val
+    to train, test to score), with every BatchNormalization layer pinned (``trainable = False``; see
+    ../shared/README.md): frozen MobileNetV2 with random flip and rotation (0.2), pooling, dropout 0.2,
+    Dense, Adam 1e-4, ``epochs`` epochs; then layers 100 and up unfrozen, RMSprop 1e-5, ``epochs`` more.
+    No validation during training (the tutorial's is only watched). Returns (frozen test accuracy,
+    fine-tuned test accuracy, wall seconds including reading the images)."""
+    import keras
+
+    t0 = time.perf_counter()
+    where = (lambda i: Path(i)) if root is None else (lambda i: root / i)  # noqa: E731
+    ids = np.concatenate([ds.train.id, ds.val.id])
+    x = load_images([where(i) for i in ids])
+    y = np.concatenate([ds.train.y, ds.val.y])
+    xt = load_images([where(i) for i in ds.test.id])
+    keras.utils.set_random_seed(0)
+    base = keras.applications.MobileNetV2(input_shape=(224, 224, 3), include_top=False, weights=weights)
+    base.trainable = False
+    inputs = keras.Input((224, 224, 3))
+    h = keras.layers.RandomFlip("horizontal")(inputs)
+    h = keras.layers.RandomRotation(0.2)(h)
+    h = keras.layers.Rescaling(1 / 127.5, offset=-1)(h)  # mobilenet_v2.preprocess_input
+    h = base(h, training=False)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    h = keras.layers.Dropout(0.2)(h)
+    model = keras.Model(inputs, keras.layers.Dense(len(ds.classes))(h))
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=loss, metrics=["accuracy"])
+    model.fit(x, y, batch_size=32, epochs=epochs, verbose=0)
+    frozen = float(model.evaluate(xt, ds.test.y, batch_size=32, verbose=0)[1])
+    base.trainable = True
+    for layer in base.layers[:100]:
+        layer.trainable = False
+    for layer in base.layers:  # pinned: Keras 3 runs them on batch statistics under fit otherwise
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+    model.compile(optimizer=keras.optimizers.RMSprop(1e-5), loss=loss, metrics=["accuracy"])
+    model.fit(x, y, batch_size=32, epochs=2 * epochs, initial_epoch=epochs, verbose=0)
+    tuned = float(model.evaluate(xt, ds.test.y, batch_size=32, verbose=0)[1])
+    return frozen, tuned, time.perf_counter() - t0
+
+
+def two_domains(args: argparse.Namespace, path: Path, root: Path | None, how: str, command: str) -> None:
+    """The table of docs/quality.md's "Defaults chosen on two domains" for one data set."""
+    import featcache
+    from featcache.trainer.report import pick_by, pick_score, selected_test_acc
+
+    cache = FeatureCache(path)
+    ds = load_dataset(cache, views=True)  # val carved from train as featcache-train carves it
+    n_test = len(ds.test)
+    rows: list[list] = []
+
+    def run(label: str, **kw: Any) -> dict:  # noqa: ANN401
+        t0 = time.perf_counter()
+        r = featcache.train(path, runs=args.work / "runs", progress=False, folds=args.folds, **kw).results
+        seconds = time.perf_counter() - t0
+        best = next(h for h in r["heads"] if h["name"] == r["best"])
+        acc, se = pick_score(best)
+        se = se if se is not None else test_se(acc, r["splits"]["val"])
+        tta = ", TTA" if best.get("use_tta") else ""
+        rows.append([f"{label}: its pick {best['name']}{tta}", pick_by(best), acc, se, selected_test_acc(best),
+                     seconds, f"{len(r['heads'])} heads, whole sweep"])  # fmt: skip
+        print(" | ".join(map(str, rows[-1])), flush=True)
+        return r
+
+    run("featcache-train CACHE (default sweep)")
+    default_test = rows[-1][4]
+    if not args.no_thorough:
+        t0 = time.perf_counter()
+        thorough = run("featcache-train CACHE --sweep thorough", sweep="thorough")
+        rows += family_rows(thorough, "  thorough", time.perf_counter() - t0)
+        for b in thorough.get("baselines", []):
+            va = b["val_acc"]
+            rows.append([f"  thorough: {b['kind']} {b['name']}", "val", va, test_se(va, len(ds.val)), b["test_acc"],
+                         b["seconds"], "beside the sweep, never picked"])  # fmt: skip
+    if args.map:
+        run("featcache-train CACHE --head map", **MAP_GRID, pool="mean")
+        rows[-1][-1] += " (loads the maps)"
+    t0 = time.perf_counter()
+    sk_test, sk_val, sk_c = sklearn_lr(ds, [float(c) for c in args.cs.split(",")])
+    rows.append([f"scikit-learn LogisticRegression, {sk_c} (on val), refitted on train+val", "val", sk_val,
+                 test_se(sk_val, len(ds.val)), sk_test, time.perf_counter() - t0, "view 0, standardised"])  # fmt: skip
+    t0 = time.perf_counter()
+    dense = keras_dense(ds)
+    rows.append(["Keras Dense head, dropout 0.2, 10 epochs (the tutorials' head)", "-", None, None, dense,
+                 time.perf_counter() - t0, "train+val, view 0, no selection"])  # fmt: skip
+    if args.recipe:
+        frozen, tuned, wall = tf_recipe(ds, root, args.weights)
+        rows.append(["TF transfer-learning recipe, frozen (10 epochs, flip+rotation)", "-", None, None, frozen,
+                     None, "BatchNorm pinned; the backbone runs every epoch"])  # fmt: skip
+        rows.append(["TF transfer-learning recipe, + fine-tuned layers 100+ (10 epochs, RMSprop 1e-5)", "-", None,
+                     None, tuned, wall, "wall time of both phases, images read included"])  # fmt: skip
+    ex_s, bytes_row = extraction_cost(path)
+    fmt = lambda v, d=4: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
+    out = [[m, by, fmt(a), fmt(se), fmt(t), fmt(s, 1), note] for m, by, a, se, t, s, note in rows]
+    print(
+        f"\n{path} ({cache.views} views; {how}): train {len(ds.train)}, val {len(ds.val)}, test {n_test} rows, "
+        f"{len(ds.classes)} classes; {time.strftime('%Y-%m-%d', time.gmtime())}"
+    )
+    print(table(["model", "picked by", "pick acc", "SE", "test acc", "seconds", "note"], out))
+    print(
+        f"extraction: {'not measured here (cache reused)' if ex_s is None else f'{ex_s:.0f} s'}, "
+        f"{bytes_row / 1e3:.1f} KB a row on disk ({cache.views} views, maps float16); test SE of an accuracy "
+        f"near the default's: {test_se(default_test, n_test):.4f}"
+    )
+    gap = default_test - sk_test
+    se = test_se(sk_test, n_test)
+    verdict = "within" if gap >= -se else "BELOW by more than"
+    print(f"default pick vs scikit-learn: {gap:+.4f} on test ({verdict} one standard error, {se:.4f})")
+    if cache.random_weights:
+        print("WARNING: the cache was made with RANDOM weights: the accuracies are meaningless")
+    print(command)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("folder", type=Path, help="class folders of images (e.g. /tmp/cifar10-dev)")
+    ap.add_argument(
+        "folder",
+        type=Path,
+        help="class folders, train/val[/test] split folders, or a .tar of either (e.g. /tmp/cifar10-dev)",
+    )
     ap.add_argument(
         "--work", type=Path, default=Path("/tmp/featcache-quality"), help="where the caches are kept and reused"
     )
@@ -266,14 +426,18 @@ def main() -> None:
     )
     ap.add_argument("--split", default="0.6,0.2,0.2", help="train,val,test fractions of the hash split")
     ap.add_argument(
-        "--cs", default=",".join(f"{c:g}" for c in logreg.DEFAULT_CS), help="C values for both logistic regressions"
+        "--cs", default=",".join(f"{c:g}" for c in logreg.DEFAULT_CS), help="C values for scikit-learn's C search"
     )
-    ap.add_argument("--epochs", type=int, default=30, help="epochs of the SGD sweeps (early stopping, patience 5)")
-    ap.add_argument("--no-sweep", action="store_true", help="skip the stacked SGD sweep of linear/MLP heads")
+    ap.add_argument("--epochs", type=int, default=30, help="epochs of the SGD heads (--maps mode)")
+    ap.add_argument("--folds", default="auto", help="featcache-train's --folds (auto, 0 or a count)")
+    ap.add_argument("--no-thorough", action="store_true", help="skip --sweep thorough")
+    ap.add_argument("--map", action="store_true", help="also a featcache sweep of map heads (loads the 7x7 maps)")
     ap.add_argument(
-        "--no-map", action="store_true", help="skip the map heads (they load the 7x7 maps: ~125 KB per row)"
+        "--recipe",
+        action="store_true",
+        help="also TensorFlow's transfer-learning and fine-tuning recipe on the images (BatchNorm pinned): "
+        "expensive, the backbone runs every epoch (762 s on 3,000 photographs here)",
     )
-    ap.add_argument("--no-sklearn", action="store_true", help="skip scikit-learn (slow)")
     ap.add_argument(
         "--maps",
         action="store_true",
@@ -288,118 +452,27 @@ def main() -> None:
     ap.add_argument(
         "--views",
         type=int,
-        default=2,
-        help="views per image in the cache (1: plain only; 2: + mirror; more: + random-resized crops); default 2",
+        default=1,
+        help="views per image in the cache (1: plain only; 2: + mirror; more: + random-resized crops); default 1",
     )
     args = ap.parse_args()
-    command = shlex.join([sys.executable, *sys.argv])
-    cs = [float(c) for c in args.cs.split(",")]
+    args.folds = args.folds if args.folds == "auto" else int(args.folds)
+    command = command_line()
+    source, root, how = prepare_source(args.folder, args.work)
     extra = {"views": args.views} if args.views > 1 else {}
-    path = ensure(args.folder, args.work / ("plain" if args.views == 1 else f"views{args.views}"), args.weights,
+    path = ensure(source, args.work / ("plain" if args.views == 1 else f"views{args.views}"), args.weights,
                   args.split, **extra)  # fmt: skip
+    if not args.maps:
+        two_domains(args, path, root, how, command)
+        return
     cache = FeatureCache(path)
     ds = load_dataset(cache, views=True)
-    n_classes = len(ds.classes)
-    mean, std = standardizer(ds.train)
-    x = {s: (getattr(ds, s).pooled - mean) / std for s in ("train", "val", "test")}
-    xv = std_views(ds, mean, std)
-    if args.maps:
-        variants = [tuple(v.split(":")) for v in args.map_variants.split(",")]
-        out = maps_mode(cache, ds, cs, args.epochs, variants)
-        print(f"\n{path}: train {len(ds.train)}, val {len(ds.val)}, test {len(ds.test)} rows; val interval: Wilson 95%")
-        print(table(["model (best of its family on val)", "val acc [95% CI]", "test acc", "seconds", "family"], out))
-        print(f"command: {command}")
-        return
-    y = {s: getattr(ds, s).y for s in ("train", "val", "test")}
-    rows: list[tuple[selection.Candidate, float, str]] = []  # (best candidate of a family, family seconds, how)
-    everything: list[selection.Candidate] = []
-
-    def add(family: list[selection.Candidate], seconds: float, how: str) -> None:
-        everything.extend(family)
-        rows.append((max(family, key=lambda c: c.val_acc(y["val"])), seconds, how))
-
-    sk_s = None
-    if not args.no_sklearn:
-        sk = sklearn_path(x, y, cs)
-        if sk is not None:
-            rows.append((sk[0], sk[1], f"{len(cs)} C values, each from scratch, view 0"))
-            sk_s = sk[1]
-        skv = sklearn_views_path(ds, cs) if ds.train.views is not None else None
-        if skv is not None:
-            rows.append((skv[0], skv[1], f"{len(cs)} C values, each from scratch: the default's model, the usual way"))
-    (lr, lr_s), lr_views = logreg_candidates(x, y, cs, n_classes, xv)
-    add(lr, lr_s, f"{len(cs)} C values, one warm-started path, view 0")
-    if lr_views is not None:
-        add(*lr_views, f"{len(cs)} C values x (view 0, TTA), trained on every view")
-    best, results = default_run(path, args.work)
-    use_tta = best.get("use_tta")
-    n_heads = len(results["heads"])
-    default_row = (
-        f"featcache-train defaults: {best['name']}{', TTA' if use_tta else ''}",
-        best["val_acc_tta"] if use_tta else best["val_acc"],
-        best["test_acc_tta"] if use_tta else best["test_acc"],
-        results["wall_seconds"],
-        f"the one-SE pick of {n_heads} heads + k-NN + ensemble, whole command (loading, run directory)",
-    )
-    kn, kn_s = knn_candidates(ds, n_classes, views=False)
-    add(kn, kn_s, f"{len(kn)} (k, T), one neighbour search, view 0")
-    if xv is not None:
-        kn, kn_s = knn_candidates(ds, n_classes, views=True)
-        add(kn, kn_s, f"{len(kn)} (k, T), keys: every train view; TTA")
-    if not args.no_sweep:
-        sw, sw_s, n = sweep_candidates(ds, SWEEP_GRIDS, args.epochs)
-        add(sw, sw_s, f"{n} linear+MLP heads stacked (SGD{', a view per row per epoch' if xv else ''})")
-    if not args.no_map:
-        from featcache.trainer.data import load_maps
-
-        t0 = time.perf_counter()
-        load_maps(cache, ds)
-        load_s = time.perf_counter() - t0
-        mp, mp_s, n = sweep_candidates(ds, [MAP_GRID], args.epochs)
-        add(mp, mp_s + load_s, f"{n} map heads stacked (SGD; {load_s:.0f} s of it loading maps), view 0")
-        t0 = time.perf_counter()
-        pooled_cands = []
-        for name, fn in pooling.POOLINGS.items():
-            px = {s: fn(getattr(ds, s).maps) for s in ("train", "val", "test")}
-            m, sd = px["train"].mean(0), np.maximum(px["train"].std(0), 1e-6)
-            px = {s: (v - m) / sd for s, v in px.items()}
-            for f in logreg.fit_path(px["train"], y["train"], n_classes, cs):
-                pooled_cands.append(
-                    selection.Candidate(f"L-BFGS logreg on {name} maps C={f.c:g}", f.predict_proba(px["val"]),
-                                     f.predict_proba(px["test"]), cost=1.5)
-                )  # fmt: skip
-        add(pooled_cands, time.perf_counter() - t0, f"maps pooled by {', '.join(pooling.POOLINGS)}; L-BFGS path each")
-    ens, members = selection.ensemble(everything, y["val"], max_k=10)
-    total_s = sum(r[1] for r in rows if not r[0].name.startswith("scikit"))
-    rows.append((ens, total_s, "top-k by val of everything above: " + "; ".join(members)))
-    picked = selection.pick(everything + [ens], y["val"])
-
-    n_val = len(y["val"])
-    out = []
-    name, va, te, seconds, how = default_row
-    lo, hi = selection.wilson(va * n_val, n_val)
-    out.append([name, f"{va:.4f} [{lo:.3f}, {hi:.3f}]", f"{te:.4f}", f"{seconds:.1f}", how])
-    for cand, seconds, how in rows:
-        va = cand.val_acc(y["val"])
-        lo, hi = selection.wilson(va * n_val, n_val)
-        out.append(
-            [cand.name, f"{va:.4f} [{lo:.3f}, {hi:.3f}]", f"{cand.test_acc(y['test']):.4f}", f"{seconds:.1f}", how]
-        )
-    print(
-        f"\n{path} ({cache.views} views): train {len(ds.train)}, val {len(ds.val)}, test {len(ds.test)} rows "
-        f"(hash split {args.split}), "
-        f"{n_classes} classes; standardised pooled vectors; val interval: Wilson 95%"
-    )
+    cs = [float(c) for c in args.cs.split(",")]
+    variants = [tuple(v.split(":")) for v in args.map_variants.split(",")]
+    out = maps_mode(cache, ds, cs, args.epochs, variants)
+    print(f"\n{path}: train {len(ds.train)}, val {len(ds.val)}, test {len(ds.test)} rows; val interval: Wilson 95%")
     print(table(["model (best of its family on val)", "val acc [95% CI]", "test acc", "seconds", "family"], out))
-    n_all = len(everything) + 1
-    pv, pt = picked.val_acc(y["val"]), picked.test_acc(y["test"])
-    print(f"one-SE pick over all {n_all} candidates: {picked.name}: val {pv:.4f}, test {pt:.4f}")
-    sk_note = f"; scikit-learn's sweep {sk_s:.1f} s" if sk_s is not None else ""
-    print(f"featcache, every family above (not counting extraction): {total_s:.1f} s{sk_note}")
-    print(f"extraction: {cache.views} views per image = {cache.views}x the backbone work of a plain cache")
-    if cache.random_weights:
-        print("WARNING: the cache was made with RANDOM weights: the accuracies are meaningless")
-    print(f"command: {command}")
+    print(command)
 
 
 if __name__ == "__main__":

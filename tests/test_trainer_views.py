@@ -125,8 +125,8 @@ def test_baselines_beside_the_sweep_and_a_logreg_head_exported(tmp_path):
     for name in ("logreg-pow0.5-C0.01", "logreg-pow0.5-C1"):
         state, k = out.locate(name)
         model = load(run / rundir.BEST_HEAD) if name == results["best"] else load_head(run, results, name)[1]
-        got = model.predict(ds.val.pooled, verbose=0)
-        np.testing.assert_allclose(got, state.probabilities("val", k), atol=1e-4)
+        got = model.predict(ds.test.pooled, verbose=0)  # test: val is scored out of fold when cross-validated
+        np.testing.assert_allclose(got, state.probabilities("test", k), atol=1e-4)
     # predict scores a head as it was picked: with TTA (use_tta, chosen on val), the mean over the
     # cached views; these rows are easy enough that view 0 ties TTA on val, so TTA is switched on by hand
     name = "logreg-pow0.5-C1"
@@ -134,10 +134,10 @@ def test_baselines_beside_the_sweep_and_a_logreg_head_exported(tmp_path):
     for use_tta in (False, True):
         next(h for h in rows_["heads"] if h["name"] == name)["use_tta"] = use_tta
         (run / rundir.RESULTS).write_text(json.dumps(rows_))
-        p = predict(run, tmp_path / "p.csv", split="val", head=name)
+        p = predict(run, tmp_path / "p.csv", split="test", head=name)
         got = np.loadtxt(tmp_path / "p.csv", delimiter=",", skiprows=1, usecols=range(6, 6 + 4))
         state, k = out.locate(name)
-        want = state.tta_probabilities("val")[k] if use_tta else state.probabilities("val", k)
+        want = state.tta_probabilities("test")[k] if use_tta else state.probabilities("test", k)
         assert p.views == (VIEWS if use_tta else 1)
         np.testing.assert_allclose(got, want, atol=1e-5)
     # the HTML report's numpy predictions of the best head follow the same rule

@@ -127,6 +127,7 @@ def train(
     allow_partial: bool | None = None,
     views: bool | None = None,
     baselines: bool | None = None,
+    folds: int | str | None = None,
     runs: str | Path = DEFAULT_RUNS,
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
@@ -141,7 +142,12 @@ def train(
     trained on each (rows matched by id; caches whose ids, splits or labels differ are refused), heads
     are named ``"<backbone>:<head>"`` and ranked together (trainer.multi). With ``concat=True``, the
     grid's pooled heads are also trained on the caches' pooled vectors side by side, and reported
-    (``SweepResult.concat``), never picked."""
+    (``SweepResult.concat``), never picked.
+
+    ``sweep``: a sweep file or the name of a built-in sweep (``"thorough"``; see
+    :mod:`~featcache.trainer.builtin_sweeps`). ``folds``: how the closed-form (``logreg``) heads are picked:
+    ``"auto"`` (k-fold cross-validation over train+val when val is small, :mod:`~featcache.trainer.cv`),
+    0 (on val) or a fold count."""
     from .run import run_sweep
 
     caches = _caches(cache)
@@ -156,7 +162,7 @@ def train(
     settings: dict[str, Any]  # of ints, floats and bools
     settings = dict(epochs=epochs, batch_size=batch_size, patience=patience, seed=seed, standardize=standardize)
     settings.update(val_fraction=val_fraction, max_memory_gb=max_memory_gb, allow_partial=allow_partial, views=views)
-    settings.update(baselines=baselines, stream=stream)
+    settings.update(baselines=baselines, stream=stream, folds=folds)
     configs, checked = resolve_sweep(sweep, grid, settings)
     run_dir, results = run_sweep(
         caches,

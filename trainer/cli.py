@@ -22,8 +22,11 @@ from typer.core import TyperGroup
 
 from ..shared.cli import VerboseOpt, VersionOpt, plain, run_cli, shown_default
 from ..shared.errors import FeatcacheError
+from .builtin_sweeps import builtin_help
+from .cv import CV_MAX_VAL, DEFAULT_FOLDS
 from .kinds import HEAD_KINDS, MAP_AUGMENTS, MAP_POOLS, NO_AUGMENT
 from .settings import DEFAULT_GRID, DEFAULT_RUNS, DEFAULT_TOP, DEFAULTS, SettingError
+from .sweep import expand
 
 INTERRUPTED = "interrupted: nothing of this sweep was kept (runs are written whole or not at all)"
 
@@ -99,6 +102,11 @@ SETTING_HELP = {
         "score them on view 0 and with test-time augmentation (mean over the views), the better on val "
         "counting. No effect on a cache without views."
     ),
+    "folds": (
+        "How logreg heads are picked: by k-fold cross-validation over train+val (folds by a hash of the id, "
+        f"every view of an image in one fold), then refitted on all of it; auto: {DEFAULT_FOLDS} folds when val "
+        f"has fewer than {CV_MAX_VAL} rows, else on val; 0: always on val; N: N folds. SGD heads are picked on val."
+    ),
     "baselines": (
         "Also fit, beside the sweep, a k-NN head (k and temperature picked on val) and the ensemble of the "
         "top heads by val (mean probabilities); printed under the leaderboard and kept in results.json. "
@@ -143,10 +151,12 @@ CacheArg = Annotated[
 SweepOpt = Annotated[
     Optional[Path],
     typer.Option(
+        metavar="NAME|FILE",
         help=(
-            "A TOML or JSON sweep file (grids and settings; see docs/run-format.md). List options given "
-            "here override its grids' keys; settings given here override its settings."
-        )
+            f"A built-in sweep by name: {builtin_help(expand)}. Or a TOML or JSON sweep file (grids and settings; see "
+            "docs/run-format.md). List options given here override its grids' keys; settings given here "
+            "override its settings."
+        ),
     ),
 ]
 
@@ -177,6 +187,7 @@ def train(
     allow_partial: Annotated[Optional[bool], _setting("allow_partial", "--allow-partial")] = None,
     views: Annotated[Optional[bool], _setting("views", "--views/--no-views")] = None,
     baselines: Annotated[Optional[bool], _setting("baselines", "--baselines/--no-baselines")] = None,
+    folds: Annotated[Optional[str], _setting("folds")] = None,
     concat: Annotated[
         bool,
         typer.Option(
@@ -200,7 +211,7 @@ def train(
     Writes runs/<time>/: results.json, leaderboard.txt, plot.png (with matplotlib), best_head.keras
     and heads.npz (every head's weights); see docs/run-format.md.
     """
-    from .sweep import parse_list
+    from .sweep import parse_list, parse_text
 
     def job() -> None:
         from . import api
@@ -215,6 +226,7 @@ def train(
                 standardize=standardize, val_fraction=val_fraction, max_memory_gb=max_memory_gb,
                 stream=stream,
                 allow_partial=allow_partial, views=views, baselines=baselines, runs=runs,
+                folds=None if folds is None else parse_text(folds),
                 progress=progress, concat=concat,
                 log=lambda m: typer.echo(m, err=True), command=["featcache-train", *sys.argv[1:]],
             )  # fmt: skip
@@ -236,8 +248,14 @@ def train(
         test_acc = best.test_acc_tta if best.use_tta else best.test_acc
         test = "n/a" if test_acc is None else f"{test_acc:.4f}"
         scored = f" (TTA over {best.views} views)" if best.use_tta else ""
+        from .report import pick_by, pick_score
+
+        row = next(h for h in result.results["heads"] if h["name"] == best.name)
+        acc, se = pick_score(row)
+        val = f"val {best.val_acc_tta if best.use_tta else best.val_acc:.4f}"
+        picked = val if se is None else f"{pick_by(row)} {acc:.4f} +- {se:.4f} (out-of-fold {val})"
         typer.echo(
-            f"best: {best.name}{scored}: val {best.val_acc_tta if best.use_tta else best.val_acc:.4f}, test {test}; "
+            f"best: {best.name}{scored}: {picked}, test {test}; "
             f"{len(result.heads)} heads "
             f"in {result.wall_seconds:.1f} s -> {result.run_dir}"
         )

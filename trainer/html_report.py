@@ -35,6 +35,9 @@ from .report import (
     confusion,
     confusion_entries,
     confusion_summary,
+    pick_by,
+    pick_rule,
+    pick_score,
     ranking,
     recorded_confusion,
     selected_test_acc,
@@ -189,6 +192,7 @@ def build(run_dir: str | Path) -> tuple[str, dict[str, Any]]:
     sections = []
 
     # -- leaderboard ----------------------------------------------------------------------------------
+    cv = any(h.get("cv") for h in heads)
     board = [
         (
             r,
@@ -200,17 +204,21 @@ def build(run_dir: str | Path) -> tuple[str, dict[str, Any]]:
             _fmt(h["val_loss"]),
             _fmt(selected_test_acc(h)),
             _scored(h),
+            *((_fmt(pick_score(h)[0]), _fmt(pick_score(h)[1]), pick_by(h)) if cv else ()),
         )
         for r, h in enumerate(heads, 1)
     ]
     header = ["rank", "head", "kind", *BOARD_KEYS.values(), "best epoch"]
+    # cross-validated heads (trainer.cv): the quantity the pick compared, its standard error and which it was
+    picked = ["pick acc", "SE", "by"] if cv else []
     body = [
         H.note(
             f"{len(heads)} heads on {results['cache']['path']} ({describe(results['cache']['fingerprint'])}; "
             f"rows: {', '.join(f'{k} {v:,}' for k, v in results['splits'].items())}), {results['wall_seconds']:.1f} s; "
-            f"best on val: {best['name']}. Command: {' '.join(results.get('command', []))}"
+            f"the pick: {best['name']}. Command: {' '.join(results.get('command', []))}"
         ),
-        H.table([*header, "val acc", "val loss", "test acc", "scored"], board, 'id="leaderboard"'),
+        H.table([*header, "val acc", "val loss", "test acc", "scored", *picked], board, 'id="leaderboard"'),
+        H.note(pick_rule(results["heads"], results["splits"]["val"])),
     ]
     body += [H.note(n) for n in results.get("notes", [])]
     sections.append(("leaderboard", "Leaderboard", "\n".join(body)))

@@ -59,6 +59,7 @@ class GroupState:
     best_epoch: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
     stale: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
     seconds: float = 0.0
+    cv: Any = None  # a closed-form group picked by cross-validation: its trainer.cv.CVResult
 
     def __post_init__(self) -> None:
         k = self.group.k
@@ -100,6 +101,32 @@ class GroupState:
         self.end_epoch(1, np.ones(self.group.k, bool), np.stack(self.evaluate("train")), self.evaluate("val"))
         self.seconds += time.perf_counter() - t0
 
+    def fit_cv(self, train: Any, val: Any, folds: int) -> None:
+        """Cross-validate a closed-form group over the rows of ``train`` and ``val`` (in-memory splits)
+        in ``folds`` folds, then fit it on all of them (:mod:`~featcache.trainer.cv`); its epoch 1 records
+        the train rows' metrics and the val rows' out-of-fold ones."""
+        from .cv import cross_validate
+        from .engine import make_group
+
+        t0 = time.perf_counter()
+        parts = [s.views if self.n_views > 1 else s.pooled[:, None] for s in (train, val)]
+        x, y = np.concatenate(parts), np.concatenate([train.y, val.y])
+        g = self.group
+        g.fit(x, y)  # the head kept; its solutions start the folds' fits
+        self.cv = cross_validate(
+            lambda: make_group(g.configs, g.in_dim, g.n_classes, 0),
+            x,
+            y,
+            np.concatenate([train.id, val.id]),
+            folds,
+            len(val),
+            warm=g,
+        )
+        picked = np.take_along_axis(self.cv.val, np.broadcast_to(val.y[None, :, None], (g.k, len(val.y), 1)), 2)
+        val_metrics = -np.log(np.maximum(picked[..., 0], 1e-12)).mean(1), view_accuracy(self.cv.val, val.y)
+        self.end_epoch(1, np.ones(g.k, bool), np.stack(self.evaluate("train")), val_metrics)
+        self.seconds += time.perf_counter() - t0
+
     def evaluate(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """Mean loss and accuracy ``(k,)`` of every head on ``split`` (no dropout)."""
         return self.group.evaluate((self.x(b), b.y) for b in self.feeds[split].eval_batches(self.eval_batch, self.need))
@@ -109,7 +136,10 @@ class GroupState:
         return self.predictions(split)[head]
 
     def predictions(self, split: str) -> np.ndarray:
-        """Every head's class probabilities ``(k, n, n_classes)`` on ``split``."""
+        """Every head's class probabilities ``(k, n, n_classes)`` on ``split`` (val of a cross-validated
+        group: the out-of-fold ones)."""
+        if split == "val" and self.cv is not None:
+            return self.cv.val
         parts = [self.group.predict(self.x(b)) for b in self.feeds[split].eval_batches(self.eval_batch, self.need)]
         return np.concatenate(parts, axis=1) if parts else np.zeros((self.group.k, 0, self.group.n_classes))
 
@@ -122,6 +152,8 @@ class GroupState:
         """Every head's mean class probabilities over the views ``(k, n, n_classes)``, or None without views."""
         if self.n_views == 1:
             return None
+        if split == "val" and self.cv is not None:
+            return self.cv.val_tta
         need = Need(pooled=False, views=self.n_views)
         batches = self.feeds[split].eval_batches(self.eval_batch, need)
         parts = [tta_probs(self.group.predict, self.as_cached(asked(b.views))) for b in batches]
@@ -228,7 +260,8 @@ def _train_epoch(
 
 def _finish(s: GroupState, y_val: np.ndarray, y_test: np.ndarray) -> list[dict[str, Any]]:
     """Restore each head's best weights and describe it, with its test metrics (None without test
-    rows) and, in a group with views, its val and test accuracy with TTA and whether val prefers it."""
+    rows) and, in a group with views, its val and test accuracy with TTA and whether val prefers it
+    (a cross-validated group: whether the CV mean prefers it; its rows carry ``cv``)."""
     s.group.restore_best()
     tloss, tacc = s.evaluate("test")
     has_test = len(y_test) > 0
@@ -237,7 +270,7 @@ def _finish(s: GroupState, y_val: np.ndarray, y_test: np.ndarray) -> list[dict[s
         tta = {
             n: view_accuracy(asked(s.tta_probabilities(n)), y) for n, y in (("val", y_val), ("test", y_test)) if len(y)
         }
-    return [
+    rows = [
         {
             "name": cfg.name,
             "config": cfg.to_json(),
@@ -256,6 +289,11 @@ def _finish(s: GroupState, y_val: np.ndarray, y_test: np.ndarray) -> list[dict[s
         }
         for k, cfg in enumerate(s.group.configs)
     ]
+    if s.cv is not None:
+        for k, row in enumerate(rows):
+            row["cv"] = cv = s.cv.row(k)
+            row["use_tta"] = bool(tta) and cv["acc_tta"] > cv["acc"]  # chosen on the CV means
+    return rows
 
 
 def train(ds: Dataset, configs: list[HeadConfig], settings: Settings, progress: bool = True) -> TrainOutput:
@@ -281,8 +319,13 @@ def train(ds: Dataset, configs: list[HeadConfig], settings: Settings, progress: 
     for f in feeds.values():
         f.mean_std = mean_std
     states = _build_states(ds, configs, settings.seed, feeds)
+    from .cv import folds_for
+
+    folds = folds_for(settings.folds, len(ds.val), len(ds.train) + len(ds.val))
     for s in states:
-        if s.closed_form:
+        if s.closed_form and folds:
+            s.fit_cv(ds.train, ds.val, folds)
+        elif s.closed_form:
             s.fit(ds.train)
     n_batches = -(-len(ds.train) // settings.batch_size)
     bar = tqdm(total=settings.epochs * n_batches, unit="batch", disable=not progress, leave=False, dynamic_ncols=True)

@@ -35,6 +35,21 @@ def selected_test_acc(head: dict[str, Any]) -> float | None:
     return head["test_acc_tta"] if head.get("use_tta") else head["test_acc"]
 
 
+def pick_score(head: dict[str, Any]) -> tuple[float, float | None]:
+    """What the pick compares for ``head``: its cross-validation mean and standard error (scored the
+    way the CV means chose: view 0 or TTA) when it was cross-validated (trainer.cv), else its val
+    accuracy as chosen on val and None."""
+    cv = head.get("cv")
+    if cv is None:
+        return selected_val_acc(head), None
+    return (cv["acc_tta"], cv["se_tta"]) if head.get("use_tta") else (cv["acc"], cv["se"])
+
+
+def pick_by(head: dict[str, Any]) -> str:
+    """``"cv5"`` (5-fold cross-validation over train+val) or ``"val"``: what the pick compared."""
+    return f"cv{head['cv']['folds']}" if head.get("cv") else "val"
+
+
 def simplicity(head: dict[str, Any]) -> tuple[int, int]:
     """Orders tied heads: kinds in registry order (linear, mlp, map), then narrower first."""
     c = head["config"]
@@ -45,10 +60,12 @@ def simplicity(head: dict[str, Any]) -> tuple[int, int]:
 def ranking(heads: list[dict[str, Any]], n_val: int) -> tuple[list[int], int]:
     """Positions of ``heads`` in leaderboard order and how many lead it tied with the best (one-SE
     rule on ``n_val`` val rows; equal simplicity: lower val loss, then grid order)."""
-    accs = [selected_val_acc(h) for h in heads]
+    scores = [pick_score(h) for h in heads]
+    accs = [a for a, _ in scores]
+    lows = [None if se is None else a - se for a, se in scores]
     # loss folded into the cost's last place so that equal accuracy and simplicity prefer the lower loss
     costs = [(*simplicity(h), h["val_loss"]) for h in heads]
-    return rank(accs, costs, max(n_val, 1))
+    return rank(accs, costs, max(n_val, 1), lows=lows)
 
 
 def best_head(heads: list[dict[str, Any]], n_val: int) -> dict[str, Any]:
@@ -58,12 +75,20 @@ def best_head(heads: list[dict[str, Any]], n_val: int) -> dict[str, Any]:
 
 def pick_rule(heads: list[dict[str, Any]], n_val: int) -> str:
     """The pick's reason in numbers a user can check against the leaderboard's columns."""
-    accs = [selected_val_acc(h) for h in heads]
-    best = max(accs)
-    low, _ = wilson(best * max(n_val, 1), max(n_val, 1), Z_ONE_SE)
+    scores = [pick_score(h) for h in heads]
+    at = max(range(len(heads)), key=lambda i: scores[i][0])
+    best, se = scores[at]
+    if se is None:
+        low, _ = wilson(best * max(n_val, 1), max(n_val, 1), Z_ONE_SE)
+        what = "val acc" if all(s is None for _, s in scores) else "pick acc"
+        why = f"{what} >= {low:.4f}, the lower end of the best val acc {best:.4f}'s one-standard-error interval on "
+        why += f"{n_val} val rows"
+    else:
+        folds = heads[at]["cv"]["folds"]
+        why = f"pick acc >= {best - se:.4f}, the best {folds}-fold cross-validation mean {best:.4f} minus its "
+        why += f"standard error {se:.4f}"
     return (
-        f"~ tied with the best: val acc >= {low:.4f}, the lower end of the best val acc {best:.4f}'s "
-        f"one-standard-error interval on {n_val} val rows.\n  The pick (rank 1) is the simplest tied head "
+        f"~ tied with the best: {why}.\n  The pick (rank 1) is the simplest tied head "
         f"(kind in the order {', '.join(HEAD_KINDS)}; then narrower; then the lower val loss); the rest follow "
         "by val acc."
     )
@@ -71,26 +96,34 @@ def pick_rule(heads: list[dict[str, Any]], n_val: int) -> str:
 
 def leaderboard(heads: list[dict[str, Any]], n_val: int, top: int = DEFAULT_TOP, more_in: str = "results.json") -> str:
     """The ``top`` heads in :func:`ranking` order as a text table: rank (``~`` within noise of the
-    best), val accuracy with its 95% Wilson interval, val loss (what breaks ties among equally simple
-    heads), test accuracy, how it was scored, best epoch, the backbone (in a sweep on several caches)
-    and name; then :func:`pick_rule`, the threshold the pick used."""
+    best), val accuracy with its 95% Wilson interval (when a head was cross-validated: the pick's
+    quantity, its standard error, ``cv5`` or ``val``, then the val accuracy), val loss (what breaks
+    ties among equally simple heads), test accuracy, how it was scored, best epoch, the backbone (in a
+    sweep on several caches) and name; then :func:`pick_rule`, the threshold the pick used."""
     order, tied = ranking(heads, n_val)
     fmt = lambda v: "   -  " if v is None else f"{v:.4f}"  # noqa: E731
     # a sweep on several caches (trainer.multi): a column says which backbone's features each head read
     width = max((max(len(h["backbone"]), len("backbone")) for h in heads if "backbone" in h), default=0)
     col = (lambda h: f"{h.get('backbone', ''):<{width}}  ") if width else (lambda h: "")  # noqa: E731
     backbone = f"{'backbone':<{width}}  " if width else ""
-    lines = [
-        f"{'rank':>4}  {'val acc':>7}  {'95% CI':>13}  {'val loss':>8}  {'test acc':>8}  {'scored':>6}  {'epoch':>5}  "
-        f"{backbone}head"
-    ]
+    cv = any(h.get("cv") for h in heads)
+    # with cross-validated heads: the quantity the pick compared (CV mean or val acc), its standard error
+    # (over folds, or binomial on the val rows) and which it was, then the val acc (out-of-fold for CV)
+    pick_cols = f"{'pick acc':>8}  {'SE':>6}  {'by':>4}  {'val acc':>7}" if cv else f"{'val acc':>7}  {'95% CI':>13}"
+    lines = [f"{'rank':>4}  {pick_cols}  {'val loss':>8}  {'test acc':>8}  {'scored':>6}  {'epoch':>5}  {backbone}head"]
     for r, i in enumerate(order[:top], 1):
         h = heads[i]
         va = selected_val_acc(h)
-        lo, hi = wilson(va * n_val, n_val)
+        if cv:
+            acc, se = pick_score(h)
+            se = np.sqrt(acc * (1 - acc) / max(n_val, 1)) if se is None else se
+            cols = f"{acc:>8.4f}  {se:>6.4f}  {pick_by(h):>4}  {va:>7.4f}"
+        else:
+            lo, hi = wilson(va * n_val, n_val)
+            cols = f"{va:>7.4f}  [{lo:.3f},{hi:.3f}]"
         scored = f"TTA x{h['views']}" if h.get("use_tta") else "view 0"
         lines.append(
-            f"{r:>3}{'~' if r <= tied else ' '}  {va:>7.4f}  [{lo:.3f},{hi:.3f}]  {h['val_loss']:>8.4f}  "
+            f"{r:>3}{'~' if r <= tied else ' '}  {cols}  {h['val_loss']:>8.4f}  "
             f"{fmt(selected_test_acc(h)):>8}  {scored:>6}  {h['best_epoch']:>5}  {col(h)}{h['name']}"
         )
     if len(order) > top:

@@ -49,12 +49,21 @@ class Candidate:
         return float(np.mean(self.test.argmax(1) == y)) if len(y) else None
 
 
-def rank(accs: Sequence[float], costs: Sequence[Any], n: int, z: float = Z_ONE_SE) -> tuple[list[int], int]:
+def rank(
+    accs: Sequence[float],
+    costs: Sequence[Any],
+    n: int,
+    z: float = Z_ONE_SE,
+    lows: Sequence[float | None] | None = None,
+) -> tuple[list[int], int]:
     """The selection order of heads with val accuracies ``accs`` (on ``n`` rows) and ``costs``: first
     those tied with the best (val accuracy at least the lower end of the best's ``z``-Wilson interval)
     from the cheapest up (equal cost: higher accuracy first, then earlier), then the rest by accuracy.
-    Returns (order, how many are tied); ``order[0]`` is the pick."""
-    low, _ = wilson(max(accs) * n, n, z)
+    ``lows``: per head, the lower end of its own one-SE interval where it is not a val accuracy on ``n``
+    rows (a cross-validation mean minus its standard error; None: Wilson). Returns (order, how many are
+    tied); ``order[0]`` is the pick."""
+    best = int(np.argmax(accs))
+    low = lows[best] if lows is not None and lows[best] is not None else wilson(accs[best] * n, n, z)[0]
     tied = sorted((i for i, a in enumerate(accs) if a >= low), key=lambda i: (costs[i], -accs[i], i))
     rest = sorted((i for i, a in enumerate(accs) if a < low), key=lambda i: (-accs[i], i))
     return tied + rest, len(tied)

@@ -18,6 +18,8 @@ from ..shared.errors import FeatcacheError
 from .kinds import HEAD_KINDS, MAP_AUGMENTS, MAP_POOLS, NO_AUGMENT
 from .logreg import DEFAULT_CS
 
+AUTO_FOLDS = "auto"
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -34,12 +36,25 @@ class Settings:
     allow_partial: bool = False
     views: bool = True  # on a cache with views: pooled heads train on them and are also scored with TTA
     baselines: bool = True  # the k-NN head and the ensemble beside the sweep
+    # closed-form heads picked by k-fold cross-validation over train+val (trainer.cv): "auto" (when val is
+    # small), 0 (never: on val), or a fold count
+    folds: int | str = AUTO_FOLDS
 
 
 DEFAULTS = Settings()
 SETTING_KEYS = tuple(f.name for f in fields(Settings))
 # Settings a sweep file may hold (the others are per-machine: given on the command line or the API).
-FILE_SETTING_KEYS = ("epochs", "batch_size", "patience", "seed", "standardize", "val_fraction", "views", "baselines")
+FILE_SETTING_KEYS = (
+    "epochs",
+    "batch_size",
+    "patience",
+    "seed",
+    "standardize",
+    "val_fraction",
+    "views",
+    "baselines",
+    "folds",
+)
 GRID_KEYS = ("head", "lr", "weight_decay", "hidden", "dropout", "label_smoothing", "c", "power", "pool", "map_augment")
 # The default sweep is what the CIFAR-10 dev table (docs/quality.md) shows to be worth its time: the
 # L-BFGS logistic-regression path on square-rooted features (9 C values, one warm-started pass; the
@@ -101,6 +116,16 @@ def _flag(v: Any) -> bool:
     return v
 
 
+def _folds(v: Any) -> int | str:
+    """``"auto"``, 0 (off) or a whole number of folds >= 2."""
+    if v == AUTO_FOLDS:
+        return v
+    integral = isinstance(v, int) or (isinstance(v, float) and v.is_integer())
+    if isinstance(v, bool) or not integral or v < 0 or v == 1:
+        raise ValueError(f"must be {AUTO_FOLDS}, 0 (pick on val) or a whole number of folds >= 2")
+    return int(v)
+
+
 def _head_kind(v: Any) -> str:
     if v not in HEAD_KINDS:
         raise ValueError(f"unknown head kind; choose from {', '.join(HEAD_KINDS)}")
@@ -135,6 +160,7 @@ RULES: dict[str, Callable[[Any], Any]] = {
     "allow_partial": _flag,
     "views": _flag,
     "baselines": _flag,
+    "folds": _folds,
     "head": _head_kind,
     "lr": _real(0, lo_open=True),
     "weight_decay": _real(0),

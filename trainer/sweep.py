@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..shared.errors import FeatcacheError
+from .builtin_sweeps import BUILTIN_SWEEPS, builtin
 from .kinds import HEAD_KINDS, NO_AUGMENT, reads_maps
 from .settings import DEFAULT_GRID, FILE_SETTING_KEYS, GRID_KEYS, SettingError, Settings, check_value, make_settings
 
@@ -177,13 +178,24 @@ def resolve_sweep(
 ) -> tuple[list[HeadConfig], Settings]:
     """The heads and settings of a sweep, every value checked before anything is trained.
 
+    ``sweep_file``: a sweep file, or the name of a built-in sweep (:mod:`~featcache.trainer.builtin_sweeps`).
     ``sweep_file``'s grids and settings are the base; ``grid`` (key -> value or list) overrides the
     keys of each of its grids and ``settings`` (None values ignored) its settings. Errors name the
     file for its values, the argument for the others.
     """
     given = {k: v for k, v in (grid or {}).items() if v is not None}
     chosen = {k: v for k, v in (settings or {}).items() if v is not None}
-    grids, file_settings = load_sweep_file(sweep_file) if sweep_file is not None else ([{}], {})
+    named = builtin(sweep_file) if sweep_file is not None else None
+    if named is not None:
+        grids, file_settings = [dict(g) for g in named.grids], dict(named.settings)
+    elif sweep_file is not None:
+        if not Path(sweep_file).exists() and not Path(sweep_file).suffix:
+            raise FeatcacheError(
+                f"{sweep_file}: neither a built-in sweep ({', '.join(BUILTIN_SWEEPS)}) nor a sweep file"
+            )
+        grids, file_settings = load_sweep_file(Path(sweep_file))
+    else:
+        grids, file_settings = [{}], {}
     make_settings(file_settings, sweep_file)  # the file's values, named with the file
     expand(given)  # the arguments' values, named as arguments
     checked = make_settings({**file_settings, **chosen})

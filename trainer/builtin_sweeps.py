@@ -1,0 +1,78 @@
+"""The built-in sweeps, ``--sweep NAME`` (``train(sweep="thorough")``) beside ``--sweep FILE``.
+
+Each is what a sweep file holds (grids and settings), as data, stated once here: the command line's
+help, the docs (docs/cli-reference.md, docs/trainer.md) and the check of a ``sweep`` value read
+:data:`BUILTIN_SWEEPS`, and its grids go through the same checks as a file's
+(:func:`featcache.trainer.sweep.resolve_sweep`). A name in :data:`BUILTIN_SWEEPS` is the built-in
+sweep even when a file of that name is in the current folder (give ``./NAME`` for the file).
+
+* ``default``: what ``featcache-train CACHE`` runs with no grid option (:data:`DEFAULT_GRID`): seconds.
+* ``thorough``: what the benchmarks on both dev sets (docs/quality.md, "Defaults chosen on two
+  domains") show is worth minutes. To extend it (a feature set of layer taps for the pooled kinds, a
+  head fine-tuned from a cached top input), add a grid to :data:`THOROUGH_GRIDS`; nothing else changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+# The logistic-regression path, wider than the default's: C from 1e-5 to 10 in half decades, on the
+# features as cached and square-rooted (one warm-started path per power; the pick by cross-validation
+# when val is small): seconds more than the default's 9 heads.
+WIDE_CS = [float(f"{10 ** (e / 2):.6g}") for e in range(-10, 3)]
+THOROUGH_GRIDS: list[dict[str, Any]] = [
+    {"head": ["logreg"], "c": WIDE_CS, "power": [0.5, 1]},
+    # SGD linear heads: a few learning rates and weight decays, stacked (one pass over the data)
+    {"head": ["linear"], "lr": [1e-3, 3e-3], "weight_decay": [0.0, 1e-2]},
+    # MLPs of one hidden layer: the family that won on the small photo set (ants/bees)
+    {"head": ["mlp"], "hidden": [512], "dropout": [0.2, 0.5], "lr": [1e-3, 3e-3], "weight_decay": [0.0, 1e-2]},
+    # no map heads: on both dev sets they tied the pooled heads at 10-100x their cost (docs/quality.md)
+]
+
+
+@dataclass(frozen=True)
+class BuiltinSweep:
+    """``grids``: grid tables as a sweep file's ``[[grid]]`` (missing keys take the default grid's
+    values); ``settings``: sweep-file settings (``epochs``, ``patience``, ...); ``help``: one line."""
+
+    name: str
+    help: str
+    grids: list[dict[str, Any]] = field(default_factory=lambda: [{}])
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+BUILTIN_SWEEPS: dict[str, BuiltinSweep] = {
+    s.name: s
+    for s in (
+        BuiltinSweep(
+            "default",
+            "what no grid option gives, seconds",
+        ),
+        BuiltinSweep("thorough", "what the benchmarks on two domains show is worth minutes", THOROUGH_GRIDS),
+    )
+}
+
+
+def heads(sweep: BuiltinSweep, expand: Callable[[dict[str, Any]], list[Any]]) -> dict[str, int]:
+    """How many heads of each kind ``sweep`` trains (kind -> count, in grid order), its grids expanded by
+    ``expand`` (:func:`featcache.trainer.sweep.expand`, which reads this module: passed in)."""
+    out: dict[str, int] = {}
+    for config in dict.fromkeys(c for g in sweep.grids for c in expand(g)):
+        out[config.kind] = out.get(config.kind, 0) + 1
+    return out
+
+
+def builtin_help(expand: Callable[[dict[str, Any]], list[Any]]) -> str:
+    """The built-in sweeps as one sentence for ``--help``: ``name (what it is: its heads); ...``."""
+    return "; ".join(
+        f"{s.name} ({s.help}: {', '.join(f'{n} {k}' for k, n in heads(s, expand).items())} heads)"
+        for s in BUILTIN_SWEEPS.values()
+    )
+
+
+def builtin(name: Any) -> BuiltinSweep | None:
+    """The built-in sweep called ``name`` (a str or a Path of one part), or None."""
+    text = str(name)
+    return BUILTIN_SWEEPS.get(text) if "/" not in text and "\\" not in text else None
