@@ -50,7 +50,7 @@ def folds_for(folds: int | str, n_val: int, n_rows: int) -> int:
     0), 0, or a count, refused when train+val has fewer rows (``n_rows``) than folds."""
     if folds == AUTO_FOLDS:
         return DEFAULT_FOLDS if n_val < CV_MAX_VAL and n_rows >= 2 * DEFAULT_FOLDS else 0
-    if folds and folds > n_rows:
+    if isinstance(folds, int) and folds > n_rows:
         raise SettingError(
             "folds", folds, f"more folds than the {n_rows} labelled train+val rows to cross-validate on; use fewer"
         )
@@ -112,6 +112,7 @@ def cross_validate(
         right = p.argmax(-1) == y  # (h, n)
         return np.stack([right[:, folds == f].mean(axis=1) for f in range(k)], axis=1)
 
+    assert probs is not None  # k >= 2 folds, each predicted
     val = slice(n - n_val, n)
     return CVResult(
         k,

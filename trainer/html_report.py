@@ -210,14 +210,14 @@ def build(run_dir: str | Path) -> tuple[str, dict[str, Any]]:
     ]
     header = ["rank", "head", "kind", *BOARD_KEYS.values(), "best epoch"]
     # cross-validated heads (trainer.cv): the quantity the pick compared, its standard error and which it was
-    picked = ["pick acc", "SE", "by"] if cv else []
+    pick_columns = ["pick acc", "SE", "by"] if cv else []
     body = [
         H.note(
             f"{len(heads)} heads on {results['cache']['path']} ({describe(results['cache']['fingerprint'])}; "
             f"rows: {', '.join(f'{k} {v:,}' for k, v in results['splits'].items())}), {results['wall_seconds']:.1f} s; "
             f"the pick: {best['name']}. Command: {' '.join(results.get('command', []))}"
         ),
-        H.table([*header, "val acc", "val loss", "test acc", "scored", *picked], board, 'id="leaderboard"'),
+        H.table([*header, "val acc", "val loss", "test acc", "scored", *pick_columns], board, 'id="leaderboard"'),
         H.note(pick_rule(results["heads"], results["splits"]["val"])),
     ]
     body += [H.note(n) for n in results.get("notes", [])]

@@ -203,7 +203,11 @@ class LogregGroup:
             cs = [self.configs[i].c for i in mine]
             init = None
             if warm is not None:
-                init = [restandardised(warm.fits[i], warm.norm[power], (mean, std)) for i in mine]
+                init = []
+                for i in mine:
+                    fitted = warm.fits[i]
+                    assert fitted is not None  # the warm group was fitted on every head
+                    init.append(restandardised(fitted, warm.norm[power], (mean, std)))
             xs = ((flat - mean) / std).astype(np.float32)
             fits = fit_path(xs, labels, self.n_classes, cs, dtype=np.float32, init=init)
             for i, f in zip(mine, fits, strict=True):

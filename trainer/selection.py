@@ -63,7 +63,8 @@ def rank(
     rows (a cross-validation mean minus its standard error; None: Wilson). Returns (order, how many are
     tied); ``order[0]`` is the pick."""
     best = int(np.argmax(accs))
-    low = lows[best] if lows is not None and lows[best] is not None else wilson(accs[best] * n, n, z)[0]
+    own = lows[best] if lows is not None else None
+    low = own if own is not None else wilson(accs[best] * n, n, z)[0]
     tied = sorted((i for i, a in enumerate(accs) if a >= low), key=lambda i: (costs[i], -accs[i], i))
     rest = sorted((i for i, a in enumerate(accs) if a < low), key=lambda i: (-accs[i], i))
     return tied + rest, len(tied)
