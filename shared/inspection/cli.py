@@ -66,13 +66,18 @@ def _print_summary(s: dict[str, Any]) -> None:
             where = f"shards {first}..{stop - 1}" if stop > first else "no new shards"
             echo(f"  generation {g['generation']} {g['created']}: {g['inputs']} inputs, {where} ({what})")
     echo(f"backbone:  {describe(fp)}")
-    echo(f"input:     {fp['resize']} to {fp['input_size']}, {fp['preprocessing']}")
-    echo(
-        f"storage:   maps {fp['maps_dtype']} {s['storage']['compression']}, computed in {fp['compute_dtype']}; "
-        f"{s['bytes']['total'] / 1e6:.1f} MB on disk"
-        + (f", {s['bytes']['per_row'] / 1e3:.1f} KB per row" if s["bytes"]["per_row"] else "")
+    on_disk = f"{s['bytes']['total'] / 1e6:.1f} MB on disk" + (
+        f", {s['bytes']['per_row'] / 1e3:.1f} KB per row" if s["bytes"]["per_row"] else ""
     )
-    echo(f"libraries: tensorflow {fp.get('tensorflow')}, keras {fp.get('keras')}, oneDNN {fp.get('onednn')}")
+    if not schema.has_maps(fp):
+        echo(f"storage:   pooled vectors only (no maps); {on_disk}")
+    else:
+        echo(f"input:     {fp['resize']} to {fp['input_size']}, {fp['preprocessing']}")
+        echo(
+            f"storage:   maps {fp['maps_dtype']} {s['storage']['compression']}, computed in {fp['compute_dtype']}; "
+            + on_disk
+        )
+        echo(f"libraries: tensorflow {fp.get('tensorflow')}, keras {fp.get('keras')}, oneDNN {fp.get('onednn')}")
     echo(f"source:    {s['source']['kind']} {s['source']['root']}; splits from {s['split_source']}")
     echo("splits:    " + ", ".join(f"{k} {v}" for k, v in s["splits"].items()))
     if s["classes"]:
@@ -228,9 +233,12 @@ def show(
         index = int(rows.index[k])
         v = rows.pooled[k]
         shard = next(s for s in c.shards if s.first_index <= index < s.first_index + s.num_inputs)
-        ((_, maps),) = c.iter_maps(indices=[index], dtype="float32")
-        maps = maps[0]
-        energy = maps.mean(axis=-1)
+        if png is not None:
+            c.require_maps("--png draws the maps' activations: leave it out")
+        maps = None
+        if c.has_maps:
+            ((_, maps),) = c.iter_maps(indices=[index], dtype="float32")
+            maps = maps[0]
         echo = typer.echo
         echo(f"row index {index} in {shard.file}: {rows.id[k]}")
         echo(
@@ -245,6 +253,10 @@ def show(
         )
         strongest = np.argsort(-v, kind="stable")[:top]
         echo("strongest channels: " + ", ".join(f"{ch} ({v[ch]:.3f})" for ch in strongest))
+        if maps is None:
+            echo(f"maps: none (the cache holds imported vectors: {describe(c.fingerprint)})")
+            return
+        energy = maps.mean(axis=-1)
         echo(f"maps {maps.shape}: zeros {100 * (maps == 0).mean():.1f}%; mean activation per position:")
         for line in energy:
             echo("  " + " ".join(f"{x:6.3f}" for x in line))
@@ -338,6 +350,17 @@ def export_cmd(
             ),
         ),
     ] = None,
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help=(
+                "npz: OUT.npz and OUT.csv; parquet: OUT.parquet (id, index, label, class, split and the pooled "
+                "vector as a fixed-size list of float32, in row groups: bounded memory; readable by pandas, "
+                "polars and DuckDB; needs pip install 'featcache[parquet]')."
+            ),
+        ),
+    ] = "npz",
     projector: Annotated[
         Optional[Path],
         typer.Option(
@@ -353,14 +376,25 @@ def export_cmd(
     ] = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Pooled vectors, labels, ids and splits as .npz and .csv, for scikit-learn and other tools; or a
-    folder for TensorBoard's embedding projector."""
+    """Pooled vectors, labels, ids and splits as .npz and .csv (or Parquet), for scikit-learn and other
+    tools; or a folder for TensorBoard's embedding projector."""
 
     def job() -> None:
         if out is None and projector is None:
             raise FeatcacheError("export: give OUT (the .npz and .csv to write), --projector DIR, or both")
+        if fmt not in export_mod.FORMATS:
+            raise FeatcacheError(f"--format {fmt!r}: choose one of {', '.join(export_mod.FORMATS)}")
+        if fmt == "parquet" and maps:
+            raise FeatcacheError("--maps: Parquet holds the pooled vectors only; export maps with --format npz")
         c = FeatureCache(cache)
-        written = export_mod.export(c, out, export_mod.parse_range(maps) if maps else None) if out else []
+        if maps:
+            c.require_maps("--maps: there are no maps to export")
+        if out is None:
+            written = []
+        elif fmt == "parquet":
+            written = export_mod.export_parquet(c, out)
+        else:
+            written = export_mod.export(c, out, export_mod.parse_range(maps) if maps else None)
         if projector is not None:
             files, skipped = export_mod.projector(c, projector)
             written += files
@@ -368,6 +402,47 @@ def export_cmd(
                 typer.echo(f"note: {skipped}", err=True)
         for p in written:
             typer.echo(f"wrote {p} ({p.stat().st_size / 1e6:.1f} MB)")
+
+    run_cli(job, ctx=ctx, debug=debug)
+
+
+@app.command("import")
+def import_cmd(
+    ctx: typer.Context,
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help=(
+                "A .npz (arrays pooled (N, C), id, optionally label, split, classes: what export writes) or "
+                ".parquet file (columns id, pooled as a list of floats, optionally label, class, split: what "
+                "export --format parquet writes; needs pip install 'featcache[parquet]')."
+            ),
+            show_default=False,
+        ),
+    ],
+    cache: Annotated[Path, typer.Argument(help="The cache directory to create.", show_default=False)],
+    name: Annotated[
+        str, typer.Option(help="What the vectors are (e.g. clip-vit-b32): the cache's backbone is external:NAME.")
+    ] = "external",
+    shard_size: Annotated[int, typer.Option(min=1, help="Rows per shard.")] = 8192,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing cache at CACHE.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar over shards.")] = True,
+    debug: DebugOpt = False,
+) -> None:
+    """Make a cache of pooled vectors computed elsewhere (CLIP, DINOv2, any model): no maps, fingerprinted
+    by the sha256 of the vectors; every inspect command and the trainer's pooled heads read it. Bad
+    input (lengths that differ, NaN/Inf, duplicate ids, unknown split names, labels outside the classes)
+    is refused with one line and nothing is written."""
+
+    def job() -> None:
+        from ..cache.external import import_embeddings, read_embeddings
+
+        given = read_embeddings(source)
+        m = import_embeddings(cache, **given, name=name, shard_size=shard_size, overwrite=overwrite, progress=progress)
+        typer.echo(
+            f"{cache}: {m.rows} rows of {m.fingerprint['output_shape'][-1]}-d vectors from {source} "
+            f"({describe(m.fingerprint)}), {len(m.shards)} shards, {len(m.classes)} classes"
+        )
 
     run_cli(job, ctx=ctx, debug=debug)
 
