@@ -244,3 +244,48 @@ def test_the_trainer_trains_pooled_heads_and_refuses_map_heads_in_one_line(impor
     result = featcache.train(cache, head=["logreg", "linear"], epochs=3, runs=tmp_path / "runs", progress=False)
     assert result.test_acc > 0.9  # three well-separated clusters
     assert any("knn" in str(b.get("name", b)) for b in result.baselines)
+
+
+def test_byte_identical_files_are_listed_first_from_the_recorded_hashes(sample_dir, tmp_path):
+    """An image copied under another name (and into another split's folder-less source: a leak by hash)
+    is one group found from the sha256s that extract(checksum=True) records; without them, a note."""
+    import hashlib
+    import shutil
+
+    from conftest import extract
+
+    from featcache.shared.inspection import similarity
+
+    source = tmp_path / "src"
+    shutil.copytree(sample_dir, source)
+    first = sorted(p for p in source.rglob("*") if p.is_file())[0]
+    copy = first.with_name("copy-of-" + first.name)
+    shutil.copyfile(first, copy)
+    extract(source, tmp_path / "with", checksum=True)
+    extract(source, tmp_path / "without")
+    c = featcache.open_cache(tmp_path / "with")
+    rows = c.load_pooled()
+    hashes, why = similarity.recorded_content_hashes(c, rows.index)
+    expected = [hashlib.sha256(p.read_bytes()).hexdigest() for p in (source / i for i in rows.id)]
+    assert why is None and hashes.tolist() == expected
+    groups = similarity.content_groups(hashes)
+    assert [sorted(rows.id[g].tolist()) for g in groups] == [
+        sorted([str(first.relative_to(source)), str(copy.relative_to(source))])
+    ]
+    code, out = _cli("neighbours", tmp_path / "with", "--duplicates")
+    assert code == 0 and out.startswith("1 groups of byte-identical files") and copy.name in out
+    code, out = _cli("neighbours", tmp_path / "without", "--duplicates")
+    assert code == 0 and out.startswith("note: no content hashes recorded (extract with --checksum")
+
+
+def test_content_groups_against_a_dictionary():
+    rng = np.random.default_rng(3)
+    hashes = np.array([f"h{k}" for k in rng.integers(0, 40, 200)] + [""] * 5)
+    from featcache.shared.inspection.similarity import content_groups
+
+    by: dict[str, list[int]] = {}
+    for i, h in enumerate(hashes.tolist()):
+        if h:
+            by.setdefault(h, []).append(i)
+    expected = sorted((v for v in by.values() if len(v) > 1), key=lambda g: g[0])
+    assert [g.tolist() for g in content_groups(hashes)] == expected

@@ -286,7 +286,9 @@ def neighbours(
             "--duplicates",
             help=(
                 "Instead, list every pair of rows whose pooled vectors are near-identical (cosine >= "
-                "--threshold) across the whole cache, marking pairs that straddle two splits (leaks)."
+                "--threshold) across the whole cache, marking pairs that straddle two splits (leaks). Files "
+                "whose bytes are identical are listed first when the extractor recorded their sha256 "
+                "(featcache-extract --checksum)."
             ),
         ),
     ] = False,
@@ -310,6 +312,19 @@ def neighbours(
             return f"{rows.index[i]:>7}  {names[i]:<5}  {_class_name(c.classes, int(rows.label[i])):<14}  {rows.id[i]}"
 
         if duplicates:
+            hashes, why = similarity.recorded_content_hashes(c, rows.index)
+            if hashes is not None:
+                groups = similarity.content_groups(hashes)
+                leaks = sum(len(set(names[g])) > 1 for g in groups)
+                typer.echo(
+                    f"{len(groups)} groups of byte-identical files (sha256 of the bytes, recorded by --checksum) "
+                    f"({leaks} across splits)"
+                )
+                for g in groups:
+                    flag = "  LEAK" if len(set(names[g])) > 1 else ""
+                    typer.echo(f"sha256 {hashes[g[0]][:16]}{flag}\n" + "\n".join(f"  {describe_row(i)}" for i in g))
+            elif c.manifest.source.get("kind") != "external":
+                typer.echo(f"note: {why}")
             pairs = list(similarity.duplicate_pairs(unit, threshold, block))
             leaks = sum(names[p.a] != names[p.b] for p in pairs)
             typer.echo(f"{len(pairs)} pairs with cosine >= {threshold} among {len(rows)} rows ({leaks} across splits)")

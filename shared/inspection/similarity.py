@@ -13,6 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..cache.listing import load_listing
+from ..cache.reader import FeatureCache
+from ..errors import FeatcacheError
 from . import knn
 
 DEFAULT_BLOCK = 2048
@@ -90,3 +93,27 @@ def duplicate_pairs(
     if len(unit) <= knn.EXACT_MAX_ROWS:
         return near_duplicates(unit, threshold, block)
     return near_duplicates_indexed(unit, threshold)
+
+
+def recorded_content_hashes(cache: FeatureCache, index: np.ndarray) -> tuple[np.ndarray | None, str | None]:
+    """The sha256 of each row's source file (rows at listing positions ``index``), as the extractor
+    recorded them with ``checksum=True`` (``--checksum``) in ``listing.npz``: ``(hashes (n,) str, None)``,
+    ``""`` where a file could not be read; or ``(None, why)`` when the cache records none."""
+    try:
+        listing = load_listing(cache.path, cache.manifest)
+    except FeatcacheError as exc:
+        return None, f"its listing is not usable ({exc})"
+    if listing is None or "sha256" not in listing:
+        return None, "no content hashes recorded (extract with --checksum to list byte-identical files first)"
+    return np.asarray(listing["sha256"]).astype(str)[index], None
+
+
+def content_groups(hashes: np.ndarray) -> list[np.ndarray]:
+    """Positions of rows whose source files are byte-identical: groups of two or more equal non-empty
+    ``hashes``, each sorted, in order of their first row. One sort: free beside any vector search."""
+    hashes = np.asarray(hashes).astype(str)
+    order = np.argsort(hashes, kind="stable")
+    sorted_hashes = hashes[order]
+    cuts = np.flatnonzero(sorted_hashes[1:] != sorted_hashes[:-1]) + 1
+    groups = [g for g in np.split(order, cuts) if len(g) > 1 and hashes[g[0]] != ""]
+    return sorted((np.sort(g) for g in groups), key=lambda g: int(g[0]))
