@@ -23,9 +23,9 @@ from ..cli import VersionOpt, plain, run_cli, shown_default
 from ..errors import FeatcacheError
 from . import compact as compact_mod
 from . import export as export_mod
+from . import knn, similarity
 from . import outliers as outliers_mod
 from . import report as report_mod
-from . import similarity
 from . import verify as verify_mod
 from .picture import energy_overlay, load_source, write_png
 from .summary import summarize
@@ -324,8 +324,11 @@ def neighbours(
                     flag = "  LEAK" if len(set(names[g])) > 1 else ""
                     typer.echo(f"sha256 {hashes[g[0]][:16]}{flag}\n" + "\n".join(f"  {describe_row(i)}" for i in g))
             elif c.manifest.source.get("kind") != "external":
-                typer.echo(f"note: {why}")
-            pairs = list(similarity.duplicate_pairs(unit, threshold, block))
+                typer.echo(f"note: {why}", err=True)
+            keep = knn.Keep.of(c)
+            pairs = list(similarity.duplicate_pairs(unit, threshold, block, keep))
+            if keep.describe():
+                typer.echo(f"note: {keep.describe()}", err=True)
             leaks = sum(names[p.a] != names[p.b] for p in pairs)
             typer.echo(f"{len(pairs)} pairs with cosine >= {threshold} among {len(rows)} rows ({leaks} across splits)")
             for p in pairs:
@@ -620,7 +623,10 @@ def suspects(
     def job() -> None:
         c = FeatureCache(cache)
         loaded = report_mod.load_rows(c, max_rows, seed)
-        ranked, noise = report_mod.find_suspects(c, loaded.rows, folds, seed, neighbours=neighbours)
+        keep = None if loaded.sampled else knn.Keep.of(c)
+        ranked, noise = report_mod.find_suspects(c, loaded.rows, folds, seed, neighbours=neighbours, keep=keep)
+        if keep is not None and keep.describe():
+            typer.echo(f"note: {keep.describe()}", err=True)
         if noise is None:
             raise FeatcacheError(f"{cache}: fewer than two labelled classes: nothing to check")
         if csv_file is not None:
@@ -688,7 +694,14 @@ def outliers(
 
     def job() -> None:
         c = FeatureCache(cache)
-        ranked = outliers_mod.find_outliers(c, k=k, split=split, per_class=per_class, progress=progress)
+        ranked = outliers_mod.find_outliers(
+            c,
+            k=k,
+            split=split,
+            per_class=per_class,
+            progress=progress,
+            log=lambda line: typer.echo(f"note: {line}", err=True),
+        )
         if csv_file is not None:
             write_ranked_csv(csv_file, ranked)
         if as_json:

@@ -88,6 +88,7 @@ def find_suspects(
     folds: int = suspects.DEFAULT_FOLDS,
     seed: int = 0,
     neighbours: bool = False,
+    keep: Any = None,
 ) -> tuple[list[dict[str, Any]], suspects.LabelNoise | None]:
     """Labelled ``rows`` ranked by how unlikely their given label is, most suspect first, as JSON-ready
     dicts (index, id, split, label, suggested, p_label, p_suggested, score, and with ``neighbours``
@@ -97,7 +98,13 @@ def find_suspects(
     if len(labelled) < 2 or len(np.unique(rows.label[labelled])) < 2:
         return [], None
     noise = suspects.label_noise(
-        rows.pooled[labelled], rows.label[labelled], n_classes, folds, seed, neighbours=neighbours
+        rows.pooled[labelled],
+        rows.label[labelled],
+        n_classes,
+        folds,
+        seed,
+        neighbours=neighbours,
+        keep=keep if len(labelled) == len(rows) else None,  # the kept index covers every row of the cache
     )
     names = split_names(rows.split)
     out = []

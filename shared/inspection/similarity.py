@@ -63,13 +63,15 @@ def near_duplicates(
 DUPLICATE_NEIGHBOURS = 16  # neighbours looked at per row by the indexed search
 
 
-def near_duplicates_indexed(unit: np.ndarray, threshold: float = DEFAULT_DUPLICATE_THRESHOLD) -> Iterator[Pair]:
+def near_duplicates_indexed(
+    unit: np.ndarray, threshold: float = DEFAULT_DUPLICATE_THRESHOLD, keep: knn.Keep | None = None
+) -> Iterator[Pair]:
     """The pairs of :func:`near_duplicates` found through each row's :data:`DUPLICATE_NEIGHBOURS` nearest
     rows (:func:`knn.nearest_all`, exact cosines). A row whose furthest listed neighbour still reaches
     ``threshold`` may have more duplicates than listed: it is compared with every row exactly. What can
     be missed is a pair the index never offered (near-identical vectors share a list, or sit in
     neighbouring ones, which are searched too; bench/inspect_scale.py measures it)."""
-    rows, cos = knn.nearest_all(unit, DUPLICATE_NEIGHBOURS)
+    rows, cos = knn.nearest_all(unit, DUPLICATE_NEIGHBOURS, keep=keep)
     found: dict[tuple[int, int], float] = {}
     for a, j in zip(*np.nonzero(cos >= threshold), strict=True):
         b = int(rows[a, j])
@@ -87,12 +89,16 @@ def near_duplicates_indexed(unit: np.ndarray, threshold: float = DEFAULT_DUPLICA
 
 
 def duplicate_pairs(
-    unit: np.ndarray, threshold: float = DEFAULT_DUPLICATE_THRESHOLD, block: int = DEFAULT_BLOCK
+    unit: np.ndarray,
+    threshold: float = DEFAULT_DUPLICATE_THRESHOLD,
+    block: int = DEFAULT_BLOCK,
+    keep: knn.Keep | None = None,
 ) -> Iterator[Pair]:
-    """Every near-duplicate pair: exactly up to :data:`knn.EXACT_MAX_ROWS` rows, through the index above."""
+    """Every near-duplicate pair: exactly up to :data:`knn.EXACT_MAX_ROWS` rows, through the index above
+    (kept in the cache with ``keep``: :class:`knn.Keep`)."""
     if len(unit) <= knn.EXACT_MAX_ROWS:
         return near_duplicates(unit, threshold, block)
-    return near_duplicates_indexed(unit, threshold)
+    return near_duplicates_indexed(unit, threshold, keep)
 
 
 def recorded_content_hashes(cache: FeatureCache, index: np.ndarray) -> tuple[np.ndarray | None, str | None]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -205,10 +206,11 @@ def _projected(pooled: np.ndarray, seed: int) -> np.ndarray:
     return out
 
 
-def neighbour_agreement(pooled: np.ndarray, labels: np.ndarray, k: int = NEIGHBOURS) -> np.ndarray:
+def neighbour_agreement(pooled: np.ndarray, labels: np.ndarray, k: int = NEIGHBOURS, keep: Any = None) -> np.ndarray:
     """Fraction ``(n,)`` of each row's ``k`` nearest other rows (cosine of the pooled vectors, through
     :func:`.knn.nearest_all`: exact up to its ``EXACT_MAX_ROWS``, the neighbour index above) that carry
-    its label; NaN for a row with no comparable neighbour (or a non-finite vector)."""
+    its label; NaN for a row with no comparable neighbour (or a non-finite vector). ``keep``: the cache's
+    kept index (:class:`.knn.Keep`), used when ``pooled`` is every row of the cache, all finite."""
     from . import knn
 
     n = len(pooled)
@@ -221,7 +223,7 @@ def neighbour_agreement(pooled: np.ndarray, labels: np.ndarray, k: int = NEIGHBO
         block = np.asarray(pooled[finite[start : start + BLOCK_ROWS]], dtype=np.float32)
         norm = np.linalg.norm(block, axis=1, keepdims=True)
         unit[start : start + BLOCK_ROWS] = block / np.where(norm > 0, norm, 1.0)
-    rows, _ = knn.nearest_all(unit, k)
+    rows, _ = knn.nearest_all(unit, k, keep=keep if len(finite) == n else None)
     found = rows >= 0
     same = found & (labels[finite][np.maximum(rows, 0)] == labels[finite][:, None])
     with np.errstate(invalid="ignore"):
@@ -279,6 +281,7 @@ def label_noise(
     seed: int = 0,
     *,
     neighbours: bool = False,
+    keep: Any = None,
 ) -> LabelNoise:
     """Rank labelled rows by how unlikely their given label is (see the module docstring).
 
@@ -310,7 +313,7 @@ def label_noise(
             at = unseen[start : start + BLOCK_ROWS]
             probs[at] = np.mean([softmax(x[at] @ w + b) for w, b in models], axis=0)
         fitted = len(sample)
-    agree = neighbour_agreement(pooled, labels) if neighbours else None
+    agree = neighbour_agreement(pooled, labels, keep=keep) if neighbours else None
     rows = np.arange(len(labels))
     p_given = probs[rows, labels]
     others = probs.copy()
