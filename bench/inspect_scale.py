@@ -18,9 +18,9 @@ peak resident memory from ``wait4``):
   (up to ``--exact-max``) the classifier cross-validated on every row instead of a sample;
 - ``outliers CACHE --json``: planted outliers among the ``--planted`` most isolated rows.
 
-Runs of the same size reuse nothing between commands unless the cache holds a current neighbour index
-(``neighbours.h5``; see docs/inspect.md): the columns "dup s" then "dup again s" show the first
-search and the same command again.
+The commands keep their neighbour index in the cache (``neighbours.npz``, docs/inspect.md): "dup s" is
+the first search (no index kept), "dup again s" the same command reusing the kept index; "suspects s"
+starts without one again (it builds and keeps it), and "outliers s" reuses the one suspects kept.
 
     .venv/bin/python bench/inspect_scale.py --rows 50000,200000,1000000
 """
@@ -84,7 +84,8 @@ def synthetic(n: int, pairs: int, planted: int, flips: int, seed: int) -> dict:
 
 
 def child(argv: list[str]) -> tuple[float, float, str]:
-    """Run ``argv`` and return ``(seconds, its peak resident GB, its standard output)``."""
+    """Run ``argv`` and return ``(seconds, its peak resident GB, its standard output)`` (and say so on
+    standard error as it ends: a long run shows its progress)."""
     t0 = time.perf_counter()
     out = tempfile.TemporaryFile()
     proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.DEVNULL)
@@ -93,6 +94,8 @@ def child(argv: list[str]) -> tuple[float, float, str]:
     seconds = time.perf_counter() - t0
     out.seek(0)
     text = out.read().decode()
+    shown = " ".join(a if len(a) < 40 else "..." for a in argv[1:5])
+    print(f"  {shown}: {seconds:.1f} s, {usage.ru_maxrss / 1e6:.1f} GB", file=sys.stderr, flush=True)
     if proc.returncode:
         raise SystemExit(f"{' '.join(argv)}: exit {proc.returncode}\n{text[-2000:]}")
     return seconds, usage.ru_maxrss / 1e6, text
@@ -160,11 +163,15 @@ def main() -> None:
                 cache, s.pop("x"), ids=s["ids"], labels=s["label"], splits=s["split"].tolist(), progress=False
             )
             import_s = time.perf_counter() - t0
+            print(f"{n:,} rows imported in {import_s:.1f} s", file=sys.stderr, flush=True)
+            kept = cache / "neighbours.npz"  # the neighbour index the commands keep in the cache
+            kept.unlink(missing_ok=True)
             dup_s, dup_gb, text = inspect("neighbours", str(cache), "--duplicates")
             found, marked = duplicate_pairs(text)
             again_s, _, _ = inspect("neighbours", str(cache), "--duplicates")
             nb_s, nb_gb, _ = inspect("neighbours", str(cache), str(s["ids"][n // 2]), "-k", "10")
             top = 2 * args.flips
+            kept.unlink(missing_ok=True)  # suspects from scratch: its neighbour search builds the index again
             sus_s, sus_gb, text = inspect("suspects", str(cache), "--json", "--top", str(top))
             sus_recall = len({d["id"] for d in json.loads(text)} & s["flipped"]) / max(len(s["flipped"]), 1)
             out_s, out_gb, text = inspect("outliers", str(cache), "--json", "--top", str(args.planted), "--no-progress")
