@@ -94,8 +94,8 @@ def test_the_kept_index_is_reused_extended_and_never_trusted_blindly(tmp_path):
     again = _keep(tmp_path, 2, 1000)
     rows2, cos2 = knn.nearest_all(unit[:2000], 10, exact=False, keep=again)
     assert again.action == "reused"
-    np.testing.assert_array_equal(rows2, rows)
-    np.testing.assert_allclose(cos2, cos, atol=1e-6)
+    np.testing.assert_allclose(cos2, cos, atol=1e-5)  # computed again from the vectors: the same cosines
+    assert (rows2 == rows).mean() > 0.99  # and the same rows (but for ties within float round-off)
     # a shard added (an update): extended, not rebuilt; as good as the exact search on every row
     grown = _keep(tmp_path, 3, 1000)
     rows3, cos3 = knn.nearest_all(unit, 10, exact=False, keep=grown)

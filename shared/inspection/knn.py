@@ -8,13 +8,14 @@ near-duplicates past :data:`EXACT_MAX_ROWS` rows).
   time (memory ``block x n`` float32; 10k rows ~1 s on these 2 cores).
 - Above: an inverted-file index. The unit vectors are projected on :data:`REDUCED_DIMS` axes (their mean
   direction and top principal components: cosine between pooled vectors is dominated by the mean, so
-  it is kept exactly) and scaled back to unit norm (candidates are ranked by cosine), clustered by
-  k-means into about ``4 sqrt(n)`` lists, and each list's rows are compared only with the rows of the
-  :data:`PROBES` lists whose centres are nearest its own. Each row's
-  best :data:`MIN_CANDIDATES` candidates are then re-scored on the full unit vectors, so every
-  similarity returned is exact; what can be missed is a true neighbour the index never offered
-  (bench/inspect_scale.py measures that recall against the exact search). The work is about
-  ``n x (n / lists) x PROBES`` reduced dot products instead of ``n^2`` full ones.
+  it is kept exactly) and scaled back to unit norm, and clustered by k-means into about ``4 sqrt(n)``
+  lists; each list's rows are then compared, on the full unit vectors (one matrix product per list),
+  with the rows of the :data:`PROBES` lists whose centres are nearest its own. Every similarity
+  returned is exact; what can be missed is a true neighbour in a list not probed (bench/inspect_scale.py
+  measures that recall against the exact search). The work is about ``n x (n / lists) x PROBES`` full
+  dot products instead of ``n^2``: ~3 x 10^12 multiply-adds at 10^6 rows, as BLAS matrix products.
+  (Candidates were first ranked on the reduced vectors and the best re-scored: fewer multiply-adds,
+  but gathering every row's candidates from memory cost more than the products it saved.)
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from ..cache.reader import FeatureCache
 
 EXACT_MAX_ROWS = 20_000  # at or below: every pair on the full vectors
 REDUCED_DIMS = 64
-MIN_CANDIDATES = 32  # per row, re-scored exactly; at least 4 x k
 PROBES = 12  # lists searched for each list's rows
 LISTS_PER_SQRT_ROW = 4  # lists ~ 4 sqrt(n): ~250 rows a list at 10^6 rows
 KMEANS_ROUNDS = 8
@@ -147,7 +147,6 @@ def _near_lists(centres: np.ndarray) -> np.ndarray:
 
 def _search(
     unit: np.ndarray,
-    reduced: np.ndarray,
     members: list[np.ndarray],
     near_lists: np.ndarray,
     k: int,
@@ -156,11 +155,9 @@ def _search(
     step: Callable[[int], None] | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The best ``k`` candidates of each query row: the rows with ``queries`` True are compared with the
-    rows with ``candidates`` True in the :data:`PROBES` lists nearest their own, on the reduced vectors,
-    and each one's best ``max(MIN_CANDIDATES, 4 k)`` re-scored on ``unit``. ``(query positions (q,),
-    rows (q, k), cosine (q, k))``; a query offered fewer than ``k`` others repeats its last one (or
-    itself, whose cosine is -inf)."""
-    m = max(MIN_CANDIDATES, 4 * k) + 1
+    rows with ``candidates`` True in the :data:`PROBES` lists nearest their own, on the full vectors (one
+    matrix product per list: exact cosines). ``(query positions (q,), rows (q, k), cosine (q, k))``; a
+    query offered fewer than ``k`` others repeats its last one with cosine -inf."""
     done_q, done_rows, done_cos = [], [], []
     for i, own in enumerate(members):
         q = own[queries[own]]
@@ -168,18 +165,19 @@ def _search(
             continue
         cand = np.concatenate([members[j] for j in near_lists[i]])
         cand = cand[candidates[cand]]
-        if len(cand):
-            sims = reduced[q] @ reduced[cand].T
-            top, _ = _top(sims, min(m, len(cand)))
-            found = cand[top]
-        else:
-            found = q[:, None]
-        if found.shape[1] < k + 1:  # a tiny neighbourhood: pad (the query itself is excluded by _rescore)
-            found = np.pad(found, ((0, 0), (0, k + 1 - found.shape[1])), mode="edge")
-        rows, cos = _rescore(unit, q, found, k)
+        if not len(cand):
+            cand = q[:1]
+        sims = unit[q] @ unit[cand].T
+        sims[np.equal.outer(q, cand)] = -np.inf  # never one's own neighbour
+        top, vals = _top(sims, min(k, len(cand)))
+        rows = cand[top]
+        if rows.shape[1] < k:  # a tiny neighbourhood: the last one repeated, marked -inf
+            pad = k - rows.shape[1]
+            rows = np.pad(rows, ((0, 0), (0, pad)), mode="edge")
+            vals = np.pad(vals, ((0, 0), (0, pad)), constant_values=-np.inf)
         done_q.append(q)
         done_rows.append(rows)
-        done_cos.append(cos)
+        done_cos.append(vals.astype(np.float32, copy=False))
         if step is not None:
             step(len(q))
     if not done_q:
@@ -199,7 +197,7 @@ def build(
     centres = _kmeans(reduced, lists, seed)
     assign = _assign(reduced, centres)
     everyone = np.ones(n, bool)
-    q, r, c = _search(unit, reduced, _members(assign, lists), _near_lists(centres), k, everyone, everyone, step)
+    q, r, c = _search(unit, _members(assign, lists), _near_lists(centres), k, everyone, everyone, step)
     rows, cos = np.empty((n, k), np.int64), np.empty((n, k), np.float32)
     rows[q], cos[q] = r, c
     return axes, centres, assign, rows, cos
@@ -227,9 +225,9 @@ def extend(
     everyone = np.ones(n, bool)
     out_rows, out_cos = np.empty((n, k), np.int64), np.empty((n, k), np.float32)
     out_rows[:n0], out_cos[:n0] = rows, cos
-    q, r, c = _search(unit, reduced, members, near, k, new, everyone, step)
+    q, r, c = _search(unit, members, near, k, new, everyone, step)
     out_rows[q], out_cos[q] = r, c
-    q, r, c = _search(unit, reduced, members, near, k, ~new, new, None)  # old rows against the new ones only
+    q, r, c = _search(unit, members, near, k, ~new, new, None)  # old rows against the new ones only
     if len(q):
         both_rows = np.concatenate([out_rows[q], r], axis=1)
         both_cos = np.concatenate([out_cos[q], c], axis=1)
