@@ -36,6 +36,7 @@ __all__ = [
     "FeatureCache",
     "PooledRows",
     "extract",
+    "import_embeddings",
     "open_cache",
     "train",
 ]
@@ -49,6 +50,25 @@ def outliers(cache: str | Path, **options: Any) -> list[dict[str, Any]]:
     from .shared.inspection.outliers import find_outliers
 
     return find_outliers(open_cache(cache), **options)
+
+
+def import_embeddings(cache_dir: str | Path, pooled: Any, *, ids: Any, **options: Any) -> Any:
+    """Make a cache at ``cache_dir`` of vectors computed elsewhere (CLIP, DINOv2, any model): ``pooled``
+    ``(N, C)`` floats, ``ids`` N unique strings; ``options``: ``labels`` (N ints, -1 unknown),
+    ``splits`` (N of ``"train"``/``"val"``/``"test"``), ``classes`` (names), ``name`` (what the vectors
+    are; default ``"external"``), ``shard_size``, ``overwrite``, ``progress``. No maps; fingerprinted
+    by the sha256 of the vectors. Every inspect command and the trainer's pooled heads accept it; bad
+    input is refused with one line naming the argument, before anything is written. Returns the
+    cache's :class:`~featcache.shared.cache.manifest.Manifest`. See
+    :func:`featcache.shared.cache.external.import_embeddings`."""
+    import inspect
+
+    from .shared.arguments import keywords
+    from .shared.cache import external
+
+    known = [n for n in inspect.signature(external.import_embeddings).parameters if n not in ("cache_dir", "pooled")]
+    keywords("import_embeddings", options, [n for n in known if n != "ids"])
+    return external.import_embeddings(cache_dir, pooled, ids=ids, **options)
 
 
 def train(cache: str | Path | list[str | Path], **sweep: Any) -> Any:

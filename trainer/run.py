@@ -24,6 +24,7 @@ from . import rundir
 from .data import Dataset, load_dataset, load_maps, memory_gb
 from .feed import asked
 from .identity import cache_identity
+from .kinds import HEAD_KINDS, reads_maps
 from .loop import train
 from .multi import CONCAT, LABEL_SEPARATOR, Part, align, concat_dataset, label_caches, locate
 from .plot import plot
@@ -48,6 +49,10 @@ def load_for(
     With ``like`` (the first cache's dataset in a sweep on several), its rows matched to ``like``'s
     by id (``multi.align``); a sweep on several caches is held in memory."""
     maps = any(c.reads_maps for c in configs)
+    if maps and not cache.has_maps:
+        heads = ", ".join(dict.fromkeys(c.kind for c in configs if c.reads_maps))
+        pooled = ", ".join(k for k in HEAD_KINDS if not reads_maps(k))
+        cache.require_maps(f"{heads} heads read maps; train pooled heads on it ({pooled}; the k-NN baseline too)")
     need = memory_gb(cache, maps, settings.views and any(not c.reads_maps for c in configs))
     streamed = settings.stream or need > settings.max_memory_gb
     if streamed and like is not None:

@@ -26,10 +26,11 @@ IDENTITY_KEYS = (
     "maps_dtype",
     "augment",  # views per image and their recipe; absent (None) in one-view caches
     "feed_dtype",  # images rounded to uint8 before preprocessing; absent in float32-fed caches
+    "maps",  # false in a cache of imported vectors (no maps); absent when maps are stored
 )
 # Identity keys a fingerprint may leave out (their absence is a value: one view per image; images
 # fed as float32, the only way before feed_dtype existed).
-OPTIONAL_IDENTITY_KEYS = ("augment", "feed_dtype")
+OPTIONAL_IDENTITY_KEYS = ("augment", "feed_dtype", "maps")
 # What the extractor ships to the device: resized images rounded to uint8 (preprocessed on the
 # device) or float32 preprocessed on the host. The value a fingerprint without the key stands for:
 FEED_DTYPES = ("uint8", "float32")
@@ -79,6 +80,11 @@ def to_attr(fp: dict[str, Any]) -> str:
 
 def describe(fp: dict[str, Any]) -> str:
     """One line for people: backbone, weights, and a loud note when they are random."""
+    if fp.get("maps") is False:
+        return (
+            f"vectors imported as {str(fp.get('backbone')).removeprefix('external:')!r} "
+            f"({fp.get('output_shape', [0])[-1]}-d, no maps), sha256 {str(fp.get('weights_sha256'))[:12]}"
+        )
     if fp.get("random_weights"):
         weights = f"RANDOM weights ({fp.get('weights_sha256')}): features are meaningless"
     else:

@@ -141,6 +141,20 @@ class FeatureCache:
         return self.manifest.shards
 
     @property
+    def has_maps(self) -> bool:
+        """Whether the shards hold feature maps (False for a cache of imported vectors)."""
+        return schema.has_maps(self.fingerprint)
+
+    def require_maps(self, what: str) -> None:
+        """Raise one line ending with ``what`` (what needs maps, and why) when the cache has none."""
+        if not self.has_maps:
+            raise FeatcacheError(
+                f"{self.path}: the cache has no maps (vectors imported as "
+                f"{str(self.fingerprint.get('backbone')).removeprefix(schema.EXTERNAL_PREFIX)!r}, pooled only): "
+                f"{what}"
+            )
+
+    @property
     def maps_shape(self) -> tuple[int, int, int]:
         return tuple(self.fingerprint["output_shape"])
 
@@ -200,14 +214,32 @@ class FeatureCache:
         Columns the row index holds are read from it when it is current (one file,
         :mod:`~featcache.shared.cache.rowindex`), else from every shard.
         """
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in columns}
+        for block in self.iter_columns(columns):
+            for key in columns:
+                parts[key].append(block[key])
+        empty = {
+            schema.POOLED_VIEWS: np.zeros((0, 0, self.maps_shape[-1]), schema.POOLED_DTYPE),  # views=1: none
+            **{key: np.zeros((0, *tail), dtype) for key, (tail, dtype) in self.layout.items()},
+            ROW: np.zeros(0, np.int64),
+            SHARD: np.zeros(0, np.int64),
+            SPLIT_UNIT: np.zeros(0, np.float64),
+        }
+        return {k: np.concatenate(v) if v else empty[k] for k, v in parts.items()}
+
+    def iter_columns(
+        self, columns: tuple[str, ...] = (schema.LABEL, schema.ID, schema.INDEX, schema.SPLIT)
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """:meth:`read_columns` one shard at a time (in index order, shards without a live row skipped):
+        memory bounded by a shard, for what streams a whole cache out (``export --format parquet``)."""
         if isinstance(columns, str) or not all(c in COLUMNS for c in columns):
             raise FeatcacheError(
                 f"columns={columns!r}: expected a tuple of column names from {', '.join(COLUMNS)} (maps: iter_maps)"
             )
         wanted = tuple(dict.fromkeys((*columns, schema.INDEX)))
-        parts: dict[str, list[np.ndarray]] = {k: [] for k in wanted}
         stored = tuple(k for k in wanted if k not in (ROW, SHARD))
         for ordinal, record, where, read in self._stored_columns(stored):
+            out: dict[str, np.ndarray] = {}
             try:
                 index = read(schema.INDEX)
                 live = self._live(index)
@@ -227,27 +259,19 @@ class FeatureCache:
                         value = self._current_labels(record, value)
                     elif key == schema.SPLIT and (bad := split_problem(value)):
                         raise FeatcacheError(f"{where}: {bad}")
-                    parts[key].append(value if live is None else value[live])
+                    out[key] = value if live is None else value[live]
             except (KeyError, OSError, ValueError, TypeError) as exc:
                 raise FeatcacheError(f"{where}: cannot read dataset ({exc})") from None
-        empty = {
-            schema.POOLED_VIEWS: np.zeros((0, 0, self.maps_shape[-1]), schema.POOLED_DTYPE),  # views=1: none
-            **{key: np.zeros((0, *tail), dtype) for key, (tail, dtype) in self.layout.items()},
-            ROW: np.zeros(0, np.int64),
-            SHARD: np.zeros(0, np.int64),
-            SPLIT_UNIT: np.zeros(0, np.float64),
-        }
-        out = {k: np.concatenate(v) if v else empty[k] for k, v in parts.items()}
-        if len(self._relabel_index):
-            at = np.searchsorted(self._relabel_index, out[schema.INDEX])
-            hit = (at < len(self._relabel_index)) & (
-                self._relabel_index[np.minimum(at, len(self._relabel_index) - 1)] == out[schema.INDEX]
-            )
-            for key, new in ((schema.LABEL, self._relabel_label), (schema.SPLIT, self._relabel_split)):
-                if key in out:
-                    out[key] = out[key].copy()
-                    out[key][hit] = new[at[hit]]
-        return {k: out[k] for k in columns}
+            if len(self._relabel_index):
+                at = np.searchsorted(self._relabel_index, out[schema.INDEX])
+                hit = (at < len(self._relabel_index)) & (
+                    self._relabel_index[np.minimum(at, len(self._relabel_index) - 1)] == out[schema.INDEX]
+                )
+                for key, new in ((schema.LABEL, self._relabel_label), (schema.SPLIT, self._relabel_split)):
+                    if key in out and hit.any():
+                        out[key] = out[key].copy()
+                        out[key][hit] = new[at[hit]]
+            yield {k: out[k] for k in columns}
 
     def _stored_columns(
         self, keys: tuple[str, ...]
@@ -352,6 +376,7 @@ class FeatureCache:
         """
         block_rows = int_arg("block_rows", block_rows, minimum=1)
         dtype = dtype_arg("dtype", dtype, FLOAT_DTYPES, optional=True)
+        self.require_maps("iter_maps reads maps")
         keep = None if indices is None else np.unique(positions_arg("indices", indices, self.manifest.num_inputs))
         step = max(schema.MAPS_CHUNK_ROWS, block_rows - block_rows % schema.MAPS_CHUNK_ROWS)
         for record in self.shards:

@@ -31,6 +31,10 @@ do not know it still work, on view 0):
 ============  =====================  ========  ===========================================
 pooled_views  (n, V-1, C)            float32   pooled vectors of views 1..V-1 of each row
 ============  =====================  ========  ===========================================
+
+A cache of **imported vectors** (``featcache.import_embeddings``: CLIP, DINOv2, any model's pooled
+vectors, no images) has no ``maps`` dataset: its fingerprint says ``"maps": false`` (see
+:func:`has_maps`) and ``output_shape`` is ``(1, 1, C)``; every other dataset is as above.
 """
 
 from __future__ import annotations
@@ -73,15 +77,16 @@ DEFAULT_MAPS_DTYPE = "float16"
 
 
 def row_layout(
-    output_shape: tuple[int, ...] | list[int], maps_dtype: str, views: int
+    output_shape: tuple[int, ...] | list[int], maps_dtype: str, views: int, *, maps: bool = True
 ) -> dict[str, tuple[tuple[int, ...], str]]:
     """Every per-row dataset a shard of a cache holds (the table above): name -> (shape of one row,
     dtype). ``output_shape`` is the backbone's ``(H, W, C)``, ``maps_dtype`` the cache's, ``views``
-    from :func:`views_of`. Each dataset's first axis is the shard's rows, so what copies, checks or
-    filters rows (verify, compact) takes its list from here and carries datasets added later."""
+    from :func:`views_of`, ``maps`` from :func:`has_maps` (False: the maps-less layout of imported
+    vectors). Each dataset's first axis is the shard's rows, so what copies, checks or filters rows
+    (verify, compact) takes its list from here and carries datasets added later."""
     h, w, c = (int(v) for v in output_shape)
     out: dict[str, tuple[tuple[int, ...], str]] = {
-        MAPS: ((h, w, c), maps_dtype),
+        **({MAPS: ((h, w, c), maps_dtype)} if maps else {}),
         POOLED: ((c,), POOLED_DTYPE),
     }
     out.update({name: ((), dtype) for name, dtype in ROW_COLUMNS.items()})
@@ -151,6 +156,22 @@ def shard_number(file_name: str) -> int:
 def compaction_version(file_name: str) -> int:
     """How many times the shard in ``file_name`` was compacted (0 for ``shard-00007.h5``), -1 if not a shard name."""
     return _shard_name_parts(file_name)[1]
+
+
+# Fingerprint key of a cache without maps (imported vectors): ``"maps": false``. Absent: maps are stored.
+MAPS_KEY = "maps"
+# Fingerprint ``backbone`` of imported vectors: ``external:<name>``.
+EXTERNAL_PREFIX = "external:"
+
+
+def has_maps(fingerprint: dict[str, Any]) -> bool:
+    """Whether the shards of a cache with this fingerprint hold ``maps`` (False for imported vectors)."""
+    return fingerprint.get(MAPS_KEY, True) is not False
+
+
+def layout_of(fingerprint: dict[str, Any], maps_dtype: str) -> dict[str, tuple[tuple[int, ...], str]]:
+    """:func:`row_layout` of a cache with this fingerprint and maps dtype."""
+    return row_layout(fingerprint["output_shape"], maps_dtype, views_of(fingerprint), maps=has_maps(fingerprint))
 
 
 def views_of(fingerprint: dict[str, Any]) -> int:

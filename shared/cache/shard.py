@@ -61,7 +61,7 @@ class ShardFingerprintError(ShardError, FingerprintMismatchError):
 
 def cache_layout(m: Manifest) -> Layout:
     """The per-row datasets every shard of the cache of ``m`` holds (:func:`schema.row_layout`)."""
-    return schema.row_layout(m.fingerprint["output_shape"], m.storage["maps_dtype"], schema.views_of(m.fingerprint))
+    return schema.layout_of(m.fingerprint, m.storage["maps_dtype"])
 
 
 def dtype_name(dtype: np.dtype) -> str:

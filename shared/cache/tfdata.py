@@ -86,6 +86,8 @@ class BlockStream:
             shuffle_buffer = int_arg("shuffle_buffer", shuffle_buffer, minimum=1, optional=True)
         except FeatcacheError as exc:
             raise FeatcacheError(f"{where}: {exc}") from None
+        if cache is not None and self.features == schema.MAPS:
+            cache.require_maps('features="maps" needs them; use features="pooled"')
         self.cache = cache
         self.shuffle = split == "train" if shuffle is None else shuffle
         self.block_rows = max(schema.MAPS_CHUNK_ROWS, block_rows or DEFAULT_BLOCK_ROWS[features])

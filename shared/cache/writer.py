@@ -80,18 +80,21 @@ class ShardWriter:
         self._out = FailSafeFile(self.tmp)
         self._closed = False
         self._file = h5py.File(self._out, "w")
-        self._maps = self._file.create_dataset(
-            schema.MAPS,
-            shape=(0, *maps_shape),
-            maxshape=(len(self.inputs), *maps_shape),
-            chunks=(schema.MAPS_CHUNK_ROWS, *maps_shape),
-            dtype=manifest.storage["maps_dtype"],
-            compression=comp,
-            compression_opts=opts,
-            shuffle=shuffle,
-        )
+        self._channels = int(maps_shape[-1])
+        self._maps = None  # a cache of imported vectors has none (schema.has_maps)
+        if schema.has_maps(manifest.fingerprint):
+            self._maps = self._file.create_dataset(
+                schema.MAPS,
+                shape=(0, *maps_shape),
+                maxshape=(len(self.inputs), *maps_shape),
+                chunks=(schema.MAPS_CHUNK_ROWS, *maps_shape),
+                dtype=manifest.storage["maps_dtype"],
+                compression=comp,
+                compression_opts=opts,
+                shuffle=shuffle,
+            )
         # gzip alone, one row per chunk: rows are compressed on all cores (see featcache.shared.cache.deflate)
-        self._deflate_level = opts if deflate.is_row_gzip(self._maps) else None
+        self._deflate_level = opts if self._maps is not None and deflate.is_row_gzip(self._maps) else None
         self._pooled: list[np.ndarray] = []
         self._views = schema.views_of(manifest.fingerprint)
         self._pooled_views: list[np.ndarray] = []
@@ -109,7 +112,7 @@ class ShardWriter:
 
     def append(
         self,
-        maps: np.ndarray,
+        maps: np.ndarray | None,
         pooled: np.ndarray,
         label: np.ndarray,
         ids: list[str],
@@ -119,9 +122,12 @@ class ShardWriter:
     ) -> None:
         """Add ``b`` rows: maps ``(b, h, w, c)`` (cast to the cache's maps dtype), pooled ``(b, c)``
         float32, label/index/split ``(b,)``, ids ``b`` strings; with views, ``pooled_views``
-        ``(b, V-1, c)`` (required exactly when the fingerprint has more than one view)."""
+        ``(b, V-1, c)`` (required exactly when the fingerprint has more than one view). ``maps`` is None
+        exactly in a cache without maps (imported vectors)."""
         b = len(ids)
-        if not (len(maps) == len(pooled) == len(label) == len(index) == len(split) == b):
+        if (maps is None) != (self._maps is None):
+            raise ValueError("append: maps are required exactly when the cache stores maps")
+        if not ((maps is None or len(maps) == b) and len(pooled) == len(label) == len(index) == len(split) == b):
             raise ValueError("append: all arrays must have the same number of rows")
         if (pooled_views is not None) != (self._views > 1):
             raise ValueError(f"append: pooled_views is required exactly when the cache has views ({self._views})")
@@ -129,7 +135,9 @@ class ShardWriter:
             if pooled_views.shape[:2] != (b, self._views - 1):
                 raise ValueError(f"append: pooled_views must be (b, {self._views - 1}, c), got {pooled_views.shape}")
             self._pooled_views.append(np.asarray(pooled_views, dtype=schema.POOLED_DTYPE))
-        if self._deflate_level is not None:
+        if self._maps is None:
+            pass
+        elif self._deflate_level is not None:
             deflate.append(self._maps, maps, self._deflate_level)
         else:
             n = self._maps.shape[0]
@@ -148,7 +156,7 @@ class ShardWriter:
     def commit(self) -> ShardRecord:
         """Write the row datasets, close, fsync and rename into place; return the manifest record."""
         f = self._file
-        channels = self._maps.shape[-1]
+        channels = self._channels
         f.create_dataset(schema.POOLED, data=self._cat(self._pooled, schema.POOLED_DTYPE, (channels,)))
         if self._views > 1:
             tail = (self._views - 1, channels)

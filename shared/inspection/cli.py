@@ -24,9 +24,9 @@ from ..cli import VersionOpt, plain, run_cli, shown_default
 from ..errors import FeatcacheError
 from . import cam as cam_mod
 from . import export as export_mod
+from . import knn, similarity
 from . import outliers as outliers_mod
 from . import report as report_mod
-from . import similarity
 from . import verify as verify_mod
 from .picture import energy_overlay, load_source, resize_policy, write_png
 from .summary import summarize
@@ -77,13 +77,18 @@ def _print_summary(s: dict[str, Any]) -> None:
             where = f"shards {first}..{stop - 1}" if stop > first else "no new shards"
             echo(f"  generation {g['generation']} {g['created']}: {g['inputs']} inputs, {where} ({what})")
     echo(f"backbone:  {describe(fp)}")
-    echo(f"input:     {fp['resize']} to {fp['input_size']}, {fp['preprocessing']}")
-    echo(
-        f"storage:   maps {fp['maps_dtype']} {s['storage']['compression']}, computed in {fp['compute_dtype']}; "
-        f"{s['bytes']['total'] / 1e6:.1f} MB on disk"
-        + (f", {s['bytes']['per_row'] / 1e3:.1f} KB per row" if s["bytes"]["per_row"] else "")
+    on_disk = f"{s['bytes']['total'] / 1e6:.1f} MB on disk" + (
+        f", {s['bytes']['per_row'] / 1e3:.1f} KB per row" if s["bytes"]["per_row"] else ""
     )
-    echo(f"libraries: tensorflow {fp.get('tensorflow')}, keras {fp.get('keras')}, oneDNN {fp.get('onednn')}")
+    if not schema.has_maps(fp):
+        echo(f"storage:   pooled vectors only (no maps); {on_disk}")
+    else:
+        echo(f"input:     {fp['resize']} to {fp['input_size']}, {fp['preprocessing']}")
+        echo(
+            f"storage:   maps {fp['maps_dtype']} {s['storage']['compression']}, computed in {fp['compute_dtype']}; "
+            + on_disk
+        )
+        echo(f"libraries: tensorflow {fp.get('tensorflow')}, keras {fp.get('keras')}, oneDNN {fp.get('onednn')}")
     echo(f"source:    {s['source']['kind']} {s['source']['root']}; splits from {s['split_source']}")
     echo("splits:    " + ", ".join(f"{k} {v}" for k, v in s["splits"].items()))
     if s["classes"]:
@@ -243,9 +248,12 @@ def show(
         index = int(rows.index[k])
         v = rows.pooled[k]
         shard = next(s for s in c.shards if s.first_index <= index < s.first_index + s.num_inputs)
-        ((_, maps),) = c.iter_maps(indices=[index], dtype="float32")
-        maps = maps[0]
-        energy = maps.mean(axis=-1)
+        if png is not None:
+            c.require_maps("--png draws the maps' activations: leave it out")
+        maps = None
+        if c.has_maps:
+            ((_, maps),) = c.iter_maps(indices=[index], dtype="float32")
+            maps = maps[0]
         echo = typer.echo
         echo(f"row index {index} in {shard.file}: {rows.id[k]}")
         echo(
@@ -260,6 +268,10 @@ def show(
         )
         strongest = np.argsort(-v, kind="stable")[:top]
         echo("strongest channels: " + ", ".join(f"{ch} ({v[ch]:.3f})" for ch in strongest))
+        if maps is None:
+            echo(f"maps: none (the cache holds imported vectors: {describe(c.fingerprint)})")
+            return
+        energy = maps.mean(axis=-1)
         echo(f"maps {maps.shape}: zeros {100 * (maps == 0).mean():.1f}%; mean activation per position:")
         for line in energy:
             echo("  " + " ".join(f"{x:6.3f}" for x in line))
@@ -310,7 +322,9 @@ def neighbours(
             "--duplicates",
             help=(
                 "Instead, list every pair of rows whose pooled vectors are near-identical (cosine >= "
-                "--threshold) across the whole cache, marking pairs that straddle two splits (leaks)."
+                "--threshold) across the whole cache, marking pairs that straddle two splits (leaks). Files "
+                "whose bytes are identical are listed first when the extractor recorded their sha256 "
+                "(featcache-extract --checksum)."
             ),
         ),
     ] = False,
@@ -334,7 +348,23 @@ def neighbours(
             return f"{rows.index[i]:>7}  {names[i]:<5}  {_class_name(c.classes, int(rows.label[i])):<14}  {rows.id[i]}"
 
         if duplicates:
-            pairs = list(similarity.duplicate_pairs(unit, threshold, block))
+            hashes, why = similarity.recorded_content_hashes(c, rows.index)
+            if hashes is not None:
+                groups = similarity.content_groups(hashes)
+                leaks = sum(len(set(names[g])) > 1 for g in groups)
+                typer.echo(
+                    f"{len(groups)} groups of byte-identical files (sha256 of the bytes, recorded by --checksum) "
+                    f"({leaks} across splits)"
+                )
+                for g in groups:
+                    flag = "  LEAK" if len(set(names[g])) > 1 else ""
+                    typer.echo(f"sha256 {hashes[g[0]][:16]}{flag}\n" + "\n".join(f"  {describe_row(i)}" for i in g))
+            elif c.manifest.source.get("kind") != "external":
+                typer.echo(f"note: {why}", err=True)
+            keep = knn.Keep.of(c)
+            pairs = list(similarity.duplicate_pairs(unit, threshold, block, keep))
+            if keep.describe():
+                typer.echo(f"note: {keep.describe()}", err=True)
             leaks = sum(names[p.a] != names[p.b] for p in pairs)
             typer.echo(f"{len(pairs)} pairs with cosine >= {threshold} among {len(rows)} rows ({leaks} across splits)")
             for p in pairs:
@@ -374,6 +404,17 @@ def export_cmd(
             ),
         ),
     ] = None,
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help=(
+                "npz: OUT.npz and OUT.csv; parquet: OUT.parquet (id, index, label, class, split and the pooled "
+                "vector as a fixed-size list of float32, in row groups: bounded memory; readable by pandas, "
+                "polars and DuckDB; needs pip install 'featcache[parquet]')."
+            ),
+        ),
+    ] = "npz",
     projector: Annotated[
         Optional[Path],
         typer.Option(
@@ -389,14 +430,25 @@ def export_cmd(
     ] = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Pooled vectors, labels, ids and splits as .npz and .csv, for scikit-learn and other tools; or a
-    folder for TensorBoard's embedding projector."""
+    """Pooled vectors, labels, ids and splits as .npz and .csv (or Parquet), for scikit-learn and other
+    tools; or a folder for TensorBoard's embedding projector."""
 
     def job() -> None:
         if out is None and projector is None:
             raise FeatcacheError("export: give OUT (the .npz and .csv to write), --projector DIR, or both")
+        if fmt not in export_mod.FORMATS:
+            raise FeatcacheError(f"--format {fmt!r}: choose one of {', '.join(export_mod.FORMATS)}")
+        if fmt == "parquet" and maps:
+            raise FeatcacheError("--maps: Parquet holds the pooled vectors only; export maps with --format npz")
         c = FeatureCache(cache)
-        written = export_mod.export(c, out, export_mod.parse_range(maps) if maps else None) if out else []
+        if maps:
+            c.require_maps("--maps: there are no maps to export")
+        if out is None:
+            written = []
+        elif fmt == "parquet":
+            written = export_mod.export_parquet(c, out)
+        else:
+            written = export_mod.export(c, out, export_mod.parse_range(maps) if maps else None)
         if projector is not None:
             files, skipped = export_mod.projector(c, projector)
             written += files
@@ -404,6 +456,47 @@ def export_cmd(
                 typer.echo(f"note: {skipped}", err=True)
         for p in written:
             typer.echo(f"wrote {p} ({p.stat().st_size / 1e6:.1f} MB)")
+
+    run_cli(job, ctx=ctx, debug=debug)
+
+
+@app.command("import")
+def import_cmd(
+    ctx: typer.Context,
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help=(
+                "A .npz (arrays pooled (N, C), id, optionally label, split, classes: what export writes) or "
+                ".parquet file (columns id, pooled as a list of floats, optionally label, class, split: what "
+                "export --format parquet writes; needs pip install 'featcache[parquet]')."
+            ),
+            show_default=False,
+        ),
+    ],
+    cache: Annotated[Path, typer.Argument(help="The cache directory to create.", show_default=False)],
+    name: Annotated[
+        str, typer.Option(help="What the vectors are (e.g. clip-vit-b32): the cache's backbone is external:NAME.")
+    ] = "external",
+    shard_size: Annotated[int, typer.Option(min=1, help="Rows per shard.")] = 8192,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing cache at CACHE.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar over shards.")] = True,
+    debug: DebugOpt = False,
+) -> None:
+    """Make a cache of pooled vectors computed elsewhere (CLIP, DINOv2, any model): no maps, fingerprinted
+    by the sha256 of the vectors; every inspect command and the trainer's pooled heads read it. Bad
+    input (lengths that differ, NaN/Inf, duplicate ids, unknown split names, labels outside the classes)
+    is refused with one line and nothing is written."""
+
+    def job() -> None:
+        from ..cache.external import import_embeddings, read_embeddings
+
+        given = read_embeddings(source)
+        m = import_embeddings(cache, **given, name=name, shard_size=shard_size, overwrite=overwrite, progress=progress)
+        typer.echo(
+            f"{cache}: {m.rows} rows of {m.fingerprint['output_shape'][-1]}-d vectors from {source} "
+            f"({describe(m.fingerprint)}), {len(m.shards)} shards, {len(m.classes)} classes"
+        )
 
     run_cli(job, ctx=ctx, debug=debug)
 
@@ -540,8 +633,8 @@ def suspects(
         typer.Option(
             min=2,
             help=(
-                "Rows analysed (memory: ~15 KB per row); a larger cache is sampled at random to this many, "
-                "and only those are ranked."
+                "Rows analysed (memory: ~11 KB per row at 1280-d); a larger cache is sampled at random to this "
+                "many, and only those are ranked."
             ),
         ),
     ] = report_mod.SUSPECTS_MAX_ROWS,
@@ -549,15 +642,28 @@ def suspects(
         int, typer.Option(min=2, help="Cross-validation folds of the classifier.")
     ] = report_mod.suspects.DEFAULT_FOLDS,
     seed: Annotated[int, typer.Option(help="Seed of the sampling and the folds.")] = 0,
+    neighbours: Annotated[
+        bool,
+        typer.Option(
+            help=(
+                "Also give each row the share of its 10 nearest rows (cosine of pooled vectors, through the "
+                "neighbour index past 20,000 rows) that carry its label: a second opinion beside p(label)."
+            )
+        ),
+    ] = True,
     debug: DebugOpt = False,
 ) -> None:
     """Rows whose given label looks wrong, most suspect first: each labelled row's probability of its
-    label from a cross-validated logistic regression on the pooled vectors, and the label it suggests."""
+    label from a cross-validated logistic regression on the pooled vectors (past 20,000 labelled rows
+    fitted on a sample, every other row scored by the folds' models), and the label it suggests."""
 
     def job() -> None:
         c = FeatureCache(cache)
         loaded = report_mod.load_rows(c, max_rows, seed)
-        ranked, noise = report_mod.find_suspects(c, loaded.rows, folds, seed)
+        keep = None if loaded.sampled else knn.Keep.of(c)
+        ranked, noise = report_mod.find_suspects(c, loaded.rows, folds, seed, neighbours=neighbours, keep=keep)
+        if keep is not None and keep.describe():
+            typer.echo(f"note: {keep.describe()}", err=True)
         if noise is None:
             raise FeatcacheError(f"{cache}: fewer than two labelled classes: nothing to check")
         if csv_file is not None:
@@ -566,13 +672,19 @@ def suspects(
             typer.echo(json.dumps(ranked[:top], indent=1, ensure_ascii=False))
             return
         sample = f" (a random sample of {len(loaded.rows)} of {loaded.total})" if loaded.sampled else ""
+        fit = f", classifier fitted on a sample of {noise.fitted}" if noise.fitted < len(ranked) else ""
         typer.echo(
-            f"{len(ranked)} labelled rows{sample}; out-of-fold accuracy {noise.accuracy:.3f}; most suspect first:"
+            f"{len(ranked)} labelled rows{sample}{fit}; out-of-fold accuracy {noise.accuracy:.3f}; most suspect first:"
         )
-        typer.echo(f"{'rank':>5}  {'p(label)':>8}  {'index':>7}  {'split':<5}  {'label':<14}  {'suggested':<14}  id")
+        agree = f"  {'nbrs':>5}" if neighbours else ""
+        typer.echo(
+            f"{'rank':>5}  {'p(label)':>8}{agree}  {'index':>7}  {'split':<5}  {'label':<14}  {'suggested':<14}  id"
+        )
         for d in ranked[:top]:
+            share = d.get("neighbours_agree")
+            cell = f"  {'-' if share is None else format(share, '.1f'):>5}" if neighbours else ""
             typer.echo(
-                f"{d['rank']:>5}  {d['p_label']:>8.4f}  {d['index']:>7}  {d['split']:<5}  {d['label']:<14}  "
+                f"{d['rank']:>5}  {d['p_label']:>8.4f}{cell}  {d['index']:>7}  {d['split']:<5}  {d['label']:<14}  "
                 f"{d['suggested']:<14}  {d['id']}"
             )
         if csv_file is not None:
@@ -619,7 +731,14 @@ def outliers(
 
     def job() -> None:
         c = FeatureCache(cache)
-        ranked = outliers_mod.find_outliers(c, k=k, split=split, per_class=per_class, progress=progress)
+        ranked = outliers_mod.find_outliers(
+            c,
+            k=k,
+            split=split,
+            per_class=per_class,
+            progress=progress,
+            log=lambda line: typer.echo(f"note: {line}", err=True),
+        )
         if csv_file is not None:
             write_ranked_csv(csv_file, ranked)
         if as_json:

@@ -61,6 +61,25 @@ def output_paths(cache_dir: Path, out: Path) -> tuple[Path, Path]:
     return npz, table
 
 
+FORMATS = ("npz", "parquet")
+
+
+def export_parquet(cache: FeatureCache, out: Path) -> list[Path]:
+    """Write ``OUT.parquet`` (``.parquet`` added unless it ends so): id, index, label, class, split and
+    the pooled vector as a fixed-size list, in row groups (:mod:`featcache.shared.cache.columnar`;
+    needs pyarrow); return its path. Checked as :func:`output_paths`."""
+    from ..cache.columnar import write_parquet
+
+    out = Path(out)
+    target = out if out.suffix == ".parquet" else out.with_name(out.name + ".parquet")
+    output_paths(cache.path, target.with_suffix(".npz"))  # the same checks: a file name, outside the cache
+    if target.is_dir():
+        raise FeatcacheError(f"{target}: is a folder; give another output name")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_parquet(cache, target)
+    return [target]
+
+
 def export(cache: FeatureCache, out: Path, maps_range: tuple[int, int] | None = None) -> list[Path]:
     """Write ``OUT.npz`` and ``OUT.csv``; return their paths.
 
@@ -69,6 +88,8 @@ def export(cache: FeatureCache, out: Path, maps_range: tuple[int, int] | None = 
     stored dtype and ``maps_index (M,)`` for the rows whose index is in the range.
     """
     npz, table = output_paths(cache.path, out)
+    if maps_range is not None:
+        cache.require_maps(f"maps_range={maps_range!r}: there are no maps to export")
     rows = cache.load_pooled()
     names = split_names(rows.split).astype(str)
     arrays: dict[str, np.ndarray] = {

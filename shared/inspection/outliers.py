@@ -22,6 +22,7 @@ and ranks by that: an image unlike the rest of its class (but maybe like another
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -57,11 +58,13 @@ def isolation(
     *,
     exact: bool | None = None,
     progress: bool = False,
+    keep: knn.Keep | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Isolation of every row of ``pooled`` ``(n, c)`` among those rows: ``(isolation (n,) float64,
     nearest (n,) int64)`` — the score above and the position of the most similar other row (-1 when
     there is none). Degenerate rows score ``inf``; a row with fewer than ``k`` comparable others is
-    scored on those it has (NaN with none)."""
+    scored on those it has (NaN with none). ``keep``: the cache's kept neighbour index (used when every
+    row is comparable, as the index covers every row)."""
     if k < 1:
         raise FeatcacheError(f"k={k}: expected at least one neighbour")
     pooled = np.asarray(pooled, dtype=np.float32)
@@ -76,7 +79,8 @@ def isolation(
     for start in range(0, len(unit), 65_536):
         unit[start : start + 65_536] = normalize(unit[start : start + 65_536])
     with tqdm(total=len(ok), unit="row", desc="neighbours", disable=not progress, leave=False) as bar:
-        rows, cos = knn.nearest_all(unit, k, exact=exact, step=bar.update)
+        keep = keep if len(ok) == n else None
+        rows, cos = knn.nearest_all(unit, k, exact=exact, step=bar.update, keep=keep)
     reduced = not (len(ok) <= knn.EXACT_MAX_ROWS if exact is None else exact)
     if reduced:  # the head of the ranking, searched again on the full vectors
         head = max(EXACT_HEAD_ROWS, int(EXACT_HEAD_FRACTION * len(ok)))
@@ -114,6 +118,7 @@ def find_outliers(
     exact: bool | None = None,
     progress: bool = False,
     rows: PooledRows | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """The rows of ``cache`` (of ``split``: train, val or test; all when None) ranked most isolated
     first, as JSON-ready dicts: ``rank, id, index, split, label, isolation, nearest_id, reason`` (and
@@ -121,8 +126,11 @@ def find_outliers(
     when already loaded. ``exact``: see :func:`featcache.shared.inspection.knn.nearest_all`."""
     if split is not None and split not in SPLITS:
         raise FeatcacheError(f"split={split!r}: expected one of {', '.join(SPLITS)} (or none for every row)")
+    keep = knn.Keep.of(cache) if rows is None else None  # the cache's every row: its kept index applies
     rows = cache.load_pooled() if rows is None else rows
-    score, nearest = isolation(rows.pooled, k, exact=exact, progress=progress)
+    score, nearest = isolation(rows.pooled, k, exact=exact, progress=progress, keep=keep)
+    if keep is not None and keep.describe() and log is not None:
+        log(keep.describe())
     reasons = degenerate(rows.pooled)
     names = np.asarray(split_names(rows.split))
     chosen = np.flatnonzero(names == split) if split is not None else np.arange(len(rows))

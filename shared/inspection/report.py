@@ -28,7 +28,9 @@ from . import outliers, picture, similarity, suspects
 from .summary import summarize
 
 DEFAULT_MAX_ROWS = 10_000  # rows analysed; beyond, a random sample (the duplicate search is quadratic)
-SUSPECTS_MAX_ROWS = 50_000  # rows the suspects command ranks (linear cost, ~15 KB of memory per row)
+# rows the suspects command ranks (~11 KB of memory per row at 1280-d: the vectors, their unit copy for the
+# neighbour search, the projection; time: the fit on a sample, then linear, plus the neighbour index)
+SUSPECTS_MAX_ROWS = 1_000_000
 MAP_POINTS = 2_000  # points drawn in each 2-D map (an SVG of many more is slow to open)
 TSNE_POINTS = 1_500  # t-SNE is ~quadratic: it gets at most this many points
 SHOWN = 40  # suspects, pairs and failed inputs listed on the page
@@ -81,15 +83,29 @@ def class_name(classes: list[str], label: int) -> str:
 
 
 def find_suspects(
-    cache: FeatureCache, rows: PooledRows, folds: int = suspects.DEFAULT_FOLDS, seed: int = 0
+    cache: FeatureCache,
+    rows: PooledRows,
+    folds: int = suspects.DEFAULT_FOLDS,
+    seed: int = 0,
+    neighbours: bool = False,
+    keep: Any = None,
 ) -> tuple[list[dict[str, Any]], suspects.LabelNoise | None]:
     """Labelled ``rows`` ranked by how unlikely their given label is, most suspect first, as JSON-ready
-    dicts (index, id, split, label, suggested, p_label, p_suggested, score); with the verdict arrays."""
+    dicts (index, id, split, label, suggested, p_label, p_suggested, score, and with ``neighbours``
+    neighbours_agree: the share of the row's nearest rows with its label); with the verdict arrays."""
     labelled = np.flatnonzero(rows.label >= 0)
     n_classes = len(cache.classes)
     if len(labelled) < 2 or len(np.unique(rows.label[labelled])) < 2:
         return [], None
-    noise = suspects.label_noise(rows.pooled[labelled], rows.label[labelled], n_classes, folds, seed)
+    noise = suspects.label_noise(
+        rows.pooled[labelled],
+        rows.label[labelled],
+        n_classes,
+        folds,
+        seed,
+        neighbours=neighbours,
+        keep=keep if len(labelled) == len(rows) else None,  # the kept index covers every row of the cache
+    )
     names = split_names(rows.split)
     out = []
     for rank, k in enumerate(noise.order.tolist(), 1):
@@ -108,6 +124,9 @@ def find_suspects(
                 "score": round(float(noise.score[k]), 6),
             }
         )
+        if noise.agree is not None:
+            agree = float(noise.agree[k])
+            out[-1]["neighbours_agree"] = round(agree, 6) if np.isfinite(agree) else None
     return out, noise
 
 

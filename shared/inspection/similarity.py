@@ -13,6 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..cache.listing import load_listing
+from ..cache.reader import FeatureCache
+from ..errors import FeatcacheError
 from . import knn
 
 DEFAULT_BLOCK = 2048
@@ -60,13 +63,15 @@ def near_duplicates(
 DUPLICATE_NEIGHBOURS = 16  # neighbours looked at per row by the indexed search
 
 
-def near_duplicates_indexed(unit: np.ndarray, threshold: float = DEFAULT_DUPLICATE_THRESHOLD) -> Iterator[Pair]:
+def near_duplicates_indexed(
+    unit: np.ndarray, threshold: float = DEFAULT_DUPLICATE_THRESHOLD, keep: knn.Keep | None = None
+) -> Iterator[Pair]:
     """The pairs of :func:`near_duplicates` found through each row's :data:`DUPLICATE_NEIGHBOURS` nearest
     rows (:func:`knn.nearest_all`, exact cosines). A row whose furthest listed neighbour still reaches
     ``threshold`` may have more duplicates than listed: it is compared with every row exactly. What can
     be missed is a pair the index never offered (near-identical vectors share a list, or sit in
     neighbouring ones, which are searched too; bench/inspect_scale.py measures it)."""
-    rows, cos = knn.nearest_all(unit, DUPLICATE_NEIGHBOURS)
+    rows, cos = knn.nearest_all(unit, DUPLICATE_NEIGHBOURS, keep=keep)
     found: dict[tuple[int, int], float] = {}
     for a, j in zip(*np.nonzero(cos >= threshold), strict=True):
         b = int(rows[a, j])
@@ -84,9 +89,37 @@ def near_duplicates_indexed(unit: np.ndarray, threshold: float = DEFAULT_DUPLICA
 
 
 def duplicate_pairs(
-    unit: np.ndarray, threshold: float = DEFAULT_DUPLICATE_THRESHOLD, block: int = DEFAULT_BLOCK
+    unit: np.ndarray,
+    threshold: float = DEFAULT_DUPLICATE_THRESHOLD,
+    block: int = DEFAULT_BLOCK,
+    keep: knn.Keep | None = None,
 ) -> Iterator[Pair]:
-    """Every near-duplicate pair: exactly up to :data:`knn.EXACT_MAX_ROWS` rows, through the index above."""
+    """Every near-duplicate pair: exactly up to :data:`knn.EXACT_MAX_ROWS` rows, through the index above
+    (kept in the cache with ``keep``: :class:`knn.Keep`)."""
     if len(unit) <= knn.EXACT_MAX_ROWS:
         return near_duplicates(unit, threshold, block)
-    return near_duplicates_indexed(unit, threshold)
+    return near_duplicates_indexed(unit, threshold, keep)
+
+
+def recorded_content_hashes(cache: FeatureCache, index: np.ndarray) -> tuple[np.ndarray | None, str | None]:
+    """The sha256 of each row's source file (rows at listing positions ``index``), as the extractor
+    recorded them with ``checksum=True`` (``--checksum``) in ``listing.npz``: ``(hashes (n,) str, None)``,
+    ``""`` where a file could not be read; or ``(None, why)`` when the cache records none."""
+    try:
+        listing = load_listing(cache.path, cache.manifest)
+    except FeatcacheError as exc:
+        return None, f"its listing is not usable ({exc})"
+    if listing is None or "sha256" not in listing:
+        return None, "no content hashes recorded (extract with --checksum to list byte-identical files first)"
+    return np.asarray(listing["sha256"]).astype(str)[index], None
+
+
+def content_groups(hashes: np.ndarray) -> list[np.ndarray]:
+    """Positions of rows whose source files are byte-identical: groups of two or more equal non-empty
+    ``hashes``, each sorted, in order of their first row. One sort: free beside any vector search."""
+    hashes = np.asarray(hashes).astype(str)
+    order = np.argsort(hashes, kind="stable")
+    sorted_hashes = hashes[order]
+    cuts = np.flatnonzero(sorted_hashes[1:] != sorted_hashes[:-1]) + 1
+    groups = [g for g in np.split(order, cuts) if len(g) > 1 and hashes[g[0]] != ""]
+    return sorted((np.sort(g) for g in groups), key=lambda g: int(g[0]))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +34,14 @@ SUBSPACE_ROUNDS = 4
 RIDGE = 400.0  # ridge on the weights: RIDGE / rows, per mean cross-entropy (tuned on CIFAR-10, 1,000-5,000 rows)
 ITERATIONS = 150  # accelerated gradient steps per fold
 STD_FLOOR = 1e-6  # ReLU features have channels that are zero everywhere: those stay zero
+# Labelled rows the classifier is cross-validated on. Beyond, a random sample of this many (every class
+# keeps at least MIN_PER_CLASS rows when it has them) is cross-validated, and every other row is scored
+# by the mean of the folds' classifiers, none of which saw it: still out of sample, and the cost past
+# the fit is one (n, PCA_DIMS) projection and a product with each fold's weights.
+FIT_MAX_ROWS = 20_000
+MIN_PER_CLASS = 50
+NEIGHBOURS = 10  # neighbours whose labels are compared with each row's (LabelNoise.agree)
+BLOCK_ROWS = 65_536
 
 
 def standardize(x: np.ndarray) -> np.ndarray:
@@ -138,9 +147,15 @@ def stratified_folds(y: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
 
 
 def out_of_fold_probs(
-    x: np.ndarray, y: np.ndarray, n_classes: int, folds: int = DEFAULT_FOLDS, seed: int = 0
+    x: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    folds: int = DEFAULT_FOLDS,
+    seed: int = 0,
+    models: list[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> np.ndarray:
-    """Class probabilities ``(n, k)`` of every row from a classifier trained on the other folds."""
+    """Class probabilities ``(n, k)`` of every row from a classifier trained on the other folds; each
+    fold's ``(W, b)`` is appended to ``models`` when given."""
     fold = stratified_folds(y, folds, seed)
     probs = np.zeros((len(y), n_classes), np.float32)
     for f in range(folds):
@@ -150,7 +165,70 @@ def out_of_fold_probs(
             continue
         w, b = fit_softmax(x[~held], y[~held], n_classes)
         probs[held] = softmax(x[held] @ w + b)
+        if models is not None:
+            models.append((w, b))
     return probs
+
+
+def fit_sample(y: np.ndarray, rows: int, seed: int = 0) -> np.ndarray:
+    """Sorted positions of ``rows`` of the labels ``y`` chosen at random, every class keeping at least
+    :data:`MIN_PER_CLASS` rows (all of them when it has fewer)."""
+    rng = np.random.default_rng(seed)
+    chosen = np.zeros(len(y), bool)
+    chosen[rng.choice(len(y), min(rows, len(y)), replace=False)] = True
+    for c in np.unique(y):
+        members = np.flatnonzero(y == c)
+        short = min(MIN_PER_CLASS, len(members)) - int(chosen[members].sum())
+        if short > 0:
+            chosen[rng.choice(members[~chosen[members]], short, replace=False)] = True
+    return np.flatnonzero(chosen)
+
+
+def _projected(pooled: np.ndarray, seed: int) -> np.ndarray:
+    """:func:`standardize` then the top :data:`PCA_DIMS` principal axes, block by block: ``(n, dims)``
+    float32 without a standardised ``(n, d)`` copy (what :func:`label_noise` does at once on few rows)."""
+    n, d = pooled.shape
+    total = np.zeros(d)
+    square = np.zeros(d)
+    for start in range(0, n, BLOCK_ROWS):
+        block = np.asarray(pooled[start : start + BLOCK_ROWS], dtype=np.float64)
+        total += block.sum(axis=0)
+        square += (block**2).sum(axis=0)
+    mean = total / n
+    std = np.maximum(np.sqrt(np.maximum(square / n - mean**2, 0)), STD_FLOOR).astype(np.float32)
+    mean = mean.astype(np.float32)
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(n, min(PCA_FIT_ROWS, n), replace=False))
+    centre, axes = pca_basis((pooled[sample] - mean) / std, PCA_DIMS, seed)
+    out = np.empty((n, axes.shape[1]), np.float32)
+    for start in range(0, n, BLOCK_ROWS):
+        out[start : start + BLOCK_ROWS] = project((pooled[start : start + BLOCK_ROWS] - mean) / std, centre, axes)
+    return out
+
+
+def neighbour_agreement(pooled: np.ndarray, labels: np.ndarray, k: int = NEIGHBOURS, keep: Any = None) -> np.ndarray:
+    """Fraction ``(n,)`` of each row's ``k`` nearest other rows (cosine of the pooled vectors, through
+    :func:`.knn.nearest_all`: exact up to its ``EXACT_MAX_ROWS``, the neighbour index above) that carry
+    its label; NaN for a row with no comparable neighbour (or a non-finite vector). ``keep``: the cache's
+    kept index (:class:`.knn.Keep`), used when ``pooled`` is every row of the cache, all finite."""
+    from . import knn
+
+    n = len(pooled)
+    out = np.full(n, np.nan)
+    finite = np.flatnonzero(np.isfinite(pooled).all(axis=1))
+    if len(finite) < 2:
+        return out
+    unit = np.empty((len(finite), pooled.shape[1]), np.float32)
+    for start in range(0, len(finite), BLOCK_ROWS):
+        block = np.asarray(pooled[finite[start : start + BLOCK_ROWS]], dtype=np.float32)
+        norm = np.linalg.norm(block, axis=1, keepdims=True)
+        unit[start : start + BLOCK_ROWS] = block / np.where(norm > 0, norm, 1.0)
+    rows, _ = knn.nearest_all(unit, k, keep=keep if len(finite) == n else None)
+    found = rows >= 0
+    same = found & (labels[finite][np.maximum(rows, 0)] == labels[finite][:, None])
+    with np.errstate(invalid="ignore"):
+        out[finite] = np.where(found.any(axis=1), same.sum(axis=1) / found.sum(axis=1), np.nan)
+    return out
 
 
 @contextlib.contextmanager
@@ -184,6 +262,10 @@ class LabelNoise:
     suggested: np.ndarray
     score: np.ndarray
     order: np.ndarray
+    # fraction of each row's NEIGHBOURS nearest rows with its label (neighbour_agreement), when computed
+    agree: np.ndarray | None = None
+    # rows the classifier was cross-validated on (the others scored by its folds' models): all, or a sample
+    fitted: int = 0
 
     @property
     def accuracy(self) -> float:
@@ -192,25 +274,53 @@ class LabelNoise:
 
 
 def label_noise(
-    pooled: np.ndarray, labels: np.ndarray, n_classes: int, folds: int = DEFAULT_FOLDS, seed: int = 0
+    pooled: np.ndarray,
+    labels: np.ndarray,
+    n_classes: int,
+    folds: int = DEFAULT_FOLDS,
+    seed: int = 0,
+    *,
+    neighbours: bool = False,
+    keep: Any = None,
 ) -> LabelNoise:
     """Rank labelled rows by how unlikely their given label is (see the module docstring).
 
     ``pooled (n, d)`` float; ``labels (n,)`` ints in ``0..n_classes-1`` (unlabelled rows must be left out).
+    Beyond :data:`FIT_MAX_ROWS` rows the classifier is cross-validated on a sample and scores the rest
+    (see there). ``neighbours``: also :func:`neighbour_agreement` (``LabelNoise.agree``), through the
+    neighbour index past its exact size.
     """
     labels = np.asarray(labels, dtype=np.int64)
-    x = standardize(pooled)
-    with one_blas_thread():
-        if x.shape[1] > PCA_DIMS and len(x) > 1:  # not whitened: that would blow up the noisy minor axes
-            x = project(x, *pca_basis(x, PCA_DIMS, seed))
-        probs = out_of_fold_probs(x, labels, n_classes, min(folds, max(2, len(x))), seed)
+    folds = min(folds, max(2, len(labels)))
+    if len(labels) <= FIT_MAX_ROWS:
+        x = standardize(pooled)
+        with one_blas_thread():
+            if x.shape[1] > PCA_DIMS and len(x) > 1:  # not whitened: that would blow up the noisy minor axes
+                x = project(x, *pca_basis(x, PCA_DIMS, seed))
+            probs = out_of_fold_probs(x, labels, n_classes, folds, seed)
+        fitted = len(labels)
+    else:
+        x = _projected(pooled, seed) if pooled.shape[1] > PCA_DIMS else standardize(pooled)
+        sample = fit_sample(labels, FIT_MAX_ROWS, seed)
+        rest = np.ones(len(labels), bool)
+        rest[sample] = False
+        probs = np.empty((len(labels), n_classes), np.float32)
+        models: list[tuple[np.ndarray, np.ndarray]] = []
+        with one_blas_thread():
+            probs[sample] = out_of_fold_probs(x[sample], labels[sample], n_classes, folds, seed, models)
+        unseen = np.flatnonzero(rest)
+        for start in range(0, len(unseen), BLOCK_ROWS):
+            at = unseen[start : start + BLOCK_ROWS]
+            probs[at] = np.mean([softmax(x[at] @ w + b) for w, b in models], axis=0)
+        fitted = len(sample)
+    agree = neighbour_agreement(pooled, labels, keep=keep) if neighbours else None
     rows = np.arange(len(labels))
     p_given = probs[rows, labels]
     others = probs.copy()
     others[rows, labels] = -1.0
     score = 1.0 - p_given
     order = np.lexsort((rows, -score))
-    return LabelNoise(probs, labels, others.argmax(axis=1), score, order)
+    return LabelNoise(probs, labels, others.argmax(axis=1), score, order, agree, fitted)
 
 
 @dataclass

@@ -157,6 +157,8 @@ def _rows_problem(
         return f"pooled has {int((~np.isfinite(pooled)).sum())} NaN/Inf values"
     if f.has(schema.POOLED_VIEWS) and not np.isfinite(f.read(schema.POOLED_VIEWS)).all():
         return f"{schema.POOLED_VIEWS} has NaN/Inf values"
+    if not f.has(schema.MAPS):  # imported vectors: no maps to check the pooled vectors against
+        return None
     maps = f.dataset(schema.MAPS)
     for start in range(0, rec.rows, MAPS_BLOCK_ROWS):
         block = maps[start : start + MAPS_BLOCK_ROWS]
