@@ -135,7 +135,7 @@ class ShardWriter:
             if pooled_views.shape[:2] != (b, self._views - 1):
                 raise ValueError(f"append: pooled_views must be (b, {self._views - 1}, c), got {pooled_views.shape}")
             self._pooled_views.append(np.asarray(pooled_views, dtype=schema.POOLED_DTYPE))
-        if self._maps is None:
+        if self._maps is None or maps is None:  # checked above: both or neither
             pass
         elif self._deflate_level is not None:
             deflate.append(self._maps, maps, self._deflate_level)

@@ -129,8 +129,9 @@ def find_outliers(
     keep = knn.Keep.of(cache) if rows is None else None  # the cache's every row: its kept index applies
     rows = cache.load_pooled() if rows is None else rows
     score, nearest = isolation(rows.pooled, k, exact=exact, progress=progress, keep=keep)
-    if keep is not None and keep.describe() and log is not None:
-        log(keep.describe())
+    described = keep.describe() if keep is not None else None
+    if described and log is not None:
+        log(described)
     reasons = degenerate(rows.pooled)
     names = np.asarray(split_names(rows.split))
     chosen = np.flatnonzero(names == split) if split is not None else np.arange(len(rows))
