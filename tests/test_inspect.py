@@ -122,7 +122,7 @@ def test_neighbours_and_duplicates_find_a_planted_copy(tmp_path, sample_dir):
     assert first.split()[0] == "1.0000" and first.endswith("cross/copy_of_circle.jpg")
     d = inspect("neighbours", tmp_path / "c", "--duplicates", "--block", "16")
     assert d.exit_code == 0, d.output
-    assert d.output.startswith("1 pairs with cosine >= 0.995 among 16 rows")
+    assert d.stdout.startswith("1 pairs with cosine >= 0.995 among 16 rows")  # (a note on standard error)
     assert f"circle/{original.name}" in d.output and "cross/copy_of_circle.jpg" in d.output
 
 
