@@ -109,6 +109,7 @@ def _check_arguments(options: dict) -> None:
     for name in ("mixed_precision", "xla", "overwrite", "update", "checksum", "strict", "finalize"):
         bool_arg(name, options[name])
     bool_arg("progress", options["progress"], optional=True)
+    bool_arg("keep_top_input", options["keep_top_input"], optional=True)
     choice_arg("maps_dtype", options["maps_dtype"], schema.MAPS_DTYPES)
     choice_arg("compression", options["compression"], tuple(schema.COMPRESSIONS))
     choice_arg("runner", options["runner"], RUNNERS)
@@ -126,6 +127,15 @@ def _pair(value: str | Sequence[float], name: str) -> tuple[float, float]:
     except (TypeError, ValueError):
         raise FeatcacheError(f"{name}={value!r}: expected two numbers 'low,high'") from None
     return low, high
+
+
+def _taps(value: str | Sequence[str] | None) -> str | None:
+    """``taps=`` as the config's string: None, ``"default"``, ``"none"`` or names joined by commas."""
+    if value is None or (isinstance(value, str) and value):
+        return value
+    if isinstance(value, Sequence) and value and all(isinstance(v, str) and v and "," not in v for v in value):
+        return ",".join(value)
+    raise FeatcacheError(f"taps={value!r}: expected 'default', 'none', or layer names (a string or a list)")
 
 
 def _rows_now(cache: Path) -> int:
@@ -173,6 +183,8 @@ def extract(
     source_format: str | None = None,
     tfrecord_keys: str | None = None,
     feed_dtype: str | None = None,
+    taps: str | Sequence[str] | None = None,
+    keep_top_input: bool | None = None,
     progress: bool | None = None,
     log: Log | None = None,
 ) -> ExtractResult:
@@ -216,6 +228,15 @@ def extract(
     ``feed_dtype``: ``"uint8"`` (resized images rounded to uint8, cast and preprocessed on the
     device) or ``"float32"`` (preprocessed on the host, unrounded); None keeps what an existing cache
     records and uses uint8 for a new one (see docs/performance.md).
+
+    ``taps``: in the same forward pass, also store the spatial means of these layers' outputs per row
+    (dataset ``taps``, float32, concatenated; ``taps_views`` for the other views): ``"default"`` (the
+    backbone's own, for MobileNetV2 ``block_13_expand_relu`` and ``block_16_project_BN``, 896 floats),
+    ``"none"``, or layer names (a comma-joined string or a sequence). ``keep_top_input=True`` also
+    stores the input of the backbone's last block (MobileNetV2: the 7x7x320 output of
+    ``block_16_project_BN`` that ``Conv_1`` takes) in float16, ~31 KB a row, which the trainer's
+    ``top`` head fine-tunes from. None keeps what an existing cache records; a new cache gets the
+    default taps and no top input (docs/cache-format.md).
 
     Raises :class:`FeatcacheError` (one line naming the file and the reason) on bad arguments, a
     cache made otherwise, changed inputs, a locked cache, or a cache that is complete with no row
@@ -270,6 +291,8 @@ def extract(
         crop_ratio=_pair(crop_ratio, "crop_ratio"),
         resize=resize,
         feed_dtype=None if feed_dtype is None else check_feed_dtype(feed_dtype),
+        taps=_taps(taps),
+        keep_top_input=keep_top_input,
     )
     cfg.augment  # noqa: B018  (checks views, crops and resize: a one-line error before any work)
     if runner == "ray" or gpus or workers > 1:

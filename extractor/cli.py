@@ -368,6 +368,31 @@ def extract(
             show_default=False,
         ),
     ] = None,
+    taps: Annotated[
+        Optional[str],
+        typer.Option(
+            help=(
+                "Layer taps: in the same forward pass, also store the spatial means of these layers' outputs "
+                "per row (dataset taps, float32, concatenated), for the trainer's --features taps. 'default' "
+                "(the backbone's: for mobilenet_v2 block_13_expand_relu and block_16_project_BN, 3.5 KB a row), "
+                "'none', or layer names joined by commas. Default: what an existing CACHE records (none for "
+                "older caches), 'default' for a new one."
+            ),
+            show_default=False,
+        ),
+    ] = None,
+    keep_top_input: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--keep-top-input/--no-keep-top-input",
+            help=(
+                "Also store the input of the backbone's last block (mobilenet_v2: the 7x7x320 output of "
+                "block_16_project_BN that Conv_1 takes, float16, ~31 KB a row), which the trainer's 'top' "
+                "head fine-tunes from. Default: what an existing CACHE records, off for a new one."
+            ),
+            show_default=False,
+        ),
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     verbose: VerboseOpt = False,
     debug: Annotated[bool, typer.Option(help="Show the full traceback on errors.")] = False,
@@ -423,6 +448,8 @@ def extract(
             source_format=source_format,
             tfrecord_keys=tfrecord_keys,
             feed_dtype=feed_dtype,
+            taps=taps,
+            keep_top_input=keep_top_input,
             progress=progress,
             log=_err,
         )

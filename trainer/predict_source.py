@@ -25,6 +25,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from ..shared.backbones import PREPROCESS_SCHEMES, RANDOM_PREFIX, is_model_file
+from ..shared.cache import schema
 from ..shared.cache.fingerprint import feed_dtype
 from ..shared.cache.fsutil import sha256_file
 from ..shared.cache.reader import FeatureCache, PooledRows
@@ -166,6 +167,9 @@ def extractor_flags(
         flags += ["--crop-scale", "{!r},{!r}".format(*augment["crop_scale"])]
         flags += ["--crop-ratio", "{!r},{!r}".format(*augment["crop_ratio"])]
     flags += ["--feed-dtype", feed_dtype(fp)]  # a cache made before the choice existed: float32
+    # the layer taps and the top input as recorded (a cache made before taps existed: none)
+    flags += ["--taps", ",".join(name for name, _ in schema.taps_of(fp)) or "none"]
+    flags.append("--keep-top-input" if schema.top_input_of(fp) is not None else "--no-keep-top-input")
     if fp.get("compute_dtype") == "mixed_float16":
         flags.append("--mixed-precision")
     return flags

@@ -54,6 +54,8 @@ COLUMNS = (
     schema.INDEX,
     schema.SPLIT,
     schema.POOLED_VIEWS,
+    schema.TAPS,
+    schema.TAPS_VIEWS,
     ROW,
     SHARD,
     SPLIT_UNIT,
@@ -131,6 +133,17 @@ class FeatureCache:
     def views(self) -> int:
         """Views per row: 1, or ``V`` when extracted with views (``pooled_views`` holds views 1..V-1)."""
         return schema.views_of(self.fingerprint)
+
+    @property
+    def layout(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Every per-row dataset the cache's shards hold: name -> (one row's shape, dtype)
+        (:func:`schema.layout_of`)."""
+        return schema.layout_of(self.fingerprint, self.manifest.storage["maps_dtype"])
+
+    @property
+    def taps(self) -> list[tuple[str, int]]:
+        """The tapped layers and their widths, in the order of the ``taps`` columns (``[]``: none)."""
+        return schema.taps_of(self.fingerprint)
 
     @property
     def num_rows(self) -> int:
@@ -218,6 +231,9 @@ class FeatureCache:
             raise FeatcacheError(
                 f"columns={columns!r}: expected a tuple of column names from {', '.join(COLUMNS)} (maps: iter_maps)"
             )
+        for c in columns:
+            if c in _LAYOUT_COLUMNS and c not in self.layout:
+                raise FeatcacheError(f"{self.path}: the cache has no {c} dataset ({_HOW_TO_GET.get(c, 'views')})")
         wanted = tuple(dict.fromkeys((*columns, schema.INDEX)))
         parts: dict[str, list[np.ndarray]] = {k: [] for k in wanted}
         stored = tuple(k for k in wanted if k not in (ROW, SHARD))
@@ -251,6 +267,7 @@ class FeatureCache:
             schema.INDEX: np.zeros(0, schema.INDEX_DTYPE),
             schema.SPLIT: np.zeros(0, schema.SPLIT_DTYPE),
             schema.POOLED_VIEWS: np.zeros((0, max(self.views - 1, 0), self.maps_shape[-1]), schema.POOLED_DTYPE),
+            **{k: np.zeros((0, *tail), dtype) for k, (tail, dtype) in self.layout.items() if k in _LAYOUT_COLUMNS},
             ROW: np.zeros(0, np.int64),
             SHARD: np.zeros(0, np.int64),
             SPLIT_UNIT: np.zeros(0, np.float64),
@@ -302,7 +319,7 @@ class FeatureCache:
                     if key == SPLIT_UNIT:
                         return np.full(record.rows, np.nan)
                     try:
-                        return _read_column(f, key, record.rows, channels)
+                        return _read_column(f, key, record.rows, channels, self.layout)
                     except (KeyError, OSError, ValueError, TypeError) as exc:  # named here: `where` may be the index
                         raise FeatcacheError(f"{self.shard_path(record)}: cannot read dataset ({exc})") from None
 
@@ -313,7 +330,7 @@ class FeatureCache:
         generation that wrote it), after the identity check of :meth:`open_shard`."""
         with self.open_shard(record) as f:
             try:
-                return {key: _read_column(f, key, record.rows, self.maps_shape[-1]) for key in keys}
+                return {key: _read_column(f, key, record.rows, self.maps_shape[-1], self.layout) for key in keys}
             except (KeyError, OSError, ValueError, TypeError) as exc:
                 raise FeatcacheError(f"{self.shard_path(record)}: cannot read dataset ({exc})") from None
 
@@ -363,16 +380,34 @@ class FeatureCache:
         c = self.read_columns((schema.POOLED, schema.POOLED_VIEWS))
         return np.concatenate([c[schema.POOLED][:, None], c[schema.POOLED_VIEWS]], axis=1)
 
+    def load_taps_views(self) -> np.ndarray:
+        """``(N, V, T)`` float32: every row's taps of all its views (view 0 first), in index order, as
+        :meth:`load_pooled_views` for the pooled vectors."""
+        if self.views == 1:
+            return self.read_columns((schema.TAPS,))[schema.TAPS][:, None]
+        c = self.read_columns((schema.TAPS, schema.TAPS_VIEWS))
+        return np.concatenate([c[schema.TAPS][:, None], c[schema.TAPS_VIEWS]], axis=1)
+
     def iter_maps(
-        self, block_rows: int = DEFAULT_BLOCK_ROWS, indices: np.ndarray | None = None, dtype: str | None = None
+        self,
+        block_rows: int = DEFAULT_BLOCK_ROWS,
+        indices: np.ndarray | None = None,
+        dtype: str | None = None,
+        *,
+        dataset: str = schema.MAPS,
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(index (b,), maps (b, h, w, c))`` blocks of at most ``block_rows`` rows, in index order.
 
         Each block is one contiguous, chunk-aligned read; gzip'd rows (the default storage) are
         inflated on all cores (:mod:`featcache.shared.cache.deflate`). ``indices`` keeps only those listing
         positions (e.g. one split; each in ``0 .. num_inputs - 1``, else an error); ``dtype`` casts the
-        maps to a float dtype (default: as stored). Dead rows are skipped.
+        maps to a float dtype (default: as stored). Dead rows are skipped. ``dataset="top_input"``
+        reads the kept input of the backbone's last block instead of the maps, the same way.
         """
+        if dataset not in (schema.MAPS, schema.TOP_INPUT):
+            raise FeatcacheError(f"dataset={dataset!r}: expected {schema.MAPS!r} or {schema.TOP_INPUT!r}")
+        if dataset not in self.layout:
+            raise FeatcacheError(f"{self.path}: the cache has no {dataset} dataset ({_HOW_TO_GET[dataset]})")
         block_rows = int_arg("block_rows", block_rows, minimum=1)
         dtype = dtype_arg("dtype", dtype, FLOAT_DTYPES, optional=True)
         keep = None if indices is None else np.unique(positions_arg("indices", indices, self.manifest.num_inputs))
@@ -387,7 +422,9 @@ class FeatureCache:
                 if len(rows) == 0:
                     continue
                 try:
-                    maps = own_dataset(f, schema.MAPS)
+                    maps = own_dataset(f, dataset)
+                    if tuple(maps.shape[1:]) != self.layout[dataset][0]:
+                        raise ValueError(f"{dataset} is {maps.shape}, expected (rows, {self.layout[dataset][0]})")
                 except (KeyError, ValueError) as exc:
                     raise FeatcacheError(f"{self.shard_path(record)}: cannot read dataset ({exc})") from None
                 for sel in aligned_blocks(rows, step):
@@ -438,12 +475,27 @@ class ShardMismatchError(FeatcacheError):
 
 # numpy dtype kind of each numeric per-row dataset (maps are checked by verify)
 _COLUMN_KINDS = {schema.POOLED: "f", schema.LABEL: "i", schema.INDEX: "i", schema.SPLIT: "i"}
+# Columns checked against the cache's layout (one row's shape), present only in caches that have them.
+_LAYOUT_COLUMNS = (schema.TAPS, schema.TAPS_VIEWS)
+# How a cache gets an optional dataset (the extraction's argument).
+_HOW_TO_GET = {
+    schema.TAPS: "extract it with taps='default' or layer names",
+    schema.TAPS_VIEWS: "extract it with taps and views",
+    schema.TOP_INPUT: "extract it with keep_top_input=True",
+}
 
 
-def _read_column(f: h5py.File, key: str, rows: int, channels: int) -> np.ndarray:
+def _read_column(
+    f: h5py.File, key: str, rows: int, channels: int, layout: dict[str, tuple[tuple[int, ...], str]] | None = None
+) -> np.ndarray:
     """Dataset ``key`` of an open shard, checked to hold ``rows`` rows of the expected kind (ids as
-    str objects); ``ValueError`` says what differs."""
+    str objects; taps of the ``layout``'s shape); ``ValueError`` says what differs."""
     d = own_dataset(f, key)
+    if key in _LAYOUT_COLUMNS:
+        tail = (layout or {}).get(key, ((), ""))[0]
+        if d.shape != (rows, *tail) or d.dtype.kind != "f":
+            raise ValueError(f"{key} is {d.shape} {d.dtype}, expected {(rows, *tail)} float")
+        return d[()]
     if key == schema.POOLED_VIEWS:  # (rows, V - 1, C): the extra views of each row
         if not (d.ndim == 3 and d.shape[0] == rows and d.shape[2] == channels and d.shape[1] >= 1):
             raise ValueError(f"{key} is {d.shape}, expected ({rows}, views - 1, {channels})")

@@ -151,9 +151,7 @@ def compact(cache_dir: str | Path, threshold: float = DEFAULT_THRESHOLD, log=Non
     with exclusive(cache_dir, "compact when no extractor is running") as (m, _):
         report.cleaned = _clean(cache_dir, m)
         dead = np.asarray(m.dead, dtype=np.int64)
-        layout = schema.row_layout(
-            m.fingerprint["output_shape"], m.storage["maps_dtype"], schema.views_of(m.fingerprint)
-        )
+        layout = schema.layout_of(m.fingerprint, m.storage["maps_dtype"])
         for rec in list(m.shards):
             drop = dead[(dead >= rec.first_index) & (dead < rec.first_index + rec.num_inputs)]
             if not len(drop):

@@ -71,7 +71,7 @@ class Report:
 
 
 def _expected_datasets(m: Manifest, rows: int) -> dict[str, tuple[tuple[int, ...], str]]:
-    layout = schema.row_layout(m.fingerprint["output_shape"], m.storage["maps_dtype"], schema.views_of(m.fingerprint))
+    layout = schema.layout_of(m.fingerprint, m.storage["maps_dtype"])
     return {name: ((rows, *tail), dtype) for name, (tail, dtype) in layout.items()}
 
 
@@ -165,8 +165,9 @@ def check_shard(
         pooled = f[schema.POOLED][()]
         if not np.isfinite(pooled).all():
             return f"pooled has {int((~np.isfinite(pooled)).sum())} NaN/Inf values"
-        if schema.POOLED_VIEWS in expected and not np.isfinite(f[schema.POOLED_VIEWS][()]).all():
-            return f"{schema.POOLED_VIEWS} has NaN/Inf values"
+        for name in (schema.POOLED_VIEWS, schema.TAPS, schema.TAPS_VIEWS, schema.TOP_INPUT):
+            if name in expected and not np.isfinite(f[name][()]).all():
+                return f"{name} has NaN/Inf values"
         maps = f[schema.MAPS]
         for start in range(0, rec.rows, MAPS_BLOCK_ROWS):
             block = maps[start : start + MAPS_BLOCK_ROWS]
