@@ -22,7 +22,7 @@ from typer.core import TyperGroup
 
 from ..shared.cli import VerboseOpt, VersionOpt, plain, run_cli, shown_default
 from ..shared.errors import FeatcacheError
-from .kinds import HEAD_KINDS, MAP_AUGMENTS, MAP_POOLS, NO_AUGMENT
+from .kinds import FEATURE_SETS, HEAD_KINDS, MAP_AUGMENTS, MAP_POOLS, NO_AUGMENT
 from .settings import DEFAULT_GRID, DEFAULT_RUNS, DEFAULT_TOP, DEFAULTS, SettingError
 
 INTERRUPTED = "interrupted: nothing of this sweep was kept (runs are written whole or not at all)"
@@ -72,6 +72,9 @@ LIST_HELP = {
     "map_augment": (
         f"Train-time augmentation of the maps of map heads (off at evaluation): {NO_AUGMENT}, or names joined "
         "by + (e.g. flip+crop): " + "; ".join(f"{k} ({v})" for k, v in MAP_AUGMENTS.items()) + "."
+    ),
+    "features": (
+        "What logreg, linear and mlp heads read: " + "; ".join(f"{k} ({v})" for k, v in FEATURE_SETS.items()) + "."
     ),
 }
 SETTING_HELP = {
@@ -164,6 +167,7 @@ def train(
     power: Annotated[Optional[str], _list("power")] = None,
     pool: Annotated[Optional[str], _list("pool")] = None,
     map_augment: Annotated[Optional[str], _list("map_augment")] = None,
+    features: Annotated[Optional[str], _list("features")] = None,
     sweep: SweepOpt = None,
     epochs: Annotated[Optional[int], _setting("epochs")] = None,
     batch_size: Annotated[Optional[int], _setting("batch_size")] = None,
@@ -206,6 +210,7 @@ def train(
 
         lists = dict(head=head, lr=lr, weight_decay=weight_decay, hidden=hidden, dropout=dropout)
         lists.update(label_smoothing=label_smoothing, c=c, power=power, pool=pool, map_augment=map_augment)
+        lists.update(features=features)
         grid = {k: parse_list(v) for k, v in lists.items() if v is not None}
         try:
             caches = cache if len(cache) > 1 else cache[0]
