@@ -159,7 +159,7 @@ class ShardSink:
             index,
             src.splits[index],
             pooled_views,
-            extra=extra,
+            extra,
         )
         self._written.append(index)
         self.stats.write_seconds += time.perf_counter() - t0

@@ -348,3 +348,20 @@ def test_top_head_on_a_cache_without_its_input_is_one_line_naming_the_option(tmp
     assert r.exit_code == 2 and "featcache-extract --keep-top-input" in r.output, r.output
     for runs in (tmp_path / "runs", tmp_path / "r2"):
         assert not runs.exists() or not [p for p in runs.iterdir() if not p.name.startswith(".")]
+
+
+def test_the_registry_states_mobilenet_v2s_taps_and_last_block_as_the_model_has_them():
+    """The widths the registry gives without building the model (a new cache's fingerprint) are the
+    model's, and the top layers take the top input to the maps."""
+    import keras
+
+    spec = get_backbone("mobilenet_v2")
+    model = build_backbone(spec, resolve_weights(spec, "random"))
+    for name, width in spec.taps:
+        assert model.get_layer(name).output.shape[1:] in ((14, 14, width), (7, 7, width))
+    layer, shape = spec.top_input
+    assert tuple(model.get_layer(layer).output.shape[1:]) == shape
+    x = keras.Input(shape)
+    for name in spec.top_layers:
+        x = model.get_layer(name)(x)
+    assert tuple(x.shape[1:]) == spec.output_shape and spec.top_layers[-1] == model.layers[-1].name

@@ -122,7 +122,6 @@ class ShardWriter:
         index: np.ndarray,
         split: np.ndarray,
         pooled_views: np.ndarray | None = None,
-        *,
         extra: dict[str, np.ndarray] | None = None,
     ) -> None:
         """Add ``b`` rows: maps ``(b, h, w, c)`` (cast to the cache's maps dtype), pooled ``(b, c)``
