@@ -132,7 +132,18 @@ def _config(source: str | Path, cache: Path, opts: ExtractOptions) -> ExtractCon
         crop_ratio=_pair(opts.crop_ratio, "crop_ratio"),
         resize=opts.resize,
         feed_dtype=None if opts.feed_dtype is None else check_feed_dtype(opts.feed_dtype),
+        taps=_taps(opts.taps),
+        keep_top_input=opts.keep_top_input,
     )
+
+
+def _taps(value: str | Sequence[str] | None) -> str | None:
+    """``taps=`` as the config's string: None, ``"default"``, ``"none"`` or names joined by commas."""
+    if value is None or (isinstance(value, str) and value):
+        return value
+    if isinstance(value, Sequence) and value and all(isinstance(v, str) and v and "," not in v for v in value):
+        return ",".join(value)
+    raise FeatcacheError(f"taps={value!r}: expected 'default', 'none', or layer names (a string or a list)")
 
 
 def _rows_now(cache: Path) -> int:
@@ -183,6 +194,15 @@ def extract(source: str | Path, cache: str | Path | None = None, **options: Any)
     ``feed_dtype``: ``"uint8"`` (resized images rounded to uint8, cast and preprocessed on the
     device) or ``"float32"`` (preprocessed on the host, unrounded); None keeps what an existing cache
     records and uses uint8 for a new one (see docs/performance.md).
+
+    ``taps``: in the same forward pass, also store the spatial means of these layers' outputs per row
+    (dataset ``taps``, float32, concatenated; ``taps_views`` for the other views): ``"default"`` (the
+    backbone's own, for MobileNetV2 ``block_13_expand_relu`` and ``block_16_project_BN``, 896 floats),
+    ``"none"``, or layer names (a comma-joined string or a sequence). ``keep_top_input=True`` also
+    stores the input of the backbone's last block (MobileNetV2: the 7x7x320 output of
+    ``block_16_project_BN`` that ``Conv_1`` takes) in float16, ~31 KB a row, which the trainer's
+    ``top`` head fine-tunes from. None keeps what an existing cache records; a new cache gets the
+    default taps and no top input (docs/cache-format.md).
 
     Raises :class:`FeatcacheError` (one line naming the file and the reason) on bad arguments, a
     cache made otherwise, changed inputs, a locked cache, or a cache that is complete with no row

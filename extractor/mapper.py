@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 
 from ..shared.backbones import BackboneSpec, ResolvedWeights, build_backbone, import_tensorflow
+from ..shared.cache import schema
+from ..shared.errors import FeatcacheError
 
 tf = import_tensorflow()
 
@@ -25,9 +27,13 @@ def devices() -> str:
 
 
 class BackboneMapper:
-    """``mapper(images) -> (maps (b, h, w, c), pooled (b, c) float32)`` as numpy arrays; maps are in
-    the storage dtype on a GPU and float32 on a CPU (the writer casts). ``images`` are
-    ``(b, H, W, 3)`` uint8 RGB with ``feed_dtype="uint8"``, else float32 already preprocessed."""
+    """``mapper(images) -> (maps (b, h, w, c), pooled (b, c) float32, extra)`` as numpy arrays; maps are
+    in the storage dtype on a GPU and float32 on a CPU (the writer casts). ``images`` are
+    ``(b, H, W, 3)`` uint8 RGB with ``feed_dtype="uint8"``, else float32 already preprocessed.
+
+    ``extra`` holds what the same forward pass gives beyond the maps: ``taps`` ``(b, T)`` float32, the
+    spatial means of the layers ``taps`` names (float32, concatenated in their order), when there are
+    any; ``top_input`` ``(b, h', w', c')`` float16, the output of the layer ``top_input`` names."""
 
     def __init__(
         self,
@@ -38,6 +44,8 @@ class BackboneMapper:
         mixed_precision: bool = False,
         xla: bool = False,
         feed_dtype: str = "float32",
+        taps: tuple[tuple[str, int], ...] = (),
+        top_input: str | None = None,
     ):
         import keras
 
@@ -48,9 +56,22 @@ class BackboneMapper:
         finally:
             if mixed_precision:
                 keras.mixed_precision.set_global_policy("float32")
+        self.taps = tuple(n for n, _ in taps)
+        self.top_input = top_input
+        if taps or top_input:  # one model, several outputs: the same forward pass
+            outputs = [self.model.outputs[0]]
+            for name, width in taps:
+                out = self.model.get_layer(name).output
+                if out.shape[-1] != width:
+                    raise FeatcacheError(f"taps: layer {name!r} is {out.shape[-1]} wide, the cache records {width}")
+                outputs.append(out)
+            if top_input:
+                outputs.append(self.model.get_layer(top_input).output)
+            self.model = keras.Model(self.model.inputs[0], outputs, name=self.model.name)
         # Casting on a GPU halves the copy to the host; on a CPU numpy's cast in the writer thread is
         # as fast and keeps the backbone's cores free (and oneDNN has no float16 there).
         self.device_dtype = tf.as_dtype(maps_dtype) if tf.config.list_physical_devices("GPU") else tf.float32
+        self.top_dtype = tf.float16 if tf.config.list_physical_devices("GPU") else tf.float32  # the writer casts
         self.preprocess = spec.preprocess_fn() if feed_dtype == "uint8" else None
         h, w = spec.input_size
         self._forward = tf.function(
@@ -60,13 +81,22 @@ class BackboneMapper:
             jit_compile=xla,
         )
 
-    def _call(self, images: Any) -> tuple[Any, Any]:
+    def _call(self, images: Any) -> tuple[Any, Any, dict[str, Any]]:
         if self.preprocess is not None:
             images = self.preprocess(tf.cast(images, tf.float32))
-        maps = tf.cast(self.model(images, training=False), tf.float32)
+        out = self.model(images, training=False)
+        extra: dict[str, Any] = {}
+        if self.taps or self.top_input:
+            out, *rest = out
+            if self.taps:
+                means = [tf.reduce_mean(tf.cast(t, tf.float32), axis=[1, 2]) for t in rest[: len(self.taps)]]
+                extra[schema.TAPS] = tf.concat(means, axis=-1)
+            if self.top_input:
+                extra[schema.TOP_INPUT] = tf.cast(rest[-1], self.top_dtype)
+        maps = tf.cast(out, tf.float32)
         pooled = tf.reduce_mean(maps, axis=[1, 2])
-        return tf.cast(maps, self.device_dtype), pooled
+        return tf.cast(maps, self.device_dtype), pooled, extra
 
-    def __call__(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
-        maps, pooled = self._forward(images)
-        return maps.numpy(), pooled.numpy()
+    def __call__(self, images: Any) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        maps, pooled, extra = self._forward(images)
+        return maps.numpy(), pooled.numpy(), {k: v.numpy() for k, v in extra.items()}

@@ -263,6 +263,24 @@ class ExtractOptions:
         "existing CACHE records (float32 for older caches), uint8 for a new one.",
         show_default=False,
     )
+    taps: str | Sequence[str] | None = option(
+        None,
+        "Layer taps: in the same forward pass, also store the spatial means of these layers' outputs "
+        "per row (dataset taps, float32, concatenated), for the trainer's --features taps. 'default' "
+        "(the backbone's: for mobilenet_v2 block_13_expand_relu and block_16_project_BN, 3.5 KB a row), "
+        "'none', or layer names joined by commas. Default: what an existing CACHE records (none for "
+        "older caches), 'default' for a new one.",
+        cli_type=str | None,
+        show_default=False,
+    )
+    keep_top_input: bool | None = option(
+        None,
+        "Also store the input of the backbone's last block (mobilenet_v2: the 7x7x320 output of "
+        "block_16_project_BN that Conv_1 takes, float16, ~31 KB a row), which the trainer's 'top' "
+        "head fine-tunes from. Default: what an existing CACHE records, off for a new one.",
+        flags=("--keep-top-input/--no-keep-top-input",),
+        show_default=False,
+    )
     progress: bool | None = option(
         None,
         "Show a progress bar.",
@@ -287,6 +305,7 @@ class ExtractOptions:
         for name in ("mixed_precision", "xla", "overwrite", "update", "checksum", "strict", "finalize"):
             bool_arg(name, getattr(self, name))
         bool_arg("progress", self.progress, optional=True)
+        bool_arg("keep_top_input", self.keep_top_input, optional=True)
         choice_arg("maps_dtype", self.maps_dtype, schema.MAPS_DTYPES)
         choice_arg("compression", self.compression, tuple(schema.COMPRESSIONS))
         choice_arg("runner", self.runner, RUNNERS)

@@ -24,6 +24,7 @@ from ..shared.backbones import (
     DEFAULT_CROP_SCALE,
     DEFAULT_FEED_DTYPE,
     DEFAULT_RESIZE,
+    TAPS_DEFAULT,
     TF_DEFAULT_ENV,
     Augment,
     BackboneSpec,
@@ -31,7 +32,9 @@ from ..shared.backbones import (
     check_feed_dtype,
     get_backbone,
     make_fingerprint,
+    resolve_taps,
     resolve_weights,
+    top_input_entry,
 )
 from ..shared.cache import schema
 from ..shared.cache.fingerprint import describe, feed_dtype
@@ -90,6 +93,11 @@ class ExtractConfig:
     resize: str = DEFAULT_RESIZE
     # uint8 or float32 (backbones.FEED_DTYPES); None: what the cache records, or uint8 for a new one
     feed_dtype: str | None = None
+    # layer taps: "default" (the backbone's), "none" or layer names joined by commas; None: what the
+    # cache records, or "default" for a new one
+    taps: str | None = None
+    # keep the last block's input (dataset top_input); None: what the cache records, or False for a new one
+    keep_top_input: bool | None = None
 
     @property
     def augment(self) -> Augment:
@@ -201,11 +209,19 @@ class Mappers:
     def __init__(self) -> None:
         self._built: dict[tuple, Any] = {}
 
-    def get(self, spec: BackboneSpec, weights: ResolvedWeights, cfg: ExtractConfig) -> Any:
+    def get(
+        self,
+        spec: BackboneSpec,
+        weights: ResolvedWeights,
+        cfg: ExtractConfig,
+        taps: tuple[tuple[str, int], ...] = (),
+        top_input: str | None = None,
+    ) -> Any:
         """The :class:`~featcache.extractor.mapper.BackboneMapper` for ``spec``/``weights`` under
-        ``cfg``'s dtypes, built on first use."""
+        ``cfg``'s dtypes (with the layer ``taps`` and the ``top_input`` layer), built on first use."""
         feed = cfg.feed_dtype or DEFAULT_FEED_DTYPE
         key = (spec.name, repr(spec.identity), weights.sha256, cfg.maps_dtype, cfg.mixed_precision, cfg.xla, feed)
+        key += (taps, top_input)
         if key not in self._built:
             from .mapper import BackboneMapper
 
@@ -216,6 +232,8 @@ class Mappers:
                 mixed_precision=cfg.mixed_precision,
                 xla=cfg.xla,
                 feed_dtype=feed,
+                taps=taps,
+                top_input=top_input,
             )
         return self._built[key]
 
@@ -244,6 +262,7 @@ def run_extract(
             f"WARNING: {spec.name} with RANDOM weights ({weights.sha256}): the features are meaningless; "
             "use them for smoke tests only"
         )
+    taps, keep_top = recorded_taps(cfg, spec, weights)
     if shared == "listed":
         log(f"listing: listed (published as {LISTING_NAME} for the other workers of the job)")
     elif shared == "adopted" and source.kind in FOLDER_KINDS:
@@ -263,6 +282,8 @@ def run_extract(
             environment=_environment(),
             augment=cfg.augment,
             feed_dtype=cfg.feed_dtype,
+            taps=taps,
+            top_input=keep_top,
         ),
         classes=source.classes,
         source=source.describe(),
@@ -391,6 +412,38 @@ def recorded_feed_dtype(cfg: ExtractConfig) -> str:
     return DEFAULT_FEED_DTYPE
 
 
+def _recorded_fingerprint(cfg: ExtractConfig) -> dict[str, Any] | None:
+    if cfg.overwrite:
+        return None
+    try:
+        return Manifest.load(cfg.cache).fingerprint
+    except FeatcacheError:  # no cache yet (or a broken one, which the writer will name)
+        return None
+
+
+def recorded_taps(
+    cfg: ExtractConfig, spec: BackboneSpec, weights: ResolvedWeights
+) -> tuple[tuple[tuple[str, int], ...], bool]:
+    """The layer taps and whether the top input is kept for this run: as ``cfg`` says, else as the cache
+    at ``cfg.cache`` records (none for caches made before taps existed), so that resuming or updating it
+    computes the same datasets; for a new cache the backbone's default taps and no top input. A tap
+    the backbone does not have is a one-line error naming ``taps=`` (before anything is written)."""
+    fp = _recorded_fingerprint(cfg)
+    if cfg.taps is not None:
+        taps = resolve_taps(spec, weights, cfg.taps)
+    elif fp is not None:
+        taps = tuple(schema.taps_of(fp))
+    else:
+        taps = resolve_taps(spec, weights, TAPS_DEFAULT)
+    if cfg.keep_top_input is not None:
+        keep = cfg.keep_top_input
+    else:
+        keep = fp is not None and schema.top_input_of(fp) is not None
+    if keep:
+        top_input_entry(spec)  # one line for a backbone that names no last block
+    return taps, keep
+
+
 def cache_view(source: Source, listing: dict[str, np.ndarray]) -> Source:
     """``source`` indexed by the cache's listing positions (an updated cache's order, which appends
     new inputs after the old ones): ids, labels and splits as the listing records them, and the
@@ -436,7 +489,9 @@ def _extract(
 
     from . import mapper, pipeline  # TensorFlow is imported here, and only when there is work
 
-    m = mappers.get(spec, weights, cfg)
+    taps = tuple(schema.taps_of(manifest.fingerprint))
+    top = schema.top_input_of(manifest.fingerprint)
+    m = mappers.get(spec, weights, cfg, taps, None if top is None else top["layer"])
     log(f"backbone {spec.name} on {mapper.devices()}, batch {cfg.batch_size}, images fed as {cfg.feed_dtype}")
     ranges = [manifest.shard_inputs(k) for k in todo]
     limits = cfg.limits()
@@ -497,16 +552,22 @@ def _extract(
             pooled_views = None
             if augment.views > 1:  # (b, V, H, W, 3): every view through the backbone in one call
                 b = int(images.shape[0])
-                maps, pooled = m(pipeline.tf.reshape(images, [-1, *images.shape[2:]]))
+                maps, pooled, extra = m(pipeline.tf.reshape(images, [-1, *images.shape[2:]]))
                 maps = maps.reshape(b, augment.views, *maps.shape[1:])[:, 0]  # maps of view 0 only
                 pooled = pooled.reshape(b, augment.views, -1)
                 pooled, pooled_views = pooled[:, 0], pooled[:, 1:]
+                if schema.TAPS in extra:  # taps of every view, like the pooled vectors
+                    t = extra[schema.TAPS].reshape(b, augment.views, -1)
+                    extra[schema.TAPS], extra[schema.TAPS_VIEWS] = t[:, 0], t[:, 1:]
+                if schema.TOP_INPUT in extra:  # of view 0 only, like the maps
+                    t = extra[schema.TOP_INPUT]
+                    extra[schema.TOP_INPUT] = t.reshape(b, augment.views, *t.shape[1:])[:, 0]
             else:
-                maps, pooled = m(images)
+                maps, pooled, extra = m(images)
             t2 = time.perf_counter()
             if not report.first_batch_rows:
                 report.first_batch_rows, report.first_batch_seconds = len(maps), t2 - t_loop
-            sink.put(index.numpy(), maps, pooled, pooled_views)
+            sink.put(index.numpy(), maps, pooled, pooled_views, extra)
             t3 = time.perf_counter()
             report.input_seconds += t1 - t0
             report.backbone_seconds += t2 - t1

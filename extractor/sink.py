@@ -68,14 +68,20 @@ class ShardSink:
 
     # -- main thread -----------------------------------------------------------------------------
     def put(
-        self, index: np.ndarray, maps: np.ndarray, pooled: np.ndarray, pooled_views: np.ndarray | None = None
+        self,
+        index: np.ndarray,
+        maps: np.ndarray,
+        pooled: np.ndarray,
+        pooled_views: np.ndarray | None = None,
+        extra: dict[str, np.ndarray] | None = None,
     ) -> None:
         """Queue a batch (blocks while the queue is full); re-raises a writer error. ``pooled_views``
-        ``(b, V-1, C)``: the pooled vectors of views 1.. when the cache has views."""
+        ``(b, V-1, C)``: the pooled vectors of views 1.. when the cache has views; ``extra``: the
+        cache's other per-row datasets (taps, top input: see :meth:`ShardWriter.append`)."""
         self._raise_if_failed()
         while True:
             try:
-                self._queue.put((index, maps, pooled, pooled_views), timeout=0.5)
+                self._queue.put((index, maps, pooled, pooled_views, extra), timeout=0.5)
                 return
             except queue.Full:
                 self._raise_if_failed()
@@ -130,7 +136,14 @@ class ShardSink:
                     except queue.Empty:
                         break
 
-    def _write(self, index: np.ndarray, maps: np.ndarray, pooled: np.ndarray, pooled_views: np.ndarray | None) -> None:
+    def _write(
+        self,
+        index: np.ndarray,
+        maps: np.ndarray,
+        pooled: np.ndarray,
+        pooled_views: np.ndarray | None,
+        extra: dict[str, np.ndarray] | None,
+    ) -> None:
         shard = self.cache.manifest.shard_of(int(index[0]))
         while self.pending and self.pending[0] != shard:
             self._finish_shard()
@@ -139,7 +152,14 @@ class ShardSink:
             self._current = self.cache.start_shard(shard)
         src = self.source
         self._current.append(
-            maps, pooled, src.labels[index], [src.ids[i] for i in index], index, src.splits[index], pooled_views
+            maps,
+            pooled,
+            src.labels[index],
+            [src.ids[i] for i in index],
+            index,
+            src.splits[index],
+            pooled_views,
+            extra,
         )
         self._written.append(index)
         self.stats.write_seconds += time.perf_counter() - t0

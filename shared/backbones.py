@@ -125,6 +125,13 @@ class BackboneSpec:
     top_file: tuple[str, str] | None = None
     identity: tuple[tuple[str, Any], ...] = ()
     weights_file: str | None = None
+    # Layer taps (docs/cache-format.md): the layers whose spatial means a cache stores by default
+    # (``taps="default"``), with their widths, and the backbone's last block: the layer whose output
+    # feeds it (kept with ``keep_top_input=True``) with that output's shape, and the block's layers in
+    # order (the ``top`` head fine-tunes copies of them; export splices them back).
+    taps: tuple[tuple[str, int], ...] = ()
+    top_input: tuple[str, tuple[int, int, int]] | None = None
+    top_layers: tuple[str, ...] = ()
 
     @property
     def channels(self) -> int:
@@ -198,10 +205,10 @@ def _build_tiny(weights: ResolvedWeights) -> "keras.Model":
     model = keras.Sequential(
         [
             keras.Input((224, 224, 3)),
-            keras.layers.Conv2D(TINY_HIDDEN, TINY_PATCH, strides=TINY_PATCH, activation="relu"),  # 28x28
-            keras.layers.AveragePooling2D(4),  # 7x7
-            keras.layers.Conv2D(1280, 1),
-            keras.layers.ReLU(max_value=6.0),
+            keras.layers.Conv2D(TINY_HIDDEN, TINY_PATCH, strides=TINY_PATCH, activation="relu", name="patches"),
+            keras.layers.AveragePooling2D(4, name="pool"),  # 7x7
+            keras.layers.Conv2D(1280, 1, name="top_conv"),
+            keras.layers.ReLU(max_value=6.0, name="top_relu"),
         ],
         name="tiny",
     )
@@ -259,6 +266,9 @@ def keras_application(
     imagenet_file: tuple[str, str] | None,
     top_file: tuple[str, str] | None,
     description: str,
+    taps: tuple[tuple[str, int], ...] = (),
+    top_input: tuple[str, tuple[int, int, int]] | None = None,
+    top_layers: tuple[str, ...] = (),
     **kwargs: Any,
 ) -> BackboneSpec:
     """A spec for ``keras.applications.<constructor>`` (``include_top=False``; ``kwargs`` go to it).
@@ -277,6 +287,9 @@ def keras_application(
         rescale=rescale,
         build_top=functools.partial(_build_keras_app, constructor, input_size, kwargs, True),
         top_file=top_file,
+        taps=taps,
+        top_input=top_input,
+        top_layers=top_layers,
     )
 
 
@@ -295,6 +308,11 @@ for _spec in (
         imagenet_file=(MOBILENET_V2_WEIGHTS_FILE, MOBILENET_V2_WEIGHTS_URL),
         top_file=keras_file("mobilenet_v2", "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5"),
         description="Keras MobileNetV2 1.0, include_top=False, 224x224",
+        # measured on CIFAR-10 dev and on photographs (issue #29, bench/taps.py): the pooled outputs of
+        # these two layers concatenated to the pooled 1280 raise a logistic regression by 1-1.5 points
+        taps=(("block_13_expand_relu", 576), ("block_16_project_BN", 320)),
+        top_input=("block_16_project_BN", (7, 7, 320)),
+        top_layers=("Conv_1", "Conv_1_bn", "out_relu"),
     ),
     keras_application(
         "mobilenet_v3_large",
@@ -375,6 +393,9 @@ register(
         preprocessing=_MOBILENET_PREPROCESSING,
         description="fixed random 2-layer conv net with MobileNetV2's output shape (tests, smoke runs)",
         rescale=_MOBILENET_RESCALE,
+        taps=(("patches", TINY_HIDDEN),),
+        top_input=("pool", (7, 7, TINY_HIDDEN)),
+        top_layers=("top_conv", "top_relu"),
     )
 )
 
@@ -719,10 +740,13 @@ def make_fingerprint(
     environment: dict[str, Any] | None = None,
     augment: Augment | None = None,
     feed_dtype: str = UNRECORDED_FEED_DTYPE,
+    taps: tuple[tuple[str, int], ...] = (),
+    top_input: bool = False,
 ) -> dict[str, Any]:
     """The fingerprint of features computed by ``spec`` with ``weights`` (and ``augment``'s resize
     policy and views; the ``augment`` key only with more than one view; the ``feed_dtype`` key only
-    when images were rounded to uint8, so float32-fed caches, old and new, agree)."""
+    when images were rounded to uint8, so float32-fed caches, old and new, agree; the ``taps`` key
+    only with taps (:func:`resolve_taps`), ``top_input`` only when kept (:func:`top_input_entry`))."""
     augment = augment or Augment()
     identity = dict(spec.identity)
     recipe = Recipe(
@@ -743,6 +767,74 @@ def make_fingerprint(
         augment=Views.parse(augment.fingerprint(), "views"),
         feed_dtype=None if feed_dtype == UNRECORDED_FEED_DTYPE else feed_dtype,
         environment=tuple((key, (environment or {}).get(key)) for key in ENVIRONMENT_KEYS),
-        other=tuple(identity.items()),
+        other=(
+            *identity.items(),
+            *((("taps", _taps_entry(taps)),) if taps else ()),
+            *((("top_input", top_input_entry(spec)),) if top_input else ()),
+        ),
     )
     return recipe.fingerprint()
+
+
+TAPS_DEFAULT, TAPS_NONE = "default", "none"
+
+
+def tap_names(spec: BackboneSpec, value: str) -> tuple[str, ...]:
+    """The layer names ``taps=value`` asks for: ``"default"`` (the spec's own, none for a backbone that
+    names none), ``"none"``, or names joined by commas."""
+    if value == TAPS_DEFAULT:
+        return tuple(n for n, _ in spec.taps)
+    if value == TAPS_NONE:
+        return ()
+    names = tuple(n.strip() for n in value.split(","))
+    if not all(names) or len(set(names)) != len(names):
+        raise FeatcacheError(
+            f"taps={value!r}: expected {TAPS_DEFAULT!r}, {TAPS_NONE!r} or distinct layer names joined by commas"
+        )
+    return names
+
+
+def resolve_taps(spec: BackboneSpec, weights: ResolvedWeights, value: str) -> tuple[tuple[str, int], ...]:
+    """``taps=value`` as ``((layer, width), ...)``. Layers the spec lists take their widths from it (no
+    TensorFlow); any other name is looked up in the built backbone, whose output there must be
+    ``(B, h, w, C)`` maps: else a one-line :class:`FeatcacheError` naming ``taps=``."""
+    names = tap_names(spec, value)
+    known = dict(spec.taps)
+    if spec.top_input is not None:
+        known.setdefault(spec.top_input[0], spec.top_input[1][-1])
+    if all(n in known for n in names):
+        return tuple((n, known[n]) for n in names)
+    model = build_backbone(spec, weights)
+    out = []
+    for n in names:
+        try:
+            shape = tuple(model.get_layer(n).output.shape)
+        except ValueError:
+            raise FeatcacheError(
+                f"taps={value!r}: backbone {spec.name!r} has no layer {n!r} (its taps by default: "
+                f"{', '.join(tap_names(spec, TAPS_DEFAULT)) or 'none'})"
+            ) from None
+        if len(shape) != 4 or shape[-1] is None:
+            raise FeatcacheError(f"taps={value!r}: layer {n!r} gives {shape}, not (batch, h, w, C) maps")
+        out.append((n, int(shape[-1])))
+    return tuple(out)
+
+
+def top_input_entry(spec: BackboneSpec) -> dict[str, Any]:
+    """The fingerprint's ``top_input`` value: the layer whose output is kept, its shape, the layers it
+    feeds; a one-line :class:`FeatcacheError` for a backbone whose last block is not named."""
+    if spec.top_input is None or not spec.top_layers:
+        raise FeatcacheError(
+            f"keep_top_input=True: backbone {spec.name!r} names no last block (BackboneSpec.top_input, top_layers)"
+        )
+    layer, shape = spec.top_input
+    return {"layer": layer, "shape": [int(v) for v in shape], "dtype": "float16", "top": list(spec.top_layers)}
+
+
+def _taps_entry(taps: tuple[tuple[str, int], ...]) -> dict[str, Any]:
+    """The fingerprint's ``taps`` value: the tapped layers in order, their widths, how they are pooled."""
+    return {
+        "layers": [n for n, _ in taps],
+        "widths": [int(w) for _, w in taps],
+        "pool": "spatial mean of the float32 output",
+    }

@@ -355,12 +355,17 @@ def test_predict_source_maps_labels_by_class_name_and_needs_the_weights_file():
         extractor_flags(fp, "cache/")
     flags = extractor_flags(fp, "cache/", weights="/moved/w.h5")
     want = "--backbone mobilenet_v2 --weights /moved/w.h5 --resize pad --maps-dtype float16 --feed-dtype float32"
-    assert flags == want.split()  # a fingerprint without feed_dtype was fed float32
+    # a fingerprint without feed_dtype was fed float32; without taps (an older cache), none and no top input
+    assert flags == [*want.split(), "--taps", "none", "--no-keep-top-input"]
     fp.update(feed_dtype="uint8", augment={"views": 2, "crop_scale": [0.35, 1.0], "crop_ratio": [0.75, 4 / 3]})
+    fp.update(taps={"layers": ["a", "b"], "widths": [5, 6]}, top_input={"layer": "b", "shape": [7, 7, 6], "top": ["c"]})
     flags = extractor_flags(fp, "cache/", weights="/moved/w.h5")
-    assert flags[flags.index("--crop-ratio") + 1] == "0.75,1.3333333333333333" and flags[-2:] == [
+    assert flags[flags.index("--crop-ratio") + 1] == "0.75,1.3333333333333333" and flags[-5:] == [
         "--feed-dtype",
         "uint8",
+        "--taps",
+        "a,b",
+        "--keep-top-input",
     ]
 
 

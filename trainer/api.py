@@ -6,7 +6,7 @@
     predict(result.run_dir, "pred.csv", split="test")
 
 Grid arguments (``head``, ``lr``, ``weight_decay``, ``hidden``, ``dropout``, ``label_smoothing``,
-``c``, ``power``, ``pool``, ``map_augment``) take one value or a list (one head per combination);
+``c``, ``power``, ``pool``, ``map_augment``, ``features``) take one value or a list (one head per combination);
 settings left ``None`` take the sweep file's value, else the default of
 :class:`~featcache.trainer.settings.Settings`. Every value is checked before any training, and errors
 name the argument (``epochs=0``) or the sweep file. TensorFlow is imported when a function runs, not
@@ -116,6 +116,7 @@ def train(
     power: Any = None,
     pool: Any = None,
     map_augment: Any = None,
+    features: Any = None,
     epochs: int | None = None,
     batch_size: int | None = None,
     patience: int | None = None,
@@ -160,6 +161,7 @@ def train(
     grid = dict(head=head, lr=lr, weight_decay=weight_decay, hidden=hidden, dropout=dropout)
     grid.update(label_smoothing=label_smoothing, c=c, power=power, pool=pool, map_augment=map_augment)
     settings: dict[str, Any]  # of ints, floats and bools
+    grid.update(features=features)
     settings = dict(epochs=epochs, batch_size=batch_size, patience=patience, seed=seed, standardize=standardize)
     settings.update(val_fraction=val_fraction, max_memory_gb=max_memory_gb, allow_partial=allow_partial, views=views)
     settings.update(baselines=baselines, stream=stream, folds=folds)

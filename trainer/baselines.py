@@ -28,9 +28,11 @@ ENSEMBLE_MAX = 10
 
 
 def _views(ds: Dataset, split: str) -> np.ndarray:
-    """``(n, V, C)``: the split's views, or its pooled vectors as one view."""
+    """``(n, V, C)``: the split's views, or its pooled vectors as one view (the pooled maps' channels
+    only, when the dataset carries the layer taps after them)."""
     s = getattr(ds, split)
-    return s.views if s.views is not None else s.pooled[:, None]
+    x = s.views if s.views is not None else s.pooled[:, None]
+    return x[..., : ds.channels] if ds.taps else x
 
 
 def _best(cands: list[Candidate], y_val: np.ndarray) -> Candidate:

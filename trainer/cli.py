@@ -24,7 +24,7 @@ from ..shared.cli import VerboseOpt, VersionOpt, plain, run_cli, shown_default
 from ..shared.errors import FeatcacheError
 from .builtin_sweeps import builtin_help
 from .cv import CV_MAX_VAL, DEFAULT_FOLDS
-from .kinds import HEAD_KINDS, MAP_AUGMENTS, MAP_POOLS, NO_AUGMENT
+from .kinds import FEATURE_SETS, HEAD_KINDS, MAP_AUGMENTS, MAP_POOLS, NO_AUGMENT
 from .settings import DEFAULT_GRID, DEFAULT_RUNS, DEFAULT_TOP, DEFAULTS, SettingError
 from .sweep import expand
 
@@ -76,6 +76,9 @@ LIST_HELP = {
     "map_augment": (
         f"Train-time augmentation of the maps of map heads (off at evaluation): {NO_AUGMENT}, or names joined "
         "by + (e.g. flip+crop): " + "; ".join(f"{k} ({v})" for k, v in MAP_AUGMENTS.items()) + "."
+    ),
+    "features": (
+        "What logreg, linear and mlp heads read: " + "; ".join(f"{k} ({v})" for k, v in FEATURE_SETS.items()) + "."
     ),
 }
 SETTING_HELP = {
@@ -175,6 +178,7 @@ def train(
     power: Annotated[Optional[str], _list("power")] = None,
     pool: Annotated[Optional[str], _list("pool")] = None,
     map_augment: Annotated[Optional[str], _list("map_augment")] = None,
+    features: Annotated[Optional[str], _list("features")] = None,
     sweep: SweepOpt = None,
     epochs: Annotated[Optional[int], _setting("epochs")] = None,
     batch_size: Annotated[Optional[int], _setting("batch_size")] = None,
@@ -218,6 +222,7 @@ def train(
 
         lists = dict(head=head, lr=lr, weight_decay=weight_decay, hidden=hidden, dropout=dropout)
         lists.update(label_smoothing=label_smoothing, c=c, power=power, pool=pool, map_augment=map_augment)
+        lists.update(features=features)
         grid = {k: parse_list(v) for k, v in lists.items() if v is not None}
         try:
             caches = cache if len(cache) > 1 else cache[0]

@@ -20,6 +20,7 @@ from ..shared.cache.reader import ROW, SHARD, SPLIT_UNIT, FeatureCache, PooledRo
 from ..shared.cache.schema import SPLIT_CODES
 from ..shared.cache.split import hash_unit
 from ..shared.errors import FeatcacheError
+from .kinds import TAPS
 
 MAPS_READ_ROWS = 1024
 CARVE_SALT = "featcache-carve-val:"
@@ -41,6 +42,7 @@ class Split:
     row: np.ndarray | None = None
     maps: np.ndarray | None = None
     views: np.ndarray | None = None
+    top: np.ndarray | None = None  # (n, h, w, c) float16: the input of the backbone's last block, once loaded
 
     def __len__(self) -> int:
         return len(self.y)
@@ -57,14 +59,21 @@ class Dataset:
     notes: list[str] = field(default_factory=list)
     cache: FeatureCache | None = None  # where streamed inputs are read from
     streamed: bool = False  # inputs read from the shards epoch by epoch, not held (trainer.feed)
+    # loaded with the layer taps: each split's pooled (and views) are the pooled maps' C channels, then
+    # the taps' T (heads of features "pooled" read the first C, "taps" all of them)
+    taps: int = 0
 
     @property
     def channels(self) -> int:
-        """Channels ``C`` of a pooled vector."""
+        """Channels ``C`` of a pooled vector (of the pooled maps only, without the taps)."""
         if self.train.pooled is not None:
-            return self.train.pooled.shape[1]
+            return self.train.pooled.shape[1] - self.taps
         assert self.cache is not None, "a streamed dataset reads its inputs from its cache"
         return self.cache.maps_shape[-1]
+
+    def width(self, features: str) -> int:
+        """The width of what a pooled head of feature set ``features`` reads: ``C``, or ``C + T``."""
+        return self.channels + (self.taps if features == TAPS else 0)
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
@@ -111,14 +120,24 @@ def load_dataset(
     allow_partial: bool = False,
     views: bool = False,
     pooled: bool = True,
+    taps: bool = False,
 ) -> Dataset:
     """The cache's labelled rows split into train/val/test.
 
     Refuses an unfinished cache unless ``allow_partial`` and a cache with no labels. When the cache has
     no val rows, ``val_fraction`` of train is carved off by a hash of the id (stable, seed-free).
     With ``views`` and a cache extracted with views, each split's ``views`` is loaded too. Without
-    ``pooled`` no input is loaded (a streamed dataset: see :mod:`~featcache.trainer.feed`).
+    ``pooled`` no input is loaded (a streamed dataset: see :mod:`~featcache.trainer.feed`). With
+    ``taps`` the cache's layer taps are appended to each row's pooled vector (and views): a cache
+    without them is a one-line error naming the extraction's option.
     """
+    if taps:
+        require_taps(cache)
+        if not pooled:
+            raise FeatcacheError(
+                f"{cache.path}: heads with features='taps' read every row in memory; raise max_memory_gb "
+                "(or leave taps out)"
+            )
     if not allow_partial:
         cache.require_complete()
     columns = (schema.LABEL, schema.ID, schema.INDEX, schema.SPLIT, SHARD, ROW, SPLIT_UNIT)
@@ -159,6 +178,18 @@ def load_dataset(
     if views and pooled and cache.views > 1:
         all_views = cache.load_pooled_views()
         require_finite(cache, schema.POOLED_VIEWS, rows.index, all_views)
+    width = 0
+    if taps:
+        if all_views is not None:
+            tv = cache.load_taps_views()
+            require_finite(cache, schema.TAPS, rows.index, tv)
+            all_views = np.concatenate([all_views, tv], axis=2)
+            t = tv[:, 0]
+        else:
+            t = cache.read_columns((schema.TAPS,))[schema.TAPS]
+            require_finite(cache, schema.TAPS, rows.index, t)
+        rows.pooled = np.concatenate([rows.pooled, t], axis=1)
+        width = t.shape[1]
 
     def part(name: str) -> Split:
         sel = labelled & (split == SPLIT_CODES[name])
@@ -177,6 +208,7 @@ def load_dataset(
         notes,
         cache,
         not pooled,
+        width,
     )
     if len(ds.train) == 0:
         raise FeatcacheError(f"{cache.path}: the train split is empty (no labelled train rows): nothing to train on")
@@ -197,26 +229,43 @@ def load_dataset(
     return ds
 
 
+def require_taps(cache: FeatureCache) -> None:
+    """One line naming the extraction's option when ``cache`` has no layer taps."""
+    if not cache.taps:
+        raise FeatcacheError(
+            f"{cache.path}: features='taps' needs the cache's layer taps, which it was extracted without: "
+            "extract it again with taps='default' (featcache-extract --taps default)"
+        )
+
+
 def load_maps(cache: FeatureCache, ds: Dataset) -> None:
     """Read the maps of every split into memory (float16)."""
     for s in (ds.train, ds.val, ds.test):
         s.maps = read_maps(cache, s.index, "float16")
 
 
-def read_maps(cache: FeatureCache, index: np.ndarray, dtype: str) -> np.ndarray:
+def load_top(cache: FeatureCache, ds: Dataset) -> None:
+    """Read the top input of every split into memory (float16, as stored)."""
+    for s in (ds.train, ds.val, ds.test):
+        s.top = read_maps(cache, s.index, "float16", schema.TOP_INPUT)
+
+
+def read_maps(cache: FeatureCache, index: np.ndarray, dtype: str, dataset: str = schema.MAPS) -> np.ndarray:
     """The maps ``(n, h, w, C)`` of the rows at listing positions ``index`` ``(n,)``, in that order,
-    read in large chunk-aligned blocks."""
-    out = np.empty((len(index), *cache.maps_shape), dtype)
+    read in large chunk-aligned blocks (``dataset="top_input"``: the top input instead)."""
+    shape = cache.maps_shape if dataset == schema.MAPS else cache.layout[dataset][0]
+    out = np.empty((len(index), *shape), dtype)
     by_value = np.argsort(index, kind="stable")
-    for block_index, block in cache.iter_maps(block_rows=MAPS_READ_ROWS, indices=index, dtype=dtype):
-        require_finite(cache, schema.MAPS, block_index, block)
+    for block_index, block in cache.iter_maps(block_rows=MAPS_READ_ROWS, indices=index, dtype=dtype, dataset=dataset):
+        require_finite(cache, dataset, block_index, block)
         out[by_value[np.searchsorted(index, block_index, sorter=by_value)]] = block
     return out
 
 
-def memory_gb(cache: FeatureCache, maps: bool, views: bool) -> float:
+def memory_gb(cache: FeatureCache, maps: bool, views: bool, taps: bool = False) -> float:
     """GB the inputs of every live row would take in memory: pooled float32 (every view's with
-    ``views``), plus float16 maps with ``maps``. From the manifest alone (no shard is opened)."""
-    channels = cache.maps_shape[-1]
+    ``views``; with ``taps``, the layer taps after them), plus float16 maps with ``maps``. From the
+    manifest alone (no shard is opened)."""
+    channels = cache.maps_shape[-1] + (sum(w for _, w in cache.taps) if taps else 0)
     per_row = channels * 4 * (cache.views if views else 1) + (int(np.prod(cache.maps_shape)) * 2 if maps else 0)
     return cache.num_rows * per_row / 1e9

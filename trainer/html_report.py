@@ -27,7 +27,7 @@ from ..shared.inspection.suspects import softmax
 from . import pooling
 from .data import Split, load_dataset, read_maps
 from .identity import check_cache
-from .kinds import HEAD_KINDS, closed_form, reads_maps
+from .kinds import HEAD_KINDS, TAPS, closed_form, reads_maps
 from .logreg import head_proba
 from .report import (
     CONFUSION,
@@ -100,7 +100,11 @@ def test_rows(run_dir: Path, results: dict[str, Any]) -> tuple[FeatureCache, Spl
     cache = FeatureCache(recorded["path"])
     check_cache(cache, recorded, run_dir)
     settings = results["settings"]
-    ds = load_dataset(cache, val_fraction=settings["val_fraction"], allow_partial=settings["allow_partial"], views=True)
+    best = next(h for h in results["heads"] if h["name"] == results["best"])
+    taps = best["config"].get("features") == TAPS  # the layer taps after the pooled maps, as it was trained
+    ds = load_dataset(
+        cache, val_fraction=settings["val_fraction"], allow_partial=settings["allow_partial"], views=True, taps=taps
+    )
     return cache, ds.test
 
 

@@ -134,6 +134,7 @@ def full_model(
     flip_tta: bool = False,
     resize: str | None = None,
     classes: list[str] | None = None,
+    taps: list[str] | None = None,
 ) -> keras.Model:
     """An RGB image in [0, 255] -> class probabilities: resize, preprocessing, backbone, (pooling,) head.
 
@@ -145,7 +146,9 @@ def full_model(
     ``class`` ``(B,)``, the most probable class's name (a ``StringLookup`` whose vocabulary, the class
     names, is in the saved config: ``model.get_layer("class_names").get_vocabulary()``).
     ``flip_tta``: the mean of the head's probabilities on the image and on its horizontal mirror (the
-    test-time augmentation of a cache extracted with 2 views), backbone and head shared."""
+    test-time augmentation of a cache extracted with 2 views), backbone and head shared. ``taps``
+    (a head of features ``taps``): the layers whose pooled outputs follow the pooled maps in the
+    head's input, in the cache's order, taken from the same backbone call."""
     if spec.rescale is None:
         raise FeatcacheError(
             f"backbone {spec.name!r} states no affine preprocessing: cannot build a self-contained model"
@@ -167,10 +170,21 @@ def full_model(
         )(image)
     x = keras.layers.Rescaling(scale, offset, name="preprocess")(x)
     backbone = build_backbone(spec, weights)
-    pool = None if cfg.reads_maps else keras.layers.GlobalAveragePooling2D(name="pool")
+    pool = None if cfg.reads_maps or cfg.reads_top_input else keras.layers.GlobalAveragePooling2D(name="pool")
+    if cfg.reads_top_input:  # the splice: the backbone up to its last block's input, then the fine-tuned block
+        if spec.top_input is None:
+            raise FeatcacheError(f"backbone {spec.name!r} names no last block: cannot splice a 'top' head into it")
+        backbone = keras.Model(backbone.inputs[0], backbone.get_layer(spec.top_input[0]).output, name=backbone.name)
+    if taps:  # one backbone, several outputs: the maps, then each tapped layer's
+        outs = [backbone.outputs[0], *[backbone.get_layer(n).output for n in taps]]
+        backbone = keras.Model(backbone.inputs[0], outs, name=backbone.name)
+        tap_pools = [keras.layers.GlobalAveragePooling2D(name=f"pool_tap{k}") for k in range(len(taps))]
+        joined = keras.layers.Concatenate(name="pooled_and_taps")
 
     def probs(t: Any) -> Any:
         f = backbone(t, training=False)
+        if taps:
+            return head(joined([pool(f[0]), *[p(x) for p, x in zip(tap_pools, f[1:], strict=True)]]))
         return head(f if pool is None else pool(f))
 
     y = probs(x)

@@ -15,7 +15,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-POOLED, MAPS = "pooled", "maps"
+POOLED, MAPS, TOP_INPUT = "pooled", "maps", "top_input"
+# What a pooled head reads (grid key ``features``): the pooled maps alone, or with the cache's layer taps
+# (the pooled outputs of earlier layers, docs/cache-format.md) concatenated after them.
+TAPS = "taps"
+FEATURE_SETS = {
+    POOLED: "the pooled maps (C channels)",
+    TAPS: "the pooled maps and the cache's layer taps concatenated (C + T; the cache must be extracted with taps)",
+}
 SGD, CLOSED_FORM = "sgd", "closed-form"
 # The grid keys every SGD kind reads (the optimiser's and the loss's); ``shape_keys`` add the rest.
 SGD_KEYS = ("lr", "weight_decay", "label_smoothing")
@@ -23,7 +30,8 @@ SGD_KEYS = ("lr", "weight_decay", "label_smoothing")
 
 @dataclass(frozen=True)
 class HeadKind:
-    """``inputs``: ``"pooled"`` (``(C,)`` vectors) or ``"maps"`` (``(h, w, C)`` feature maps).
+    """``inputs``: ``"pooled"`` (``(C,)`` vectors), ``"maps"`` (``(h, w, C)`` feature maps) or
+    ``"top_input"`` (the input of the backbone's last block, kept by the extractor: the ``top`` kind).
     ``shape_keys``: the grid keys (beyond :data:`SGD_KEYS`, which every SGD kind reads) that shape
     this kind; the keys a kind does not read are neutralised for it, so a grid never holds two equal
     heads. ``fit``: :data:`SGD` or :data:`CLOSED_FORM` (see the module docstring)."""
@@ -45,8 +53,10 @@ HEAD_KINDS: dict[str, HeadKind] = {}
 
 def register(kind: HeadKind) -> HeadKind:
     """Add ``kind`` to the registry (a later registration of the same name replaces it)."""
-    if kind.inputs not in (POOLED, MAPS):
-        raise ValueError(f"head kind {kind.name!r}: inputs must be {POOLED!r} or {MAPS!r}, got {kind.inputs!r}")
+    if kind.inputs not in (POOLED, MAPS, TOP_INPUT):
+        raise ValueError(
+            f"head kind {kind.name!r}: inputs must be {POOLED!r}, {MAPS!r} or {TOP_INPUT!r}, got {kind.inputs!r}"
+        )
     if kind.fit not in (SGD, CLOSED_FORM):
         raise ValueError(f"head kind {kind.name!r}: fit must be {SGD!r} or {CLOSED_FORM!r}, got {kind.fit!r}")
     HEAD_KINDS[kind.name] = kind
@@ -56,6 +66,11 @@ def register(kind: HeadKind) -> HeadKind:
 def reads_maps(kind: str) -> bool:
     """Whether heads of ``kind`` train on the feature maps (else on the pooled vectors)."""
     return HEAD_KINDS[kind].inputs == MAPS
+
+
+def reads_top_input(kind: str) -> bool:
+    """Whether heads of ``kind`` fine-tune the backbone's last block from the cached top input."""
+    return HEAD_KINDS[kind].inputs == TOP_INPUT
 
 
 def closed_form(kind: str) -> bool:
@@ -68,13 +83,13 @@ register(
     HeadKind(
         "logreg",
         POOLED,
-        ("c", "power"),
+        ("c", "power", "features"),
         "multinomial logistic regression by L-BFGS (scikit-learn's objective) on pooled vectors",
         fit=CLOSED_FORM,
     )
 )
-register(HeadKind("linear", POOLED, (), "softmax on pooled vectors"))
-register(HeadKind("mlp", POOLED, ("hidden", "dropout"), "one hidden ReLU layer on pooled vectors"))
+register(HeadKind("linear", POOLED, ("features",), "softmax on pooled vectors"))
+register(HeadKind("mlp", POOLED, ("hidden", "dropout", "features"), "one hidden ReLU layer on pooled vectors"))
 # How a map head pools its projected ``(h, w, hidden)`` grid into one vector (grid key ``pool``):
 MAP_POOLS = {
     "attention": "softmax attention over positions",
@@ -92,3 +107,13 @@ MAP_AUGMENTS = {
 NO_AUGMENT = "none"
 
 register(HeadKind("map", MAPS, ("hidden", "dropout", "pool", "map_augment"), "1x1 conv + pooling on the 7x7 maps"))
+register(
+    HeadKind(
+        "top",
+        TOP_INPUT,
+        ("dropout",),
+        "the backbone's last block (MobileNetV2: Conv_1, its BatchNorm, ReLU6) copied with its weights and "
+        "fine-tuned from the cached top input, then pooling, dropout, dense (needs a cache extracted with "
+        "--keep-top-input; builds the backbone once to copy the block)",
+    )
+)

@@ -53,6 +53,9 @@ class GroupState:
     eval_batch: int
     reads_maps: bool = False
     n_views: int = 1  # views per row this (pooled) group trains on and is scored with TTA on; 1: none
+    # the columns of the feeds' pooled vectors this group reads (None: all): the pooled maps' C when the
+    # feeds carry the layer taps after them and the group's feature set is "pooled"
+    cols: int | None = None
     history: list[list[dict[str, float]]] = field(default_factory=list)
     best_acc: np.ndarray = field(default_factory=lambda: np.zeros(0))
     best_loss: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -82,10 +85,11 @@ class GroupState:
         return asked(batch.maps) if self.reads_maps else self.as_cached(asked(batch.pooled))
 
     def as_cached(self, x: np.ndarray) -> np.ndarray:
-        """``x`` (pooled vectors or views, as the feeds give them) for this group: undone standardisation
-        for a closed-form group, else ``x`` itself."""
+        """``x`` (pooled vectors or views, as the feeds give them) for this group: its columns
+        (:attr:`cols`), with the standardisation undone for a closed-form group."""
         mean_std = self.feeds["train"].mean_std
-        return x * mean_std[1] + mean_std[0] if self.closed_form and mean_std is not None else x
+        x = x * mean_std[1] + mean_std[0] if self.closed_form and mean_std is not None else x
+        return x if self.cols is None else x[..., : self.cols]
 
     def active(self, patience: int) -> np.ndarray:
         """``(k,)`` bool: the heads still training (fewer than ``patience`` epochs without progress;
@@ -97,7 +101,7 @@ class GroupState:
         in-memory :class:`~featcache.trainer.data.Split`) and record it as its epoch 1."""
         t0 = time.perf_counter()
         x = train.views if self.n_views > 1 else train.pooled[:, None]
-        self.group.fit(x, train.y)
+        self.group.fit(x if self.cols is None else x[..., : self.cols], train.y)
         self.end_epoch(1, np.ones(self.group.k, bool), np.stack(self.evaluate("train")), self.evaluate("val"))
         self.seconds += time.perf_counter() - t0
 
@@ -219,9 +223,11 @@ def _build_states(ds: Dataset, configs: list[HeadConfig], seed: int, feeds: dict
     states = []
     for g, cs in enumerate(by_group.values()):
         maps = cs[0].reads_maps
-        group = make_group(cs, ds.channels, len(ds.classes), seed + g)
+        width = ds.channels if maps else ds.width(cs[0].features)
+        group = make_group(cs, width, len(ds.classes), seed + g)
         batch = EVAL_BATCH["maps" if maps else "pooled"]
-        states.append(GroupState(group, feeds, batch, maps, 1 if maps else n_views))
+        cols = width if ds.taps and not maps and width < ds.channels + ds.taps else None
+        states.append(GroupState(group, feeds, batch, maps, 1 if maps else n_views, cols))
     return states
 
 
@@ -245,11 +251,10 @@ def _train_epoch(
         for s, on, total in zip(states, active, sums, strict=True):
             if on.any():
                 t0 = time.perf_counter()
-                x = (
-                    s.x(batch)
-                    if s.n_views == 1
-                    else pick_views(asked(batch.views), np.arange(len(batch.pos)), asked(picked))
-                )
+                if s.n_views == 1:
+                    x = s.x(batch)
+                else:
+                    x = s.as_cached(pick_views(asked(batch.views), np.arange(len(batch.pos)), asked(picked)))
                 loss, correct = s.group.train_step(x, batch.y, on, (settings.seed, step))
                 s.seconds += time.perf_counter() - t0
                 total += [loss * len(batch.pos), correct]

@@ -10,12 +10,13 @@ from typing import Any
 
 import numpy as np
 
+from ..shared.cache import schema
 from ..shared.cache.fsutil import commit_file, temp_path_for
 from ..shared.cache.reader import FeatureCache, PooledRows
 from ..shared.cache.split import split_names
 from ..shared.errors import FeatcacheError
 from . import rundir
-from .data import load_rows, read_maps
+from .data import load_rows, read_maps, require_taps
 from .identity import check_cache
 from .multi import LABEL_SEPARATOR
 from .sweep import HeadConfig
@@ -73,8 +74,15 @@ def load_head(run_dir: Path, results: dict[str, Any], name: str | None = None) -
     if name == results["best"]:
         return cfg, load(Path(run_dir) / rundir.BEST_HEAD)
     weights, mean_std = rundir.head_params(run_dir, results, name)
-    maps_shape = tuple(rundir.head_cache(results, name)["fingerprint"]["output_shape"])
-    in_shape = maps_shape if cfg.reads_maps else maps_shape[-1:]
+    fp = rundir.head_cache(results, name)["fingerprint"]
+    if cfg.reads_top_input:  # rebuilt from the registry's layers of the backbone's last block
+        from .top import block_spec, build_model
+
+        spec = block_spec(fp, rundir.importable_backbone(fp, str(Path(run_dir) / rundir.RESULTS)))
+        shape = tuple((schema.top_input_of(fp) or {"shape": ()})["shape"])
+        return cfg, build_model(spec, shape, len(results["classes"]), cfg.dropout, params=weights)
+    maps_shape = tuple(fp["output_shape"])
+    in_shape = maps_shape if cfg.reads_maps else (rundir.input_width(entry["config"], fp),)
     return cfg, head_model(cfg, weights, in_shape, len(results["classes"]), mean_std)
 
 
@@ -165,15 +173,28 @@ def score_rows(
     test-time augmentation (``use_tta``) is scored as it was picked: the mean of its probabilities
     over the cache's views. Inputs are read and predicted in blocks of :data:`PREDICT_BLOCK` rows."""
     names = split_names(rows.split).astype(str)
-    tta = use_tta and not cfg.reads_maps and cache.views > 1
+    if cfg.reads_top_input:
+        from .top import require_top_input
+
+        require_top_input(cache)
+    tta = use_tta and not cfg.reads_maps and not cfg.reads_top_input and cache.views > 1
     views = cache.load_pooled_views() if tta else None  # (N, V, C), rows' order
+    pooled = rows.pooled
+    if cfg.reads_taps:  # the layer taps after the pooled maps, as the head was trained
+        require_taps(cache)
+        if views is not None:
+            views = np.concatenate([views, cache.load_taps_views()], axis=2)
+        else:
+            pooled = np.concatenate([pooled, cache.read_columns((schema.TAPS,))[schema.TAPS]], axis=1)
     probs = np.zeros((len(sel), len(classes)))
     for start in range(0, len(sel), PREDICT_BLOCK):  # bounded memory: maps are ~250 KB a row in float32
         part = sel[start : start + PREDICT_BLOCK]
-        if cfg.reads_maps:
+        if cfg.reads_top_input:
+            inputs = [read_maps(cache, rows.index[part], "float32", schema.TOP_INPUT)]
+        elif cfg.reads_maps:
             inputs = [read_maps(cache, rows.index[part], "float32")]
         else:
-            inputs = [rows.pooled[part]] if views is None else [views[part, v] for v in range(views.shape[1])]
+            inputs = [pooled[part]] if views is None else [views[part, v] for v in range(views.shape[1])]
         batch = [model.predict(x, batch_size=PREDICT_BATCH, verbose=0) for x in inputs]
         probs[start : start + len(part)] = np.mean(batch, axis=0)
     _write_csv(out, rows, names, sel, probs, classes)
@@ -272,8 +293,15 @@ def export(
         built.append((cfg, model_head, flip))
     if members is None:
         cfg, model_head, flip = built[0]
-        model = full_model(spec, w, cfg, model_head, flip_tta=flip, resize=policy, classes=results["classes"])
+        taps = [n for n, _ in schema.taps_of(fp)] if cfg.reads_taps else []
+        model = full_model(
+            spec, w, cfg, model_head, flip_tta=flip, resize=policy, classes=results["classes"], taps=taps
+        )
     else:
+        if any(c.reads_taps or c.reads_top_input for c, _, _ in built):
+            raise FeatcacheError(
+                f"head={name!r}: an ensemble with taps or top heads cannot be exported yet; export its best member"
+            )
         model = ensemble_model(spec, w, built, policy, results["classes"])
         row = baseline_row(results, name)
         assert row is not None, "the members are this row's"

@@ -25,6 +25,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from ..shared.backbones import PREPROCESS_SCHEMES, is_model_file
+from ..shared.cache import schema
 from ..shared.cache.fingerprint import Recipe
 from ..shared.cache.fsutil import sha256_file
 from ..shared.cache.reader import FeatureCache, PooledRows
@@ -166,6 +167,9 @@ def extractor_flags(
         flags += ["--crop-scale", "{!r},{!r}".format(*recipe.augment.crop_scale)]
         flags += ["--crop-ratio", "{!r},{!r}".format(*recipe.augment.crop_ratio)]
     flags += ["--feed-dtype", recipe.fed_as]  # a cache made before the choice existed: float32
+    # the layer taps and the top input as recorded (a cache made before taps existed: none)
+    flags += ["--taps", ",".join(name for name, _ in schema.taps_of(fp)) or "none"]
+    flags.append("--keep-top-input" if schema.top_input_of(fp) is not None else "--no-keep-top-input")
     if recipe.compute_dtype == "mixed_float16":
         flags.append("--mixed-precision")
     return flags

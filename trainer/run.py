@@ -21,11 +21,11 @@ from ..shared.cache.fingerprint import describe
 from ..shared.cache.reader import FeatureCache
 from ..shared.errors import FeatcacheError
 from . import rundir
-from .data import Dataset, load_dataset, load_maps, memory_gb
+from .data import Dataset, load_dataset, load_maps, load_top, memory_gb
 from .feed import asked
 from .identity import cache_identity
 from .kinds import HEAD_KINDS, reads_maps
-from .loop import train
+from .loop import TrainOutput, train
 from .multi import CONCAT, LABEL_SEPARATOR, Part, align, concat_dataset, label_caches, locate
 from .plot import plot
 from .report import best_head, class_metrics, confusion, confusion_entries, leaderboard
@@ -53,8 +53,18 @@ def load_for(
         heads = ", ".join(dict.fromkeys(c.kind for c in configs if c.reads_maps))
         pooled = ", ".join(k for k in HEAD_KINDS if not reads_maps(k))
         cache.require_maps(f"{heads} heads read maps; train pooled heads on it ({pooled}; the k-NN baseline too)")
-    need = memory_gb(cache, maps, settings.views and any(not c.reads_maps for c in configs))
+    taps = any(c.reads_taps for c in configs)
+    need = memory_gb(cache, maps, settings.views and any(not c.reads_maps for c in configs), taps)
     streamed = settings.stream or need > settings.max_memory_gb
+    if taps and like is not None:
+        raise FeatcacheError(f"{cache.path}: features='taps' trains on one cache at a time (not on several)")
+    top = any(c.reads_top_input for c in configs)
+    if top:
+        from .top import require_top_input
+
+        require_top_input(cache)
+        if like is not None:
+            raise FeatcacheError(f"{cache.path}: head 'top' trains on one cache at a time (not on several)")
     if streamed and like is not None:
         raise FeatcacheError(
             f"{cache.path}: a sweep on several caches holds them in memory, and they need {need:.1f} GB "
@@ -66,6 +76,7 @@ def load_for(
         allow_partial=settings.allow_partial,
         views=settings.views,
         pooled=not streamed,
+        taps=taps,
     )
     if like is not None:  # the notes the first cache has not given already, naming this cache
         ds = align(like, ds, cache.path)
@@ -76,6 +87,8 @@ def load_for(
         log(f"note: {note}" if like is None else f"note: {cache.path}: {note}")
     if maps and not streamed:
         load_maps(cache, ds)
+    if top:
+        load_top(cache, ds)
     log(
         f"{cache.path}: {describe(cache.fingerprint)}; train {len(ds.train)}, val {len(ds.val)}, "
         f"test {len(ds.test)} rows, {len(ds.classes)} classes; {len(configs)} heads"
@@ -132,14 +145,20 @@ def write_run(staging: Path, results: dict[str, Any], parts: list[Part], log: Lo
     part, state, k = locate(parts, results["best"])
     cfg = state.group.configs[k]
     maps_shape = tuple(part.cache.fingerprint["output_shape"])
-    in_dim = part.ds.channels
-    model = head_model(
-        cfg,
-        state.group.head_weights(k),
-        maps_shape if cfg.reads_maps else (in_dim,),
-        len(results["classes"]),
-        part.out.mean_std,
-    )
+    in_dim = part.ds.width(cfg.features)
+    mean_std = part.out.mean_std
+    if mean_std is not None and not cfg.reads_maps:  # the head's columns (the taps come after the maps')
+        mean_std = (mean_std[0][:in_dim], mean_std[1][:in_dim])
+    if cfg.reads_top_input:
+        model = state.group.model  # the fine-tuned block and its dense layer, as trained
+    else:
+        model = head_model(
+            cfg,
+            state.group.head_weights(k),
+            maps_shape if cfg.reads_maps else (in_dim,),
+            len(results["classes"]),
+            mean_std,
+        )
     with rundir.writing(staging / rundir.BEST_HEAD):
         model.save(staging / rundir.BEST_HEAD)
     weights = {
@@ -162,13 +181,28 @@ def write_run(staging: Path, results: dict[str, Any], parts: list[Part], log: Lo
     rundir.write_results(staging / rundir.RESULTS, results)
 
 
+def train_all(ds: Dataset, configs: list[HeadConfig], settings: Settings, progress: bool) -> TrainOutput:
+    """Every head of ``configs`` on ``ds``: the loop's kinds in one pass (:func:`~featcache.trainer.loop.train`),
+    then the ``top`` heads, each fine-tuning its copy of the backbone's last block (:mod:`~featcache.trainer.top`)."""
+    top = [c for c in configs if c.reads_top_input]
+    rest = [c for c in configs if not c.reads_top_input]
+    out = train(ds, rest, settings, progress) if rest else TrainOutput([], [], None)
+    if top:
+        from .top import train_top
+
+        rows, states = train_top(ds, top, settings)
+        out.heads += rows
+        out.states += states
+    return out
+
+
 def train_concat(
     parts: list[Part], configs: list[HeadConfig], settings: Settings, log: Log, progress: bool
 ) -> dict[str, Any]:
     """The grid's pooled heads trained on every part's pooled vectors side by side: ``results.json``'s
     ``concat`` (``caches``, the labels in column order; ``width``; ``heads``, rows as in ``heads``,
     named ``concat:<head>``; ``skipped``, the map heads, which have no concatenation)."""
-    pooled = [c for c in configs if not c.reads_maps]
+    pooled = [c for c in configs if not c.reads_maps and not c.reads_top_input]
     ds = concat_dataset([p.ds for p in parts])
     assert ds.train.pooled is not None, "concat_dataset holds pooled vectors"
     out: dict[str, Any] = {"caches": [p.label for p in parts], "width": int(ds.train.pooled.shape[1])}
@@ -209,7 +243,7 @@ def run_sweep(
         for cache, ds, label in zip(caches, datasets, labels, strict=True):
             if label is not None:
                 log(f"training {len(configs)} heads on {label} ({cache.path})")
-            parts.append(Part(cache, ds, train(ds, configs, settings, progress), label))
+            parts.append(Part(cache, ds, train_all(ds, configs, settings, progress), label))
         results = describe_run(parts, settings, command)
         if concat:
             results["concat"] = train_concat(parts, configs, settings, log, progress)

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ..shared.cache import schema
 from ..shared.cache.fsutil import atomic_write_json, fsync_dir
 from ..shared.cache.lock import pid_alive
 from ..shared.cache.npz import load_declared
@@ -27,6 +28,7 @@ from ..shared.errors import FeatcacheError
 from ..shared.runfiles import FORMAT, HEADS, RESULTS, VERSION, VERSION_MULTI, VERSIONS, read_results
 
 __all__ = ["FORMAT", "HEADS", "RESULTS", "VERSION", "VERSION_MULTI", "VERSIONS"]  # one definition, in shared
+from .kinds import TAPS
 
 LEADERBOARD = "leaderboard.txt"
 PLOT = "plot.png"
@@ -386,12 +388,23 @@ def head_cache(results: dict[str, Any], name: str) -> dict[str, Any]:
     return results["cache"] if label is None else results["caches"][label]
 
 
+def input_width(cfg: dict[str, Any], fingerprint: dict[str, Any]) -> int:
+    """The width of a pooled head's input on a cache of ``fingerprint`` (the maps' channels for a map
+    head): the pooled maps' channels, plus the layer taps' for features ``taps``."""
+    channels = int(fingerprint["output_shape"][-1])
+    if cfg.get("features") == TAPS:
+        channels += sum(w for _, w in schema.taps_of(fingerprint))
+    return channels
+
+
 def expected_shapes(cfg: dict[str, Any], channels: int, classes: int) -> dict[str, tuple[int, ...]]:
     """The parameters a head of config ``cfg`` on ``channels`` channels with ``classes`` outputs has in
     heads.npz, with their shapes (docs/run-format.md, heads.npz)."""
     from .pooling import MULTISCALE
 
     kind, h = cfg["kind"], int(cfg.get("hidden") or 0)
+    if kind == "top":  # and its copy of the backbone's last block, "<layer>/<k>", shaped as the backbone's
+        return {"W": (channels, classes), "b": (classes,)}
     if kind == "logreg":
         return {"W": (channels, classes), "b": (classes,), "mean": (channels,), "std": (channels,)}
     if kind == "linear":
@@ -416,14 +429,18 @@ def _check_declared(
     declared bytes exceed the file's; checked on the ``.npy`` headers, before anything is allocated (a
     few bytes of zip can declare terabytes)."""
     entry = next(h for h in results["heads"] if h["name"] == name)
-    channels = int(head_cache(results, name)["fingerprint"]["output_shape"][-1])
+    fp = head_cache(results, name)["fingerprint"]
+    channels = input_width(entry["config"], fp)
     n = len(results["classes"])
     want = {keys[p]: shape for p, shape in expected_shapes(entry["config"], channels, n).items() if p in keys}
     missing = sorted(set(expected_shapes(entry["config"], channels, n)) - set(keys))
     if missing:
         raise FeatcacheError(f"{path}: head {name!r} lists no parameter {missing[0]} (results.json heads_file.params)")
-    if std is not None:
-        want.update({std["mean"]: (channels,), std["std"]: (channels,)})
+    if std is not None:  # the sweep's standardisation: of the pooled maps, or of the maps and the taps
+        widths = {int(fp["output_shape"][-1]) + t for t in (0, sum(w for _, w in schema.taps_of(fp)))}
+        shape = tuple(declared[std["mean"]][0]) if std["mean"] in declared else ()
+        width = shape[0] if len(shape) == 1 and shape[0] in widths and shape[0] >= channels else channels
+        want.update({std["mean"]: (width,), std["std"]: (width,)})
     total = 0
     for key, (shape, dtype) in declared.items():
         expected = want.get(key, shape)
@@ -457,6 +474,10 @@ def head_params(run_dir: Path, results: dict[str, Any], name: str) -> tuple[dict
         )
         weights = {p: arrays[k] for p, k in keys.items()}
         mean_std = None if std is None else (arrays[std["mean"]], arrays[std["std"]])
+        if mean_std is not None:  # the head's own columns (the taps come after the maps')
+            config = next(h for h in results["heads"] if h["name"] == name)["config"]
+            width = input_width(config, head_cache(results, name)["fingerprint"])
+            mean_std = (mean_std[0][:width], mean_std[1][:width])
     except FileNotFoundError:
         raise FeatcacheError(f"{path}: missing: cannot read head {name!r}") from None
     except (OSError, KeyError, ValueError, TypeError, EOFError, zipfile.BadZipFile) as exc:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..shared.errors import FeatcacheError
-from .kinds import HEAD_KINDS, MAP_AUGMENTS, MAP_POOLS, NO_AUGMENT
+from .kinds import FEATURE_SETS, HEAD_KINDS, MAP_AUGMENTS, MAP_POOLS, NO_AUGMENT, POOLED
 from .logreg import DEFAULT_CS
 
 AUTO_FOLDS = "auto"
@@ -55,7 +55,19 @@ FILE_SETTING_KEYS = (
     "baselines",
     "folds",
 )
-GRID_KEYS = ("head", "lr", "weight_decay", "hidden", "dropout", "label_smoothing", "c", "power", "pool", "map_augment")
+GRID_KEYS = (
+    "head",
+    "lr",
+    "weight_decay",
+    "hidden",
+    "dropout",
+    "label_smoothing",
+    "c",
+    "power",
+    "pool",
+    "map_augment",
+    "features",
+)
 # The default sweep is what the CIFAR-10 dev table (docs/quality.md) shows to be worth its time: the
 # L-BFGS logistic-regression path on square-rooted features (9 C values, one warm-started pass; the
 # square root never lost to the raw features there) beside one SGD linear head; MLPs and map heads
@@ -71,6 +83,7 @@ DEFAULT_GRID: dict[str, list[Any]] = {
     "power": [0.5],
     "pool": ["mean"],  # map heads: +4 points over attention on the dev set (docs/quality.md, "Map heads")
     "map_augment": [NO_AUGMENT],
+    "features": [POOLED],  # taps: see docs/trainer.md, "Feature sets"
 }
 DEFAULT_RUNS = Path("runs")
 DEFAULT_TOP = 10
@@ -138,6 +151,12 @@ def _pool(v: Any) -> str:
     return v
 
 
+def _features(v: Any) -> str:
+    if not isinstance(v, str) or v not in FEATURE_SETS:
+        raise ValueError(f"unknown feature set; choose from {', '.join(FEATURE_SETS)}")
+    return v
+
+
 def _map_augment(v: Any) -> str:
     """``"none"`` or augmentation names joined by ``+``, normalised to the order of ``MAP_AUGMENTS``."""
     names = v.split("+") if isinstance(v, str) else [None]
@@ -171,6 +190,7 @@ RULES: dict[str, Callable[[Any], Any]] = {
     "power": _real(0, 1, lo_open=True, hi_open=False),
     "pool": _pool,
     "map_augment": _map_augment,
+    "features": _features,
 }
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 from ..shared.errors import FeatcacheError
 from .builtin_sweeps import BUILTIN_SWEEPS, builtin
-from .kinds import HEAD_KINDS, NO_AUGMENT, reads_maps
+from .kinds import HEAD_KINDS, NO_AUGMENT, POOLED, TAPS, reads_maps, reads_top_input
 from .settings import DEFAULT_GRID, FILE_SETTING_KEYS, GRID_KEYS, SettingError, Settings, check_value, make_settings
 
 # A grid key's value when the head's kind does not read it (see HeadKind.keys).
@@ -46,6 +46,7 @@ UNUSED: dict[str, Any] = {
     "power": 1.0,
     "pool": "attention",
     "map_augment": NO_AUGMENT,
+    "features": POOLED,
 }
 
 
@@ -70,24 +71,36 @@ class HeadConfig:
     power: float = 1.0
     pool: str = UNUSED["pool"]
     map_augment: str = UNUSED["map_augment"]
+    features: str = UNUSED["features"]
 
     @property
     def name(self) -> str:
         """E.g. ``logreg-pow0.5-C0.001``, ``map-h256-do0.3-gem-augflip+crop-lr0.001-wd0-ls0``; pool and
         augmentation appear only when not the defaults, so names of earlier runs still read the same."""
         keys = HEAD_KINDS[self.kind].keys
+        kind = self.kind + ("" if self.features == UNUSED["features"] else f"-{self.features}")
         if "c" in keys:
-            return f"{self.kind}{'' if self.power == 1 else f'-pow{self.power:g}'}-C{self.c:g}"
+            return f"{kind}{'' if self.power == 1 else f'-pow{self.power:g}'}-C{self.c:g}"
         shape = (f"-h{self.hidden}" if "hidden" in keys else "") + (f"-do{self.dropout:g}" if "dropout" in keys else "")
         shape += f"-{self.pool}" if self.pool != UNUSED["pool"] else ""
         shape += f"-aug{self.map_augment}" if self.map_augment != UNUSED["map_augment"] else ""
-        return f"{self.kind}{shape}-lr{self.lr:g}-wd{self.weight_decay:g}-ls{self.label_smoothing:g}"
+        return f"{kind}{shape}-lr{self.lr:g}-wd{self.weight_decay:g}-ls{self.label_smoothing:g}"
 
     @property
-    def group(self) -> tuple[str, int, str, str]:
+    def group(self) -> tuple[str, int, str, str, str]:
         """Heads of one group have parameters of the same shapes and are fed the same (augmented)
         inputs, so they are trained stacked."""
-        return (self.kind, self.hidden, self.pool, self.map_augment)
+        return (self.kind, self.hidden, self.pool, self.map_augment, self.features)
+
+    @property
+    def reads_top_input(self) -> bool:
+        """Whether the head fine-tunes the backbone's last block from the cached top input (``top``)."""
+        return reads_top_input(self.kind)
+
+    @property
+    def reads_taps(self) -> bool:
+        """Whether the head reads the cache's layer taps (features ``taps``)."""
+        return self.features == TAPS
 
     @property
     def reads_maps(self) -> bool:

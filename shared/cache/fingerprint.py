@@ -27,10 +27,12 @@ IDENTITY_KEYS = (
     "augment",  # views per image and their recipe; absent (None) in one-view caches
     "feed_dtype",  # images rounded to uint8 before preprocessing; absent in float32-fed caches
     "maps",  # false in a cache of imported vectors (no maps); absent when maps are stored
+    "taps",  # the layers whose pooled outputs are stored (dataset taps); absent without taps
+    "top_input",  # the last block's input stored (dataset top_input); absent when not kept
 )
 # Identity keys a fingerprint may leave out (their absence is a value: one view per image; images
-# fed as float32, the only way before feed_dtype existed).
-OPTIONAL_IDENTITY_KEYS = ("augment", "feed_dtype", "maps")
+# fed as float32, the only way before feed_dtype existed; maps stored; no taps; no top input).
+OPTIONAL_IDENTITY_KEYS = ("augment", "feed_dtype", "maps", "taps", "top_input")
 # What the extractor ships to the device: resized images rounded to uint8 (preprocessed on the
 # device) or float32 preprocessed on the host. The value a fingerprint without the key stands for:
 FEED_DTYPES = ("uint8", "float32")

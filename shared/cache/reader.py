@@ -52,6 +52,8 @@ COLUMNS = (
     schema.INDEX,
     schema.SPLIT,
     schema.POOLED_VIEWS,
+    schema.TAPS,
+    schema.TAPS_VIEWS,
     ROW,
     SHARD,
     SPLIT_UNIT,
@@ -130,6 +132,17 @@ class FeatureCache:
     def views(self) -> int:
         """Views per row: 1, or ``V`` when extracted with views (``pooled_views`` holds views 1..V-1)."""
         return schema.views_of(self.fingerprint)
+
+    @property
+    def layout(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Every per-row dataset the cache's shards hold: name -> (one row's shape, dtype)
+        (:func:`schema.layout_of`)."""
+        return schema.layout_of(self.fingerprint, self.manifest.storage["maps_dtype"])
+
+    @property
+    def taps(self) -> list[tuple[str, int]]:
+        """The tapped layers and their widths, in the order of the ``taps`` columns (``[]``: none)."""
+        return schema.taps_of(self.fingerprint)
 
     @property
     def num_rows(self) -> int:
@@ -236,6 +249,9 @@ class FeatureCache:
             raise FeatcacheError(
                 f"columns={columns!r}: expected a tuple of column names from {', '.join(COLUMNS)} (maps: iter_maps)"
             )
+        for c in columns:
+            if c in _LAYOUT_COLUMNS and c not in self.layout:
+                raise FeatcacheError(f"{self.path}: the cache has no {c} dataset ({_HOW_TO_GET.get(c, 'views')})")
         wanted = tuple(dict.fromkeys((*columns, schema.INDEX)))
         stored = tuple(k for k in wanted if k not in (ROW, SHARD))
         for ordinal, record, where, read in self._stored_columns(stored):
@@ -364,16 +380,34 @@ class FeatureCache:
         c = self.read_columns((schema.POOLED, schema.POOLED_VIEWS))
         return np.concatenate([c[schema.POOLED][:, None], c[schema.POOLED_VIEWS]], axis=1)
 
+    def load_taps_views(self) -> np.ndarray:
+        """``(N, V, T)`` float32: every row's taps of all its views (view 0 first), in index order, as
+        :meth:`load_pooled_views` for the pooled vectors."""
+        if self.views == 1:
+            return self.read_columns((schema.TAPS,))[schema.TAPS][:, None]
+        c = self.read_columns((schema.TAPS, schema.TAPS_VIEWS))
+        return np.concatenate([c[schema.TAPS][:, None], c[schema.TAPS_VIEWS]], axis=1)
+
     def iter_maps(
-        self, block_rows: int = DEFAULT_BLOCK_ROWS, indices: ArrayLike | None = None, dtype: str | None = None
+        self,
+        block_rows: int = DEFAULT_BLOCK_ROWS,
+        indices: ArrayLike | None = None,
+        dtype: str | None = None,
+        *,
+        dataset: str = schema.MAPS,
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(index (b,), maps (b, h, w, c))`` blocks of at most ``block_rows`` rows, in index order.
 
         Each block is one contiguous, chunk-aligned read; gzip'd rows (the default storage) are
         inflated on all cores (:mod:`featcache.shared.cache.deflate`). ``indices`` keeps only those listing
         positions (e.g. one split; each in ``0 .. num_inputs - 1``, else an error); ``dtype`` casts the
-        maps to a float dtype (default: as stored). Dead rows are skipped.
+        maps to a float dtype (default: as stored). Dead rows are skipped. ``dataset="top_input"``
+        reads the kept input of the backbone's last block instead of the maps, the same way.
         """
+        if dataset not in (schema.MAPS, schema.TOP_INPUT):
+            raise FeatcacheError(f"dataset={dataset!r}: expected {schema.MAPS!r} or {schema.TOP_INPUT!r}")
+        if dataset not in self.layout:
+            raise FeatcacheError(f"{self.path}: the cache has no {dataset} dataset ({_HOW_TO_GET[dataset]})")
         block_rows = int_arg("block_rows", block_rows, minimum=1)
         dtype = dtype_arg("dtype", dtype, FLOAT_DTYPES, optional=True)
         self.require_maps("iter_maps reads maps")
@@ -389,7 +423,7 @@ class FeatureCache:
                 if len(rows) == 0:
                     continue
                 for sel in aligned_blocks(rows, step):
-                    yield index[sel], f.read(schema.MAPS, sel, dtype)
+                    yield index[sel], f.read(dataset, sel, dtype)
 
     def dataset(
         self,
@@ -427,6 +461,16 @@ def members(values: np.ndarray, wanted: np.ndarray) -> np.ndarray:
         return np.zeros(len(values), dtype=bool)
     at = np.searchsorted(part, values).clip(0, len(part) - 1)
     return part[at] == values
+
+
+# Columns checked against the cache's layout (one row's shape), present only in caches that have them.
+_LAYOUT_COLUMNS = (schema.TAPS, schema.TAPS_VIEWS)
+# How a cache gets an optional dataset (the extraction's argument).
+_HOW_TO_GET = {
+    schema.TAPS: "extract it with taps='default' or layer names",
+    schema.TAPS_VIEWS: "extract it with taps and views",
+    schema.TOP_INPUT: "extract it with keep_top_input=True",
+}
 
 
 def label_problem(label: np.ndarray, num_classes: int) -> str | None:

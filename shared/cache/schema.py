@@ -35,6 +35,18 @@ pooled_views  (n, V-1, C)            float32   pooled vectors of views 1..V-1 of
 A cache of **imported vectors** (``featcache.import_embeddings``: CLIP, DINOv2, any model's pooled
 vectors, no images) has no ``maps`` dataset: its fingerprint says ``"maps": false`` (see
 :func:`has_maps`) and ``output_shape`` is ``(1, 1, C)``; every other dataset is as above.
+A cache extracted with layer taps (fingerprint key ``taps``: the layers, in order, and their widths)
+or with the top input kept (fingerprint key ``top_input``) adds, additively as well:
+
+============  =====================  ========  ===========================================
+taps          (n, T)                 float32   spatial means of the tapped layers' float32
+                                               outputs, concatenated in the fingerprint's order
+                                               (T = the sum of their widths)
+taps_views    (n, V-1, T)            float32   the same for views 1..V-1 (caches with views)
+top_input     (n, h, w, c)           float16   the input tensor of the backbone's last block
+                                               (MobileNetV2: block_16_project_BN, 7x7x320, the
+                                               input of Conv_1), for heads that fine-tune it
+============  =====================  ========  ===========================================
 """
 
 from __future__ import annotations
@@ -64,8 +76,13 @@ INDEX = "index"
 SPLIT = "split"
 DATASETS = (MAPS, POOLED, LABEL, ID, INDEX, SPLIT)
 POOLED_VIEWS = "pooled_views"  # only in caches with views (see views_of)
+TAPS = "taps"  # only in caches with layer taps (see taps_of)
+TAPS_VIEWS = "taps_views"  # only in caches with taps and views
+TOP_INPUT = "top_input"  # only in caches extracted with the top input kept (see top_input_of)
 
 POOLED_DTYPE = "float32"
+TAPS_DTYPE = "float32"
+TOP_INPUT_DTYPE = "float16"
 LABEL_DTYPE = "int32"
 INDEX_DTYPE = "int64"
 SPLIT_DTYPE = "int8"
@@ -77,13 +94,21 @@ DEFAULT_MAPS_DTYPE = "float16"
 
 
 def row_layout(
-    output_shape: tuple[int, ...] | list[int], maps_dtype: str, views: int, *, maps: bool = True
+    output_shape: tuple[int, ...] | list[int],
+    maps_dtype: str,
+    views: int,
+    taps: int = 0,
+    top_input: tuple[int, ...] | list[int] | None = None,
+    *,
+    maps: bool = True,
 ) -> dict[str, tuple[tuple[int, ...], str]]:
     """Every per-row dataset a shard of a cache holds (the table above): name -> (shape of one row,
     dtype). ``output_shape`` is the backbone's ``(H, W, C)``, ``maps_dtype`` the cache's, ``views``
-    from :func:`views_of`, ``maps`` from :func:`has_maps` (False: the maps-less layout of imported
-    vectors). Each dataset's first axis is the shard's rows, so what copies, checks or filters rows
-    (verify, compact) takes its list from here and carries datasets added later."""
+    from :func:`views_of`, ``taps`` the width of the taps (0: none), ``top_input`` the shape of one
+    row's top input (None: not kept), ``maps`` from :func:`has_maps` (False: the maps-less layout of
+    imported vectors); :func:`layout_of` reads them all from a fingerprint. Each dataset's first axis is
+    the shard's rows, so what copies, checks or filters rows (verify, compact) takes its list from here
+    and carries datasets added later."""
     h, w, c = (int(v) for v in output_shape)
     out: dict[str, tuple[tuple[int, ...], str]] = {
         **({MAPS: ((h, w, c), maps_dtype)} if maps else {}),
@@ -92,7 +117,26 @@ def row_layout(
     out.update({name: ((), dtype) for name, dtype in ROW_COLUMNS.items()})
     if views > 1:
         out[POOLED_VIEWS] = ((views - 1, c), POOLED_DTYPE)
+    if taps:
+        out[TAPS] = ((int(taps),), TAPS_DTYPE)
+        if views > 1:
+            out[TAPS_VIEWS] = ((views - 1, int(taps)), TAPS_DTYPE)
+    if top_input is not None:
+        out[TOP_INPUT] = (tuple(int(v) for v in top_input), TOP_INPUT_DTYPE)
     return out
+
+
+def layout_of(fingerprint: dict[str, Any], maps_dtype: str) -> dict[str, tuple[tuple[int, ...], str]]:
+    """:func:`row_layout` of a cache with this fingerprint and maps dtype (the manifest's storage)."""
+    top = top_input_of(fingerprint)
+    return row_layout(
+        fingerprint["output_shape"],
+        maps_dtype,
+        views_of(fingerprint),
+        sum(w for _, w in taps_of(fingerprint)),
+        None if top is None else top["shape"],
+        maps=has_maps(fingerprint),
+    )
 
 
 UNKNOWN_LABEL = -1
@@ -169,11 +213,22 @@ def has_maps(fingerprint: dict[str, Any]) -> bool:
     return fingerprint.get(MAPS_KEY, True) is not False
 
 
-def layout_of(fingerprint: dict[str, Any], maps_dtype: str) -> dict[str, tuple[tuple[int, ...], str]]:
-    """:func:`row_layout` of a cache with this fingerprint and maps dtype."""
-    return row_layout(fingerprint["output_shape"], maps_dtype, views_of(fingerprint), maps=has_maps(fingerprint))
-
-
 def views_of(fingerprint: dict[str, Any]) -> int:
     """Views per row of a cache with this fingerprint: 1 unless its ``augment`` says more."""
     return int((fingerprint.get("augment") or {}).get("views", 1))
+
+
+def taps_of(fingerprint: dict[str, Any]) -> list[tuple[str, int]]:
+    """The tapped layers of a cache with this fingerprint, in the order of the ``taps`` dataset's
+    columns, with their widths: ``[]`` when it has none (caches made before taps existed, or with
+    ``taps="none"``)."""
+    taps = fingerprint.get("taps") or {}
+    return [(str(n), int(w)) for n, w in zip(taps.get("layers", ()), taps.get("widths", ()), strict=True)]
+
+
+def top_input_of(fingerprint: dict[str, Any]) -> dict[str, Any] | None:
+    """What a cache with this fingerprint keeps of its backbone's last block, or None: ``layer`` (the
+    layer whose output is stored), ``shape`` (one row's), ``top`` (the layers it feeds, in order, up to
+    the maps)."""
+    top = fingerprint.get("top_input")
+    return dict(top) if top else None

@@ -41,6 +41,9 @@ from .shard import open_shard_file
 from .split import assign_splits
 from .update import Changes, apply_update, describe_live_changes
 
+# The per-row datasets a cache may add beyond the base ones and pooled_views, passed to append as ``extra``.
+EXTRA_DATASETS = (schema.TAPS, schema.TAPS_VIEWS, schema.TOP_INPUT)
+
 # A writer folds its journal into the manifest once it holds this many records, or as many as the
 # manifest had shards at the last fold if that is more (so that folds cost O(1) per shard amortised).
 FOLD_MIN_RECORDS = 256
@@ -98,6 +101,10 @@ class ShardWriter:
         self._pooled: list[np.ndarray] = []
         self._views = schema.views_of(manifest.fingerprint)
         self._pooled_views: list[np.ndarray] = []
+        # the layout's datasets beyond the base ones and pooled_views (taps, top input), kept in memory
+        layout = schema.layout_of(manifest.fingerprint, manifest.storage["maps_dtype"])
+        self._extra_layout = {k: v for k, v in layout.items() if k in EXTRA_DATASETS}
+        self._extra: dict[str, list[np.ndarray]] = {k: [] for k in self._extra_layout}
         self._label: list[np.ndarray] = []
         self._index: list[np.ndarray] = []
         self._split: list[np.ndarray] = []
@@ -119,16 +126,25 @@ class ShardWriter:
         index: np.ndarray,
         split: np.ndarray,
         pooled_views: np.ndarray | None = None,
+        extra: dict[str, np.ndarray] | None = None,
     ) -> None:
         """Add ``b`` rows: maps ``(b, h, w, c)`` (cast to the cache's maps dtype), pooled ``(b, c)``
         float32, label/index/split ``(b,)``, ids ``b`` strings; with views, ``pooled_views``
-        ``(b, V-1, c)`` (required exactly when the fingerprint has more than one view). ``maps`` is None
+        ``(b, V-1, c)`` (required exactly when the fingerprint has more than one view); ``extra``: the
+        layout's other datasets (``taps``, ``taps_views``, ``top_input``), each exactly when the
+        fingerprint says the cache has it, of the layout's shape (cast to its dtype). ``maps`` is None
         exactly in a cache without maps (imported vectors)."""
         b = len(ids)
         if (maps is None) != (self._maps is None):
             raise ValueError("append: maps are required exactly when the cache stores maps")
         if not ((maps is None or len(maps) == b) and len(pooled) == len(label) == len(index) == len(split) == b):
             raise ValueError("append: all arrays must have the same number of rows")
+        extra = extra or {}
+        if set(extra) != set(self._extra_layout):
+            raise ValueError(f"append: extra must hold exactly {sorted(self._extra_layout)}, got {sorted(extra)}")
+        for name, (tail, _) in self._extra_layout.items():
+            if tuple(extra[name].shape) != (b, *tail):
+                raise ValueError(f"append: {name} must be {(b, *tail)}, got {extra[name].shape}")
         if (pooled_views is not None) != (self._views > 1):
             raise ValueError(f"append: pooled_views is required exactly when the cache has views ({self._views})")
         if pooled_views is not None:
@@ -148,6 +164,8 @@ class ShardWriter:
         self._label.append(np.asarray(label, dtype=schema.LABEL_DTYPE))
         self._index.append(np.asarray(index, dtype=schema.INDEX_DTYPE))
         self._split.append(np.asarray(split, dtype=schema.SPLIT_DTYPE))
+        for name, (_, dtype) in self._extra_layout.items():
+            self._extra[name].append(np.asarray(extra[name], dtype=dtype))
         self._ids.extend(ids)
 
     def _cat(self, parts: list[np.ndarray], dtype: str, tail: tuple[int, ...] = ()) -> np.ndarray:
@@ -161,6 +179,8 @@ class ShardWriter:
         if self._views > 1:
             tail = (self._views - 1, channels)
             f.create_dataset(schema.POOLED_VIEWS, data=self._cat(self._pooled_views, schema.POOLED_DTYPE, tail))
+        for name, (tail, dtype) in self._extra_layout.items():
+            f.create_dataset(name, data=self._cat(self._extra[name], dtype, tail))
         label = self._cat(self._label, schema.LABEL_DTYPE)
         split = self._cat(self._split, schema.SPLIT_DTYPE)
         pairs, n = np.unique(

@@ -155,8 +155,9 @@ def _rows_problem(
     pooled = f.read(schema.POOLED)
     if not np.isfinite(pooled).all():
         return f"pooled has {int((~np.isfinite(pooled)).sum())} NaN/Inf values"
-    if f.has(schema.POOLED_VIEWS) and not np.isfinite(f.read(schema.POOLED_VIEWS)).all():
-        return f"{schema.POOLED_VIEWS} has NaN/Inf values"
+    for name in (schema.POOLED_VIEWS, schema.TAPS, schema.TAPS_VIEWS, schema.TOP_INPUT):
+        if f.has(name) and not np.isfinite(f.read(name)).all():
+            return f"{name} has NaN/Inf values"
     if not f.has(schema.MAPS):  # imported vectors: no maps to check the pooled vectors against
         return None
     maps = f.dataset(schema.MAPS)
