@@ -195,7 +195,9 @@ def train_top(
     import keras
 
     fp = ds.cache.fingerprint
-    spec = block_spec(fp)
+    from .rundir import importable_backbone  # a cache may be someone else's: nothing it names is imported
+
+    spec = block_spec(fp, importable_backbone(fp, str(ds.cache.path)))
     backbone = build_backbone(spec, _weights_of(fp, spec))
     n = len(ds.classes)
     x = {s: getattr(ds, s).top for s in ("train", "val", "test")}
