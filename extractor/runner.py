@@ -220,8 +220,8 @@ class Mappers:
         """The :class:`~featcache.extractor.mapper.BackboneMapper` for ``spec``/``weights`` under
         ``cfg``'s dtypes (with the layer ``taps`` and the ``top_input`` layer), built on first use."""
         feed = cfg.feed_dtype or DEFAULT_FEED_DTYPE
-        key = (spec.name, repr(spec.identity), weights.sha256, cfg.maps_dtype, cfg.mixed_precision, cfg.xla, feed)
-        key += (taps, top_input)
+        key: tuple[Any, ...] = (spec.name, repr(spec.identity), weights.sha256, cfg.maps_dtype, cfg.mixed_precision)
+        key += (cfg.xla, feed, taps, top_input)
         if key not in self._built:
             from .mapper import BackboneMapper
 

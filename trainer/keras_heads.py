@@ -184,6 +184,7 @@ def full_model(
     def probs(t: Any) -> Any:
         f = backbone(t, training=False)
         if taps:
+            assert pool is not None, "taps heads read pooled vectors"
             return head(joined([pool(f[0]), *[p(x) for p, x in zip(tap_pools, f[1:], strict=True)]]))
         return head(f if pool is None else pool(f))
 

@@ -191,7 +191,7 @@ class TrainOutput:
     weights restored); ``mean_std``: the train split's pooled mean and std ``(C,)`` or None."""
 
     heads: list[dict[str, Any]]
-    states: list[GroupState]
+    states: list[Any]  # GroupState, and TopState for top heads (trainer.top)
     mean_std: tuple[np.ndarray, np.ndarray] | None
 
     def locate(self, name: str) -> tuple[GroupState, int]:
@@ -216,7 +216,7 @@ def make_feeds(ds: Dataset, configs: list[HeadConfig], settings: Settings) -> di
 def _build_states(ds: Dataset, configs: list[HeadConfig], seed: int, feeds: dict[str, Feed]) -> list[GroupState]:
     from .engine import make_group
 
-    by_group: dict[tuple[str, int, str, str], list[HeadConfig]] = {}
+    by_group: dict[tuple[Any, ...], list[HeadConfig]] = {}
     for c in configs:
         by_group.setdefault(c.group, []).append(c)
     n_views = feeds["train"].need.views

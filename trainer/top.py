@@ -194,10 +194,12 @@ def train_top(
     import_tensorflow()
     import keras
 
-    fp = ds.cache.fingerprint
+    cache = ds.cache
+    assert cache is not None, "top heads read their inputs from the cache"
+    fp = cache.fingerprint
     from .rundir import importable_backbone  # a cache may be someone else's: nothing it names is imported
 
-    spec = block_spec(fp, importable_backbone(fp, str(ds.cache.path)))
+    spec = block_spec(fp, importable_backbone(fp, str(cache.path)))
     backbone = build_backbone(spec, _weights_of(fp, spec))
     n = len(ds.classes)
     x = {s: getattr(ds, s).top for s in ("train", "val", "test")}

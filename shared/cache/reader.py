@@ -91,7 +91,8 @@ class FeatureCache:
         self._use_row_index = bool_arg("row_index", row_index)  # False: always read every shard (benchmarks, verify)
         self.manifest = Manifest.load(self.path)
         m = self.manifest
-        self.layout: Layout = cache_layout(m)  # every shard's per-row datasets
+        # every per-row dataset the cache's shards hold: name -> (one row's shape, dtype) (schema.layout_of)
+        self.layout: Layout = cache_layout(m)
         self._dead = np.asarray(sorted(m.dead), dtype=np.int64)
         relabelled = np.asarray(sorted(m.relabelled), dtype=np.int64).reshape(-1, 3)
         self._relabel_index = relabelled[:, 0]
@@ -132,12 +133,6 @@ class FeatureCache:
     def views(self) -> int:
         """Views per row: 1, or ``V`` when extracted with views (``pooled_views`` holds views 1..V-1)."""
         return schema.views_of(self.fingerprint)
-
-    @property
-    def layout(self) -> dict[str, tuple[tuple[int, ...], str]]:
-        """Every per-row dataset the cache's shards hold: name -> (one row's shape, dtype)
-        (:func:`schema.layout_of`)."""
-        return schema.layout_of(self.fingerprint, self.manifest.storage["maps_dtype"])
 
     @property
     def taps(self) -> list[tuple[str, int]]:

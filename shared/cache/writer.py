@@ -179,8 +179,8 @@ class ShardWriter:
         if self._views > 1:
             tail = (self._views - 1, channels)
             f.create_dataset(schema.POOLED_VIEWS, data=self._cat(self._pooled_views, schema.POOLED_DTYPE, tail))
-        for name, (tail, dtype) in self._extra_layout.items():
-            f.create_dataset(name, data=self._cat(self._extra[name], dtype, tail))
+        for name, (shape, dtype) in self._extra_layout.items():
+            f.create_dataset(name, data=self._cat(self._extra[name], dtype, shape))
         label = self._cat(self._label, schema.LABEL_DTYPE)
         split = self._cat(self._split, schema.SPLIT_DTYPE)
         pairs, n = np.unique(
