@@ -181,7 +181,14 @@ def test_builtin_sweeps_are_listed_once_and_expand_through_the_sweep_checks(tmp_
     help_text = " ".join(r.output.split())
     for name, sweep in BUILTIN_SWEEPS.items():
         counts = ", ".join(f"{n} {k}" for k, n in heads(sweep, expand).items())
-        assert f"{name} ({sweep.help}: {counts} heads)" in help_text
+        assert f"{name} ({sweep.help}: {counts} heads" in help_text
+    assert "26 more on a cache with taps" in help_text
+    # on a cache with layer taps, thorough adds the logreg path on pooled + taps (and nothing else)
+    with_taps, _ = resolve_sweep("thorough", datasets={"pooled", "taps"})
+    added = [c for c in with_taps if c not in thorough]
+    assert with_taps[: len(thorough)] == thorough and len(added) == 26
+    assert {(c.kind, c.features) for c in added} == {("logreg", "taps")}
+    assert resolve_sweep("default", datasets={"taps"})[0] == default  # the default stays as it is
     with pytest.raises(FeatcacheError, match=r"thorugh: neither a built-in sweep \(default, thorough\) nor a sweep"):
         resolve_sweep("thorugh")
     f = tmp_path / "thorough"  # a file by a built-in name is reached by a path

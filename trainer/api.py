@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..shared.arguments import bool_arg, callable_arg, choice_arg, path_arg, progress_arg, str_arg
+from ..shared.cache.reader import FeatureCache
 from ..shared.errors import FeatcacheError
 from .predict import SPLIT_CHOICES, Export, Prediction
 from .report import leaderboard as _leaderboard
@@ -165,7 +166,9 @@ def train(
     settings = dict(epochs=epochs, batch_size=batch_size, patience=patience, seed=seed, standardize=standardize)
     settings.update(val_fraction=val_fraction, max_memory_gb=max_memory_gb, allow_partial=allow_partial, views=views)
     settings.update(baselines=baselines, stream=stream, folds=folds)
-    configs, checked = resolve_sweep(sweep, grid, settings)
+    # what the cache's shards hold: a built-in sweep adds the grids that read it (one cache only)
+    datasets = set(FeatureCache(caches).layout) if sweep is not None and not isinstance(caches, list) else set()
+    configs, checked = resolve_sweep(sweep, grid, settings, datasets)
     run_dir, results = run_sweep(
         caches,
         configs,

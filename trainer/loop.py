@@ -115,6 +115,7 @@ class GroupState:
         t0 = time.perf_counter()
         parts = [s.views if self.n_views > 1 else s.pooled[:, None] for s in (train, val)]
         x, y = np.concatenate(parts), np.concatenate([train.y, val.y])
+        x = x if self.cols is None else x[..., : self.cols]  # a pooled group beside taps groups: its columns
         g = self.group
         g.fit(x, y)  # the head kept; its solutions start the folds' fits
         self.cv = cross_validate(

@@ -25,7 +25,7 @@ from __future__ import annotations
 import itertools
 import json
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -188,19 +188,21 @@ def resolve_sweep(
     sweep_file: Path | None = None,
     grid: Mapping[str, Any] | None = None,
     settings: Mapping[str, Any] | None = None,
+    datasets: Collection[str] = (),
 ) -> tuple[list[HeadConfig], Settings]:
     """The heads and settings of a sweep, every value checked before anything is trained.
 
     ``sweep_file``: a sweep file, or the name of a built-in sweep (:mod:`~featcache.trainer.builtin_sweeps`).
     ``sweep_file``'s grids and settings are the base; ``grid`` (key -> value or list) overrides the
     keys of each of its grids and ``settings`` (None values ignored) its settings. Errors name the
-    file for its values, the argument for the others.
+    file for its values, the argument for the others. ``datasets``: what the cache's shards hold
+    (a built-in sweep adds the grids that read them, :meth:`BuiltinSweep.grids_for`).
     """
     given = {k: v for k, v in (grid or {}).items() if v is not None}
     chosen = {k: v for k, v in (settings or {}).items() if v is not None}
     named = builtin(sweep_file) if sweep_file is not None else None
     if named is not None:
-        grids, file_settings = [dict(g) for g in named.grids], dict(named.settings)
+        grids, file_settings = [dict(g) for g in named.grids_for(datasets)], dict(named.settings)
     elif sweep_file is not None:
         if not Path(sweep_file).exists() and not Path(sweep_file).suffix:
             raise FeatcacheError(
