@@ -153,22 +153,7 @@ def full_model(
         raise FeatcacheError(
             f"backbone {spec.name!r} states no affine preprocessing: cannot build a self-contained model"
         )
-    scale, offset = spec.rescale
-    if resize is None:
-        image = keras.Input((*spec.input_size, 3), name="image")
-        x = image
-    else:
-        image = keras.Input((None, None, 3), name="image")
-        x = keras.layers.Resizing(
-            *spec.input_size,
-            interpolation="bilinear",
-            antialias=True,
-            crop_to_aspect_ratio=resize == "centre-crop",
-            pad_to_aspect_ratio=resize == "pad",
-            fill_value=PAD_VALUE,
-            name="resize",
-        )(image)
-    x = keras.layers.Rescaling(scale, offset, name="preprocess")(x)
+    image, x = _image_input(spec, resize)
     backbone = build_backbone(spec, weights)
     pool = None if cfg.reads_maps or cfg.reads_top_input else keras.layers.GlobalAveragePooling2D(name="pool")
     if cfg.reads_top_input:  # the splice: the backbone up to its last block's input, then the fine-tuned block
@@ -199,6 +184,28 @@ def full_model(
     return keras.Model(image, {PROBABILITIES: y, CLASS: names(keras.ops.argmax(y, axis=-1))}, name=name)
 
 
+def _image_input(spec: BackboneSpec, resize: str | None) -> tuple[Any, Any]:
+    """The exported model's input and the backbone's input made from it: an image as decoded (uint8 or
+    float, any height and width) resized with the extractor's ``resize`` policy, or (``resize=None``)
+    an image already at the backbone's size; then the backbone's affine preprocessing (``spec.rescale``)."""
+    assert spec.rescale is not None, "checked by the caller"
+    if resize is None:
+        image = keras.Input((*spec.input_size, 3), name="image")
+        x = image
+    else:
+        image = keras.Input((None, None, 3), name="image")
+        x = keras.layers.Resizing(
+            *spec.input_size,
+            interpolation="bilinear",
+            antialias=True,
+            crop_to_aspect_ratio=resize == "centre-crop",
+            pad_to_aspect_ratio=resize == "pad",
+            fill_value=PAD_VALUE,
+            name="resize",
+        )(image)
+    return image, keras.layers.Rescaling(*spec.rescale, name="preprocess")(x)
+
+
 def ensemble_model(
     spec: BackboneSpec,
     weights: ResolvedWeights,
@@ -215,17 +222,7 @@ def ensemble_model(
         raise FeatcacheError(
             f"backbone {spec.name!r} states no affine preprocessing: cannot build a self-contained model"
         )
-    image = keras.Input((None, None, 3), name="image")
-    x = keras.layers.Resizing(
-        *spec.input_size,
-        interpolation="bilinear",
-        antialias=True,
-        crop_to_aspect_ratio=resize == "centre-crop",
-        pad_to_aspect_ratio=resize == "pad",
-        fill_value=PAD_VALUE,
-        name="resize",
-    )(image)
-    x = keras.layers.Rescaling(*spec.rescale, name="preprocess")(x)
+    image, x = _image_input(spec, resize)
     backbone = build_backbone(spec, weights)
     maps = backbone(x, training=False)
     mirrored = backbone(keras.ops.flip(x, axis=2), training=False) if any(f for _, _, f in members) else None
