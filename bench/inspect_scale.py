@@ -152,6 +152,8 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the caches")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    if args.dir is not None:
+        args.dir.mkdir(parents=True, exist_ok=True)  # a folder named on the command line may not exist yet
     base = Path(tempfile.mkdtemp(prefix="inspect-scale-", dir=args.dir))
     out = []
     try:
