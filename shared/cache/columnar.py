@@ -112,14 +112,9 @@ def read_parquet_embeddings(path: Path, pooled_columns: tuple[str, ...]) -> dict
     ``id``, the first of ``pooled_columns`` present (a list of floats per row), optionally ``label``,
     ``class`` (names; without ``label`` they number the classes in sorted order), ``split``."""
     pa = _pyarrow()
-    from .fsutil import open_input
+    from .fsutil import open_named_input
 
-    try:
-        fd = open_input(path)
-    except FileNotFoundError:
-        raise FeatcacheError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise FeatcacheError(f"{path}: cannot open ({exc.strerror})") from None
+    fd = open_named_input(path)
     try:
         with os.fdopen(fd, "rb") as fh:
             table = pa.parquet.read_table(fh)

@@ -287,14 +287,9 @@ def read_embeddings(path: str | os.PathLike[str]) -> dict[str, Any]:
 def _read_npz(path: Path) -> dict[str, Any]:
     import zipfile
 
-    from .fsutil import open_input
+    from .fsutil import open_named_input
 
-    try:
-        fd = open_input(path)
-    except FileNotFoundError:
-        raise FeatcacheError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise FeatcacheError(f"{path}: cannot open ({exc.strerror})") from None
+    fd = open_named_input(path)
     try:
         with os.fdopen(fd, "rb") as fh, np.load(fh, allow_pickle=False) as z:
             names = set(z.files)

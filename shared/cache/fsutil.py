@@ -49,6 +49,17 @@ def open_input(path: str | os.PathLike[str]) -> int:
     return _regular_fd(fd, path, "not a regular file (a FIFO, a device or a folder); featcache reads files")
 
 
+def open_named_input(path: str | os.PathLike[str]) -> int:
+    """:func:`open_input` for a file a user named, its failures as one :class:`FeatcacheError` line naming it
+    (no such file, cannot open and why, not a regular file)."""
+    try:
+        return open_input(path)
+    except FileNotFoundError:
+        raise FeatcacheError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise FeatcacheError(f"{path}: cannot open ({exc.strerror})") from None
+
+
 def check_input(path: str | os.PathLike[str]) -> None:
     """:func:`open_input`'s refusal, for a library call that takes a path rather than a descriptor
     (``keras.models.load_model``): made right before that call, it keeps a FIFO or device from
