@@ -19,9 +19,7 @@ from typing import Any
 
 from ..shared.arguments import keywords, path_arg, progress_arg
 from ..shared.backbones import check_feed_dtype
-from ..shared.cache.manifest import FailedInput, Manifest
-from ..shared.cache.parts import WHOLE, Finalized, Part
-from ..shared.cache.split import SPLITS, parse_fractions
+from ..shared.cache import SPLITS, WHOLE, FailedInput, Finalized, Manifest, Part, parse_fractions
 from ..shared.errors import FeatcacheError, NotACacheError
 from .options import NAMES, OPTIONS, ExtractOptions, Log
 from .records import is_url
@@ -338,6 +336,6 @@ def _from_state(state: Finalized, t0: float) -> ExtractResult:
 
 def _finalize(cache: Path, t0: float) -> ExtractResult:
     """Merge what the workers of a partitioned run finished into ``cache``'s manifest."""
-    from ..shared.cache.parts import finalize
+    from ..shared.cache import finalize
 
     return _from_state(finalize(cache), t0)

@@ -36,13 +36,22 @@ from ..shared.backbones import (
     resolve_weights,
     top_input_entry,
 )
-from ..shared.cache import schema
-from ..shared.cache.fingerprint import describe, feed_dtype
-from ..shared.cache.listing import LISTING_NAME, load_listing, save_listing
-from ..shared.cache.lock import CacheLock
-from ..shared.cache.manifest import FailedInput, Manifest
-from ..shared.cache.parts import WHOLE, Finalized, Part
-from ..shared.cache.writer import CacheWriter, storage_options
+from ..shared.cache import (
+    LISTING_NAME,
+    WHOLE,
+    CacheLock,
+    CacheWriter,
+    FailedInput,
+    Finalized,
+    Manifest,
+    Part,
+    describe,
+    feed_dtype,
+    load_listing,
+    save_listing,
+    schema,
+    storage_options,
+)
 from ..shared.errors import FeatcacheError
 from .inputs import DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_PIXELS, InputLimits
 from .records import close_streams

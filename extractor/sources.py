@@ -171,7 +171,7 @@ class Source:
         )
 
     def listing(self) -> dict[str, np.ndarray]:
-        """The listing as arrays (see :mod:`featcache.shared.cache.listing`): ids, labels, splits and each file's size
+        """The listing as arrays (see :mod:`featcache.shared.cache._listing`): ids, labels, splits and each file's size
         and modification time (-1 and 0 when it cannot be stat'ed; a record's are its container's), read
         once and kept."""
         if self._listing is None:

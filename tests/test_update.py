@@ -15,7 +15,7 @@ import pytest
 from conftest import extract
 
 from featcache.shared.cache import schema
-from featcache.shared.cache.reader import FeatureCache
+from featcache.shared.cache._reader import FeatureCache
 from featcache.shared.errors import FeatcacheError, FingerprintMismatchError, SourceMismatchError
 
 SHARD = 4
@@ -185,7 +185,7 @@ def test_updating_an_unfinished_cache_is_refused(tmp_path, sample_dir):
 
 KILL_AT = """
 import os, signal, sys
-from featcache.shared.cache import compact as c
+from featcache.shared.cache import _compact as c
 name, nth, when, cache = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 real, calls = getattr(c, name), []
 def hooked(*a, **k):
@@ -224,7 +224,7 @@ def test_compaction_killed_at_any_moment_loses_nothing(updated, tmp_path, moment
     import subprocess
     import sys
 
-    from featcache.shared.cache.compact import compact
+    from featcache.shared.cache._compact import compact
     from featcache.shared.inspection.verify import verify
 
     cache = tmp_path / "cache"
@@ -318,7 +318,7 @@ def test_update_after_shuffling_csv_rows_extracts_nothing_and_keeps_reading_by_i
 
 
 def test_an_update_that_fails_under_the_lock_releases_it_and_changes_nothing(tmp_path, sample_dir, monkeypatch):
-    from featcache.shared.cache import writer
+    from featcache.shared.cache import _writer as writer
 
     shutil.copytree(sample_dir, tmp_path / "img")
     rows = csv_rows(sample_dir)

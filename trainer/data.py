@@ -15,10 +15,8 @@ from typing import cast
 
 import numpy as np
 
-from ..shared.cache import schema
-from ..shared.cache.reader import ROW, SHARD, SPLIT_UNIT, FeatureCache, PooledRows
+from ..shared.cache import ROW, SHARD, SPLIT_UNIT, FeatureCache, PooledRows, hash_unit, schema
 from ..shared.cache.schema import SPLIT_CODES
-from ..shared.cache.split import hash_unit
 from ..shared.errors import FeatcacheError
 from .kinds import TAPS
 

@@ -16,8 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..shared.cache.fingerprint import describe
-from ..shared.cache.reader import FeatureCache
+from ..shared.cache import FeatureCache, describe
 from ..shared.errors import FeatcacheError
 from ..shared.inspection import html as H
 from ..shared.inspection.cam import CAM_KINDS, head_from_params, row_cams

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..shared.cache.reader import FeatureCache
+from ..shared.cache import FeatureCache
 from ..shared.errors import FeatcacheError
 from .data import Dataset, Split
 from .loop import GroupState, TrainOutput

@@ -17,8 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..shared.cache.fingerprint import describe
-from ..shared.cache.reader import FeatureCache
+from ..shared.cache import FeatureCache, describe
 from ..shared.errors import FeatcacheError
 from . import rundir
 from .data import Dataset, load_dataset, load_maps, load_top, memory_gb

@@ -14,12 +14,18 @@ import numpy as np
 import typer
 from tqdm import tqdm
 
-from ..cache import compact as compact_mod
-from ..cache import schema
-from ..cache.fingerprint import describe
-from ..cache.manifest import Manifest, ManifestError, file_status
-from ..cache.reader import FeatureCache, PooledRows
-from ..cache.split import split_names
+from ..cache import (
+    DEFAULT_COMPACT_THRESHOLD,
+    FeatureCache,
+    Manifest,
+    ManifestError,
+    PooledRows,
+    describe,
+    file_status,
+    schema,
+    split_names,
+)
+from ..cache import compact as compact_cache
 from ..cli import VersionOpt, plain, run_cli, shown_default
 from ..errors import FeatcacheError
 from . import cam as cam_mod
@@ -489,7 +495,7 @@ def import_cmd(
     is refused with one line and nothing is written."""
 
     def job() -> None:
-        from ..cache.external import import_embeddings, read_embeddings
+        from ..cache import import_embeddings, read_embeddings
 
         given = read_embeddings(source)
         m = import_embeddings(cache, **given, name=name, shard_size=shard_size, overwrite=overwrite, progress=progress)
@@ -515,7 +521,7 @@ def compact(
                 "update removed or re-extracted); 0 rewrites every shard with a dead row."
             ),
         ),
-    ] = compact_mod.DEFAULT_THRESHOLD,
+    ] = DEFAULT_COMPACT_THRESHOLD,
     debug: DebugOpt = False,
 ) -> None:
     """Give back the space of dead rows after updates: rewrite the shards that are mostly dead
@@ -523,7 +529,7 @@ def compact(
     even with kill -9). Run it when no extractor and no reader is using the cache."""
 
     def job() -> None:
-        report = compact_mod.compact(cache, threshold, log=lambda line: typer.echo(f"  {line}"))
+        report = compact_cache(cache, threshold, log=lambda line: typer.echo(f"  {line}"))
         typer.echo(report.summary(cache))
 
     run_cli(job, ctx=ctx, debug=debug)

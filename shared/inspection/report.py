@@ -17,10 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..cache import schema
-from ..cache.fingerprint import describe
-from ..cache.reader import FeatureCache, PooledRows
-from ..cache.split import split_names
+from ..cache import FeatureCache, PooledRows, describe, schema, split_names
 from ..errors import FeatcacheError
 from . import cam as cam_mod
 from . import html as H

@@ -3,7 +3,7 @@
 Every check reads only what it needs: sizes first, then checksums, then the datasets. Each problem is
 one line naming the shard and what is wrong; a bad shard is reported once with its first problem.
 An invalid ``manifest.json`` or ``listing.npz`` is a problem too (``--fix`` leaves it to a person).
-Every path comes from :mod:`featcache.shared.cache.paths`: nothing outside the cache is read or moved,
+Every path comes from :mod:`featcache.shared.cache._paths`: nothing outside the cache is read or moved,
 and every loop is bounded by what is on disk (the shards the manifest lists, the files in ``shards/``),
 never by a planned count.
 """
@@ -17,16 +17,36 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cache import rowindex, schema
+from ..cache import (
+    LISTING_NAME,
+    FeatureCache,
+    Manifest,
+    ManifestError,
+    Shard,
+    ShardError,
+    ShardRecord,
+    UnsafePathError,
+    awaiting_merge,
+    cache_layout,
+    cache_path,
+    describe_holder,
+    exclusive,
+    file_status,
+    hash_unit,
+    holder_gone,
+    label_problem,
+    load_listing,
+    now,
+    open_shard_file,
+    recorded_holders,
+    remove_logs,
+    rowindex,
+    schema,
+    shard_file_problem,
+    shard_path,
+    split_problem,
+)
 from ..cache.fsutil import fsync_dir
-from ..cache.listing import LISTING_NAME, load_listing
-from ..cache.lock import describe_holder, holder_gone
-from ..cache.manifest import Manifest, ManifestError, ShardRecord, file_status, now
-from ..cache.parts import awaiting_merge, exclusive, recorded_holders, remove_logs
-from ..cache.paths import UnsafePathError, cache_path, shard_file_problem, shard_path
-from ..cache.reader import FeatureCache, label_problem, split_problem
-from ..cache.shard import Shard, ShardError, cache_layout, open_shard_file
-from ..cache.split import hash_unit
 from ..errors import FeatcacheError
 
 QUARANTINE_DIR = "quarantine"
