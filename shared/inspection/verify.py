@@ -76,7 +76,10 @@ class Problem:
 
 
 @dataclass
-class Report:
+class VerifyReport:
+    """What :func:`verify` found: each problem (a file, the reason, whether ``--fix`` may move it aside), notes
+    that are not problems, and how many shards and sampled rows were read."""
+
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     shards_checked: int = 0
@@ -200,7 +203,7 @@ def _rows_problem(
     return None
 
 
-def _check_shards_dir(cache_dir: Path, m: Manifest, report: Report) -> None:
+def _check_shards_dir(cache_dir: Path, m: Manifest, report: VerifyReport) -> None:
     """The files in ``shards/`` the manifest does not list, into ``report``: a shard file no record or
     journal names is a problem; other versions of listed shards (an interrupted compaction), shards an
     interrupted run wrote before recording them, commit journals not folded yet and partial files are notes."""
@@ -261,13 +264,15 @@ def _check_shards_dir(cache_dir: Path, m: Manifest, report: Report) -> None:
         report.notes.append(f"{len(temps)} partial shard files ({state})")
 
 
-def verify(cache_dir: str | Path, *, sample_rows: int = DEFAULT_SAMPLE_ROWS, seed: int = 0, progress=None) -> Report:
+def verify(
+    cache_dir: str | Path, *, sample_rows: int = DEFAULT_SAMPLE_ROWS, seed: int = 0, progress=None
+) -> VerifyReport:
     """Check every listed shard, then look for files the manifest does not know.
 
     ``progress(record)`` is called before each shard (for a progress bar).
     """
     cache_dir = Path(cache_dir)
-    report = Report()
+    report = VerifyReport()
     try:
         m = Manifest.load(cache_dir)
     except ManifestError as exc:
@@ -315,7 +320,7 @@ def verify(cache_dir: str | Path, *, sample_rows: int = DEFAULT_SAMPLE_ROWS, see
     return report
 
 
-def check_row_index(cache_dir: Path, m: Manifest, bad: set[int], report: Report) -> None:
+def check_row_index(cache_dir: Path, m: Manifest, bad: set[int], report: VerifyReport) -> None:
     """Compare the row index (``rows.h5``) with the shards it copies, when it is current: a row that
     differs is a problem (``fix`` deletes the index and writes it anew from the shards). A stale or
     missing index is a note: readers ignore it and read the shards."""
@@ -359,7 +364,7 @@ def check_updates(m: Manifest) -> list[str]:
     return problems
 
 
-def fix(cache_dir: str | Path, report: Report) -> list[str]:
+def fix(cache_dir: str | Path, report: VerifyReport) -> list[str]:
     """Move each bad or unknown shard file into ``CACHE/quarantine/`` and drop bad shards from the
     manifest, so that re-running the extractor recomputes exactly those shards. Deletes nothing.
 
