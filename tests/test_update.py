@@ -128,6 +128,26 @@ def test_update_reads_as_a_cache_made_from_scratch(updated):
     assert c.generation == 1 and c.dead_rows == 3 and c.num_rows == FeatureCache(scratch).num_rows
 
 
+def test_the_report_sample_of_an_updated_cache_is_its_live_rows_with_current_labels(updated):
+    """``featcache-inspect report`` samples big caches: the sample must come from the rows readers see (no dead
+    row, relabelled rows with their new class and split), each row's vector its own: checked by id against
+    the cache made from scratch."""
+    from featcache.shared.inspection.report import load_rows
+
+    *_, cache, scratch = updated
+    c, truth = FeatureCache(cache), FeatureCache(scratch).load_pooled()
+    at = {i: k for k, i in enumerate(truth.id.tolist())}
+    names = FeatureCache(scratch).classes
+    for seed in range(4):
+        loaded = load_rows(c, max_rows=c.num_rows - 2, seed=seed)
+        got = loaded.rows
+        assert loaded.total == c.num_rows and len(set(got.id.tolist())) == c.num_rows - 2
+        k = [at[i] for i in got.id.tolist()]  # a KeyError is a dead (removed or replaced) row
+        assert [c.classes[x] for x in got.label] == [names[x] for x in truth.label[k]]
+        np.testing.assert_array_equal(got.split, truth.split[k])
+        np.testing.assert_array_equal(got.pooled, truth.pooled[k])
+
+
 def test_update_of_nothing_is_a_fast_no_op_that_says_so(tmp_path, sample_dir):
     extract(sample_dir, tmp_path / "c")
     before = (tmp_path / "c" / "manifest.json").read_text()

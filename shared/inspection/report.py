@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..cache import FeatureCache, PooledRows, describe, schema, split_names
+from ..cache import ROW, SHARD, FeatureCache, PooledRows, describe, schema, split_names
 from ..errors import FeatcacheError
 from . import cam as cam_mod
 from . import html as H
@@ -47,30 +47,32 @@ class Rows:
 
 
 def load_rows(cache: FeatureCache, max_rows: int = DEFAULT_MAX_ROWS, seed: int = 0) -> Rows:
-    """Every row's pooled vector when there are at most ``max_rows``; else ``max_rows`` rows chosen at
-    random with ``seed``, read one shard at a time (memory: the sample plus one shard's vectors)."""
+    """Every live row's pooled vector when there are at most ``max_rows``; else ``max_rows`` live rows chosen
+    at random with ``seed``. The sample is drawn from the rows readers see (dead rows of an updated cache
+    left out, labels and splits the current ones: :meth:`FeatureCache.read_columns`, one file when the row
+    index is current); only the chosen rows' ``(C,)`` float32 vectors are then read, one shard at a time
+    (memory: the small columns plus the sample)."""
     total = cache.num_rows
     if total <= max_rows:
         return Rows(cache.load_pooled(), total)
-    keep = np.sort(np.random.default_rng(seed).choice(total, max_rows, replace=False))
-    columns = (schema.POOLED, schema.LABEL, schema.ID, schema.INDEX, schema.SPLIT)
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in columns}
-    offset = 0
-    for record in cache.shards:
-        sel = keep[(keep >= offset) & (keep < offset + record.rows)] - offset
-        offset += record.rows
-        if len(sel) == 0:
-            continue
-        with cache.open_shard(record) as f:
-            for k in columns:
-                parts[k].append(f.read(k, sel))
-    c = {k: np.concatenate(v) for k, v in parts.items()}
+    c = cache.read_columns((schema.LABEL, schema.ID, schema.INDEX, schema.SPLIT, ROW, SHARD))
+    keep = np.sort(np.random.default_rng(seed).choice(total, max_rows, replace=False))  # index order
+    shard, row = c[SHARD][keep], c[ROW][keep]
+    pooled: np.ndarray | None = None
+    for s in np.unique(shard):
+        at = np.flatnonzero(shard == s)  # increasing rows of one shard, as Shard.read wants them
+        with cache.open_shard(cache.shards[int(s)]) as f:
+            block = f.read(schema.POOLED, row[at])
+        if pooled is None:
+            pooled = np.empty((len(keep), *block.shape[1:]), block.dtype)
+        pooled[at] = block
+    assert pooled is not None  # max_rows >= 1 rows were chosen
     rows = PooledRows(
-        pooled=c[schema.POOLED],
-        label=c[schema.LABEL],
-        id=c[schema.ID],
-        index=c[schema.INDEX],
-        split=cache.splits(c[schema.ID], c[schema.SPLIT]),
+        pooled=pooled,
+        label=c[schema.LABEL][keep],
+        id=c[schema.ID][keep],
+        index=c[schema.INDEX][keep],
+        split=cache.splits(c[schema.ID][keep], c[schema.SPLIT][keep]),
     )
     return Rows(rows, total)
 
