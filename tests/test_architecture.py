@@ -212,3 +212,43 @@ def _opens_for_reading(path: Path) -> bool:
         ):
             return True
     return False
+
+
+PRODUCT = ("featcache", "shared", "extractor", "trainer")
+MAX_FUNCTION_LINES = 100
+
+
+def _long_functions(source: str, where: str, limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """``where:name (lines)`` for every function or method (nested ones too) of ``source`` longer than
+    ``limit`` lines, counted from its ``def`` line to its last (decorators excluded: a typer command's
+    options are in its signature, which counts)."""
+    import ast
+
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            lines = (node.end_lineno or node.lineno) - node.lineno + 1
+            if lines > limit:
+                out.append(f"{where}:{node.name} ({lines})")
+    return out
+
+
+def test_no_function_over_100_lines():
+    """No function or method of the product code is over 100 lines: a longer one does several things
+    that want names of their own (one function per part of a page, per phase of a job)."""
+    files = sorted(p for d in PRODUCT for p in (REPO / d).rglob("*.py"))
+    long = [hit for p in files for hit in _long_functions(p.read_text(), str(p.relative_to(REPO)))]
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines (split them into named parts): {long}"
+
+
+def test_a_long_function_is_caught():
+    """The check can fail: a generated function and a method of 101 lines are named with their length;
+    one of exactly 100 lines is not."""
+
+    def function(name: str, lines: int, indent: str = "") -> str:
+        body = "".join(f"{indent}    x{i} = {i}\n" for i in range(lines - 2))
+        return f"{indent}def {name}():\n{body}{indent}    return 0\n"
+
+    source = function("fits", 100) + "\n\n" + function("too_long", 101)
+    source += "\n\nclass Thing:\n" + function("method", 101, indent="    ")
+    assert _long_functions(source, "pkg/mod.py") == ["pkg/mod.py:too_long (101)", "pkg/mod.py:method (101)"]
