@@ -337,6 +337,49 @@ def export(
     run_cli(job, ctx=ctx, debug=debug, interrupted=f"interrupted: {out} was not written")
 
 
+# The options of featcache-train predict --source (new images, whose features the extractor makes)
+SourceOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        help=(
+            "Instead, new images: any source featcache-extract takes (class folders, a CSV, a .txt list, a "
+            "folder of unlabelled images). The extractor makes their features as the cached ones were made "
+            "(same backbone, weights, resize, views; it runs as a subprocess) into RUN_DIR/predict/<hash of "
+            "the path>/, reused by the next predict of the same source. With labels, the accuracy is "
+            "printed (classes matched by name)."
+        ),
+        show_default=False,
+    ),
+]
+SourceWeightsOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        help="With --source: backbone weights to use when the recorded file has moved (its sha256 must match).",
+        show_default=False,
+    ),
+]
+SourceBackboneOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        help=(
+            "With --source: the run's backbone when it is your own MODULE:ATTRIBUTE spec, or its model file when "
+            "it has moved (its sha256 must match). featcache never imports a module named only in a run directory."
+        ),
+        show_default=False,
+    ),
+]
+SourcePreprocessOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        help=(
+            "With --source, for a model-file backbone preprocessed by your own MODULE:FUNCTION: name it again "
+            "(it must be the recorded one) so that featcache may import it."
+        ),
+        show_default=False,
+    ),
+]
+
+
 @app.command()
 def predict(
     ctx: typer.Context,
@@ -356,46 +399,10 @@ def predict(
     ] = None,
     ids: Annotated[Optional[Path], typer.Option(help="Instead, a text file of ids (one per line) to predict.")] = None,
     head_name: Annotated[Optional[str], typer.Option("--head", help="Use this head instead of the best.")] = None,
-    source: Annotated[
-        Optional[Path],
-        typer.Option(
-            help=(
-                "Instead, new images: any source featcache-extract takes (class folders, a CSV, a .txt list, a "
-                "folder of unlabelled images). The extractor makes their features as the cached ones were made "
-                "(same backbone, weights, resize, views; it runs as a subprocess) into RUN_DIR/predict/<hash of "
-                "the path>/, reused by the next predict of the same source. With labels, the accuracy is "
-                "printed (classes matched by name)."
-            ),
-            show_default=False,
-        ),
-    ] = None,
-    weights: Annotated[
-        Optional[str],
-        typer.Option(
-            help="With --source: backbone weights to use when the recorded file has moved (its sha256 must match).",
-            show_default=False,
-        ),
-    ] = None,
-    backbone: Annotated[
-        Optional[str],
-        typer.Option(
-            help=(
-                "With --source: the run's backbone when it is your own MODULE:ATTRIBUTE spec, or its model file when "
-                "it has moved (its sha256 must match). featcache never imports a module named only in a run directory."
-            ),
-            show_default=False,
-        ),
-    ] = None,
-    preprocess: Annotated[
-        Optional[str],
-        typer.Option(
-            help=(
-                "With --source, for a model-file backbone preprocessed by your own MODULE:FUNCTION: name it again "
-                "(it must be the recorded one) so that featcache may import it."
-            ),
-            show_default=False,
-        ),
-    ] = None,
+    source: SourceOpt = None,
+    weights: SourceWeightsOpt = None,
+    backbone: SourceBackboneOpt = None,
+    preprocess: SourcePreprocessOpt = None,
     overwrite: Annotated[
         bool, typer.Option(help="With --source: make the scratch features again instead of reusing them.")
     ] = False,
