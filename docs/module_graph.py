@@ -96,17 +96,23 @@ def room(module: str) -> str:
     return parts[0]
 
 
-def long_functions(root: Path) -> list[str]:
-    """``path:function (lines)`` for every product function over :data:`LONG` lines (decorators excluded)."""
+def long_functions_in(source: str, where: str, limit: int = LONG) -> list[str]:
+    """``where:name (lines)`` for every function or method (nested ones too) of ``source`` longer than
+    ``limit`` lines, counted from its ``def`` line to its last (decorators excluded: a typer command's
+    options are in its signature, which counts)."""
     out = []
-    for d in PRODUCT:
-        for p in sorted((root / d).rglob("*.py")):
-            for n in ast.walk(ast.parse(p.read_text())):
-                if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.end_lineno:
-                    lines = n.end_lineno - n.lineno + 1
-                    if lines > LONG:
-                        out.append(f"{p.relative_to(root)}:{n.name} ({lines})")
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            lines = (node.end_lineno or node.lineno) - node.lineno + 1
+            if lines > limit:
+                out.append(f"{where}:{node.name} ({lines})")
     return out
+
+
+def long_functions(root: Path, limit: int = LONG) -> list[str]:
+    """:func:`long_functions_in` over every product file of the checkout ``root``."""
+    files = sorted(p for d in PRODUCT for p in (root / d).rglob("*.py"))
+    return [hit for p in files for hit in long_functions_in(p.read_text(), str(p.relative_to(root)), limit)]
 
 
 def _files_where(root: Path, test) -> list[str]:  # noqa: ANN001

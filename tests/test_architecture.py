@@ -207,3 +207,27 @@ def _opens_for_reading(path: Path) -> bool:
         ):
             return True
     return False
+
+
+def test_no_function_over_100_lines():
+    """No function or method of the product code is over 100 lines: a longer one does several things
+    that want names of their own (one function per part of a page, per phase of a job)."""
+    graph = _module_graph()
+    long = graph.long_functions(REPO)
+    assert not long, f"functions over {graph.LONG} lines (split them into named parts): {long}"
+
+
+def test_a_long_function_is_caught():
+    """The check can fail: a generated function and a method of 101 lines are named with their length;
+    one of exactly 100 lines is not."""
+
+    def function(name: str, lines: int, indent: str = "") -> str:
+        body = "".join(f"{indent}    x{i} = {i}\n" for i in range(lines - 2))
+        return f"{indent}def {name}():\n{body}{indent}    return 0\n"
+
+    source = function("fits", 100) + "\n\n" + function("too_long", 101)
+    source += "\n\nclass Thing:\n" + function("method", 101, indent="    ")
+    assert _module_graph().long_functions_in(source, "pkg/mod.py") == [
+        "pkg/mod.py:too_long (101)",
+        "pkg/mod.py:method (101)",
+    ]
