@@ -8,7 +8,8 @@ the check runs on a plain (non-editable) install of the project into a temporary
 mypy's (``[tool.mypy]``), which resolves ``featcache.*`` the same way.
 
 Rules of our own follow, each shown able to fail on a planted violation: h5py only in the cache format,
-one reader of ``$FEATCACHE_WEIGHTS``, one lazy TensorFlow import in the backbone package.
+one reader of ``$FEATCACHE_WEIGHTS``, one lazy TensorFlow import in the backbone package, one
+error-to-exit translation for the three CLIs.
 """
 
 from __future__ import annotations
@@ -322,3 +323,52 @@ def test_importing_the_backbone_package_loads_no_tensorflow(installed, tmp_path)
     spec = copy / "featcache" / "shared" / "backbones" / "spec.py"
     spec.write_text(spec.read_text() + "\nimport keras  # noqa\n")
     assert "keras" in _imports_tensorflow(copy, "featcache.shared.backbones")
+
+
+CLIS = (Path("extractor") / "cli.py", Path("trainer") / "cli.py", Path("shared") / "inspection" / "cli.py")
+
+
+def _cli_stragglers(root: Path) -> list[str]:
+    """What in the command-line modules under ``root`` escapes ``shared/cli.run_cli``, the one place an
+    error becomes a message and an exit code: a command (``@app.command`` or ``app.command()(f)``) whose
+    body never calls ``run_cli``, or an ``except`` that raises (its own translation)."""
+    import ast
+
+    found = []
+    for rel in CLIS:
+        tree = ast.parse((root / rel).read_text())
+        functions = {f.name: f for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)}
+        commands = {
+            f.name for f in functions.values() for d in f.decorator_list if ast.unparse(d).startswith("app.command")
+        }
+        commands |= {
+            ast.unparse(c.args[0])
+            for c in ast.walk(tree)
+            if isinstance(c, ast.Call) and isinstance(c.func, ast.Call) and ast.unparse(c.func.func) == "app.command"
+        }
+        for name in sorted(commands):
+            calls = [ast.unparse(c.func) for c in ast.walk(functions[name]) if isinstance(c, ast.Call)]
+            if "run_cli" not in calls:
+                found.append(f"{rel}: {name} does not call run_cli")
+        for handler in [h for h in ast.walk(tree) if isinstance(h, ast.ExceptHandler)]:
+            if any(isinstance(n, ast.Raise) for n in ast.walk(handler)):
+                found.append(f"{rel}:{handler.lineno}: an except that raises")
+    return found
+
+
+def test_every_command_goes_through_run_cli(tmp_path):
+    """One error-to-exit translation for all three CLIs (``run_cli``: one line, exit 2, flags spelled as the
+    command's own). The check can fail: a command without it and an ``except`` of its own are found."""
+    assert _cli_stragglers(REPO) == []
+    for rel in CLIS:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / rel, tmp_path / rel)
+    with (tmp_path / CLIS[1]).open("a") as f:
+        f.write('\n\n@app.command()\ndef planted() -> None:\n    """Planted."""\n')
+    with (tmp_path / CLIS[2]).open("a") as f:
+        f.write(
+            "\n\ndef _planted() -> None:\n    try:\n        pass\n    except KeyError:\n        raise typer.Exit(2)\n"
+        )
+    found = _cli_stragglers(tmp_path)
+    assert found[0] == "trainer/cli.py: planted does not call run_cli" and len(found) == 2, found
+    assert found[1].startswith("shared/inspection/cli.py:") and found[1].endswith("an except that raises"), found
