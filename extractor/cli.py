@@ -30,7 +30,7 @@ def _list_backbones(value: str) -> str:
     if value == LIST_BACKBONES:
         from ..shared.backbones import listing
 
-        typer.echo(listing())
+        run_cli(lambda: typer.echo(listing()))
         raise typer.Exit()
     return value
 

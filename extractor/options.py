@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..shared.arguments import bool_arg, callable_arg, choice_arg, int_arg, path_arg, str_arg
-from ..shared.backbones import DEFAULT_CROP_RATIO, DEFAULT_CROP_SCALE, DEFAULT_RESIZE, PREPROCESS_SCHEMES
+from ..shared.backbones import DEFAULT_CROP_RATIO, DEFAULT_CROP_SCALE, DEFAULT_RESIZE, PREPROCESS_SCHEMES, WEIGHTS_ENV
 from ..shared.cache import SPLITS, Part, schema
 from ..shared.errors import FeatcacheError
 from .inputs import DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_PIXELS
@@ -54,7 +54,7 @@ class ExtractOptions:
     weights: str = option(
         "imagenet",
         "'imagenet' (Keras' cache, downloading if needed), a path to a weights .h5 file, 'random' "
-        "(seeded; meaningless features, smoke tests only), or 'auto' ($FEATCACHE_WEIGHTS, else "
+        f"(seeded; meaningless features, smoke tests only), or 'auto' (${WEIGHTS_ENV}, else "
         "imagenet if available, else random with a warning).",
     )
     backbone: str = option(

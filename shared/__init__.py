@@ -6,8 +6,8 @@ belongs, and the dependencies point one way (``.ci/run`` checks them with import
 
 - ``cache/``: the cache format, readable and writable without TensorFlow: what other tools may
   depend on. It imports nothing else of featcache but ``errors`` and ``cores``.
-- ``backbones.py``: the backbone registry (specs, weights, the fingerprint of a backbone's
-  features); it uses ``cache`` and imports TensorFlow only inside its builders.
+- ``backbones/``: the backbone registry (specs, the built-ins, model files, weights, the fingerprint
+  of a backbone's features); it uses ``cache`` and imports TensorFlow only in ``_tf.py``, when called.
 - ``inspection/``: ``featcache-inspect`` (``python -m featcache.shared``), on top of both.
 - ``errors.py``, ``cli.py``, ``cores.py``: one-line errors, what every command does alike, and the
   count of usable cores.

@@ -1,6 +1,6 @@
 """Fixtures: tiny synthetic image sets, and caches made from them with the ``tiny`` test backbone.
 
-The ``tiny`` backbone (see shared/backbones.py) gives a different feature vector for every image,
+The ``tiny`` backbone (see shared/backbones/zoo.py) gives a different feature vector for every image,
 unlike a random MobileNetV2, so row alignment can be checked with it. Tests that need real features
 use the ImageNet weights beside the repo (``../shared/weights``) and skip when they are absent.
 """

@@ -6,6 +6,10 @@ TensorFlow nor the backbone registry nor the inspect command. import-linter walk
 and featcache's sub-packages live in folders beside ``featcache/`` (see ``[tool.setuptools]``), so
 the check runs on a plain (non-editable) install of the project into a temporary folder; so does
 mypy's (``[tool.mypy]``), which resolves ``featcache.*`` the same way.
+
+Rules of our own follow, each shown able to fail on a planted violation: h5py only in the cache format,
+one reader of ``$FEATCACHE_WEIGHTS``, one lazy TensorFlow import in the backbone package, one
+error-to-exit translation for the three CLIs.
 """
 
 from __future__ import annotations
@@ -231,3 +235,159 @@ def test_a_long_function_is_caught():
         "pkg/mod.py:too_long (101)",
         "pkg/mod.py:method (101)",
     ]
+
+
+PRODUCT = ("featcache", "shared", "extractor", "trainer")
+BACKBONES = Path("shared") / "backbones"
+WEIGHTS_READER = BACKBONES / "weights.py"  # the one reader of $FEATCACHE_WEIGHTS
+LAZY_TF = BACKBONES / "_tf.py"  # the one module of the backbone package that imports TensorFlow
+
+
+def _weights_env_readers(root: Path) -> list[str]:
+    """The product files under ``root`` that name the weights variable, read it from the environment
+    (``os.environ[...]``, ``os.environ.get``, ``os.getenv`` of ``WEIGHTS_ENV``) or take an option from the
+    environment behind the API's back (typer's ``envvar=``), other than :data:`WEIGHTS_READER`."""
+    import ast
+
+    found = []
+    for p in sorted(q for d in PRODUCT for q in (root / d).rglob("*.py")):
+        rel = p.relative_to(root)
+        text = p.read_text()
+        reads = "FEATCACHE_WEIGHTS" in text
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.keyword) and node.arg == "envvar":
+                reads = True
+            elif isinstance(node, (ast.Call, ast.Subscript)):
+                target = ast.unparse(node.func if isinstance(node, ast.Call) else node.value)
+                args = node.args if isinstance(node, ast.Call) else [node.slice]
+                if target in ("os.environ", "os.environ.get", "os.getenv", "environ.get", "getenv") and any(
+                    ast.unparse(a).endswith("WEIGHTS_ENV") for a in args
+                ):
+                    reads = True
+        if reads and rel != WEIGHTS_READER:
+            found.append(str(rel))
+    return found
+
+
+def test_one_reader_of_the_weights_variable(tmp_path):
+    """``--weights auto`` means ``$FEATCACHE_WEIGHTS`` in one place, ``shared/backbones/weights.py``, so
+    the command line, the API and the workers agree on it; no command reads an option from the
+    environment (typer's ``envvar=``). The check can fail: a planted read is found."""
+    assert "WEIGHTS_ENV" in (REPO / WEIGHTS_READER).read_text()
+    assert _weights_env_readers(REPO) == []
+    copy = tmp_path / "repo"
+    for d in PRODUCT:
+        shutil.copytree(REPO / d, copy / d, ignore=shutil.ignore_patterns("__pycache__"))
+    with (copy / "extractor" / "options.py").open("a") as f:
+        f.write("\nimport os\n\nFROM_ENV = os.environ.get(WEIGHTS_ENV)\n")
+    with (copy / "trainer" / "cli.py").open("a") as f:
+        f.write('\nWHERE = typer.Option("imagenet", envvar="X")\n')
+    with (copy / "shared" / "quiet.py").open("a") as f:
+        f.write('\nNAME = "FEATCACHE_WEIGHTS"\n')
+    assert _weights_env_readers(copy) == ["extractor/options.py", "shared/quiet.py", "trainer/cli.py"]
+
+
+def _tensorflow_importers(folder: Path) -> list[str]:
+    """The modules under ``folder`` that import TensorFlow or Keras anywhere in their body (a function's
+    lazy import counts; an ``if TYPE_CHECKING:`` import, never run, does not)."""
+    import ast
+
+    def imports(node: ast.AST) -> set[str]:
+        names: set[str] = set()
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and ast.unparse(child.test) == "TYPE_CHECKING":
+                continue
+            if isinstance(child, ast.Import):
+                names.update(a.name.split(".")[0] for a in child.names)
+            elif isinstance(child, ast.ImportFrom) and not child.level and child.module:
+                names.add(child.module.split(".")[0])
+            names |= imports(child)
+        return names
+
+    return sorted(
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*.py")
+        if imports(ast.parse(p.read_text())) & {"tensorflow", "keras"}
+    )
+
+
+def test_the_backbone_package_imports_tensorflow_in_one_place(tmp_path):
+    """Every module of ``shared/backbones/`` that needs TensorFlow or Keras asks ``_tf.py`` for it (TensorFlow
+    then starts with featcache's defaults, and only when a model is built). The check can fail."""
+    assert _tensorflow_importers(REPO / BACKBONES) == [LAZY_TF.name]
+    copy = tmp_path / "backbones"
+    shutil.copytree(REPO / BACKBONES, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    zoo = copy / "zoo.py"
+    zoo.write_text(zoo.read_text() + "\n\ndef _planted():\n    from keras import layers\n\n    return layers\n")
+    assert _tensorflow_importers(copy) == [LAZY_TF.name, "zoo.py"]
+
+
+def _imports_tensorflow(site: Path, module: str) -> list[str]:
+    """The TensorFlow and Keras modules loaded by ``import module`` from ``site``, in a fresh interpreter."""
+    loaded = "[m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')]"
+    code = f"import sys, {module}\nprint(' '.join({loaded}))"
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    p = subprocess.run([sys.executable, "-c", code], cwd=site, env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    return p.stdout.split()
+
+
+def test_importing_the_backbone_package_loads_no_tensorflow(installed, tmp_path):
+    """``import featcache.shared.backbones`` loads neither TensorFlow nor Keras (the inspection commands
+    and the trainer's numpy heads import the registry). The check can fail: a planted top-level import
+    of Keras in one module of the package is seen."""
+    assert _imports_tensorflow(installed, "featcache.shared.backbones") == []
+    copy = tmp_path / "site"
+    shutil.copytree(installed, copy)
+    spec = copy / "featcache" / "shared" / "backbones" / "spec.py"
+    spec.write_text(spec.read_text() + "\nimport keras  # noqa\n")
+    assert "keras" in _imports_tensorflow(copy, "featcache.shared.backbones")
+
+
+CLIS = (Path("extractor") / "cli.py", Path("trainer") / "cli.py", Path("shared") / "inspection" / "cli.py")
+
+
+def _cli_stragglers(root: Path) -> list[str]:
+    """What in the command-line modules under ``root`` escapes ``shared/cli.run_cli``, the one place an
+    error becomes a message and an exit code: a command (``@app.command`` or ``app.command()(f)``) whose
+    body never calls ``run_cli``, or an ``except`` that raises (its own translation)."""
+    import ast
+
+    found = []
+    for rel in CLIS:
+        tree = ast.parse((root / rel).read_text())
+        functions = {f.name: f for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)}
+        commands = {
+            f.name for f in functions.values() for d in f.decorator_list if ast.unparse(d).startswith("app.command")
+        }
+        commands |= {
+            ast.unparse(c.args[0])
+            for c in ast.walk(tree)
+            if isinstance(c, ast.Call) and isinstance(c.func, ast.Call) and ast.unparse(c.func.func) == "app.command"
+        }
+        for name in sorted(commands):
+            calls = [ast.unparse(c.func) for c in ast.walk(functions[name]) if isinstance(c, ast.Call)]
+            if "run_cli" not in calls:
+                found.append(f"{rel}: {name} does not call run_cli")
+        for handler in [h for h in ast.walk(tree) if isinstance(h, ast.ExceptHandler)]:
+            if any(isinstance(n, ast.Raise) for n in ast.walk(handler)):
+                found.append(f"{rel}:{handler.lineno}: an except that raises")
+    return found
+
+
+def test_every_command_goes_through_run_cli(tmp_path):
+    """One error-to-exit translation for all three CLIs (``run_cli``: one line, exit 2, flags spelled as the
+    command's own). The check can fail: a command without it and an ``except`` of its own are found."""
+    assert _cli_stragglers(REPO) == []
+    for rel in CLIS:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / rel, tmp_path / rel)
+    with (tmp_path / CLIS[1]).open("a") as f:
+        f.write('\n\n@app.command()\ndef planted() -> None:\n    """Planted."""\n')
+    with (tmp_path / CLIS[2]).open("a") as f:
+        f.write(
+            "\n\ndef _planted() -> None:\n    try:\n        pass\n    except KeyError:\n        raise typer.Exit(2)\n"
+        )
+    found = _cli_stragglers(tmp_path)
+    assert found[0] == "trainer/cli.py: planted does not call run_cli" and len(found) == 2, found
+    assert found[1].startswith("shared/inspection/cli.py:") and found[1].endswith("an except that raises"), found

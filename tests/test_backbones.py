@@ -43,7 +43,7 @@ def _capturing(monkeypatch, name: str) -> list:
         built.append(spec.build(weights))
         return built[-1]
 
-    monkeypatch.setitem(backbones._REGISTRY, name, dataclasses.replace(spec, build=build))
+    monkeypatch.setitem(backbones.zoo._REGISTRY, name, dataclasses.replace(spec, build=build))
     return built
 
 

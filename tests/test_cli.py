@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from featcache.shared import backbones
+from featcache.shared.cache.fsutil import sha256_file
 from featcache.shared.errors import WeightsUnavailableError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,7 +141,9 @@ def _offline(monkeypatch, tmp_path):
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     monkeypatch.delenv(backbones.WEIGHTS_ENV, raising=False)
-    monkeypatch.setattr(backbones, "keras_cache_candidates", lambda name: [tmp_path / "keras" / "models" / name])
+    monkeypatch.setattr(
+        backbones.weights, "keras_cache_candidates", lambda name: [tmp_path / "keras" / "models" / name]
+    )
     monkeypatch.setattr(keras.utils, "get_file", fail)
 
 
@@ -171,12 +174,14 @@ def test_weights_from_env_keras_cache_and_path(monkeypatch, tmp_path):
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"weights")
     w = backbones.resolve_weights(spec, "imagenet")
-    assert (w.source, w.path, w.sha256) == ("imagenet", str(cached), backbones.sha256_file(f))
+    assert (w.source, w.path, w.sha256) == ("imagenet", str(cached), sha256_file(f))
 
 
 def test_the_weights_variable_is_read_in_one_place_so_cli_and_api_agree(monkeypatch, tmp_path):
     """FEATCACHE_WEIGHTS is what ``auto`` means (backbones.resolve_weights, the one reader): the command
-    line no longer takes it as its --weights default behind the API's back."""
+    line no longer takes it as its --weights default behind the API's back. That no other module reads
+    it (nor takes any option from the environment with typer's ``envvar=``) is a rule of
+    tests/test_architecture.py."""
     import inspect
 
     import typer
@@ -187,6 +192,3 @@ def test_the_weights_variable_is_read_in_one_place_so_cli_and_api_agree(monkeypa
     monkeypatch.setenv(backbones.WEIGHTS_ENV, str(tmp_path / "w.h5"))
     ctx = typer.main.get_command(app).make_context("featcache-extract", ["src", "cache"])
     assert ctx.params["weights"] == inspect.signature(api.extract).parameters["weights"].default == "imagenet"
-    sources = [p for p in (REPO / "extractor").rglob("*.py")] + [p for p in (REPO / "trainer").rglob("*.py")]
-    sources += [p for p in (REPO / "shared").rglob("*.py") if p.name != "backbones.py"]
-    assert not [p for p in sources if "WEIGHTS_ENV" in p.read_text() or "envvar=" in p.read_text()]

@@ -90,7 +90,7 @@ def classifier_backbone(monkeypatch, name: str, **changes) -> str:
     wrapped = dataclasses.replace(
         spec, name=f"{name}_with_top", output_shape=(1, 1, NUM_CLASSES), build=build, **changes
     )
-    monkeypatch.setitem(backbones._REGISTRY, wrapped.name, wrapped)
+    monkeypatch.setitem(backbones.zoo._REGISTRY, wrapped.name, wrapped)
     return wrapped.name
 
 

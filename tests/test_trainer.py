@@ -113,14 +113,22 @@ def test_no_val_split_is_carved_no_labels_is_refused(tmp_path):
 
 
 def test_training_never_builds_the_backbone(tmp_path, monkeypatch):
+    import sys
+
     import featcache.shared.backbones as backbones
+    import featcache.trainer.keras_heads  # noqa: F401  (they bind the real builder now, so that the
+    import featcache.trainer.top  # noqa: F401  patch below is undone for the tests that follow)
 
     def forbidden(*a, **k):
         raise AssertionError("the trainer built a backbone")
 
-    monkeypatch.setattr(backbones, "build_backbone", forbidden)
-    for name in [n for n in vars(backbones) if n.startswith("_build")]:  # every builder of the registry
-        monkeypatch.setattr(backbones, name, forbidden)
+    builder = backbones.build_backbone
+    for name, module in list(sys.modules.items()):  # wherever a module imported the builder by name
+        if name.startswith("featcache.") and getattr(module, "build_backbone", None) is builder:
+            monkeypatch.setattr(module, "build_backbone", forbidden)
+    for module in (backbones.zoo, backbones.model_files):  # every builder of the registry
+        for name in [n for n in vars(module) if n.startswith("_build")]:
+            monkeypatch.setattr(module, name, forbidden)
     import keras
 
     for app in ("MobileNetV2", "MobileNetV3Large", "EfficientNetV2B0", "EfficientNetV2S", "ResNet50", "ConvNeXtTiny"):

@@ -51,7 +51,7 @@ def _error_line(result) -> str:
         (["--hidden", "1.9", "--head", "mlp"], "--hidden 1.9: must be a whole number >= 1"),
         (["--dropout", "1"], "--dropout 1: must be a number in [0, 1)"),
         (["--val-fraction", "0"], "--val-fraction 0.0: must be a number in (0, 1)"),
-        (["--head", "cnn"], "--head 'cnn': unknown head kind"),
+        (["--head", "cnn"], "--head cnn: unknown head kind"),
     ],
 )
 def test_bad_arguments_are_one_line_errors_before_training(tmp_path, tiny_cache, monkeypatch, args, message):

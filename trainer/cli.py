@@ -21,11 +21,10 @@ import typer
 from typer.core import TyperGroup
 
 from ..shared.cli import VerboseOpt, VersionOpt, plain, run_cli, shown_default
-from ..shared.errors import FeatcacheError
 from .builtin_sweeps import builtin_help
 from .cv import CV_MAX_VAL, DEFAULT_FOLDS
 from .kinds import FEATURE_SETS, HEAD_KINDS, MAP_AUGMENTS, MAP_POOLS, NO_AUGMENT
-from .settings import DEFAULT_GRID, DEFAULT_RUNS, DEFAULT_TOP, DEFAULTS, SettingError
+from .settings import DEFAULT_GRID, DEFAULT_RUNS, DEFAULT_TOP, DEFAULTS
 from .sweep import expand
 
 if TYPE_CHECKING:
@@ -135,13 +134,6 @@ def _setting(key: str, *decls: str) -> typer.models.OptionInfo:
     return typer.Option(*decls, help=shown_default(SETTING_HELP[key], shown), show_default=False)
 
 
-def _as_flag(exc: SettingError) -> FeatcacheError:
-    """A library error naming a Python argument (``epochs=0``), re-worded with its command-line flag."""
-    if exc.source is not None:
-        return exc
-    return FeatcacheError(f"--{exc.key.replace('_', '-')} {exc.value!r}: {exc.reason}")
-
-
 DebugOpt = Annotated[bool, typer.Option(help="Show the full traceback on errors.")]
 CacheArg = Annotated[
     list[Path],
@@ -227,19 +219,16 @@ def train(
         lists.update(label_smoothing=label_smoothing, c=c, power=power, pool=pool, map_augment=map_augment)
         lists.update(features=features)
         grid = {k: parse_list(v) for k, v in lists.items() if v is not None}
-        try:
-            caches = cache if len(cache) > 1 else cache[0]
-            result = api.train(
-                caches, sweep=sweep, **grid, epochs=epochs, batch_size=batch_size, patience=patience, seed=seed,
-                standardize=standardize, val_fraction=val_fraction, max_memory_gb=max_memory_gb,
-                stream=stream,
-                allow_partial=allow_partial, views=views, baselines=baselines, runs=runs,
-                folds=None if folds is None else parse_text(folds),
-                progress=progress, concat=concat,
-                log=lambda m: typer.echo(m, err=True), command=["featcache-train", *sys.argv[1:]],
-            )  # fmt: skip
-        except SettingError as exc:
-            raise _as_flag(exc) from None
+        caches = cache if len(cache) > 1 else cache[0]
+        result = api.train(
+            caches, sweep=sweep, **grid, epochs=epochs, batch_size=batch_size, patience=patience, seed=seed,
+            standardize=standardize, val_fraction=val_fraction, max_memory_gb=max_memory_gb,
+            stream=stream,
+            allow_partial=allow_partial, views=views, baselines=baselines, runs=runs,
+            folds=None if folds is None else parse_text(folds),
+            progress=progress, concat=concat,
+            log=lambda m: typer.echo(m, err=True), command=["featcache-train", *sys.argv[1:]],
+        )  # fmt: skip
         _print_sweep(result, top)
 
     run_cli(job, ctx=ctx, debug=debug, interrupted=INTERRUPTED)
