@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..shared.backbones import import_tensorflow
-from .heads import HEAD_KINDS, SGD
+from .heads import HEAD_KINDS, NO_AUGMENT, SGD
 from .sweep import HeadConfig
 
 tf = import_tensorflow()
@@ -38,7 +38,7 @@ class HeadGroup:
         self.configs = list(configs)
         c0 = configs[0]
         self.kind, self.hidden, self.pool = c0.kind, c0.hidden, c0.pool
-        self.augment = set() if c0.map_augment == "none" else set(c0.map_augment.split("+"))
+        self.augment = set() if c0.map_augment == NO_AUGMENT else set(c0.map_augment.split("+"))
         self.k = len(configs)
         self.n_classes = n_classes
         vec = lambda f: tf.constant([float(getattr(c, f)) for c in configs], tf.float32)  # noqa: E731
