@@ -50,7 +50,7 @@ DEFAULT_CACHE = REPO / "cache" / "bench-sample"
 def ensure_cache(path: Path) -> Path:
     """A finished cache at ``path``; made from data/sample with the real weights (random, loudly, when
     they are absent) if there is none."""
-    from featcache.shared.cache.reader import FeatureCache
+    from featcache.shared.cache._reader import FeatureCache
     from featcache.shared.errors import FeatcacheError
 
     try:

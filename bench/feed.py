@@ -29,7 +29,7 @@ import numpy as np
 from _common import DEFAULT_WEIGHTS, table  # noqa: E402  (puts the repo on sys.path)
 
 from featcache.extractor.runner import ExtractConfig, run_extract  # noqa: E402
-from featcache.shared.cache.reader import FeatureCache  # noqa: E402
+from featcache.shared.cache._reader import FeatureCache  # noqa: E402
 
 FEEDS = ("uint8", "float32")
 

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from featcache.shared.cache.reader import FeatureCache
+from featcache.shared.cache._reader import FeatureCache
 from featcache.shared.inspection import similarity, suspects
 
 FLIPPED = 0.05

@@ -38,8 +38,8 @@ from _common import command_line, table  # noqa: E402  (puts the repo on sys.pat
 
 from featcache.extractor.runner import ExtractConfig, share_listing  # noqa: E402
 from featcache.extractor.sources import open_source  # noqa: E402
-from featcache.shared.cache.listing import load_listing, save_listing  # noqa: E402
-from featcache.shared.cache.parts import Part  # noqa: E402
+from featcache.shared.cache._listing import load_listing, save_listing  # noqa: E402
+from featcache.shared.cache._parts import Part  # noqa: E402
 
 CLASSES = 100
 

@@ -42,8 +42,8 @@ from typing import Any
 import numpy as np
 from _common import DEFAULT_WEIGHTS, command_line, standardizer, table  # noqa: E402  (puts the repo on sys.path)
 
-from featcache.shared.cache.reader import FeatureCache  # noqa: E402
-from featcache.shared.cache.split import parse_fractions  # noqa: E402
+from featcache.shared.cache._reader import FeatureCache  # noqa: E402
+from featcache.shared.cache._split import parse_fractions  # noqa: E402
 from featcache.shared.errors import FeatcacheError  # noqa: E402
 from featcache.trainer import selection  # noqa: E402
 from featcache.trainer import views as tviews  # noqa: E402

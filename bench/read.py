@@ -28,7 +28,7 @@ import h5py
 import numpy as np
 from _common import DEFAULT_CACHE, REPO, ensure_cache, table  # noqa: E402  (puts the repo on sys.path)
 
-from featcache.shared.cache.reader import FeatureCache  # noqa: E402
+from featcache.shared.cache._reader import FeatureCache  # noqa: E402
 
 
 def best_of(repeats: int, fn) -> float:

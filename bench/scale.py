@@ -39,8 +39,8 @@ from _common import command_line, table  # noqa: E402  (puts the repo on sys.pat
 
 from featcache.shared.backbones import ResolvedWeights, get_backbone, make_fingerprint  # noqa: E402
 from featcache.shared.cache import schema  # noqa: E402
-from featcache.shared.cache.manifest import Manifest  # noqa: E402
-from featcache.shared.cache.writer import CacheWriter, storage_options  # noqa: E402
+from featcache.shared.cache._manifest import Manifest  # noqa: E402
+from featcache.shared.cache._writer import CacheWriter, storage_options  # noqa: E402
 
 CHANNELS = 4
 CLASSES = 10
@@ -115,8 +115,8 @@ def main() -> None:
     if args.child:
         return child(args.child, args.shards, args.rows)
 
-    from featcache.shared.cache.parts import finalize
-    from featcache.shared.cache.reader import FeatureCache
+    from featcache.shared.cache._parts import finalize
+    from featcache.shared.cache._reader import FeatureCache
     from featcache.shared.inspection.summary import summarize
     from featcache.trainer.data import load_dataset
 

@@ -16,7 +16,7 @@ What it does:
    the same vector for every image, so its compression numbers mean nothing.
 2. For each candidate filter (none; gzip 1/4/9 with and without the byte shuffle; lzf with and
    without shuffle; and, when ``hdf5plugin`` imports, Blosc2/Zstd and Blosc/LZ4 with bitshuffle),
-   writes the maps to a temporary HDF5 file exactly as ``featcache.shared.cache.writer.ShardWriter`` does: a
+   writes the maps to a temporary HDF5 file exactly as ``featcache.shared.cache._writer.ShardWriter`` does: a
    resizable dataset with chunks of ``(1, 7, 7, 1280)``, appended in batches of 32, each batch cast
    to the maps dtype inside the timed write. gzip-1+shuffle is also tried with chunks of 8 rows.
    Timed: the write including the file close (no fsync: ShardWriter's fsync

@@ -47,7 +47,7 @@ CONFIGS = {
 def cost(args: argparse.Namespace) -> None:
     from featcache.extractor.runner import ExtractConfig, run_extract
     from featcache.extractor.sources import open_source
-    from featcache.shared.cache.manifest import Manifest
+    from featcache.shared.cache._manifest import Manifest
 
     weights = args.weights or (str(DEFAULT_WEIGHTS) if DEFAULT_WEIGHTS.is_file() else "random")
     if weights == "random":
@@ -101,7 +101,7 @@ def cost(args: argparse.Namespace) -> None:
 
 def _split_arrays(cache_path: Path) -> dict[str, object]:
     from featcache.shared.cache import schema
-    from featcache.shared.cache.reader import FeatureCache
+    from featcache.shared.cache._reader import FeatureCache
 
     c = FeatureCache(cache_path)
     rows = c.load_pooled()

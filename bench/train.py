@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from _common import DEFAULT_CACHE, REPO, ensure_cache, standardizer, table  # noqa: E402  (puts the repo on sys.path)
 
-from featcache.shared.cache.reader import FeatureCache  # noqa: E402
+from featcache.shared.cache._reader import FeatureCache  # noqa: E402
 from featcache.trainer.data import load_dataset  # noqa: E402
 from featcache.trainer.loop import train  # noqa: E402
 from featcache.trainer.report import best_head  # noqa: E402

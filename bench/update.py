@@ -34,8 +34,8 @@ from make_sample import make_sample  # noqa: E402
 
 from featcache.extractor.runner import ExtractConfig, run_extract  # noqa: E402
 from featcache.extractor.sources import open_source  # noqa: E402
-from featcache.shared.cache.manifest import Manifest  # noqa: E402
-from featcache.shared.cache.update import diff, live_view  # noqa: E402
+from featcache.shared.cache._manifest import Manifest  # noqa: E402
+from featcache.shared.cache._update import diff, live_view  # noqa: E402
 
 
 def write_csv(path: Path, rows: list[tuple[str, str]]) -> None:

@@ -11,9 +11,9 @@ file (float16, one row per chunk, gzip level 1, as a shard's ``maps``), timed fr
 
 * ``h5py gzip filter``: ``dset[n:n+b] = rows``, the baseline (h5py compresses in the calling
   thread, holding the GIL);
-* ``featcache, 1 thread`` and ``featcache, N threads``: ``featcache.shared.cache.deflate.append``, which deflates
+* ``featcache, 1 thread`` and ``featcache, N threads``: ``featcache.shared.cache._deflate.append``, which deflates
   rows with zlib on a thread pool (releasing the GIL) and stores them with ``write_direct_chunk``.
-  N is ``featcache.shared.cache.deflate.THREADS`` (the cores, at most 8).
+  N is ``featcache.shared.cache._deflate.THREADS`` (the cores, at most 8).
 
 Rows per second here is the writer's ceiling: at GPU speeds one writer must keep up with the
 backbone. The files are checked to hold the same values (and, with the same zlib, the same bytes).
@@ -32,8 +32,8 @@ import numpy as np
 from _common import DEFAULT_CACHE, command_line, ensure_cache, table  # noqa: E402  (puts the repo on sys.path)
 
 from featcache.shared.cache import schema  # noqa: E402
-from featcache.shared.cache.deflate import THREADS, append  # noqa: E402
-from featcache.shared.cache.reader import FeatureCache  # noqa: E402
+from featcache.shared.cache._deflate import THREADS, append  # noqa: E402
+from featcache.shared.cache._reader import FeatureCache  # noqa: E402
 
 BATCH = 32
 LEVEL = 1

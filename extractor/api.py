@@ -19,9 +19,7 @@ from typing import Any
 
 from ..shared.arguments import keywords, path_arg, progress_arg
 from ..shared.backbones import check_feed_dtype
-from ..shared.cache.manifest import FailedInput, Manifest
-from ..shared.cache.parts import WHOLE, Finalized, Part
-from ..shared.cache.split import SPLITS, parse_fractions
+from ..shared.cache import SPLITS, WHOLE, FailedInput, Finalized, Manifest, Part, parse_fractions
 from ..shared.errors import FeatcacheError, NotACacheError
 from .options import NAMES, OPTIONS, ExtractOptions, Log
 from .records import is_url
@@ -218,6 +216,19 @@ def extract(source: str | Path, cache: str | Path | None = None, **options: Any)
         return _require_rows(_finalize(Path(cache if cache is not None else source), t0), source)
     if cache is None:
         raise FeatcacheError("missing argument cache (the cache directory to fill)")
+    _refuse_conflicts(opts)
+    cfg = _config(source, Path(cache), opts)
+    cfg.augment  # noqa: B018  (checks views, crops and resize: a one-line error before any work)
+    if opts.runner == "ray" or opts.gpus or opts.workers > 1:
+        gpus = None if opts.gpus is None else str(opts.gpus)
+        many = _many(cfg, opts.workers, gpus, opts.runner, opts.address, opts.max_retries, opts.ray_items, log, t0)
+        return _require_rows(many, source)
+    return _require_rows(_one(cfg, log, t0), source)
+
+
+def _refuse_conflicts(opts: ExtractOptions) -> None:
+    """A one-line error for options that each make sense alone but not together (each checked alone by
+    :class:`ExtractOptions`): update and overwrite, one part and many workers, Ray's options without Ray."""
     if opts.update and opts.overwrite:
         raise FeatcacheError("update=True keeps the cache and overwrite=True discards it: choose one")
     ray = opts.runner == "ray"
@@ -229,16 +240,15 @@ def extract(source: str | Path, cache: str | Path | None = None, **options: Any)
         raise FeatcacheError(
             "gpus='all' is for local workers; with runner='ray', Ray gives each actor one GPU of the cluster"
         )
-    cfg = _config(source, Path(cache), opts)
-    cfg.augment  # noqa: B018  (checks views, crops and resize: a one-line error before any work)
-    if ray or opts.gpus or opts.workers > 1:
-        gpus = None if opts.gpus is None else str(opts.gpus)
-        many = _many(cfg, opts.workers, gpus, opts.runner, opts.address, opts.max_retries, opts.ray_items, log, t0)
-        return _require_rows(many, source)
+
+
+def _one(cfg: ExtractConfig, log: Log, t0: float) -> ExtractResult:
+    """One extract run in this process (the whole cache, or the one part ``cfg.part``), as its result
+    (``seconds`` since ``t0``)."""
     from .runner import run_extract
 
     report = run_extract(cfg, log=log)
-    result = ExtractResult(
+    return ExtractResult(
         cache=cfg.cache,
         rows=report.rows,
         cache_rows=report.cache_rows,
@@ -251,7 +261,6 @@ def extract(source: str | Path, cache: str | Path | None = None, **options: Any)
         report=report,
         finalized=report.finalized,
     )
-    return _require_rows(result, source)
 
 
 KEYWORD = inspect.Parameter.KEYWORD_ONLY
@@ -338,6 +347,6 @@ def _from_state(state: Finalized, t0: float) -> ExtractResult:
 
 def _finalize(cache: Path, t0: float) -> ExtractResult:
     """Merge what the workers of a partitioned run finished into ``cache``'s manifest."""
-    from ..shared.cache.parts import finalize
+    from ..shared.cache import finalize
 
     return _from_state(finalize(cache), t0)

@@ -4,7 +4,7 @@ Processes rather than ``tf.distribute.MirroredStrategy``: inference needs no syn
 between replicas, and at GPU speeds the input pipeline (JPEG decode, resize) and the writer's
 compression are the bottleneck; separate processes give each GPU its own pipeline, its own writer
 and its own Python interpreter (no GIL shared across GPUs), and a crash of one is a rerun of one
-part. Each worker is exactly ``featcache-extract SRC CACHE --part I/N`` (see :mod:`featcache.shared.cache.parts`),
+part. Each worker is exactly ``featcache-extract SRC CACHE --part I/N`` (see :mod:`featcache.shared.cache._parts`),
 so what works here works the same under Slurm, Kubernetes or Ray.
 """
 
@@ -22,8 +22,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..shared.cache.manifest import Manifest
-from ..shared.cache.parts import Finalized, Part, finalize
+from ..shared.cache import Finalized, Manifest, Part, finalize
 from ..shared.cores import usable_cores
 from ..shared.errors import FeatcacheError
 from .runner import ExtractConfig

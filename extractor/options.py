@@ -18,9 +18,7 @@ from typing import Any
 
 from ..shared.arguments import bool_arg, callable_arg, choice_arg, int_arg, path_arg, str_arg
 from ..shared.backbones import DEFAULT_CROP_RATIO, DEFAULT_CROP_SCALE, DEFAULT_RESIZE, PREPROCESS_SCHEMES
-from ..shared.cache import schema
-from ..shared.cache.parts import Part
-from ..shared.cache.split import SPLITS
+from ..shared.cache import SPLITS, Part, schema
 from ..shared.errors import FeatcacheError
 from .inputs import DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_PIXELS
 from .ray_runner import DEFAULT_MAX_RETRIES, ITEMS_PER_WORKER

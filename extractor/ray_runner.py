@@ -37,8 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..shared.cache.manifest import list_shards
-from ..shared.cache.parts import Finalized, Part, finalize
+from ..shared.cache import Finalized, Part, finalize, list_shards
 from ..shared.errors import FeatcacheError
 from .launch import follow
 from .runner import ExtractConfig, Mappers, run_extract

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
@@ -36,13 +36,22 @@ from ..shared.backbones import (
     resolve_weights,
     top_input_entry,
 )
-from ..shared.cache import schema
-from ..shared.cache.fingerprint import describe, feed_dtype
-from ..shared.cache.listing import LISTING_NAME, load_listing, save_listing
-from ..shared.cache.lock import CacheLock
-from ..shared.cache.manifest import FailedInput, Manifest
-from ..shared.cache.parts import WHOLE, Finalized, Part
-from ..shared.cache.writer import CacheWriter, storage_options
+from ..shared.cache import (
+    LISTING_NAME,
+    WHOLE,
+    CacheLock,
+    CacheWriter,
+    FailedInput,
+    Finalized,
+    Manifest,
+    Part,
+    describe,
+    feed_dtype,
+    load_listing,
+    save_listing,
+    schema,
+    storage_options,
+)
 from ..shared.errors import FeatcacheError
 from .inputs import DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_PIXELS, InputLimits
 from .records import close_streams
@@ -54,6 +63,9 @@ from .sources import (
     local_image_folder,
     open_source,
 )
+
+if TYPE_CHECKING:
+    from .sink import ShardSink
 
 Log = Callable[[str], None]
 
@@ -487,92 +499,23 @@ def _extract(
     """The loop: reader -> mapper -> sink over the shards ``todo``; fills ``report``'s timings."""
     manifest = cache.manifest
 
-    from . import mapper, pipeline  # TensorFlow is imported here, and only when there is work
+    from . import mapper  # TensorFlow is imported here, and only when there is work
 
     taps = tuple(schema.taps_of(manifest.fingerprint))
     top = schema.top_input_of(manifest.fingerprint)
     m = mappers.get(spec, weights, cfg, taps, None if top is None else top["layer"])
     log(f"backbone {spec.name} on {mapper.devices()}, batch {cfg.batch_size}, images fed as {cfg.feed_dtype}")
     ranges = [manifest.shard_inputs(k) for k in todo]
-    limits = cfg.limits()
-    augment = cfg.augment
-    halt = pipeline.tf.Variable(False, trainable=False)
-    halted = threading.Event()
-
-    def read(i: int) -> bytes:
-        if halted.is_set():  # the run failed: no more reading (the input is dropped from the pipeline)
-            raise FeatcacheError("the run stopped")
-        return source.read(i, limits)
-
-    ds = pipeline.make_dataset(
-        read,
-        ranges,
-        batch_size=cfg.batch_size,
-        size=spec.input_size,
-        preprocess=spec.preprocess_fn(),
-        ids=source.ids,
-        augment=augment,
-        sequential_reads=source.sequential_reads,
-        feed_dtype=cfg.feed_dtype or DEFAULT_FEED_DTYPE,
-        halt=halt,
-    )
+    ds, stop = _reader(cfg, source, spec, ranges)
     bar = tqdm(total=sum(len(r) for r in ranges), unit="img", disable=not cfg.progress, dynamic_ncols=True)
-
-    def on_shard(shard: int, failed: list[FailedInput]) -> None:
-        report.failures.extend(failed)
-        bar.update(len(failed))
-        bar.set_postfix(shards=f"{sink.stats.shards}/{len(todo)}", failed=len(report.failures))
-        if shard_done is not None:
-            shard_done(shard)
-
-    from .sink import ShardSink
-
-    sink = ShardSink(
-        cache,
-        source,
-        todo,
-        lambda i: pipeline.diagnose(
-            source.paths[i], spec.input_size, limits, augment.resize, read=lambda: source.read(i, limits)
-        ),
-        strict=cfg.strict,
-        on_shard=on_shard,
-    )
+    sink = _sink(cfg, source, spec, cache, todo, report, bar, shard_done)
+    views = cfg.augment.views
     t_loop = time.perf_counter()
     report.startup_seconds = t_loop - t_start
     it = None
     try:
         it = iter(ds)
-        while True:
-            t0 = time.perf_counter()
-            try:
-                index, images = next(it)
-            except StopIteration:
-                break
-            t1 = time.perf_counter()
-            pooled_views = None
-            if augment.views > 1:  # (b, V, H, W, 3): every view through the backbone in one call
-                b = int(images.shape[0])
-                maps, pooled, extra = m(pipeline.tf.reshape(images, [-1, *images.shape[2:]]))
-                maps = maps.reshape(b, augment.views, *maps.shape[1:])[:, 0]  # maps of view 0 only
-                pooled = pooled.reshape(b, augment.views, -1)
-                pooled, pooled_views = pooled[:, 0], pooled[:, 1:]
-                if schema.TAPS in extra:  # taps of every view, like the pooled vectors
-                    t = extra[schema.TAPS].reshape(b, augment.views, -1)
-                    extra[schema.TAPS], extra[schema.TAPS_VIEWS] = t[:, 0], t[:, 1:]
-                if schema.TOP_INPUT in extra:  # of view 0 only, like the maps
-                    t = extra[schema.TOP_INPUT]
-                    extra[schema.TOP_INPUT] = t.reshape(b, augment.views, *t.shape[1:])[:, 0]
-            else:
-                maps, pooled, extra = m(images)
-            t2 = time.perf_counter()
-            if not report.first_batch_rows:
-                report.first_batch_rows, report.first_batch_seconds = len(maps), t2 - t_loop
-            sink.put(index.numpy(), maps, pooled, pooled_views, extra)
-            t3 = time.perf_counter()
-            report.input_seconds += t1 - t0
-            report.backbone_seconds += t2 - t1
-            report.queue_seconds += t3 - t2
-            bar.update(len(maps))
+        _move_batches(it, m, sink, views, report, bar, t_loop)
         t0 = time.perf_counter()
         sink.close(finish=True)
         report.queue_seconds += time.perf_counter() - t0
@@ -581,8 +524,7 @@ def _extract(
             sink.close(finish=False)
         except BaseException:  # the first error is the one to report
             pass
-        halted.set()
-        halt.assign(True)
+        stop()
         drain(it)
         raise
     finally:
@@ -593,3 +535,125 @@ def _extract(
     report.failed = sink.stats.failed
     report.shards_written = sink.stats.shards
     report.write_seconds = sink.stats.write_seconds
+
+
+def _reader(
+    cfg: ExtractConfig, source: Source, spec: BackboneSpec, ranges: list[range]
+) -> tuple[Any, Callable[[], None]]:
+    """The tf.data reader of the inputs ``ranges`` (one range of listing positions per shard, in order):
+    ``(index (b,) int64, images)`` batches, decoded and resized for ``spec``; and the function that stops
+    it (no input is read after it: a failed run calls it, then :func:`drain`s the reader)."""
+    from . import pipeline
+
+    limits = cfg.limits()
+    halt = pipeline.tf.Variable(False, trainable=False)
+    halted = threading.Event()
+
+    def read(i: int) -> bytes:
+        if halted.is_set():  # the run failed: no more reading (the input is dropped from the pipeline)
+            raise FeatcacheError("the run stopped")
+        return source.read(i, limits)
+
+    def stop() -> None:
+        halted.set()
+        halt.assign(True)
+
+    ds = pipeline.make_dataset(
+        read,
+        ranges,
+        batch_size=cfg.batch_size,
+        size=spec.input_size,
+        preprocess=spec.preprocess_fn(),
+        ids=source.ids,
+        augment=cfg.augment,
+        sequential_reads=source.sequential_reads,
+        feed_dtype=cfg.feed_dtype or DEFAULT_FEED_DTYPE,
+        halt=halt,
+    )
+    return ds, stop
+
+
+def _sink(
+    cfg: ExtractConfig,
+    source: Source,
+    spec: BackboneSpec,
+    cache: CacheWriter,
+    todo: list[int],
+    report: ExtractReport,
+    bar: tqdm,
+    shard_done: ShardDone | None,
+) -> ShardSink:
+    """The writer of the shards ``todo``: each committed shard adds its failed inputs to ``report`` and
+    the progress ``bar``, then calls ``shard_done``; an input that failed in the pipeline is read again
+    alone to say why (:func:`.pipeline.diagnose`)."""
+    from . import pipeline
+    from .sink import ShardSink
+
+    limits = cfg.limits()
+
+    def on_shard(shard: int, failed: list[FailedInput]) -> None:
+        report.failures.extend(failed)
+        bar.update(len(failed))
+        bar.set_postfix(shards=f"{sink.stats.shards}/{len(todo)}", failed=len(report.failures))
+        if shard_done is not None:
+            shard_done(shard)
+
+    sink = ShardSink(
+        cache,
+        source,
+        todo,
+        lambda i: pipeline.diagnose(
+            source.paths[i], spec.input_size, limits, cfg.augment.resize, read=lambda: source.read(i, limits)
+        ),
+        strict=cfg.strict,
+        on_shard=on_shard,
+    )
+    return sink
+
+
+def _move_batches(
+    it: Any, m: Any, sink: ShardSink, views: int, report: ExtractReport, bar: tqdm, t_loop: float
+) -> None:
+    """Every batch of the reader ``it`` through the backbone mapper ``m`` into ``sink``, each stage's
+    time added to ``report`` (the first batch's, since ``t_loop``, apart: it includes tracing)."""
+    while True:
+        t0 = time.perf_counter()
+        try:
+            index, images = next(it)
+        except StopIteration:
+            return
+        t1 = time.perf_counter()
+        maps, pooled, pooled_views, extra = _backbone(m, images, views)
+        t2 = time.perf_counter()
+        if not report.first_batch_rows:
+            report.first_batch_rows, report.first_batch_seconds = len(maps), t2 - t_loop
+        sink.put(index.numpy(), maps, pooled, pooled_views, extra)
+        t3 = time.perf_counter()
+        report.input_seconds += t1 - t0
+        report.backbone_seconds += t2 - t1
+        report.queue_seconds += t3 - t2
+        bar.update(len(maps))
+
+
+def _backbone(m: Any, images: Any, views: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """The backbone mapper ``m`` on one batch: ``(maps, pooled, pooled_views, extra)``. With ``views`` > 1,
+    ``images`` is ``(b, V, H, W, 3)`` and every view goes through the backbone in one call: the maps (and
+    the top input) are view 0's, ``pooled_views (b, V-1, C)`` the other views' pooled vectors (and the
+    taps are split the same way); with one view, ``pooled_views`` is None."""
+    if views <= 1:
+        maps, pooled, extra = m(images)
+        return maps, pooled, None, extra
+    from . import pipeline
+
+    b = int(images.shape[0])
+    maps, pooled, extra = m(pipeline.tf.reshape(images, [-1, *images.shape[2:]]))
+    maps = maps.reshape(b, views, *maps.shape[1:])[:, 0]  # maps of view 0 only
+    pooled = pooled.reshape(b, views, -1)
+    pooled, pooled_views = pooled[:, 0], pooled[:, 1:]
+    if schema.TAPS in extra:  # taps of every view, like the pooled vectors
+        t = extra[schema.TAPS].reshape(b, views, -1)
+        extra[schema.TAPS], extra[schema.TAPS_VIEWS] = t[:, 0], t[:, 1:]
+    if schema.TOP_INPUT in extra:  # of view 0 only, like the maps
+        t = extra[schema.TOP_INPUT]
+        extra[schema.TOP_INPUT] = t.reshape(b, views, *t.shape[1:])[:, 0]
+    return maps, pooled, pooled_views, extra

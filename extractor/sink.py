@@ -16,9 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..shared.cache import CacheWriter, FailedInput, ShardWriter
 from ..shared.cache.fsutil import write_failure
-from ..shared.cache.manifest import FailedInput
-from ..shared.cache.writer import CacheWriter, ShardWriter
 from ..shared.errors import BadInputError, FeatcacheError
 from .sources import Source
 

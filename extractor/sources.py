@@ -31,7 +31,7 @@ import json
 import os
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -171,7 +171,7 @@ class Source:
         )
 
     def listing(self) -> dict[str, np.ndarray]:
-        """The listing as arrays (see :mod:`featcache.shared.cache.listing`): ids, labels, splits and each file's size
+        """The listing as arrays (see :mod:`featcache.shared.cache._listing`): ids, labels, splits and each file's size
         and modification time (-1 and 0 when it cannot be stat'ed; a record's are its container's), read
         once and kept."""
         if self._listing is None:
@@ -438,6 +438,36 @@ def folder_from_listing(root: Path, listing: Mapping[str, np.ndarray], where: Pa
     if not ids:
         raise BadInputError(f"{where}: lists no inputs: not a listing a walk of {root} could make")
     kind = "folder-splits" if np.any(splits != NO_SPLIT) else "folder" if any("/" in i for i in ids) else "unlabelled"
+    names, of = _walkable_names(ids, kind, refuse)
+    _check_layout(root, kind, refuse)
+    classes = sorted({c for c, _, _ in of if c is not None})
+    number = {c: n for n, c in enumerate(classes)}
+    want_labels = np.array([UNKNOWN_LABEL if c is None else number[c] for c, _, _ in of], dtype=np.int32)
+    want_splits = np.array([s for _, s, _ in of], dtype=np.int8)
+    for what, got, want in (("label", labels, want_labels), ("split", splits, want_splits)):
+        if len(got) != len(ids) or not np.array_equal(got, want):
+            k = int(np.flatnonzero(got != want)[0]) if len(got) == len(ids) else 0
+            raise refuse(k, f"has {what} {got[k] if len(got) > k else None}, its folders give {want[k]}")
+    _check_no_links(root, names, of, opened, refuse)
+    prefix = os.fsencode(os.path.join(root, ""))
+    return Source(
+        kind=kind,
+        root=root,
+        paths=[prefix + os.fsencode(n) for n in names],
+        ids=ids,
+        labels=labels,
+        splits=splits,
+        classes=classes,
+    )
+
+
+Refuse = Callable[[int, str], BadInputError]  # (input k, why) -> the one-line error naming the listing
+
+
+def _walkable_names(ids: list[str], kind: str, refuse: Refuse) -> tuple[list[str], list[tuple[str | None, int, int]]]:
+    """Each listed id's file name (relative to the root, ``/``-separated) and its folder's ``(class, split
+    code, walk depth)`` (:func:`_listed_folder`, for a source of ``kind``); refused unless every name is a
+    non-hidden image file under folders a walk enters, in the walk's sorted order, each once."""
     folders: dict[str, tuple[str | None, int, int]] = {}
     names: list[str] = []
     of: list[tuple[str | None, int, int]] = []
@@ -459,6 +489,11 @@ def folder_from_listing(root: Path, listing: Mapping[str, np.ndarray], where: Pa
     for k in range(1, len(names)):
         if names[k - 1] >= names[k]:
             raise refuse(k, "is out of the walk's sorted order (or listed twice)")
+    return names, of
+
+
+def _check_layout(root: Path, kind: str, refuse: Refuse) -> None:
+    """Refuse a listing of ``kind`` when the folders at the top of ``root`` make a walk read another layout."""
     # the walk's layout is decided by root's folders alone: one directory read (~0.5 s for the 1M files
     # of an unlabelled folder, whose root holds them all; a few entries for class or split folders)
     top = _subdirs(root)
@@ -472,14 +507,13 @@ def folder_from_listing(root: Path, listing: Mapping[str, np.ndarray], where: Pa
     if walked != kind:
         layout = {"folder": "class folders", "folder-splits": "train/val/test folders", "unlabelled": "no folder"}
         raise refuse(0, f"is listed as in {layout[kind]}, but the folders of {root} make a walk read {layout[walked]}")
-    classes = sorted({c for c, _, _ in folders.values() if c is not None})
-    number = {c: n for n, c in enumerate(classes)}
-    want_labels = np.array([UNKNOWN_LABEL if c is None else number[c] for c, _, _ in of], dtype=np.int32)
-    want_splits = np.array([s for _, s, _ in of], dtype=np.int8)
-    for what, got, want in (("label", labels, want_labels), ("split", splits, want_splits)):
-        if len(got) != len(ids) or not np.array_equal(got, want):
-            k = int(np.flatnonzero(got != want)[0]) if len(got) == len(ids) else 0
-            raise refuse(k, f"has {what} {got[k] if len(got) > k else None}, its folders give {want[k]}")
+
+
+def _check_no_links(
+    root: Path, names: list[str], of: list[tuple[str | None, int, int]], opened: np.ndarray, refuse: Refuse
+) -> None:
+    """Refuse when an input at the positions ``opened`` is under a symbolic link among the folders the walk
+    descends into by ``os.walk`` (below its walk depth), which follows none; each folder is checked once."""
     links: dict[str, bool] = {}
     for k in np.asarray(opened, dtype=np.int64).tolist():
         folder = names[k].rpartition("/")[0]
@@ -490,16 +524,6 @@ def folder_from_listing(root: Path, listing: Mapping[str, np.ndarray], where: Pa
                 links[below] = os.path.islink(os.path.join(root, below))
             if links[below]:
                 raise refuse(k, f"is under {below!r}, a symbolic link the walk does not follow")
-    prefix = os.fsencode(os.path.join(root, ""))
-    return Source(
-        kind=kind,
-        root=root,
-        paths=[prefix + os.fsencode(n) for n in names],
-        ids=ids,
-        labels=labels,
-        splits=splits,
-        classes=classes,
-    )
 
 
 def _parse_split(value: str, where: str) -> int:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .extractor.api import ExtractResult, extract
-from .shared.cache.reader import FeatureCache, PooledRows, open_cache
+from .shared.cache import FeatureCache, PooledRows, open_cache
 from .shared.errors import FeatcacheError
 from .shared.version import __version__
 
@@ -59,16 +59,16 @@ def import_embeddings(cache_dir: str | Path, pooled: Any, *, ids: Any, **options
     are; default ``"external"``), ``shard_size``, ``overwrite``, ``progress``. No maps; fingerprinted
     by the sha256 of the vectors. Every inspect command and the trainer's pooled heads accept it; bad
     input is refused with one line naming the argument, before anything is written. Returns the
-    cache's :class:`~featcache.shared.cache.manifest.Manifest`. See
-    :func:`featcache.shared.cache.external.import_embeddings`."""
+    cache's :class:`~featcache.shared.cache.Manifest`. See
+    :func:`featcache.shared.cache.import_embeddings`."""
     import inspect
 
     from .shared.arguments import keywords
-    from .shared.cache import external
+    from .shared.cache import import_embeddings as make
 
-    known = [n for n in inspect.signature(external.import_embeddings).parameters if n not in ("cache_dir", "pooled")]
+    known = [n for n in inspect.signature(make).parameters if n not in ("cache_dir", "pooled")]
     keywords("import_embeddings", options, [n for n in known if n != "ids"])
-    return external.import_embeddings(cache_dir, pooled, ids=ids, **options)
+    return make(cache_dir, pooled, ids=ids, **options)
 
 
 def train(cache: str | Path | list[str | Path], **sweep: Any) -> Any:

@@ -14,8 +14,7 @@ belongs, and the dependencies point one way (``.ci/run`` checks them with import
 """
 
 from .backbones import BackboneSpec, ResolvedWeights, get_backbone, register, resolve_weights
-from .cache.manifest import Manifest
-from .cache.reader import FeatureCache, PooledRows, open_cache
+from .cache import FeatureCache, Manifest, PooledRows, open_cache
 from .cache.schema import SCHEMA_VERSION
 from .errors import FeatcacheError, FingerprintMismatchError, NotACacheError
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from .cache.fingerprint import ENVIRONMENT_KEYS, FEED_DTYPES, RANDOM_PREFIX, UNRECORDED_FEED_DTYPE, Recipe, Views
+from .cache import ENVIRONMENT_KEYS, FEED_DTYPES, RANDOM_PREFIX, UNRECORDED_FEED_DTYPE, Recipe, Views
 from .cache.fsutil import sha256_file
 from .errors import FeatcacheError, WeightsUnavailableError
 from .quiet import verbose

@@ -2,7 +2,7 @@
 
 A run directory (docs/run-format.md) may be someone else's: ``results.json`` is read as a regular
 file (never through a link, never a FIFO), and ``heads.npz`` through
-:func:`featcache.shared.cache.npz.load_declared` (declared shapes checked before anything is inflated,
+:func:`featcache.shared.cache._npz.load_declared` (declared shapes checked before anything is inflated,
 never unpickled). The trainer's loader (``trainer/rundir.py``) checks the rest of ``results.json``;
 ``featcache-inspect`` reads a run's best head here (``shared/inspection/cam.py``).
 """

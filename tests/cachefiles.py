@@ -142,7 +142,7 @@ def differing_by_id(a: Path, b: Path) -> list[str]:
     """What readers see differently in two caches of the same inputs, compared by id (row order and
     shard layout may differ, as between an updated cache and one made from scratch): ids, labels,
     splits, pooled and maps; an empty list when they read the same."""
-    from featcache.shared.cache.reader import FeatureCache
+    from featcache.shared.cache._reader import FeatureCache
 
     ca, cb = FeatureCache(a), FeatureCache(b)
     ra, rb = ca.load_pooled(), cb.load_pooled()

@@ -78,8 +78,8 @@ def synthetic_cache(
     import numpy as np
 
     from featcache.shared.backbones import ResolvedWeights, get_backbone, make_fingerprint
-    from featcache.shared.cache.manifest import Manifest
-    from featcache.shared.cache.writer import CacheWriter, storage_options
+    from featcache.shared.cache._manifest import Manifest
+    from featcache.shared.cache._writer import CacheWriter, storage_options
 
     rng = np.random.default_rng(seed)
     centres = rng.uniform(0, 1, (classes, 1280)).astype(np.float32) * (rng.uniform(0, 1, (classes, 1280)) < 0.2)

@@ -53,8 +53,8 @@ for path in (REPO, REPO / "tests"):
 from cachefiles import committed_shards, differing, differing_by_id, extract_command, read_shards, same_cache  # noqa: E402
 
 from featcache.shared.cache import schema  # noqa: E402
-from featcache.shared.cache.manifest import Manifest, file_status  # noqa: E402
-from featcache.shared.cache.paths import shard_path  # noqa: E402
+from featcache.shared.cache._manifest import Manifest, file_status  # noqa: E402
+from featcache.shared.cache._paths import shard_path  # noqa: E402
 from featcache.shared.inspection.verify import verify  # noqa: E402
 
 
@@ -233,8 +233,8 @@ def commit_child(cache: Path, part: str) -> None:
     sys.path.insert(0, str(REPO / "bench"))
     from scale import fill, synthetic_manifest
 
-    from featcache.shared.cache.parts import Part
-    from featcache.shared.cache.writer import CacheWriter
+    from featcache.shared.cache._parts import Part
+    from featcache.shared.cache._writer import CacheWriter
 
     CacheWriter._fold_due = lambda self: self._since_fold >= FOLD_EVERY
     with CacheWriter(cache, synthetic_manifest(cache, COMMIT_SHARDS, COMMIT_ROWS), part=Part.parse(part)) as cw:
@@ -243,7 +243,7 @@ def commit_child(cache: Path, part: str) -> None:
 
 def commit_campaign(work: Path, kills: int, max_seconds: float, seed: int, log=print, parts: int = 2) -> Stats:
     """Kill synthetic writers (``parts`` of them side by side) at random moments; see the module doc."""
-    from featcache.shared.cache.parts import finalize
+    from featcache.shared.cache._parts import finalize
 
     rng = random.Random(seed)
     stats = Stats()

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 import featcache
 from featcache.shared.cache import schema
-from featcache.shared.cache.tfdata import BlockStream
+from featcache.shared.cache._stream import BlockStream
 from featcache.shared.cli import flag_spelling
 from featcache.shared.errors import FeatcacheError, FingerprintMismatchError
 

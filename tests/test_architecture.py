@@ -104,68 +104,63 @@ def test_a_type_error_is_caught(installed, mypy_cache, tmp_path):
     assert p.returncode == 1 and "schema.py" in p.stdout and "[return-value]" in p.stdout, p.stdout + p.stderr
 
 
+def _module_graph():  # noqa: ANN202
+    """docs/module_graph.py, the one reading of the import graph (it prints it by rooms for any checkout)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("module_graph", REPO / "docs" / "module_graph.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def _module_imports() -> dict[str, set[str]]:
-    """featcache's modules (dotted names, as pyproject's package-dir maps the folders) and the featcache
-    modules each one imports anywhere in its body (a function's lazy import counts: it is still a
-    dependency), except under ``if TYPE_CHECKING:`` (never run)."""
-    import ast
-    import tomllib
-
-    dirs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
-    files = {}
-    for pkg, folder in dirs.items():
-        for p in (REPO / folder).rglob("*.py"):
-            parts = p.relative_to(REPO / folder).with_suffix("").parts
-            files[".".join((pkg, *parts)).removesuffix(".__init__")] = p
-
-    def known(name: str) -> str | None:
-        while name not in files and "." in name:
-            name = name.rsplit(".", 1)[0]
-        return name if name in files else None
-
-    def visit(node: ast.AST, package: str, edges: set[str]) -> None:
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and ast.unparse(child.test) == "TYPE_CHECKING":
-                continue
-            if isinstance(child, ast.Import):
-                edges.update(filter(None, (known(a.name) for a in child.names)))
-            elif isinstance(child, ast.ImportFrom):
-                base = package
-                for _ in range(child.level - 1):
-                    base = base.rsplit(".", 1)[0]
-                target = child.module if not child.level else ".".join(filter(None, (base, child.module)))
-                for a in child.names:
-                    edges.update(filter(None, [known(f"{target}.{a.name}") or known(target)]))
-            visit(child, package, edges)
-
-    graph: dict[str, set[str]] = {}
-    for mod, path in files.items():
-        edges: set[str] = set()
-        visit(ast.parse(path.read_text()), mod if path.name == "__init__.py" else mod.rsplit(".", 1)[0], edges)
-        graph[mod] = edges - {mod}
-    return graph
+    """featcache's modules and the featcache modules each imports (lazy imports count, ``TYPE_CHECKING``
+    ones do not): :func:`module_graph.module_imports`."""
+    return _module_graph().module_imports(REPO)
 
 
 def test_no_import_cycle():
     """No module imports (directly or through others) a module that imports it back: a cycle means two
     modules that can only be understood, changed and tested together."""
     graph = _module_imports()
-    # the walk sees lazy imports (reader -> tfdata inside dataset()) and skips TYPE_CHECKING ones
-    assert "featcache.shared.cache.tfdata" in graph["featcache.shared.cache.reader"]
-    assert "featcache.shared.cache.blocks" in graph["featcache.shared.cache.tfdata"]
-    assert "featcache.shared.cache.reader" not in graph["featcache.shared.cache.tfdata"]
-    cycles = []
-    for start in graph:
-        seen, todo = set(), list(graph[start])
-        while todo:
-            m = todo.pop()
-            if m == start:
-                cycles.append(start)
-                break
-            if m not in seen:
-                seen.add(m)
-                todo.extend(graph[m])
+    # the walk sees lazy imports (_reader -> _stream inside dataset()) and skips TYPE_CHECKING ones
+    assert "featcache.shared.cache._stream" in graph["featcache.shared.cache._reader"]
+    assert "featcache.shared.cache._blocks" in graph["featcache.shared.cache._stream"]
+    assert "featcache.shared.cache._reader" not in graph["featcache.shared.cache._stream"]
+    cycles = _module_graph().cycles(graph)
+    assert _module_graph().cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == ["a", "b"]  # it sees one
     assert not cycles, f"modules on an import cycle: {sorted(cycles)}"
+
+
+CACHE = "featcache.shared.cache"
+# The cache's front door: its package namespace (shared/cache/__init__.py), the layout and the safe file operations.
+CACHE_SURFACE = {CACHE, f"{CACHE}.schema", f"{CACHE}.fsutil"}
+
+
+def _behind_the_front_door(graph: dict[str, set[str]]) -> list[str]:
+    """``importer -> module`` for every import of a cache module other than :data:`CACHE_SURFACE` from outside
+    the cache."""
+    return sorted(
+        f"{mod} -> {dep}"
+        for mod, deps in graph.items()
+        if not mod.startswith(CACHE)
+        for dep in deps
+        if dep.startswith(CACHE + ".") and dep not in CACHE_SURFACE
+    )
+
+
+def test_the_cache_is_used_through_its_public_surface():
+    """Extractor, trainer, inspection and the API import ``featcache.shared.cache`` (its ``__all__``), ``schema``
+    and ``fsutil``, never a private ``_`` module: the inside of the cache can change without touching them."""
+    graph = _module_imports()
+    private = {m for m in graph if m.startswith(CACHE + ".")} - CACHE_SURFACE
+    assert private and all(m.rsplit(".", 1)[1].startswith("_") for m in private), sorted(private)
+    assert not _behind_the_front_door(graph)
+    # the rule sees a private import when there is one
+    planted = {**graph, "featcache.trainer.planted": {f"{CACHE}._reader", CACHE}}
+    assert _behind_the_front_door(planted) == [f"featcache.trainer.planted -> {CACHE}._reader"]
 
 
 def _third_party_imports(path: Path) -> set[str]:
@@ -183,7 +178,7 @@ def _third_party_imports(path: Path) -> set[str]:
 
 def test_only_the_cache_format_imports_h5py():
     """The cache has one front door: HDF5 files are opened only in ``shared/cache/`` (shards for reading
-    only through ``shard.open_shard_file``, with every check), so a check added there covers every reader."""
+    only through ``_shard.open_shard_file``, with every check), so a check added there covers every reader."""
     product = [p for d in ("featcache", "shared", "extractor", "trainer") for p in (REPO / d).rglob("*.py")]
     outside = sorted(
         str(p.relative_to(REPO))
@@ -194,8 +189,8 @@ def test_only_the_cache_format_imports_h5py():
     readers = sorted(
         str(p.relative_to(REPO)) for p in (REPO / "shared" / "cache").rglob("*.py") if _opens_for_reading(p)
     )
-    # shards through the one opener; rows.h5, the row index, is derived data rowindex.py checks itself
-    assert readers == ["shared/cache/rowindex.py", "shared/cache/shard.py"], readers
+    # shards through the one opener; rows.h5, the row index, is derived data _rowindex.py checks itself
+    assert readers == ["shared/cache/_rowindex.py", "shared/cache/_shard.py"], readers
 
 
 def _opens_for_reading(path: Path) -> bool:
@@ -212,3 +207,27 @@ def _opens_for_reading(path: Path) -> bool:
         ):
             return True
     return False
+
+
+def test_no_function_over_100_lines():
+    """No function or method of the product code is over 100 lines: a longer one does several things
+    that want names of their own (one function per part of a page, per phase of a job)."""
+    graph = _module_graph()
+    long = graph.long_functions(REPO)
+    assert not long, f"functions over {graph.LONG} lines (split them into named parts): {long}"
+
+
+def test_a_long_function_is_caught():
+    """The check can fail: a generated function and a method of 101 lines are named with their length;
+    one of exactly 100 lines is not."""
+
+    def function(name: str, lines: int, indent: str = "") -> str:
+        body = "".join(f"{indent}    x{i} = {i}\n" for i in range(lines - 2))
+        return f"{indent}def {name}():\n{body}{indent}    return 0\n"
+
+    source = function("fits", 100) + "\n\n" + function("too_long", 101)
+    source += "\n\nclass Thing:\n" + function("method", 101, indent="    ")
+    assert _module_graph().long_functions_in(source, "pkg/mod.py") == [
+        "pkg/mod.py:too_long (101)",
+        "pkg/mod.py:method (101)",
+    ]

@@ -19,8 +19,8 @@ from cachefiles import read_shards
 from conftest import extract, make_sample
 
 from featcache.shared import backbones
+from featcache.shared.cache._reader import FeatureCache
 from featcache.shared.cache.fsutil import sha256_file
-from featcache.shared.cache.reader import FeatureCache
 from featcache.shared.errors import FeatcacheError
 
 N_IMAGES = 8

@@ -17,7 +17,7 @@ import pytest
 from cachefiles import extract_command, read_shards
 from conftest import extract
 
-from featcache.shared.cache.reader import FeatureCache
+from featcache.shared.cache._reader import FeatureCache
 from featcache.shared.errors import FeatcacheError
 
 PIL = pytest.importorskip("PIL.Image")
@@ -116,7 +116,7 @@ def test_unreadable_file_is_recorded(tmp_path, sample_dir):
 
 
 def test_disk_full_keeps_finished_shards_and_resume_works(tmp_path, sample_dir, tiny_cache, monkeypatch):
-    from featcache.shared.cache.writer import ShardWriter
+    from featcache.shared.cache._writer import ShardWriter
 
     real_append, calls = ShardWriter.append, []
 
@@ -223,7 +223,7 @@ def test_a_really_full_disk_ends_the_run_in_seconds_with_one_line_and_keeps_fini
     dead writer thread. Now: exit 2 within seconds, one line naming the shard file, the shards
     finished before kept (verify passes), no partial file left; with space back the same command
     completes the cache."""
-    from featcache.shared.cache.manifest import Manifest
+    from featcache.shared.cache._manifest import Manifest
     from featcache.shared.inspection.verify import verify
 
     mnt, grow = small_tmpfs
@@ -294,7 +294,7 @@ def test_a_source_whose_every_input_fails_is_an_error_not_an_empty_cache(tmp_pat
     from typer.testing import CliRunner
 
     from featcache.extractor.cli import app
-    from featcache.shared.cache.manifest import Manifest
+    from featcache.shared.cache._manifest import Manifest
 
     names = ["x/notes.jpg", "x/cut.jpeg", "y/empty.png", "y/zero.jpg"]
     contents = [b"meeting notes", b"\xff\xd8\xff\xe0\x00\x10JFIF", b"", b"\x00" * 64]
@@ -321,7 +321,7 @@ def test_a_full_disk_when_taking_a_lock_names_the_lock_file_and_holds_nothing(tm
     """The disk fills up just as a run records itself in the part lock (the moment varies with the
     free space; ``os.pwrite``'s error names no file, so the line said only "No space left on
     device"): the error names the lock file, and the lock is not held afterwards."""
-    from featcache.shared.cache.lock import FileLock
+    from featcache.shared.cache._lock import FileLock
 
     path = tmp_path / "c" / "parts" / "part-0-of-1.lock"
 

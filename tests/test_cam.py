@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from featcache.shared.cache.reader import FeatureCache
+from featcache.shared.cache._reader import FeatureCache
 from featcache.shared.errors import FeatcacheError
 from featcache.shared.inspection import cam
 from featcache.shared.inspection.cli import app

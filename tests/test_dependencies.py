@@ -141,7 +141,7 @@ def test_the_blocker_hides_what_the_extras_do_not_bring():
 def test_every_module_imports_with_only_its_declared_dependencies(extras):
     """Without TensorFlow a module that needs it says which extra installs it; with the extra, all import."""
     modules = _product_modules()
-    assert "featcache.trainer.cli" in modules and "featcache.shared.cache.reader" in modules
+    assert "featcache.trainer.cli" in modules and "featcache.shared.cache._reader" in modules
     p = _run(extras, {"kind": "import", "modules": modules})
     assert p.returncode == 0, p.stderr[-3000:]
     got = json.loads(p.stdout)

@@ -12,7 +12,7 @@ import pytest
 from conftest import extract, make_sample
 from typer.testing import CliRunner
 
-from featcache.shared.cache.reader import FeatureCache
+from featcache.shared.cache._reader import FeatureCache
 from featcache.shared.errors import FeatcacheError
 from featcache.trainer.baselines import ENSEMBLE_MAX, describe, knn_candidates, sweep_candidates
 from featcache.trainer.cli import app

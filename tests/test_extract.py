@@ -15,8 +15,8 @@ from conftest import extract
 
 from featcache.shared.backbones import build_backbone, get_backbone, resolve_weights
 from featcache.shared.cache import schema
-from featcache.shared.cache.parts import WHOLE, part_lock
-from featcache.shared.cache.reader import FeatureCache
+from featcache.shared.cache._parts import WHOLE, part_lock
+from featcache.shared.cache._reader import FeatureCache
 from featcache.shared.errors import BadInputError, CacheLockedError, FingerprintMismatchError, SourceMismatchError
 
 

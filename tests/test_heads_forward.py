@@ -84,7 +84,7 @@ def test_predictions_from_the_cache_equal_each_kinds_numpy_forward_pass(tmp_path
     """A trained run's heads (one per exportable kind), predicted by ``featcache.trainer.predict`` from the
     cache (its CSV, 6 decimals), equal the kind's numpy forward pass of the weights in heads.npz on the
     cached features."""
-    from featcache.shared.cache.reader import FeatureCache
+    from featcache.shared.cache import FeatureCache
     from featcache.trainer.api import train
     from featcache.trainer.predict import predict
     from featcache.trainer.rundir import head_params, load_results

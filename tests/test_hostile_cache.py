@@ -22,9 +22,9 @@ import pytest
 from conftest import extract, make_sample
 from typer.testing import CliRunner
 
+from featcache.shared.cache._listing import load_listing
+from featcache.shared.cache._reader import FeatureCache
 from featcache.shared.cache.fsutil import atomic_write_json, sha256_file
-from featcache.shared.cache.listing import load_listing
-from featcache.shared.cache.reader import FeatureCache
 from featcache.shared.errors import FeatcacheError
 from featcache.shared.inspection.cli import app
 
@@ -105,8 +105,8 @@ def test_manifest_paths_never_leave_the_cache(cache, tmp_path, where):
 
 
 def test_part_log_paths_outside_the_cache_are_not_merged(cache, tmp_path):
-    from featcache.shared.cache.manifest import Manifest
-    from featcache.shared.cache.parts import awaiting_merge
+    from featcache.shared.cache._manifest import Manifest
+    from featcache.shared.cache._parts import awaiting_merge
 
     m = manifest(cache)
     rec = m["shards"].pop()

@@ -88,7 +88,7 @@ def test_a_parts_worker_never_adopts_an_edited_listing(sample_dir, tmp_path):
     """Another moment: a resumed worker of a job adopts the published listing without statting the
     other parts' files; an entry of part 0 edited by hand made worker 1 refuse the unchanged source."""
     from featcache.extractor.runner import ExtractConfig, run_extract
-    from featcache.shared.cache.parts import Part
+    from featcache.shared.cache._parts import Part
 
     src = Path(shutil.copytree(sample_dir, tmp_path / "src"))
     cache = tmp_path / "cache"

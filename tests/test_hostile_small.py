@@ -21,7 +21,7 @@ from test_records import write_tar
 from typer.testing import CliRunner
 
 from featcache.shared.cache import fsutil
-from featcache.shared.cache.reader import FeatureCache
+from featcache.shared.cache._reader import FeatureCache
 from featcache.shared.errors import FeatcacheError, FingerprintMismatchError
 
 TINY = ["--backbone", "tiny", "--weights", "random", "--shard-size", "4", "--batch-size", "3", "--no-progress"]
@@ -76,7 +76,7 @@ def test_full_disk_while_a_resume_folds_the_manifest_names_it(tmp_path, sample_d
 
 
 def test_full_disk_while_a_commit_is_journaled_names_the_journal(tmp_path, sample_dir, monkeypatch):
-    from featcache.shared.cache import journal
+    from featcache.shared.cache import _journal as journal
 
     real, calls = journal.os.fdatasync, []
 
@@ -220,7 +220,7 @@ def test_one_class_cache_trains_with_a_note_that_accuracy_means_nothing(tmp_path
 
 
 def test_a_retry_after_a_start_that_committed_nothing_says_overwrite_loses_nothing(tmp_path, sample_dir, monkeypatch):
-    from featcache.shared.cache.writer import CacheWriter
+    from featcache.shared.cache._writer import CacheWriter
 
     def interrupted(self, *a, **k):
         raise KeyboardInterrupt

@@ -208,7 +208,7 @@ def test_the_import_command_refuses_bad_files_in_one_line(tmp_path):
 
 def test_parquet_export_reads_back_and_imports(imported, tmp_path):
     pq = pytest.importorskip("pyarrow.parquet")
-    from featcache.shared.cache import columnar
+    from featcache.shared.cache import _columnar as columnar
 
     cache, x, ids, label, split, _ = imported
     code, out = _cli("export", cache, tmp_path / "rows", "--format", "parquet")

@@ -15,8 +15,8 @@ from cachefiles import read_shards
 from conftest import extract
 from typer.testing import CliRunner
 
+from featcache.shared.cache._reader import FeatureCache
 from featcache.shared.cache.fsutil import sha256_file
-from featcache.shared.cache.reader import FeatureCache
 from featcache.shared.inspection.cli import app
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Commit journals (shared/cache/journal.py): one record per shard, replayed by every reader after
+"""Commit journals (shared/cache/_journal.py): one record per shard, replayed by every reader after
 ``manifest.json``; what a kill mid-append, a hostile journal and a kill mid-fold leave readers.
 
 Caches here are written by bench/scale.py's synthetic writer (the real commit path, no backbone).
@@ -13,12 +13,13 @@ import sys
 from cachefiles import committed_shards
 from conftest import REPO
 
-from featcache.shared.cache import journal, schema
-from featcache.shared.cache.lock import CacheLock
-from featcache.shared.cache.manifest import Manifest
-from featcache.shared.cache.parts import WHOLE, Part, exclusive, fold, journal_path
-from featcache.shared.cache.reader import FeatureCache
-from featcache.shared.cache.writer import CacheWriter
+from featcache.shared.cache import _journal as journal
+from featcache.shared.cache import schema
+from featcache.shared.cache._lock import CacheLock
+from featcache.shared.cache._manifest import Manifest
+from featcache.shared.cache._parts import WHOLE, Part, exclusive, fold, journal_path
+from featcache.shared.cache._reader import FeatureCache
+from featcache.shared.cache._writer import CacheWriter
 
 sys.path.insert(0, str(REPO / "bench"))
 from scale import fill, synthetic_manifest  # noqa: E402

@@ -23,7 +23,7 @@ def test_wheel_holds_only_featcache_and_its_commands_run(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names}
     assert tops == {"featcache", wheel.name.split("-")[0] + "-" + wheel.name.split("-")[1] + ".dist-info"}, tops
-    for module in ("extractor/cli.py", "trainer/cli.py", "shared/cache/reader.py", "shared/inspection/cli.py"):
+    for module in ("extractor/cli.py", "trainer/cli.py", "shared/cache/_reader.py", "shared/inspection/cli.py"):
         assert f"featcache/{module}" in names
     assert not any(n.startswith(("tests/", "bench/", "data/")) for n in names)
 

@@ -14,9 +14,9 @@ import pytest
 from cachefiles import extract_command, kill_after_first_shard, same_cache
 from conftest import REPO, extract
 
-from featcache.shared.cache.listing import load_listing
-from featcache.shared.cache.parts import Part, finalize, part_lock
-from featcache.shared.cache.reader import FeatureCache
+from featcache.shared.cache._listing import load_listing
+from featcache.shared.cache._parts import Part, finalize, part_lock
+from featcache.shared.cache._reader import FeatureCache
 from featcache.shared.errors import CacheLockedError, FeatcacheError, SourceMismatchError
 from featcache.shared.inspection.verify import fix, verify
 

@@ -28,7 +28,7 @@ def test_mobilenet_v2_rows_equal_the_keras_model_on_each_image(tmp_path, sample_
     np.testing.assert_allclose(rows["pooled"], direct.mean(axis=(1, 2)), rtol=1e-4, atol=1e-4)
     dist = np.abs(rows["pooled"][:, None] - direct.mean(axis=(1, 2))[None]).sum(-1)
     assert (dist.argmin(axis=1) == np.arange(15)).all()
-    from featcache.shared.cache.reader import FeatureCache
+    from featcache.shared.cache._reader import FeatureCache
 
     fp = FeatureCache(cache).fingerprint
     assert fp["weights_sha256"] == sha256_file(REAL_WEIGHTS) and fp["random_weights"] is False

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from featcache.shared.backbones import Augment, ResolvedWeights, get_backbone, make_fingerprint
-from featcache.shared.cache.fingerprint import Recipe
+from featcache.shared.cache._fingerprint import Recipe
 from featcache.shared.errors import FeatcacheError
 
 WEIGHTS = {

@@ -14,14 +14,15 @@ import pytest
 from conftest import extract
 from test_update import SHARD, change_everything
 
-from featcache.shared.cache import rowindex, schema
-from featcache.shared.cache.compact import compact
+from featcache.shared.cache import _rowindex as rowindex
+from featcache.shared.cache import schema
+from featcache.shared.cache._compact import compact
+from featcache.shared.cache._manifest import Manifest
+from featcache.shared.cache._parts import finalize
+from featcache.shared.cache._reader import ROW, SPLIT_UNIT, FeatureCache
+from featcache.shared.cache._reader import SHARD as SHARD_COLUMN
+from featcache.shared.cache._split import hash_unit
 from featcache.shared.cache.fsutil import sha256_file
-from featcache.shared.cache.manifest import Manifest
-from featcache.shared.cache.parts import finalize
-from featcache.shared.cache.reader import ROW, SPLIT_UNIT, FeatureCache
-from featcache.shared.cache.reader import SHARD as SHARD_COLUMN
-from featcache.shared.cache.split import hash_unit
 from featcache.shared.errors import FeatcacheError
 from featcache.shared.inspection.verify import fix, verify
 from featcache.trainer.data import load_dataset
@@ -398,7 +399,7 @@ def test_finalize_of_a_cache_that_cannot_be_written_reports_it_unchanged(tiny_ca
     """A cache on a read-only mount (EROFS, as measured on a tmpfs remounted read-only; EACCES for
     another user's): the lock cannot be opened, so finalize reports the committed state with a
     one-line warning and writes nothing, instead of raising a bare OSError."""
-    from featcache.shared.cache import lock
+    from featcache.shared.cache import _lock as lock
 
     cache = copy(tiny_cache, tmp_path)
     (cache / schema.ROW_INDEX_NAME).unlink()

@@ -78,14 +78,14 @@ def _exact_cos(unit: np.ndarray, k: int) -> np.ndarray:
 
 
 def _keep(tmp_path, shards: int, rows_per_shard: int, dead: str = "none") -> knn.Keep:
-    from featcache.shared.cache.neighbours import Key
+    from featcache.shared.cache._neighbours import Key
 
     key = Key([f"{s:064x}" for s in range(shards)], dead)
     return knn.Keep(tmp_path, key, {s: s * rows_per_shard for s in range(shards + 1)})
 
 
 def test_the_kept_index_is_reused_extended_and_never_trusted_blindly(tmp_path):
-    from featcache.shared.cache import neighbours
+    from featcache.shared.cache import _neighbours as neighbours
 
     unit = _unit(3000)
     first = _keep(tmp_path, 2, 1000)  # the cache's first 2,000 rows, in 2 shards
@@ -116,7 +116,7 @@ def test_the_kept_index_is_reused_extended_and_never_trusted_blindly(tmp_path):
 
 
 def test_a_tampered_or_linked_index_file_is_not_trusted(tmp_path):
-    from featcache.shared.cache import neighbours
+    from featcache.shared.cache import _neighbours as neighbours
 
     unit = _unit(2000)
     keep = _keep(tmp_path, 2, 1000)

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from featcache.shared.cache import schema
-from featcache.shared.cache.lock import CacheLock
-from featcache.shared.cache.manifest import Manifest
-from featcache.shared.cache.reader import FeatureCache
-from featcache.shared.cache.split import assign_splits, parse_fractions
+from featcache.shared.cache._lock import CacheLock
+from featcache.shared.cache._manifest import Manifest
+from featcache.shared.cache._reader import FeatureCache
+from featcache.shared.cache._split import assign_splits, parse_fractions
 from featcache.shared.errors import CacheLockedError, FeatcacheError, FingerprintMismatchError, NotACacheError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,8 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_import_shared_loads_no_tensorflow(tiny_cache):
     code = (
-        "import sys, featcache.shared as shared, featcache.shared.cache.reader, "
-        "featcache.shared.cache.writer, featcache.shared.inspection.cli, "
+        "import sys, featcache.shared as shared, featcache.shared.cache._reader, "
+        "featcache.shared.cache._writer, featcache.shared.inspection.cli, "
         "featcache.shared.backbones\n"
         f"c = shared.open_cache({str(tiny_cache)!r}); c.load_pooled(); list(c.iter_maps())\n"
         "spec = shared.get_backbone('mobilenet_v2'); shared.resolve_weights(spec, 'random')\n"
@@ -132,7 +132,7 @@ def test_lock_is_exclusive_and_names_holder(tmp_path):
 
 def test_lock_held_by_another_process_is_refused(tmp_path):
     code = (
-        "import sys, time; from featcache.shared.cache.lock import CacheLock\n"
+        "import sys, time; from featcache.shared.cache._lock import CacheLock\n"
         f"l = CacheLock({str(tmp_path)!r}); l.acquire(); print('held', flush=True); time.sleep(30)\n"
     )
     p = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
@@ -149,7 +149,7 @@ def test_lock_held_by_another_process_is_refused(tmp_path):
 
 
 def test_threaded_deflate_writes_what_the_gzip_filter_writes(tmp_path):
-    from featcache.shared.cache import deflate
+    from featcache.shared.cache import _deflate as deflate
 
     rng = np.random.default_rng(0)
     maps = (np.maximum(rng.normal(0, 1, (37, 7, 7, 16)), 0) * (rng.random((37, 7, 7, 16)) < 0.2)).astype(np.float32)
@@ -182,7 +182,7 @@ def test_threaded_deflate_writes_what_the_gzip_filter_writes(tmp_path):
 
 
 def test_a_map_row_that_does_not_inflate_names_file_and_row(tiny_cache, tmp_path):
-    from featcache.shared.cache import deflate
+    from featcache.shared.cache import _deflate as deflate
     from featcache.shared.errors import FeatcacheError
 
     path = tmp_path / "bad.h5"

@@ -119,8 +119,8 @@ def test_one_listing_per_job_each_file_stat_once_by_the_worker_of_its_shard(tmp_
 
     from featcache.extractor import sources
     from featcache.extractor.runner import ExtractConfig, share_listing
-    from featcache.shared.cache.listing import load_listing
-    from featcache.shared.cache.parts import Part
+    from featcache.shared.cache._listing import load_listing
+    from featcache.shared.cache._parts import Part
 
     src = tmp_path / "src"
     touch(src, *(f"{c}/{k:02d}.jpg" for c in ("a", "b") for k in range(5)))  # 10 inputs, shards of 2
@@ -192,7 +192,7 @@ def test_adopting_worker_builds_its_folder_source_from_the_listing_without_walki
 
     from featcache.extractor import sources
     from featcache.extractor.runner import ExtractConfig, share_listing
-    from featcache.shared.cache.parts import Part
+    from featcache.shared.cache._parts import Part
 
     src = tmp_path / "src"
     touch(src, *(f"{c}/{k:02d}.jpg" for c in ("a", "b") for k in range(5)))  # 10 inputs, shards of 2
@@ -237,8 +237,8 @@ def test_a_hostile_published_listing_is_refused_before_any_input_is_touched(host
 
     from featcache.extractor import sources
     from featcache.extractor.runner import ExtractConfig, share_listing
-    from featcache.shared.cache.listing import save_listing
-    from featcache.shared.cache.parts import Part
+    from featcache.shared.cache._listing import save_listing
+    from featcache.shared.cache._parts import Part
 
     src, outside, cache = tmp_path / "src", tmp_path / "outside", tmp_path / "cache"
     touch(src, "a/00.jpg", "a/01.jpg")
@@ -274,8 +274,8 @@ def test_a_published_listing_of_the_wrong_types_is_one_line_and_never_adopted(fi
     import numpy as np
 
     from featcache.extractor.runner import ExtractConfig, share_listing
-    from featcache.shared.cache.listing import load_listing, save_listing
-    from featcache.shared.cache.parts import Part
+    from featcache.shared.cache._listing import load_listing, save_listing
+    from featcache.shared.cache._parts import Part
     from featcache.shared.errors import FeatcacheError
 
     src, cache = tmp_path / "src", tmp_path / "cache"
@@ -320,8 +320,8 @@ def test_a_published_listing_in_another_layout_than_the_folders_give_is_refused(
 
     from featcache.extractor import sources
     from featcache.extractor.runner import ExtractConfig, share_listing
-    from featcache.shared.cache.listing import save_listing
-    from featcache.shared.cache.parts import Part
+    from featcache.shared.cache._listing import save_listing
+    from featcache.shared.cache._parts import Part
 
     src, cache = tmp_path / "src", tmp_path / "cache"
     touch(src, *files)
@@ -352,7 +352,7 @@ def test_a_listing_declaring_more_than_memory_is_refused_before_it_is_inflated(t
 
     import numpy as np
 
-    from featcache.shared.cache.listing import FIELDS, load_listing
+    from featcache.shared.cache._listing import FIELDS, load_listing
     from featcache.shared.errors import FeatcacheError
 
     n = 2**40

@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 
 from featcache.shared.backbones import build_backbone, get_backbone, import_tensorflow, resolve_weights
 from featcache.shared.cache import schema
-from featcache.shared.cache.compact import compact
+from featcache.shared.cache._compact import compact
+from featcache.shared.cache._reader import FeatureCache
 from featcache.shared.cache.fsutil import sha256_file
-from featcache.shared.cache.reader import FeatureCache
 from featcache.shared.errors import FeatcacheError
 from featcache.shared.inspection.verify import verify
 from featcache.trainer.heads.top import WARM_EPOCHS

@@ -43,7 +43,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_numpy_predictions_equal_every_keras_head(runs):
-    from featcache.shared.cache.reader import FeatureCache
+    from featcache.shared.cache._reader import FeatureCache
     from featcache.trainer.html_report import head_probs
     from featcache.trainer.predict import load_head
 
@@ -84,7 +84,7 @@ def test_report_of_a_trained_map_head(tmp_path):
     """A map head trained for one epoch: the report's numpy predictions, made from heads.npz and the
     cache's maps, equal best_head.keras on those maps and reproduce the sweep's test confusion. (The
     synthetic maps repeat one vector at every position, so attention is tested by the test above.)"""
-    from featcache.shared.cache.reader import FeatureCache
+    from featcache.shared.cache._reader import FeatureCache
     from featcache.trainer.data import read_maps
     from featcache.trainer.html_report import best_head_test_predictions, write
     from featcache.trainer.predict import load_head

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import REAL_WEIGHTS, extract, synthetic_cache
 
-from featcache.shared.cache.reader import FeatureCache
+from featcache.shared.cache._reader import FeatureCache
 from featcache.shared.errors import FeatcacheError
 from featcache.trainer.run import run_sweep
 from featcache.trainer.settings import Settings

@@ -368,7 +368,7 @@ def test_an_empty_split_is_refused_in_one_line_naming_it_before_training(
     """Every row given to test (or a single train row, nothing to carve a val row from): one line
     naming the cache and the empty split, exit 2, no training and no run kept."""
     if split_of is None:  # one train row whose id's hash keeps it in train (ids are paths under tmp_path)
-        from featcache.shared.cache.split import hash_unit
+        from featcache.shared.cache._split import hash_unit
         from featcache.trainer.data import CARVE_SALT
 
         imgs = sorted(p for p in sample_dir.rglob("*.*"))

@@ -88,7 +88,7 @@ def test_two_caches_give_one_run_whose_heads_equal_each_cache_trained_alone(two_
 
 
 def test_concat_heads_read_both_caches_pooled_vectors_side_by_side_and_are_never_picked(two_caches, multi_run):
-    from featcache.shared.cache.reader import FeatureCache
+    from featcache.shared.cache._reader import FeatureCache
     from featcache.trainer.data import load_dataset
     from featcache.trainer.multi import align, concat_dataset
 
@@ -335,7 +335,7 @@ def test_predict_source_model_file_needs_its_sha256_and_a_named_preprocess_funct
 
 
 def test_predict_source_maps_labels_by_class_name_and_needs_the_weights_file():
-    from featcache.shared.cache.reader import PooledRows
+    from featcache.shared.cache._reader import PooledRows
     from featcache.trainer.predict_source import extractor_flags, map_labels
 
     rows = PooledRows(np.zeros((4, 2), np.float32), np.array([0, 1, 2, -1]), np.array(list("abcd")), np.arange(4), 0)

@@ -12,7 +12,7 @@ import pytest
 from conftest import synthetic_cache
 from test_trainer_views import views_cache
 
-from featcache.shared.cache.reader import FeatureCache
+from featcache.shared.cache._reader import FeatureCache
 from featcache.trainer import feed
 from featcache.trainer.data import load_maps, memory_gb
 from featcache.trainer.settings import Settings
@@ -163,7 +163,7 @@ def test_a_shard_with_damaged_feature_shapes_is_one_line_when_streamed(tmp_path,
     import h5py
 
     from featcache.shared.cache import schema
-    from featcache.shared.cache.tfdata import BlockStream
+    from featcache.shared.cache._stream import BlockStream
     from featcache.shared.errors import FeatcacheError
 
     cache = synthetic_cache(tmp_path / "c", n=40, classes=2, shard_size=20)

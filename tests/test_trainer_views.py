@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from featcache.shared.backbones import Augment, ResolvedWeights, get_backbone, make_fingerprint
-from featcache.shared.cache.manifest import Manifest
-from featcache.shared.cache.reader import FeatureCache
-from featcache.shared.cache.writer import CacheWriter, storage_options
+from featcache.shared.cache._manifest import Manifest
+from featcache.shared.cache._reader import FeatureCache
+from featcache.shared.cache._writer import CacheWriter, storage_options
 from featcache.trainer import views as tviews
 from featcache.trainer.data import load_dataset
 from featcache.trainer.loop import train

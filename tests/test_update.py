@@ -15,7 +15,7 @@ import pytest
 from conftest import extract
 
 from featcache.shared.cache import schema
-from featcache.shared.cache.reader import FeatureCache
+from featcache.shared.cache._reader import FeatureCache
 from featcache.shared.errors import FeatcacheError, FingerprintMismatchError, SourceMismatchError
 
 SHARD = 4
@@ -128,6 +128,26 @@ def test_update_reads_as_a_cache_made_from_scratch(updated):
     assert c.generation == 1 and c.dead_rows == 3 and c.num_rows == FeatureCache(scratch).num_rows
 
 
+def test_the_report_sample_of_an_updated_cache_is_its_live_rows_with_current_labels(updated):
+    """``featcache-inspect report`` samples big caches: the sample must come from the rows readers see (no dead
+    row, relabelled rows with their new class and split), each row's vector its own: checked by id against
+    the cache made from scratch."""
+    from featcache.shared.inspection.report import load_rows
+
+    *_, cache, scratch = updated
+    c, truth = FeatureCache(cache), FeatureCache(scratch).load_pooled()
+    at = {i: k for k, i in enumerate(truth.id.tolist())}
+    names = FeatureCache(scratch).classes
+    for seed in range(4):
+        loaded = load_rows(c, max_rows=c.num_rows - 2, seed=seed)
+        got = loaded.rows
+        assert loaded.total == c.num_rows and len(set(got.id.tolist())) == c.num_rows - 2
+        k = [at[i] for i in got.id.tolist()]  # a KeyError is a dead (removed or replaced) row
+        assert [c.classes[x] for x in got.label] == [names[x] for x in truth.label[k]]
+        np.testing.assert_array_equal(got.split, truth.split[k])
+        np.testing.assert_array_equal(got.pooled, truth.pooled[k])
+
+
 def test_update_of_nothing_is_a_fast_no_op_that_says_so(tmp_path, sample_dir):
     extract(sample_dir, tmp_path / "c")
     before = (tmp_path / "c" / "manifest.json").read_text()
@@ -185,7 +205,7 @@ def test_updating_an_unfinished_cache_is_refused(tmp_path, sample_dir):
 
 KILL_AT = """
 import os, signal, sys
-from featcache.shared.cache import compact as c
+from featcache.shared.cache import _compact as c
 name, nth, when, cache = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 real, calls = getattr(c, name), []
 def hooked(*a, **k):
@@ -224,7 +244,7 @@ def test_compaction_killed_at_any_moment_loses_nothing(updated, tmp_path, moment
     import subprocess
     import sys
 
-    from featcache.shared.cache.compact import compact
+    from featcache.shared.cache._compact import compact
     from featcache.shared.inspection.verify import verify
 
     cache = tmp_path / "cache"
@@ -318,7 +338,7 @@ def test_update_after_shuffling_csv_rows_extracts_nothing_and_keeps_reading_by_i
 
 
 def test_an_update_that_fails_under_the_lock_releases_it_and_changes_nothing(tmp_path, sample_dir, monkeypatch):
-    from featcache.shared.cache import writer
+    from featcache.shared.cache import _writer as writer
 
     shutil.copytree(sample_dir, tmp_path / "img")
     rows = csv_rows(sample_dir)

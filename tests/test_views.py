@@ -9,7 +9,7 @@ import pytest
 from conftest import extract
 
 from featcache.shared.cache import schema
-from featcache.shared.cache.reader import FeatureCache
+from featcache.shared.cache._reader import FeatureCache
 from featcache.shared.errors import FeatcacheError
 
 
@@ -122,7 +122,7 @@ def test_compaction_keeps_every_views_dataset(views_cache, sample_dir, tmp_path)
     bytes after compaction, and verify passes."""
     import shutil
 
-    from featcache.shared.cache.compact import compact
+    from featcache.shared.cache._compact import compact
     from featcache.shared.inspection.verify import verify
 
     src, cache = tmp_path / "src", tmp_path / "c"

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..shared.arguments import bool_arg, callable_arg, choice_arg, path_arg, progress_arg, str_arg
-from ..shared.cache.reader import FeatureCache
+from ..shared.cache import FeatureCache
 from ..shared.errors import FeatcacheError
 from .predict import SPLIT_CHOICES, Export, Prediction
 from .report import leaderboard as _leaderboard

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from typer.core import TyperGroup
@@ -27,6 +27,9 @@ from .cv import CV_MAX_VAL, DEFAULT_FOLDS
 from .heads import FEATURE_SETS, HEAD_KINDS, MAP_AUGMENTS, MAP_POOLS, NO_AUGMENT
 from .settings import DEFAULT_GRID, DEFAULT_RUNS, DEFAULT_TOP, DEFAULTS, SettingError
 from .sweep import expand
+
+if TYPE_CHECKING:
+    from .api import SweepResult
 
 INTERRUPTED = "interrupted: nothing of this sweep was kept (runs are written whole or not at all)"
 
@@ -237,35 +240,40 @@ def train(
             )  # fmt: skip
         except SettingError as exc:
             raise _as_flag(exc) from None
-        typer.echo(result.leaderboard(top))
-        if result.baselines:
-            from .baselines import describe
-
-            typer.echo(describe(result.baselines))
-        if result.concat:
-            from .report import leaderboard
-
-            typer.echo(f"concatenated pooled vectors of {' + '.join(result.results['concat']['caches'])}:")
-            typer.echo(leaderboard(result.concat, result.results["splits"]["val"], top))
-        if result.random_weights:
-            typer.echo("WARNING: the cache was made with RANDOM weights: these accuracies are meaningless")
-        best = result.best
-        test_acc = best.test_acc_tta if best.use_tta else best.test_acc
-        test = "n/a" if test_acc is None else f"{test_acc:.4f}"
-        scored = f" (TTA over {best.views} views)" if best.use_tta else ""
-        from .report import pick_by, pick_score
-
-        row = next(h for h in result.results["heads"] if h["name"] == best.name)
-        acc, se = pick_score(row)
-        val = f"val {best.val_acc_tta if best.use_tta else best.val_acc:.4f}"
-        picked = val if se is None else f"{pick_by(row)} {acc:.4f} +- {se:.4f} (out-of-fold {val})"
-        typer.echo(
-            f"best: {best.name}{scored}: {picked}, test {test}; "
-            f"{len(result.heads)} heads "
-            f"in {result.wall_seconds:.1f} s -> {result.run_dir}"
-        )
+        _print_sweep(result, top)
 
     run_cli(job, ctx=ctx, debug=debug, interrupted=INTERRUPTED)
+
+
+def _print_sweep(result: SweepResult, top: int) -> None:
+    """What ``featcache-train CACHE`` prints when the sweep is done: the leaderboard's ``top`` heads, the
+    baselines and the concatenated heads when there are, a warning for random weights, and one line
+    for the pick (the score it was picked on, its test accuracy, where the run was written)."""
+    from .report import leaderboard, pick_by, pick_score
+
+    typer.echo(result.leaderboard(top))
+    if result.baselines:
+        from .baselines import describe
+
+        typer.echo(describe(result.baselines))
+    if result.concat:
+        typer.echo(f"concatenated pooled vectors of {' + '.join(result.results['concat']['caches'])}:")
+        typer.echo(leaderboard(result.concat, result.results["splits"]["val"], top))
+    if result.random_weights:
+        typer.echo("WARNING: the cache was made with RANDOM weights: these accuracies are meaningless")
+    best = result.best
+    test_acc = best.test_acc_tta if best.use_tta else best.test_acc
+    test = "n/a" if test_acc is None else f"{test_acc:.4f}"
+    scored = f" (TTA over {best.views} views)" if best.use_tta else ""
+    row = next(h for h in result.results["heads"] if h["name"] == best.name)
+    acc, se = pick_score(row)
+    val = f"val {best.val_acc_tta if best.use_tta else best.val_acc:.4f}"
+    picked = val if se is None else f"{pick_by(row)} {acc:.4f} +- {se:.4f} (out-of-fold {val})"
+    typer.echo(
+        f"best: {best.name}{scored}: {picked}, test {test}; "
+        f"{len(result.heads)} heads "
+        f"in {result.wall_seconds:.1f} s -> {result.run_dir}"
+    )
 
 
 @app.command()
@@ -329,6 +337,49 @@ def export(
     run_cli(job, ctx=ctx, debug=debug, interrupted=f"interrupted: {out} was not written")
 
 
+# The options of featcache-train predict --source (new images, whose features the extractor makes)
+SourceOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        help=(
+            "Instead, new images: any source featcache-extract takes (class folders, a CSV, a .txt list, a "
+            "folder of unlabelled images). The extractor makes their features as the cached ones were made "
+            "(same backbone, weights, resize, views; it runs as a subprocess) into RUN_DIR/predict/<hash of "
+            "the path>/, reused by the next predict of the same source. With labels, the accuracy is "
+            "printed (classes matched by name)."
+        ),
+        show_default=False,
+    ),
+]
+SourceWeightsOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        help="With --source: backbone weights to use when the recorded file has moved (its sha256 must match).",
+        show_default=False,
+    ),
+]
+SourceBackboneOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        help=(
+            "With --source: the run's backbone when it is your own MODULE:ATTRIBUTE spec, or its model file when "
+            "it has moved (its sha256 must match). featcache never imports a module named only in a run directory."
+        ),
+        show_default=False,
+    ),
+]
+SourcePreprocessOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        help=(
+            "With --source, for a model-file backbone preprocessed by your own MODULE:FUNCTION: name it again "
+            "(it must be the recorded one) so that featcache may import it."
+        ),
+        show_default=False,
+    ),
+]
+
+
 @app.command()
 def predict(
     ctx: typer.Context,
@@ -348,46 +399,10 @@ def predict(
     ] = None,
     ids: Annotated[Optional[Path], typer.Option(help="Instead, a text file of ids (one per line) to predict.")] = None,
     head_name: Annotated[Optional[str], typer.Option("--head", help="Use this head instead of the best.")] = None,
-    source: Annotated[
-        Optional[Path],
-        typer.Option(
-            help=(
-                "Instead, new images: any source featcache-extract takes (class folders, a CSV, a .txt list, a "
-                "folder of unlabelled images). The extractor makes their features as the cached ones were made "
-                "(same backbone, weights, resize, views; it runs as a subprocess) into RUN_DIR/predict/<hash of "
-                "the path>/, reused by the next predict of the same source. With labels, the accuracy is "
-                "printed (classes matched by name)."
-            ),
-            show_default=False,
-        ),
-    ] = None,
-    weights: Annotated[
-        Optional[str],
-        typer.Option(
-            help="With --source: backbone weights to use when the recorded file has moved (its sha256 must match).",
-            show_default=False,
-        ),
-    ] = None,
-    backbone: Annotated[
-        Optional[str],
-        typer.Option(
-            help=(
-                "With --source: the run's backbone when it is your own MODULE:ATTRIBUTE spec, or its model file when "
-                "it has moved (its sha256 must match). featcache never imports a module named only in a run directory."
-            ),
-            show_default=False,
-        ),
-    ] = None,
-    preprocess: Annotated[
-        Optional[str],
-        typer.Option(
-            help=(
-                "With --source, for a model-file backbone preprocessed by your own MODULE:FUNCTION: name it again "
-                "(it must be the recorded one) so that featcache may import it."
-            ),
-            show_default=False,
-        ),
-    ] = None,
+    source: SourceOpt = None,
+    weights: SourceWeightsOpt = None,
+    backbone: SourceBackboneOpt = None,
+    preprocess: SourcePreprocessOpt = None,
     overwrite: Annotated[
         bool, typer.Option(help="With --source: make the scratch features again instead of reusing them.")
     ] = False,

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..shared.cache.split import hash_unit
+from ..shared.cache import hash_unit
 from .settings import AUTO_FOLDS, SettingError
 
 CV_MAX_VAL = 2000  # folds="auto": cross-validate when val has fewer rows than this

@@ -15,10 +15,8 @@ from typing import cast
 
 import numpy as np
 
-from ..shared.cache import schema
-from ..shared.cache.reader import ROW, SHARD, SPLIT_UNIT, FeatureCache, PooledRows
+from ..shared.cache import ROW, SHARD, SPLIT_UNIT, FeatureCache, PooledRows, hash_unit, schema
 from ..shared.cache.schema import SPLIT_CODES
-from ..shared.cache.split import hash_unit
 from ..shared.errors import FeatcacheError
 from .kinds import TAPS
 
@@ -140,56 +138,19 @@ def load_dataset(
             )
     if not allow_partial:
         cache.require_complete()
-    columns = (schema.LABEL, schema.ID, schema.INDEX, schema.SPLIT, SHARD, ROW, SPLIT_UNIT)
-    c = cache.read_columns(((schema.POOLED,) if pooled else ()) + columns)
-    split_codes = cache.splits(c[schema.ID], c[schema.SPLIT], c[SPLIT_UNIT])
-    # rows.pooled is None when streamed (not pooled): part() below checks, nothing else reads it
-    pooled_or_none = cast(np.ndarray, c.get(schema.POOLED))
-    rows = PooledRows(pooled_or_none, c[schema.LABEL], c[schema.ID], c[schema.INDEX], split_codes)
-    if len(rows.label) == 0:
-        raise FeatcacheError(
-            f"{cache.path}: the cache has no rows (every input failed when it was extracted: "
-            "featcache-inspect summary lists why): nothing to train on"
-        )
-    if pooled:
-        require_finite(cache, schema.POOLED, rows.index, rows.pooled)
+    rows, c = _read_rows(cache, pooled)
     labelled = rows.label >= 0
-    if not labelled.any():
-        raise FeatcacheError(
-            f"{cache.path}: the cache has no labelled rows: nothing to train on "
-            "(extract from class folders or a CSV with labels)"
-        )
     notes = []
     if cache.random_weights:
         notes.append("the cache was made with RANDOM weights: every accuracy below is meaningless")
-    split = rows.split.copy()
-    val_carved = False
-    if not np.any(labelled & (split == SPLIT_CODES["val"])):
-        train_rows = np.flatnonzero(labelled & (split == SPLIT_CODES["train"]))
-        u = hash_unit(CARVE_SALT + i for i in rows.id[train_rows])
-        carve = train_rows[u < val_fraction]
-        if len(carve) == 0 and len(train_rows) > 1:  # tiny caches: at least one val row
-            carve = train_rows[[int(np.argmin(u))]]
-        split[carve] = SPLIT_CODES["val"]
-        val_carved = True
-        notes.append(f"no val rows in the cache: {len(carve)} of {len(train_rows)} train rows carved off as val")
-
+    split, val_carved = _carve_val(rows, labelled, val_fraction, notes)
     all_views = None
     if views and pooled and cache.views > 1:
         all_views = cache.load_pooled_views()
         require_finite(cache, schema.POOLED_VIEWS, rows.index, all_views)
     width = 0
     if taps:
-        if all_views is not None:
-            tv = cache.load_taps_views()
-            require_finite(cache, schema.TAPS, rows.index, tv)
-            all_views = np.concatenate([all_views, tv], axis=2)
-            t = tv[:, 0]
-        else:
-            t = cache.read_columns((schema.TAPS,))[schema.TAPS]
-            require_finite(cache, schema.TAPS, rows.index, t)
-        rows.pooled = np.concatenate([rows.pooled, t], axis=1)
-        width = t.shape[1]
+        all_views, width = _append_taps(cache, rows, all_views)
 
     def part(name: str) -> Split:
         sel = labelled & (split == SPLIT_CODES[name])
@@ -210,23 +171,89 @@ def load_dataset(
         not pooled,
         width,
     )
+    _check_splits(cache, ds)
+    return ds
+
+
+def _read_rows(cache: FeatureCache, pooled: bool) -> tuple[PooledRows, dict[str, np.ndarray]]:
+    """Every row's label, id, listing position and split code (with ``pooled``, its pooled vector,
+    checked finite; else ``rows.pooled`` is None), and the columns read (``SHARD`` and ``ROW``: where
+    each row is stored). Refuses a cache with no rows, or with no labelled row."""
+    columns = (schema.LABEL, schema.ID, schema.INDEX, schema.SPLIT, SHARD, ROW, SPLIT_UNIT)
+    c = cache.read_columns(((schema.POOLED,) if pooled else ()) + columns)
+    split_codes = cache.splits(c[schema.ID], c[schema.SPLIT], c[SPLIT_UNIT])
+    # rows.pooled is None when streamed (not pooled): load_dataset's part() checks, nothing else reads it
+    pooled_or_none = cast(np.ndarray, c.get(schema.POOLED))
+    rows = PooledRows(pooled_or_none, c[schema.LABEL], c[schema.ID], c[schema.INDEX], split_codes)
+    if len(rows.label) == 0:
+        raise FeatcacheError(
+            f"{cache.path}: the cache has no rows (every input failed when it was extracted: "
+            "featcache-inspect summary lists why): nothing to train on"
+        )
+    if pooled:
+        require_finite(cache, schema.POOLED, rows.index, rows.pooled)
+    if not (rows.label >= 0).any():
+        raise FeatcacheError(
+            f"{cache.path}: the cache has no labelled rows: nothing to train on "
+            "(extract from class folders or a CSV with labels)"
+        )
+    return rows, c
+
+
+def _carve_val(
+    rows: PooledRows, labelled: np.ndarray, val_fraction: float, notes: list[str]
+) -> tuple[np.ndarray, bool]:
+    """Each row's split code ``(n,)`` int8: the cache's, except that when no ``labelled`` row is in val,
+    ``val_fraction`` of the labelled train rows (at least one) become val, picked by a hash of their id
+    (stable, seed-free); with whether rows were carved so (then said in ``notes``)."""
+    split = rows.split.copy()
+    if np.any(labelled & (split == SPLIT_CODES["val"])):
+        return split, False
+    train_rows = np.flatnonzero(labelled & (split == SPLIT_CODES["train"]))
+    u = hash_unit(CARVE_SALT + i for i in rows.id[train_rows])
+    carve = train_rows[u < val_fraction]
+    if len(carve) == 0 and len(train_rows) > 1:  # tiny caches: at least one val row
+        carve = train_rows[[int(np.argmin(u))]]
+    split[carve] = SPLIT_CODES["val"]
+    notes.append(f"no val rows in the cache: {len(carve)} of {len(train_rows)} train rows carved off as val")
+    return split, True
+
+
+def _append_taps(cache: FeatureCache, rows: PooledRows, all_views: np.ndarray | None) -> tuple[np.ndarray | None, int]:
+    """The cache's layer taps ``(n, T)`` appended to each row's pooled vector (``rows.pooled`` becomes
+    ``(n, C + T)``) and, when ``all_views`` ``(n, V, C)`` are loaded, every view's taps to its view;
+    returns the views and ``T``. Non-finite taps are refused, naming the shard and row."""
+    if all_views is not None:
+        tv = cache.load_taps_views()
+        require_finite(cache, schema.TAPS, rows.index, tv)
+        all_views = np.concatenate([all_views, tv], axis=2)
+        t = tv[:, 0]
+    else:
+        t = cache.read_columns((schema.TAPS,))[schema.TAPS]
+        require_finite(cache, schema.TAPS, rows.index, t)
+    rows.pooled = np.concatenate([rows.pooled, t], axis=1)
+    return all_views, t.shape[1]
+
+
+def _check_splits(cache: FeatureCache, ds: Dataset) -> None:
+    """Refuse ``ds`` when its train or val split is empty; add to its notes what makes the numbers less
+    telling: no test rows, a single class, classes with no train rows."""
     if len(ds.train) == 0:
         raise FeatcacheError(f"{cache.path}: the train split is empty (no labelled train rows): nothing to train on")
     if len(ds.val) == 0:
         raise FeatcacheError(f"{cache.path}: the val split is empty (no labelled val rows): raise val_fraction")
     if len(ds.test) == 0:
-        notes.append("no test rows: test accuracy is not reported")
+        ds.notes.append("no test rows: test accuracy is not reported")
     present = np.unique(np.concatenate([ds.train.y, ds.val.y, ds.test.y]))
     if len(present) < 2:  # every head predicts it: accuracy 1.0 says nothing
         only = ds.classes[int(present[0])] if len(present) else "none"
-        notes.append(
+        ds.notes.append(
             f"one class only ({only!r}) among the labelled rows: every head predicts it, so accuracy (1.0) and "
             "loss are meaningless; a classifier needs two classes or more"
         )
     missing = [c for k, c in enumerate(ds.classes) if not np.any(ds.train.y == k)]
     if missing:
-        notes.append(f"classes with no train rows (never predicted well): {', '.join(missing[:10])}")
-    return ds
+        ds.notes.append(f"classes with no train rows (never predicted well): {', '.join(missing[:10])}")
 
 
 def require_taps(cache: FeatureCache) -> None:

@@ -1,7 +1,7 @@
 """Feeding the training loop: one split's inputs in batches, held in memory or streamed from the shards.
 
 Both ways yield the same batches, row for row and bit for bit, for the same seed: the train order
-is :meth:`~featcache.shared.cache.tfdata.BlockStream.order` either way (the split's chunk-aligned
+is :meth:`~featcache.shared.cache._stream.BlockStream.order` either way (the split's chunk-aligned
 blocks in a new random order every epoch, rows mixed inside a window of :data:`WINDOW_ROWS`), and
 evaluation batches cut the split in index order at the same boundaries. In memory the order is
 applied to arrays; streamed, the blocks are read in that order on a background thread, a bounded
@@ -20,10 +20,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ..shared.cache import schema
-from ..shared.cache.reader import FeatureCache
-from ..shared.cache.shard import Shard
-from ..shared.cache.tfdata import BlockStream
+from ..shared.cache import BlockStream, FeatureCache, Shard, schema
 from .data import Split, require_finite
 
 # Rows per read and rows mixed together, by what the batches hold: maps rows are 125 KB (float16),

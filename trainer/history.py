@@ -13,8 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..shared.cache.fingerprint import describe
-from ..shared.cache.lock import pid_alive
+from ..shared.cache import describe, pid_alive
 from ..shared.errors import FeatcacheError
 from .rundir import RESULTS, STAGING_PREFIX, load_results, staging_pid
 

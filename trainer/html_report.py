@@ -16,11 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from ..shared.cache.fingerprint import describe
-from ..shared.cache.reader import FeatureCache
+from ..shared.cache import FeatureCache, describe
 from ..shared.errors import FeatcacheError
 from ..shared.inspection import html as H
-from ..shared.inspection.cam import CAM_KINDS, head_from_params, row_cams
+from ..shared.inspection.cam import CAM_KINDS, CamHead, head_from_params, row_cams
 from ..shared.inspection.cam import describe as describe_cam
 from ..shared.inspection.report import Thumbs
 from ..shared.inspection.suspects import softmax
@@ -184,18 +183,36 @@ def _scored(h: dict[str, Any]) -> str:
     return f"TTA x{h['views']}" if h.get("use_tta") else "view 0"
 
 
+Section = tuple[str, str, str]  # one part of the page: its id, its title and its HTML (html.page)
+
+
 def build(run_dir: str | Path) -> tuple[str, dict[str, Any]]:
     """The page's HTML, and the facts it shows as JSON-ready data (for scripts and tests)."""
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
     results = load_results(run_dir)
-    classes = results["classes"]
     order, _ = ranking(results["heads"], results["splits"]["val"])  # the leaderboard's own order
     heads = [results["heads"][i] for i in order]
     best = next(h for h in heads if h["name"] == results["best"])
-    sections = []
+    cm, summary = recorded_confusion(results)
+    pcs = per_class(summary) if summary else []
+    facts: dict[str, Any] = {"best": best["name"], "per_class": pcs, "wrong": [], "numpy_confusion": None}
+    sections = [
+        _leaderboard_section(results, heads, best),
+        _curves_section(heads, best),
+        _best_section(results["classes"], best, cm, summary, pcs),
+        _wrong_section(run_dir, results, best, cm, summary, facts),
+    ]
+    top = []
+    if results.get("random_weights"):
+        top.append(H.warning("The cache was made with RANDOM backbone weights: these accuracies are meaningless."))
+    top.append(H.note(f"{run_dir} - made by featcache-train report in {time.perf_counter() - t0:.1f} s."))
+    return H.page(f"featcache sweep: {run_dir.name}", sections, "\n".join(top)), facts
 
-    # -- leaderboard ----------------------------------------------------------------------------------
+
+def _leaderboard_section(results: dict[str, Any], heads: list[dict[str, Any]], best: dict[str, Any]) -> Section:
+    """Every head of the sweep in the leaderboard's order (``heads``), its settings and scores, with the
+    pick rule and the run's notes."""
     cv = any(h.get("cv") for h in heads)
     board = [
         (
@@ -225,70 +242,81 @@ def build(run_dir: str | Path) -> tuple[str, dict[str, Any]]:
         H.note(pick_rule(results["heads"], results["splits"]["val"])),
     ]
     body += [H.note(n) for n in results.get("notes", [])]
-    sections.append(("leaderboard", "Leaderboard", "\n".join(body)))
+    return ("leaderboard", "Leaderboard", "\n".join(body))
 
-    # -- curves ----------------------------------------------------------------------------------------
-    # Epoch curves for heads trained by epochs; a logistic regression is one L-BFGS fit per C, so its
-    # picture is the regularisation path: accuracy and loss against C, one chart per path (power, cache).
+
+def _curves_section(heads: list[dict[str, Any]], best: dict[str, Any]) -> Section:
+    """Epoch curves for heads trained by epochs; a logistic regression is one L-BFGS fit per C, so its
+    picture is the regularisation path: accuracy and loss against C, one chart per path (power, cache)."""
     charts = []
     paths: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
     for h in heads:
         if h["config"]["kind"] == "logreg" and h["config"].get("c"):
             paths.setdefault((h["config"].get("power", 1), h.get("cache")), []).append(h)
-            continue
-        ep = [e["epoch"] for e in h["epochs"]]
-        acc = [
-            ("train acc", ep, [e["train_acc"] for e in h["epochs"]], H.colour(0)),
-            ("val acc", ep, [e["val_acc"] for e in h["epochs"]], H.colour(1)),
-        ]
-        loss = [
-            ("train loss", ep, [e["train_loss"] for e in h["epochs"]], H.colour(0)),
-            ("val loss", ep, [e["val_loss"] for e in h["epochs"]], H.colour(1)),
-        ]
-        charts.append(
-            f'<div style="display:inline-block;margin:4px" data-head="{H.esc(h["name"])}">'
-            + H.line_chart_svg(acc, f"{h['name']}: accuracy", "epoch", CURVE_SIZE, h["best_epoch"])
-            + H.line_chart_svg(loss, "loss", "epoch", CURVE_SIZE, h["best_epoch"])
-            + "</div>"
-        )
+        else:
+            charts.append(_epoch_charts(h))
     for (power, cache), group in paths.items():
-        group = sorted(group, key=lambda h: h["config"]["c"])
-        x = [float(np.log10(h["config"]["c"])) for h in group]
-        last = [h["epochs"][-1] for h in group]
-        picked = next((xi for xi, h in zip(x, group, strict=True) if h["name"] == best["name"]), None)
-        acc = [
-            ("train acc", x, [e["train_acc"] for e in last], H.colour(0)),
-            ("val acc", x, [e["val_acc"] for e in last], H.colour(1)),
-        ]
-        loss = [
-            ("train loss", x, [e["train_loss"] for e in last], H.colour(0)),
-            ("val loss", x, [e["val_loss"] for e in last], H.colour(1)),
-        ]
-        title = f"logreg path{f' ({cache})' if cache else ''}, power {_num(power)}: accuracy"
-        charts.append(
-            f'<div style="display:inline-block;margin:4px" data-path="{H.esc(title)}" data-heads="{len(group)}">'
-            + H.line_chart_svg(acc, title, "log10 C", CURVE_SIZE, picked)
-            + H.line_chart_svg(loss, "loss", "log10 C", CURVE_SIZE, picked)
-            + "</div>"
-        )
-    sections.append(
-        (
-            "curves",
-            "Every head's curves",
-            H.note(
-                "Best on val first; the dotted line is the epoch whose weights were kept. Logistic regressions (one "
-                "L-BFGS fit per C) are drawn as their regularisation path: accuracy and loss against log10 C, the "
-                "dotted line at the picked head's C."
-            )
-            + "\n".join(charts),
-        )
+        charts.append(_path_charts(power, cache, group, best))
+    note = H.note(
+        "Best on val first; the dotted line is the epoch whose weights were kept. Logistic regressions (one "
+        "L-BFGS fit per C) are drawn as their regularisation path: accuracy and loss against log10 C, the "
+        "dotted line at the picked head's C."
+    )
+    return ("curves", "Every head's curves", note + "\n".join(charts))
+
+
+def _curve_pair(
+    x: list[Any], rows: list[dict[str, Any]]
+) -> tuple[list[tuple[str, list[Any], list[Any], str]], list[tuple[str, list[Any], list[Any], str]]]:
+    """The accuracy lines and the loss lines (train, val) of the epoch records ``rows`` against ``x``."""
+    acc = [
+        ("train acc", x, [e["train_acc"] for e in rows], H.colour(0)),
+        ("val acc", x, [e["val_acc"] for e in rows], H.colour(1)),
+    ]
+    loss = [
+        ("train loss", x, [e["train_loss"] for e in rows], H.colour(0)),
+        ("val loss", x, [e["val_loss"] for e in rows], H.colour(1)),
+    ]
+    return acc, loss
+
+
+def _epoch_charts(h: dict[str, Any]) -> str:
+    """Head ``h``'s accuracy and loss per epoch, the kept epoch dotted."""
+    acc, loss = _curve_pair([e["epoch"] for e in h["epochs"]], h["epochs"])
+    return (
+        f'<div style="display:inline-block;margin:4px" data-head="{H.esc(h["name"])}">'
+        + H.line_chart_svg(acc, f"{h['name']}: accuracy", "epoch", CURVE_SIZE, h["best_epoch"])
+        + H.line_chart_svg(loss, "loss", "epoch", CURVE_SIZE, h["best_epoch"])
+        + "</div>"
     )
 
-    # -- best head: per class, confusion ---------------------------------------------------------------
-    cm, summary = recorded_confusion(results)
-    pcs: list[tuple[int, float, float, int]] = []
+
+def _path_charts(power: Any, cache: Any, group: list[dict[str, Any]], best: dict[str, Any]) -> str:
+    """One logreg regularisation path (the heads ``group`` of one power and cache): each fit's last
+    accuracy and loss against log10 C, the picked head's C dotted."""
+    group = sorted(group, key=lambda h: h["config"]["c"])
+    x = [float(np.log10(h["config"]["c"])) for h in group]
+    picked = next((xi for xi, h in zip(x, group, strict=True) if h["name"] == best["name"]), None)
+    acc, loss = _curve_pair(x, [h["epochs"][-1] for h in group])
+    title = f"logreg path{f' ({cache})' if cache else ''}, power {_num(power)}: accuracy"
+    return (
+        f'<div style="display:inline-block;margin:4px" data-path="{H.esc(title)}" data-heads="{len(group)}">'
+        + H.line_chart_svg(acc, title, "log10 C", CURVE_SIZE, picked)
+        + H.line_chart_svg(loss, "loss", "log10 C", CURVE_SIZE, picked)
+        + "</div>"
+    )
+
+
+def _best_section(
+    classes: list[str],
+    best: dict[str, Any],
+    cm: np.ndarray | None,
+    summary: dict[str, Any] | None,
+    pcs: list[tuple[int, float, float, int]],
+) -> Section:
+    """The best head on test as the run recorded it: per-class precision and recall (``pcs``), and the
+    confusion matrix ``cm`` (or, when the run kept only its ``summary``, the pairs mixed up most)."""
     if summary:
-        pcs = per_class(summary)
         body = [
             H.table(
                 ["class", "precision", "recall", "test rows"],
@@ -318,78 +346,27 @@ def build(run_dir: str | Path) -> tuple[str, dict[str, Any]]:
     else:
         body = [H.note("No test rows: no per-class numbers.")]
     title = f"Best head on test: {best['name']} (test acc {_fmt(selected_test_acc(best))}, {_scored(best)})"
-    sections.append(("best", title, "\n".join(body)))
+    return ("best", title, "\n".join(body))
 
-    # -- most confidently wrong ------------------------------------------------------------------------
-    facts: dict[str, Any] = {"best": best["name"], "per_class": pcs, "wrong": [], "numpy_confusion": None}
+
+def _wrong_section(
+    run_dir: Path,
+    results: dict[str, Any],
+    best: dict[str, Any],
+    cm: np.ndarray | None,
+    summary: dict[str, Any] | None,
+    facts: dict[str, Any],
+) -> Section:
+    """The test images the best head gets most confidently wrong, from its predictions computed here
+    (:func:`best_head_test_predictions`); fills ``facts``' wrong, numpy_confusion and cam. When the
+    trained-on cache cannot be used, a note that says why instead."""
     params = head_params(run_dir, results, best["name"])  # a bad heads.npz is the run's error, not the cache's
     try:
         cache, pred = best_head_test_predictions(run_dir, results, params)
     except FeatcacheError as exc:
         body = [H.note(f"The cache the sweep was trained on cannot be used ({exc}): no test images.")]
     else:
-        y, probs = pred["y"], pred["probs"]
-        guess = probs.argmax(axis=1) if len(y) else np.zeros(0, np.int64)
-        numpy_cm = confusion(y, guess, len(classes))
-        facts["numpy_confusion"] = confusion_entries(numpy_cm)[CONFUSION]  # as results.json records it
-        wrong = np.flatnonzero(guess != y)
-        wrong = wrong[np.argsort(-probs[wrong, guess[wrong]], kind="stable")][:WRONG_SHOWN]
-        thumbs = Thumbs(cache)
-        head, cams = None, {}
-        if kind_of(best) in CAM_KINDS:  # where the head looks for the class it wrongly predicts
-            power = best["config"].get("power", 1)
-            fp = results["cache"]["fingerprint"]
-            head = head_from_params(run_dir, best["name"], kind_of(best), *params, power, classes, fp)
-            cams = row_cams(cache, head, pred["index"][wrong], guess[wrong])
-        facts["cam"] = None if head is None else {"head": head.name, "exact": head.exact}
-
-        def image(i: int) -> str:
-            uid = str(pred["id"][i])
-            if head is None:
-                return thumbs(uid)
-            grid, k = cams[int(pred["index"][i])]
-            return thumbs(uid) + thumbs.cam(uid, grid, f"{uid}: where {head.name} looks for {classes[k]}")
-
-        facts["wrong"] = [
-            {
-                "id": str(pred["id"][i]),
-                "label": classes[y[i]],
-                "predicted": classes[guess[i]],
-                "p": float(probs[i, guess[i]]),
-            }
-            for i in wrong
-        ]
-        body = [
-            H.note(
-                f"The best head's predictions, computed from its saved weights on the {len(y)} labelled test rows "
-                f"(accuracy {float((guess == y).mean()) if len(y) else float('nan'):.4f}); the "
-                f"{len(wrong)} errors it is surest of, surest first."
-            ),
-            H.note(
-                describe_cam(head, "the class it wrongly predicts")
-                if head is not None
-                else f"No class activation maps: the best head is a {kind_of(best)} head, not linear in the pooled "
-                f"vector (they are drawn for {' or '.join(CAM_KINDS)} heads)."
-            ),
-            H.table(
-                ["image", "id", "true class", "predicted", "p(predicted)", "p(true)"],
-                [
-                    (
-                        H.raw(image(int(i))),
-                        H.raw(f'<span data-wrong="{H.esc(d["id"])}">{H.esc(d["id"])}</span>'),
-                        d["label"],
-                        d["predicted"],
-                        f"{d['p']:.3f}",
-                        f"{probs[i, y[i]]:.3f}",
-                    )
-                    for d, i in zip(facts["wrong"], wrong, strict=True)
-                ],
-                'id="wrong"',
-            ),
-        ]
-        why = thumbs.why_none()
-        if why:
-            body.append(H.note(why))
+        body, numpy_cm = _wrong_body(run_dir, results, best, params, cache, pred, facts)
         if summary and (
             confusion_summary(numpy_cm) != summary or (cm is not None and not np.array_equal(cm, numpy_cm))
         ):
@@ -400,13 +377,94 @@ def build(run_dir: str | Path) -> tuple[str, dict[str, Any]]:
                     + (" (the run trained on an unfinished cache: has it grown since?)" if partial else "")
                 )
             )
-    sections.append(("wrong", "Test images the best head gets most confidently wrong", "\n".join(body)))
+    return ("wrong", "Test images the best head gets most confidently wrong", "\n".join(body))
 
-    top = []
-    if results.get("random_weights"):
-        top.append(H.warning("The cache was made with RANDOM backbone weights: these accuracies are meaningless."))
-    top.append(H.note(f"{run_dir} - made by featcache-train report in {time.perf_counter() - t0:.1f} s."))
-    return H.page(f"featcache sweep: {run_dir.name}", sections, "\n".join(top)), facts
+
+def _cam_head(
+    run_dir: Path, results: dict[str, Any], best: dict[str, Any], params: tuple[dict[str, np.ndarray], Any]
+) -> CamHead | None:
+    """The best head (its ``params``, :func:`~featcache.trainer.rundir.head_params`) as a
+    :class:`~featcache.shared.inspection.cam.CamHead` when it is linear in the pooled vector (``CAM_KINDS``);
+    None for the other kinds."""
+    if kind_of(best) not in CAM_KINDS:
+        return None
+    power = best["config"].get("power", 1)
+    fp = results["cache"]["fingerprint"]
+    return head_from_params(run_dir, best["name"], kind_of(best), *params, power, results["classes"], fp)
+
+
+def _wrong_body(
+    run_dir: Path,
+    results: dict[str, Any],
+    best: dict[str, Any],
+    params: tuple[dict[str, np.ndarray], Any],
+    cache: FeatureCache,
+    pred: dict[str, np.ndarray],
+    facts: dict[str, Any],
+) -> tuple[list[str], np.ndarray]:
+    """The section's notes and table of the :data:`WRONG_SHOWN` errors the best head is surest of, with
+    their thumbnails and (for a head linear in the pooled vector) its class activation map; with the
+    confusion matrix ``(k, k)`` int64 of these predictions."""
+    classes = results["classes"]
+    y, probs = pred["y"], pred["probs"]
+    guess = probs.argmax(axis=1) if len(y) else np.zeros(0, np.int64)
+    numpy_cm = confusion(y, guess, len(classes))
+    facts["numpy_confusion"] = confusion_entries(numpy_cm)[CONFUSION]  # as results.json records it
+    wrong = np.flatnonzero(guess != y)
+    wrong = wrong[np.argsort(-probs[wrong, guess[wrong]], kind="stable")][:WRONG_SHOWN]
+    thumbs = Thumbs(cache)
+    head = _cam_head(run_dir, results, best, params)  # where the head looks for the class it wrongly predicts
+    cams = {} if head is None else row_cams(cache, head, pred["index"][wrong], guess[wrong])
+    facts["cam"] = None if head is None else {"head": head.name, "exact": head.exact}
+
+    def image(i: int) -> str:
+        uid = str(pred["id"][i])
+        if head is None:
+            return thumbs(uid)
+        grid, k = cams[int(pred["index"][i])]
+        return thumbs(uid) + thumbs.cam(uid, grid, f"{uid}: where {head.name} looks for {classes[k]}")
+
+    facts["wrong"] = [
+        {
+            "id": str(pred["id"][i]),
+            "label": classes[y[i]],
+            "predicted": classes[guess[i]],
+            "p": float(probs[i, guess[i]]),
+        }
+        for i in wrong
+    ]
+    body = [
+        H.note(
+            f"The best head's predictions, computed from its saved weights on the {len(y)} labelled test rows "
+            f"(accuracy {float((guess == y).mean()) if len(y) else float('nan'):.4f}); the "
+            f"{len(wrong)} errors it is surest of, surest first."
+        ),
+        H.note(
+            describe_cam(head, "the class it wrongly predicts")
+            if head is not None
+            else f"No class activation maps: the best head is a {kind_of(best)} head, not linear in the pooled "
+            f"vector (they are drawn for {' or '.join(CAM_KINDS)} heads)."
+        ),
+        H.table(
+            ["image", "id", "true class", "predicted", "p(predicted)", "p(true)"],
+            [
+                (
+                    H.raw(image(int(i))),
+                    H.raw(f'<span data-wrong="{H.esc(d["id"])}">{H.esc(d["id"])}</span>'),
+                    d["label"],
+                    d["predicted"],
+                    f"{d['p']:.3f}",
+                    f"{probs[i, y[i]]:.3f}",
+                )
+                for d, i in zip(facts["wrong"], wrong, strict=True)
+            ],
+            'id="wrong"',
+        ),
+    ]
+    why = thumbs.why_none()
+    if why:
+        body.append(H.note(why))
+    return body, numpy_cm
 
 
 def write(run_dir: str | Path, out: str | Path) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..shared.cache.reader import FeatureCache
+from ..shared.cache import FeatureCache
 from ..shared.errors import FeatcacheError
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..shared.cache.reader import FeatureCache
+from ..shared.cache import FeatureCache
 from ..shared.errors import FeatcacheError
 from .data import Dataset, Split
 from .loop import GroupState, TrainOutput
@@ -27,7 +27,7 @@ LABEL_SEPARATOR = ":"  # between a cache's label and a head's own name; never in
 
 
 @dataclass
-class Part:
+class TrainedCache:
     """One cache of a sweep, its rows (``ds``) and the heads trained on them (``out``). ``label`` is
     None when the sweep has one cache: heads then keep their own names, as in runs of version 2."""
 
@@ -41,11 +41,11 @@ class Part:
         return str(self.cache.fingerprint.get("backbone"))
 
     def head_name(self, cfg: HeadConfig) -> str:
-        """The name of this part's head ``cfg`` in the run."""
+        """The name of this cache's head ``cfg`` in the run."""
         return cfg.name if self.label is None else f"{self.label}{LABEL_SEPARATOR}{cfg.name}"
 
     def head_rows(self) -> list[dict[str, Any]]:
-        """``results.json`` ``heads`` rows of this part (copies, renamed and tagged with the cache when
+        """``results.json`` ``heads`` rows of this cache (copies, renamed and tagged with the cache when
         the sweep has several; ``out.heads`` keeps the plain names the baselines look up)."""
         if self.label is None:
             return self.out.heads
@@ -55,13 +55,13 @@ class Part:
         ]
 
     def tag_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Baseline rows named and tagged with this part's cache (as they are with one cache)."""
+        """Baseline rows named and tagged with this cache (as they are with one cache)."""
         if self.label is None:
             return rows
         return [{**r, "name": f"{self.label}{LABEL_SEPARATOR}{r['name']}", "cache": self.label} for r in rows]
 
 
-def locate(parts: list[Part], name: str) -> tuple[Part, GroupState, int]:
+def locate(parts: list[TrainedCache], name: str) -> tuple[TrainedCache, GroupState, int]:
     """The part, group and position in it of the run's head ``name``."""
     for p in parts:
         for s in p.out.states:

@@ -10,10 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from ..shared.cache import schema
+from ..shared.cache import FeatureCache, PooledRows, schema, split_names
 from ..shared.cache.fsutil import commit_file, temp_path_for
-from ..shared.cache.reader import FeatureCache, PooledRows
-from ..shared.cache.split import split_names
 from ..shared.errors import FeatcacheError
 from . import rundir
 from .data import load_rows, read_maps, require_taps

@@ -25,10 +25,8 @@ from typing import Any, TextIO
 import numpy as np
 
 from ..shared.backbones import PREPROCESS_SCHEMES, is_model_file
-from ..shared.cache import schema
-from ..shared.cache.fingerprint import Recipe
+from ..shared.cache import FeatureCache, PooledRows, Recipe, schema
 from ..shared.cache.fsutil import sha256_file
-from ..shared.cache.reader import FeatureCache, PooledRows
 from ..shared.errors import FeatcacheError
 from . import rundir
 from .data import load_rows

@@ -17,8 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..shared.cache.fingerprint import describe
-from ..shared.cache.reader import FeatureCache
+from ..shared.cache import FeatureCache, describe
 from ..shared.errors import FeatcacheError
 from . import rundir
 from .data import Dataset, load_dataset, load_maps, load_top, memory_gb
@@ -26,7 +25,7 @@ from .feed import asked
 from .heads import HEAD_KINDS, reads_maps
 from .identity import cache_identity
 from .loop import TrainOutput, train
-from .multi import CONCAT, LABEL_SEPARATOR, Part, align, concat_dataset, label_caches, locate
+from .multi import CONCAT, LABEL_SEPARATOR, TrainedCache, align, concat_dataset, label_caches, locate
 from .plot import plot
 from .report import best_head, class_metrics, confusion, confusion_entries, leaderboard
 from .settings import Settings
@@ -96,7 +95,7 @@ def load_for(
     return ds
 
 
-def describe_run(parts: list[Part], settings: Settings, command: list[str]) -> dict[str, Any]:
+def describe_run(parts: list[TrainedCache], settings: Settings, command: list[str]) -> dict[str, Any]:
     """``results.json`` without its file index, plot entry and wall time (see docs/run-format.md).
     One part: version 2, as ever; several: version 3, with ``caches`` and each head's ``cache``."""
     first = parts[0]
@@ -137,7 +136,7 @@ def describe_run(parts: list[Part], settings: Settings, command: list[str]) -> d
     return results
 
 
-def write_run(staging: Path, results: dict[str, Any], parts: list[Part], log: Log) -> None:
+def write_run(staging: Path, results: dict[str, Any], parts: list[TrainedCache], log: Log) -> None:
     """Fill ``staging`` with the run's files, ``results.json`` last (it completes ``results``)."""
     from .events import write_events
     from .keras_heads import head_model
@@ -198,7 +197,7 @@ def train_all(ds: Dataset, configs: list[HeadConfig], settings: Settings, progre
 
 
 def train_concat(
-    parts: list[Part], configs: list[HeadConfig], settings: Settings, log: Log, progress: bool
+    parts: list[TrainedCache], configs: list[HeadConfig], settings: Settings, log: Log, progress: bool
 ) -> dict[str, Any]:
     """The grid's pooled heads trained on every part's pooled vectors side by side: ``results.json``'s
     ``concat`` (``caches``, the labels in column order; ``width``; ``heads``, rows as in ``heads``,
@@ -240,11 +239,11 @@ def run_sweep(
         datasets: list[Dataset] = []
         for cache in caches:  # every cache read and matched to the first before any training
             datasets.append(load_for(cache, configs, settings, log, datasets[0] if datasets else None))
-        parts: list[Part] = []
+        parts: list[TrainedCache] = []
         for cache, ds, label in zip(caches, datasets, labels, strict=True):
             if label is not None:
                 log(f"training {len(configs)} heads on {label} ({cache.path})")
-            parts.append(Part(cache, ds, train_all(ds, configs, settings, progress), label))
+            parts.append(TrainedCache(cache, ds, train_all(ds, configs, settings, progress), label))
         results = describe_run(parts, settings, command)
         if concat:
             results["concat"] = train_concat(parts, configs, settings, log, progress)

@@ -21,10 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from ..shared.cache import schema
+from ..shared.cache import load_declared, pid_alive, schema
 from ..shared.cache.fsutil import atomic_write_json, fsync_dir
-from ..shared.cache.lock import pid_alive
-from ..shared.cache.npz import load_declared
 from ..shared.errors import FeatcacheError
 from ..shared.runfiles import FORMAT, HEADS, RESULTS, VERSION, VERSION_MULTI, VERSIONS, read_results
 
@@ -448,7 +446,7 @@ def _check_declared(
 def head_params(run_dir: Path, results: dict[str, Any], name: str) -> tuple[dict[str, np.ndarray], Any]:
     """Head ``name``'s parameters and the pooled standardisation ``(mean, std)`` (or None), from heads.npz.
 
-    The file is read by :func:`featcache.shared.cache.npz.load_declared` (a regular file, not through a
+    The file is read by :func:`featcache.shared.cache._npz.load_declared` (a regular file, not through a
     link, a FIFO or device refused without blocking, never unpickled) and the arrays' declared shapes are
     checked against ``results`` (:func:`_check_declared`) before any is read."""
     path = Path(run_dir) / HEADS

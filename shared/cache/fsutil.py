@@ -284,7 +284,7 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 def remove_stale_temps(directory: Path, mine: Callable[[str], bool]) -> list[Path]:
     """Delete partial files left by a killed writer: the ``.NAME.tmp-PID`` files whose final name
     ``NAME`` ``mine(NAME)`` accepts (only featcache's own names; call only while holding the lock
-    of the files concerned, and with ``directory`` checked by :func:`featcache.shared.cache.paths.cache_path`)."""
+    of the files concerned, and with ``directory`` checked by :func:`featcache.shared.cache._paths.cache_path`)."""
     removed = []
     if directory.is_dir() and not directory.is_symlink():
         for p in directory.iterdir():

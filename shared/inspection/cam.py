@@ -27,7 +27,7 @@ parts in 10^4 away. Other heads (``mlp``, ``map``) are not linear in the pooled 
 
 The run's head is read by :func:`read_head` from the run directory (untrusted input: ``results.json``
 by :func:`featcache.shared.runfiles.read_results`, ``heads.npz`` by
-:func:`featcache.shared.cache.npz.load_declared`, shapes checked, never unpickled), without importing
+:func:`featcache.shared.cache._npz.load_declared`, shapes checked, never unpickled), without importing
 the trainer. Pictures: :func:`overlay` blends a CAM, bilinearly upsampled, over an image, coloured
 where the CAM is high and untouched where it is low.
 """
@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from ..cache.npz import load_declared
+from ..cache import load_declared
 from ..errors import FeatcacheError
 from ..runfiles import HEADS, RESULTS, read_results
 from .picture import heat_colours

@@ -14,12 +14,18 @@ import numpy as np
 import typer
 from tqdm import tqdm
 
-from ..cache import compact as compact_mod
-from ..cache import schema
-from ..cache.fingerprint import describe
-from ..cache.manifest import Manifest, ManifestError, file_status
-from ..cache.reader import FeatureCache, PooledRows
-from ..cache.split import split_names
+from ..cache import (
+    DEFAULT_COMPACT_THRESHOLD,
+    FeatureCache,
+    Manifest,
+    ManifestError,
+    PooledRows,
+    describe,
+    file_status,
+    schema,
+    split_names,
+)
+from ..cache import compact as compact_cache
 from ..cli import VersionOpt, plain, run_cli, shown_default
 from ..errors import FeatcacheError
 from . import cam as cam_mod
@@ -246,7 +252,6 @@ def show(
         rows = c.load_pooled()
         k = find_row(rows, row)
         index = int(rows.index[k])
-        v = rows.pooled[k]
         shard = next(s for s in c.shards if s.first_index <= index < s.first_index + s.num_inputs)
         if png is not None:
             c.require_maps("--png draws the maps' activations: leave it out")
@@ -254,54 +259,86 @@ def show(
         if c.has_maps:
             ((_, maps),) = c.iter_maps(indices=[index], dtype="float32")
             maps = maps[0]
-        echo = typer.echo
-        echo(f"row index {index} in {shard.file}: {rows.id[k]}")
-        echo(
-            (
-                f"label {rows.label[k]} {_class_name(c.classes, int(rows.label[k]))}, split "
-                f"{split_names(rows.split[k : k + 1])[0]}"
-            )
-        )
-        echo(
-            f"pooled ({len(v)},): L2 {np.linalg.norm(v):.3f}, mean {v.mean():.4f}, std {v.std():.4f}, "
-            f"max {v.max():.4f}, zeros {100 * (v == 0).mean():.1f}%"
-        )
-        strongest = np.argsort(-v, kind="stable")[:top]
-        echo("strongest channels: " + ", ".join(f"{ch} ({v[ch]:.3f})" for ch in strongest))
+        _echo_row(c, rows, k, shard.file, top)
         if maps is None:
-            echo(f"maps: none (the cache holds imported vectors: {describe(c.fingerprint)})")
+            typer.echo(f"maps: none (the cache holds imported vectors: {describe(c.fingerprint)})")
             return
-        energy = maps.mean(axis=-1)
-        echo(f"maps {maps.shape}: zeros {100 * (maps == 0).mean():.1f}%; mean activation per position:")
-        for line in energy:
-            echo("  " + " ".join(f"{x:6.3f}" for x in line))
-        grid = None
-        if head is not None:
-            grids = head.cam(maps[None])[0]
-            logits = grids.mean(axis=(0, 1))
-            best = int(logits.argmax())
-            grid = grids[..., best]
-            echo(
-                f"class activation map of {head.name} ({head.kind}, "
-                f"{'exact' if head.exact else 'linearised at the pooled vector'}) for the class it predicts, "
-                f"{head.classes[best]} (logit {logits[best]:.3f}, the map's mean):"
-            )
-            for line in grid:
-                echo("  " + " ".join(f"{x:7.3f}" for x in line))
+        energy = _echo_maps(maps)
+        grid = None if head is None else _echo_cam(head, maps)
         if png is not None:
-            seen = tuple(c.fingerprint["input_size"])
-            if grid is None:
-                base, where = load_source(c.manifest.source, str(rows.id[k]), seen)
-                write_png(png, energy_overlay(base, energy))
-                echo(f"wrote {png}: activation energy over {where}")
-            else:
-                policy = resize_policy(c.fingerprint)
-                base, where = load_source(c.manifest.source, str(rows.id[k]), seen, policy)
-                write_png(png, cam_mod.overlay(base, grid))
-                assert head is not None, "a grid is drawn for a head"
-                echo(f"wrote {png}: class activation map of {head.classes[best]} over {where} ({policy})")
+            _draw_row(png, c, str(rows.id[k]), energy, head, grid)
 
     run_cli(job, ctx=ctx, debug=debug)
+
+
+def _echo_row(c: FeatureCache, rows: PooledRows, k: int, shard_file: str, top: int) -> None:
+    """Row ``k`` of ``rows``: where it is stored (in ``shard_file``), its label and split, its pooled vector's
+    statistics and its ``top`` strongest channels."""
+    echo = typer.echo
+    v = rows.pooled[k]
+    echo(f"row index {int(rows.index[k])} in {shard_file}: {rows.id[k]}")
+    echo(
+        (
+            f"label {rows.label[k]} {_class_name(c.classes, int(rows.label[k]))}, split "
+            f"{split_names(rows.split[k : k + 1])[0]}"
+        )
+    )
+    echo(
+        f"pooled ({len(v)},): L2 {np.linalg.norm(v):.3f}, mean {v.mean():.4f}, std {v.std():.4f}, "
+        f"max {v.max():.4f}, zeros {100 * (v == 0).mean():.1f}%"
+    )
+    strongest = np.argsort(-v, kind="stable")[:top]
+    echo("strongest channels: " + ", ".join(f"{ch} ({v[ch]:.3f})" for ch in strongest))
+
+
+def _echo_maps(maps: np.ndarray) -> np.ndarray:
+    """Print a row's ``maps`` ``(h, w, C)`` float32: their share of zeros and the mean activation per
+    position (the energy ``(h, w)``, returned)."""
+    energy = maps.mean(axis=-1)
+    typer.echo(f"maps {maps.shape}: zeros {100 * (maps == 0).mean():.1f}%; mean activation per position:")
+    for line in energy:
+        typer.echo("  " + " ".join(f"{x:6.3f}" for x in line))
+    return energy
+
+
+def _echo_cam(head: cam_mod.CamHead, maps: np.ndarray) -> tuple[np.ndarray, int]:
+    """Print the class activation map ``(h, w)`` of ``head`` on a row's ``maps`` ``(h, w, C)`` for the class
+    it predicts (the largest mean logit); return the map and that class."""
+    grids = head.cam(maps[None])[0]
+    logits = grids.mean(axis=(0, 1))
+    best = int(logits.argmax())
+    grid = grids[..., best]
+    typer.echo(
+        f"class activation map of {head.name} ({head.kind}, "
+        f"{'exact' if head.exact else 'linearised at the pooled vector'}) for the class it predicts, "
+        f"{head.classes[best]} (logit {logits[best]:.3f}, the map's mean):"
+    )
+    for line in grid:
+        typer.echo("  " + " ".join(f"{x:7.3f}" for x in line))
+    return grid, best
+
+
+def _draw_row(
+    png: Path,
+    c: FeatureCache,
+    row_id: str,
+    energy: np.ndarray,
+    head: cam_mod.CamHead | None,
+    grid: tuple[np.ndarray, int] | None,
+) -> None:
+    """Write ``png``: the source image of row ``row_id`` under its activation ``energy`` ``(h, w)``, or, with
+    a ``head``, under its class activation map (``grid``: the map and its class, from :func:`_echo_cam`)."""
+    seen = tuple(c.fingerprint["input_size"])
+    if grid is None:
+        base, where = load_source(c.manifest.source, row_id, seen)
+        write_png(png, energy_overlay(base, energy))
+        typer.echo(f"wrote {png}: activation energy over {where}")
+    else:
+        policy = resize_policy(c.fingerprint)
+        base, where = load_source(c.manifest.source, row_id, seen, policy)
+        write_png(png, cam_mod.overlay(base, grid[0]))
+        assert head is not None, "a grid is drawn for a head"
+        typer.echo(f"wrote {png}: class activation map of {head.classes[grid[1]]} over {where} ({policy})")
 
 
 @app.command()
@@ -489,7 +526,7 @@ def import_cmd(
     is refused with one line and nothing is written."""
 
     def job() -> None:
-        from ..cache.external import import_embeddings, read_embeddings
+        from ..cache import import_embeddings, read_embeddings
 
         given = read_embeddings(source)
         m = import_embeddings(cache, **given, name=name, shard_size=shard_size, overwrite=overwrite, progress=progress)
@@ -515,7 +552,7 @@ def compact(
                 "update removed or re-extracted); 0 rewrites every shard with a dead row."
             ),
         ),
-    ] = compact_mod.DEFAULT_THRESHOLD,
+    ] = DEFAULT_COMPACT_THRESHOLD,
     debug: DebugOpt = False,
 ) -> None:
     """Give back the space of dead rows after updates: rewrite the shards that are mostly dead
@@ -523,7 +560,7 @@ def compact(
     even with kill -9). Run it when no extractor and no reader is using the cache."""
 
     def job() -> None:
-        report = compact_mod.compact(cache, threshold, log=lambda line: typer.echo(f"  {line}"))
+        report = compact_cache(cache, threshold, log=lambda line: typer.echo(f"  {line}"))
         typer.echo(report.summary(cache))
 
     run_cli(job, ctx=ctx, debug=debug)

@@ -14,9 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cache import schema
-from ..cache.reader import FeatureCache
-from ..cache.split import split_names
+from ..cache import FeatureCache, schema, split_names
 from ..errors import FeatcacheError
 from .picture import write_png
 
@@ -66,9 +64,9 @@ FORMATS = ("npz", "parquet")
 
 def export_parquet(cache: FeatureCache, out: Path) -> list[Path]:
     """Write ``OUT.parquet`` (``.parquet`` added unless it ends so): id, index, label, class, split and
-    the pooled vector as a fixed-size list, in row groups (:mod:`featcache.shared.cache.columnar`;
+    the pooled vector as a fixed-size list, in row groups (:mod:`featcache.shared.cache._columnar`;
     needs pyarrow); return its path. Checked as :func:`output_paths`."""
-    from ..cache.columnar import write_parquet
+    from ..cache import write_parquet
 
     out = Path(out)
     target = out if out.suffix == ".parquet" else out.with_name(out.name + ".parquet")

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cache import FeatureCache
 from ..cache import neighbours as kept
-from ..cache.reader import FeatureCache
 
 EXACT_MAX_ROWS = 20_000  # at or below: every pair on the full vectors
 REDUCED_DIMS = 64
@@ -245,7 +245,7 @@ def _indexed(unit: np.ndarray, k: int, seed: int, step: Callable[[int], None] | 
 @dataclass
 class Keep:
     """Where the neighbour index of a cache's rows is kept (``CACHE/neighbours.npz``, see
-    :mod:`featcache.shared.cache.neighbours`), and what :func:`nearest_all` did with it last: ``action`` is
+    :mod:`featcache.shared.cache._neighbours`), and what :func:`nearest_all` did with it last: ``action`` is
     ``"reused"``, ``"extended"`` or ``"built"`` (``saved``: whether it was written)."""
 
     cache_dir: Path

@@ -28,9 +28,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ..cache.reader import FeatureCache, PooledRows
+from ..cache import FeatureCache, PooledRows, split_names
 from ..cache.schema import SPLITS
-from ..cache.split import split_names
 from ..errors import FeatcacheError
 from . import knn
 from .similarity import normalize

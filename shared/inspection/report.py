@@ -17,10 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..cache import schema
-from ..cache.fingerprint import describe
-from ..cache.reader import FeatureCache, PooledRows
-from ..cache.split import split_names
+from ..cache import ROW, SHARD, FeatureCache, PooledRows, describe, schema, split_names
 from ..errors import FeatcacheError
 from . import cam as cam_mod
 from . import html as H
@@ -50,30 +47,32 @@ class Rows:
 
 
 def load_rows(cache: FeatureCache, max_rows: int = DEFAULT_MAX_ROWS, seed: int = 0) -> Rows:
-    """Every row's pooled vector when there are at most ``max_rows``; else ``max_rows`` rows chosen at
-    random with ``seed``, read one shard at a time (memory: the sample plus one shard's vectors)."""
+    """Every live row's pooled vector when there are at most ``max_rows``; else ``max_rows`` live rows chosen
+    at random with ``seed``. The sample is drawn from the rows readers see (dead rows of an updated cache
+    left out, labels and splits the current ones: :meth:`FeatureCache.read_columns`, one file when the row
+    index is current); only the chosen rows' ``(C,)`` float32 vectors are then read, one shard at a time
+    (memory: the small columns plus the sample)."""
     total = cache.num_rows
     if total <= max_rows:
         return Rows(cache.load_pooled(), total)
-    keep = np.sort(np.random.default_rng(seed).choice(total, max_rows, replace=False))
-    columns = (schema.POOLED, schema.LABEL, schema.ID, schema.INDEX, schema.SPLIT)
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in columns}
-    offset = 0
-    for record in cache.shards:
-        sel = keep[(keep >= offset) & (keep < offset + record.rows)] - offset
-        offset += record.rows
-        if len(sel) == 0:
-            continue
-        with cache.open_shard(record) as f:
-            for k in columns:
-                parts[k].append(f.read(k, sel))
-    c = {k: np.concatenate(v) for k, v in parts.items()}
+    c = cache.read_columns((schema.LABEL, schema.ID, schema.INDEX, schema.SPLIT, ROW, SHARD))
+    keep = np.sort(np.random.default_rng(seed).choice(total, max_rows, replace=False))  # index order
+    shard, row = c[SHARD][keep], c[ROW][keep]
+    pooled: np.ndarray | None = None
+    for s in np.unique(shard):
+        at = np.flatnonzero(shard == s)  # increasing rows of one shard, as Shard.read wants them
+        with cache.open_shard(cache.shards[int(s)]) as f:
+            block = f.read(schema.POOLED, row[at])
+        if pooled is None:
+            pooled = np.empty((len(keep), *block.shape[1:]), block.dtype)
+        pooled[at] = block
+    assert pooled is not None  # max_rows >= 1 rows were chosen
     rows = PooledRows(
-        pooled=c[schema.POOLED],
-        label=c[schema.LABEL],
-        id=c[schema.ID],
-        index=c[schema.INDEX],
-        split=cache.splits(c[schema.ID], c[schema.SPLIT]),
+        pooled=pooled,
+        label=c[schema.LABEL][keep],
+        id=c[schema.ID][keep],
+        index=c[schema.INDEX][keep],
+        split=cache.splits(c[schema.ID][keep], c[schema.SPLIT][keep]),
     )
     return Rows(rows, total)
 
@@ -262,6 +261,30 @@ def _map_section(cache: FeatureCache, rows: PooledRows, embedding: str, seed: in
     return "\n".join(body + [H.note(t) for t in notes])
 
 
+Section = tuple[str, str, str]  # one part of the page: its id, its title and its HTML (html.page)
+
+
+@dataclass
+class _Analysed:
+    """What the sections about rows read: the cache, the rows analysed, each row's split name
+    (``names (n,)`` object, ``""`` for none) and the thumbnails (each made once, whichever section
+    shows it first)."""
+
+    cache: FeatureCache
+    rows: PooledRows
+    names: np.ndarray
+    thumbs: Thumbs
+
+    def row_cell(self, i: int) -> str:
+        """Row ``i`` as a cell: its thumbnail, id, class, split and index."""
+        rows = self.rows
+        return (
+            f'<div class="pair">{self.thumbs(str(rows.id[i]))}<div><b>{H.esc(rows.id[i])}</b><br>\n'
+            f"{H.esc(class_name(self.cache.classes, int(rows.label[i])))}, {H.esc(self.names[i] or 'no split')}, "
+            f"index {rows.index[i]}</div></div>"
+        )
+
+
 def build(
     cache_path: str | Path,
     *,
@@ -286,11 +309,35 @@ def build(
     s = summarize(cache)
     loaded = load_rows(cache, max_rows, seed)
     rows = loaded.rows
-    thumbs = Thumbs(cache)
-    names = split_names(rows.split)
-    sections = []
+    analysed = _Analysed(cache, rows, split_names(rows.split), Thumbs(cache))
+    sections = [
+        _summary_section(cache, s, loaded, max_rows),
+        _balance_section(cache, s),
+        ("map", "Map of the pooled vectors", _map_section(cache, rows, embedding, seed)),
+    ]
+    duplicates, pairs = _duplicates_section(analysed, threshold)
+    noise, ranked = _suspects_section(analysed, folds, seed, head)
+    isolated, unlike = _outliers_section(analysed)
+    overlap, overlap_pairs = _overlap_section(cache, rows)
+    sections += [duplicates, noise, isolated, overlap]
+    facts_out = {
+        "summary": s,
+        "analysed_rows": len(rows),
+        "sampled": loaded.sampled,
+        "duplicates": pairs,
+        "suspects": ranked,
+        "outliers": unlike,
+        "overlap": overlap_pairs,
+        "thumbnails": analysed.thumbs.made,
+        "cam": None if head is None else {"run": str(head.run), "head": head.name, "exact": head.exact},
+    }
+    header = _header(cache, s, analysed.thumbs, t0)
+    return H.page(f"featcache cache report: {cache.path.name}", sections, header), facts_out
 
-    # -- summary ---------------------------------------------------------------------------------
+
+def _summary_section(cache: FeatureCache, s: dict[str, Any], loaded: Rows, max_rows: int) -> Section:
+    """The summary's facts (``s``: :func:`.summary.summarize`), the failed inputs, and a warning when
+    the analyses below read a sample."""
     fp = s["fingerprint"]
     facts = [
         ("rows", s["rows"]),
@@ -324,13 +371,15 @@ def build(
     if loaded.sampled:
         body.append(
             H.warning(
-                f"The analyses below use a random sample of {len(rows)} of the {loaded.total} rows "
+                f"The analyses below use a random sample of {len(loaded.rows)} of the {loaded.total} rows "
                 f"(max_rows={max_rows}); the summary above counts every row."
             )
         )
-    sections.append(("summary", "Summary", "\n".join(body)))
+    return ("summary", "Summary", "\n".join(body))
 
-    # -- class balance -----------------------------------------------------------------------------
+
+def _balance_section(cache: FeatureCache, s: dict[str, Any]) -> Section:
+    """Rows per class and split (every row, from the summary ``s``), each count with a bar."""
     per_class = s["classes"]
     most = max((max(c.values()) for c in per_class.values()), default=1) or 1
     balance_rows = [
@@ -347,33 +396,20 @@ def build(
         + [sum(c.values())]
         for cls, c in per_class.items()
     ]
-    sections.append(
-        (
-            "balance",
-            "Class balance per split",
-            H.table(["class", *schema.SPLITS, "total"], balance_rows, 'id="balance"'),
-        )
-    )
+    table = H.table(["class", *schema.SPLITS, "total"], balance_rows, 'id="balance"')
+    return ("balance", "Class balance per split", table)
 
-    # -- map -----------------------------------------------------------------------------------------
-    map_html = _map_section(cache, rows, embedding, seed)
-    sections.append(("map", "Map of the pooled vectors", map_html))
 
-    # -- duplicates and leaks ------------------------------------------------------------------------
+def _duplicates_section(a: _Analysed, threshold: float) -> tuple[Section, list[dict[str, Any]]]:
+    """Pairs of rows with cosine >= ``threshold``, leaks across splits first; with every pair as
+    JSON-ready facts (a, b: ids; cosine; leak)."""
+    rows, names = a.rows, a.names
     unit = similarity.normalize(rows.pooled)
     pairs = list(similarity.duplicate_pairs(unit, threshold))
     pairs.sort(key=lambda p: (names[p.a] == names[p.b], -p.cosine))
     leaks = [p for p in pairs if names[p.a] != names[p.b]]
-
-    def row_cell(i: int) -> str:
-        return (
-            f'<div class="pair">{thumbs(str(rows.id[i]))}<div><b>{H.esc(rows.id[i])}</b><br>\n'
-            f"{H.esc(class_name(cache.classes, int(rows.label[i])))}, {H.esc(names[i] or 'no split')}, "
-            f"index {rows.index[i]}</div></div>"
-        )
-
     dup_rows = [
-        (f"{p.cosine:.5f}", "LEAK" if names[p.a] != names[p.b] else "", H.raw(row_cell(p.a)), H.raw(row_cell(p.b)))
+        (f"{p.cosine:.5f}", "LEAK" if names[p.a] != names[p.b] else "", H.raw(a.row_cell(p.a)), H.raw(a.row_cell(p.b)))
         for p in pairs[:SHOWN]
     ]
     body = [
@@ -387,57 +423,68 @@ def build(
         body.append(
             H.note(f"... and {len(pairs) - SHOWN} more: featcache-inspect neighbours CACHE --duplicates lists them all")
         )
-    sections.append(
-        ("duplicates", f"Near-duplicates and leaks ({len(pairs)} pairs, {len(leaks)} leaks)", "\n".join(body))
-    )
+    title = f"Near-duplicates and leaks ({len(pairs)} pairs, {len(leaks)} leaks)"
+    facts = [
+        {"a": str(rows.id[p.a]), "b": str(rows.id[p.b]), "cosine": p.cosine, "leak": bool(names[p.a] != names[p.b])}
+        for p in pairs
+    ]
+    return ("duplicates", title, "\n".join(body)), facts
 
-    # -- label noise ---------------------------------------------------------------------------------
-    ranked, noise = find_suspects(cache, rows, folds, seed)
+
+def _suspects_section(
+    a: _Analysed, folds: int, seed: int, head: cam_mod.CamHead | None
+) -> tuple[Section, list[dict[str, Any]]]:
+    """The :data:`SHOWN` most suspect labels (:func:`find_suspects`), with their thumbnails and, with a
+    ``head``, its class activation map for the class it predicts (recorded as ``cam_class``); with the
+    rows listed as facts."""
+    cache, thumbs = a.cache, a.thumbs
+    ranked, noise = find_suspects(cache, a.rows, folds, seed)
     if noise is None:
         body = [H.note("Fewer than two labelled classes: no label-noise check.")]
-    else:
-        top = ranked[:SHOWN]
-        cams = {} if head is None else cam_mod.row_cams(cache, head, np.array([d["index"] for d in top]))
+        return ("suspects", "Label-noise suspects", "\n".join(body)), ranked[:SHOWN]
+    top = ranked[:SHOWN]
+    cams = {} if head is None else cam_mod.row_cams(cache, head, np.array([d["index"] for d in top]))
 
-        def image(d: dict[str, Any]) -> str:
-            if head is None:
-                return thumbs(d["id"])
-            grid, k = cams[d["index"]]
-            d["cam_class"] = head.classes[k]
-            return thumbs(d["id"]) + thumbs.cam(
-                d["id"], grid, f"{d['id']}: where {head.name} looks for {head.classes[k]}"
-            )
+    def image(d: dict[str, Any]) -> str:
+        if head is None:
+            return thumbs(d["id"])
+        grid, k = cams[d["index"]]
+        d["cam_class"] = head.classes[k]
+        return thumbs(d["id"]) + thumbs.cam(d["id"], grid, f"{d['id']}: where {head.name} looks for {head.classes[k]}")
 
-        body = [
-            H.note(
-                f"Each labelled row's probability of its given label from a {folds}-fold cross-validated logistic "
-                f"regression on the standardised pooled vectors (out-of-fold accuracy {noise.accuracy:.3f}): the "
-                "lower, the more suspect. Suggested: the classifier's most probable other class. "
-                "featcache-inspect suspects CACHE lists them all."
-            ),
-            *([] if head is None else [H.note(cam_mod.describe(head))]),
-            H.table(
-                ["rank", "image", "id", "split", "given label", "p(given)", "suggested", "p(suggested)"],
-                [
-                    (
-                        d["rank"],
-                        H.raw(image(d)),
-                        H.raw(f'<span data-suspect="{H.esc(d["id"])}">{H.esc(d["id"])}</span>'),
-                        d["split"],
-                        d["label"],
-                        f"{d['p_label']:.3f}",
-                        d["suggested"],
-                        f"{d['p_suggested']:.3f}",
-                    )
-                    for d in top
-                ],
-                'id="suspects"',
-            ),
-        ]
-    sections.append(("suspects", "Label-noise suspects", "\n".join(body)))
+    body = [
+        H.note(
+            f"Each labelled row's probability of its given label from a {folds}-fold cross-validated logistic "
+            f"regression on the standardised pooled vectors (out-of-fold accuracy {noise.accuracy:.3f}): the "
+            "lower, the more suspect. Suggested: the classifier's most probable other class. "
+            "featcache-inspect suspects CACHE lists them all."
+        ),
+        *([] if head is None else [H.note(cam_mod.describe(head))]),
+        H.table(
+            ["rank", "image", "id", "split", "given label", "p(given)", "suggested", "p(suggested)"],
+            [
+                (
+                    d["rank"],
+                    H.raw(image(d)),
+                    H.raw(f'<span data-suspect="{H.esc(d["id"])}">{H.esc(d["id"])}</span>'),
+                    d["split"],
+                    d["label"],
+                    f"{d['p_label']:.3f}",
+                    d["suggested"],
+                    f"{d['p_suggested']:.3f}",
+                )
+                for d in top
+            ],
+            'id="suspects"',
+        ),
+    ]
+    return ("suspects", "Label-noise suspects", "\n".join(body)), top
 
-    # -- outliers ------------------------------------------------------------------------------------
-    unlike = outliers.find_outliers(cache, rows=rows)
+
+def _outliers_section(a: _Analysed) -> tuple[Section, list[dict[str, Any]]]:
+    """The :data:`SHOWN` rows least like any other (:func:`.outliers.find_outliers`), with their thumbnails;
+    with those rows as facts."""
+    unlike = outliers.find_outliers(a.cache, rows=a.rows)[:SHOWN]
     body = [
         H.note(
             f"Rows unlike any other (placeholders, blank frames, corrupt crops, another domain): isolation is 1 - "
@@ -450,48 +497,56 @@ def build(
             [
                 (
                     d["rank"],
-                    H.raw(thumbs(d["id"])),
+                    H.raw(a.thumbs(d["id"])),
                     H.raw(f'<span data-outlier="{H.esc(d["id"])}">{H.esc(d["id"])}</span>'),
                     d["split"],
                     d["label"] or "",
                     "inf" if d["isolation"] is None else f"{d['isolation']:.3f}",
                     d["reason"] or d["nearest_id"] or "",
                 )
-                for d in unlike[:SHOWN]
+                for d in unlike
             ],
             'id="outliers"',
         ),
     ]
-    sections.append(("outliers", "Unlike any other (outliers)", "\n".join(body)))
+    return ("outliers", "Unlike any other (outliers)", "\n".join(body)), unlike
 
-    # -- class overlap -------------------------------------------------------------------------------
+
+def _overlap_section(cache: FeatureCache, rows: PooledRows) -> tuple[Section, list[dict[str, Any]]]:
+    """The class pairs a nearest-centroid classifier mixes up most, and (up to 30 classes) its whole
+    confusion matrix; with those pairs as facts (a, b: class names; cosine; mixed)."""
     labelled = rows.label >= 0
-    overlap_pairs: list[dict[str, Any]] = []
-    if labelled.any() and len(cache.classes) > 1:
-        ov = suspects.class_overlap(rows.pooled[labelled], rows.label[labelled], len(cache.classes))
-        for a, b, cos, mixed in ov.worst_pairs(10):
-            overlap_pairs.append({"a": cache.classes[a], "b": cache.classes[b], "cosine": cos, "mixed": mixed})
-        acc = np.trace(ov.confusion) / max(ov.confusion.sum(), 1)
-        body = [
-            H.note(
-                "Pairs of classes a nearest-centroid classifier mixes up most (share of the two classes' rows put in "
-                f"the other; its accuracy over all labelled rows: {acc:.3f}), and the cosine between their centroids "
-                "(after subtracting the mean vector): high cosine and much mixing mean the features hardly "
-                "separate them."
-            ),
-            H.table(
-                ["class", "class", "mixed", "centroid cosine"],
-                [(p["a"], p["b"], f"{p['mixed']:.3f}", f"{p['cosine']:.3f}") for p in overlap_pairs],
-                'id="overlap"',
-            ),
-        ]
-        if len(cache.classes) <= 30:
-            body += ["<h3>Nearest-centroid confusion (rows: given class, columns: nearest centroid)</h3>"]
-            body.append(H.heat_table(ov.confusion, cache.classes, "given \\ nearest"))
-    else:
+    if not (labelled.any() and len(cache.classes) > 1):
         body = [H.note("No labelled rows of two classes or more: no class overlap.")]
-    sections.append(("overlap", "Classes that overlap", "\n".join(body)))
+        return ("overlap", "Classes that overlap", "\n".join(body)), []
+    ov = suspects.class_overlap(rows.pooled[labelled], rows.label[labelled], len(cache.classes))
+    overlap_pairs = [
+        {"a": cache.classes[a], "b": cache.classes[b], "cosine": cos, "mixed": mixed}
+        for a, b, cos, mixed in ov.worst_pairs(10)
+    ]
+    acc = np.trace(ov.confusion) / max(ov.confusion.sum(), 1)
+    body = [
+        H.note(
+            "Pairs of classes a nearest-centroid classifier mixes up most (share of the two classes' rows put in "
+            f"the other; its accuracy over all labelled rows: {acc:.3f}), and the cosine between their centroids "
+            "(after subtracting the mean vector): high cosine and much mixing mean the features hardly "
+            "separate them."
+        ),
+        H.table(
+            ["class", "class", "mixed", "centroid cosine"],
+            [(p["a"], p["b"], f"{p['mixed']:.3f}", f"{p['cosine']:.3f}") for p in overlap_pairs],
+            'id="overlap"',
+        ),
+    ]
+    if len(cache.classes) <= 30:
+        body += ["<h3>Nearest-centroid confusion (rows: given class, columns: nearest centroid)</h3>"]
+        body.append(H.heat_table(ov.confusion, cache.classes, "given \\ nearest"))
+    return ("overlap", "Classes that overlap", "\n".join(body)), overlap_pairs
 
+
+def _header(cache: FeatureCache, s: dict[str, Any], thumbs: Thumbs, t0: float) -> str:
+    """The lines above the sections: a warning for random weights, why thumbnails are missing (once
+    every section has asked for its own), where the page comes from and how long it took since ``t0``."""
     header = []
     if s["random_weights"]:
         header.append(
@@ -507,21 +562,7 @@ def build(
             f"{cache.path} - made by featcache-inspect report in {time.perf_counter() - t0:.1f} s, without TensorFlow."
         )
     )
-    facts_out = {
-        "summary": s,
-        "analysed_rows": len(rows),
-        "sampled": loaded.sampled,
-        "duplicates": [
-            {"a": str(rows.id[p.a]), "b": str(rows.id[p.b]), "cosine": p.cosine, "leak": bool(names[p.a] != names[p.b])}
-            for p in pairs
-        ],
-        "suspects": ranked[:SHOWN],
-        "outliers": unlike[:SHOWN],
-        "overlap": overlap_pairs,
-        "thumbnails": thumbs.made,
-        "cam": None if head is None else {"run": str(head.run), "head": head.name, "exact": head.exact},
-    }
-    return H.page(f"featcache cache report: {cache.path.name}", sections, "\n".join(header)), facts_out
+    return "\n".join(header)
 
 
 def write(cache_path: str | Path, out: str | Path, **kw: Any) -> dict[str, Any]:

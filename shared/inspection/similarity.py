@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..cache.listing import load_listing
-from ..cache.reader import FeatureCache
+from ..cache import FeatureCache, load_listing
 from ..errors import FeatcacheError
 from . import knn
 

@@ -12,12 +12,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ..cache import schema
-from ..cache.lock import describe_holder
-from ..cache.manifest import Manifest
-from ..cache.parts import awaiting_merge, parts_dir, recorded_holders
-from ..cache.paths import cache_path
-from ..cache.reader import FeatureCache
+from ..cache import (
+    FeatureCache,
+    Manifest,
+    awaiting_merge,
+    cache_path,
+    describe_holder,
+    parts_dir,
+    recorded_holders,
+    schema,
+)
 
 FIRST_FAILURES = 5  # failed inputs listed in the summary (the manifest lists them all)
 

@@ -3,7 +3,7 @@
 Every check reads only what it needs: sizes first, then checksums, then the datasets. Each problem is
 one line naming the shard and what is wrong; a bad shard is reported once with its first problem.
 An invalid ``manifest.json`` or ``listing.npz`` is a problem too (``--fix`` leaves it to a person).
-Every path comes from :mod:`featcache.shared.cache.paths`: nothing outside the cache is read or moved,
+Every path comes from :mod:`featcache.shared.cache._paths`: nothing outside the cache is read or moved,
 and every loop is bounded by what is on disk (the shards the manifest lists, the files in ``shards/``),
 never by a planned count.
 """
@@ -17,16 +17,36 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cache import rowindex, schema
+from ..cache import (
+    LISTING_NAME,
+    FeatureCache,
+    Manifest,
+    ManifestError,
+    Shard,
+    ShardError,
+    ShardRecord,
+    UnsafePathError,
+    awaiting_merge,
+    cache_layout,
+    cache_path,
+    describe_holder,
+    exclusive,
+    file_status,
+    hash_unit,
+    holder_gone,
+    label_problem,
+    load_listing,
+    now,
+    open_shard_file,
+    recorded_holders,
+    remove_logs,
+    rowindex,
+    schema,
+    shard_file_problem,
+    shard_path,
+    split_problem,
+)
 from ..cache.fsutil import fsync_dir
-from ..cache.listing import LISTING_NAME, load_listing
-from ..cache.lock import describe_holder, holder_gone
-from ..cache.manifest import Manifest, ManifestError, ShardRecord, file_status, now
-from ..cache.parts import awaiting_merge, exclusive, recorded_holders, remove_logs
-from ..cache.paths import UnsafePathError, cache_path, shard_file_problem, shard_path
-from ..cache.reader import FeatureCache, label_problem, split_problem
-from ..cache.shard import Shard, ShardError, cache_layout, open_shard_file
-from ..cache.split import hash_unit
 from ..errors import FeatcacheError
 
 QUARANTINE_DIR = "quarantine"
@@ -56,7 +76,10 @@ class Problem:
 
 
 @dataclass
-class Report:
+class VerifyReport:
+    """What :func:`verify` found: each problem (a file, the reason, whether ``--fix`` may move it aside), notes
+    that are not problems, and how many shards and sampled rows were read."""
+
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     shards_checked: int = 0
@@ -180,7 +203,7 @@ def _rows_problem(
     return None
 
 
-def _check_shards_dir(cache_dir: Path, m: Manifest, report: Report) -> None:
+def _check_shards_dir(cache_dir: Path, m: Manifest, report: VerifyReport) -> None:
     """The files in ``shards/`` the manifest does not list, into ``report``: a shard file no record or
     journal names is a problem; other versions of listed shards (an interrupted compaction), shards an
     interrupted run wrote before recording them, commit journals not folded yet and partial files are notes."""
@@ -241,13 +264,15 @@ def _check_shards_dir(cache_dir: Path, m: Manifest, report: Report) -> None:
         report.notes.append(f"{len(temps)} partial shard files ({state})")
 
 
-def verify(cache_dir: str | Path, *, sample_rows: int = DEFAULT_SAMPLE_ROWS, seed: int = 0, progress=None) -> Report:
+def verify(
+    cache_dir: str | Path, *, sample_rows: int = DEFAULT_SAMPLE_ROWS, seed: int = 0, progress=None
+) -> VerifyReport:
     """Check every listed shard, then look for files the manifest does not know.
 
     ``progress(record)`` is called before each shard (for a progress bar).
     """
     cache_dir = Path(cache_dir)
-    report = Report()
+    report = VerifyReport()
     try:
         m = Manifest.load(cache_dir)
     except ManifestError as exc:
@@ -295,7 +320,7 @@ def verify(cache_dir: str | Path, *, sample_rows: int = DEFAULT_SAMPLE_ROWS, see
     return report
 
 
-def check_row_index(cache_dir: Path, m: Manifest, bad: set[int], report: Report) -> None:
+def check_row_index(cache_dir: Path, m: Manifest, bad: set[int], report: VerifyReport) -> None:
     """Compare the row index (``rows.h5``) with the shards it copies, when it is current: a row that
     differs is a problem (``fix`` deletes the index and writes it anew from the shards). A stale or
     missing index is a note: readers ignore it and read the shards."""
@@ -339,7 +364,7 @@ def check_updates(m: Manifest) -> list[str]:
     return problems
 
 
-def fix(cache_dir: str | Path, report: Report) -> list[str]:
+def fix(cache_dir: str | Path, report: VerifyReport) -> list[str]:
     """Move each bad or unknown shard file into ``CACHE/quarantine/`` and drop bad shards from the
     manifest, so that re-running the extractor recomputes exactly those shards. Deletes nothing.
 

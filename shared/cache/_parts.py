@@ -7,7 +7,7 @@ Worker ``I`` of ``N`` (``featcache-extract SRC CACHE --part I/N``) owns the shar
   refused, and so is one whose shards overlap a running part of another partition (a run without
   ``--part`` is part 0/1, which overlaps every part);
 - each writes its own shard files and, after each one, appends one record to its own commit
-  journal ``parts/part-I-of-N.journal`` (:mod:`featcache.shared.cache.journal`): O(1) per shard.
+  journal ``parts/part-I-of-N.journal`` (:mod:`featcache.shared.cache._journal`): O(1) per shard.
   Readers replay the journals after ``manifest.json``, so a shard is visible once its record is;
 - :func:`fold` writes the replayed manifest and retires the journals of parts no longer running,
   under the cache lock: every writer folds now and then (when its journal holds as many records as
@@ -34,11 +34,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import CacheLockedError, FeatcacheError
-from . import journal, schema
-from .lock import CacheLock, FileLock, describe_holder, read_holder
-from .manifest import Manifest, journal_names, list_shards, plan_shards
-from .paths import cache_path
-from .reader import FeatureCache
+from . import _journal as journal
+from . import schema
+from ._lock import CacheLock, FileLock, describe_holder, read_holder
+from ._manifest import Manifest, journal_names, list_shards, plan_shards
+from ._paths import cache_path
+from ._reader import FeatureCache
 
 # How long a worker waits for the cache lock, which is only ever held for set-up and merges.
 LOCK_WAIT_SECONDS = 300.0
@@ -309,7 +310,7 @@ def exclusive(cache_dir: Path, when: str) -> Iterator[tuple[Manifest, int]]:
 
 
 def refresh_row_index(cache_dir: Path) -> bool:
-    """Bring the row index (``rows.h5``, :mod:`~featcache.shared.cache.rowindex`) up to date with the
+    """Bring the row index (``rows.h5``, :mod:`~featcache.shared.cache._rowindex`) up to date with the
     complete cache; call with the cache lock held and no part running. A shard that cannot be read
     leaves no index (a warning says which): readers then read the shards, and say the same."""
     try:  # the reader checks each shard's identity as it copies it

@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import FeatcacheError
+from ._npz import declared_arrays
 from .fsutil import atomic_write_bytes, read_regular
-from .npz import declared_arrays
 
 if TYPE_CHECKING:
-    from .manifest import Manifest
+    from ._manifest import Manifest
 
 LISTING_NAME = "listing.npz"
 FIELDS = ("id", "label", "split", "size", "mtime_ns")

@@ -17,14 +17,15 @@ import h5py
 import numpy as np
 
 from ..errors import CacheLockedError, FeatcacheError, NotACacheError, SourceMismatchError
-from . import deflate, rowindex, schema
-from .fingerprint import check_compatible, to_attr
-from .fsutil import FailSafeFile, check_regular, commit_file, remove_stale_temps, sha256_file, temp_path_for
-from .journal import JournalWriter
-from .listing import LISTING_NAME, entries_sha256, load_listing, save_listing
-from .lock import CacheLock, FileLock
-from .manifest import FailedInput, Manifest, ShardRecord, file_status, now
-from .parts import (
+from . import _deflate as deflate
+from . import _rowindex as rowindex
+from . import schema
+from ._fingerprint import check_compatible, to_attr
+from ._journal import JournalWriter
+from ._listing import LISTING_NAME, entries_sha256, load_listing, save_listing
+from ._lock import CacheLock, FileLock
+from ._manifest import FailedInput, Manifest, ShardRecord, file_status, now
+from ._parts import (
     LOCK_WAIT_SECONDS,
     WHOLE,
     Finalized,
@@ -36,10 +37,11 @@ from .parts import (
     parts_dir,
     remove_logs,
 )
-from .paths import cache_path, shard_file_problem, shard_path
-from .shard import open_shard_file
-from .split import assign_splits
-from .update import Changes, apply_update, describe_live_changes
+from ._paths import cache_path, shard_file_problem, shard_path
+from ._shard import open_shard_file
+from ._split import assign_splits
+from ._update import Changes, apply_update, describe_live_changes
+from .fsutil import FailSafeFile, check_regular, commit_file, remove_stale_temps, sha256_file, temp_path_for
 
 # The per-row datasets a cache may add beyond the base ones and pooled_views, passed to append as ``extra``.
 EXTRA_DATASETS = (schema.TAPS, schema.TAPS_VIEWS, schema.TOP_INPUT)
@@ -96,7 +98,7 @@ class ShardWriter:
                 compression_opts=opts,
                 shuffle=shuffle,
             )
-        # gzip alone, one row per chunk: rows are compressed on all cores (see featcache.shared.cache.deflate)
+        # gzip alone, one row per chunk: rows are compressed on all cores (see featcache.shared.cache._deflate)
         self._deflate_level = opts if self._maps is not None and deflate.is_row_gzip(self._maps) else None
         self._pooled: list[np.ndarray] = []
         self._views = schema.views_of(manifest.fingerprint)
@@ -249,12 +251,12 @@ class CacheWriter:
     shards). When the directory already holds a cache, its fingerprint, listing, shard size and
     storage must agree with it (else a one-line error that says what differs), and its completed
     shards are kept; ``overwrite=True`` discards them instead (whole-cache runs only). A run of a
-    run (a part, see :mod:`featcache.shared.cache.parts`; a whole run is part 0/1) appends each
+    run (a part, see :mod:`featcache.shared.cache._parts`; a whole run is part 0/1) appends each
     shard's record to its commit journal and folds the journals into the manifest now and then and
     on exit. :attr:`finalized` is the state after that last fold.
 
     ``update=True`` accepts a source whose listing changed: the change is recorded as a new
-    generation (:mod:`featcache.shared.cache.update`) and :attr:`changes` says what it was; the
+    generation (:mod:`featcache.shared.cache._update`) and :attr:`changes` says what it was; the
     new shards are then pending like any others (so parts, resume and ``finalize`` work unchanged).
     """
 

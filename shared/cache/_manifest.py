@@ -1,7 +1,7 @@
 """``manifest.json``: the index of a cache, and the only thing a reader trusts.
 
 A shard exists for readers once it is committed: listed in ``manifest.json``, or recorded in a
-commit journal (:mod:`featcache.shared.cache.journal`) after the position the manifest says it
+commit journal (:mod:`featcache.shared.cache._journal`) after the position the manifest says it
 folded. :meth:`Manifest.load` replays the journals, so every reader sees exactly the committed
 shards. A shard's record is appended only after its file is renamed into place, so a crash between
 the two leaves a shard file nothing names (it is recomputed on resume), never a record naming a
@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import NotACacheError
-from . import journal
-from .fingerprint import IDENTITY_KEYS, OPTIONAL_IDENTITY_KEYS
+from . import _journal as journal
+from ._fingerprint import IDENTITY_KEYS, OPTIONAL_IDENTITY_KEYS
+from ._paths import shard_file_problem
 from .fsutil import NotARegularFileError, atomic_write_json, read_regular, sha256_file
-from .paths import shard_file_problem
 from .schema import COMPRESSIONS, FORMAT_NAME, MANIFEST_NAME, MAPS_DTYPES, PARTS_DIR, SCHEMA_VERSION, SPLITS
 
 # Largest integer a manifest may hold: what HDF5's int64 datasets (``index``) can store.

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ._manifest import Manifest
+from ._npz import declared_arrays
 from .fsutil import NotARegularFileError, create_new, fsync_dir, open_regular, temp_path_for
-from .manifest import Manifest
-from .npz import declared_arrays
 
 NAME = "neighbours.npz"
 VERSION = 1

@@ -27,11 +27,11 @@ import numpy as np
 
 from ..errors import FeatcacheError, FingerprintMismatchError
 from . import schema
-from .blocks import read_block
-from .fingerprint import IDENTITY_KEYS, differences
+from ._blocks import read_block
+from ._fingerprint import IDENTITY_KEYS, differences
+from ._h5file import own_dataset
+from ._manifest import Manifest, ShardRecord
 from .fsutil import NotARegularFileError, open_regular
-from .h5file import own_dataset
-from .manifest import Manifest, ShardRecord
 from .schema import LISTING_ATTR
 
 # The first 8 bytes of every HDF5 file featcache writes (no user block).
@@ -173,7 +173,7 @@ class Shard:
 def open_shard_file(path: Path, layout: Layout, rows: int) -> Shard:
     """Open the shard file at ``path`` read-only: a regular file (never through a symbolic link, never
     a FIFO or device) that starts with the HDF5 signature and that HDF5 opens; :class:`ShardError` says
-    why not. ``path`` must come from :func:`~featcache.shared.cache.paths.shard_path` (inside the cache)."""
+    why not. ``path`` must come from :func:`~featcache.shared.cache._paths.shard_path` (inside the cache)."""
     try:
         fd = open_regular(path, os.O_RDONLY)
     except FileNotFoundError:

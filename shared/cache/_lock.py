@@ -3,7 +3,7 @@
 Two kinds, both :class:`FileLock`: the cache lock ``CACHE/.lock``, held briefly by whoever creates
 the cache or rewrites ``manifest.json`` (setting up, folding commit journals, ``verify --fix``), and one
 lock per part of the shard plan, ``CACHE/parts/part-I-of-N.lock``, held by the worker filling that
-part for the whole of its run (see :mod:`featcache.shared.cache.parts`).
+part for the whole of its run (see :mod:`featcache.shared.cache._parts`).
 
 Each lock is an ``flock``: the kernel drops it when its holder dies, even by ``kill -9``, so a lock
 can never outlive its process on the same host (on NFS v4 flock is emulated with byte-range locks

@@ -26,13 +26,13 @@ import numpy as np
 
 from ..errors import FeatcacheError
 from . import schema
+from ._manifest import Manifest, ShardRecord, now
+from ._parts import exclusive
+from ._paths import cache_path, shard_file_problem, shard_path
+from ._shard import Layout, cache_layout, open_shard_file
 from .fsutil import commit_file, fsync_dir, remove_stale_temps, sha256_file, temp_path_for
-from .manifest import Manifest, ShardRecord, now
-from .parts import exclusive
-from .paths import cache_path, shard_file_problem, shard_path
-from .shard import Layout, cache_layout, open_shard_file
 
-DEFAULT_THRESHOLD = 0.5
+DEFAULT_COMPACT_THRESHOLD = 0.5
 
 
 @dataclass
@@ -141,7 +141,7 @@ def rewrite_shard(cache_dir: Path, rec: ShardRecord, drop: np.ndarray, layout: L
     return record
 
 
-def compact(cache_dir: str | Path, threshold: float = DEFAULT_THRESHOLD, log=None) -> CompactReport:  # noqa: ANN001
+def compact(cache_dir: str | Path, threshold: float = DEFAULT_COMPACT_THRESHOLD, log=None) -> CompactReport:  # noqa: ANN001
     """Rewrite every shard of ``cache_dir`` whose dead rows are more than ``threshold`` of its rows
     (0 rewrites every shard with a dead row). ``log(line)`` hears about each shard."""
     if not 0 <= threshold < 1:
@@ -177,4 +177,4 @@ def compact(cache_dir: str | Path, threshold: float = DEFAULT_THRESHOLD, log=Non
     return report
 
 
-__all__ = ["DEFAULT_THRESHOLD", "CompactReport", "compact", "rewrite_shard"]
+__all__ = ["DEFAULT_COMPACT_THRESHOLD", "CompactReport", "compact", "rewrite_shard"]

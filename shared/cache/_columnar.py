@@ -21,8 +21,8 @@ import numpy as np
 
 from ..errors import FeatcacheError
 from . import schema
-from .reader import FeatureCache
-from .split import split_names
+from ._reader import FeatureCache
+from ._split import split_names
 
 ROW_GROUP_ROWS = 16_384  # 84 MB of 1280-d float32 vectors
 CLASSES_KEY = b"featcache.classes"

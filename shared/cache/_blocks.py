@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import h5py
 import numpy as np
 
-from . import deflate
+from . import _deflate as deflate
 
 DEFAULT_BLOCK_ROWS = 256
 # Pseudo-columns of FeatureCache.read_columns: where each row is stored, for reading it again later
@@ -37,7 +37,7 @@ def read_block(dset: h5py.Dataset, sel: np.ndarray, dtype: np.dtype | str | None
     """Rows ``sel`` (sorted positions inside one aligned block) of ``dset``, cast to ``dtype``.
 
     gzip'd map rows (the default storage) are inflated on all cores straight into ``dtype``
-    (:mod:`featcache.shared.cache.deflate`); anything else is one contiguous h5py read."""
+    (:mod:`featcache.shared.cache._deflate`); anything else is one contiguous h5py read."""
     if deflate.is_row_gzip(dset):
         return deflate.read_rows(dset, sel, dtype)
     start, stop = int(sel[0]), int(sel[-1]) + 1

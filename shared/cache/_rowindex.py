@@ -17,10 +17,10 @@ It is derived data, never the truth, and is used only while it is current:
   modification time the index recorded (``mtime_ns``): a shard replaced since makes it stale;
 - its datasets must have the shapes, dtypes and per-shard row counts of the records, and each
   shard's ``index`` values must be increasing inside that shard's inputs (the checks
-  :func:`featcache.shared.cache.shard.shard_identity_problem` makes on a shard).
+  :func:`featcache.shared.cache._shard.shard_identity_problem` makes on a shard).
 
 A stale, missing or malformed index is ignored: the reader reads the shards, as it always could
-(:meth:`featcache.shared.cache.reader.FeatureCache.read_columns`). Rows retired or relabelled by an
+(:meth:`featcache.shared.cache._reader.FeatureCache.read_columns`). Rows retired or relabelled by an
 update are applied by the reader from the manifest, exactly as for columns read from shards, so the
 index stores what the shards store. Pooled vectors and maps are not copied (5 KB and ~30 KB a row
 for MobileNetV2): the index stays ~40 bytes a row, cheap to rewrite after an update.
@@ -40,17 +40,17 @@ import numpy as np
 
 from ..errors import FeatcacheError
 from . import schema
+from ._h5file import own_dataset
+from ._manifest import Manifest, ShardRecord
+from ._paths import cache_path
+from ._split import hash_unit
 from .fsutil import atomic_write_bytes, remove_stale_temps, write_failure
-from .h5file import own_dataset
-from .manifest import Manifest, ShardRecord
-from .paths import cache_path
-from .split import hash_unit
 
 FORMAT = "featcache-row-index"
 VERSION = 1
 # The per-row columns copied, in the shards' own dtypes (ids as UTF-8 variable-length strings).
 COLUMNS = tuple(schema.ROW_COLUMNS)
-# Derived from them, once: (n,) float64 hash_unit of each id (featcache.shared.cache.split), what a
+# Derived from them, once: (n,) float64 hash_unit of each id (featcache.shared.cache._split), what a
 # split by hash compares with the fractions. Hashing is ~1 us an id: 10 s per 10 million rows.
 SPLIT_UNIT = "split_unit"
 ALL = (*COLUMNS, SPLIT_UNIT)

@@ -7,7 +7,7 @@ position not retired, with its current label and split) with the source's new li
 - **added** ids get new positions at the end, in a new :class:`~.manifest.Generation` whose shards
   come after the existing ones;
 - **removed** ids retire their position: ``dead`` when a shard holds the row (readers skip it until
-  :mod:`featcache.shared.cache.compact` rewrites that shard), ``dropped`` when none does (the
+  :mod:`featcache.shared.cache._compact` rewrites that shard), ``dropped`` when none does (the
   input had failed);
 - **modified** ids (file size or modification time changed; or, when both listings record content
   hashes (``checksum=True``), the content) retire the old position and get a new one;
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .manifest import Generation, Manifest, now
+from ._manifest import Generation, Manifest, now
 from .schema import UNKNOWN_LABEL
 
 EXAMPLES = 3

@@ -3,7 +3,7 @@
 This lets a Keras model of one's own train on cached features with plain ``model.fit``, without
 loading the cache into memory first. The rows are read the way :meth:`FeatureCache.iter_maps`
 reads them: chunk-aligned blocks of a shard, gzip'd map rows inflated on all cores
-(:mod:`featcache.shared.cache.deflate`). Shuffling is in two stages, so that memory stays bounded
+(:mod:`featcache.shared.cache._deflate`). Shuffling is in two stages, so that memory stays bounded
 whatever the cache's size: every epoch the blocks are visited in a new random order, and rows are
 mixed inside a window of ``shuffle_buffer`` rows (several blocks) before being cut into batches.
 Both draw from ``numpy.random.default_rng([seed, epoch])``, so a dataset made with the same seed
@@ -25,14 +25,14 @@ import numpy as np
 from ..arguments import bool_arg, choice_arg, dtype_arg, int_arg
 from ..errors import FeatcacheError
 from . import schema
-from .blocks import DEFAULT_BLOCK_ROWS as MAPS_BLOCK_ROWS
-from .blocks import FLOAT_DTYPES, ROW, SHARD, aligned_blocks
-from .shard import Shard
+from ._blocks import DEFAULT_BLOCK_ROWS as MAPS_BLOCK_ROWS
+from ._blocks import FLOAT_DTYPES, ROW, SHARD, aligned_blocks
+from ._shard import Shard
 
 if TYPE_CHECKING:
     import tensorflow as tf
 
-    from .reader import FeatureCache
+    from ._reader import FeatureCache
 
 FEATURES = (schema.POOLED, schema.MAPS)
 # Rows per read: maps as the reader's iter_maps (256 rows, ~64 MB as float32); pooled rows are

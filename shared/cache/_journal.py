@@ -4,8 +4,8 @@ Rewriting ``manifest.json`` after every shard costs O(shards so far) per shard (
 cache would write gigabytes of bookkeeping); appending one record to a journal costs O(1). Every
 writer (a single run is part 0/1) appends to its own journal ``CACHE/parts/part-I-of-N.journal``:
 no two processes ever append to the same file, so no record can interleave with another's, on any
-filesystem (O_APPEND is not atomic over NFS). :func:`featcache.shared.cache.manifest.Manifest.load`
-replays the journals after ``manifest.json``; a *fold* (:func:`featcache.shared.cache.parts.fold`)
+filesystem (O_APPEND is not atomic over NFS). :func:`featcache.shared.cache._manifest.Manifest.load`
+replays the journals after ``manifest.json``; a *fold* (:func:`featcache.shared.cache._parts.fold`)
 writes the replayed manifest atomically and then retires the journals (see docs/cache-format.md).
 
 File format: lines, each ``CRC SP JSON LF``, where ``CRC`` is the 8 lower-case hex digits of the

@@ -2,7 +2,7 @@
 
 Pooled vectors computed by another model (CLIP, DINOv2, a model of one's own), with their ids and
 optionally labels, splits and class names, become a cache like any other, written by the same
-writer (:class:`~featcache.shared.cache.writer.CacheWriter`: shards under dot-names, fsync'd and
+writer (:class:`~featcache.shared.cache._writer.CacheWriter`: shards under dot-names, fsync'd and
 renamed, each committed by its journal record, then the manifest and the row index), with the
 maps-less layout of :func:`schema.row_layout`: no ``maps`` dataset, ``output_shape`` ``(1, 1, C)``.
 
@@ -30,10 +30,10 @@ import numpy as np
 from ..arguments import bad, int_arg, path_arg, str_arg
 from ..errors import FeatcacheError
 from . import schema
-from .listing import entries_sha256
-from .manifest import Manifest
-from .split import SPLIT_CODES
-from .writer import CacheWriter, storage_options
+from ._listing import entries_sha256
+from ._manifest import Manifest
+from ._split import SPLIT_CODES
+from ._writer import CacheWriter, storage_options
 
 SOURCE_KIND = "external"
 DEFAULT_NAME = "external"
@@ -278,7 +278,7 @@ def read_embeddings(path: str | os.PathLike[str]) -> dict[str, Any]:
     if suffix == ".npz":
         return _read_npz(path)
     if suffix == ".parquet":
-        from .columnar import read_parquet_embeddings
+        from ._columnar import read_parquet_embeddings
 
         return read_parquet_embeddings(path, POOLED_COLUMNS)
     raise FeatcacheError(f"{path}: expected a .npz or .parquet file of vectors (id, pooled, label, split)")

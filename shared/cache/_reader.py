@@ -1,6 +1,6 @@
 """Reading a cache: what the trainer and the inspection commands use.
 
-Only shards listed in the manifest are read, at the paths :func:`~featcache.shared.cache.paths.shard_path`
+Only shards listed in the manifest are read, at the paths :func:`~featcache.shared.cache._paths.shard_path`
 allows. Before a shard is used its identity is checked against its manifest record (cheaply: no
 checksum, that is ``verify``'s job): its fingerprint, its byte size, its shard number, inputs and row
 count, its index values, and the cache's ``listing_sha256`` it was written for (shards of older caches
@@ -14,7 +14,7 @@ cache extracted from scratch from the current source (in another order).
 
 Columns the cache's row index holds (labels, ids, index, splits: ``rows.h5``, written once the cache
 is complete) are read from it, in one file, while it is current; else from every shard
-(:mod:`~featcache.shared.cache.rowindex`).
+(:mod:`~featcache.shared.cache._rowindex`).
 
 h5py serialises every call under one global lock, so reads here are whole datasets or large,
 chunk-aligned blocks, never row by row.
@@ -33,13 +33,14 @@ from numpy.typing import ArrayLike
 
 from ..arguments import bool_arg, dict_arg, dtype_arg, int_arg, keywords, path_arg, positions_arg
 from ..errors import FeatcacheError
-from . import rowindex, schema
-from .blocks import DEFAULT_BLOCK_ROWS, FLOAT_DTYPES, ROW, SHARD, aligned_blocks
-from .fingerprint import check_compatible
-from .manifest import SHARDS_LISTED, Manifest, ShardRecord, list_shards
-from .paths import shard_path
-from .shard import Layout, Shard, cache_layout, open_shard_file
-from .split import assign_splits
+from . import _rowindex as rowindex
+from . import schema
+from ._blocks import DEFAULT_BLOCK_ROWS, FLOAT_DTYPES, ROW, SHARD, aligned_blocks
+from ._fingerprint import check_compatible
+from ._manifest import SHARDS_LISTED, Manifest, ShardRecord, list_shards
+from ._paths import shard_path
+from ._shard import Layout, Shard, cache_layout, open_shard_file
+from ._split import assign_splits
 
 # Pseudo-column: (n,) float64 hash_unit of each row's id, what a split by hash needs (FeatureCache.splits),
 # from the row index when it is current, else NaN ("hash it when needed").
@@ -58,7 +59,7 @@ COLUMNS = (
     SHARD,
     SPLIT_UNIT,
 )
-# dataset()'s keyword arguments beyond its named ones (featcache.shared.cache.tfdata.dataset)
+# dataset()'s keyword arguments beyond its named ones (featcache.shared.cache._stream.dataset)
 DATASET_OPTIONS = ("shuffle_buffer", "block_rows", "dtype", "with_index")
 
 
@@ -167,7 +168,7 @@ class FeatureCache:
         return tuple(self.fingerprint["output_shape"])
 
     def shard_path(self, record: ShardRecord) -> Path:
-        """The record's file, checked to be the cache's own (:func:`~featcache.shared.cache.paths.shard_path`)."""
+        """The record's file, checked to be the cache's own (:func:`~featcache.shared.cache._paths.shard_path`)."""
         return shard_path(self.path, record.file, record.shard)
 
     def check_fingerprint(self, expected: dict[str, Any]) -> None:
@@ -188,7 +189,7 @@ class FeatureCache:
             )
 
     def open_shard(self, record: ShardRecord, *, index_checked: bool = False) -> Shard:
-        """Open one shard read-only (:func:`~featcache.shared.cache.shard.open_shard_file`: a regular
+        """Open one shard read-only (:func:`~featcache.shared.cache._shard.open_shard_file`: a regular
         file with the HDF5 signature), checking that it carries this cache's fingerprint, is the shard
         its record describes and holds the layout's datasets (:meth:`Shard.problem`).
 
@@ -220,7 +221,7 @@ class FeatureCache:
         the current ones (see the module docstring). The pseudo-columns :data:`ROW` and :data:`SHARD`
         say where each row is stored (read from no file); :data:`SPLIT_UNIT` is for :meth:`splits`.
         Columns the row index holds are read from it when it is current (one file,
-        :mod:`~featcache.shared.cache.rowindex`), else from every shard.
+        :mod:`~featcache.shared.cache._rowindex`), else from every shard.
         """
         parts: dict[str, list[np.ndarray]] = {k: [] for k in columns}
         for block in self.iter_columns(columns):
@@ -394,7 +395,7 @@ class FeatureCache:
         """Yield ``(index (b,), maps (b, h, w, c))`` blocks of at most ``block_rows`` rows, in index order.
 
         Each block is one contiguous, chunk-aligned read; gzip'd rows (the default storage) are
-        inflated on all cores (:mod:`featcache.shared.cache.deflate`). ``indices`` keeps only those listing
+        inflated on all cores (:mod:`featcache.shared.cache._deflate`). ``indices`` keeps only those listing
         positions (e.g. one split; each in ``0 .. num_inputs - 1``, else an error); ``dtype`` casts the
         maps to a float dtype (default: as stored). Dead rows are skipped. ``dataset="top_input"``
         reads the kept input of the backbone's last block instead of the maps, the same way.
@@ -434,11 +435,11 @@ class FeatureCache:
         ``features="pooled"`` gives ``(b, C)`` float32, ``"maps"`` ``(b, H, W, C)`` float32; labels are
         ``(b,)`` int32 class numbers (unlabelled rows are left out). ``shuffle`` (default: only for
         ``"train"``) reorders rows every epoch, reproducibly for a ``seed``, in bounded memory. Feed it
-        to ``model.fit``. Imports TensorFlow; see :func:`featcache.shared.cache.tfdata.dataset` for
+        to ``model.fit``. Imports TensorFlow; see :func:`featcache.shared.cache._stream.dataset` for
         ``options`` (``shuffle_buffer``, ``block_rows``, ``dtype``, ``with_index``).
         """
         keywords("dataset", options, ("split", "features", "batch_size", "shuffle", "seed", *DATASET_OPTIONS))
-        from .tfdata import dataset
+        from ._stream import dataset
 
         return dataset(self, split, features, batch_size=batch_size, shuffle=shuffle, seed=seed, **options)
 
