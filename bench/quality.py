@@ -45,9 +45,10 @@ from _common import DEFAULT_WEIGHTS, command_line, standardizer, table  # noqa: 
 from featcache.shared.cache._reader import FeatureCache  # noqa: E402
 from featcache.shared.cache._split import parse_fractions  # noqa: E402
 from featcache.shared.errors import FeatcacheError  # noqa: E402
-from featcache.trainer import logreg, selection  # noqa: E402
+from featcache.trainer import selection  # noqa: E402
 from featcache.trainer import views as tviews  # noqa: E402
 from featcache.trainer.data import Dataset, load_dataset  # noqa: E402
+from featcache.trainer.heads import logreg  # noqa: E402
 
 SWEEP_GRIDS = [
     {"head": ["linear"], "lr": [1e-3, 3e-3, 1e-2], "weight_decay": [0.0, 1e-3, 1e-2, 1e-1]},

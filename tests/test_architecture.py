@@ -45,12 +45,22 @@ def test_ruff_lint_and_format():
     assert fmt.returncode == 0, "not formatted (run `ruff format .`):\n" + fmt.stdout + fmt.stderr
 
 
+def _not_sources(folder: str, names: list[str]) -> list[str]:
+    """What a copy of the tree to install from leaves out: build output, caches, runs, dot folders (.venv)."""
+    top = Path(folder) == REPO
+    generated = [n for n in names if n == "__pycache__" or n.endswith(".egg-info")]
+    return generated + [n for n in names if top and (n.startswith(".") or n in ("build", "cache", "runs"))]
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
     """The project installed (not editable, no dependencies) into a temporary folder."""
     target = tmp_path_factory.mktemp("installed")
+    # from a copy of the tree without build/: setuptools would otherwise install a moved module's stale copy
+    source = tmp_path_factory.mktemp("source") / "featcache"
+    shutil.copytree(REPO, source, ignore=_not_sources)
     cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target)]
-    p = subprocess.run([*cmd, str(REPO)], capture_output=True, text=True)
+    p = subprocess.run([*cmd, str(source)], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     return target
 

@@ -103,8 +103,8 @@ def test_cam_of_a_known_head_on_a_known_map_against_numpy():
 def test_the_mean_of_the_cam_is_the_trainers_logit(run):
     """Exact case: for a logreg (power 1) and a linear head, the spatial mean of the CAM is the logit the
     trainer's own forward pass gives the pooled vector (softmax of it: the trainer's probabilities)."""
+    from featcache.trainer.heads.logreg import head_proba
     from featcache.trainer.html_report import head_probs
-    from featcache.trainer.logreg import head_proba
     from featcache.trainer.rundir import head_params, load_results
 
     results = load_results(run)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from featcache.shared.errors import FeatcacheError
-from featcache.trainer import logreg
+from featcache.trainer.heads import logreg
 
 
 def _folds_by_hand(ids: list[str], k: int) -> np.ndarray:
@@ -200,7 +200,7 @@ def test_a_warm_start_rewritten_for_other_rows_standardisation_starts_at_the_sol
     """Folds start from the fit on all rows, its weights rewritten for the fold's standardisation: on
     the same rows that rewrite is the identity and the fit ends where it starts; on rows of other
     scale and offset it is the same function of the cached vectors (the same probabilities)."""
-    from featcache.trainer.logreg import LogregGroup
+    from featcache.trainer.heads.logreg import LogregGroup
     from featcache.trainer.sweep import expand
 
     ds = _dataset()

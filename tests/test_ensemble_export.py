@@ -17,10 +17,10 @@ from featcache.shared.errors import FeatcacheError
 from featcache.trainer.baselines import ENSEMBLE_MAX, describe, knn_candidates, sweep_candidates
 from featcache.trainer.cli import app
 from featcache.trainer.data import load_dataset
+from featcache.trainer.heads.ensemble import ensemble
 from featcache.trainer.loop import train
 from featcache.trainer.predict import export
 from featcache.trainer.run import run_sweep
-from featcache.trainer.selection import ensemble
 from featcache.trainer.settings import Settings
 from featcache.trainer.sweep import expand
 
@@ -81,7 +81,7 @@ def test_an_ensemble_of_several_heads_is_the_mean_of_their_branches(sample, tmp_
 
     from featcache.shared.backbones import get_backbone, resolve_weights
     from featcache.trainer import rundir
-    from featcache.trainer.keras_heads import ensemble_model
+    from featcache.trainer.heads.ensemble import ensemble_model
     from featcache.trainer.predict import load_head
 
     run = sample["run"]

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from featcache.trainer import knn, logreg, selection
+from featcache.trainer import selection
+from featcache.trainer.heads import ensemble, knn, logreg
 
 
 def _blobs(n: int, d: int, k: int, seed: int, spread: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
@@ -84,7 +85,7 @@ def test_ensemble_mean_of_top_k():
     cands = [
         selection.Candidate(f"h{i}", rng.dirichlet(np.ones(3), 200), rng.dirichlet(np.ones(3), 50)) for i in range(5)
     ]
-    out, members = selection.ensemble(cands, y, max_k=5)
+    out, members = ensemble.ensemble(cands, y, max_k=5)
     ranked = sorted(cands, key=lambda c: -c.val_acc(y))
     k = out.info["k"]
     assert members == [c.name for c in ranked[:k]]

@@ -8,6 +8,7 @@ import pytest
 
 from featcache.shared.errors import FeatcacheError
 from featcache.trainer import pooling
+from featcache.trainer.heads.map import map_features
 from featcache.trainer.sweep import HeadConfig, expand
 
 POOLS = ("attention", "mean", "gem", "multiscale")
@@ -28,10 +29,10 @@ def test_poolings_equal_numpy_and_trainer_pooling():
     x = rng.uniform(0, 3, (5, 7, 7, 6)).astype(np.float32)
     gem = _identity_group("gem", 6)
     gem.params["p"].assign([2.5])
-    np.testing.assert_allclose(gem.map_features(x).numpy()[0], pooling.gem(x, 2.5), rtol=1e-5)
+    np.testing.assert_allclose(map_features(gem, x).numpy()[0], pooling.gem(x, 2.5), rtol=1e-5)
     mean = _identity_group("mean", 6)
-    np.testing.assert_allclose(mean.map_features(x).numpy()[0], x.mean(axis=(1, 2)), rtol=1e-5)
-    multi = _identity_group("multiscale", 6).map_features(x).numpy()[0].reshape(5, 14, 6)
+    np.testing.assert_allclose(map_features(mean, x).numpy()[0], x.mean(axis=(1, 2)), rtol=1e-5)
+    multi = map_features(_identity_group("multiscale", 6), x).numpy()[0].reshape(5, 14, 6)
     np.testing.assert_allclose(multi, pooling.multiscale(x).reshape(5, 14, 6), rtol=1e-5)
     # regions: the whole grid, 2x2 adaptive bins [0, 4) and [3, 7), then 3x3 bins [0, 3), [2, 5), [4, 7)
     np.testing.assert_allclose(multi[:, 0], x.mean(axis=(1, 2)), rtol=1e-5)
@@ -41,7 +42,8 @@ def test_poolings_equal_numpy_and_trainer_pooling():
 
 
 def test_flip_and_crop_are_windows_and_mirrors_of_each_map():
-    from featcache.trainer.engine import crop_maps, flip_maps, tf
+    from featcache.trainer.engine import tf
+    from featcache.trainer.heads.map import crop_maps, flip_maps
 
     x = np.arange(32 * 4 * 5 * 2, dtype=np.float32).reshape(32, 4, 5, 2)
     seed = tf.constant([0, 7], tf.int64)
@@ -63,7 +65,7 @@ def test_flip_and_crop_are_windows_and_mirrors_of_each_map():
 def test_dropped_positions_are_whole_positions_and_the_rest_is_rescaled():
     x = np.ones((64, 7, 7, 3), np.float32)
     g = _identity_group("mean", 3, "drop")
-    kept = g.map_features(x, training=True, seed=(0, 1)).numpy()[0] * 49 * 0.75  # positions kept, per row
+    kept = map_features(g, x, training=True, seed=(0, 1)).numpy()[0] * 49 * 0.75  # positions kept, per row
     np.testing.assert_allclose(kept, np.round(kept), atol=1e-4)  # whole positions (every channel alike)
     np.testing.assert_allclose(kept, kept[:, :1].repeat(3, 1), atol=1e-4)
     assert 0.7 < kept.mean() / 49 < 0.8
@@ -109,7 +111,8 @@ def test_exported_map_heads_equal_the_heads(tmp_path):
 
 def test_gem_power_is_learned_at_its_own_pace():
     """AdamW steps (with every augmentation) move GeM's power by about 10x the head's lr per step."""
-    from featcache.trainer.engine import GEM_P0, HeadGroup
+    from featcache.trainer.engine import HeadGroup
+    from featcache.trainer.heads.map import GEM_P0
 
     rng = np.random.default_rng(3)
     x = rng.uniform(0, 3, (40, 7, 7, 6)).astype(np.float32)

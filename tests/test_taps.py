@@ -20,7 +20,7 @@ from featcache.shared.cache._reader import FeatureCache
 from featcache.shared.cache.fsutil import sha256_file
 from featcache.shared.errors import FeatcacheError
 from featcache.shared.inspection.verify import verify
-from featcache.trainer.top import WARM_EPOCHS
+from featcache.trainer.heads.top import WARM_EPOCHS
 
 
 def direct_layers(paths: list[Path], names: list[str]) -> list[np.ndarray]:
@@ -314,9 +314,9 @@ def test_top_head_fine_tunes_the_block_after_warming_the_dense_layer(tapped):
     """With val = train (so that the kept epoch is the last that fit train better), training goes on past
     the warm-up and moves the block's kernel; its BatchNorm-free tiny block keeps its ReLU6."""
     from featcache.trainer.data import load_dataset, load_top
+    from featcache.trainer.heads.top import train_top
     from featcache.trainer.settings import Settings
     from featcache.trainer.sweep import expand
-    from featcache.trainer.top import train_top
 
     c = FeatureCache(tapped)
     ds = load_dataset(c)

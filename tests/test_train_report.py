@@ -63,14 +63,17 @@ def test_numpy_predictions_equal_every_keras_head(runs):
 
 def test_numpy_map_head_equals_the_keras_map_head():
     """Map heads (not trained here: slow to compile) with random weights of the trainer's shapes."""
-    from featcache.trainer.engine import init_params
+    from featcache.trainer.heads import HEAD_KINDS
     from featcache.trainer.html_report import head_probs
     from featcache.trainer.keras_heads import head_model
 
     rng = np.random.default_rng(0)
     w = {
         k: v[0] + rng.normal(0, 0.05, v[0].shape).astype(np.float32)
-        for k, v in init_params("map", 1, 32, 8, 5, 0).items()
+        for k, v in HEAD_KINDS["map"]
+        .init(HeadConfig("map", hidden=8), 1, 32, 5, np.random.default_rng(0))
+        .arrays()
+        .items()
     }
     maps = rng.uniform(0, 3, (6, 7, 7, 32)).astype(np.float32)
     model = head_model(HeadConfig("map", 1e-2, hidden=8), w, (7, 7, 32), 5)

@@ -116,8 +116,8 @@ def test_training_never_builds_the_backbone(tmp_path, monkeypatch):
     import sys
 
     import featcache.shared.backbones as backbones
+    import featcache.trainer.heads.top  # noqa: F401  patch below is undone for the tests that follow)
     import featcache.trainer.keras_heads  # noqa: F401  (they bind the real builder now, so that the
-    import featcache.trainer.top  # noqa: F401  patch below is undone for the tests that follow)
 
     def forbidden(*a, **k):
         raise AssertionError("the trainer built a backbone")

@@ -1,13 +1,13 @@
 """What runs beside every sweep: the k-NN head and the ensemble of everything.
 
-* the k-NN head (:mod:`~featcache.trainer.knn`), ``k`` and temperature picked on val: no training,
+* the k-NN head (:mod:`~featcache.trainer.heads.knn`), ``k`` and temperature picked on val: no training,
   one matrix product; a free check of the features;
-* the ensemble (:func:`~featcache.trainer.selection.ensemble`): the mean probabilities of the top-k of
+* the ensemble (:func:`~featcache.trainer.heads.ensemble.ensemble`): the mean probabilities of the top-k of
   the sweep's heads and the k-NN by val accuracy, ``k`` picked on val.
 
 On a cache with views the k-NN's keys are every view of the train rows, and it is scored with
 test-time augmentation. (The L-BFGS logistic regression, once here, is a head kind of the sweep:
-``logreg`` in :mod:`~featcache.trainer.kinds`.) Pure numpy: seconds on 10,000 rows.
+``logreg`` in :mod:`~featcache.trainer.heads`.) Pure numpy: seconds on 10,000 rows.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from . import knn
 from .data import Dataset
-from .selection import Candidate, ensemble
+from .heads import knn
+from .heads.ensemble import ensemble
+from .selection import Candidate
 
 SPLITS = ("val", "test")
 KNN_KS = (10, 20, 50, 100)

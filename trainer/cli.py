@@ -23,7 +23,7 @@ from typer.core import TyperGroup
 from ..shared.cli import VerboseOpt, VersionOpt, plain, run_cli, shown_default
 from .builtin_sweeps import builtin_help
 from .cv import CV_MAX_VAL, DEFAULT_FOLDS
-from .kinds import FEATURE_SETS, HEAD_KINDS, MAP_AUGMENTS, MAP_POOLS, NO_AUGMENT
+from .heads import FEATURE_SETS, HEAD_KINDS, MAP_AUGMENTS, MAP_POOLS, NO_AUGMENT
 from .settings import DEFAULT_GRID, DEFAULT_RUNS, DEFAULT_TOP, DEFAULTS
 from .sweep import expand
 

@@ -3,7 +3,7 @@
 With a few hundred val rows a val accuracy is too noisy to choose among heads that differ by a point
 (153 rows: one image is 0.65 points, the 95% interval +-4 points). When val has fewer than
 :data:`CV_MAX_VAL` rows (``folds="auto"``, the default) or a fold count is given, the closed-form heads
-(the ``logreg`` path, see :mod:`~featcache.trainer.kinds`) are chosen on ``k``-fold cross-validation
+(the ``logreg`` path, see :mod:`~featcache.trainer.heads`) are chosen on ``k``-fold cross-validation
 over train+val instead, then refitted on all of it:
 
 * **folds by a hash of the id**: the rows of train+val sorted by the sha256 of ``FOLD_SALT + id`` (the

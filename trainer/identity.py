@@ -59,3 +59,23 @@ def check_cache(cache: FeatureCache, recorded: dict[str, Any], run_dir: Path) ->
             f"cache as it is now (featcache-train {cache.path}), or predict the images themselves with source=FOLDER "
             "(their features are made anew as the run's were)"
         )
+
+
+def importable_backbone(fp: dict[str, Any], where: str, backbone: str | None = None) -> str:
+    """The backbone name that may be handed to the registry (which imports a ``module:attribute``) for
+    a run's recorded cache fingerprint ``fp``: the recorded name when it is registered; else only a
+    ``backbone`` the caller names (``where`` names the record in errors). A run directory may be someone
+    else's: nothing it names is imported on its word."""
+    from ..shared.backbones import names
+
+    name = str(fp["backbone"])
+    if backbone is not None:
+        if backbone in names() and backbone != name:
+            raise FeatcacheError(f"backbone={backbone!r}: the run's cache was made with backbone {name!r} ({where})")
+        return backbone
+    if name not in names():
+        raise FeatcacheError(
+            f"{where}: the cache was made with backbone {name!r}, which is not registered; featcache imports "
+            "nothing named in a run directory: pass backbone=MODULE:ATTRIBUTE (the spec it was made with)"
+        )
+    return name

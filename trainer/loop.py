@@ -1,5 +1,5 @@
 """The training loop: every head of a sweep trained in one pass over the cache, early stopping per
-head, and each head's best epoch restored at the end. Closed-form heads (``logreg``, see ``kinds``)
+head, and each head's best epoch restored at the end. Closed-form heads (``logreg``, see ``heads``)
 are fitted once before the epochs, on every train view, and take no part in them; they need every
 train row in memory, so a streamed sweep leaves them out and says so.
 
@@ -26,7 +26,7 @@ from tqdm import tqdm
 from ..shared.errors import FeatcacheError
 from .data import Dataset
 from .feed import Batch, Feed, Need, asked, standardizer
-from .kinds import closed_form
+from .heads import closed_form
 from .settings import Settings
 from .sweep import HeadConfig
 from .views import accuracy as view_accuracy
@@ -192,7 +192,7 @@ class TrainOutput:
     weights restored); ``mean_std``: the train split's pooled mean and std ``(C,)`` or None."""
 
     heads: list[dict[str, Any]]
-    states: list[Any]  # GroupState, and TopState for top heads (trainer.top)
+    states: list[Any]  # GroupState, and TopState for top heads (trainer.heads.top)
     mean_std: tuple[np.ndarray, np.ndarray] | None
 
     def locate(self, name: str) -> tuple[GroupState, int]:

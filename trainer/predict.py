@@ -15,7 +15,7 @@ from ..shared.cache.fsutil import commit_file, temp_path_for
 from ..shared.errors import FeatcacheError
 from . import rundir
 from .data import load_rows, read_maps, require_taps
-from .identity import check_cache
+from .identity import check_cache, importable_backbone
 from .multi import LABEL_SEPARATOR
 from .sweep import HeadConfig
 
@@ -74,9 +74,9 @@ def load_head(run_dir: Path, results: dict[str, Any], name: str | None = None) -
     weights, mean_std = rundir.head_params(run_dir, results, name)
     fp = rundir.head_cache(results, name)["fingerprint"]
     if cfg.reads_top_input:  # rebuilt from the registry's layers of the backbone's last block
-        from .top import block_spec, build_model
+        from .heads.top import block_spec, build_model
 
-        spec = block_spec(fp, rundir.importable_backbone(fp, str(Path(run_dir) / rundir.RESULTS)))
+        spec = block_spec(fp, importable_backbone(fp, str(Path(run_dir) / rundir.RESULTS)))
         shape = tuple((schema.top_input_of(fp) or {"shape": ()})["shape"])
         return cfg, build_model(spec, shape, len(results["classes"]), cfg.dropout, params=weights)
     maps_shape = tuple(fp["output_shape"])
@@ -172,7 +172,7 @@ def score_rows(
     over the cache's views. Inputs are read and predicted in blocks of :data:`PREDICT_BLOCK` rows."""
     names = split_names(rows.split).astype(str)
     if cfg.reads_top_input:
-        from .top import require_top_input
+        from .heads.top import require_top_input
 
         require_top_input(cache)
     tta = use_tta and not cfg.reads_maps and not cfg.reads_top_input and cache.views > 1
@@ -258,13 +258,14 @@ def export(
     the cache's. ``backbone``: the run's ``module:attribute`` backbone, named again (a backbone that is
     not registered is never imported on the run directory's word)."""
     from ..shared.backbones import RANDOM_PREFIX, get_backbone, resolve_weights
-    from .keras_heads import ensemble_model, full_model
+    from .heads.ensemble import ensemble_model
+    from .keras_heads import full_model
 
     results = rundir.load_results(run_dir)
     name = head or results["best"]
     members = ensemble_members(results, name) if head is not None else None
     fp = rundir.head_cache(results, name if members is None else members[0])["fingerprint"]
-    spec = get_backbone(rundir.importable_backbone(fp, str(Path(run_dir) / rundir.RESULTS), backbone))
+    spec = get_backbone(importable_backbone(fp, str(Path(run_dir) / rundir.RESULTS), backbone))
     recorded = fp["weights_sha256"]
     if weights is not None:
         w = resolve_weights(spec, weights)

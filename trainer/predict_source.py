@@ -30,6 +30,7 @@ from ..shared.cache.fsutil import sha256_file
 from ..shared.errors import FeatcacheError
 from . import rundir
 from .data import load_rows
+from .identity import importable_backbone
 from .predict import Prediction, head_entry, load_head, score_rows
 
 SCRATCH_DIR = "predict"  # inside the run directory
@@ -117,13 +118,13 @@ def _model_file_flags(recipe: Recipe, where: str, backbone: str | None, preproce
 
 def _registered_flags(fp: dict[str, Any], where: str, backbone: str | None, preprocess: str | None) -> list[str]:
     """``--backbone NAME``: the recorded name when it is registered; a ``module:attribute`` spec only
-    when the caller names it as ``backbone`` (:func:`rundir.importable_backbone`; the fingerprint check
+    when the caller names it as ``backbone`` (:func:`identity.importable_backbone`; the fingerprint check
     after extraction says whether it is the one the cache was made with)."""
     if preprocess is not None:
         raise FeatcacheError(
             f"preprocess={preprocess!r}: applies to a model-file backbone; the run's is {fp['backbone']!r}"
         )
-    return ["--backbone", rundir.importable_backbone(fp, where, backbone)]
+    return ["--backbone", importable_backbone(fp, where, backbone)]
 
 
 def extractor_flags(

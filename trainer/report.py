@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .kinds import HEAD_KINDS
+from .heads import HEAD_KINDS
 from .selection import Z_ONE_SE, rank, wilson
 from .settings import DEFAULT_TOP
 

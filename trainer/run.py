@@ -22,8 +22,8 @@ from ..shared.errors import FeatcacheError
 from . import rundir
 from .data import Dataset, load_dataset, load_maps, load_top, memory_gb
 from .feed import asked
+from .heads import HEAD_KINDS, reads_maps
 from .identity import cache_identity
-from .kinds import HEAD_KINDS, reads_maps
 from .loop import TrainOutput, train
 from .multi import CONCAT, LABEL_SEPARATOR, TrainedCache, align, concat_dataset, label_caches, locate
 from .plot import plot
@@ -59,7 +59,7 @@ def load_for(
         raise FeatcacheError(f"{cache.path}: features='taps' trains on one cache at a time (not on several)")
     top = any(c.reads_top_input for c in configs)
     if top:
-        from .top import require_top_input
+        from .heads.top import require_top_input
 
         require_top_input(cache)
         if like is not None:
@@ -182,12 +182,13 @@ def write_run(staging: Path, results: dict[str, Any], parts: list[TrainedCache],
 
 def train_all(ds: Dataset, configs: list[HeadConfig], settings: Settings, progress: bool) -> TrainOutput:
     """Every head of ``configs`` on ``ds``: the loop's kinds in one pass (:func:`~featcache.trainer.loop.train`),
-    then the ``top`` heads, each fine-tuning its copy of the backbone's last block (:mod:`~featcache.trainer.top`)."""
+    then the ``top`` heads, each fine-tuning its copy of the backbone's last block
+    (:mod:`~featcache.trainer.heads.top`)."""
     top = [c for c in configs if c.reads_top_input]
     rest = [c for c in configs if not c.reads_top_input]
     out = train(ds, rest, settings, progress) if rest else TrainOutput([], [], None)
     if top:
-        from .top import train_top
+        from .heads.top import train_top
 
         rows, states = train_top(ds, top, settings)
         out.heads += rows

@@ -15,6 +15,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Iterator
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from ..shared.errors import FeatcacheError
 from ..shared.runfiles import FORMAT, HEADS, RESULTS, VERSION, VERSION_MULTI, VERSIONS, read_results
 
 __all__ = ["FORMAT", "HEADS", "RESULTS", "VERSION", "VERSION_MULTI", "VERSIONS"]  # one definition, in shared
-from .kinds import TAPS
+from .heads import TAPS
 
 LEADERBOARD = "leaderboard.txt"
 PLOT = "plot.png"
@@ -224,7 +225,7 @@ def _check_identity(v: Any, where: str) -> None:
 
 
 def _check_head(h: dict[str, Any], where: str) -> None:
-    from .kinds import HEAD_KINDS
+    from .heads import HEAD_KINDS
     from .settings import RULES
 
     cfg = _dict(h.get("config"), f"{where}.config")
@@ -397,26 +398,16 @@ def input_width(cfg: dict[str, Any], fingerprint: dict[str, Any]) -> int:
 
 def expected_shapes(cfg: dict[str, Any], channels: int, classes: int) -> dict[str, tuple[int, ...]]:
     """The parameters a head of config ``cfg`` on ``channels`` channels with ``classes`` outputs has in
-    heads.npz, with their shapes (docs/run-format.md, heads.npz)."""
-    from .pooling import MULTISCALE
+    heads.npz, with their shapes, as its kind states them (``HeadKind.shapes``; docs/run-format.md,
+    heads.npz). A ``top`` head has its copy of the backbone's last block too, ``"<layer>/<k>"``, shaped
+    as the backbone's."""
+    from .heads import HEAD_KINDS
+    from .sweep import HeadConfig
 
-    kind, h = cfg["kind"], int(cfg.get("hidden") or 0)
-    if kind == "top":  # and its copy of the backbone's last block, "<layer>/<k>", shaped as the backbone's
-        return {"W": (channels, classes), "b": (classes,)}
-    if kind == "logreg":
-        return {"W": (channels, classes), "b": (classes,), "mean": (channels,), "std": (channels,)}
-    if kind == "linear":
-        return {"W": (channels, classes), "b": (classes,)}
-    shapes = {"W1": (channels, h), "b1": (h,), "W2": (h, classes), "b2": (classes,)}
-    if kind == "map":
-        pool = cfg.get("pool", "attention")
-        if pool == "attention":
-            shapes["a"] = (h,)
-        elif pool == "gem":
-            shapes["p"] = ()
-        elif pool == "multiscale":
-            shapes["W2"] = (h * sum(s * s for s in MULTISCALE), classes)
-    return shapes
+    shapes = HEAD_KINDS[cfg["kind"]].shapes
+    assert shapes is not None, "every registered kind states its parameters"
+    known = {f.name for f in fields(HeadConfig)}
+    return shapes(HeadConfig(**{k: v for k, v in cfg.items() if k in known}), channels, classes)
 
 
 def _check_declared(
@@ -481,23 +472,3 @@ def head_params(run_dir: Path, results: dict[str, Any], name: str) -> tuple[dict
     except (OSError, KeyError, ValueError, TypeError, EOFError, zipfile.BadZipFile) as exc:
         raise FeatcacheError(f"{path}: cannot read head {name!r} ({type(exc).__name__}: {str(exc)[:200]})") from None
     return weights, mean_std
-
-
-def importable_backbone(fp: dict[str, Any], where: str, backbone: str | None = None) -> str:
-    """The backbone name that may be handed to the registry (which imports a ``module:attribute``) for
-    a run's recorded cache fingerprint ``fp``: the recorded name when it is registered; else only a
-    ``backbone`` the caller names (``where`` names the record in errors). A run directory may be someone
-    else's: nothing it names is imported on its word."""
-    from ..shared.backbones import names
-
-    name = str(fp["backbone"])
-    if backbone is not None:
-        if backbone in names() and backbone != name:
-            raise FeatcacheError(f"backbone={backbone!r}: the run's cache was made with backbone {name!r} ({where})")
-        return backbone
-    if name not in names():
-        raise FeatcacheError(
-            f"{where}: the cache was made with backbone {name!r}, which is not registered; featcache imports "
-            "nothing named in a run directory: pass backbone=MODULE:ATTRIBUTE (the spec it was made with)"
-        )
-    return name

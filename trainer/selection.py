@@ -1,11 +1,11 @@
-"""Choosing among heads without chasing noise, and averaging the best of them.
+"""Choosing among heads without chasing noise.
 
 A val accuracy measured on ``n`` rows is a binomial proportion: on 1,000 rows its 95% interval is
 about +-2.8 points, so two heads 0.5 points apart are tied. :func:`wilson` gives the interval shown
 on the leaderboard; :func:`pick` applies the one-standard-error rule (Breiman et al., 1984; the rule
 glmnet uses for its lambda): among the heads whose val accuracy is within one standard error (a
-``z = 1`` Wilson interval) of the best, take the cheapest. :func:`ensemble` averages the class
-probabilities of the top ``k`` heads by val accuracy, ``k`` picked on val.
+``z = 1`` Wilson interval) of the best, take the cheapest. The ensemble of the best heads
+(``heads.ensemble``) builds on :class:`Candidate`.
 """
 
 from __future__ import annotations
@@ -75,23 +75,3 @@ def pick(cands: Sequence[Candidate], y_val: np.ndarray, z: float = Z_ONE_SE) -> 
     interval (ties in cost: the higher val accuracy, then the earlier in ``cands``)."""
     order, _ = rank([c.val_acc(y_val) for c in cands], [c.cost for c in cands], len(y_val), z)
     return cands[order[0]]
-
-
-def ensemble(
-    cands: Sequence[Candidate], y_val: np.ndarray, max_k: int = 10, name: str = "ensemble"
-) -> tuple[Candidate, list[str]]:
-    """The mean probabilities of the top-``k`` candidates by val accuracy, ``k`` in ``1..max_k`` with
-    the best val accuracy of the mean (the smallest such ``k``); returns it and its members' names.
-    Its cost is the sum of its members'."""
-    order = sorted(range(len(cands)), key=lambda i: -cands[i].val_acc(y_val))[:max_k]
-    best_k, best_acc = 1, -1.0
-    total = np.zeros_like(cands[order[0]].val, dtype=np.float64)
-    for k, i in enumerate(order, 1):
-        total += cands[i].val
-        acc = float(np.mean(total.argmax(1) == y_val))
-        if acc > best_acc:
-            best_k, best_acc = k, acc
-    members = [cands[i] for i in order[:best_k]]
-    mean = lambda split: np.mean([getattr(c, split) for c in members], axis=0)  # noqa: E731
-    out = Candidate(f"{name} of top {best_k}", mean("val"), mean("test"), sum(c.cost for c in members), {"k": best_k})
-    return out, [c.name for c in members]

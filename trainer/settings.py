@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ..shared.errors import FeatcacheError
-from .kinds import FEATURE_SETS, HEAD_KINDS, MAP_AUGMENTS, MAP_POOLS, NO_AUGMENT, POOLED
-from .logreg import DEFAULT_CS
+from .heads import FEATURE_SETS, HEAD_KINDS, MAP_AUGMENTS, MAP_POOLS, NO_AUGMENT, POOLED
+from .heads.logreg import DEFAULT_CS
 
 AUTO_FOLDS = "auto"
 

@@ -17,7 +17,7 @@ product and the results are concatenated::
     lr = [0.001]
 
 Keys a head kind does not use (``hidden`` and ``dropout`` for linear heads; see
-:mod:`~featcache.trainer.kinds`) are neutralised for it, so a grid never holds two identical heads.
+:mod:`~featcache.trainer.heads`) are neutralised for it, so a grid never holds two identical heads.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any
 
 from ..shared.errors import FeatcacheError
 from .builtin_sweeps import BUILTIN_SWEEPS, builtin
-from .kinds import HEAD_KINDS, NO_AUGMENT, POOLED, TAPS, reads_maps, reads_top_input
+from .heads import HEAD_KINDS, NO_AUGMENT, POOLED, TAPS, reads_maps, reads_top_input
 from .settings import DEFAULT_GRID, FILE_SETTING_KEYS, GRID_KEYS, SettingError, Settings, check_value, make_settings
 
 # A grid key's value when the head's kind does not read it (see HeadKind.keys).
@@ -52,13 +52,13 @@ UNUSED: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class HeadConfig:
-    """One head: ``kind`` (a name in :data:`~featcache.trainer.kinds.HEAD_KINDS`; linear, mlp with
+    """One head: ``kind`` (a name in :data:`~featcache.trainer.heads.HEAD_KINDS`; linear, mlp with
     ``hidden`` ReLU units, map with ``hidden`` channels and attention pooling), trained with AdamW at
     ``lr`` and decoupled ``weight_decay`` on kernels, ``dropout`` before the last layer and
     ``label_smoothing`` of the cross-entropy; or logreg, scikit-learn's logistic regression with
     inverse regularisation ``c`` on power-normalised features ``sign(x) |x|^power`` (1: as cached).
     Map heads also have a ``pool`` (attention, mean, gem, multiscale; see
-    :data:`~featcache.trainer.kinds.MAP_POOLS`) and train-time ``map_augment`` of their maps ("none" or
+    :data:`~featcache.trainer.heads.map.MAP_POOLS`) and train-time ``map_augment`` of their maps ("none" or
     e.g. "flip+crop"); the defaults are the map head as it was before these keys."""
 
     kind: str

@@ -4,7 +4,7 @@ layer that gives the maps and the preprocessing it expects (:func:`model_file_sp
 
 Both run the user's code or load the user's file. Nothing named in a cache or a run directory is
 imported on that file's word: a ``module:attribute`` backbone or a ``module:function`` preprocessing
-recorded there is used only when the user names it again (``trainer.rundir.importable_backbone``,
+recorded there is used only when the user names it again (``trainer.identity.importable_backbone``,
 ``trainer.predict_source``), and a recorded model file only when its sha256 is the recorded one. A
 model file's weights are its own. Loading a model imports TensorFlow (through :mod:`._tf`).
 """

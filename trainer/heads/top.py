@@ -12,19 +12,22 @@ on batch statistics, ../shared/README.md), so the block computes what the backbo
 learns.
 
 Export splices the fine-tuned block back: the backbone up to the top input, then this head
-(:func:`featcache.trainer.keras_heads.full_model`), so the exported model still takes an image.
+(:func:`featcache.trainer.keras_heads.full_model`), so the exported model still takes an image. This kind
+has its own training (:func:`train_top`, run beside the SGD loop by ``run.train_all``) and its own Keras
+model (:func:`build_model`): the engine's stacked group and ``keras_heads.head_model`` are not for it.
 """
 
 from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..shared.backbones import (
+from ...shared.backbones import (
     RANDOM_PREFIX,
     BackboneSpec,
     ResolvedWeights,
@@ -33,14 +36,44 @@ from ..shared.backbones import (
     import_tensorflow,
     resolve_weights,
 )
-from ..shared.cache import schema
-from ..shared.errors import FeatcacheError
-from .data import Dataset
-from .settings import Settings
-from .sweep import HeadConfig
+from ...shared.cache import schema
+from ...shared.errors import FeatcacheError
+from .base import TOP_INPUT, HeadKind, Shapes, Weights
+from .linear import CLASSIFY
+
+if TYPE_CHECKING:
+    from ..data import Dataset
+    from ..settings import Settings
+    from ..sweep import HeadConfig
 
 WARM_EPOCHS = 5
-DENSE = "classify"
+DENSE = CLASSIFY
+
+
+@dataclass(frozen=True)
+class TopWeights(Weights):
+    """The dense layer's ``W (C, n)`` and ``b (n,)``, and ``block``: each copied layer's weights, keyed
+    ``"<layer>/<k>"`` as heads.npz stores them (shaped as the backbone's)."""
+
+    W: np.ndarray
+    b: np.ndarray
+    block: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, arrays: Mapping[str, Any] | Weights) -> TopWeights:
+        if isinstance(arrays, TopWeights):
+            return arrays
+        items = arrays.arrays() if isinstance(arrays, Weights) else arrays
+        block = {k: np.asarray(v) for k, v in items.items() if "/" in k}
+        return cls(np.asarray(items["W"]), np.asarray(items["b"]), block)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {**self.block, "W": self.W, "b": self.b}
+
+
+def shapes(cfg: HeadConfig, channels: int, classes: int) -> Shapes:
+    """The dense layer's (the block's layers, ``"<layer>/<k>"``, are shaped as the backbone's)."""
+    return {"W": (channels, classes), "b": (classes,)}
 
 
 def require_top_input(cache: Any) -> None:
@@ -78,12 +111,13 @@ def build_model(
     in_shape: tuple[int, ...],
     n_classes: int,
     dropout: float,
-    params: dict[str, np.ndarray] | None = None,
+    params: Mapping[str, np.ndarray] | TopWeights | None = None,
     source: Any = None,
 ) -> Any:
     """The top head as a Keras model from ``in_shape`` (the top input) to class probabilities: copies of
-    the spec's last block, pooling, dropout, dense. Weights from ``params`` (:func:`head_weights`'s
-    dict) or, for the block, from the built backbone ``source`` (the dense layer then stays initialised)."""
+    the spec's last block, pooling, dropout, dense. Weights from ``params`` (:class:`TopWeights`, or
+    :func:`head_weights`'s dict) or, for the block, from the built backbone ``source`` (the dense layer
+    then stays initialised)."""
     import json
 
     import_tensorflow()
@@ -101,13 +135,14 @@ def build_model(
     dense = keras.layers.Dense(n_classes, activation="softmax", name=DENSE)
     model = keras.Model(inp, dense(x), name="head_top")
     try:
+        w = None if params is None else TopWeights.of(params)
         for layer in block:
             if source is not None:
                 layer.set_weights(source.get_layer(layer.name).get_weights())
-            elif params is not None:
-                layer.set_weights([params[f"{layer.name}/{k}"] for k in range(len(layer.weights))])
-        if params is not None:
-            dense.set_weights([params["W"], params["b"]])
+            elif w is not None:
+                layer.set_weights([w.block[f"{layer.name}/{k}"] for k in range(len(layer.weights))])
+        if w is not None:
+            dense.set_weights([w.W, w.b])
     except (KeyError, ValueError) as exc:
         raise FeatcacheError(
             f"head 'top': its parameters do not fit backbone {spec.name!r}'s last block ({exc})"
@@ -119,16 +154,15 @@ def build_model(
 
 
 def head_weights(model: Any) -> dict[str, np.ndarray]:
-    """The head's parameters for heads.npz: each block layer's weights as ``"<layer>/<k>"``, the dense
-    layer's as ``W`` and ``b``."""
-    out: dict[str, np.ndarray] = {}
+    """The head's parameters for heads.npz (:class:`TopWeights`): each block layer's weights as
+    ``"<layer>/<k>"``, the dense layer's as ``W`` and ``b``."""
+    block: dict[str, np.ndarray] = {}
     for layer in model.layers:
-        if layer.name == DENSE:
-            out["W"], out["b"] = (np.asarray(w) for w in layer.get_weights())
-        elif layer.weights and layer.name not in ("pool", "dropout"):
+        if layer.name != DENSE and layer.weights and layer.name not in ("pool", "dropout"):
             for k, w in enumerate(layer.get_weights()):
-                out[f"{layer.name}/{k}"] = np.asarray(w)
-    return out
+                block[f"{layer.name}/{k}"] = np.asarray(w)
+    kernel, bias = (np.asarray(w) for w in model.get_layer(DENSE).get_weights())
+    return TopWeights(kernel, bias, block).arrays()
 
 
 @dataclass
@@ -197,7 +231,7 @@ def train_top(
     cache = ds.cache
     assert cache is not None, "top heads read their inputs from the cache"
     fp = cache.fingerprint
-    from .rundir import importable_backbone  # a cache may be someone else's: nothing it names is imported
+    from ..identity import importable_backbone  # a cache may be someone else's: nothing it names is imported
 
     spec = block_spec(fp, importable_backbone(fp, str(cache.path)))
     backbone = build_backbone(spec, _weights_of(fp, spec))
@@ -267,3 +301,15 @@ def train_top(
         )
         states.append(state)
     return rows, states
+
+
+KIND = HeadKind(
+    "top",
+    TOP_INPUT,
+    ("dropout",),
+    "the backbone's last block (MobileNetV2: Conv_1, its BatchNorm, ReLU6) copied with its weights and "
+    "fine-tuned from the cached top input, then pooling, dropout, dense (needs a cache extracted with "
+    "--keep-top-input; builds the backbone once to copy the block)",
+    weights=TopWeights,
+    shapes=shapes,
+)
