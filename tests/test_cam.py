@@ -106,6 +106,7 @@ def test_the_mean_of_the_cam_is_the_trainers_logit(run):
     from featcache.trainer.heads.logreg import head_proba
     from featcache.trainer.html_report import head_probs
     from featcache.trainer.rundir import head_params, load_results
+    from featcache.trainer.sweep import HeadConfig
 
     results = load_results(run)
     index, maps = maps_of(Path(results["cache"]["path"]))
@@ -128,7 +129,7 @@ def test_the_mean_of_the_cam_is_the_trainers_logit(run):
         def trainer(x: np.ndarray, kind: str = kind, w: dict = w, mean_std: tuple = mean_std) -> np.ndarray:
             if kind == "logreg":
                 return head_proba(w, x, 1)
-            return head_probs("linear", w, (x - mean_std[0]) / mean_std[1])
+            return head_probs(HeadConfig("linear"), w, (x - mean_std[0]) / mean_std[1])
 
         np.testing.assert_allclose(log_p, np.log(trainer(xbar)), atol=2e-4, err_msg=h["name"])
         # the cached pooled vector is the mean of the float32 maps; these are float16: close, not equal

@@ -106,7 +106,7 @@ def test_exported_map_heads_equal_the_heads(tmp_path):
         head_model(cfg, w, (7, 7, 6), 3).save(tmp_path / f"{pool}.keras")
         got = keras.models.load_model(tmp_path / f"{pool}.keras").predict(x, verbose=0)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=pool)
-        np.testing.assert_allclose(head_probs("map", w, x), want, rtol=1e-4, atol=1e-5, err_msg=pool)
+        np.testing.assert_allclose(head_probs(cfg, w, x), want, rtol=1e-4, atol=1e-5, err_msg=pool)
 
 
 def test_gem_power_is_learned_at_its_own_pace():

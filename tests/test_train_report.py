@@ -58,7 +58,9 @@ def test_numpy_predictions_equal_every_keras_head(runs):
         inp = maps if kind == "map" else (x - mean_std[0]) / mean_std[1]
         _, model = load_head(runs["a"], results, h["name"])
         want = model.predict(maps if kind == "map" else x, verbose=0)
-        np.testing.assert_allclose(head_probs(kind, w, inp), want, rtol=1e-4, atol=1e-5, err_msg=h["name"])
+        np.testing.assert_allclose(
+            head_probs(HeadConfig.of(h["config"]), w, inp), want, rtol=1e-4, atol=1e-5, err_msg=h["name"]
+        )
 
 
 def test_numpy_map_head_equals_the_keras_map_head():
@@ -76,8 +78,9 @@ def test_numpy_map_head_equals_the_keras_map_head():
         .items()
     }
     maps = rng.uniform(0, 3, (6, 7, 7, 32)).astype(np.float32)
-    model = head_model(HeadConfig("map", 1e-2, hidden=8), w, (7, 7, 32), 5)
-    np.testing.assert_allclose(head_probs("map", w, maps), model.predict(maps, verbose=0), rtol=1e-4, atol=1e-5)
+    cfg = HeadConfig("map", 1e-2, hidden=8)
+    model = head_model(cfg, w, (7, 7, 32), 5)
+    np.testing.assert_allclose(head_probs(cfg, w, maps), model.predict(maps, verbose=0), rtol=1e-4, atol=1e-5)
 
 
 def test_report_of_a_trained_map_head(tmp_path):

@@ -18,7 +18,7 @@ import numpy as np
 from ..shared.cache import ROW, SHARD, SPLIT_UNIT, FeatureCache, PooledRows, hash_unit, schema
 from ..shared.cache.schema import SPLIT_CODES
 from ..shared.errors import FeatcacheError
-from .kinds import TAPS
+from .heads import TAPS
 
 MAPS_READ_ROWS = 1024
 CARVE_SALT = "featcache-carve-val:"

@@ -10,7 +10,6 @@ page says why and leaves that section out.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +21,9 @@ from ..shared.inspection import html as H
 from ..shared.inspection.cam import CAM_KINDS, CamHead, head_from_params, row_cams
 from ..shared.inspection.cam import describe as describe_cam
 from ..shared.inspection.report import Thumbs
-from ..shared.inspection.suspects import softmax
-from . import pooling
 from .data import Split, load_dataset, read_maps
+from .heads import HEAD_KINDS, TAPS, closed_form, reads_maps
 from .identity import check_cache
-from .kinds import HEAD_KINDS, TAPS, closed_form, reads_maps
-from .logreg import head_proba
 from .report import (
     CONFUSION,
     FULL_CONFUSION_MAX_CLASSES,
@@ -43,53 +39,24 @@ from .report import (
     selected_val_acc,
 )
 from .rundir import head_params, load_results
+from .sweep import HeadConfig
 
 WRONG_SHOWN = 24  # most confidently wrong test images on the page
 CURVE_SIZE = (300, 180)
 MAPS_BLOCK = 256  # test rows whose maps are read and predicted at once (map heads)
 
 
-def _numpy_linear(w: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
-    return softmax(x @ w["W"] + w["b"])
-
-
-def _numpy_mlp(w: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
-    return softmax(np.maximum(x @ w["W1"] + w["b1"], 0) @ w["W2"] + w["b2"])
-
-
-def _numpy_map(w: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
-    """The pooling is read from the parameters (engine.init_params): attention has ``a``, GeM ``p``,
-    mean and multiscale neither, told apart by ``W2``'s width (one or 14 regions of ``hidden``)."""
-    n, rows, cols, c = x.shape
-    f = np.maximum(x.reshape(n, -1, c) @ w["W1"] + w["b1"], 0)  # (B, P, h)
-    if "a" in w:
-        pooled = np.einsum("bp,bph->bh", softmax(f @ w["a"], axis=1), f)
-    elif "p" in w:
-        pooled = pooling.gem(f.reshape(n, rows, cols, -1), max(float(w["p"]), pooling.GEM_MIN_P))
-    else:
-        scales = (1,) if w["W2"].shape[0] == w["W1"].shape[1] else pooling.MULTISCALE
-        pooled = np.einsum("bph,pr->brh", f, pooling.region_matrix(rows, cols, scales)).reshape(n, -1)
-    return softmax(pooled @ w["W2"] + w["b2"])
-
-
-# Each head kind's forward pass in numpy, on the parameter names the engine saves (docs/run-format.md).
-NUMPY_HEADS: dict[str, Callable[[dict[str, np.ndarray], np.ndarray], np.ndarray]] = {
-    "linear": _numpy_linear,
-    "mlp": _numpy_mlp,
-    "map": _numpy_map,
-}
-
-
-def head_probs(kind: str, w: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
-    """Class probabilities ``(B, n)`` float32 of one head in inference mode (no dropout), as the
-    trainer's ``HeadGroup.logits`` computes them. ``w``: the head's parameters as
-    :func:`~featcache.trainer.rundir.head_params` returns them; ``x``: the standardised pooled ``(B, C)``
-    for linear and mlp heads, the (unstandardised) maps ``(B, h, w, C)`` for map heads."""
-    if kind not in NUMPY_HEADS:
-        raise FeatcacheError(
-            f"head kind {kind!r}: the report cannot compute it in numpy (known: {sorted(NUMPY_HEADS)})"
-        )
-    return NUMPY_HEADS[kind](w, np.asarray(x, dtype=np.float32))
+def head_probs(cfg: HeadConfig, w: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """Class probabilities ``(B, n)`` of one head in inference mode (no dropout): its kind's numpy forward
+    pass (``HeadKind.probs``, checked against the Keras export and the trainer's own by
+    tests/test_heads_forward.py). ``w``: the head's parameters as :func:`~featcache.trainer.rundir.head_params`
+    returns them; ``x``: the standardised pooled ``(B, C)`` for linear and mlp heads, the pooled vectors as
+    cached for logreg heads, the (unstandardised) maps ``(B, h, w, C)`` for map heads."""
+    probs = HEAD_KINDS[cfg.kind].probs
+    if probs is None:
+        known = sorted(k for k, v in HEAD_KINDS.items() if v.probs is not None)
+        raise FeatcacheError(f"head kind {cfg.kind!r}: the report cannot compute it in numpy (known: {known})")
+    return probs(cfg, w, np.asarray(x, dtype=np.float32))
 
 
 def test_rows(run_dir: Path, results: dict[str, Any]) -> tuple[FeatureCache, Split]:
@@ -115,26 +82,25 @@ def best_head_test_predictions(
     the mean over the cached views, as the sweep scored it). ``params``: the best head's
     :func:`~featcache.trainer.rundir.head_params`, when already read."""
     best = next(h for h in results["heads"] if h["name"] == results["best"])
-    kind = best["config"]["kind"]
+    cfg = HeadConfig.of(best["config"])
     w, mean_std = params or head_params(run_dir, results, best["name"])
     cache, test = test_rows(run_dir, results)
     probs = np.zeros((len(test), len(results["classes"])), np.float32)
-    if not reads_maps(kind):
+    if not reads_maps(cfg.kind):
         views = test.views if best.get("use_tta") else None
         assert test.pooled is not None, "load_dataset loads the pooled vectors"
         inputs = [views[:, v] for v in range(views.shape[1])] if views is not None else [test.pooled]
 
         def one(x: np.ndarray) -> np.ndarray:
-            if closed_form(kind):  # a logreg head normalises the pooled vectors as cached itself
-                return head_proba(w, x, best["config"]["power"])
-            return head_probs(kind, w, x if mean_std is None else (x - mean_std[0]) / mean_std[1])
+            as_cached = closed_form(cfg.kind) or mean_std is None  # a logreg head normalises them itself
+            return head_probs(cfg, w, x if as_cached else (x - mean_std[0]) / mean_std[1])
 
         probs[:] = np.mean([one(x) for x in inputs], axis=0) if len(test) else probs
     else:
         for start in range(0, len(test), MAPS_BLOCK):  # bounded memory: maps are ~250 KB a row in float32
             part = slice(start, start + MAPS_BLOCK)
             # float16, as the sweep held them (data.load_maps), so these reproduce its test predictions
-            probs[part] = head_probs(kind, w, read_maps(cache, test.index[part], "float16"))
+            probs[part] = head_probs(cfg, w, read_maps(cache, test.index[part], "float16"))
     return cache, {"id": test.id, "index": test.index, "y": test.y.astype(np.int64), "probs": probs}
 
 

@@ -15,7 +15,6 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Iterator
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -406,8 +405,7 @@ def expected_shapes(cfg: dict[str, Any], channels: int, classes: int) -> dict[st
 
     shapes = HEAD_KINDS[cfg["kind"]].shapes
     assert shapes is not None, "every registered kind states its parameters"
-    known = {f.name for f in fields(HeadConfig)}
-    return shapes(HeadConfig(**{k: v for k, v in cfg.items() if k in known}), channels, classes)
+    return shapes(HeadConfig.of(cfg), channels, classes)
 
 
 def _check_declared(

@@ -26,7 +26,7 @@ import itertools
 import json
 import tomllib
 from collections.abc import Collection, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,13 @@ class HeadConfig:
     pool: str = UNUSED["pool"]
     map_augment: str = UNUSED["map_augment"]
     features: str = UNUSED["features"]
+
+    @classmethod
+    def of(cls, config: Mapping[str, Any]) -> HeadConfig:
+        """The head a run's ``results.json`` row describes (its ``config``; keys this version does not know,
+        such as a later version's, are left out)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in config.items() if k in known})
 
     @property
     def name(self) -> str:
