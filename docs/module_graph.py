@@ -2,10 +2,10 @@
 
     .venv/bin/python docs/module_graph.py [CHECKOUT]      # default: this repository
 
-A *room* is a folder of product code (``featcache/``, ``extractor/``, ``trainer/``, ``shared/cache/``,
-``shared/backbones``, ``shared/inspection/``, the rest of ``shared/``). For each room the page lists the
-rooms it imports (with how many of their modules), the modules of ``shared/cache`` other rooms import (the
-cache's front door: its package namespace, ``schema`` and ``fsutil``, or its insides), the import cycles,
+A *room* is a folder of product code (``featcache/``, ``extractor/``, ``trainer/``, ``trainer/heads/``,
+``shared/cache/``, ``shared/backbones/``, ``shared/inspection/``, the rest of ``shared/``). For each room the
+page lists the rooms it imports (with how many of their modules), the modules of ``shared/cache`` other rooms
+import (the cache's front door: its package namespace, ``schema`` and ``fsutil``, or its insides), the import cycles,
 where h5py is imported and HDF5 files opened, the functions over 100 lines and where
 ``FEATCACHE_WEIGHTS`` is read. Nothing is imported or run: the code is read as text (``ast``), so the
 script works on old checkouts too (``git worktree add /tmp/old <commit>``), which is how a move is shown
@@ -23,6 +23,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PRODUCT = ("featcache", "shared", "extractor", "trainer")
 LONG = 100  # lines: a function longer than this is several ideas
+# sub-packages drawn as rooms of their own (a checkout without one simply has no such room)
+SUBROOMS = {("shared", "cache"), ("shared", "inspection"), ("shared", "backbones"), ("trainer", "heads")}
 
 
 def module_files(root: Path) -> dict[str, Path]:
@@ -91,8 +93,8 @@ def room(module: str) -> str:
     parts = module.split(".")[1:]
     if not parts:
         return "featcache"
-    if parts[0] == "shared" and len(parts) > 1 and parts[1] in ("cache", "inspection", "backbones"):
-        return f"shared/{parts[1]}"
+    if len(parts) > 1 and (parts[0], parts[1]) in SUBROOMS:
+        return f"{parts[0]}/{parts[1]}"
     return parts[0]
 
 
