@@ -220,3 +220,23 @@ def test_a_warm_start_rewritten_for_other_rows_standardisation_starts_at_the_sol
         wb = logreg.restandardised(f_full, full.norm[0.5], other.norm[0.5])
         f_other.W, f_other.b = wb[:-1], wb[-1]
     np.testing.assert_allclose(other.predict(ds.test.pooled), full.predict(ds.test.pooled), atol=1e-5)
+
+
+def test_a_fold_never_starts_from_a_fit_that_saw_its_rows():
+    """On labels with no signal, a weakly regularised path memorises whatever it is fitted on: the
+    fold accuracies must stay at chance (a fold fit started from the fit on all rows, held-out rows
+    included, would keep part of them memorised and score above it)."""
+    from featcache.trainer.cv import cross_validate, fold_of
+    from featcache.trainer.logreg import LogregGroup
+    from featcache.trainer.sweep import expand
+
+    rng = np.random.default_rng(0)
+    n, d, k = 300, 600, 2  # more features than rows: every fit can separate its rows
+    x = rng.normal(size=(n, 1, d)).astype(np.float32)
+    y = rng.integers(0, k, n)
+    ids = np.array([f"r{i}" for i in range(n)])
+    configs = expand({"head": ["logreg"], "c": [1.0, 10.0, 100.0], "power": [1]})
+    cv = cross_validate(lambda: LogregGroup(configs, d, k), x, y, ids, 5, 60)
+    chance_se = np.sqrt(0.25 / n)
+    assert np.all(np.abs(cv.fold_acc.mean(axis=1) - 0.5) < 3 * chance_se), cv.fold_acc.mean(axis=1)
+    assert set(np.bincount(fold_of(ids, 5))) <= {60}
