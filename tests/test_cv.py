@@ -174,19 +174,19 @@ def test_builtin_sweeps_are_listed_once_and_expand_through_the_sweep_checks(tmp_
     assert thorough == list(dict.fromkeys(c for g in THOROUGH_GRIDS for c in expand(g)))
     kinds = [c.kind for c in thorough]
     assert heads(BUILTIN_SWEEPS["thorough"], expand) == {k: kinds.count(k) for k in dict.fromkeys(kinds)}
-    assert "map" not in kinds and {"logreg", "linear", "mlp"} <= set(kinds)
+    assert "map" not in kinds and {"logreg", "linear"} <= set(kinds)
     # a grid option still overrides a built-in sweep's key, as a file's
-    assert {c.lr for c in resolve_sweep("thorough", {"lr": [0.01]})[0] if c.kind == "mlp"} == {0.01}
+    assert {c.lr for c in resolve_sweep("thorough", {"lr": [0.01]})[0] if c.kind == "linear"} == {0.01}
     r = CliRunner().invoke(app, ["train", "--help"], terminal_width=400)
     help_text = " ".join(r.output.split())
     for name, sweep in BUILTIN_SWEEPS.items():
         counts = ", ".join(f"{n} {k}" for k, n in heads(sweep, expand).items())
         assert f"{name} ({sweep.help}: {counts} heads" in help_text
-    assert "26 more on a cache with taps" in help_text
+    assert "9 more on a cache with taps" in help_text
     # on a cache with layer taps, thorough adds the logreg path on pooled + taps (and nothing else)
     with_taps, _ = resolve_sweep("thorough", datasets={"pooled", "taps"})
     added = [c for c in with_taps if c not in thorough]
-    assert with_taps[: len(thorough)] == thorough and len(added) == 26
+    assert with_taps[: len(thorough)] == thorough and len(added) == 9
     assert {(c.kind, c.features) for c in added} == {("logreg", "taps")}
     assert resolve_sweep("default", datasets={"taps"})[0] == default  # the default stays as it is
     with pytest.raises(FeatcacheError, match=r"thorugh: neither a built-in sweep \(default, thorough\) nor a sweep"):
