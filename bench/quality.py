@@ -5,7 +5,7 @@ Rerun from the repo root (``pip install -e '.[bench]'`` first for scikit-learn),
 the repo, as shipped::
 
     tar -xf ../shared/data/cifar10-dev.tar -C /tmp
-    .venv/bin/python bench/quality.py /tmp/cifar10-dev --work /tmp/fq-cifar
+    .venv/bin/python bench/quality.py /tmp/cifar10-dev --work /tmp/fq-cifar --views 2 --keep-top-input
     .venv/bin/python bench/quality.py ../shared/data/hymenoptera.tar --work /tmp/fq-hym --recipe
 
 The source is class folders (split by a hash of the id, ``--split``), train/val[/test] split folders, or
@@ -235,14 +235,15 @@ def test_se(acc: float, n: int) -> float:
 
 
 def family_rows(results: dict, label: str, seconds: float) -> list[list]:  # noqa: ANN001
-    """Per head family of a featcache run (kind; logreg also by power), its pick (the one-SE rule within
-    the family) as a table row: [model, picked by, pick acc, SE, test acc, seconds, note]."""
+    """Per head family of a featcache run (kind and feature set; logreg also by power), its pick (the
+    one-SE rule within the family) as a table row: [model, picked by, pick acc, SE, test acc, seconds, note]."""
     from featcache.trainer.report import pick_by, pick_score, ranking, selected_test_acc
 
     families: dict[str, list[dict]] = {}
     for h in results["heads"]:
         c = h["config"]
-        key = c["kind"] + (f" power {c['power']:g}" if c["kind"] == "logreg" else "")
+        key = c["kind"] + (" on pooled + taps" if c.get("features") == "taps" else "")
+        key += f" power {c['power']:g}" if c["kind"] == "logreg" else ""
         families.setdefault(key, []).append(h)
     out = []
     for key, heads in families.items():
@@ -298,14 +299,27 @@ def load_images(paths: list[Path]) -> np.ndarray:
     return out
 
 
-def tf_recipe(ds: Dataset, root: Path | None, weights: str, epochs: int = 10) -> tuple[float, float, float]:
+def tf_recipe(
+    ds: Dataset, root: Path | None, weights: str, epochs: int = 10, log: Any = None
+) -> tuple[float, float, float]:
     """TensorFlow's "Transfer learning and fine-tuning" recipe on the images of the same rows (train+val
     to train, test to score), with every BatchNormalization layer pinned (``trainable = False``; see
     ../shared/README.md): frozen MobileNetV2 with random flip and rotation (0.2), pooling, dropout 0.2,
     Dense, Adam 1e-4, ``epochs`` epochs; then layers 100 and up unfrozen, RMSprop 1e-5, ``epochs`` more.
-    No validation during training (the tutorial's is only watched). Returns (frozen test accuracy,
-    fine-tuned test accuracy, wall seconds including reading the images)."""
+    No validation during training (the tutorial's is only watched). ``log``: called with a line per
+    epoch (its seconds and the load average at its end), so that a run on a shared machine says which
+    epochs were slowed. Returns (frozen test accuracy, fine-tuned test accuracy, wall seconds including
+    reading the images)."""
     import keras
+
+    class EpochLog(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            load = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else "?"
+            if log is not None:
+                log(f"recipe epoch {epoch + 1}: {time.perf_counter() - self.t0:.1f} s, load {load}")
 
     t0 = time.perf_counter()
     where = (lambda i: Path(i)) if root is None else (lambda i: root / i)  # noqa: E731
@@ -326,7 +340,7 @@ def tf_recipe(ds: Dataset, root: Path | None, weights: str, epochs: int = 10) ->
     model = keras.Model(inputs, keras.layers.Dense(len(ds.classes))(h))
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=loss, metrics=["accuracy"])
-    model.fit(x, y, batch_size=32, epochs=epochs, verbose=0)
+    model.fit(x, y, batch_size=32, epochs=epochs, verbose=0, callbacks=[EpochLog()])
     frozen = float(model.evaluate(xt, ds.test.y, batch_size=32, verbose=0)[1])
     base.trainable = True
     for layer in base.layers[:100]:
@@ -335,7 +349,7 @@ def tf_recipe(ds: Dataset, root: Path | None, weights: str, epochs: int = 10) ->
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False
     model.compile(optimizer=keras.optimizers.RMSprop(1e-5), loss=loss, metrics=["accuracy"])
-    model.fit(x, y, batch_size=32, epochs=2 * epochs, initial_epoch=epochs, verbose=0)
+    model.fit(x, y, batch_size=32, epochs=2 * epochs, initial_epoch=epochs, verbose=0, callbacks=[EpochLog()])
     tuned = float(model.evaluate(xt, ds.test.y, batch_size=32, verbose=0)[1])
     return frozen, tuned, time.perf_counter() - t0
 
@@ -385,7 +399,7 @@ def two_domains(args: argparse.Namespace, path: Path, root: Path | None, how: st
     rows.append(["Keras Dense head, dropout 0.2, 10 epochs (the tutorials' head)", "-", None, None, dense,
                  time.perf_counter() - t0, "train+val, view 0, no selection"])  # fmt: skip
     if args.recipe:
-        frozen, tuned, wall = tf_recipe(ds, root, args.weights)
+        frozen, tuned, wall = tf_recipe(ds, root, args.weights, log=lambda m: print(m, flush=True))
         rows.append(["TF transfer-learning recipe, frozen (10 epochs, flip+rotation)", "-", None, None, frozen,
                      None, "BatchNorm pinned; the backbone runs every epoch"])  # fmt: skip
         rows.append(["TF transfer-learning recipe, + fine-tuned layers 100+ (10 epochs, RMSprop 1e-5)", "-", None,
@@ -456,13 +470,22 @@ def main() -> None:
         default=1,
         help="views per image in the cache (1: plain only; 2: + mirror; more: + random-resized crops); default 1",
     )
+    ap.add_argument(
+        "--keep-top-input",
+        action="store_true",
+        help="extract with the backbone's last block's input (featcache-extract --keep-top-input), which the "
+        "top head of --sweep thorough reads; the cache's folder name says so (views2-top)",
+    )
     args = ap.parse_args()
     args.folds = args.folds if args.folds == "auto" else int(args.folds)
     command = command_line()
     source, root, how = prepare_source(args.folder, args.work)
-    extra = {"views": args.views} if args.views > 1 else {}
-    path = ensure(source, args.work / ("plain" if args.views == 1 else f"views{args.views}"), args.weights,
-                  args.split, **extra)  # fmt: skip
+    extra: dict[str, Any] = {"views": args.views} if args.views > 1 else {}
+    name = "plain" if args.views == 1 else f"views{args.views}"
+    if args.keep_top_input:
+        extra["keep_top_input"] = True
+        name += "-top"
+    path = ensure(source, args.work / name, args.weights, args.split, **extra)
     if not args.maps:
         two_domains(args, path, root, how, command)
         return

@@ -174,19 +174,19 @@ def test_builtin_sweeps_are_listed_once_and_expand_through_the_sweep_checks(tmp_
     assert thorough == list(dict.fromkeys(c for g in THOROUGH_GRIDS for c in expand(g)))
     kinds = [c.kind for c in thorough]
     assert heads(BUILTIN_SWEEPS["thorough"], expand) == {k: kinds.count(k) for k in dict.fromkeys(kinds)}
-    assert "map" not in kinds and {"logreg", "linear", "mlp"} <= set(kinds)
+    assert "map" not in kinds and {"logreg", "linear"} <= set(kinds)
     # a grid option still overrides a built-in sweep's key, as a file's
-    assert {c.lr for c in resolve_sweep("thorough", {"lr": [0.01]})[0] if c.kind == "mlp"} == {0.01}
+    assert {c.lr for c in resolve_sweep("thorough", {"lr": [0.01]})[0] if c.kind == "linear"} == {0.01}
     r = CliRunner().invoke(app, ["train", "--help"], terminal_width=400)
     help_text = " ".join(r.output.split())
     for name, sweep in BUILTIN_SWEEPS.items():
         counts = ", ".join(f"{n} {k}" for k, n in heads(sweep, expand).items())
         assert f"{name} ({sweep.help}: {counts} heads" in help_text
-    assert "26 more on a cache with taps" in help_text
+    assert "9 more on a cache with taps" in help_text
     # on a cache with layer taps, thorough adds the logreg path on pooled + taps (and nothing else)
     with_taps, _ = resolve_sweep("thorough", datasets={"pooled", "taps"})
     added = [c for c in with_taps if c not in thorough]
-    assert with_taps[: len(thorough)] == thorough and len(added) == 26
+    assert with_taps[: len(thorough)] == thorough and len(added) == 9
     assert {(c.kind, c.features) for c in added} == {("logreg", "taps")}
     assert resolve_sweep("default", datasets={"taps"})[0] == default  # the default stays as it is
     with pytest.raises(FeatcacheError, match=r"thorugh: neither a built-in sweep \(default, thorough\) nor a sweep"):
@@ -220,3 +220,23 @@ def test_a_warm_start_rewritten_for_other_rows_standardisation_starts_at_the_sol
         wb = logreg.restandardised(f_full, full.norm[0.5], other.norm[0.5])
         f_other.W, f_other.b = wb[:-1], wb[-1]
     np.testing.assert_allclose(other.predict(ds.test.pooled), full.predict(ds.test.pooled), atol=1e-5)
+
+
+def test_a_fold_never_starts_from_a_fit_that_saw_its_rows():
+    """On labels with no signal, a weakly regularised path memorises whatever it is fitted on: the
+    fold accuracies must stay at chance (a fold fit started from the fit on all rows, held-out rows
+    included, would keep part of them memorised and score above it)."""
+    from featcache.trainer.cv import cross_validate, fold_of
+    from featcache.trainer.heads.logreg import LogregGroup
+    from featcache.trainer.sweep import expand
+
+    rng = np.random.default_rng(0)
+    n, d, k = 300, 600, 2  # more features than rows: every fit can separate its rows
+    x = rng.normal(size=(n, 1, d)).astype(np.float32)
+    y = rng.integers(0, k, n)
+    ids = np.array([f"r{i}" for i in range(n)])
+    configs = expand({"head": ["logreg"], "c": [1.0, 10.0, 100.0], "power": [1]})
+    cv = cross_validate(lambda: LogregGroup(configs, d, k), x, y, ids, 5, 60)
+    chance_se = np.sqrt(0.25 / n)
+    assert np.all(np.abs(cv.fold_acc.mean(axis=1) - 0.5) < 3 * chance_se), cv.fold_acc.mean(axis=1)
+    assert set(np.bincount(fold_of(ids, 5))) <= {60}

@@ -287,11 +287,10 @@ def test_top_head_trains_predicts_from_the_cache_and_its_export_agrees_with_pred
         got = {int(r["index"]): [float(r[f"p_{c}"]) for c in results["classes"]] for r in csv.DictReader(fh)}
     index = shard_rows(tapped, schema.INDEX)
     np.testing.assert_allclose(np.array([got[int(i)] for i in index]), want, atol=1e-5)
-    # the block is the backbone's while the dense layer warms, fine-tuned after: the kept epoch says which
+    # the dense layer starts as the block's linear probe and the block trains from the first epoch on
     spec = get_backbone("tiny")
     backbone = build_backbone(spec, resolve_weights(spec, "random"))
-    same = np.allclose(head.get_layer("top_conv").get_weights()[0], backbone.get_layer("top_conv").get_weights()[0])
-    assert same == (row["best_epoch"] <= WARM_EPOCHS)
+    assert not np.allclose(head.get_layer("top_conv").get_weights()[0], backbone.get_layer("top_conv").get_weights()[0])
     # export: an image in, the class of predict --source out
     runner = CliRunner()
     assert runner.invoke(app, ["export", str(run_dir), str(tmp_path / "m.keras")]).exit_code == 0
@@ -310,9 +309,9 @@ def test_top_head_trains_predicts_from_the_cache_and_its_export_agrees_with_pred
     assert len(agree) == 15 and np.mean(agree) >= 0.9, agree
 
 
-def test_top_head_fine_tunes_the_block_after_warming_the_dense_layer(tapped):
-    """With val = train (so that the kept epoch is the last that fit train better), training goes on past
-    the warm-up and moves the block's kernel; its BatchNorm-free tiny block keeps its ReLU6."""
+def test_top_head_without_its_probe_fine_tunes_the_block_after_warming_the_dense_layer(tapped):
+    """``probe=False``: with val = train (so that the kept epoch is the last that fit train better),
+    training goes on past the warm-up and moves the block's kernel."""
     from featcache.trainer.data import load_dataset, load_top
     from featcache.trainer.heads.top import train_top
     from featcache.trainer.settings import Settings
@@ -323,7 +322,7 @@ def test_top_head_fine_tunes_the_block_after_warming_the_dense_layer(tapped):
     load_top(c, ds)
     ds.val = ds.train
     (cfg,) = expand({"head": ["top"], "lr": [1e-2], "dropout": [0.0]})
-    rows, states = train_top(ds, [cfg], Settings(epochs=14, patience=14, batch_size=8, seed=0))
+    rows, states = train_top(ds, [cfg], Settings(epochs=14, patience=14, batch_size=8, seed=0), probe=False)
     assert [e["epoch"] for e in rows[0]["epochs"]] == list(range(1, 15))
     assert rows[0]["best_epoch"] > WARM_EPOCHS and rows[0]["val_acc"] > rows[0]["epochs"][WARM_EPOCHS - 1]["val_acc"]
     spec = get_backbone("tiny")
@@ -333,6 +332,58 @@ def test_top_head_fine_tunes_the_block_after_warming_the_dense_layer(tapped):
     # the kept model is the one that scored val (= train) as reported
     probs = states[0].group.model.predict(ds.train.top.astype(np.float32), verbose=0)
     assert np.isclose((probs.argmax(1) == ds.train.y).mean(), rows[0]["val_acc"])
+
+
+def test_the_top_heads_dense_layer_starts_as_scikit_learns_logistic_regression_on_the_blocks_pooled_output(tapped):
+    """``probe_dense``: the model (block as the backbone's, dense set) gives the probabilities of
+    scikit-learn's LogisticRegression, at the C picked, on the standardised pooled block outputs; the C
+    is the one best on val among ``logreg.DEFAULT_CS`` by scikit-learn's own fits too."""
+    sklearn = pytest.importorskip("sklearn.linear_model")
+    import keras
+
+    from featcache.trainer.data import load_dataset, load_top
+    from featcache.trainer.heads.logreg import DEFAULT_CS
+    from featcache.trainer.heads.top import build_model, probe_dense
+
+    c = FeatureCache(tapped)
+    ds = load_dataset(c)
+    load_top(c, ds)
+    n = len(ds.classes)
+    x = {s: getattr(ds, s).top.astype(np.float32) for s in ("train", "val", "test")}
+    y = {s: getattr(ds, s).y for s in ("train", "val", "test")}
+    spec = get_backbone("tiny")
+    model = build_model(
+        spec, x["train"].shape[1:], n, 0.5, source=build_backbone(spec, resolve_weights(spec, "random"))
+    )
+    picked = probe_dense(model, x, y, n)
+    pool = keras.Model(model.inputs[0], model.get_layer("pool").output)
+    f = {s: pool.predict(x[s], verbose=0).astype(np.float64) for s in x}
+    mean, std = f["train"].mean(0), np.maximum(f["train"].std(0), 1e-6)
+    z = {s: (f[s] - mean) / std for s in f}
+    fits = {
+        cc: sklearn.LogisticRegression(C=cc, tol=1e-8, max_iter=10000).fit(z["train"], y["train"]) for cc in DEFAULT_CS
+    }
+    val_acc = {cc: fit.score(z["val"], y["val"]) for cc, fit in fits.items()}
+    assert val_acc[picked] == max(val_acc.values()) and picked == min(
+        cc for cc in DEFAULT_CS if val_acc[cc] == val_acc[picked]
+    )
+    everything = np.concatenate([x["train"], x["val"], x["test"]])
+    want = fits[picked].predict_proba(np.concatenate([z["train"], z["val"], z["test"]]))
+    got = model.predict(everything, verbose=0)  # float32 L-BFGS stopped at tol 1e-4, against tol 1e-8
+    np.testing.assert_allclose(got, want, atol=1e-2)
+
+
+def test_mirrored_flips_the_chosen_rows_left_right_and_leaves_the_rest_and_its_input_alone():
+    from featcache.trainer.heads.top import mirrored
+
+    x = np.random.default_rng(0).normal(size=(6, 3, 4, 2)).astype(np.float32)
+    before = x.copy()
+    rows = np.array([True, False, True, False, False, True])
+    out = mirrored(x, rows)
+    for i in range(6):  # by hand: column j of a flipped row is column w-1-j of the original
+        want = np.stack([x[i, :, 3 - j] for j in range(4)], axis=1) if rows[i] else x[i]
+        np.testing.assert_array_equal(out[i], want)
+    np.testing.assert_array_equal(x, before)
 
 
 def test_top_head_on_a_cache_without_its_input_is_one_line_naming_the_option(tmp_path, tiny_cache):

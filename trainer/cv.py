@@ -10,11 +10,14 @@ over train+val instead, then refitted on all of it:
   cache's split hash, salted apart from it: train+val ids have split hashes in one range) and dealt
   round-robin, so folds differ in size by one row at most and a row is in the same fold whatever the
   seed. A row's views are one row: every view of an image is in its fold.
-* for each fold, every head of the group is fitted on the other folds (every view of their rows) and
-  predicts the fold (view 0, and with test-time augmentation on a cache with views): its fold
-  accuracies give the **CV mean and its standard error** (the sample standard deviation over folds
-  / sqrt(k), glmnet's ``cvsd``), the quantity the one-standard-error pick compares for these heads;
-* the head kept is fitted once more on every train+val row; test is scored with it once, at the end.
+* for each fold, every head of the group is fitted on the other folds (every view of their rows; the
+  path started from zero, never from a fit that saw the fold's rows: weakly regularised heads that stop
+  at the tolerance near such a start keep those rows memorised) and predicts the fold (view 0, and
+  with test-time augmentation on a cache with views): its fold accuracies give the **CV mean and its
+  standard error** (the sample standard deviation over folds / sqrt(k), glmnet's ``cvsd``), the
+  quantity the one-standard-error pick compares for these heads;
+* the head kept is fitted once more on every train+val row, started from the last fold's fit (the same
+  optimum in fewer iterations); test is scored with it once, at the end.
   Its "val" predictions are the out-of-fold ones (from the folds' fits, which never saw those rows),
   so val accuracy, val loss and the ensemble stay honest.
 
@@ -61,13 +64,15 @@ def folds_for(folds: int | str, n_val: int, n_rows: int) -> int:
 class CVResult:
     """What cross-validation found for a group of ``h`` heads: ``fold_acc (h, k)`` accuracy on each
     fold (view 0), ``fold_acc_tta`` the same with TTA (None without views); ``val (h, n_val, K)``
-    out-of-fold probabilities of the val rows (view 0) and ``val_tta`` (with TTA, or None)."""
+    out-of-fold probabilities of the val rows (view 0) and ``val_tta`` (with TTA, or None); ``last``
+    the group fitted on the last fold's training rows (its solutions start the refit on all rows)."""
 
     folds: int
     fold_acc: np.ndarray
     fold_acc_tta: np.ndarray | None
     val: np.ndarray
     val_tta: np.ndarray | None
+    last: Any = None
 
     @staticmethod
     def summary(acc: np.ndarray) -> tuple[float, float]:
@@ -86,20 +91,19 @@ class CVResult:
         return out
 
 
-def cross_validate(
-    make: Any, x: np.ndarray, y: np.ndarray, ids: np.ndarray, k: int, n_val: int, warm: Any = None
-) -> CVResult:
+def cross_validate(make: Any, x: np.ndarray, y: np.ndarray, ids: np.ndarray, k: int, n_val: int) -> CVResult:
     """Cross-validate the heads of a closed-form group. ``make()`` returns a fresh unfitted group;
     ``x (n, V, C)`` every view of the train+val rows as cached (train rows first, the last ``n_val``
-    the val rows), ``y (n,)`` labels, ``ids (n,)`` their ids. ``warm``: the group fitted on all of
-    them, whose solutions start each fold's fits (the same optimum, reached in fewer iterations)."""
+    the val rows), ``y (n,)`` labels, ``ids (n,)`` their ids. Each fold's fit starts from zero (module
+    docstring)."""
     folds = fold_of(ids, k)
     n, v = x.shape[:2]
     probs, probs_tta = None, None
+    group = None
     for f in range(k):
         held = folds == f
         group = make()
-        group.fit(x[~held], y[~held], **({} if warm is None else {"warm": warm}))
+        group.fit(x[~held], y[~held])
         p = group.predict(x[held, 0])  # (h, m, K)
         if probs is None:
             probs = np.zeros((p.shape[0], n, p.shape[2]), np.float32)
@@ -120,4 +124,5 @@ def cross_validate(
         None if probs_tta is None else per_fold(probs_tta),
         probs[:, val],
         None if probs_tta is None else probs_tta[:, val],
+        group,
     )

@@ -117,16 +117,9 @@ class GroupState:
         x, y = np.concatenate(parts), np.concatenate([train.y, val.y])
         x = x if self.cols is None else x[..., : self.cols]  # a pooled group beside taps groups: its columns
         g = self.group
-        g.fit(x, y)  # the head kept; its solutions start the folds' fits
-        self.cv = cross_validate(
-            lambda: make_group(g.configs, g.in_dim, g.n_classes, 0),
-            x,
-            y,
-            np.concatenate([train.id, val.id]),
-            folds,
-            len(val),
-            warm=g,
-        )
+        ids = np.concatenate([train.id, val.id])
+        self.cv = cross_validate(lambda: make_group(g.configs, g.in_dim, g.n_classes, 0), x, y, ids, folds, len(val))
+        g.fit(x, y, warm=self.cv.last)  # the head kept, started from the last fold's solutions
         picked = np.take_along_axis(self.cv.val, np.broadcast_to(val.y[None, :, None], (g.k, len(val.y), 1)), 2)
         val_metrics = -np.log(np.maximum(picked[..., 0], 1e-12)).mean(1), view_accuracy(self.cv.val, val.y)
         self.end_epoch(1, np.ones(g.k, bool), np.stack(self.evaluate("train")), val_metrics)
