@@ -153,8 +153,8 @@ def fit_path(
     products with ``x``; float32 is what the sweep uses (measured on the 4-view CIFAR-10 dev cache:
     8x faster, the same iterations and val accuracies to 4 digits, docs/quality.md), float64 reaches
     tolerances far below scikit-learn's default (the equality tests). ``init``: a starting ``[W; b]``
-    ``(C_in + 1, K)`` per ``C`` of ``cs`` (a solution on similar rows: cross-validation folds start from
-    the fit on all of them), in place of the previous ``C``'s solution."""
+    ``(C_in + 1, K)`` per ``C`` of ``cs`` (a solution on similar rows: the refit on all train+val rows
+    starts from the last cross-validation fold's), in place of the previous ``C``'s solution."""
     x = np.asarray(x, dtype)
     onehot = np.eye(n_classes)[np.asarray(y)]
     theta = np.zeros((x.shape[1] + 1) * n_classes)
